@@ -1,0 +1,83 @@
+"""The ``kioskfleet`` command: ``agent``, ``server`` and ``simulate``.
+
+Only argument parsing lives here; each subcommand hands over to its package
+(imported lazily so that ``kioskfleet agent`` on a terminal never imports the
+server's dependencies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from kioskfleet import __version__
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kioskfleet", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"kioskfleet {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    agent = sub.add_parser("agent", help="run the terminal agent")
+    agent.add_argument(
+        "--config", type=Path, help="agent.toml (settings also from KIOSKFLEET_AGENT_*)"
+    )
+
+    server = sub.add_parser("server", help="run the central server (settings from KIOSKFLEET_*)")
+    server.add_argument("--env-file", type=Path, help="a file of KIOSKFLEET_* settings")
+
+    sim = sub.add_parser("simulate", help="run N simulated terminals with the real agent code")
+    sim.add_argument("--terminals", type=int, default=50)
+    sim.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    sim.add_argument("--halls", type=int, default=3)
+    sim.add_argument("--regions", type=int, default=1)
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--report-interval", type=float, default=60.0, help="seconds between reports")
+    sim.add_argument("--fault-rate", type=float, default=1.0, help="scenario speed-up for faults")
+    sim.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    sim.add_argument("--processes", type=int, default=1, help="spread terminals over processes")
+    sim.add_argument("--id-prefix", default="SIM", help="terminal ids are PREFIX-00001 ...")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "agent":
+        from agent.main import run_agent
+
+        return run_agent(args.config)
+    if args.command == "server":
+        from server.main import run_server
+
+        return run_server(args.env_file)
+    from agent.simulator import SimulationOptions, run_simulation
+
+    return run_simulation(
+        SimulationOptions(
+            terminals=args.terminals,
+            broker_url=args.broker,
+            halls=args.halls,
+            regions=args.regions,
+            seed=args.seed,
+            report_interval_s=args.report_interval,
+            fault_rate=args.fault_rate,
+            duration_s=args.duration,
+            processes=args.processes,
+            id_prefix=args.id_prefix,
+        )
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

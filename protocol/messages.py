@@ -1,0 +1,246 @@
+"""The wire messages: one envelope, typed bodies, and the normalised peripheral states.
+
+Agent, server and tests import these models; nothing else defines the wire.
+Every message is a JSON object::
+
+    {"schema": "kf.report", "version": 1, "terminal_id": "T-0001",
+     "boot_id": "9f0c...", "seq": 42, "sent_at": "2026-11-27T02:26:32.1Z",
+     "body": {...}}
+
+Unknown fields are an error (``extra="forbid"``); scalar types are strict
+(``"1"`` is not an int). A newer schema version is a new model registered in
+``SCHEMAS``, never silent acceptance. This module never does I/O.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Final, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+from protocol.topics import TERMINAL_ID_PATTERN, Channel
+
+__all__ = [
+    "PRINTER_CONDITIONS",
+    "PRINTER_KINDS",
+    "READER_CONDITIONS",
+    "READER_KINDS",
+    "SCHEMAS",
+    "SCHEMA_CHANNEL",
+    "BootEvent",
+    "EventBody",
+    "EventMessage",
+    "Message",
+    "PeripheralChangedEvent",
+    "PeripheralCondition",
+    "PeripheralKind",
+    "PeripheralStatus",
+    "ReportBody",
+    "ReportMessage",
+    "StateBody",
+    "StateMessage",
+    "TerminalState",
+    "is_problem",
+]
+
+
+class PeripheralKind(StrEnum):
+    RECEIPT_PRINTER = "receipt_printer"
+    A4_PRINTER = "a4_printer"
+    ID_CARD_READER = "id_card_reader"
+    IC_CARD_READER = "ic_card_reader"
+    QR_SCANNER = "qr_scanner"
+    BARCODE_SCANNER = "barcode_scanner"
+    FINGERPRINT_READER = "fingerprint_reader"
+
+
+class PeripheralCondition(StrEnum):
+    """Normalised peripheral states; which apply depends on the kind."""
+
+    OK = "ok"
+    PAPER_LOW = "paper_low"
+    PAPER_OUT = "paper_out"
+    JAM = "jam"
+    COVER_OPEN = "cover_open"
+    CUTTER_ERROR = "cutter_error"
+    FAULT = "fault"
+    DISCONNECTED = "disconnected"
+    OFFLINE = "offline"
+    UNKNOWN = "unknown"
+
+
+PRINTER_KINDS: Final = frozenset({PeripheralKind.RECEIPT_PRINTER, PeripheralKind.A4_PRINTER})
+READER_KINDS: Final = frozenset(set(PeripheralKind) - PRINTER_KINDS)
+
+PRINTER_CONDITIONS: Final = frozenset(
+    {
+        PeripheralCondition.OK,
+        PeripheralCondition.PAPER_LOW,
+        PeripheralCondition.PAPER_OUT,
+        PeripheralCondition.JAM,
+        PeripheralCondition.COVER_OPEN,
+        PeripheralCondition.CUTTER_ERROR,
+        PeripheralCondition.OFFLINE,
+        PeripheralCondition.UNKNOWN,
+    }
+)
+READER_CONDITIONS: Final = frozenset(
+    {
+        PeripheralCondition.OK,
+        PeripheralCondition.FAULT,
+        PeripheralCondition.DISCONNECTED,
+        PeripheralCondition.UNKNOWN,
+    }
+)
+
+
+def is_problem(condition: PeripheralCondition) -> bool:
+    """True for every condition an operator should look at (all but ``ok``)."""
+    return condition is not PeripheralCondition.OK
+
+
+class TerminalState(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+# Strict JSON mode accepts only RFC 3339 strings here (never bare numbers).
+Timestamp = AwareDatetime
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+Label = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._:-]*$")
+]
+Text = Annotated[str, Field(max_length=256)]
+Version = Annotated[str, Field(min_length=1, max_length=64)]
+Seconds = Annotated[float, Field(ge=0, le=10 * 365 * 86400, allow_inf_nan=False)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class PeripheralStatus(_Strict):
+    """One peripheral's normalised condition at one moment."""
+
+    name: Name
+    kind: PeripheralKind
+    condition: PeripheralCondition
+    fault_code: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    detail: Text | None = None
+
+    @model_validator(mode="after")
+    def _condition_fits_kind(self) -> PeripheralStatus:
+        allowed = PRINTER_CONDITIONS if self.kind in PRINTER_KINDS else READER_CONDITIONS
+        if self.condition not in allowed:
+            raise ValueError(
+                f"condition {self.condition.value!r} does not apply to {self.kind.value}"
+            )
+        return self
+
+
+class StateBody(_Strict):
+    """Retained presence: ``online`` on connect, ``offline`` as the will or on shutdown."""
+
+    state: TerminalState
+    reason: Literal["connect", "shutdown", "connection_lost"]
+    hall: Label | None = None
+    region: Label | None = None
+    model: Label | None = None
+
+
+class ReportBody(_Strict):
+    """The full periodic health report (the heartbeat)."""
+
+    hall: Label
+    region: Label
+    model: Label
+    agent_version: Annotated[str, Field(min_length=1, max_length=32)]
+    uptime_s: Seconds
+    report_interval_s: Annotated[float, Field(gt=0, le=86400, allow_inf_nan=False)]
+    peripherals: Annotated[list[PeripheralStatus], Field(max_length=32)]
+    software: Annotated[
+        dict[Name, Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=32)
+    ] = {}
+
+    @model_validator(mode="after")
+    def _unique_peripheral_names(self) -> ReportBody:
+        names = [p.name for p in self.peripherals]
+        if len(names) != len(set(names)):
+            raise ValueError("peripheral names must be unique")
+        return self
+
+
+class PeripheralChangedEvent(_Strict):
+    """A peripheral's condition changed (a fault raised or cleared)."""
+
+    type: Literal["peripheral_changed"]
+    peripheral: PeripheralStatus
+    previous: PeripheralCondition | None
+
+
+class BootEvent(_Strict):
+    """The agent started (after a terminal boot or an agent restart)."""
+
+    type: Literal["boot"]
+    uptime_s: Seconds
+    agent_version: Annotated[str, Field(min_length=1, max_length=32)]
+
+
+EventBody = Annotated[PeripheralChangedEvent | BootEvent, Field(discriminator="type")]
+
+
+class _Envelope(_Strict):
+    version: Literal[1]
+    terminal_id: Annotated[str, Field(pattern=TERMINAL_ID_PATTERN)]
+    boot_id: Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+    seq: Annotated[int, Field(ge=0, le=2**53)]
+    sent_at: Timestamp
+
+    @model_validator(mode="after")
+    def _plausible_time(self) -> _Envelope:
+        if not _EARLIEST <= self.sent_at <= _LATEST:
+            raise ValueError("sent_at is outside 2000..2200")
+        return self
+
+
+class StateMessage(_Envelope):
+    """``seq`` is the last stream seq the agent had assigned when it built this."""
+
+    schema_: Literal["kf.state"] = Field(alias="schema")
+    body: StateBody
+
+
+class ReportMessage(_Envelope):
+    schema_: Literal["kf.report"] = Field(alias="schema")
+    body: ReportBody
+
+
+class EventMessage(_Envelope):
+    schema_: Literal["kf.event"] = Field(alias="schema")
+    body: EventBody
+
+
+Message = StateMessage | ReportMessage | EventMessage
+
+SCHEMAS: Final[dict[tuple[str, int], type[StateMessage | ReportMessage | EventMessage]]] = {
+    ("kf.state", 1): StateMessage,
+    ("kf.report", 1): ReportMessage,
+    ("kf.event", 1): EventMessage,
+}
+
+SCHEMA_CHANNEL: Final[dict[str, Channel]] = {
+    "kf.state": Channel.STATE,
+    "kf.report": Channel.REPORT,
+    "kf.event": Channel.EVENT,
+}

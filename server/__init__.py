@@ -1,0 +1,1 @@
+"""The kioskfleet central server: MQTT ingest, fleet state, REST API, metrics, scheduler."""

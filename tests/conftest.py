@@ -1,0 +1,27 @@
+"""Shared fixtures: a real mosquitto per test session, started with the project's config."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kioskfleet.local_broker import LocalBroker
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    """One mosquitto on a free loopback port for the whole session."""
+    with LocalBroker(tmp_path_factory.mktemp("mosquitto")) as running:
+        yield running
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    """A mosquitto for one test, which the test may kill and restart."""
+    running = LocalBroker(tmp_path / "mosquitto").start()
+    try:
+        yield running
+    finally:
+        running.stop()
