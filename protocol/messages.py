@@ -186,7 +186,7 @@ class PeripheralChangedEvent(_Strict):
 
     type: Literal["peripheral_changed"]
     peripheral: PeripheralStatus
-    previous: PeripheralCondition | None
+    previous: PeripheralCondition | None = None
 
 
 class BootEvent(_Strict):
