@@ -70,7 +70,7 @@ def _summary(base: str) -> str:
 
 def main() -> int:
     VAR.mkdir(parents=True, exist_ok=True)
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     broker: LocalBroker | None = None
     if _port_open(1883):
         broker_url = "mqtt://127.0.0.1:1883"
@@ -95,24 +95,28 @@ def main() -> int:
     exe = str(Path(sys.executable).parent / "kioskfleet")
     try:
         with (VAR / "server.log").open("ab") as log:
-            procs.append(subprocess.Popen([exe, "server"], env=env, stdout=log, stderr=log))  # noqa: S603
-        _wait_http(f"{base}/healthz", procs[0])
+            server = subprocess.Popen([exe, "server"], env=env, stdout=log, stderr=log)  # noqa: S603
+        procs.append(("server", server))
+        _wait_http(f"{base}/healthz", server)
         with (VAR / "simulator.log").open("ab") as log:
             procs.append(
-                subprocess.Popen(  # noqa: S603 - our own console script
-                    [
-                        exe,
-                        "simulate",
-                        f"--terminals={TERMINALS}",
-                        f"--halls={HALLS}",
-                        f"--broker={broker_url}",
-                        "--report-interval=10",
-                        "--fault-rate=20",
-                        "--id-prefix=DEMO",
-                    ],
-                    env=env,
-                    stdout=log,
-                    stderr=log,
+                (
+                    "simulator",
+                    subprocess.Popen(  # noqa: S603 - our own console script
+                        [
+                            exe,
+                            "simulate",
+                            f"--terminals={TERMINALS}",
+                            f"--halls={HALLS}",
+                            f"--broker={broker_url}",
+                            "--report-interval=10",
+                            "--fault-rate=20",
+                            "--id-prefix=DEMO",
+                        ],
+                        env=env,
+                        stdout=log,
+                        stderr=log,
+                    ),
                 )
             )
         print(
@@ -132,9 +136,9 @@ Press Ctrl-C to stop everything.
             flush=True,
         )
         while True:
-            for proc in procs:
+            for name, proc in procs:
                 if proc.poll() is not None:
-                    print(f"{proc.args[1]} exited with {proc.returncode}; stopping", flush=True)
+                    print(f"{name} exited with {proc.returncode}; stopping", flush=True)
                     return 1
             time.sleep(5)
             try:
@@ -145,10 +149,10 @@ Press Ctrl-C to stop everything.
         print("\nstopping...", flush=True)
         return 0
     finally:
-        for proc in reversed(procs):
+        for _, proc in reversed(procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in reversed(procs):
+        for _, proc in reversed(procs):
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
