@@ -1,0 +1,301 @@
+"""The Prometheus alert rules are valid, fully annotated, unit-tested and match the contract.
+
+``promtool check rules`` and ``promtool test rules`` run on the real files; the
+rest reads the YAML: every alert has a severity, a summary, a description and a
+runbook that exists; every alert has a firing and a not-firing promtool case;
+per-terminal alerts name the terminal and the hall; every peripheral problem
+the protocol defines has an alert; the file survives the load/modify/dump an
+end-to-end test does to shorten ``for:``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+import yaml
+
+from protocol.messages import (
+    PRINTER_CONDITIONS,
+    PRINTER_KINDS,
+    READER_CONDITIONS,
+    READER_KINDS,
+    PeripheralCondition,
+)
+from tests.unit.test_dashboards import (
+    CONTRACT_METRIC_NAMES,
+    PROMETHEUS_METRIC_NAMES,
+    metric_names_in,
+)
+
+ROOT: Final = Path(__file__).resolve().parents[2]
+PROMETHEUS_DIR: Final = ROOT / "monitoring" / "prometheus"
+RULES_FILE: Final = PROMETHEUS_DIR / "rules" / "kioskfleet.rules.yml"
+PROMTOOL_TESTS: Final = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
+RUNBOOKS: Final = ROOT / "docs" / "runbooks"
+RUNBOOK_URL_PREFIX: Final = "https://github.com/kioskfleet/kioskfleet/blob/main/"
+SEVERITIES: Final = frozenset({"critical", "warning", "info"})
+REQUIRED_ALERTS: Final = frozenset(
+    {
+        "TerminalOffline",
+        "PrinterPaperLow",
+        "PrinterPaperOut",
+        "PrinterJamOrCoverOpen",
+        "CardReaderFault",
+        "HallDegraded",
+        "FleetIngestStalled",
+        "IngestRejectsHigh",
+        "KioskfleetServerDown",
+        "BrokerDisconnected",
+        "DatabaseWriteErrors",
+    }
+)
+
+needs_promtool = pytest.mark.skipif(
+    shutil.which("promtool") is None,
+    reason="promtool is not installed (Debian package `prometheus`); CI installs it",
+)
+
+
+def _rules_document() -> dict[str, Any]:
+    loaded = yaml.safe_load(RULES_FILE.read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    return [
+        rule for group in _rules_document()["groups"] for rule in group["rules"] if "alert" in rule
+    ]
+
+
+ALERT_RULES: Final = _alert_rules()
+ALERT_NAMES: Final = sorted({rule["alert"] for rule in ALERT_RULES})
+
+
+@functools.cache
+def _alert_tests() -> list[dict[str, Any]]:
+    cases = []
+    for path in PROMTOOL_TESTS:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for group in document["tests"]:
+            for case in group.get("alert_rule_test", []):
+                cases.append({**case, "group": group.get("name", path.name)})
+    return cases
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["promtool", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def _seconds(duration: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    total = 0.0
+    for amount, unit in re.findall(r"(\d+)(ms|s|m|h|d)", duration):
+        total += int(amount) * units[unit]
+    return total
+
+
+# ---------------------------------------------------------------------- promtool
+@needs_promtool
+def test_promtool_check_rules_accepts_the_rules_file() -> None:
+    result = _promtool("check", "rules", str(RULES_FILE))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(ALERT_RULES)} rules found" in result.stdout
+
+
+@needs_promtool
+def test_promtool_unit_tests_of_the_rules_pass() -> None:
+    assert PROMTOOL_TESTS
+    result = _promtool("test", "rules", *map(str, PROMTOOL_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("SUCCESS") == len(PROMTOOL_TESTS)
+
+
+@needs_promtool
+def test_promtool_check_config_accepts_prometheus_yml_and_finds_the_rules() -> None:
+    result = _promtool("check", "config", str(PROMETHEUS_DIR / "prometheus.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "kioskfleet.rules.yml" in result.stdout
+
+
+def test_prometheus_yml_scrapes_job_kioskfleet_and_loads_the_rules() -> None:
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["kioskfleet"].get("metrics_path", "/metrics") == "/metrics"
+    assert any(RULES_FILE in (PROMETHEUS_DIR).glob(pattern) for pattern in config["rule_files"])
+    assert config["alerting"]["alertmanagers"]
+    # The inhibition rules match fleet-wide alerts on this label.
+    assert config["global"]["external_labels"]["fleet"]
+
+
+# ------------------------------------------------------------------ annotations
+def test_the_required_alerts_exist() -> None:
+    assert set(ALERT_NAMES) >= REQUIRED_ALERTS
+
+
+@pytest.mark.parametrize("rule", ALERT_RULES, ids=lambda rule: rule["alert"])
+def test_alert_has_severity_summary_description_and_runbook_url(rule: dict[str, Any]) -> None:
+    assert rule["labels"]["severity"] in SEVERITIES
+    annotations = rule["annotations"]
+    assert annotations["summary"].strip()
+    assert len(annotations["description"]) > len(annotations["summary"])
+    assert annotations["runbook_url"] == (f"{RUNBOOK_URL_PREFIX}docs/runbooks/{rule['alert']}.md")
+
+
+@pytest.mark.parametrize("rule", ALERT_RULES, ids=lambda rule: rule["alert"])
+def test_alert_runbook_url_points_at_an_existing_runbook(rule: dict[str, Any]) -> None:
+    relative = rule["annotations"]["runbook_url"].removeprefix(RUNBOOK_URL_PREFIX)
+    runbook = ROOT / relative
+    assert runbook.parent == RUNBOOKS
+    assert runbook.is_file()
+    assert rule["alert"] in runbook.read_text(encoding="utf-8").splitlines()[0]
+
+
+def test_every_runbook_belongs_to_an_alert() -> None:
+    assert {path.stem for path in RUNBOOKS.glob("*.md")} == set(ALERT_NAMES)
+
+
+def test_alerts_with_the_same_name_share_severity_and_runbook() -> None:
+    for name in ALERT_NAMES:
+        rules = [rule for rule in ALERT_RULES if rule["alert"] == name]
+        assert len({rule["labels"]["severity"] for rule in rules}) == 1
+        assert len({rule["annotations"]["runbook_url"] for rule in rules}) == 1
+
+
+@pytest.mark.parametrize("rule", ALERT_RULES, ids=lambda rule: rule["alert"])
+def test_per_terminal_and_hall_alerts_name_terminal_and_hall(rule: dict[str, Any]) -> None:
+    expr = rule["expr"]
+    text = rule["annotations"]["summary"] + rule["annotations"]["description"]
+    if "kioskfleet_terminal_" in expr:
+        assert "$labels.terminal" in rule["annotations"]["summary"]
+        assert "$labels.terminal" in rule["annotations"]["description"]
+        assert "$labels.hall" in rule["annotations"]["description"]
+    if re.search(r"by \(region, hall", expr):
+        assert "$labels.hall" in text
+        assert "$labels.region" in text
+
+
+def test_flap_avoiding_for_durations() -> None:
+    by_name = {rule["alert"]: rule for rule in ALERT_RULES}
+    assert _seconds(by_name["TerminalOffline"]["for"]) >= 120
+    assert _seconds(by_name["PrinterPaperOut"]["for"]) >= 60
+    assert _seconds(by_name["PrinterPaperLow"]["for"]) >= 600
+    assert _seconds(by_name["HallDegraded"]["for"]) >= 300
+
+
+# ------------------------------------------------------------ promtool coverage
+@pytest.mark.parametrize("alertname", ALERT_NAMES)
+def test_alert_has_a_firing_and_a_not_firing_promtool_case(alertname: str) -> None:
+    cases = [case for case in _alert_tests() if case["alertname"] == alertname]
+    firing = [case for case in cases if case.get("exp_alerts")]
+    quiet = [case for case in cases if not case.get("exp_alerts")]
+    assert firing, f"no promtool case where {alertname} fires"
+    assert quiet, f"no promtool case where {alertname} stays quiet"
+
+
+def test_firing_promtool_cases_check_labels_and_every_annotation() -> None:
+    checked = 0
+    for case in _alert_tests():
+        for alert in case.get("exp_alerts") or []:
+            assert alert["exp_labels"]["severity"] in SEVERITIES, case["group"]
+            assert set(alert["exp_annotations"]) == {"summary", "description", "runbook_url"}
+            labels = alert["exp_labels"]
+            for key in ("terminal", "hall"):
+                if key in labels:
+                    assert labels[key] in alert["exp_annotations"]["description"], case["group"]
+            checked += 1
+    assert checked >= len(ALERT_NAMES)
+
+
+# --------------------------------------------------------------- contract checks
+def test_rule_expressions_use_only_exported_metric_names() -> None:
+    used = {name for rule in ALERT_RULES for name in metric_names_in(rule["expr"])}
+    assert used - CONTRACT_METRIC_NAMES - PROMETHEUS_METRIC_NAMES == set()
+
+
+def _matcher_values(expr: str, label: str) -> list[tuple[str, str]]:
+    return re.findall(rf'\b{label}\s*(=~|!~|=|!=)\s*"([^"]*)"', expr)
+
+
+def _matches(op: str, pattern: str, value: str) -> bool:
+    hit = re.fullmatch(pattern, value) is not None if "~" in op else pattern == value
+    return hit if op in ("=", "=~") else not hit
+
+
+def _alerts_for(kind: str, condition: str) -> list[str]:
+    """Alerts whose peripheral-problem selector matches this kind and condition."""
+    names = []
+    for rule in ALERT_RULES:
+        expr = rule["expr"]
+        if "kioskfleet_terminal_peripheral_problem" not in expr:
+            continue
+        kinds = _matcher_values(expr, "kind")
+        conditions = _matcher_values(expr, "condition")
+        if all(_matches(op, p, kind) for op, p in kinds) and all(
+            _matches(op, p, condition) for op, p in conditions
+        ):
+            names.append(rule["alert"])
+    return names
+
+
+@pytest.mark.parametrize(
+    ("kind", "condition"),
+    [
+        *((k.value, c.value) for k in sorted(PRINTER_KINDS) for c in sorted(PRINTER_CONDITIONS)),
+        *((k.value, c.value) for k in sorted(READER_KINDS) for c in sorted(READER_CONDITIONS)),
+    ],
+)
+def test_every_peripheral_problem_of_the_protocol_has_exactly_one_alert(
+    kind: str, condition: str
+) -> None:
+    alerts = _alerts_for(kind, condition)
+    if condition == PeripheralCondition.OK.value:
+        assert alerts == []
+    else:
+        assert len(alerts) == 1, (kind, condition, alerts)
+
+
+def test_printer_alerts_select_exactly_the_protocol_printer_kinds() -> None:
+    printer_kinds = {kind.value for kind in PRINTER_KINDS}
+    for rule in ALERT_RULES:
+        for _, pattern in _matcher_values(rule["expr"], "kind"):
+            assert set(pattern.split("|")) == printer_kinds, rule["alert"]
+
+
+# ------------------------------------------------- the e2e test's for: rewriting
+def test_rules_file_is_plain_yaml_that_round_trips() -> None:
+    document = _rules_document()
+    assert yaml.safe_load(yaml.safe_dump(document)) == document
+    events = list(yaml.parse(RULES_FILE.read_text(encoding="utf-8")))
+    assert not any(isinstance(event, yaml.AliasEvent) for event in events)
+    assert not any(getattr(event, "anchor", None) for event in events)
+    assert not any(getattr(event, "tag", None) for event in events)
+
+
+@needs_promtool
+def test_rules_with_shortened_for_durations_still_pass_promtool(tmp_path: Path) -> None:
+    document = _rules_document()
+    for group in document["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") in ("TerminalOffline", "PrinterPaperOut"):
+                rule["for"] = "5s"
+    variant = tmp_path / "kioskfleet.rules.yml"
+    variant.write_text(yaml.safe_dump(document, sort_keys=False))
+    result = _promtool("check", "rules", str(variant))
+    assert result.returncode == 0, result.stdout + result.stderr
+    reloaded = yaml.safe_load(variant.read_text())
+    shortened = {
+        rule["alert"]: rule["for"]
+        for group in reloaded["groups"]
+        for rule in group["rules"]
+        if rule.get("alert") in ("TerminalOffline", "PrinterPaperOut")
+    }
+    assert shortened == {"TerminalOffline": "5s", "PrinterPaperOut": "5s"}
