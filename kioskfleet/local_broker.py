@@ -7,6 +7,7 @@ touches the system broker's configuration.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -70,6 +71,9 @@ class LocalBroker:
             + f"persistence_location {self.workdir}/\n"
             + f"log_dest file {self.log_path}\n"
             + "log_type error\nlog_type warning\nlog_type notice\n"
+            # As root, mosquitto drops to the `mosquitto` user, which cannot write
+            # into a private (0700) work directory; keep it as the invoking user.
+            + ("user root\n" if os.geteuid() == 0 else "")
             + self.extra_conf
         )
         return conf

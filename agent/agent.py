@@ -1,0 +1,419 @@
+"""The agent core: what a terminal says, and when. Pure logic, no sockets, no sleeping.
+
+``Agent`` reads its probes when asked (``tick(now)``), turns condition changes
+into ``peripheral_changed`` events, sends the full report every
+``report_interval_s`` while connected and once more on every connect, and
+builds the retained ``online``/``offline`` state messages. It owns the
+per-boot ``seq``: reports and events take the next number (from 1); state
+messages carry the last number assigned and take none.
+
+Everything leaves through the ``Outbound`` port as ``(topic, payload,
+retain)``, always QoS 1. The MQTT connection is the real adapter; a durable
+outbox can later sit between the two, implementing the same port, without
+this module changing. ``RecordingOutbound`` is the fake for tests.
+
+Time comes in as ``now`` (monotonic seconds) and from the injected ``Clock``
+(for ``sent_at``). This module never does I/O itself, never raises because a
+probe misbehaved, and never waits for the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Literal, Protocol
+
+from agent.clock import Clock
+from agent.config import AgentConfig
+from agent.probes.base import Probe
+from protocol.codec import encode
+from protocol.messages import (
+    BootEvent,
+    EventMessage,
+    PeripheralChangedEvent,
+    PeripheralCondition,
+    PeripheralStatus,
+    ReportBody,
+    ReportMessage,
+    StateBody,
+    StateMessage,
+    TerminalState,
+)
+from protocol.topics import Channel, topic
+
+__all__ = [
+    "Agent",
+    "AgentStats",
+    "Outbound",
+    "OutboundError",
+    "OutboundFullError",
+    "Published",
+    "RecordingOutbound",
+]
+
+log = logging.getLogger(__name__)
+
+_MAX_DETAIL: Final = 256
+_MAX_PROBES: Final = 32
+_NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_MAX_UPTIME: Final = 10 * 365 * 86400.0
+
+_StateReason = Literal["connect", "shutdown", "connection_lost"]
+
+
+class OutboundError(Exception):
+    """The outbound side refused a message; the agent counts it as dropped.
+
+    ::
+
+        OutboundError          (base: the message was not accepted)
+        └── OutboundFullError  (the bounded queue of unsent messages is full)
+    """
+
+    def __init__(self, message: str, *, topic: str | None = None) -> None:
+        super().__init__(message)
+        self.topic = topic
+
+
+class OutboundFullError(OutboundError):
+    """The queue of messages waiting for the broker is at its limit."""
+
+    def __init__(self, limit: int, *, topic: str | None = None) -> None:
+        super().__init__(f"outbound queue full ({limit} messages)", topic=topic)
+        self.limit = limit
+
+
+class Outbound(Protocol):
+    """Where the agent's messages go. Always QoS 1; ``retain`` only for ``state``.
+
+    ``publish`` must not block: it accepts the message (sending it now or
+    queueing it until the broker is reachable) or raises OutboundError.
+    """
+
+    def publish(self, topic: str, payload: bytes, retain: bool) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """One message handed to the outbound port."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+class RecordingOutbound:
+    """The fake port: remembers every message; can be told to refuse."""
+
+    def __init__(self) -> None:
+        self.published: list[Published] = []
+        self.refuse: OutboundError | None = None
+
+    def publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        if self.refuse is not None:
+            raise self.refuse
+        self.published.append(Published(topic, payload, retain))
+
+    def on(self, channel: Channel) -> list[Published]:
+        """The messages sent on ``channel`` (by topic suffix), in order."""
+        suffix = "/" + channel.value
+        return [p for p in self.published if p.topic.endswith(suffix)]
+
+
+@dataclass(slots=True)
+class AgentStats:
+    """What the agent has done since it started (read by the simulator and logs)."""
+
+    reports: int = 0
+    events: int = 0
+    states: int = 0
+    dropped: int = 0
+    probe_errors: int = 0
+    last_drop: str | None = field(default=None, repr=False)
+
+
+class Agent:
+    """One terminal's reporting logic. Drive it with ``start``, ``tick`` and the connection hooks."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        probes: Sequence[Probe],
+        outbound: Outbound,
+        clock: Clock,
+        boot_id: str,
+        uptime: Callable[[], float],
+    ) -> None:
+        """Raises ValueError if the probes' names are invalid or repeated, or there are too many."""
+        names = [p.name for p in probes]
+        if len(names) > _MAX_PROBES:
+            raise ValueError(f"at most {_MAX_PROBES} probes per terminal")
+        if len(set(names)) != len(names):
+            raise ValueError(f"probe names must be unique: {names}")
+        for name in names:
+            if not _NAME_RE.match(name):
+                raise ValueError(f"invalid probe name {name!r}")
+        self._config = config
+        self._probes = list(probes)
+        self._outbound = outbound
+        self._clock = clock
+        self._boot_id = boot_id
+        self._uptime = uptime
+        self._terminal_id = config.terminal_id
+        self._state_topic = topic(config.terminal_id, Channel.STATE)
+        self._report_topic = topic(config.terminal_id, Channel.REPORT)
+        self._event_topic = topic(config.terminal_id, Channel.EVENT)
+        self._seq = 0
+        self._statuses: dict[str, PeripheralStatus] = {}
+        self._probe_failures: dict[str, str] = {}
+        self._connected = False
+        self._started = False
+        self._stopped = False
+        self._next_probe = math.inf
+        self._next_report = math.inf
+        self.stats = AgentStats()
+
+    # -- what the loop and the connection call ---------------------------------
+
+    @property
+    def terminal_id(self) -> str:
+        return self._terminal_id
+
+    @property
+    def seq(self) -> int:
+        """The last sequence number assigned (0 before the first report or event)."""
+        return self._seq
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def next_due(self) -> float:
+        """When ``tick`` next has work (monotonic seconds); infinity once stopped."""
+        if self._stopped or not self._started:
+            return math.inf
+        return min(self._next_probe, self._next_report)
+
+    def start(self, now: float, *, first_report_in: float | None = None) -> float:
+        """Read every probe, send the ``boot`` event, and schedule the work. Returns ``next_due``.
+
+        Peripherals already in a problem condition get a ``peripheral_changed``
+        event with ``previous`` null. The first periodic report comes after
+        ``first_report_in`` seconds (default: one report interval; a simulator
+        passes a random offset to spread its terminals' reports).
+        """
+        if self._started:
+            return self.next_due
+        self._started = True
+        self._read_probes(announce=False)
+        self._send_event(
+            BootEvent(
+                type="boot",
+                uptime_s=self._uptime_s(),
+                agent_version=self._config.agent_version,
+            )
+        )
+        for status in self._statuses.values():
+            if status.condition is not PeripheralCondition.OK:
+                self._send_event(
+                    PeripheralChangedEvent(
+                        type="peripheral_changed", peripheral=status, previous=None
+                    )
+                )
+        interval = self._config.report_interval_s
+        offset = interval if first_report_in is None else max(0.0, first_report_in)
+        self._next_probe = now + self._config.probe_interval_s
+        self._next_report = now + offset
+        return self.next_due
+
+    def tick(self, now: float) -> float:
+        """Do whatever is due at ``now``: read probes, send a report. Returns ``next_due``.
+
+        A periodic report falls due while disconnected is skipped, not queued:
+        the report sent on the next connect supersedes it.
+        """
+        if self._stopped or not self._started:
+            return self.next_due
+        if now >= self._next_probe:
+            self._read_probes(announce=True)
+            self._next_probe = _next_slot(self._next_probe, self._config.probe_interval_s, now)
+        if now >= self._next_report:
+            if self._connected:
+                self._send_report()
+            self._next_report = _next_slot(self._next_report, self._config.report_interval_s, now)
+        return self.next_due
+
+    def check_now(self) -> None:
+        """Read every probe at once (outside the schedule) and announce changes."""
+        if self._started and not self._stopped:
+            self._read_probes(announce=True)
+
+    def on_connected(self) -> None:
+        """The broker accepted the session: send retained ``online`` and a full report."""
+        if self._stopped:
+            return
+        if not self._started:
+            self._read_probes(announce=False)
+        self._connected = True
+        self._send_state(self._state_message(TerminalState.ONLINE, "connect"), "online")
+        self._send_report()
+
+    def on_disconnected(self) -> None:
+        """The connection is gone; periodic reports pause until the next connect."""
+        self._connected = False
+
+    def will_message(self) -> bytes:
+        """The retained ``offline``/``connection_lost`` state to register as the MQTT will."""
+        return encode(self._state_message(TerminalState.OFFLINE, "connection_lost"))
+
+    def shutdown_message(self) -> bytes:
+        """The retained ``offline``/``shutdown`` state for a clean stop."""
+        return encode(self._state_message(TerminalState.OFFLINE, "shutdown"))
+
+    def stop(self) -> None:
+        """Publish the ``shutdown`` state and stop ticking. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._publish(self._state_topic, self.shutdown_message(), retain=True, what="shutdown")
+        self.stats.states += 1
+
+    @property
+    def state_topic(self) -> str:
+        return self._state_topic
+
+    def peripherals(self) -> list[PeripheralStatus]:
+        """The last status read from each probe, in probe order."""
+        return list(self._statuses.values())
+
+    # -- internals ---------------------------------------------------------------
+
+    def _read_probes(self, *, announce: bool) -> None:
+        for probe in self._probes:
+            status = self._read_one(probe)
+            previous = self._statuses.get(probe.name)
+            self._statuses[probe.name] = status
+            if not announce or previous is None:
+                continue
+            if previous.condition is status.condition and previous.fault_code == status.fault_code:
+                continue
+            self._send_event(
+                PeripheralChangedEvent(
+                    type="peripheral_changed", peripheral=status, previous=previous.condition
+                )
+            )
+
+    def _read_one(self, probe: Probe) -> PeripheralStatus:
+        try:
+            status = probe.read()
+            if not isinstance(status, PeripheralStatus):
+                raise TypeError(f"read() returned {type(status).__name__}, not PeripheralStatus")
+            if status.name != probe.name or status.kind is not probe.kind:
+                status = status.model_copy(update={"name": probe.name, "kind": probe.kind})
+        except Exception as exc:  # noqa: BLE001 - a broken probe must never stop the agent
+            self.stats.probe_errors += 1
+            text = f"probe error: {type(exc).__name__}: {exc}"[:_MAX_DETAIL]
+            if self._probe_failures.get(probe.name) != text:
+                log.warning("%s: probe %s failed: %s", self._terminal_id, probe.name, text)
+                self._probe_failures[probe.name] = text
+            return PeripheralStatus(
+                name=probe.name,
+                kind=probe.kind,
+                condition=PeripheralCondition.UNKNOWN,
+                detail=text,
+            )
+        self._probe_failures.pop(probe.name, None)
+        return status
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _uptime_s(self) -> float:
+        try:
+            value = float(self._uptime())
+        except Exception:  # noqa: BLE001 - uptime is informative; a failure must not stop a report
+            return 0.0
+        if not math.isfinite(value):
+            return 0.0
+        return min(max(value, 0.0), _MAX_UPTIME)
+
+    def _send_event(self, body: BootEvent | PeripheralChangedEvent) -> None:
+        message = EventMessage(
+            schema="kf.event",
+            version=1,
+            terminal_id=self._terminal_id,
+            boot_id=self._boot_id,
+            seq=self._next_seq(),
+            sent_at=self._clock.wall(),
+            body=body,
+        )
+        if self._publish(self._event_topic, encode(message), retain=False, what=body.type):
+            self.stats.events += 1
+
+    def _send_report(self) -> None:
+        config = self._config
+        message = ReportMessage(
+            schema="kf.report",
+            version=1,
+            terminal_id=self._terminal_id,
+            boot_id=self._boot_id,
+            seq=self._next_seq(),
+            sent_at=self._clock.wall(),
+            body=ReportBody(
+                hall=config.hall,
+                region=config.region,
+                model=config.model,
+                agent_version=config.agent_version,
+                uptime_s=self._uptime_s(),
+                report_interval_s=config.report_interval_s,
+                peripherals=list(self._statuses.values()),
+            ),
+        )
+        if self._publish(self._report_topic, encode(message), retain=False, what="report"):
+            self.stats.reports += 1
+
+    def _state_message(self, state: TerminalState, reason: _StateReason) -> StateMessage:
+        config = self._config
+        return StateMessage(
+            schema="kf.state",
+            version=1,
+            terminal_id=self._terminal_id,
+            boot_id=self._boot_id,
+            seq=self._seq,
+            sent_at=self._clock.wall(),
+            body=StateBody(
+                state=state,
+                reason=reason,
+                hall=config.hall,
+                region=config.region,
+                model=config.model,
+            ),
+        )
+
+    def _send_state(self, message: StateMessage, what: str) -> None:
+        if self._publish(self._state_topic, encode(message), retain=True, what=what):
+            self.stats.states += 1
+
+    def _publish(self, topic_name: str, payload: bytes, *, retain: bool, what: str) -> bool:
+        try:
+            self._outbound.publish(topic_name, payload, retain)
+        except OutboundError as exc:
+            self.stats.dropped += 1
+            if self.stats.last_drop != str(exc):
+                log.warning("%s: %s message dropped: %s", self._terminal_id, what, exc)
+                self.stats.last_drop = str(exc)
+            return False
+        return True
+
+
+def _next_slot(previous: float, interval: float, now: float) -> float:
+    """The next point on the ``previous + k * interval`` grid after ``now``."""
+    nxt = previous + interval
+    if nxt <= now:
+        nxt = now + interval
+    return nxt

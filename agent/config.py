@@ -1,0 +1,221 @@
+"""The agent's settings: one validated object built from ``agent.toml`` and the environment.
+
+``load_agent_config(path)`` reads the TOML file, lets ``KIOSKFLEET_AGENT_*``
+variables override it (``KIOSKFLEET_AGENT_LIMITS__MAX_QUEUED_MESSAGES`` for a
+nested field; lists such as ``probes`` as JSON), and validates everything at
+once. Any problem becomes an ``AgentConfigError`` whose message names the
+field. Nothing here opens a socket or starts anything, and nothing is read at
+import time.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Self
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from agent.probes.factory import ProbeSpec
+from kioskfleet import __version__
+from protocol.messages import Label
+from protocol.topics import is_valid_terminal_id
+
+__all__ = [
+    "AgentConfig",
+    "AgentConfigError",
+    "AgentLimits",
+    "BrokerAddress",
+    "load_agent_config",
+    "parse_broker_url",
+]
+
+ENV_PREFIX = "KIOSKFLEET_AGENT_"
+
+_DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+# Which TOML file the settings sources read while ``load_agent_config`` runs.
+_toml_path: ContextVar[Path | None] = ContextVar("kioskfleet_agent_toml", default=None)
+
+
+class AgentConfigError(ValueError):
+    """The agent's configuration is missing, unreadable or invalid.
+
+    ``problems`` is a list of ``(field, message)`` pairs; ``str()`` lists them all.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]], source: str = "agent config") -> None:
+        self.problems = problems
+        self.source = source
+        lines = "; ".join(f"{field}: {message}" for field, message in problems)
+        super().__init__(f"invalid {source}: {lines}")
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """Where the broker is: ``tls`` is true for ``mqtts://``."""
+
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """Parse ``mqtt://host[:port]`` or ``mqtts://host[:port]``.
+
+    Raises ValueError naming what is wrong.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in _DEFAULT_PORTS:
+        raise ValueError(f"scheme must be mqtt:// or mqtts://, got {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"a broker URL has no path, query or fragment: {url!r}")
+    if parts.username or parts.password:
+        raise ValueError("credentials do not belong in broker_url")
+    try:
+        port = parts.port or _DEFAULT_PORTS[parts.scheme]
+    except ValueError:
+        raise ValueError(f"invalid port in {url!r}") from None
+    if not parts.hostname:
+        raise ValueError(f"missing host in {url!r}")
+    return BrokerAddress(host=parts.hostname, port=port, tls=parts.scheme == "mqtts")
+
+
+class AgentLimits(BaseModel):
+    """Bounds the agent keeps to, whatever happens on the network."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_queued_messages: Annotated[int, Field(ge=10, le=1_000_000)] = 1000
+    """QoS 1 messages held in memory while the broker is unreachable; beyond it new ones drop."""
+    max_inflight_messages: Annotated[int, Field(ge=1, le=1000)] = 20
+    connect_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    """TCP + TLS connect, and then the wait for CONNACK."""
+    stable_connection_s: Annotated[float, Field(ge=0, le=86400)] = 30.0
+    """A connection that stayed up this long resets the reconnect backoff."""
+    shutdown_timeout_s: Annotated[float, Field(ge=0, le=120)] = 5.0
+    """On stop, how long to wait for PUBACKs of what was already published."""
+    max_connecting: Annotated[int, Field(ge=1, le=1000)] = 64
+    """Connection attempts awaiting CONNACK at once in one loop (mosquitto's backlog is 100)."""
+
+
+class AgentConfig(BaseSettings):
+    """Everything one terminal agent needs to know; see docs/agent.md for each field."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    terminal_id: str
+    hall: Label
+    region: Label
+    model: Label
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    report_interval_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    probe_interval_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    keepalive_s: Annotated[int, Field(ge=1, le=300)] = 30
+    reconnect_min_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    session_expiry_s: Annotated[int, Field(ge=0, le=2**32 - 1)] = 7 * 86400
+    probes: Annotated[list[ProbeSpec], Field(max_length=32)] = []
+    agent_version: Annotated[str, Field(min_length=1, max_length=32)] = __version__
+    limits: AgentLimits = AgentLimits()
+
+    @field_validator("terminal_id")
+    @classmethod
+    def _terminal_id_is_one_topic_level(cls, value: str) -> str:
+        if not is_valid_terminal_id(value):
+            raise ValueError(
+                "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url_parses(cls, value: str) -> str:
+        parse_broker_url(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must not be below reconnect_min_s")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        uses_tls_files = any(
+            f is not None for f in (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+        )
+        if uses_tls_files and not self.broker.tls:
+            raise ValueError("tls_* files need an mqtts:// broker_url")
+        names = [p.name for p in self.probes]
+        if len(names) != len(set(names)):
+            raise ValueError("probe names must be unique")
+        return self
+
+    @property
+    def broker(self) -> BrokerAddress:
+        return parse_broker_url(self.broker_url)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Explicit arguments, then the environment, then the TOML file (if one is loading)."""
+        path = _toml_path.get()
+        if path is None:
+            return (init_settings, env_settings)
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=path))
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "<config>"
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for err in exc.errors(include_url=False):
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            message = "is required (set it in the file or as " + ENV_PREFIX + "<FIELD>)"
+        problems.append((_location(err["loc"]), message))
+    return problems
+
+
+def load_agent_config(path: Path | None, **overrides: Any) -> AgentConfig:
+    """Build the agent's settings from ``path`` (optional), the environment and ``overrides``.
+
+    Precedence: ``overrides`` > ``KIOSKFLEET_AGENT_*`` > the TOML file > defaults.
+    Raises AgentConfigError (naming each bad field) if the file is missing or
+    unreadable or any value is invalid.
+    """
+    source = f"agent config {path}" if path is not None else "agent config"
+    if path is not None and not path.is_file():
+        raise AgentConfigError([("<file>", f"{path} does not exist or is not a file")], source)
+    token = _toml_path.set(path)
+    try:
+        return AgentConfig(**overrides)
+    except ValidationError as exc:
+        raise AgentConfigError(_problems(exc), source) from None
+    except ValueError as exc:  # tomllib.TOMLDecodeError, env JSON that does not parse
+        raise AgentConfigError([("<file>", str(exc))], source) from None
+    finally:
+        _toml_path.reset(token)

@@ -1,0 +1,555 @@
+"""The agent's MQTT adapter: the only agent module that imports paho.
+
+``MqttConnection`` keeps one terminal's MQTT v5 session with the broker:
+client id = terminal id, ``clean_start=False`` with a Session Expiry Interval
+(a persistent session), QoS 1 for everything, and the retained ``offline``
+state registered as the will before every connection attempt. It implements
+the agent's ``Outbound`` port (``publish``) and tells a ``SessionListener``
+(the Agent) when the session comes up or goes away.
+
+It never runs a thread and never blocks on the network except for the TCP
+(and TLS) connect itself, which is bounded by ``connect_timeout_s``. An
+external selector loop drives it through ``fileno()``, ``wants_write()``,
+``on_readable()``, ``on_writable()``, ``service(now)`` (keepalive, CONNACK
+timeout) and ``connect(now)`` (when ``connect_due(now)`` and the loop has a
+free attempt slot). paho's socket open/close callbacks are forwarded to a
+``SocketWatcher`` so the loop (un)registers a socket before it is closed.
+
+Reconnects back off exponentially with full jitter between
+``reconnect_min_s`` and ``reconnect_max_s``; a connection that stayed up for
+``stable_connection_s`` resets the backoff. paho error and reason codes become
+the exceptions below (kept in ``stats.last_error`` and logged); nothing
+paho-typed leaves this module. Errors::
+
+    MqttConnectionError            (base)
+    ├── ConnectionSetupError       the settings cannot work (TLS files unreadable)
+    ├── BrokerUnreachableError     TCP/TLS connect failed (refused, timeout, DNS, handshake)
+    ├── ConnectRefusedError        CONNACK with a failure reason code (carries it)
+    ├── ConnectTimeoutError        no CONNACK within connect_timeout_s
+    └── ConnectionLostError        an established session dropped (carries the reason)
+
+``publish`` raises the port's ``OutboundFullError`` when the in-memory queue
+(``max_queued_messages``) is full, and ``OutboundError`` for a message paho refuses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.agent import OutboundError, OutboundFullError
+from agent.config import AgentConfig
+from protocol.topics import Channel, topic
+
+__all__ = [
+    "BrokerUnreachableError",
+    "ConnectRefusedError",
+    "ConnectTimeoutError",
+    "ConnectionLostError",
+    "ConnectionSettings",
+    "ConnectionSetupError",
+    "ConnectionState",
+    "ConnectionStats",
+    "MqttConnection",
+    "MqttConnectionError",
+    "SessionListener",
+    "SocketWatcher",
+]
+
+log = logging.getLogger(__name__)
+
+
+class MqttConnectionError(Exception):
+    """Something went wrong between this terminal and the broker."""
+
+
+class ConnectionSetupError(MqttConnectionError):
+    """The connection settings cannot work (for example an unreadable TLS file)."""
+
+
+class BrokerUnreachableError(MqttConnectionError):
+    """The TCP or TLS connection to the broker could not be made."""
+
+    def __init__(self, host: str, port: int, cause: str) -> None:
+        super().__init__(f"cannot reach broker {host}:{port}: {cause}")
+        self.host = host
+        self.port = port
+        self.cause = cause
+
+
+class ConnectRefusedError(MqttConnectionError):
+    """The broker answered CONNECT with a failure reason code."""
+
+    def __init__(self, reason_code: int, reason: str) -> None:
+        super().__init__(f"broker refused the connection: {reason} (0x{reason_code:02x})")
+        self.reason_code = reason_code
+        self.reason = reason
+
+
+class ConnectTimeoutError(MqttConnectionError):
+    """No CONNACK arrived in time."""
+
+
+class ConnectionLostError(MqttConnectionError):
+    """An established session went away."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"connection lost: {reason}")
+        self.reason = reason
+
+
+class ConnectionState(Enum):
+    IDLE = "idle"  # not started
+    WAITING = "waiting"  # next attempt scheduled
+    CONNECTING = "connecting"  # CONNECT sent, waiting for CONNACK
+    CONNECTED = "connected"
+    CLOSING = "closing"  # DISCONNECT sent
+    CLOSED = "closed"  # stopped for good
+
+
+class SessionListener(Protocol):
+    """Who the connection reports to (the Agent)."""
+
+    def on_connected(self) -> None: ...
+
+    def on_disconnected(self) -> None: ...
+
+    def will_message(self) -> bytes: ...
+
+
+class SocketWatcher(Protocol):
+    """The event loop's side: told when a socket appears and just before it is closed."""
+
+    def socket_opened(self, fd: int) -> None: ...
+
+    def socket_closed(self, fd: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """What one connection needs; built from ``AgentConfig`` by ``from_config``."""
+
+    client_id: str
+    host: str
+    port: int
+    tls: bool = False
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    keepalive_s: int = 30
+    session_expiry_s: int = 7 * 86400
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    stable_connection_s: float = 30.0
+    connect_timeout_s: float = 10.0
+    max_queued_messages: int = 1000
+    max_inflight_messages: int = 20
+    quiet: bool = False  # log connects and losses at DEBUG (simulator with thousands of them)
+
+    @classmethod
+    def from_config(cls, config: AgentConfig, *, quiet: bool = False) -> ConnectionSettings:
+        broker = config.broker
+        limits = config.limits
+        return cls(
+            client_id=config.terminal_id,
+            host=broker.host,
+            port=broker.port,
+            tls=broker.tls,
+            tls_ca_file=config.tls_ca_file,
+            tls_cert_file=config.tls_cert_file,
+            tls_key_file=config.tls_key_file,
+            keepalive_s=config.keepalive_s,
+            session_expiry_s=config.session_expiry_s,
+            reconnect_min_s=config.reconnect_min_s,
+            reconnect_max_s=config.reconnect_max_s,
+            stable_connection_s=limits.stable_connection_s,
+            connect_timeout_s=limits.connect_timeout_s,
+            max_queued_messages=limits.max_queued_messages,
+            max_inflight_messages=limits.max_inflight_messages,
+            quiet=quiet,
+        )
+
+    @property
+    def service_period_s(self) -> float:
+        """How often ``service`` must run while a socket is open (keepalive pings)."""
+        return max(0.05, min(self.keepalive_s / 4, 5.0))
+
+
+@dataclass(slots=True)
+class ConnectionStats:
+    """Counters since the connection was created."""
+
+    published: int = 0  # messages accepted by publish()
+    acked: int = 0  # PUBACKs with a success code
+    ack_failures: int = 0  # PUBACKs with a failure code (the broker refused the message)
+    connects: int = 0  # sessions established (CONNACK success)
+    connect_failures: int = 0  # attempts that did not end in a session
+    losses: int = 0  # established sessions that dropped
+    session_present: bool = False  # the last CONNACK said the broker still had our session
+    last_error: MqttConnectionError | None = None
+
+
+class _NoListener:
+    def on_connected(self) -> None:
+        return None
+
+    def on_disconnected(self) -> None:
+        return None
+
+    def will_message(self) -> bytes:
+        return b""
+
+
+class MqttConnection:
+    """One terminal's MQTT session, driven by an external selector loop."""
+
+    def __init__(
+        self,
+        settings: ConnectionSettings,
+        *,
+        rng: random.Random | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Raises ConnectionSetupError if TLS is asked for and the files cannot be loaded."""
+        self._settings = settings
+        self._rng = rng or random.Random()  # noqa: S311 - backoff jitter, not cryptography
+        self._monotonic = monotonic
+        self._listener: SessionListener = _NoListener()
+        self._watcher: SocketWatcher | None = None
+        self._will_topic = topic(settings.client_id, Channel.STATE)
+        self.stats = ConnectionStats()
+        self._state = ConnectionState.IDLE
+        self._next_attempt = math.inf
+        self._attempt_started = 0.0
+        self._connected_since = 0.0
+        self._failures = 0
+        self._last_service = 0.0
+        # Set by paho callbacks, acted upon in _settle() once paho has returned.
+        self._connack_ok = False
+        self._refused: ConnectRefusedError | None = None
+        self._closed_by_paho = False
+        self._close_reason = ""
+        self._drop_error: MqttConnectionError | None = None  # why we dropped the socket ourselves
+        self._client = self._make_client()
+
+    def _make_client(self) -> paho.Client:
+        s = self._settings
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            reconnect_on_failure=False,
+        )
+        client.connect_timeout = s.connect_timeout_s
+        client.max_queued_messages_set(s.max_queued_messages)
+        client.max_inflight_messages_set(s.max_inflight_messages)
+        if s.tls:
+            try:
+                client.tls_set(
+                    ca_certs=str(s.tls_ca_file) if s.tls_ca_file else None,
+                    certfile=str(s.tls_cert_file) if s.tls_cert_file else None,
+                    keyfile=str(s.tls_key_file) if s.tls_key_file else None,
+                )
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise ConnectionSetupError(f"TLS setup failed: {exc}") from exc
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
+        props.SessionExpiryInterval = s.session_expiry_s
+        client.connect_async(
+            s.host, s.port, keepalive=s.keepalive_s, clean_start=False, properties=props
+        )
+        client.on_connect = self._paho_on_connect
+        client.on_disconnect = self._paho_on_disconnect
+        client.on_publish = self._paho_on_publish
+        client.on_socket_open = self._paho_on_socket_open
+        client.on_socket_close = self._paho_on_socket_close
+        return client
+
+    # -- wiring ----------------------------------------------------------------
+
+    def attach(self, listener: SessionListener, watcher: SocketWatcher | None = None) -> None:
+        """Set who hears about the session, and who (un)registers the socket."""
+        self._listener = listener
+        self._watcher = watcher
+
+    @property
+    def settings(self) -> ConnectionSettings:
+        return self._settings
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    @property
+    def connected(self) -> bool:
+        return self._state is ConnectionState.CONNECTED
+
+    @property
+    def connecting(self) -> bool:
+        """True while an attempt holds a socket and waits for CONNACK."""
+        return self._state is ConnectionState.CONNECTING
+
+    @property
+    def closed(self) -> bool:
+        return self._state is ConnectionState.CLOSED
+
+    def start(self, now: float) -> None:
+        """Make the first connection attempt due at ``now``."""
+        if self._state is ConnectionState.IDLE:
+            self._state = ConnectionState.WAITING
+            self._next_attempt = now
+
+    # -- the Outbound port -----------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        """Send at QoS 1 now, or queue in memory until the session is back.
+
+        Raises OutboundFullError when ``max_queued_messages`` are already
+        waiting, OutboundError if paho refuses the message itself.
+        """
+        try:
+            info = self._client.publish(topic, payload, qos=1, retain=retain)
+        except ValueError as exc:
+            raise OutboundError(str(exc), topic=topic) from None
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            raise OutboundFullError(self._settings.max_queued_messages, topic=topic)
+        # SUCCESS, NO_CONN and CONN_LOST all leave the message queued for (re)sending.
+        self.stats.published += 1
+
+    def pending_acks(self) -> int:
+        """Messages accepted by ``publish`` whose PUBACK has not arrived yet."""
+        return self.stats.published - self.stats.acked - self.stats.ack_failures
+
+    # -- selector driving --------------------------------------------------------
+
+    def fileno(self) -> int | None:
+        """The socket to watch, or None while there is none."""
+        sock = self._client.socket()
+        if sock is None:
+            return None
+        fd = sock.fileno()
+        return fd if fd >= 0 else None
+
+    def wants_write(self) -> bool:
+        """True while bytes wait to be written (register for EVENT_WRITE)."""
+        return self._client.socket() is not None and self._client.want_write()
+
+    def on_readable(self) -> None:
+        """The socket is readable: let paho read and handle what arrived."""
+        client = self._client
+        rc = client.loop_read()
+        sock = client.socket()
+        # TLS may hold decrypted bytes the selector cannot see.
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and sock is not None and _pending(sock):
+            rc = client.loop_read()
+            sock = client.socket()
+        self._settle(self._monotonic())
+
+    def on_writable(self) -> None:
+        """The socket can take bytes: let paho write what it queued."""
+        self._client.loop_write()
+        self._settle(self._monotonic())
+
+    def service(self, now: float) -> None:
+        """Housekeeping: keepalive pings and their timeout, the CONNACK deadline."""
+        self._last_service = now
+        if self._client.socket() is not None:
+            self._client.loop_misc()
+        if (
+            self._state is ConnectionState.CONNECTING
+            and now - self._attempt_started >= self._settings.connect_timeout_s
+        ):
+            self._drop_socket(ConnectTimeoutError("no CONNACK within connect_timeout_s"))
+        self._settle(now)
+
+    def connect_due(self, now: float) -> bool:
+        """True if a connection attempt should be made now (the loop may delay it for a slot)."""
+        return self._state is ConnectionState.WAITING and now >= self._next_attempt
+
+    def next_service_at(self) -> float:
+        """When ``service`` (or ``connect``) should next run, in monotonic seconds."""
+        state = self._state
+        if state is ConnectionState.WAITING:
+            return self._next_attempt
+        if state is ConnectionState.CONNECTING:
+            return min(
+                self._attempt_started + self._settings.connect_timeout_s,
+                self._last_service + self._settings.service_period_s,
+            )
+        if state is ConnectionState.CONNECTED:
+            return self._last_service + self._settings.service_period_s
+        if state is ConnectionState.CLOSING:
+            return self._last_service + 0.1
+        return math.inf
+
+    def connect(self, now: float) -> None:
+        """Open the socket and send CONNECT (blocking for at most ``connect_timeout_s``).
+
+        A failure is recorded in ``stats.last_error`` and schedules the next
+        attempt; it never raises.
+        """
+        if self._state is not ConnectionState.WAITING:
+            return
+        s = self._settings
+        self._client.will_set(self._will_topic, self._listener.will_message(), qos=1, retain=True)
+        self._attempt_started = now
+        self._last_service = now
+        self._state = ConnectionState.CONNECTING
+        try:
+            rc = self._client.reconnect()
+        except (OSError, ValueError) as exc:  # refused, timeout, DNS, TLS handshake/cert
+            self._state = ConnectionState.WAITING
+            cause = str(exc) or type(exc).__name__
+            self._attempt_failed(now, BrokerUnreachableError(s.host, s.port, cause))
+            return
+        if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+            self._drop_socket(BrokerUnreachableError(s.host, s.port, paho.error_string(rc)))
+        self._settle(now)
+
+    def disconnect(self) -> None:
+        """End the session cleanly (MQTT DISCONNECT, so the broker drops the will)."""
+        if self._state is ConnectionState.CONNECTED:
+            self._state = ConnectionState.CLOSING
+            self._last_service = self._monotonic()
+            self._client.disconnect()
+            self._settle(self._monotonic())
+        elif self._state is not ConnectionState.CLOSING:
+            self.close()
+
+    def abort(self) -> None:
+        """Drop the TCP connection abruptly, without DISCONNECT (the broker sends the will).
+
+        The connection then reconnects as after any loss. For tests and for a
+        hard stop.
+        """
+        self._drop_socket(ConnectionLostError("aborted locally"))
+        self._settle(self._monotonic())
+
+    def close(self) -> None:
+        """Stop for good: drop any socket (without DISCONNECT) and never reconnect."""
+        self._state = ConnectionState.CLOSED
+        self._drop_socket(None)
+        self._settle(self._monotonic())
+
+    # -- paho callbacks: record only, act in _settle -----------------------------
+
+    def _paho_on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        if reason_code.is_failure:
+            self._refused = ConnectRefusedError(int(reason_code.value), str(reason_code))
+        else:
+            self._connack_ok = True
+            self.stats.session_present = bool(flags.session_present)
+
+    def _paho_on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        self._closed_by_paho = True
+        self._close_reason = str(reason_code)
+
+    def _paho_on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any
+    ) -> None:
+        if reason_code.is_failure:
+            self.stats.ack_failures += 1
+            log.warning(
+                "%s: broker refused message %d: %s", self._settings.client_id, mid, reason_code
+            )
+        else:
+            self.stats.acked += 1
+
+    def _paho_on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._watcher is not None:
+            self._watcher.socket_opened(sock.fileno())
+
+    def _paho_on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if self._watcher is not None:
+            self._watcher.socket_closed(sock.fileno())
+
+    # -- state transitions -------------------------------------------------------
+
+    def _drop_socket(self, error: MqttConnectionError | None) -> None:
+        """Shut the socket down and let paho notice (it closes it and tells the watcher)."""
+        sock = self._client.socket()
+        if sock is None:
+            return
+        self._drop_error = error
+        if isinstance(sock, socket.socket):  # ssl.SSLSocket included
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for _ in range(1000):  # read out what is buffered until paho sees the end
+            if self._client.socket() is None:
+                break
+            self._client.loop_read()
+
+    def _settle(self, now: float) -> None:
+        """Act on what paho reported during the last call, outside paho's own code."""
+        if self._refused is not None:
+            refused, self._refused = self._refused, None
+            self._drop_socket(refused)
+        if self._connack_ok:
+            self._connack_ok = False
+            if self._state is ConnectionState.CONNECTING:
+                self._state = ConnectionState.CONNECTED
+                self._connected_since = now
+                self.stats.connects += 1
+                s = self._settings
+                self._log(logging.INFO, "connected to %s:%d", s.host, s.port)
+                self._listener.on_connected()
+        if self._closed_by_paho:
+            self._closed_by_paho = False
+            cause, self._drop_error = self._drop_error, None
+            if self._state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+                self._state = ConnectionState.CLOSED
+            elif self._state is ConnectionState.CONNECTED:
+                self.stats.losses += 1
+                if now - self._connected_since >= self._settings.stable_connection_s:
+                    self._failures = 0
+                self._state = ConnectionState.WAITING
+                self._listener.on_disconnected()
+                self._retry_later(now, cause or ConnectionLostError(self._close_reason))
+            elif self._state is ConnectionState.CONNECTING:
+                self._state = ConnectionState.WAITING
+                self.stats.connect_failures += 1
+                self._retry_later(now, cause or ConnectionLostError(self._close_reason))
+
+    def _attempt_failed(self, now: float, error: MqttConnectionError) -> None:
+        self.stats.connect_failures += 1
+        self._retry_later(now, error)
+
+    def _retry_later(self, now: float, error: MqttConnectionError) -> None:
+        """Record ``error`` and schedule the next attempt: exponential backoff, full jitter."""
+        s = self._settings
+        self.stats.last_error = error
+        self._failures += 1
+        cap = min(s.reconnect_max_s, s.reconnect_min_s * 2.0**self._failures)
+        delay = self._rng.uniform(s.reconnect_min_s, max(s.reconnect_min_s, cap))
+        self._next_attempt = now + delay
+        self._log(logging.WARNING, "%s; retrying in %.1f s", error, delay)
+
+    def _log(self, level: int, msg: str, *args: object) -> None:
+        if self._settings.quiet:
+            level = logging.DEBUG
+        log.log(level, "%s: " + msg, self._settings.client_id, *args)
+
+
+def _pending(sock: Any) -> bool:
+    """Bytes already decrypted inside a TLS socket (0 for plain TCP)."""
+    if isinstance(sock, ssl.SSLSocket):
+        return sock.pending() > 0
+    return False

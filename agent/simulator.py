@@ -1,0 +1,494 @@
+"""A fleet simulator: N virtual terminals, each the real ``Agent`` with scenario probes and its own MQTT session.
+
+All terminals of one process share one ``EventLoop`` (selectors, no thread per
+terminal); ``processes > 1`` spreads slices of the ids over processes started
+with the ``spawn`` method. Terminal ``i`` (1-based) is ``{prefix}-{i:05d}`` in
+hall ``hall-{h:02d}`` (round-robin over ``halls``), whose region is
+``region-{r}`` (halls round-robin over ``regions``); odd terminals are model
+``KF-200`` (receipt printer, ID-card reader, QR scanner), even ones ``KF-300``
+(plus an A4 printer). Scenario probes are seeded from ``seed`` and the id, so
+a run's incidents are reproducible; boot ids are fresh at every run, as after
+a real restart.
+
+``Simulation`` is the in-process handle used by tests and benchmarks: start it
+in a background thread, force a terminal's peripheral into a condition, read
+counters, stop it cleanly. ``run_simulation`` is the ``kioskfleet simulate``
+command.
+
+This module never decides what a terminal reports (the Agent does) and never
+talks MQTT itself (the connections do).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import random
+import resource
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from types import FrameType
+from typing import Any
+
+from agent.agent import Agent
+from agent.clock import Clock, SystemClock
+from agent.config import AgentConfig, parse_broker_url
+from agent.event_loop import EventLoop
+from agent.mqtt_connection import ConnectionSettings, MqttConnection
+from agent.probes.simulated import (
+    Scenario,
+    ScenarioPrinter,
+    ScenarioProbe,
+    build_scenario_probe,
+)
+from protocol.messages import PeripheralCondition
+from protocol.topics import is_valid_terminal_id
+
+__all__ = [
+    "MODELS",
+    "Simulation",
+    "SimulationCounters",
+    "SimulationOptions",
+    "SimulationTuning",
+    "TerminalProfile",
+    "raise_open_file_limit",
+    "run_simulation",
+    "terminal_profiles",
+]
+
+log = logging.getLogger(__name__)
+
+MODELS: dict[str, tuple[Scenario, ...]] = {
+    "KF-200": (Scenario.RECEIPT_PRINTER, Scenario.ID_CARD_READER, Scenario.QR_SCANNER),
+    "KF-300": (
+        Scenario.RECEIPT_PRINTER,
+        Scenario.A4_PRINTER,
+        Scenario.ID_CARD_READER,
+        Scenario.QR_SCANNER,
+    ),
+}
+_MODEL_NAMES = tuple(MODELS)
+_FD_HEADROOM = 512
+_PROGRESS_EVERY_S = 10.0
+
+
+@dataclass(frozen=True)
+class SimulationOptions:
+    """What ``kioskfleet simulate`` passes (see kioskfleet/cli.py)."""
+
+    terminals: int = 50
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    halls: int = 3
+    regions: int = 1
+    seed: int = 1
+    report_interval_s: float = 60.0
+    fault_rate: float = 1.0
+    duration_s: float | None = None
+    processes: int = 1
+    id_prefix: str = "SIM"
+
+    def check(self) -> None:
+        """Raises ValueError naming the first option that cannot work."""
+        if self.terminals < 1:
+            raise ValueError("terminals must be at least 1")
+        if self.halls < 1 or self.regions < 1:
+            raise ValueError("halls and regions must be at least 1")
+        if not 0 < self.report_interval_s <= 86400:
+            raise ValueError("report_interval_s must be in (0, 86400]")
+        if self.fault_rate <= 0:
+            raise ValueError("fault_rate must be positive")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ValueError("duration_s must be positive")
+        if not 1 <= self.processes <= self.terminals:
+            raise ValueError("processes must be between 1 and terminals")
+        if not is_valid_terminal_id(f"{self.id_prefix}-{self.terminals:05d}"):
+            raise ValueError(f"id_prefix {self.id_prefix!r} does not make valid terminal ids")
+        parse_broker_url(self.broker_url)
+
+
+@dataclass(frozen=True)
+class SimulationTuning:
+    """Knobs beyond the CLI's, for tests and benchmarks."""
+
+    probe_interval_s: float | None = None  # default: min(5, report_interval_s / 2)
+    keepalive_s: int = 30
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 30.0
+    max_connecting: int = 64
+    spread_reports: bool = True  # first periodic report at a random offset
+    shutdown_timeout_s: float = 10.0
+    max_queued_messages: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalProfile:
+    terminal_id: str
+    hall: str
+    region: str
+    model: str
+
+
+def terminal_profiles(
+    opts: SimulationOptions, indices: range | None = None
+) -> list[TerminalProfile]:
+    """The identities of terminals ``indices`` (1-based; default all of them)."""
+    result = []
+    for i in indices if indices is not None else range(1, opts.terminals + 1):
+        hall = (i - 1) % opts.halls + 1
+        region = (hall - 1) % opts.regions + 1
+        result.append(
+            TerminalProfile(
+                terminal_id=f"{opts.id_prefix}-{i:05d}",
+                hall=f"hall-{hall:02d}",
+                region=f"region-{region}",
+                model=_MODEL_NAMES[(i + 1) % 2],
+            )
+        )
+    return result
+
+
+@dataclass
+class SimulationCounters:
+    """Totals over the simulated terminals."""
+
+    terminals: int = 0
+    connected: int = 0  # sessions up right now
+    connects: int = 0  # CONNACK successes so far
+    connect_failures: int = 0
+    losses: int = 0
+    published: int = 0  # messages handed to MQTT
+    acked: int = 0  # PUBACKs received
+    dropped: int = 0  # messages refused (queue full)
+    reports: int = 0
+    events: int = 0
+
+    def __add__(self, other: SimulationCounters) -> SimulationCounters:
+        return SimulationCounters(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
+        )
+
+
+def raise_open_file_limit(needed: int) -> int:
+    """Raise RLIMIT_NOFILE's soft limit to ``needed`` (up to the hard limit). Returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return soft
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft < needed:
+        log.warning(
+            "open-file limit is %d, %d wanted: some terminals will fail to connect", soft, needed
+        )
+    return soft
+
+
+class Simulation:
+    """Terminals ``indices`` of ``opts`` in one process and one event loop."""
+
+    def __init__(
+        self,
+        opts: SimulationOptions,
+        *,
+        tuning: SimulationTuning | None = None,
+        indices: range | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        """Raises ValueError for options that cannot work."""
+        opts.check()
+        self.opts = opts
+        self.tuning = tuning = tuning or SimulationTuning()
+        self._clock = clock or SystemClock()
+        self._profiles = terminal_profiles(opts, indices)
+        raise_open_file_limit(len(self._profiles) + _FD_HEADROOM)
+        self.loop = EventLoop(
+            max_connecting=tuning.max_connecting, shutdown_timeout_s=tuning.shutdown_timeout_s
+        )
+        self._probes: dict[str, dict[str, ScenarioProbe]] = {}
+        self._agents: list[Agent] = []
+        self._connections: list[MqttConnection] = []
+        self._thread: threading.Thread | None = None
+        self._build()
+
+    def _build(self) -> None:
+        opts, tuning = self.opts, self.tuning
+        probe_interval = tuning.probe_interval_s or min(5.0, opts.report_interval_s / 2)
+        first = self._profiles[0]
+        template = AgentConfig.model_validate(
+            {
+                "terminal_id": first.terminal_id,
+                "hall": first.hall,
+                "region": first.region,
+                "model": first.model,
+                "broker_url": opts.broker_url,
+                "report_interval_s": opts.report_interval_s,
+                "probe_interval_s": probe_interval,
+                "keepalive_s": tuning.keepalive_s,
+                "reconnect_min_s": tuning.reconnect_min_s,
+                "reconnect_max_s": tuning.reconnect_max_s,
+                "limits": {"max_queued_messages": tuning.max_queued_messages},
+            }
+        )
+        base_settings = ConnectionSettings.from_config(template, quiet=True)
+        monotonic = self._clock.monotonic
+        started = monotonic()
+        for profile in self._profiles:
+            tid = profile.terminal_id
+            rng = random.Random(f"{opts.seed}:{tid}")  # noqa: S311 - simulation dice
+            config = template.model_copy(
+                update={
+                    "terminal_id": tid,
+                    "hall": profile.hall,
+                    "region": profile.region,
+                    "model": profile.model,
+                }
+            )
+            probes = {
+                s.value: build_scenario_probe(
+                    s,
+                    clock=monotonic,
+                    seed=f"{opts.seed}:{tid}:{s.value}",
+                    fault_rate=opts.fault_rate,
+                )
+                for s in MODELS[profile.model]
+            }
+            connection = MqttConnection(
+                _with_client_id(base_settings, tid),
+                rng=random.Random(f"{opts.seed}:{tid}:backoff"),  # noqa: S311 - jitter
+                monotonic=monotonic,
+            )
+            booted_ago = rng.uniform(60.0, 72 * 3600.0)
+            agent = Agent(
+                config,
+                list(probes.values()),
+                connection,
+                self._clock,
+                str(uuid.uuid4()),
+                _SimulatedUptime(monotonic, started - booted_ago),
+            )
+            offset = rng.uniform(0, opts.report_interval_s) if tuning.spread_reports else None
+            self.loop.add(agent, connection, first_report_in=offset)
+            self._probes[tid] = probes
+            self._agents.append(agent)
+            self._connections.append(connection)
+
+    # -- running ------------------------------------------------------------------
+
+    @property
+    def terminal_ids(self) -> list[str]:
+        return [p.terminal_id for p in self._profiles]
+
+    @property
+    def profiles(self) -> list[TerminalProfile]:
+        return list(self._profiles)
+
+    def run(self, duration_s: float | None = None) -> None:
+        """Run in this thread until ``request_stop`` (or ``duration_s``), then stop cleanly."""
+        self.loop.run(duration_s)
+
+    def request_stop(self) -> None:
+        self.loop.request_stop()
+
+    def start(self) -> None:
+        """Run in a background thread (tests, benchmarks)."""
+        self._thread = threading.Thread(target=self.run, name="kioskfleet-simulation", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop cleanly (every terminal publishes offline/shutdown) and wait. Raises TimeoutError."""
+        self.request_stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise TimeoutError("the simulation did not stop in time")
+
+    # -- steering -----------------------------------------------------------------
+
+    def probe(self, terminal_id: str, name: str) -> ScenarioProbe:
+        """A terminal's scenario probe. Raises KeyError for an unknown id or name."""
+        return self._probes[terminal_id][name]
+
+    def force(
+        self,
+        terminal_id: str,
+        name: str,
+        condition: PeripheralCondition,
+        fault_code: str | None = None,
+    ) -> None:
+        """Put one peripheral into ``condition`` now; its event goes out without waiting for a tick."""
+        self.probe(terminal_id, name).force(condition, fault_code)
+        self.loop.check_now(terminal_id)
+
+    def release(self, terminal_id: str, name: str) -> None:
+        """Hand the peripheral back to its scenario (and report the change at once)."""
+        self.probe(terminal_id, name).release()
+        self.loop.check_now(terminal_id)
+
+    def refill(self, terminal_id: str, name: str = Scenario.RECEIPT_PRINTER.value) -> None:
+        """Staff load paper in a printer now. Raises TypeError if it is not a printer."""
+        probe = self.probe(terminal_id, name)
+        if not isinstance(probe, ScenarioPrinter):
+            raise TypeError(f"{name} is not a printer")
+        probe.refill()
+        self.loop.check_now(terminal_id)
+
+    def counters(self) -> SimulationCounters:
+        """Totals right now (read without locking: each number is exact, the set is not atomic)."""
+        c = SimulationCounters(terminals=len(self._profiles))
+        for conn in self._connections:
+            s = conn.stats
+            c.connected += conn.connected
+            c.connects += s.connects
+            c.connect_failures += s.connect_failures
+            c.losses += s.losses
+            c.published += s.published
+            c.acked += s.acked
+        for agent in self._agents:
+            c.dropped += agent.stats.dropped
+            c.reports += agent.stats.reports
+            c.events += agent.stats.events
+        return c
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait until every terminal has a session; False if ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(c.connected for c in self._connections):
+                return True
+            time.sleep(0.05)
+        return False
+
+
+class _SimulatedUptime:
+    def __init__(self, monotonic: Any, booted_at: float) -> None:
+        self._monotonic = monotonic
+        self._booted_at = booted_at
+
+    def __call__(self) -> float:
+        return float(self._monotonic() - self._booted_at)
+
+
+def _with_client_id(settings: ConnectionSettings, client_id: str) -> ConnectionSettings:
+    values = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    values["client_id"] = client_id
+    return ConnectionSettings(**values)
+
+
+def _slices(terminals: int, processes: int) -> Iterator[range]:
+    size, extra = divmod(terminals, processes)
+    start = 1
+    for p in range(processes):
+        stop = start + size + (1 if p < extra else 0)
+        yield range(start, stop)
+        start = stop
+
+
+def _progress(counters: SimulationCounters, elapsed: float) -> str:
+    return (
+        f"t={elapsed:.0f}s terminals={counters.terminals} connected={counters.connected} "
+        f"published={counters.published} acked={counters.acked} reports={counters.reports} "
+        f"events={counters.events} dropped={counters.dropped} losses={counters.losses}"
+    )
+
+
+def _worker(
+    opts: SimulationOptions,
+    start: int,
+    stop: int,
+    stop_event: Any,
+    results: Any,
+) -> None:
+    """One spawned process: terminals ``start..stop-1`` until ``stop_event``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    sim = Simulation(opts, indices=range(start, stop))
+
+    def wait_for_stop() -> None:
+        stop_event.wait()
+        sim.request_stop()
+
+    threading.Thread(target=wait_for_stop, daemon=True).start()
+    sim.run()
+    results.put(asdict(sim.counters()))
+
+
+def run_simulation(opts: SimulationOptions) -> int:
+    """``kioskfleet simulate``: run until SIGINT/SIGTERM or ``duration_s``, print totals. Returns the exit code."""
+    try:
+        opts.check()
+    except ValueError as exc:
+        print(f"kioskfleet simulate: {exc}")
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    began = time.monotonic()
+    try:
+        if opts.processes == 1:
+            total = _run_in_process(opts, stop, began)
+        else:
+            total = _run_spawned(opts, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("simulation finished: " + _progress(total, time.monotonic() - began), flush=True)
+    return 0
+
+
+def _run_in_process(
+    opts: SimulationOptions, stop: threading.Event, began: float
+) -> SimulationCounters:
+    sim = Simulation(opts)
+    sim.start()
+    deadline = began + opts.duration_s if opts.duration_s is not None else float("inf")
+    next_progress = time.monotonic() + _PROGRESS_EVERY_S
+    while not stop.is_set() and time.monotonic() < deadline:
+        stop.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+        if time.monotonic() >= next_progress:
+            log.info("%s", _progress(sim.counters(), time.monotonic() - began))
+            next_progress += _PROGRESS_EVERY_S
+    sim.stop(timeout=max(60.0, sim.tuning.shutdown_timeout_s * 3))
+    return sim.counters()
+
+
+def _run_spawned(opts: SimulationOptions, stop: threading.Event) -> SimulationCounters:
+    ctx = multiprocessing.get_context("spawn")
+    stop_event = ctx.Event()
+    results = ctx.Queue()
+    workers = [
+        ctx.Process(
+            target=_worker,
+            args=(opts, part.start, part.stop, stop_event, results),
+            name=f"kioskfleet-sim-{n}",
+        )
+        for n, part in enumerate(_slices(opts.terminals, opts.processes))
+    ]
+    for w in workers:
+        w.start()
+    deadline = time.monotonic() + opts.duration_s if opts.duration_s is not None else float("inf")
+    while not stop.is_set() and time.monotonic() < deadline and any(w.is_alive() for w in workers):
+        stop.wait(0.2)
+    stop_event.set()
+    total = SimulationCounters()
+    for _ in workers:
+        try:
+            total = total + SimulationCounters(**results.get(timeout=120))
+        except Exception:  # noqa: BLE001 - a dead worker must not hide the others' totals
+            log.error("a simulator process did not report its totals")
+            break
+    for w in workers:
+        w.join(timeout=30)
+        if w.is_alive():
+            w.terminate()
+    return total

@@ -1,0 +1,145 @@
+"""Loading agent.toml with environment overrides, and the errors a bad config gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfigError, load_agent_config, parse_broker_url
+from agent.probes.simulated import SimulatedProbeSpec
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "agent.example.toml"
+
+MINIMAL = """
+terminal_id = "T-0001"
+hall = "hall-01"
+region = "region-1"
+model = "KF-200"
+"""
+
+
+@pytest.fixture(autouse=True)
+def _no_agent_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("KIOSKFLEET_AGENT_"):
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_example_file_loads() -> None:
+    config = load_agent_config(EXAMPLE)
+    assert config.broker.port == 1883
+    assert config.probes
+
+
+def test_defaults_fill_what_the_file_leaves_out(tmp_path: Path) -> None:
+    config = load_agent_config(write(tmp_path, MINIMAL))
+    assert config.broker_url == "mqtt://127.0.0.1:1883"
+    assert (config.report_interval_s, config.probe_interval_s, config.keepalive_s) == (60, 5, 30)
+    assert (config.reconnect_min_s, config.reconnect_max_s) == (1, 60)
+    assert config.session_expiry_s == 7 * 86400
+    assert config.agent_version
+
+
+def test_environment_wins_over_the_file_including_nested_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, MINIMAL + "report_interval_s = 30\n[limits]\nmax_queued_messages = 50\n")
+    monkeypatch.setenv("KIOSKFLEET_AGENT_REPORT_INTERVAL_S", "15")
+    monkeypatch.setenv("KIOSKFLEET_AGENT_LIMITS__MAX_CONNECTING", "3")
+    config = load_agent_config(path)
+    assert config.report_interval_s == 15
+    assert config.limits.max_queued_messages == 50
+    assert config.limits.max_connecting == 3
+
+
+def test_the_environment_alone_is_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in {
+        "TERMINAL_ID": "T-9",
+        "HALL": "h",
+        "REGION": "r",
+        "MODEL": "m",
+        "PROBES": '[{"type": "simulated", "name": "qr", "scenario": "qr_scanner"}]',
+    }.items():
+        monkeypatch.setenv("KIOSKFLEET_AGENT_" + key, value)
+    config = load_agent_config(None)
+    assert config.terminal_id == "T-9"
+    assert isinstance(config.probes[0], SimulatedProbeSpec)
+
+
+def test_simulated_probes_parse_from_toml_tables(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        MINIMAL
+        + '[[probes]]\ntype = "simulated"\nname = "receipt_printer"\n'
+        + 'scenario = "receipt_printer"\nfault_rate = 50\n',
+    )
+    (spec,) = load_agent_config(path).probes
+    assert isinstance(spec, SimulatedProbeSpec)
+    assert spec.build(lambda: 0.0).read().name == "receipt_printer"
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ('terminal_id = "has space"', "terminal_id"),
+        ('broker_url = "http://broker:1883"', "broker_url"),
+        ('broker_url = "mqtt://:1883"', "broker_url"),
+        ("keepalive_s = 0", "keepalive_s"),
+        ("report_interval_s = -1", "report_interval_s"),
+        ('unknown_setting = "x"', "unknown_setting"),
+    ],
+)
+def test_an_invalid_value_names_its_field(tmp_path: Path, line: str, field: str) -> None:
+    text = "\n".join(
+        ln for ln in MINIMAL.splitlines() if not ln.startswith(line.split(" ")[0] + " ")
+    )
+    with pytest.raises(AgentConfigError) as info:
+        load_agent_config(write(tmp_path, text + "\n" + line + "\n"))
+    assert field in [f for f, _ in info.value.problems]
+    assert field in str(info.value)
+
+
+def test_a_missing_required_field_says_how_to_set_it(tmp_path: Path) -> None:
+    with pytest.raises(AgentConfigError, match="hall: is required"):
+        load_agent_config(write(tmp_path, 'terminal_id = "T-1"\nregion = "r"\nmodel = "m"\n'))
+
+
+def test_reconnect_bounds_must_be_ordered(tmp_path: Path) -> None:
+    with pytest.raises(AgentConfigError, match="reconnect_max_s"):
+        load_agent_config(write(tmp_path, MINIMAL + "reconnect_min_s = 10\nreconnect_max_s = 5\n"))
+
+
+def test_tls_files_require_an_mqtts_broker(tmp_path: Path) -> None:
+    with pytest.raises(AgentConfigError, match="mqtts"):
+        load_agent_config(write(tmp_path, MINIMAL + 'tls_ca_file = "/etc/ca.pem"\n'))
+    config = load_agent_config(
+        write(tmp_path, MINIMAL + 'broker_url = "mqtts://fleet.example"\ntls_ca_file = "/ca.pem"\n')
+    )
+    assert (config.broker.host, config.broker.port, config.broker.tls) == (
+        "fleet.example",
+        8883,
+        True,
+    )
+
+
+def test_a_missing_or_broken_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(AgentConfigError, match="does not exist"):
+        load_agent_config(tmp_path / "nope.toml")
+    with pytest.raises(AgentConfigError):
+        load_agent_config(write(tmp_path, "terminal_id = \n"))
+
+
+def test_broker_urls_parse_with_default_ports() -> None:
+    assert parse_broker_url("mqtt://10.0.0.5").port == 1883
+    assert parse_broker_url("mqtts://b:9000").port == 9000
+    with pytest.raises(ValueError, match="credentials"):
+        parse_broker_url("mqtt://user:pw@b")

@@ -1,0 +1,85 @@
+"""The MQTT connection's retry policy and in-memory queue, against a port nobody listens on."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from agent.agent import OutboundFullError
+from agent.mqtt_connection import (
+    BrokerUnreachableError,
+    ConnectionSettings,
+    ConnectionState,
+    MqttConnection,
+)
+from kioskfleet.local_broker import free_port
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.wills = 0
+
+    def on_connected(self) -> None:
+        raise AssertionError("nobody listens on that port")
+
+    def on_disconnected(self) -> None:
+        return None
+
+    def will_message(self) -> bytes:
+        self.wills += 1
+        return b"{}"
+
+
+def closed_port_connection(**overrides: object) -> MqttConnection:
+    values: dict[str, object] = {
+        "client_id": "T-0001",
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "reconnect_min_s": 1.0,
+        "reconnect_max_s": 8.0,
+    }
+    values.update(overrides)
+    return MqttConnection(ConnectionSettings(**values), rng=random.Random(4))  # type: ignore[arg-type]
+
+
+def test_failed_attempts_back_off_exponentially_with_jitter_within_the_bounds() -> None:
+    conn = closed_port_connection()
+    listener = Listener()
+    conn.attach(listener)
+    conn.start(0.0)
+    now, delays = 0.0, []
+    for _ in range(12):
+        assert conn.connect_due(now)
+        conn.connect(now)
+        assert conn.state is ConnectionState.WAITING
+        assert isinstance(conn.stats.last_error, BrokerUnreachableError)
+        due = conn.next_service_at()
+        assert not conn.connect_due(due - 0.001)
+        delays.append(due - now)
+        now = due
+    caps = [min(8.0, 2.0 ** (n + 1)) for n in range(12)]
+    assert all(1.0 <= d <= cap for d, cap in zip(delays, caps, strict=True))
+    assert max(delays[6:]) > 4.0  # it really grows towards the maximum
+    assert len(set(delays)) == len(delays)  # jittered, not lock-step
+    assert conn.stats.connect_failures == 12
+    assert listener.wills == 12  # the will is rebuilt before every attempt
+
+
+def test_publishing_while_offline_queues_up_to_the_limit_then_refuses() -> None:
+    conn = closed_port_connection(max_queued_messages=10)
+    for n in range(10):
+        conn.publish("kf/v1/terminals/T-0001/event", b"%d" % n, retain=False)
+    assert conn.pending_acks() == 10
+    with pytest.raises(OutboundFullError) as info:
+        conn.publish("kf/v1/terminals/T-0001/event", b"x", retain=False)
+    assert info.value.limit == 10
+
+
+def test_a_closed_connection_never_tries_again() -> None:
+    conn = closed_port_connection()
+    conn.start(0.0)
+    conn.close()
+    assert conn.closed
+    assert not conn.connect_due(1e9)
+    assert conn.fileno() is None
