@@ -75,7 +75,10 @@ def loads_strict(payload: bytes) -> Any:
         raise MalformedJSONError("JSON nested too deeply") from None
     except ValueError as exc:  # json.JSONDecodeError and int-conversion limits
         raise MalformedJSONError(f"not JSON: {exc}") from None
-    if _depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+    # Nesting can never exceed the number of opening brackets (those inside strings only
+    # over-count), so the walk is skipped for every ordinary message.
+    opening = payload.count(b"{") + payload.count(b"[")
+    if opening > MAX_JSON_DEPTH and _depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise MalformedJSONError(f"JSON nested deeper than {MAX_JSON_DEPTH}")
     return value
 

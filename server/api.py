@@ -1,0 +1,199 @@
+"""The HTTP API: fleet queries for operators, health/readiness probes, Prometheus metrics.
+
+``create_app(services)`` builds a FastAPI app over the services it is handed
+(fleet state, history reader, readiness check, metrics registry); nothing is
+wired at import time. Reads come from the in-memory fleet state; only a
+terminal's transition history reads the database. Handlers never change the
+fleet. OpenAPI at ``/openapi.json``, interactive docs at ``/docs``.
+
+Errors are JSON ``{"error", "message", "detail"?}``: 404 ``not_found``, 422
+``invalid_request`` (with the validation errors), 503 ``database_unavailable``
+or not ready.
+"""
+
+# No ``from __future__ import annotations``: FastAPI must evaluate the handlers' annotations,
+# which use limits from ``create_app``'s arguments.
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kioskfleet import __version__
+from protocol.messages import PeripheralCondition, PeripheralKind, TerminalState
+from server.api_models import (
+    ErrorPublic,
+    HallsPublic,
+    ReadinessPublic,
+    TerminalDetailPublic,
+    TerminalPagePublic,
+    hall_public,
+    terminal_detail_public,
+    terminal_public,
+)
+from server.errors import StorageError
+from server.fleet_state import FleetState, InvalidCursorError, TerminalFilter, Transition
+
+__all__ = ["ApiServices", "create_app"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiServices:
+    """What the API reads from. ``history`` and ``readiness`` may do I/O."""
+
+    fleet: FleetState
+    history: Callable[[str, int], list[Transition]]  # raises StorageError
+    readiness: Callable[[], list[str]]  # reasons the server is not ready; empty when ready
+    registry: CollectorRegistry
+    page_limit_default: int = 100
+    page_limit_max: int = 1000
+    history_limit: int = 50
+    history_limit_max: int = 1000
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+
+
+def _error(status: int, error: str, message: str, detail: Any = None) -> JSONResponse:
+    body = ErrorPublic(error=error, message=message, detail=detail)
+    return JSONResponse(status_code=status, content=body.model_dump(exclude_none=True))
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for err in errors[:3]:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorPublic, "description": "invalid query or path"}
+}
+
+
+def create_app(services: ApiServices) -> FastAPI:
+    """The API over ``services``."""
+    app = FastAPI(
+        title="kioskfleet server",
+        version=__version__,
+        description="Fleet state of self-service terminals: health, peripherals, history.",
+    )
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.error, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = jsonable_encoder(exc.errors())
+        return _error(422, "invalid_request", _validation_message(errors), errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if exc.status_code == 404 else f"http_{exc.status_code}"
+        return _error(exc.status_code, code, str(exc.detail))
+
+    fleet = services.fleet
+
+    @app.get(
+        "/api/v1/terminals",
+        response_model=TerminalPagePublic,
+        responses=_ERROR_RESPONSES,
+        tags=["fleet"],
+        summary="List terminals (filtered, ordered by id, cursor-paginated)",
+    )
+    def list_terminals(
+        region: str | None = None,
+        hall: str | None = None,
+        state: TerminalState | None = None,
+        peripheral_kind: PeripheralKind | None = None,
+        condition: PeripheralCondition | None = None,
+        limit: Annotated[
+            int, Query(ge=1, le=services.page_limit_max)
+        ] = services.page_limit_default,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+    ) -> TerminalPagePublic:
+        flt = TerminalFilter(
+            region=region,
+            hall=hall,
+            online=None if state is None else state is TerminalState.ONLINE,
+            peripheral_kind=peripheral_kind,
+            condition=condition,
+        )
+        try:
+            page = fleet.query(flt, limit=limit, cursor=cursor)
+        except InvalidCursorError as exc:
+            raise ApiError(422, "invalid_request", f"cursor: {exc}") from None
+        return TerminalPagePublic(
+            items=[terminal_public(v) for v in page.items],
+            next_cursor=page.next_cursor,
+            total=page.total,
+        )
+
+    @app.get(
+        "/api/v1/terminals/{terminal_id}",
+        response_model=TerminalDetailPublic,
+        responses={404: {"model": ErrorPublic}, 503: {"model": ErrorPublic}, **_ERROR_RESPONSES},
+        tags=["fleet"],
+        summary="One terminal's latest state and its transitions, newest first",
+    )
+    def get_terminal(
+        terminal_id: Annotated[str, Path(max_length=64)],
+        history_limit: Annotated[
+            int, Query(ge=1, le=services.history_limit_max)
+        ] = services.history_limit,
+    ) -> TerminalDetailPublic:
+        view = fleet.get(terminal_id)
+        if view is None:
+            raise ApiError(404, "not_found", f"unknown terminal {terminal_id!r}")
+        try:
+            history = services.history(terminal_id, history_limit)
+        except StorageError as exc:
+            log.warning("history of %s unavailable: %s", terminal_id, exc)
+            raise ApiError(503, "database_unavailable", str(exc)) from None
+        return terminal_detail_public(view, history)
+
+    @app.get(
+        "/api/v1/halls",
+        response_model=HallsPublic,
+        tags=["fleet"],
+        summary="Per hall: terminals by state and peripheral problems by kind and condition",
+    )
+    def list_halls() -> HallsPublic:
+        return HallsPublic(items=[hall_public(s) for s in fleet.halls()])
+
+    @app.get("/healthz", tags=["probes"], summary="The process is alive")
+    def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get(
+        "/readyz",
+        response_model=ReadinessPublic,
+        responses={503: {"model": ReadinessPublic}},
+        tags=["probes"],
+        summary="Broker connected, database reachable, no pending flush failure",
+    )
+    def readyz() -> JSONResponse:
+        reasons = services.readiness()
+        body = ReadinessPublic(ready=not reasons, reasons=reasons)
+        return JSONResponse(status_code=503 if reasons else 200, content=body.model_dump())
+
+    @app.get("/metrics", tags=["probes"], summary="Prometheus exposition")
+    def metrics() -> Response:
+        return Response(generate_latest(services.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,803 @@
+"""The fleet state: the server's in-memory model of every terminal, and every rule about it.
+
+Pure core: decoded ``protocol.messages`` models and a ``now`` go in, an
+``Outcome`` (what changed, which transitions happened) comes out. It never
+touches a socket, a database, a clock or a logger; the ingest, the offline
+sweep and the API call it. One writer (the ingest thread, plus the offline
+sweep) and many readers (API threads) share it behind one lock; readers get
+frozen copies (``TerminalView``), never the live records.
+
+Rules (docs/server.md explains why):
+
+Sequence (reports and events)
+    A message with the terminal's current ``boot_id`` and ``seq`` <= the highest
+    accepted is a DUPLICATE; ``seq`` > highest + 1 counts the skipped numbers as
+    a gap. A new ``boot_id`` resets the sequence (no gap counted for the first
+    message of a boot). A message from the boot just replaced (``prev_boot_id``)
+    is STALE: a late straggler that must not roll the state back.
+
+State channel (``state`` is retained; its ``seq`` is not a stream position)
+    A message identical to the last state message applied (boot_id, seq,
+    sent_at, state) is a DUPLICATE: the broker re-delivers the retained one on
+    every (re)subscribe, and a persistent session can hold a live copy too.
+    ``offline`` (will or shutdown) takes the terminal offline at once.
+    ``online`` delivered live takes it online. A *retained* ``online`` whose
+    ``sent_at`` is not newer than the newest message already accepted from the
+    terminal is STALE (we know more than it does; an offline decided since then
+    stands).
+
+Connectivity from reports and events
+    An accepted report/event brings an offline terminal online, unless the
+    offline came from the terminal's state channel (will/shutdown) at a server
+    time later than the message's ``sent_at`` (a queued message from before the
+    disconnection). An offline by timeout is overridden by any accepted message.
+
+Silence
+    ``expire_silent`` takes a terminal offline when
+    ``now - max(last_seen, listening_since) > offline_after_missed_reports x
+    report_interval_s``; ``listening_since`` (when the broker connection was last
+    established) gives every terminal a full grace period after the server or its
+    broker link was away.
+
+Peripherals
+    A report is the full list: new peripherals are added, changed ones updated,
+    missing ones removed (transition to ``removed``). An event changes one
+    peripheral. A transition is recorded when the condition or fault code
+    changes, and when a peripheral is first seen in a problem condition.
+
+Persistence hints
+    ``Outcome.heartbeat_only`` says an accepted message moved nothing but
+    last_seen/seq/sent_at, so its write may be deferred; ``peripherals_changed``
+    says the terminal's peripheral rows must be rewritten.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Final
+
+from protocol.messages import (
+    BootEvent,
+    EventMessage,
+    Message,
+    PeripheralCondition,
+    PeripheralKind,
+    PeripheralStatus,
+    ReportMessage,
+    StateMessage,
+    TerminalState,
+)
+
+__all__ = [
+    "CONNECTIVITY",
+    "REMOVED",
+    "FleetState",
+    "HallSummary",
+    "InvalidCursorError",
+    "OfflineReason",
+    "Outcome",
+    "Page",
+    "PeripheralView",
+    "ProblemCount",
+    "Status",
+    "TerminalFilter",
+    "TerminalView",
+    "Transition",
+    "Verdict",
+]
+
+CONNECTIVITY: Final = "connectivity"
+"""``subject`` and ``kind`` of a transition between online and offline."""
+REMOVED: Final = "removed"
+"""``to_state`` of a peripheral that disappeared from the terminal's reports."""
+
+
+class Verdict(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"  # already applied (same boot, seq not newer; retained re-delivery)
+    STALE = "stale"  # superseded (previous boot; retained online older than what we know)
+
+
+class OfflineReason(StrEnum):
+    WILL = "will"  # the broker published the terminal's will (connection lost)
+    SHUTDOWN = "shutdown"  # the agent said it is shutting down
+    TIMEOUT = "timeout"  # the server heard nothing for too long
+
+
+class Status(StrEnum):
+    OK = "ok"
+    DEGRADED = "degraded"  # online, at least one peripheral not ok
+    OFFLINE = "offline"
+
+
+class InvalidCursorError(ValueError):
+    """A pagination cursor that this server did not hand out."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One change of a terminal's connectivity or of one peripheral's condition."""
+
+    terminal_id: str
+    subject: str  # CONNECTIVITY or the peripheral name
+    kind: str  # CONNECTIVITY or the peripheral kind
+    from_state: str | None  # None: first sighting
+    to_state: str
+    occurred_at: datetime  # device time where the device said when; else server time
+    recorded_at: datetime  # server time
+    fault_code: str | None = None
+    reason: str | None = None  # connectivity only: will, shutdown, timeout, report, event, connect
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What ``FleetState.apply`` did with one message."""
+
+    verdict: Verdict
+    missing: int = 0  # sequence numbers skipped before this message (same boot)
+    transitions: tuple[Transition, ...] = ()
+    peripherals_changed: bool = False  # the peripheral set must be rewritten
+    heartbeat_only: bool = False  # only last_seen / seq / sent_at moved (may be written lazily)
+
+    @property
+    def accepted(self) -> bool:
+        return self.verdict is Verdict.ACCEPTED
+
+
+_DUPLICATE: Final = Outcome(Verdict.DUPLICATE)
+_STALE: Final = Outcome(Verdict.STALE)
+
+
+@dataclass(frozen=True, slots=True)
+class PeripheralView:
+    name: str
+    kind: PeripheralKind
+    condition: PeripheralCondition
+    since: datetime
+    fault_code: str | None = None
+    detail: str | None = None
+
+    @property
+    def is_problem(self) -> bool:
+        return self.condition is not PeripheralCondition.OK
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalView:
+    """A frozen copy of one terminal's latest state (what the API shows and the DB stores)."""
+
+    id: str
+    online: bool
+    state_since: datetime  # when ``online`` last changed
+    last_seen: datetime  # server time of the last message that showed the terminal alive
+    first_seen: datetime
+    hall: str | None = None
+    region: str | None = None
+    model: str | None = None
+    offline_reason: OfflineReason | None = None
+    last_sent_at: datetime | None = None  # device time of the newest accepted message
+    boot_id: str | None = None
+    last_seq: int | None = None
+    report_interval_s: float | None = None
+    agent_version: str | None = None
+    software: Mapping[str, str] = field(default_factory=dict)
+    peripherals: tuple[PeripheralView, ...] = ()
+
+    @property
+    def status(self) -> Status:
+        if not self.online:
+            return Status.OFFLINE
+        if any(p.is_problem for p in self.peripherals):
+            return Status.DEGRADED
+        return Status.OK
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalFilter:
+    """Every field set must match; ``peripheral_kind`` and ``condition`` match one peripheral."""
+
+    region: str | None = None
+    hall: str | None = None
+    online: bool | None = None
+    peripheral_kind: PeripheralKind | None = None
+    condition: PeripheralCondition | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: tuple[TerminalView, ...]
+    total: int  # matches of the filter over the whole fleet
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemCount:
+    kind: PeripheralKind
+    condition: PeripheralCondition
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class HallSummary:
+    region: str | None
+    hall: str | None
+    total: int
+    online: int
+    offline: int
+    degraded: int  # online with a peripheral problem
+    with_peripheral_problems: int  # online or not
+    peripheral_problems: tuple[ProblemCount, ...]
+
+
+# --- internal mutable records ---------------------------------------------------------------
+
+_HallKey = tuple[str | None, str | None]  # (region, hall)
+_ProblemKey = tuple[PeripheralKind, PeripheralCondition]
+
+
+@dataclass(frozen=True, slots=True)
+class _Contribution:
+    """What one terminal adds to its hall's tallies."""
+
+    key: _HallKey
+    online: bool
+    problems: tuple[_ProblemKey, ...]
+
+
+class _HallTally:
+    __slots__ = ("degraded", "online", "problems", "total", "with_problems")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.online = 0
+        self.degraded = 0
+        self.with_problems = 0
+        self.problems: dict[_ProblemKey, int] = {}
+
+    def add(self, c: _Contribution, sign: int) -> None:
+        self.total += sign
+        if c.online:
+            self.online += sign
+        if c.problems:
+            self.with_problems += sign
+            if c.online:
+                self.degraded += sign
+        for p in c.problems:
+            n = self.problems.get(p, 0) + sign
+            if n:
+                self.problems[p] = n
+            else:
+                del self.problems[p]
+
+
+class _Terminal:
+    __slots__ = (
+        "agent_version",
+        "boot_id",
+        "contribution",
+        "deadline",
+        "first_seen",
+        "hall",
+        "last_seen",
+        "last_sent_at",
+        "last_seq",
+        "last_state_key",
+        "model",
+        "offline_reason",
+        "online",
+        "peripherals",
+        "prev_boot_id",
+        "region",
+        "report_interval_s",
+        "reported",
+        "software",
+        "state_since",
+        "tid",
+    )
+
+    def __init__(self, tid: str, now: datetime) -> None:
+        self.tid = tid
+        self.hall: str | None = None
+        self.region: str | None = None
+        self.model: str | None = None
+        self.online = False
+        self.state_since = now
+        self.offline_reason: OfflineReason | None = None
+        self.last_seen = now
+        self.first_seen = now
+        self.last_sent_at: datetime | None = None
+        self.boot_id: str | None = None
+        self.prev_boot_id: str | None = None
+        self.last_seq: int | None = None
+        self.last_state_key: tuple[str, int, datetime, TerminalState] | None = None
+        self.report_interval_s: float | None = None
+        self.agent_version: str | None = None
+        self.software: dict[str, str] = {}
+        self.peripherals: dict[str, PeripheralView] = {}
+        # The last report's peripheral list as plain tuples, while nothing else changed them:
+        # an identical heartbeat then skips the per-peripheral diff.
+        self.reported: tuple[tuple[object, ...], ...] | None = None
+        self.deadline = now  # when silence makes this terminal offline
+        self.contribution: _Contribution | None = None
+
+    def view(self) -> TerminalView:
+        return TerminalView(
+            id=self.tid,
+            online=self.online,
+            state_since=self.state_since,
+            last_seen=self.last_seen,
+            first_seen=self.first_seen,
+            hall=self.hall,
+            region=self.region,
+            model=self.model,
+            offline_reason=self.offline_reason,
+            last_sent_at=self.last_sent_at,
+            boot_id=self.boot_id,
+            last_seq=self.last_seq,
+            report_interval_s=self.report_interval_s,
+            agent_version=self.agent_version,
+            software=dict(self.software),
+            peripherals=tuple(self.peripherals[name] for name in sorted(self.peripherals)),
+        )
+
+    def contribution_now(self) -> _Contribution:
+        problems = tuple(
+            sorted((p.kind, p.condition) for p in self.peripherals.values() if p.is_problem)
+        )
+        return _Contribution((self.region, self.hall), self.online, problems)
+
+
+def _encode_cursor(terminal_id: str) -> str:
+    return base64.urlsafe_b64encode(terminal_id.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        decoded = base64.b64decode(padded.encode("ascii"), altchars=b"-_", validate=True)
+        terminal_id = decoded.decode("utf-8")
+    except (ValueError, binascii.Error, UnicodeError):
+        raise InvalidCursorError("cursor is not one this server handed out") from None
+    if not terminal_id or _encode_cursor(terminal_id) != cursor:
+        raise InvalidCursorError("cursor is not one this server handed out")
+    return terminal_id
+
+
+class FleetState:
+    """Every terminal's latest state. Thread-safe: one writer, many readers."""
+
+    def __init__(
+        self,
+        *,
+        offline_after_missed_reports: int = 3,
+        default_report_interval_s: float = 60.0,
+    ) -> None:
+        if offline_after_missed_reports < 1 or default_report_interval_s <= 0:
+            raise ValueError("offline_after_missed_reports >= 1 and a positive interval")
+        self._missed = offline_after_missed_reports
+        self._default_interval = default_report_interval_s
+        self._lock = threading.Lock()
+        self._terminals: dict[str, _Terminal] = {}
+        self._sorted_ids: list[str] = []
+        self._halls: dict[_HallKey, _HallTally] = {}
+        self._problem_ids: set[str] = set()
+
+    # --- writing --------------------------------------------------------------------------
+
+    def load(self, terminals: Iterable[TerminalView]) -> None:
+        """Replace the fleet with ``terminals`` (the database's copy at startup)."""
+        with self._lock:
+            self._terminals.clear()
+            self._halls.clear()
+            self._problem_ids.clear()
+            for v in terminals:
+                t = _Terminal(v.id, v.first_seen)
+                t.hall, t.region, t.model = v.hall, v.region, v.model
+                t.online, t.state_since, t.offline_reason = (
+                    v.online,
+                    v.state_since,
+                    v.offline_reason,
+                )
+                t.last_seen, t.last_sent_at = v.last_seen, v.last_sent_at
+                t.boot_id, t.last_seq = v.boot_id, v.last_seq
+                t.report_interval_s, t.agent_version = v.report_interval_s, v.agent_version
+                t.software = dict(v.software)
+                t.peripherals = {p.name: p for p in v.peripherals}
+                self._set_deadline(t)
+                self._terminals[v.id] = t
+                self._retally(t)
+            self._sorted_ids = sorted(self._terminals)
+
+    def apply(self, message: Message, received_at: datetime, *, retained: bool = False) -> Outcome:
+        """Apply one decoded message received at server time ``received_at``.
+
+        ``retained`` is True when the broker delivered a stored retained message
+        (on subscribe) rather than a live one. Never raises for any valid message.
+        """
+        with self._lock:
+            t = self._terminals.get(message.terminal_id)
+            if t is None:
+                t = self._create(message.terminal_id, received_at)
+            if isinstance(message, StateMessage):
+                return self._apply_state(t, message, received_at, retained)
+            return self._apply_stream(t, message, received_at)
+
+    def expire_silent(
+        self, now: datetime, *, listening_since: datetime | None = None
+    ) -> list[Transition]:
+        """Take every online terminal that has been silent too long offline (reason timeout).
+
+        ``listening_since``: when the server last (re)connected to the broker;
+        silence before it is not held against a terminal.
+        """
+        out: list[Transition] = []
+        with self._lock:
+            for t in self._terminals.values():
+                if not t.online or t.deadline >= now:
+                    continue
+                if listening_since is not None and self._silence_since(t, listening_since) >= now:
+                    continue
+                out.append(self._go_offline(t, OfflineReason.TIMEOUT, now, now))
+                self._retally(t)
+        return out
+
+    # --- reading --------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._terminals)
+
+    def get(self, terminal_id: str) -> TerminalView | None:
+        with self._lock:
+            t = self._terminals.get(terminal_id)
+            return None if t is None else t.view()
+
+    def snapshot(self, terminal_ids: Iterable[str]) -> list[TerminalView]:
+        """Frozen copies of the named terminals (unknown ids are skipped)."""
+        with self._lock:
+            return [t.view() for tid in terminal_ids if (t := self._terminals.get(tid)) is not None]
+
+    def query(self, flt: TerminalFilter, *, limit: int, cursor: str | None = None) -> Page:
+        """Terminals matching ``flt`` ordered by id, at most ``limit``, after ``cursor``.
+
+        Raises InvalidCursorError for a cursor this server did not produce.
+        """
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        after = _decode_cursor(cursor) if cursor else None
+        total = 0
+        items: list[TerminalView] = []
+        more = False
+        with self._lock:
+            for tid in self._matching_ids(flt):
+                total += 1
+                if after is not None and tid <= after:
+                    continue
+                if len(items) < limit:
+                    items.append(self._terminals[tid].view())
+                else:
+                    more = True
+        next_cursor = _encode_cursor(items[-1].id) if more and items else None
+        return Page(items=tuple(items), total=total, next_cursor=next_cursor)
+
+    def halls(self) -> list[HallSummary]:
+        """Per (region, hall) counts, maintained incrementally (cost follows the number of halls)."""
+        with self._lock:
+            out = []
+            for (region, hall), h in self._halls.items():
+                problems = tuple(
+                    ProblemCount(kind, condition, n)
+                    for (kind, condition), n in sorted(h.problems.items())
+                )
+                out.append(
+                    HallSummary(
+                        region=region,
+                        hall=hall,
+                        total=h.total,
+                        online=h.online,
+                        offline=h.total - h.online,
+                        degraded=h.degraded,
+                        with_peripheral_problems=h.with_problems,
+                        peripheral_problems=problems,
+                    )
+                )
+        out.sort(key=lambda s: (s.region or "", s.hall or ""))
+        return out
+
+    def problem_terminals(self) -> list[TerminalView]:
+        """Terminals that are offline or have a peripheral problem (cost follows problems)."""
+        with self._lock:
+            return [self._terminals[tid].view() for tid in sorted(self._problem_ids)]
+
+    # --- internals (all called with the lock held) ----------------------------------------
+
+    def _matching_ids(self, flt: TerminalFilter) -> Iterator[str]:
+        terminals = self._terminals
+        for tid in self._sorted_ids:
+            t = terminals[tid]
+            if flt.region is not None and t.region != flt.region:
+                continue
+            if flt.hall is not None and t.hall != flt.hall:
+                continue
+            if flt.online is not None and t.online is not flt.online:
+                continue
+            if (flt.peripheral_kind is not None or flt.condition is not None) and not any(
+                (flt.peripheral_kind is None or p.kind is flt.peripheral_kind)
+                and (flt.condition is None or p.condition is flt.condition)
+                for p in t.peripherals.values()
+            ):
+                continue
+            yield tid
+
+    def _create(self, tid: str, now: datetime) -> _Terminal:
+        t = _Terminal(tid, now)
+        self._terminals[tid] = t
+        bisect.insort(self._sorted_ids, tid)
+        return t
+
+    def _silence_since(self, t: _Terminal, listening_since: datetime) -> datetime:
+        interval = t.report_interval_s or self._default_interval
+        return listening_since + timedelta(seconds=self._missed * interval)
+
+    def _set_deadline(self, t: _Terminal) -> None:
+        interval = t.report_interval_s or self._default_interval
+        t.deadline = t.last_seen + timedelta(seconds=self._missed * interval)
+
+    def _retally(self, t: _Terminal) -> None:
+        new = t.contribution_now()
+        old = t.contribution
+        if old == new:
+            return
+        if old is not None:
+            self._halls[old.key].add(old, -1)
+            if self._halls[old.key].total == 0:
+                del self._halls[old.key]
+        self._halls.setdefault(new.key, _HallTally()).add(new, +1)
+        t.contribution = new
+        if new.online and not new.problems:
+            self._problem_ids.discard(t.tid)
+        else:
+            self._problem_ids.add(t.tid)
+
+    def _go_online(
+        self, t: _Terminal, occurred_at: datetime, received_at: datetime, reason: str
+    ) -> Transition | None:
+        if t.online:
+            return None
+        was_known = t.contribution is not None
+        t.online = True
+        t.state_since = received_at
+        t.offline_reason = None
+        return Transition(
+            terminal_id=t.tid,
+            subject=CONNECTIVITY,
+            kind=CONNECTIVITY,
+            from_state=TerminalState.OFFLINE.value if was_known else None,
+            to_state=TerminalState.ONLINE.value,
+            occurred_at=occurred_at,
+            recorded_at=received_at,
+            reason=reason,
+        )
+
+    def _go_offline(
+        self, t: _Terminal, reason: OfflineReason, occurred_at: datetime, received_at: datetime
+    ) -> Transition:
+        was_known = t.contribution is not None
+        t.online = False
+        t.state_since = received_at
+        t.offline_reason = reason
+        return Transition(
+            terminal_id=t.tid,
+            subject=CONNECTIVITY,
+            kind=CONNECTIVITY,
+            from_state=TerminalState.ONLINE.value if was_known else None,
+            to_state=TerminalState.OFFLINE.value,
+            occurred_at=occurred_at,
+            recorded_at=received_at,
+            reason=reason.value,
+        )
+
+    def _apply_state(
+        self, t: _Terminal, m: StateMessage, received_at: datetime, retained: bool
+    ) -> Outcome:
+        if m.boot_id != t.boot_id and m.boot_id == t.prev_boot_id:
+            return _STALE
+        body = m.body
+        key = (m.boot_id, m.seq, m.sent_at, body.state)
+        if key == t.last_state_key:
+            return _DUPLICATE
+        new_terminal = t.contribution is None
+        if (
+            retained
+            and body.state is TerminalState.ONLINE
+            and not new_terminal
+            and t.last_sent_at is not None
+            and m.sent_at <= t.last_sent_at
+        ):
+            t.last_state_key = key
+            return _STALE
+        t.last_state_key = key
+        if m.boot_id != t.boot_id:
+            t.prev_boot_id, t.boot_id, t.last_seq = t.boot_id, m.boot_id, None
+        if body.hall is not None:
+            t.hall = body.hall
+        if body.region is not None:
+            t.region = body.region
+        if body.model is not None:
+            t.model = body.model
+        if t.last_sent_at is None or m.sent_at > t.last_sent_at:
+            t.last_sent_at = m.sent_at
+        transition: Transition | None
+        if body.state is TerminalState.ONLINE:
+            if not retained or new_terminal:
+                t.last_seen = received_at
+                self._set_deadline(t)
+            transition = self._go_online(t, m.sent_at, received_at, "connect")
+        elif t.online or new_terminal:
+            if body.reason == "shutdown":
+                transition = self._go_offline(t, OfflineReason.SHUTDOWN, m.sent_at, received_at)
+            else:  # the will: built at connect time, so its sent_at says nothing about when
+                transition = self._go_offline(t, OfflineReason.WILL, received_at, received_at)
+        else:
+            transition = None
+        self._retally(t)
+        return Outcome(Verdict.ACCEPTED, transitions=() if transition is None else (transition,))
+
+    def _apply_stream(
+        self, t: _Terminal, m: ReportMessage | EventMessage, received_at: datetime
+    ) -> Outcome:
+        # Sequence: duplicates, stragglers from the previous boot, gaps.
+        missing = 0
+        new_boot = m.boot_id != t.boot_id
+        if not new_boot:
+            if t.last_seq is not None:
+                if m.seq <= t.last_seq:
+                    return _DUPLICATE
+                missing = m.seq - t.last_seq - 1
+        elif m.boot_id == t.prev_boot_id:
+            return _STALE
+        else:
+            t.prev_boot_id, t.boot_id = t.boot_id, m.boot_id
+        t.last_seq = m.seq
+
+        sent_at = m.sent_at
+        t.last_seen = received_at
+        if t.last_sent_at is None or sent_at > t.last_sent_at:
+            t.last_sent_at = sent_at
+        transitions: list[Transition] = []
+        reason = "report" if isinstance(m, ReportMessage) else "event"
+        if not t.online and (
+            t.contribution is None
+            or t.offline_reason is OfflineReason.TIMEOUT
+            or sent_at > t.state_since
+        ):
+            online = self._go_online(t, sent_at, received_at, reason)
+            if online is not None:
+                transitions.append(online)
+
+        changed = False
+        identity_changed = new_boot
+        if isinstance(m, ReportMessage):
+            body = m.body
+            if (
+                t.hall != body.hall
+                or t.region != body.region
+                or t.model != body.model
+                or t.agent_version != body.agent_version
+                or t.report_interval_s != body.report_interval_s
+                or t.software != body.software
+            ):
+                identity_changed = True
+                t.hall, t.region, t.model = body.hall, body.region, body.model
+                t.agent_version = body.agent_version
+                t.report_interval_s = body.report_interval_s
+                t.software = dict(body.software)
+            changed = self._apply_peripherals(
+                t, body.peripherals, sent_at, received_at, transitions
+            )
+        elif isinstance(m.body, BootEvent):
+            identity_changed = identity_changed or t.agent_version != m.body.agent_version
+            t.agent_version = m.body.agent_version
+        else:
+            t.reported = None  # the peripherals no longer mirror the last report
+            changed = self._apply_peripheral(
+                t, m.body.peripheral, sent_at, received_at, transitions
+            )
+        self._set_deadline(t)
+        if (
+            changed
+            or transitions
+            or t.contribution is None
+            or t.contribution.key != (t.region, t.hall)
+        ):
+            self._retally(t)
+        return Outcome(
+            Verdict.ACCEPTED,
+            missing=missing,
+            transitions=tuple(transitions),
+            peripherals_changed=changed,
+            heartbeat_only=not (changed or transitions or identity_changed),
+        )
+
+    def _apply_peripherals(
+        self,
+        t: _Terminal,
+        reported: list[PeripheralStatus],
+        sent_at: datetime,
+        received_at: datetime,
+        transitions: list[Transition],
+    ) -> bool:
+        signature = tuple([(p.name, p.kind, p.condition, p.fault_code, p.detail) for p in reported])
+        if signature == t.reported:
+            return False
+        t.reported = signature
+        changed = False
+        for p in reported:
+            changed = self._apply_peripheral(t, p, sent_at, received_at, transitions) or changed
+        old = t.peripherals
+        if len(old) > len(reported):  # names are unique, so some were not reported
+            changed = True
+            names = {p.name for p in reported}
+            for name in [n for n in old if n not in names]:
+                gone = old.pop(name)
+                transitions.append(
+                    Transition(
+                        terminal_id=t.tid,
+                        subject=name,
+                        kind=gone.kind.value,
+                        from_state=gone.condition.value,
+                        to_state=REMOVED,
+                        occurred_at=sent_at,
+                        recorded_at=received_at,
+                    )
+                )
+        return changed
+
+    def _apply_peripheral(
+        self,
+        t: _Terminal,
+        p: PeripheralStatus,
+        sent_at: datetime,
+        received_at: datetime,
+        transitions: list[Transition],
+    ) -> bool:
+        old = t.peripherals.get(p.name)
+        if old is not None and (
+            old.condition is p.condition
+            and old.fault_code == p.fault_code
+            and old.detail == p.detail
+            and old.kind is p.kind
+        ):
+            return False
+        condition_changed = old is None or (
+            old.condition is not p.condition or old.fault_code != p.fault_code
+        )
+        since = sent_at if condition_changed or old is None else old.since
+        t.peripherals[p.name] = PeripheralView(
+            name=p.name,
+            kind=p.kind,
+            condition=p.condition,
+            since=since,
+            fault_code=p.fault_code,
+            detail=p.detail,
+        )
+        if condition_changed and (old is not None or p.condition is not PeripheralCondition.OK):
+            transitions.append(
+                Transition(
+                    terminal_id=t.tid,
+                    subject=p.name,
+                    kind=p.kind.value,
+                    from_state=None if old is None else old.condition.value,
+                    to_state=p.condition.value,
+                    occurred_at=sent_at,
+                    recorded_at=received_at,
+                    fault_code=p.fault_code,
+                )
+            )
+        return True

@@ -1,0 +1,154 @@
+"""The ingest: what happens to one inbound MQTT message, from bytes to fleet state.
+
+``decode`` (the protocol's single gate) → ``FleetState.apply`` → queue the
+changes for the batched database writer → metrics. It runs on the MQTT
+adapter's network thread for every message, so it stays lean: no database I/O,
+no per-message logging, no lock held beyond the fleet state's own.
+
+It must never raise: a rejected message is counted
+(``kioskfleet_ingest_rejected_total{reason}``) and logged at most once per
+reason per interval; an unexpected exception is counted as reason
+``internal`` and logged with its traceback (also rate-limited).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Final, Protocol
+
+from protocol.codec import decode
+from protocol.errors import ProtocolError
+from protocol.messages import EventMessage, ReportMessage, StateMessage
+from protocol.topics import Channel
+from server.fleet_state import CONNECTIVITY, FleetState, Transition, Verdict
+from server.inbound import InboundMessage
+from server.log_throttle import ThrottledLog
+from server.metrics import INTERNAL_REASON, ServerMetrics
+
+__all__ = ["Ingest", "IngestResult", "WriteSink"]
+
+log = logging.getLogger(__name__)
+
+_CHANNEL_OF: Final = {
+    StateMessage: Channel.STATE,
+    ReportMessage: Channel.REPORT,
+    EventMessage: Channel.EVENT,
+}
+_MAX_LOGGED_TEXT: Final = 300
+
+
+class WriteSink(Protocol):
+    """Where the ingest hands what must be persisted (the batched writer, or a fake)."""
+
+    def record(
+        self,
+        terminal_id: str,
+        *,
+        peripherals_changed: bool = False,
+        transitions: Sequence[Transition] = (),
+        heartbeat_only: bool = False,
+    ) -> None:
+        """Mark ``terminal_id`` for writing and queue its transitions. Must be cheap.
+
+        ``heartbeat_only``: only last_seen/seq moved, so the write may be deferred.
+        """
+        ...
+
+
+class IngestResult(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+    REJECTED = "rejected"
+    INTERNAL_ERROR = "internal_error"
+
+
+class Ingest:
+    """Applies inbound messages to the fleet state. Call ``handle`` from one thread."""
+
+    def __init__(
+        self,
+        fleet: FleetState,
+        sink: WriteSink,
+        metrics: ServerMetrics,
+        *,
+        max_payload_bytes: int,
+        throttled_log: ThrottledLog | None = None,
+    ) -> None:
+        self._fleet = fleet
+        self._sink = sink
+        self._metrics = metrics
+        self._max_bytes = max_payload_bytes
+        self._log = throttled_log or ThrottledLog(log)
+        # Bound children once: labels() costs a lock and a dict lookup per call.
+        self._accepted = {
+            kind: metrics.ingest_messages.labels(channel.value)
+            for kind, channel in _CHANNEL_OF.items()
+        }
+        self._offline = {
+            reason: metrics.offline_detected.labels(reason)
+            for reason in ("will", "shutdown", "timeout")
+        }
+
+    def handle(self, inbound: InboundMessage) -> IngestResult:
+        """Process one message. Never raises."""
+        try:
+            return self._handle(inbound)
+        except Exception:  # noqa: BLE001 - the server must survive any input
+            self._metrics.ingest_rejected.labels(INTERNAL_REASON).inc()
+            self._log.log(
+                logging.ERROR,
+                INTERNAL_REASON,
+                "ingest failed on topic %r: internal error",
+                _clip(inbound.topic),
+                exc_info=True,
+            )
+            return IngestResult.INTERNAL_ERROR
+
+    def _handle(self, inbound: InboundMessage) -> IngestResult:
+        try:
+            message = decode(inbound.topic, inbound.payload, max_bytes=self._max_bytes)
+        except ProtocolError as exc:
+            self._metrics.ingest_rejected.labels(exc.reason).inc()
+            self._log.warning(
+                exc.reason,
+                "rejected message on topic %r: %s: %s",
+                _clip(inbound.topic),
+                exc.reason,
+                _clip(exc.message),
+            )
+            return IngestResult.REJECTED
+
+        outcome = self._fleet.apply(message, inbound.received_at, retained=inbound.retained)
+        if outcome.verdict is not Verdict.ACCEPTED:
+            # Retained re-deliveries (every re-subscribe) are expected, not duplicates.
+            if not inbound.retained:
+                self._metrics.ingest_duplicates.inc()
+            return (
+                IngestResult.DUPLICATE
+                if outcome.verdict is Verdict.DUPLICATE
+                else IngestResult.STALE
+            )
+
+        self._sink.record(
+            message.terminal_id,
+            peripherals_changed=outcome.peripherals_changed,
+            transitions=outcome.transitions,
+            heartbeat_only=outcome.heartbeat_only,
+        )
+        self._accepted[type(message)].inc()
+        if outcome.missing:
+            self._metrics.ingest_seq_gaps.inc(outcome.missing)
+        if not inbound.retained:
+            delay = (inbound.received_at - message.sent_at).total_seconds()
+            self._metrics.ingest_delay.observe(delay if delay > 0 else 0.0)
+        for t in outcome.transitions:
+            if t.kind == CONNECTIVITY and t.from_state == "online" and t.reason in self._offline:
+                self._offline[t.reason].inc()  # a first sighting offline is no detection
+        return IngestResult.ACCEPTED
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_LOGGED_TEXT else text[:_MAX_LOGGED_TEXT] + "..."

@@ -1,0 +1,266 @@
+"""Wiring: ``Server`` builds and runs every server component; ``run_server`` is the CLI entry.
+
+Threads of a running server: paho's network thread (receives and ingests every
+message), the database writer's flusher, APScheduler's worker (offline sweep),
+and uvicorn's event loop serving the API (with its worker threads for the
+handlers). ``Server(settings)`` only builds objects; ``start()`` opens the
+database, loads the fleet from it, and starts the threads; ``stop()`` stops
+intake first, then flushes what is pending, then stops serving.
+
+Nothing is started at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from pydantic import ValidationError
+
+from server.api import ApiServices, create_app
+from server.config import Settings
+from server.errors import ServerError, StorageError
+from server.fleet_state import FleetState, Transition
+from server.ingest import Ingest
+from server.log_throttle import ThrottledLog
+from server.metrics import ServerMetrics
+from server.mqtt_source import MqttOptions, MqttSource
+from server.scheduler import OfflineSweep, build_scheduler
+from server.storage import Storage
+from server.write_behind import WriteBehind
+
+__all__ = ["Server", "run_server"]
+
+log = logging.getLogger(__name__)
+
+_HTTP_START_TIMEOUT_S = 10.0
+
+
+class Server:
+    """One server process's components. ``start()``, then ``stop()``; not restartable."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+        self.registry = registry
+        self.metrics = ServerMetrics(registry)
+        self.fleet = FleetState(
+            offline_after_missed_reports=settings.offline_after_missed_reports,
+            default_report_interval_s=settings.default_report_interval_s,
+        )
+        self.storage = Storage(
+            settings.database_url, sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s
+        )
+        self.writer = WriteBehind(
+            self.storage,
+            self.fleet.snapshot,
+            self.metrics,
+            interval_s=settings.db_flush_interval_s,
+            heartbeat_interval_s=settings.db_heartbeat_flush_interval_s,
+            max_pending_transitions=settings.db_max_pending_transitions,
+        )
+        self.ingest = Ingest(
+            self.fleet,
+            self.writer,
+            self.metrics,
+            max_payload_bytes=settings.max_payload_bytes,
+            throttled_log=ThrottledLog(
+                logging.getLogger("server.ingest"), interval_s=settings.reject_log_interval_s
+            ),
+        )
+        broker = settings.broker
+        self.mqtt = MqttSource(
+            MqttOptions(
+                host=broker.host,
+                port=broker.port,
+                client_id=settings.mqtt_client_id,
+                tls=broker.tls,
+                ca_file=settings.broker_ca_file,
+                cert_file=settings.broker_cert_file,
+                key_file=settings.broker_key_file,
+                keepalive_s=settings.mqtt_keepalive_s,
+                session_expiry_s=settings.mqtt_session_expiry_s,
+                reconnect_min_s=settings.mqtt_reconnect_min_s,
+                reconnect_max_s=settings.mqtt_reconnect_max_s,
+                shared_subscription=settings.shared_subscription,
+                protocol=settings.mqtt_protocol,
+                receive_maximum=settings.mqtt_receive_maximum,
+            ),
+            self.ingest.handle,
+            on_connection_change=self.metrics.broker_connected.set,
+        )
+        self.sweep = OfflineSweep(
+            self.fleet,
+            self.writer,
+            self.metrics,
+            listening_since=lambda: self.mqtt.connected_since,
+        )
+        self.app = create_app(
+            ApiServices(
+                fleet=self.fleet,
+                history=self._history,
+                readiness=self.readiness,
+                registry=registry,
+                page_limit_default=settings.api_page_limit_default,
+                page_limit_max=settings.api_page_limit_max,
+                history_limit=settings.history_limit,
+                history_limit_max=settings.history_limit_max,
+            )
+        )
+        self._scheduler: BackgroundScheduler | None = None
+        self._http: uvicorn.Server | None = None
+        self._http_thread: threading.Thread | None = None
+        self._port: int | None = None
+        self._started = False
+
+    # --- public ---------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` of the API (the real port when ``http_port`` was 0)."""
+        if self._port is None:
+            raise ServerError("the server is not started")
+        host = self.settings.http_host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self._port}"
+
+    def readiness(self) -> list[str]:
+        """Why the server is not ready; empty when it is (broker, database, pending writes)."""
+        reasons = []
+        if not self.mqtt.connected:
+            reasons.append("broker: not connected")
+        try:
+            self.storage.check_database()
+        except StorageError as exc:
+            self.metrics.db_errors.inc()
+            reasons.append(f"database: {exc.message}")
+        failure = self.writer.failure
+        if failure is not None:
+            reasons.append(f"database writes failing: {failure}")
+        return reasons
+
+    def start(self) -> None:
+        """Open the database, load the fleet, start every thread; return once HTTP listens.
+
+        Raises ServerError (StorageError, ConfigError, BrokerError) if a component
+        cannot start; call ``stop()`` afterwards to release what did start.
+        """
+        if self._started:
+            raise ServerError("a Server can be started once")
+        self._started = True
+        self.storage.open()
+        terminals = self.storage.load_fleet()
+        self.fleet.load(terminals)
+        log.info("loaded %d terminals from the database", len(terminals))
+        self.writer.start()
+        self._start_http()
+        self.mqtt.start()
+        self._scheduler = build_scheduler(
+            self.sweep, offline_check_interval_s=self.settings.offline_check_interval_s
+        )
+        self._scheduler.start()
+
+    def stop(self) -> None:
+        """Graceful: stop intake, stop the sweep, write what is pending, stop serving."""
+        self.mqtt.stop()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None
+        self.writer.stop()
+        self._stop_http()
+        self.storage.close()
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _history(self, terminal_id: str, limit: int) -> list[Transition]:
+        try:
+            return list(self.storage.history(terminal_id, limit))
+        except StorageError:
+            self.metrics.db_errors.inc()
+            raise
+
+    def _start_http(self) -> None:
+        host, port = self.settings.http_host, self.settings.http_port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise ServerError(f"cannot listen on {host}:{port}: {exc}") from exc
+        self._port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=5
+        )
+        self._http = uvicorn.Server(config)
+        http = self._http
+        self._http_thread = threading.Thread(
+            target=lambda: http.run(sockets=[sock]), name="kf-http", daemon=True
+        )
+        self._http_thread.start()
+        deadline = time.monotonic() + _HTTP_START_TIMEOUT_S
+        while not http.started:
+            if not self._http_thread.is_alive() or time.monotonic() > deadline:
+                raise ServerError(f"the HTTP server did not start on {host}:{self._port}")
+            time.sleep(0.01)
+        log.info("API listening on %s", self.base_url)
+
+    def _stop_http(self) -> None:
+        if self._http is not None:
+            self._http.should_exit = True
+        if self._http_thread is not None:
+            self._http_thread.join(10)
+            self._http_thread = None
+        self._http = None
+
+
+def run_server(env_file: Path | None) -> int:
+    """Run until SIGINT or SIGTERM. Returns the process exit code (0 after a clean stop)."""
+    if env_file is not None and not env_file.is_file():
+        log.error("env file %s does not exist", env_file)
+        return 2
+    try:
+        settings = Settings.from_env(env_file)
+    except ValidationError as exc:
+        log.error("invalid settings: %s", exc)
+        return 2
+    server = Server(settings)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            server.start()
+        except ServerError as exc:
+            log.error("cannot start: %s", exc)
+            return 1
+        log.info(
+            "kioskfleet server running: API %s, broker %s, database %s",
+            server.base_url,
+            settings.broker_url,
+            settings.database_url.split("@")[-1],
+        )
+        stop.wait()
+        return 0
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,468 @@
+"""Where the fleet hits the disk: the database tables and the repository over them.
+
+Tables (SQLModel, separate from the wire models; see docs/data-model.md):
+``terminal`` (latest state of each terminal), ``peripheral`` (latest condition
+of each peripheral), ``transition`` (every change of connectivity or of a
+peripheral's condition). Every heartbeat is *not* stored: the batched writer
+(``server.write_behind``) upserts the latest state of the terminals that
+changed, once per flush interval, in one transaction.
+
+Works on SQLite (WAL, busy timeout; the embedded default) and PostgreSQL
+(psycopg 3): upserts use each dialect's ``INSERT ... ON CONFLICT``. Every
+SQLAlchemy error is translated into ``server.errors.StorageError``; this
+module never lets a driver exception escape and never decides anything about
+the fleet (that is ``server.fleet_state``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel
+
+from protocol.messages import PeripheralCondition, PeripheralKind
+from server.errors import ConfigError, StorageError
+from server.fleet_state import OfflineReason, PeripheralView, TerminalView, Transition
+
+__all__ = [
+    "PeripheralRow",
+    "Storage",
+    "TerminalRow",
+    "TransitionRow",
+    "WriteBatch",
+]
+
+log = logging.getLogger(__name__)
+
+_CHUNK: Final = 500  # rows or ids per statement
+
+
+class _Table(SQLModel, registry=registry()):
+    """Base of the server's tables: their own metadata, so other packages' tables never mix in."""
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """An aware UTC datetime: ``timestamptz`` on PostgreSQL, ISO-8601 text on SQLite.
+
+    SQLAlchemy's own SQLite datetime formatting costs ~4 us per value in Python;
+    ``isoformat``/``fromisoformat`` are C and keep the flush cheap. Values are
+    normalised to UTC so that text order is time order.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.String(32))
+        return dialect.type_descriptor(sa.DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> Any:
+        if value is None or dialect.name != "sqlite":
+            return value
+        if value.tzinfo is not UTC:
+            value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        return value.isoformat(timespec="microseconds")
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime from the database, got {type(value).__name__}")
+        return _utc(value)
+
+
+def _ts(nullable: bool = False, **kw: Any) -> Any:
+    return Field(sa_column=sa.Column(UtcDateTime(), nullable=nullable, **kw))
+
+
+def _text(length: int, nullable: bool = True, **kw: Any) -> Any:
+    return Field(sa_column=sa.Column(sa.String(length), nullable=nullable, **kw))
+
+
+class TerminalRow(_Table, table=True):
+    """Latest state of one terminal (one row per terminal, rewritten in batches)."""
+
+    __tablename__ = "terminal"
+
+    id: str = _text(64, nullable=False, primary_key=True)
+    hall: str | None = _text(64, index=True)
+    region: str | None = _text(64, index=True)
+    model: str | None = _text(64)
+    online: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False))
+    online_since: datetime = _ts()  # when ``online`` last changed (either way)
+    offline_reason: str | None = _text(16)
+    last_seen: datetime = _ts()  # server time of the last sign of life
+    last_sent_at: datetime | None = _ts(nullable=True)  # device time of the newest message
+    boot_id: str | None = _text(64)
+    last_seq: int | None = Field(sa_column=sa.Column(sa.BigInteger, nullable=True))
+    report_interval_s: float | None = Field(sa_column=sa.Column(sa.Float, nullable=True))
+    agent_version: str | None = _text(32)
+    software: dict[str, str] = Field(
+        default_factory=dict, sa_column=sa.Column(sa.JSON, nullable=False)
+    )
+    first_seen: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class PeripheralRow(_Table, table=True):
+    """Latest condition of one peripheral of one terminal."""
+
+    __tablename__ = "peripheral"
+
+    terminal_id: str = _text(64, nullable=False, primary_key=True)
+    name: str = _text(64, nullable=False, primary_key=True)
+    kind: str = _text(32, nullable=False)
+    condition: str = _text(32, nullable=False)
+    fault_code: str | None = _text(64)
+    detail: str | None = _text(256)
+    since: datetime = _ts()
+
+
+class TransitionRow(_Table, table=True):
+    """One change of a terminal's connectivity or of one peripheral's condition."""
+
+    __tablename__ = "transition"
+    __table_args__ = (sa.Index("ix_transition_terminal_recorded", "terminal_id", "recorded_at"),)
+
+    id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+        ),
+    )
+    terminal_id: str = _text(64, nullable=False)
+    subject: str = _text(64, nullable=False)  # "connectivity" or the peripheral name
+    kind: str = _text(32, nullable=False)  # "connectivity" or the peripheral kind
+    from_state: str | None = _text(32)
+    to_state: str = _text(32, nullable=False)
+    fault_code: str | None = _text(64)
+    reason: str | None = _text(16)
+    occurred_at: datetime = _ts()  # device time where the device said when
+    recorded_at: datetime = _ts()  # server time
+
+
+_METADATA: Final = _Table.metadata
+_TERMINAL: Final = _METADATA.tables["terminal"]
+_PERIPHERAL: Final = _METADATA.tables["peripheral"]
+_TRANSITION: Final = _METADATA.tables["transition"]
+_TERMINAL_UPDATE_COLUMNS: Final = tuple(
+    c.name for c in _TERMINAL.columns if c.name not in ("id", "first_seen")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBatch:
+    """One flush: latest state of ``terminals``, full peripheral sets of ``peripheral_ids``."""
+
+    terminals: Sequence[TerminalView] = ()
+    peripheral_ids: frozenset[str] = frozenset()
+    transitions: Sequence[Transition] = field(default_factory=tuple)
+
+    def __bool__(self) -> bool:
+        return bool(self.terminals or self.peripheral_ids or self.transitions)
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _utc_opt(value: datetime | None) -> datetime | None:
+    return None if value is None else _utc(value)
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class Storage:
+    """The repository: load the fleet, write batches, read history, check the database."""
+
+    def __init__(self, database_url: str, *, sqlite_busy_timeout_s: float = 5.0) -> None:
+        self._url_text = database_url
+        self._busy_timeout_s = sqlite_busy_timeout_s
+        self._engine: Engine | None = None
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise StorageError("use", "storage is not open")
+        return self._engine
+
+    def open(self) -> None:
+        """Create the engine, the SQLite folder if needed, and the tables.
+
+        Raises ConfigError for an unusable URL, StorageError if the database refuses.
+        """
+        try:
+            url = sa.make_url(self._url_text)
+        except ArgumentError as exc:
+            raise ConfigError(f"database_url: {exc}") from None
+        backend = url.get_backend_name()
+        if backend == "sqlite":
+            engine = self._sqlite_engine(url)
+        elif backend == "postgresql":
+            engine = sa.create_engine(
+                url, pool_pre_ping=True, pool_size=5, connect_args={"connect_timeout": 5}
+            )
+        else:
+            raise ConfigError(f"unsupported database {backend!r} (use sqlite or postgresql)")
+        self._engine = engine
+        with self._translate("create tables"):
+            _METADATA.create_all(engine)
+
+    def _sqlite_engine(self, url: sa.URL) -> Engine:
+        database = url.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        busy_ms = int(self._busy_timeout_s * 1000)
+        engine = sa.create_engine(
+            url, connect_args={"timeout": self._busy_timeout_s, "check_same_thread": False}
+        )
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+            cursor.close()
+
+        return engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    @contextmanager
+    def _translate(self, operation: str) -> Iterator[None]:
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            raise StorageError(operation, detail[0] if detail else type(exc).__name__) from exc
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def check_database(self) -> None:
+        """Raises StorageError unless a trivial query succeeds."""
+        with self._translate("check database"), self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def load_fleet(self) -> list[TerminalView]:
+        """Every terminal with its peripherals, as the fleet state's startup copy.
+
+        Raises StorageError.
+        """
+        with self._translate("load fleet"), self.engine.connect() as conn:
+            peripherals: dict[str, list[PeripheralView]] = defaultdict(list)
+            rows = conn.execute(sa.select(_PERIPHERAL).order_by(_PERIPHERAL.c.name)).mappings()
+            for row in rows:
+                view = _peripheral_view(row)
+                if view is not None:
+                    peripherals[row["terminal_id"]].append(view)
+            return [
+                _terminal_view(row, tuple(peripherals.get(row["id"], ())))
+                for row in conn.execute(sa.select(_TERMINAL)).mappings()
+            ]
+
+    def history(self, terminal_id: str, limit: int) -> list[Transition]:
+        """Transitions of one terminal, newest first (by server time), at most ``limit``.
+
+        Raises StorageError.
+        """
+        stmt = (
+            sa.select(_TRANSITION)
+            .where(_TRANSITION.c.terminal_id == terminal_id)
+            .order_by(_TRANSITION.c.recorded_at.desc(), _TRANSITION.c.id.desc())
+            .limit(limit)
+        )
+        with self._translate("read history"), self.engine.connect() as conn:
+            return [_transition(row) for row in conn.execute(stmt).mappings()]
+
+    def count_transitions(self) -> int:
+        """How many transitions are stored (for tests and diagnostics). Raises StorageError."""
+        with self._translate("count transitions"), self.engine.connect() as conn:
+            return int(
+                conn.execute(sa.select(sa.func.count()).select_from(_TRANSITION)).scalar_one()
+            )
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def write(self, batch: WriteBatch, *, now: datetime) -> None:
+        """Write one batch in one transaction: all of it or nothing.
+
+        Raises StorageError (the batch is then not written at all).
+        """
+        if not batch:
+            return
+        with self._translate("write batch"), self.engine.begin() as conn:
+            if batch.terminals:
+                self._upsert_terminals(conn, batch.terminals, now)
+            if batch.peripheral_ids:
+                self._replace_peripherals(conn, batch)
+            if batch.transitions:
+                rows = [_transition_row(t) for t in batch.transitions]
+                for chunk in _chunks(rows):
+                    conn.execute(sa.insert(_TRANSITION), list(chunk))
+
+    def _insert(self) -> Any:
+        return sqlite.insert if self.dialect == "sqlite" else postgresql.insert
+
+    def _upsert_terminals(
+        self, conn: Connection, terminals: Sequence[TerminalView], now: datetime
+    ) -> None:
+        insert = self._insert()
+        stmt = insert(_TERMINAL)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[_TERMINAL.c.id],
+            set_={name: stmt.excluded[name] for name in _TERMINAL_UPDATE_COLUMNS},
+        )
+        rows = [_terminal_row(v, now) for v in terminals]
+        for chunk in _chunks(rows):
+            conn.execute(stmt, list(chunk))
+
+    def _replace_peripherals(self, conn: Connection, batch: WriteBatch) -> None:
+        ids = sorted(batch.peripheral_ids)
+        for chunk in _chunks(ids):
+            conn.execute(sa.delete(_PERIPHERAL).where(_PERIPHERAL.c.terminal_id.in_(chunk)))
+        wanted = batch.peripheral_ids
+        rows = [
+            _peripheral_row(v.id, p)
+            for v in batch.terminals
+            if v.id in wanted
+            for p in v.peripherals
+        ]
+        for chunk in _chunks(rows):
+            conn.execute(sa.insert(_PERIPHERAL), list(chunk))
+
+
+# --- row <-> view ---------------------------------------------------------------------------
+
+
+def _terminal_row(v: TerminalView, now: datetime) -> dict[str, Any]:
+    return {
+        "id": v.id,
+        "hall": v.hall,
+        "region": v.region,
+        "model": v.model,
+        "online": v.online,
+        "online_since": v.state_since,
+        "offline_reason": None if v.offline_reason is None else v.offline_reason.value,
+        "last_seen": v.last_seen,
+        "last_sent_at": v.last_sent_at,
+        "boot_id": v.boot_id,
+        "last_seq": v.last_seq,
+        "report_interval_s": v.report_interval_s,
+        "agent_version": v.agent_version,
+        "software": dict(v.software),
+        "first_seen": v.first_seen,
+        "updated_at": now,
+    }
+
+
+def _terminal_view(row: Any, peripherals: tuple[PeripheralView, ...]) -> TerminalView:
+    reason = row["offline_reason"]
+    try:
+        offline_reason = None if reason is None else OfflineReason(reason)
+    except ValueError:
+        offline_reason = OfflineReason.TIMEOUT
+    return TerminalView(
+        id=row["id"],
+        online=bool(row["online"]),
+        state_since=_utc(row["online_since"]),
+        last_seen=_utc(row["last_seen"]),
+        first_seen=_utc(row["first_seen"]),
+        hall=row["hall"],
+        region=row["region"],
+        model=row["model"],
+        offline_reason=offline_reason,
+        last_sent_at=_utc_opt(row["last_sent_at"]),
+        boot_id=row["boot_id"],
+        last_seq=row["last_seq"],
+        report_interval_s=row["report_interval_s"],
+        agent_version=row["agent_version"],
+        software=dict(row["software"] or {}),
+        peripherals=peripherals,
+    )
+
+
+def _peripheral_row(terminal_id: str, p: PeripheralView) -> dict[str, Any]:
+    return {
+        "terminal_id": terminal_id,
+        "name": p.name,
+        "kind": p.kind.value,
+        "condition": p.condition.value,
+        "fault_code": p.fault_code,
+        "detail": p.detail,
+        "since": p.since,
+    }
+
+
+def _peripheral_view(row: Any) -> PeripheralView | None:
+    try:
+        kind = PeripheralKind(row["kind"])
+    except ValueError:  # written by a newer server: this one cannot show it
+        log.warning("skipping peripheral %r of unknown kind %r", row["name"], row["kind"])
+        return None
+    try:
+        condition = PeripheralCondition(row["condition"])
+    except ValueError:
+        condition = PeripheralCondition.UNKNOWN
+    return PeripheralView(
+        name=row["name"],
+        kind=kind,
+        condition=condition,
+        since=_utc(row["since"]),
+        fault_code=row["fault_code"],
+        detail=row["detail"],
+    )
+
+
+def _transition_row(t: Transition) -> dict[str, Any]:
+    return {
+        "terminal_id": t.terminal_id,
+        "subject": t.subject,
+        "kind": t.kind,
+        "from_state": t.from_state,
+        "to_state": t.to_state,
+        "fault_code": t.fault_code,
+        "reason": t.reason,
+        "occurred_at": t.occurred_at,
+        "recorded_at": t.recorded_at,
+    }
+
+
+def _transition(row: Any) -> Transition:
+    return Transition(
+        terminal_id=row["terminal_id"],
+        subject=row["subject"],
+        kind=row["kind"],
+        from_state=row["from_state"],
+        to_state=row["to_state"],
+        occurred_at=_utc(row["occurred_at"]),
+        recorded_at=_utc(row["recorded_at"]),
+        fault_code=row["fault_code"],
+        reason=row["reason"],
+    )

@@ -1,0 +1,315 @@
+"""Fixtures for the server's integration tests: a throw-away PostgreSQL database, running
+servers, and raw MQTT terminals that publish ``protocol`` messages exactly as an agent would.
+
+PostgreSQL comes from ``KIOSKFLEET_TEST_POSTGRES_URL`` (default
+``postgresql://postgres@127.0.0.1:5432/postgres``): each test gets a database
+``kf_test_<random>`` that is dropped afterwards. If the server is unreachable
+the test fails with a clear message, unless ``KIOSKFLEET_SKIP_POSTGRES=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import CollectorRegistry
+from psycopg import sql
+
+from kioskfleet.local_broker import LocalBroker
+from protocol.codec import encode
+from protocol.messages import Message
+from protocol.topics import Channel, topic
+from server.config import Settings
+from server.main import Server
+from tests.unit.test_fleet_state import periph, peripheral_event, report, state
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(0.02)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A SQLAlchemy URL of a fresh, empty PostgreSQL database, dropped after the test."""
+    admin = os.environ.get("KIOSKFLEET_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    admin = admin.replace("postgresql+psycopg://", "postgresql://", 1)
+    if os.environ.get("KIOSKFLEET_SKIP_POSTGRES") == "1":
+        pytest.skip("KIOSKFLEET_SKIP_POSTGRES=1")
+    try:
+        conn = psycopg.connect(admin, autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        pytest.fail(
+            f"PostgreSQL at {admin} is unreachable ({exc}). Start it, point "
+            "KIOSKFLEET_TEST_POSTGRES_URL at one, or set KIOSKFLEET_SKIP_POSTGRES=1 to skip.",
+            pytrace=False,
+        )
+    name = f"kf_test_{secrets.token_hex(6)}"
+    with conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    base, _, _ = admin.rpartition("/")
+    try:
+        yield f"{base}/{name}".replace("postgresql://", "postgresql+psycopg://", 1)
+    finally:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test using this runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/db/kioskfleet.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+# --- running servers ------------------------------------------------------------------------
+
+
+def server_settings(broker_url: str, database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "broker_url": broker_url,
+        "http_port": 0,
+        "mqtt_client_id": unique("kf-test-server"),
+        "mqtt_session_expiry_s": 0,  # gone at disconnect: no stale share-group member
+        "mqtt_keepalive_s": 5,
+        "db_flush_interval_s": 0.1,
+        "offline_check_interval_s": 0.2,
+        "reject_log_interval_s": 10.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class ServerFactory:
+    """Starts servers on free ports; stops every one it started at teardown."""
+
+    def __init__(self, broker: LocalBroker, default_db: str) -> None:
+        self.broker = broker
+        self.default_db = default_db
+        self.started: list[Server] = []
+
+    def __call__(self, **overrides: Any) -> Server:
+        broker_url = overrides.pop("broker_url", self.broker.url)
+        database_url = overrides.pop("database_url", self.default_db)
+        server = Server(
+            server_settings(broker_url, database_url, **overrides), registry=CollectorRegistry()
+        )
+        self.started.append(server)
+        server.start()
+        wait_until(lambda: server.mqtt.connected, 10, "the server to subscribe")
+        return server
+
+    def stop_all(self) -> None:
+        while self.started:
+            self.started.pop().stop()
+
+
+@pytest.fixture
+def start_server(broker: LocalBroker, tmp_path: Path) -> Iterator[ServerFactory]:
+    factory = ServerFactory(broker, f"sqlite:///{tmp_path}/kioskfleet.db")
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+
+
+@pytest.fixture
+def private_server(private_broker: LocalBroker, tmp_path: Path) -> Iterator[ServerFactory]:
+    """Servers on this test's own mosquitto: nothing another test left behind reaches them."""
+    factory = ServerFactory(private_broker, f"sqlite:///{tmp_path}/kioskfleet.db")
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+
+
+def api(server: Server, path: str, **params: Any) -> httpx.Response:
+    return httpx.get(server.base_url + path, params=params, timeout=5)
+
+
+def metric(server: Server, name: str, **labels: str) -> float:
+    value = server.registry.get_sample_value(name, labels or None)
+    return 0.0 if value is None else value
+
+
+# --- raw MQTT terminals ---------------------------------------------------------------------
+
+
+class RawTerminal:
+    """One terminal as the broker sees it: a raw paho client publishing protocol messages."""
+
+    def __init__(
+        self,
+        broker: LocalBroker,
+        terminal_id: str,
+        *,
+        hall: str = "Hall A",
+        region: str = "North",
+        with_will: bool = False,
+    ) -> None:
+        self.id = terminal_id
+        self.hall = hall
+        self.region = region
+        self.boot = "boot-" + secrets.token_hex(6)
+        self.seq = 0
+        self.retained_topics: set[str] = set()
+        self._connected = threading.Event()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=unique(f"raw-{terminal_id}"),
+            protocol=mqtt.MQTTv5,
+            reconnect_on_failure=False,
+        )
+        self.client.on_connect = lambda *_a: self._connected.set()
+        if with_will:
+            will = state(self.id, False, seq=0, boot=self.boot, sent_at=datetime.now(UTC))
+            self.client.will_set(self.topic(Channel.STATE), encode(will), qos=1, retain=True)
+            self.retained_topics.add(self.topic(Channel.STATE))
+        self.client.connect("127.0.0.1", broker.port, keepalive=10)
+        self.client.loop_start()
+        if not self._connected.wait(5):
+            raise RuntimeError("raw terminal could not connect")
+
+    def topic(self, channel: Channel) -> str:
+        return topic(self.id, channel)
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def publish(self, message: Message, *, retain: bool = False) -> None:
+        channel = {"kf.report": Channel.REPORT, "kf.event": Channel.EVENT}.get(
+            message.schema_, Channel.STATE
+        )
+        self.publish_raw(self.topic(channel), encode(message), retain=retain)
+
+    def publish_raw(self, topic_name: str, payload: bytes, *, retain: bool = False) -> None:
+        info = self.client.publish(topic_name, payload, qos=1, retain=retain)
+        info.wait_for_publish(5)
+        if retain:
+            self.retained_topics.add(topic_name)
+
+    def report(
+        self,
+        peripherals: list[dict[str, str]] | None = None,
+        *,
+        interval: float = 10.0,
+        seq: int | None = None,
+    ) -> Message:
+        message = report(
+            self.id,
+            self.next_seq() if seq is None else seq,
+            boot=self.boot,
+            sent_at=datetime.now(UTC),
+            peripherals=peripherals,
+            hall=self.hall,
+            region=self.region,
+            interval=interval,
+        )
+        self.publish(message)
+        return message
+
+    def event(self, p: dict[str, str], previous: str | None) -> Message:
+        message = peripheral_event(self.id, self.next_seq(), p, previous, sent_at=datetime.now(UTC))
+        self.publish(message)
+        return message
+
+    def online(self) -> None:
+        message = state(self.id, True, seq=self.seq, boot=self.boot, sent_at=datetime.now(UTC))
+        self.publish(message, retain=True)
+
+    def vanish(self) -> None:
+        """Drop the TCP connection without DISCONNECT: the broker publishes the will."""
+        sock = self.client.socket()
+        if sock is not None:
+            sock.close()
+        self.client.loop_stop()
+
+    def close(self, broker: LocalBroker) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+        if self.retained_topics:  # leave no retained state behind for later tests
+            cleaner = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+            cleaner.connect("127.0.0.1", broker.port)
+            cleaner.loop_start()
+            for name in self.retained_topics:
+                cleaner.publish(name, b"", qos=1, retain=True).wait_for_publish(5)
+            cleaner.disconnect()
+            cleaner.loop_stop()
+
+
+class TerminalFactory:
+    def __init__(self, broker: LocalBroker) -> None:
+        self.broker = broker
+        self.made: list[RawTerminal] = []
+
+    def __call__(self, terminal_id: str | None = None, **kwargs: Any) -> RawTerminal:
+        terminal = RawTerminal(self.broker, terminal_id or unique("T"), **kwargs)
+        self.made.append(terminal)
+        return terminal
+
+
+@pytest.fixture
+def terminals(broker: LocalBroker) -> Iterator[TerminalFactory]:
+    factory = TerminalFactory(broker)
+    try:
+        yield factory
+    finally:
+        for t in factory.made:
+            t.close(broker)
+
+
+@pytest.fixture
+def private_terminals(private_broker: LocalBroker) -> Iterator[TerminalFactory]:
+    """Raw terminals on the test's own mosquitto (see ``private_server``)."""
+    factory = TerminalFactory(private_broker)
+    try:
+        yield factory
+    finally:
+        for t in factory.made:
+            t.close(private_broker)
+
+
+__all__ = [
+    "RawTerminal",
+    "ServerFactory",
+    "TerminalFactory",
+    "api",
+    "metric",
+    "periph",
+    "server_settings",
+    "unique",
+    "wait_until",
+]

@@ -1,0 +1,218 @@
+"""The storage adapter on SQLite and PostgreSQL: batches, upserts, reload, history, errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from protocol.messages import PeripheralCondition, PeripheralKind
+from server.errors import ConfigError, StorageError
+from server.fleet_state import (
+    FleetState,
+    OfflineReason,
+    PeripheralView,
+    TerminalView,
+    Transition,
+    Verdict,
+)
+from server.storage import Storage, WriteBatch
+from tests.unit.test_fleet_state import periph, report
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def storage(database_url: str) -> Iterator[Storage]:
+    s = Storage(database_url, sqlite_busy_timeout_s=0.5)
+    s.open()
+    yield s
+    s.close()
+
+
+def terminal(tid: str = "T-1", **over: object) -> TerminalView:
+    values: dict[str, object] = {
+        "id": tid,
+        "online": True,
+        "state_since": at(0),
+        "last_seen": at(5),
+        "first_seen": at(0),
+        "hall": "Hall A",
+        "region": "North",
+        "model": "KX-200",
+        "last_sent_at": at(4),
+        "boot_id": "boot-aaaa",
+        "last_seq": 42,
+        "report_interval_s": 10.0,
+        "agent_version": "1.0.0",
+        "software": {"kiosk-app": "3.1"},
+        "peripherals": (
+            PeripheralView(
+                "printer",
+                PeripheralKind.RECEIPT_PRINTER,
+                PeripheralCondition.PAPER_OUT,
+                at(3),
+                fault_code="E12",
+                detail="no paper",
+            ),
+        ),
+    }
+    values.update(over)
+    return TerminalView(**values)  # type: ignore[arg-type]
+
+
+def transition(tid: str, to_state: str, recorded: float) -> Transition:
+    return Transition(
+        terminal_id=tid,
+        subject="printer",
+        kind="receipt_printer",
+        from_state="ok",
+        to_state=to_state,
+        occurred_at=at(recorded - 1),
+        recorded_at=at(recorded),
+        fault_code="E1",
+    )
+
+
+def test_written_terminal_loads_back_identical(storage: Storage) -> None:
+    v = terminal()
+    storage.write(WriteBatch(terminals=[v], peripheral_ids=frozenset({"T-1"})), now=at(6))
+    [loaded] = storage.load_fleet()
+    assert loaded == v
+    assert loaded.last_seen.tzinfo is not None
+
+
+def test_upsert_updates_latest_state_and_keeps_first_seen(storage: Storage) -> None:
+    storage.write(WriteBatch(terminals=[terminal()], peripheral_ids=frozenset({"T-1"})), now=at(6))
+    later = terminal(
+        online=False,
+        offline_reason=OfflineReason.WILL,
+        last_seq=99,
+        last_seen=at(60),
+        first_seen=at(50),
+        hall="Hall B",
+    )
+    storage.write(WriteBatch(terminals=[later]), now=at(61))
+    [loaded] = storage.load_fleet()
+    assert (loaded.online, loaded.offline_reason, loaded.last_seq, loaded.hall) == (
+        False,
+        OfflineReason.WILL,
+        99,
+        "Hall B",
+    )
+    assert loaded.first_seen == at(0)
+    assert loaded.peripherals == terminal().peripherals  # not in peripheral_ids: untouched
+
+
+def test_peripheral_rewrite_replaces_the_whole_set(storage: Storage) -> None:
+    storage.write(WriteBatch(terminals=[terminal()], peripheral_ids=frozenset({"T-1"})), now=at(6))
+    reader = PeripheralView("idcard", PeripheralKind.ID_CARD_READER, PeripheralCondition.OK, at(7))
+    storage.write(
+        WriteBatch(terminals=[terminal(peripherals=(reader,))], peripheral_ids=frozenset({"T-1"})),
+        now=at(8),
+    )
+    [loaded] = storage.load_fleet()
+    assert loaded.peripherals == (reader,)
+
+
+def test_history_is_newest_first_per_terminal_and_limited(storage: Storage) -> None:
+    batch = WriteBatch(
+        transitions=[
+            transition("T-1", "jam", 10),
+            transition("T-1", "ok", 20),
+            transition("T-2", "fault", 15),
+            transition("T-1", "paper_out", 30),
+        ]
+    )
+    storage.write(batch, now=at(31))
+    assert [t.to_state for t in storage.history("T-1", 10)] == ["paper_out", "ok", "jam"]
+    assert [t.to_state for t in storage.history("T-1", 2)] == ["paper_out", "ok"]
+    assert storage.history("nobody", 10) == []
+    [first] = storage.history("T-2", 10)
+    assert first == transition("T-2", "fault", 15)
+    assert storage.count_transitions() == 4
+
+
+def test_large_batch_is_written_in_one_go(storage: Storage) -> None:
+    views = [terminal(f"T-{i:04d}") for i in range(1200)]
+    ids = frozenset(v.id for v in views)
+    storage.write(
+        WriteBatch(
+            terminals=views,
+            peripheral_ids=ids,
+            transitions=[transition(v.id, "jam", 1) for v in views],
+        ),
+        now=at(2),
+    )
+    loaded = storage.load_fleet()
+    assert len(loaded) == 1200
+    assert all(len(v.peripherals) == 1 for v in loaded)
+    assert storage.count_transitions() == 1200
+
+
+def test_fleet_state_round_trips_through_the_database_with_its_dedup_position(
+    storage: Storage,
+) -> None:
+    fleet = FleetState()
+    fleet.apply(report("T-1", 7, peripherals=[periph("printer", "receipt_printer", "jam")]), T0)
+    views = fleet.snapshot(["T-1"])
+    storage.write(WriteBatch(terminals=views, peripheral_ids=frozenset({"T-1"})), now=T0)
+    restored = FleetState()
+    restored.load(storage.load_fleet())
+    assert restored.get("T-1") == fleet.get("T-1")
+    assert restored.apply(report("T-1", 7), at(1)).verdict is Verdict.DUPLICATE
+
+
+def test_check_database_passes_on_a_reachable_database(storage: Storage) -> None:
+    storage.check_database()
+
+
+def test_unreachable_postgresql_raises_storage_error() -> None:
+    s = Storage("postgresql+psycopg://postgres@127.0.0.1:1/nothing")
+    with pytest.raises(StorageError) as info:
+        s.open()
+    assert info.value.operation == "create tables"
+    s.close()
+
+
+def test_unsupported_database_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        Storage("mysql://localhost/x").open()
+    with pytest.raises(ConfigError):
+        Storage("not a url at all").open()
+
+
+def test_sqlite_folder_is_created_and_wal_is_on(tmp_path: Path) -> None:
+    s = Storage(f"sqlite:///{tmp_path}/deep/er/kf.db")
+    s.open()
+    try:
+        with s.engine.connect() as conn:
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar_one()
+        assert mode == "wal"
+        assert (tmp_path / "deep" / "er" / "kf.db").exists()
+    finally:
+        s.close()
+
+
+def test_write_failure_raises_storage_error_and_writes_nothing(tmp_path: Path) -> None:
+    s = Storage(f"sqlite:///{tmp_path}/kf.db", sqlite_busy_timeout_s=0.1)
+    s.open()
+    try:
+        blocker = s.engine.raw_connection()
+        blocker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(StorageError) as info:
+            s.write(WriteBatch(terminals=[terminal()]), now=at(1))
+        assert "locked" in info.value.message
+        blocker.rollback()
+        blocker.close()
+        assert s.load_fleet() == []
+    finally:
+        s.close()
