@@ -151,7 +151,9 @@ def test_killed_agent_is_marked_offline_by_its_will_within_one_and_a_half_keepal
         3.0,
         "offline by will",
     )
-    assert metric(server, "kioskfleet_terminals_offline_detected_total", reason="will") == before + 1
+    assert (
+        metric(server, "kioskfleet_terminals_offline_detected_total", reason="will") == before + 1
+    )
 
 
 def test_frozen_agent_goes_offline_by_heartbeat_timeout(
