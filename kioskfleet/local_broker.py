@@ -47,10 +47,18 @@ def _port_open(port: int) -> bool:
 class LocalBroker:
     """A mosquitto process on 127.0.0.1:``port`` that can be stopped, killed and restarted."""
 
-    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        extra_conf: str = "",
+        overrides: dict[str, str] | None = None,
+    ) -> None:
+        """``overrides`` replaces options of the project config (e.g. a queue limit for a benchmark)."""
         self.workdir = workdir
         self.port = port or free_port()
         self.extra_conf = extra_conf
+        self.overrides = overrides or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "mosquitto.log"
 
@@ -64,9 +72,15 @@ class LocalBroker:
             raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
+        project = [
+            line
+            for line in project_broker_conf().read_text().splitlines()
+            if line.split(" ", 1)[0] not in self.overrides
+        ]
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            + project_broker_conf().read_text()
+            + "\n".join(project)
+            + "".join(f"\n{key} {value}" for key, value in self.overrides.items())
             + "\n# added for this process\n"
             + f"persistence_location {self.workdir}/\n"
             + f"log_dest file {self.log_path}\n"

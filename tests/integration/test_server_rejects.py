@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
@@ -76,4 +77,39 @@ def test_duplicates_are_counted_and_not_applied_twice(
     assert (
         server.registry.get_sample_value("kioskfleet_ingest_messages_total", {"channel": "report"})
         == 2
+    )
+
+
+@pytest.mark.parametrize("channel", ["state", "report", "event", "update"])
+def test_garbage_from_mosquitto_pub_on_any_terminal_channel_is_counted_and_survived(
+    private_server: ServerFactory, private_terminals: TerminalFactory, channel: str
+) -> None:
+    """The issue's own acceptance check, with the real command-line client."""
+    server = private_server()
+    before = _rejected(api(server, "/metrics").text, "bad_json")
+    subprocess.run(
+        [
+            "mosquitto_pub",
+            "-p",
+            str(server.settings.broker_url.rsplit(":", 1)[1]),
+            "-q",
+            "1",
+            "-t",
+            f"kf/v1/terminals/GARBAGE-1/{channel}",
+            "-m",
+            "garbage, not json",
+        ],
+        check=True,
+        timeout=10,
+    )
+    wait_until(
+        lambda: _rejected(api(server, "/metrics").text, "bad_json") == before + 1,
+        what=f"the bad_json reject on {channel}",
+    )
+    assert api(server, "/healthz").status_code == 200
+    t = private_terminals()
+    t.report()
+    wait_until(
+        lambda: api(server, f"/api/v1/terminals/{t.id}").status_code == 200,
+        what="a valid report after the garbage",
     )
