@@ -13,8 +13,11 @@ outbox can later sit between the two, implementing the same port, without
 this module changing. ``RecordingOutbound`` is the fake for tests.
 
 Time comes in as ``now`` (monotonic seconds) and from the injected ``Clock``
-(for ``sent_at``). This module never does I/O itself, never raises because a
-probe misbehaved, and never waits for the network.
+(for ``sent_at``). A message that cannot be built (a wall clock outside the
+years the wire accepts, 2000..2200, as on a kiosk whose RTC lost its time
+before NTP corrects it) is dropped, counted and logged, and takes no ``seq``.
+This module never does I/O itself, never raises because a probe misbehaved or
+the clock is wrong, and never waits for the network.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Final, Literal, Protocol
 
 from agent.clock import Clock
 from agent.config import AgentConfig
-from agent.probes.base import Probe
+from agent.probes.base import Probe, Verdict, status_from_verdict
 from protocol.codec import encode
 from protocol.messages import (
     BootEvent,
@@ -56,9 +59,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_MAX_DETAIL: Final = 256
 _MAX_PROBES: Final = 32
 _NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_BOOT_ID_RE: Final = re.compile(r"^[A-Za-z0-9-]{8,64}$")  # the envelope's boot_id
 _MAX_UPTIME: Final = 10 * 365 * 86400.0
 
 _StateReason = Literal["connect", "shutdown", "connection_lost"]
@@ -147,7 +150,10 @@ class Agent:
         boot_id: str,
         uptime: Callable[[], float],
     ) -> None:
-        """Raises ValueError if the probes' names are invalid or repeated, or there are too many."""
+        """Raises ValueError for invalid, repeated or too many probe names, or a ``boot_id``
+        the envelope would refuse (it must be 8..64 letters, digits and dashes)."""
+        if not _BOOT_ID_RE.match(boot_id):
+            raise ValueError(f"invalid boot id {boot_id!r}")
         names = [p.name for p in probes]
         if len(names) > _MAX_PROBES:
             raise ValueError(f"at most {_MAX_PROBES} probes per terminal")
@@ -259,7 +265,7 @@ class Agent:
         if not self._started:
             self._read_probes(announce=False)
         self._connected = True
-        self._send_state(self._state_message(TerminalState.ONLINE, "connect"), "online")
+        self._send_state(TerminalState.ONLINE, "connect")
         self._send_report()
 
     def on_disconnected(self) -> None:
@@ -267,11 +273,17 @@ class Agent:
         self._connected = False
 
     def will_message(self) -> bytes:
-        """The retained ``offline``/``connection_lost`` state to register as the MQTT will."""
+        """The retained ``offline``/``connection_lost`` state to register as the MQTT will.
+
+        Raises ValueError if it cannot be built (the wall clock is outside 2000..2200).
+        """
         return encode(self._state_message(TerminalState.OFFLINE, "connection_lost"))
 
     def shutdown_message(self) -> bytes:
-        """The retained ``offline``/``shutdown`` state for a clean stop."""
+        """The retained ``offline``/``shutdown`` state for a clean stop.
+
+        Raises ValueError if it cannot be built (the wall clock is outside 2000..2200).
+        """
         return encode(self._state_message(TerminalState.OFFLINE, "shutdown"))
 
     def stop(self) -> None:
@@ -279,8 +291,7 @@ class Agent:
         if self._stopped:
             return
         self._stopped = True
-        self._publish(self._state_topic, self.shutdown_message(), retain=True, what="shutdown")
-        self.stats.states += 1
+        self._send_state(TerminalState.OFFLINE, "shutdown")
 
     @property
     def state_topic(self) -> str:
@@ -313,25 +324,20 @@ class Agent:
             if not isinstance(status, PeripheralStatus):
                 raise TypeError(f"read() returned {type(status).__name__}, not PeripheralStatus")
             if status.name != probe.name or status.kind is not probe.kind:
-                status = status.model_copy(update={"name": probe.name, "kind": probe.kind})
+                # Validated again: the status's condition may not fit the probe's kind.
+                verdict: Verdict = (status.condition, status.fault_code, status.detail)
+                status = status_from_verdict(probe.name, probe.kind, verdict)
         except Exception as exc:  # noqa: BLE001 - a broken probe must never stop the agent
             self.stats.probe_errors += 1
-            text = f"probe error: {type(exc).__name__}: {exc}"[:_MAX_DETAIL]
+            text = f"probe error: {type(exc).__name__}: {exc}"
             if self._probe_failures.get(probe.name) != text:
                 log.warning("%s: probe %s failed: %s", self._terminal_id, probe.name, text)
                 self._probe_failures[probe.name] = text
-            return PeripheralStatus(
-                name=probe.name,
-                kind=probe.kind,
-                condition=PeripheralCondition.UNKNOWN,
-                detail=text,
+            return status_from_verdict(
+                probe.name, probe.kind, (PeripheralCondition.UNKNOWN, None, text)
             )
         self._probe_failures.pop(probe.name, None)
         return status
-
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
 
     def _uptime_s(self) -> float:
         try:
@@ -343,26 +349,42 @@ class Agent:
         return min(max(value, 0.0), _MAX_UPTIME)
 
     def _send_event(self, body: BootEvent | PeripheralChangedEvent) -> None:
-        message = EventMessage(
-            schema="kf.event",
-            version=1,
-            terminal_id=self._terminal_id,
-            boot_id=self._boot_id,
-            seq=self._next_seq(),
-            sent_at=self._clock.wall(),
-            body=body,
-        )
+        seq = self._seq + 1
+        try:
+            message = EventMessage(
+                schema="kf.event",
+                version=1,
+                terminal_id=self._terminal_id,
+                boot_id=self._boot_id,
+                seq=seq,
+                sent_at=self._clock.wall(),
+                body=body,
+            )
+        except ValueError as exc:  # pydantic's ValidationError: the clock is out of range
+            self._unbuildable(body.type, exc)
+            return
+        self._seq = seq
         if self._publish(self._event_topic, encode(message), retain=False, what=body.type):
             self.stats.events += 1
 
     def _send_report(self) -> None:
+        try:
+            message = self._report_message(self._seq + 1)
+        except ValueError as exc:  # pydantic's ValidationError: the clock is out of range
+            self._unbuildable("report", exc)
+            return
+        self._seq = message.seq
+        if self._publish(self._report_topic, encode(message), retain=False, what="report"):
+            self.stats.reports += 1
+
+    def _report_message(self, seq: int) -> ReportMessage:
         config = self._config
-        message = ReportMessage(
+        return ReportMessage(
             schema="kf.report",
             version=1,
             terminal_id=self._terminal_id,
             boot_id=self._boot_id,
-            seq=self._next_seq(),
+            seq=seq,
             sent_at=self._clock.wall(),
             body=ReportBody(
                 hall=config.hall,
@@ -374,8 +396,6 @@ class Agent:
                 peripherals=list(self._statuses.values()),
             ),
         )
-        if self._publish(self._report_topic, encode(message), retain=False, what="report"):
-            self.stats.reports += 1
 
     def _state_message(self, state: TerminalState, reason: _StateReason) -> StateMessage:
         config = self._config
@@ -395,9 +415,23 @@ class Agent:
             ),
         )
 
-    def _send_state(self, message: StateMessage, what: str) -> None:
+    def _send_state(self, state: TerminalState, reason: _StateReason) -> None:
+        what = f"{state.value}/{reason}"
+        try:
+            message = self._state_message(state, reason)
+        except ValueError as exc:  # pydantic's ValidationError: the clock is out of range
+            self._unbuildable(what, exc)
+            return
         if self._publish(self._state_topic, encode(message), retain=True, what=what):
             self.stats.states += 1
+
+    def _unbuildable(self, what: str, exc: ValueError) -> None:
+        """A message could not be built: count it as dropped and log each new reason once."""
+        self.stats.dropped += 1
+        reason = "cannot be built: " + " ".join(str(exc).split())
+        if self.stats.last_drop != reason:
+            log.warning("%s: %s message dropped: %s", self._terminal_id, what, reason)
+            self.stats.last_drop = reason
 
     def _publish(self, topic_name: str, payload: bytes, *, retain: bool, what: str) -> bool:
         try:

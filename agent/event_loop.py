@@ -122,9 +122,18 @@ class EventLoop:
     def add(
         self, agent: Agent, connection: MqttConnection, *, first_report_in: float | None = None
     ) -> LoopPair:
-        """Add a terminal before ``run``. Raises RuntimeError once the loop runs, ValueError on a repeated id."""
+        """Add a terminal before ``run``.
+
+        Raises RuntimeError once the loop runs, ValueError on a repeated id or
+        when the connection's client id is not the agent's terminal id.
+        """
         if self._running:
             raise RuntimeError("add pairs before run()")
+        if connection.settings.client_id != agent.terminal_id:
+            raise ValueError(
+                f"terminal {agent.terminal_id} cannot use the connection of "
+                f"{connection.settings.client_id}"
+            )
         if agent.terminal_id in self._by_id:
             raise ValueError(f"terminal {agent.terminal_id} is already in the loop")
         pair = LoopPair(self, agent, connection, first_report_in)
@@ -171,7 +180,11 @@ class EventLoop:
     # -- running ------------------------------------------------------------------
 
     def run(self, duration_s: float | None = None) -> None:
-        """Run until ``request_stop`` (or ``duration_s``), then shut down cleanly."""
+        """Run until ``request_stop`` (or ``duration_s``), then shut down cleanly.
+
+        If anything raises out of the loop, every connection's socket is closed
+        (no DISCONNECT: the broker publishes each will) before the error propagates.
+        """
         self._running = True
         now = self._monotonic()
         deadline = math.inf if duration_s is None else now + duration_s
@@ -185,6 +198,9 @@ class EventLoop:
             while not self._stop_requested.is_set() and self._monotonic() < deadline:
                 self._iterate(deadline)
             self._shutdown()
+        except BaseException:
+            self._abandon()
+            raise
         finally:
             self._close_loop_resources()
 
@@ -339,6 +355,14 @@ class EventLoop:
             if next(iter(waiting()), None) is None:
                 return
             self._iterate(deadline)
+
+    def _abandon(self) -> None:
+        """Close every connection's socket after an error, so that none outlives the loop."""
+        for pair in self._pairs:
+            try:
+                pair.connection.close()
+            except Exception:  # keep closing the others; the first error propagates
+                log.exception("%s: closing the connection failed", pair.agent.terminal_id)
 
     def _close_loop_resources(self) -> None:
         self._running = False

@@ -4,6 +4,8 @@
 calls: it runs until SIGINT or SIGTERM and then stops cleanly (retained
 ``offline``/``shutdown``). ``AgentRuntime`` is the same assembly as an object,
 so tests can run a real agent in a thread, reach its connection and stop it.
+The probes are read by a ``ProbeReader`` in a thread of their own: a device
+that takes its whole timeout to answer never stalls the MQTT session.
 
 The envelope's ``boot_id`` is the kernel's boot id plus a random suffix drawn
 at every agent start: ``seq`` restarts at 1 whenever the agent process
@@ -30,6 +32,7 @@ from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig, AgentConfigError, load_agent_config
 from agent.event_loop import EventLoop
 from agent.mqtt_connection import ConnectionSettings, ConnectionSetupError, MqttConnection
+from agent.probe_reader import ProbeReader
 from agent.probes.base import Probe
 from agent.probes.factory import build_probes
 from agent.probes.system import SystemReadError, read_boot_id, read_uptime_s
@@ -81,12 +84,17 @@ class AgentRuntime:
         clock: Clock | None = None,
         boot_id: str | None = None,
     ) -> None:
-        """Raises ValueError for bad probe specs, ConnectionSetupError for unusable TLS files."""
+        """Raises ValueError for bad probe specs or boot id, ConnectionSetupError for unusable TLS files."""
         self.config = config
         self.connection = MqttConnection(ConnectionSettings.from_config(config))
+        self.probe_reader = ProbeReader(
+            build_probes(config.probes) if probes is None else probes,
+            config.probe_interval_s,
+            on_change=lambda: self.loop.check_now(config.terminal_id),
+        )
         self.agent = Agent(
             config,
-            build_probes(config.probes) if probes is None else probes,
+            self.probe_reader.probes,
             self.connection,
             clock or SystemClock(),
             boot_id or agent_boot_id(),
@@ -105,7 +113,11 @@ class AgentRuntime:
             self.config.broker_url,
             self.config.report_interval_s,
         )
-        self.loop.run(duration_s)
+        self.probe_reader.start()
+        try:
+            self.loop.run(duration_s)
+        finally:
+            self.probe_reader.stop()
 
     def request_stop(self) -> None:
         """Ask the loop to stop cleanly (thread- and signal-safe)."""

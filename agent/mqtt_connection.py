@@ -22,14 +22,17 @@ the exceptions below (kept in ``stats.last_error`` and logged); nothing
 paho-typed leaves this module. Errors::
 
     MqttConnectionError            (base)
-    ├── ConnectionSetupError       the settings cannot work (TLS files unreadable)
+    ├── ConnectionSetupError       the settings cannot work (TLS files unreadable), or the
+    │                              will cannot be built for an attempt (clock out of range)
     ├── BrokerUnreachableError     TCP/TLS connect failed (refused, timeout, DNS, handshake)
     ├── ConnectRefusedError        CONNACK with a failure reason code (carries it)
     ├── ConnectTimeoutError        no CONNACK within connect_timeout_s
     └── ConnectionLostError        an established session dropped (carries the reason)
 
 ``publish`` raises the port's ``OutboundFullError`` when the in-memory queue
-(``max_queued_messages``) is full, and ``OutboundError`` for a message paho refuses.
+(``max_queued_messages``) is full, and ``OutboundError`` for a message paho
+refuses or a topic that is not this terminal's own (``kf/v1/terminals/{client
+id}/...``): a connection never speaks for another terminal.
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ from paho.mqtt.properties import Properties
 
 from agent.agent import OutboundError, OutboundFullError
 from agent.config import AgentConfig
-from protocol.topics import Channel, topic
+from protocol.errors import TopicError
+from protocol.topics import Channel, parse_topic, topic
 
 __all__ = [
     "BrokerUnreachableError",
@@ -73,13 +77,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# 2.0 ** n overflows a float beyond n = 1023; long before that the backoff is at its maximum.
+_MAX_DOUBLINGS = 1000
+
 
 class MqttConnectionError(Exception):
     """Something went wrong between this terminal and the broker."""
 
 
 class ConnectionSetupError(MqttConnectionError):
-    """The connection settings cannot work (for example an unreadable TLS file)."""
+    """The connection settings cannot work (an unreadable TLS file), or the will cannot be built."""
 
 
 class BrokerUnreachableError(MqttConnectionError):
@@ -129,7 +136,9 @@ class SessionListener(Protocol):
 
     def on_disconnected(self) -> None: ...
 
-    def will_message(self) -> bytes: ...
+    def will_message(self) -> bytes:
+        """The will's payload; raises ValueError if it cannot be built now."""
+        ...
 
 
 class SocketWatcher(Protocol):
@@ -319,8 +328,17 @@ class MqttConnection:
         """Send at QoS 1 now, or queue in memory until the session is back.
 
         Raises OutboundFullError when ``max_queued_messages`` are already
-        waiting, OutboundError if paho refuses the message itself.
+        waiting, OutboundError if paho refuses the message itself or ``topic``
+        is not one of this terminal's (its id is not the client id).
         """
+        try:
+            owner, _ = parse_topic(topic)
+        except TopicError as exc:
+            raise OutboundError(f"not a terminal topic: {exc}", topic=topic) from None
+        if owner != self._settings.client_id:
+            raise OutboundError(
+                f"{self._settings.client_id} may not publish for {owner}", topic=topic
+            )
         try:
             info = self._client.publish(topic, payload, qos=1, retain=retain)
         except ValueError as exc:
@@ -365,8 +383,15 @@ class MqttConnection:
         self._settle(self._monotonic())
 
     def service(self, now: float) -> None:
-        """Housekeeping: keepalive pings and their timeout, the CONNACK deadline."""
+        """Housekeeping: keepalive pings and their timeout, the CONNACK deadline.
+
+        What already arrived is read first: after the loop was busy (a slow
+        probe), the broker's PINGRESP may be waiting in the socket, and paho's
+        keepalive check would otherwise drop a healthy session.
+        """
         self._last_service = now
+        if self._client.socket() is not None:
+            self._client.loop_read()
         if self._client.socket() is not None:
             self._client.loop_misc()
         if (
@@ -405,7 +430,12 @@ class MqttConnection:
         if self._state is not ConnectionState.WAITING:
             return
         s = self._settings
-        self._client.will_set(self._will_topic, self._listener.will_message(), qos=1, retain=True)
+        try:
+            will = self._listener.will_message()
+        except ValueError as exc:
+            self._attempt_failed(now, ConnectionSetupError(f"cannot build the will: {exc}"))
+            return
+        self._client.will_set(self._will_topic, will, qos=1, retain=True)
         self._attempt_started = now
         self._last_service = now
         self._state = ConnectionState.CONNECTING
@@ -501,7 +531,10 @@ class MqttConnection:
         """Act on what paho reported during the last call, outside paho's own code."""
         if self._refused is not None:
             refused, self._refused = self._refused, None
-            self._drop_socket(refused)
+            if self._closed_by_paho:  # paho closed the socket itself (MQTT v5 refusals)
+                self._drop_error = refused
+            else:
+                self._drop_socket(refused)
         if self._connack_ok:
             self._connack_ok = False
             if self._state is ConnectionState.CONNECTING:
@@ -537,7 +570,7 @@ class MqttConnection:
         s = self._settings
         self.stats.last_error = error
         self._failures += 1
-        cap = min(s.reconnect_max_s, s.reconnect_min_s * 2.0**self._failures)
+        cap = min(s.reconnect_max_s, s.reconnect_min_s * 2.0 ** min(self._failures, _MAX_DOUBLINGS))
         delay = self._rng.uniform(s.reconnect_min_s, max(s.reconnect_min_s, cap))
         self._next_attempt = now + delay
         self._log(logging.WARNING, "%s; retrying in %.1f s", error, delay)

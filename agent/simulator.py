@@ -427,7 +427,7 @@ def run_simulation(opts: SimulationOptions) -> int:
     except ValueError as exc:
         print(f"kioskfleet simulate: {exc}")
         return 2
-    stop = threading.Event()
+    stop = _StopFlag()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
@@ -446,15 +446,31 @@ def run_simulation(opts: SimulationOptions) -> int:
     return 0
 
 
-def _run_in_process(
-    opts: SimulationOptions, stop: threading.Event, began: float
-) -> SimulationCounters:
+class _StopFlag:
+    """Set by the SIGINT/SIGTERM handler, polled by the main thread.
+
+    A plain attribute, not a ``threading.Event``: a handler runs between two
+    bytecodes of the main thread, and ``Event.set`` would wait forever for the
+    lock that ``Event.wait``, interrupted there, still holds.
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+def _run_in_process(opts: SimulationOptions, stop: _StopFlag, began: float) -> SimulationCounters:
     sim = Simulation(opts)
     sim.start()
     deadline = began + opts.duration_s if opts.duration_s is not None else float("inf")
     next_progress = time.monotonic() + _PROGRESS_EVERY_S
     while not stop.is_set() and time.monotonic() < deadline:
-        stop.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
         if time.monotonic() >= next_progress:
             log.info("%s", _progress(sim.counters(), time.monotonic() - began))
             next_progress += _PROGRESS_EVERY_S
@@ -462,7 +478,7 @@ def _run_in_process(
     return sim.counters()
 
 
-def _run_spawned(opts: SimulationOptions, stop: threading.Event) -> SimulationCounters:
+def _run_spawned(opts: SimulationOptions, stop: _StopFlag) -> SimulationCounters:
     ctx = multiprocessing.get_context("spawn")
     stop_event = ctx.Event()
     results = ctx.Queue()
@@ -478,7 +494,7 @@ def _run_spawned(opts: SimulationOptions, stop: threading.Event) -> SimulationCo
         w.start()
     deadline = time.monotonic() + opts.duration_s if opts.duration_s is not None else float("inf")
     while not stop.is_set() and time.monotonic() < deadline and any(w.is_alive() for w in workers):
-        stop.wait(0.2)
+        time.sleep(0.2)
     stop_event.set()
     total = SimulationCounters()
     for _ in workers:

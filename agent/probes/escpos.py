@@ -29,15 +29,14 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Final
 
-from protocol.messages import PeripheralCondition, PeripheralKind, PeripheralStatus
+from agent.probes.base import PRINTER_PRECEDENCE, Verdict, VerdictProbe
+from protocol.messages import PeripheralCondition, PeripheralKind
 
 __all__ = [
     "BAUD_RATES",
-    "ESCPOS_PRECEDENCE",
     "EscPosFlag",
     "EscPosProbe",
     "EscPosStatusError",
-    "Verdict",
     "dle_eot",
     "escpos_condition",
     "parse_dle_eot",
@@ -49,10 +48,6 @@ STATUS_KINDS: Final = (1, 2, 3, 4)
 
 _FIXED_MASK: Final = 0x93  # bits 0, 1, 4, 7
 _FIXED_VALUE: Final = 0x12  # bits 1 and 4 on, 0 and 7 off
-_DETAIL_MAX: Final = 256
-
-Verdict = tuple[PeripheralCondition, str | None, str | None]
-"""(condition, vendor fault code, human detail)."""
 
 BAUD_RATES: Final[Mapping[int, int]] = {
     1200: termios.B1200,
@@ -147,17 +142,6 @@ def parse_dle_eot(n: int, status: int) -> frozenset[EscPosFlag]:
     return frozenset(flag for mask, flag in _BITS[n] if status & mask)
 
 
-ESCPOS_PRECEDENCE: Final = (
-    PeripheralCondition.OFFLINE,
-    PeripheralCondition.COVER_OPEN,
-    PeripheralCondition.CUTTER_ERROR,
-    PeripheralCondition.JAM,
-    PeripheralCondition.PAPER_OUT,
-    PeripheralCondition.PAPER_LOW,
-)
-"""Most severe first: when several causes are reported at once, the earliest wins."""
-
-
 def _raw(status_by_n: Mapping[int, int]) -> str:
     return " ".join(f"{n}=0x{status_by_n[n]:02x}" for n in sorted(status_by_n))
 
@@ -169,8 +153,10 @@ def escpos_condition(status_by_n: Mapping[int, int]) -> Verdict:
     offline bit of n=1 is a consequence, not a cause: when n=2..4 name the
     cause (cover open, paper end, a cutter error), the cause is reported.
     ``offline`` remains for an unrecoverable or auto-recoverable error (head
-    too hot) and for an offline or error bit that nothing explains. Raises
-    ``EscPosStatusError`` for an invalid byte; otherwise pure and total.
+    too hot) and for an offline or error bit that nothing explains. Of several
+    causes the first in ``PRINTER_PRECEDENCE`` wins; the others go into the
+    detail. Raises ``EscPosStatusError`` for an invalid byte; otherwise pure
+    and total.
     """
     if not status_by_n:
         return PeripheralCondition.UNKNOWN, "no-status", "no DLE EOT answer to decode"
@@ -206,7 +192,7 @@ def escpos_condition(status_by_n: Mapping[int, int]) -> Verdict:
     detail = f"DLE EOT {_raw(status_by_n)}"
     if not found:
         return PeripheralCondition.OK, None, detail
-    rank = {condition: index for index, condition in enumerate(ESCPOS_PRECEDENCE)}
+    rank = {condition: index for index, condition in enumerate(PRINTER_PRECEDENCE)}
     condition, flag = min(found, key=lambda item: rank[item[0]])
     others = [f.value for c, f in found if f is not flag]
     if others:
@@ -291,7 +277,7 @@ def _query(fd: int, n: int, deadline: float) -> int:
         return answer[0]
 
 
-class EscPosProbe:
+class EscPosProbe(VerdictProbe):
     """Reads one ESC/POS printer on a serial or USB-printer-class device file."""
 
     def __init__(
@@ -308,31 +294,10 @@ class EscPosProbe:
             raise ValueError(f"unsupported baud rate {baud}; use one of {sorted(BAUD_RATES)}")
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
-        self._name = name
+        super().__init__(name, kind)
         self._device = device
         self._baud = baud
         self._timeout_s = timeout_s
-        self._kind = kind
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def kind(self) -> PeripheralKind:
-        return self._kind
-
-    def read(self) -> PeripheralStatus:
-        condition, fault_code, detail = self._verdict()
-        if detail is not None and len(detail) > _DETAIL_MAX:
-            detail = detail[: _DETAIL_MAX - 1] + "…"
-        return PeripheralStatus(
-            name=self._name,
-            kind=self._kind,
-            condition=condition,
-            fault_code=fault_code,
-            detail=detail,
-        )
 
     def _verdict(self) -> Verdict:
         deadline = time.monotonic() + self._timeout_s

@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
-from protocol.messages import PeripheralCondition, PeripheralKind, PeripheralStatus
+from agent.probes.base import DETAIL_MAX, PRINTER_PRECEDENCE, Verdict, VerdictProbe, clip
+from protocol.messages import PeripheralCondition, PeripheralKind
 
 __all__ = [
     "DEFAULT_IPP_PORT",
-    "PRINTER_PRECEDENCE",
     "REQUESTED_ATTRIBUTES",
     "IppAttribute",
     "IppCollection",
@@ -45,7 +45,6 @@ __all__ = [
     "IppProbe",
     "IppResponse",
     "IppValue",
-    "Verdict",
     "decode_ipp_response",
     "encode_get_printer_attributes",
     "printer_condition",
@@ -81,7 +80,6 @@ _NATURAL_LANGUAGE: Final = 0x48
 _MEMBER_NAME: Final = 0x4A
 
 _MAX_COLLECTION_DEPTH: Final = 8
-_DETAIL_MAX: Final = 256
 _FAULT_CODE_MAX: Final = 64
 
 REQUESTED_ATTRIBUTES: Final = (
@@ -97,20 +95,6 @@ REQUESTED_ATTRIBUTES: Final = (
 _IDLE: Final = 3
 _PROCESSING: Final = 4
 _STOPPED: Final = 5
-
-Verdict = tuple[PeripheralCondition, str | None, str | None]
-"""(condition, vendor fault code, human detail) as the mapping functions return it."""
-
-PRINTER_PRECEDENCE: Final = (
-    PeripheralCondition.OFFLINE,
-    PeripheralCondition.COVER_OPEN,
-    PeripheralCondition.CUTTER_ERROR,
-    PeripheralCondition.JAM,
-    PeripheralCondition.PAPER_OUT,
-    PeripheralCondition.PAPER_LOW,
-    PeripheralCondition.UNKNOWN,
-)
-"""Most severe first: when several reasons apply at once, the earliest wins."""
 
 
 class IppDecodeError(ValueError):
@@ -506,10 +490,6 @@ _NOT_A_STOP: Final = frozenset(
 _SUPPLY_PREFIXES: Final = ("marker-", "toner-", "developer-")
 
 
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _marker_note(markers: Sequence[tuple[str, int]]) -> str | None:
     levels = [f"{name} {level}%" for name, level in markers if 0 <= level <= 100]
     return "markers: " + ", ".join(levels) if levels else None
@@ -577,8 +557,8 @@ def printer_condition(
         marker_note = _marker_note(markers)
         if marker_note:
             detail_parts.append(marker_note)
-    detail = _clip("; ".join(detail_parts), _DETAIL_MAX) if detail_parts else None
-    fault_code = _clip(fault, _FAULT_CODE_MAX) if fault else None
+    detail = clip("; ".join(detail_parts), DETAIL_MAX) if detail_parts else None
+    fault_code = clip(fault, _FAULT_CODE_MAX) if fault else None
     return condition, fault_code, detail
 
 
@@ -637,7 +617,7 @@ class _Deadline:
         return left
 
 
-class IppProbe:
+class IppProbe(VerdictProbe):
     """Reads one printer with Get-Printer-Attributes over ``ipp://host[:port]/path``.
 
     Raises ``ValueError`` at construction for a URI that is not ``ipp://``
@@ -658,8 +638,7 @@ class IppProbe:
             raise ValueError(f"not an ipp://host[:port]/path URI: {uri!r}")
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
-        self._name = name
-        self._kind = kind
+        super().__init__(name, kind)
         self._uri = uri
         self._host = parts.hostname
         self._port = parts.port or DEFAULT_IPP_PORT
@@ -667,24 +646,6 @@ class IppProbe:
         self._timeout_s = timeout_s
         self._max_response_bytes = max_response_bytes
         self._request_id = 0
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def kind(self) -> PeripheralKind:
-        return self._kind
-
-    def read(self) -> PeripheralStatus:
-        condition, fault_code, detail = self._verdict()
-        return PeripheralStatus(
-            name=self._name,
-            kind=self._kind,
-            condition=condition,
-            fault_code=fault_code,
-            detail=_clip(detail, _DETAIL_MAX) if detail else None,
-        )
 
     def _next_request_id(self) -> int:
         self._request_id = self._request_id % 0x7FFFFFFF + 1

@@ -26,7 +26,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Protocol
 
-from protocol.messages import PeripheralCondition, PeripheralKind, PeripheralStatus
+from agent.probes.base import Verdict, VerdictProbe
+from protocol.messages import PeripheralCondition, PeripheralKind
 
 __all__ = [
     "SCARD_STATE_ATRMATCH",
@@ -48,7 +49,6 @@ __all__ = [
     "PcscProbe",
     "PcscServiceError",
     "PyscardBackend",
-    "Verdict",
     "match_reader",
     "reader_condition",
 ]
@@ -69,10 +69,6 @@ SCARD_STATE_UNPOWERED: Final = 0x0400
 
 # pcsc-lite keeps an event counter in the high 16 bits of dwEventState.
 _STATE_MASK: Final = 0xFFFF
-_DETAIL_MAX: Final = 256
-
-Verdict = tuple[PeripheralCondition, str | None, str | None]
-"""(condition, vendor fault code, human detail)."""
 
 
 class PcscError(Exception):
@@ -230,7 +226,7 @@ def _default_backend() -> PcscBackend:
     return PyscardBackend()
 
 
-class PcscProbe:
+class PcscProbe(VerdictProbe):
     """Reads one PC/SC reader, found by a substring of its name.
 
     Without a ``backend`` the probe builds ``PyscardBackend`` on first use; if
@@ -247,31 +243,10 @@ class PcscProbe:
     ) -> None:
         if not reader_name_contains:
             raise ValueError("reader_name_contains must not be empty")
-        self._name = name
+        super().__init__(name, kind)
         self._needle = reader_name_contains
-        self._kind = kind
         self._backend = backend
         self._missing: PcscNotInstalledError | None = None
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def kind(self) -> PeripheralKind:
-        return self._kind
-
-    def read(self) -> PeripheralStatus:
-        condition, fault_code, detail = self._verdict()
-        if detail is not None and len(detail) > _DETAIL_MAX:
-            detail = detail[: _DETAIL_MAX - 1] + "…"
-        return PeripheralStatus(
-            name=self._name,
-            kind=self._kind,
-            condition=condition,
-            fault_code=fault_code,
-            detail=detail,
-        )
 
     def _get_backend(self) -> PcscBackend:
         if self._backend is None:

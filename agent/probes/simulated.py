@@ -26,6 +26,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.probes.base import NamedProbe, Verdict, status_from_verdict
 from protocol.messages import Name, PeripheralCondition, PeripheralKind, PeripheralStatus
 
 __all__ = [
@@ -141,7 +142,7 @@ _SCENARIOS: dict[Scenario, PrinterScenario | ReaderScenario] = {
 _Forced = tuple[PeripheralCondition, str | None]
 
 
-class _ScenarioBase:
+class _ScenarioBase(NamedProbe):
     """Scenario time, the manual override and the cached status shared by every scenario probe."""
 
     def __init__(
@@ -155,8 +156,7 @@ class _ScenarioBase:
     ) -> None:
         if fault_rate <= 0:
             raise ValueError("fault_rate must be positive")
-        self._name = name
-        self._kind = kind
+        super().__init__(name, kind)
         self._clock = clock
         self._rng = random.Random(seed)  # noqa: S311 - scenario dice, not cryptography
         self._speed = fault_rate
@@ -166,22 +166,12 @@ class _ScenarioBase:
         self._lock = threading.Lock()  # force()/release() may come from a test thread
         self._last: PeripheralStatus | None = None
 
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def kind(self) -> PeripheralKind:
-        return self._kind
-
     def force(self, condition: PeripheralCondition, fault_code: str | None = None) -> None:
         """Report ``condition`` (and ``fault_code``) from now on, whatever the scenario says.
 
         Raises ValueError if the condition does not apply to this kind of peripheral.
         """
-        PeripheralStatus(
-            name=self._name, kind=self._kind, condition=condition, fault_code=fault_code
-        )
+        status_from_verdict(self._name, self._kind, (condition, fault_code, None))  # validates
         with self._lock:
             self._forced = (condition, fault_code)
 
@@ -209,13 +199,7 @@ class _ScenarioBase:
             and last.detail == detail
         ):
             return last
-        self._last = PeripheralStatus(
-            name=self._name,
-            kind=self._kind,
-            condition=condition,
-            fault_code=fault_code,
-            detail=detail,
-        )
+        self._last = status_from_verdict(self._name, self._kind, (condition, fault_code, detail))
         return self._last
 
     def _uniform(self, bounds: tuple[float, float]) -> float:
@@ -229,7 +213,7 @@ class _ScenarioBase:
     def _advance(self, to_t: float) -> None:
         raise NotImplementedError
 
-    def _condition(self) -> tuple[PeripheralCondition, str | None, str | None]:
+    def _condition(self) -> Verdict:
         raise NotImplementedError
 
 
@@ -306,7 +290,7 @@ class ScenarioPrinter(_ScenarioBase):
         elif self._rng.random() < s.jam_per_print:
             self._jam_until = t + self._uniform(s.jam_clear_s)
 
-    def _condition(self) -> tuple[PeripheralCondition, str | None, str | None]:
+    def _condition(self) -> Verdict:
         if self._cover_until is not None:
             return PeripheralCondition.COVER_OPEN, None, None
         if self._jam_until is not None:
@@ -365,7 +349,7 @@ class ScenarioReader(_ScenarioBase):
                 if self._disconnected_until is None:
                     self._disconnected_until = t + self._uniform(s.reconnect_s)
 
-    def _condition(self) -> tuple[PeripheralCondition, str | None, str | None]:
+    def _condition(self) -> Verdict:
         if self._disconnected_until is not None:
             return PeripheralCondition.DISCONNECTED, None, "device not present"
         if self._fault is not None:

@@ -1,10 +1,13 @@
 """Facts about the terminal's OS the reports need: uptime and this boot's id.
 
 ``read_uptime_s`` reads ``/proc/uptime``; ``read_boot_id`` reads the kernel's
-per-boot random UUID, which becomes the envelope's ``boot_id`` (so ``seq``
-restarts are tied to a real reboot). Both raise ``SystemReadError`` when the
-file is missing, unreadable or malformed; they never guess a value and never
-write anything.
+per-boot random UUID. That UUID is not the envelope's ``boot_id`` by itself:
+``agent.main.agent_boot_id`` appends a random suffix drawn at every agent
+start, because ``seq`` restarts at 1 whenever the agent process restarts,
+with or without a reboot, and the server must not take the new messages for
+duplicates. Both functions raise ``SystemReadError`` when the file is
+missing, unreadable or malformed; they never guess a value and never write
+anything.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def read_uptime_s(path: str | Path = UPTIME_PATH) -> float:
 
 
 def read_boot_id(path: str | Path = BOOT_ID_PATH) -> str:
-    """This boot's id (a UUID on Linux), valid as the envelope's ``boot_id``.
+    """The kernel's id of this boot (a UUID on Linux): 8..64 letters, digits and dashes.
 
     Raises ``SystemReadError`` if the file cannot be read or does not hold
     8..64 letters, digits and dashes.

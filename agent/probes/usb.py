@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from protocol.messages import PeripheralCondition, PeripheralKind, PeripheralStatus
+from agent.probes.base import Verdict, VerdictProbe
+from protocol.messages import PeripheralCondition, PeripheralKind
 
 __all__ = [
     "DEFAULT_SYSFS_ROOT",
     "UsbDevice",
     "UsbPresenceProbe",
     "UsbScanError",
-    "Verdict",
     "normalise_usb_id",
     "scan_usb_devices",
     "usb_presence",
@@ -36,10 +36,6 @@ __all__ = [
 
 DEFAULT_SYSFS_ROOT: Final = Path("/sys/bus/usb/devices")
 _USB_ID: Final = re.compile(r"^[0-9a-fA-F]{4}$")
-_DETAIL_MAX: Final = 256
-
-Verdict = tuple[PeripheralCondition, str | None, str | None]
-"""(condition, vendor fault code, human detail)."""
 
 
 class UsbScanError(OSError):
@@ -123,7 +119,7 @@ def usb_presence(
     return PeripheralCondition.OK, None, f"{wanted}: {count} at {where}"
 
 
-class UsbPresenceProbe:
+class UsbPresenceProbe(VerdictProbe):
     """Reports a reader or scanner present (``ok``) or absent (``disconnected``).
 
     Raises ``ValueError`` at construction for a printer kind (presence alone
@@ -142,35 +138,15 @@ class UsbPresenceProbe:
     ) -> None:
         if kind in (PeripheralKind.RECEIPT_PRINTER, PeripheralKind.A4_PRINTER):
             raise ValueError("USB presence cannot tell a printer's condition; use ipp or escpos")
-        self._name = name
-        self._kind = kind
+        super().__init__(name, kind)
         self._vendor_id = normalise_usb_id(vendor_id)
         self._product_id = normalise_usb_id(product_id)
         self._serial = serial
         self._root = Path(sysfs_root)
 
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def kind(self) -> PeripheralKind:
-        return self._kind
-
-    def read(self) -> PeripheralStatus:
+    def _verdict(self) -> Verdict:
         try:
             devices = scan_usb_devices(self._root)
         except UsbScanError as exc:
-            verdict: Verdict = (PeripheralCondition.UNKNOWN, "sysfs-unreadable", str(exc))
-        else:
-            verdict = usb_presence(devices, self._vendor_id, self._product_id, self._serial)
-        condition, fault_code, detail = verdict
-        if detail is not None and len(detail) > _DETAIL_MAX:
-            detail = detail[: _DETAIL_MAX - 1] + "…"
-        return PeripheralStatus(
-            name=self._name,
-            kind=self._kind,
-            condition=condition,
-            fault_code=fault_code,
-            detail=detail,
-        )
+            return PeripheralCondition.UNKNOWN, "sysfs-unreadable", str(exc)
+        return usb_presence(devices, self._vendor_id, self._product_id, self._serial)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import selectors
 import shutil
 import signal
 import subprocess
@@ -18,8 +19,17 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from agent.agent import Agent, RecordingOutbound
+from agent.clock import SystemClock
 from agent.config import AgentConfig
+from agent.event_loop import EventLoop
 from agent.main import AgentRuntime
+from agent.mqtt_connection import (
+    ConnectionSettings,
+    ConnectionState,
+    ConnectRefusedError,
+    MqttConnection,
+)
 from agent.probes.simulated import Scenario, SimulatedProbeSpec
 from kioskfleet.local_broker import LocalBroker
 from protocol.codec import decode
@@ -30,6 +40,7 @@ from protocol.messages import (
     ReportMessage,
     StateMessage,
 )
+from tests.unit.test_agent_probe_reader import GatedProbe
 
 pytestmark = pytest.mark.integration
 
@@ -125,6 +136,22 @@ def start_agent(
     runtimes.append(runtime)
     wait_until(lambda: runtime.connection.connected, 10, "the agent's CONNACK")
     return runtime
+
+
+def start_agent_process(
+    tmp_path: Path, broker: LocalBroker, terminal_id: str, extra_toml: str = ""
+) -> subprocess.Popen[bytes]:
+    """``kioskfleet agent --config`` in a child process, with no KIOSKFLEET_AGENT_* leaking in."""
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'terminal_id = "{terminal_id}"\nhall = "h"\nregion = "r"\nmodel = "m"\n'
+        f'broker_url = "{broker.url}"\n{extra_toml}'
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "kioskfleet.cli", "agent", "--config", str(config)],
+        cwd=REPO,
+        env={k: v for k, v in os.environ.items() if not k.startswith("KIOSKFLEET_AGENT_")},
+    )
 
 
 def retained_state(
@@ -224,16 +251,7 @@ def test_a_frozen_agent_is_declared_offline_within_one_and_a_half_keepalives(
     tid = new_id()
     sub = Subscriber(broker.port, f"kf/v1/terminals/{tid}/state")
     subscribers.append(sub)
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f'terminal_id = "{tid}"\nhall = "h"\nregion = "r"\nmodel = "m"\n'
-        f'broker_url = "{broker.url}"\nkeepalive_s = 2\nreport_interval_s = 60\n'
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kioskfleet.cli", "agent", "--config", str(config)],
-        cwd=REPO,
-        env={k: v for k, v in os.environ.items() if not k.startswith("KIOSKFLEET_AGENT_")},
-    )
+    proc = start_agent_process(tmp_path, broker, tid, "keepalive_s = 2\nreport_interval_s = 60\n")
     try:
         wait_until(lambda: sub.states(), 15, "the agent process to come online")
         proc.send_signal(signal.SIGSTOP)  # alive, socket open, but silent
@@ -260,15 +278,7 @@ def test_sigterm_stops_the_agent_process_with_a_shutdown_state(
     tid = new_id()
     sub = Subscriber(broker.port, f"kf/v1/terminals/{tid}/state")
     subscribers.append(sub)
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f'terminal_id = "{tid}"\nhall = "h"\nregion = "r"\nmodel = "m"\nbroker_url = "{broker.url}"\n'
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kioskfleet.cli", "agent", "--config", str(config)],
-        cwd=REPO,
-        env={k: v for k, v in os.environ.items() if not k.startswith("KIOSKFLEET_AGENT_")},
-    )
+    proc = start_agent_process(tmp_path, broker, tid)
     try:
         wait_until(lambda: sub.states(), 15, "the agent process to come online")
         proc.send_signal(signal.SIGTERM)
@@ -325,3 +335,154 @@ def test_a_clean_stop_leaves_offline_with_reason_shutdown_and_no_will(
     reasons = [s.body.reason for s in sub.states()]
     assert reasons == ["connect", "shutdown"]
     assert retained_state(broker, tid, subscribers).body.reason == "shutdown"
+
+
+# --- the loop and the connection under trouble ------------------------------------------
+
+
+class SelectorWatcher:
+    """Registers a bare connection's socket in a selector, as the event loop does."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+
+    def socket_opened(self, fd: int) -> None:
+        self.selector.register(fd, selectors.EVENT_READ)
+
+    def socket_closed(self, fd: int) -> None:
+        self.selector.unregister(fd)
+
+
+def bare_connection(
+    broker: LocalBroker, terminal_id: str, **settings: object
+) -> tuple[MqttConnection, SelectorWatcher]:
+    """A connection with a real Agent as its listener (for a valid will), driven by the test."""
+    config = config_for(broker, terminal_id, probes=[])
+    connection = MqttConnection(
+        ConnectionSettings(client_id=terminal_id, host="127.0.0.1", port=broker.port, **settings)  # type: ignore[arg-type]
+    )
+    agent = Agent(config, [], RecordingOutbound(), SystemClock(), "0f0e0d0c-test", float)
+    watcher = SelectorWatcher()
+    connection.attach(agent, watcher)
+    return connection, watcher
+
+
+def drive(
+    connection: MqttConnection,
+    watcher: SelectorWatcher,
+    until: Callable[[], object],
+    timeout: float,
+    what: str,
+) -> None:
+    """Do the connection's socket I/O until ``until()`` holds."""
+    deadline = time.monotonic() + timeout
+    while not until():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        if connection.wants_write():
+            connection.on_writable()
+        if connection.fileno() is not None and watcher.selector.select(0.05):
+            connection.on_readable()
+        else:
+            time.sleep(0.01)
+
+
+def test_a_refused_connect_is_recorded_with_the_brokers_reason_code(tmp_path: Path) -> None:
+    broker = LocalBroker(tmp_path / "mosquitto", overrides={"allow_anonymous": "false"}).start()
+    connection, watcher = bare_connection(broker, new_id(), reconnect_min_s=5.0)
+    try:
+        connection.start(time.monotonic())
+        connection.connect(time.monotonic())
+        drive(connection, watcher, lambda: connection.stats.connect_failures, 5, "the CONNACK")
+        error = connection.stats.last_error
+        assert isinstance(error, ConnectRefusedError)
+        assert error.reason_code == 0x87  # MQTT v5 "Not authorized"
+        assert connection.state is ConnectionState.WAITING
+        assert connection.fileno() is None
+    finally:
+        connection.close()
+        broker.stop()
+
+
+def test_a_pingresp_waiting_in_the_socket_keeps_the_session_when_the_loop_was_busy(
+    broker: LocalBroker,
+) -> None:
+    connection, watcher = bare_connection(broker, new_id(), keepalive_s=1)
+    connection.start(time.monotonic())
+    connection.connect(time.monotonic())
+    drive(connection, watcher, lambda: connection.connected, 5, "the CONNACK")
+    # From here on only the housekeeping runs and the socket is never handed over as
+    # readable, as when the loop is busy elsewhere: the PINGRESPs wait in the socket.
+    # Two keepalive periods: a ping goes out, and its answer must be seen in time.
+    end = time.monotonic() + 2.5
+    while time.monotonic() < end:
+        connection.service(time.monotonic())
+        time.sleep(0.1)
+    assert connection.connected
+    assert connection.stats.losses == 0
+    connection.disconnect()
+    drive(connection, watcher, lambda: connection.closed, 5, "the clean disconnect")
+
+
+def test_a_probe_stuck_on_its_device_does_not_stop_the_reports_or_the_session(
+    broker: LocalBroker, runtimes: list[AgentRuntime], subscribers: list[Subscriber]
+) -> None:
+    tid = new_id()
+    sub = Subscriber(broker.port, f"kf/v1/terminals/{tid}/report")
+    subscribers.append(sub)
+    printer = GatedProbe()
+    runtime = start_agent(runtimes, config_for(broker, tid), probes=[printer])
+    printer.gate.clear()
+    try:
+        assert printer.waiting.wait(5), "the probe was never read again"
+        before = len(sub.received)
+        wait_until(lambda: len(sub.received) >= before + 3, 5, "reports while the probe is stuck")
+        assert not printer.gate.is_set()  # still stuck: the reports did not wait for it
+        assert runtime.connection.stats.losses == 0
+        (status,) = sub.messages()[-1].body.peripherals  # type: ignore[union-attr]
+        assert (status.name, status.condition) == ("a4_printer", PeripheralCondition.OK)
+    finally:
+        printer.gate.set()
+
+
+class TickBug(Agent):
+    """An agent with a bug that raises out of ``tick`` once it is connected."""
+
+    def tick(self, now: float) -> float:
+        if self.connected:
+            raise RuntimeError("bug in tick")
+        return super().tick(now)
+
+
+def test_a_loop_killed_by_an_error_closes_its_sockets_and_the_broker_sends_the_will(
+    broker: LocalBroker, subscribers: list[Subscriber]
+) -> None:
+    tid = new_id()
+    sub = Subscriber(broker.port, f"kf/v1/terminals/{tid}/state")
+    subscribers.append(sub)
+    config = config_for(broker, tid, keepalive_s=60)  # no keepalive will within the test
+    connection = MqttConnection(ConnectionSettings.from_config(config))
+    agent = TickBug(config, [], connection, SystemClock(), "0f0e0d0c-test", float)
+    loop = EventLoop()
+    loop.add(agent, connection)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            loop.run()
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(10)
+    try:
+        assert not thread.is_alive()
+        assert [str(e) for e in errors] == ["bug in tick"]
+        assert connection.closed
+        assert connection.fileno() is None
+        wait_until(lambda: len(sub.states()) >= 2, 5, "the will")
+        will = sub.states()[-1]
+        assert (will.body.state.value, will.body.reason) == ("offline", "connection_lost")
+    finally:
+        connection.close()

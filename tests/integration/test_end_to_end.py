@@ -96,7 +96,12 @@ def test_agent_report_reaches_the_api_and_a_fault_becomes_a_transition(
     runtime = AgentRuntime(config, probes=[printer])
     runtime.start()
     try:
-        seen = wait_until(lambda: _terminal(server, terminal_id), 10, "the terminal in the API")
+        # The boot event may arrive before the first report: wait for the report itself.
+        seen = wait_until(
+            lambda: (t := _terminal(server, terminal_id)) and t["peripherals"] and t,
+            10,
+            "the terminal's first report in the API",
+        )
         assert seen["hall"] == "hall-e2e"
         assert seen["region"] == "region-e2e"
         assert seen["model"] == "KF-300"

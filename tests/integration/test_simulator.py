@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import uuid
@@ -213,3 +215,32 @@ def test_impossible_options_are_refused_before_anything_starts() -> None:
     with pytest.raises(ValueError, match="processes"):
         Simulation(SimulationOptions(terminals=2, processes=3))
     assert run_simulation(SimulationOptions(id_prefix="bad prefix")) == 2
+
+
+def test_the_simulate_command_stops_cleanly_on_sigint(
+    broker: LocalBroker, recorder: Recorder
+) -> None:
+    opts = SimulationOptions(
+        terminals=3, broker_url=broker.url, report_interval_s=30.0, id_prefix=prefix()
+    )
+    mine = opts.id_prefix + "-"
+
+    def states(reason: str) -> set[str]:
+        return {
+            m.terminal_id
+            for m in recorder.decoded(mine)
+            if isinstance(m, StateMessage) and m.body.reason == reason
+        }
+
+    def interrupt_once_online() -> None:
+        deadline = time.monotonic() + 15
+        while len(states("connect")) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # the handler runs in the main thread
+
+    interrupter = threading.Thread(target=interrupt_once_online, daemon=True)
+    interrupter.start()
+    assert run_simulation(opts) == 0  # no duration: only the signal ends it
+    interrupter.join(5)
+    assert len(states("connect")) == 3
+    wait_until(lambda: len(states("shutdown")) == 3, 5, "three clean shutdowns")

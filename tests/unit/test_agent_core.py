@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from agent.agent import Agent, OutboundFullError, Published, RecordingOutbound
@@ -280,3 +282,90 @@ def test_repeated_probe_names_are_refused() -> None:
     probe = FakeProbe("receipt_printer", PeripheralKind.RECEIPT_PRINTER)
     with pytest.raises(ValueError, match="unique"):
         Agent(make_config(), [probe, probe], RecordingOutbound(), FakeClock(), "boot-0001", float)
+
+
+class SettableWallClock(FakeClock):
+    """A fake clock whose wall time can be set wrong and corrected, as NTP does after boot."""
+
+    def __init__(self, wall: datetime) -> None:
+        super().__init__()
+        self.wall_now = wall
+
+    def wall(self) -> datetime:
+        return self.wall_now
+
+
+def test_a_wall_clock_before_2000_drops_messages_instead_of_raising_and_takes_no_seq() -> None:
+    clock = SettableWallClock(datetime(1970, 1, 1, 0, 5, tzinfo=UTC))  # RTC lost, no NTP yet
+    out = RecordingOutbound()
+    printer = FakeProbe("receipt_printer", PeripheralKind.RECEIPT_PRINTER)
+    agent = Agent(make_config(), [printer], out, clock, "0f0e0d0c-boot", lambda: 5.0)
+    agent.start(clock.monotonic())  # the boot event cannot be built
+    agent.on_connected()  # nor the online state, nor the report
+    printer.condition = PeripheralCondition.JAM
+    agent.tick(clock.advance(5.0))  # nor the event
+    assert out.published == []
+    assert agent.stats.dropped == 4
+    assert agent.seq == 0
+    with pytest.raises(ValueError, match="2000"):
+        agent.will_message()
+
+    clock.wall_now = datetime(2026, 3, 1, tzinfo=UTC)  # NTP corrected the clock
+    agent.on_connected()
+    sent = [decode(p.topic, p.payload) for p in out.published]
+    assert [type(m) for m in sent] == [StateMessage, ReportMessage]
+    assert [m.seq for m in sent] == [0, 1]  # the dropped messages left no gap
+    assert decode(agent.state_topic, agent.will_message()).seq == 1
+
+
+def test_a_wall_clock_after_2200_does_not_stop_a_clean_shutdown() -> None:
+    clock = SettableWallClock(datetime(2026, 3, 1, tzinfo=UTC))
+    out = RecordingOutbound()
+    agent = Agent(make_config(), [], out, clock, "0f0e0d0c-boot", lambda: 5.0)
+    agent.start(clock.monotonic())
+    clock.wall_now += timedelta(days=365 * 200)
+    agent.stop()
+    assert agent.stats.dropped == 1
+    assert len(out.published) == 1  # only the boot event
+
+
+def test_a_status_relabelled_for_its_probe_is_validated_against_the_probes_kind() -> None:
+    rig = Rig()
+    # A reader probe that hands back a printer's status: paper_out is no reader condition.
+    rig.reader.read = lambda: PeripheralStatus(  # type: ignore[method-assign]
+        name="some_printer", kind=PeripheralKind.A4_PRINTER, condition=PeripheralCondition.PAPER_OUT
+    )
+    rig.agent.start(rig.clock.monotonic())
+    rig.agent.on_connected()
+    reader = rig.agent.peripherals()[1]
+    assert (reader.name, reader.kind) == ("id_card_reader", PeripheralKind.ID_CARD_READER)
+    assert reader.condition is PeripheralCondition.UNKNOWN
+    assert "paper_out" in (reader.detail or "")
+    (report,) = reports(rig)  # decodes: the report on the wire is valid
+    assert report.body.peripherals[1] == reader
+
+
+def test_a_status_from_a_probe_with_another_name_is_relabelled_with_the_probes_name() -> None:
+    rig = Rig()
+    rig.printer.read = lambda: PeripheralStatus(  # type: ignore[method-assign]
+        name="printer0", kind=PeripheralKind.RECEIPT_PRINTER, condition=PeripheralCondition.JAM
+    )
+    rig.agent.start(rig.clock.monotonic())
+    printer = rig.agent.peripherals()[0]
+    assert (printer.name, printer.condition) == ("receipt_printer", PeripheralCondition.JAM)
+
+
+def test_a_long_probe_error_is_clipped_to_the_wire_limit() -> None:
+    rig = Rig()
+    rig.printer.error = OSError("x" * 1000)
+    rig.agent.start(rig.clock.monotonic())
+    detail = rig.agent.peripherals()[0].detail or ""
+    assert len(detail) == 256
+    assert detail.startswith("probe error: OSError: xxx")
+    assert detail.endswith("…")
+
+
+@pytest.mark.parametrize("boot_id", ["", "short", "has space-0001", "x" * 65, "äöü-12345"])
+def test_a_boot_id_the_envelope_would_refuse_is_refused_at_construction(boot_id: str) -> None:
+    with pytest.raises(ValueError, match="boot id"):
+        Agent(make_config(), [], RecordingOutbound(), FakeClock(), boot_id, float)

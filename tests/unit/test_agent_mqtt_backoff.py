@@ -6,10 +6,11 @@ import random
 
 import pytest
 
-from agent.agent import OutboundFullError
+from agent.agent import OutboundError, OutboundFullError
 from agent.mqtt_connection import (
     BrokerUnreachableError,
     ConnectionSettings,
+    ConnectionSetupError,
     ConnectionState,
     MqttConnection,
 )
@@ -83,3 +84,55 @@ def test_a_closed_connection_never_tries_again() -> None:
     assert conn.closed
     assert not conn.connect_due(1e9)
     assert conn.fileno() is None
+
+
+def test_backoff_stays_within_its_bounds_after_thousands_of_failed_attempts() -> None:
+    # A night-long outage: 2.0 ** failures would overflow a float after 1023 attempts.
+    conn = closed_port_connection(reconnect_min_s=0.5, reconnect_max_s=60.0)
+    conn.attach(Listener())
+    conn.start(0.0)
+    now = 0.0
+    for _ in range(1100):
+        conn.connect(now)
+        due = conn.next_service_at()
+        assert 0.5 <= due - now <= 60.0
+        now = due
+    assert conn.state is ConnectionState.WAITING
+    assert conn.stats.connect_failures == 1100
+
+
+class ClocklessListener(Listener):
+    def will_message(self) -> bytes:
+        raise ValueError("sent_at is outside 2000..2200")
+
+
+def test_a_will_that_cannot_be_built_fails_the_attempt_and_backs_off() -> None:
+    conn = closed_port_connection()
+    conn.attach(ClocklessListener())
+    conn.start(0.0)
+    conn.connect(0.0)
+    assert conn.state is ConnectionState.WAITING
+    assert conn.fileno() is None
+    assert isinstance(conn.stats.last_error, ConnectionSetupError)
+    assert "2000..2200" in str(conn.stats.last_error)
+    assert conn.stats.connect_failures == 1
+    assert conn.next_service_at() >= 1.0
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "kf/v1/terminals/T-0002/event",  # another terminal
+        "kf/v1/terminals/T-0001/event/extra",
+        "kf/v1/terminals/+/event",
+        "somewhere/else",
+    ],
+)
+def test_a_connection_refuses_to_publish_on_any_topic_but_its_own_terminals(topic: str) -> None:
+    conn = closed_port_connection()
+    with pytest.raises(OutboundError) as info:
+        conn.publish(topic, b"{}", retain=False)
+    assert info.value.topic == topic
+    assert conn.pending_acks() == 0
+    conn.publish("kf/v1/terminals/T-0001/event", b"{}", retain=False)
+    assert conn.pending_acks() == 1
