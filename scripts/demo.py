@@ -1,16 +1,21 @@
 """`make demo`: the whole system on one machine, stopped with Ctrl-C.
 
 Starts (1) a mosquitto with the project's config unless one already answers
-on 127.0.0.1:1883, (2) `kioskfleet server` on SQLite under var/demo/, and
+on 127.0.0.1:1883, (2) `kioskfleet server` on SQLite under var/demo/,
 (3) `kioskfleet simulate` with 50 terminals in 3 halls whose printers run out
-of paper and whose card readers fail and recover. Prints where to look, then a
-one-line fleet summary from the API every few seconds.
+of paper and whose card readers fail and recover, and (4) when the `prometheus`
+binary is installed, a Prometheus on 127.0.0.1:9090 (or a free port) with the
+project's scrape configuration pointed at the demo server and the project's
+real alert rules (a fresh TSDB under var/demo/prometheus/ each run; no
+Alertmanager, so alerts are only shown, never sent). Prints where to look,
+then a one-line fleet summary from the API every few seconds.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,11 +24,17 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import FrameType
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kioskfleet.local_broker import LocalBroker, free_port  # noqa: E402 - after sys.path
+from kioskfleet.local_prometheus import (  # noqa: E402 - after sys.path
+    LocalPrometheus,
+    PrometheusError,
+    prometheus_binary,
+)
 
 VAR = ROOT / "var" / "demo"
 TERMINALS = int(os.environ.get("DEMO_TERMINALS", "50"))
@@ -61,17 +72,50 @@ def _summary(base: str) -> str:
     assert isinstance(halls, dict)
     parts = []
     for hall in halls.get("items", []):
+        terminals = hall["terminals"]
         parts.append(
-            f"{hall['hall']}: {hall['online']}/{hall['total']} online, "
+            f"{hall['hall']}: {terminals['online']}/{terminals['total']} online, "
             f"{hall['terminals_with_problems']} with problems"
         )
     return " | ".join(parts) or "waiting for the first reports"
 
 
+def _start_prometheus(server_target: str) -> tuple[LocalPrometheus | None, str]:
+    """Prometheus with the project's rules scraping the demo server, and what to print about it."""
+    if prometheus_binary() is None:
+        return None, "  prometheus   not installed (apt-get install prometheus), skipped"
+    port = 9090 if not _port_open(9090) else free_port()
+    prometheus = LocalPrometheus(VAR / "prometheus", [server_target], port=port)
+    # A fresh TSDB each run: series of the previous run would otherwise stay visible for
+    # Prometheus' 5-minute lookback and show alerts for problems that no longer exist.
+    shutil.rmtree(prometheus.data_path, ignore_errors=True)
+    try:
+        prometheus.start()
+    except PrometheusError as exc:
+        return None, f"  prometheus   did not start ({exc}); see {prometheus.log_path}"
+    return prometheus, (
+        f"  prometheus   {prometheus.url}  (scrapes {server_target}, the project's alert rules)\n"
+        f"  alerts       {prometheus.alerts_page}  (pending at once, firing after each rule's `for:`)\n"
+        f"  targets      {prometheus.url}/targets"
+    )
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (e.g. `timeout 60 make demo`) stops like Ctrl-C.
+
+    Only the first one: `timeout` signals make and then the whole process group, so a
+    second SIGTERM arrives while we are stopping the children.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     VAR.mkdir(parents=True, exist_ok=True)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     broker: LocalBroker | None = None
+    prometheus: LocalPrometheus | None = None
     if _port_open(1883):
         broker_url = "mqtt://127.0.0.1:1883"
         print(f"using the mosquitto already listening on {broker_url}")
@@ -119,6 +163,11 @@ def main() -> int:
                     ),
                 )
             )
+        prometheus, prometheus_lines = _start_prometheus(f"127.0.0.1:{http_port}")
+        logs = [VAR / "server.log", VAR / "simulator.log"]
+        if prometheus is not None:
+            logs.append(prometheus.log_path)
+        log_list = ", ".join(str(path) for path in logs)
         print(
             f"""
 kioskfleet demo is running ({TERMINALS} simulated terminals in {HALLS} halls).
@@ -128,8 +177,9 @@ kioskfleet demo is running ({TERMINALS} simulated terminals in {HALLS} halls).
   with faults  {base}/api/v1/terminals?condition=paper_out
   halls        {base}/api/v1/halls
   metrics      {base}/metrics
+{prometheus_lines}
   broker       {broker_url}
-  logs         {VAR}/server.log, {VAR}/simulator.log
+  logs         {log_list}
 
 Press Ctrl-C to stop everything.
 """,
@@ -140,6 +190,10 @@ Press Ctrl-C to stop everything.
                 if proc.poll() is not None:
                     print(f"{name} exited with {proc.returncode}; stopping", flush=True)
                     return 1
+            if prometheus is not None and not prometheus.running:
+                print(f"prometheus exited; see {prometheus.log_path}", flush=True)
+                prometheus.stop()
+                prometheus = None
             time.sleep(5)
             try:
                 print(time.strftime("%H:%M:%S"), _summary(base), flush=True)
@@ -149,6 +203,8 @@ Press Ctrl-C to stop everything.
         print("\nstopping...", flush=True)
         return 0
     finally:
+        if prometheus is not None:
+            prometheus.stop()
         for _, proc in reversed(procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -45,6 +45,26 @@ Peripherals
     peripheral. A transition is recorded when the condition or fault code
     changes, and when a peripheral is first seen in a problem condition.
 
+Health (what operators and alerts see)
+    ``offline`` when not online; ``faulty`` when online with at least one
+    peripheral in a BLOCKING condition (printer ``paper_out``, ``jam``,
+    ``cover_open``, ``cutter_error``, ``offline``; reader ``fault``,
+    ``disconnected``): the terminal cannot serve some citizens; ``warning`` when
+    online with only non-blocking problems (``paper_low``, ``unknown``); else
+    ``ok``. ``Status`` (the API's ``ok | degraded | offline``) is derived from it:
+    ``degraded`` is ``warning`` or ``faulty``. ``is_blocking`` is the only place
+    that says which conditions block.
+
+Tallies
+    Per (region, hall): terminals by online/health, peripherals by (kind,
+    condition) with ``ok`` included, problems by (kind, condition); fleet-wide:
+    terminals per (package, version) of installed software (the agent itself
+    counts as package ``kioskfleet-agent``); and the set of terminals with a
+    problem (offline or a peripheral not ``ok``). All are maintained as messages
+    arrive, by subtracting a terminal's previous contribution and adding its new
+    one, so readers (``halls``, ``software``, ``summary``) cost what the number
+    of halls, versions and problems costs, never a scan over the fleet.
+
 Persistence hints
     ``Outcome.heartbeat_only`` says an accepted message moved nothing but
     last_seen/seq/sent_at, so its write may be deferred; ``peripherals_changed``
@@ -61,7 +81,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Final
+from typing import Final, TypeVar
 
 from protocol.messages import (
     BootEvent,
@@ -76,21 +96,30 @@ from protocol.messages import (
 )
 
 __all__ = [
+    "AGENT_PACKAGE",
+    "BLOCKING_CONDITIONS",
     "CONNECTIVITY",
     "REMOVED",
     "FleetState",
+    "FleetSummary",
     "HallSummary",
+    "Health",
     "InvalidCursorError",
     "OfflineReason",
     "Outcome",
     "Page",
+    "PeripheralCount",
     "PeripheralView",
     "ProblemCount",
+    "ProblemTerminal",
+    "SoftwareCount",
     "Status",
     "TerminalFilter",
     "TerminalView",
     "Transition",
     "Verdict",
+    "is_blocking",
+    "terminal_health",
 ]
 
 CONNECTIVITY: Final = "connectivity"
@@ -111,10 +140,67 @@ class OfflineReason(StrEnum):
     TIMEOUT = "timeout"  # the server heard nothing for too long
 
 
+AGENT_PACKAGE: Final = "kioskfleet-agent"
+"""Package name under which the agent's own version counts as installed software."""
+
+
 class Status(StrEnum):
+    """The API's status: ``Health`` with ``warning`` and ``faulty`` folded into ``degraded``."""
+
     OK = "ok"
     DEGRADED = "degraded"  # online, at least one peripheral not ok
     OFFLINE = "offline"
+
+
+class Health(StrEnum):
+    """A terminal's health as operators, dashboards and alerts see it (see the module doc)."""
+
+    OK = "ok"  # online, every peripheral ok
+    WARNING = "warning"  # online, only non-blocking problems (paper low, state unknown)
+    FAULTY = "faulty"  # online, at least one blocking problem
+    OFFLINE = "offline"
+
+
+BLOCKING_CONDITIONS: Final = frozenset(
+    {
+        PeripheralCondition.PAPER_OUT,
+        PeripheralCondition.JAM,
+        PeripheralCondition.COVER_OPEN,
+        PeripheralCondition.CUTTER_ERROR,
+        PeripheralCondition.OFFLINE,
+        PeripheralCondition.FAULT,
+        PeripheralCondition.DISCONNECTED,
+    }
+)
+"""Conditions that keep a peripheral from serving citizens (the protocol ties each to its kinds)."""
+
+
+def is_blocking(condition: PeripheralCondition) -> bool:
+    """True when ``condition`` keeps the peripheral from working (``paper_low``/``unknown`` do not)."""
+    return condition in BLOCKING_CONDITIONS
+
+
+def terminal_health(online: bool, conditions: Iterable[PeripheralCondition]) -> Health:
+    """The health of a terminal that is ``online`` (or not) with peripherals in ``conditions``."""
+    if not online:
+        return Health.OFFLINE
+    health = Health.OK
+    for condition in conditions:
+        if condition in BLOCKING_CONDITIONS:
+            return Health.FAULTY
+        if condition is not PeripheralCondition.OK:
+            health = Health.WARNING
+    return health
+
+
+_OK: Final = PeripheralCondition.OK
+
+_STATUS_OF_HEALTH: Final = {
+    Health.OK: Status.OK,
+    Health.WARNING: Status.DEGRADED,
+    Health.FAULTY: Status.DEGRADED,
+    Health.OFFLINE: Status.OFFLINE,
+}
 
 
 class InvalidCursorError(ValueError):
@@ -191,12 +277,17 @@ class TerminalView:
     peripherals: tuple[PeripheralView, ...] = ()
 
     @property
+    def health(self) -> Health:
+        return terminal_health(self.online, (p.condition for p in self.peripherals))
+
+    @property
     def status(self) -> Status:
-        if not self.online:
-            return Status.OFFLINE
-        if any(p.is_problem for p in self.peripherals):
-            return Status.DEGRADED
-        return Status.OK
+        return _STATUS_OF_HEALTH[self.health]
+
+    @property
+    def has_problem(self) -> bool:
+        """Offline or a peripheral not ok: the terminals that get per-terminal metric series."""
+        return not self.online or any(p.is_problem for p in self.peripherals)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,41 +316,125 @@ class ProblemCount:
 
 
 @dataclass(frozen=True, slots=True)
+class PeripheralCount:
+    """Peripherals of one kind in one condition (``ok`` included)."""
+
+    kind: PeripheralKind
+    condition: PeripheralCondition
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class HallSummary:
     region: str | None
     hall: str | None
     total: int
     online: int
     offline: int
-    degraded: int  # online with a peripheral problem
+    degraded: int  # online with a peripheral problem (warning + faulty)
     with_peripheral_problems: int  # online or not
     peripheral_problems: tuple[ProblemCount, ...]
+    warning: int = 0  # online, only non-blocking problems
+    faulty: int = 0  # online, at least one blocking problem
+    peripherals: tuple[PeripheralCount, ...] = ()  # every peripheral, ok included
+
+    @property
+    def ok(self) -> int:
+        return self.online - self.degraded
+
+    def by_health(self) -> dict[Health, int]:
+        """Terminals of the hall by health; every ``Health`` is a key."""
+        return {
+            Health.OK: self.ok,
+            Health.WARNING: self.warning,
+            Health.FAULTY: self.faulty,
+            Health.OFFLINE: self.offline,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SoftwareCount:
+    """Terminals (online or not) that have ``version`` of ``package`` installed."""
+
+    package: str
+    version: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemTerminal:
+    """What metrics need of a terminal that is offline or has a peripheral not ``ok``."""
+
+    id: str
+    hall: str | None
+    region: str | None
+    online: bool
+    state_since: datetime  # when ``online`` last changed
+    problems: tuple[PeripheralView, ...]  # its peripherals that are not ok, by name
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSummary:
+    """One consistent reading of every tally (what a metrics scrape needs), taken under one lock."""
+
+    halls: tuple[HallSummary, ...]
+    software: tuple[SoftwareCount, ...]
+    problem_terminals: tuple[ProblemTerminal, ...]  # by id
 
 
 # --- internal mutable records ---------------------------------------------------------------
 
 _HallKey = tuple[str | None, str | None]  # (region, hall)
 _ProblemKey = tuple[PeripheralKind, PeripheralCondition]
+_SoftwareKey = tuple[str, str]  # (package, version)
+
+
+_K = TypeVar("_K")
+
+
+def _bump(counts: dict[_K, int], keys: Iterable[_K], sign: int) -> None:
+    """Add ``sign`` to ``counts[key]`` for every key; a count reaching 0 is removed."""
+    for key in keys:
+        n = counts.get(key, 0) + sign
+        if n:
+            counts[key] = n
+        else:
+            del counts[key]
 
 
 @dataclass(frozen=True, slots=True)
 class _Contribution:
-    """What one terminal adds to its hall's tallies."""
+    """What one terminal adds to the tallies (its hall's and the fleet's software counts)."""
 
     key: _HallKey
     online: bool
-    problems: tuple[_ProblemKey, ...]
+    health: Health
+    peripherals: tuple[_ProblemKey, ...]  # every peripheral's (kind, condition), sorted
+    problems: tuple[_ProblemKey, ...]  # those not ok
+    software: tuple[_SoftwareKey, ...]
 
 
 class _HallTally:
-    __slots__ = ("degraded", "online", "problems", "total", "with_problems")
+    __slots__ = (
+        "degraded",
+        "faulty",
+        "online",
+        "peripherals",
+        "problems",
+        "total",
+        "warning",
+        "with_problems",
+    )
 
     def __init__(self) -> None:
         self.total = 0
         self.online = 0
         self.degraded = 0
+        self.warning = 0
+        self.faulty = 0
         self.with_problems = 0
         self.problems: dict[_ProblemKey, int] = {}
+        self.peripherals: dict[_ProblemKey, int] = {}
 
     def add(self, c: _Contribution, sign: int) -> None:
         self.total += sign
@@ -269,12 +444,33 @@ class _HallTally:
             self.with_problems += sign
             if c.online:
                 self.degraded += sign
-        for p in c.problems:
-            n = self.problems.get(p, 0) + sign
-            if n:
-                self.problems[p] = n
-            else:
-                del self.problems[p]
+        if c.health is Health.WARNING:
+            self.warning += sign
+        elif c.health is Health.FAULTY:
+            self.faulty += sign
+        _bump(self.problems, c.problems, sign)
+        _bump(self.peripherals, c.peripherals, sign)
+
+    def summary(self, key: _HallKey) -> HallSummary:
+        return HallSummary(
+            region=key[0],
+            hall=key[1],
+            total=self.total,
+            online=self.online,
+            offline=self.total - self.online,
+            degraded=self.degraded,
+            with_peripheral_problems=self.with_problems,
+            peripheral_problems=tuple(
+                ProblemCount(kind, condition, n)
+                for (kind, condition), n in sorted(self.problems.items())
+            ),
+            warning=self.warning,
+            faulty=self.faulty,
+            peripherals=tuple(
+                PeripheralCount(kind, condition, n)
+                for (kind, condition), n in sorted(self.peripherals.items())
+            ),
+        )
 
 
 class _Terminal:
@@ -348,10 +544,19 @@ class _Terminal:
         )
 
     def contribution_now(self) -> _Contribution:
-        problems = tuple(
-            sorted((p.kind, p.condition) for p in self.peripherals.values() if p.is_problem)
+        peripherals = tuple(sorted((p.kind, p.condition) for p in self.peripherals.values()))
+        problems = tuple(pc for pc in peripherals if pc[1] is not PeripheralCondition.OK)
+        software = dict(self.software)
+        if self.agent_version is not None:
+            software.setdefault(AGENT_PACKAGE, self.agent_version)
+        return _Contribution(
+            key=(self.region, self.hall),
+            online=self.online,
+            health=terminal_health(self.online, (c for _, c in problems)),
+            peripherals=peripherals,
+            problems=problems,
+            software=tuple(sorted(software.items())),
         )
-        return _Contribution((self.region, self.hall), self.online, problems)
 
 
 def _encode_cursor(terminal_id: str) -> str:
@@ -387,6 +592,7 @@ class FleetState:
         self._terminals: dict[str, _Terminal] = {}
         self._sorted_ids: list[str] = []
         self._halls: dict[_HallKey, _HallTally] = {}
+        self._software: dict[_SoftwareKey, int] = {}
         self._problem_ids: set[str] = set()
 
     # --- writing --------------------------------------------------------------------------
@@ -396,6 +602,7 @@ class FleetState:
         with self._lock:
             self._terminals.clear()
             self._halls.clear()
+            self._software.clear()
             self._problem_ids.clear()
             for v in terminals:
                 t = _Terminal(v.id, v.first_seen)
@@ -489,33 +696,52 @@ class FleetState:
     def halls(self) -> list[HallSummary]:
         """Per (region, hall) counts, maintained incrementally (cost follows the number of halls)."""
         with self._lock:
-            out = []
-            for (region, hall), h in self._halls.items():
-                problems = tuple(
-                    ProblemCount(kind, condition, n)
-                    for (kind, condition), n in sorted(h.problems.items())
-                )
-                out.append(
-                    HallSummary(
-                        region=region,
-                        hall=hall,
-                        total=h.total,
-                        online=h.online,
-                        offline=h.total - h.online,
-                        degraded=h.degraded,
-                        with_peripheral_problems=h.with_problems,
-                        peripheral_problems=problems,
-                    )
-                )
-        out.sort(key=lambda s: (s.region or "", s.hall or ""))
-        return out
+            return self._hall_summaries()
+
+    def software(self) -> list[SoftwareCount]:
+        """Terminals per installed (package, version), maintained incrementally."""
+        with self._lock:
+            return self._software_counts()
 
     def problem_terminals(self) -> list[TerminalView]:
         """Terminals that are offline or have a peripheral problem (cost follows problems)."""
         with self._lock:
-            return [self._terminals[tid].view() for tid in sorted(self._problem_ids)]
+            return self._problem_views()
+
+    def summary(self) -> FleetSummary:
+        """Halls, software and problem terminals read at one instant (for a metrics scrape).
+
+        Its cost follows the number of halls, versions and problem terminals, not the fleet.
+        """
+        with self._lock:
+            terminals = self._terminals
+            problems = []
+            for tid in sorted(self._problem_ids):
+                t = terminals[tid]
+                bad = [p for p in t.peripherals.values() if p.condition is not _OK]
+                if len(bad) > 1:
+                    bad.sort(key=lambda p: p.name)
+                problems.append(
+                    ProblemTerminal(tid, t.hall, t.region, t.online, t.state_since, tuple(bad))
+                )
+            return FleetSummary(
+                halls=tuple(self._hall_summaries()),
+                software=tuple(self._software_counts()),
+                problem_terminals=tuple(problems),
+            )
 
     # --- internals (all called with the lock held) ----------------------------------------
+
+    def _hall_summaries(self) -> list[HallSummary]:
+        out = [h.summary(key) for key, h in self._halls.items()]
+        out.sort(key=lambda s: (s.region or "", s.hall or ""))
+        return out
+
+    def _software_counts(self) -> list[SoftwareCount]:
+        return [SoftwareCount(p, v, n) for (p, v), n in sorted(self._software.items())]
+
+    def _problem_views(self) -> list[TerminalView]:
+        return [self._terminals[tid].view() for tid in sorted(self._problem_ids)]
 
     def _matching_ids(self, flt: TerminalFilter) -> Iterator[str]:
         terminals = self._terminals
@@ -558,7 +784,9 @@ class FleetState:
             self._halls[old.key].add(old, -1)
             if self._halls[old.key].total == 0:
                 del self._halls[old.key]
+            _bump(self._software, old.software, -1)
         self._halls.setdefault(new.key, _HallTally()).add(new, +1)
+        _bump(self._software, new.software, +1)
         t.contribution = new
         if new.online and not new.problems:
             self._problem_ids.discard(t.tid)
@@ -710,12 +938,7 @@ class FleetState:
                 t, m.body.peripheral, sent_at, received_at, transitions
             )
         self._set_deadline(t)
-        if (
-            changed
-            or transitions
-            or t.contribution is None
-            or t.contribution.key != (t.region, t.hall)
-        ):
+        if changed or transitions or identity_changed or t.contribution is None:
             self._retally(t)
         return Outcome(
             Verdict.ACCEPTED,

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from server.api import ApiServices, create_app
 from server.config import Settings
 from server.errors import ServerError, StorageError
+from server.fleet_collector import FleetCollector
 from server.fleet_state import FleetState, Transition
 from server.ingest import Ingest
 from server.log_throttle import ThrottledLog
@@ -60,6 +61,7 @@ class Server:
             offline_after_missed_reports=settings.offline_after_missed_reports,
             default_report_interval_s=settings.default_report_interval_s,
         )
+        registry.register(FleetCollector(self.fleet))  # fleet gauges, computed at scrape time
         self.storage = Storage(
             settings.database_url, sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s
         )

@@ -3,9 +3,9 @@
 Everything is registered on the ``CollectorRegistry`` passed in (tests use a
 fresh one); nothing is registered at import time. Label values are pre-set so
 that every series exists from the start at 0 and ``rate()`` works. Fleet-wide
-gauges (terminals by state, peripherals by condition) come from a separate
-collector over the fleet state; this module must never create a series per
-terminal.
+gauges (terminals by status, peripherals by condition, per-terminal problem
+series) come from ``server.fleet_collector`` over the fleet state; this module
+must never create a series per terminal.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from kioskfleet import __version__
 from protocol.errors import REJECT_REASONS
 from protocol.topics import AGENT_CHANNELS
 
@@ -89,6 +90,13 @@ class ServerMetrics:
             ["reason"],
             registry=registry,
         )
+        self.build_info = Gauge(
+            "kioskfleet_build_info",
+            "Always 1; the version label is the running server's kioskfleet version.",
+            ["version"],
+            registry=registry,
+        )
+        self.build_info.labels(__version__).set(1)
         for channel in AGENT_CHANNELS:
             self.ingest_messages.labels(channel.value)
         for reason in REJECT_LABELS:

@@ -29,8 +29,14 @@ def test_terminal_whose_connection_drops_goes_offline_by_its_retained_will(
     t.vanish()
     wait_until(lambda: _state(server, t.id) == ("offline", "will"), what="offline by will")
     assert metric(server, "kioskfleet_terminals_offline_detected_total", reason="will") == 1
+    # Transitions reach the history with the next batched write: wait for the offline one.
     history = wait_until(
-        lambda: api(server, f"/api/v1/terminals/{t.id}").json()["transitions"], what="history"
+        lambda: (
+            (h := api(server, f"/api/v1/terminals/{t.id}").json()["transitions"])
+            and h[0]["to_state"] == "offline"
+            and h
+        ),
+        what="the offline transition in the history",
     )
     assert (history[0]["to_state"], history[0]["reason"]) == ("offline", "will")
 

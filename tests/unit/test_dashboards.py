@@ -1,14 +1,18 @@
 """The Grafana dashboards query only metrics the server exports, in valid PromQL, through ${datasource}.
 
 Every PromQL expression of every dashboard in ``monitoring/grafana/dashboards``
-(panel targets, template variable queries, annotation queries) is collected, its
-metric names are extracted with a small PromQL name extractor (tested here too)
-and checked against the names the server exports, which come from one fixture,
-``exported_metric_names``. The expressions are also parsed by ``promtool`` so a
-typo fails here and not on a wall screen in the operations room.
+(panel targets, template variable queries, annotation queries) is collected
+(``dashboard_queries``) and its metric names are extracted with a small PromQL
+name extractor (``metric_names_in``, tested here). The expressions are also
+parsed by ``promtool`` so a typo fails here and not on a wall screen in the
+operations room.
 
-``metric_names_in`` and the name constants are imported by
-``test_alert_rules.py`` to check the alert rules against the same contract.
+Whether the dashboards query only names the server really exports, and show
+every one of them, is checked against a LIVE server's /metrics in
+``tests/integration/test_metrics_endpoint.py``, which also proves that those
+names are exactly ``CONTRACT_METRIC_NAMES`` below. ``metric_names_in`` and the
+name constants are imported by ``test_alert_rules.py`` to check the alert rules
+against the same contract.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ PROMETHEUS_YML: Final = ROOT / "monitoring" / "prometheus" / "prometheus.yml"
 DASHBOARD_FILES: Final = sorted(DASHBOARDS.glob("*.json"))
 
 # ----------------------------------------------------------------- the contract
-# The names /metrics exports (docs/monitoring.md). The coordinator will replace
-# the fixture below with the names scraped from a live server's /metrics.
+# The names /metrics exports (docs/monitoring.md). tests/integration/test_metrics_endpoint.py
+# checks that a live server exports exactly these.
 FLEET_METRIC_NAMES: Final = frozenset(
     {
         "kioskfleet_terminals",
@@ -67,12 +71,6 @@ CONTRACT_METRIC_NAMES: Final = FLEET_METRIC_NAMES | INGEST_METRIC_NAMES
 PROMETHEUS_METRIC_NAMES: Final = frozenset(
     {"up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS"}
 )
-
-
-@pytest.fixture(scope="module")
-def exported_metric_names() -> frozenset[str]:
-    """Metric names the kioskfleet server exports on /metrics (histograms by base name)."""
-    return CONTRACT_METRIC_NAMES
 
 
 def with_histogram_bases(names: frozenset[str]) -> frozenset[str]:
@@ -370,10 +368,10 @@ def test_the_three_dashboards_exist() -> None:
     }
 
 
-def test_dashboard_queries_only_exported_metrics(
-    dashboard: dict[str, Any], exported_metric_names: frozenset[str]
-) -> None:
-    known = with_histogram_bases(exported_metric_names) | PROMETHEUS_METRIC_NAMES
+def test_dashboard_queries_only_contract_metric_names(dashboard: dict[str, Any]) -> None:
+    # Fast feedback; the same check against a live server's /metrics is in
+    # tests/integration/test_metrics_endpoint.py.
+    known = CONTRACT_METRIC_NAMES | PROMETHEUS_METRIC_NAMES
     unknown = {
         (where, name)
         for where, query in dashboard_queries(dashboard)
@@ -381,25 +379,6 @@ def test_dashboard_queries_only_exported_metrics(
         if name not in known
     }
     assert unknown == set()
-
-
-def test_dashboards_together_show_every_exported_metric(
-    exported_metric_names: frozenset[str],
-) -> None:
-    shown = {
-        name
-        for path in DASHBOARD_FILES
-        for _, query in dashboard_queries(_load(path))
-        for name in metric_names_in(query)
-    }
-    # Only kioskfleet's own families: not process_*/python_* or counters' *_created.
-    ours = {
-        name
-        for name in with_histogram_bases(exported_metric_names)
-        if name.startswith("kioskfleet_")
-        and not name.endswith(("_created", "_bucket", "_sum", "_count"))
-    }
-    assert ours - shown == set()
 
 
 def test_every_panel_has_queries_and_every_query_is_found(dashboard: dict[str, Any]) -> None:

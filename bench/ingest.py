@@ -1,0 +1,429 @@
+"""Ingest throughput: simulated terminals -> mosquitto -> kioskfleet server.
+
+Prints figures; never a pass/fail timing test. Every figure for the server is
+printed beside the same figure for a bare paho subscriber (QoS 1, MQTT v5,
+counting messages and nothing else) on the same broker in the same run.
+
+Two measurements:
+
+  live   The simulator (real agent code, ``kioskfleet simulate``) offers
+         terminals/interval reports per second. First a bare subscriber, then
+         the server, consume that stream for ``--window`` seconds. A ratio near
+         1.0 means the server keeps up with everything the broker delivers.
+         On a 2-core machine the simulator itself needs most of a core, so the
+         offered rate is bounded by the generator, not the server.
+
+  drain  The ceiling. Both consumers first register a persistent session
+         and go away; the simulator runs alone for ``--backlog-seconds`` and
+         the broker queues the stream for them; the simulator stops. Then each
+         consumer in turn reconnects and drains the same backlog with the
+         whole machine to itself. Rate = backlog / time to drain it.
+
+    .venv/bin/python bench/ingest.py            # defaults as in docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import psutil
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kioskfleet.local_broker import LocalBroker, free_port  # noqa: E402 - after sys.path
+
+EXE = str(Path(sys.executable).parent / "kioskfleet")
+_ACCEPTED = re.compile(
+    r'^kioskfleet_ingest_messages_total\{channel="(report|event)"\} (\S+)$', re.M
+)
+_REJECTED = re.compile(r'^kioskfleet_ingest_rejected_total\{reason="(\w+)"\} (\S+)$', re.M)
+
+
+@dataclass
+class Figure:
+    measurement: str
+    consumer: str
+    messages: float
+    seconds: float
+    consumer_cpu_percent: float
+    broker_cpu_percent: float
+    consumer_rss_mb: float
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds else 0.0
+
+
+class CpuMeter:
+    """CPU seconds used by some processes (and their children) since construction."""
+
+    def __init__(self, *pids: int) -> None:
+        self.procs = [psutil.Process(pid) for pid in pids]
+        self.start = self._total()
+
+    def _total(self) -> float:
+        total = 0.0
+        for proc in self.procs:
+            try:
+                family = [proc, *proc.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                continue
+            for p in family:
+                try:
+                    t = p.cpu_times()
+                except psutil.NoSuchProcess:
+                    continue
+                total += t.user + t.system
+        return total
+
+    def percent(self, seconds: float) -> float:
+        return 100.0 * (self._total() - self.start) / seconds if seconds else 0.0
+
+
+class BareSubscriber:
+    """The baseline: a paho subscriber with a persistent session that only counts."""
+
+    CLIENT_ID = "bench-bare"
+
+    def __init__(self, port: int) -> None:
+        self.count = 0
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.CLIENT_ID, protocol=mqtt.MQTTv5
+        )
+        self.client.on_message = self._on_message
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho is untyped here
+        props.SessionExpiryInterval = 3600
+        connected = threading.Event()
+        self.client.on_connect = lambda *_: connected.set()
+        self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
+        self.client.loop_start()
+        if not connected.wait(10):
+            raise SystemExit("bare subscriber could not connect")
+        self.client.subscribe([("kf/v1/terminals/+/report", 1), ("kf/v1/terminals/+/event", 1)])
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.count += 1
+
+    def read(self) -> float:
+        with self.lock:
+            return float(self.count)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - loopback URL we built
+        body: bytes = resp.read()
+    return body.decode()
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _get(url)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"server did not answer {url}")
+
+
+class ServerProcess:
+    """``kioskfleet server`` on SQLite with a stable client id (persistent session)."""
+
+    def __init__(self, work: Path, broker: LocalBroker) -> None:
+        self.work = work
+        self.broker = broker
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ)
+        env.update(
+            {
+                "KIOSKFLEET_DATABASE_URL": f"sqlite:///{self.work}/bench.db",
+                "KIOSKFLEET_BROKER_URL": self.broker.url,
+                "KIOSKFLEET_HTTP_PORT": str(self.port),
+                "KIOSKFLEET_MQTT_CLIENT_ID": "kioskfleet-server-bench",
+            }
+        )
+        log = (self.work / "server.log").open("ab")
+        self.proc = subprocess.Popen(
+            [EXE, "--log-level=WARNING", "server"], env=env, stdout=log, stderr=log
+        )
+        _wait_http(f"{self.base}/readyz", 60)
+
+    def accepted(self) -> float:
+        return sum(float(v) for _, v in _ACCEPTED.findall(_get(f"{self.base}/metrics")))
+
+    def rejects(self) -> dict[str, float]:
+        found = _REJECTED.findall(_get(f"{self.base}/metrics"))
+        return {reason: float(v) for reason, v in found if float(v)}
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@contextmanager
+def simulator(work: Path, broker: LocalBroker, args: argparse.Namespace) -> Iterator[int]:
+    log = (work / "sim.log").open("ab")
+    proc = subprocess.Popen(
+        [
+            EXE,
+            "--log-level=WARNING",
+            "simulate",
+            f"--terminals={args.terminals}",
+            f"--broker={broker.url}",
+            f"--report-interval={args.interval}",
+            f"--processes={args.processes}",
+            "--halls=50",
+            "--regions=5",
+            "--id-prefix=BENCH",
+        ],
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        yield proc.pid
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _window(read: Callable[[], float], seconds: float) -> tuple[float, float]:
+    n0, t0 = read(), time.monotonic()
+    time.sleep(seconds)
+    return read() - n0, time.monotonic() - t0
+
+
+def _drain(
+    read: Callable[[], float], target: float, *, poll_s: float, idle_s: float = 5.0
+) -> tuple[float, float]:
+    """Messages and seconds from the first message until ``target`` (or ``idle_s`` of silence).
+
+    ``poll_s`` matters for the server: each read is a /metrics scrape, which costs CPU.
+    """
+    start = time.monotonic()
+    while read() == 0:
+        if time.monotonic() - start > 60:
+            return 0.0, 0.0
+        time.sleep(poll_s)
+    first = time.monotonic()
+    last_n, last_change = read(), first
+    while True:
+        n = read()
+        now = time.monotonic()
+        if n != last_n:
+            last_n, last_change = n, now
+        if n >= target or now - last_change > idle_s:
+            return n, last_change - first
+        time.sleep(poll_s)
+
+
+def live(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Figure]:
+    assert broker.proc is not None
+    figures = []
+    with simulator(work, broker, args):
+        print(f"live: simulator connecting; warming up {args.warmup:.0f} s", flush=True)
+        time.sleep(args.warmup)
+        bare = BareSubscriber(broker.port)
+        time.sleep(2)
+        me, mb = CpuMeter(os.getpid()), CpuMeter(broker.proc.pid)
+        n, s = _window(bare.read, args.window)
+        figures.append(
+            Figure(
+                "live",
+                "bare paho subscriber",
+                n,
+                s,
+                me.percent(s),
+                mb.percent(s),
+                psutil.Process().memory_info().rss / 2**20,
+            )
+        )
+        bare.close()
+        server = ServerProcess(work, broker)
+        server.start()
+        try:
+            time.sleep(5)
+            assert server.proc is not None
+            ms, mb = CpuMeter(server.proc.pid), CpuMeter(broker.proc.pid)
+            n, s = _window(server.accepted, args.window)
+            figures.append(
+                Figure(
+                    "live",
+                    "kioskfleet server",
+                    n,
+                    s,
+                    ms.percent(s),
+                    mb.percent(s),
+                    psutil.Process(server.proc.pid).memory_info().rss / 2**20,
+                )
+            )
+            print(f"live: server rejects {server.rejects() or 'none'}", flush=True)
+        finally:
+            server.stop()
+    return figures
+
+
+def drain(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Figure]:
+    assert broker.proc is not None
+    # Register both persistent sessions, then leave: the broker queues for them.
+    BareSubscriber(broker.port).close()
+    server = ServerProcess(work / "drain", broker)
+    (work / "drain").mkdir()
+    server.start()
+    server.stop()
+    with simulator(work, broker, args):
+        print(f"drain: simulator alone for {args.warmup + args.backlog_seconds:.0f} s", flush=True)
+        time.sleep(args.warmup + args.backlog_seconds)
+    time.sleep(1)
+    figures = []
+    bare = BareSubscriber(broker.port)
+    me, mb, t0 = CpuMeter(os.getpid()), CpuMeter(broker.proc.pid), time.monotonic()
+    n, s = _drain(bare.read, float("inf"), poll_s=0.01)
+    wall = time.monotonic() - t0
+    figures.append(
+        Figure(
+            "drain",
+            "bare paho subscriber",
+            n,
+            s,
+            me.percent(wall),
+            mb.percent(wall),
+            psutil.Process().memory_info().rss / 2**20,
+        )
+    )
+    bare.close()
+    backlog = n
+    print(f"drain: backlog was {backlog:.0f} messages", flush=True)
+    server.start()
+    try:
+        assert server.proc is not None
+        ms, mb, t0 = CpuMeter(server.proc.pid), CpuMeter(broker.proc.pid), time.monotonic()
+        n, s = _drain(server.accepted, backlog, poll_s=1.0)
+        wall = time.monotonic() - t0
+        figures.append(
+            Figure(
+                "drain",
+                "kioskfleet server",
+                n,
+                s,
+                ms.percent(wall),
+                mb.percent(wall),
+                psutil.Process(server.proc.pid).memory_info().rss / 2**20,
+            )
+        )
+        print(f"drain: server rejects {server.rejects() or 'none'}", flush=True)
+    finally:
+        server.stop()
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--terminals", type=int, default=5_000)
+    parser.add_argument("--interval", type=float, default=2.0, help="report interval (s)")
+    parser.add_argument("--processes", type=int, default=1, help="simulator processes")
+    parser.add_argument("--warmup", type=float, default=40.0, help="seconds to connect, settle")
+    parser.add_argument("--window", type=float, default=20.0, help="live measurement window (s)")
+    parser.add_argument("--backlog-seconds", type=float, default=30.0, help="drain: backlog build")
+    parser.add_argument("--only", choices=["live", "drain"], help="run one measurement")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.terminals + 4096)), hard))
+    print(
+        f"{args.terminals} terminals reporting every {args.interval} s: "
+        f"{args.terminals / args.interval:.0f} reports/s offered",
+        flush=True,
+    )
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="kf-bench-") as tmp:
+        work = Path(tmp)
+        for name, measure in (("live", live), ("drain", drain)):
+            if args.only not in (None, name):
+                continue
+            (work / name).mkdir()
+            with LocalBroker(
+                work / name / "mosquitto", overrides={"max_queued_messages": "2000000"}
+            ) as broker:
+                figures += measure(work / name, broker, args)
+
+    print()
+    print(
+        f"{'':6} {'consumer':<21} {'messages':>9} {'msg/s':>7} {'its CPU':>8} "
+        f"{'broker CPU':>10} {'RSS MB':>7}"
+    )
+    for f in figures:
+        print(
+            f"{f.measurement:6} {f.consumer:<21} {f.messages:>9.0f} {f.rate:>7.0f} "
+            f"{f.consumer_cpu_percent:>7.0f}% {f.broker_cpu_percent:>9.0f}% {f.consumer_rss_mb:>7.0f}"
+        )
+    summary = {}
+    for m in ("live", "drain"):
+        pair = [f for f in figures if f.measurement == m]
+        if len(pair) == 2 and pair[0].rate:
+            bare, server = pair
+            ratio = server.rate / bare.rate
+            per_cpu = server.rate / (server.consumer_cpu_percent / 100)
+            summary[m] = {"ratio": ratio, "server_reports_per_cpu_second": per_cpu}
+            print(
+                f"{m}: server / bare subscriber = {ratio:.2f}; "
+                f"server ingests {per_cpu:.0f} msg per CPU-second"
+            )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "figures": [asdict(f) | {"rate": f.rate} for f in figures],
+                    "summary": summary,
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

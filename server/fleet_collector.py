@@ -1,0 +1,151 @@
+"""The fleet's Prometheus gauges, computed at scrape time from the in-memory fleet state.
+
+``FleetCollector(fleet)`` is one ``prometheus_client`` collector: each scrape
+takes one ``FleetState.summary()`` (a consistent reading of the incremental
+tallies) and turns it into metric families (the contract in
+``docs/monitoring.md``):
+
+- ``kioskfleet_terminals{region,hall,status}``: every hall, every status
+  (``ok``, ``warning``, ``faulty``, ``offline``; 0 when none);
+- ``kioskfleet_peripherals{region,hall,kind,condition}``: every (kind,
+  condition) that at least one peripheral of the hall is in, ``ok`` included; a
+  pair with no peripheral has no series (not zero-filled: that would more than
+  double the per-hall series, and the series count is what a scrape costs);
+- ``kioskfleet_software_terminals{package,version}``;
+- per terminal, ONLY for terminals with a problem:
+  ``kioskfleet_terminal_offline`` and
+  ``kioskfleet_terminal_offline_since_timestamp_seconds`` while offline,
+  ``kioskfleet_terminal_peripheral_problem`` per peripheral not ``ok`` (offline
+  or not: the alert inhibition hides them behind ``TerminalOffline``).
+
+A terminal that never said its hall or region is labelled ``unknown``
+(``UNKNOWN_LABEL``); never the empty string, which Prometheus treats as a
+missing label and which Alertmanager routes to the platform team. Halls that end
+up with the same labels (a hall really named ``unknown``) are added together so
+the exposition never holds a duplicate series.
+
+This module must never iterate over the whole fleet or create a series for a
+healthy terminal: a scrape's cost follows the number of halls, versions and
+problems. It does no I/O and registers nothing by itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Final
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from protocol.messages import PeripheralCondition, PeripheralKind
+from server.fleet_state import FleetState, FleetSummary, Health
+
+__all__ = ["FLEET_METRIC_NAMES", "UNKNOWN_LABEL", "FleetCollector", "fleet_families"]
+
+UNKNOWN_LABEL: Final = "unknown"
+"""Label value of ``region``/``hall`` for a terminal that has not said which it is in."""
+
+_TERMINALS: Final = "kioskfleet_terminals"
+_PERIPHERALS: Final = "kioskfleet_peripherals"
+_SOFTWARE: Final = "kioskfleet_software_terminals"
+_OFFLINE: Final = "kioskfleet_terminal_offline"
+_OFFLINE_SINCE: Final = "kioskfleet_terminal_offline_since_timestamp_seconds"
+_PROBLEM: Final = "kioskfleet_terminal_peripheral_problem"
+
+FLEET_METRIC_NAMES: Final = (
+    _TERMINALS,
+    _PERIPHERALS,
+    _SOFTWARE,
+    _OFFLINE,
+    _OFFLINE_SINCE,
+    _PROBLEM,
+)
+"""Every family this collector yields (always, with or without samples)."""
+
+_HELP: Final = {
+    _TERMINALS: "Terminals per hall by status: ok, warning (online, only paper low or an unknown"
+    " peripheral state), faulty (online, a peripheral that blocks service), offline.",
+    _PERIPHERALS: "Peripherals per hall by kind and normalised condition (ok included;"
+    " no series for a kind and condition no peripheral of the hall is in).",
+    _SOFTWARE: "Terminals (online or not) with this version of this package installed"
+    " (the agent itself is package kioskfleet-agent).",
+    _OFFLINE: "1 for each terminal that is offline; no series for online terminals.",
+    _OFFLINE_SINCE: "Unix time at which the offline terminal went offline (server time).",
+    _PROBLEM: "1 for each peripheral whose condition is not ok; fault_code is empty when the"
+    " device gave none. No series for healthy peripherals.",
+}
+_LABELS: Final = {
+    _TERMINALS: ("region", "hall", "status"),
+    _PERIPHERALS: ("region", "hall", "kind", "condition"),
+    _SOFTWARE: ("package", "version"),
+    _OFFLINE: ("terminal", "hall", "region"),
+    _OFFLINE_SINCE: ("terminal", "hall", "region"),
+    _PROBLEM: ("terminal", "hall", "region", "peripheral", "kind", "condition", "fault_code"),
+}
+
+_STATUSES: Final = tuple(Health)
+
+
+def _label(value: str | None) -> str:
+    return UNKNOWN_LABEL if value is None else value
+
+
+class FleetCollector(Collector):
+    """Yields the fleet gauges from ``fleet`` at every scrape; register it on a registry."""
+
+    def __init__(self, fleet: FleetState) -> None:
+        self._fleet = fleet
+
+    def describe(self) -> Iterator[Metric]:
+        """The families without samples (lets the registry check names without a scrape)."""
+        for name in FLEET_METRIC_NAMES:
+            yield GaugeMetricFamily(name, _HELP[name], labels=_LABELS[name])
+
+    def collect(self) -> Iterator[Metric]:
+        yield from fleet_families(self._fleet.summary())
+
+
+def fleet_families(summary: FleetSummary) -> list[Metric]:
+    """The fleet metric families for one reading of the fleet (pure; what ``collect`` yields)."""
+    out = {name: GaugeMetricFamily(name, _HELP[name], labels=_LABELS[name]) for name in _HELP}
+
+    terminals: dict[tuple[str, str], dict[Health, int]] = {}
+    peripherals: dict[tuple[str, str], dict[tuple[PeripheralKind, PeripheralCondition], int]] = {}
+    for h in summary.halls:
+        key = (_label(h.region), _label(h.hall))
+        counts = terminals.get(key)
+        if counts is None:
+            terminals[key] = h.by_health()
+        else:  # two halls with the same labels (see the module doc): add them up
+            for health, n in h.by_health().items():
+                counts[health] += n
+        by_kind = peripherals.setdefault(key, {})
+        for pc in h.peripherals:
+            pair = (pc.kind, pc.condition)
+            by_kind[pair] = by_kind.get(pair, 0) + pc.count
+
+    family = out[_TERMINALS]
+    for (region, hall), counts in terminals.items():
+        for health in _STATUSES:
+            family.add_metric([region, hall, health.value], counts[health])
+    family = out[_PERIPHERALS]
+    for (region, hall), by_kind in peripherals.items():
+        for (kind, condition), n in by_kind.items():
+            family.add_metric([region, hall, kind.value, condition.value], n)
+    family = out[_SOFTWARE]
+    for s in summary.software:
+        family.add_metric([s.package, s.version], s.count)
+
+    offline, since, problem = out[_OFFLINE], out[_OFFLINE_SINCE], out[_PROBLEM]
+    for t in summary.problem_terminals:
+        region, hall = _label(t.region), _label(t.hall)
+        if not t.online:
+            offline.add_metric([t.id, hall, region], 1)
+            since.add_metric([t.id, hall, region], t.state_since.timestamp())
+        for p in t.problems:
+            problem.add_metric(
+                [t.id, hall, region, p.name, p.kind.value, p.condition.value, p.fault_code or ""],
+                1,
+            )
+    return list(out.values())

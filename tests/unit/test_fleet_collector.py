@@ -1,0 +1,579 @@
+"""The fleet collector: exact series for a small fleet, nothing per healthy terminal, and
+incremental tallies that always equal a recount from scratch (Hypothesis).
+
+Series are read back from the real text exposition (``generate_latest`` parsed
+by ``prometheus_client.parser``), so what is checked is what Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from kioskfleet import __version__
+from protocol.messages import (
+    PRINTER_CONDITIONS,
+    PeripheralCondition,
+)
+from server.fleet_collector import FLEET_METRIC_NAMES, UNKNOWN_LABEL, FleetCollector
+from server.fleet_state import (
+    AGENT_PACKAGE,
+    FleetState,
+    Health,
+    Status,
+    TerminalFilter,
+    TerminalView,
+    is_blocking,
+    terminal_health,
+)
+from server.metrics import ServerMetrics
+from tests.unit.test_fleet_state import (
+    BOOT,
+    PRINTER_OK,
+    READER_OK,
+    at,
+    boot_event,
+    periph,
+    peripheral_event,
+    report,
+    state,
+)
+
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+PER_TERMINAL = (
+    "kioskfleet_terminal_offline",
+    "kioskfleet_terminal_offline_since_timestamp_seconds",
+    "kioskfleet_terminal_peripheral_problem",
+)
+
+
+def scrape(registry: CollectorRegistry) -> Series:
+    """Every sample of the registry's text exposition, keyed by (name, labels)."""
+    text = generate_latest(registry).decode()
+    out: Series = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = (sample.name, frozenset(sample.labels.items()))
+            assert key not in out, f"duplicate series {key}"
+            out[key] = sample.value
+    return out
+
+
+def fleet_series(fleet: FleetState) -> Series:
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(fleet))
+    return scrape(registry)
+
+
+def s(name: str, value: float, **labels: str) -> Series:
+    return {(name, frozenset(labels.items())): value}
+
+
+def only(series: Series, *names: str) -> Series:
+    return {k: v for k, v in series.items() if k[0] in names}
+
+
+def terminals_series(
+    region: str, hall: str, ok: int, warning: int, faulty: int, off: int
+) -> Series:
+    out: Series = {}
+    for status, n in (("ok", ok), ("warning", warning), ("faulty", faulty), ("offline", off)):
+        out |= s("kioskfleet_terminals", n, region=region, hall=hall, status=status)
+    return out
+
+
+def peripherals_series(region: str, hall: str, counts: dict[tuple[str, str], int]) -> Series:
+    out: Series = {}
+    for (kind, condition), n in counts.items():
+        out |= s(
+            "kioskfleet_peripherals", n, region=region, hall=hall, kind=kind, condition=condition
+        )
+    return out
+
+
+# --- classification ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("condition", "blocking"),
+    [
+        ("ok", False),
+        ("paper_low", False),
+        ("unknown", False),
+        ("paper_out", True),
+        ("jam", True),
+        ("cover_open", True),
+        ("cutter_error", True),
+        ("offline", True),
+        ("fault", True),
+        ("disconnected", True),
+    ],
+)
+def test_only_conditions_that_stop_service_are_blocking(condition: str, blocking: bool) -> None:
+    assert is_blocking(PeripheralCondition(condition)) is blocking
+
+
+def test_every_protocol_condition_is_classified_by_the_table_above() -> None:
+    assert {c.value for c in PeripheralCondition} == {
+        "ok",
+        "paper_low",
+        "unknown",
+        "paper_out",
+        "jam",
+        "cover_open",
+        "cutter_error",
+        "offline",
+        "fault",
+        "disconnected",
+    }
+
+
+@pytest.mark.parametrize(
+    ("online", "conditions", "health", "status"),
+    [
+        (True, [], Health.OK, Status.OK),
+        (True, ["ok", "ok"], Health.OK, Status.OK),
+        (True, ["ok", "paper_low"], Health.WARNING, Status.DEGRADED),
+        (True, ["unknown"], Health.WARNING, Status.DEGRADED),
+        (True, ["paper_low", "fault"], Health.FAULTY, Status.DEGRADED),
+        (True, ["jam", "unknown"], Health.FAULTY, Status.DEGRADED),
+        (False, ["ok"], Health.OFFLINE, Status.OFFLINE),
+        (False, ["jam"], Health.OFFLINE, Status.OFFLINE),
+    ],
+)
+def test_health_is_offline_then_faulty_then_warning_and_the_api_status_folds_it(
+    online: bool, conditions: list[str], health: Health, status: Status
+) -> None:
+    assert terminal_health(online, [PeripheralCondition(c) for c in conditions]) is health
+    fleet = FleetState()
+    peripherals = [
+        periph(f"p{i}", "receipt_printer" if c in PRINTER_CONDITIONS else "id_card_reader", c)
+        for i, c in enumerate(conditions)
+    ]
+    fleet.apply(report("T-1", peripherals=peripherals), at(0))
+    if not online:
+        fleet.apply(state("T-1", False), at(1))
+    view = fleet.get("T-1")
+    assert view is not None
+    assert (view.health, view.status) == (health, status)
+
+
+# --- exact series for a small fleet -----------------------------------------------------
+
+
+def _small_fleet() -> FleetState:
+    fleet = FleetState()
+    fleet.apply(report("A", hall="H1", region="North"), at(0))
+    low = periph("printer", "receipt_printer", "paper_low")
+    fleet.apply(report("B", hall="H1", region="North", peripherals=[low, READER_OK]), at(0))
+    out = periph("printer", "receipt_printer", "paper_out")
+    fault = periph("idcard", "id_card_reader", "fault", fault_code="E42")
+    fleet.apply(report("C", hall="H1", region="North", peripherals=[out, fault]), at(0))
+    unknown = periph("qr", "qr_scanner", "unknown")
+    fleet.apply(
+        report("D", hall="H2", region="North", peripherals=[unknown], software={"app": "4.0"}),
+        at(0),
+    )
+    fleet.apply(report("E", hall="H2", region="North", peripherals=[PRINTER_OK]), at(0))
+    fleet.apply(state("E", False), at(30))  # the will: offline at server time
+    fleet.apply(state("F", True), at(40))  # never said its hall or region
+    return fleet
+
+
+def test_small_fleet_exports_exactly_the_contract_series() -> None:
+    series = fleet_series(_small_fleet())
+    north = {"region": "North"}
+    expected: Series = {
+        **terminals_series("North", "H1", ok=1, warning=1, faulty=1, off=0),
+        **terminals_series("North", "H2", ok=0, warning=1, faulty=0, off=1),
+        **terminals_series(UNKNOWN_LABEL, UNKNOWN_LABEL, ok=1, warning=0, faulty=0, off=0),
+        **peripherals_series(
+            "North",
+            "H1",
+            {
+                ("receipt_printer", "ok"): 1,
+                ("receipt_printer", "paper_low"): 1,
+                ("receipt_printer", "paper_out"): 1,
+                ("id_card_reader", "ok"): 2,
+                ("id_card_reader", "fault"): 1,
+            },
+        ),
+        **peripherals_series(
+            "North", "H2", {("qr_scanner", "unknown"): 1, ("receipt_printer", "ok"): 1}
+        ),
+        **s("kioskfleet_software_terminals", 4, package="kiosk-app", version="3.1"),
+        **s("kioskfleet_software_terminals", 1, package="app", version="4.0"),
+        **s("kioskfleet_software_terminals", 5, package=AGENT_PACKAGE, version="1.0.0"),
+        **s("kioskfleet_terminal_offline", 1, terminal="E", hall="H2", **north),
+        **s(
+            "kioskfleet_terminal_offline_since_timestamp_seconds",
+            at(30).timestamp(),
+            terminal="E",
+            hall="H2",
+            **north,
+        ),
+    }
+    for terminal, hall, name, kind, condition, code in [
+        ("B", "H1", "printer", "receipt_printer", "paper_low", ""),
+        ("C", "H1", "printer", "receipt_printer", "paper_out", ""),
+        ("C", "H1", "idcard", "id_card_reader", "fault", "E42"),
+        ("D", "H2", "qr", "qr_scanner", "unknown", ""),
+    ]:
+        expected |= s(
+            "kioskfleet_terminal_peripheral_problem",
+            1,
+            terminal=terminal,
+            hall=hall,
+            peripheral=name,
+            kind=kind,
+            condition=condition,
+            fault_code=code,
+            **north,
+        )
+    assert series == expected
+
+
+def test_collector_describes_every_family_it_yields_even_for_an_empty_fleet() -> None:
+    collector = FleetCollector(FleetState())
+    assert [m.name for m in collector.describe()] == list(FLEET_METRIC_NAMES)
+    assert [m.name for m in collector.collect()] == list(FLEET_METRIC_NAMES)
+    assert all(not m.samples for m in collector.collect())
+    text = generate_latest(_registry_with(collector)).decode()
+    assert all(f"# HELP {name} " in text for name in FLEET_METRIC_NAMES)
+
+
+def _registry_with(collector: FleetCollector) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return registry
+
+
+def test_registering_the_collector_twice_on_one_registry_is_refused() -> None:
+    registry = _registry_with(FleetCollector(FleetState()))
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        registry.register(FleetCollector(FleetState()))
+
+
+def test_build_info_is_one_with_the_package_version() -> None:
+    registry = CollectorRegistry()
+    ServerMetrics(registry)
+    assert only(scrape(registry), "kioskfleet_build_info") == s(
+        "kioskfleet_build_info", 1, version=__version__
+    )
+
+
+# --- no per-terminal series for healthy terminals ---------------------------------------
+
+
+def _healthy_fleet(size: int) -> FleetState:
+    fleet = FleetState()
+    for i in range(size):
+        fleet.apply(report(f"T-{i:04d}", hall=f"H{i % 3}", region="North"), at(0))
+    return fleet
+
+
+def test_healthy_terminals_have_no_per_terminal_series() -> None:
+    series = fleet_series(_healthy_fleet(60))
+    assert only(series, *PER_TERMINAL) == {}
+    assert all("terminal" not in dict(labels) for _, labels in series)
+    assert sum(v for (n, _), v in series.items() if n == "kioskfleet_terminals") == 60
+
+
+def test_series_count_follows_halls_and_problems_not_the_number_of_terminals() -> None:
+    small, large = _healthy_fleet(9), _healthy_fleet(300)
+    for fleet in (small, large):  # the same two problems in both
+        jam = periph("printer", "receipt_printer", "jam")
+        fleet.apply(report("T-0001", seq=1, hall="H1", region="North", peripherals=[jam]), at(1))
+        fleet.apply(state("T-0002", False), at(2))
+    small_series, large_series = fleet_series(small), fleet_series(large)
+    assert small_series.keys() == large_series.keys()
+    assert len(only(large_series, *PER_TERMINAL)) == 3  # jam + offline + offline since
+
+
+# --- tallies through a sequence of changes ----------------------------------------------
+
+
+def _problem(terminal: str, condition: str, code: str = "") -> Series:
+    return s(
+        "kioskfleet_terminal_peripheral_problem",
+        1,
+        terminal=terminal,
+        hall="H1",
+        region="North",
+        peripheral="printer",
+        kind="receipt_printer",
+        condition=condition,
+        fault_code=code,
+    )
+
+
+def _printer_count(series: Series, condition: str, hall: str = "H1") -> float | None:
+    """None when the series does not exist (no printer of the hall is in ``condition``)."""
+    labels = {"region": "North", "hall": hall, "kind": "receipt_printer", "condition": condition}
+    return series.get(("kioskfleet_peripherals", frozenset(labels.items())))
+
+
+def _status(series: Series, status: str, hall: str = "H1") -> float:
+    labels = {"region": "North", "hall": hall, "status": status}
+    return series[("kioskfleet_terminals", frozenset(labels.items()))]
+
+
+def test_fault_raised_then_cleared_adds_then_removes_its_series_and_moves_the_counts() -> None:
+    fleet = FleetState()
+    fleet.apply(report("A", 1, hall="H1"), at(0))
+    fleet.apply(report("B", 1, hall="H1"), at(0))
+
+    jam = periph("printer", "receipt_printer", "jam")
+    fleet.apply(peripheral_event("A", 2, jam, "ok", sent_at=at(5)), at(5))
+    series = fleet_series(fleet)
+    assert only(series, *PER_TERMINAL) == _problem("A", "jam")
+    assert (_status(series, "faulty"), _status(series, "ok")) == (1, 1)
+    assert (_printer_count(series, "jam"), _printer_count(series, "ok")) == (1, 1)
+
+    low = periph("printer", "receipt_printer", "paper_low")
+    fleet.apply(peripheral_event("A", 3, low, "jam", sent_at=at(6)), at(6))
+    series = fleet_series(fleet)
+    assert only(series, *PER_TERMINAL) == _problem("A", "paper_low")
+    assert (_status(series, "warning"), _status(series, "faulty")) == (1, 0)
+
+    fleet.apply(peripheral_event("A", 4, PRINTER_OK, "paper_low", sent_at=at(7)), at(7))
+    series = fleet_series(fleet)
+    assert only(series, *PER_TERMINAL) == {}
+    assert (_status(series, "ok"), _status(series, "warning")) == (2, 0)
+    assert (_printer_count(series, "jam"), _printer_count(series, "ok")) == (None, 2)
+
+
+def test_offline_terminal_has_offline_series_until_it_comes_back() -> None:
+    fleet = FleetState(offline_after_missed_reports=1)
+    fleet.apply(report("A", 1, hall="H1", interval=10), at(0))
+    fleet.apply(report("B", 1, hall="H1", interval=10), at(0))
+    fleet.expire_silent(at(11))  # both silent past one interval: timeout
+    fleet.apply(report("B", 2, hall="H1", sent_at=at(12)), at(12))
+    series = fleet_series(fleet)
+    where = {"terminal": "A", "hall": "H1", "region": "North"}
+    assert only(series, *PER_TERMINAL) == {
+        **s("kioskfleet_terminal_offline", 1, **where),
+        **s("kioskfleet_terminal_offline_since_timestamp_seconds", at(11).timestamp(), **where),
+    }
+    assert (_status(series, "offline"), _status(series, "ok")) == (1, 1)
+
+    fleet.apply(report("A", 2, hall="H1", sent_at=at(13)), at(13))
+    series = fleet_series(fleet)
+    assert only(series, *PER_TERMINAL) == {}
+    assert (_status(series, "offline"), _status(series, "ok")) == (0, 2)
+
+
+def test_peripheral_problems_of_an_offline_terminal_stay_exported() -> None:
+    fleet = FleetState()
+    out = periph("printer", "receipt_printer", "paper_out")
+    fleet.apply(report("A", 1, hall="H1", peripherals=[out]), at(0))
+    fleet.apply(state("A", False), at(1))
+    series = only(fleet_series(fleet), *PER_TERMINAL)
+    assert _problem("A", "paper_out").items() <= series.items()
+    assert len(series) == 3  # problem, offline, offline since
+
+
+def test_terminal_moving_hall_moves_every_count_and_empties_the_old_hall() -> None:
+    fleet = FleetState()
+    jam = periph("printer", "receipt_printer", "jam")
+    fleet.apply(report("A", 1, hall="H1", peripherals=[jam]), at(0))
+    fleet.apply(report("A", 2, hall="H2", peripherals=[jam]), at(1))
+    series = fleet_series(fleet)
+    assert {dict(labels)["hall"] for _, labels in series if "hall" in dict(labels)} == {"H2"}
+    assert _status(series, "faulty", hall="H2") == 1
+    assert _printer_count(series, "jam", hall="H2") == 1
+
+
+def test_software_upgrade_moves_the_terminal_to_the_new_version() -> None:
+    fleet = FleetState()
+    fleet.apply(report("A", 1, software={"app": "1.0"}), at(0))
+    fleet.apply(report("B", 1, software={"app": "1.0"}), at(0))
+    fleet.apply(report("A", 2, software={"app": "2.0"}), at(1))
+    fleet.apply(boot_event("B", 0, boot="boot-bbbb", version="1.1.0"), at(2))
+    software = only(fleet_series(fleet), "kioskfleet_software_terminals")
+    assert software == {
+        **s("kioskfleet_software_terminals", 1, package="app", version="1.0"),
+        **s("kioskfleet_software_terminals", 1, package="app", version="2.0"),
+        **s("kioskfleet_software_terminals", 1, package=AGENT_PACKAGE, version="1.0.0"),
+        **s("kioskfleet_software_terminals", 1, package=AGENT_PACKAGE, version="1.1.0"),
+    }
+
+
+def test_a_hall_really_named_unknown_adds_up_with_terminals_that_named_none() -> None:
+    fleet = FleetState()
+    fleet.apply(report("A", hall="unknown", region="unknown"), at(0))
+    fleet.apply(state("B", True), at(0))  # no hall, no region
+    terminals = only(fleet_series(fleet), "kioskfleet_terminals")  # scrape() refuses duplicates
+    assert terminals == terminals_series("unknown", "unknown", ok=2, warning=0, faulty=0, off=0)
+
+
+# --- model-based: the collector over incremental tallies equals a recount ----------------
+
+_HALLS = [("North", "H1"), ("North", "H2"), ("South", "H1")]
+_PERIPHERALS = st.lists(
+    st.tuples(
+        st.sampled_from(["printer", "a4", "idcard", "qr"]),
+        st.sampled_from(["ok", "ok", "paper_low", "paper_out", "jam", "unknown"]),
+        st.sampled_from(["ok", "ok", "fault", "disconnected", "unknown"]),
+        st.sampled_from([None, "E1", "E2"]),
+    ),
+    max_size=3,
+    unique_by=lambda p: p[0],
+)
+_KINDS = {"printer": "receipt_printer", "a4": "a4_printer", "idcard": "id_card_reader"}
+
+
+def _peripheral(
+    name: str, printer_condition: str, reader_condition: str, code: str | None
+) -> dict[str, str]:
+    kind = _KINDS.get(name, "qr_scanner")
+    condition = printer_condition if "printer" in kind else reader_condition
+    extra = {"fault_code": code} if code and condition != "ok" else {}
+    return periph(name, kind, condition, **extra)
+
+
+_STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(["report", "event", "will", "online", "shutdown", "boot", "sweep", "load"]),
+        st.sampled_from(["A", "B", "C", "D"]),
+        st.sampled_from(_HALLS),
+        _PERIPHERALS,
+        st.sampled_from(["1.0", "2.0"]),
+    ),
+    max_size=40,
+)
+
+
+def recount(views: Iterable[TerminalView]) -> Series:
+    """The fleet series computed from scratch from every terminal (what the tallies must equal)."""
+    status: Counter[tuple[str, str, str]] = Counter()
+    halls: set[tuple[str, str]] = set()
+    peripherals: Counter[tuple[str, str, str, str]] = Counter()
+    software: Counter[tuple[str, str]] = Counter()
+    out: Series = {}
+    for v in views:
+        region, hall = v.region or UNKNOWN_LABEL, v.hall or UNKNOWN_LABEL
+        halls.add((region, hall))
+        status[(region, hall, v.health.value)] += 1
+        for p in v.peripherals:
+            peripherals[(region, hall, p.kind.value, p.condition.value)] += 1
+        installed = dict(v.software)
+        if v.agent_version is not None:
+            installed.setdefault(AGENT_PACKAGE, v.agent_version)
+        software.update(installed.items())
+        where = {"terminal": v.id, "hall": hall, "region": region}
+        if not v.online:
+            out |= s("kioskfleet_terminal_offline", 1, **where)
+            out |= s(
+                "kioskfleet_terminal_offline_since_timestamp_seconds",
+                v.state_since.timestamp(),
+                **where,
+            )
+        for p in v.peripherals:
+            if p.condition is not PeripheralCondition.OK:
+                out |= s(
+                    "kioskfleet_terminal_peripheral_problem",
+                    1,
+                    peripheral=p.name,
+                    kind=p.kind.value,
+                    condition=p.condition.value,
+                    fault_code=p.fault_code or "",
+                    **where,
+                )
+    for region, hall in halls:
+        for health in Health:
+            out |= s(
+                "kioskfleet_terminals",
+                status[(region, hall, health.value)],
+                region=region,
+                hall=hall,
+                status=health.value,
+            )
+    for (region, hall, kind, condition), n in peripherals.items():
+        out |= s(
+            "kioskfleet_peripherals", n, region=region, hall=hall, kind=kind, condition=condition
+        )
+    for (package, version), n in software.items():
+        out |= s("kioskfleet_software_terminals", n, package=package, version=version)
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(_STEPS)
+def test_collector_series_always_equal_a_recount_from_scratch(
+    steps: list[tuple[str, str, tuple[str, str], list[tuple[str, str, str, str | None]], str]],
+) -> None:
+    fleet = FleetState(offline_after_missed_reports=1)
+    seq: Counter[str] = Counter()
+    boots: dict[str, str] = {}
+    for i, (what, tid, (region, hall), raw_peripherals, version) in enumerate(steps):
+        now = at(i * 20)
+        seq[tid] += 1
+        boot = boots.get(tid, BOOT)
+        ps = [_peripheral(*p) for p in raw_peripherals]
+        if what == "report":
+            message = report(
+                tid,
+                seq[tid],
+                boot=boot,
+                sent_at=now,
+                hall=hall,
+                region=region,
+                peripherals=ps,
+                software={"app": version},
+            )
+            fleet.apply(message, now)
+        elif what == "event" and ps:
+            fleet.apply(peripheral_event(tid, seq[tid], ps[0], None, sent_at=now), now)
+        elif what in ("will", "online", "shutdown"):
+            reason = "shutdown" if what == "shutdown" else None
+            message = state(
+                tid, what == "online", reason=reason, seq=seq[tid], boot=boot, sent_at=now
+            )
+            fleet.apply(message, now)
+        elif what == "boot":
+            boots[tid] = f"boot-{i:06d}"
+            seq[tid] = 0
+            fleet.apply(boot_event(tid, 0, boot=boots[tid], version=f"1.{i}.0"), now)
+        elif what == "sweep":
+            fleet.expire_silent(now)
+        elif what == "load":  # a restart: the tallies are rebuilt from the stored terminals
+            views = fleet.query(TerminalFilter(), limit=1000).items
+            fleet = FleetState(offline_after_missed_reports=1)
+            fleet.load(views)
+    everyone = fleet.query(TerminalFilter(), limit=1000).items
+    assert fleet_series(fleet) == recount(everyone)
+    summary = fleet.summary()
+    assert [v.id for v in summary.problem_terminals] == [v.id for v in everyone if v.has_problem]
+    for h in summary.halls:
+        assert h.ok + h.warning + h.faulty + h.offline == h.total
+        assert h.warning + h.faulty == h.degraded
+
+
+def test_summary_reads_the_same_tallies_as_halls_software_and_problem_terminals() -> None:
+    fleet = _small_fleet()
+    summary = fleet.summary()
+    assert list(summary.halls) == fleet.halls()
+    assert list(summary.software) == fleet.software()
+    views = fleet.problem_terminals()
+    assert [
+        (t.id, t.hall, t.region, t.online, t.state_since, t.problems)
+        for t in summary.problem_terminals
+    ] == [
+        (
+            v.id,
+            v.hall,
+            v.region,
+            v.online,
+            v.state_since,
+            tuple(p for p in v.peripherals if p.is_problem),
+        )
+        for v in views
+    ]
+    assert [t.id for t in summary.problem_terminals] == ["B", "C", "D", "E"]
