@@ -14,7 +14,6 @@ from agent.mqtt_connection import (
     ConnectionState,
     MqttConnection,
 )
-from kioskfleet.local_broker import free_port
 
 
 class Listener:
@@ -36,7 +35,10 @@ def closed_port_connection(**overrides: object) -> MqttConnection:
     values: dict[str, object] = {
         "client_id": "T-0001",
         "host": "127.0.0.1",
-        "port": free_port(),
+        # Port 1: nothing listens there, and it lies below the ephemeral range, so
+        # a long run of attempts can never hit a TCP self-connect (source port ==
+        # destination port), which a closed ephemeral port eventually does.
+        "port": 1,
         "reconnect_min_s": 1.0,
         "reconnect_max_s": 8.0,
     }
