@@ -31,6 +31,7 @@ lint: $(STAMP)
 
 bench: setup
 	$(PY) bench/ingest.py
+	$(PY) bench/scrape.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache var
