@@ -23,6 +23,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     model_validator,
 )
 
@@ -117,12 +118,20 @@ _LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 # Strict JSON mode accepts only RFC 3339 strings here (never bare numbers).
 Timestamp = AwareDatetime
-Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+# StringConstraints, not Field(): these types are also used inside dict/list type
+# arguments, where pydantic ignores Field() constraints.
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
 Label = Annotated[
-    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._:-]*$")
+    str,
+    StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._:-]*$"),
 ]
-Text = Annotated[str, Field(max_length=256)]
-Version = Annotated[str, Field(min_length=1, max_length=64)]
+# Device-supplied text never carries control characters (NUL breaks PostgreSQL text
+# columns; newlines and escapes forge log lines and label values).
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+Text = Annotated[str, StringConstraints(max_length=256, pattern=_PRINTABLE)]
+Version = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_PRINTABLE)]
+FaultCode = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_PRINTABLE)]
+AgentVersion = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=_PRINTABLE)]
 Seconds = Annotated[float, Field(ge=0, le=10 * 365 * 86400, allow_inf_nan=False)]
 
 
@@ -136,7 +145,7 @@ class PeripheralStatus(_Strict):
     name: Name
     kind: PeripheralKind
     condition: PeripheralCondition
-    fault_code: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    fault_code: FaultCode | None = None
     detail: Text | None = None
 
     @model_validator(mode="after")
@@ -165,13 +174,11 @@ class ReportBody(_Strict):
     hall: Label
     region: Label
     model: Label
-    agent_version: Annotated[str, Field(min_length=1, max_length=32)]
+    agent_version: AgentVersion
     uptime_s: Seconds
     report_interval_s: Annotated[float, Field(gt=0, le=86400, allow_inf_nan=False)]
     peripherals: Annotated[list[PeripheralStatus], Field(max_length=32)]
-    software: Annotated[
-        dict[Name, Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=32)
-    ] = {}
+    software: Annotated[dict[Name, Version], Field(max_length=32)] = {}
 
     @model_validator(mode="after")
     def _unique_peripheral_names(self) -> ReportBody:
@@ -194,7 +201,7 @@ class BootEvent(_Strict):
 
     type: Literal["boot"]
     uptime_s: Seconds
-    agent_version: Annotated[str, Field(min_length=1, max_length=32)]
+    agent_version: AgentVersion
 
 
 EventBody = Annotated[PeripheralChangedEvent | BootEvent, Field(discriminator="type")]

@@ -11,7 +11,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from protocol.messages import PeripheralCondition, PeripheralKind, TerminalState
-from server.fleet_state import HallSummary, Status, TerminalView, Transition
+from server.fleet_state import HallSummary, Health, Status, TerminalView, Transition
 
 __all__ = [
     "ErrorPublic",
@@ -57,6 +57,11 @@ class TerminalPublic(BaseModel):
     offline_reason: str | None = Field(description="will, shutdown or timeout while offline")
     last_seen: datetime = Field(description="server time of the last sign of life")
     status: Status = Field(description="offline; degraded (a peripheral not ok); ok")
+    health: Health = Field(
+        description="offline; faulty (online, a peripheral that blocks service); warning"
+        " (online, only paper low or an unknown state); ok. ``status`` folds warning and"
+        " faulty into degraded"
+    )
     agent_version: str | None
     report_interval_s: float | None
     boot_id: str | None
@@ -95,7 +100,9 @@ class TerminalCountsPublic(BaseModel):
     total: int
     online: int
     offline: int
-    degraded: int
+    degraded: int = Field(description="online with a peripheral not ok (warning + faulty)")
+    warning: int = Field(description="online, only non-blocking problems")
+    faulty: int = Field(description="online, at least one peripheral that blocks service")
 
 
 class HallPublic(BaseModel):
@@ -126,6 +133,7 @@ def terminal_public(v: TerminalView) -> TerminalPublic:
         offline_reason=None if v.offline_reason is None else v.offline_reason.value,
         last_seen=v.last_seen,
         status=v.status,
+        health=v.health,
         agent_version=v.agent_version,
         report_interval_s=v.report_interval_s,
         boot_id=v.boot_id,
@@ -168,7 +176,12 @@ def hall_public(s: HallSummary) -> HallPublic:
         region=s.region,
         hall=s.hall,
         terminals=TerminalCountsPublic(
-            total=s.total, online=s.online, offline=s.offline, degraded=s.degraded
+            total=s.total,
+            online=s.online,
+            offline=s.offline,
+            degraded=s.degraded,
+            warning=s.warning,
+            faulty=s.faulty,
         ),
         terminals_with_problems=s.with_peripheral_problems,
         peripheral_problems=[

@@ -47,6 +47,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _CHUNK: Final = 500  # rows or ids per statement
+_NUL: Final = "\x00"
+_REPLACEMENT: Final = "\ufffd"
 
 
 class _Table(SQLModel, registry=registry()):
@@ -361,6 +363,18 @@ class Storage:
 # --- row <-> view ---------------------------------------------------------------------------
 
 
+def _db_text(value: str | None) -> str | None:
+    """Device free text as the database can hold it: U+0000 becomes U+FFFD.
+
+    The wire lets ``agent_version``, ``fault_code`` and ``detail`` carry U+0000;
+    PostgreSQL text cannot, and a refused batch is retried whole, so one such
+    message would stop every write. Done on SQLite too, so both store the same.
+    """
+    if value is None or _NUL not in value:
+        return value
+    return value.replace(_NUL, _REPLACEMENT)
+
+
 def _terminal_row(v: TerminalView, now: datetime) -> dict[str, Any]:
     return {
         "id": v.id,
@@ -375,7 +389,7 @@ def _terminal_row(v: TerminalView, now: datetime) -> dict[str, Any]:
         "boot_id": v.boot_id,
         "last_seq": v.last_seq,
         "report_interval_s": v.report_interval_s,
-        "agent_version": v.agent_version,
+        "agent_version": _db_text(v.agent_version),
         "software": dict(v.software),
         "first_seen": v.first_seen,
         "updated_at": now,
@@ -414,8 +428,8 @@ def _peripheral_row(terminal_id: str, p: PeripheralView) -> dict[str, Any]:
         "name": p.name,
         "kind": p.kind.value,
         "condition": p.condition.value,
-        "fault_code": p.fault_code,
-        "detail": p.detail,
+        "fault_code": _db_text(p.fault_code),
+        "detail": _db_text(p.detail),
         "since": p.since,
     }
 
@@ -447,7 +461,7 @@ def _transition_row(t: Transition) -> dict[str, Any]:
         "kind": t.kind,
         "from_state": t.from_state,
         "to_state": t.to_state,
-        "fault_code": t.fault_code,
+        "fault_code": _db_text(t.fault_code),
         "reason": t.reason,
         "occurred_at": t.occurred_at,
         "recorded_at": t.recorded_at,

@@ -18,6 +18,7 @@ probes (``_verdict()`` to implement). This module never touches a device.
 
 from __future__ import annotations
 
+import re
 from typing import Final, Protocol, runtime_checkable
 
 from protocol.messages import PeripheralCondition, PeripheralKind, PeripheralStatus
@@ -72,8 +73,16 @@ class Probe(Protocol):
         ...
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
 def clip(text: str, limit: int) -> str:
-    """``text`` if it has at most ``limit`` characters, else its start and ``…`` in ``limit``."""
+    """``text`` on one printable line, at most ``limit`` characters (else its start and ``…``).
+
+    Devices say what they like (a printer's state message may hold newlines);
+    the wire refuses control characters, so they become single spaces here.
+    """
+    text = _CONTROL.sub(" ", text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -89,7 +98,7 @@ def status_from_verdict(name: str, kind: PeripheralKind, verdict: Verdict) -> Pe
         name=name,
         kind=kind,
         condition=condition,
-        fault_code=fault_code,
+        fault_code=clip(fault_code, 64) if fault_code else None,
         detail=clip(detail, DETAIL_MAX) if detail else None,
     )
 

@@ -119,10 +119,46 @@ def test_halls_count_terminals_and_peripheral_problems(
 
     h = wait_until(our_hall, what="the hall summary")
     assert h["region"] == "North"
-    assert h["terminals"] == {"total": 3, "online": 3, "offline": 0, "degraded": 2}
+    assert h["terminals"] == {
+        "total": 3,
+        "online": 3,
+        "offline": 0,
+        "degraded": 2,
+        "warning": 0,
+        "faulty": 2,
+    }
     assert h["terminals_with_problems"] == 2
     problems = {(p["kind"], p["condition"]): p["count"] for p in h["peripheral_problems"]}
     assert problems == {("id_card_reader", "fault"): 2, ("receipt_printer", "paper_out"): 1}
+
+
+def test_terminals_show_health_and_halls_count_warning_and_faulty_apart(
+    start_server: ServerFactory, terminals: TerminalFactory
+) -> None:
+    server = start_server()
+    hall = unique("Hall")
+    ok, low, jam = terminals(hall=hall), terminals(hall=hall), terminals(hall=hall)
+    ok.report([PRINTER_OK, READER_OK])
+    low.report([periph("printer", "receipt_printer", "paper_low"), READER_OK])
+    jam.report([periph("printer", "receipt_printer", "jam"), READER_OK])
+
+    def our_hall() -> dict[str, object] | None:
+        items = api(server, "/api/v1/halls").json()["items"]
+        mine = [h for h in items if h["hall"] == hall]
+        return mine[0] if mine and mine[0]["terminals"]["total"] == 3 else None
+
+    counts = wait_until(our_hall, what="the hall summary")["terminals"]
+    assert (counts["degraded"], counts["warning"], counts["faulty"]) == (2, 1, 1)
+    shown = {
+        item["id"]: (item["status"], item["health"])
+        for item in api(server, "/api/v1/terminals", hall=hall).json()["items"]
+    }
+    assert shown == {
+        ok.id: ("ok", "ok"),
+        low.id: ("degraded", "warning"),
+        jam.id: ("degraded", "faulty"),
+    }
+    assert api(server, f"/api/v1/terminals/{jam.id}").json()["health"] == "faulty"
 
 
 def test_unknown_terminal_is_a_404_json_error(start_server: ServerFactory) -> None:

@@ -49,6 +49,7 @@ def test_server_started_after_the_will_learns_the_offline_from_the_retained_mess
     t.vanish()
     server = start_server()
     wait_until(lambda: _state(server, t.id) == ("offline", "will"), what="retained will")
+    assert _state(server, t.id) == ("offline", "will")
 
 
 def test_terminal_that_stops_reporting_goes_offline_by_timeout_and_comes_back(

@@ -216,3 +216,45 @@ def test_write_failure_raises_storage_error_and_writes_nothing(tmp_path: Path) -
         assert s.load_fleet() == []
     finally:
         s.close()
+
+
+def test_nul_in_device_text_is_stored_as_a_replacement_char_and_never_blocks_the_batch(
+    storage: Storage,
+) -> None:
+    # The wire lets agent_version, fault_code and detail carry U+0000; PostgreSQL text cannot,
+    # and a refused batch is retried forever: one terminal would stop every write of the fleet.
+    nul = terminal(
+        agent_version="1.0\x00",
+        peripherals=(
+            PeripheralView(
+                "printer",
+                PeripheralKind.RECEIPT_PRINTER,
+                PeripheralCondition.JAM,
+                at(3),
+                fault_code="E\x001",
+                detail="jam\x00med",
+            ),
+        ),
+    )
+    other = terminal("T-2")
+    fault = Transition(
+        terminal_id="T-1",
+        subject="printer",
+        kind="receipt_printer",
+        from_state="ok",
+        to_state="jam",
+        occurred_at=at(2),
+        recorded_at=at(3),
+        fault_code="E\x001",
+    )
+    batch = WriteBatch(
+        terminals=[nul, other], peripheral_ids=frozenset({"T-1", "T-2"}), transitions=[fault]
+    )
+    storage.write(batch, now=at(6))
+    loaded = {v.id: v for v in storage.load_fleet()}
+    assert loaded["T-2"] == other
+    assert loaded["T-1"].agent_version == "1.0\ufffd"
+    [p] = loaded["T-1"].peripherals
+    assert (p.fault_code, p.detail) == ("E\ufffd1", "jam\ufffdmed")
+    [stored] = storage.history("T-1", 10)
+    assert stored.fault_code == "E\ufffd1"

@@ -193,3 +193,16 @@ def test_union_can_be_widened_with_another_spec_type_as_documented() -> None:
         "PcscProbeSpec",
         "UsbProbeSpec",
     ]
+
+
+def test_device_text_with_control_characters_is_put_on_one_printable_line() -> None:
+    from agent.probes.base import status_from_verdict
+    from protocol.messages import PeripheralCondition, PeripheralKind
+
+    status = status_from_verdict(
+        "a4_printer",
+        PeripheralKind.A4_PRINTER,
+        (PeripheralCondition.JAM, "E\x0012", "Paper jam\r\nin tray 2\x1b[0m"),
+    )
+    assert status.detail == "Paper jam in tray 2 [0m"
+    assert status.fault_code == "E 12"

@@ -51,7 +51,8 @@ times = st.datetimes(
     timezones=st.just(UTC),
 )
 seconds = st.floats(min_value=0, max_value=3e8, allow_nan=False, allow_infinity=False)
-short_text = st.text(max_size=40)
+printable = st.characters(blacklist_categories=("Cc", "Cs"))
+short_text = st.text(printable, max_size=40)
 
 
 @st.composite
@@ -62,7 +63,7 @@ def peripherals(draw: st.DrawFn) -> PeripheralStatus:
         name=draw(names),
         kind=kind,
         condition=draw(st.sampled_from(sorted(allowed))),
-        fault_code=draw(st.none() | st.text(min_size=1, max_size=16)),
+        fault_code=draw(st.none() | st.text(printable, min_size=1, max_size=16)),
         detail=draw(st.none() | short_text),
     )
 
@@ -74,11 +75,13 @@ def report_messages(draw: st.DrawFn) -> ReportMessage:
         hall=draw(labels),
         region=draw(labels),
         model=draw(labels),
-        agent_version=draw(st.text(min_size=1, max_size=12)),
+        agent_version=draw(st.text(printable, min_size=1, max_size=12)),
         uptime_s=draw(seconds),
         report_interval_s=draw(st.floats(min_value=0.01, max_value=86400)),
         peripherals=items,
-        software=draw(st.dictionaries(names, st.text(min_size=1, max_size=12), max_size=4)),
+        software=draw(
+            st.dictionaries(names, st.text(printable, min_size=1, max_size=12), max_size=4)
+        ),
     )
     return ReportMessage(
         schema="kf.report",
@@ -102,7 +105,9 @@ def event_messages(draw: st.DrawFn) -> EventMessage:
         )
     else:
         body = BootEvent(
-            type="boot", uptime_s=draw(seconds), agent_version=draw(st.text(min_size=1, max_size=8))
+            type="boot",
+            uptime_s=draw(seconds),
+            agent_version=draw(st.text(printable, min_size=1, max_size=8)),
         )
     return EventMessage(
         schema="kf.event",
@@ -341,6 +346,24 @@ def _without(path: list[str | int]) -> bytes:
         ),
         pytest.param(
             _mutated(["body", "peripherals", 0, "detail"], "d" * 257), "invalid", id="long-detail"
+        ),
+        pytest.param(
+            _mutated(["body", "peripherals", 1, "fault_code"], "E\u000017"),
+            "invalid",
+            id="nul-in-fault-code",
+        ),
+        pytest.param(
+            _mutated(["body", "peripherals", 0, "detail"], "line1\nline2"),
+            "invalid",
+            id="newline-in-detail",
+        ),
+        pytest.param(
+            _mutated(["body", "agent_version"], "1.0\u001b[31m"), "invalid", id="escape-in-version"
+        ),
+        pytest.param(
+            _mutated(["body", "software", "app"], "2.\u007f"),
+            "invalid",
+            id="del-in-software-version",
         ),
         pytest.param(b" " * (64 * 1024 + 1), "oversize", id="oversize"),
     ],
