@@ -154,7 +154,7 @@ def main() -> int:
                             f"--halls={HALLS}",
                             f"--broker={broker_url}",
                             "--report-interval=10",
-                            "--fault-rate=20",
+                            "--fault-rate=150",
                             "--id-prefix=DEMO",
                         ],
                         env=env,
