@@ -798,37 +798,41 @@ class FleetState:
     ) -> Transition | None:
         if t.online:
             return None
-        was_known = t.contribution is not None
-        t.online = True
-        t.state_since = received_at
-        t.offline_reason = None
-        return Transition(
-            terminal_id=t.tid,
-            subject=CONNECTIVITY,
-            kind=CONNECTIVITY,
-            from_state=TerminalState.OFFLINE.value if was_known else None,
-            to_state=TerminalState.ONLINE.value,
-            occurred_at=occurred_at,
-            recorded_at=received_at,
-            reason=reason,
-        )
+        return self._switch(t, True, None, reason, occurred_at, received_at)
 
     def _go_offline(
         self, t: _Terminal, reason: OfflineReason, occurred_at: datetime, received_at: datetime
     ) -> Transition:
+        return self._switch(t, False, reason, reason.value, occurred_at, received_at)
+
+    @staticmethod
+    def _switch(
+        t: _Terminal,
+        online: bool,
+        offline_reason: OfflineReason | None,
+        reason: str,
+        occurred_at: datetime,
+        received_at: datetime,
+    ) -> Transition:
+        """Set ``t``'s connectivity and return the transition (from None on first sighting)."""
         was_known = t.contribution is not None
-        t.online = False
+        t.online = online
         t.state_since = received_at
-        t.offline_reason = reason
+        t.offline_reason = offline_reason
+        to_state, from_state = (
+            (TerminalState.ONLINE, TerminalState.OFFLINE)
+            if online
+            else (TerminalState.OFFLINE, TerminalState.ONLINE)
+        )
         return Transition(
             terminal_id=t.tid,
             subject=CONNECTIVITY,
             kind=CONNECTIVITY,
-            from_state=TerminalState.ONLINE.value if was_known else None,
-            to_state=TerminalState.OFFLINE.value,
+            from_state=from_state.value if was_known else None,
+            to_state=to_state.value,
             occurred_at=occurred_at,
             recorded_at=received_at,
-            reason=reason.value,
+            reason=reason,
         )
 
     def _apply_state(

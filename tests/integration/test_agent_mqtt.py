@@ -102,6 +102,14 @@ def new_id() -> str:
     return f"T-{uuid.uuid4().hex[:10]}"
 
 
+def new_watched_id(broker: LocalBroker, subscribers: list[Subscriber]) -> tuple[str, Subscriber]:
+    """A fresh terminal id and a subscriber already watching its retained state topic."""
+    tid = new_id()
+    sub = Subscriber(broker.port, f"kf/v1/terminals/{tid}/state")
+    subscribers.append(sub)
+    return tid, sub
+
+
 def config_for(broker: LocalBroker, terminal_id: str, **overrides: object) -> AgentConfig:
     values: dict[str, object] = {
         "terminal_id": terminal_id,
@@ -227,9 +235,7 @@ def test_reports_arrive_every_interval_and_a_forced_fault_is_an_immediate_event(
 def test_an_abruptly_dropped_connection_leaves_the_offline_will_then_the_agent_comes_back(
     broker: LocalBroker, runtimes: list[AgentRuntime], subscribers: list[Subscriber]
 ) -> None:
-    tid = new_id()
-    sub = Subscriber(broker.port, f"kf/v1/terminals/{tid}/state")
-    subscribers.append(sub)
+    tid, sub = new_watched_id(broker, subscribers)
     runtime = start_agent(runtimes, config_for(broker, tid))
     wait_until(lambda: sub.states(), 5, "online")
 
@@ -248,9 +254,7 @@ def test_an_abruptly_dropped_connection_leaves_the_offline_will_then_the_agent_c
 def test_a_frozen_agent_is_declared_offline_within_one_and_a_half_keepalives(
     broker: LocalBroker, tmp_path: Path, subscribers: list[Subscriber]
 ) -> None:
-    tid = new_id()
-    sub = Subscriber(broker.port, f"kf/v1/terminals/{tid}/state")
-    subscribers.append(sub)
+    tid, sub = new_watched_id(broker, subscribers)
     proc = start_agent_process(tmp_path, broker, tid, "keepalive_s = 2\nreport_interval_s = 60\n")
     try:
         wait_until(lambda: sub.states(), 15, "the agent process to come online")
@@ -275,9 +279,7 @@ def test_a_frozen_agent_is_declared_offline_within_one_and_a_half_keepalives(
 def test_sigterm_stops_the_agent_process_with_a_shutdown_state(
     broker: LocalBroker, tmp_path: Path, subscribers: list[Subscriber]
 ) -> None:
-    tid = new_id()
-    sub = Subscriber(broker.port, f"kf/v1/terminals/{tid}/state")
-    subscribers.append(sub)
+    tid, sub = new_watched_id(broker, subscribers)
     proc = start_agent_process(tmp_path, broker, tid)
     try:
         wait_until(lambda: sub.states(), 15, "the agent process to come online")
@@ -323,9 +325,7 @@ def test_after_a_broker_restart_the_agent_resumes_its_session_and_is_online_agai
 def test_a_clean_stop_leaves_offline_with_reason_shutdown_and_no_will(
     broker: LocalBroker, runtimes: list[AgentRuntime], subscribers: list[Subscriber]
 ) -> None:
-    tid = new_id()
-    sub = Subscriber(broker.port, f"kf/v1/terminals/{tid}/state")
-    subscribers.append(sub)
+    tid, sub = new_watched_id(broker, subscribers)
     runtime = start_agent(runtimes, config_for(broker, tid))
     runtime.stop()
     runtimes.clear()
@@ -457,9 +457,7 @@ class TickBug(Agent):
 def test_a_loop_killed_by_an_error_closes_its_sockets_and_the_broker_sends_the_will(
     broker: LocalBroker, subscribers: list[Subscriber]
 ) -> None:
-    tid = new_id()
-    sub = Subscriber(broker.port, f"kf/v1/terminals/{tid}/state")
-    subscribers.append(sub)
+    tid, sub = new_watched_id(broker, subscribers)
     config = config_for(broker, tid, keepalive_s=60)  # no keepalive will within the test
     connection = MqttConnection(ConnectionSettings.from_config(config))
     agent = TickBug(config, [], connection, SystemClock(), "0f0e0d0c-test", float)

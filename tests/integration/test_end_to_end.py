@@ -61,6 +61,14 @@ def _terminal(server: Any, terminal_id: str) -> dict[str, Any] | None:
     return body
 
 
+def _wait_state(server: Any, terminal_id: str, state: str, timeout: float, what: str) -> None:
+    wait_until(
+        lambda: (t := _terminal(server, terminal_id)) and t["state"] == state,
+        timeout,
+        what,
+    )
+
+
 @pytest.fixture
 def agent_process(tmp_path: Path, broker: LocalBroker) -> Iterator[Any]:
     """Start ``kioskfleet agent --config`` subprocesses; kill whatever is left at teardown."""
@@ -143,19 +151,11 @@ def test_killed_agent_is_marked_offline_by_its_will_within_one_and_a_half_keepal
     server = start_server()
     terminal_id = unique("E2E-KILL")
     proc = agent_process(terminal_id)
-    wait_until(
-        lambda: (t := _terminal(server, terminal_id)) and t["state"] == "online",
-        15,
-        "the agent online",
-    )
+    _wait_state(server, terminal_id, "online", 15, "the agent online")
     before = metric(server, "kioskfleet_terminals_offline_detected_total", reason="will")
     proc.kill()  # the kernel closes the TCP connection; the broker publishes the will
     # keepalive is 2 s: the will must land well within 1.5 x keepalive = 3 s.
-    wait_until(
-        lambda: (t := _terminal(server, terminal_id)) and t["state"] == "offline",
-        3.0,
-        "offline by will",
-    )
+    _wait_state(server, terminal_id, "offline", 3.0, "offline by will")
     assert (
         metric(server, "kioskfleet_terminals_offline_detected_total", reason="will") == before + 1
     )
@@ -167,27 +167,15 @@ def test_frozen_agent_goes_offline_by_heartbeat_timeout(
     server = start_server()
     terminal_id = unique("E2E-FROZEN")
     proc = agent_process(terminal_id)
-    wait_until(
-        lambda: (t := _terminal(server, terminal_id)) and t["state"] == "online",
-        15,
-        "the agent online",
-    )
+    _wait_state(server, terminal_id, "online", 15, "the agent online")
     before = metric(server, "kioskfleet_terminals_offline_detected_total", reason="timeout")
     os.kill(proc.pid, signal.SIGSTOP)  # TCP stays open; the agent just stops talking
     # 3 missed reports at 0.5 s: the server's timeout fires long before the broker's keepalive.
-    wait_until(
-        lambda: (t := _terminal(server, terminal_id)) and t["state"] == "offline",
-        5.0,
-        "offline by heartbeat timeout",
-    )
+    _wait_state(server, terminal_id, "offline", 5.0, "offline by heartbeat timeout")
     assert (
         metric(server, "kioskfleet_terminals_offline_detected_total", reason="timeout")
         == before + 1
     )
     os.kill(proc.pid, signal.SIGCONT)
     # Thawed, it reports again and comes back online.
-    wait_until(
-        lambda: (t := _terminal(server, terminal_id)) and t["state"] == "online",
-        10,
-        "online again after thawing",
-    )
+    _wait_state(server, terminal_id, "online", 10, "online again after thawing")

@@ -55,6 +55,16 @@ printable = st.characters(blacklist_categories=("Cc", "Cs"))
 short_text = st.text(printable, max_size=40)
 
 
+def _envelope(draw: st.DrawFn) -> dict[str, Any]:
+    """The envelope fields every schema shares."""
+    return {
+        "terminal_id": draw(terminal_ids),
+        "boot_id": draw(boot_ids),
+        "seq": draw(seqs),
+        "sent_at": draw(times),
+    }
+
+
 @st.composite
 def peripherals(draw: st.DrawFn) -> PeripheralStatus:
     kind = draw(st.sampled_from(list(PeripheralKind)))
@@ -86,10 +96,7 @@ def report_messages(draw: st.DrawFn) -> ReportMessage:
     return ReportMessage(
         schema="kf.report",
         version=1,
-        terminal_id=draw(terminal_ids),
-        boot_id=draw(boot_ids),
-        seq=draw(seqs),
-        sent_at=draw(times),
+        **_envelope(draw),
         body=body,
     )
 
@@ -112,10 +119,7 @@ def event_messages(draw: st.DrawFn) -> EventMessage:
     return EventMessage(
         schema="kf.event",
         version=1,
-        terminal_id=draw(terminal_ids),
-        boot_id=draw(boot_ids),
-        seq=draw(seqs),
-        sent_at=draw(times),
+        **_envelope(draw),
         body=body,
     )
 
@@ -125,10 +129,7 @@ def state_messages(draw: st.DrawFn) -> StateMessage:
     return StateMessage(
         schema="kf.state",
         version=1,
-        terminal_id=draw(terminal_ids),
-        boot_id=draw(boot_ids),
-        seq=draw(seqs),
-        sent_at=draw(times),
+        **_envelope(draw),
         body=StateBody(
             state=draw(st.sampled_from(list(TerminalState))),
             reason=draw(st.sampled_from(["connect", "shutdown", "connection_lost"])),
