@@ -179,6 +179,9 @@ class ReportBody(_Strict):
     report_interval_s: Annotated[float, Field(gt=0, le=86400, allow_inf_nan=False)]
     peripherals: Annotated[list[PeripheralStatus], Field(max_length=32)]
     software: Annotated[dict[Name, Version], Field(max_length=32)] = {}
+    # Periodic reports the agent's outbox dropped (oldest first, when full) since
+    # this boot_id's stream began: cumulative, so a lost report does not lose the count.
+    dropped_reports: Annotated[int, Field(ge=0, le=2**53)] = 0
 
     @model_validator(mode="after")
     def _unique_peripheral_names(self) -> ReportBody:
