@@ -32,6 +32,7 @@ lint: $(STAMP)
 bench: setup
 	$(PY) bench/ingest.py
 	$(PY) bench/scrape.py
+	$(PY) bench/outbox.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache var

@@ -2,15 +2,20 @@
 
 ``Agent`` reads its probes when asked (``tick(now)``), turns condition changes
 into ``peripheral_changed`` events, sends the full report every
-``report_interval_s`` while connected and once more on every connect, and
-builds the retained ``online``/``offline`` state messages. It owns the
-per-boot ``seq``: reports and events take the next number (from 1); state
-messages carry the last number assigned and take none.
+``report_interval_s`` (connected or not: while offline the reports wait in the
+outbox) and once more on every connect, and builds the retained
+``online``/``offline`` state messages. It owns the stream's ``seq``: reports
+and events take the next number, continuing after ``last_seq`` (what the
+durable outbox stored before this process started); state messages carry the
+last number assigned and take none. Every report carries ``dropped_reports``,
+read from an injected provider (the outbox's cumulative count).
 
 Everything leaves through the ``Outbound`` port as ``(topic, payload,
-retain)``, always QoS 1. The MQTT connection is the real adapter; a durable
-outbox can later sit between the two, implementing the same port, without
-this module changing. ``RecordingOutbound`` is the fake for tests.
+retain, seq)``, always QoS 1; ``seq`` is None for ``state`` messages. The
+``OutboxSender`` (agent/outbox_sender.py) is the real port: it stores stream
+messages first and forwards them to the MQTT connection. The connection
+itself also implements the port (an agent without an outbox).
+``RecordingOutbound`` is the fake for tests.
 
 Time comes in as ``now`` (monotonic seconds) and from the injected ``Clock``
 (for ``sent_at``). A message that cannot be built (a wall clock outside the
@@ -92,11 +97,15 @@ class OutboundFullError(OutboundError):
 class Outbound(Protocol):
     """Where the agent's messages go. Always QoS 1; ``retain`` only for ``state``.
 
-    ``publish`` must not block: it accepts the message (sending it now or
-    queueing it until the broker is reachable) or raises OutboundError.
+    ``seq`` is the stream seq of a report, event or update (None for ``state``).
+    ``publish`` must not block: it accepts the message (storing it, sending it
+    now or queueing it until the broker is reachable) or raises OutboundError.
+    Its return value is ignored.
     """
 
-    def publish(self, topic: str, payload: bytes, retain: bool) -> None: ...
+    def publish(
+        self, topic: str, payload: bytes, retain: bool, *, seq: int | None = None
+    ) -> object: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +115,7 @@ class Published:
     topic: str
     payload: bytes
     retain: bool
+    seq: int | None = None
 
 
 class RecordingOutbound:
@@ -115,10 +125,10 @@ class RecordingOutbound:
         self.published: list[Published] = []
         self.refuse: OutboundError | None = None
 
-    def publish(self, topic: str, payload: bytes, retain: bool) -> None:
+    def publish(self, topic: str, payload: bytes, retain: bool, *, seq: int | None = None) -> None:
         if self.refuse is not None:
             raise self.refuse
-        self.published.append(Published(topic, payload, retain))
+        self.published.append(Published(topic, payload, retain, seq))
 
     def on(self, channel: Channel) -> list[Published]:
         """The messages sent on ``channel`` (by topic suffix), in order."""
@@ -149,11 +159,21 @@ class Agent:
         clock: Clock,
         boot_id: str,
         uptime: Callable[[], float],
+        *,
+        last_seq: int = 0,
+        dropped_reports: Callable[[], int] | None = None,
     ) -> None:
-        """Raises ValueError for invalid, repeated or too many probe names, or a ``boot_id``
-        the envelope would refuse (it must be 8..64 letters, digits and dashes)."""
+        """``boot_id`` and ``last_seq`` name the stream to continue (the outbox's).
+
+        ``dropped_reports`` returns the cumulative number of reports the outbox
+        dropped (0 without one). Raises ValueError for invalid, repeated or too
+        many probe names, a negative ``last_seq``, or a ``boot_id`` the envelope
+        would refuse (it must be 8..64 letters, digits and dashes).
+        """
         if not _BOOT_ID_RE.match(boot_id):
             raise ValueError(f"invalid boot id {boot_id!r}")
+        if last_seq < 0:
+            raise ValueError(f"invalid last seq {last_seq}")
         names = [p.name for p in probes]
         if len(names) > _MAX_PROBES:
             raise ValueError(f"at most {_MAX_PROBES} probes per terminal")
@@ -172,7 +192,8 @@ class Agent:
         self._state_topic = topic(config.terminal_id, Channel.STATE)
         self._report_topic = topic(config.terminal_id, Channel.REPORT)
         self._event_topic = topic(config.terminal_id, Channel.EVENT)
-        self._seq = 0
+        self._seq = last_seq
+        self._dropped_reports = dropped_reports or _none_dropped
         self._statuses: dict[str, PeripheralStatus] = {}
         self._probe_failures: dict[str, str] = {}
         self._connected = False
@@ -190,7 +211,7 @@ class Agent:
 
     @property
     def seq(self) -> int:
-        """The last sequence number assigned (0 before the first report or event)."""
+        """The last sequence number assigned (``last_seq`` before the first report or event)."""
         return self._seq
 
     @property
@@ -239,8 +260,8 @@ class Agent:
     def tick(self, now: float) -> float:
         """Do whatever is due at ``now``: read probes, send a report. Returns ``next_due``.
 
-        A periodic report falls due while disconnected is skipped, not queued:
-        the report sent on the next connect supersedes it.
+        Reports are produced on schedule whether connected or not (offline,
+        they wait in the outbox and drain in order after the reconnect).
         """
         if self._stopped or not self._started:
             return self.next_due
@@ -248,8 +269,7 @@ class Agent:
             self._read_probes(announce=True)
             self._next_probe = _next_slot(self._next_probe, self._config.probe_interval_s, now)
         if now >= self._next_report:
-            if self._connected:
-                self._send_report()
+            self._send_report()
             self._next_report = _next_slot(self._next_report, self._config.report_interval_s, now)
         return self.next_due
 
@@ -269,7 +289,7 @@ class Agent:
         self._send_report()
 
     def on_disconnected(self) -> None:
-        """The connection is gone; periodic reports pause until the next connect."""
+        """The connection is gone (reports go on; the outbox keeps them)."""
         self._connected = False
 
     def will_message(self) -> bytes:
@@ -364,7 +384,7 @@ class Agent:
             self._unbuildable(body.type, exc)
             return
         self._seq = seq
-        if self._publish(self._event_topic, encode(message), retain=False, what=body.type):
+        if self._publish(self._event_topic, encode(message), retain=False, what=body.type, seq=seq):
             self.stats.events += 1
 
     def _send_report(self) -> None:
@@ -374,7 +394,9 @@ class Agent:
             self._unbuildable("report", exc)
             return
         self._seq = message.seq
-        if self._publish(self._report_topic, encode(message), retain=False, what="report"):
+        if self._publish(
+            self._report_topic, encode(message), retain=False, what="report", seq=message.seq
+        ):
             self.stats.reports += 1
 
     def _report_message(self, seq: int) -> ReportMessage:
@@ -394,8 +416,16 @@ class Agent:
                 uptime_s=self._uptime_s(),
                 report_interval_s=config.report_interval_s,
                 peripherals=list(self._statuses.values()),
+                dropped_reports=self._dropped_count(),
             ),
         )
+
+    def _dropped_count(self) -> int:
+        try:
+            value = int(self._dropped_reports())
+        except Exception:  # noqa: BLE001 - a failing counter must not stop a report
+            return 0
+        return min(max(value, 0), 2**53)
 
     def _state_message(self, state: TerminalState, reason: _StateReason) -> StateMessage:
         config = self._config
@@ -433,9 +463,11 @@ class Agent:
             log.warning("%s: %s message dropped: %s", self._terminal_id, what, reason)
             self.stats.last_drop = reason
 
-    def _publish(self, topic_name: str, payload: bytes, *, retain: bool, what: str) -> bool:
+    def _publish(
+        self, topic_name: str, payload: bytes, *, retain: bool, what: str, seq: int | None = None
+    ) -> bool:
         try:
-            self._outbound.publish(topic_name, payload, retain)
+            self._outbound.publish(topic_name, payload, retain, seq=seq)
         except OutboundError as exc:
             self.stats.dropped += 1
             if self.stats.last_drop != str(exc):
@@ -443,6 +475,10 @@ class Agent:
                 self.stats.last_drop = str(exc)
             return False
         return True
+
+
+def _none_dropped() -> int:
+    return 0
 
 
 def _next_slot(previous: float, interval: float, now: float) -> float:

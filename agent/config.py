@@ -13,7 +13,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -34,6 +34,7 @@ __all__ = [
     "AgentConfigError",
     "AgentLimits",
     "BrokerAddress",
+    "OutboxConfig",
     "load_agent_config",
     "parse_broker_url",
 ]
@@ -107,6 +108,27 @@ class AgentLimits(BaseModel):
     """Connection attempts awaiting CONNACK at once in one loop (mosquitto's backlog is 100)."""
 
 
+class OutboxConfig(BaseModel):
+    """The durable outbox: where it lives, its quota, and how a backlog drains."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path = Path("/var/lib/kioskfleet/outbox.sqlite")
+    """The SQLite file (WAL); its directory is created if missing."""
+    max_messages: Annotated[int, Field(ge=1, le=10_000_000)] = 10_000
+    """Messages kept per terminal; beyond it the oldest reports are dropped (and counted)."""
+    max_bytes: Annotated[int, Field(ge=1024, le=2**40)] = 16 * 2**20
+    """Payload bytes kept per terminal; beyond it the oldest reports are dropped too."""
+    drain_rate_per_s: Annotated[float, Field(gt=0, le=100_000)] = 20.0
+    """Messages per second handed to the broker while a backlog drains (token bucket)."""
+    drain_burst: Annotated[int, Field(ge=1, le=100_000)] = 50
+    """Messages that may go at once (the bucket's size): normal traffic never waits."""
+    drain_jitter_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    """After a (re)connect that finds a backlog, wait uniform(0, this) before draining."""
+    synchronous: Literal["full", "normal"] = "full"
+    """SQLite's synchronous: full survives a power loss, normal only a process kill."""
+
+
 class AgentConfig(BaseSettings):
     """Everything one terminal agent needs to know; see docs/agent.md for each field."""
 
@@ -134,6 +156,7 @@ class AgentConfig(BaseSettings):
     probes: Annotated[list[ProbeSpec], Field(max_length=32)] = []
     agent_version: Annotated[str, Field(min_length=1, max_length=32)] = __version__
     limits: AgentLimits = AgentLimits()
+    outbox: OutboxConfig = OutboxConfig()
 
     @field_validator("terminal_id")
     @classmethod

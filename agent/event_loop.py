@@ -6,14 +6,18 @@ from one heap of (time, pair) entries: agent ticks at ``Agent.next_due`` and
 connection housekeeping at ``MqttConnection.next_service_at``, (3) starts
 connection attempts while fewer than ``max_connecting`` await their CONNACK
 (mosquitto's listen backlog is 100: a burst beyond it loses SYNs and costs
-each a one-second retransmit), (4) waits in ``selector.select`` until the next
+each a one-second retransmit), (4) pumps each terminal's ``OutboxSender``
+when it has work (``next_due``: window, drain rate, jitter), (5) waits in ``selector.select`` until the next
 due time and hands readable/writable sockets to their connection. No thread
 per terminal, no scan of all pairs per iteration, and never paho's
 ``select()``-based loop (it fails silently for descriptors >= 1024).
 
-A stop (``request_stop``, thread-safe) is clean: every agent publishes its
-retained ``offline``/``shutdown`` state, the loop waits a bounded time for the
-PUBACKs of what was published, then sends DISCONNECT on every session.
+A stop (``request_stop``, thread-safe) is clean: every sender stops handing
+new messages (what is not handed stays in the outbox for the next start),
+every agent publishes its retained ``offline``/``shutdown`` state, the loop
+waits a bounded time for the PUBACKs of what was published, then sends
+DISCONNECT on every session. ``request_abort`` ends the loop as a crash
+would: sockets closed without DISCONNECT, nothing waited for.
 
 This module never imports paho and never decides what a terminal reports.
 """
@@ -34,6 +38,7 @@ from typing import Final
 
 from agent.agent import Agent
 from agent.mqtt_connection import MqttConnection
+from agent.outbox_sender import OutboxSender
 
 __all__ = ["EventLoop", "LoopPair"]
 
@@ -41,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _TICK: Final = 0
 _SERVICE: Final = 1
+_PUMP: Final = 2
 _MAX_WAIT_S: Final = 1.0
 _DISCONNECT_WAIT_S: Final = 2.0
 
@@ -54,7 +60,9 @@ class LoopPair:
         "connection",
         "fd",
         "first_report_in",
+        "pump_at",
         "queued",
+        "sender",
         "service_at",
         "tick_at",
         "writing",
@@ -66,10 +74,13 @@ class LoopPair:
         agent: Agent,
         connection: MqttConnection,
         first_report_in: float | None,
+        sender: OutboxSender | None = None,
     ) -> None:
         self._loop = loop
         self.agent = agent
         self.connection = connection
+        self.sender = sender
+        self.pump_at = math.inf
         self.first_report_in = first_report_in
         self.fd: int | None = None
         self.writing = False
@@ -83,6 +94,31 @@ class LoopPair:
 
     def socket_closed(self, fd: int) -> None:
         self._loop._unregister(self, fd)
+
+
+class _SenderSession:
+    """The session listener of a pair with an outbox: the sender hears first, then the agent.
+
+    On connect the sender decides on its drain delay before the agent adds its
+    connect report, so only what waited before the connect counts as a backlog.
+    """
+
+    __slots__ = ("_agent", "_sender")
+
+    def __init__(self, sender: OutboxSender, agent: Agent) -> None:
+        self._sender = sender
+        self._agent = agent
+
+    def on_connected(self) -> None:
+        self._sender.on_connected()
+        self._agent.on_connected()
+
+    def on_disconnected(self) -> None:
+        self._sender.on_disconnected()
+        self._agent.on_disconnected()
+
+    def will_message(self) -> bytes:
+        return self._agent.will_message()
 
 
 class EventLoop:
@@ -110,6 +146,7 @@ class EventLoop:
         self._calls: deque[Callable[[], None]] = deque()
         self._calls_lock = threading.Lock()
         self._stop_requested = threading.Event()
+        self._abort_requested = False
         self._running = False
         self._stopping = False
         self._wake_r, self._wake_w = socket.socketpair()
@@ -120,9 +157,14 @@ class EventLoop:
     # -- setting up ----------------------------------------------------------------
 
     def add(
-        self, agent: Agent, connection: MqttConnection, *, first_report_in: float | None = None
+        self,
+        agent: Agent,
+        connection: MqttConnection,
+        *,
+        first_report_in: float | None = None,
+        sender: OutboxSender | None = None,
     ) -> LoopPair:
-        """Add a terminal before ``run``.
+        """Add a terminal before ``run``; ``sender`` is the agent's outbound port if it has an outbox.
 
         Raises RuntimeError once the loop runs, ValueError on a repeated id or
         when the connection's client id is not the agent's terminal id.
@@ -136,8 +178,11 @@ class EventLoop:
             )
         if agent.terminal_id in self._by_id:
             raise ValueError(f"terminal {agent.terminal_id} is already in the loop")
-        pair = LoopPair(self, agent, connection, first_report_in)
-        connection.attach(agent, pair)
+        pair = LoopPair(self, agent, connection, first_report_in, sender)
+        if sender is None:
+            connection.attach(agent, pair)
+        else:
+            connection.attach(_SenderSession(sender, agent), pair, sender.on_delivered)
         self._pairs.append(pair)
         self._by_id[agent.terminal_id] = pair
         return pair
@@ -173,6 +218,14 @@ class EventLoop:
         self._stop_requested.set()
         self._wake()
 
+    def request_abort(self) -> None:
+        """End ``run`` as a crash would: close every socket without DISCONNECT (the broker
+        sends the wills), wait for nothing. Unsent and unacknowledged stream messages stay
+        in the outbox. Thread-safe. For tests and a hard stop."""
+        self._abort_requested = True
+        self._stop_requested.set()
+        self._wake()
+
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
             self._wake_w.send(b"\0")
@@ -194,10 +247,15 @@ class EventLoop:
                 self._schedule_tick(
                     pair, pair.agent.start(now, first_report_in=pair.first_report_in)
                 )
+                if pair.sender is not None:
+                    pair.sender.mark_started()
                 self._after(pair)
             while not self._stop_requested.is_set() and self._monotonic() < deadline:
                 self._iterate(deadline)
-            self._shutdown()
+            if self._abort_requested:
+                self._abandon()
+            else:
+                self._shutdown()
         except BaseException:
             self._abandon()
             raise
@@ -248,6 +306,12 @@ class EventLoop:
                     continue  # superseded
                 pair.tick_at = math.inf
                 self._schedule_tick(pair, pair.agent.tick(now))
+            elif kind == _PUMP:
+                if when != pair.pump_at:
+                    continue
+                pair.pump_at = math.inf
+                if pair.sender is not None:
+                    pair.sender.pump(now)
             else:
                 if when != pair.service_at:
                     continue
@@ -298,6 +362,11 @@ class EventLoop:
             self._push(when, _SERVICE, pair)
         if pair.agent.next_due < pair.tick_at:
             self._schedule_tick(pair, pair.agent.next_due)
+        if pair.sender is not None:
+            due = pair.sender.next_due()
+            if due < pair.pump_at:
+                pair.pump_at = due
+                self._push(due, _PUMP, pair)
 
     def _push(self, when: float, kind: int, pair: LoopPair) -> None:
         self._counter += 1
@@ -323,6 +392,8 @@ class EventLoop:
         self._stopping = True
         self._connect_queue.clear()
         for pair in self._pairs:
+            if pair.sender is not None:
+                pair.sender.stop()
             pair.agent.stop()
             if not pair.connection.connected:
                 pair.connection.close()

@@ -7,10 +7,11 @@ so tests can run a real agent in a thread, reach its connection and stop it.
 The probes are read by a ``ProbeReader`` in a thread of their own: a device
 that takes its whole timeout to answer never stalls the MQTT session.
 
-The envelope's ``boot_id`` is the kernel's boot id plus a random suffix drawn
-at every agent start: ``seq`` restarts at 1 whenever the agent process
-restarts, so the id must change with it or the server would take the new
-messages for duplicates of the old ones.
+Stream messages go through the durable outbox (``[outbox] path``): the
+envelope's ``boot_id`` and the next ``seq`` come from it, so an agent restart
+continues the same stream and re-sends what the broker never acknowledged.
+If the outbox cannot be opened at all (unwritable disk), the agent logs an
+error and runs with an in-memory outbox: a fresh random stream, not durable.
 
 Nothing here decides what is reported; this module only builds and starts.
 """
@@ -18,7 +19,6 @@ Nothing here decides what is reported; this module only builds and starts.
 from __future__ import annotations
 
 import logging
-import secrets
 import signal
 import sys
 import threading
@@ -32,12 +32,14 @@ from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig, AgentConfigError, load_agent_config
 from agent.event_loop import EventLoop
 from agent.mqtt_connection import ConnectionSettings, ConnectionSetupError, MqttConnection
+from agent.outbox import Outbox, OutboxError
+from agent.outbox_sender import OutboxSender, SenderSettings
 from agent.probe_reader import ProbeReader
 from agent.probes.base import Probe
 from agent.probes.factory import build_probes
-from agent.probes.system import SystemReadError, read_boot_id, read_uptime_s
+from agent.probes.system import SystemReadError, read_uptime_s
 
-__all__ = ["AgentRuntime", "agent_boot_id", "run_agent"]
+__all__ = ["AgentRuntime", "open_outbox", "run_agent", "sender_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +48,35 @@ EXIT_SETUP = 1
 EXIT_CONFIG = 2
 
 
-def agent_boot_id() -> str:
-    """The kernel's boot id (a random UUID if unreadable) plus a per-start random suffix."""
+def open_outbox(config: AgentConfig) -> Outbox:
+    """The outbox ``config.outbox`` names; an in-memory one (logged as an error) if it cannot open."""
+    spec = config.outbox
     try:
-        kernel = read_boot_id()
-    except SystemReadError as exc:
-        log.warning("no kernel boot id (%s); using a random one", exc)
-        kernel = secrets.token_hex(16)
-    return f"{kernel[:55]}-{secrets.token_hex(4)}"
+        return Outbox(
+            spec.path,
+            synchronous=spec.synchronous,
+            max_messages=spec.max_messages,
+            max_bytes=spec.max_bytes,
+        )
+    except OutboxError as exc:
+        log.error(
+            "%s; running with an in-memory outbox: nothing queued survives a restart, "
+            "and the stream starts anew",
+            exc,
+        )
+        return Outbox.in_memory(max_messages=spec.max_messages, max_bytes=spec.max_bytes)
+
+
+def sender_settings(config: AgentConfig) -> SenderSettings:
+    """The sender's limits from the agent's config."""
+    spec = config.outbox
+    return SenderSettings(
+        max_inflight=config.limits.max_inflight_messages,
+        drain_rate_per_s=spec.drain_rate_per_s,
+        drain_burst=spec.drain_burst,
+        drain_jitter_s=spec.drain_jitter_s,
+        max_memory=config.limits.max_queued_messages,
+    )
 
 
 class _Uptime:
@@ -82,11 +105,19 @@ class AgentRuntime:
         *,
         probes: Sequence[Probe] | None = None,
         clock: Clock | None = None,
-        boot_id: str | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
-        """Raises ValueError for bad probe specs or boot id, ConnectionSetupError for unusable TLS files."""
+        """``outbox`` defaults to the one ``config.outbox`` names (see ``open_outbox``).
+
+        Raises ValueError for bad probe specs, ConnectionSetupError for unusable
+        TLS files, OutboxError if the outbox cannot be read.
+        """
         self.config = config
         self.connection = MqttConnection(ConnectionSettings.from_config(config))
+        self.outbox = outbox if outbox is not None else open_outbox(config)
+        self.sender = OutboxSender(
+            self.outbox, config.terminal_id, self.connection, sender_settings(config)
+        )
         self.probe_reader = ProbeReader(
             build_probes(config.probes) if probes is None else probes,
             config.probe_interval_s,
@@ -95,23 +126,31 @@ class AgentRuntime:
         self.agent = Agent(
             config,
             self.probe_reader.probes,
-            self.connection,
+            self.sender,
             clock or SystemClock(),
-            boot_id or agent_boot_id(),
+            self.sender.boot_id,
             _Uptime(),
+            last_seq=self.sender.last_seq,
+            dropped_reports=self.sender.dropped_reports,
         )
         self.loop = EventLoop(max_connecting=1, shutdown_timeout_s=config.limits.shutdown_timeout_s)
-        self.loop.add(self.agent, self.connection)
+        self.loop.add(self.agent, self.connection, sender=self.sender)
         self._thread: threading.Thread | None = None
 
     def run(self, duration_s: float | None = None) -> None:
         """Run in this thread until ``stop``/``request_stop`` (or ``duration_s``), then stop cleanly."""
+        stream = self.sender.stream
         log.info(
-            "agent %s (version %s) reporting to %s every %.0f s",
+            "agent %s (version %s) reporting to %s every %.0f s; outbox %s, stream %s from seq %d, "
+            "%d message(s) waiting",
             self.config.terminal_id,
             self.config.agent_version,
             self.config.broker_url,
             self.config.report_interval_s,
+            self.outbox.path,
+            stream.boot_id,
+            stream.last_seq + 1,
+            stream.pending,
         )
         self.probe_reader.start()
         try:
@@ -129,8 +168,27 @@ class AgentRuntime:
         self._thread.start()
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Stop cleanly and wait for the background thread. Raises TimeoutError if it hangs."""
+        """Stop cleanly and wait for the background thread. Raises TimeoutError if it hangs.
+
+        Waits up to ``limits.shutdown_timeout_s`` for the PUBACKs of what is in
+        flight; unacknowledged rows stay in the outbox for the next start.
+        """
         self.request_stop()
+        self._join(timeout)
+
+    def abort(self, timeout: float = 15.0) -> None:
+        """Stop as a crash would (no offline state, no DISCONNECT, no wait for PUBACKs).
+
+        The outbox keeps whatever was not acknowledged. Raises TimeoutError if the loop hangs.
+        """
+        self.loop.request_abort()
+        self._join(timeout)
+
+    def close(self) -> None:
+        """Close the outbox (after the loop ended)."""
+        self.outbox.close()
+
+    def _join(self, timeout: float) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -146,7 +204,7 @@ def run_agent(config_path: Path | None) -> int:
         return EXIT_CONFIG
     try:
         runtime = AgentRuntime(config)
-    except (ValueError, ConnectionSetupError) as exc:
+    except (ValueError, ConnectionSetupError, OutboxError) as exc:
         print(f"kioskfleet agent: cannot start: {exc}", file=sys.stderr)
         return EXIT_SETUP
 
@@ -160,5 +218,6 @@ def run_agent(config_path: Path | None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        runtime.close()
     log.info("agent %s stopped", config.terminal_id)
     return EXIT_OK

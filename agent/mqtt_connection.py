@@ -4,8 +4,11 @@
 client id = terminal id, ``clean_start=False`` with a Session Expiry Interval
 (a persistent session), QoS 1 for everything, and the retained ``offline``
 state registered as the will before every connection attempt. It implements
-the agent's ``Outbound`` port (``publish``) and tells a ``SessionListener``
-(the Agent) when the session comes up or goes away.
+the agent's ``Outbound`` port (``publish``, which returns paho's message id)
+and tells a ``SessionListener`` (the Agent, or the outbox sender in front of
+it) when the session comes up or goes away, and a delivery callback
+``delivered(mid, ok)`` when a PUBACK arrives (``ok`` false for a failure
+reason code), so the outbox removes exactly the acknowledged row.
 
 It never runs a thread and never blocks on the network except for the TCP
 (and TLS) connect itself, which is bounded by ``connect_timeout_s``. An
@@ -254,6 +257,8 @@ class MqttConnection:
         self._closed_by_paho = False
         self._close_reason = ""
         self._drop_error: MqttConnectionError | None = None  # why we dropped the socket ourselves
+        self._delivered: Callable[[int, bool], None] | None = None
+        self._deliveries: list[tuple[int, bool]] = []
         self._client = self._make_client()
 
     def _make_client(self) -> paho.Client:
@@ -290,10 +295,20 @@ class MqttConnection:
 
     # -- wiring ----------------------------------------------------------------
 
-    def attach(self, listener: SessionListener, watcher: SocketWatcher | None = None) -> None:
-        """Set who hears about the session, and who (un)registers the socket."""
+    def attach(
+        self,
+        listener: SessionListener,
+        watcher: SocketWatcher | None = None,
+        delivered: Callable[[int, bool], None] | None = None,
+    ) -> None:
+        """Set who hears about the session, who (un)registers the socket, and who hears PUBACKs.
+
+        ``delivered(mid, ok)`` is called outside paho's code, once per PUBACK,
+        with the id ``publish`` returned.
+        """
         self._listener = listener
         self._watcher = watcher
+        self._delivered = delivered
 
     @property
     def settings(self) -> ConnectionSettings:
@@ -324,9 +339,10 @@ class MqttConnection:
 
     # -- the Outbound port -----------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, retain: bool) -> None:
-        """Send at QoS 1 now, or queue in memory until the session is back.
+    def publish(self, topic: str, payload: bytes, retain: bool, *, seq: int | None = None) -> int:
+        """Send at QoS 1 now, or queue in memory until the session is back. Returns the message id.
 
+        ``seq`` is accepted for the ``Outbound`` port and not used here.
         Raises OutboundFullError when ``max_queued_messages`` are already
         waiting, OutboundError if paho refuses the message itself or ``topic``
         is not one of this terminal's (its id is not the client id).
@@ -347,6 +363,7 @@ class MqttConnection:
             raise OutboundFullError(self._settings.max_queued_messages, topic=topic)
         # SUCCESS, NO_CONN and CONN_LOST all leave the message queued for (re)sending.
         self.stats.published += 1
+        return int(info.mid)
 
     def pending_acks(self) -> int:
         """Messages accepted by ``publish`` whose PUBACK has not arrived yet."""
@@ -502,6 +519,8 @@ class MqttConnection:
             )
         else:
             self.stats.acked += 1
+        if self._delivered is not None:
+            self._deliveries.append((int(mid), not reason_code.is_failure))
 
     def _paho_on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self._watcher is not None:
@@ -529,6 +548,10 @@ class MqttConnection:
 
     def _settle(self, now: float) -> None:
         """Act on what paho reported during the last call, outside paho's own code."""
+        if self._deliveries and self._delivered is not None:
+            deliveries, self._deliveries = self._deliveries, []
+            for mid, ok in deliveries:
+                self._delivered(mid, ok)
         if self._refused is not None:
             refused, self._refused = self._refused, None
             if self._closed_by_paho:  # paho closed the socket itself (MQTT v5 refusals)

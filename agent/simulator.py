@@ -7,8 +7,15 @@ hall ``hall-{h:02d}`` (round-robin over ``halls``), whose region is
 ``region-{r}`` (halls round-robin over ``regions``); odd terminals are model
 ``KF-200`` (receipt printer, ID-card reader, QR scanner), even ones ``KF-300``
 (plus an A4 printer). Scenario probes are seeded from ``seed`` and the id, so
-a run's incidents are reproducible; boot ids are fresh at every run, as after
-a real restart.
+a run's incidents are reproducible.
+
+Every terminal's stream messages go through one durable outbox file per
+process (``outbox_path``; by default a new file in a temporary directory;
+with ``processes > 1`` worker ``n`` uses ``<path>.<n>``), with SQLite
+``synchronous=normal`` (survives a killed process, not a power loss).
+Restarting a simulation on the same file with the same ids continues each
+terminal's stream (same ``boot_id``, next ``seq``) and re-sends what the
+broker never acknowledged.
 
 ``Simulation`` is the in-process handle used by tests and benchmarks: start it
 in a background thread, force a terminal's peripheral into a condition, read
@@ -27,19 +34,22 @@ import multiprocessing
 import random
 import resource
 import signal
+import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 from agent.agent import Agent
 from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig, parse_broker_url
 from agent.event_loop import EventLoop
 from agent.mqtt_connection import ConnectionSettings, MqttConnection
+from agent.outbox import Outbox, OutboxStats
+from agent.outbox_sender import OutboxSender, SenderSettings
 from agent.probes.simulated import (
     Scenario,
     ScenarioPrinter,
@@ -91,6 +101,7 @@ class SimulationOptions:
     duration_s: float | None = None
     processes: int = 1
     id_prefix: str = "SIM"
+    outbox_path: Path | None = None  # None: a new file in a temporary directory
 
     def check(self) -> None:
         """Raises ValueError naming the first option that cannot work."""
@@ -123,6 +134,13 @@ class SimulationTuning:
     spread_reports: bool = True  # first periodic report at a random offset
     shutdown_timeout_s: float = 10.0
     max_queued_messages: int = 1000
+    max_inflight_messages: int = 20
+    outbox_synchronous: Literal["full", "normal"] = "normal"
+    outbox_max_messages: int = 10_000
+    outbox_max_bytes: int = 16 * 2**20
+    drain_rate_per_s: float = 20.0
+    drain_burst: int = 50
+    drain_jitter_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,11 +179,17 @@ class SimulationCounters:
     connects: int = 0  # CONNACK successes so far
     connect_failures: int = 0
     losses: int = 0
-    published: int = 0  # messages handed to MQTT
-    acked: int = 0  # PUBACKs received
-    dropped: int = 0  # messages refused (queue full)
+    published: int = 0  # messages handed to MQTT (stream and state)
+    acked: int = 0  # PUBACKs received (stream and state)
+    dropped: int = 0  # messages the agents could not send (unbuildable, refused)
     reports: int = 0
     events: int = 0
+    handed: int = 0  # stream messages the outbox senders handed to MQTT
+    stream_acked: int = 0  # PUBACKs for them (their rows removed)
+    refused: int = 0  # PUBACKs with a failure code
+    outbox_errors: int = 0  # messages the outbox could not store
+    backlog: int = 0  # stream messages waiting in the outbox, not handed yet
+    dropped_reports: int = 0  # reports the outbox dropped for its quota (this run)
 
     def __add__(self, other: SimulationCounters) -> SimulationCounters:
         return SimulationCounters(
@@ -213,8 +237,24 @@ class Simulation:
         self._probes: dict[str, dict[str, ScenarioProbe]] = {}
         self._agents: list[Agent] = []
         self._connections: list[MqttConnection] = []
+        self._senders: dict[str, OutboxSender] = {}
+        self._dropped_at_start = 0
         self._thread: threading.Thread | None = None
-        self._build()
+        if opts.outbox_path is None:
+            self.outbox_path = Path(tempfile.mkdtemp(prefix="kioskfleet-sim-")) / "outbox.sqlite"
+        else:
+            self.outbox_path = opts.outbox_path
+        self.outbox = Outbox(
+            self.outbox_path,
+            synchronous=tuning.outbox_synchronous,
+            max_messages=tuning.outbox_max_messages,
+            max_bytes=tuning.outbox_max_bytes,
+        )
+        try:
+            self._build()
+        except BaseException:
+            self.outbox.close()
+            raise
 
     def _build(self) -> None:
         opts, tuning = self.opts, self.tuning
@@ -232,10 +272,20 @@ class Simulation:
                 "keepalive_s": tuning.keepalive_s,
                 "reconnect_min_s": tuning.reconnect_min_s,
                 "reconnect_max_s": tuning.reconnect_max_s,
-                "limits": {"max_queued_messages": tuning.max_queued_messages},
+                "limits": {
+                    "max_queued_messages": tuning.max_queued_messages,
+                    "max_inflight_messages": tuning.max_inflight_messages,
+                },
             }
         )
         base_settings = ConnectionSettings.from_config(template, quiet=True)
+        sender_settings = SenderSettings(
+            max_inflight=tuning.max_inflight_messages,
+            drain_rate_per_s=tuning.drain_rate_per_s,
+            drain_burst=tuning.drain_burst,
+            drain_jitter_s=tuning.drain_jitter_s,
+            max_memory=tuning.max_queued_messages,
+        )
         monotonic = self._clock.monotonic
         started = monotonic()
         for profile in self._profiles:
@@ -263,17 +313,29 @@ class Simulation:
                 rng=random.Random(f"{opts.seed}:{tid}:backoff"),  # noqa: S311 - jitter
                 monotonic=monotonic,
             )
+            sender = OutboxSender(
+                self.outbox,
+                tid,
+                connection,
+                sender_settings,
+                monotonic=monotonic,
+                rng=random.Random(f"{opts.seed}:{tid}:drain"),  # noqa: S311 - jitter
+            )
             booted_ago = rng.uniform(60.0, 72 * 3600.0)
             agent = Agent(
                 config,
                 list(probes.values()),
-                connection,
+                sender,
                 self._clock,
-                str(uuid.uuid4()),
+                sender.boot_id,
                 _SimulatedUptime(monotonic, started - booted_ago),
+                last_seq=sender.last_seq,
+                dropped_reports=sender.dropped_reports,
             )
             offset = rng.uniform(0, opts.report_interval_s) if tuning.spread_reports else None
-            self.loop.add(agent, connection, first_report_in=offset)
+            self.loop.add(agent, connection, first_report_in=offset, sender=sender)
+            self._senders[tid] = sender
+            self._dropped_at_start += sender.stream.dropped_reports
             self._probes[tid] = probes
             self._agents.append(agent)
             self._connections.append(connection)
@@ -301,12 +363,37 @@ class Simulation:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop cleanly (every terminal publishes offline/shutdown) and wait. Raises TimeoutError."""
+        """Stop cleanly (every terminal publishes offline/shutdown) and wait. Raises TimeoutError.
+
+        The outbox stays open (``outbox_stats`` still works); ``close`` closes it.
+        """
         self.request_stop()
+        self._join(timeout)
+
+    def abort(self, timeout: float = 30.0) -> None:
+        """Stop as a crash would: sockets closed without DISCONNECT, no wait for PUBACKs."""
+        self.loop.request_abort()
+        self._join(timeout)
+
+    def close(self) -> None:
+        """Close the outbox file (after the loop ended)."""
+        self.outbox.close()
+
+    def _join(self, timeout: float) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 raise TimeoutError("the simulation did not stop in time")
+
+    def outbox_stats(self, terminal_id: str) -> OutboxStats:
+        """One terminal's stream as stored in the outbox. Raises KeyError, OutboxError."""
+        if terminal_id not in self._senders:
+            raise KeyError(terminal_id)
+        return self.outbox.stats(terminal_id)
+
+    def sender(self, terminal_id: str) -> OutboxSender:
+        """A terminal's outbox sender. Raises KeyError for an unknown id."""
+        return self._senders[terminal_id]
 
     # -- steering -----------------------------------------------------------------
 
@@ -353,6 +440,15 @@ class Simulation:
             c.dropped += agent.stats.dropped
             c.reports += agent.stats.reports
             c.events += agent.stats.events
+        for sender in self._senders.values():
+            st = sender.stats()
+            c.handed += st.handed
+            c.stream_acked += st.acked
+            c.refused += st.refused
+            c.outbox_errors += st.outbox_errors
+            c.backlog += st.backlog
+            c.dropped_reports += sender.dropped_reports()
+        c.dropped_reports -= self._dropped_at_start
         return c
 
     def wait_connected(self, timeout: float) -> bool:
@@ -393,7 +489,9 @@ def _progress(counters: SimulationCounters, elapsed: float) -> str:
     return (
         f"t={elapsed:.0f}s terminals={counters.terminals} connected={counters.connected} "
         f"published={counters.published} acked={counters.acked} reports={counters.reports} "
-        f"events={counters.events} dropped={counters.dropped} losses={counters.losses}"
+        f"events={counters.events} dropped={counters.dropped} losses={counters.losses} "
+        f"backlog={counters.backlog} dropped_reports={counters.dropped_reports} "
+        f"outbox_errors={counters.outbox_errors}"
     )
 
 
@@ -416,8 +514,11 @@ def _worker(
         sim.request_stop()
 
     threading.Thread(target=wait_for_stop, daemon=True).start()
-    sim.run()
-    results.put(asdict(sim.counters()))
+    try:
+        sim.run()
+        results.put(asdict(sim.counters()))
+    finally:
+        sim.close()
 
 
 def run_simulation(opts: SimulationOptions) -> int:
@@ -432,6 +533,15 @@ def run_simulation(opts: SimulationOptions) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    if opts.outbox_path is None:
+        base = Path(tempfile.mkdtemp(prefix="kioskfleet-sim-")) / "outbox.sqlite"
+        opts = replace(opts, outbox_path=base)
+    paths = (
+        [opts.outbox_path]
+        if opts.processes == 1
+        else [_worker_outbox(opts, n) for n in range(opts.processes)]
+    )
+    print("outbox: " + ", ".join(str(p) for p in paths), flush=True)
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     began = time.monotonic()
     try:
@@ -464,8 +574,23 @@ class _StopFlag:
         return self._set
 
 
+def _worker_outbox(opts: SimulationOptions, n: int) -> Path:
+    """Worker ``n``'s outbox file: ``<outbox_path>.<n>``."""
+    assert opts.outbox_path is not None
+    return opts.outbox_path.with_name(f"{opts.outbox_path.name}.{n}")
+
+
 def _run_in_process(opts: SimulationOptions, stop: _StopFlag, began: float) -> SimulationCounters:
     sim = Simulation(opts)
+    try:
+        return _drive(sim, opts, stop, began)
+    finally:
+        sim.close()
+
+
+def _drive(
+    sim: Simulation, opts: SimulationOptions, stop: _StopFlag, began: float
+) -> SimulationCounters:
     sim.start()
     deadline = began + opts.duration_s if opts.duration_s is not None else float("inf")
     next_progress = time.monotonic() + _PROGRESS_EVERY_S
@@ -485,7 +610,13 @@ def _run_spawned(opts: SimulationOptions, stop: _StopFlag) -> SimulationCounters
     workers = [
         ctx.Process(
             target=_worker,
-            args=(opts, part.start, part.stop, stop_event, results),
+            args=(
+                replace(opts, outbox_path=_worker_outbox(opts, n)),
+                part.start,
+                part.stop,
+                stop_event,
+                results,
+            ),
             name=f"kioskfleet-sim-{n}",
         )
         for n, part in enumerate(_slices(opts.terminals, opts.processes))

@@ -43,6 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     sim.add_argument("--processes", type=int, default=1, help="spread terminals over processes")
     sim.add_argument("--id-prefix", default="SIM", help="terminal ids are PREFIX-00001 ...")
+    sim.add_argument(
+        "--outbox",
+        type=Path,
+        default=None,
+        help="the outbox file (with --processes N, PATH.0 ... PATH.N-1); "
+        "default: a new file in a temporary directory, printed at start. "
+        "Reusing it with the same ids continues their streams",
+    )
     return parser
 
 
@@ -75,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             duration_s=args.duration,
             processes=args.processes,
             id_prefix=args.id_prefix,
+            outbox_path=args.outbox,
         )
     )
 

@@ -123,6 +123,11 @@ def config_for(broker: LocalBroker, terminal_id: str, **overrides: object) -> Ag
         "reconnect_min_s": 0.1,
         "reconnect_max_s": 0.5,
         "probes": [{"type": "simulated", "name": "receipt_printer", "scenario": "receipt_printer"}],
+        "outbox": {
+            "path": str(Path(tempfile.mkdtemp(prefix="kf-outbox-")) / "outbox.sqlite"),
+            "synchronous": "normal",
+            "drain_jitter_s": 0.2,
+        },
     }
     values.update(overrides)
     return AgentConfig.model_validate(values)
@@ -153,7 +158,8 @@ def start_agent_process(
     config = tmp_path / "agent.toml"
     config.write_text(
         f'terminal_id = "{terminal_id}"\nhall = "h"\nregion = "r"\nmodel = "m"\n'
-        f'broker_url = "{broker.url}"\n{extra_toml}'
+        f'broker_url = "{broker.url}"\n{extra_toml}\n'
+        f'[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\ndrain_jitter_s = 0.2\n'
     )
     return subprocess.Popen(
         [sys.executable, "-m", "kioskfleet.cli", "agent", "--config", str(config)],

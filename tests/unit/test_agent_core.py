@@ -198,17 +198,80 @@ def test_a_report_goes_out_every_interval_while_connected() -> None:
     assert body.report_interval_s == 10.0
 
 
-def test_periodic_reports_pause_while_disconnected_and_resume_on_connect() -> None:
+def test_periodic_reports_go_on_while_disconnected_and_connect_adds_one() -> None:
     rig = Rig(report_interval_s=10.0)
     rig.agent.start(rig.clock.monotonic())
-    rig.run_until(35)
-    assert reports(rig) == []
-    rig.agent.on_connected()
-    rig.run_until(10)
-    assert len(reports(rig)) == 2
+    rig.run_until(35)  # never connected: reports at 10, 20, 30 still go to the outbound port
+    assert len(reports(rig)) == 3
+    rig.agent.on_connected()  # + the connect report
+    rig.run_until(10)  # + 40
+    assert len(reports(rig)) == 5
     rig.agent.on_disconnected()
-    rig.run_until(30)
-    assert len(reports(rig)) == 2
+    rig.run_until(30)  # + 50, 60, 70
+    assert len(reports(rig)) == 8
+    seqs = [m.seq for m in rig.decoded() if not isinstance(m, StateMessage)]
+    assert seqs == list(range(1, 10))  # boot + 8 reports, no gap
+
+
+def test_stream_messages_carry_their_seq_to_the_port_and_state_messages_none() -> None:
+    rig = Rig()
+    rig.agent.start(rig.clock.monotonic())
+    rig.agent.on_connected()
+    assert [(p.topic.rsplit("/", 1)[1], p.seq) for p in rig.out.published] == [
+        ("event", 1),
+        ("state", None),
+        ("report", 2),
+    ]
+
+
+def test_the_agent_continues_the_stream_it_is_given_after_last_seq() -> None:
+    out = RecordingOutbound()
+    clock = FakeClock()
+    agent = Agent(make_config(), [], out, clock, "5f1c7a3e-stream", lambda: 1.0, last_seq=41)
+    assert agent.seq == 41
+    assert decode(agent.state_topic, agent.will_message()).seq == 41
+    agent.start(clock.monotonic())
+    agent.on_connected()
+    sent = [decode(p.topic, p.payload) for p in out.published]
+    assert [(m.boot_id, m.seq) for m in sent] == [("5f1c7a3e-stream", s) for s in (42, 42, 43)]
+
+
+def test_every_report_carries_the_cumulative_dropped_reports_from_the_provider() -> None:
+    dropped = [0]
+    out = RecordingOutbound()
+    clock = FakeClock()
+    agent = Agent(
+        make_config(report_interval_s=10.0),
+        [],
+        out,
+        clock,
+        "5f1c7a3e-stream",
+        lambda: 1.0,
+        dropped_reports=lambda: dropped[0],
+    )
+    agent.start(clock.monotonic())
+    agent.tick(clock.advance(10.0))
+    dropped[0] = 7
+    agent.tick(clock.advance(10.0))
+    body = [m.body for m in (decode(p.topic, p.payload) for p in out.on(Channel.REPORT))]
+    assert [b.dropped_reports for b in body] == [0, 7]  # type: ignore[union-attr]
+
+
+def test_a_failing_dropped_reports_provider_does_not_stop_the_report() -> None:
+    def broken() -> int:
+        raise OSError("disk gone")
+
+    out = RecordingOutbound()
+    clock = FakeClock()
+    agent = Agent(make_config(), [], out, clock, "5f1c7a3e-stream", float, dropped_reports=broken)
+    agent.on_connected()
+    (report,) = [decode(p.topic, p.payload) for p in out.on(Channel.REPORT)]
+    assert report.body.dropped_reports == 0  # type: ignore[union-attr]
+
+
+def test_a_negative_last_seq_is_refused() -> None:
+    with pytest.raises(ValueError, match="last seq"):
+        Agent(make_config(), [], RecordingOutbound(), FakeClock(), "boot-0001", float, last_seq=-1)
 
 
 def test_every_connect_sends_online_and_a_full_report_again() -> None:

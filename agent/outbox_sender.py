@@ -1,0 +1,369 @@
+"""Between the Agent and its MQTT connection: store first, then send at a bounded pace.
+
+``OutboxSender`` implements the Agent's ``Outbound`` port. A stream message
+(report, event, update: it carries a ``seq``) is appended to the ``Outbox``
+first and handed to the connection only while the session is up, oldest
+first, with at most ``max_inflight`` handed and not yet acknowledged, at the
+pace of a token bucket (``drain_rate_per_s``, ``drain_burst``). After a
+(re)connect that finds a backlog it waits a random ``uniform(0,
+drain_jitter_s)`` before draining, so a whole hall coming back does not flood
+the server; normal traffic (a report a minute) never waits. A PUBACK removes
+the row (``on_delivered``); a PUBACK with a failure code removes it too, and
+counts and logs it (``refused``). paho re-sends its own in-flight messages
+after a reconnect, so a row is never handed twice in one process; after a
+process restart every remaining row is sent again (the server deduplicates by
+``(terminal, boot_id, seq)``).
+
+Retained ``state`` messages (presence, not history) go straight to the
+connection. If the outbox cannot store a message (``OutboxError``: disk full,
+I/O error), the message is still sent from memory (not durable, bounded by
+``max_memory``), ``outbox_errors`` counts it and each distinct reason is
+logged once; the sender never raises for it.
+
+The event loop drives it: ``next_due()`` says when ``pump(now)`` has work,
+``on_connected``/``on_disconnected`` come from the session. This module never
+imports paho or sqlite3 and never decides what a terminal says.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from agent.agent import OutboundError, OutboundFullError
+from agent.outbox import Outbox, OutboxError, OutboxStats
+from protocol.errors import TopicError
+from protocol.topics import parse_topic
+
+__all__ = ["DeliveryConnection", "OutboxSender", "SenderSettings", "SenderStats"]
+
+log = logging.getLogger(__name__)
+
+_RETRY_S: Final = 1.0  # after the outbox or the connection refused, try again this much later
+
+
+class DeliveryConnection(Protocol):
+    """What the sender needs of the MQTT connection (``MqttConnection`` is the real one)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def publish(self, topic: str, payload: bytes, retain: bool) -> int:
+        """Send at QoS 1 (or queue); returns the message id its ``on_delivered`` will name.
+
+        Raises OutboundError when it cannot accept the message.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SenderSettings:
+    """The sender's limits (from ``AgentConfig.outbox`` and ``limits.max_inflight_messages``)."""
+
+    max_inflight: int = 20
+    drain_rate_per_s: float = 20.0
+    drain_burst: int = 50
+    drain_jitter_s: float = 10.0
+    max_memory: int = 1000  # messages kept in memory when the outbox cannot store them
+
+    def __post_init__(self) -> None:
+        if self.max_inflight < 1 or self.drain_burst < 1 or self.max_memory < 1:
+            raise ValueError("max_inflight, drain_burst and max_memory must be at least 1")
+        if not self.drain_rate_per_s > 0 or self.drain_jitter_s < 0:
+            raise ValueError("drain_rate_per_s must be positive and drain_jitter_s not negative")
+
+
+@dataclass(frozen=True, slots=True)
+class SenderStats:
+    """What the sender did since it was created, and what waits now."""
+
+    handed: int  # stream messages handed to the connection
+    acked: int  # PUBACKs with a success code for them
+    refused: int  # PUBACKs with a failure code (the row is removed, the message lost)
+    outbox_errors: int  # messages the outbox could not store (sent from memory instead)
+    backlog: int  # stream messages stored or in memory and not handed yet
+    inflight: int  # handed, PUBACK not yet received
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A message waiting in memory because the outbox could not store it."""
+
+    seq: int
+    topic: str
+    payload: bytes
+
+
+class OutboxSender:
+    """One terminal's outbound side with a durable outbox; see the module docstring."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        terminal_id: str,
+        connection: DeliveryConnection,
+        settings: SenderSettings | None = None,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        """Creates the terminal's stream if missing. Raises OutboxError if it cannot be read."""
+        self._outbox = outbox
+        self._terminal_id = terminal_id
+        self._connection = connection
+        self._settings = settings = settings or SenderSettings()
+        self._monotonic = monotonic
+        self._rng = rng or random.Random()  # noqa: S311 - drain jitter, not cryptography
+        self.stream: OutboxStats = outbox.stream(terminal_id)
+        self._cursor = 0  # the last outbox row id handed in this process
+        self._marked = 0  # the highest row id recorded as handed (Outbox.mark_handed)
+        self._memory: deque[_Pending] = deque()
+        self._inflight: dict[int, int | None] = {}  # mid -> row id (None: from memory)
+        self._tokens = float(settings.drain_burst)
+        self._tokens_at = monotonic()
+        self._drain_not_before = -math.inf
+        self._retry_at = -math.inf
+        self._maybe_waiting = True  # rows may wait behind the cursor (cleared by a short peek)
+        self._inherited = self.stream.pending > 0  # rows left by an earlier process
+        self._last_appended = 0  # the last row id this sender stored
+        self._startup_through: int | None = None  # the last row the agent's start produced
+        self._first_connect = True
+        self._connected = False
+        self._stopped = False
+        self._dropped_reports = self.stream.dropped_reports
+        self._last_error: str | None = None
+        self._handed = 0
+        self._acked = 0
+        self._refused = 0
+        self._outbox_errors = 0
+
+    # -- what the Agent calls (the Outbound port) ----------------------------------
+
+    @property
+    def boot_id(self) -> str:
+        """The stream id the Agent must put in its envelopes."""
+        return self.stream.boot_id
+
+    @property
+    def last_seq(self) -> int:
+        """The last seq stored when this sender was created (the Agent continues after it)."""
+        return self.stream.last_seq
+
+    def dropped_reports(self) -> int:
+        """Reports the outbox dropped for its quota since the stream began (cumulative)."""
+        return self._dropped_reports
+
+    def publish(self, topic: str, payload: bytes, retain: bool, *, seq: int | None = None) -> None:
+        """Store a stream message (``seq`` given) and send what may be sent; ``state`` goes direct.
+
+        Raises OutboundError only for a state message the connection refuses, or
+        a stream message that could not be stored and finds memory full
+        (OutboundFullError): the Agent counts it as dropped.
+        """
+        if seq is None:
+            self._connection.publish(topic, payload, retain)
+            return
+        try:
+            _, channel = parse_topic(topic)
+        except TopicError as exc:
+            raise OutboundError(f"not a terminal topic: {exc}", topic=topic) from None
+        try:
+            result = self._outbox.append(
+                self._terminal_id, channel, seq, topic, payload, handed_through=self._cursor
+            )
+        except (OutboxError, ValueError) as exc:
+            self._outbox_failed(exc)
+            if len(self._memory) >= self._settings.max_memory:
+                raise OutboundFullError(self._settings.max_memory, topic=topic) from None
+            self._memory.append(_Pending(seq, topic, payload))
+        else:
+            if result.dropped_ids:
+                self._dropped_reports += len(result.dropped_ids)
+            if result.id is not None:
+                self._last_appended = result.id
+            self._maybe_waiting = True
+        self.pump(self._monotonic())
+
+    # -- what the session and the loop call ----------------------------------------
+
+    def mark_started(self) -> None:
+        """The agent has said what it says at start (boot, faults present): not a backlog.
+
+        The event loop calls it right after ``Agent.start``. Until then, and
+        without it, everything stored before the first connect counts.
+        """
+        self._startup_through = self._last_appended
+
+    def on_connected(self) -> None:
+        """The session is up: start draining, after a random delay if a backlog waits.
+
+        A backlog is anything waiting before the session came up: rows left by
+        an earlier process, what was said while disconnected; on the first
+        connect not what the agent said while starting (``mark_started``).
+        """
+        now = self._monotonic()
+        self._connected = True
+        if self._first_connect:
+            self._first_connect = False
+            fresh = self._last_appended > (self._startup_through or 0)
+            backlog = self._inherited or bool(self._memory) or fresh
+        else:
+            backlog = bool(self._memory) or self._waiting_rows()
+        if backlog and self._settings.drain_jitter_s > 0:
+            delay = self._rng.uniform(0.0, self._settings.drain_jitter_s)
+            self._drain_not_before = now + delay
+            log.info(
+                "%s: backlog waiting in the outbox; draining in %.1f s",
+                self._terminal_id,
+                delay,
+            )
+        else:
+            self._drain_not_before = -math.inf
+
+    def on_disconnected(self) -> None:
+        """The session is gone: hand nothing more (paho keeps and re-sends what it has)."""
+        self._connected = False
+
+    def on_delivered(self, mid: int, ok: bool) -> None:
+        """A PUBACK for message ``mid``: remove its row (also when ``ok`` is false, counted)."""
+        if mid not in self._inflight:
+            return  # a state message, or nothing of ours
+        row_id = self._inflight.pop(mid)
+        if ok:
+            self._acked += 1
+        else:
+            self._refused += 1
+            log.warning(
+                "%s: the broker refused stream message (row %s); it is removed and lost",
+                self._terminal_id,
+                row_id,
+            )
+        if row_id is not None:
+            try:
+                self._outbox.remove(self._terminal_id, [row_id])
+            except OutboxError as exc:  # the row stays and is sent again after a restart
+                self._outbox_failed(exc)
+
+    def stop(self) -> None:
+        """Hand nothing more (a clean stop waits only for what is in flight)."""
+        self._stopped = True
+
+    def next_due(self) -> float:
+        """When ``pump`` next has work (monotonic seconds); infinity if it must wait for an event."""
+        if self._stopped or not self._connected or not self._connection.connected:
+            return math.inf
+        if not self._memory and not self._maybe_waiting:
+            return math.inf
+        if len(self._inflight) >= self._settings.max_inflight:
+            return math.inf  # a PUBACK frees the window
+        now = self._monotonic()
+        due = max(self._drain_not_before, self._retry_at)
+        tokens = self._refilled(now)
+        if tokens < 1.0:
+            due = max(due, now + (1.0 - tokens) / self._settings.drain_rate_per_s)
+        return max(due, now)
+
+    def pump(self, now: float) -> None:
+        """Hand what the window, the rate and the jitter allow, oldest first."""
+        if self._stopped or not self._connected or not self._connection.connected:
+            return
+        if now < self._drain_not_before or now < self._retry_at:
+            return
+        self._tokens = self._refilled(now)
+        self._tokens_at = now
+        room = min(self._settings.max_inflight - len(self._inflight), int(self._tokens))
+        if room <= 0:
+            return
+        rows = []
+        if self._maybe_waiting:
+            try:
+                rows = self._outbox.peek(self._terminal_id, self._cursor, room)
+            except OutboxError as exc:
+                self._outbox_failed(exc)
+                self._retry_at = now + _RETRY_S
+                return
+            if len(rows) < room:
+                self._maybe_waiting = False
+        memory = list(self._memory)[:room]
+        candidates: list[tuple[int, int | None, str, bytes]] = [
+            (r.seq, r.id, r.topic, r.payload) for r in rows
+        ] + [(m.seq, None, m.topic, m.payload) for m in memory]
+        if memory:
+            candidates.sort(key=lambda c: c[0])
+        row_ids = [c[1] for c in candidates[:room] if c[1] is not None]
+        if row_ids and max(row_ids) > self._marked:
+            try:  # before the hand-over: a row the broker may have is never dropped later
+                self._outbox.mark_handed(self._terminal_id, max(row_ids))
+                self._marked = max(row_ids)
+            except OutboxError as exc:
+                self._outbox_failed(exc)
+        for _seq, row_id, topic, payload in candidates[:room]:
+            try:
+                mid = self._connection.publish(topic, payload, False)
+            except OutboundError as exc:
+                if self._last_error != str(exc):
+                    log.warning("%s: connection refused a message: %s", self._terminal_id, exc)
+                    self._last_error = str(exc)
+                self._retry_at = now + _RETRY_S
+                self._maybe_waiting = True
+                return
+            if row_id is None:
+                self._memory.popleft()
+            else:
+                self._cursor = row_id
+            self._inflight[mid] = row_id
+            self._tokens -= 1.0
+            self._handed += 1
+        if len(candidates) > room:
+            self._maybe_waiting = True
+
+    def stats(self) -> SenderStats:
+        """Counters and the current backlog (one read of the outbox's stream row)."""
+        try:
+            pending = self._outbox.stats(self._terminal_id).pending
+        except (OutboxError, KeyError):
+            pending = 0
+        rows_inflight = sum(1 for r in self._inflight.values() if r is not None)
+        return SenderStats(
+            handed=self._handed,
+            acked=self._acked,
+            refused=self._refused,
+            outbox_errors=self._outbox_errors,
+            backlog=max(0, pending - rows_inflight) + len(self._memory),
+            inflight=len(self._inflight),
+        )
+
+    # -- internals ---------------------------------------------------------------
+
+    def _refilled(self, now: float) -> float:
+        elapsed = max(0.0, now - self._tokens_at)
+        return min(
+            float(self._settings.drain_burst),
+            self._tokens + elapsed * self._settings.drain_rate_per_s,
+        )
+
+    def _waiting_rows(self) -> bool:
+        try:
+            waiting = bool(self._outbox.peek(self._terminal_id, self._cursor, 1))
+        except OutboxError as exc:
+            self._outbox_failed(exc)
+            return False
+        self._maybe_waiting = waiting
+        return waiting
+
+    def _outbox_failed(self, exc: Exception) -> None:
+        self._outbox_errors += 1
+        reason = str(exc)
+        if self._last_error != reason:
+            self._last_error = reason
+            log.error(
+                "%s: %s; messages are sent from memory and are not durable until it works again",
+                self._terminal_id,
+                reason,
+            )

@@ -1,0 +1,335 @@
+"""The durable outbox end to end: real agents, a real mosquitto, outages, crashes and restarts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.config import AgentConfig
+from agent.main import AgentRuntime
+from agent.outbox import Outbox
+from agent.probes.simulated import Scenario, SimulatedProbeSpec
+from kioskfleet.local_broker import LocalBroker, project_broker_conf
+from protocol.codec import decode
+from protocol.messages import EventMessage, Message, PeripheralCondition, StateMessage
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class DurableSubscriber:
+    """A paho subscriber with a persistent session: what arrives while it is away is kept for it."""
+
+    def __init__(self, port: int, topic_filter: str) -> None:
+        self.received: list[Message] = []
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"sub-{uuid.uuid4().hex[:10]}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        self._client.reconnect_delay_set(1, 1)
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = lambda *args: subscribed.set()
+        self._client.on_connect = lambda c, *args: c.subscribe(topic_filter, qos=1)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
+        props.SessionExpiryInterval = 600
+        self._client.connect("127.0.0.1", port, keepalive=5, clean_start=False, properties=props)
+        self._client.loop_start()
+        assert subscribed.wait(5), "no SUBACK"
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        message = decode(msg.topic, bytes(msg.payload))
+        with self._lock:
+            self.received.append(message)
+
+    def stream(self) -> list[Message]:
+        """Reports and events in arrival order (duplicates included)."""
+        with self._lock:
+            return [m for m in self.received if not isinstance(m, StateMessage)]
+
+    def seqs(self) -> set[int]:
+        return {m.seq for m in self.stream()}
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+@pytest.fixture
+def durable_broker() -> Iterator[LocalBroker]:
+    """A private mosquitto that keeps sessions across its restarts (persistence on)."""
+    workdir = Path(tempfile.mkdtemp(prefix="kf-broker-"))
+    workdir.chmod(0o777)  # mosquitto may drop to its own user
+    has_persistence = "persistence true" in project_broker_conf().read_text()
+    broker = LocalBroker(workdir, extra_conf="" if has_persistence else "persistence true\n")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def cleanup() -> Iterator[list[Callable[[], None]]]:
+    undo: list[Callable[[], None]] = []
+    yield undo
+    for fn in reversed(undo):
+        fn()
+
+
+def agent_config(broker: LocalBroker, terminal_id: str, outbox: Path) -> AgentConfig:
+    return AgentConfig.model_validate(
+        {
+            "terminal_id": terminal_id,
+            "hall": "hall-01",
+            "region": "region-1",
+            "model": "KF-200",
+            "broker_url": broker.url,
+            "report_interval_s": 0.1,
+            "probe_interval_s": 0.05,
+            "keepalive_s": 2,
+            "reconnect_min_s": 0.1,
+            "reconnect_max_s": 0.3,
+            "limits": {"shutdown_timeout_s": 5},
+            "outbox": {"path": str(outbox), "synchronous": "normal", "drain_jitter_s": 0.3},
+        }
+    )
+
+
+def new_id() -> str:
+    return f"O-{uuid.uuid4().hex[:10]}"
+
+
+def start_runtime(
+    config: AgentConfig, cleanup: list[Callable[[], None]], **kwargs: object
+) -> AgentRuntime:
+    runtime = AgentRuntime(config, **kwargs)  # type: ignore[arg-type]
+    runtime.start()
+
+    def finish() -> None:
+        runtime.stop()
+        runtime.close()
+
+    cleanup.append(finish)
+    return runtime
+
+
+def assert_every_seq_once_in_order(sub: DurableSubscriber, boot_id: str, last_seq: int) -> None:
+    """Every seq 1..last_seq arrived at least once, first arrivals in order, one stream id."""
+    stream = sub.stream()
+    assert {m.boot_id for m in stream} == {boot_id}
+    assert sub.seqs() == set(range(1, last_seq + 1))
+    first_arrivals: list[int] = []
+    seen: set[int] = set()
+    for m in stream:
+        if m.seq not in seen:
+            seen.add(m.seq)
+            first_arrivals.append(m.seq)
+    assert first_arrivals == sorted(first_arrivals)
+
+
+def test_an_agent_cut_off_from_the_broker_delivers_every_queued_report_and_event_in_order(
+    durable_broker: LocalBroker, tmp_path: Path, cleanup: list[Callable[[], None]]
+) -> None:
+    tid = new_id()
+    sub = DurableSubscriber(durable_broker.port, f"kf/v1/terminals/{tid}/#")
+    cleanup.append(sub.close)
+    printer = SimulatedProbeSpec(name="receipt_printer", scenario=Scenario.RECEIPT_PRINTER).build()
+    config = agent_config(durable_broker, tid, tmp_path / "outbox.sqlite")
+    runtime = start_runtime(config, cleanup, probes=[printer])
+    wait_until(lambda: len(sub.seqs()) >= 3, 10, "the first reports")
+
+    durable_broker.stop()
+    wait_until(lambda: not runtime.connection.connected, 10, "the agent to notice the outage")
+    wait_until(lambda: runtime.outbox.stats(tid).pending >= 8, 10, "reports kept while offline")
+    printer.force(PeripheralCondition.PAPER_OUT)
+    runtime.loop.check_now(tid)
+    wait_until(lambda: runtime.outbox.stats(tid).events >= 2, 5, "the fault event stored")
+    offline_last = runtime.outbox.stats(tid).last_seq
+
+    durable_broker.start()
+    wait_until(lambda: runtime.connection.connected, 15, "the reconnect")
+    wait_until(lambda: set(range(1, offline_last + 1)) <= sub.seqs(), 15, "the backlog")
+    runtime.stop()
+    stats = runtime.outbox.stats(tid)
+    wait_until(lambda: len(sub.seqs()) >= stats.last_seq - stats.pending, 5, "the last messages")
+
+    assert stats.pending == 0  # everything acknowledged, nothing left behind
+    assert stats.dropped_reports == 0
+    assert_every_seq_once_in_order(sub, stats.boot_id, stats.last_seq)
+    changes = [
+        m
+        for m in sub.stream()
+        if isinstance(m, EventMessage) and m.body.type == "peripheral_changed"
+    ]
+    assert changes[0].body.peripheral.condition is PeripheralCondition.PAPER_OUT  # type: ignore[union-attr]
+    assert runtime.sender.stats().handed >= stats.reports + stats.events
+
+
+def test_an_agent_restarted_on_its_outbox_continues_the_stream_and_resends_what_was_not_acked(
+    durable_broker: LocalBroker, tmp_path: Path, cleanup: list[Callable[[], None]]
+) -> None:
+    tid = new_id()
+    sub = DurableSubscriber(durable_broker.port, f"kf/v1/terminals/{tid}/#")
+    cleanup.append(sub.close)
+    path = tmp_path / "outbox.sqlite"
+    config = agent_config(durable_broker, tid, path)
+    first = AgentRuntime(config, probes=[])
+    first.start()
+    wait_until(lambda: len(sub.seqs()) >= 3, 10, "the first reports")
+    boot_id = first.outbox.stats(tid).boot_id
+
+    durable_broker.stop()
+    wait_until(lambda: first.outbox.stats(tid).pending >= 5, 10, "reports kept while offline")
+    first.abort()  # a crash: nothing acknowledged, the rows stay
+    left = first.outbox.stats(tid)
+    first.close()
+    assert left.pending >= 5
+
+    durable_broker.start()
+    second = start_runtime(config, cleanup, probes=[])
+    assert second.sender.last_seq == left.last_seq  # it continues after what was stored
+    wait_until(lambda: set(range(1, left.last_seq + 3)) <= sub.seqs(), 15, "old and new messages")
+    second.stop()
+    stats = second.outbox.stats(tid)
+    assert stats.boot_id == boot_id
+    assert stats.pending == 0
+    wait_until(lambda: sub.seqs() >= set(range(1, stats.last_seq + 1)), 5, "the last messages")
+    assert_every_seq_once_in_order(sub, boot_id, stats.last_seq)
+    boots = [m.seq for m in sub.stream() if isinstance(m, EventMessage) and m.body.type == "boot"]
+    assert sorted(set(boots)) == [1, left.last_seq + 1]  # one boot event per process start
+
+
+def kill_and_wait(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+
+def kioskfleet(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kioskfleet.cli", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if not k.startswith("KIOSKFLEET_AGENT_")},
+    )
+
+
+def test_a_sigkilled_agent_process_restarts_on_the_same_outbox_and_continues_its_stream(
+    broker: LocalBroker, tmp_path: Path, cleanup: list[Callable[[], None]]
+) -> None:
+    tid = new_id()
+    sub = DurableSubscriber(broker.port, f"kf/v1/terminals/{tid}/#")
+    cleanup.append(sub.close)
+    path = tmp_path / "outbox.sqlite"
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'terminal_id = "{tid}"\nhall = "h"\nregion = "r"\nmodel = "m"\n'
+        f'broker_url = "{broker.url}"\nreport_interval_s = 0.2\n'
+        f'[outbox]\npath = "{path}"\nsynchronous = "normal"\ndrain_jitter_s = 0.2\n'
+    )
+    proc = kioskfleet("agent", "--config", str(config))
+    cleanup.append(lambda: kill_and_wait(proc))
+    wait_until(lambda: len(sub.seqs()) >= 4, 20, "the agent process's reports")
+    kill_and_wait(proc)
+    with Outbox(path) as outbox:
+        before = outbox.stats(tid)
+
+    again = kioskfleet("agent", "--config", str(config))
+    cleanup.append(lambda: kill_and_wait(again))
+    wait_until(lambda: max(sub.seqs()) > before.last_seq + 2, 20, "the restarted agent's reports")
+    again.send_signal(signal.SIGTERM)
+    assert again.wait(20) == 0
+    with Outbox(path) as outbox:
+        after = outbox.stats(tid)
+    assert after.boot_id == before.boot_id
+    assert after.last_seq > before.last_seq
+    assert after.pending == 0
+    wait_until(lambda: sub.seqs() >= set(range(1, after.last_seq + 1)), 5, "every seq")
+    assert_every_seq_once_in_order(sub, before.boot_id, after.last_seq)
+
+
+def test_a_sigkilled_simulate_command_restarts_on_its_outbox_file_and_continues_the_streams(
+    broker: LocalBroker, tmp_path: Path, cleanup: list[Callable[[], None]]
+) -> None:
+    prefix = "K" + uuid.uuid4().hex[:6].upper()
+    path = tmp_path / "sim-outbox.sqlite"
+    args = (
+        "simulate",
+        "--terminals",
+        "3",
+        "--broker",
+        broker.url,
+        "--report-interval",
+        "0.3",
+        "--id-prefix",
+        prefix,
+        "--outbox",
+        str(path),
+    )
+    ids = [f"{prefix}-{i:05d}" for i in range(1, 4)]
+    sub = DurableSubscriber(broker.port, "kf/v1/terminals/#")
+    cleanup.append(sub.close)
+
+    def mine() -> list[Message]:
+        return [m for m in sub.stream() if m.terminal_id in ids]
+
+    proc = kioskfleet(*args)
+    cleanup.append(lambda: kill_and_wait(proc))
+    assert proc.stdout is not None
+    assert str(path) in proc.stdout.readline().decode()  # the outbox path is printed first
+    wait_until(lambda: len(mine()) >= 12, 20, "reports from the three terminals")
+    kill_and_wait(proc)
+    with Outbox(path) as outbox:
+        before = {tid: outbox.stats(tid) for tid in ids}
+
+    again = kioskfleet(*args, "--duration", "2")
+    cleanup.append(lambda: kill_and_wait(again))
+    assert again.wait(30) == 0
+    with Outbox(path) as outbox:
+        after = {tid: outbox.stats(tid) for tid in ids}
+
+    def seqs_of(tid: str) -> set[int]:
+        return {m.seq for m in mine() if m.terminal_id == tid}
+
+    def has_all(tid: str, wanted: set[int]) -> bool:
+        return seqs_of(tid) >= wanted
+
+    for tid in ids:
+        assert after[tid].boot_id == before[tid].boot_id
+        assert after[tid].last_seq > before[tid].last_seq
+        assert after[tid].pending == 0
+        wanted = set(range(1, after[tid].last_seq + 1))
+        wait_until(partial(has_all, tid, wanted), 5, f"every seq of {tid}")
+        assert seqs_of(tid) == wanted
+        assert {m.boot_id for m in mine() if m.terminal_id == tid} == {before[tid].boot_id}

@@ -1,0 +1,309 @@
+"""The outbox sender with an in-memory outbox, a fake connection and a fake clock: no broker."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.agent import OutboundFullError
+from agent.clock import FakeClock
+from agent.outbox import Outbox, OutboxError
+from agent.outbox_sender import OutboxSender, SenderSettings
+
+T = "T-0001"
+REPORT = f"kf/v1/terminals/{T}/report"
+EVENT = f"kf/v1/terminals/{T}/event"
+STATE = f"kf/v1/terminals/{T}/state"
+
+
+@dataclass
+class FakeConnection:
+    """Records what is handed; acknowledges only when the test says so."""
+
+    connected: bool = False
+    sent: list[tuple[int, str, bytes, bool]] = field(default_factory=list)
+    next_mid: int = 0
+
+    def publish(self, topic: str, payload: bytes, retain: bool) -> int:
+        self.next_mid += 1
+        self.sent.append((self.next_mid, topic, payload, retain))
+        return self.next_mid
+
+    def payloads(self) -> list[bytes]:
+        return [p for _, t, p, _ in self.sent if not t.endswith("/state")]
+
+
+class Rig:
+    def __init__(self, outbox: Outbox | None = None, **limits: float) -> None:
+        values: dict[str, float] = {
+            "max_inflight": 5,
+            "drain_rate_per_s": 10.0,
+            "drain_burst": 20,
+            "drain_jitter_s": 0.0,
+        }
+        values.update(limits)
+        self.settings = SenderSettings(**values)  # type: ignore[arg-type]
+        self.clock = FakeClock()
+        self.conn = FakeConnection()
+        self.outbox = outbox or Outbox.in_memory()
+        self.sender = OutboxSender(
+            self.outbox,
+            T,
+            self.conn,
+            self.settings,
+            monotonic=self.clock.monotonic,
+            rng=random.Random(7),
+        )
+        self.seq = self.sender.last_seq
+
+    def say(self, n: int = 1, topic: str = REPORT) -> None:
+        for _ in range(n):
+            self.seq += 1
+            self.sender.publish(topic, b"%d" % self.seq, False, seq=self.seq)
+
+    def connect(self) -> None:
+        self.conn.connected = True
+        self.sender.on_connected()
+        self.sender.pump(self.clock.monotonic())
+
+    def disconnect(self) -> None:
+        self.conn.connected = False
+        self.sender.on_disconnected()
+
+    def ack_all(self, ok: bool = True) -> None:
+        for mid, topic, _, _ in list(self.conn.sent):
+            if not topic.endswith("/state"):
+                self.sender.on_delivered(mid, ok)
+
+    def advance(self, seconds: float) -> None:
+        self.sender.pump(self.clock.advance(seconds))
+
+
+def test_messages_are_stored_first_and_handed_only_while_connected() -> None:
+    rig = Rig()
+    rig.say(3)
+    assert rig.conn.sent == []
+    assert rig.outbox.stats(T).pending == 3
+    rig.connect()
+    assert rig.conn.payloads() == [b"1", b"2", b"3"]
+    rig.ack_all()
+    assert rig.outbox.stats(T).pending == 0
+    stats = rig.sender.stats()
+    assert (stats.handed, stats.acked, stats.backlog, stats.inflight) == (3, 3, 0, 0)
+
+
+def test_state_messages_go_straight_to_the_connection_and_are_never_stored() -> None:
+    rig = Rig()
+    rig.sender.publish(STATE, b"online", True)
+    assert [(t, r) for _, t, _, r in rig.conn.sent] == [(STATE, True)]
+    assert rig.outbox.stats(T).pending == 0
+    rig.sender.on_delivered(1, True)  # not one of ours: ignored
+    assert rig.sender.stats().acked == 0
+
+
+def test_at_most_max_inflight_are_handed_until_pubacks_free_the_window() -> None:
+    rig = Rig(max_inflight=5)
+    rig.connect()
+    rig.say(12)
+    assert len(rig.conn.sent) == 5
+    assert rig.sender.next_due() == float("inf")  # waits for a PUBACK, not for time
+    for mid in (1, 2):
+        rig.sender.on_delivered(mid, True)
+    rig.sender.pump(rig.clock.monotonic())
+    assert rig.conn.payloads() == [b"%d" % n for n in range(1, 8)]
+
+
+def test_a_backlog_drains_at_the_token_bucket_rate_after_the_burst() -> None:
+    rig = Rig(max_inflight=1000, drain_rate_per_s=10.0, drain_burst=20)
+    rig.say(50)
+    rig.connect()
+    assert len(rig.conn.sent) == 20  # the burst
+    due = rig.sender.next_due()
+    assert due == pytest.approx(rig.clock.monotonic() + 0.1)
+    rig.advance(1.0)
+    assert len(rig.conn.sent) == 30  # 10 per second
+    rig.advance(2.0)
+    assert len(rig.conn.sent) == 50
+    assert rig.conn.payloads() == [b"%d" % n for n in range(1, 51)]
+
+
+def test_normal_traffic_never_waits_for_the_rate() -> None:
+    rig = Rig(drain_rate_per_s=0.1, drain_burst=5, drain_jitter_s=30.0)
+    rig.sender.mark_started()
+    rig.connect()
+    for n in range(1, 6):
+        rig.clock.advance(60.0)
+        rig.say(1)
+        assert len(rig.conn.sent) == n  # handed at once
+        rig.ack_all()
+
+
+def test_a_reconnect_that_finds_a_backlog_waits_a_random_jitter_before_draining() -> None:
+    rig = Rig(drain_jitter_s=10.0)
+    rig.sender.mark_started()
+    rig.connect()
+    rig.disconnect()
+    rig.say(4)
+    start = rig.clock.monotonic()
+    rig.connect()
+    assert rig.conn.sent == []
+    delay = random.Random(7).uniform(0.0, 10.0)  # the rig's rng draws once
+    assert rig.sender.next_due() == pytest.approx(start + delay)
+    rig.sender.pump(start + delay - 0.01)
+    assert rig.conn.sent == []
+    rig.clock.advance(delay)
+    rig.sender.pump(rig.clock.monotonic())
+    assert rig.conn.payloads() == [b"1", b"2", b"3", b"4"]
+
+
+def test_what_the_agent_says_while_starting_is_no_backlog_but_a_previous_runs_rows_are(
+    tmp_path: object,
+) -> None:
+    outbox = Outbox.in_memory()
+    rig = Rig(outbox, drain_jitter_s=10.0)
+    rig.say(2)  # boot and a fault present at start
+    rig.sender.mark_started()
+    rig.connect()
+    assert len(rig.conn.sent) == 2  # no jitter
+    # The process dies before the PUBACKs: a new sender (next process) finds the rows.
+    again = Rig(outbox, drain_jitter_s=10.0)
+    again.sender.mark_started()
+    again.connect()
+    assert again.conn.sent == []  # inherited backlog: jitter first
+    assert again.sender.next_due() > again.clock.monotonic()
+
+
+def test_rows_in_flight_are_not_handed_again_after_a_reconnect_but_after_a_restart_they_are() -> (
+    None
+):
+    outbox = Outbox.in_memory()
+    rig = Rig(outbox)
+    rig.connect()
+    rig.say(3)
+    rig.disconnect()  # paho keeps and re-sends these three itself
+    rig.connect()
+    rig.say(1)
+    assert rig.conn.payloads() == [b"1", b"2", b"3", b"4"]
+    restarted = Rig(outbox)
+    assert restarted.sender.last_seq == 4
+    restarted.connect()
+    assert restarted.conn.payloads() == [b"1", b"2", b"3", b"4"]  # every unacked row again
+
+
+def test_a_refused_puback_removes_the_row_and_counts_it(caplog: pytest.LogCaptureFixture) -> None:
+    rig = Rig()
+    rig.connect()
+    rig.say(2)
+    rig.sender.on_delivered(1, False)
+    rig.sender.on_delivered(2, True)
+    stats = rig.sender.stats()
+    assert (stats.refused, stats.acked) == (1, 1)
+    assert rig.outbox.stats(T).pending == 0
+    assert any("refused" in r.getMessage() for r in caplog.records)
+
+
+class BrokenOutbox(Outbox):
+    """An outbox whose appends fail as on a full disk."""
+
+    def append(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+        raise OutboxError("append", OSError(28, "No space left on device"))
+
+
+def test_when_the_outbox_cannot_store_messages_they_are_sent_from_memory_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rig = Rig(BrokenOutbox(":memory:"), max_inflight=100)
+    with caplog.at_level(logging.ERROR):
+        rig.say(3)
+        rig.connect()
+        rig.say(2)
+    assert rig.conn.payloads() == [b"1", b"2", b"3", b"4", b"5"]
+    stats = rig.sender.stats()
+    assert stats.outbox_errors == 5
+    assert sum("No space left" in r.getMessage() for r in caplog.records) == 1  # once per reason
+    rig.ack_all()
+    assert rig.sender.stats().acked == 5
+
+
+def test_memory_for_unstorable_messages_is_bounded() -> None:
+    rig = Rig(BrokenOutbox(":memory:"), max_memory=3)
+    rig.say(3)
+    with pytest.raises(OutboundFullError):
+        rig.say(1)
+
+
+def test_the_dropped_report_count_follows_the_quota() -> None:
+    rig = Rig(Outbox.in_memory(max_messages=3))
+    rig.say(5)
+    assert rig.sender.dropped_reports() == 2
+    assert rig.outbox.stats(T).dropped_reports == 2
+
+
+# -- the property: order and exactly-once handing per process run ---------------------
+
+Action = tuple[str, int]
+actions = st.lists(
+    st.one_of(
+        st.tuples(st.just("say"), st.integers(1, 4)),
+        st.tuples(st.just("ack"), st.integers(0, 5)),
+        st.tuples(st.just("connect"), st.just(0)),
+        st.tuples(st.just("disconnect"), st.just(0)),
+        st.tuples(st.just("time"), st.integers(0, 3)),
+        st.tuples(st.just("restart"), st.just(0)),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(actions=actions, quota=st.integers(3, 30), inflight=st.integers(1, 6))
+def test_rows_are_handed_in_order_and_every_kept_message_exactly_once_per_run(
+    actions: list[Action], quota: int, inflight: int
+) -> None:
+    outbox = Outbox.in_memory(max_messages=quota)
+    rig = Rig(outbox, max_inflight=inflight, drain_rate_per_s=2.0, drain_burst=3)
+    runs: list[Rig] = [rig]
+    for kind, n in actions:
+        if kind == "say":
+            for _ in range(n):
+                rig.say(1, EVENT if (rig.seq + 1) % 2 == 0 else REPORT)  # even seqs are events
+        elif kind == "ack":
+            unacked = [
+                mid for mid, t, _, _ in rig.conn.sent if not t.endswith("/state")
+            ]  # paho acks in order; acking a mid twice is ignored
+            for mid in unacked[:n]:
+                rig.sender.on_delivered(mid, True)
+        elif kind == "connect" and not rig.conn.connected:
+            rig.connect()
+        elif kind == "disconnect" and rig.conn.connected:
+            rig.disconnect()
+        elif kind == "time":
+            rig.advance(float(n))
+        elif kind == "restart":
+            rig = Rig(outbox, max_inflight=inflight, drain_rate_per_s=2.0, drain_burst=3)
+            runs.append(rig)
+    # Let the last run drain everything: connected, time passing, PUBACKs coming.
+    if not rig.conn.connected:
+        rig.connect()
+    for _ in range(200):
+        rig.advance(1.0)
+        rig.ack_all()
+        if outbox.stats(T).pending == 0:
+            break
+    stats = outbox.stats(T)
+    assert stats.pending == 0
+    for run in runs:
+        seqs = [int(p) for p in run.conn.payloads()]
+        assert seqs == sorted(seqs), "handed out of order"
+        assert len(seqs) == len(set(seqs)), "a row handed twice in one run"
+    # Every appended message not dropped for the quota was handed at least once.
+    handed = {int(p) for run in runs for p in run.conn.payloads()}
+    # ... and nothing handed (the broker may have it) was ever counted as dropped.
+    assert len(handed) == stats.reports + stats.events - stats.dropped_reports
+    assert stats.last_seq == rig.seq
+    assert stats.events == len({s for s in handed if s % 2 == 0})  # no event ever dropped
