@@ -4,7 +4,8 @@
 (fleet state, history reader, readiness check, metrics registry); nothing is
 wired at import time. Reads come from the in-memory fleet state; only a
 terminal's transition history reads the database. Handlers never change the
-fleet. OpenAPI at ``/openapi.json``, interactive docs at ``/docs``.
+fleet. A terminal's stored events (``/api/v1/terminals/{id}/events``) also
+read the database. OpenAPI at ``/openapi.json``, interactive docs at ``/docs``.
 
 Errors are JSON ``{"error", "message", "detail"?}``: 404 ``not_found``, 422
 ``invalid_request`` (with the validation errors), 503 ``database_unavailable``
@@ -29,16 +30,19 @@ from kioskfleet import __version__
 from protocol.messages import PeripheralCondition, PeripheralKind, TerminalState
 from server.api_models import (
     ErrorPublic,
+    EventsPublic,
     HallsPublic,
     ReadinessPublic,
     TerminalDetailPublic,
     TerminalPagePublic,
+    events_public,
     hall_public,
     terminal_detail_public,
     terminal_public,
 )
 from server.errors import StorageError
 from server.fleet_state import FleetState, InvalidCursorError, TerminalFilter, Transition
+from server.storage import EventRecord
 
 __all__ = ["ApiServices", "create_app"]
 
@@ -51,6 +55,7 @@ class ApiServices:
 
     fleet: FleetState
     history: Callable[[str, int], list[Transition]]  # raises StorageError
+    events: Callable[[str, int], list[EventRecord]]  # raises StorageError
     readiness: Callable[[], list[str]]  # reasons the server is not ready; empty when ready
     registry: CollectorRegistry
     page_limit_default: int = 100
@@ -166,6 +171,26 @@ def create_app(services: ApiServices) -> FastAPI:
             log.warning("history of %s unavailable: %s", terminal_id, exc)
             raise ApiError(503, "database_unavailable", str(exc)) from None
         return terminal_detail_public(view, history)
+
+    @app.get(
+        "/api/v1/terminals/{terminal_id}/events",
+        response_model=EventsPublic,
+        responses={404: {"model": ErrorPublic}, 503: {"model": ErrorPublic}, **_ERROR_RESPONSES},
+        tags=["fleet"],
+        summary="One terminal's stored events, newest first",
+    )
+    def get_events(
+        terminal_id: Annotated[str, Path(max_length=64)],
+        limit: Annotated[int, Query(ge=1, le=services.history_limit_max)] = services.history_limit,
+    ) -> EventsPublic:
+        if fleet.get(terminal_id) is None:
+            raise ApiError(404, "not_found", f"unknown terminal {terminal_id!r}")
+        try:
+            events = services.events(terminal_id, limit)
+        except StorageError as exc:
+            log.warning("events of %s unavailable: %s", terminal_id, exc)
+            raise ApiError(503, "database_unavailable", str(exc)) from None
+        return events_public(events)
 
     @app.get(
         "/api/v1/halls",

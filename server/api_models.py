@@ -6,15 +6,21 @@ No I/O here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from protocol.messages import PeripheralCondition, PeripheralKind, TerminalState
 from server.fleet_state import HallSummary, Health, Status, TerminalView, Transition
+from server.storage import EventRecord
 
 __all__ = [
+    "DeliveryPublic",
     "ErrorPublic",
+    "EventPublic",
+    "EventsPublic",
     "HallPublic",
     "HallsPublic",
     "PeripheralPublic",
@@ -25,6 +31,8 @@ __all__ = [
     "TerminalPagePublic",
     "TerminalPublic",
     "TransitionPublic",
+    "event_public",
+    "events_public",
     "hall_public",
     "terminal_detail_public",
     "terminal_public",
@@ -80,8 +88,36 @@ class TransitionPublic(BaseModel):
     recorded_at: datetime = Field(description="server time")
 
 
+class DeliveryPublic(BaseModel):
+    """What reached the server from this terminal (cumulative, survives server restarts)."""
+
+    boot_id: str | None = Field(description="the terminal's current sequence stream")
+    last_seq: int | None = Field(description="highest seq accepted in that stream")
+    reports_received: int
+    events_received: int
+    seq_gaps: int = Field(description="sequence numbers never received, all streams")
+    dropped_reports: int = Field(
+        description="reports the terminal's outbox dropped on purpose (its count for the"
+        " current boot_id); gaps beyond them are losses"
+    )
+
+
 class TerminalDetailPublic(TerminalPublic):
+    delivery: DeliveryPublic
     transitions: list[TransitionPublic] = Field(description="newest first")
+
+
+class EventPublic(BaseModel):
+    boot_id: str
+    seq: int
+    type: str = Field(description="peripheral_changed, boot, ...")
+    sent_at: datetime = Field(description="device time")
+    received_at: datetime = Field(description="server time")
+    body: dict[str, Any] = Field(description="the event body as the terminal sent it")
+
+
+class EventsPublic(BaseModel):
+    items: list[EventPublic] = Field(description="newest first (by server time)")
 
 
 class TerminalPagePublic(BaseModel):
@@ -167,8 +203,32 @@ def transition_public(t: Transition) -> TransitionPublic:
 
 def terminal_detail_public(v: TerminalView, history: list[Transition]) -> TerminalDetailPublic:
     return TerminalDetailPublic(
-        **dict(terminal_public(v)), transitions=[transition_public(t) for t in history]
+        **dict(terminal_public(v)),
+        delivery=DeliveryPublic(
+            boot_id=v.boot_id,
+            last_seq=v.last_seq,
+            reports_received=v.reports_received,
+            events_received=v.events_received,
+            seq_gaps=v.seq_gaps,
+            dropped_reports=v.dropped_reports,
+        ),
+        transitions=[transition_public(t) for t in history],
     )
+
+
+def event_public(e: EventRecord) -> EventPublic:
+    return EventPublic(
+        boot_id=e.boot_id,
+        seq=e.seq,
+        type=e.type,
+        sent_at=e.sent_at,
+        received_at=e.received_at,
+        body=dict(e.body),
+    )
+
+
+def events_public(events: Sequence[EventRecord]) -> EventsPublic:
+    return EventsPublic(items=[event_public(e) for e in events])
 
 
 def hall_public(s: HallSummary) -> HallPublic:

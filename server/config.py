@@ -50,8 +50,17 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///var/kioskfleet.db"
     sqlite_busy_timeout_s: PositiveSeconds = 5.0
     db_flush_interval_s: PositiveSeconds = 1.0
-    db_heartbeat_flush_interval_s: PositiveSeconds = 60.0
+    # Flush early once this many received messages wait for their commit to be acknowledged.
+    # Keep it well below the broker's in-flight window to the server (mosquitto
+    # max_inflight_messages, 1000 in broker/mosquitto.conf), or the broker stalls until the
+    # next interval.
+    db_flush_max_pending_acks: Annotated[int, Field(ge=1, le=65535)] = 400
     db_max_pending_transitions: Annotated[int, Field(ge=1000)] = 200_000
+    db_retry_max_s: PositiveSeconds = 10.0  # longest backoff between retries of a failed flush
+    db_statement_timeout_s: PositiveSeconds = 10.0  # PostgreSQL statement_timeout
+    db_connect_timeout_s: PositiveSeconds = 5.0  # PostgreSQL connect timeout
+    event_retention_days: Annotated[float, Field(gt=0, le=36500)] = 90.0
+    event_prune_interval_s: PositiveSeconds = 3600.0
 
     # Broker.
     broker_url: str = "mqtt://127.0.0.1:1883"

@@ -6,8 +6,10 @@ exceptions::
 
     ServerError                 (base)
     ├── ConfigError             settings that cannot work (bad URL, missing TLS file)
-    ├── StorageError            the database refused or could not be reached
-    │                           (``operation`` names what was being done)
+    ├── StorageError            the database could not be reached or failed for now
+    │   │                       (``operation`` names what was being done); worth retrying
+    │   └── StorageDataError    the database refused these rows (a constraint or data
+    │                           error): retrying the same rows fails again
     └── BrokerError             the MQTT client could not be set up or used
 
 Wire rejections are not here: they are ``protocol.errors.ProtocolError`` and
@@ -16,7 +18,7 @@ never leave the ingest, which counts and logs them. This module does no I/O.
 
 from __future__ import annotations
 
-__all__ = ["BrokerError", "ConfigError", "ServerError", "StorageError"]
+__all__ = ["BrokerError", "ConfigError", "ServerError", "StorageDataError", "StorageError"]
 
 
 class ServerError(Exception):
@@ -34,6 +36,10 @@ class StorageError(ServerError):
         super().__init__(f"{operation}: {message}")
         self.operation = operation
         self.message = message
+
+
+class StorageDataError(StorageError):
+    """The database refused the data itself (integrity or data error); a retry cannot help."""
 
 
 class BrokerError(ServerError):

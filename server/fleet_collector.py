@@ -12,6 +12,11 @@ tallies) and turns it into metric families (the contract in
   pair with no peripheral has no series (not zero-filled: that would more than
   double the per-hall series, and the series count is what a scrape costs);
 - ``kioskfleet_software_terminals{package,version}``;
+- ``kioskfleet_agent_dropped_reports{region,hall}``: reports the hall's
+  terminals' outboxes dropped on purpose (each terminal's count for its current
+  boot_id), next to ``kioskfleet_agent_seq_gaps{region,hall}``: sequence numbers
+  the server never received from them (persisted, all streams). Gaps beyond the
+  drops are losses;
 - per terminal, ONLY for terminals with a problem:
   ``kioskfleet_terminal_offline`` and
   ``kioskfleet_terminal_offline_since_timestamp_seconds`` while offline,
@@ -52,6 +57,8 @@ _SOFTWARE: Final = "kioskfleet_software_terminals"
 _OFFLINE: Final = "kioskfleet_terminal_offline"
 _OFFLINE_SINCE: Final = "kioskfleet_terminal_offline_since_timestamp_seconds"
 _PROBLEM: Final = "kioskfleet_terminal_peripheral_problem"
+_DROPPED: Final = "kioskfleet_agent_dropped_reports"
+_GAPS: Final = "kioskfleet_agent_seq_gaps"
 
 FLEET_METRIC_NAMES: Final = (
     _TERMINALS,
@@ -60,6 +67,8 @@ FLEET_METRIC_NAMES: Final = (
     _OFFLINE,
     _OFFLINE_SINCE,
     _PROBLEM,
+    _DROPPED,
+    _GAPS,
 )
 """Every family this collector yields (always, with or without samples)."""
 
@@ -74,6 +83,10 @@ _HELP: Final = {
     _OFFLINE_SINCE: "Unix time at which the offline terminal went offline (server time).",
     _PROBLEM: "1 for each peripheral whose condition is not ok; fault_code is empty when the"
     " device gave none. No series for healthy peripherals.",
+    _DROPPED: "Reports the hall's terminals dropped on purpose from a full outbox (each"
+    " terminal's count for its current boot_id).",
+    _GAPS: "Sequence numbers never received from the hall's terminals (cumulative, persisted"
+    " across server restarts); gaps beyond the dropped reports are losses.",
 }
 _LABELS: Final = {
     _TERMINALS: ("region", "hall", "status"),
@@ -82,6 +95,8 @@ _LABELS: Final = {
     _OFFLINE: ("terminal", "hall", "region"),
     _OFFLINE_SINCE: ("terminal", "hall", "region"),
     _PROBLEM: ("terminal", "hall", "region", "peripheral", "kind", "condition", "fault_code"),
+    _DROPPED: ("region", "hall"),
+    _GAPS: ("region", "hall"),
 }
 
 _STATUSES: Final = tuple(Health)
@@ -111,6 +126,7 @@ def fleet_families(summary: FleetSummary) -> list[Metric]:
     out = {name: GaugeMetricFamily(name, _HELP[name], labels=_LABELS[name]) for name in _HELP}
 
     terminals: dict[tuple[str, str], dict[Health, int]] = {}
+    delivery: dict[tuple[str, str], list[int]] = {}  # [dropped_reports, seq_gaps]
     peripherals: dict[tuple[str, str], dict[tuple[PeripheralKind, PeripheralCondition], int]] = {}
     for h in summary.halls:
         key = (_label(h.region), _label(h.hall))
@@ -120,6 +136,9 @@ def fleet_families(summary: FleetSummary) -> list[Metric]:
         else:  # two halls with the same labels (see the module doc): add them up
             for health, n in h.by_health().items():
                 counts[health] += n
+        sums = delivery.setdefault(key, [0, 0])
+        sums[0] += h.dropped_reports
+        sums[1] += h.seq_gaps
         by_kind = peripherals.setdefault(key, {})
         for pc in h.peripherals:
             pair = (pc.kind, pc.condition)
@@ -133,6 +152,10 @@ def fleet_families(summary: FleetSummary) -> list[Metric]:
     for (region, hall), by_kind in peripherals.items():
         for (kind, condition), n in by_kind.items():
             family.add_metric([region, hall, kind.value, condition.value], n)
+    dropped, gaps = out[_DROPPED], out[_GAPS]
+    for (region, hall), (n_dropped, n_gaps) in delivery.items():
+        dropped.add_metric([region, hall], n_dropped)
+        gaps.add_metric([region, hall], n_gaps)
     family = out[_SOFTWARE]
     for s in summary.software:
         family.add_metric([s.package, s.version], s.count)

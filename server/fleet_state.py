@@ -10,11 +10,23 @@ frozen copies (``TerminalView``), never the live records.
 Rules (docs/server.md explains why):
 
 Sequence (reports and events)
-    A message with the terminal's current ``boot_id`` and ``seq`` <= the highest
-    accepted is a DUPLICATE; ``seq`` > highest + 1 counts the skipped numbers as
-    a gap. A new ``boot_id`` resets the sequence (no gap counted for the first
-    message of a boot). A message from the boot just replaced (``prev_boot_id``)
-    is STALE: a late straggler that must not roll the state back.
+    ``boot_id`` names a sequence stream that survives agent restarts; its stream
+    messages are numbered from 1. A message with the terminal's current
+    ``boot_id`` and ``seq`` <= the highest accepted is a DUPLICATE; ``seq`` >
+    highest + 1 counts the skipped numbers as a gap. The first stream message of
+    a new ``boot_id`` (or of a ``boot_id`` a state message introduced, whose
+    position is unknown) counts ``seq - 1`` as a gap: numbers 1..seq-1 of that
+    stream never arrived. A message from the stream just replaced
+    (``prev_boot_id``) is STALE: a late straggler that must not roll the state
+    back.
+
+Delivery accounting (per terminal, cumulative, persisted with the state)
+    ``reports_received`` and ``events_received`` count accepted stream
+    messages; ``seq_gaps`` counts the numbers never received; ``dropped_reports``
+    is the latest value the terminal's reports gave for its current ``boot_id``
+    (reports its outbox dropped on purpose; 0 again on a new ``boot_id``). Per
+    hall, the sums of ``seq_gaps`` and ``dropped_reports`` are tallied so that
+    ops can tell deliberate drops from losses.
 
 State channel (``state`` is retained; its ``seq`` is not a stream position)
     A message identical to the last state message applied (boot_id, seq,
@@ -66,9 +78,9 @@ Tallies
     of halls, versions and problems costs, never a scan over the fleet.
 
 Persistence hints
-    ``Outcome.heartbeat_only`` says an accepted message moved nothing but
-    last_seen/seq/sent_at, so its write may be deferred; ``peripherals_changed``
-    says the terminal's peripheral rows must be rewritten.
+    ``Outcome.peripherals_changed`` says the terminal's peripheral rows must be
+    rewritten (every accepted message changes the terminal's row: its dedup
+    position and counters must be durable before the message is acknowledged).
 """
 
 from __future__ import annotations
@@ -227,10 +239,9 @@ class Outcome:
     """What ``FleetState.apply`` did with one message."""
 
     verdict: Verdict
-    missing: int = 0  # sequence numbers skipped before this message (same boot)
+    missing: int = 0  # sequence numbers of this stream never received before this message
     transitions: tuple[Transition, ...] = ()
     peripherals_changed: bool = False  # the peripheral set must be rewritten
-    heartbeat_only: bool = False  # only last_seen / seq / sent_at moved (may be written lazily)
 
     @property
     def accepted(self) -> bool:
@@ -275,6 +286,11 @@ class TerminalView:
     agent_version: str | None = None
     software: Mapping[str, str] = field(default_factory=dict)
     peripherals: tuple[PeripheralView, ...] = ()
+    prev_boot_id: str | None = None  # the stream replaced by ``boot_id`` (its stragglers are stale)
+    reports_received: int = 0  # accepted reports, all streams
+    events_received: int = 0  # accepted events, all streams
+    seq_gaps: int = 0  # sequence numbers never received, all streams
+    dropped_reports: int = 0  # reports the outbox dropped on purpose, current boot_id
 
     @property
     def health(self) -> Health:
@@ -337,6 +353,8 @@ class HallSummary:
     warning: int = 0  # online, only non-blocking problems
     faulty: int = 0  # online, at least one blocking problem
     peripherals: tuple[PeripheralCount, ...] = ()  # every peripheral, ok included
+    seq_gaps: int = 0  # sum of the hall's terminals' seq_gaps
+    dropped_reports: int = 0  # sum of the hall's terminals' dropped_reports
 
     @property
     def ok(self) -> int:
@@ -417,10 +435,12 @@ class _Contribution:
 class _HallTally:
     __slots__ = (
         "degraded",
+        "dropped_reports",
         "faulty",
         "online",
         "peripherals",
         "problems",
+        "seq_gaps",
         "total",
         "warning",
         "with_problems",
@@ -435,6 +455,8 @@ class _HallTally:
         self.with_problems = 0
         self.problems: dict[_ProblemKey, int] = {}
         self.peripherals: dict[_ProblemKey, int] = {}
+        self.seq_gaps = 0
+        self.dropped_reports = 0
 
     def add(self, c: _Contribution, sign: int) -> None:
         self.total += sign
@@ -470,6 +492,8 @@ class _HallTally:
                 PeripheralCount(kind, condition, n)
                 for (kind, condition), n in sorted(self.peripherals.items())
             ),
+            seq_gaps=self.seq_gaps,
+            dropped_reports=self.dropped_reports,
         )
 
 
@@ -479,6 +503,8 @@ class _Terminal:
         "boot_id",
         "contribution",
         "deadline",
+        "dropped_reports",
+        "events_received",
         "first_seen",
         "hall",
         "last_seen",
@@ -493,6 +519,8 @@ class _Terminal:
         "region",
         "report_interval_s",
         "reported",
+        "reports_received",
+        "seq_gaps",
         "software",
         "state_since",
         "tid",
@@ -522,6 +550,10 @@ class _Terminal:
         self.reported: tuple[tuple[object, ...], ...] | None = None
         self.deadline = now  # when silence makes this terminal offline
         self.contribution: _Contribution | None = None
+        self.reports_received = 0
+        self.events_received = 0
+        self.seq_gaps = 0
+        self.dropped_reports = 0
 
     def view(self) -> TerminalView:
         return TerminalView(
@@ -541,6 +573,11 @@ class _Terminal:
             agent_version=self.agent_version,
             software=dict(self.software),
             peripherals=tuple(self.peripherals[name] for name in sorted(self.peripherals)),
+            prev_boot_id=self.prev_boot_id,
+            reports_received=self.reports_received,
+            events_received=self.events_received,
+            seq_gaps=self.seq_gaps,
+            dropped_reports=self.dropped_reports,
         )
 
     def contribution_now(self) -> _Contribution:
@@ -613,7 +650,9 @@ class FleetState:
                     v.offline_reason,
                 )
                 t.last_seen, t.last_sent_at = v.last_seen, v.last_sent_at
-                t.boot_id, t.last_seq = v.boot_id, v.last_seq
+                t.boot_id, t.last_seq, t.prev_boot_id = v.boot_id, v.last_seq, v.prev_boot_id
+                t.reports_received, t.events_received = v.reports_received, v.events_received
+                t.seq_gaps, t.dropped_reports = v.seq_gaps, v.dropped_reports
                 t.report_interval_s, t.agent_version = v.report_interval_s, v.agent_version
                 t.software = dict(v.software)
                 t.peripherals = {p.name: p for p in v.peripherals}
@@ -781,11 +820,17 @@ class FleetState:
         if old == new:
             return
         if old is not None:
-            self._halls[old.key].add(old, -1)
-            if self._halls[old.key].total == 0:
+            hall = self._halls[old.key]
+            hall.add(old, -1)
+            hall.seq_gaps -= t.seq_gaps
+            hall.dropped_reports -= t.dropped_reports
+            if hall.total == 0:
                 del self._halls[old.key]
             _bump(self._software, old.software, -1)
-        self._halls.setdefault(new.key, _HallTally()).add(new, +1)
+        hall = self._halls.setdefault(new.key, _HallTally())
+        hall.add(new, +1)
+        hall.seq_gaps += t.seq_gaps
+        hall.dropped_reports += t.dropped_reports
         _bump(self._software, new.software, +1)
         t.contribution = new
         if new.online and not new.problems:
@@ -855,8 +900,11 @@ class FleetState:
             t.last_state_key = key
             return _STALE
         t.last_state_key = key
-        if m.boot_id != t.boot_id:
+        if m.boot_id != t.boot_id:  # a new stream: its position and drops are not known yet
             t.prev_boot_id, t.boot_id, t.last_seq = t.boot_id, m.boot_id, None
+            if t.dropped_reports and t.contribution is not None:
+                self._halls[t.contribution.key].dropped_reports -= t.dropped_reports
+            t.dropped_reports = 0
         if body.hall is not None:
             t.hall = body.hall
         if body.region is not None:
@@ -884,19 +932,31 @@ class FleetState:
     def _apply_stream(
         self, t: _Terminal, m: ReportMessage | EventMessage, received_at: datetime
     ) -> Outcome:
-        # Sequence: duplicates, stragglers from the previous boot, gaps.
-        missing = 0
+        # Sequence: duplicates, stragglers from the previous stream, gaps.
         new_boot = m.boot_id != t.boot_id
         if not new_boot:
-            if t.last_seq is not None:
-                if m.seq <= t.last_seq:
-                    return _DUPLICATE
-                missing = m.seq - t.last_seq - 1
+            if t.last_seq is not None and m.seq <= t.last_seq:
+                return _DUPLICATE
         elif m.boot_id == t.prev_boot_id:
             return _STALE
         else:
-            t.prev_boot_id, t.boot_id = t.boot_id, m.boot_id
+            t.prev_boot_id, t.boot_id, t.last_seq = t.boot_id, m.boot_id, None
+        # A stream is numbered from 1: with no known position, 1..seq-1 never arrived.
+        missing = max(m.seq - (t.last_seq or 0) - 1, 0)
         t.last_seq = m.seq
+        old_dropped = t.dropped_reports
+        if new_boot:
+            t.dropped_reports = 0
+        if isinstance(m, ReportMessage):
+            t.reports_received += 1
+            t.dropped_reports = m.body.dropped_reports
+        else:
+            t.events_received += 1
+        t.seq_gaps += missing
+        if t.contribution is not None:  # else the first _retally below adds them
+            hall = self._halls[t.contribution.key]
+            hall.seq_gaps += missing
+            hall.dropped_reports += t.dropped_reports - old_dropped
 
         sent_at = m.sent_at
         t.last_seen = received_at
@@ -949,7 +1009,6 @@ class FleetState:
             missing=missing,
             transitions=tuple(transitions),
             peripherals_changed=changed,
-            heartbeat_only=not (changed or transitions or identity_changed),
         )
 
     def _apply_peripherals(

@@ -1,7 +1,11 @@
 """The ingest: what happens to one inbound MQTT message, from bytes to fleet state.
 
 ``decode`` (the protocol's single gate) → ``FleetState.apply`` → queue the
-changes for the batched database writer → metrics. It runs on the MQTT
+changes, the event row and the message's broker delivery for the batched
+database writer (which acknowledges the delivery once the changes are
+committed) → metrics. A message that is not applied (rejected, duplicate,
+stale) is handed to the writer's ``settle``: acknowledged with the next flush,
+after everything received before it. It runs on the MQTT
 adapter's network thread for every message, so it stays lean: no database I/O,
 no per-message logging, no lock held beyond the fleet state's own.
 
@@ -23,9 +27,10 @@ from protocol.errors import ProtocolError
 from protocol.messages import EventMessage, ReportMessage, StateMessage
 from protocol.topics import Channel
 from server.fleet_state import CONNECTIVITY, FleetState, Transition, Verdict
-from server.inbound import InboundMessage
+from server.inbound import Delivery, InboundMessage
 from server.log_throttle import ThrottledLog
 from server.metrics import INTERNAL_REASON, ServerMetrics
+from server.storage import EventRecord
 
 __all__ = ["Ingest", "IngestResult", "WriteSink"]
 
@@ -48,12 +53,15 @@ class WriteSink(Protocol):
         *,
         peripherals_changed: bool = False,
         transitions: Sequence[Transition] = (),
-        heartbeat_only: bool = False,
+        event: EventRecord | None = None,
+        delivery: Delivery | None = None,
     ) -> None:
-        """Mark ``terminal_id`` for writing and queue its transitions. Must be cheap.
+        """Mark ``terminal_id`` for writing, queue its transitions and event, and acknowledge
+        ``delivery`` once they are committed. Must be cheap."""
+        ...
 
-        ``heartbeat_only``: only last_seen/seq moved, so the write may be deferred.
-        """
+    def settle(self, delivery: Delivery | None) -> None:
+        """Acknowledge a message that changed nothing (after what was received before it)."""
         ...
 
 
@@ -95,8 +103,9 @@ class Ingest:
     def handle(self, inbound: InboundMessage) -> IngestResult:
         """Process one message. Never raises."""
         try:
-            return self._handle(inbound)
+            result = self._handle(inbound)
         except Exception:  # noqa: BLE001 - the server must survive any input
+            result = IngestResult.INTERNAL_ERROR
             self._metrics.ingest_rejected.labels(INTERNAL_REASON).inc()
             self._log.log(
                 logging.ERROR,
@@ -105,7 +114,9 @@ class Ingest:
                 _clip(inbound.topic),
                 exc_info=True,
             )
-            return IngestResult.INTERNAL_ERROR
+        if result is not IngestResult.ACCEPTED:
+            self._sink.settle(inbound.delivery)
+        return result
 
     def _handle(self, inbound: InboundMessage) -> IngestResult:
         try:
@@ -132,12 +143,17 @@ class Ingest:
                 else IngestResult.STALE
             )
 
-        self._sink.record(
-            message.terminal_id,
-            peripherals_changed=outcome.peripherals_changed,
-            transitions=outcome.transitions,
-            heartbeat_only=outcome.heartbeat_only,
-        )
+        event = None
+        if isinstance(message, EventMessage):
+            event = EventRecord(
+                terminal_id=message.terminal_id,
+                boot_id=message.boot_id,
+                seq=message.seq,
+                type=message.body.type,
+                sent_at=message.sent_at,
+                received_at=inbound.received_at,
+                body=message.body.model_dump(mode="json"),
+            )
         self._accepted[type(message)].inc()
         if outcome.missing:
             self._metrics.ingest_seq_gaps.inc(outcome.missing)
@@ -147,6 +163,14 @@ class Ingest:
         for t in outcome.transitions:
             if t.kind == CONNECTIVITY and t.from_state == "online" and t.reason in self._offline:
                 self._offline[t.reason].inc()  # a first sighting offline is no detection
+        # Last: once recorded, the delivery is the writer's to acknowledge.
+        self._sink.record(
+            message.terminal_id,
+            peripherals_changed=outcome.peripherals_changed,
+            transitions=outcome.transitions,
+            event=event,
+            delivery=inbound.delivery,
+        )
         return IngestResult.ACCEPTED
 
 

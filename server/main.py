@@ -1,11 +1,14 @@
 """Wiring: ``Server`` builds and runs every server component; ``run_server`` is the CLI entry.
 
 Threads of a running server: paho's network thread (receives and ingests every
-message), the database writer's flusher, APScheduler's worker (offline sweep),
-and uvicorn's event loop serving the API (with its worker threads for the
-handlers). ``Server(settings)`` only builds objects; ``start()`` opens the
-database, loads the fleet from it, and starts the threads; ``stop()`` stops
-intake first, then flushes what is pending, then stops serving.
+message), the database writer's flusher (which also acknowledges messages to
+the broker once committed), APScheduler's worker (offline sweep, event
+pruning), and uvicorn's event loop serving the API (with its worker threads
+for the handlers). ``Server(settings)`` only builds objects; ``start()`` opens
+(and migrates) the database, loads the fleet from it, and starts the threads;
+``stop()`` stops intake first (what arrives after is neither applied nor
+acknowledged), then flushes and acknowledges what is pending, lets paho write
+the acknowledgements, disconnects, then stops serving.
 
 Nothing is started at import time.
 """
@@ -17,6 +20,7 @@ import signal
 import socket
 import threading
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
@@ -34,8 +38,8 @@ from server.ingest import Ingest
 from server.log_throttle import ThrottledLog
 from server.metrics import ServerMetrics
 from server.mqtt_source import MqttOptions, MqttSource
-from server.scheduler import OfflineSweep, build_scheduler
-from server.storage import Storage
+from server.scheduler import EventPruner, OfflineSweep, build_scheduler
+from server.storage import EventRecord, Storage
 from server.write_behind import WriteBehind
 
 __all__ = ["Server", "run_server"]
@@ -63,16 +67,22 @@ class Server:
         )
         registry.register(FleetCollector(self.fleet))  # fleet gauges, computed at scrape time
         self.storage = Storage(
-            settings.database_url, sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s
+            settings.database_url,
+            sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s,
+            statement_timeout_s=settings.db_statement_timeout_s,
+            connect_timeout_s=settings.db_connect_timeout_s,
         )
         self.writer = WriteBehind(
             self.storage,
             self.fleet.snapshot,
             self.metrics,
+            acknowledge=lambda deliveries: self.mqtt.ack(deliveries),
             interval_s=settings.db_flush_interval_s,
-            heartbeat_interval_s=settings.db_heartbeat_flush_interval_s,
+            max_pending_acks=settings.db_flush_max_pending_acks,
             max_pending_transitions=settings.db_max_pending_transitions,
+            retry_max_s=settings.db_retry_max_s,
         )
+        self.metrics.unacknowledged.set_function(self.writer.pending_acks)
         self.ingest = Ingest(
             self.fleet,
             self.writer,
@@ -107,12 +117,18 @@ class Server:
             self.fleet,
             self.writer,
             self.metrics,
-            listening_since=lambda: self.mqtt.connected_since,
+            listening_since=self.listening_since,
+        )
+        self.pruner = EventPruner(
+            self.storage,
+            self.metrics,
+            retention=timedelta(days=settings.event_retention_days),
         )
         self.app = create_app(
             ApiServices(
                 fleet=self.fleet,
                 history=self._history,
+                events=self._events,
                 readiness=self.readiness,
                 registry=registry,
                 page_limit_default=settings.api_page_limit_default,
@@ -138,6 +154,16 @@ class Server:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self._port}"
+
+    def listening_since(self) -> datetime | None:
+        """Since when silence proves something: the later of the broker connect and the last
+        recovery of database writes; None while either is down (the broker then holds back
+        the terminals' messages because they cannot be acknowledged)."""
+        since = self.mqtt.connected_since
+        if since is None or self.writer.failure is not None:
+            return None
+        recovered = self.writer.recovered_at
+        return since if recovered is None or recovered < since else recovered
 
     def readiness(self) -> list[str]:
         """Why the server is not ready; empty when it is (broker, database, pending writes)."""
@@ -171,17 +197,24 @@ class Server:
         self._start_http()
         self.mqtt.start()
         self._scheduler = build_scheduler(
-            self.sweep, offline_check_interval_s=self.settings.offline_check_interval_s
+            self.sweep,
+            offline_check_interval_s=self.settings.offline_check_interval_s,
+            pruner=self.pruner,
+            prune_interval_s=self.settings.event_prune_interval_s,
         )
         self._scheduler.start()
 
     def stop(self) -> None:
-        """Graceful: stop intake, stop the sweep, write what is pending, stop serving."""
-        self.mqtt.stop()
+        """Graceful: stop intake (later messages stay with the broker), stop the jobs,
+        write and acknowledge what is pending, let paho send the acknowledgements (bounded
+        wait), disconnect, stop serving. Bounded in time even if the database hangs (the
+        statement timeout ends a hung flush)."""
+        self.mqtt.pause()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
-        self.writer.stop()
+        self.writer.stop(timeout_s=self.settings.db_statement_timeout_s + 5)
+        self.mqtt.stop()
         self._stop_http()
         self.storage.close()
 
@@ -190,6 +223,13 @@ class Server:
     def _history(self, terminal_id: str, limit: int) -> list[Transition]:
         try:
             return list(self.storage.history(terminal_id, limit))
+        except StorageError:
+            self.metrics.db_errors.inc()
+            raise
+
+    def _events(self, terminal_id: str, limit: int) -> list[EventRecord]:
+        try:
+            return self.storage.events(terminal_id, limit)
         except StorageError:
             self.metrics.db_errors.inc()
             raise

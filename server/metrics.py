@@ -53,7 +53,8 @@ class ServerMetrics:
         )
         self.ingest_seq_gaps = Counter(
             "kioskfleet_ingest_seq_gaps",
-            "Sequence numbers never received (missing messages within one terminal boot).",
+            "Sequence numbers never received (missing messages of a terminal's sequence stream),"
+            " counted by this process since it started.",
             registry=registry,
         )
         self.ingest_delay = Histogram(
@@ -82,6 +83,18 @@ class ServerMetrics:
         self.db_dropped_transitions = Counter(
             "kioskfleet_db_dropped_transitions",
             "Transitions dropped because the database stayed unavailable past the pending bound.",
+            registry=registry,
+        )
+        self.db_rejected_rows = Counter(
+            "kioskfleet_db_rejected_rows",
+            "Rows the database refused for good (a constraint or data error), dropped after"
+            " isolating the terminal they belong to; its messages were acknowledged.",
+            registry=registry,
+        )
+        self.unacknowledged = Gauge(
+            "kioskfleet_ingest_unacknowledged_messages",
+            "Messages received but not yet acknowledged to the broker (waiting for their"
+            " database commit).",
             registry=registry,
         )
         self.offline_detected = Counter(

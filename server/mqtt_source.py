@@ -11,6 +11,14 @@ It subscribes to ``protocol.topics.server_subscriptions`` on every connect
 ``loop_start``), and hands every message to ``on_message`` as a frozen
 ``InboundMessage`` stamped with the server's receive time, never a paho object.
 
+Acknowledgements are manual (``manual_ack=True``): a QoS 1 message is
+acknowledged only when ``ack`` is called with its delivery, which the database
+writer does after the message's effects are committed. A delivery from an
+earlier connection is never acknowledged on a later one (packet ids are reused;
+the broker redelivers what was not acknowledged). ``pause`` stops intake for a
+graceful stop: messages that arrive after it are neither passed on nor
+acknowledged, so the broker keeps them for the next run.
+
 paho's error codes become ``BrokerError`` or log lines here; nothing paho-shaped
 leaves this module. It never decodes or judges a payload (that is the ingest).
 """
@@ -20,7 +28,8 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +44,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from protocol.topics import server_subscriptions
 from server.errors import BrokerError
-from server.inbound import InboundMessage
+from server.inbound import Delivery, InboundMessage
 
 __all__ = ["InboundMessage", "MqttOptions", "MqttSource"]
 
@@ -78,6 +87,8 @@ class MqttSource:
         self._connected_since: datetime | None = None
         self._connected = threading.Event()
         self._stopping = False
+        self._paused = False
+        self._connection = 0  # bumped on every successful connect
         self._client = self._build_client()
 
     # --- public state ---------------------------------------------------------------------
@@ -94,6 +105,25 @@ class MqttSource:
 
     def wait_connected(self, timeout_s: float) -> bool:
         return self._connected.wait(timeout_s)
+
+    def ack(self, deliveries: Iterable[Delivery]) -> int:
+        """Acknowledge (PUBACK) these deliveries, in the order given; thread-safe.
+
+        Deliveries of an earlier connection are skipped (the broker redelivers
+        them on the new one). Returns how many acknowledgements were queued.
+        """
+        current = self._connection
+        sent = 0
+        for connection, mid in deliveries:
+            if connection != current or not mid:
+                continue
+            if self._client.ack(mid, 1) is MQTTErrorCode.MQTT_ERR_SUCCESS:
+                sent += 1
+        return sent
+
+    def pause(self) -> None:
+        """Stop passing messages on; those that arrive now are not acknowledged either."""
+        self._paused = True
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -132,8 +162,13 @@ class MqttSource:
         if self._client.loop_start() is not MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise BrokerError("the MQTT network thread is already running")
 
-    def stop(self) -> None:
-        """Disconnect cleanly (the session stays on the broker) and stop the thread."""
+    def stop(self, drain_timeout_s: float = 2.0) -> None:
+        """Let paho write the queued acknowledgements (waiting at most ``drain_timeout_s``),
+        disconnect cleanly (the session stays on the broker) and stop the thread."""
+        self._paused = True
+        deadline = time.monotonic() + drain_timeout_s
+        while self.connected and self._client.want_write() and time.monotonic() < deadline:
+            time.sleep(0.01)
         self._stopping = True
         try:
             self._client.disconnect()
@@ -153,6 +188,7 @@ class MqttSource:
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             clean_session=None if v5 else False,
             reconnect_on_failure=True,
+            manual_ack=True,
         )
         client.reconnect_delay_set(min_delay=o.reconnect_min_s, max_delay=o.reconnect_max_s)
         client.on_connect = self._handle_connect
@@ -184,6 +220,7 @@ class MqttSource:
         if reason_code.is_failure:
             log.error("broker refused the connection: %s", reason_code)
             return
+        self._connection += 1  # acknowledgements of the previous connection are void now
         # Subscribe on every connect: a session that expired or a new broker has none.
         subscriptions = server_subscriptions(shared=self._options.shared_subscription)
         if self._options.protocol == "5":
@@ -234,6 +271,8 @@ class MqttSource:
         )
 
     def _handle_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._paused:
+            return  # not applied, not acknowledged: the broker redelivers it to the next run
         received_at = datetime.now(UTC)
         try:
             topic = msg.topic
@@ -241,7 +280,14 @@ class MqttSource:
             topic = "<not UTF-8>"
         try:
             self._on_message(
-                InboundMessage(topic, bytes(msg.payload), bool(msg.retain), received_at)
+                InboundMessage(
+                    topic,
+                    bytes(msg.payload),
+                    bool(msg.retain),
+                    received_at,
+                    mid=msg.mid if msg.qos else 0,
+                    connection=self._connection,
+                )
             )
         except Exception:  # an exception here would kill paho's network thread
             log.exception("message handler failed on topic %r", topic)

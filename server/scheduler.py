@@ -1,12 +1,18 @@
-"""Scheduled jobs: the offline sweep (silence → offline), run by APScheduler.
+"""Scheduled jobs: the offline sweep (silence → offline) and the event pruning, run by
+APScheduler.
 
 ``OfflineSweep`` is the job: it asks the fleet state which online terminals
 have been silent too long, queues their transitions for the database and counts
 ``kioskfleet_terminals_offline_detected_total{reason="timeout"}``. It does
 nothing while the broker link is down (silence then proves nothing) and gives
-every terminal a full grace period after each reconnect.
+every terminal a full grace period after each reconnect (the server passes
+``listening_since``: the later of the broker connect and the recovery of
+database writes, None while either is down, because the broker stops
+delivering while acknowledgements wait for a commit).
 
-``build_scheduler`` wires it into a ``BackgroundScheduler`` (``max_instances=1``,
+``EventPruner`` deletes stored events older than the retention period.
+
+``build_scheduler`` wires them into a ``BackgroundScheduler`` (``max_instances=1``,
 ``coalesce=True``); ``Server.start()`` starts it and ``Server.stop()`` shuts it
 down. Nothing is scheduled at import time.
 """
@@ -15,15 +21,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from server.errors import StorageError
 from server.fleet_state import FleetState, OfflineReason, Transition
 from server.ingest import WriteSink
 from server.metrics import ServerMetrics
 
-__all__ = ["OfflineSweep", "build_scheduler"]
+__all__ = ["EventPruner", "EventStore", "OfflineSweep", "build_scheduler"]
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +72,63 @@ class OfflineSweep:
         return transitions
 
 
-def build_scheduler(sweep: OfflineSweep, *, offline_check_interval_s: float) -> BackgroundScheduler:
-    """A not-yet-started scheduler running ``sweep`` every ``offline_check_interval_s``."""
+class EventStore(Protocol):
+    def prune_events(self, *, older_than: timedelta, now: datetime) -> int:
+        """Delete events received before ``now - older_than``. Raises StorageError."""
+        ...
+
+
+class EventPruner:
+    """Deletes stored events past the retention period; a database error is logged, counted."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        metrics: ServerMetrics,
+        *,
+        retention: timedelta,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._retention = retention
+        self._clock = clock
+
+    def run(self) -> int:
+        """One pruning; returns how many events were deleted (0 when the database failed)."""
+        try:
+            deleted = self._store.prune_events(older_than=self._retention, now=self._clock())
+        except StorageError as exc:
+            self._metrics.db_errors.inc()
+            log.warning("pruning old events failed, will retry: %s", exc)
+            return 0
+        if deleted:
+            log.info("pruned %d events older than %s", deleted, self._retention)
+        return deleted
+
+
+def build_scheduler(
+    sweep: OfflineSweep,
+    *,
+    offline_check_interval_s: float,
+    pruner: EventPruner | None = None,
+    prune_interval_s: float = 3600.0,
+) -> BackgroundScheduler:
+    """A not-yet-started scheduler running ``sweep`` every ``offline_check_interval_s`` and
+    ``pruner`` (if given) every ``prune_interval_s``, first right at start."""
     scheduler = BackgroundScheduler(timezone=UTC)
+    if pruner is not None:
+        scheduler.add_job(
+            pruner.run,
+            "interval",
+            seconds=prune_interval_s,
+            id="event-prune",
+            name="event pruning",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            next_run_time=datetime.now(UTC),
+        )
     scheduler.add_job(
         sweep.run,
         "interval",

@@ -1,15 +1,20 @@
 """Where the fleet hits the disk: the database tables and the repository over them.
 
 Tables (SQLModel, separate from the wire models; see docs/data-model.md):
-``terminal`` (latest state of each terminal), ``peripheral`` (latest condition
-of each peripheral), ``transition`` (every change of connectivity or of a
-peripheral's condition). Every heartbeat is *not* stored: the batched writer
+``terminal`` (latest state of each terminal, with its dedup position and
+delivery counters), ``peripheral`` (latest condition of each peripheral),
+``transition`` (every change of connectivity or of a peripheral's condition),
+``event`` (every event a terminal sent, once: unique by terminal, boot_id,
+seq). Every heartbeat is *not* stored: the batched writer
 (``server.write_behind``) upserts the latest state of the terminals that
-changed, once per flush interval, in one transaction.
+changed, once per flush, in one transaction. The schema is created and
+upgraded by the Alembic migrations in ``server/migrations`` (``open`` runs
+them).
 
 Works on SQLite (WAL, busy timeout; the embedded default) and PostgreSQL
 (psycopg 3): upserts use each dialect's ``INSERT ... ON CONFLICT``. Every
-SQLAlchemy error is translated into ``server.errors.StorageError``; this
+SQLAlchemy error is translated into ``server.errors.StorageError`` (a
+constraint or data error into ``StorageDataError``: retrying cannot help); this
 module never lets a driver exception escape and never decides anything about
 the fleet (that is ``server.fleet_state``).
 """
@@ -18,30 +23,37 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
 from protocol.messages import PeripheralCondition, PeripheralKind
-from server.errors import ConfigError, StorageError
+from server.errors import ConfigError, StorageDataError, StorageError
 from server.fleet_state import OfflineReason, PeripheralView, TerminalView, Transition
 
 __all__ = [
+    "EventRecord",
+    "EventRow",
     "PeripheralRow",
     "Storage",
     "TerminalRow",
     "TransitionRow",
     "WriteBatch",
+    "alembic_config",
+    "server_metadata",
+    "upgrade_schema",
 ]
 
 log = logging.getLogger(__name__)
@@ -96,6 +108,10 @@ def _text(length: int, nullable: bool = True, **kw: Any) -> Any:
     return Field(sa_column=sa.Column(sa.String(length), nullable=nullable, **kw))
 
 
+def _counter() -> Any:
+    return Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+
+
 class TerminalRow(_Table, table=True):
     """Latest state of one terminal (one row per terminal, rewritten in batches)."""
 
@@ -110,8 +126,13 @@ class TerminalRow(_Table, table=True):
     offline_reason: str | None = _text(16)
     last_seen: datetime = _ts()  # server time of the last sign of life
     last_sent_at: datetime | None = _ts(nullable=True)  # device time of the newest message
-    boot_id: str | None = _text(64)
+    boot_id: str | None = _text(64)  # the current sequence stream
     last_seq: int | None = Field(sa_column=sa.Column(sa.BigInteger, nullable=True))
+    prev_boot_id: str | None = _text(64)  # the stream it replaced (stragglers are stale)
+    reports_received: int = _counter()
+    events_received: int = _counter()
+    seq_gaps: int = _counter()  # sequence numbers never received, all streams
+    dropped_reports: int = _counter()  # the terminal's own count for its current boot_id
     report_interval_s: float | None = Field(sa_column=sa.Column(sa.Float, nullable=True))
     agent_version: str | None = _text(32)
     software: dict[str, str] = Field(
@@ -158,25 +179,78 @@ class TransitionRow(_Table, table=True):
     recorded_at: datetime = _ts()  # server time
 
 
+class EventRow(_Table, table=True):
+    """One event a terminal sent (stored once: unique by terminal, boot_id and seq)."""
+
+    __tablename__ = "event"
+    __table_args__ = (
+        sa.UniqueConstraint("terminal_id", "boot_id", "seq", name="uq_event_terminal_boot_seq"),
+        sa.Index("ix_event_terminal_received", "terminal_id", "received_at"),
+        sa.Index("ix_event_received", "received_at"),
+    )
+
+    id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+        ),
+    )
+    terminal_id: str = _text(64, nullable=False)
+    boot_id: str = _text(64, nullable=False)
+    seq: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    type: str = _text(32, nullable=False)  # the event body's ``type``
+    sent_at: datetime = _ts()  # device time
+    received_at: datetime = _ts()  # server time
+    body: dict[str, Any] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+
+
 _METADATA: Final = _Table.metadata
+
+
+def server_metadata() -> sa.MetaData:
+    """The server's table metadata (what the migrations must produce)."""
+    return _METADATA
+
+
 _TERMINAL: Final = _METADATA.tables["terminal"]
 _PERIPHERAL: Final = _METADATA.tables["peripheral"]
 _TRANSITION: Final = _METADATA.tables["transition"]
+_EVENT: Final = _METADATA.tables["event"]
 _TERMINAL_UPDATE_COLUMNS: Final = tuple(
     c.name for c in _TERMINAL.columns if c.name not in ("id", "first_seen")
 )
 
 
 @dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One accepted event as stored (the ingest builds it; ``body`` is the wire body as JSON)."""
+
+    terminal_id: str
+    boot_id: str
+    seq: int
+    type: str
+    sent_at: datetime
+    received_at: datetime
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class WriteBatch:
-    """One flush: latest state of ``terminals``, full peripheral sets of ``peripheral_ids``."""
+    """One flush: latest state of ``terminals``, full peripheral sets of ``peripheral_ids``,
+    new ``transitions`` and ``events``."""
 
     terminals: Sequence[TerminalView] = ()
     peripheral_ids: frozenset[str] = frozenset()
     transitions: Sequence[Transition] = field(default_factory=tuple)
+    events: Sequence[EventRecord] = field(default_factory=tuple)
 
     def __bool__(self) -> bool:
-        return bool(self.terminals or self.peripheral_ids or self.transitions)
+        return bool(self.terminals or self.peripheral_ids or self.transitions or self.events)
+
+    def row_count(self) -> int:
+        """Rows this batch writes (terminals, their peripherals, transitions, events)."""
+        peripherals = sum(len(v.peripherals) for v in self.terminals if v.id in self.peripheral_ids)
+        return len(self.terminals) + peripherals + len(self.transitions) + len(self.events)
 
 
 def _utc(value: datetime) -> datetime:
@@ -196,9 +270,18 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]
 class Storage:
     """The repository: load the fleet, write batches, read history, check the database."""
 
-    def __init__(self, database_url: str, *, sqlite_busy_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        sqlite_busy_timeout_s: float = 5.0,
+        statement_timeout_s: float = 10.0,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
         self._url_text = database_url
         self._busy_timeout_s = sqlite_busy_timeout_s
+        self._statement_timeout_s = statement_timeout_s
+        self._connect_timeout_s = connect_timeout_s
         self._engine: Engine | None = None
 
     @property
@@ -212,7 +295,7 @@ class Storage:
         return self._engine
 
     def open(self) -> None:
-        """Create the engine, the SQLite folder if needed, and the tables.
+        """Create the engine, the SQLite folder if needed, and migrate the schema to head.
 
         Raises ConfigError for an unusable URL, StorageError if the database refuses.
         """
@@ -224,14 +307,21 @@ class Storage:
         if backend == "sqlite":
             engine = self._sqlite_engine(url)
         elif backend == "postgresql":
+            timeout_ms = max(int(self._statement_timeout_s * 1000), 1)
             engine = sa.create_engine(
-                url, pool_pre_ping=True, pool_size=5, connect_args={"connect_timeout": 5}
+                url,
+                pool_pre_ping=True,
+                pool_size=5,
+                connect_args={
+                    "connect_timeout": max(round(self._connect_timeout_s), 1),
+                    "options": f"-c statement_timeout={timeout_ms}",
+                },
             )
         else:
             raise ConfigError(f"unsupported database {backend!r} (use sqlite or postgresql)")
         self._engine = engine
-        with self._translate("create tables"):
-            _METADATA.create_all(engine)
+        with self._translate("migrate schema"):
+            upgrade_schema(engine)
 
     def _sqlite_engine(self, url: sa.URL) -> Engine:
         database = url.database
@@ -263,7 +353,10 @@ class Storage:
             yield
         except SQLAlchemyError as exc:
             detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            raise StorageError(operation, detail[0] if detail else type(exc).__name__) from exc
+            message = detail[0] if detail else type(exc).__name__
+            if isinstance(exc, IntegrityError | DataError):
+                raise StorageDataError(operation, message) from exc
+            raise StorageError(operation, message) from exc
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -303,6 +396,35 @@ class Storage:
         with self._translate("read history"), self.engine.connect() as conn:
             return [_transition(row) for row in conn.execute(stmt).mappings()]
 
+    def events(self, terminal_id: str, limit: int) -> list[EventRecord]:
+        """Stored events of one terminal, newest first (by server time), at most ``limit``.
+
+        Raises StorageError.
+        """
+        stmt = (
+            sa.select(_EVENT)
+            .where(_EVENT.c.terminal_id == terminal_id)
+            .order_by(_EVENT.c.received_at.desc(), _EVENT.c.id.desc())
+            .limit(limit)
+        )
+        with self._translate("read events"), self.engine.connect() as conn:
+            return [_event(row) for row in conn.execute(stmt).mappings()]
+
+    def count_events(self) -> int:
+        """How many events are stored (for tests and diagnostics). Raises StorageError."""
+        with self._translate("count events"), self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(_EVENT)).scalar_one())
+
+    def prune_events(self, *, older_than: timedelta, now: datetime) -> int:
+        """Delete events received before ``now - older_than``; returns how many.
+
+        Raises StorageError.
+        """
+        cutoff = now - older_than
+        with self._translate("prune events"), self.engine.begin() as conn:
+            result = conn.execute(sa.delete(_EVENT).where(_EVENT.c.received_at < cutoff))
+            return int(result.rowcount or 0)
+
     def count_transitions(self) -> int:
         """How many transitions are stored (for tests and diagnostics). Raises StorageError."""
         with self._translate("count transitions"), self.engine.connect() as conn:
@@ -328,6 +450,17 @@ class Storage:
                 rows = [_transition_row(t) for t in batch.transitions]
                 for chunk in _chunks(rows):
                     conn.execute(sa.insert(_TRANSITION), list(chunk))
+            if batch.events:
+                self._insert_events(conn, batch.events)
+
+    def _insert_events(self, conn: Connection, events: Sequence[EventRecord]) -> None:
+        # A duplicate that slipped past the in-memory check (a restart) is stored once.
+        stmt = self._insert()(_EVENT).on_conflict_do_nothing(
+            index_elements=[_EVENT.c.terminal_id, _EVENT.c.boot_id, _EVENT.c.seq]
+        )
+        rows = [_event_row(e) for e in events]
+        for chunk in _chunks(rows):
+            conn.execute(stmt, list(chunk))
 
     def _insert(self) -> Any:
         return sqlite.insert if self.dialect == "sqlite" else postgresql.insert
@@ -388,6 +521,11 @@ def _terminal_row(v: TerminalView, now: datetime) -> dict[str, Any]:
         "last_sent_at": v.last_sent_at,
         "boot_id": v.boot_id,
         "last_seq": v.last_seq,
+        "prev_boot_id": v.prev_boot_id,
+        "reports_received": v.reports_received,
+        "events_received": v.events_received,
+        "seq_gaps": v.seq_gaps,
+        "dropped_reports": v.dropped_reports,
         "report_interval_s": v.report_interval_s,
         "agent_version": _db_text(v.agent_version),
         "software": dict(v.software),
@@ -419,6 +557,11 @@ def _terminal_view(row: Any, peripherals: tuple[PeripheralView, ...]) -> Termina
         agent_version=row["agent_version"],
         software=dict(row["software"] or {}),
         peripherals=peripherals,
+        prev_boot_id=row["prev_boot_id"],
+        reports_received=int(row["reports_received"]),
+        events_received=int(row["events_received"]),
+        seq_gaps=int(row["seq_gaps"]),
+        dropped_reports=int(row["dropped_reports"]),
     )
 
 
@@ -480,3 +623,72 @@ def _transition(row: Any) -> Transition:
         fault_code=row["fault_code"],
         reason=row["reason"],
     )
+
+
+def _event_row(e: EventRecord) -> dict[str, Any]:
+    return {
+        "terminal_id": e.terminal_id,
+        "boot_id": e.boot_id,
+        "seq": e.seq,
+        "type": e.type,
+        "sent_at": e.sent_at,
+        "received_at": e.received_at,
+        "body": _json_text(e.body),
+    }
+
+
+def _json_text(value: Any) -> Any:
+    """JSON as the database can hold it: U+0000 in any string becomes U+FFFD (see _db_text)."""
+    if isinstance(value, str):
+        return _db_text(value)
+    if isinstance(value, Mapping):
+        return {k: _json_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_text(v) for v in value]
+    return value
+
+
+def _event(row: Any) -> EventRecord:
+    return EventRecord(
+        terminal_id=row["terminal_id"],
+        boot_id=row["boot_id"],
+        seq=int(row["seq"]),
+        type=row["type"],
+        sent_at=_utc(row["sent_at"]),
+        received_at=_utc(row["received_at"]),
+        body=dict(row["body"] or {}),
+    )
+
+
+# --- schema migrations ----------------------------------------------------------------------
+
+MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
+BASELINE_REVISION: Final = "0001"
+"""The schema as ``create_all`` made it before migrations existed (terminal, peripheral,
+transition)."""
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic ``Config`` for the server's migrations (no alembic.ini needed).
+
+    With ``connection``, ``env.py`` migrates over it instead of opening its own.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade_schema(engine: Engine, revision: str = "head") -> None:
+    """Migrate the database to ``revision``. A database made by the old ``create_all``
+    (the tables, no ``alembic_version``) is first stamped ``0001``.
+
+    Raises SQLAlchemyError (the caller translates it).
+    """
+    with engine.begin() as conn:
+        tables = set(sa.inspect(conn).get_table_names())
+        config = alembic_config(conn)
+        if "alembic_version" not in tables and "terminal" in tables:
+            log.info("database created before migrations: stamping %s", BASELINE_REVISION)
+            command.stamp(config, BASELINE_REVISION)
+        command.upgrade(config, revision)

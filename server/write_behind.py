@@ -1,21 +1,39 @@
-"""The batched database writer: collects what the ingest changed, writes it once per interval.
+"""The batched database writer, and the only place that acknowledges messages to the broker.
 
-The ingest calls ``record`` for every accepted message (a set insert and a list
-extend under a short lock: cheap on the hot path). A flusher thread takes the
-batch every ``interval_s``, copies the latest state of the dirty terminals from
-the fleet state, and writes everything in one transaction. So ``last_seen`` of
-a terminal reporting every second costs one row write per flush, not one per
-report. A change that only moves ``last_seen``/``seq`` (a heartbeat) is written
-at the latest every ``heartbeat_interval_s`` (and on ``stop``): the database's
-copy of them is only read at startup, where the offline sweep's grace period
-makes a stale ``last_seen`` harmless. Transitions and every other change go out
-with the next flush.
+The ingest calls ``record`` for every accepted message (set inserts and list
+appends under a short lock: cheap on the hot path) with the message's broker
+delivery, and ``settle`` for a message it did not apply (rejected, duplicate,
+stale). A flusher thread takes everything pending every ``interval_s`` (or
+sooner, once ``max_pending_acks`` deliveries wait), copies the latest state of
+the dirty terminals from the fleet state, writes it in one transaction, and
+only after the commit acknowledges the deliveries, in receive order. So every
+acknowledged message's effects (dedup position, counters, transitions, event
+rows) are durable, and a killed server loses nothing: what was not committed
+was not acknowledged, and the broker redelivers it. The cost of a flush follows
+the number of distinct terminals (one row each), not the number of messages.
 
-A failed flush is logged and counted, the batch goes back into the pending set
-(bounded: the oldest transitions are dropped and counted past the bound) and
-is retried on the next tick; ``failure`` stays set (readiness reports it)
-until a flush succeeds. This module decides nothing about the fleet and never
-talks SQL itself (that is ``server.storage``).
+A not-applied message is acknowledged with the first flush that starts after
+it, never before: a duplicate may be a duplicate of a message whose effects are
+still pending, and must not be acknowledged before those are committed.
+
+Failures:
+
+- a transient database error (``StorageError``: connection lost, disk full,
+  locked) keeps everything pending (the fleet state in memory is untouched),
+  leaves the deliveries unacknowledged (the broker keeps the backlog and stops
+  delivering once its in-flight window is full), sets ``failure`` (readiness
+  reports it) and retries with exponential backoff up to ``retry_max_s``;
+  ``recovered_at`` says when writes worked again (the offline sweep restarts its
+  grace period there: the silence was the server's doing). Pending transitions
+  are bounded (the oldest are dropped and counted past the bound).
+- a permanent error (``StorageDataError``: a constraint or data error) is
+  isolated by writing the batch in halves, down to one terminal; that
+  terminal's rows are dropped, counted (``kioskfleet_db_rejected_rows_total``)
+  and logged, its messages are acknowledged (retrying cannot help), the others
+  are written.
+
+This module decides nothing about the fleet and never talks SQL itself (that is
+``server.storage``) nor MQTT (``acknowledge`` is handed in).
 """
 
 from __future__ import annotations
@@ -24,13 +42,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from server.errors import StorageError
+from server.errors import StorageDataError, StorageError
 from server.fleet_state import TerminalView, Transition
+from server.inbound import Delivery
 from server.metrics import ServerMetrics
-from server.storage import WriteBatch
+from server.storage import EventRecord, WriteBatch
 
 __all__ = ["BatchStore", "WriteBehind"]
 
@@ -41,7 +61,7 @@ class BatchStore(Protocol):
     """The one storage operation the writer needs (``Storage``, or a fake in tests)."""
 
     def write(self, batch: WriteBatch, *, now: datetime) -> None:
-        """Write all of ``batch`` or nothing. Raises StorageError."""
+        """Write all of ``batch`` or nothing. Raises StorageError (StorageDataError)."""
         ...
 
 
@@ -49,8 +69,42 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _no_ack(_deliveries: Sequence[Delivery]) -> None:
+    """The default when nothing needs acknowledging (tests, tools)."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    """What one flush takes: dirty terminals, their peripherals, transitions, events, acks."""
+
+    dirty: set[str] = field(default_factory=set)
+    peripherals: set[str] = field(default_factory=set)
+    transitions: list[Transition] = field(default_factory=list)
+    events: list[EventRecord] = field(default_factory=list)
+    acks: list[tuple[str | None, Delivery]] = field(default_factory=list)  # (terminal, delivery)
+
+    def has_writes(self) -> bool:
+        return bool(self.dirty or self.transitions or self.events)
+
+    def terminal_ids(self) -> list[str]:
+        ids = self.dirty | self.peripherals
+        ids.update(t.terminal_id for t in self.transitions)
+        ids.update(e.terminal_id for e in self.events)
+        return sorted(ids)
+
+    def only(self, ids: set[str]) -> _Pending:
+        """The part of this batch that belongs to the terminals ``ids`` (acks included)."""
+        return _Pending(
+            dirty=self.dirty & ids,
+            peripherals=self.peripherals & ids,
+            transitions=[t for t in self.transitions if t.terminal_id in ids],
+            events=[e for e in self.events if e.terminal_id in ids],
+            acks=[a for a in self.acks if a[0] in ids],
+        )
+
+
 class WriteBehind:
-    """Implements the ingest's ``WriteSink``; flushes from its own thread."""
+    """Implements the ingest's ``WriteSink``; flushes and acknowledges from its own thread."""
 
     def __init__(
         self,
@@ -58,29 +112,29 @@ class WriteBehind:
         snapshot: Callable[[Iterable[str]], list[TerminalView]],
         metrics: ServerMetrics,
         *,
+        acknowledge: Callable[[Sequence[Delivery]], object] = _no_ack,
         interval_s: float = 1.0,
-        heartbeat_interval_s: float = 60.0,
+        max_pending_acks: int = 400,
         max_pending_transitions: int = 200_000,
+        retry_max_s: float = 10.0,
         clock: Callable[[], datetime] = _utcnow,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._snapshot = snapshot
         self._metrics = metrics
+        self._acknowledge = acknowledge
         self._interval = interval_s
+        self._max_acks = max_pending_acks
         self._max_pending = max_pending_transitions
+        self._retry_max = max(retry_max_s, interval_s)
         self._clock = clock
-        self._monotonic = monotonic
-        self._heartbeat_interval = heartbeat_interval_s
-        self._next_heartbeat_flush = monotonic() + heartbeat_interval_s
-        self._lock = threading.Lock()  # guards the pending collections
+        self._lock = threading.Lock()  # guards self._pending
         self._flush_lock = threading.Lock()  # one flush at a time
-        self._dirty: set[str] = set()
-        self._heartbeats: set[str] = set()  # only last_seen/seq changed: may wait
-        self._dirty_peripherals: set[str] = set()
-        self._transitions: list[Transition] = []
+        self._pending = _Pending()
         self._failure: str | None = None
+        self._recovered_at: datetime | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     # --- the ingest's side ----------------------------------------------------------------
@@ -91,83 +145,171 @@ class WriteBehind:
         *,
         peripherals_changed: bool = False,
         transitions: Sequence[Transition] = (),
-        heartbeat_only: bool = False,
+        event: EventRecord | None = None,
+        delivery: Delivery | None = None,
     ) -> None:
+        """Queue ``terminal_id``'s latest state (and the rest) for the next flush; cheap."""
         with self._lock:
-            if heartbeat_only:
-                self._heartbeats.add(terminal_id)
-            else:
-                self._dirty.add(terminal_id)
+            p = self._pending
+            p.dirty.add(terminal_id)
             if peripherals_changed:
-                self._dirty_peripherals.add(terminal_id)
+                p.peripherals.add(terminal_id)
             if transitions:
-                self._transitions.extend(transitions)
+                p.transitions.extend(transitions)
+            if event is not None:
+                p.events.append(event)
+            if delivery is not None:
+                p.acks.append((terminal_id, delivery))
+                if len(p.acks) >= self._max_acks:
+                    self._wake.set()
+
+    def settle(self, delivery: Delivery | None) -> None:
+        """Acknowledge a message that changed nothing, after everything received before it."""
+        if delivery is None:
+            return
+        with self._lock:
+            self._pending.acks.append((None, delivery))
+            if len(self._pending.acks) >= self._max_acks:
+                self._wake.set()
 
     # --- state ----------------------------------------------------------------------------
 
     @property
     def failure(self) -> str | None:
-        """The last flush error while a batch is still pending after it, else None."""
+        """The last flush error while its batch is still pending, else None."""
         return self._failure
+
+    @property
+    def recovered_at(self) -> datetime | None:
+        """When a flush last succeeded after a failure (None if writes never failed)."""
+        return self._recovered_at
 
     def pending(self) -> tuple[int, int]:
         """(terminals with unwritten changes, queued transitions)."""
         with self._lock:
-            return len(self._dirty | self._heartbeats), len(self._transitions)
+            return len(self._pending.dirty), len(self._pending.transitions)
+
+    def pending_acks(self) -> int:
+        """Deliveries waiting for a commit before they are acknowledged."""
+        with self._lock:
+            return len(self._pending.acks)
 
     # --- flushing -------------------------------------------------------------------------
 
-    def flush(self, *, everything: bool = False) -> bool:
-        """Write what is due (``everything``: heartbeats too). True if the write succeeded."""
-        with self._flush_lock:
-            now = self._monotonic()
-            with self._lock:
-                dirty, self._dirty = self._dirty, set()
-                if everything or now >= self._next_heartbeat_flush:
-                    dirty |= self._heartbeats
-                    self._heartbeats = set()
-                    self._next_heartbeat_flush = now + self._heartbeat_interval
-                elif dirty and self._heartbeats:
-                    self._heartbeats -= dirty  # written now anyway
-                dirty_peripherals, self._dirty_peripherals = self._dirty_peripherals, set()
-                transitions, self._transitions = self._transitions, []
-            if not (dirty or transitions):
-                self._failure = None
-                return True
-            # A peripheral rewrite needs that terminal's snapshot in the same batch.
-            views = self._snapshot(sorted(dirty | dirty_peripherals))
-            batch = WriteBatch(
-                terminals=views,
-                peripheral_ids=frozenset(dirty_peripherals),
-                transitions=transitions,
-            )
-            started = time.perf_counter()
-            try:
-                self._store.write(batch, now=self._clock())
-            except StorageError as exc:
-                self._metrics.db_errors.inc()
-                self._requeue(dirty, dirty_peripherals, transitions)
-                if self._failure is None:
-                    log.error("database flush failed, will retry: %s", exc)
-                self._failure = str(exc)
-                return False
-            finally:
-                self._metrics.db_flush_seconds.observe(time.perf_counter() - started)
-            if self._failure is not None:
-                log.info("database flush succeeded again")
-            self._failure = None
-            return True
+    def flush(self, *, lock_timeout_s: float = -1) -> bool:
+        """Write what is pending, then acknowledge. True if nothing failed transiently.
 
-    def _requeue(
-        self, dirty: set[str], dirty_peripherals: set[str], transitions: list[Transition]
-    ) -> None:
+        ``lock_timeout_s``: how long to wait for a flush already running (-1: forever);
+        returns False if it did not finish in time.
+        """
+        if not self._flush_lock.acquire(timeout=lock_timeout_s):
+            return False
+        try:
+            return self._flush()
+        finally:
+            self._flush_lock.release()
+
+    def _flush(self) -> bool:
         with self._lock:
-            self._dirty |= dirty
-            self._dirty_peripherals |= dirty_peripherals
-            self._transitions[:0] = transitions  # older first
-            excess = len(self._transitions) - self._max_pending
+            taken, self._pending = self._pending, _Pending()
+        if not taken.has_writes():
+            self._ack(taken.acks)
+            self._succeeded()
+            return True
+        views = {v.id: v for v in self._snapshot(sorted(taken.dirty | taken.peripherals))}
+        try:
+            self._write(taken, views)
+        except StorageDataError as exc:
+            log.warning("database refused a batch (%s); isolating the bad rows", exc)
+            return self._isolate(taken, views)
+        except StorageError as exc:
+            self._failed(exc, taken)
+            return False
+        self._ack(taken.acks)
+        self._succeeded()
+        return True
+
+    def _write(self, part: _Pending, views: dict[str, TerminalView]) -> None:
+        batch = WriteBatch(
+            terminals=[views[tid] for tid in sorted(part.dirty | part.peripherals) if tid in views],
+            peripheral_ids=frozenset(part.peripherals),
+            transitions=part.transitions,
+            events=part.events,
+        )
+        started = time.perf_counter()
+        try:
+            self._store.write(batch, now=self._clock())
+        except StorageError:
+            self._metrics.db_errors.inc()
+            raise
+        finally:
+            self._metrics.db_flush_seconds.observe(time.perf_counter() - started)
+
+    def _isolate(self, taken: _Pending, views: dict[str, TerminalView]) -> bool:
+        """Write ``taken`` in halves until the terminals whose rows are refused are found."""
+        groups = [taken.terminal_ids()]
+        done: set[str] = set()  # committed or dropped
+        while groups:
+            ids = groups.pop()
+            part = taken.only(set(ids))
+            try:
+                self._write(part, views)
+            except StorageDataError as exc:
+                if len(ids) > 1:
+                    half = len(ids) // 2
+                    groups.extend((ids[half:], ids[:half]))
+                    continue
+                rows = WriteBatch(
+                    terminals=[views[i] for i in ids if i in views],
+                    peripheral_ids=frozenset(part.peripherals),
+                    transitions=part.transitions,
+                    events=part.events,
+                ).row_count()
+                self._metrics.db_rejected_rows.inc(rows)
+                log.error(
+                    "database refused the rows of terminal %s; dropped %d rows and"
+                    " acknowledged its %d messages: %s",
+                    ids[0],
+                    rows,
+                    len(part.acks),
+                    exc,
+                )
+            except StorageError as exc:  # transient: keep what is not written yet
+                left = set(taken.terminal_ids()) - done
+                rest = taken.only(left)
+                rest.acks = [a for a in taken.acks if a[0] is None or a[0] in left]
+                self._ack([a for a in taken.acks if a[0] in done])
+                self._failed(exc, rest)
+                return False
+            done.update(ids)
+        self._ack(taken.acks)
+        self._succeeded()
+        return True
+
+    def _ack(self, acks: Sequence[tuple[str | None, Delivery]]) -> None:
+        if acks:
+            self._acknowledge([delivery for _, delivery in acks])
+
+    def _succeeded(self) -> None:
+        if self._failure is not None:
+            log.info("database writes succeed again")
+            self._recovered_at = self._clock()
+        self._failure = None
+
+    def _failed(self, exc: StorageError, taken: _Pending) -> None:
+        if self._failure is None:
+            log.error("database flush failed, will retry: %s", exc)
+        self._failure = str(exc)
+        with self._lock:  # put back in front: older first
+            p = self._pending
+            p.dirty |= taken.dirty
+            p.peripherals |= taken.peripherals
+            p.transitions[:0] = taken.transitions
+            p.events[:0] = taken.events
+            p.acks[:0] = taken.acks
+            excess = len(p.transitions) - self._max_pending
             if excess > 0:
-                del self._transitions[:excess]
+                del p.transitions[:excess]
         if excess > 0:
             self._metrics.db_dropped_transitions.inc(excess)
             log.error("database unavailable: dropped the %d oldest pending transitions", excess)
@@ -182,26 +324,43 @@ class WriteBehind:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        failures = 0
+        while not self._stop.is_set():
+            if failures:  # back off; a full ack window does not shorten the wait
+                delay = min(self._interval * 2 ** min(failures, 20), self._retry_max)
+                if self._stop.wait(delay):
+                    break
+            else:
+                self._wake.wait(self._interval)
+                if self._stop.is_set():
+                    break
+            self._wake.clear()
             try:
-                self.flush()
+                failures = 0 if self.flush() else failures + 1
             except Exception:  # a bug here must not stop all future writes
+                failures += 1
                 self._metrics.db_errors.inc()
                 log.exception("unexpected error in the database writer")
 
-    def stop(self, timeout_s: float = 10.0) -> bool:
-        """Stop the thread and write what is pending. True if nothing was left unwritten."""
+    def stop(self, timeout_s: float = 15.0) -> bool:
+        """Stop the thread, write and acknowledge what is pending (waiting at most about
+        ``timeout_s`` for a flush in progress). True if nothing was left unwritten."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.error("the database writer did not stop within %.0f s", timeout_s)
             self._thread = None
-        ok = self.flush(everything=True)
+        ok = self.flush(lock_timeout_s=timeout_s)
         if not ok:
             terminals, transitions = self.pending()
             log.error(
-                "stopping with %d terminals and %d transitions not written: %s",
+                "stopping with %d terminals, %d transitions and %d acknowledgements"
+                " not written: %s",
                 terminals,
                 transitions,
-                self._failure,
+                self.pending_acks(),
+                self._failure or "a flush still running",
             )
         return ok

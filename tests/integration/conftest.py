@@ -242,7 +242,9 @@ class RawTerminal:
         return message
 
     def event(self, p: dict[str, str], previous: str | None) -> Message:
-        message = peripheral_event(self.id, self.next_seq(), p, previous, sent_at=datetime.now(UTC))
+        message = peripheral_event(
+            self.id, self.next_seq(), p, previous, sent_at=datetime.now(UTC), boot=self.boot
+        )
         self.publish(message)
         return message
 

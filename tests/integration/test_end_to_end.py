@@ -48,6 +48,9 @@ def _agent_toml(path: Path, terminal_id: str, broker: LocalBroker, **extra: Any)
         'name = "receipt_printer"',
         'scenario = "receipt_printer"',
         "fault_rate = 0.000001",  # no spontaneous incidents: the test decides
+        "[outbox]",
+        f'path = "{path.with_suffix(".outbox.sqlite")}"',
+        "drain_jitter_s = 0.2",
     ]
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -49,7 +49,8 @@ def test_peripheral_fault_appears_in_the_terminal_history(
 
     def fault_recorded() -> dict[str, object] | None:
         body = api(server, f"/api/v1/terminals/{t.id}").json()
-        return body if any(tr["subject"] == "printer" for tr in body["transitions"]) else None
+        transitions = body.get("transitions", [])  # 404 until the first message is in
+        return body if any(tr["subject"] == "printer" for tr in transitions) else None
 
     body = wait_until(fault_recorded, what="the fault transition to be stored")
     newest = body["transitions"][0]

@@ -179,7 +179,7 @@ def test_unreachable_postgresql_raises_storage_error() -> None:
     s = Storage("postgresql+psycopg://postgres@127.0.0.1:1/nothing")
     with pytest.raises(StorageError) as info:
         s.open()
-    assert info.value.operation == "create tables"
+    assert info.value.operation == "migrate schema"
     s.close()
 
 

@@ -48,6 +48,8 @@ FLEET_METRIC_NAMES: Final = frozenset(
         "kioskfleet_terminal_offline_since_timestamp_seconds",
         "kioskfleet_terminal_peripheral_problem",
         "kioskfleet_build_info",
+        "kioskfleet_agent_dropped_reports",
+        "kioskfleet_agent_seq_gaps",
     }
 )
 HISTOGRAM_METRIC_NAMES: Final = frozenset(
@@ -62,6 +64,8 @@ INGEST_METRIC_NAMES: Final = frozenset(
         "kioskfleet_broker_connected",
         "kioskfleet_db_errors_total",
         "kioskfleet_db_dropped_transitions_total",
+        "kioskfleet_db_rejected_rows_total",
+        "kioskfleet_ingest_unacknowledged_messages",
         "kioskfleet_terminals_offline_detected_total",
         *HISTOGRAM_METRIC_NAMES,
     }

@@ -169,7 +169,7 @@ def test_health_is_offline_then_faulty_then_warning_and_the_api_status_folds_it(
 
 def _small_fleet() -> FleetState:
     fleet = FleetState()
-    fleet.apply(report("A", hall="H1", region="North"), at(0))
+    fleet.apply(report("A", 3, hall="H1", region="North", dropped=2), at(0))  # 1, 2 dropped
     low = periph("printer", "receipt_printer", "paper_low")
     fleet.apply(report("B", hall="H1", region="North", peripherals=[low, READER_OK]), at(0))
     out = periph("printer", "receipt_printer", "paper_out")
@@ -193,6 +193,12 @@ def test_small_fleet_exports_exactly_the_contract_series() -> None:
         **terminals_series("North", "H1", ok=1, warning=1, faulty=1, off=0),
         **terminals_series("North", "H2", ok=0, warning=1, faulty=0, off=1),
         **terminals_series(UNKNOWN_LABEL, UNKNOWN_LABEL, ok=1, warning=0, faulty=0, off=0),
+        **s("kioskfleet_agent_dropped_reports", 2, region="North", hall="H1"),
+        **s("kioskfleet_agent_seq_gaps", 2, region="North", hall="H1"),
+        **s("kioskfleet_agent_dropped_reports", 0, region="North", hall="H2"),
+        **s("kioskfleet_agent_seq_gaps", 0, region="North", hall="H2"),
+        **s("kioskfleet_agent_dropped_reports", 0, region=UNKNOWN_LABEL, hall=UNKNOWN_LABEL),
+        **s("kioskfleet_agent_seq_gaps", 0, region=UNKNOWN_LABEL, hall=UNKNOWN_LABEL),
         **peripherals_series(
             "North",
             "H1",
@@ -456,10 +462,14 @@ def recount(views: Iterable[TerminalView]) -> Series:
     halls: set[tuple[str, str]] = set()
     peripherals: Counter[tuple[str, str, str, str]] = Counter()
     software: Counter[tuple[str, str]] = Counter()
+    dropped: Counter[tuple[str, str]] = Counter()
+    gaps: Counter[tuple[str, str]] = Counter()
     out: Series = {}
     for v in views:
         region, hall = v.region or UNKNOWN_LABEL, v.hall or UNKNOWN_LABEL
         halls.add((region, hall))
+        dropped[(region, hall)] += v.dropped_reports
+        gaps[(region, hall)] += v.seq_gaps
         status[(region, hall, v.health.value)] += 1
         for p in v.peripherals:
             peripherals[(region, hall, p.kind.value, p.condition.value)] += 1
@@ -487,6 +497,10 @@ def recount(views: Iterable[TerminalView]) -> Series:
                     **where,
                 )
     for region, hall in halls:
+        out |= s(
+            "kioskfleet_agent_dropped_reports", dropped[(region, hall)], region=region, hall=hall
+        )
+        out |= s("kioskfleet_agent_seq_gaps", gaps[(region, hall)], region=region, hall=hall)
         for health in Health:
             out |= s(
                 "kioskfleet_terminals",
@@ -527,6 +541,7 @@ def test_collector_series_always_equal_a_recount_from_scratch(
                 region=region,
                 peripherals=ps,
                 software={"app": version},
+                dropped=i % 3,
             )
             fleet.apply(message, now)
         elif what == "event" and ps:

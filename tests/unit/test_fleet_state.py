@@ -66,8 +66,9 @@ def report(
     region: str = "North",
     interval: float = 10.0,
     software: dict[str, str] | None = None,
+    dropped: int = 0,
 ) -> Message:
-    body = {
+    body: dict[str, object] = {
         "hall": hall,
         "region": region,
         "model": "KX-200",
@@ -77,14 +78,22 @@ def report(
         "peripherals": [PRINTER_OK, READER_OK] if peripherals is None else peripherals,
         "software": software or {"kiosk-app": "3.1"},
     }
+    if dropped:
+        body["dropped_reports"] = dropped
     return _msg(Channel.REPORT, tid, "kf.report", body, seq=seq, boot=boot, sent_at=sent_at)
 
 
 def peripheral_event(
-    tid: str, seq: int, p: dict[str, str], previous: str | None, *, sent_at: datetime = T0
+    tid: str,
+    seq: int,
+    p: dict[str, str],
+    previous: str | None,
+    *,
+    sent_at: datetime = T0,
+    boot: str = BOOT,
 ) -> Message:
     body = {"type": "peripheral_changed", "peripheral": p, "previous": previous}
-    return _msg(Channel.EVENT, tid, "kf.event", body, seq=seq, sent_at=sent_at)
+    return _msg(Channel.EVENT, tid, "kf.event", body, seq=seq, boot=boot, sent_at=sent_at)
 
 
 def boot_event(tid: str, seq: int, *, boot: str, version: str = "1.1.0") -> Message:
@@ -179,25 +188,67 @@ def test_skipped_sequence_numbers_are_counted_as_missing(fleet: FleetState) -> N
     assert view(fleet).last_seq == 6
 
 
-def test_new_boot_resets_the_sequence_without_counting_a_gap(fleet: FleetState) -> None:
+def test_new_stream_starting_at_seq_1_counts_no_gap(fleet: FleetState) -> None:
     fleet.apply(report(seq=500), at(1))
-    out = fleet.apply(boot_event("T-1", 3, boot="boot-bbbb"), at(2))
+    out = fleet.apply(boot_event("T-1", 1, boot="boot-bbbb"), at(2))
     assert out.verdict is Verdict.ACCEPTED
     assert out.missing == 0
     v = view(fleet)
-    assert (v.boot_id, v.last_seq, v.agent_version) == ("boot-bbbb", 3, "1.1.0")
-    assert fleet.apply(report(seq=4, boot="boot-bbbb"), at(3)).verdict is Verdict.ACCEPTED
+    assert (v.boot_id, v.prev_boot_id, v.last_seq, v.agent_version) == (
+        "boot-bbbb",
+        BOOT,
+        1,
+        "1.1.0",
+    )
+    assert fleet.apply(report(seq=2, boot="boot-bbbb"), at(3)).verdict is Verdict.ACCEPTED
 
 
-def test_only_an_unchanged_report_of_the_same_boot_is_heartbeat_only(fleet: FleetState) -> None:
-    assert not fleet.apply(report(seq=1), at(0)).heartbeat_only  # first contact
-    assert fleet.apply(report(seq=2), at(1)).heartbeat_only
-    assert not fleet.apply(report(seq=3, software={"kiosk-app": "3.2"}), at(2)).heartbeat_only
-    moved = report(seq=4, hall="Hall B", software={"kiosk-app": "3.2"})
-    assert not fleet.apply(moved, at(3)).heartbeat_only
+def test_new_stream_whose_first_message_is_seq_n_counts_n_minus_1_missing(
+    fleet: FleetState,
+) -> None:
+    fleet.apply(report(seq=1), at(0))
+    out = fleet.apply(boot_event("T-1", 4, boot="boot-bbbb"), at(1))
+    assert out.missing == 3  # 1, 2 and 3 of the new stream never arrived
+    assert view(fleet).seq_gaps == 3
+
+
+def test_state_message_of_a_new_stream_leaves_the_position_unknown_for_the_next_message(
+    fleet: FleetState,
+) -> None:
+    fleet.apply(report(seq=7), at(0))
+    assert fleet.apply(state("T-1", True, seq=0, boot="boot-cccc"), at(1)).missing == 0
+    assert view(fleet).last_seq is None
+    out = fleet.apply(report(seq=3, boot="boot-cccc"), at(2))
+    assert out.missing == 2
+    assert (view(fleet).seq_gaps, view(fleet).last_seq) == (6 + 2, 3)  # 1..6 of the first
+
+
+def test_delivery_counters_count_reports_events_gaps_and_the_latest_dropped_reports(
+    fleet: FleetState,
+) -> None:
+    fleet.apply(report(seq=1, dropped=0), at(0))
+    fleet.apply(report(seq=4, dropped=2), at(1))  # 2, 3 dropped by the outbox
+    fleet.apply(report(seq=4, dropped=2), at(2))  # duplicate: not counted
+    fleet.apply(peripheral_event("T-1", 5, PRINTER_OK, None), at(3))
+    v = view(fleet)
+    assert (v.reports_received, v.events_received, v.seq_gaps, v.dropped_reports) == (2, 1, 2, 2)
+    [hall] = fleet.halls()
+    assert (hall.seq_gaps, hall.dropped_reports) == (2, 2)
+    fleet.apply(report(seq=1, boot="boot-dddd"), at(4))  # a new stream: its own drop count
+    v = view(fleet)
+    assert (v.reports_received, v.seq_gaps, v.dropped_reports) == (3, 2, 0)
+    [hall] = fleet.halls()
+    assert (hall.seq_gaps, hall.dropped_reports) == (2, 0)
+
+
+def test_only_a_report_with_changed_peripherals_asks_for_a_peripheral_rewrite(
+    fleet: FleetState,
+) -> None:
+    assert fleet.apply(report(seq=1), at(0)).peripherals_changed  # first contact
+    assert not fleet.apply(report(seq=2), at(1)).peripherals_changed
+    assert not fleet.apply(report(seq=3, software={"kiosk-app": "3.2"}), at(2)).peripherals_changed
     jam = [periph("printer", "receipt_printer", "jam")]
-    assert not fleet.apply(report(seq=5, peripherals=jam), at(4)).heartbeat_only
-    assert not fleet.apply(report(seq=0, boot="boot-zzzz", peripherals=jam), at(5)).heartbeat_only
+    assert fleet.apply(report(seq=4, peripherals=jam), at(3)).peripherals_changed
     assert view(fleet).software == {"kiosk-app": "3.1"}  # the last report's software
 
 
@@ -229,8 +280,8 @@ def test_any_seq_order_accepted_plus_duplicates_is_total_and_gaps_are_the_unacce
             duplicates += 1
     assert len(accepted) + duplicates == len(seqs)
     assert accepted == sorted(set(accepted))  # only strictly newer numbers get in
-    never_accepted = set(range(accepted[0], accepted[-1] + 1)) - set(accepted)
-    assert missing == len(never_accepted)
+    never_accepted = set(range(1, accepted[-1] + 1)) - set(accepted)  # streams start at 1
+    assert missing == len(never_accepted) == view(fleet).seq_gaps
 
 
 @settings(max_examples=100, deadline=None)
@@ -242,8 +293,8 @@ def test_in_order_delivery_counts_exactly_the_missing_numbers_and_no_duplicates(
     ordered = sorted(seqs)
     outs = [fleet.apply(report(seq=s), at(i)) for i, s in enumerate(ordered)]
     assert all(o.verdict is Verdict.ACCEPTED for o in outs)
-    expected = len(set(range(ordered[0], ordered[-1] + 1)) - seqs)
-    assert sum(o.missing for o in outs) == expected
+    expected = len(set(range(1, ordered[-1] + 1)) - seqs)  # streams start at 1
+    assert sum(o.missing for o in outs) == expected == view(fleet).seq_gaps
 
 
 # --- connectivity ---------------------------------------------------------------------------

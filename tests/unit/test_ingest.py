@@ -15,11 +15,12 @@ from prometheus_client import CollectorRegistry
 from protocol.codec import encode
 from protocol.messages import Message
 from server.fleet_state import FleetState, Transition
-from server.inbound import InboundMessage
+from server.inbound import Delivery, InboundMessage
 from server.ingest import Ingest, IngestResult
 from server.log_throttle import ThrottledLog
 from server.metrics import REJECT_LABELS, ServerMetrics
-from tests.unit.test_fleet_state import at, report, state
+from server.storage import EventRecord
+from tests.unit.test_fleet_state import PRINTER_OK, at, peripheral_event, report, state
 
 TOPIC = "kf/v1/terminals/T-1/report"
 
@@ -27,7 +28,9 @@ TOPIC = "kf/v1/terminals/T-1/report"
 @dataclass
 class RecordingSink:
     calls: list[tuple[str, bool, tuple[Transition, ...]]] = field(default_factory=list)
-    heartbeats: list[str] = field(default_factory=list)
+    events: list[EventRecord] = field(default_factory=list)
+    recorded: list[Delivery | None] = field(default_factory=list)  # acked after a commit
+    settled: list[Delivery | None] = field(default_factory=list)  # not applied
 
     def record(
         self,
@@ -35,12 +38,16 @@ class RecordingSink:
         *,
         peripherals_changed: bool = False,
         transitions: Sequence[Transition] = (),
-        heartbeat_only: bool = False,
+        event: EventRecord | None = None,
+        delivery: Delivery | None = None,
     ) -> None:
-        if heartbeat_only:
-            self.heartbeats.append(terminal_id)
-        else:
-            self.calls.append((terminal_id, peripherals_changed, tuple(transitions)))
+        self.calls.append((terminal_id, peripherals_changed, tuple(transitions)))
+        if event is not None:
+            self.events.append(event)
+        self.recorded.append(delivery)
+
+    def settle(self, delivery: Delivery | None) -> None:
+        self.settled.append(delivery)
 
 
 class FakeClock:
@@ -63,12 +70,16 @@ class Rig:
         v = self.registry.get_sample_value(name, labels or None)
         return 0.0 if v is None else v
 
-    def send(self, message: Message, received_at: datetime, *, retained: bool = False) -> Any:
+    def send(
+        self, message: Message, received_at: datetime, *, retained: bool = False, mid: int = 0
+    ) -> Any:
         topic = f"kf/v1/terminals/{message.terminal_id}/{_channel(message)}"
-        return self.ingest.handle(InboundMessage(topic, encode(message), retained, received_at))
+        return self.ingest.handle(
+            InboundMessage(topic, encode(message), retained, received_at, mid=mid, connection=1)
+        )
 
-    def raw(self, topic: str, payload: bytes) -> IngestResult:
-        return self.ingest.handle(InboundMessage(topic, payload, False, at(0)))
+    def raw(self, topic: str, payload: bytes, *, mid: int = 0) -> IngestResult:
+        return self.ingest.handle(InboundMessage(topic, payload, False, at(0), mid=mid))
 
 
 def _channel(message: Message) -> str:
@@ -187,8 +198,30 @@ def test_duplicates_and_seq_gaps_are_counted(rig: Rig) -> None:
     assert rig.value("kioskfleet_ingest_duplicates_total") == 1
     assert rig.value("kioskfleet_ingest_seq_gaps_total") == 3
     assert rig.value("kioskfleet_ingest_messages_total", channel="report") == 2
-    assert len(rig.sink.calls) == 1  # the duplicate is not written
-    assert rig.sink.heartbeats == ["T-1"]  # the later report only moved the sequence
+    assert len(rig.sink.calls) == 2  # the duplicate is not written
+
+
+def test_accepted_deliveries_wait_for_the_write_and_the_rest_are_settled(rig: Rig) -> None:
+    assert rig.send(report(seq=1), at(0), mid=11) is IngestResult.ACCEPTED
+    assert rig.send(report(seq=1), at(1), mid=12) is IngestResult.DUPLICATE
+    assert rig.raw(TOPIC, b"{not json", mid=13) is IngestResult.REJECTED
+    assert rig.send(report(seq=2), at(2)) is IngestResult.ACCEPTED  # QoS 0: nothing to ack
+    assert rig.sink.recorded == [(1, 11), None]
+    assert rig.sink.settled == [(1, 12), (0, 13)]
+
+
+def test_accepted_event_is_handed_over_as_a_row_with_its_body(rig: Rig) -> None:
+    rig.send(peripheral_event("T-1", 3, PRINTER_OK, "jam", sent_at=at(0)), at(1))
+    [event] = rig.sink.events
+    assert (event.terminal_id, event.seq, event.type, event.sent_at, event.received_at) == (
+        "T-1",
+        3,
+        "peripheral_changed",
+        at(0),
+        at(1),
+    )
+    assert event.body["previous"] == "jam"
+    assert event.body["peripheral"]["name"] == "printer"
 
 
 def test_retained_redelivery_is_not_counted_as_a_duplicate(rig: Rig) -> None:

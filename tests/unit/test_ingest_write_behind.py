@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry
 
-from server.errors import StorageError
+from server.errors import StorageDataError, StorageError
 from server.fleet_state import FleetState
+from server.inbound import Delivery
 from server.metrics import ServerMetrics
 from server.scheduler import OfflineSweep
 from server.storage import WriteBatch
@@ -19,25 +22,28 @@ class FakeStore:
     def __init__(self) -> None:
         self.batches: list[WriteBatch] = []
         self.fail = False
+        self.refuse: set[str] = set()  # terminals whose rows the "database" refuses for good
 
     def write(self, batch: WriteBatch, *, now: datetime) -> None:
         if self.fail:
             raise StorageError("write batch", "database is locked")
+        ids = {v.id for v in batch.terminals} | {t.terminal_id for t in batch.transitions}
+        if ids & self.refuse:
+            raise StorageDataError("write batch", "value too long")
         self.batches.append(batch)
 
 
-class FakeMonotonic:
+class Acks:
     def __init__(self) -> None:
-        self.now = 100.0
+        self.sent: list[Delivery] = []
 
-    def __call__(self) -> float:
-        return self.now
-
-
-MONOTONIC = FakeMonotonic()
+    def __call__(self, deliveries: Sequence[Delivery]) -> None:
+        self.sent.extend(deliveries)
 
 
-def _rig(max_pending: int = 1000) -> tuple[FleetState, FakeStore, WriteBehind, CollectorRegistry]:
+def _rig(
+    max_pending: int = 1000, max_acks: int = 400
+) -> tuple[FleetState, FakeStore, WriteBehind, CollectorRegistry]:
     fleet = FleetState()
     store = FakeStore()
     registry = CollectorRegistry()
@@ -45,23 +51,27 @@ def _rig(max_pending: int = 1000) -> tuple[FleetState, FakeStore, WriteBehind, C
         store,
         fleet.snapshot,
         ServerMetrics(registry),
+        acknowledge=ACKS,
         interval_s=3600,
-        heartbeat_interval_s=30,
+        max_pending_acks=max_acks,
         max_pending_transitions=max_pending,
         clock=lambda: datetime(2026, 1, 1, tzinfo=UTC),
-        monotonic=MONOTONIC,
     )
+    ACKS.sent.clear()
     return fleet, store, writer, registry
 
 
-def _apply(fleet: FleetState, writer: WriteBehind, *messages: object) -> None:
+ACKS = Acks()
+
+
+def _apply(fleet: FleetState, writer: WriteBehind, *messages: object, mid: int = 0) -> None:
     for i, m in enumerate(messages):
         out = fleet.apply(m, at(i))  # type: ignore[arg-type]
         writer.record(
             m.terminal_id,  # type: ignore[attr-defined]
             peripherals_changed=out.peripherals_changed,
             transitions=out.transitions,
-            heartbeat_only=out.heartbeat_only,
+            delivery=(1, mid + i) if mid else None,
         )
 
 
@@ -76,29 +86,88 @@ def test_many_reports_of_one_terminal_become_one_row_write_with_the_latest_state
     assert [t.to_state for t in batch.transitions] == ["online"]
 
 
-def test_heartbeat_only_changes_wait_for_the_heartbeat_interval_then_write_the_latest() -> None:
+def test_every_accepted_report_reaches_the_next_flush_with_its_position_and_counters() -> None:
     fleet, store, writer, _ = _rig()
     _apply(fleet, writer, report(seq=1))
     writer.flush()
-    _apply(fleet, writer, report(seq=2), report(seq=3))
-    writer.flush()
-    assert len(store.batches) == 1  # nothing due yet
-    assert writer.pending() == (1, 0)
-    MONOTONIC.now += 31
-    writer.flush()
+    _apply(fleet, writer, report(seq=2), report(seq=5))
+    assert writer.flush()
     second = store.batches[1]
-    assert [(v.id, v.last_seq) for v in second.terminals] == [("T-1", 3)]
+    [v] = second.terminals
+    assert (v.last_seq, v.reports_received, v.seq_gaps) == (5, 3, 2)
     assert second.peripheral_ids == frozenset()
     assert second.transitions == []
 
 
-def test_stop_writes_deferred_heartbeats() -> None:
+def test_deliveries_are_acknowledged_only_after_the_commit_in_receive_order() -> None:
+    fleet, store, writer, _ = _rig()
+    _apply(fleet, writer, report(seq=1), report(seq=2), mid=7)
+    writer.settle((1, 9))  # a duplicate received after them
+    assert ACKS.sent == []
+    store.fail = True
+    assert not writer.flush()
+    assert ACKS.sent == []  # not committed: the broker keeps them
+    assert writer.pending_acks() == 3
+    store.fail = False
+    assert writer.flush()
+    assert ACKS.sent == [(1, 7), (1, 8), (1, 9)]
+    assert writer.pending_acks() == 0
+
+
+def test_settled_messages_alone_are_acknowledged_without_a_write() -> None:
+    _, store, writer, _ = _rig()
+    writer.settle((1, 3))
+    writer.settle(None)  # QoS 0
+    assert writer.flush()
+    assert (store.batches, ACKS.sent) == ([], [(1, 3)])
+
+
+def test_reaching_the_pending_ack_bound_wakes_the_flusher_early() -> None:
+    fleet, _, writer, _ = _rig(max_acks=3)
+    writer.start()
+    try:
+        _apply(fleet, writer, report(seq=1), report(seq=2), report(seq=3), mid=1)
+        deadline = time.monotonic() + 10
+        while ACKS.sent != [(1, 1), (1, 2), (1, 3)] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ACKS.sent == [(1, 1), (1, 2), (1, 3)]  # long before the 3600 s interval
+    finally:
+        writer.stop()
+
+
+def test_rows_refused_for_good_are_isolated_dropped_counted_and_acknowledged() -> None:
+    fleet, store, writer, registry = _rig()
+    for i, tid in enumerate(["T-1", "T-2", "T-3", "T-4"]):
+        _apply(fleet, writer, report(tid, 1), mid=10 * (i + 1))
+    store.refuse = {"T-3"}
+    assert writer.flush()
+    written = sorted(v.id for b in store.batches for v in b.terminals)
+    assert written == ["T-1", "T-2", "T-4"]
+    assert registry.get_sample_value("kioskfleet_db_rejected_rows_total") == 1 + 2 + 1
+    assert ACKS.sent == [(1, 10), (1, 20), (1, 30), (1, 40)]  # in receive order, T-3's too
+    assert writer.failure is None
+    assert writer.pending() == (0, 0)
+
+
+def test_stop_writes_what_is_pending_and_acknowledges_it() -> None:
     fleet, store, writer, _ = _rig()
     _apply(fleet, writer, report(seq=1))
     writer.flush()
-    _apply(fleet, writer, report(seq=2))
+    _apply(fleet, writer, report(seq=2), mid=5)
     assert writer.stop()
     assert store.batches[-1].terminals[0].last_seq == 2
+    assert ACKS.sent == [(1, 5)]
+
+
+def test_recovery_after_a_failure_is_remembered_for_the_offline_grace_period() -> None:
+    fleet, store, writer, _ = _rig()
+    assert writer.recovered_at is None
+    _apply(fleet, writer, report(seq=1))
+    store.fail = True
+    writer.flush()
+    store.fail = False
+    writer.flush()
+    assert writer.recovered_at == datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def test_nothing_pending_writes_nothing() -> None:
@@ -130,7 +199,9 @@ def test_pending_transitions_are_bounded_by_dropping_the_oldest() -> None:
     store.fail = True
     conditions = ["jam", "ok", "paper_out", "ok", "jam"]
     for i, c in enumerate(conditions):
-        _apply(fleet, writer, report(seq=i, peripherals=[periph("printer", "receipt_printer", c)]))
+        _apply(
+            fleet, writer, report(seq=i + 1, peripherals=[periph("printer", "receipt_printer", c)])
+        )
         writer.flush()
     assert writer.pending() == (1, 3)
     assert registry.get_sample_value("kioskfleet_db_dropped_transitions_total") == 3

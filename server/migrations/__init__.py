@@ -1,0 +1,1 @@
+"""Alembic migrations of the server's database (run by ``server.storage.upgrade_schema``)."""

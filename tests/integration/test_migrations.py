@@ -1,0 +1,71 @@
+"""The Alembic migrations produce exactly the models' schema, on SQLite and PostgreSQL, and a
+database made by the old ``create_all`` (before migrations) upgrades in place, keeping its rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from server.storage import Storage, server_metadata, upgrade_schema
+
+_OLD_TABLES = ("terminal", "peripheral", "transition")
+
+
+def _differences(engine: sa.Engine) -> list[object]:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "compare_server_default": True}
+        )
+        return list(compare_metadata(context, server_metadata()))
+
+
+def test_migrated_schema_equals_the_models_schema(database_url: str) -> None:
+    storage = Storage(database_url)
+    storage.open()
+    try:
+        assert _differences(storage.engine) == []
+        with storage.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == (
+                "0002"
+            )
+    finally:
+        storage.close()
+
+
+def test_database_made_by_the_old_create_all_is_stamped_and_upgraded_keeping_its_rows(
+    database_url: str,
+) -> None:
+    engine = sa.create_engine(database_url)
+    if database_url.startswith("sqlite"):
+        Path(sa.make_url(database_url).database or "").parent.mkdir(parents=True, exist_ok=True)
+    try:
+        upgrade_schema(engine, "0001")  # exactly the tables create_all used to make
+        now = datetime(2026, 1, 1, tzinfo=UTC)
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE alembic_version"))  # as create_all left it
+            conn.execute(
+                sa.text(
+                    "INSERT INTO terminal (id, online, online_since, last_seen, boot_id, last_seq,"
+                    " software, first_seen, updated_at) VALUES ('T-OLD', true, :t, :t,"
+                    " 'boot-old1', 41, '{}', :t, :t)"
+                ),
+                {"t": now.isoformat() if engine.dialect.name == "sqlite" else now},
+            )
+        assert "alembic_version" not in sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+    storage = Storage(database_url)
+    storage.open()
+    try:
+        assert _differences(storage.engine) == []
+        [view] = storage.load_fleet()
+        assert (view.id, view.boot_id, view.last_seq) == ("T-OLD", "boot-old1", 41)
+        assert (view.reports_received, view.seq_gaps, view.dropped_reports) == (0, 0, 0)
+        assert storage.count_events() == 0
+    finally:
+        storage.close()
