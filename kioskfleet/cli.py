@@ -1,4 +1,4 @@
-"""The ``kioskfleet`` command: ``agent``, ``server`` and ``simulate``.
+"""The ``kioskfleet`` command: ``agent``, ``server``, ``db upgrade`` and ``simulate``.
 
 Only argument parsing lives here; each subcommand hands over to its package
 (imported lazily so that ``kioskfleet agent`` on a terminal never imports the
@@ -31,6 +31,13 @@ def _parser() -> argparse.ArgumentParser:
 
     server = sub.add_parser("server", help="run the central server (settings from KIOSKFLEET_*)")
     server.add_argument("--env-file", type=Path, help="a file of KIOSKFLEET_* settings")
+
+    db = sub.add_parser("db", help="database maintenance (settings from KIOSKFLEET_*)")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_sub.add_parser(
+        "upgrade", help="migrate the database to the newest schema (the server also does at start)"
+    )
+    upgrade.add_argument("--env-file", type=Path, help="a file of KIOSKFLEET_* settings")
 
     sim = sub.add_parser("simulate", help="run N simulated terminals with the real agent code")
     sim.add_argument("--terminals", type=int, default=50)
@@ -69,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from server.main import run_server
 
         return run_server(args.env_file)
+    if args.command == "db":
+        from server.main import upgrade_database
+
+        return upgrade_database(args.env_file)
     from agent.simulator import SimulationOptions, run_simulation
 
     return run_simulation(

@@ -42,11 +42,20 @@ from server.scheduler import EventPruner, OfflineSweep, build_scheduler
 from server.storage import EventRecord, Storage
 from server.write_behind import WriteBehind
 
-__all__ = ["Server", "run_server"]
+__all__ = ["Server", "run_server", "upgrade_database"]
 
 log = logging.getLogger(__name__)
 
 _HTTP_START_TIMEOUT_S = 10.0
+
+
+def _storage(settings: Settings) -> Storage:
+    return Storage(
+        settings.database_url,
+        sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s,
+        statement_timeout_s=settings.db_statement_timeout_s,
+        connect_timeout_s=settings.db_connect_timeout_s,
+    )
 
 
 class Server:
@@ -66,12 +75,7 @@ class Server:
             default_report_interval_s=settings.default_report_interval_s,
         )
         registry.register(FleetCollector(self.fleet))  # fleet gauges, computed at scrape time
-        self.storage = Storage(
-            settings.database_url,
-            sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s,
-            statement_timeout_s=settings.db_statement_timeout_s,
-            connect_timeout_s=settings.db_connect_timeout_s,
-        )
+        self.storage = _storage(settings)
         self.writer = WriteBehind(
             self.storage,
             self.fleet.snapshot,
@@ -306,3 +310,29 @@ def run_server(env_file: Path | None) -> int:
         server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def upgrade_database(env_file: Path | None) -> int:
+    """``kioskfleet db upgrade``: migrate the configured database to the newest schema.
+
+    For deployments that migrate before rolling out servers (a Helm hook job);
+    ``Server.start()`` does the same. Returns the process exit code.
+    """
+    if env_file is not None and not env_file.is_file():
+        log.error("env file %s does not exist", env_file)
+        return 2
+    try:
+        settings = Settings.from_env(env_file)
+    except ValidationError as exc:
+        log.error("invalid settings: %s", exc)
+        return 2
+    storage = _storage(settings)
+    try:
+        storage.open()
+    except ServerError as exc:
+        log.error("cannot migrate: %s", exc)
+        return 1
+    finally:
+        storage.close()
+    log.info("database %s is at the newest schema", settings.database_url.split("@")[-1])
+    return 0

@@ -3,14 +3,19 @@ database made by the old ``create_all`` (before migrations) upgrades in place, k
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
-from server.storage import Storage, server_metadata, upgrade_schema
+from server.config import Settings
+from server.storage import Storage, alembic_config, server_metadata, upgrade_schema
 
 _OLD_TABLES = ("terminal", "peripheral", "transition")
 
@@ -69,3 +74,26 @@ def test_database_made_by_the_old_create_all_is_stamped_and_upgraded_keeping_its
         assert storage.count_events() == 0
     finally:
         storage.close()
+
+
+def test_kioskfleet_db_upgrade_migrates_an_empty_database_to_head(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "KIOSKFLEET_DATABASE_URL": database_url}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "kioskfleet"), "db", "upgrade"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    engine = sa.create_engine(Settings(database_url=database_url).database_url)
+    try:
+        assert _differences(engine) == []
+        with engine.connect() as conn:
+            version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        assert version == ScriptDirectory.from_config(alembic_config()).get_current_head()
+    finally:
+        engine.dispose()
