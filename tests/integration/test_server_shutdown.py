@@ -11,6 +11,7 @@ published: no message lost, none counted twice, no gap.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -120,7 +121,9 @@ def _run(
 ) -> None:
     server.start()
     fleet = [terminals(unique("SD")) for _ in range(TERMINALS)]
-    published = {t.id: {"reports": [], "events": []} for t in fleet}
+    published: dict[str, dict[str, list[int]]] = {
+        t.id: {"reports": [], "events": []} for t in fleet
+    }
     threads = [threading.Thread(target=_publish_stream, args=(t, published[t.id])) for t in fleet]
     for th in threads:
         th.start()
@@ -151,7 +154,7 @@ def _run(
         return delivery if got == want else None
 
     for t in fleet:
-        delivery = wait_until(lambda t=t: accounted(t.id), 60, f"{t.id} fully accounted")
+        delivery = wait_until(functools.partial(accounted, t.id), 60, f"{t.id} fully accounted")
         assert delivery["seq_gaps"] == 0
         assert delivery["last_seq"] == MESSAGES_PER_TERMINAL
         want = published[t.id]["events"]
