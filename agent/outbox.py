@@ -28,7 +28,8 @@ the connection are deleted and counted. Events and update statuses are never
 dropped: if only they (or rows already in flight) remain, the new row is stored
 beyond the quota and ``over_quota`` counts it (with a rate-limited warning).
 
-A file that is not a valid outbox (corrupt, or another schema) is moved aside
+A file that is not a valid outbox (corrupt: ``PRAGMA quick_check`` at open
+reads every page; or another schema) is moved aside
 to ``<name>.corrupt-<UTC timestamp>`` and a new one is created (new boot ids);
 that is logged as an error. Every other ``sqlite3`` error becomes
 ``OutboxError`` (carrying ``.operation``). This module never talks to the
@@ -295,6 +296,12 @@ class Outbox:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise
+        # A damaged page behind an intact schema would otherwise fail every later
+        # read (the agent could not even start): read every page now. Outside the
+        # write lock: in WAL mode it does not hold up a process writing this file.
+        problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise _NotAnOutboxError("quick_check: " + "; ".join(map(str, problems)))
 
     def _move_aside(self) -> Path:
         assert isinstance(self.path, Path)

@@ -125,6 +125,7 @@ class OutboxSender:
         self._marked = 0  # the highest row id recorded as handed (Outbox.mark_handed)
         self._memory: deque[_Pending] = deque()
         self._inflight: dict[int, int | None] = {}  # mid -> row id (None: from memory)
+        self._rows_inflight = 0  # entries of _inflight with a row id (read by stats())
         self._tokens = float(settings.drain_burst)
         self._tokens_at = monotonic()
         self._drain_not_before = -math.inf
@@ -235,6 +236,8 @@ class OutboxSender:
         if mid not in self._inflight:
             return  # a state message, or nothing of ours
         row_id = self._inflight.pop(mid)
+        if row_id is not None:
+            self._rows_inflight -= 1
         if ok:
             self._acked += 1
         else:
@@ -317,6 +320,7 @@ class OutboxSender:
                 self._memory.popleft()
             else:
                 self._cursor = row_id
+                self._rows_inflight += 1
             self._inflight[mid] = row_id
             self._tokens -= 1.0
             self._handed += 1
@@ -324,12 +328,17 @@ class OutboxSender:
             self._maybe_waiting = True
 
     def stats(self) -> SenderStats:
-        """Counters and the current backlog (one read of the outbox's stream row)."""
+        """Counters and the current backlog (one read of the outbox's stream row).
+
+        Safe to call from another thread while the loop drives the sender (the
+        simulator's ``counters``): it reads plain counters, never iterates the
+        loop's containers.
+        """
         try:
             pending = self._outbox.stats(self._terminal_id).pending
         except (OutboxError, KeyError):
             pending = 0
-        rows_inflight = sum(1 for r in self._inflight.values() if r is not None)
+        rows_inflight = self._rows_inflight
         return SenderStats(
             handed=self._handed,
             acked=self._acked,

@@ -165,6 +165,34 @@ def test_a_corrupt_file_is_moved_aside_and_a_new_stream_begins(
     assert any("not a valid outbox" in r.getMessage() for r in caplog.records)
 
 
+def test_a_damaged_page_behind_an_intact_schema_is_found_at_open_and_moved_aside(
+    tmp_path: Path,
+) -> None:
+    # Before the fix the file opened fine and every later stream()/append() of
+    # the damaged table raised OutboxError: the agent could never start again.
+    path = tmp_path / "outbox.sqlite"
+    with Outbox(path) as outbox:
+        for n in range(300):  # enough streams for the table to span pages
+            outbox.stream(f"T-{n:04d}")
+        old_boot = outbox.stream(T).boot_id
+    db = sqlite3.connect(path)
+    (root,) = db.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'outbox_stream'"
+    ).fetchone()
+    (page_size,) = db.execute("PRAGMA page_size").fetchone()
+    db.close()
+    with path.open("r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xa5" * page_size)  # the schema on page 1 stays intact
+    with Outbox(path) as outbox:
+        stream = outbox.stream(T)
+        assert stream.boot_id != old_boot
+        assert stream.last_seq == 0
+        outbox.append(T, Channel.REPORT, 1, f"kf/v1/terminals/{T}/report", b"x")
+        assert outbox.stats(T).pending == 1
+    assert any(".corrupt-" in p.name for p in tmp_path.iterdir())
+
+
 def test_a_database_with_another_schema_is_moved_aside_too(tmp_path: Path) -> None:
     path = tmp_path / "outbox.sqlite"
     db = sqlite3.connect(path)

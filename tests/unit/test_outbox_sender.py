@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
+import threading
 from dataclasses import dataclass, field
 
 import pytest
@@ -307,3 +309,49 @@ def test_rows_are_handed_in_order_and_every_kept_message_exactly_once_per_run(
     assert len(handed) == stats.reports + stats.events - stats.dropped_reports
     assert stats.last_seq == rig.seq
     assert stats.events == len({s for s in handed if s % 2 == 0})  # no event ever dropped
+
+
+# -- read from another thread ---------------------------------------------------------
+
+
+def test_stats_can_be_read_from_another_thread_while_the_loop_hands_and_acks() -> None:
+    # The simulator's counters() calls stats() from the main thread while the
+    # event loop's thread hands messages and removes acknowledged ones. Before
+    # the fix stats() iterated the in-flight dict and raised "dictionary changed
+    # size during iteration" (most runs of this test hit it).
+    rig = Rig(max_inflight=200, drain_rate_per_s=1e9, drain_burst=100_000)
+    rig.sender.mark_started()
+    rig.connect()
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                rig.sender.stats()
+            except Exception as exc:  # noqa: BLE001 - recorded and asserted on below
+                failures.append(exc)
+                return
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        acked = 0
+        for _ in range(8000):
+            rig.say(1)
+            for mid, _, _, _ in rig.conn.sent[acked : len(rig.conn.sent) - 150]:
+                rig.sender.on_delivered(mid, True)  # all but the last 150
+            acked = max(acked, len(rig.conn.sent) - 150)
+            if failures:
+                break
+    finally:
+        done.set()
+        reader.join()
+        sys.setswitchinterval(previous)
+    assert failures == []
+    stats = rig.sender.stats()
+    assert stats.handed == 8000
+    assert stats.inflight == 8000 - stats.acked
+    assert stats.backlog == 0
