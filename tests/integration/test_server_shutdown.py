@@ -40,11 +40,11 @@ def _free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, broker: LocalBroker, tmp_path: Path) -> None:
+    def __init__(self, broker: LocalBroker, tmp_path: Path, database_url: str) -> None:
         self.port = _free_port()
         self.env = {
             **os.environ,
-            "KIOSKFLEET_DATABASE_URL": f"sqlite:///{tmp_path}/kf.db",
+            "KIOSKFLEET_DATABASE_URL": database_url,
             "KIOSKFLEET_BROKER_URL": broker.url,
             "KIOSKFLEET_HTTP_PORT": str(self.port),
             "KIOSKFLEET_MQTT_CLIENT_ID": unique("kf-shutdown-test"),
@@ -94,8 +94,11 @@ class ServerProcess:
 
 
 @pytest.fixture
-def server_process(private_broker: LocalBroker, tmp_path: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess(private_broker, tmp_path)
+def server_process(
+    private_broker: LocalBroker, tmp_path: Path, database_url: str
+) -> Iterator[ServerProcess]:
+    """A ``kioskfleet server`` subprocess, on SQLite and on PostgreSQL."""
+    process = ServerProcess(private_broker, tmp_path, database_url)
     try:
         yield process
     finally:
