@@ -1,8 +1,21 @@
 """Start a private mosquitto with the project's own config (tests, benchmarks, demo).
 
 Runs ``mosquitto -c <generated.conf>`` where the generated file is
-``broker/mosquitto.conf`` plus a loopback listener on the chosen port. It never
-touches the system broker's configuration.
+``broker/mosquitto.conf`` plus a loopback listener on the chosen port and a
+persistence directory of its own (``workdir``). It never touches the system
+broker's configuration or its database.
+
+Besides start and stop, ``LocalBroker`` can inflict the faults the reliability
+tests need, always on the same port and the same persistence directory, so
+clients reconnect to the "same" broker:
+
+- ``terminate()``: SIGTERM; mosquitto writes its in-memory database (sessions,
+  subscriptions, queued and retained messages) before it exits;
+- ``kill()``: SIGKILL; what changed since the last autosave is lost;
+- ``restart(graceful=True)``: terminate (or kill) and start again;
+- ``pause()`` / ``resume()``: SIGSTOP / SIGCONT, a frozen broker: TCP
+  connections stay open and new ones are even accepted by the kernel, but
+  nothing is read or answered (no CONNACK, no PUBACK).
 """
 
 from __future__ import annotations
@@ -19,9 +32,11 @@ __all__ = ["BrokerError", "LocalBroker", "free_port", "project_broker_conf"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+_TERMINATE_TIMEOUT_S = 30.0  # a large queue takes a while to save on SIGTERM
+
 
 class BrokerError(RuntimeError):
-    """mosquitto is missing or did not start."""
+    """mosquitto is missing, did not start, or is not running when a fault needs it."""
 
 
 def free_port() -> int:
@@ -44,8 +59,19 @@ def _port_open(port: int) -> bool:
         return False
 
 
+def _binary() -> str:
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(binary).exists():
+        raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
+    return binary
+
+
 class LocalBroker:
-    """A mosquitto process on 127.0.0.1:``port`` that can be stopped, killed and restarted."""
+    """A mosquitto process on 127.0.0.1:``port`` that can be stopped, killed, frozen and restarted.
+
+    The port and the persistence directory (``workdir``) stay the same for the
+    object's lifetime: a restart brings back what mosquitto had saved there.
+    """
 
     def __init__(
         self,
@@ -61,15 +87,29 @@ class LocalBroker:
         self.overrides = overrides or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "mosquitto.log"
+        self.paused = False
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
+    @property
+    def persistence_file(self) -> Path:
+        """Where mosquitto saves its database (``persistence_location`` + ``mosquitto.db``)."""
+        return self.workdir / "mosquitto.db"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        """The mosquitto process id. Raises BrokerError if it is not running."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise BrokerError("mosquitto is not running")
+        return self.proc.pid
+
     def _write_conf(self) -> Path:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(binary).exists():
-            raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
         project = [
@@ -93,49 +133,114 @@ class LocalBroker:
         return conf
 
     def start(self, timeout: float = 10.0) -> LocalBroker:
-        """Start mosquitto and wait until it accepts connections.
+        """Start mosquitto (loading its saved database, if any) and wait until it accepts connections.
 
-        Raises BrokerError if it exits or does not listen within ``timeout``.
+        Raises BrokerError if it is already running, exits, or does not listen within ``timeout``.
         """
+        if self.running:
+            raise BrokerError("mosquitto is already running")
         conf = self._write_conf()
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.proc = subprocess.Popen(  # noqa: S603 - fixed binary, generated config
-            [binary, "-c", str(conf)],
+            [_binary(), "-c", str(conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+        self.paused = False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise BrokerError(f"mosquitto exited with {self.proc.returncode}: {err.strip()}")
+                self.proc = None
+                raise BrokerError(f"mosquitto exited: {err.strip()}")
             if _port_open(self.port):
                 return self
             time.sleep(0.02)
-        self.stop()
+        self.kill()
         raise BrokerError(f"mosquitto did not listen on {self.port} within {timeout}s")
 
-    def stop(self) -> None:
-        """Terminate (SIGTERM, then SIGKILL after 5 s) and wait."""
+    def terminate(self, timeout: float = _TERMINATE_TIMEOUT_S) -> None:
+        """SIGTERM and wait: mosquitto saves its database, then exits. SIGKILL after ``timeout``.
+
+        A paused broker is resumed first (a stopped process cannot act on SIGTERM).
+        """
         if self.proc is None:
             return
         if self.proc.poll() is None:
+            if self.paused:
+                self.proc.send_signal(signal.SIGCONT)
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=5)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stderr:
-            self.proc.stderr.close()
-        self.proc = None
+        self._reap()
+
+    def stop(self) -> None:
+        """Stop for good at the end of a test or demo (the same as ``terminate``)."""
+        self.terminate()
 
     def kill(self) -> None:
-        """SIGKILL: the broker vanishes without sending wills or closing sessions."""
+        """SIGKILL: the broker vanishes without saving, sending wills or closing sessions.
+
+        The persistence directory is kept; a later ``start`` loads the last autosave.
+        """
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            self.proc.kill()  # works on a stopped (paused) process too
             self.proc.wait()
-        self.stop()
+        self._reap()
+
+    def restart(self, *, graceful: bool = True, down_s: float = 0.0) -> LocalBroker:
+        """Terminate (``graceful``) or kill the broker, wait ``down_s``, start it on the same port.
+
+        Raises BrokerError if it does not come back.
+        """
+        if graceful:
+            self.terminate()
+        else:
+            self.kill()
+        if down_s > 0:
+            time.sleep(down_s)
+        return self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: freeze the broker. Raises BrokerError if it is not running."""
+        os.kill(self.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        """SIGCONT: let a paused broker run again. Raises BrokerError if it is not running."""
+        os.kill(self.pid, signal.SIGCONT)
+        self.paused = False
+
+    def saved_at(self) -> float | None:
+        """Modification time of the persistence file (``None`` before the first save).
+
+        mosquitto writes ``mosquitto.db.new`` and renames it, so each save moves this.
+        """
+        try:
+            return self.persistence_file.stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def wait_saved(self, after: float, timeout: float = 30.0) -> float:
+        """Wait until the database was saved later than ``after`` (an mtime, e.g. ``time.time()``).
+
+        Returns the new mtime. Raises BrokerError after ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            saved = self.saved_at()
+            if saved is not None and saved > after:
+                return saved
+            time.sleep(0.05)
+        raise BrokerError(f"mosquitto did not save its database within {timeout}s")
+
+    def _reap(self) -> None:
+        if self.proc is not None and self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+        self.paused = False
 
     def __enter__(self) -> LocalBroker:
         return self.start()

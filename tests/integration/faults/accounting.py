@@ -1,0 +1,179 @@
+"""The exact count check every fault test ends with: the agents' outboxes against the server's database.
+
+Both sides are durable records: the agent's outbox (``OutboxStats``: every
+stream message it ever numbered, the reports it dropped for its quota, what is
+still pending) and the server's tables (``terminal`` counters, ``event`` rows).
+For each terminal, once everything is delivered:
+
+    server.boot_id          == outbox.boot_id
+    server.last_seq         == outbox.last_seq
+    server.reports_received == outbox.reports - outbox.dropped_reports
+    server.events_received  == outbox.events == event rows == distinct event seqs
+    server.seq_gaps         == outbox.dropped_reports
+    outbox.pending          == 0
+
+With ``allow_losses`` (only where a broker SIGKILL makes a loss possible: it
+forgets what it acknowledged since its last autosave), the server may have
+counted more gaps than the deliberate drops, and exactly those are missing:
+
+    lost = server.seq_gaps - outbox.dropped_reports >= 0
+    (outbox.reports - dropped - server.reports_received)
+        + (outbox.events - server.events_received) == lost
+
+This module reads; it never changes either side.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import pytest
+import sqlalchemy as sa
+
+from agent.outbox import OutboxStats
+
+__all__ = ["StoredStream", "mismatches", "read_stored", "wait_for_exact_accounting"]
+
+
+@dataclass(frozen=True)
+class StoredStream:
+    """What the server's database holds about one terminal's stream."""
+
+    boot_id: str | None
+    last_seq: int | None
+    reports_received: int
+    events_received: int
+    seq_gaps: int
+    dropped_reports: int
+    event_rows: int
+    event_seqs: int
+
+
+def read_stored(database_url: str, terminal_ids: Iterable[str]) -> dict[str, StoredStream]:
+    """The server's record of ``terminal_ids`` (absent terminals are left out)."""
+    ids = list(terminal_ids)
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT id, boot_id, last_seq, reports_received, events_received, seq_gaps,"
+                    " dropped_reports FROM terminal WHERE id IN :ids"
+                ).bindparams(sa.bindparam("ids", expanding=True)),
+                {"ids": ids},
+            ).all()
+            events = {
+                (tid, boot): (n, distinct)
+                for tid, boot, n, distinct in conn.execute(
+                    sa.text(
+                        "SELECT terminal_id, boot_id, count(*), count(DISTINCT seq) FROM event"
+                        " WHERE terminal_id IN :ids GROUP BY terminal_id, boot_id"
+                    ).bindparams(sa.bindparam("ids", expanding=True)),
+                    {"ids": ids},
+                ).all()
+            }
+    finally:
+        engine.dispose()
+    result = {}
+    for tid, boot, last_seq, reports, events_received, gaps, dropped in rows:
+        n, distinct = events.get((tid, boot), (0, 0))
+        all_boots = sum(v[0] for k, v in events.items() if k[0] == tid)
+        result[tid] = StoredStream(
+            boot_id=boot,
+            last_seq=last_seq,
+            reports_received=reports,
+            events_received=events_received,
+            seq_gaps=gaps,
+            dropped_reports=dropped,
+            event_rows=all_boots,
+            event_seqs=distinct if all_boots == n else -1,  # rows of another stream: a mismatch
+        )
+    return result
+
+
+def mismatches(
+    tid: str,
+    outbox: OutboxStats,
+    stored: StoredStream | None,
+    *,
+    allow_losses: bool = False,
+    check_reported_drops: bool = True,
+) -> tuple[list[str], int]:
+    """What differs for one terminal, and how many messages were lost (server-counted gaps)."""
+    if stored is None:
+        return [f"{tid}: no terminal row"], 0
+    problems = []
+
+    def expect(what: str, got: object, want: object) -> None:
+        if got != want:
+            problems.append(f"{tid}: {what} is {got}, expected {want}")
+
+    expect("outbox.pending", outbox.pending, 0)
+    expect("outbox.updates (no update schema yet)", outbox.updates, 0)
+    expect("boot_id", stored.boot_id, outbox.boot_id)
+    expect("last_seq", stored.last_seq, outbox.last_seq)
+    expect("event rows", stored.event_rows, stored.events_received)
+    expect("distinct event seqs", stored.event_seqs, stored.events_received)
+    if check_reported_drops:
+        expect("dropped_reports reported", stored.dropped_reports, outbox.dropped_reports)
+    lost = stored.seq_gaps - outbox.dropped_reports
+    if not allow_losses or lost <= 0:
+        expect("seq_gaps", stored.seq_gaps, outbox.dropped_reports)
+        expect("reports_received", stored.reports_received, outbox.reports - outbox.dropped_reports)
+        expect("events_received", stored.events_received, outbox.events)
+        return problems, 0
+    missing_reports = outbox.reports - outbox.dropped_reports - stored.reports_received
+    missing_events = outbox.events - stored.events_received
+    if missing_reports < 0 or missing_events < 0 or missing_reports + missing_events != lost:
+        problems.append(
+            f"{tid}: {lost} server-counted gaps beyond the {outbox.dropped_reports} drops, but"
+            f" {missing_reports} reports and {missing_events} events are missing"
+        )
+    return problems, lost
+
+
+def wait_for_exact_accounting(
+    database_url: str,
+    outboxes: Mapping[str, OutboxStats],
+    *,
+    allow_losses: bool = False,
+    check_reported_drops: bool = True,
+    timeout: float = 30.0,
+    settle_s: float = 1.0,
+) -> dict[str, int]:
+    """Poll the server's database until every terminal's record matches its outbox, then check
+    that it stays so for ``settle_s`` (nothing counted late, twice). Fails the test with the
+    differences after ``timeout``. Returns the server-counted losses per terminal (all 0
+    unless ``allow_losses``)."""
+    deadline = time.monotonic() + timeout
+    confirmed_at: float | None = None
+    while True:
+        stored = read_stored(database_url, outboxes)
+        problems: list[str] = []
+        losses: dict[str, int] = {}
+        for tid, stats in outboxes.items():
+            found, lost = mismatches(
+                tid,
+                stats,
+                stored.get(tid),
+                allow_losses=allow_losses,
+                check_reported_drops=check_reported_drops,
+            )
+            problems += found
+            losses[tid] = lost
+        now = time.monotonic()
+        if not problems:
+            if confirmed_at is None:
+                confirmed_at = now
+            elif now - confirmed_at >= settle_s:
+                return losses
+        elif confirmed_at is not None:
+            pytest.fail("the accounting matched, then changed: " + "; ".join(problems[:10]))
+        elif now > deadline:
+            pytest.fail(
+                f"{len(problems)} accounting differences after {timeout}s: "
+                + "; ".join(problems[:10])
+            )
+        time.sleep(0.2)
