@@ -74,7 +74,11 @@ class Settings(BaseSettings):
     mqtt_session_expiry_s: Annotated[int, Field(ge=0, le=7 * 86400)] = 86400
     mqtt_reconnect_min_s: Annotated[int, Field(ge=1, le=60)] = 1
     mqtt_reconnect_max_s: Annotated[int, Field(ge=1, le=600)] = 30
-    shared_subscription: bool = True
+    # One replica (the default) subscribes directly: mosquitto 2.0 does not restore a
+    # `$share/...` subscription from its persistence file after a restart, so terminals that
+    # reconnect before the server publish into nothing (docs/reliability.md). Turn it on for
+    # several replicas, on a broker that keeps shared subscriptions across restarts.
+    shared_subscription: bool = False
     # "5" (default): session expiry under our control. "3.1.1": ~1/3 less paho CPU per
     # message; the broker's persistent_client_expiration bounds the session instead.
     mqtt_protocol: Literal["5", "3.1.1"] = "5"

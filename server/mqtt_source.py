@@ -66,7 +66,7 @@ class MqttOptions:
     session_expiry_s: int = 86400
     reconnect_min_s: int = 1
     reconnect_max_s: int = 30
-    shared_subscription: bool = True
+    shared_subscription: bool = False
     protocol: Literal["5", "3.1.1"] = "5"
     receive_maximum: int = 0  # QoS 1 messages the broker may have in flight to us; 0: broker's
 

@@ -84,6 +84,8 @@ def _agent_toml(path: Path, broker: LocalBroker) -> Path:
                 'name = "receipt_printer"',
                 'scenario = "receipt_printer"',
                 "fault_rate = 0.000001",  # no spontaneous incidents: the test decides
+                "[outbox]",
+                f'path = "{path.with_suffix(".outbox.sqlite")}"',
             ]
         )
         + "\n"

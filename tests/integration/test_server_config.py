@@ -36,7 +36,7 @@ def test_defaults_are_loopback_sqlite_and_a_stable_client_id() -> None:
     assert s.mqtt_client_id.startswith("kioskfleet-server-")
     assert s.mqtt_client_id == Settings().mqtt_client_id
     assert (s.shared_subscription, s.max_payload_bytes, s.offline_after_missed_reports) == (
-        True,
+        False,
         65536,
         3,
     )
@@ -78,10 +78,10 @@ def test_env_file_and_environment_both_feed_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = tmp_path / "server.env"
-    env.write_text("KIOSKFLEET_HTTP_PORT=9999\nKIOSKFLEET_SHARED_SUBSCRIPTION=false\n")
+    env.write_text("KIOSKFLEET_HTTP_PORT=9999\nKIOSKFLEET_SHARED_SUBSCRIPTION=true\n")
     monkeypatch.setenv("KIOSKFLEET_OFFLINE_AFTER_MISSED_REPORTS", "5")
     s = Settings.from_env(env)
-    assert (s.http_port, s.shared_subscription, s.offline_after_missed_reports) == (9999, False, 5)
+    assert (s.http_port, s.shared_subscription, s.offline_after_missed_reports) == (9999, True, 5)
 
 
 def test_run_server_refuses_a_missing_env_file_or_bad_settings(
