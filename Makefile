@@ -33,6 +33,7 @@ bench: setup
 	$(PY) bench/ingest.py
 	$(PY) bench/scrape.py
 	$(PY) bench/outbox.py
+	$(PY) bench/broker_queue.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache var
