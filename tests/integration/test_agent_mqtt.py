@@ -40,20 +40,12 @@ from protocol.messages import (
     ReportMessage,
     StateMessage,
 )
+from tests.integration.conftest import wait_until
 from tests.unit.test_agent_probe_reader import GatedProbe
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Subscriber:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -28,19 +27,11 @@ from agent.probes.simulated import Scenario, SimulatedProbeSpec
 from kioskfleet.local_broker import LocalBroker, project_broker_conf
 from protocol.codec import decode
 from protocol.messages import EventMessage, Message, PeripheralCondition, StateMessage
+from tests.integration.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class DurableSubscriber:
