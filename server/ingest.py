@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from enum import StrEnum
 from typing import Final, Protocol
 
 from protocol.codec import decode
 from protocol.errors import ProtocolError
-from protocol.messages import EventMessage, ReportMessage, StateMessage
+from protocol.messages import EventMessage, Message, ReportMessage, StateMessage
 from protocol.topics import Channel
 from server.fleet_state import CONNECTIVITY, FleetState, Transition, Verdict
 from server.inbound import Delivery, InboundMessage
@@ -62,6 +63,10 @@ class WriteSink(Protocol):
 
     def settle(self, delivery: Delivery | None) -> None:
         """Acknowledge a message that changed nothing (after what was received before it)."""
+        ...
+
+    def applying(self) -> AbstractContextManager[object]:
+        """Held while the fleet state is changed and the change recorded (see WriteBehind)."""
         ...
 
 
@@ -132,6 +137,10 @@ class Ingest:
             )
             return IngestResult.REJECTED
 
+        with self._sink.applying():  # no flush copies the state before it is recorded
+            return self._apply(message, inbound)
+
+    def _apply(self, message: Message, inbound: InboundMessage) -> IngestResult:
         outcome = self._fleet.apply(message, inbound.received_at, retained=inbound.retained)
         if outcome.verdict is not Verdict.ACCEPTED:
             # Retained re-deliveries (every re-subscribe) are expected, not duplicates.

@@ -15,7 +15,10 @@ Acknowledgements are manual (``manual_ack=True``): a QoS 1 message is
 acknowledged only when ``ack`` is called with its delivery, which the database
 writer does after the message's effects are committed. A delivery from an
 earlier connection is never acknowledged on a later one (packet ids are reused;
-the broker redelivers what was not acknowledged). ``pause`` stops intake for a
+the broker redelivers what was not acknowledged): the connection number changes
+as soon as paho reports the connection lost and again before it reconnects,
+under the same lock ``ack`` holds, so an acknowledgement queued late cannot go
+out on the next connection. ``pause`` stops intake for a
 graceful stop: messages that arrive after it are neither passed on nor
 acknowledged, so the broker keeps them for the next run.
 
@@ -88,7 +91,8 @@ class MqttSource:
         self._connected = threading.Event()
         self._stopping = False
         self._paused = False
-        self._connection = 0  # bumped on every successful connect
+        self._connection = 0  # bumped when a connection ends and before the next one starts
+        self._ack_lock = threading.Lock()  # guards _connection against ack()
         self._client = self._build_client()
 
     # --- public state ---------------------------------------------------------------------
@@ -112,13 +116,14 @@ class MqttSource:
         Deliveries of an earlier connection are skipped (the broker redelivers
         them on the new one). Returns how many acknowledgements were queued.
         """
-        current = self._connection
         sent = 0
-        for connection, mid in deliveries:
-            if connection != current or not mid:
-                continue
-            if self._client.ack(mid, 1) is MQTTErrorCode.MQTT_ERR_SUCCESS:
-                sent += 1
+        with self._ack_lock:  # the connection cannot change while these are queued
+            current = self._connection
+            for connection, mid in deliveries:
+                if connection != current or not mid:
+                    continue
+                if self._client.ack(mid, 1) is MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    sent += 1
         return sent
 
     def pause(self) -> None:
@@ -196,7 +201,13 @@ class MqttSource:
         client.on_subscribe = self._handle_subscribe
         client.on_message = self._handle_message
         client.on_connect_fail = self._handle_connect_fail
+        client.on_pre_connect = self._handle_pre_connect
         return client
+
+    def _new_connection(self) -> None:
+        """Void the acknowledgements of the connection that ended (or never was)."""
+        with self._ack_lock:
+            self._connection += 1
 
     def _set_connected(self, up: bool) -> None:
         was = self._connected.is_set()
@@ -220,7 +231,6 @@ class MqttSource:
         if reason_code.is_failure:
             log.error("broker refused the connection: %s", reason_code)
             return
-        self._connection += 1  # acknowledgements of the previous connection are void now
         # Subscribe on every connect: a session that expired or a new broker has none.
         subscriptions = server_subscriptions(shared=self._options.shared_subscription)
         if self._options.protocol == "5":
@@ -261,9 +271,13 @@ class MqttSource:
         reason_code: ReasonCode,
         _properties: Properties | None,
     ) -> None:
+        self._new_connection()  # what was not acknowledged yet, the broker redelivers
         self._set_connected(False)
         if not self._stopping:
             log.warning("disconnected from the broker (%s); reconnecting", reason_code)
+
+    def _handle_pre_connect(self, _client: mqtt.Client, _userdata: Any) -> None:
+        self._new_connection()  # paho dropped its unsent packets; a new connection starts
 
     def _handle_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
         log.warning(

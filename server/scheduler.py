@@ -63,9 +63,10 @@ class OfflineSweep:
         since = self._listening_since()
         if since is None:
             return []
-        transitions = self._fleet.expire_silent(self._clock(), listening_since=since)
-        for t in transitions:
-            self._sink.record(t.terminal_id, transitions=(t,))
+        with self._sink.applying():  # a flush never sees the state without its transition
+            transitions = self._fleet.expire_silent(self._clock(), listening_since=since)
+            for t in transitions:
+                self._sink.record(t.terminal_id, transitions=(t,))
         if transitions:
             self._timeouts.inc(len(transitions))
             log.info("%d terminals went offline by timeout", len(transitions))

@@ -33,6 +33,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.util.exc import CommandError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, SQLAlchemyError
@@ -321,7 +322,10 @@ class Storage:
             raise ConfigError(f"unsupported database {backend!r} (use sqlite or postgresql)")
         self._engine = engine
         with self._translate("migrate schema"):
-            upgrade_schema(engine)
+            try:
+                upgrade_schema(engine)
+            except CommandError as exc:  # e.g. a revision newer than this server knows
+                raise StorageError("migrate schema", str(exc)) from exc
 
     def _sqlite_engine(self, url: sa.URL) -> Engine:
         database = url.database
@@ -663,6 +667,7 @@ def _event(row: Any) -> EventRecord:
 # --- schema migrations ----------------------------------------------------------------------
 
 MIGRATIONS_DIR: Final = Path(__file__).with_name("migrations")
+_MIGRATION_LOCK: Final = 0x6B66_6D69_6772  # PostgreSQL advisory lock key held while migrating
 BASELINE_REVISION: Final = "0001"
 """The schema as ``create_all`` made it before migrations existed (terminal, peripheral,
 transition)."""
@@ -681,11 +686,14 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 def upgrade_schema(engine: Engine, revision: str = "head") -> None:
     """Migrate the database to ``revision``. A database made by the old ``create_all``
-    (the tables, no ``alembic_version``) is first stamped ``0001``.
+    (the tables, no ``alembic_version``) is first stamped ``0001``. On PostgreSQL, servers
+    starting together migrate one after the other (a transaction-scoped advisory lock).
 
-    Raises SQLAlchemyError (the caller translates it).
+    Raises SQLAlchemyError or alembic's CommandError (the caller translates them).
     """
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         tables = set(sa.inspect(conn).get_table_names())
         config = alembic_config(conn)
         if "alembic_version" not in tables and "terminal" in tables:

@@ -16,6 +16,14 @@ A not-applied message is acknowledged with the first flush that starts after
 it, never before: a duplicate may be a duplicate of a message whose effects are
 still pending, and must not be acknowledged before those are committed.
 
+The ingest (and the offline sweep) change the fleet state and call ``record``
+while holding ``applying()``; a flush holds it while it takes what is pending
+and copies the fleet state. So a flush never writes a terminal's state (its
+``last_seq``) without the transitions, event and delivery of the message that
+produced it: otherwise a crash between that commit and the next could leave a
+message whose position is durable (its redelivery is a duplicate) but whose
+event row was never written.
+
 Failures:
 
 - a transient database error (``StorageError``: connection lost, disk full,
@@ -24,8 +32,13 @@ Failures:
   delivering once its in-flight window is full), sets ``failure`` (readiness
   reports it) and retries with exponential backoff up to ``retry_max_s``;
   ``recovered_at`` says when writes worked again (the offline sweep restarts its
-  grace period there: the silence was the server's doing). Pending transitions
+  grace period there: the silence was the server's doing). A write that has not
+  finished after ``stall_after_s`` counts as a failure while it lasts (a
+  PostgreSQL server cut off by the network raises nothing for minutes, and the
+  broker holds back what cannot be acknowledged meanwhile). Pending transitions
   are bounded (the oldest are dropped and counted past the bound).
+- any other exception from the store (a driver or library error not translated)
+  is treated as transient: nothing pending is lost or acknowledged.
 - a permanent error (``StorageDataError``: a constraint or data error) is
   isolated by writing the batch in halves, down to one terminal; that
   terminal's rows are dropped, counted (``kioskfleet_db_rejected_rows_total``)
@@ -42,6 +55,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -117,7 +131,9 @@ class WriteBehind:
         max_pending_acks: int = 400,
         max_pending_transitions: int = 200_000,
         retry_max_s: float = 10.0,
+        stall_after_s: float = 5.0,
         clock: Callable[[], datetime] = _utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._snapshot = snapshot
@@ -128,8 +144,13 @@ class WriteBehind:
         self._max_pending = max_pending_transitions
         self._retry_max = max(retry_max_s, interval_s)
         self._clock = clock
+        self._stall_after = stall_after_s
+        self._monotonic = monotonic
+        self._writing_since: float | None = None  # monotonic start of the write in progress
+        self._stalled = False  # a write in this flush outlasted stall_after_s
         self._lock = threading.Lock()  # guards self._pending
         self._flush_lock = threading.Lock()  # one flush at a time
+        self._intake = threading.Lock()  # held while the fleet changes and is recorded
         self._pending = _Pending()
         self._failure: str | None = None
         self._recovered_at: datetime | None = None
@@ -138,6 +159,11 @@ class WriteBehind:
         self._thread: threading.Thread | None = None
 
     # --- the ingest's side ----------------------------------------------------------------
+
+    def applying(self) -> AbstractContextManager[object]:
+        """Hold this while changing the fleet state and recording the change: a flush never
+        copies the state in between (it would commit a position without its event)."""
+        return self._intake
 
     def record(
         self,
@@ -176,8 +202,16 @@ class WriteBehind:
 
     @property
     def failure(self) -> str | None:
-        """The last flush error while its batch is still pending, else None."""
-        return self._failure
+        """The last flush error while its batch is still pending, or a write that has not
+        finished for ``stall_after_s``; else None."""
+        if self._failure is not None:
+            return self._failure
+        started = self._writing_since
+        if started is not None:
+            running = self._monotonic() - started
+            if running > self._stall_after:
+                return f"a database write has not finished for {running:.0f} s"
+        return None
 
     @property
     def recovered_at(self) -> datetime | None:
@@ -210,13 +244,17 @@ class WriteBehind:
             self._flush_lock.release()
 
     def _flush(self) -> bool:
-        with self._lock:
-            taken, self._pending = self._pending, _Pending()
+        with self._intake:  # every change in the copy below has its record in ``taken``
+            with self._lock:
+                taken, self._pending = self._pending, _Pending()
+            if not taken.has_writes():
+                views = {}
+            else:
+                views = {v.id: v for v in self._snapshot(sorted(taken.dirty | taken.peripherals))}
         if not taken.has_writes():
             self._ack(taken.acks)
             self._succeeded()
             return True
-        views = {v.id: v for v in self._snapshot(sorted(taken.dirty | taken.peripherals))}
         try:
             self._write(taken, views)
         except StorageDataError as exc:
@@ -237,13 +275,21 @@ class WriteBehind:
             events=part.events,
         )
         started = time.perf_counter()
+        began = self._writing_since = self._monotonic()
         try:
             self._store.write(batch, now=self._clock())
         except StorageError:
             self._metrics.db_errors.inc()
             raise
+        except Exception as exc:  # untranslated: keep everything, retry (never lose acks)
+            self._metrics.db_errors.inc()
+            log.exception("unexpected error writing a batch")
+            raise StorageError("write batch", f"{type(exc).__name__}: {exc}") from exc
         finally:
             self._metrics.db_flush_seconds.observe(time.perf_counter() - started)
+            if self._monotonic() - began > self._stall_after:
+                self._stalled = True  # it counted as a failure: its end is a recovery
+            self._writing_since = None
 
     def _isolate(self, taken: _Pending, views: dict[str, TerminalView]) -> bool:
         """Write ``taken`` in halves until the terminals whose rows are refused are found."""
@@ -291,12 +337,14 @@ class WriteBehind:
             self._acknowledge([delivery for _, delivery in acks])
 
     def _succeeded(self) -> None:
-        if self._failure is not None:
+        if self._failure is not None or self._stalled:
             log.info("database writes succeed again")
             self._recovered_at = self._clock()
         self._failure = None
+        self._stalled = False
 
     def _failed(self, exc: StorageError, taken: _Pending) -> None:
+        self._stalled = False
         if self._failure is None:
             log.error("database flush failed, will retry: %s", exc)
         self._failure = str(exc)

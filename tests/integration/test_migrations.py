@@ -6,15 +6,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from server.config import Settings
+from server.errors import StorageError
 from server.storage import Storage, alembic_config, server_metadata, upgrade_schema
 
 _OLD_TABLES = ("terminal", "peripheral", "transition")
@@ -97,3 +100,49 @@ def test_kioskfleet_db_upgrade_migrates_an_empty_database_to_head(
         assert version == ScriptDirectory.from_config(alembic_config()).get_current_head()
     finally:
         engine.dispose()
+
+
+def test_servers_starting_together_on_a_fresh_postgresql_database_all_migrate_it(
+    postgres_url: str,
+) -> None:
+    # Replicas rolled out at once: without serialising, two create the same tables and one
+    # dies on the catalog's unique index.
+    starters = 4
+    barrier = threading.Barrier(starters)
+    errors: list[BaseException] = []
+    storages = [Storage(postgres_url) for _ in range(starters)]
+
+    def start(storage: Storage) -> None:
+        barrier.wait(10)
+        try:
+            storage.open()
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(s,)) for s in storages]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert errors == []
+        assert _differences(storages[0].engine) == []
+    finally:
+        for s in storages:
+            s.close()
+
+
+def test_a_database_at_a_revision_this_server_does_not_know_is_a_storage_error(
+    database_url: str,
+) -> None:
+    storage = Storage(database_url)
+    storage.open()
+    with storage.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+    storage.close()
+    newer = Storage(database_url)
+    try:
+        with pytest.raises(StorageError, match="9999"):
+            newer.open()
+    finally:
+        newer.close()

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from protocol.messages import PeripheralCondition, PeripheralKind
-from server.errors import ConfigError, StorageError
+from server.errors import ConfigError, StorageDataError, StorageError
 from server.fleet_state import (
     FleetState,
     OfflineReason,
@@ -258,3 +260,65 @@ def test_nul_in_device_text_is_stored_as_a_replacement_char_and_never_blocks_the
     assert (p.fault_code, p.detail) == ("E\ufffd1", "jam\ufffdmed")
     [stored] = storage.history("T-1", 10)
     assert stored.fault_code == "E\ufffd1"
+
+
+def test_postgresql_statement_timeout_ends_a_blocked_write_as_a_transient_error(
+    postgres_url: str,
+) -> None:
+    s = Storage(postgres_url, statement_timeout_s=0.3)
+    s.open()
+    try:
+        with s.engine.connect() as conn:
+            assert conn.execute(sa.text("SHOW statement_timeout")).scalar() == "300ms"
+        with s.engine.connect() as blocker, blocker.begin():
+            blocker.execute(sa.text("LOCK TABLE terminal IN ACCESS EXCLUSIVE MODE"))
+            with pytest.raises(StorageError) as info:
+                s.write(WriteBatch(terminals=[terminal()]), now=at(1))
+        assert not isinstance(info.value, StorageDataError)  # retried, not dropped
+        assert "statement timeout" in info.value.message
+        s.write(WriteBatch(terminals=[terminal()]), now=at(2))
+        assert [v.id for v in s.load_fleet()] == ["T-1"]
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        terminal("T-\x00"),  # PostgreSQL text cannot hold U+0000
+        terminal(hall="h" * 65),  # longer than the column
+    ],
+    ids=["nul-in-id", "too-long"],
+)
+def test_postgresql_refusing_a_value_is_a_data_error_not_a_transient_one(
+    postgres_url: str, bad: TerminalView
+) -> None:
+    s = Storage(postgres_url)
+    s.open()
+    try:
+        with pytest.raises(StorageDataError):
+            s.write(WriteBatch(terminals=[bad]), now=at(1))
+    finally:
+        s.close()
+
+
+def test_sqlite_database_full_is_a_transient_error_not_a_data_error(tmp_path: Path) -> None:
+    s = Storage(f"sqlite:///{tmp_path}/kf.db")
+    s.open()
+    try:
+
+        @sa.event.listens_for(s.engine, "connect")
+        def _tiny(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            pages = cursor.execute("PRAGMA page_count").fetchone()[0]
+            cursor.execute(f"PRAGMA max_page_count={pages + 2}")
+            cursor.close()
+
+        s.engine.dispose()  # new connections get the cap: the "disk" is full
+        many = [terminal(f"T-{i}", hall="h" * 60) for i in range(2000)]
+        with pytest.raises(StorageError) as info:
+            s.write(WriteBatch(terminals=many), now=at(1))
+        assert not isinstance(info.value, StorageDataError)  # space may come back: retry
+        assert "full" in info.value.message
+    finally:
+        s.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -48,6 +49,9 @@ class RecordingSink:
 
     def settle(self, delivery: Delivery | None) -> None:
         self.settled.append(delivery)
+
+    def applying(self) -> AbstractContextManager[object]:
+        return nullcontext()
 
 
 class FakeClock:

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry
 
+from protocol.codec import encode
+from protocol.messages import Message
+from protocol.topics import Channel, topic
 from server.errors import StorageDataError, StorageError
-from server.fleet_state import FleetState
-from server.inbound import Delivery
+from server.fleet_state import FleetState, Outcome
+from server.inbound import Delivery, InboundMessage
+from server.ingest import Ingest
 from server.metrics import ServerMetrics
 from server.scheduler import OfflineSweep
 from server.storage import WriteBatch
 from server.write_behind import WriteBehind
-from tests.unit.test_fleet_state import at, periph, report
+from tests.unit.test_fleet_state import at, periph, peripheral_event, report
 
 
 class FakeStore:
@@ -258,3 +263,113 @@ def test_offline_sweep_does_nothing_while_the_broker_link_is_down() -> None:
         )
         == 0
     )
+
+
+class _FlushMidApply(FleetState):
+    """A fleet whose ``apply`` lets a flush run on another thread right after the state
+    changed and before the ingest recorded the change (the race a real flusher can hit)."""
+
+    writer: WriteBehind
+
+    def apply(self, message: Message, received_at: datetime, *, retained: bool = False) -> Outcome:
+        outcome = super().apply(message, received_at, retained=retained)
+        flusher = threading.Thread(target=self.writer.flush)
+        flusher.start()
+        flusher.join(0.3)  # done at once without the intake lock; blocked (as it must be) with it
+        self.flushers.append(flusher)
+        return outcome
+
+    flushers: list[threading.Thread]
+
+
+def test_a_flush_racing_an_apply_never_commits_a_position_without_its_event_and_ack() -> None:
+    fleet = _FlushMidApply()
+    fleet.flushers = []
+    store = FakeStore()
+    acks = Acks()
+    writer = WriteBehind(
+        store, fleet.snapshot, ServerMetrics(CollectorRegistry()), acknowledge=acks
+    )
+    fleet.writer = writer
+    ingest = Ingest(fleet, writer, ServerMetrics(CollectorRegistry()), max_payload_bytes=65536)
+    first = report(seq=1)
+    ingest.handle(InboundMessage(topic("T-1", Channel.REPORT), encode(first), False, at(0), mid=4))
+    event = peripheral_event("T-1", 2, periph("printer", "receipt_printer", "jam"), "ok")
+    ingest.handle(InboundMessage(topic("T-1", Channel.EVENT), encode(event), False, at(1), mid=5))
+    for flusher in fleet.flushers:
+        flusher.join(10)
+    assert writer.flush()
+    # The first batch that makes seq 2 durable (a redelivery is then a duplicate) must also
+    # hold the event row and its transition, and only then is the delivery acknowledged.
+    batch = next(b for b in store.batches if any(v.last_seq == 2 for v in b.terminals))
+    assert [e.seq for e in batch.events] == [2]
+    assert [t.to_state for t in batch.transitions][-1:] == ["jam"]
+    assert acks.sent == [(0, 4), (0, 5)]
+
+
+class _ExplodingStore(FakeStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.explode = True
+
+    def write(self, batch: WriteBatch, *, now: datetime) -> None:
+        if self.explode:
+            raise RuntimeError("an untranslated driver error")
+        super().write(batch, now=now)
+
+
+def test_an_untranslated_store_exception_keeps_the_batch_and_its_acks_for_the_retry() -> None:
+    fleet = FleetState()
+    store = _ExplodingStore()
+    acks = Acks()
+    writer = WriteBehind(
+        store, fleet.snapshot, ServerMetrics(CollectorRegistry()), acknowledge=acks
+    )
+    _apply(fleet, writer, report(seq=1), mid=3)
+    assert not writer.flush()
+    assert "RuntimeError" in (writer.failure or "")
+    assert (acks.sent, writer.pending_acks()) == ([], 1)
+    store.explode = False
+    assert writer.flush()
+    [batch] = store.batches
+    assert [v.last_seq for v in batch.terminals] == [1]
+    assert acks.sent == [(1, 3)]
+
+
+class _HangingStore(FakeStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def write(self, batch: WriteBatch, *, now: datetime) -> None:
+        self.entered.set()
+        assert self.release.wait(10)
+        super().write(batch, now=now)
+
+
+def test_a_write_hanging_past_the_stall_bound_counts_as_a_failure_and_its_end_as_recovery() -> None:
+    fleet = FleetState()
+    store = _HangingStore()
+    mono = [100.0]
+    writer = WriteBehind(
+        store,
+        fleet.snapshot,
+        ServerMetrics(CollectorRegistry()),
+        stall_after_s=5.0,
+        clock=lambda: at(mono[0]),
+        monotonic=lambda: mono[0],
+    )
+    _apply(fleet, writer, report(seq=1))
+    flusher = threading.Thread(target=writer.flush)
+    flusher.start()
+    try:
+        assert store.entered.wait(10)
+        assert writer.failure is None  # just slow so far
+        mono[0] += 6  # the broker holds the terminals' messages back all this time
+        assert "not finished" in (writer.failure or "")
+    finally:
+        store.release.set()
+        flusher.join(10)
+    assert writer.failure is None
+    assert writer.recovered_at == at(106)  # the offline sweep's grace restarts here
