@@ -274,15 +274,22 @@ class Server:
         self._http = None
 
 
-def run_server(env_file: Path | None) -> int:
-    """Run until SIGINT or SIGTERM. Returns the process exit code (0 after a clean stop)."""
+def _load_settings(env_file: Path | None) -> Settings | None:
+    """Settings from the environment and ``env_file``; None (logged) if they are unusable."""
     if env_file is not None and not env_file.is_file():
         log.error("env file %s does not exist", env_file)
-        return 2
+        return None
     try:
-        settings = Settings.from_env(env_file)
+        return Settings.from_env(env_file)
     except ValidationError as exc:
         log.error("invalid settings: %s", exc)
+        return None
+
+
+def run_server(env_file: Path | None) -> int:
+    """Run until SIGINT or SIGTERM. Returns the process exit code (0 after a clean stop)."""
+    settings = _load_settings(env_file)
+    if settings is None:
         return 2
     server = Server(settings)
     stop = threading.Event()
@@ -318,13 +325,8 @@ def upgrade_database(env_file: Path | None) -> int:
     For deployments that migrate before rolling out servers (a Helm hook job);
     ``Server.start()`` does the same. Returns the process exit code.
     """
-    if env_file is not None and not env_file.is_file():
-        log.error("env file %s does not exist", env_file)
-        return 2
-    try:
-        settings = Settings.from_env(env_file)
-    except ValidationError as exc:
-        log.error("invalid settings: %s", exc)
+    settings = _load_settings(env_file)
+    if settings is None:
         return 2
     storage = _storage(settings)
     try:

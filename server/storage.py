@@ -60,6 +60,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _CHUNK: Final = 500  # rows or ids per statement
+_PRUNE_CHUNK: Final = 5000  # events deleted per transaction by the retention job
 _NUL: Final = "\x00"
 _REPLACEMENT: Final = "\ufffd"
 
@@ -316,6 +317,14 @@ class Storage:
                 connect_args={
                     "connect_timeout": max(round(self._connect_timeout_s), 1),
                     "options": f"-c statement_timeout={timeout_ms}",
+                    # A silent network cut would otherwise hang a write for the kernel's
+                    # TCP retry time (minutes): give up on unacknowledged data and on a
+                    # silent peer after about the statement timeout.
+                    "tcp_user_timeout": timeout_ms,
+                    "keepalives": 1,
+                    "keepalives_idle": 5,
+                    "keepalives_interval": 2,
+                    "keepalives_count": 3,
                 },
             )
         else:
@@ -419,15 +428,24 @@ class Storage:
         with self._translate("count events"), self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(_EVENT)).scalar_one())
 
-    def prune_events(self, *, older_than: timedelta, now: datetime) -> int:
-        """Delete events received before ``now - older_than``; returns how many.
+    def prune_events(
+        self, *, older_than: timedelta, now: datetime, chunk: int = _PRUNE_CHUNK
+    ) -> int:
+        """Delete events received before ``now - older_than``, ``chunk`` per transaction;
+        returns how many.
 
         Raises StorageError.
         """
         cutoff = now - older_than
-        with self._translate("prune events"), self.engine.begin() as conn:
-            result = conn.execute(sa.delete(_EVENT).where(_EVENT.c.received_at < cutoff))
-            return int(result.rowcount or 0)
+        deleted = 0
+        while True:  # in chunks: one huge DELETE could outlast the statement timeout every time
+            with self._translate("prune events"), self.engine.begin() as conn:
+                ids = sa.select(_EVENT.c.id).where(_EVENT.c.received_at < cutoff).limit(chunk)
+                result = conn.execute(sa.delete(_EVENT).where(_EVENT.c.id.in_(ids)))
+                count = int(result.rowcount or 0)
+            deleted += count
+            if count < chunk:
+                return deleted
 
     def count_transitions(self) -> int:
         """How many transitions are stored (for tests and diagnostics). Raises StorageError."""

@@ -20,7 +20,7 @@ from server.fleet_state import (
     Transition,
     Verdict,
 )
-from server.storage import Storage, WriteBatch
+from server.storage import EventRecord, Storage, WriteBatch
 from tests.unit.test_fleet_state import periph, report
 
 pytestmark = pytest.mark.integration
@@ -322,3 +322,38 @@ def test_sqlite_database_full_is_a_transient_error_not_a_data_error(tmp_path: Pa
         assert "full" in info.value.message
     finally:
         s.close()
+
+
+def _event(tid: str, seq: int, received: float) -> EventRecord:
+    return EventRecord(
+        terminal_id=tid,
+        boot_id="stream-0001",
+        seq=seq,
+        type="boot",
+        sent_at=at(received),
+        received_at=at(received),
+        body={"type": "boot", "uptime_s": 1.0, "agent_version": "1.0.0"},
+    )
+
+
+def test_an_event_written_twice_is_stored_once_and_read_back_newest_first(
+    storage: Storage,
+) -> None:
+    first = [_event("T-ev", seq, seq) for seq in (1, 2, 3)]
+    storage.write(WriteBatch(events=first), now=at(10))
+    storage.write(WriteBatch(events=[first[1], _event("T-ev", 4, 4)]), now=at(11))
+    assert storage.count_events() == 4
+    stored = storage.events("T-ev", limit=10)
+    assert [e.seq for e in stored] == [4, 3, 2, 1]
+    assert stored[-1].body == first[0].body
+    assert [e.seq for e in storage.events("T-ev", limit=2)] == [4, 3]
+
+
+def test_pruning_deletes_only_events_older_than_the_retention_in_chunks(storage: Storage) -> None:
+    events = [_event("T-old", seq, seq) for seq in range(1, 8)] + [_event("T-new", 1, 100)]
+    storage.write(WriteBatch(events=events), now=at(101))
+    deleted = storage.prune_events(older_than=timedelta(seconds=50), now=at(110), chunk=3)
+    assert deleted == 7
+    assert storage.count_events() == 1
+    assert [e.terminal_id for e in storage.events("T-new", limit=10)] == ["T-new"]
+    assert storage.prune_events(older_than=timedelta(seconds=50), now=at(110), chunk=3) == 0
