@@ -38,6 +38,7 @@ from typing import Final, Protocol
 
 from agent.agent import OutboundError, OutboundFullError
 from agent.outbox import Outbox, OutboxError, OutboxStats
+from protocol.codec import DEFAULT_MAX_PAYLOAD_BYTES
 from protocol.errors import TopicError
 from protocol.topics import parse_topic
 
@@ -71,10 +72,15 @@ class SenderSettings:
     drain_burst: int = 50
     drain_jitter_s: float = 10.0
     max_memory: int = 1000  # messages kept in memory when the outbox cannot store them
+    # What the server accepts (protocol.codec's default); anything larger would only be
+    # refused there, or break the connection at the broker's size limit on every resend.
+    max_message_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
 
     def __post_init__(self) -> None:
-        if self.max_inflight < 1 or self.drain_burst < 1 or self.max_memory < 1:
-            raise ValueError("max_inflight, drain_burst and max_memory must be at least 1")
+        if min(self.max_inflight, self.drain_burst, self.max_memory, self.max_message_bytes) < 1:
+            raise ValueError(
+                "max_inflight, drain_burst, max_memory and max_message_bytes must be at least 1"
+            )
         if not self.drain_rate_per_s > 0 or self.drain_jitter_s < 0:
             raise ValueError("drain_rate_per_s must be positive and drain_jitter_s not negative")
 
@@ -163,10 +169,16 @@ class OutboxSender:
     def publish(self, topic: str, payload: bytes, retain: bool, *, seq: int | None = None) -> None:
         """Store a stream message (``seq`` given) and send what may be sent; ``state`` goes direct.
 
-        Raises OutboundError only for a state message the connection refuses, or
-        a stream message that could not be stored and finds memory full
+        Raises OutboundError for a message larger than ``max_message_bytes`` (never
+        stored: it could only block the queue), for a state message the connection
+        refuses, or a stream message that could not be stored and finds memory full
         (OutboundFullError): the Agent counts it as dropped.
         """
+        if len(payload) > self._settings.max_message_bytes:
+            raise OutboundError(
+                f"message of {len(payload)} bytes exceeds {self._settings.max_message_bytes}",
+                topic=topic,
+            )
         if seq is None:
             self._connection.publish(topic, payload, retain)
             return

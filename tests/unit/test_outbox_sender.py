@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.agent import OutboundFullError
+from agent.agent import OutboundError, OutboundFullError
 from agent.clock import FakeClock
 from agent.outbox import Outbox, OutboxError
 from agent.outbox_sender import OutboxSender, SenderSettings
@@ -355,3 +355,13 @@ def test_stats_can_be_read_from_another_thread_while_the_loop_hands_and_acks() -
     assert stats.handed == 8000
     assert stats.inflight == 8000 - stats.acked
     assert stats.backlog == 0
+
+
+def test_a_message_larger_than_the_server_accepts_is_refused_and_never_stored() -> None:
+    rig = Rig(max_message_bytes=100)
+    rig.connect()
+    with pytest.raises(OutboundError, match="exceeds 100"):
+        rig.sender.publish(REPORT, b"x" * 101, False, seq=1)
+    rig.say(1)  # a message of normal size goes through
+    assert rig.outbox.stats(T).reports == 1
+    assert rig.conn.payloads() == [b"1"]
