@@ -264,6 +264,18 @@ def _utc_opt(value: datetime | None) -> datetime | None:
     return None if value is None else _utc(value)
 
 
+def _newest_first(
+    table: sa.Table, server_time: sa.Column[Any], terminal_id: str, limit: int
+) -> sa.Select[Any]:
+    """One terminal's rows of ``table``, newest first by server time (then by id), at most ``limit``."""
+    return (
+        sa.select(table)
+        .where(table.c.terminal_id == terminal_id)
+        .order_by(server_time.desc(), table.c.id.desc())
+        .limit(limit)
+    )
+
+
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -400,12 +412,7 @@ class Storage:
 
         Raises StorageError.
         """
-        stmt = (
-            sa.select(_TRANSITION)
-            .where(_TRANSITION.c.terminal_id == terminal_id)
-            .order_by(_TRANSITION.c.recorded_at.desc(), _TRANSITION.c.id.desc())
-            .limit(limit)
-        )
+        stmt = _newest_first(_TRANSITION, _TRANSITION.c.recorded_at, terminal_id, limit)
         with self._translate("read history"), self.engine.connect() as conn:
             return [_transition(row) for row in conn.execute(stmt).mappings()]
 
@@ -414,12 +421,7 @@ class Storage:
 
         Raises StorageError.
         """
-        stmt = (
-            sa.select(_EVENT)
-            .where(_EVENT.c.terminal_id == terminal_id)
-            .order_by(_EVENT.c.received_at.desc(), _EVENT.c.id.desc())
-            .limit(limit)
-        )
+        stmt = _newest_first(_EVENT, _EVENT.c.received_at, terminal_id, limit)
         with self._translate("read events"), self.engine.connect() as conn:
             return [_event(row) for row in conn.execute(stmt).mappings()]
 
