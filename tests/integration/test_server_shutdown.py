@@ -121,7 +121,8 @@ def _run(
     sig: signal.Signals,
     server: ServerProcess,
     terminals: TerminalFactory,
-) -> None:
+) -> int:
+    """Stream, signal, restart, check every terminal exactly; returns the messages accounted."""
     server.start()
     fleet = [terminals(unique("SD")) for _ in range(TERMINALS)]
     published: dict[str, dict[str, list[int]]] = {
@@ -171,21 +172,28 @@ def _run(
     # And the database holds it: after a graceful stop, a third start reads the same counts.
     assert server.signal(signal.SIGTERM) == 0
     server.start()
+    total = 0
     for t in fleet:
         delivery = server.get(f"/api/v1/terminals/{t.id}")["delivery"]
         assert (delivery["reports_received"], delivery["events_received"]) == (
             len(published[t.id]["reports"]),
             len(published[t.id]["events"]),
         )
+        total += delivery["reports_received"] + delivery["events_received"]
+    return total
 
 
 def test_sigterm_mid_stream_then_restart_accounts_every_message_exactly_once(
     server_process: ServerProcess, private_terminals: TerminalFactory
 ) -> None:
-    _run(signal.SIGTERM, server_process, private_terminals)
+    assert _run(signal.SIGTERM, server_process, private_terminals) == (
+        TERMINALS * MESSAGES_PER_TERMINAL
+    )
 
 
 def test_sigkill_mid_stream_then_restart_loses_nothing_acknowledged_and_counts_nothing_twice(
     server_process: ServerProcess, private_terminals: TerminalFactory
 ) -> None:
-    _run(signal.SIGKILL, server_process, private_terminals)
+    assert _run(signal.SIGKILL, server_process, private_terminals) == (
+        TERMINALS * MESSAGES_PER_TERMINAL
+    )
