@@ -40,7 +40,7 @@ from agent.agent import Agent
 from agent.mqtt_connection import MqttConnection
 from agent.outbox_sender import OutboxSender
 
-__all__ = ["EventLoop", "LoopPair"]
+__all__ = ["EventLoop", "LoopPair", "LoopThread"]
 
 log = logging.getLogger(__name__)
 
@@ -442,3 +442,37 @@ class EventLoop:
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
+
+
+class LoopThread:
+    """Runs an ``EventLoop``'s blocking ``run`` in a daemon thread; stops it cleanly or as a crash.
+
+    ``AgentRuntime`` and ``Simulation`` use it for tests and benchmarks; ``kioskfleet
+    agent`` runs its loop in the main thread instead.
+    """
+
+    def __init__(self, loop: EventLoop, run: Callable[[], None], name: str) -> None:
+        self._loop = loop
+        self._run = run
+        self._name = name
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Ask for a clean stop and wait. Raises TimeoutError if the loop hangs."""
+        self._loop.request_stop()
+        self._join(timeout)
+
+    def abort(self, timeout: float) -> None:
+        """End the loop as a crash would and wait. Raises TimeoutError if the loop hangs."""
+        self._loop.request_abort()
+        self._join(timeout)
+
+    def _join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise TimeoutError(f"{self._name} did not stop in time")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ from types import FrameType
 from agent.agent import Agent
 from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig, AgentConfigError, load_agent_config
-from agent.event_loop import EventLoop
+from agent.event_loop import EventLoop, LoopThread
 from agent.mqtt_connection import ConnectionSettings, ConnectionSetupError, MqttConnection
 from agent.outbox import Outbox, OutboxError
 from agent.outbox_sender import OutboxSender, SenderSettings
@@ -135,7 +134,7 @@ class AgentRuntime:
         )
         self.loop = EventLoop(max_connecting=1, shutdown_timeout_s=config.limits.shutdown_timeout_s)
         self.loop.add(self.agent, self.connection, sender=self.sender)
-        self._thread: threading.Thread | None = None
+        self._thread = LoopThread(self.loop, self.run, "kioskfleet-agent")
 
     def run(self, duration_s: float | None = None) -> None:
         """Run in this thread until ``stop``/``request_stop`` (or ``duration_s``), then stop cleanly."""
@@ -164,7 +163,6 @@ class AgentRuntime:
 
     def start(self) -> None:
         """Run in a background thread."""
-        self._thread = threading.Thread(target=self.run, name="kioskfleet-agent", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 15.0) -> None:
@@ -173,26 +171,18 @@ class AgentRuntime:
         Waits up to ``limits.shutdown_timeout_s`` for the PUBACKs of what is in
         flight; unacknowledged rows stay in the outbox for the next start.
         """
-        self.request_stop()
-        self._join(timeout)
+        self._thread.stop(timeout)
 
     def abort(self, timeout: float = 15.0) -> None:
         """Stop as a crash would (no offline state, no DISCONNECT, no wait for PUBACKs).
 
         The outbox keeps whatever was not acknowledged. Raises TimeoutError if the loop hangs.
         """
-        self.loop.request_abort()
-        self._join(timeout)
+        self._thread.abort(timeout)
 
     def close(self) -> None:
         """Close the outbox (after the loop ended)."""
         self.outbox.close()
-
-    def _join(self, timeout: float) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                raise TimeoutError("the agent loop did not stop in time")
 
 
 def run_agent(config_path: Path | None) -> int:

@@ -46,7 +46,7 @@ from typing import Any, Literal
 from agent.agent import Agent
 from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig, parse_broker_url
-from agent.event_loop import EventLoop
+from agent.event_loop import EventLoop, LoopThread
 from agent.mqtt_connection import ConnectionSettings, MqttConnection
 from agent.outbox import Outbox, OutboxStats
 from agent.outbox_sender import OutboxSender, SenderSettings
@@ -239,7 +239,7 @@ class Simulation:
         self._connections: list[MqttConnection] = []
         self._senders: dict[str, OutboxSender] = {}
         self._dropped_at_start = 0
-        self._thread: threading.Thread | None = None
+        self._thread = LoopThread(self.loop, self.run, "kioskfleet-simulation")
         if opts.outbox_path is None:
             self.outbox_path = Path(tempfile.mkdtemp(prefix="kioskfleet-sim-")) / "outbox.sqlite"
         else:
@@ -359,7 +359,6 @@ class Simulation:
 
     def start(self) -> None:
         """Run in a background thread (tests, benchmarks)."""
-        self._thread = threading.Thread(target=self.run, name="kioskfleet-simulation", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -367,23 +366,15 @@ class Simulation:
 
         The outbox stays open (``outbox_stats`` still works); ``close`` closes it.
         """
-        self.request_stop()
-        self._join(timeout)
+        self._thread.stop(timeout)
 
     def abort(self, timeout: float = 30.0) -> None:
         """Stop as a crash would: sockets closed without DISCONNECT, no wait for PUBACKs."""
-        self.loop.request_abort()
-        self._join(timeout)
+        self._thread.abort(timeout)
 
     def close(self) -> None:
         """Close the outbox file (after the loop ended)."""
         self.outbox.close()
-
-    def _join(self, timeout: float) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                raise TimeoutError("the simulation did not stop in time")
 
     def outbox_stats(self, terminal_id: str) -> OutboxStats:
         """One terminal's stream as stored in the outbox. Raises KeyError, OutboxError."""
