@@ -4,9 +4,9 @@ All terminals of one process share one ``EventLoop`` (selectors, no thread per
 terminal); ``processes > 1`` spreads slices of the ids over processes started
 with the ``spawn`` method. Terminal ``i`` (1-based) is ``{prefix}-{i:05d}`` in
 hall ``hall-{h:02d}`` (round-robin over ``halls``), whose region is
-``region-{r}`` (halls round-robin over ``regions``); odd terminals are model
-``KF-200`` (receipt printer, ID-card reader, QR scanner), even ones ``KF-300``
-(plus an A4 printer). Scenario probes are seeded from ``seed`` and the id, so
+``region-{r}`` (halls round-robin over ``regions``); terminals take the
+models of ``agent.probes.simulated.MODELS`` in turn (odd ones ``KF-200``, even
+ones ``KF-300``), each with that model's scenario probes. Scenario probes are seeded from ``seed`` and the id, so
 a run's incidents are reproducible.
 
 Every terminal's stream messages go through one durable outbox file per
@@ -51,6 +51,7 @@ from agent.mqtt_connection import ConnectionSettings, MqttConnection
 from agent.outbox import Outbox, OutboxStats
 from agent.outbox_sender import OutboxSender, SenderSettings
 from agent.probes.simulated import (
+    MODELS,
     Scenario,
     ScenarioPrinter,
     ScenarioProbe,
@@ -73,15 +74,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MODELS: dict[str, tuple[Scenario, ...]] = {
-    "KF-200": (Scenario.RECEIPT_PRINTER, Scenario.ID_CARD_READER, Scenario.QR_SCANNER),
-    "KF-300": (
-        Scenario.RECEIPT_PRINTER,
-        Scenario.A4_PRINTER,
-        Scenario.ID_CARD_READER,
-        Scenario.QR_SCANNER,
-    ),
-}
 _MODEL_NAMES = tuple(MODELS)
 _FD_HEADROOM = 512
 _PROGRESS_EVERY_S = 10.0

@@ -54,7 +54,8 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest  # noqa:
 from protocol.codec import decode  # noqa: E402 - after sys.path
 from protocol.topics import Channel, topic  # noqa: E402 - after sys.path
 from server.fleet_collector import FleetCollector  # noqa: E402 - after sys.path
-from server.fleet_state import FleetState, TerminalFilter  # noqa: E402 - after sys.path
+from server.fleet_state import FleetState  # noqa: E402 - after sys.path
+from server.fleet_views import TerminalFilter  # noqa: E402 - after sys.path
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 _PROBLEMS = (  # (peripheral name, kind, condition, fault code), cycled over problem terminals

@@ -1,6 +1,8 @@
 """The wire messages: one envelope, typed bodies, and the normalised peripheral states.
 
 Agent, server and tests import these models; nothing else defines the wire.
+Which conditions fit which kind of peripheral is ``protocol.taxonomy``'s table;
+``PeripheralKind`` and ``PeripheralCondition`` are re-exported from there.
 Every message is a JSON object::
 
     {"schema": "kf.report", "version": 1, "terminal_id": "T-0001",
@@ -27,13 +29,10 @@ from pydantic import (
     model_validator,
 )
 
+from protocol.taxonomy import PeripheralCondition, PeripheralKind, allowed_conditions
 from protocol.topics import TERMINAL_ID_PATTERN, Channel
 
 __all__ = [
-    "PRINTER_CONDITIONS",
-    "PRINTER_KINDS",
-    "READER_CONDITIONS",
-    "READER_KINDS",
     "SCHEMAS",
     "SCHEMA_CHANNEL",
     "BootEvent",
@@ -51,56 +50,6 @@ __all__ = [
     "TerminalState",
     "is_problem",
 ]
-
-
-class PeripheralKind(StrEnum):
-    RECEIPT_PRINTER = "receipt_printer"
-    A4_PRINTER = "a4_printer"
-    ID_CARD_READER = "id_card_reader"
-    IC_CARD_READER = "ic_card_reader"
-    QR_SCANNER = "qr_scanner"
-    BARCODE_SCANNER = "barcode_scanner"
-    FINGERPRINT_READER = "fingerprint_reader"
-
-
-class PeripheralCondition(StrEnum):
-    """Normalised peripheral states; which apply depends on the kind."""
-
-    OK = "ok"
-    PAPER_LOW = "paper_low"
-    PAPER_OUT = "paper_out"
-    JAM = "jam"
-    COVER_OPEN = "cover_open"
-    CUTTER_ERROR = "cutter_error"
-    FAULT = "fault"
-    DISCONNECTED = "disconnected"
-    OFFLINE = "offline"
-    UNKNOWN = "unknown"
-
-
-PRINTER_KINDS: Final = frozenset({PeripheralKind.RECEIPT_PRINTER, PeripheralKind.A4_PRINTER})
-READER_KINDS: Final = frozenset(set(PeripheralKind) - PRINTER_KINDS)
-
-PRINTER_CONDITIONS: Final = frozenset(
-    {
-        PeripheralCondition.OK,
-        PeripheralCondition.PAPER_LOW,
-        PeripheralCondition.PAPER_OUT,
-        PeripheralCondition.JAM,
-        PeripheralCondition.COVER_OPEN,
-        PeripheralCondition.CUTTER_ERROR,
-        PeripheralCondition.OFFLINE,
-        PeripheralCondition.UNKNOWN,
-    }
-)
-READER_CONDITIONS: Final = frozenset(
-    {
-        PeripheralCondition.OK,
-        PeripheralCondition.FAULT,
-        PeripheralCondition.DISCONNECTED,
-        PeripheralCondition.UNKNOWN,
-    }
-)
 
 
 def is_problem(condition: PeripheralCondition) -> bool:
@@ -150,8 +99,7 @@ class PeripheralStatus(_Strict):
 
     @model_validator(mode="after")
     def _condition_fits_kind(self) -> PeripheralStatus:
-        allowed = PRINTER_CONDITIONS if self.kind in PRINTER_KINDS else READER_CONDITIONS
-        if self.condition not in allowed:
+        if self.condition not in allowed_conditions(self.kind):
             raise ValueError(
                 f"condition {self.condition.value!r} does not apply to {self.kind.value}"
             )

@@ -40,9 +40,10 @@ from server.api_models import (
     terminal_detail_public,
     terminal_public,
 )
-from server.errors import StorageError
-from server.fleet_state import FleetState, InvalidCursorError, TerminalFilter, Transition
-from server.storage import EventRecord
+from server.errors import InvalidCursorError, StorageError
+from server.fleet_state import FleetState
+from server.fleet_views import TerminalFilter, Transition
+from server.records import EventRecord
 
 __all__ = ["ApiServices", "create_app"]
 

@@ -1,7 +1,10 @@
 """The HTTP API's public response models (what clients see), separate from tables and wire.
 
 Pure pydantic models plus the functions that build them from fleet-state views.
-No I/O here.
+The public models are the API's contract (with descriptions for OpenAPI) and
+are built from the read models (``server.fleet_views``) by attribute name, so a
+field is never copied by hand; ``tests/unit/test_api_models.py`` checks every
+public field has a source. No I/O here.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.messages import PeripheralCondition, PeripheralKind, TerminalState
-from server.fleet_state import HallSummary, Health, Status, TerminalView, Transition
-from server.storage import EventRecord
+from server.fleet_views import HallSummary, TerminalView, Transition
+from server.health import Health, Status
+from server.records import EventRecord
 
 __all__ = [
     "DeliveryPublic",
@@ -46,7 +50,14 @@ class ErrorPublic(BaseModel):
     detail: list[dict[str, object]] | None = None
 
 
-class PeripheralPublic(BaseModel):
+class _FromView(BaseModel):
+    """Built from a read model's attributes by name (``model_validate(view)``): the fields
+    are the read model's, so nothing is copied field by field."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+class PeripheralPublic(_FromView):
     name: str
     kind: PeripheralKind
     condition: PeripheralCondition
@@ -55,7 +66,7 @@ class PeripheralPublic(BaseModel):
     since: datetime = Field(description="when the condition last changed (device time)")
 
 
-class TerminalPublic(BaseModel):
+class TerminalPublic(_FromView):
     id: str
     hall: str | None
     region: str | None
@@ -77,7 +88,7 @@ class TerminalPublic(BaseModel):
     software: dict[str, str]
 
 
-class TransitionPublic(BaseModel):
+class TransitionPublic(_FromView):
     subject: str = Field(description='"connectivity" or the peripheral name')
     kind: str = Field(description='"connectivity" or the peripheral kind')
     from_state: str | None = Field(description="None when first seen")
@@ -88,7 +99,7 @@ class TransitionPublic(BaseModel):
     recorded_at: datetime = Field(description="server time")
 
 
-class DeliveryPublic(BaseModel):
+class DeliveryPublic(_FromView):
     """What reached the server from this terminal (cumulative, survives server restarts)."""
 
     boot_id: str | None = Field(description="the terminal's current sequence stream")
@@ -107,7 +118,7 @@ class TerminalDetailPublic(TerminalPublic):
     transitions: list[TransitionPublic] = Field(description="newest first")
 
 
-class EventPublic(BaseModel):
+class EventPublic(_FromView):
     boot_id: str
     seq: int
     type: str = Field(description="peripheral_changed, boot, ...")
@@ -126,13 +137,13 @@ class TerminalPagePublic(BaseModel):
     total: int = Field(description="terminals matching the filter")
 
 
-class ProblemCountPublic(BaseModel):
+class ProblemCountPublic(_FromView):
     kind: PeripheralKind
     condition: PeripheralCondition
     count: int
 
 
-class TerminalCountsPublic(BaseModel):
+class TerminalCountsPublic(_FromView):
     total: int
     online: int
     offline: int
@@ -159,72 +170,23 @@ class ReadinessPublic(BaseModel):
 
 
 def terminal_public(v: TerminalView) -> TerminalPublic:
-    return TerminalPublic(
-        id=v.id,
-        hall=v.hall,
-        region=v.region,
-        model=v.model,
-        state=TerminalState.ONLINE if v.online else TerminalState.OFFLINE,
-        state_since=v.state_since,
-        offline_reason=None if v.offline_reason is None else v.offline_reason.value,
-        last_seen=v.last_seen,
-        status=v.status,
-        health=v.health,
-        agent_version=v.agent_version,
-        report_interval_s=v.report_interval_s,
-        boot_id=v.boot_id,
-        peripherals=[
-            PeripheralPublic(
-                name=p.name,
-                kind=p.kind,
-                condition=p.condition,
-                fault_code=p.fault_code,
-                detail=p.detail,
-                since=p.since,
-            )
-            for p in v.peripherals
-        ],
-        software=dict(v.software),
-    )
+    return TerminalPublic.model_validate(v)
 
 
 def transition_public(t: Transition) -> TransitionPublic:
-    return TransitionPublic(
-        subject=t.subject,
-        kind=t.kind,
-        from_state=t.from_state,
-        to_state=t.to_state,
-        fault_code=t.fault_code,
-        reason=t.reason,
-        occurred_at=t.occurred_at,
-        recorded_at=t.recorded_at,
-    )
+    return TransitionPublic.model_validate(t)
 
 
 def terminal_detail_public(v: TerminalView, history: list[Transition]) -> TerminalDetailPublic:
     return TerminalDetailPublic(
         **dict(terminal_public(v)),
-        delivery=DeliveryPublic(
-            boot_id=v.boot_id,
-            last_seq=v.last_seq,
-            reports_received=v.reports_received,
-            events_received=v.events_received,
-            seq_gaps=v.seq_gaps,
-            dropped_reports=v.dropped_reports,
-        ),
+        delivery=DeliveryPublic.model_validate(v),
         transitions=[transition_public(t) for t in history],
     )
 
 
 def event_public(e: EventRecord) -> EventPublic:
-    return EventPublic(
-        boot_id=e.boot_id,
-        seq=e.seq,
-        type=e.type,
-        sent_at=e.sent_at,
-        received_at=e.received_at,
-        body=dict(e.body),
-    )
+    return EventPublic.model_validate(e)
 
 
 def events_public(events: Sequence[EventRecord]) -> EventsPublic:
@@ -235,17 +197,7 @@ def hall_public(s: HallSummary) -> HallPublic:
     return HallPublic(
         region=s.region,
         hall=s.hall,
-        terminals=TerminalCountsPublic(
-            total=s.total,
-            online=s.online,
-            offline=s.offline,
-            degraded=s.degraded,
-            warning=s.warning,
-            faulty=s.faulty,
-        ),
+        terminals=TerminalCountsPublic.model_validate(s),
         terminals_with_problems=s.with_peripheral_problems,
-        peripheral_problems=[
-            ProblemCountPublic(kind=p.kind, condition=p.condition, count=p.count)
-            for p in s.peripheral_problems
-        ],
+        peripheral_problems=[ProblemCountPublic.model_validate(p) for p in s.peripheral_problems],
     )

@@ -10,7 +10,9 @@ exceptions::
     │   │                       (``operation`` names what was being done); worth retrying
     │   └── StorageDataError    the database refused these rows (a constraint or data
     │                           error): retrying the same rows fails again
-    └── BrokerError             the MQTT client could not be set up or used
+    ├── BrokerError             the MQTT client could not be set up or used
+    └── InvalidCursorError      a pagination cursor this server did not hand out
+                                (also a ValueError)
 
 Wire rejections are not here: they are ``protocol.errors.ProtocolError`` and
 never leave the ingest, which counts and logs them. This module does no I/O.
@@ -18,7 +20,14 @@ never leave the ingest, which counts and logs them. This module does no I/O.
 
 from __future__ import annotations
 
-__all__ = ["BrokerError", "ConfigError", "ServerError", "StorageDataError", "StorageError"]
+__all__ = [
+    "BrokerError",
+    "ConfigError",
+    "InvalidCursorError",
+    "ServerError",
+    "StorageDataError",
+    "StorageError",
+]
 
 
 class ServerError(Exception):
@@ -44,3 +53,7 @@ class StorageDataError(StorageError):
 
 class BrokerError(ServerError):
     """The MQTT client could not be configured, connected or used."""
+
+
+class InvalidCursorError(ServerError, ValueError):
+    """A pagination cursor that this server did not hand out."""

@@ -7,7 +7,7 @@ tallies) and turns it into metric families (the contract in
 
 - ``kioskfleet_terminals{region,hall,status}``: every hall, every status
   (``ok``, ``warning``, ``faulty``, ``offline``; 0 when none);
-- ``kioskfleet_peripherals{region,hall,kind,condition}``: every (kind,
+- ``kioskfleet_peripherals{region,hall,family,kind,condition}``: every (kind,
   condition) that at least one peripheral of the hall is in, ``ok`` included; a
   pair with no peripheral has no series (not zero-filled: that would more than
   double the per-hall series, and the series count is what a scrape costs);
@@ -22,6 +22,11 @@ tallies) and turns it into metric families (the contract in
   ``kioskfleet_terminal_offline_since_timestamp_seconds`` while offline,
   ``kioskfleet_terminal_peripheral_problem`` per peripheral not ``ok`` (offline
   or not: the alert inhibition hides them behind ``TerminalOffline``).
+
+``family`` is the kind's family in the peripheral taxonomy
+(``protocol.taxonomy``: ``printer``, ``identity_reader``, ...): alert rules and
+dashboards select families, so a new kind of an existing family needs no rule
+change. It adds no series (each kind has one family).
 
 A terminal that never said its hall or region is labelled ``unknown``
 (``UNKNOWN_LABEL``); never the empty string, which Prometheus treats as a
@@ -44,7 +49,10 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from protocol.messages import PeripheralCondition, PeripheralKind
-from server.fleet_state import FleetState, FleetSummary, Health
+from protocol.taxonomy import family_of
+from server.fleet_state import FleetState
+from server.fleet_views import FleetSummary
+from server.health import Health
 
 __all__ = ["FLEET_METRIC_NAMES", "UNKNOWN_LABEL", "FleetCollector", "fleet_families"]
 
@@ -81,8 +89,9 @@ _HELP: Final = {
     " (the agent itself is package kioskfleet-agent).",
     _OFFLINE: "1 for each terminal that is offline; no series for online terminals.",
     _OFFLINE_SINCE: "Unix time at which the offline terminal went offline (server time).",
-    _PROBLEM: "1 for each peripheral whose condition is not ok; fault_code is empty when the"
-    " device gave none. No series for healthy peripherals.",
+    _PROBLEM: "1 for each peripheral whose condition is not ok; family is the kind's family"
+    " (printer, identity_reader, ...); fault_code is empty when the device gave none. No"
+    " series for healthy peripherals.",
     _DROPPED: "Reports the hall's terminals dropped on purpose from a full outbox (each"
     " terminal's count for its current boot_id).",
     _GAPS: "Sequence numbers never received from the hall's terminals (cumulative, persisted"
@@ -90,16 +99,26 @@ _HELP: Final = {
 }
 _LABELS: Final = {
     _TERMINALS: ("region", "hall", "status"),
-    _PERIPHERALS: ("region", "hall", "kind", "condition"),
+    _PERIPHERALS: ("region", "hall", "family", "kind", "condition"),
     _SOFTWARE: ("package", "version"),
     _OFFLINE: ("terminal", "hall", "region"),
     _OFFLINE_SINCE: ("terminal", "hall", "region"),
-    _PROBLEM: ("terminal", "hall", "region", "peripheral", "kind", "condition", "fault_code"),
+    _PROBLEM: (
+        "terminal",
+        "hall",
+        "region",
+        "peripheral",
+        "family",
+        "kind",
+        "condition",
+        "fault_code",
+    ),
     _DROPPED: ("region", "hall"),
     _GAPS: ("region", "hall"),
 }
 
 _STATUSES: Final = tuple(Health)
+_FAMILY: Final = {kind: family_of(kind).family.value for kind in PeripheralKind}
 
 
 def _label(value: str | None) -> str:
@@ -151,7 +170,7 @@ def fleet_families(summary: FleetSummary) -> list[Metric]:
     family = out[_PERIPHERALS]
     for (region, hall), by_kind in peripherals.items():
         for (kind, condition), n in by_kind.items():
-            family.add_metric([region, hall, kind.value, condition.value], n)
+            family.add_metric([region, hall, _FAMILY[kind], kind.value, condition.value], n)
     dropped, gaps = out[_DROPPED], out[_GAPS]
     for (region, hall), (n_dropped, n_gaps) in delivery.items():
         dropped.add_metric([region, hall], n_dropped)
@@ -168,7 +187,16 @@ def fleet_families(summary: FleetSummary) -> list[Metric]:
             since.add_metric([t.id, hall, region], t.state_since.timestamp())
         for p in t.problems:
             problem.add_metric(
-                [t.id, hall, region, p.name, p.kind.value, p.condition.value, p.fault_code or ""],
+                [
+                    t.id,
+                    hall,
+                    region,
+                    p.name,
+                    _FAMILY[p.kind],
+                    p.kind.value,
+                    p.condition.value,
+                    p.fault_code or "",
+                ],
                 1,
             )
     return list(out.values())

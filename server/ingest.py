@@ -27,11 +27,12 @@ from protocol.codec import decode
 from protocol.errors import ProtocolError
 from protocol.messages import EventMessage, Message, ReportMessage, StateMessage
 from protocol.topics import Channel
-from server.fleet_state import CONNECTIVITY, FleetState, Transition, Verdict
+from server.fleet_state import FleetState
+from server.fleet_views import CONNECTIVITY, Transition, Verdict
 from server.inbound import Delivery, InboundMessage
 from server.log_throttle import ThrottledLog
 from server.metrics import INTERNAL_REASON, ServerMetrics
-from server.storage import EventRecord
+from server.records import EventRecord
 
 __all__ = ["Ingest", "IngestResult", "WriteSink"]
 

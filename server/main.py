@@ -33,13 +33,15 @@ from server.api import ApiServices, create_app
 from server.config import Settings
 from server.errors import ServerError, StorageError
 from server.fleet_collector import FleetCollector
-from server.fleet_state import FleetState, Transition
+from server.fleet_state import FleetState
+from server.fleet_views import Transition
 from server.ingest import Ingest
 from server.log_throttle import ThrottledLog
 from server.metrics import ServerMetrics
 from server.mqtt_source import MqttOptions, MqttSource
+from server.records import EventRecord
 from server.scheduler import EventPruner, OfflineSweep, build_scheduler
-from server.storage import EventRecord, Storage
+from server.storage import Storage
 from server.write_behind import WriteBehind
 
 __all__ = ["Server", "run_server", "upgrade_database"]

@@ -27,7 +27,8 @@ from typing import Protocol
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from server.errors import StorageError
-from server.fleet_state import FleetState, OfflineReason, Transition
+from server.fleet_state import FleetState
+from server.fleet_views import OfflineReason, Transition
 from server.ingest import WriteSink
 from server.metrics import ServerMetrics
 

@@ -11,6 +11,13 @@ changed, once per flush, in one transaction. The schema is created and
 upgraded by the Alembic migrations in ``server/migrations`` (``open`` runs
 them).
 
+The tables are the schema; the read models they store (``TerminalView``,
+``PeripheralView``, ``Transition``, ``EventRecord``) declare the fields. Each
+pair is joined by one ``_RowMapping`` (same names, a rename or a conversion
+where needed), which refuses at import a field without a column or a column
+without a field: a new field is added to the read model, the table and a
+migration, and nothing else.
+
 Works on SQLite (WAL, busy timeout; the embedded default) and PostgreSQL
 (psycopg 3): upserts use each dialect's ``INSERT ... ON CONFLICT``. Every
 SQLAlchemy error is translated into ``server.errors.StorageError`` (a
@@ -21,14 +28,15 @@ the fleet (that is ``server.fleet_state``).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar, cast
 
 import sqlalchemy as sa
 from alembic import command
@@ -42,16 +50,15 @@ from sqlmodel import Field, SQLModel
 
 from protocol.messages import PeripheralCondition, PeripheralKind
 from server.errors import ConfigError, StorageDataError, StorageError
-from server.fleet_state import OfflineReason, PeripheralView, TerminalView, Transition
+from server.fleet_views import OfflineReason, PeripheralView, TerminalView, Transition
+from server.records import EventRecord, WriteBatch
 
 __all__ = [
-    "EventRecord",
     "EventRow",
     "PeripheralRow",
     "Storage",
     "TerminalRow",
     "TransitionRow",
-    "WriteBatch",
     "alembic_config",
     "server_metadata",
     "upgrade_schema",
@@ -223,45 +230,9 @@ _TERMINAL_UPDATE_COLUMNS: Final = tuple(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class EventRecord:
-    """One accepted event as stored (the ingest builds it; ``body`` is the wire body as JSON)."""
-
-    terminal_id: str
-    boot_id: str
-    seq: int
-    type: str
-    sent_at: datetime
-    received_at: datetime
-    body: Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class WriteBatch:
-    """One flush: latest state of ``terminals``, full peripheral sets of ``peripheral_ids``,
-    new ``transitions`` and ``events``."""
-
-    terminals: Sequence[TerminalView] = ()
-    peripheral_ids: frozenset[str] = frozenset()
-    transitions: Sequence[Transition] = field(default_factory=tuple)
-    events: Sequence[EventRecord] = field(default_factory=tuple)
-
-    def __bool__(self) -> bool:
-        return bool(self.terminals or self.peripheral_ids or self.transitions or self.events)
-
-    def row_count(self) -> int:
-        """Rows this batch writes (terminals, their peripherals, transitions, events)."""
-        peripherals = sum(len(v.peripherals) for v in self.terminals if v.id in self.peripheral_ids)
-        return len(self.terminals) + peripherals + len(self.transitions) + len(self.events)
-
-
 def _utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _utc_opt(value: datetime | None) -> datetime | None:
-    return None if value is None else _utc(value)
 
 
 def _newest_first(
@@ -403,7 +374,7 @@ class Storage:
                 if view is not None:
                     peripherals[row["terminal_id"]].append(view)
             return [
-                _terminal_view(row, tuple(peripherals.get(row["id"], ())))
+                _TERMINALS.model_of(row, peripherals=tuple(peripherals.get(row["id"], ())))
                 for row in conn.execute(sa.select(_TERMINAL)).mappings()
             ]
 
@@ -414,7 +385,7 @@ class Storage:
         """
         stmt = _newest_first(_TRANSITION, _TRANSITION.c.recorded_at, terminal_id, limit)
         with self._translate("read history"), self.engine.connect() as conn:
-            return [_transition(row) for row in conn.execute(stmt).mappings()]
+            return [_TRANSITIONS.model_of(row) for row in conn.execute(stmt).mappings()]
 
     def events(self, terminal_id: str, limit: int) -> list[EventRecord]:
         """Stored events of one terminal, newest first (by server time), at most ``limit``.
@@ -423,7 +394,7 @@ class Storage:
         """
         stmt = _newest_first(_EVENT, _EVENT.c.received_at, terminal_id, limit)
         with self._translate("read events"), self.engine.connect() as conn:
-            return [_event(row) for row in conn.execute(stmt).mappings()]
+            return [_EVENTS.model_of(row) for row in conn.execute(stmt).mappings()]
 
     def count_events(self) -> int:
         """How many events are stored (for tests and diagnostics). Raises StorageError."""
@@ -471,7 +442,7 @@ class Storage:
             if batch.peripheral_ids:
                 self._replace_peripherals(conn, batch)
             if batch.transitions:
-                rows = [_transition_row(t) for t in batch.transitions]
+                rows = [_TRANSITIONS.row(t) for t in batch.transitions]
                 for chunk in _chunks(rows):
                     conn.execute(sa.insert(_TRANSITION), list(chunk))
             if batch.events:
@@ -482,7 +453,7 @@ class Storage:
         stmt = self._insert()(_EVENT).on_conflict_do_nothing(
             index_elements=[_EVENT.c.terminal_id, _EVENT.c.boot_id, _EVENT.c.seq]
         )
-        rows = [_event_row(e) for e in events]
+        rows = [_EVENTS.row(e) for e in events]
         for chunk in _chunks(rows):
             conn.execute(stmt, list(chunk))
 
@@ -498,7 +469,7 @@ class Storage:
             index_elements=[_TERMINAL.c.id],
             set_={name: stmt.excluded[name] for name in _TERMINAL_UPDATE_COLUMNS},
         )
-        rows = [_terminal_row(v, now) for v in terminals]
+        rows = [_TERMINALS.row(v, updated_at=now) for v in terminals]
         for chunk in _chunks(rows):
             conn.execute(stmt, list(chunk))
 
@@ -508,7 +479,7 @@ class Storage:
             conn.execute(sa.delete(_PERIPHERAL).where(_PERIPHERAL.c.terminal_id.in_(chunk)))
         wanted = batch.peripheral_ids
         rows = [
-            _peripheral_row(v.id, p)
+            _PERIPHERALS.row(p, terminal_id=v.id)
             for v in batch.terminals
             if v.id in wanted
             for p in v.peripherals
@@ -532,135 +503,6 @@ def _db_text(value: str | None) -> str | None:
     return value.replace(_NUL, _REPLACEMENT)
 
 
-def _terminal_row(v: TerminalView, now: datetime) -> dict[str, Any]:
-    return {
-        "id": v.id,
-        "hall": v.hall,
-        "region": v.region,
-        "model": v.model,
-        "online": v.online,
-        "online_since": v.state_since,
-        "offline_reason": None if v.offline_reason is None else v.offline_reason.value,
-        "last_seen": v.last_seen,
-        "last_sent_at": v.last_sent_at,
-        "boot_id": v.boot_id,
-        "last_seq": v.last_seq,
-        "prev_boot_id": v.prev_boot_id,
-        "reports_received": v.reports_received,
-        "events_received": v.events_received,
-        "seq_gaps": v.seq_gaps,
-        "dropped_reports": v.dropped_reports,
-        "report_interval_s": v.report_interval_s,
-        "agent_version": _db_text(v.agent_version),
-        "software": dict(v.software),
-        "first_seen": v.first_seen,
-        "updated_at": now,
-    }
-
-
-def _terminal_view(row: Any, peripherals: tuple[PeripheralView, ...]) -> TerminalView:
-    reason = row["offline_reason"]
-    try:
-        offline_reason = None if reason is None else OfflineReason(reason)
-    except ValueError:
-        offline_reason = OfflineReason.TIMEOUT
-    return TerminalView(
-        id=row["id"],
-        online=bool(row["online"]),
-        state_since=_utc(row["online_since"]),
-        last_seen=_utc(row["last_seen"]),
-        first_seen=_utc(row["first_seen"]),
-        hall=row["hall"],
-        region=row["region"],
-        model=row["model"],
-        offline_reason=offline_reason,
-        last_sent_at=_utc_opt(row["last_sent_at"]),
-        boot_id=row["boot_id"],
-        last_seq=row["last_seq"],
-        report_interval_s=row["report_interval_s"],
-        agent_version=row["agent_version"],
-        software=dict(row["software"] or {}),
-        peripherals=peripherals,
-        prev_boot_id=row["prev_boot_id"],
-        reports_received=int(row["reports_received"]),
-        events_received=int(row["events_received"]),
-        seq_gaps=int(row["seq_gaps"]),
-        dropped_reports=int(row["dropped_reports"]),
-    )
-
-
-def _peripheral_row(terminal_id: str, p: PeripheralView) -> dict[str, Any]:
-    return {
-        "terminal_id": terminal_id,
-        "name": p.name,
-        "kind": p.kind.value,
-        "condition": p.condition.value,
-        "fault_code": _db_text(p.fault_code),
-        "detail": _db_text(p.detail),
-        "since": p.since,
-    }
-
-
-def _peripheral_view(row: Any) -> PeripheralView | None:
-    try:
-        kind = PeripheralKind(row["kind"])
-    except ValueError:  # written by a newer server: this one cannot show it
-        log.warning("skipping peripheral %r of unknown kind %r", row["name"], row["kind"])
-        return None
-    try:
-        condition = PeripheralCondition(row["condition"])
-    except ValueError:
-        condition = PeripheralCondition.UNKNOWN
-    return PeripheralView(
-        name=row["name"],
-        kind=kind,
-        condition=condition,
-        since=_utc(row["since"]),
-        fault_code=row["fault_code"],
-        detail=row["detail"],
-    )
-
-
-def _transition_row(t: Transition) -> dict[str, Any]:
-    return {
-        "terminal_id": t.terminal_id,
-        "subject": t.subject,
-        "kind": t.kind,
-        "from_state": t.from_state,
-        "to_state": t.to_state,
-        "fault_code": _db_text(t.fault_code),
-        "reason": t.reason,
-        "occurred_at": t.occurred_at,
-        "recorded_at": t.recorded_at,
-    }
-
-
-def _transition(row: Any) -> Transition:
-    return Transition(
-        terminal_id=row["terminal_id"],
-        subject=row["subject"],
-        kind=row["kind"],
-        from_state=row["from_state"],
-        to_state=row["to_state"],
-        occurred_at=_utc(row["occurred_at"]),
-        recorded_at=_utc(row["recorded_at"]),
-        fault_code=row["fault_code"],
-        reason=row["reason"],
-    )
-
-
-def _event_row(e: EventRecord) -> dict[str, Any]:
-    return {
-        "terminal_id": e.terminal_id,
-        "boot_id": e.boot_id,
-        "seq": e.seq,
-        "type": e.type,
-        "sent_at": e.sent_at,
-        "received_at": e.received_at,
-        "body": _json_text(e.body),
-    }
-
-
 def _json_text(value: Any) -> Any:
     """JSON as the database can hold it: U+0000 in any string becomes U+FFFD (see _db_text)."""
     if isinstance(value, str):
@@ -672,16 +514,132 @@ def _json_text(value: Any) -> Any:
     return value
 
 
-def _event(row: Any) -> EventRecord:
-    return EventRecord(
-        terminal_id=row["terminal_id"],
-        boot_id=row["boot_id"],
-        seq=int(row["seq"]),
-        type=row["type"],
-        sent_at=_utc(row["sent_at"]),
-        received_at=_utc(row["received_at"]),
-        body=dict(row["body"] or {}),
-    )
+def _enum_value(value: Any) -> Any:
+    return None if value is None else value.value
+
+
+def _offline_reason(value: str | None) -> OfflineReason | None:
+    try:
+        return None if value is None else OfflineReason(value)
+    except ValueError:  # written by a newer server
+        return OfflineReason.TIMEOUT
+
+
+def _condition(value: str) -> PeripheralCondition:
+    try:
+        return PeripheralCondition(value)
+    except ValueError:  # written by a newer server
+        return PeripheralCondition.UNKNOWN
+
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class _RowMapping(Generic[_T]):
+    """How one read model (a frozen dataclass, where its fields are declared) maps onto one
+    table: same names unless ``renamed``, values through ``store``/``load`` where given.
+
+    ``unstored`` fields live elsewhere (a terminal's peripherals have their own table);
+    ``table_only`` columns are not fields (surrogate ids, the owner's id, bookkeeping).
+    Raises TypeError at import if a field has no column or a column no field.
+    """
+
+    table: sa.Table
+    model: type[_T]
+    renamed: Mapping[str, str] = field(default_factory=dict)
+    store: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    load: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    unstored: frozenset[str] = frozenset()
+    table_only: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in fields(cast(Any, self.model)) if f.name not in self.unstored]
+        columns = {self.renamed.get(n, n) for n in names}
+        if columns | self.table_only != set(self.table.columns.keys()):
+            raise TypeError(
+                f"{self.model.__name__} does not match table {self.table.name}: fields"
+                f" {sorted(columns - set(self.table.columns.keys()))} have no column, columns"
+                f" {sorted(set(self.table.columns.keys()) - columns - self.table_only)} no field"
+            )
+
+    @functools.cached_property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        """(field, column) for every stored field."""
+        return tuple(
+            (f.name, self.renamed.get(f.name, f.name))
+            for f in fields(cast(Any, self.model))
+            if f.name not in self.unstored
+        )
+
+    def row(self, obj: _T, **table_only: Any) -> dict[str, Any]:
+        """The row for ``obj`` (``table_only`` gives the columns that are not its fields)."""
+        row = dict(table_only)
+        store = self.store
+        for name, column in self.pairs:
+            value = getattr(obj, name)
+            encode = store.get(name)
+            row[column] = value if encode is None else encode(value)
+        return row
+
+    def model_of(self, row: Any, **unstored: Any) -> _T:
+        """The read model a row holds (``unstored`` gives the fields stored elsewhere)."""
+        values = dict(unstored)
+        load = self.load
+        for name, column in self.pairs:
+            value = row[column]
+            decode = load.get(name)
+            values[name] = value if decode is None else decode(value)
+        return self.model(**values)
+
+
+_TERMINALS: Final = _RowMapping(
+    _TERMINAL,
+    TerminalView,
+    renamed={"state_since": "online_since"},
+    store={
+        "offline_reason": _enum_value,
+        "agent_version": _db_text,
+        "software": dict,
+    },
+    load={
+        "online": bool,
+        "offline_reason": _offline_reason,
+        "software": lambda value: dict(value or {}),
+    },
+    unstored=frozenset({"peripherals"}),
+    table_only=frozenset({"updated_at"}),
+)
+_PERIPHERALS: Final = _RowMapping(
+    _PERIPHERAL,
+    PeripheralView,
+    store={
+        "kind": _enum_value,
+        "condition": _enum_value,
+        "fault_code": _db_text,
+        "detail": _db_text,
+    },
+    load={"kind": PeripheralKind, "condition": _condition},
+    table_only=frozenset({"terminal_id"}),
+)
+_TRANSITIONS: Final = _RowMapping(
+    _TRANSITION, Transition, store={"fault_code": _db_text}, table_only=frozenset({"id"})
+)
+_EVENTS: Final = _RowMapping(
+    _EVENT,
+    EventRecord,
+    store={"body": _json_text},
+    load={"body": lambda value: dict(value or {})},
+    table_only=frozenset({"id"}),
+)
+
+
+def _peripheral_view(row: Any) -> PeripheralView | None:
+    try:
+        return _PERIPHERALS.model_of(row)
+    except ValueError:  # a kind written by a newer server: this one cannot show it
+        log.warning("skipping peripheral %r of unknown kind %r", row["name"], row["kind"])
+        return None
 
 
 # --- schema migrations ----------------------------------------------------------------------

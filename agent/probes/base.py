@@ -8,10 +8,9 @@ Probes must be cheap enough to run every few seconds and must not block for
 longer than their configured timeout.
 
 Shared here so that each probe does not restate them: ``Verdict`` (what a
-probe's pure mapping returns), ``PRINTER_PRECEDENCE`` (which printer
-condition wins when several apply, for IPP and ESC/POS alike),
-``status_from_verdict`` (a verdict → the wire's ``PeripheralStatus``, with the
-detail clipped to what the wire allows), ``NamedProbe`` (the ``name`` and
+probe's pure mapping returns), ``status_from_verdict`` (a verdict → the wire's
+``PeripheralStatus``, with the detail clipped to what the wire allows),
+``NamedProbe`` (the ``name`` and
 ``kind`` every probe carries) and ``VerdictProbe``, the base of the hardware
 probes (``_verdict()`` to implement). This module never touches a device.
 """
@@ -25,7 +24,6 @@ from protocol.messages import PeripheralCondition, PeripheralKind, PeripheralSta
 
 __all__ = [
     "DETAIL_MAX",
-    "PRINTER_PRECEDENCE",
     "NamedProbe",
     "Probe",
     "Verdict",
@@ -38,22 +36,10 @@ DETAIL_MAX: Final = 256
 """The longest ``PeripheralStatus.detail`` the wire accepts."""
 
 Verdict = tuple[PeripheralCondition, str | None, str | None]
-"""(condition, vendor fault code, human detail), as a probe's pure mapping returns it."""
+"""(condition, vendor fault code, human detail), as a probe's pure mapping returns it.
 
-PRINTER_PRECEDENCE: Final = (
-    PeripheralCondition.OFFLINE,
-    PeripheralCondition.COVER_OPEN,
-    PeripheralCondition.CUTTER_ERROR,
-    PeripheralCondition.JAM,
-    PeripheralCondition.PAPER_OUT,
-    PeripheralCondition.PAPER_LOW,
-    PeripheralCondition.UNKNOWN,
-)
-"""Most severe first: when a printer reports several problems at once, the earliest wins.
-
-``ok`` is below them all. ESC/POS never yields ``unknown`` from its status bits;
-IPP does for an error reason it cannot classify (see ``docs/probes.md``).
-"""
+Which condition wins when a device reports several, and which one means
+"absent", is the peripheral family's (``protocol.taxonomy``), never the probe's."""
 
 
 @runtime_checkable

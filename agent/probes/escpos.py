@@ -29,8 +29,9 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Final
 
-from agent.probes.base import PRINTER_PRECEDENCE, Verdict, VerdictProbe
+from agent.probes.base import Verdict, VerdictProbe
 from protocol.messages import PeripheralCondition, PeripheralKind
+from protocol.taxonomy import FAMILIES, Family
 
 __all__ = [
     "BAUD_RATES",
@@ -154,7 +155,7 @@ def escpos_condition(status_by_n: Mapping[int, int]) -> Verdict:
     cause (cover open, paper end, a cutter error), the cause is reported.
     ``offline`` remains for an unrecoverable or auto-recoverable error (head
     too hot) and for an offline or error bit that nothing explains. Of several
-    causes the first in ``PRINTER_PRECEDENCE`` wins; the others go into the
+    causes the first in the printer family's precedence wins; the others go into the
     detail. Raises ``EscPosStatusError`` for an invalid byte; otherwise pure
     and total.
     """
@@ -192,8 +193,8 @@ def escpos_condition(status_by_n: Mapping[int, int]) -> Verdict:
     detail = f"DLE EOT {_raw(status_by_n)}"
     if not found:
         return PeripheralCondition.OK, None, detail
-    rank = {condition: index for index, condition in enumerate(PRINTER_PRECEDENCE)}
-    condition, flag = min(found, key=lambda item: rank[item[0]])
+    rank = FAMILIES[Family.PRINTER].rank
+    condition, flag = min(found, key=lambda item: rank(item[0]))
     others = [f.value for c, f in found if f is not flag]
     if others:
         detail += "; also " + ", ".join(others)

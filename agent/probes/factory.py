@@ -34,7 +34,8 @@ from agent.probes.ipp import IppProbe
 from agent.probes.pcsc import PcscProbe
 from agent.probes.simulated import SimulatedProbeSpec
 from agent.probes.usb import DEFAULT_SYSFS_ROOT, UsbPresenceProbe, normalise_usb_id
-from protocol.messages import Name, PeripheralKind
+from protocol.messages import Name, PeripheralCondition, PeripheralKind
+from protocol.taxonomy import Family, allowed_conditions, family_of
 
 __all__ = [
     "EscPosProbeSpec",
@@ -63,12 +64,17 @@ class IppProbeSpec(ProbeSpecBase):
     """A CUPS queue or IPP printer: ``uri = "ipp://127.0.0.1:631/printers/HP"``."""
 
     type: Literal["ipp"] = "ipp"
-    kind: Literal[PeripheralKind.A4_PRINTER, PeripheralKind.RECEIPT_PRINTER] = (
-        PeripheralKind.A4_PRINTER
-    )
+    kind: PeripheralKind = PeripheralKind.A4_PRINTER
     uri: Annotated[str, Field(max_length=1023)]
     timeout_s: Timeout = 3.0
     max_response_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 256 * 1024
+
+    @field_validator("kind")
+    @classmethod
+    def _printer(cls, value: PeripheralKind) -> PeripheralKind:
+        if family_of(value).family is not Family.PRINTER:
+            raise ValueError(f"an IPP probe reads a printer, not a {value.value}")
+        return value
 
     @field_validator("uri")
     @classmethod
@@ -106,20 +112,22 @@ class PcscProbeSpec(ProbeSpecBase):
 
 
 class UsbProbeSpec(ProbeSpecBase):
-    """A reader or scanner known only by its presence on the USB bus."""
+    """A peripheral known only by its presence on the USB bus (any kind that can be
+    ``disconnected``: readers, scanners, ...)."""
 
     type: Literal["usb"] = "usb"
-    kind: Literal[
-        PeripheralKind.ID_CARD_READER,
-        PeripheralKind.IC_CARD_READER,
-        PeripheralKind.QR_SCANNER,
-        PeripheralKind.BARCODE_SCANNER,
-        PeripheralKind.FINGERPRINT_READER,
-    ]
+    kind: PeripheralKind
     vendor_id: str
     product_id: str
     serial: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     sysfs_root: Path = DEFAULT_SYSFS_ROOT
+
+    @field_validator("kind")
+    @classmethod
+    def _can_be_absent(cls, value: PeripheralKind) -> PeripheralKind:
+        if PeripheralCondition.DISCONNECTED not in allowed_conditions(value):
+            raise ValueError(f"USB presence cannot tell a {value.value}'s condition")
+        return value
 
     @field_validator("vendor_id", "product_id")
     @classmethod

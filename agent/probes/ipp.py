@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
-from agent.probes.base import DETAIL_MAX, PRINTER_PRECEDENCE, Verdict, VerdictProbe, clip
+from agent.probes.base import DETAIL_MAX, Verdict, VerdictProbe, clip
 from protocol.messages import PeripheralCondition, PeripheralKind
+from protocol.taxonomy import FAMILIES, Family
 
 __all__ = [
     "DEFAULT_IPP_PORT",
@@ -508,7 +509,7 @@ def printer_condition(
     Each reason is classified after stripping its ``-report``/``-warning``/
     ``-error`` suffix; ``-report`` reasons and warnings without a state of
     their own are informational (``ok``, listed in the detail). The most
-    severe condition wins, in ``PRINTER_PRECEDENCE`` order, and its keyword
+    severe condition wins, in the printer family's precedence (``protocol.taxonomy``), and its keyword
     becomes the fault code. A ``stopped`` printer (state 5) whose reasons
     name nothing more specific, or a queue that refuses jobs, is ``offline``.
     A stopped printer that only reports paper low is ``offline`` too, with
@@ -516,7 +517,7 @@ def printer_condition(
     usable reason is ``unknown``.
     Pure; never raises.
     """
-    rank = {condition: index for index, condition in enumerate(PRINTER_PRECEDENCE)}
+    rank = FAMILIES[Family.PRINTER].rank
     worst: tuple[PeripheralCondition, str] | None = None
     notes: list[str] = []
     for keyword in reasons:
@@ -525,7 +526,7 @@ def printer_condition(
             if split_reason(keyword)[0] != "none":
                 notes.append(keyword)
             continue
-        if worst is None or rank[condition] < rank[worst[0]]:
+        if worst is None or rank(condition) < rank(worst[0]):
             worst = (condition, keyword)
 
     detail_parts = [message.strip()] if message and message.strip() else []

@@ -1,9 +1,11 @@
 """Scenario probes: peripherals that behave like a busy service hall's, for the simulator and demo.
 
 Each probe plays one scenario (a receipt printer that runs out of paper and is
-refilled by staff, an A4 printer, an ID-card reader or a QR scanner that fault
-and recover) as a sequence of random incidents drawn from its own seeded
-``random.Random``. Time comes only from the injected ``clock`` (monotonic
+refilled by staff, an A4 printer; a reader, scanner or payment device that is
+ok but for independent incidents, each with its own rate and repair time) as a
+sequence of random incidents drawn from its own seeded ``random.Random``.
+A new kind of device is one ``Scenario`` member and one ``IncidentScenario``
+in the table below; ``MODELS`` says which simulated terminal models carry it. Time comes only from the injected ``clock`` (monotonic
 seconds): the same seed and the same clock readings give the same conditions.
 ``fault_rate`` runs the whole scenario faster (every rate multiplied, every
 repair delay divided), so a demo shows a day of incidents in minutes.
@@ -28,18 +30,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.probes.base import NamedProbe, Verdict, status_from_verdict
 from protocol.messages import Name, PeripheralCondition, PeripheralKind, PeripheralStatus
+from protocol.taxonomy import most_severe
 
 __all__ = [
     "A4_PRINTER",
     "ID_CARD_READER",
+    "MODELS",
     "QR_SCANNER",
     "RECEIPT_PRINTER",
+    "Incident",
+    "IncidentScenario",
     "PrinterScenario",
-    "ReaderScenario",
     "Scenario",
+    "ScenarioDevice",
     "ScenarioPrinter",
     "ScenarioProbe",
-    "ScenarioReader",
     "SimulatedProbeSpec",
     "build_scenario_probe",
 ]
@@ -76,15 +81,26 @@ class PrinterScenario:
 
 
 @dataclass(frozen=True, slots=True)
-class ReaderScenario:
-    """How a reader fails and recovers, in scenario seconds (before ``fault_rate``)."""
+class Incident:
+    """One way a device fails: how often (per scenario hour), for how long, with which codes."""
+
+    condition: PeripheralCondition
+    per_hour: float
+    clear_s: tuple[float, float]  # uniform range until it clears (repair, reconnect, emptying)
+    fault_codes: tuple[str, ...] = ()  # one is drawn per occurrence; none: no fault code
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentScenario:
+    """A device that is ``ok`` but for independent incidents (readers, scanners, payment).
+
+    When several are under way at once, the family's precedence
+    (``protocol.taxonomy``) says which one the device reports.
+    """
 
     kind: PeripheralKind
-    fault_per_hour: float
-    fault_codes: tuple[str, ...]
-    fault_clear_s: tuple[float, float]
-    disconnect_per_hour: float
-    reconnect_s: tuple[float, float]
+    incidents: tuple[Incident, ...]
 
 
 RECEIPT_PRINTER = PrinterScenario(
@@ -115,29 +131,58 @@ A4_PRINTER = PrinterScenario(
     cover_close_s=(1 * _MINUTE, 5 * _MINUTE),
     refill_delay_s=(15 * _MINUTE, 60 * _MINUTE),
 )
-ID_CARD_READER = ReaderScenario(
+ID_CARD_READER = IncidentScenario(
     kind=PeripheralKind.ID_CARD_READER,
-    fault_per_hour=1 / 72,
-    fault_codes=("E17", "E21", "E42"),
-    fault_clear_s=(2 * _MINUTE, 20 * _MINUTE),
-    disconnect_per_hour=1 / 168,
-    reconnect_s=(5 * _MINUTE, 60 * _MINUTE),
+    incidents=(
+        Incident(
+            PeripheralCondition.FAULT,
+            per_hour=1 / 72,
+            clear_s=(2 * _MINUTE, 20 * _MINUTE),
+            fault_codes=("E17", "E21", "E42"),
+        ),
+        Incident(
+            PeripheralCondition.DISCONNECTED,
+            per_hour=1 / 168,
+            clear_s=(5 * _MINUTE, 60 * _MINUTE),
+            detail="device not present",
+        ),
+    ),
 )
-QR_SCANNER = ReaderScenario(
+QR_SCANNER = IncidentScenario(
     kind=PeripheralKind.QR_SCANNER,
-    fault_per_hour=1 / 96,
-    fault_codes=("Q03", "Q11"),
-    fault_clear_s=(1 * _MINUTE, 10 * _MINUTE),
-    disconnect_per_hour=1 / 240,
-    reconnect_s=(5 * _MINUTE, 30 * _MINUTE),
+    incidents=(
+        Incident(
+            PeripheralCondition.FAULT,
+            per_hour=1 / 96,
+            clear_s=(1 * _MINUTE, 10 * _MINUTE),
+            fault_codes=("Q03", "Q11"),
+        ),
+        Incident(
+            PeripheralCondition.DISCONNECTED,
+            per_hour=1 / 240,
+            clear_s=(5 * _MINUTE, 30 * _MINUTE),
+            detail="device not present",
+        ),
+    ),
 )
 
-_SCENARIOS: dict[Scenario, PrinterScenario | ReaderScenario] = {
+_SCENARIOS: dict[Scenario, PrinterScenario | IncidentScenario] = {
     Scenario.RECEIPT_PRINTER: RECEIPT_PRINTER,
     Scenario.A4_PRINTER: A4_PRINTER,
     Scenario.ID_CARD_READER: ID_CARD_READER,
     Scenario.QR_SCANNER: QR_SCANNER,
 }
+
+MODELS: dict[str, tuple[Scenario, ...]] = {
+    "KF-200": (Scenario.RECEIPT_PRINTER, Scenario.ID_CARD_READER, Scenario.QR_SCANNER),
+    "KF-300": (
+        Scenario.RECEIPT_PRINTER,
+        Scenario.A4_PRINTER,
+        Scenario.ID_CARD_READER,
+        Scenario.QR_SCANNER,
+    ),
+}
+"""The simulated terminal models and the peripherals each carries (the simulator's fleet)."""
 
 _Forced = tuple[PeripheralCondition, str | None]
 
@@ -306,58 +351,55 @@ class ScenarioPrinter(_ScenarioBase):
         return PeripheralCondition.OK, None, None
 
 
-class ScenarioReader(_ScenarioBase):
-    """A card reader or scanner with occasional vendor faults and disconnections."""
+class ScenarioDevice(_ScenarioBase):
+    """A reader, scanner or payment device that is ok but for the incidents of its scenario."""
 
     def __init__(
         self,
         name: str,
-        scenario: ReaderScenario,
+        scenario: IncidentScenario,
         *,
         clock: Callable[[], float],
         seed: int | str,
         fault_rate: float = 1.0,
     ) -> None:
         super().__init__(name, scenario.kind, clock=clock, seed=seed, fault_rate=fault_rate)
-        self._s = scenario
-        self._next_fault = self._next_after(0.0, scenario.fault_per_hour)
-        self._next_disconnect = self._next_after(0.0, scenario.disconnect_per_hour)
-        self._fault: tuple[float, str] | None = None  # (until, code)
-        self._disconnected_until: float | None = None
+        self._incidents = scenario.incidents
+        self._next = [self._next_after(0.0, i.per_hour) for i in scenario.incidents]
+        # Per incident: (until, fault code) while it is under way, else None.
+        self._active: list[tuple[float, str | None] | None] = [None] * len(scenario.incidents)
 
     def _advance(self, to_t: float) -> None:
-        s = self._s
+        inf = float("inf")
         while True:
-            fault_end = self._fault[0] if self._fault is not None else float("inf")
-            back = (
-                self._disconnected_until if self._disconnected_until is not None else float("inf")
-            )
-            t = min(self._next_fault, self._next_disconnect, fault_end, back)
+            ends = [a[0] if a is not None else inf for a in self._active]
+            t = min(*self._next, *ends)
             if t > to_t:
                 return
-            if t == fault_end:
-                self._fault = None
-            elif t == back:
-                self._disconnected_until = None
-            elif t == self._next_fault:
-                self._next_fault = self._next_after(t, s.fault_per_hour)
-                if self._fault is None:
-                    code = self._rng.choice(s.fault_codes)
-                    self._fault = (t + self._uniform(s.fault_clear_s), code)
-            else:
-                self._next_disconnect = self._next_after(t, s.disconnect_per_hour)
-                if self._disconnected_until is None:
-                    self._disconnected_until = t + self._uniform(s.reconnect_s)
+            if t in ends:
+                self._active[ends.index(t)] = None
+                continue
+            i = self._next.index(t)
+            incident = self._incidents[i]
+            self._next[i] = self._next_after(t, incident.per_hour)
+            if self._active[i] is None:
+                code = self._rng.choice(incident.fault_codes) if incident.fault_codes else None
+                self._active[i] = (t + self._uniform(incident.clear_s), code)
 
     def _condition(self) -> Verdict:
-        if self._disconnected_until is not None:
-            return PeripheralCondition.DISCONNECTED, None, "device not present"
-        if self._fault is not None:
-            return PeripheralCondition.FAULT, self._fault[1], None
-        return PeripheralCondition.OK, None, None
+        under_way = {
+            incident.condition: (incident, active[1])
+            for incident, active in zip(self._incidents, self._active, strict=True)
+            if active is not None
+        }
+        worst = most_severe(self._kind, under_way)
+        if worst is PeripheralCondition.OK:
+            return PeripheralCondition.OK, None, None
+        incident, code = under_way[worst]
+        return worst, code, incident.detail
 
 
-ScenarioProbe = ScenarioPrinter | ScenarioReader
+ScenarioProbe = ScenarioPrinter | ScenarioDevice
 
 
 def build_scenario_probe(
@@ -373,7 +415,7 @@ def build_scenario_probe(
     probe_name = name or scenario.value
     if isinstance(params, PrinterScenario):
         return ScenarioPrinter(probe_name, params, clock=clock, seed=seed, fault_rate=fault_rate)
-    return ScenarioReader(probe_name, params, clock=clock, seed=seed, fault_rate=fault_rate)
+    return ScenarioDevice(probe_name, params, clock=clock, seed=seed, fault_rate=fault_rate)
 
 
 class SimulatedProbeSpec(BaseModel):

@@ -23,6 +23,7 @@ from typing import Final
 
 from agent.probes.base import Verdict, VerdictProbe
 from protocol.messages import PeripheralCondition, PeripheralKind
+from protocol.taxonomy import allowed_conditions
 
 __all__ = [
     "DEFAULT_SYSFS_ROOT",
@@ -122,8 +123,9 @@ def usb_presence(
 class UsbPresenceProbe(VerdictProbe):
     """Reports a reader or scanner present (``ok``) or absent (``disconnected``).
 
-    Raises ``ValueError`` at construction for a printer kind (presence alone
-    says nothing about a printer) or malformed ids.
+    Raises ``ValueError`` at construction for a kind that cannot be
+    ``disconnected`` (printers: presence alone says nothing about them) or
+    malformed ids.
     """
 
     def __init__(
@@ -136,8 +138,11 @@ class UsbPresenceProbe(VerdictProbe):
         serial: str | None = None,
         sysfs_root: Path = DEFAULT_SYSFS_ROOT,
     ) -> None:
-        if kind in (PeripheralKind.RECEIPT_PRINTER, PeripheralKind.A4_PRINTER):
-            raise ValueError("USB presence cannot tell a printer's condition; use ipp or escpos")
+        if PeripheralCondition.DISCONNECTED not in allowed_conditions(kind):
+            raise ValueError(
+                f"USB presence cannot tell a {kind.value}'s condition (it is never"
+                " 'disconnected'); use its own probe (ipp or escpos for printers)"
+            )
         super().__init__(name, kind)
         self._vendor_id = normalise_usb_id(vendor_id)
         self._product_id = normalise_usb_id(product_id)

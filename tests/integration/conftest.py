@@ -32,7 +32,7 @@ from protocol.messages import Message
 from protocol.topics import Channel, topic
 from server.config import Settings
 from server.main import Server
-from tests.unit.test_fleet_state import periph, peripheral_event, report, state
+from tests.support.fleet_messages import periph, peripheral_event, report, state
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -170,6 +170,7 @@ def test_metrics_show_the_fleet_by_hall_and_series_only_for_problem_terminals(
             "kioskfleet_terminal_peripheral_problem",
             **where("low", "Hall 1"),
             peripheral="printer",
+            family="printer",
             kind="receipt_printer",
             condition="paper_low",
             fault_code="",
@@ -178,6 +179,7 @@ def test_metrics_show_the_fleet_by_hall_and_series_only_for_problem_terminals(
             "kioskfleet_terminal_peripheral_problem",
             **where("out", "Hall 1"),
             peripheral="printer",
+            family="printer",
             kind="receipt_printer",
             condition="paper_out",
             fault_code="E-PAPER",
@@ -194,10 +196,24 @@ def test_metrics_show_the_fleet_by_hall_and_series_only_for_problem_terminals(
         dict(labels)["condition"]: value
         for (name, labels), value in series.items()
         if name == "kioskfleet_peripherals"
-        and labels >= {("hall", "Hall 1"), ("region", region), ("kind", "receipt_printer")}
+        and labels
+        >= {
+            ("hall", "Hall 1"),
+            ("region", region),
+            ("family", "printer"),
+            ("kind", "receipt_printer"),
+        }
     }
     assert printers == {"ok": 1, "paper_low": 1, "paper_out": 1}
-    readers = series[key("kioskfleet_peripherals", **hall1, kind="id_card_reader", condition="ok")]
+    readers = series[
+        key(
+            "kioskfleet_peripherals",
+            **hall1,
+            family="identity_reader",
+            kind="id_card_reader",
+            condition="ok",
+        )
+    ]
     assert readers == 3
     assert series[key("kioskfleet_software_terminals", package="kiosk-app", version="3.1")] == 5
     assert series[key("kioskfleet_build_info", version=__version__)] == 1

@@ -241,6 +241,7 @@ def test_paper_out_fires_and_resolves_and_a_killed_terminal_fires_terminal_offli
         "hall": profile.hall,
         "region": profile.region,
         "peripheral": "receipt_printer",
+        "family": "printer",
         "kind": "receipt_printer",
         "condition": "paper_out",
     }  # the exported `fault_code=""` is no label at all for Prometheus

@@ -10,7 +10,7 @@ import pytest
 from protocol.codec import encode
 from protocol.topics import Channel, topic
 from tests.integration.conftest import ServerFactory, TerminalFactory, api, wait_until
-from tests.unit.test_fleet_state import report
+from tests.support.fleet_messages import report
 
 pytestmark = pytest.mark.integration
 

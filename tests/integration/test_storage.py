@@ -12,16 +12,11 @@ import sqlalchemy as sa
 
 from protocol.messages import PeripheralCondition, PeripheralKind
 from server.errors import ConfigError, StorageDataError, StorageError
-from server.fleet_state import (
-    FleetState,
-    OfflineReason,
-    PeripheralView,
-    TerminalView,
-    Transition,
-    Verdict,
-)
-from server.storage import EventRecord, Storage, WriteBatch
-from tests.unit.test_fleet_state import periph, report
+from server.fleet_state import FleetState
+from server.fleet_views import OfflineReason, PeripheralView, TerminalView, Transition, Verdict
+from server.records import EventRecord, WriteBatch
+from server.storage import Storage
+from tests.support.fleet_messages import periph, report
 
 pytestmark = pytest.mark.integration
 

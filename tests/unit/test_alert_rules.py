@@ -4,7 +4,8 @@
 rest reads the YAML: every alert has a severity, a summary, a description and a
 runbook that exists; every alert has a firing and a not-firing promtool case;
 per-terminal alerts name the terminal and the hall; every peripheral problem
-the protocol defines has an alert; the file survives the load/modify/dump an
+the peripheral taxonomy defines has exactly one alert, which selects families,
+never kinds; the file survives the load/modify/dump an
 end-to-end test does to shorten ``for:``.
 """
 
@@ -20,13 +21,7 @@ from typing import Any, Final
 import pytest
 import yaml
 
-from protocol.messages import (
-    PRINTER_CONDITIONS,
-    PRINTER_KINDS,
-    READER_CONDITIONS,
-    READER_KINDS,
-    PeripheralCondition,
-)
+from protocol.taxonomy import KINDS, Family, PeripheralCondition, family_of, kinds_of
 from tests.unit.test_dashboards import (
     CONTRACT_METRIC_NAMES,
     PROMETHEUS_METRIC_NAMES,
@@ -76,6 +71,11 @@ def _alert_rules() -> list[dict[str, Any]]:
 
 ALERT_RULES: Final = _alert_rules()
 ALERT_NAMES: Final = sorted({rule["alert"] for rule in ALERT_RULES})
+
+
+def _rule(name: str) -> dict[str, Any]:
+    (rule,) = [r for r in ALERT_RULES if r["alert"] == name]
+    return rule
 
 
 @functools.cache
@@ -230,44 +230,68 @@ def _matches(op: str, pattern: str, value: str) -> bool:
     return hit if op in ("=", "=~") else not hit
 
 
-def _alerts_for(kind: str, condition: str) -> list[str]:
-    """Alerts whose peripheral-problem selector matches this kind and condition."""
+def _alerts_for(family: str, kind: str, condition: str) -> list[str]:
+    """Alerts whose peripheral-problem selector matches this family, kind and condition."""
+    labels = {"family": family, "kind": kind, "condition": condition}
     names = []
     for rule in ALERT_RULES:
         expr = rule["expr"]
         if "kioskfleet_terminal_peripheral_problem" not in expr:
             continue
-        kinds = _matcher_values(expr, "kind")
-        conditions = _matcher_values(expr, "condition")
-        if all(_matches(op, p, kind) for op, p in kinds) and all(
-            _matches(op, p, condition) for op, p in conditions
+        if all(
+            _matches(op, pattern, value)
+            for label, value in labels.items()
+            for op, pattern in _matcher_values(expr, label)
         ):
             names.append(rule["alert"])
     return names
 
 
-@pytest.mark.parametrize(
-    ("kind", "condition"),
-    [
-        *((k.value, c.value) for k in sorted(PRINTER_KINDS) for c in sorted(PRINTER_CONDITIONS)),
-        *((k.value, c.value) for k in sorted(READER_KINDS) for c in sorted(READER_CONDITIONS)),
-    ],
+_PERIPHERAL_PROBLEMS: Final = sorted(
+    (family_of(kind).family.value, kind.value, condition.value)
+    for kind in KINDS
+    for condition in family_of(kind).conditions
 )
-def test_every_peripheral_problem_of_the_protocol_has_exactly_one_alert(
-    kind: str, condition: str
+
+
+@pytest.mark.parametrize(("family", "kind", "condition"), _PERIPHERAL_PROBLEMS)
+def test_every_peripheral_problem_of_the_taxonomy_has_exactly_one_alert(
+    family: str, kind: str, condition: str
 ) -> None:
-    alerts = _alerts_for(kind, condition)
+    alerts = _alerts_for(family, kind, condition)
     if condition == PeripheralCondition.OK.value:
         assert alerts == []
     else:
-        assert len(alerts) == 1, (kind, condition, alerts)
+        assert len(alerts) == 1, (family, kind, condition, alerts)
 
 
-def test_printer_alerts_select_exactly_the_protocol_printer_kinds() -> None:
-    printer_kinds = {kind.value for kind in PRINTER_KINDS}
-    for rule in ALERT_RULES:
-        for _, pattern in _matcher_values(rule["expr"], "kind"):
-            assert set(pattern.split("|")) == printer_kinds, rule["alert"]
+@pytest.mark.parametrize("family", sorted(Family))
+def test_every_family_has_kinds_and_a_blocking_alert(family: Family) -> None:
+    assert kinds_of(family), f"family {family} has no kind"
+    kind = sorted(kinds_of(family))[0]
+    for condition in sorted(family_of(kind).blocking):
+        (name,) = _alerts_for(family.value, kind.value, condition.value)
+        assert _rule(name)["labels"]["severity"] in ("warning", "critical"), name
+
+
+def _peripheral_rules() -> list[dict[str, Any]]:
+    return [r for r in ALERT_RULES if "kioskfleet_terminal_peripheral_problem" in r["expr"]]
+
+
+def test_peripheral_alerts_select_families_never_lists_of_kinds() -> None:
+    assert _peripheral_rules()
+    for rule in _peripheral_rules():
+        assert _matcher_values(rule["expr"], "kind") == [], rule["alert"]
+        families = [pattern for _, pattern in _matcher_values(rule["expr"], "family")]
+        for pattern in families:
+            assert set(pattern.split("|")) <= {f.value for f in Family}, rule["alert"]
+
+
+def test_peripheral_alerts_keep_the_labels_that_inhibition_and_routing_need() -> None:
+    for rule in _peripheral_rules():
+        (by,) = re.findall(r"max by \(([^)]*)\)", rule["expr"])
+        kept = {label.strip() for label in by.split(",")}
+        assert {"terminal", "hall", "region", "peripheral", "family", "kind"} <= kept, rule
 
 
 # ------------------------------------------------- the e2e test's for: rewriting

@@ -17,23 +17,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kioskfleet import __version__
-from protocol.messages import (
-    PRINTER_CONDITIONS,
-    PeripheralCondition,
-)
+from protocol.messages import PeripheralCondition, PeripheralKind
+from protocol.taxonomy import allowed_conditions, family_of
 from server.fleet_collector import FLEET_METRIC_NAMES, UNKNOWN_LABEL, FleetCollector
-from server.fleet_state import (
-    AGENT_PACKAGE,
-    FleetState,
-    Health,
-    Status,
-    TerminalFilter,
-    TerminalView,
-    is_blocking,
-    terminal_health,
-)
+from server.fleet_state import FleetState
+from server.fleet_views import AGENT_PACKAGE, TerminalFilter, TerminalView
+from server.health import Health, Status, terminal_health
 from server.metrics import ServerMetrics
-from tests.unit.test_fleet_state import (
+from tests.support.fleet_messages import (
     BOOT,
     PRINTER_OK,
     READER_OK,
@@ -72,6 +63,9 @@ def fleet_series(fleet: FleetState) -> Series:
 
 
 def s(name: str, value: float, **labels: str) -> Series:
+    """One expected series; a peripheral series gets its kind's family label (the taxonomy's)."""
+    if "kind" in labels:
+        labels["family"] = family_of(PeripheralKind(labels["kind"])).family.value
     return {(name, frozenset(labels.items())): value}
 
 
@@ -97,41 +91,7 @@ def peripherals_series(region: str, hall: str, counts: dict[tuple[str, str], int
     return out
 
 
-# --- classification ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("condition", "blocking"),
-    [
-        ("ok", False),
-        ("paper_low", False),
-        ("unknown", False),
-        ("paper_out", True),
-        ("jam", True),
-        ("cover_open", True),
-        ("cutter_error", True),
-        ("offline", True),
-        ("fault", True),
-        ("disconnected", True),
-    ],
-)
-def test_only_conditions_that_stop_service_are_blocking(condition: str, blocking: bool) -> None:
-    assert is_blocking(PeripheralCondition(condition)) is blocking
-
-
-def test_every_protocol_condition_is_classified_by_the_table_above() -> None:
-    assert {c.value for c in PeripheralCondition} == {
-        "ok",
-        "paper_low",
-        "unknown",
-        "paper_out",
-        "jam",
-        "cover_open",
-        "cutter_error",
-        "offline",
-        "fault",
-        "disconnected",
-    }
+# --- health ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -150,11 +110,17 @@ def test_every_protocol_condition_is_classified_by_the_table_above() -> None:
 def test_health_is_offline_then_faulty_then_warning_and_the_api_status_folds_it(
     online: bool, conditions: list[str], health: Health, status: Status
 ) -> None:
-    assert terminal_health(online, [PeripheralCondition(c) for c in conditions]) is health
+    kinds = [
+        PeripheralKind.RECEIPT_PRINTER
+        if PeripheralCondition(c) in allowed_conditions(PeripheralKind.RECEIPT_PRINTER)
+        else PeripheralKind.ID_CARD_READER
+        for c in conditions
+    ]
+    pairs = [(k, PeripheralCondition(c)) for k, c in zip(kinds, conditions, strict=True)]
+    assert terminal_health(online, pairs) is health
     fleet = FleetState()
     peripherals = [
-        periph(f"p{i}", "receipt_printer" if c in PRINTER_CONDITIONS else "id_card_reader", c)
-        for i, c in enumerate(conditions)
+        periph(f"p{i}", k.value, c) for i, (k, c) in enumerate(zip(kinds, conditions, strict=True))
     ]
     fleet.apply(report("T-1", peripherals=peripherals), at(0))
     if not online:
@@ -321,7 +287,13 @@ def _problem(terminal: str, condition: str, code: str = "") -> Series:
 
 def _printer_count(series: Series, condition: str, hall: str = "H1") -> float | None:
     """None when the series does not exist (no printer of the hall is in ``condition``)."""
-    labels = {"region": "North", "hall": hall, "kind": "receipt_printer", "condition": condition}
+    labels = {
+        "region": "North",
+        "hall": hall,
+        "family": "printer",
+        "kind": "receipt_printer",
+        "condition": condition,
+    }
     return series.get(("kioskfleet_peripherals", frozenset(labels.items())))
 
 

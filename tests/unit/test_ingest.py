@@ -15,13 +15,14 @@ from prometheus_client import CollectorRegistry
 
 from protocol.codec import encode
 from protocol.messages import Message
-from server.fleet_state import FleetState, Transition
+from server.fleet_state import FleetState
+from server.fleet_views import Transition
 from server.inbound import Delivery, InboundMessage
 from server.ingest import Ingest, IngestResult
 from server.log_throttle import ThrottledLog
 from server.metrics import REJECT_LABELS, ServerMetrics
-from server.storage import EventRecord
-from tests.unit.test_fleet_state import PRINTER_OK, at, peripheral_event, report, state
+from server.records import EventRecord
+from tests.support.fleet_messages import PRINTER_OK, at, peripheral_event, report, state
 
 TOPIC = "kf/v1/terminals/T-1/report"
 

@@ -13,14 +13,15 @@ from protocol.codec import encode
 from protocol.messages import Message
 from protocol.topics import Channel, topic
 from server.errors import StorageDataError, StorageError
-from server.fleet_state import FleetState, Outcome
+from server.fleet_state import FleetState
+from server.fleet_views import Outcome
 from server.inbound import Delivery, InboundMessage
 from server.ingest import Ingest
 from server.metrics import ServerMetrics
+from server.records import WriteBatch
 from server.scheduler import OfflineSweep
-from server.storage import WriteBatch
 from server.write_behind import WriteBehind
-from tests.unit.test_fleet_state import at, periph, peripheral_event, report
+from tests.support.fleet_messages import at, periph, peripheral_event, report
 
 
 class FakeStore:

@@ -35,7 +35,7 @@ from protocol import (
     topic,
 )
 from protocol.errors import REJECT_REASONS, TopicError
-from protocol.messages import PRINTER_CONDITIONS, PRINTER_KINDS, READER_CONDITIONS
+from protocol.taxonomy import allowed_conditions
 from protocol.topics import is_valid_terminal_id, server_subscriptions
 
 # ---------------------------------------------------------------- strategies
@@ -68,7 +68,7 @@ def _envelope(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def peripherals(draw: st.DrawFn) -> PeripheralStatus:
     kind = draw(st.sampled_from(list(PeripheralKind)))
-    allowed = PRINTER_CONDITIONS if kind in PRINTER_KINDS else READER_CONDITIONS
+    allowed = allowed_conditions(kind)
     return PeripheralStatus(
         name=draw(names),
         kind=kind,

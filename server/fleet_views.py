@@ -1,0 +1,235 @@
+"""The fleet state's frozen read models: what readers get, what the database stores.
+
+Readers (the API, the metrics collector, the database writer) never see the
+fleet state's live records, only these frozen copies. ``TerminalView`` is the
+one declaration of a terminal's fields: the live record
+(``server.terminal_rules.TerminalRecord``), the table mapping
+(``server.storage``) and the API models (``server.api_models``) are derived
+from it by field name, and tests fail when one of them lacks a field.
+``PeripheralView`` and ``Transition`` are the same for peripherals and
+transitions. Pure data: no I/O, no lock, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Final
+
+from protocol.messages import PeripheralCondition, PeripheralKind, TerminalState
+from server.health import Health, Status, status_of, terminal_health
+
+__all__ = [
+    "AGENT_PACKAGE",
+    "CONNECTIVITY",
+    "REMOVED",
+    "FleetSummary",
+    "HallSummary",
+    "OfflineReason",
+    "Outcome",
+    "Page",
+    "PeripheralCount",
+    "PeripheralView",
+    "ProblemTerminal",
+    "SoftwareCount",
+    "TerminalFilter",
+    "TerminalView",
+    "Transition",
+    "Verdict",
+]
+
+CONNECTIVITY: Final = "connectivity"
+"""``subject`` and ``kind`` of a transition between online and offline."""
+REMOVED: Final = "removed"
+"""``to_state`` of a peripheral that disappeared from the terminal's reports."""
+AGENT_PACKAGE: Final = "kioskfleet-agent"
+"""Package name under which the agent's own version counts as installed software."""
+
+
+class Verdict(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"  # already applied (same boot, seq not newer; retained re-delivery)
+    STALE = "stale"  # superseded (previous boot; retained online older than what we know)
+
+
+class OfflineReason(StrEnum):
+    WILL = "will"  # the broker published the terminal's will (connection lost)
+    SHUTDOWN = "shutdown"  # the agent said it is shutting down
+    TIMEOUT = "timeout"  # the server heard nothing for too long
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One change of a terminal's connectivity or of one peripheral's condition."""
+
+    terminal_id: str
+    subject: str  # CONNECTIVITY or the peripheral name
+    kind: str  # CONNECTIVITY or the peripheral kind
+    from_state: str | None  # None: first sighting
+    to_state: str
+    occurred_at: datetime  # device time where the device said when; else server time
+    recorded_at: datetime  # server time
+    fault_code: str | None = None
+    reason: str | None = None  # connectivity only: will, shutdown, timeout, report, event, connect
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What ``FleetState.apply`` did with one message."""
+
+    verdict: Verdict
+    missing: int = 0  # sequence numbers of this stream never received before this message
+    transitions: tuple[Transition, ...] = ()
+    peripherals_changed: bool = False  # the peripheral set must be rewritten
+    retally: bool = False  # the terminal's share of the fleet tallies may have changed
+
+    @property
+    def accepted(self) -> bool:
+        return self.verdict is Verdict.ACCEPTED
+
+
+@dataclass(frozen=True, slots=True)
+class PeripheralView:
+    name: str
+    kind: PeripheralKind
+    condition: PeripheralCondition
+    since: datetime
+    fault_code: str | None = None
+    detail: str | None = None
+
+    @property
+    def is_problem(self) -> bool:
+        return self.condition is not PeripheralCondition.OK
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalView:
+    """A frozen copy of one terminal's latest state (what the API shows and the DB stores)."""
+
+    id: str
+    online: bool
+    state_since: datetime  # when ``online`` last changed
+    last_seen: datetime  # server time of the last message that showed the terminal alive
+    first_seen: datetime
+    hall: str | None = None
+    region: str | None = None
+    model: str | None = None
+    offline_reason: OfflineReason | None = None
+    last_sent_at: datetime | None = None  # device time of the newest accepted message
+    boot_id: str | None = None
+    last_seq: int | None = None
+    report_interval_s: float | None = None
+    agent_version: str | None = None
+    software: Mapping[str, str] = field(default_factory=dict)
+    peripherals: tuple[PeripheralView, ...] = ()
+    prev_boot_id: str | None = None  # the stream replaced by ``boot_id`` (its stragglers are stale)
+    reports_received: int = 0  # accepted reports, all streams
+    events_received: int = 0  # accepted events, all streams
+    seq_gaps: int = 0  # sequence numbers never received, all streams
+    dropped_reports: int = 0  # reports the outbox dropped on purpose, current boot_id
+
+    @property
+    def state(self) -> TerminalState:
+        return TerminalState.ONLINE if self.online else TerminalState.OFFLINE
+
+    @property
+    def health(self) -> Health:
+        return terminal_health(self.online, ((p.kind, p.condition) for p in self.peripherals))
+
+    @property
+    def status(self) -> Status:
+        return status_of(self.health)
+
+    @property
+    def has_problem(self) -> bool:
+        """Offline or a peripheral not ok: the terminals that get per-terminal metric series."""
+        return not self.online or any(p.is_problem for p in self.peripherals)
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalFilter:
+    """Every field set must match; ``peripheral_kind`` and ``condition`` match one peripheral."""
+
+    region: str | None = None
+    hall: str | None = None
+    online: bool | None = None
+    peripheral_kind: PeripheralKind | None = None
+    condition: PeripheralCondition | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: tuple[TerminalView, ...]
+    total: int  # matches of the filter over the whole fleet
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PeripheralCount:
+    """Peripherals of one kind in one condition."""
+
+    kind: PeripheralKind
+    condition: PeripheralCondition
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class HallSummary:
+    region: str | None
+    hall: str | None
+    total: int
+    online: int
+    offline: int
+    degraded: int  # online with a peripheral problem (warning + faulty)
+    with_peripheral_problems: int  # online or not
+    peripheral_problems: tuple[PeripheralCount, ...]  # conditions not ok
+    warning: int = 0  # online, only non-blocking problems
+    faulty: int = 0  # online, at least one blocking problem
+    peripherals: tuple[PeripheralCount, ...] = ()  # every peripheral, ok included
+    seq_gaps: int = 0  # sum of the hall's terminals' seq_gaps
+    dropped_reports: int = 0  # sum of the hall's terminals' dropped_reports
+
+    @property
+    def ok(self) -> int:
+        return self.online - self.degraded
+
+    def by_health(self) -> dict[Health, int]:
+        """Terminals of the hall by health; every ``Health`` is a key."""
+        return {
+            Health.OK: self.ok,
+            Health.WARNING: self.warning,
+            Health.FAULTY: self.faulty,
+            Health.OFFLINE: self.offline,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SoftwareCount:
+    """Terminals (online or not) that have ``version`` of ``package`` installed."""
+
+    package: str
+    version: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemTerminal:
+    """What metrics need of a terminal that is offline or has a peripheral not ``ok``."""
+
+    id: str
+    hall: str | None
+    region: str | None
+    online: bool
+    state_since: datetime  # when ``online`` last changed
+    problems: tuple[PeripheralView, ...]  # its peripherals that are not ok, by name
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSummary:
+    """One consistent reading of every tally (what a metrics scrape needs), taken under one lock."""
+
+    halls: tuple[HallSummary, ...]
+    software: tuple[SoftwareCount, ...]
+    problem_terminals: tuple[ProblemTerminal, ...]  # by id

@@ -1,0 +1,492 @@
+"""The per-terminal rules: what one decoded message does to one terminal's record.
+
+Pure: a ``TerminalRecord``, a decoded ``protocol.messages`` model and the
+server time it was received go in; the record is updated and an ``Outcome``
+(verdict, transitions, what must be persisted) comes out. No lock (the caller,
+``server.fleet_state.FleetState``, holds one), no socket, database, clock or
+logger; the same message on the same record always gives the same outcome.
+Read it like python-tuf's ``trusted_metadata_set.py``.
+
+Rules (docs/server.md explains why):
+
+Sequence (reports and events)
+    ``boot_id`` names a sequence stream that survives agent restarts; its stream
+    messages are numbered from 1. A message with the terminal's current
+    ``boot_id`` and ``seq`` <= the highest accepted is a DUPLICATE; ``seq`` >
+    highest + 1 counts the skipped numbers as a gap. The first stream message of
+    a new ``boot_id`` (or of a ``boot_id`` a state message introduced, whose
+    position is unknown) counts ``seq - 1`` as a gap: numbers 1..seq-1 of that
+    stream never arrived. A message from the stream just replaced
+    (``prev_boot_id``) is STALE: a late straggler that must not roll the state
+    back.
+
+Delivery accounting (per terminal, cumulative, persisted with the state)
+    ``reports_received`` and ``events_received`` count accepted stream
+    messages; ``seq_gaps`` counts the numbers never received; ``dropped_reports``
+    is the latest value the terminal's reports gave for its current ``boot_id``
+    (reports its outbox dropped on purpose; 0 again on a new ``boot_id``).
+
+State channel (``state`` is retained; its ``seq`` is not a stream position)
+    A message identical to the last state message applied (boot_id, seq,
+    sent_at, state) is a DUPLICATE: the broker re-delivers the retained one on
+    every (re)subscribe, and a persistent session can hold a live copy too.
+    ``offline`` (will or shutdown) takes the terminal offline at once.
+    ``online`` delivered live takes it online. A *retained* ``online`` whose
+    ``sent_at`` is not newer than the newest message already accepted from the
+    terminal is STALE (we know more than it does; an offline decided since then
+    stands).
+
+Connectivity from reports and events
+    An accepted report/event brings an offline terminal online, unless the
+    offline came from the terminal's state channel (will/shutdown) at a server
+    time later than the message's ``sent_at`` (a queued message from before the
+    disconnection). An offline by timeout is overridden by any accepted message.
+
+Silence
+    ``expire`` takes a terminal offline when ``now - max(last_seen,
+    listening_since) > offline_after_missed_reports x report_interval_s``;
+    ``listening_since`` (when the broker connection was last established) gives
+    every terminal a full grace period after the server or its broker link was
+    away.
+
+Peripherals
+    A report is the full list: new peripherals are added, changed ones updated,
+    missing ones removed (transition to ``removed``). An event changes one
+    peripheral. A transition is recorded when the condition or fault code
+    changes, and when a peripheral is first seen in a problem condition.
+
+Outcome hints
+    ``peripherals_changed``: the terminal's peripheral rows must be rewritten
+    (every accepted message changes the terminal's row: its dedup position and
+    counters must be durable before the message is acknowledged).
+    ``retally``: something the fleet tallies count (connectivity, hall,
+    peripherals, software, gaps, drops) may have changed; the caller then
+    hands the record to ``server.fleet_tallies``. An identical heartbeat does
+    not set it, so the common case costs no tally work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from typing import Final
+
+from protocol.messages import (
+    BootEvent,
+    EventMessage,
+    Message,
+    PeripheralCondition,
+    PeripheralStatus,
+    ReportMessage,
+    StateMessage,
+    TerminalState,
+)
+from server.fleet_views import (
+    CONNECTIVITY,
+    REMOVED,
+    OfflineReason,
+    Outcome,
+    PeripheralView,
+    TerminalView,
+    Transition,
+    Verdict,
+)
+
+__all__ = ["VIEW_FIELDS", "SilencePolicy", "TerminalRecord", "apply", "expire"]
+
+_DUPLICATE: Final = Outcome(Verdict.DUPLICATE)
+_STALE: Final = Outcome(Verdict.STALE)
+_OK: Final = PeripheralCondition.OK
+
+VIEW_FIELDS: Final = tuple(f.name for f in fields(TerminalView))
+"""A terminal's fields, declared once by ``TerminalView``; the record has each of them."""
+
+
+@dataclass(frozen=True, slots=True)
+class SilencePolicy:
+    """When silence makes a terminal offline: ``missed`` report intervals without a message
+    (the terminal's own interval, or ``default_interval_s`` before it said one)."""
+
+    missed: int = 3
+    default_interval_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.missed < 1 or self.default_interval_s <= 0:
+            raise ValueError("offline_after_missed_reports >= 1 and a positive interval")
+
+    def grace(self, interval_s: float | None) -> timedelta:
+        return timedelta(seconds=self.missed * (interval_s or self.default_interval_s))
+
+
+class TerminalRecord:
+    """One terminal's live state: ``TerminalView``'s fields, mutable, plus the rules' own.
+
+    Only this module changes a record; everyone else reads ``view()`` copies.
+    """
+
+    __slots__ = (
+        *VIEW_FIELDS,
+        "deadline",
+        "known",
+        "last_state_key",
+        "reported",
+    )
+
+    def __init__(self, tid: str, now: datetime) -> None:
+        self.id = tid
+        self.online = False
+        self.state_since = now
+        self.last_seen = now
+        self.first_seen = now
+        self.hall: str | None = None
+        self.region: str | None = None
+        self.model: str | None = None
+        self.offline_reason: OfflineReason | None = None
+        self.last_sent_at: datetime | None = None
+        self.boot_id: str | None = None
+        self.last_seq: int | None = None
+        self.report_interval_s: float | None = None
+        self.agent_version: str | None = None
+        self.software: dict[str, str] = {}
+        self.peripherals: dict[str, PeripheralView] = {}
+        self.prev_boot_id: str | None = None
+        self.reports_received = 0
+        self.events_received = 0
+        self.seq_gaps = 0
+        self.dropped_reports = 0
+        # The rules' own: when silence makes it offline; whether any message was accepted
+        # (or it was loaded); the last state message applied; the last report's peripheral
+        # list as plain tuples while nothing else changed them (an identical heartbeat then
+        # skips the per-peripheral diff).
+        self.deadline = now
+        self.known = False
+        self.last_state_key: tuple[str, int, datetime, TerminalState] | None = None
+        self.reported: tuple[tuple[object, ...], ...] | None = None
+
+    @classmethod
+    def from_view(cls, v: TerminalView, policy: SilencePolicy) -> TerminalRecord:
+        """The record a stored view describes (the database's copy at startup)."""
+        t = cls(v.id, v.first_seen)
+        for name in VIEW_FIELDS:
+            setattr(t, name, getattr(v, name))
+        t.software = dict(v.software)
+        t.peripherals = {p.name: p for p in v.peripherals}
+        t.known = True
+        _set_deadline(t, policy)
+        return t
+
+    def view(self) -> TerminalView:
+        """A frozen copy (peripherals by name)."""
+        values = {name: getattr(self, name) for name in VIEW_FIELDS}
+        values["software"] = dict(self.software)
+        values["peripherals"] = tuple(self.peripherals[n] for n in sorted(self.peripherals))
+        return TerminalView(**values)
+
+    def problems(self) -> tuple[PeripheralView, ...]:
+        """Its peripherals that are not ok, by name."""
+        bad = [p for p in self.peripherals.values() if p.condition is not _OK]
+        if len(bad) > 1:
+            bad.sort(key=lambda p: p.name)
+        return tuple(bad)
+
+
+def apply(
+    t: TerminalRecord,
+    message: Message,
+    received_at: datetime,
+    policy: SilencePolicy,
+    *,
+    retained: bool = False,
+) -> Outcome:
+    """Apply one decoded message for ``t`` received at server time ``received_at``.
+
+    ``retained`` is True when the broker delivered a stored retained message (on
+    subscribe) rather than a live one. Never raises for any valid message.
+    """
+    if isinstance(message, StateMessage):
+        return _apply_state(t, message, received_at, retained, policy)
+    return _apply_stream(t, message, received_at, policy)
+
+
+def expire(
+    t: TerminalRecord, now: datetime, policy: SilencePolicy, listening_since: datetime | None
+) -> Transition | None:
+    """Take ``t`` offline (reason timeout) if it is online and has been silent too long.
+
+    ``listening_since``: when the server last (re)connected to the broker;
+    silence before it is not held against the terminal.
+    """
+    if not t.online or t.deadline >= now:
+        return None
+    if listening_since is not None and listening_since + policy.grace(t.report_interval_s) >= now:
+        return None
+    return _switch(t, False, OfflineReason.TIMEOUT, OfflineReason.TIMEOUT.value, now, now)
+
+
+# --- internals ------------------------------------------------------------------------------
+
+
+def _set_deadline(t: TerminalRecord, policy: SilencePolicy) -> None:
+    t.deadline = t.last_seen + policy.grace(t.report_interval_s)
+
+
+def _switch(
+    t: TerminalRecord,
+    online: bool,
+    offline_reason: OfflineReason | None,
+    reason: str,
+    occurred_at: datetime,
+    received_at: datetime,
+) -> Transition:
+    """Set ``t``'s connectivity and return the transition (from None on first sighting)."""
+    t.online = online
+    t.state_since = received_at
+    t.offline_reason = offline_reason
+    to_state, from_state = (
+        (TerminalState.ONLINE, TerminalState.OFFLINE)
+        if online
+        else (TerminalState.OFFLINE, TerminalState.ONLINE)
+    )
+    return Transition(
+        terminal_id=t.id,
+        subject=CONNECTIVITY,
+        kind=CONNECTIVITY,
+        from_state=from_state.value if t.known else None,
+        to_state=to_state.value,
+        occurred_at=occurred_at,
+        recorded_at=received_at,
+        reason=reason,
+    )
+
+
+def _go_online(
+    t: TerminalRecord, occurred_at: datetime, received_at: datetime, reason: str
+) -> Transition | None:
+    if t.online:
+        return None
+    return _switch(t, True, None, reason, occurred_at, received_at)
+
+
+def _go_offline(
+    t: TerminalRecord, reason: OfflineReason, occurred_at: datetime, received_at: datetime
+) -> Transition:
+    return _switch(t, False, reason, reason.value, occurred_at, received_at)
+
+
+def _new_stream(t: TerminalRecord, boot_id: str) -> None:
+    t.prev_boot_id, t.boot_id, t.last_seq = t.boot_id, boot_id, None
+    t.dropped_reports = 0
+
+
+def _apply_state(
+    t: TerminalRecord,
+    m: StateMessage,
+    received_at: datetime,
+    retained: bool,
+    policy: SilencePolicy,
+) -> Outcome:
+    if m.boot_id != t.boot_id and m.boot_id == t.prev_boot_id:
+        return _STALE
+    body = m.body
+    key = (m.boot_id, m.seq, m.sent_at, body.state)
+    if key == t.last_state_key:
+        return _DUPLICATE
+    new_terminal = not t.known
+    if (
+        retained
+        and body.state is TerminalState.ONLINE
+        and not new_terminal
+        and t.last_sent_at is not None
+        and m.sent_at <= t.last_sent_at
+    ):
+        t.last_state_key = key
+        return _STALE
+    t.last_state_key = key
+    if m.boot_id != t.boot_id:  # a new stream: its position and drops are not known yet
+        _new_stream(t, m.boot_id)
+    if body.hall is not None:
+        t.hall = body.hall
+    if body.region is not None:
+        t.region = body.region
+    if body.model is not None:
+        t.model = body.model
+    if t.last_sent_at is None or m.sent_at > t.last_sent_at:
+        t.last_sent_at = m.sent_at
+    transition: Transition | None
+    if body.state is TerminalState.ONLINE:
+        if not retained or new_terminal:
+            t.last_seen = received_at
+            _set_deadline(t, policy)
+        transition = _go_online(t, m.sent_at, received_at, "connect")
+    elif t.online or new_terminal:
+        if body.reason == "shutdown":
+            transition = _go_offline(t, OfflineReason.SHUTDOWN, m.sent_at, received_at)
+        else:  # the will: built at connect time, so its sent_at says nothing about when
+            transition = _go_offline(t, OfflineReason.WILL, received_at, received_at)
+    else:
+        transition = None
+    t.known = True
+    return Outcome(
+        Verdict.ACCEPTED,
+        transitions=() if transition is None else (transition,),
+        retally=True,
+    )
+
+
+def _apply_stream(
+    t: TerminalRecord,
+    m: ReportMessage | EventMessage,
+    received_at: datetime,
+    policy: SilencePolicy,
+) -> Outcome:
+    # Sequence: duplicates, stragglers from the previous stream, gaps.
+    new_boot = m.boot_id != t.boot_id
+    if not new_boot:
+        if t.last_seq is not None and m.seq <= t.last_seq:
+            return _DUPLICATE
+    elif m.boot_id == t.prev_boot_id:
+        return _STALE
+    old_dropped = t.dropped_reports
+    if new_boot:
+        _new_stream(t, m.boot_id)
+    # A stream is numbered from 1: with no known position, 1..seq-1 never arrived.
+    missing = max(m.seq - (t.last_seq or 0) - 1, 0)
+    t.last_seq = m.seq
+    if isinstance(m, ReportMessage):
+        t.reports_received += 1
+        t.dropped_reports = m.body.dropped_reports
+    else:
+        t.events_received += 1
+    t.seq_gaps += missing
+
+    sent_at = m.sent_at
+    t.last_seen = received_at
+    if t.last_sent_at is None or sent_at > t.last_sent_at:
+        t.last_sent_at = sent_at
+    transitions: list[Transition] = []
+    reason = "report" if isinstance(m, ReportMessage) else "event"
+    if not t.online and (
+        not t.known or t.offline_reason is OfflineReason.TIMEOUT or sent_at > t.state_since
+    ):
+        online = _go_online(t, sent_at, received_at, reason)
+        if online is not None:
+            transitions.append(online)
+
+    changed = False
+    identity_changed = new_boot
+    if isinstance(m, ReportMessage):
+        body = m.body
+        if (
+            t.hall != body.hall
+            or t.region != body.region
+            or t.model != body.model
+            or t.agent_version != body.agent_version
+            or t.report_interval_s != body.report_interval_s
+            or t.software != body.software
+        ):
+            identity_changed = True
+            t.hall, t.region, t.model = body.hall, body.region, body.model
+            t.agent_version = body.agent_version
+            t.report_interval_s = body.report_interval_s
+            t.software = dict(body.software)
+        changed = _apply_peripherals(t, body.peripherals, sent_at, received_at, transitions)
+    elif isinstance(m.body, BootEvent):
+        identity_changed = identity_changed or t.agent_version != m.body.agent_version
+        t.agent_version = m.body.agent_version
+    else:
+        t.reported = None  # the peripherals no longer mirror the last report
+        changed = _apply_peripheral(t, m.body.peripheral, sent_at, received_at, transitions)
+    _set_deadline(t, policy)
+    retally = (
+        changed
+        or bool(transitions)
+        or identity_changed
+        or not t.known
+        or missing > 0
+        or t.dropped_reports != old_dropped
+    )
+    t.known = True
+    return Outcome(
+        Verdict.ACCEPTED,
+        missing=missing,
+        transitions=tuple(transitions),
+        peripherals_changed=changed,
+        retally=retally,
+    )
+
+
+def _apply_peripherals(
+    t: TerminalRecord,
+    reported: list[PeripheralStatus],
+    sent_at: datetime,
+    received_at: datetime,
+    transitions: list[Transition],
+) -> bool:
+    signature = tuple([(p.name, p.kind, p.condition, p.fault_code, p.detail) for p in reported])
+    if signature == t.reported:
+        return False
+    t.reported = signature
+    changed = False
+    for p in reported:
+        changed = _apply_peripheral(t, p, sent_at, received_at, transitions) or changed
+    old = t.peripherals
+    if len(old) > len(reported):  # names are unique, so some were not reported
+        changed = True
+        names = {p.name for p in reported}
+        for name in [n for n in old if n not in names]:
+            gone = old.pop(name)
+            transitions.append(
+                Transition(
+                    terminal_id=t.id,
+                    subject=name,
+                    kind=gone.kind.value,
+                    from_state=gone.condition.value,
+                    to_state=REMOVED,
+                    occurred_at=sent_at,
+                    recorded_at=received_at,
+                )
+            )
+    return changed
+
+
+def _apply_peripheral(
+    t: TerminalRecord,
+    p: PeripheralStatus,
+    sent_at: datetime,
+    received_at: datetime,
+    transitions: list[Transition],
+) -> bool:
+    old = t.peripherals.get(p.name)
+    if old is not None and (
+        old.condition is p.condition
+        and old.fault_code == p.fault_code
+        and old.detail == p.detail
+        and old.kind is p.kind
+    ):
+        return False
+    condition_changed = old is None or (
+        old.condition is not p.condition or old.fault_code != p.fault_code
+    )
+    since = sent_at if condition_changed or old is None else old.since
+    t.peripherals[p.name] = PeripheralView(
+        name=p.name,
+        kind=p.kind,
+        condition=p.condition,
+        since=since,
+        fault_code=p.fault_code,
+        detail=p.detail,
+    )
+    if condition_changed and (old is not None or p.condition is not _OK):
+        transitions.append(
+            Transition(
+                terminal_id=t.id,
+                subject=p.name,
+                kind=p.kind.value,
+                from_state=None if old is None else old.condition.value,
+                to_state=p.condition.value,
+                occurred_at=sent_at,
+                recorded_at=received_at,
+                fault_code=p.fault_code,
+            )
+        )
+    return True

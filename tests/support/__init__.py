@@ -1,0 +1,1 @@
+"""Shared test support: builders and waits that several test modules use."""
