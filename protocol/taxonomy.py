@@ -54,6 +54,7 @@ class PeripheralCondition(StrEnum):
     JAM = "jam"
     COVER_OPEN = "cover_open"
     CUTTER_ERROR = "cutter_error"
+    FULL = "full"  # a cash box or bin that staff must empty
     FAULT = "fault"
     DISCONNECTED = "disconnected"
     OFFLINE = "offline"
@@ -66,6 +67,7 @@ class Family(StrEnum):
     PRINTER = "printer"
     IDENTITY_READER = "identity_reader"
     SCANNER = "scanner"
+    PAYMENT = "payment"
 
 
 class PeripheralKind(StrEnum):
@@ -78,6 +80,7 @@ class PeripheralKind(StrEnum):
     FINGERPRINT_READER = "fingerprint_reader"
     QR_SCANNER = "qr_scanner"
     BARCODE_SCANNER = "barcode_scanner"
+    CASH_ACCEPTOR = "cash_acceptor"
 
 
 _C = PeripheralCondition
@@ -168,6 +171,13 @@ _FAMILY_TABLE: Final = (
         blocking=frozenset({_C.DISCONNECTED, _C.FAULT}),
         absent=_C.DISCONNECTED,
     ),
+    FamilyDescription(
+        Family.PAYMENT,
+        name="payment device",
+        precedence=(_C.DISCONNECTED, _C.FAULT, _C.JAM, _C.FULL, _C.UNKNOWN),
+        blocking=frozenset({_C.DISCONNECTED, _C.FAULT, _C.JAM, _C.FULL}),
+        absent=_C.DISCONNECTED,
+    ),
 )
 
 _KIND_TABLE: Final = (
@@ -180,6 +190,7 @@ _KIND_TABLE: Final = (
     ),
     KindDescription(PeripheralKind.QR_SCANNER, Family.SCANNER, "QR code scanner"),
     KindDescription(PeripheralKind.BARCODE_SCANNER, Family.SCANNER, "barcode scanner"),
+    KindDescription(PeripheralKind.CASH_ACCEPTOR, Family.PAYMENT, "cash acceptor"),
 )
 
 FAMILIES: Final[Mapping[Family, FamilyDescription]] = MappingProxyType(

@@ -34,6 +34,7 @@ from protocol.taxonomy import most_severe
 
 __all__ = [
     "A4_PRINTER",
+    "CASH_ACCEPTOR",
     "ID_CARD_READER",
     "MODELS",
     "QR_SCANNER",
@@ -60,6 +61,7 @@ class Scenario(StrEnum):
     A4_PRINTER = "a4_printer"
     ID_CARD_READER = "id_card_reader"
     QR_SCANNER = "qr_scanner"
+    CASH_ACCEPTOR = "cash_acceptor"
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,11 +168,42 @@ QR_SCANNER = IncidentScenario(
     ),
 )
 
+CASH_ACCEPTOR = IncidentScenario(
+    kind=PeripheralKind.CASH_ACCEPTOR,
+    incidents=(
+        Incident(
+            PeripheralCondition.FULL,
+            per_hour=1 / 120,
+            clear_s=(15 * _MINUTE, 90 * _MINUTE),  # staff empty the cash box
+            detail="cash box full",
+        ),
+        Incident(
+            PeripheralCondition.JAM,
+            per_hour=1 / 60,
+            clear_s=(3 * _MINUTE, 30 * _MINUTE),
+            fault_codes=("J01", "J04"),
+        ),
+        Incident(
+            PeripheralCondition.FAULT,
+            per_hour=1 / 240,
+            clear_s=(5 * _MINUTE, 60 * _MINUTE),
+            fault_codes=("C12", "C30"),
+        ),
+        Incident(
+            PeripheralCondition.DISCONNECTED,
+            per_hour=1 / 336,
+            clear_s=(5 * _MINUTE, 60 * _MINUTE),
+            detail="device not present",
+        ),
+    ),
+)
+
 _SCENARIOS: dict[Scenario, PrinterScenario | IncidentScenario] = {
     Scenario.RECEIPT_PRINTER: RECEIPT_PRINTER,
     Scenario.A4_PRINTER: A4_PRINTER,
     Scenario.ID_CARD_READER: ID_CARD_READER,
     Scenario.QR_SCANNER: QR_SCANNER,
+    Scenario.CASH_ACCEPTOR: CASH_ACCEPTOR,
 }
 
 MODELS: dict[str, tuple[Scenario, ...]] = {
@@ -180,6 +213,7 @@ MODELS: dict[str, tuple[Scenario, ...]] = {
         Scenario.A4_PRINTER,
         Scenario.ID_CARD_READER,
         Scenario.QR_SCANNER,
+        Scenario.CASH_ACCEPTOR,
     ),
 }
 """The simulated terminal models and the peripherals each carries (the simulator's fleet)."""

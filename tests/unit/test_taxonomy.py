@@ -74,6 +74,11 @@ def test_a_family_is_ok_unknown_or_one_of_its_problems_and_unknown_never_blocks(
         ),
         (PeripheralKind.ID_CARD_READER, {C.FAULT, C.DISCONNECTED}, {C.OK, C.UNKNOWN}),
         (PeripheralKind.QR_SCANNER, {C.FAULT, C.DISCONNECTED}, {C.OK, C.UNKNOWN}),
+        (
+            PeripheralKind.CASH_ACCEPTOR,
+            {C.FULL, C.JAM, C.FAULT, C.DISCONNECTED},
+            {C.OK, C.UNKNOWN},
+        ),
     ],
 )
 def test_what_blocks_a_citizen(
