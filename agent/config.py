@@ -25,9 +25,9 @@ from pydantic_settings import (
 )
 
 from agent.probes.factory import ProbeSpec
-from kioskfleet import __version__
 from protocol.messages import Label
 from protocol.topics import is_valid_terminal_id
+from protocol.version import __version__
 
 __all__ = [
     "AgentConfig",

@@ -26,8 +26,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kioskfleet import __version__
 from protocol.messages import PeripheralCondition, PeripheralKind, TerminalState
+from protocol.version import __version__
 from server.api_models import (
     ErrorPublic,
     EventsPublic,
