@@ -11,10 +11,8 @@ import time.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -25,6 +23,7 @@ from pydantic_settings import (
 )
 
 from agent.probes.factory import ProbeSpec
+from protocol.broker_url import BrokerAddress, parse_broker_url
 from protocol.messages import Label
 from protocol.topics import is_valid_terminal_id
 from protocol.version import __version__
@@ -41,8 +40,6 @@ __all__ = [
 
 ENV_PREFIX = "KIOSKFLEET_AGENT_"
 
-_DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
-
 # Which TOML file the settings sources read while ``load_agent_config`` runs.
 _toml_path: ContextVar[Path | None] = ContextVar("kioskfleet_agent_toml", default=None)
 
@@ -58,36 +55,6 @@ class AgentConfigError(ValueError):
         self.source = source
         lines = "; ".join(f"{field}: {message}" for field, message in problems)
         super().__init__(f"invalid {source}: {lines}")
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    """Where the broker is: ``tls`` is true for ``mqtts://``."""
-
-    host: str
-    port: int
-    tls: bool
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """Parse ``mqtt://host[:port]`` or ``mqtts://host[:port]``.
-
-    Raises ValueError naming what is wrong.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in _DEFAULT_PORTS:
-        raise ValueError(f"scheme must be mqtt:// or mqtts://, got {url!r}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"a broker URL has no path, query or fragment: {url!r}")
-    if parts.username or parts.password:
-        raise ValueError("credentials do not belong in broker_url")
-    try:
-        port = parts.port or _DEFAULT_PORTS[parts.scheme]
-    except ValueError:
-        raise ValueError(f"invalid port in {url!r}") from None
-    if not parts.hostname:
-        raise ValueError(f"missing host in {url!r}")
-    return BrokerAddress(host=parts.hostname, port=port, tls=parts.scheme == "mqtts")
 
 
 class AgentLimits(BaseModel):

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from protocol.broker_url import BrokerAddress, parse_broker_url
 from protocol.codec import DEFAULT_MAX_PAYLOAD_BYTES
 
 __all__ = ["BrokerAddress", "Settings", "default_client_id"]
@@ -28,15 +27,6 @@ def default_client_id() -> str:
     """``kioskfleet-server-<hostname>``: stable across restarts so the broker keeps the session."""
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:40] or "host"
     return f"kioskfleet-server-{host}"
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    """Where the broker listens, parsed from ``broker_url``."""
-
-    host: str
-    port: int
-    tls: bool
 
 
 class Settings(BaseSettings):
@@ -114,7 +104,7 @@ class Settings(BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _broker_url(cls, value: str) -> str:
-        _parse_broker_url(value)
+        parse_broker_url(value)
         return value
 
     @model_validator(mode="after")
@@ -134,7 +124,7 @@ class Settings(BaseSettings):
 
     @property
     def broker(self) -> BrokerAddress:
-        return _parse_broker_url(self.broker_url)
+        return parse_broker_url(self.broker_url)
 
     @classmethod
     def from_env(cls, env_file: Path | None = None) -> Settings:
@@ -145,19 +135,3 @@ class Settings(BaseSettings):
         if env_file is None:
             return cls()
         return cls(_env_file=env_file)
-
-
-def _parse_broker_url(value: str) -> BrokerAddress:
-    parts = urlsplit(value)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError("broker_url must start with mqtt:// or mqtts://")
-    if not parts.hostname:
-        raise ValueError("broker_url needs a host")
-    if parts.path not in ("", "/") or parts.query or parts.username:
-        raise ValueError("broker_url is mqtt[s]://host[:port] (no path, query or credentials)")
-    tls = parts.scheme == "mqtts"
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError as exc:
-        raise ValueError(f"broker_url port: {exc}") from None
-    return BrokerAddress(host=parts.hostname, port=port, tls=tls)
