@@ -36,6 +36,7 @@ from typing import Final, Literal, Protocol
 
 from agent.clock import Clock
 from agent.config import AgentConfig
+from agent.errors import AgentError
 from agent.probes.base import Probe, Verdict, status_from_verdict
 from protocol.codec import encode
 from protocol.messages import (
@@ -72,10 +73,10 @@ _MAX_UPTIME: Final = 10 * 365 * 86400.0
 _StateReason = Literal["connect", "shutdown", "connection_lost"]
 
 
-class OutboundError(Exception):
+class OutboundError(AgentError):
     """The outbound side refused a message; the agent counts it as dropped.
 
-    ::
+    A branch of ``agent.errors.AgentError``::
 
         OutboundError          (base: the message was not accepted)
         └── OutboundFullError  (the bounded queue of unsent messages is full)

@@ -22,6 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from agent.errors import AgentError
 from agent.probes.factory import ProbeSpec
 from protocol.broker_url import BrokerAddress, parse_broker_url
 from protocol.messages import Label
@@ -44,7 +45,7 @@ ENV_PREFIX = "KIOSKFLEET_AGENT_"
 _toml_path: ContextVar[Path | None] = ContextVar("kioskfleet_agent_toml", default=None)
 
 
-class AgentConfigError(ValueError):
+class AgentConfigError(AgentError, ValueError):
     """The agent's configuration is missing, unreadable or invalid.
 
     ``problems`` is a list of ``(field, message)`` pairs; ``str()`` lists them all.

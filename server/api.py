@@ -40,7 +40,7 @@ from server.api_models import (
     terminal_detail_public,
     terminal_public,
 )
-from server.errors import StorageError
+from server.errors import ApiError, StorageError
 from server.fleet_state import FleetState, InvalidCursorError, TerminalFilter, Transition
 from server.storage import EventRecord
 
@@ -62,14 +62,6 @@ class ApiServices:
     page_limit_max: int = 1000
     history_limit: int = 50
     history_limit_max: int = 1000
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.message = message
 
 
 def _error(status: int, error: str, message: str, detail: Any = None) -> JSONResponse:
@@ -141,7 +133,7 @@ def create_app(services: ApiServices) -> FastAPI:
         )
         try:
             page = fleet.query(flt, limit=limit, cursor=cursor)
-        except InvalidCursorError as exc:
+        except InvalidCursorError as exc:  # fleet_state's, until it imports server.errors'
             raise ApiError(422, "invalid_request", f"cursor: {exc}") from None
         return TerminalPagePublic(
             items=[terminal_public(v) for v in page.items],

@@ -1,24 +1,39 @@
 """The server's exception hierarchy: what its boundaries raise instead of library errors.
 
-Every adapter (database, broker, settings) translates the errors of the library
-it wraps into one of these, so callers never catch ``sqlalchemy`` or ``paho``
-exceptions::
+Every adapter (database, broker, settings, HTTP) translates the errors of the
+library it wraps into one of these, so callers never catch ``sqlalchemy`` or
+``paho`` exceptions. Every class carries the data a caller needs
+(attributes named below); ``str()`` is a sentence for a log line::
 
-    ServerError                 (base)
-    ├── ConfigError             settings that cannot work (bad URL, missing TLS file)
-    ├── StorageError            the database could not be reached or failed for now
-    │   │                       (``operation`` names what was being done); worth retrying
-    │   └── StorageDataError    the database refused these rows (a constraint or data
-    │                           error): retrying the same rows fails again
-    └── BrokerError             the MQTT client could not be set up or used
+    ServerError                   (base)
+    ├── ConfigError               settings that cannot work (bad URL, missing TLS file)
+    ├── StorageError              the database could not be reached or failed for now
+    │   │                         (.operation names what was being done); worth retrying
+    │   └── StorageDataError      the database refused these rows (a constraint or data
+    │                             error): retrying the same rows fails again
+    ├── BrokerError               the MQTT client could not be set up or used
+    ├── InvalidCursorError        a page cursor this server did not hand out (also a
+    │                             ValueError); the fleet state raises it, the API answers 422
+    └── ApiError                  an HTTP error answer (.status, .error, .message): raised
+                                  by a handler, turned into ``{"error", "message"}`` by the app
 
 Wire rejections are not here: they are ``protocol.errors.ProtocolError`` and
-never leave the ingest, which counts and logs them. This module does no I/O.
+never leave the ingest, which counts and logs them. The test harness's
+``kioskfleet.local_broker.LocalBrokerError`` (a mosquitto it could not start)
+is not the server's either. This module does no I/O.
 """
 
 from __future__ import annotations
 
-__all__ = ["BrokerError", "ConfigError", "ServerError", "StorageDataError", "StorageError"]
+__all__ = [
+    "ApiError",
+    "BrokerError",
+    "ConfigError",
+    "InvalidCursorError",
+    "ServerError",
+    "StorageDataError",
+    "StorageError",
+]
 
 
 class ServerError(Exception):
@@ -44,3 +59,18 @@ class StorageDataError(StorageError):
 
 class BrokerError(ServerError):
     """The MQTT client could not be configured, connected or used."""
+
+
+class InvalidCursorError(ServerError, ValueError):
+    """A page cursor that this server did not hand out (tampered with, truncated, or from
+    another API): the caller should start again without a cursor."""
+
+
+class ApiError(ServerError):
+    """An HTTP error answer: ``status`` code, machine ``error`` code, human ``message``."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
