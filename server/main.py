@@ -36,13 +36,19 @@ from server.fleet_collector import FleetCollector
 from server.fleet_state import FleetState, Transition
 from server.ingest import Ingest
 from server.log_throttle import ThrottledLog
+from server.message_source import (
+    ConnectionHandler,
+    MessageHandler,
+    MessageSource,
+    SourceFactory,
+)
 from server.metrics import ServerMetrics
 from server.mqtt_source import MqttOptions, MqttSource
 from server.scheduler import EventPruner, OfflineSweep, build_scheduler
 from server.storage import EventRecord, Storage
 from server.write_behind import WriteBehind
 
-__all__ = ["Server", "run_server", "upgrade_database"]
+__all__ = ["Server", "mqtt_source", "run_server", "upgrade_database"]
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +64,46 @@ def _storage(settings: Settings) -> Storage:
     )
 
 
+def mqtt_source(settings: Settings) -> SourceFactory:
+    """The real message source: paho, configured from ``settings``."""
+    broker = settings.broker
+    options = MqttOptions(
+        host=broker.host,
+        port=broker.port,
+        client_id=settings.mqtt_client_id,
+        tls=broker.tls,
+        ca_file=settings.broker_ca_file,
+        cert_file=settings.broker_cert_file,
+        key_file=settings.broker_key_file,
+        keepalive_s=settings.mqtt_keepalive_s,
+        session_expiry_s=settings.mqtt_session_expiry_s,
+        reconnect_min_s=settings.mqtt_reconnect_min_s,
+        reconnect_max_s=settings.mqtt_reconnect_max_s,
+        shared_subscription=settings.shared_subscription,
+        protocol=settings.mqtt_protocol,
+        receive_maximum=settings.mqtt_receive_maximum,
+    )
+
+    def build(
+        on_message: MessageHandler, *, on_connection_change: ConnectionHandler
+    ) -> MessageSource:
+        return MqttSource(options, on_message, on_connection_change=on_connection_change)
+
+    return build
+
+
 class Server:
     """One server process's components. ``start()``, then ``stop()``; not restartable."""
 
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        *,
+        source: SourceFactory | None = None,
+    ) -> None:
+        """``source`` builds where messages come from (default: ``mqtt_source(settings)``,
+        the broker; tests pass ``InMemorySource.factory(...)``)."""
         self.settings = settings
         if registry is None:
             registry = CollectorRegistry()
@@ -96,26 +138,9 @@ class Server:
                 logging.getLogger("server.ingest"), interval_s=settings.reject_log_interval_s
             ),
         )
-        broker = settings.broker
-        self.mqtt = MqttSource(
-            MqttOptions(
-                host=broker.host,
-                port=broker.port,
-                client_id=settings.mqtt_client_id,
-                tls=broker.tls,
-                ca_file=settings.broker_ca_file,
-                cert_file=settings.broker_cert_file,
-                key_file=settings.broker_key_file,
-                keepalive_s=settings.mqtt_keepalive_s,
-                session_expiry_s=settings.mqtt_session_expiry_s,
-                reconnect_min_s=settings.mqtt_reconnect_min_s,
-                reconnect_max_s=settings.mqtt_reconnect_max_s,
-                shared_subscription=settings.shared_subscription,
-                protocol=settings.mqtt_protocol,
-                receive_maximum=settings.mqtt_receive_maximum,
-            ),
-            self.ingest.handle,
-            on_connection_change=self.metrics.broker_connected.set,
+        make_source = source if source is not None else mqtt_source(settings)
+        self.mqtt: MessageSource = make_source(
+            self.ingest.handle, on_connection_change=self.metrics.broker_connected.set
         )
         self.sweep = OfflineSweep(
             self.fleet,
