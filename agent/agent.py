@@ -15,7 +15,9 @@ retain, seq)``, always QoS 1; ``seq`` is None for ``state`` messages. The
 ``OutboxSender`` (agent/outbox_sender.py) is the real port: it stores stream
 messages first and forwards them to the MQTT connection. The connection
 itself also implements the port (an agent without an outbox).
-``RecordingOutbound`` is the fake for tests.
+``RecordingOutbound`` is the fake for tests. What it reads of the settings is
+the ``AgentProfile`` protocol (``agent.config.AgentConfig`` is one): the core
+imports neither pydantic-settings nor any probe adapter (tests/unit/test_import_hygiene.py).
 
 Time comes in as ``now`` (monotonic seconds) and from the injected ``Clock``
 (for ``sent_at``). A message that cannot be built (a wall clock outside the
@@ -35,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 
 from agent.clock import Clock
-from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.probes.base import Probe, Verdict, status_from_verdict
 from protocol.codec import encode
@@ -55,6 +56,7 @@ from protocol.topics import Channel, topic
 
 __all__ = [
     "Agent",
+    "AgentProfile",
     "AgentStats",
     "Outbound",
     "OutboundError",
@@ -93,6 +95,29 @@ class OutboundFullError(OutboundError):
     def __init__(self, limit: int, *, topic: str | None = None) -> None:
         super().__init__(f"outbound queue full ({limit} messages)", topic=topic)
         self.limit = limit
+
+
+class AgentProfile(Protocol):
+    """What the core reads of the agent's settings: who the terminal is, how often it speaks.
+
+    ``agent.config.AgentConfig`` is the real one; the core never imports it (nor
+    pydantic-settings, nor the probe factory behind it).
+    """
+
+    @property
+    def terminal_id(self) -> str: ...
+    @property
+    def hall(self) -> str: ...
+    @property
+    def region(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def agent_version(self) -> str: ...
+    @property
+    def report_interval_s(self) -> float: ...
+    @property
+    def probe_interval_s(self) -> float: ...
 
 
 class Outbound(Protocol):
@@ -154,7 +179,7 @@ class Agent:
 
     def __init__(
         self,
-        config: AgentConfig,
+        config: AgentProfile,
         probes: Sequence[Probe],
         outbound: Outbound,
         clock: Clock,

@@ -31,7 +31,7 @@ from server.fleet_state import CONNECTIVITY, FleetState, Transition, Verdict
 from server.inbound import Delivery, InboundMessage
 from server.log_throttle import ThrottledLog
 from server.metrics import INTERNAL_REASON, ServerMetrics
-from server.storage import EventRecord
+from server.records import EventRecord
 
 __all__ = ["Ingest", "IngestResult", "WriteSink"]
 

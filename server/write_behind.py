@@ -64,7 +64,7 @@ from server.errors import StorageDataError, StorageError
 from server.fleet_state import TerminalView, Transition
 from server.inbound import Delivery
 from server.metrics import ServerMetrics
-from server.storage import EventRecord, WriteBatch
+from server.records import EventRecord, WriteBatch
 
 __all__ = ["BatchStore", "WriteBehind"]
 

@@ -11,6 +11,7 @@ import ast
 import json
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,98 @@ def test_the_agent_and_server_entry_points_load_without_the_cli_package(entry: s
 def test_the_cli_package_reexports_the_one_version() -> None:
     assert kioskfleet.__version__ == __version__
     assert __version__
+
+
+# --- pure cores --------------------------------------------------------------------------------
+
+_PYDANTIC = (
+    "pydantic",
+    "pydantic_core",
+    "annotated_types",
+    "typing_extensions",
+    "typing_inspection",
+)
+_DATABASE = ("sqlalchemy", "alembic", "sqlmodel", "psycopg")
+_SERVER_ADAPTERS = (
+    *_DATABASE,
+    "paho",
+    "pydantic_settings",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "apscheduler",
+    "server.storage",
+    "server.mqtt_source",
+    "server.config",
+    "server.main",
+    "kioskfleet",
+)
+_PROBE_ADAPTERS = tuple(
+    f"agent.probes.{name}"
+    for name in ("escpos", "ipp", "pcsc", "usb", "simulated", "factory", "system")
+)
+_AGENT_ADAPTERS = (
+    "paho",
+    "pydantic_settings",
+    "sqlite3",
+    "smartcard",
+    "agent.config",
+    "agent.mqtt_connection",
+    "agent.outbox",
+    "agent.main",
+    *_PROBE_ADAPTERS,
+    "kioskfleet",
+    "server",
+)
+
+# What a pure core must never load: the library of any adapter, and the adapters themselves.
+PURE_CORES = {
+    "agent.agent": _AGENT_ADAPTERS,
+    "agent.clock": _AGENT_ADAPTERS,
+    "agent.errors": _AGENT_ADAPTERS,
+    "agent.probes.base": _AGENT_ADAPTERS,
+    "server.ingest": _SERVER_ADAPTERS,
+    "server.write_behind": _SERVER_ADAPTERS,
+    "server.records": _SERVER_ADAPTERS,
+    "server.inbound": _SERVER_ADAPTERS,
+    "server.message_source": _SERVER_ADAPTERS,
+    "server.in_memory_source": _SERVER_ADAPTERS,
+    "server.errors": _SERVER_ADAPTERS,
+    "server.log_throttle": _SERVER_ADAPTERS,
+}
+
+
+@pytest.mark.parametrize("core", sorted(PURE_CORES))
+def test_a_pure_core_loads_no_adapter_and_no_adapter_library(core: str) -> None:
+    assert offending(loaded_by(core), PURE_CORES[core]) == []
+
+
+def _third_party(loaded: list[str]) -> list[str]:
+    tops = {name.partition(".")[0] for name in loaded}
+    return sorted(
+        top
+        for top in tops
+        if top not in sys.stdlib_module_names and not top.startswith("_sysconfigdata")
+    )
+
+
+@pytest.mark.parametrize(
+    "module", ["protocol", "protocol.broker_url", "protocol.version", "protocol.codec"]
+)
+def test_the_wire_package_needs_nothing_but_pydantic_and_the_standard_library(
+    module: str,
+) -> None:
+    assert [m for m in _third_party(loaded_by(module)) if m not in ("protocol", *_PYDANTIC)] == []
+
+
+def test_the_store_reads_the_records_the_pure_writer_builds() -> None:
+    """server.storage keeps its own EventRecord and WriteBatch until it imports these (the
+    fleet_state split); the store reads a batch by attribute, so the fields must match."""
+    import server.records
+    import server.storage
+
+    for name in ("EventRecord", "WriteBatch"):
+        pure, stored = getattr(server.records, name), getattr(server.storage, name)
+        assert [(f.name, f.type) for f in fields(pure)] == [
+            (f.name, f.type) for f in fields(stored)
+        ]

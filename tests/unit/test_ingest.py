@@ -20,7 +20,7 @@ from server.inbound import Delivery, InboundMessage
 from server.ingest import Ingest, IngestResult
 from server.log_throttle import ThrottledLog
 from server.metrics import REJECT_LABELS, ServerMetrics
-from server.storage import EventRecord
+from server.records import EventRecord
 from tests.unit.test_fleet_state import PRINTER_OK, at, peripheral_event, report, state
 
 TOPIC = "kf/v1/terminals/T-1/report"

@@ -17,8 +17,8 @@ from server.fleet_state import FleetState, Outcome
 from server.inbound import Delivery, InboundMessage
 from server.ingest import Ingest
 from server.metrics import ServerMetrics
+from server.records import WriteBatch
 from server.scheduler import OfflineSweep
-from server.storage import WriteBatch
 from server.write_behind import WriteBehind
 from tests.unit.test_fleet_state import at, periph, peripheral_event, report
 
