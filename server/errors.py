@@ -1,12 +1,15 @@
 """The server's exception hierarchy: what its boundaries raise instead of library errors.
 
 Every adapter (database, broker, settings, HTTP) translates the errors of the
-library it wraps into one of these, so callers never catch ``sqlalchemy`` or
-``paho`` exceptions. Every class carries the data a caller needs
+library it wraps into one of these, so callers never catch ``sqlalchemy``,
+``paho`` or ``pydantic`` exceptions. Every class carries the data a caller needs
 (attributes named below); ``str()`` is a sentence for a log line::
 
     ServerError                   (base)
     ├── ConfigError               settings that cannot work (bad URL, missing TLS file)
+    │   ├── InvalidSettingsError  values that do not validate; .problems [(setting, message)]
+    │   └── UnknownSettingError   KIOSKFLEET_* names that are no setting (a misspelling);
+    │                             .names, .suggestions {name: nearest setting or None}
     ├── StorageError              the database could not be reached or failed for now
     │   │                         (.operation names what was being done); worth retrying
     │   └── StorageDataError      the database refused these rows (a constraint or data
@@ -25,14 +28,18 @@ is not the server's either. This module does no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 __all__ = [
     "ApiError",
     "BrokerError",
     "ConfigError",
     "InvalidCursorError",
+    "InvalidSettingsError",
     "ServerError",
     "StorageDataError",
     "StorageError",
+    "UnknownSettingError",
 ]
 
 
@@ -42,6 +49,34 @@ class ServerError(Exception):
 
 class ConfigError(ServerError):
     """Settings that cannot work."""
+
+
+class InvalidSettingsError(ConfigError):
+    """Settings whose values do not validate. ``problems`` is ``(setting, message)`` pairs,
+    the setting named as its environment variable; ``str()`` lists them all."""
+
+    def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
+        self.problems = tuple(problems)
+        super().__init__(
+            "invalid settings: " + "; ".join(f"{name}: {message}" for name, message in problems)
+        )
+
+
+class UnknownSettingError(ConfigError):
+    """``KIOSKFLEET_*`` variables that name no setting (in the environment or the env file).
+
+    ``names`` are the unknown variables, sorted; ``suggestions`` maps each to the
+    nearest valid variable, or None when nothing is close.
+    """
+
+    def __init__(self, suggestions: Mapping[str, str | None]) -> None:
+        self.names = tuple(sorted(suggestions))
+        self.suggestions = dict(suggestions)
+        parts = []
+        for name in self.names:
+            nearest = self.suggestions[name]
+            parts.append(f"{name} (did you mean {nearest}?)" if nearest else name)
+        super().__init__("unknown server settings: " + ", ".join(parts))
 
 
 class StorageError(ServerError):

@@ -28,11 +28,10 @@ from typing import cast
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
-from pydantic import ValidationError
 
 from server.api import ApiServices, create_app
 from server.config import Settings
-from server.errors import ServerError, StorageError
+from server.errors import ConfigError, ServerError, StorageError
 from server.fleet_collector import FleetCollector
 from server.fleet_state import FleetState, Transition
 from server.ingest import Ingest
@@ -49,7 +48,7 @@ from server.scheduler import EventPruner, OfflineSweep, build_scheduler
 from server.storage import EventRecord, Storage
 from server.write_behind import BatchStore, WriteBehind
 
-__all__ = ["Server", "mqtt_source", "run_server", "upgrade_database"]
+__all__ = ["Server", "mqtt_options", "mqtt_source", "run_server", "upgrade_database"]
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +64,10 @@ def _storage(settings: Settings) -> Storage:
     )
 
 
-def mqtt_source(settings: Settings) -> SourceFactory:
-    """The real message source: paho, configured from ``settings``."""
+def mqtt_options(settings: Settings) -> MqttOptions:
+    """What the paho adapter needs of ``settings``."""
     broker = settings.broker
-    options = MqttOptions(
+    return MqttOptions(
         host=broker.host,
         port=broker.port,
         client_id=settings.mqtt_client_id,
@@ -83,7 +82,13 @@ def mqtt_source(settings: Settings) -> SourceFactory:
         shared_subscription=settings.shared_subscription,
         protocol=settings.mqtt_protocol,
         receive_maximum=settings.mqtt_receive_maximum,
+        drain_timeout_s=settings.mqtt_drain_timeout_s,
     )
+
+
+def mqtt_source(settings: Settings) -> SourceFactory:
+    """The real message source: paho, configured from ``settings``."""
+    options = mqtt_options(settings)
 
     def build(
         on_message: MessageHandler, *, on_connection_change: ConnectionHandler
@@ -132,6 +137,7 @@ class Server:
             max_pending_acks=settings.db_flush_max_pending_acks,
             max_pending_transitions=settings.db_max_pending_transitions,
             retry_max_s=settings.db_retry_max_s,
+            stall_after_s=settings.db_stall_after_s,
         )
         self.metrics.unacknowledged.set_function(self.writer.pending_acks)
         self.ingest = Ingest(
@@ -280,7 +286,11 @@ class Server:
             raise ServerError(f"cannot listen on {host}:{port}: {exc}") from exc
         self._port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=5
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=self.settings.http_keepalive_timeout_s,
         )
         self._http = uvicorn.Server(config)
         http = self._http
@@ -311,8 +321,8 @@ def _load_settings(env_file: Path | None) -> Settings | None:
         return None
     try:
         return Settings.from_env(env_file)
-    except ValidationError as exc:
-        log.error("invalid settings: %s", exc)
+    except ConfigError as exc:
+        log.error("%s", exc)
         return None
 
 

@@ -6,6 +6,8 @@ receive order; readiness and the offline sweep follow the source's connection.
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,3 +105,22 @@ def test_a_source_that_cannot_start_stops_the_server_start(tmp_path: Path) -> No
     finally:
         server.stop()
     assert built[0].stopped
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_configured_timeout(
+    tmp_path: Path,
+) -> None:
+    with _running(tmp_path, http_keepalive_timeout_s=1) as (server, _source):
+        host, port = server.base_url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: kf\r\nConnection: keep-alive\r\n\r\n")
+            response = b""
+            while not response.endswith(b'{"status":"alive"}'):
+                chunk = conn.recv(4096)
+                assert chunk, response
+                response += chunk
+            assert response.startswith(b"HTTP/1.1 200")
+            answered = time.monotonic()
+            assert conn.recv(4096) == b""  # the server closed the idle connection
+            idle = time.monotonic() - answered
+    assert 0.5 < idle < 5
