@@ -17,7 +17,8 @@ messages first and forwards them to the MQTT connection. The connection
 itself also implements the port (an agent without an outbox).
 ``RecordingOutbound`` is the fake for tests. What it reads of the settings is
 the ``AgentProfile`` protocol (``agent.config.AgentConfig`` is one): the core
-imports neither pydantic-settings nor any probe adapter (tests/unit/test_import_hygiene.py).
+imports neither pydantic-settings nor any probe adapter
+(tests/unit/test_import_hygiene.py).
 
 Time comes in as ``now`` (monotonic seconds) and from the injected ``Clock``
 (for ``sent_at``). A message that cannot be built (a wall clock outside the

@@ -1,9 +1,9 @@
 """The server's MQTT adapter: the only server module that imports paho.
 
 ``MqttSource`` is the real ``server.message_source.MessageSource`` (the fake
-is ``server.in_memory_source.InMemorySource``). One paho client (``CallbackAPIVersion.VERSION2``, MQTT v5, QoS 1) with a
-persistent session (``clean_start=False``, a Session Expiry Interval and a
-stable client id), so the broker queues reports while the server restarts.
+is ``server.in_memory_source.InMemorySource``). One paho client
+(``CallbackAPIVersion.VERSION2``, MQTT v5, QoS 1) with a persistent session
+(``clean_start=False``, a Session Expiry Interval and a stable client id), so the broker queues reports while the server restarts.
 MQTT 3.1.1 (``clean_session=False``) is an opt-in alternative: paho parses no
 v5 properties then, about a third less CPU per message.
 It subscribes to ``protocol.topics.server_subscriptions`` on every connect

@@ -29,7 +29,8 @@ _ROOTS: dict[str, tuple[ModuleType, type[Exception]]] = {
 _SKIPPED_MODULES = ("server.migrations",)  # Alembic's env.py runs migrations when imported
 
 # Defined where another engineer is rewriting the module; to join the tree at the merge:
-# agent/outbox.py needs ``from agent.errors import AgentError`` and ``class OutboxError(AgentError)``;
+# agent/outbox.py needs ``from agent.errors import AgentError`` and
+# ``class OutboxError(AgentError)``;
 # server/fleet_state.py imports InvalidCursorError from server.errors instead of defining it.
 # Remove an entry once its module is fixed (this test then fails until you do).
 _PENDING_MERGE = {"agent.outbox.OutboxError", "server.fleet_state.InvalidCursorError"}
