@@ -15,7 +15,10 @@ retain, seq)``, always QoS 1; ``seq`` is None for ``state`` messages. The
 ``OutboxSender`` (agent/outbox_sender.py) is the real port: it stores stream
 messages first and forwards them to the MQTT connection. The connection
 itself also implements the port (an agent without an outbox).
-``RecordingOutbound`` is the fake for tests.
+``RecordingOutbound`` is the fake for tests. What it reads of the settings is
+the ``AgentProfile`` protocol (``agent.config.AgentConfig`` is one): the core
+imports neither pydantic-settings nor any probe adapter
+(tests/unit/test_import_hygiene.py).
 
 Time comes in as ``now`` (monotonic seconds) and from the injected ``Clock``
 (for ``sent_at``). A message that cannot be built (a wall clock outside the
@@ -35,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 
 from agent.clock import Clock
-from agent.config import AgentConfig
+from agent.errors import AgentError
 from agent.probes.base import Probe, Verdict, status_from_verdict
 from protocol.codec import encode
 from protocol.messages import (
@@ -54,6 +57,7 @@ from protocol.topics import Channel, topic
 
 __all__ = [
     "Agent",
+    "AgentProfile",
     "AgentStats",
     "Outbound",
     "OutboundError",
@@ -72,10 +76,10 @@ _MAX_UPTIME: Final = 10 * 365 * 86400.0
 _StateReason = Literal["connect", "shutdown", "connection_lost"]
 
 
-class OutboundError(Exception):
+class OutboundError(AgentError):
     """The outbound side refused a message; the agent counts it as dropped.
 
-    ::
+    A branch of ``agent.errors.AgentError``::
 
         OutboundError          (base: the message was not accepted)
         └── OutboundFullError  (the bounded queue of unsent messages is full)
@@ -92,6 +96,29 @@ class OutboundFullError(OutboundError):
     def __init__(self, limit: int, *, topic: str | None = None) -> None:
         super().__init__(f"outbound queue full ({limit} messages)", topic=topic)
         self.limit = limit
+
+
+class AgentProfile(Protocol):
+    """What the core reads of the agent's settings: who the terminal is, how often it speaks.
+
+    ``agent.config.AgentConfig`` is the real one; the core never imports it (nor
+    pydantic-settings, nor the probe factory behind it).
+    """
+
+    @property
+    def terminal_id(self) -> str: ...
+    @property
+    def hall(self) -> str: ...
+    @property
+    def region(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def agent_version(self) -> str: ...
+    @property
+    def report_interval_s(self) -> float: ...
+    @property
+    def probe_interval_s(self) -> float: ...
 
 
 class Outbound(Protocol):
@@ -153,7 +180,7 @@ class Agent:
 
     def __init__(
         self,
-        config: AgentConfig,
+        config: AgentProfile,
         probes: Sequence[Probe],
         outbound: Outbound,
         clock: Clock,

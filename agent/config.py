@@ -4,17 +4,20 @@
 variables override it (``KIOSKFLEET_AGENT_LIMITS__MAX_QUEUED_MESSAGES`` for a
 nested field; lists such as ``probes`` as JSON), and validates everything at
 once. Any problem becomes an ``AgentConfigError`` whose message names the
-field. Nothing here opens a socket or starts anything, and nothing is read at
+field; a ``KIOSKFLEET_AGENT_*`` variable that names no field is one too (with
+the nearest valid name), so a misspelt override never leaves the file's value
+silently in force. Nothing here opens a socket or starts anything, and nothing is read at
 import time.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Iterable
 from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -24,10 +27,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from agent.errors import AgentError
 from agent.probes.factory import ProbeSpec
-from kioskfleet import __version__
+from protocol.broker_url import BrokerAddress, parse_broker_url
+from protocol.codec import DEFAULT_MAX_PAYLOAD_BYTES
 from protocol.messages import Label
 from protocol.topics import is_valid_terminal_id
+from protocol.version import __version__
 
 __all__ = [
     "AgentConfig",
@@ -35,19 +41,19 @@ __all__ = [
     "AgentLimits",
     "BrokerAddress",
     "OutboxConfig",
+    "env_variables",
     "load_agent_config",
     "parse_broker_url",
+    "unknown_variables",
 ]
 
 ENV_PREFIX = "KIOSKFLEET_AGENT_"
-
-_DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
 # Which TOML file the settings sources read while ``load_agent_config`` runs.
 _toml_path: ContextVar[Path | None] = ContextVar("kioskfleet_agent_toml", default=None)
 
 
-class AgentConfigError(ValueError):
+class AgentConfigError(AgentError, ValueError):
     """The agent's configuration is missing, unreadable or invalid.
 
     ``problems`` is a list of ``(field, message)`` pairs; ``str()`` lists them all.
@@ -58,36 +64,6 @@ class AgentConfigError(ValueError):
         self.source = source
         lines = "; ".join(f"{field}: {message}" for field, message in problems)
         super().__init__(f"invalid {source}: {lines}")
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    """Where the broker is: ``tls`` is true for ``mqtts://``."""
-
-    host: str
-    port: int
-    tls: bool
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """Parse ``mqtt://host[:port]`` or ``mqtts://host[:port]``.
-
-    Raises ValueError naming what is wrong.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in _DEFAULT_PORTS:
-        raise ValueError(f"scheme must be mqtt:// or mqtts://, got {url!r}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"a broker URL has no path, query or fragment: {url!r}")
-    if parts.username or parts.password:
-        raise ValueError("credentials do not belong in broker_url")
-    try:
-        port = parts.port or _DEFAULT_PORTS[parts.scheme]
-    except ValueError:
-        raise ValueError(f"invalid port in {url!r}") from None
-    if not parts.hostname:
-        raise ValueError(f"missing host in {url!r}")
-    return BrokerAddress(host=parts.hostname, port=port, tls=parts.scheme == "mqtts")
 
 
 class AgentLimits(BaseModel):
@@ -106,6 +82,10 @@ class AgentLimits(BaseModel):
     """On stop, how long to wait for PUBACKs of what was already published."""
     max_connecting: Annotated[int, Field(ge=1, le=1000)] = 64
     """Connection attempts awaiting CONNACK at once in one loop (mosquitto's backlog is 100)."""
+    max_message_bytes: Annotated[int, Field(ge=256, le=1024 * 1024)] = DEFAULT_MAX_PAYLOAD_BYTES
+    """The largest message the agent stores and sends: keep it at the server's
+    ``KIOSKFLEET_MAX_PAYLOAD_BYTES``. A larger one would only be refused there, or break the
+    connection at the broker's size limit on every resend, so it is dropped and counted."""
 
 
 class OutboxConfig(BaseModel):
@@ -223,14 +203,45 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
     return problems
 
 
+def env_variables() -> frozenset[str]:
+    """Every ``KIOSKFLEET_AGENT_*`` name the config reads: one per field, and
+    ``<FIELD>__<SUBFIELD>`` for the fields of ``limits`` and ``outbox``."""
+    names: set[str] = set()
+    for name, info in AgentConfig.model_fields.items():
+        names.add(ENV_PREFIX + name.upper())
+        model = info.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            names.update(f"{ENV_PREFIX}{name.upper()}__{sub.upper()}" for sub in model.model_fields)
+    return frozenset(names)
+
+
+def unknown_variables(names: Iterable[str]) -> list[tuple[str, str]]:
+    """``(name, message)`` for each ``KIOSKFLEET_AGENT_*`` name (case-insensitive, as it is
+    read) that names no field; the message names the nearest valid variable."""
+    known = sorted(n.removeprefix(ENV_PREFIX) for n in env_variables())
+    problems = []
+    for name in names:
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and upper.removeprefix(ENV_PREFIX) not in known:
+            # Compared without the common prefix, which would make every name look alike.
+            close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), known, n=1)
+            hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+            problems.append((name, f"unknown variable{hint}"))
+    return sorted(problems)
+
+
 def load_agent_config(path: Path | None, **overrides: Any) -> AgentConfig:
     """Build the agent's settings from ``path`` (optional), the environment and ``overrides``.
 
     Precedence: ``overrides`` > ``KIOSKFLEET_AGENT_*`` > the TOML file > defaults.
     Raises AgentConfigError (naming each bad field) if the file is missing or
-    unreadable or any value is invalid.
+    unreadable, a ``KIOSKFLEET_AGENT_*`` variable names no field, or any value is
+    invalid.
     """
     source = f"agent config {path}" if path is not None else "agent config"
+    unknown = unknown_variables(os.environ)
+    if unknown:
+        raise AgentConfigError(unknown, source)
     if path is not None and not path.is_file():
         raise AgentConfigError([("<file>", f"{path} does not exist or is not a file")], source)
     token = _toml_path.set(path)

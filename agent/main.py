@@ -75,6 +75,7 @@ def sender_settings(config: AgentConfig) -> SenderSettings:
         drain_burst=spec.drain_burst,
         drain_jitter_s=spec.drain_jitter_s,
         max_memory=config.limits.max_queued_messages,
+        max_message_bytes=config.limits.max_message_bytes,
     )
 
 

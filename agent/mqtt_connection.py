@@ -22,7 +22,7 @@ Reconnects back off exponentially with full jitter between
 ``reconnect_min_s`` and ``reconnect_max_s``; a connection that stayed up for
 ``stable_connection_s`` resets the backoff. paho error and reason codes become
 the exceptions below (kept in ``stats.last_error`` and logged); nothing
-paho-typed leaves this module. Errors::
+paho-typed leaves this module. Errors (a branch of ``agent.errors.AgentError``)::
 
     MqttConnectionError            (base)
     ├── ConnectionSetupError       the settings cannot work (TLS files unreadable), or the
@@ -60,6 +60,7 @@ from paho.mqtt.properties import Properties
 
 from agent.agent import OutboundError, OutboundFullError
 from agent.config import AgentConfig
+from agent.errors import AgentError
 from protocol.errors import TopicError
 from protocol.topics import Channel, parse_topic, topic
 
@@ -84,7 +85,7 @@ log = logging.getLogger(__name__)
 _MAX_DOUBLINGS = 1000
 
 
-class MqttConnectionError(Exception):
+class MqttConnectionError(AgentError):
     """Something went wrong between this terminal and the broker."""
 
 

@@ -72,8 +72,9 @@ class SenderSettings:
     drain_burst: int = 50
     drain_jitter_s: float = 10.0
     max_memory: int = 1000  # messages kept in memory when the outbox cannot store them
-    # What the server accepts (protocol.codec's default); anything larger would only be
-    # refused there, or break the connection at the broker's size limit on every resend.
+    # The agent passes its config's limits.max_message_bytes (what the server accepts);
+    # anything larger would only be refused there, or break the connection at the broker's
+    # size limit on every resend.
     max_message_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
 
     def __post_init__(self) -> None:

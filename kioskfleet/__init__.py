@@ -1,10 +1,9 @@
-"""kioskfleet: the command-line entry point and the package version."""
+"""kioskfleet: the command-line entry point and the package version.
 
-from importlib.metadata import PackageNotFoundError, version
+``__version__`` is defined in ``protocol.version`` (which the agent and the
+server import, never this package) and re-exported here.
+"""
 
-try:
-    __version__ = version("kioskfleet")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+src"
+from protocol.version import __version__
 
 __all__ = ["__version__"]

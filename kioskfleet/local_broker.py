@@ -28,14 +28,14 @@ import subprocess
 import time
 from pathlib import Path
 
-__all__ = ["BrokerError", "LocalBroker", "free_port", "project_broker_conf"]
+__all__ = ["LocalBroker", "LocalBrokerError", "free_port", "project_broker_conf"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 _TERMINATE_TIMEOUT_S = 30.0  # a large queue takes a while to save on SIGTERM
 
 
-class BrokerError(RuntimeError):
+class LocalBrokerError(RuntimeError):
     """mosquitto is missing, did not start, or is not running when a fault needs it."""
 
 
@@ -62,7 +62,7 @@ def _port_open(port: int) -> bool:
 def _binary() -> str:
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(binary).exists():
-        raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
+        raise LocalBrokerError("mosquitto is not installed (apt-get install mosquitto)")
     return binary
 
 
@@ -104,9 +104,9 @@ class LocalBroker:
 
     @property
     def pid(self) -> int:
-        """The mosquitto process id. Raises BrokerError if it is not running."""
+        """The mosquitto process id. Raises LocalBrokerError if it is not running."""
         if self.proc is None or self.proc.poll() is not None:
-            raise BrokerError("mosquitto is not running")
+            raise LocalBrokerError("mosquitto is not running")
         return self.proc.pid
 
     def _write_conf(self) -> Path:
@@ -135,10 +135,10 @@ class LocalBroker:
     def start(self, timeout: float = 10.0) -> LocalBroker:
         """Start mosquitto (loading its saved database, if any) and wait until it accepts connections.
 
-        Raises BrokerError if it is already running, exits, or does not listen within ``timeout``.
+        Raises LocalBrokerError if it is already running, exits, or does not listen within ``timeout``.
         """
         if self.running:
-            raise BrokerError("mosquitto is already running")
+            raise LocalBrokerError("mosquitto is already running")
         conf = self._write_conf()
         self.proc = subprocess.Popen(  # noqa: S603 - fixed binary, generated config
             [_binary(), "-c", str(conf)],
@@ -151,12 +151,12 @@ class LocalBroker:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
                 self.proc = None
-                raise BrokerError(f"mosquitto exited: {err.strip()}")
+                raise LocalBrokerError(f"mosquitto exited: {err.strip()}")
             if _port_open(self.port):
                 return self
             time.sleep(0.02)
         self.kill()
-        raise BrokerError(f"mosquitto did not listen on {self.port} within {timeout}s")
+        raise LocalBrokerError(f"mosquitto did not listen on {self.port} within {timeout}s")
 
     def terminate(self, timeout: float = _TERMINATE_TIMEOUT_S) -> None:
         """SIGTERM and wait: mosquitto saves its database, then exits. SIGKILL after ``timeout``.
@@ -193,7 +193,7 @@ class LocalBroker:
     def restart(self, *, graceful: bool = True, down_s: float = 0.0) -> LocalBroker:
         """Terminate (``graceful``) or kill the broker, wait ``down_s``, start it on the same port.
 
-        Raises BrokerError if it does not come back.
+        Raises LocalBrokerError if it does not come back.
         """
         if graceful:
             self.terminate()
@@ -204,12 +204,12 @@ class LocalBroker:
         return self.start()
 
     def pause(self) -> None:
-        """SIGSTOP: freeze the broker. Raises BrokerError if it is not running."""
+        """SIGSTOP: freeze the broker. Raises LocalBrokerError if it is not running."""
         os.kill(self.pid, signal.SIGSTOP)
         self.paused = True
 
     def resume(self) -> None:
-        """SIGCONT: let a paused broker run again. Raises BrokerError if it is not running."""
+        """SIGCONT: let a paused broker run again. Raises LocalBrokerError if it is not running."""
         os.kill(self.pid, signal.SIGCONT)
         self.paused = False
 
@@ -226,7 +226,7 @@ class LocalBroker:
     def wait_saved(self, after: float, timeout: float = 30.0) -> float:
         """Wait until the database was saved later than ``after`` (an mtime, e.g. ``time.time()``).
 
-        Returns the new mtime. Raises BrokerError after ``timeout``.
+        Returns the new mtime. Raises LocalBrokerError after ``timeout``.
         """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -234,7 +234,7 @@ class LocalBroker:
             if saved is not None and saved > after:
                 return saved
             time.sleep(0.05)
-        raise BrokerError(f"mosquitto did not save its database within {timeout}s")
+        raise LocalBrokerError(f"mosquitto did not save its database within {timeout}s")
 
     def _reap(self) -> None:
         if self.proc is not None and self.proc.stderr:

@@ -26,8 +26,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kioskfleet import __version__
 from protocol.messages import PeripheralCondition, PeripheralKind, TerminalState
+from protocol.version import __version__
 from server.api_models import (
     ErrorPublic,
     EventsPublic,
@@ -40,7 +40,7 @@ from server.api_models import (
     terminal_detail_public,
     terminal_public,
 )
-from server.errors import InvalidCursorError, StorageError
+from server.errors import ApiError, InvalidCursorError, StorageError
 from server.fleet_state import FleetState
 from server.fleet_views import TerminalFilter, Transition
 from server.records import EventRecord
@@ -63,14 +63,6 @@ class ApiServices:
     page_limit_max: int = 1000
     history_limit: int = 50
     history_limit_max: int = 1000
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.message = message
 
 
 def _error(status: int, error: str, message: str, detail: Any = None) -> JSONResponse:

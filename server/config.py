@@ -3,23 +3,55 @@
 Read from ``KIOSKFLEET_*`` environment variables and optionally an env file
 (``kioskfleet server --env-file F``). Validation only: this module never opens a
 socket or a database, and never creates folders (the storage adapter does that).
+
+``Settings.from_env`` (what ``kioskfleet server`` and ``kioskfleet db upgrade``
+use) refuses a ``KIOSKFLEET_*`` variable that names no setting, in the
+environment or the env file, with ``UnknownSettingError`` naming the nearest
+valid one: a misspelt limit must not silently leave the default in force. The
+``KIOSKFLEET_`` names that belong to others are listed once, in
+``FOREIGN_VARIABLES``; every other name is the server's. Variables without the
+prefix are none of the server's business and are ignored.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
 import socket
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Final, Literal
 
-from pydantic import Field, field_validator, model_validator
+from dotenv import dotenv_values  # pydantic-settings' own env-file reader
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from protocol.broker_url import BrokerAddress, parse_broker_url
 from protocol.codec import DEFAULT_MAX_PAYLOAD_BYTES
+from server.errors import InvalidSettingsError, UnknownSettingError
 
-__all__ = ["BrokerAddress", "Settings", "default_client_id"]
+__all__ = [
+    "ENV_PREFIX",
+    "FOREIGN_VARIABLES",
+    "BrokerAddress",
+    "Settings",
+    "default_client_id",
+    "is_foreign",
+    "setting_variables",
+    "unknown_variables",
+]
+
+ENV_PREFIX: Final = "KIOSKFLEET_"
+
+FOREIGN_VARIABLES: Final[Mapping[str, str]] = {
+    # name, or prefix when it ends in "_"  -> whose it is
+    "KIOSKFLEET_AGENT_": "the terminal agent (agent/config.py, agent.toml overrides)",
+    "KIOSKFLEET_TEST_": "the test suite (KIOSKFLEET_TEST_POSTGRES_URL)",
+    "KIOSKFLEET_SKIP_POSTGRES": "the test suite (skip the PostgreSQL tests)",
+}
+"""``KIOSKFLEET_*`` names that are not the server's: the server neither reads nor refuses
+them. No setting's variable may fall under one of them."""
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=86400)]
 
@@ -28,15 +60,6 @@ def default_client_id() -> str:
     """``kioskfleet-server-<hostname>``: stable across restarts so the broker keeps the session."""
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:40] or "host"
     return f"kioskfleet-server-{host}"
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    """Where the broker listens, parsed from ``broker_url``."""
-
-    host: str
-    port: int
-    tls: bool
 
 
 class Settings(BaseSettings):
@@ -59,6 +82,9 @@ class Settings(BaseSettings):
     db_retry_max_s: PositiveSeconds = 10.0  # longest backoff between retries of a failed flush
     db_statement_timeout_s: PositiveSeconds = 10.0  # PostgreSQL statement_timeout
     db_connect_timeout_s: PositiveSeconds = 5.0  # PostgreSQL connect timeout
+    # A flush still writing after this long counts as a failure while it lasts (readiness,
+    # the offline sweep's pause): a database cut off by the network raises nothing for minutes.
+    db_stall_after_s: PositiveSeconds = 5.0
     event_retention_days: Annotated[float, Field(gt=0, le=36500)] = 90.0
     event_prune_interval_s: PositiveSeconds = 3600.0
 
@@ -84,10 +110,15 @@ class Settings(BaseSettings):
     mqtt_protocol: Literal["5", "3.1.1"] = "5"
     # QoS 1 messages the broker may have in flight to the server; 0 = the broker's limit.
     mqtt_receive_maximum: Annotated[int, Field(ge=0, le=65535)] = 0
+    # On stop, how long paho may take to write the acknowledgements already queued.
+    mqtt_drain_timeout_s: Annotated[float, Field(ge=0, le=120)] = 2.0
 
     # HTTP API.
     http_host: str = "127.0.0.1"
     http_port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    # Idle HTTP keep-alive connections are closed after this long. Behind a load balancer,
+    # keep it above the balancer's idle timeout, or it reuses connections the server closed.
+    http_keepalive_timeout_s: Annotated[int, Field(ge=1, le=3600)] = 5
     api_page_limit_default: Annotated[int, Field(ge=1, le=1000)] = 100
     api_page_limit_max: Annotated[int, Field(ge=1, le=10000)] = 1000
     history_limit: Annotated[int, Field(ge=1, le=10000)] = 50
@@ -114,7 +145,7 @@ class Settings(BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _broker_url(cls, value: str) -> str:
-        _parse_broker_url(value)
+        parse_broker_url(value)
         return value
 
     @model_validator(mode="after")
@@ -134,30 +165,66 @@ class Settings(BaseSettings):
 
     @property
     def broker(self) -> BrokerAddress:
-        return _parse_broker_url(self.broker_url)
+        return parse_broker_url(self.broker_url)
 
     @classmethod
     def from_env(cls, env_file: Path | None = None) -> Settings:
         """Settings from the environment, plus ``env_file`` if given (the environment wins).
 
-        Raises pydantic.ValidationError for invalid values.
+        Raises UnknownSettingError for a ``KIOSKFLEET_*`` name that is no setting and not
+        in ``FOREIGN_VARIABLES`` (environment or file), InvalidSettingsError for values
+        that do not validate.
         """
-        if env_file is None:
-            return cls()
-        return cls(_env_file=env_file)
+        names = list(os.environ)
+        if env_file is not None and env_file.is_file():
+            names += list(dotenv_values(env_file, encoding="utf-8"))
+        unknown = unknown_variables(names)
+        if unknown:
+            raise UnknownSettingError(unknown)
+        try:
+            return cls() if env_file is None else cls(_env_file=env_file)
+        except ValidationError as exc:
+            raise InvalidSettingsError(_problems(exc)) from None
 
 
-def _parse_broker_url(value: str) -> BrokerAddress:
-    parts = urlsplit(value)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError("broker_url must start with mqtt:// or mqtts://")
-    if not parts.hostname:
-        raise ValueError("broker_url needs a host")
-    if parts.path not in ("", "/") or parts.query or parts.username:
-        raise ValueError("broker_url is mqtt[s]://host[:port] (no path, query or credentials)")
-    tls = parts.scheme == "mqtts"
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError as exc:
-        raise ValueError(f"broker_url port: {exc}") from None
-    return BrokerAddress(host=parts.hostname, port=port, tls=tls)
+def setting_variables() -> frozenset[str]:
+    """The environment variable of every setting (``KIOSKFLEET_`` + the upper-case field)."""
+    return frozenset(ENV_PREFIX + name.upper() for name in Settings.model_fields)
+
+
+def is_foreign(name: str) -> bool:
+    """Whether ``name`` belongs to someone else per ``FOREIGN_VARIABLES``."""
+    upper = name.upper()
+    return any(
+        upper.startswith(entry) if entry.endswith("_") else upper == entry
+        for entry in FOREIGN_VARIABLES
+    )
+
+
+def unknown_variables(names: Iterable[str]) -> dict[str, str | None]:
+    """The ``KIOSKFLEET_*`` names (case-insensitive, as pydantic-settings reads them) that
+    name no setting and are not foreign, each with the nearest setting variable or None."""
+    known = setting_variables()
+    unknown: dict[str, str | None] = {}
+    for name in names:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or is_foreign(upper):
+            continue
+        unknown[name] = _nearest(upper, known)
+    return unknown
+
+
+def _nearest(name: str, known: Iterable[str]) -> str | None:
+    """The known variable most like ``name``, compared without the common prefix."""
+    suffixes = {k.removeprefix(ENV_PREFIX): k for k in known}
+    close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), sorted(suffixes), n=1)
+    return suffixes[close[0]] if close else None
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in err["loc"])
+        name = ENV_PREFIX + field.upper() if field else "settings"
+        problems.append((name, err["msg"].removeprefix("Value error, ")))
+    return problems

@@ -1,32 +1,45 @@
 """The server's exception hierarchy: what its boundaries raise instead of library errors.
 
-Every adapter (database, broker, settings) translates the errors of the library
-it wraps into one of these, so callers never catch ``sqlalchemy`` or ``paho``
-exceptions::
+Every adapter (database, broker, settings, HTTP) translates the errors of the
+library it wraps into one of these, so callers never catch ``sqlalchemy``,
+``paho`` or ``pydantic`` exceptions. Every class carries the data a caller needs
+(attributes named below); ``str()`` is a sentence for a log line::
 
-    ServerError                 (base)
-    ├── ConfigError             settings that cannot work (bad URL, missing TLS file)
-    ├── StorageError            the database could not be reached or failed for now
-    │   │                       (``operation`` names what was being done); worth retrying
-    │   └── StorageDataError    the database refused these rows (a constraint or data
-    │                           error): retrying the same rows fails again
-    ├── BrokerError             the MQTT client could not be set up or used
-    └── InvalidCursorError      a pagination cursor this server did not hand out
-                                (also a ValueError)
+    ServerError                   (base)
+    ├── ConfigError               settings that cannot work (bad URL, missing TLS file)
+    │   ├── InvalidSettingsError  values that do not validate; .problems [(setting, message)]
+    │   └── UnknownSettingError   KIOSKFLEET_* names that are no setting (a misspelling);
+    │                             .names, .suggestions {name: nearest setting or None}
+    ├── StorageError              the database could not be reached or failed for now
+    │   │                         (.operation names what was being done); worth retrying
+    │   └── StorageDataError      the database refused these rows (a constraint or data
+    │                             error): retrying the same rows fails again
+    ├── BrokerError               the MQTT client could not be set up or used
+    ├── InvalidCursorError        a page cursor this server did not hand out (also a
+    │                             ValueError); the fleet state raises it, the API answers 422
+    └── ApiError                  an HTTP error answer (.status, .error, .message): raised
+                                  by a handler, turned into ``{"error", "message"}`` by the app
 
 Wire rejections are not here: they are ``protocol.errors.ProtocolError`` and
-never leave the ingest, which counts and logs them. This module does no I/O.
+never leave the ingest, which counts and logs them. The test harness's
+``kioskfleet.local_broker.LocalBrokerError`` (a mosquitto it could not start)
+is not the server's either. This module does no I/O.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 __all__ = [
+    "ApiError",
     "BrokerError",
     "ConfigError",
     "InvalidCursorError",
+    "InvalidSettingsError",
     "ServerError",
     "StorageDataError",
     "StorageError",
+    "UnknownSettingError",
 ]
 
 
@@ -36,6 +49,34 @@ class ServerError(Exception):
 
 class ConfigError(ServerError):
     """Settings that cannot work."""
+
+
+class InvalidSettingsError(ConfigError):
+    """Settings whose values do not validate. ``problems`` is ``(setting, message)`` pairs,
+    the setting named as its environment variable; ``str()`` lists them all."""
+
+    def __init__(self, problems: Sequence[tuple[str, str]]) -> None:
+        self.problems = tuple(problems)
+        super().__init__(
+            "invalid settings: " + "; ".join(f"{name}: {message}" for name, message in problems)
+        )
+
+
+class UnknownSettingError(ConfigError):
+    """``KIOSKFLEET_*`` variables that name no setting (in the environment or the env file).
+
+    ``names`` are the unknown variables, sorted; ``suggestions`` maps each to the
+    nearest valid variable, or None when nothing is close.
+    """
+
+    def __init__(self, suggestions: Mapping[str, str | None]) -> None:
+        self.names = tuple(sorted(suggestions))
+        self.suggestions = dict(suggestions)
+        parts = []
+        for name in self.names:
+            nearest = self.suggestions[name]
+            parts.append(f"{name} (did you mean {nearest}?)" if nearest else name)
+        super().__init__("unknown server settings: " + ", ".join(parts))
 
 
 class StorageError(ServerError):
@@ -56,4 +97,15 @@ class BrokerError(ServerError):
 
 
 class InvalidCursorError(ServerError, ValueError):
-    """A pagination cursor that this server did not hand out."""
+    """A page cursor that this server did not hand out (tampered with, truncated, or from
+    another API): the caller should start again without a cursor."""
+
+
+class ApiError(ServerError):
+    """An HTTP error answer: ``status`` code, machine ``error`` code, human ``message``."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message

@@ -2,7 +2,7 @@
 
 A frozen value: the MQTT adapter builds it, the ingest reads it. Never holds a
 library object and never does I/O. ``delivery`` names the broker's delivery
-so that it can be acknowledged later (``MqttSource.ack``), once what the
+so that it can be acknowledged later (``MessageSource.ack``), once what the
 message changed is committed to the database.
 """
 

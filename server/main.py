@@ -27,16 +27,21 @@ from types import FrameType
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
-from pydantic import ValidationError
 
 from server.api import ApiServices, create_app
 from server.config import Settings
-from server.errors import ServerError, StorageError
+from server.errors import ConfigError, ServerError, StorageError
 from server.fleet_collector import FleetCollector
 from server.fleet_state import FleetState
 from server.fleet_views import Transition
 from server.ingest import Ingest
 from server.log_throttle import ThrottledLog
+from server.message_source import (
+    ConnectionHandler,
+    MessageHandler,
+    MessageSource,
+    SourceFactory,
+)
 from server.metrics import ServerMetrics
 from server.mqtt_source import MqttOptions, MqttSource
 from server.records import EventRecord
@@ -44,7 +49,7 @@ from server.scheduler import EventPruner, OfflineSweep, build_scheduler
 from server.storage import Storage
 from server.write_behind import WriteBehind
 
-__all__ = ["Server", "run_server", "upgrade_database"]
+__all__ = ["Server", "mqtt_options", "mqtt_source", "run_server", "upgrade_database"]
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +65,52 @@ def _storage(settings: Settings) -> Storage:
     )
 
 
+def mqtt_options(settings: Settings) -> MqttOptions:
+    """What the paho adapter needs of ``settings``."""
+    broker = settings.broker
+    return MqttOptions(
+        host=broker.host,
+        port=broker.port,
+        client_id=settings.mqtt_client_id,
+        tls=broker.tls,
+        ca_file=settings.broker_ca_file,
+        cert_file=settings.broker_cert_file,
+        key_file=settings.broker_key_file,
+        keepalive_s=settings.mqtt_keepalive_s,
+        session_expiry_s=settings.mqtt_session_expiry_s,
+        reconnect_min_s=settings.mqtt_reconnect_min_s,
+        reconnect_max_s=settings.mqtt_reconnect_max_s,
+        shared_subscription=settings.shared_subscription,
+        protocol=settings.mqtt_protocol,
+        receive_maximum=settings.mqtt_receive_maximum,
+        drain_timeout_s=settings.mqtt_drain_timeout_s,
+    )
+
+
+def mqtt_source(settings: Settings) -> SourceFactory:
+    """The real message source: paho, configured from ``settings``."""
+    options = mqtt_options(settings)
+
+    def build(
+        on_message: MessageHandler, *, on_connection_change: ConnectionHandler
+    ) -> MessageSource:
+        return MqttSource(options, on_message, on_connection_change=on_connection_change)
+
+    return build
+
+
 class Server:
     """One server process's components. ``start()``, then ``stop()``; not restartable."""
 
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        *,
+        source: SourceFactory | None = None,
+    ) -> None:
+        """``source`` builds where messages come from (default: ``mqtt_source(settings)``,
+        the broker; tests pass ``InMemorySource.factory(...)``)."""
         self.settings = settings
         if registry is None:
             registry = CollectorRegistry()
@@ -87,6 +134,7 @@ class Server:
             max_pending_acks=settings.db_flush_max_pending_acks,
             max_pending_transitions=settings.db_max_pending_transitions,
             retry_max_s=settings.db_retry_max_s,
+            stall_after_s=settings.db_stall_after_s,
         )
         self.metrics.unacknowledged.set_function(self.writer.pending_acks)
         self.ingest = Ingest(
@@ -98,26 +146,9 @@ class Server:
                 logging.getLogger("server.ingest"), interval_s=settings.reject_log_interval_s
             ),
         )
-        broker = settings.broker
-        self.mqtt = MqttSource(
-            MqttOptions(
-                host=broker.host,
-                port=broker.port,
-                client_id=settings.mqtt_client_id,
-                tls=broker.tls,
-                ca_file=settings.broker_ca_file,
-                cert_file=settings.broker_cert_file,
-                key_file=settings.broker_key_file,
-                keepalive_s=settings.mqtt_keepalive_s,
-                session_expiry_s=settings.mqtt_session_expiry_s,
-                reconnect_min_s=settings.mqtt_reconnect_min_s,
-                reconnect_max_s=settings.mqtt_reconnect_max_s,
-                shared_subscription=settings.shared_subscription,
-                protocol=settings.mqtt_protocol,
-                receive_maximum=settings.mqtt_receive_maximum,
-            ),
-            self.ingest.handle,
-            on_connection_change=self.metrics.broker_connected.set,
+        make_source = source if source is not None else mqtt_source(settings)
+        self.mqtt: MessageSource = make_source(
+            self.ingest.handle, on_connection_change=self.metrics.broker_connected.set
         )
         self.sweep = OfflineSweep(
             self.fleet,
@@ -252,7 +283,11 @@ class Server:
             raise ServerError(f"cannot listen on {host}:{port}: {exc}") from exc
         self._port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=5
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=self.settings.http_keepalive_timeout_s,
         )
         self._http = uvicorn.Server(config)
         http = self._http
@@ -283,8 +318,8 @@ def _load_settings(env_file: Path | None) -> Settings | None:
         return None
     try:
         return Settings.from_env(env_file)
-    except ValidationError as exc:
-        log.error("invalid settings: %s", exc)
+    except ConfigError as exc:
+        log.error("%s", exc)
         return None
 
 

@@ -14,9 +14,9 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from kioskfleet import __version__
 from protocol.errors import REJECT_REASONS
 from protocol.topics import AGENT_CHANNELS
+from protocol.version import __version__
 
 __all__ = ["INTERNAL_REASON", "OFFLINE_REASONS", "REJECT_LABELS", "ServerMetrics"]
 

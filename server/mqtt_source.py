@@ -1,8 +1,9 @@
 """The server's MQTT adapter: the only server module that imports paho.
 
-One paho client (``CallbackAPIVersion.VERSION2``, MQTT v5, QoS 1) with a
-persistent session (``clean_start=False``, a Session Expiry Interval and a
-stable client id), so the broker queues reports while the server restarts.
+``MqttSource`` is the real ``server.message_source.MessageSource`` (the fake
+is ``server.in_memory_source.InMemorySource``). One paho client
+(``CallbackAPIVersion.VERSION2``, MQTT v5, QoS 1) with a persistent session
+(``clean_start=False``, a Session Expiry Interval and a stable client id), so the broker queues reports while the server restarts.
 MQTT 3.1.1 (``clean_session=False``) is an opt-in alternative: paho parses no
 v5 properties then, about a third less CPU per message.
 It subscribes to ``protocol.topics.server_subscriptions`` on every connect
@@ -14,13 +15,12 @@ It subscribes to ``protocol.topics.server_subscriptions`` on every connect
 Acknowledgements are manual (``manual_ack=True``): a QoS 1 message is
 acknowledged only when ``ack`` is called with its delivery, which the database
 writer does after the message's effects are committed. A delivery from an
-earlier connection is never acknowledged on a later one (packet ids are reused;
-the broker redelivers what was not acknowledged): the connection number changes
-as soon as paho reports the connection lost and again before it reconnects,
-under the same lock ``ack`` holds, so an acknowledgement queued late cannot go
-out on the next connection. ``pause`` stops intake for a
+earlier connection is never acknowledged on a later one (the port's
+``DeliveryGate``): the connection number changes as soon as paho reports the
+connection lost and again before it reconnects. ``pause`` stops intake for a
 graceful stop: messages that arrive after it are neither passed on nor
-acknowledged, so the broker keeps them for the next run.
+acknowledged, so the broker keeps them for the next run; ``stop`` then waits up
+to ``drain_timeout_s`` for paho to write the acknowledgements already queued.
 
 paho's error codes become ``BrokerError`` or log lines here; nothing paho-shaped
 leaves this module. It never decodes or judges a payload (that is the ingest).
@@ -32,7 +32,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +48,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from protocol.topics import server_subscriptions
 from server.errors import BrokerError
 from server.inbound import Delivery, InboundMessage
+from server.message_source import ConnectionHandler, DeliveryGate, MessageHandler
 
 __all__ = ["InboundMessage", "MqttOptions", "MqttSource"]
 
@@ -72,6 +73,7 @@ class MqttOptions:
     shared_subscription: bool = False
     protocol: Literal["5", "3.1.1"] = "5"
     receive_maximum: int = 0  # QoS 1 messages the broker may have in flight to us; 0: broker's
+    drain_timeout_s: float = 2.0  # on stop, how long paho may take to write queued PUBACKs
 
 
 class MqttSource:
@@ -80,9 +82,9 @@ class MqttSource:
     def __init__(
         self,
         options: MqttOptions,
-        on_message: Callable[[InboundMessage], object],
+        on_message: MessageHandler,
         *,
-        on_connection_change: Callable[[bool], None] | None = None,
+        on_connection_change: ConnectionHandler | None = None,
     ) -> None:
         self._options = options
         self._on_message = on_message
@@ -91,8 +93,7 @@ class MqttSource:
         self._connected = threading.Event()
         self._stopping = False
         self._paused = False
-        self._connection = 0  # bumped when a connection ends and before the next one starts
-        self._ack_lock = threading.Lock()  # guards _connection against ack()
+        self._gate = DeliveryGate()  # a new connection when one ends and before the next starts
         self._client = self._build_client()
 
     # --- public state ---------------------------------------------------------------------
@@ -116,15 +117,7 @@ class MqttSource:
         Deliveries of an earlier connection are skipped (the broker redelivers
         them on the new one). Returns how many acknowledgements were queued.
         """
-        sent = 0
-        with self._ack_lock:  # the connection cannot change while these are queued
-            current = self._connection
-            for connection, mid in deliveries:
-                if connection != current or not mid:
-                    continue
-                if self._client.ack(mid, 1) is MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    sent += 1
-        return sent
+        return self._gate.acknowledge(deliveries, self._send_ack)
 
     def pause(self) -> None:
         """Stop passing messages on; those that arrive now are not acknowledged either."""
@@ -167,11 +160,12 @@ class MqttSource:
         if self._client.loop_start() is not MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise BrokerError("the MQTT network thread is already running")
 
-    def stop(self, drain_timeout_s: float = 2.0) -> None:
-        """Let paho write the queued acknowledgements (waiting at most ``drain_timeout_s``),
-        disconnect cleanly (the session stays on the broker) and stop the thread."""
+    def stop(self) -> None:
+        """Let paho write the queued acknowledgements (waiting at most the options'
+        ``drain_timeout_s``), disconnect cleanly (the session stays on the broker) and stop
+        the thread."""
         self._paused = True
-        deadline = time.monotonic() + drain_timeout_s
+        deadline = time.monotonic() + self._options.drain_timeout_s
         while self.connected and self._client.want_write() and time.monotonic() < deadline:
             time.sleep(0.01)
         self._stopping = True
@@ -204,10 +198,8 @@ class MqttSource:
         client.on_pre_connect = self._handle_pre_connect
         return client
 
-    def _new_connection(self) -> None:
-        """Void the acknowledgements of the connection that ended (or never was)."""
-        with self._ack_lock:
-            self._connection += 1
+    def _send_ack(self, mid: int) -> bool:
+        return self._client.ack(mid, 1) is MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _set_connected(self, up: bool) -> None:
         was = self._connected.is_set()
@@ -271,13 +263,13 @@ class MqttSource:
         reason_code: ReasonCode,
         _properties: Properties | None,
     ) -> None:
-        self._new_connection()  # what was not acknowledged yet, the broker redelivers
+        self._gate.new_connection()  # what was not acknowledged yet, the broker redelivers
         self._set_connected(False)
         if not self._stopping:
             log.warning("disconnected from the broker (%s); reconnecting", reason_code)
 
     def _handle_pre_connect(self, _client: mqtt.Client, _userdata: Any) -> None:
-        self._new_connection()  # paho dropped its unsent packets; a new connection starts
+        self._gate.new_connection()  # paho dropped its unsent packets; a new connection starts
 
     def _handle_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
         log.warning(
@@ -300,7 +292,7 @@ class MqttSource:
                     bool(msg.retain),
                     received_at,
                     mid=msg.mid if msg.qos else 0,
-                    connection=self._connection,
+                    connection=self._gate.connection,
                 )
             )
         except Exception:  # an exception here would kill paho's network thread

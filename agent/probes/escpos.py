@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Final
 
+from agent.errors import ProbeError
 from agent.probes.base import Verdict, VerdictProbe
 from protocol.messages import PeripheralCondition, PeripheralKind
 from protocol.taxonomy import FAMILIES, Family
@@ -112,7 +113,7 @@ _BITS: Final[Mapping[int, tuple[tuple[int, EscPosFlag], ...]]] = {
 }
 
 
-class EscPosStatusError(ValueError):
+class EscPosStatusError(ProbeError, ValueError):
     """A byte that is not a valid answer to ``DLE EOT n``. Carries ``n`` and ``status``."""
 
     def __init__(self, n: int, status: int, message: str) -> None:

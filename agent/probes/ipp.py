@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
+from agent.errors import ProbeError
 from agent.probes.base import DETAIL_MAX, Verdict, VerdictProbe, clip
 from protocol.messages import PeripheralCondition, PeripheralKind
 from protocol.taxonomy import FAMILIES, Family
@@ -98,7 +99,7 @@ _PROCESSING: Final = 4
 _STOPPED: Final = 5
 
 
-class IppDecodeError(ValueError):
+class IppDecodeError(ProbeError, ValueError):
     """The bytes are not a well-formed IPP response. ``offset`` is where decoding stopped."""
 
     def __init__(self, message: str, offset: int) -> None:

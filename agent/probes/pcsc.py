@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Protocol
 
+from agent.errors import ProbeError
 from agent.probes.base import Verdict, VerdictProbe
 from protocol.messages import PeripheralCondition, PeripheralKind
 
@@ -71,7 +72,7 @@ SCARD_STATE_UNPOWERED: Final = 0x0400
 _STATE_MASK: Final = 0xFFFF
 
 
-class PcscError(Exception):
+class PcscError(ProbeError):
     """Base of the PC/SC probe's errors."""
 
 

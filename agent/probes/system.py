@@ -17,6 +17,8 @@ import re
 from pathlib import Path
 from typing import Final
 
+from agent.errors import ProbeError
+
 __all__ = [
     "BOOT_ID_PATH",
     "UPTIME_PATH",
@@ -32,7 +34,7 @@ _BOOT_ID: Final = re.compile(r"^[A-Za-z0-9-]{8,64}$")
 _MAX_BYTES: Final = 4096
 
 
-class SystemReadError(Exception):
+class SystemReadError(ProbeError):
     """An OS fact could not be read. ``path`` is the file that failed."""
 
     def __init__(self, path: str | Path, reason: str) -> None:

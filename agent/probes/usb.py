@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from agent.errors import ProbeError
 from agent.probes.base import Verdict, VerdictProbe
 from protocol.messages import PeripheralCondition, PeripheralKind
 from protocol.taxonomy import allowed_conditions
@@ -39,7 +40,7 @@ DEFAULT_SYSFS_ROOT: Final = Path("/sys/bus/usb/devices")
 _USB_ID: Final = re.compile(r"^[0-9a-fA-F]{4}$")
 
 
-class UsbScanError(OSError):
+class UsbScanError(ProbeError, OSError):
     """The sysfs root could not be listed. ``path`` is the root."""
 
     def __init__(self, path: Path, reason: str) -> None:

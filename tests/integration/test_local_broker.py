@@ -14,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from kioskfleet.local_broker import BrokerError, LocalBroker
+from kioskfleet.local_broker import LocalBroker, LocalBrokerError
 from tests.integration.conftest import unique, wait_until
 
 pytestmark = pytest.mark.integration
@@ -186,9 +186,9 @@ def test_terminate_of_a_paused_broker_still_saves_and_exits(tmp_path: Path) -> N
 def test_starting_twice_and_pausing_a_stopped_broker_are_refused(tmp_path: Path) -> None:
     broker = LocalBroker(tmp_path / "mosquitto").start()
     try:
-        with pytest.raises(BrokerError, match="already running"):
+        with pytest.raises(LocalBrokerError, match="already running"):
             broker.start()
     finally:
         broker.stop()
-    with pytest.raises(BrokerError, match="not running"):
+    with pytest.raises(LocalBrokerError, match="not running"):
         broker.pause()

@@ -93,6 +93,15 @@ def test_run_server_refuses_a_missing_env_file_or_bad_settings(
     assert run_server(bad) == 2
 
 
+def test_run_server_refuses_a_misspelt_setting_and_says_which_was_meant(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    typo = tmp_path / "typo.env"
+    typo.write_text("KIOSKFLEET_DB_FLUSH_INTERVAL=5\n")
+    assert run_server(typo) == 2
+    assert "did you mean KIOSKFLEET_DB_FLUSH_INTERVAL_S?" in caplog.text
+
+
 def test_cli_server_serves_until_sigterm_and_exits_cleanly(
     broker: LocalBroker, tmp_path: Path
 ) -> None:
