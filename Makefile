@@ -34,6 +34,7 @@ bench: setup
 	$(PY) bench/scrape.py
 	$(PY) bench/outbox.py
 	$(PY) bench/broker_queue.py
+	$(PY) bench/fleet_apply.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache var
