@@ -1,0 +1,73 @@
+"""The audit log's entry and port: who did what to what, when, from where, with which result.
+
+Every state-changing API call, every enrollment, renewal and revocation and
+every token change is recorded as one ``AuditEntry`` through an ``AuditSink``.
+The sink is the only way in: nothing reads an entry back to change it, and the
+API offers no route that edits or deletes one. ``MemoryAudit`` is the fake the
+unit tests use; the durable sink stores entries in the database (its table has
+a retention). Pure: no I/O here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+__all__ = ["AuditEntry", "AuditResult", "AuditSink", "MemoryAudit"]
+
+
+class AuditResult(StrEnum):
+    OK = "ok"  # done
+    DENIED = "denied"  # refused: no or wrong credentials, role, token, key
+    FAILED = "failed"  # allowed but it could not be done (invalid input, conflict, error)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One audited action.
+
+    ``actor`` names who acted: ``token:<name>`` for an API token, ``terminal:<id>`` for a
+    terminal (enrollment, renewal), ``anonymous`` when no credential was presented,
+    ``system`` for the server itself (bootstrap, scheduled jobs). ``action`` is a dotted
+    verb (``terminal.preauthorize``, ``est.simpleenroll``, ``token.create``...);
+    ``target`` what it acted on (a terminal id, a token name); ``source`` the client
+    address when there is one. ``detail`` holds short, non-secret strings only: never a
+    token, key or password.
+    """
+
+    at: datetime
+    actor: str
+    action: str
+    result: AuditResult
+    target: str | None = None
+    source: str | None = None
+    role: str | None = None
+    detail: Mapping[str, str] = field(default_factory=dict)
+
+
+class AuditSink(Protocol):
+    """Where audit entries go. ``record`` must not raise for a valid entry (a sink that
+    cannot store says so through its own health, never by failing the action)."""
+
+    def record(self, entry: AuditEntry) -> None: ...
+
+
+class MemoryAudit:
+    """An in-memory sink for tests: ``entries`` in the order recorded."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: list[AuditEntry] = []
+
+    def record(self, entry: AuditEntry) -> None:
+        with self._lock:
+            self._entries.append(entry)
+
+    @property
+    def entries(self) -> list[AuditEntry]:
+        with self._lock:
+            return list(self._entries)
