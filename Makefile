@@ -35,6 +35,7 @@ bench: setup
 	$(PY) bench/outbox.py
 	$(PY) bench/broker_queue.py
 	$(PY) bench/fleet_apply.py
+	$(PY) bench/hostile.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache var

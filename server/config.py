@@ -130,6 +130,15 @@ class Settings(BaseSettings):
     offline_after_missed_reports: Annotated[int, Field(ge=1, le=100)] = 3
     offline_check_interval_s: PositiveSeconds = 5.0
     default_report_interval_s: PositiveSeconds = 60.0
+    # Distrust of what terminals send (docs/security.md): a message budget per terminal
+    # (a real agent drains a backlog at 20/s with bursts of 50), a bound on seq jumps, and
+    # how many distinct device-text values reach a metric label before folding into "other".
+    ingest_rate_per_terminal_s: Annotated[float, Field(gt=0, le=100_000)] = 30.0
+    ingest_burst_per_terminal: Annotated[int, Field(ge=1, le=1_000_000)] = 200
+    max_seq_jump: Annotated[int, Field(ge=1, le=2**53)] = 1_000_000
+    metrics_fault_codes_per_kind: Annotated[int, Field(ge=1, le=10_000)] = 20
+    metrics_versions_per_package: Annotated[int, Field(ge=1, le=10_000)] = 10
+    metrics_packages: Annotated[int, Field(ge=1, le=10_000)] = 30
 
     @field_validator("database_url")
     @classmethod

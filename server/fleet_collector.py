@@ -34,6 +34,11 @@ missing label and which Alertmanager routes to the platform team. Halls that end
 up with the same labels (a hall really named ``unknown``) are added together so
 the exposition never holds a duplicate series.
 
+Device text never becomes an unbounded label: ``LabelBudget`` keeps, per
+kind, the most reported fault codes and, per package, the versions on most
+terminals (and only the packages on most terminals); the rest are folded into
+``other``. Halls and regions come from the server's record of each terminal.
+
 This module must never iterate over the whole fleet or create a series for a
 healthy terminal: a scrape's cost follows the number of halls, versions and
 problems. It does no I/O and registers nothing by itself.
@@ -41,7 +46,9 @@ problems. It does no I/O and registers nothing by itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Final
 
 from prometheus_client.core import GaugeMetricFamily
@@ -51,10 +58,17 @@ from prometheus_client.registry import Collector
 from protocol.messages import PeripheralCondition, PeripheralKind
 from protocol.taxonomy import family_of
 from server.fleet_state import FleetState
-from server.fleet_views import FleetSummary
+from server.fleet_views import AGENT_PACKAGE, FleetSummary, SoftwareCount
 from server.health import Health
 
-__all__ = ["FLEET_METRIC_NAMES", "UNKNOWN_LABEL", "FleetCollector", "fleet_families"]
+__all__ = [
+    "FLEET_METRIC_NAMES",
+    "OTHER_LABEL",
+    "UNKNOWN_LABEL",
+    "FleetCollector",
+    "LabelBudget",
+    "fleet_families",
+]
 
 UNKNOWN_LABEL: Final = "unknown"
 """Label value of ``region``/``hall`` for a terminal that has not said which it is in."""
@@ -125,11 +139,70 @@ def _label(value: str | None) -> str:
     return UNKNOWN_LABEL if value is None else value
 
 
+OTHER_LABEL: Final = "other"
+"""Label value that device text beyond its ``LabelBudget`` is folded into."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabelBudget:
+    """How many distinct device-text values reach a label; the rest become ``other``.
+
+    Per kind, the ``fault_codes_per_kind`` codes that most problem peripherals
+    report now keep their value on ``kioskfleet_terminal_peripheral_problem``;
+    per package, the ``versions_per_package`` versions on most terminals keep
+    theirs on ``kioskfleet_software_terminals``, and only the ``packages`` packages
+    on most terminals keep their name (the agent's own always does). Ties go to
+    the smaller value, so the choice does not flicker between scrapes. Chosen per
+    scrape from what the fleet holds now: no terminal can occupy a slot for good.
+    """
+
+    fault_codes_per_kind: int = 20
+    versions_per_package: int = 10
+    packages: int = 30
+
+
+def _top(counts: Counter[str], n: int) -> set[str]:
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return {value for value, _ in ranked[:n]}
+
+
+def _fold_software(
+    software: Iterable[SoftwareCount], budget: LabelBudget
+) -> dict[tuple[str, str], int]:
+    by_package: dict[str, Counter[str]] = {}
+    for s in software:
+        by_package.setdefault(s.package, Counter())[s.version] += s.count
+    totals = Counter({p: sum(v.values()) for p, v in by_package.items()})
+    kept_packages = _top(totals, budget.packages) | ({AGENT_PACKAGE} & set(totals))
+    out: Counter[tuple[str, str]] = Counter()
+    for package, versions in by_package.items():
+        if package not in kept_packages:
+            out[(OTHER_LABEL, OTHER_LABEL)] += sum(versions.values())
+            continue
+        kept = _top(versions, budget.versions_per_package)
+        for version, n in versions.items():
+            out[(package, version if version in kept else OTHER_LABEL)] += n
+    return dict(out)
+
+
+def _fault_code_labels(
+    summary: FleetSummary, budget: LabelBudget
+) -> dict[PeripheralKind, set[str]]:
+    """Per kind, the fault codes that keep their own label value."""
+    by_kind: dict[PeripheralKind, Counter[str]] = {}
+    for t in summary.problem_terminals:
+        for p in t.problems:
+            if p.fault_code:
+                by_kind.setdefault(p.kind, Counter())[p.fault_code] += 1
+    return {kind: _top(codes, budget.fault_codes_per_kind) for kind, codes in by_kind.items()}
+
+
 class FleetCollector(Collector):
     """Yields the fleet gauges from ``fleet`` at every scrape; register it on a registry."""
 
-    def __init__(self, fleet: FleetState) -> None:
+    def __init__(self, fleet: FleetState, budget: LabelBudget | None = None) -> None:
         self._fleet = fleet
+        self._budget = budget or LabelBudget()
 
     def describe(self) -> Iterator[Metric]:
         """The families without samples (lets the registry check names without a scrape)."""
@@ -137,11 +210,15 @@ class FleetCollector(Collector):
             yield GaugeMetricFamily(name, _HELP[name], labels=_LABELS[name])
 
     def collect(self) -> Iterator[Metric]:
-        yield from fleet_families(self._fleet.summary())
+        yield from fleet_families(self._fleet.summary(), self._budget)
 
 
-def fleet_families(summary: FleetSummary) -> list[Metric]:
-    """The fleet metric families for one reading of the fleet (pure; what ``collect`` yields)."""
+def fleet_families(summary: FleetSummary, budget: LabelBudget | None = None) -> list[Metric]:
+    """The fleet metric families for one reading of the fleet (pure; what ``collect`` yields).
+
+    Device text (fault codes, software packages and versions) beyond ``budget`` is folded
+    into ``other``, so no terminal can multiply the series."""
+    budget = budget or LabelBudget()
     out = {name: GaugeMetricFamily(name, _HELP[name], labels=_LABELS[name]) for name in _HELP}
 
     terminals: dict[tuple[str, str], dict[Health, int]] = {}
@@ -176,10 +253,11 @@ def fleet_families(summary: FleetSummary) -> list[Metric]:
         dropped.add_metric([region, hall], n_dropped)
         gaps.add_metric([region, hall], n_gaps)
     family = out[_SOFTWARE]
-    for s in summary.software:
-        family.add_metric([s.package, s.version], s.count)
+    for (package, version), n in sorted(_fold_software(summary.software, budget).items()):
+        family.add_metric([package, version], n)
 
     offline, since, problem = out[_OFFLINE], out[_OFFLINE_SINCE], out[_PROBLEM]
+    kept_codes = _fault_code_labels(summary, budget)
     for t in summary.problem_terminals:
         region, hall = _label(t.region), _label(t.hall)
         if not t.online:
@@ -195,8 +273,14 @@ def fleet_families(summary: FleetSummary) -> list[Metric]:
                     _FAMILY[p.kind],
                     p.kind.value,
                     p.condition.value,
-                    p.fault_code or "",
+                    _fault_code(p.fault_code, kept_codes.get(p.kind, set())),
                 ],
                 1,
             )
     return list(out.values())
+
+
+def _fault_code(code: str | None, kept: set[str]) -> str:
+    if not code:
+        return ""
+    return code if code in kept else OTHER_LABEL

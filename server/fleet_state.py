@@ -38,7 +38,7 @@ from server.fleet_views import (
     TerminalView,
     Transition,
 )
-from server.terminal_rules import SilencePolicy, TerminalRecord
+from server.terminal_rules import TerminalPolicy, TerminalRecord
 
 __all__ = ["FleetState"]
 
@@ -51,9 +51,13 @@ class FleetState:
         *,
         offline_after_missed_reports: int = 3,
         default_report_interval_s: float = 60.0,
+        max_seq_jump: int = 1_000_000,
     ) -> None:
-        """Raises ValueError unless ``offline_after_missed_reports`` >= 1 and the interval > 0."""
-        self._policy = SilencePolicy(offline_after_missed_reports, default_report_interval_s)
+        """Raises ValueError unless ``offline_after_missed_reports`` >= 1, the interval > 0
+        and ``max_seq_jump`` >= 1."""
+        self._policy = TerminalPolicy(
+            offline_after_missed_reports, default_report_interval_s, max_seq_jump
+        )
         self._lock = threading.Lock()
         self._terminals: dict[str, TerminalRecord] = {}
         self._sorted_ids: list[str] = []
@@ -80,6 +84,7 @@ class FleetState:
         """
         with self._lock:
             t = self._terminals.get(message.terminal_id)
+            created = t is None
             if t is None:
                 t = self._terminals[message.terminal_id] = TerminalRecord(
                     message.terminal_id, received_at
@@ -88,6 +93,9 @@ class FleetState:
             outcome = terminal_rules.apply(t, message, received_at, self._policy, retained=retained)
             if outcome.retally:
                 self._tallies.update(t)
+            elif created and not outcome.accepted:  # a refused first message leaves no trace
+                del self._terminals[t.id]
+                self._sorted_ids.remove(t.id)
             return outcome
 
     def expire_silent(

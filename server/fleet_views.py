@@ -52,6 +52,7 @@ class Verdict(StrEnum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"  # already applied (same boot, seq not newer; retained re-delivery)
     STALE = "stale"  # superseded (previous boot; retained online older than what we know)
+    REFUSED = "refused"  # breaks a bound the rules keep (``Outcome.reason`` says which)
 
 
 class OfflineReason(StrEnum):
@@ -84,6 +85,7 @@ class Outcome:
     transitions: tuple[Transition, ...] = ()
     peripherals_changed: bool = False  # the peripheral set must be rewritten
     retally: bool = False  # the terminal's share of the fleet tallies may have changed
+    reason: str | None = None  # REFUSED only: the reject reason (``seq_jump``)
 
     @property
     def accepted(self) -> bool:

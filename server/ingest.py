@@ -1,10 +1,11 @@
 """The ingest: what happens to one inbound MQTT message, from bytes to fleet state.
 
-``decode`` (the protocol's single gate) → ``FleetState.apply`` → queue the
+The ingest gate (``server.ingest_gate``: an enrolled, active id within its
+message budget; judged on the topic alone) → ``decode`` (the protocol's single gate) → ``FleetState.apply`` → queue the
 changes, the event row and the message's broker delivery for the batched
 database writer (which acknowledges the delivery once the changes are
 committed) → metrics. A message that is not applied (rejected, duplicate,
-stale) is handed to the writer's ``settle``: acknowledged with the next flush,
+stale, refused by a rule such as ``seq_jump``) is handed to the writer's ``settle``: acknowledged with the next flush,
 after everything received before it. It runs on the MQTT
 adapter's network thread for every message, so it stays lean: no database I/O,
 no per-message logging, no lock held beyond the fleet state's own.
@@ -26,10 +27,11 @@ from typing import Final, Protocol
 from protocol.codec import decode
 from protocol.errors import ProtocolError
 from protocol.messages import EventMessage, Message, ReportMessage, StateMessage
-from protocol.topics import Channel
+from protocol.topics import Channel, parse_topic
 from server.fleet_state import FleetState
 from server.fleet_views import CONNECTIVITY, Transition, Verdict
 from server.inbound import Delivery, InboundMessage
+from server.ingest_gate import IngestGate
 from server.log_throttle import ThrottledLog
 from server.metrics import INTERNAL_REASON, ServerMetrics
 from server.records import EventRecord
@@ -90,8 +92,10 @@ class Ingest:
         *,
         max_payload_bytes: int,
         throttled_log: ThrottledLog | None = None,
+        gate: IngestGate | None = None,
     ) -> None:
         self._fleet = fleet
+        self._gate = gate
         self._sink = sink
         self._metrics = metrics
         self._max_bytes = max_payload_bytes
@@ -126,23 +130,34 @@ class Ingest:
 
     def _handle(self, inbound: InboundMessage) -> IngestResult:
         try:
+            if self._gate is not None:  # before decoding: a refused id costs almost nothing
+                terminal_id, _ = parse_topic(inbound.topic)
+                refused = self._gate.admit(terminal_id)
+                if refused is not None:
+                    return self._reject(inbound, refused, f"terminal {terminal_id!r} refused")
             message = decode(inbound.topic, inbound.payload, max_bytes=self._max_bytes)
         except ProtocolError as exc:
-            self._metrics.ingest_rejected.labels(exc.reason).inc()
-            self._log.warning(
-                exc.reason,
-                "rejected message on topic %r: %s: %s",
-                _clip(inbound.topic),
-                exc.reason,
-                _clip(exc.message),
-            )
-            return IngestResult.REJECTED
+            return self._reject(inbound, exc.reason, exc.message)
 
         with self._sink.applying():  # no flush copies the state before it is recorded
             return self._apply(message, inbound)
 
+    def _reject(self, inbound: InboundMessage, reason: str, message: str) -> IngestResult:
+        self._metrics.ingest_rejected.labels(reason).inc()
+        self._log.warning(
+            reason,
+            "rejected message on topic %r: %s: %s",
+            _clip(inbound.topic),
+            reason,
+            _clip(message),
+        )
+        return IngestResult.REJECTED
+
     def _apply(self, message: Message, inbound: InboundMessage) -> IngestResult:
         outcome = self._fleet.apply(message, inbound.received_at, retained=inbound.retained)
+        if outcome.verdict is Verdict.REFUSED:
+            reason = outcome.reason or "refused"
+            return self._reject(inbound, reason, f"seq {message.seq} refused by the rules")
         if outcome.verdict is not Verdict.ACCEPTED:
             # Retained re-deliveries (every re-subscribe) are expected, not duplicates.
             if not inbound.retained:

@@ -31,10 +31,11 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from server.api import ApiServices, create_app
 from server.config import Settings
 from server.errors import ConfigError, ServerError, StorageError
-from server.fleet_collector import FleetCollector
+from server.fleet_collector import FleetCollector, LabelBudget
 from server.fleet_state import FleetState
 from server.fleet_views import Transition
 from server.ingest import Ingest
+from server.ingest_gate import IngestGate
 from server.log_throttle import ThrottledLog
 from server.message_source import (
     ConnectionHandler,
@@ -122,8 +123,18 @@ class Server:
         self.fleet = FleetState(
             offline_after_missed_reports=settings.offline_after_missed_reports,
             default_report_interval_s=settings.default_report_interval_s,
+            max_seq_jump=settings.max_seq_jump,
         )
-        registry.register(FleetCollector(self.fleet))  # fleet gauges, computed at scrape time
+        registry.register(  # fleet gauges, computed at scrape time
+            FleetCollector(
+                self.fleet,
+                LabelBudget(
+                    fault_codes_per_kind=settings.metrics_fault_codes_per_kind,
+                    versions_per_package=settings.metrics_versions_per_package,
+                    packages=settings.metrics_packages,
+                ),
+            )
+        )
         self.storage = _storage(settings)
         self.writer = WriteBehind(
             self.storage,
@@ -144,6 +155,11 @@ class Server:
             max_payload_bytes=settings.max_payload_bytes,
             throttled_log=ThrottledLog(
                 logging.getLogger("server.ingest"), interval_s=settings.reject_log_interval_s
+            ),
+            gate=IngestGate(
+                rate_per_s=settings.ingest_rate_per_terminal_s,
+                burst=settings.ingest_burst_per_terminal,
+                clock=time.monotonic,
             ),
         )
         make_source = source if source is not None else mqtt_source(settings)

@@ -18,11 +18,19 @@ from protocol.errors import REJECT_REASONS
 from protocol.topics import AGENT_CHANNELS
 from protocol.version import __version__
 
-__all__ = ["INTERNAL_REASON", "OFFLINE_REASONS", "REJECT_LABELS", "ServerMetrics"]
+__all__ = [
+    "INTERNAL_REASON",
+    "OFFLINE_REASONS",
+    "REJECT_LABELS",
+    "SERVER_REJECT_REASONS",
+    "ServerMetrics",
+]
 
 INTERNAL_REASON: Final = "internal"
 """Reject reason for a message whose processing raised an unexpected exception."""
-REJECT_LABELS: Final = (*REJECT_REASONS, INTERNAL_REASON)
+SERVER_REJECT_REASONS: Final = ("unknown_terminal", "rate_limited", "seq_jump")
+"""Reject reasons the server adds to the wire's: the ingest gate's and the rules' bounds."""
+REJECT_LABELS: Final = (*REJECT_REASONS, *SERVER_REJECT_REASONS, INTERNAL_REASON)
 OFFLINE_REASONS: Final = ("will", "shutdown", "timeout")
 
 _DELAY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)

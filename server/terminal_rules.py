@@ -10,6 +10,8 @@ Read it like python-tuf's ``trusted_metadata_set.py``.
 Rules (docs/server.md explains why):
 
 Sequence (reports and events)
+    A ``seq`` more than ``max_seq_jump`` past the highest accepted (past 0 for a
+    new stream) is REFUSED (reason ``seq_jump``) and changes nothing.
     ``boot_id`` names a sequence stream that survives agent restarts; its stream
     messages are numbered from 1. A message with the terminal's current
     ``boot_id`` and ``seq`` <= the highest accepted is a DUPLICATE; ``seq`` >
@@ -92,10 +94,11 @@ from server.fleet_views import (
     Verdict,
 )
 
-__all__ = ["VIEW_FIELDS", "SilencePolicy", "TerminalRecord", "apply", "expire"]
+__all__ = ["VIEW_FIELDS", "TerminalPolicy", "TerminalRecord", "apply", "expire"]
 
 _DUPLICATE: Final = Outcome(Verdict.DUPLICATE)
 _STALE: Final = Outcome(Verdict.STALE)
+_SEQ_JUMP: Final = Outcome(Verdict.REFUSED, reason="seq_jump")
 _OK: Final = PeripheralCondition.OK
 
 VIEW_FIELDS: Final = tuple(f.name for f in fields(TerminalView))
@@ -103,16 +106,26 @@ VIEW_FIELDS: Final = tuple(f.name for f in fields(TerminalView))
 
 
 @dataclass(frozen=True, slots=True)
-class SilencePolicy:
-    """When silence makes a terminal offline: ``missed`` report intervals without a message
-    (the terminal's own interval, or ``default_interval_s`` before it said one)."""
+class TerminalPolicy:
+    """The rules' settings.
+
+    Silence makes a terminal offline after ``missed`` report intervals without a
+    message (the terminal's own interval, or ``default_interval_s`` before it said
+    one). A stream message whose ``seq`` is more than ``max_seq_jump`` past the
+    highest accepted (or past 0 for a new stream) is refused: no real agent skips a
+    million numbers, and one forged high ``seq`` would otherwise make every later
+    real message a duplicate.
+    """
 
     missed: int = 3
     default_interval_s: float = 60.0
+    max_seq_jump: int = 1_000_000
 
     def __post_init__(self) -> None:
         if self.missed < 1 or self.default_interval_s <= 0:
             raise ValueError("offline_after_missed_reports >= 1 and a positive interval")
+        if self.max_seq_jump < 1:
+            raise ValueError("max_seq_jump must be >= 1")
 
     def grace(self, interval_s: float | None) -> timedelta:
         return timedelta(seconds=self.missed * (interval_s or self.default_interval_s))
@@ -164,7 +177,7 @@ class TerminalRecord:
         self.reported: tuple[tuple[object, ...], ...] | None = None
 
     @classmethod
-    def from_view(cls, v: TerminalView, policy: SilencePolicy) -> TerminalRecord:
+    def from_view(cls, v: TerminalView, policy: TerminalPolicy) -> TerminalRecord:
         """The record a stored view describes (the database's copy at startup)."""
         t = cls(v.id, v.first_seen)
         for name in VIEW_FIELDS:
@@ -194,7 +207,7 @@ def apply(
     t: TerminalRecord,
     message: Message,
     received_at: datetime,
-    policy: SilencePolicy,
+    policy: TerminalPolicy,
     *,
     retained: bool = False,
 ) -> Outcome:
@@ -209,7 +222,7 @@ def apply(
 
 
 def expire(
-    t: TerminalRecord, now: datetime, policy: SilencePolicy, listening_since: datetime | None
+    t: TerminalRecord, now: datetime, policy: TerminalPolicy, listening_since: datetime | None
 ) -> Transition | None:
     """Take ``t`` offline (reason timeout) if it is online and has been silent too long.
 
@@ -226,7 +239,7 @@ def expire(
 # --- internals ------------------------------------------------------------------------------
 
 
-def _set_deadline(t: TerminalRecord, policy: SilencePolicy) -> None:
+def _set_deadline(t: TerminalRecord, policy: TerminalPolicy) -> None:
     t.deadline = t.last_seen + policy.grace(t.report_interval_s)
 
 
@@ -283,7 +296,7 @@ def _apply_state(
     m: StateMessage,
     received_at: datetime,
     retained: bool,
-    policy: SilencePolicy,
+    policy: TerminalPolicy,
 ) -> Outcome:
     if m.boot_id != t.boot_id and m.boot_id == t.prev_boot_id:
         return _STALE
@@ -337,7 +350,7 @@ def _apply_stream(
     t: TerminalRecord,
     m: ReportMessage | EventMessage,
     received_at: datetime,
-    policy: SilencePolicy,
+    policy: TerminalPolicy,
 ) -> Outcome:
     # Sequence: duplicates, stragglers from the previous stream, gaps.
     new_boot = m.boot_id != t.boot_id
@@ -346,6 +359,8 @@ def _apply_stream(
             return _DUPLICATE
     elif m.boot_id == t.prev_boot_id:
         return _STALE
+    if m.seq - ((t.last_seq or 0) if not new_boot else 0) > policy.max_seq_jump:
+        return _SEQ_JUMP
     old_dropped = t.dropped_reports
     if new_boot:
         _new_stream(t, m.boot_id)

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kioskfleet import __version__
 from protocol.messages import PeripheralCondition, PeripheralKind
 from protocol.taxonomy import allowed_conditions, family_of
-from server.fleet_collector import FLEET_METRIC_NAMES, UNKNOWN_LABEL, FleetCollector
+from server.fleet_collector import FLEET_METRIC_NAMES, UNKNOWN_LABEL, FleetCollector, LabelBudget
 from server.fleet_state import FleetState
 from server.fleet_views import AGENT_PACKAGE, TerminalFilter, TerminalView
 from server.health import Health, Status, terminal_health
@@ -564,3 +564,56 @@ def test_summary_reads_the_same_tallies_as_halls_software_and_problem_terminals(
         for v in views
     ]
     assert [t.id for t in summary.problem_terminals] == ["B", "C", "D", "E"]
+
+
+# --- device text is bounded before it reaches a label -----------------------------------
+
+
+def _label_values(series: Series, name: str, label: str) -> Counter[str]:
+    return Counter(dict(labels)[label] for (n, labels) in series if n == name)
+
+
+def test_fault_codes_beyond_the_budget_are_folded_into_other_per_kind() -> None:
+    fleet = FleetState()
+    for i in range(30):  # 30 readers, each with its own code; E-COMMON on 5 more
+        fault = periph("idcard", "id_card_reader", "fault", fault_code=f"E-{i:03d}")
+        fleet.apply(report(f"R-{i:02d}", peripherals=[PRINTER_OK, fault]), at(0))
+    for i in range(5):
+        fault = periph("idcard", "id_card_reader", "fault", fault_code="E-COMMON")
+        fleet.apply(report(f"C-{i}", peripherals=[PRINTER_OK, fault]), at(0))
+    jam = periph("printer", "receipt_printer", "jam", fault_code="P-1")
+    fleet.apply(report("P", peripherals=[jam, READER_OK]), at(0))
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(fleet, LabelBudget(fault_codes_per_kind=3)))
+    codes = _label_values(scrape(registry), "kioskfleet_terminal_peripheral_problem", "fault_code")
+    # The most reported code keeps its value, then the smallest; each kind has its own budget.
+    assert codes == Counter({"E-COMMON": 5, "E-000": 1, "E-001": 1, "other": 28, "P-1": 1})
+
+
+def test_software_beyond_the_budget_is_folded_into_other_and_the_agent_keeps_its_name() -> None:
+    fleet = FleetState()
+    for i in range(12):
+        installed = {"kiosk-app": f"3.{i}", f"tool-{i}": "1.0"}
+        fleet.apply(report(f"T-{i:02d}", software=installed), at(0))
+    fleet.apply(report("T-99", software={"kiosk-app": "3.0"}), at(0))
+    # Two packages keep their name: the agent (always) and kiosk-app (on most terminals).
+    series = fleet_families_series(fleet, LabelBudget(versions_per_package=2, packages=2))
+    software = {
+        (dict(labels)["package"], dict(labels)["version"]): value
+        for (name, labels), value in series.items()
+        if name == "kioskfleet_software_terminals"
+    }
+    assert software == {
+        (AGENT_PACKAGE, "1.0.0"): 13,
+        ("kiosk-app", "3.0"): 2,
+        ("kiosk-app", "3.1"): 1,
+        ("kiosk-app", "other"): 10,
+        ("other", "other"): 12,  # the twelve tools: packages on fewer terminals
+    }
+    assert sum(v for (p, _), v in software.items() if p != AGENT_PACKAGE) == 13 + 12
+
+
+def fleet_families_series(fleet: FleetState, budget: LabelBudget) -> Series:
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(fleet, budget))
+    return scrape(registry)

@@ -28,7 +28,7 @@ from server.fleet_views import (
     Transition,
 )
 from server.records import EventRecord
-from server.terminal_rules import VIEW_FIELDS, SilencePolicy, TerminalRecord
+from server.terminal_rules import VIEW_FIELDS, TerminalPolicy, TerminalRecord
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 T: Final = datetime(2026, 5, 1, 9, 30, tzinfo=UTC)
@@ -75,7 +75,7 @@ def test_the_example_view_sets_every_field_away_from_its_default() -> None:
 def test_the_live_record_carries_every_field_of_the_view_and_copies_it_back() -> None:
     assert set(VIEW_FIELDS) <= set(TerminalRecord.__slots__)
     view = _every_field_set()
-    record = TerminalRecord.from_view(view, SilencePolicy())
+    record = TerminalRecord.from_view(view, TerminalPolicy())
     assert record.view() == view
     copy = record.view()
     assert copy.software is not record.software  # readers never get the live dict

@@ -138,6 +138,34 @@ def test_state_message_of_a_new_stream_leaves_the_position_unknown_for_the_next_
     assert (view(fleet).seq_gaps, view(fleet).last_seq) == (6 + 2, 3)  # 1..6 of the first
 
 
+def test_a_seq_jump_beyond_the_bound_is_refused_and_changes_nothing() -> None:
+    fleet = FleetState(max_seq_jump=1000)
+    fleet.apply(report(seq=10), at(0))
+    before = view(fleet)
+    forged = fleet.apply(report(seq=2**53), at(1))
+    assert (forged.verdict, forged.reason) == (Verdict.REFUSED, "seq_jump")
+    assert view(fleet) == before
+    # The real terminal's next messages are not taken for duplicates.
+    assert fleet.apply(report(seq=11), at(2)).verdict is Verdict.ACCEPTED
+    assert fleet.apply(report(seq=1011), at(3)).verdict is Verdict.ACCEPTED  # 999 missing
+    assert view(fleet).seq_gaps == before.seq_gaps + 999
+
+
+def test_a_new_stream_starting_beyond_the_bound_is_refused_and_a_refused_stranger_is_forgotten() -> (
+    None
+):
+    fleet = FleetState(max_seq_jump=1000)
+    fleet.apply(report(seq=5), at(0))
+    out = fleet.apply(report(seq=5000, boot="boot-forged"), at(1))
+    assert out.verdict is Verdict.REFUSED
+    assert view(fleet).boot_id == BOOT
+    assert fleet.apply(report("T-2", seq=10**9), at(2)).verdict is Verdict.REFUSED
+    assert fleet.get("T-2") is None
+    assert len(fleet) == 1
+    page = fleet.query(TerminalFilter(), limit=10)
+    assert [v.id for v in page.items] == ["T-1"]
+
+
 def test_delivery_counters_count_reports_events_gaps_and_the_latest_dropped_reports(
     fleet: FleetState,
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +19,7 @@ from server.fleet_state import FleetState
 from server.fleet_views import Transition
 from server.inbound import Delivery, InboundMessage
 from server.ingest import Ingest, IngestResult
+from server.ingest_gate import IngestGate
 from server.log_throttle import ThrottledLog
 from server.metrics import REJECT_LABELS, ServerMetrics
 from server.records import EventRecord
@@ -91,10 +92,11 @@ def _channel(message: Message) -> str:
     return {"kf.report": "report", "kf.event": "event", "kf.state": "state"}[message.schema_]
 
 
-@pytest.fixture
-def rig() -> Rig:
+def make_rig(
+    fleet: FleetState | None = None, gate: Callable[[FakeClock], IngestGate] | None = None
+) -> Rig:
     registry = CollectorRegistry()
-    fleet = FleetState()
+    fleet = fleet or FleetState()
     sink = RecordingSink()
     clock = FakeClock()
     ingest = Ingest(
@@ -103,8 +105,14 @@ def rig() -> Rig:
         ServerMetrics(registry),
         max_payload_bytes=4096,
         throttled_log=ThrottledLog(logging.getLogger("test.ingest"), interval_s=10, clock=clock),
+        gate=None if gate is None else gate(clock),
     )
     return Rig(ingest, fleet, sink, registry, clock)
+
+
+@pytest.fixture
+def rig() -> Rig:
+    return make_rig()
 
 
 def _valid_report_dict(**over: Any) -> dict[str, Any]:
@@ -250,3 +258,48 @@ def test_a_valid_report_after_garbage_is_still_ingested(rig: Rig) -> None:
         rig.raw(topic, payload)
     assert rig.send(report(seq=1), at(1)) is IngestResult.ACCEPTED
     assert rig.fleet.get("T-1") is not None
+
+
+# --- the gate and the rules' bounds -----------------------------------------------------
+
+
+class Enrolled:
+    def __init__(self, *ids: str) -> None:
+        self.ids = set(ids)
+
+    def is_active(self, terminal_id: str) -> bool:
+        return terminal_id in self.ids
+
+
+def _gated_rig(directory: Enrolled, *, burst: int = 100) -> Rig:
+    return make_rig(
+        FleetState(max_seq_jump=1000),
+        lambda clock: IngestGate(rate_per_s=1.0, burst=burst, clock=clock, directory=directory),
+    )
+
+
+def test_a_terminal_that_is_not_enrolled_is_refused_before_anything_is_kept() -> None:
+    rig = _gated_rig(Enrolled("T-1"))
+    for i in range(200):
+        assert rig.send(report(f"FAKE-{i}", seq=1), at(0), mid=i) is IngestResult.REJECTED
+    assert rig.send(report("T-1", seq=1), at(0), mid=999) is IngestResult.ACCEPTED
+    assert len(rig.fleet) == 1
+    assert rig.value("kioskfleet_ingest_rejected_total", reason="unknown_terminal") == 200
+    assert len(rig.sink.settled) == 200  # acknowledged (nothing to keep), never applied
+
+
+def test_a_terminal_over_its_budget_is_rate_limited_and_others_are_not() -> None:
+    rig = _gated_rig(Enrolled("T-1", "T-2"), burst=5)
+    results = [rig.send(report("T-1", seq=i), at(0), mid=i) for i in range(1, 11)]
+    assert results.count(IngestResult.ACCEPTED) == 5
+    assert rig.value("kioskfleet_ingest_rejected_total", reason="rate_limited") == 5
+    assert rig.send(report("T-2", seq=1), at(0), mid=100) is IngestResult.ACCEPTED
+
+
+def test_a_refused_seq_jump_is_counted_and_settled() -> None:
+    rig = _gated_rig(Enrolled("T-1"))
+    rig.send(report("T-1", seq=1), at(0), mid=1)
+    assert rig.send(report("T-1", seq=2**40), at(1), mid=2) is IngestResult.REJECTED
+    assert rig.value("kioskfleet_ingest_rejected_total", reason="seq_jump") == 1
+    assert rig.sink.settled == [(1, 2)]  # the refused delivery, acknowledged with the next flush
+    assert rig.send(report("T-1", seq=2), at(2), mid=3) is IngestResult.ACCEPTED
