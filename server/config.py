@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     # the offline sweep's pause): a database cut off by the network raises nothing for minutes.
     db_stall_after_s: PositiveSeconds = 5.0
     event_retention_days: Annotated[float, Field(gt=0, le=36500)] = 90.0
+    transition_retention_days: Annotated[float, Field(gt=0, le=36500)] = 365.0
     event_prune_interval_s: PositiveSeconds = 3600.0
 
     # Broker.

@@ -46,7 +46,7 @@ from server.message_source import (
 from server.metrics import ServerMetrics
 from server.mqtt_source import MqttOptions, MqttSource
 from server.records import EventRecord
-from server.scheduler import EventPruner, OfflineSweep, build_scheduler
+from server.scheduler import OfflineSweep, Retention, RetentionPruner, build_scheduler
 from server.storage import Storage
 from server.write_behind import WriteBehind
 
@@ -172,10 +172,20 @@ class Server:
             self.metrics,
             listening_since=self.listening_since,
         )
-        self.pruner = EventPruner(
-            self.storage,
+        self.pruner = RetentionPruner(
+            [
+                Retention(
+                    "events",
+                    self.storage.prune_events,
+                    timedelta(days=settings.event_retention_days),
+                ),
+                Retention(
+                    "transitions",
+                    self.storage.prune_transitions,
+                    timedelta(days=settings.transition_retention_days),
+                ),
+            ],
             self.metrics,
-            retention=timedelta(days=settings.event_retention_days),
         )
         self.app = create_app(
             ApiServices(

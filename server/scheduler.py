@@ -10,7 +10,7 @@ every terminal a full grace period after each reconnect (the server passes
 database writes, None while either is down, because the broker stops
 delivering while acknowledgements wait for a commit).
 
-``EventPruner`` deletes stored events older than the retention period.
+``RetentionPruner`` deletes rows past their retention period (events, transitions, ...).
 
 ``build_scheduler`` wires them into a ``BackgroundScheduler`` (``max_instances=1``,
 ``coalesce=True``); ``Server.start()`` starts it and ``Server.stop()`` shuts it
@@ -20,9 +20,9 @@ down. Nothing is scheduled at import time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -32,7 +32,7 @@ from server.fleet_views import OfflineReason, Transition
 from server.ingest import WriteSink
 from server.metrics import ServerMetrics
 
-__all__ = ["EventPruner", "EventStore", "OfflineSweep", "build_scheduler"]
+__all__ = ["OfflineSweep", "Retention", "RetentionPruner", "build_scheduler"]
 
 log = logging.getLogger(__name__)
 
@@ -74,46 +74,55 @@ class OfflineSweep:
         return transitions
 
 
-class EventStore(Protocol):
-    def prune_events(self, *, older_than: timedelta, now: datetime) -> int:
-        """Delete events received before ``now - older_than``. Raises StorageError."""
-        ...
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """One table that grows and how long its rows are kept.
+
+    ``prune(older_than=..., now=...)`` deletes what is older and returns how many rows;
+    it raises StorageError.
+    """
+
+    name: str
+    prune: Callable[..., int]
+    keep: timedelta
 
 
-class EventPruner:
-    """Deletes stored events past the retention period; a database error is logged, counted."""
+class RetentionPruner:
+    """Deletes rows past their retention, table by table; a database error is logged and
+    counted and the next table is still pruned."""
 
     def __init__(
         self,
-        store: EventStore,
+        retentions: Sequence[Retention],
         metrics: ServerMetrics,
         *,
-        retention: timedelta,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
-        self._store = store
+        self._retentions = tuple(retentions)
         self._metrics = metrics
-        self._retention = retention
         self._clock = clock
 
-    def run(self) -> int:
-        """One pruning; returns how many events were deleted (0 when the database failed)."""
-        try:
-            deleted = self._store.prune_events(older_than=self._retention, now=self._clock())
-        except StorageError as exc:
-            self._metrics.db_errors.inc()
-            log.warning("pruning old events failed, will retry: %s", exc)
-            return 0
-        if deleted:
-            log.info("pruned %d events older than %s", deleted, self._retention)
-        return deleted
+    def run(self) -> dict[str, int]:
+        """One pruning of every table; returns rows deleted per table (0 where it failed)."""
+        out: dict[str, int] = {}
+        for r in self._retentions:
+            try:
+                deleted = r.prune(older_than=r.keep, now=self._clock())
+            except StorageError as exc:
+                self._metrics.db_errors.inc()
+                log.warning("pruning old %s failed, will retry: %s", r.name, exc)
+                deleted = 0
+            if deleted:
+                log.info("pruned %d %s older than %s", deleted, r.name, r.keep)
+            out[r.name] = deleted
+        return out
 
 
 def build_scheduler(
     sweep: OfflineSweep,
     *,
     offline_check_interval_s: float,
-    pruner: EventPruner | None = None,
+    pruner: RetentionPruner | None = None,
     prune_interval_s: float = 3600.0,
 ) -> BackgroundScheduler:
     """A not-yet-started scheduler running ``sweep`` every ``offline_check_interval_s`` and
@@ -124,8 +133,8 @@ def build_scheduler(
             pruner.run,
             "interval",
             seconds=prune_interval_s,
-            id="event-prune",
-            name="event pruning",
+            id="retention-prune",
+            name="retention pruning",
             max_instances=1,
             coalesce=True,
             misfire_grace_time=None,

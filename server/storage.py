@@ -409,12 +409,24 @@ class Storage:
 
         Raises StorageError.
         """
-        cutoff = now - older_than
+        return self._prune(_EVENT, _EVENT.c.received_at, now - older_than, chunk)
+
+    def prune_transitions(
+        self, *, older_than: timedelta, now: datetime, chunk: int = _PRUNE_CHUNK
+    ) -> int:
+        """Delete transitions recorded before ``now - older_than``, ``chunk`` per
+        transaction; returns how many.
+
+        Raises StorageError.
+        """
+        return self._prune(_TRANSITION, _TRANSITION.c.recorded_at, now - older_than, chunk)
+
+    def _prune(self, table: sa.Table, at: sa.Column[Any], cutoff: datetime, chunk: int) -> int:
         deleted = 0
         while True:  # in chunks: one huge DELETE could outlast the statement timeout every time
-            with self._translate("prune events"), self.engine.begin() as conn:
-                ids = sa.select(_EVENT.c.id).where(_EVENT.c.received_at < cutoff).limit(chunk)
-                result = conn.execute(sa.delete(_EVENT).where(_EVENT.c.id.in_(ids)))
+            with self._translate(f"prune {table.name}"), self.engine.begin() as conn:
+                ids = sa.select(table.c.id).where(at < cutoff).limit(chunk)
+                result = conn.execute(sa.delete(table).where(table.c.id.in_(ids)))
                 count = int(result.rowcount or 0)
             deleted += count
             if count < chunk:

@@ -352,3 +352,24 @@ def test_pruning_deletes_only_events_older_than_the_retention_in_chunks(storage:
     assert storage.count_events() == 1
     assert [e.terminal_id for e in storage.events("T-new", limit=10)] == ["T-new"]
     assert storage.prune_events(older_than=timedelta(seconds=50), now=at(110), chunk=3) == 0
+
+
+def test_pruning_deletes_only_transitions_older_than_the_retention_in_chunks(
+    storage: Storage,
+) -> None:
+    def transition(terminal: str, recorded: float) -> Transition:
+        return Transition(
+            terminal_id=terminal,
+            subject="printer",
+            kind="receipt_printer",
+            from_state="ok",
+            to_state="jam",
+            occurred_at=at(recorded),
+            recorded_at=at(recorded),
+        )
+
+    old = [transition("T-old", s) for s in range(1, 8)]
+    storage.write(WriteBatch(transitions=[*old, transition("T-new", 100)]), now=at(101))
+    assert storage.prune_transitions(older_than=timedelta(seconds=50), now=at(110), chunk=3) == 7
+    assert storage.count_transitions() == 1
+    assert [t.terminal_id for t in storage.history("T-new", limit=10)] == ["T-new"]
