@@ -118,9 +118,7 @@ def write_broker_config(
     out_dir.mkdir(parents=True, exist_ok=True)
     acl = out_dir / "acl"
     conf = out_dir / "mosquitto.conf"
-    base = [
-        line for line in base_conf.splitlines() if not line.startswith("allow_anonymous")
-    ]
+    base = [line for line in base_conf.splitlines() if not line.startswith("allow_anonymous")]
     text = (
         listener_text(port, host, identity)
         + "\n".join(base)
