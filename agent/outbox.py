@@ -10,17 +10,27 @@ reboot continues the same ordered sequence.
 
 Tables (schema version in ``PRAGMA user_version``, see docs/agent.md)::
 
-    outbox_stream(terminal_id PK, boot_id, last_seq, reports, events, updates,
-                  dropped_reports, over_quota, pending, pending_bytes, handed_through)
+    outbox_stream(terminal_id PK, boot_id, last_seq, dropped_reports, over_quota,
+                  pending, pending_bytes, handed_through)
+    outbox_count(terminal_id, channel, generated)   PK (terminal_id, channel)
     outbox_message(id INTEGER PRIMARY KEY AUTOINCREMENT, terminal_id, channel,
                    seq, topic, payload BLOB, created_at)   index (terminal_id, id)
 
-``reports``/``events``/``updates`` count every stream message ever appended per
-channel; ``dropped_reports`` the reports deleted to keep the quota;
+``outbox_count.generated`` counts every stream message ever appended per
+terminal and channel (a row per channel used, so a new channel needs no new
+column); ``dropped_reports`` the reports deleted to keep the quota;
 ``pending``/``pending_bytes`` what is stored right now; ``handed_through`` the
 highest row id ever handed to the connection (``mark_handed``, written before
 the hand-over): such a row may have reached the broker, so it is never dropped
 for the quota, not even by the next process.
+
+An agent upgrade must not abandon its backlog: a file written by an older
+schema is brought forward at open by the steps in ``_MIGRATIONS`` (one per
+version, all in the open's single ``BEGIN IMMEDIATE`` transaction, so a
+failure leaves the file exactly as the older agent wrote it), keeping every
+message, ``boot_id`` and ``seq``. A file from a *newer* schema (an agent
+rolled back after an upgrade) is left untouched and the open raises
+``OutboxError``: it holds the newer agent's backlog, which this code cannot read.
 
 The quota (``max_messages``, ``max_bytes`` per terminal) is enforced inside the
 append's transaction: the terminal's OLDEST ``report`` rows not yet handed to
@@ -29,7 +39,7 @@ dropped: if only they (or rows already in flight) remain, the new row is stored
 beyond the quota and ``over_quota`` counts it (with a rate-limited warning).
 
 A file that is not a valid outbox (corrupt: ``PRAGMA quick_check`` at open
-reads every page; or another schema) is moved aside
+reads every page; or tables that no outbox version has) is moved aside
 to ``<name>.corrupt-<UTC timestamp>`` and a new one is created (new boot ids);
 that is logged as an error. Every other ``sqlite3`` error becomes
 ``OutboxError`` (carrying ``.operation``). This module never talks to the
@@ -44,53 +54,52 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from agent.errors import AgentError
 from protocol.topics import Channel
 
-__all__ = ["AppendResult", "Outbox", "OutboxError", "OutboxItem", "OutboxStats"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "STREAM_CHANNELS",
+    "AppendResult",
+    "Outbox",
+    "OutboxError",
+    "OutboxItem",
+    "OutboxStats",
+]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 _BUSY_TIMEOUT_S: Final = 10.0
 _WARN_EVERY_S: Final = 60.0
 _SQLITE_CORRUPT: Final = 11
 _SQLITE_NOTADB: Final = 26
-_STREAM_CHANNELS: Final = {
-    Channel.REPORT: "reports",
-    Channel.EVENT: "events",
-    Channel.UPDATE: "updates",
-}
-
-# One statement per counter column (fixed names, never built from input).
-_COUNT_SQL: Final = {
-    column: (
-        f"UPDATE outbox_stream SET last_seq = max(last_seq, ?), {column} = {column} + 1,"  # noqa: S608 - column names are the constants above
-        " pending = pending + 1, pending_bytes = pending_bytes + ?"
-        " WHERE terminal_id = ? RETURNING pending, pending_bytes"
-    )
-    for column in _STREAM_CHANNELS.values()
-}
+STREAM_CHANNELS: Final = frozenset({Channel.REPORT, Channel.EVENT, Channel.UPDATE})
+"""The channels whose messages go through the outbox (ordered, counted, never lost)."""
 
 _SCHEMA: Final = """
 CREATE TABLE outbox_stream (
     terminal_id     TEXT PRIMARY KEY,
     boot_id         TEXT NOT NULL,
     last_seq        INTEGER NOT NULL DEFAULT 0,
-    reports         INTEGER NOT NULL DEFAULT 0,
-    events          INTEGER NOT NULL DEFAULT 0,
-    updates         INTEGER NOT NULL DEFAULT 0,
     dropped_reports INTEGER NOT NULL DEFAULT 0,
     over_quota      INTEGER NOT NULL DEFAULT 0,
     pending         INTEGER NOT NULL DEFAULT 0,
     pending_bytes   INTEGER NOT NULL DEFAULT 0,
     handed_through  INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE outbox_count (
+    terminal_id TEXT NOT NULL,
+    channel     TEXT NOT NULL,
+    generated   INTEGER NOT NULL,
+    PRIMARY KEY (terminal_id, channel)
+) WITHOUT ROWID;
 CREATE TABLE outbox_message (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     terminal_id TEXT NOT NULL,
@@ -108,23 +117,44 @@ _EXPECTED_COLUMNS: Final = {
         "terminal_id",
         "boot_id",
         "last_seq",
-        "reports",
-        "events",
-        "updates",
         "dropped_reports",
         "over_quota",
         "pending",
         "pending_bytes",
         "handed_through",
     ],
+    "outbox_count": ["terminal_id", "channel", "generated"],
     "outbox_message": ["id", "terminal_id", "channel", "seq", "topic", "payload", "created_at"],
 }
+"""The tables and columns of the current schema, in order: what the open checks."""
 
 
-class OutboxError(Exception):
-    """The outbox database failed (disk full, I/O error, read-only, locked too long).
+def _v1_to_v2(db: sqlite3.Connection) -> None:
+    """Per-channel counter columns of ``outbox_stream`` become rows of ``outbox_count``."""
+    db.execute(
+        "CREATE TABLE outbox_count (terminal_id TEXT NOT NULL, channel TEXT NOT NULL,"
+        " generated INTEGER NOT NULL, PRIMARY KEY (terminal_id, channel)) WITHOUT ROWID"
+    )
+    for channel, column in (("report", "reports"), ("event", "events"), ("update", "updates")):
+        db.execute(
+            f"INSERT INTO outbox_count (terminal_id, channel, generated)"  # noqa: S608 - constants
+            f" SELECT terminal_id, ?, {column} FROM outbox_stream WHERE {column} > 0",
+            (channel,),
+        )
+        db.execute(f"ALTER TABLE outbox_stream DROP COLUMN {column}")
 
-    ``operation`` names what was being done (``open``, ``append``, ``peek``,
+
+_MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {1: _v1_to_v2}
+"""``from_version -> step`` bringing a file one version forward. Each step is written once,
+against the schema of its version, and never changed afterwards; a schema change adds
+the next step and raises SCHEMA_VERSION."""
+
+
+class OutboxError(AgentError):
+    """The outbox database failed (disk full, I/O error, read-only, locked too long), or the
+    file was written by a newer agent (``operation`` ``open``).
+
+    ``operation`` names what was being done (``open``, ``migrate``, ``append``, ``peek``,
     ``remove``, ``stream``, ``stats``); the ``sqlite3`` error is the cause.
     """
 
@@ -136,17 +166,30 @@ class OutboxError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class OutboxStats:
-    """One terminal's stream as stored: cumulative counters and what is pending now."""
+    """One terminal's stream as stored: cumulative counters and what is pending now.
+
+    ``generated`` counts the messages ever appended per channel (absent: none).
+    """
 
     boot_id: str
     last_seq: int
-    reports: int
-    events: int
-    updates: int
+    generated: Mapping[Channel, int]
     dropped_reports: int
     pending: int
     over_quota: int = 0
     pending_bytes: int = 0
+
+    @property
+    def reports(self) -> int:
+        return self.generated.get(Channel.REPORT, 0)
+
+    @property
+    def events(self) -> int:
+        return self.generated.get(Channel.EVENT, 0)
+
+    @property
+    def updates(self) -> int:
+        return self.generated.get(Channel.UPDATE, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,26 +314,7 @@ class Outbox:
         db.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
         db.execute("BEGIN IMMEDIATE")
         try:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            tables = {
-                row[0]
-                for row in db.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' "
-                    "AND name NOT LIKE 'sqlite_%'"
-                )
-            }
-            if version == 0 and not tables:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
-                raise _NotAnOutboxError(f"schema version {version}, expected {SCHEMA_VERSION}")
-            else:
-                for table, columns in _EXPECTED_COLUMNS.items():
-                    found = [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
-                    if found != columns:
-                        raise _NotAnOutboxError(f"table {table} has columns {found}")
+            self._bring_to_current_schema(db)
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -302,6 +326,52 @@ class Outbox:
         problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
         if problems != ["ok"]:
             raise _NotAnOutboxError("quick_check: " + "; ".join(map(str, problems)))
+
+    def _bring_to_current_schema(self, db: sqlite3.Connection) -> None:
+        """Create, check or migrate the schema inside the open's transaction (see the docstring).
+
+        Raises _NotAnOutboxError for tables no outbox version has, OutboxError for a
+        newer version or a migration step that fails (the transaction then rolls back).
+        """
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        tables = {
+            row[0]
+            for row in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        }
+        if version == 0 and not tables:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            return
+        if version > SCHEMA_VERSION:
+            raise OutboxError(
+                "open",
+                sqlite3.DatabaseError(
+                    f"schema version {version} was written by a newer agent (this one reads up "
+                    f"to {SCHEMA_VERSION}); the file is left as it is"
+                ),
+            )
+        if version not in _MIGRATIONS and version != SCHEMA_VERSION:
+            raise _NotAnOutboxError(f"schema version {version}, expected {SCHEMA_VERSION}")
+        start = version
+        while version < SCHEMA_VERSION:
+            try:
+                _MIGRATIONS[version](db)
+            except sqlite3.Error as exc:
+                if _is_corruption(exc):
+                    raise
+                raise OutboxError("migrate", exc) from exc
+            version += 1
+        for table, columns in _EXPECTED_COLUMNS.items():
+            found = [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+            if found != columns:
+                raise _NotAnOutboxError(f"table {table} has columns {found}")
+        if start != SCHEMA_VERSION:
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            log.info("outbox %s migrated from schema %d to %d", self.path, start, SCHEMA_VERSION)
 
     def _move_aside(self) -> Path:
         assert isinstance(self.path, Path)
@@ -325,23 +395,23 @@ class Outbox:
         Raises OutboxError.
         """
         with self._transaction("stream") as db:
-            row = self._stream_row(db, terminal_id)
-            if row is None:
+            stats = self._stream_row(db, terminal_id)
+            if stats is None:
                 db.execute(
                     "INSERT INTO outbox_stream (terminal_id, boot_id) VALUES (?, ?)",
                     (terminal_id, str(uuid.uuid4())),
                 )
-                row = self._stream_row(db, terminal_id)
-            assert row is not None
-            return _stats(row)
+                stats = self._stream_row(db, terminal_id)
+            assert stats is not None
+            return stats
 
     def stats(self, terminal_id: str) -> OutboxStats:
         """The terminal's stream as stored now. Raises KeyError if it has none, OutboxError."""
         with self._transaction("stats", write=False) as db:
-            row = self._stream_row(db, terminal_id)
-        if row is None:
+            stats = self._stream_row(db, terminal_id)
+        if stats is None:
             raise KeyError(terminal_id)
-        return _stats(row)
+        return stats
 
     def terminals(self) -> list[str]:
         """Every terminal with a stream in this file. Raises OutboxError."""
@@ -366,16 +436,15 @@ class Outbox:
         Raises OutboxError (the message is then not stored), ValueError for a
         channel that is not a stream channel.
         """
-        counter = _STREAM_CHANNELS.get(channel)
-        if counter is None:
+        if channel not in STREAM_CHANNELS:
             raise ValueError(f"{channel.value} messages do not go through the outbox")
         size = len(payload)
         with self._transaction("append") as db:
-            if self._stream_row(db, terminal_id) is None:
-                db.execute(
-                    "INSERT INTO outbox_stream (terminal_id, boot_id) VALUES (?, ?)",
-                    (terminal_id, str(uuid.uuid4())),
-                )
+            db.execute(
+                "INSERT INTO outbox_stream (terminal_id, boot_id) VALUES (?, ?)"
+                " ON CONFLICT (terminal_id) DO NOTHING",
+                (terminal_id, str(uuid.uuid4())),
+            )
             cur = db.execute(
                 "INSERT INTO outbox_message (terminal_id, channel, seq, topic, payload, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -384,8 +453,16 @@ class Outbox:
             new_id = cur.lastrowid
             assert new_id is not None
             pending, pending_bytes = db.execute(
-                _COUNT_SQL[counter], (seq, size, terminal_id)
+                "UPDATE outbox_stream SET last_seq = max(last_seq, ?), pending = pending + 1,"
+                " pending_bytes = pending_bytes + ? WHERE terminal_id = ?"
+                " RETURNING pending, pending_bytes",
+                (seq, size, terminal_id),
             ).fetchone()
+            db.execute(
+                "INSERT INTO outbox_count (terminal_id, channel, generated) VALUES (?, ?, 1)"
+                " ON CONFLICT (terminal_id, channel) DO UPDATE SET generated = generated + 1",
+                (terminal_id, channel.value),
+            )
             dropped: list[int] = []
             over = False
             if pending > self.max_messages or pending_bytes > self.max_bytes:
@@ -499,13 +576,27 @@ class Outbox:
                 raise
 
     @staticmethod
-    def _stream_row(db: sqlite3.Connection, terminal_id: str) -> tuple[Any, ...] | None:
-        row: tuple[Any, ...] | None = db.execute(
-            "SELECT boot_id, last_seq, reports, events, updates, dropped_reports, pending,"
-            " over_quota, pending_bytes FROM outbox_stream WHERE terminal_id = ?",
+    def _stream_row(db: sqlite3.Connection, terminal_id: str) -> OutboxStats | None:
+        row = db.execute(
+            "SELECT boot_id, last_seq, dropped_reports, pending, over_quota, pending_bytes"
+            " FROM outbox_stream WHERE terminal_id = ?",
             (terminal_id,),
         ).fetchone()
-        return row
+        if row is None:
+            return None
+        boot_id, last_seq, dropped, pending, over, pending_bytes = row
+        counts = db.execute(
+            "SELECT channel, generated FROM outbox_count WHERE terminal_id = ?", (terminal_id,)
+        )
+        return OutboxStats(
+            boot_id=boot_id,
+            last_seq=last_seq,
+            generated={Channel(channel): n for channel, n in counts},
+            dropped_reports=dropped,
+            pending=pending,
+            over_quota=over,
+            pending_bytes=pending_bytes,
+        )
 
     def _drop_reports(
         self,
@@ -562,18 +653,3 @@ def _is_corruption(exc: sqlite3.Error) -> bool:
         return True
     text = str(exc).lower()
     return "not a database" in text or "malformed" in text
-
-
-def _stats(row: tuple[Any, ...]) -> OutboxStats:
-    boot_id, last_seq, reports, events, updates, dropped, pending, over, pending_bytes = row
-    return OutboxStats(
-        boot_id=boot_id,
-        last_seq=last_seq,
-        reports=reports,
-        events=events,
-        updates=updates,
-        dropped_reports=dropped,
-        pending=pending,
-        over_quota=over,
-        pending_bytes=pending_bytes,
-    )

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
@@ -25,9 +26,11 @@ from agent.main import AgentRuntime
 from agent.outbox import Outbox
 from agent.probes.simulated import Scenario, SimulatedProbeSpec
 from kioskfleet.local_broker import LocalBroker, project_broker_conf
-from protocol.codec import decode
+from protocol.codec import decode, encode
 from protocol.messages import EventMessage, Message, PeripheralCondition, StateMessage
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import ServerFactory, api, wait_until
+from tests.support.fleet_messages import at, periph, peripheral_event, report
+from tests.support.outbox_v1 import V1Row, write_v1_outbox
 
 pytestmark = pytest.mark.integration
 
@@ -324,3 +327,44 @@ def test_a_sigkilled_simulate_command_restarts_on_its_outbox_file_and_continues_
         wait_until(partial(has_all, tid, wanted), 5, f"every seq of {tid}")
         assert seqs_of(tid) == wanted
         assert {m.boot_id for m in mine() if m.terminal_id == tid} == {before[tid].boot_id}
+
+
+def test_an_upgraded_agent_delivers_the_backlog_an_older_agent_left_with_its_stream(
+    broker: LocalBroker,
+    start_server: ServerFactory,
+    tmp_path: Path,
+    cleanup: list[Callable[[], None]],
+) -> None:
+    """The agent's upgrade (outbox schema 1 -> current) loses nothing: same boot_id, same seqs."""
+    tid = new_id()
+    boot = str(uuid.uuid4())
+    sent = [at(-60 + seq) for seq in range(1, 6)]
+    backlog = [V1Row.of(report(tid, seq, boot=boot, sent_at=when)) for seq, when in zip(range(1, 4), sent, strict=False)]  # fmt: skip
+    backlog.append(V1Row.of(peripheral_event(tid, 4, periph("printer", "receipt_printer", "paper_out"), "ok", boot=boot, sent_at=sent[3])))  # fmt: skip
+    backlog.append(V1Row.of(report(tid, 5, boot=boot, sent_at=sent[4])))
+    path = tmp_path / "outbox.sqlite"
+    write_v1_outbox(path, tid, boot, backlog)
+    server = start_server()
+    sub = DurableSubscriber(broker.port, f"kf/v1/terminals/{tid}/#")
+    cleanup.append(sub.close)
+
+    runtime = start_runtime(agent_config(broker, tid, path), cleanup, probes=[])
+    assert runtime.sender.last_seq == 5  # it continues the old stream
+    wait_until(lambda: set(range(1, 8)) <= sub.seqs(), 15, "the old backlog and new reports")
+    wait_until(lambda: api(server, f"/api/v1/terminals/{tid}").status_code == 200, 10, "the server")
+    runtime.stop()
+
+    by_seq = {m.seq: m for m in sub.stream()}
+    assert [encode(by_seq[row.seq]) for row in backlog] == [row.payload for row in backlog]
+    assert {m.boot_id for m in sub.stream()} == {boot}
+    assert runtime.outbox.stats(tid).pending == 0
+
+    def delivery() -> dict[str, Any]:
+        found: dict[str, Any] = api(server, f"/api/v1/terminals/{tid}").json()["delivery"]
+        return found
+
+    wait_until(lambda: delivery()["last_seq"] >= 7, 10, "the server to apply them")
+    seen = delivery()
+    assert (seen["boot_id"], seen["seq_gaps"], seen["events_received"]) == (boot, 0, 2)
+    events = api(server, f"/api/v1/terminals/{tid}/events").json()["items"]
+    assert 4 in {e["seq"] for e in events if e["boot_id"] == boot}

@@ -28,12 +28,6 @@ _ROOTS: dict[str, tuple[ModuleType, type[Exception]]] = {
 }
 _SKIPPED_MODULES = ("server.migrations",)  # Alembic's env.py runs migrations when imported
 
-# Defined where another engineer is rewriting the module; to join the tree at the merge:
-# agent/outbox.py needs ``from agent.errors import AgentError`` and
-# ``class OutboxError(AgentError)``.
-# Remove an entry once its module is fixed (this test then fails until you do).
-_PENDING_MERGE = {"agent.outbox.OutboxError"}
-
 
 def _modules(package: str) -> list[ModuleType]:
     root = importlib.import_module(package)
@@ -66,8 +60,7 @@ def _qualified(cls: type) -> str:
 def test_every_error_a_side_defines_derives_from_its_root(side: str) -> None:
     _, root = _ROOTS[side]
     outside = {_qualified(c) for c in _public_errors(side) if not issubclass(c, root)}
-    pending = {name for name in _PENDING_MERGE if name.startswith(side + ".")}
-    assert outside == pending, f"derive from {root.__name__} (or update _PENDING_MERGE)"
+    assert outside == set(), f"derive from {root.__name__}"
 
 
 @pytest.mark.parametrize("side", sorted(_ROOTS))
