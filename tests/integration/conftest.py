@@ -12,8 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,20 +32,9 @@ from protocol.topics import Channel, topic
 from server.config import Settings
 from server.main import Server
 from tests.support.fleet_messages import periph, peripheral_event, report, state
+from tests.support.waiting import wait_until
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(0.02)
 
 
 def unique(prefix: str) -> str:

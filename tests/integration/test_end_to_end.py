@@ -144,7 +144,7 @@ def test_agent_report_reaches_the_api_and_a_fault_becomes_a_transition(
         10,
         "offline after a clean stop",
     )
-    assert stopped["state"] == "offline"
+    assert stopped["offline_reason"] == "shutdown"
     assert metric(server, "kioskfleet_ingest_messages_total", channel="report") >= 1
 
 

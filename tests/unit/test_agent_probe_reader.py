@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 
 import pytest
 
 from agent.probe_reader import ProbeReader
 from protocol.messages import PeripheralCondition, PeripheralKind, PeripheralStatus
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+from tests.support.waiting import wait_until
 
 
 class GatedProbe:

@@ -12,10 +12,9 @@ import json
 import re
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -24,6 +23,7 @@ import pytest
 import yaml
 
 from kioskfleet.local_broker import free_port
+from tests.support.waiting import wait_until
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 CONFIG: Final = ROOT / "monitoring" / "alertmanager" / "alertmanager.yml"
@@ -328,17 +328,6 @@ def _alertmanager_binary() -> str | None:
     return None
 
 
-def _wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def alertmanager_url(tmp_path: Path) -> Iterator[str]:
     binary = _alertmanager_binary()
@@ -369,7 +358,7 @@ def alertmanager_url(tmp_path: Path) -> Iterator[str]:
             return False
 
     try:
-        _wait_until(ready, 15, "alertmanager to be ready")
+        wait_until(ready, 15, "alertmanager to be ready")
         yield url
     finally:
         proc.terminate()
@@ -412,7 +401,7 @@ def test_real_alertmanager_inhibits_exactly_the_consequences(alertmanager_url: s
     firing, expected = _scenario()
     _post_alerts(alertmanager_url, firing)
     want = {tuple(sorted(a.items())): a in expected for a in firing}
-    got = _wait_until(
+    got = wait_until(
         lambda: (state := _inhibited_fingerprints(alertmanager_url)) == want and state,
         10,
         "alertmanager to inhibit the expected alerts",

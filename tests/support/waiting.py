@@ -1,0 +1,29 @@
+"""Polling for something another thread or process will make true: the suite's one ``wait_until``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+__all__ = ["wait_until"]
+
+
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 5.0, what: str = "", *, every: float = 0.02
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy, and return that value.
+
+    Fails the test (``pytest.fail``, naming ``what``) after ``timeout`` seconds;
+    the predicate is always tried once more after the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(every)
