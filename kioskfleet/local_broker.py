@@ -28,9 +28,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from kioskfleet.shipped_files import shipped_file
+
 __all__ = ["LocalBroker", "LocalBrokerError", "free_port", "project_broker_conf"]
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 _TERMINATE_TIMEOUT_S = 30.0  # a large queue takes a while to save on SIGTERM
 
@@ -48,7 +49,8 @@ def free_port() -> int:
 
 
 def project_broker_conf() -> Path:
-    return PROJECT_ROOT / "broker" / "mosquitto.conf"
+    """``broker/mosquitto.conf``, from the checkout or the installed package."""
+    return shipped_file("mosquitto.conf")
 
 
 def _port_open(port: int) -> bool:

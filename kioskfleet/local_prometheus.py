@@ -30,6 +30,7 @@ from typing import IO, Any
 import yaml
 
 from kioskfleet.local_broker import free_port
+from kioskfleet.shipped_files import shipped_file
 
 __all__ = [
     "LocalPrometheus",
@@ -42,7 +43,6 @@ __all__ = [
     "shortened_rules",
 ]
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 KIOSKFLEET_JOB = "kioskfleet"
 PROMETHEUS_JOB = "prometheus"
 _DEBIAN_BINARY = "/usr/bin/prometheus"
@@ -73,11 +73,13 @@ def prometheus_binary() -> str | None:
 
 
 def project_rules_file() -> Path:
-    return PROJECT_ROOT / "monitoring" / "prometheus" / "rules" / "kioskfleet.rules.yml"
+    """The alert rules, from the checkout or the installed package."""
+    return shipped_file("kioskfleet.rules.yml")
 
 
 def project_prometheus_config() -> Path:
-    return PROJECT_ROOT / "monitoring" / "prometheus" / "prometheus.yml"
+    """``monitoring/prometheus/prometheus.yml``, from the checkout or the installed package."""
+    return shipped_file("prometheus.yml")
 
 
 def shortened_rules(rules_text: str, durations: Mapping[str, str]) -> str:

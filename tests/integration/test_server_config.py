@@ -14,11 +14,13 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from kioskfleet.local_broker import PROJECT_ROOT, LocalBroker, free_port
+from kioskfleet.local_broker import LocalBroker, free_port
 from server.config import Settings
 from server.main import run_server
 
 pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -117,7 +119,7 @@ def test_cli_server_serves_until_sigterm_and_exits_cleanly(
     proc = subprocess.Popen(
         [sys.executable, "-m", "kioskfleet.cli", "server", "--env-file", str(env_file)],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
