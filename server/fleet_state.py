@@ -98,6 +98,20 @@ class FleetState:
                 self._sorted_ids.remove(t.id)
             return outcome
 
+    def remove(self, terminal_id: str) -> TerminalView | None:
+        """Take the terminal out of the fleet and every tally (decommissioned); its last view.
+
+        None if it was not known. A later message from the same id starts a new record.
+        """
+        with self._lock:
+            t = self._terminals.pop(terminal_id, None)
+            if t is None:
+                return None
+            index = bisect.bisect_left(self._sorted_ids, terminal_id)
+            del self._sorted_ids[index]
+            self._tallies.remove(terminal_id)
+            return t.view()
+
     def expire_silent(
         self, now: datetime, *, listening_since: datetime | None = None
     ) -> list[Transition]:

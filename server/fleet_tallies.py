@@ -180,6 +180,13 @@ class FleetTallies:
         else:
             self._problem_ids.discard(t.id)
 
+    def remove(self, terminal_id: str) -> None:
+        """Stop counting the terminal (it left the fleet)."""
+        old = self._contributions.pop(terminal_id, None)
+        if old is not None:
+            self._add(old, -1)
+        self._problem_ids.discard(terminal_id)
+
     def _add(self, c: _Contribution, sign: int) -> None:
         hall = self._halls.get(c.key)
         if hall is None:

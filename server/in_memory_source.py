@@ -65,6 +65,8 @@ class InMemorySource:
         self.started = False
         self.paused = False
         self.stopped = False
+        self.cleared: list[str] = []
+        """Every topic whose retained message the server cleared, in order."""
 
     @classmethod
     def factory(
@@ -110,6 +112,12 @@ class InMemorySource:
 
     def pause(self) -> None:
         self.paused = True
+
+    def clear_retained(self, topic: str) -> bool:
+        if not self.connected:
+            return False
+        self.cleared.append(topic)
+        return True
 
     def stop(self) -> None:
         self.paused = True

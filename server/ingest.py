@@ -75,6 +75,7 @@ class WriteSink(Protocol):
 
 class IngestResult(StrEnum):
     ACCEPTED = "accepted"
+    CLEARED = "cleared"
     DUPLICATE = "duplicate"
     STALE = "stale"
     REJECTED = "rejected"
@@ -130,6 +131,9 @@ class Ingest:
 
     def _handle(self, inbound: InboundMessage) -> IngestResult:
         try:
+            if not inbound.payload and parse_topic(inbound.topic)[1] is Channel.STATE:
+                self._metrics.state_cleared.inc()  # the server cleared it (decommission)
+                return IngestResult.CLEARED
             if self._gate is not None:  # before decoding: a refused id costs almost nothing
                 terminal_id, _ = parse_topic(inbound.topic)
                 refused = self._gate.admit(terminal_id)

@@ -28,12 +28,13 @@ import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
+from protocol.topics import Channel, topic
 from server.api import ApiServices, create_app
 from server.config import Settings
-from server.errors import ConfigError, ServerError, StorageError
+from server.errors import BrokerError, ConfigError, ServerError, StorageError
 from server.fleet_collector import FleetCollector, LabelBudget
 from server.fleet_state import FleetState
-from server.fleet_views import Transition
+from server.fleet_views import TerminalView, Transition
 from server.ingest import Ingest
 from server.ingest_gate import IngestGate
 from server.log_throttle import ThrottledLog
@@ -242,6 +243,25 @@ class Server:
         if failure is not None:
             reasons.append(f"database writes failing: {failure}")
         return reasons
+
+    def decommission(self, terminal_id: str) -> TerminalView | None:
+        """Remove a terminal: out of the fleet state, every tally and gauge, its row and
+        peripherals deleted with the next flush, its retained ``state`` cleared at the
+        broker. Its transitions and events stay (history, until their retention).
+
+        Returns its last view, None if the server did not know it (the broker's retained
+        state is cleared all the same). Raises BrokerError while the broker is not
+        connected: nothing is changed then, so that a retained state cannot bring it back.
+        """
+        if not self.mqtt.connected:
+            raise BrokerError("the broker is not connected: cannot clear the retained state")
+        with self.writer.applying():  # no message of it is applied between the two
+            view = self.fleet.remove(terminal_id)
+            self.writer.remove(terminal_id)
+        if not self.mqtt.clear_retained(topic(terminal_id, Channel.STATE)):
+            raise BrokerError("the broker connection dropped: retained state not cleared")
+        log.info("decommissioned terminal %s (known: %s)", terminal_id, view is not None)
+        return view
 
     def start(self) -> None:
         """Open the database, load the fleet, start every thread; return once HTTP listens.

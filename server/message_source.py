@@ -74,6 +74,12 @@ class MessageSource(Protocol):
         """Stop passing messages on; those that arrive now are not acknowledged either."""
         ...
 
+    def clear_retained(self, topic: str) -> bool:
+        """Publish an empty retained message on ``topic`` so that the broker forgets what it
+        kept there (a decommissioned terminal's ``state``). False when not connected:
+        nothing was sent."""
+        ...
+
     def stop(self) -> None:
         """Pause, let the queued acknowledgements out (bounded wait), disconnect, stop."""
         ...

@@ -105,6 +105,12 @@ class ServerMetrics:
             " database commit).",
             registry=registry,
         )
+        self.state_cleared = Counter(
+            "kioskfleet_ingest_state_cleared",
+            "Empty retained-state messages (a decommissioned terminal's presence cleared at the"
+            " broker): nothing applied, nothing rejected.",
+            registry=registry,
+        )
         self.offline_detected = Counter(
             "kioskfleet_terminals_offline_detected",
             "Terminals that went offline, by how it was detected (will, shutdown, timeout).",

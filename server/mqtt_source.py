@@ -123,6 +123,13 @@ class MqttSource:
         """Stop passing messages on; those that arrive now are not acknowledged either."""
         self._paused = True
 
+    def clear_retained(self, topic: str) -> bool:
+        """An empty retained PUBLISH (QoS 1) on ``topic``; False when not connected."""
+        if not self.connected:
+            return False
+        info = self._client.publish(topic, b"", qos=1, retain=True)
+        return info.rc is MQTTErrorCode.MQTT_ERR_SUCCESS
+
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:

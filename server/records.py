@@ -31,18 +31,28 @@ class EventRecord:
 
 @dataclass(frozen=True, slots=True)
 class WriteBatch:
-    """One flush: latest state of ``terminals``, full peripheral sets of ``peripheral_ids``,
-    new ``transitions`` and ``events``."""
+    """One flush: terminals ``removed`` (decommissioned: their rows go first, their history
+    stays), latest state of ``terminals``, full peripheral sets of ``peripheral_ids``, new
+    ``transitions`` and ``events``."""
 
     terminals: Sequence[TerminalView] = ()
     peripheral_ids: frozenset[str] = frozenset()
     transitions: Sequence[Transition] = field(default_factory=tuple)
     events: Sequence[EventRecord] = field(default_factory=tuple)
+    removed: frozenset[str] = frozenset()
 
     def __bool__(self) -> bool:
-        return bool(self.terminals or self.peripheral_ids or self.transitions or self.events)
+        return bool(
+            self.terminals or self.peripheral_ids or self.transitions or self.events or self.removed
+        )
 
     def row_count(self) -> int:
-        """Rows this batch writes (terminals, their peripherals, transitions, events)."""
+        """Rows this batch writes (terminals, their peripherals, transitions, events, removals)."""
         peripherals = sum(len(v.peripherals) for v in self.terminals if v.id in self.peripheral_ids)
-        return len(self.terminals) + peripherals + len(self.transitions) + len(self.events)
+        return (
+            len(self.terminals)
+            + peripherals
+            + len(self.transitions)
+            + len(self.events)
+            + len(self.removed)
+        )

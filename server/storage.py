@@ -449,6 +449,11 @@ class Storage:
         if not batch:
             return
         with self._translate("write batch"), self.engine.begin() as conn:
+            if batch.removed:  # first: a terminal seen again after its removal is a new row
+                ids = sorted(batch.removed)
+                for chunk in _chunks(ids):
+                    conn.execute(sa.delete(_PERIPHERAL).where(_PERIPHERAL.c.terminal_id.in_(chunk)))
+                    conn.execute(sa.delete(_TERMINAL).where(_TERMINAL.c.id.in_(chunk)))
             if batch.terminals:
                 self._upsert_terminals(conn, batch.terminals, now)
             if batch.peripheral_ids:

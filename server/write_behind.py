@@ -96,12 +96,13 @@ class _Pending:
     transitions: list[Transition] = field(default_factory=list)
     events: list[EventRecord] = field(default_factory=list)
     acks: list[tuple[str | None, Delivery]] = field(default_factory=list)  # (terminal, delivery)
+    removed: set[str] = field(default_factory=set)
 
     def has_writes(self) -> bool:
-        return bool(self.dirty or self.transitions or self.events)
+        return bool(self.dirty or self.transitions or self.events or self.removed)
 
     def terminal_ids(self) -> list[str]:
-        ids = self.dirty | self.peripherals
+        ids = self.dirty | self.peripherals | self.removed
         ids.update(t.terminal_id for t in self.transitions)
         ids.update(e.terminal_id for e in self.events)
         return sorted(ids)
@@ -114,6 +115,7 @@ class _Pending:
             transitions=[t for t in self.transitions if t.terminal_id in ids],
             events=[e for e in self.events if e.terminal_id in ids],
             acks=[a for a in self.acks if a[0] in ids],
+            removed=self.removed & ids,
         )
 
 
@@ -188,6 +190,19 @@ class WriteBehind:
                 p.acks.append((terminal_id, delivery))
                 if len(p.acks) >= self._max_acks:
                     self._wake.set()
+
+    def remove(self, terminal_id: str) -> None:
+        """Delete the terminal's row and peripherals with the next flush (its history stays).
+
+        Call it after the terminal left the fleet state, holding ``applying()``: a
+        state queued before is dropped, a message applied after creates a new row.
+        """
+        with self._lock:
+            p = self._pending
+            p.dirty.discard(terminal_id)
+            p.peripherals.discard(terminal_id)
+            p.removed.add(terminal_id)
+        self._wake.set()
 
     def settle(self, delivery: Delivery | None) -> None:
         """Acknowledge a message that changed nothing, after everything received before it."""
@@ -273,6 +288,7 @@ class WriteBehind:
             peripheral_ids=frozenset(part.peripherals),
             transitions=part.transitions,
             events=part.events,
+            removed=frozenset(part.removed),
         )
         started = time.perf_counter()
         began = self._writing_since = self._monotonic()
@@ -352,6 +368,7 @@ class WriteBehind:
             p = self._pending
             p.dirty |= taken.dirty
             p.peripherals |= taken.peripherals
+            p.removed |= taken.removed
             p.transitions[:0] = taken.transitions
             p.events[:0] = taken.events
             p.acks[:0] = taken.acks

@@ -124,3 +124,64 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_configured_timeout(
             assert conn.recv(4096) == b""  # the server closed the idle connection
             idle = time.monotonic() - answered
     assert 0.5 < idle < 5
+
+
+def _terminals_gauge(server: Server) -> float:
+    """kioskfleet_terminals summed over its statuses, for the hall the builders use."""
+    return sum(
+        s.value
+        for family in server.registry.collect()
+        for s in family.samples
+        if s.name == "kioskfleet_terminals" and s.labels["hall"] == "Hall A"
+    )
+
+
+def test_a_decommissioned_terminal_leaves_the_fleet_the_gauges_and_its_row_but_not_its_history(
+    tmp_path: Path,
+) -> None:
+    printer_out = [{"name": "printer", "kind": "receipt_printer", "condition": "paper_out"}]
+    with _running(tmp_path) as (server, source):
+        for tid in ("T-GONE", "T-STAYS"):
+            source.deliver(topic(tid, Channel.REPORT), encode(report(tid, 1)))
+            source.deliver(
+                topic(tid, Channel.REPORT), encode(report(tid, 2, peripherals=printer_out))
+            )
+        wait_until(lambda: len(server.storage.load_fleet()) == 2, 5, "both stored")
+        before = _terminals_gauge(server)
+        history = server.storage.history("T-GONE", 10)
+        assert history  # paper_out was a transition
+
+        removed = server.decommission("T-GONE")
+
+        assert removed is not None
+        assert removed.id == "T-GONE"
+        assert source.cleared == [topic("T-GONE", Channel.STATE)]
+        assert api(server, "/api/v1/terminals/T-GONE").status_code == 404
+        listed = api(server, "/api/v1/terminals").json()["items"]
+        assert [t["id"] for t in listed] == ["T-STAYS"]
+        assert (before, _terminals_gauge(server)) == (2.0, 1.0)
+        problems = {
+            s.labels["terminal"]
+            for family in server.registry.collect()
+            for s in family.samples
+            if "terminal" in s.labels
+        }
+        assert problems == {"T-STAYS"}
+        wait_until(
+            lambda: [v.id for v in server.storage.load_fleet()] == ["T-STAYS"], 5, "row deleted"
+        )
+        assert server.storage.history("T-GONE", 10) == history  # the history stays
+        assert server.decommission("T-NEVER-SEEN") is None
+
+    with _running(tmp_path) as (server, _source):  # a restart does not bring it back
+        assert [t["id"] for t in api(server, "/api/v1/terminals").json()["items"]] == ["T-STAYS"]
+
+
+def test_decommission_changes_nothing_while_the_broker_is_away(tmp_path: Path) -> None:
+    with _running(tmp_path) as (server, source):
+        source.deliver(topic("T-1", Channel.REPORT), encode(report("T-1", 1)))
+        source.connection_lost()
+        with pytest.raises(BrokerError, match="not connected"):
+            server.decommission("T-1")
+        assert api(server, "/api/v1/terminals/T-1").status_code == 200
+        assert source.cleared == []

@@ -1,0 +1,61 @@
+"""Decommissioning a terminal through a real mosquitto: its retained presence is gone too."""
+
+from __future__ import annotations
+
+import threading
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from kioskfleet.local_broker import LocalBroker
+from protocol.topics import Channel, topic
+from tests.integration.conftest import ServerFactory, TerminalFactory, api, metric, unique
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def retained_state(broker: LocalBroker, terminal_id: str) -> bytes | None:
+    """What a new subscriber to the terminal's ``state`` gets at once (None: nothing retained)."""
+    got: list[bytes] = []
+    subscribed = threading.Event()
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=unique("peek"), protocol=mqtt.MQTTv5
+    )
+    client.on_message = lambda _c, _u, msg: got.append(bytes(msg.payload))
+    client.on_subscribe = lambda *_a: subscribed.set()
+    client.on_connect = lambda c, *_a: c.subscribe(topic(terminal_id, Channel.STATE), qos=1)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        assert subscribed.wait(5), "no SUBACK"
+        # mosquitto sends retained messages right after the SUBACK; a round trip on the
+        # same connection (a PINGREQ would do; a QoS 1 publish is observable) orders them.
+        client.publish(unique("kf-test/flush"), b"", qos=1).wait_for_publish(5)
+        return got[0] if got else None
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_decommission_clears_the_retained_state_and_a_restarted_server_does_not_bring_it_back(
+    broker: LocalBroker, start_server: ServerFactory, terminals: TerminalFactory
+) -> None:
+    server = start_server()
+    terminal = terminals(unique("DECOM"))
+    terminal.online()
+    terminal.report()
+    wait_until(lambda: api(server, f"/api/v1/terminals/{terminal.id}").status_code == 200, 10)
+    assert retained_state(broker, terminal.id) is not None
+
+    server.decommission(terminal.id)
+
+    wait_until(lambda: metric(server, "kioskfleet_ingest_state_cleared_total") >= 1, 10, "echo")
+    assert retained_state(broker, terminal.id) is None
+    assert api(server, f"/api/v1/terminals/{terminal.id}").status_code == 404
+    assert metric(server, "kioskfleet_ingest_rejected_total", reason="bad_json") == 0
+    database = server.settings.database_url
+    server.stop()
+    again = start_server(database_url=database)
+    assert api(again, f"/api/v1/terminals/{terminal.id}").status_code == 404
