@@ -67,6 +67,7 @@ INGEST_METRIC_NAMES: Final = frozenset(
         "kioskfleet_db_rejected_rows_total",
         "kioskfleet_ingest_unacknowledged_messages",
         "kioskfleet_terminals_offline_detected_total",
+        "kioskfleet_ingest_state_cleared_total",
         *HISTOGRAM_METRIC_NAMES,
     }
 )
