@@ -15,6 +15,8 @@ library it wraps into one of these, so callers never catch ``sqlalchemy``,
     │   └── StorageDataError      the database refused these rows (a constraint or data
     │                             error): retrying the same rows fails again
     ├── BrokerError               the MQTT client could not be set up or used
+    ├── DeviceCaError             the device CA is missing, incomplete or already there,
+    │                             or a request to it is invalid (bad CSR, wrong key type)
     ├── InvalidCursorError        a page cursor this server did not hand out (also a
     │                             ValueError); the fleet state raises it, the API answers 422
     └── ApiError                  an HTTP error answer (.status, .error, .message): raised
@@ -34,6 +36,7 @@ __all__ = [
     "ApiError",
     "BrokerError",
     "ConfigError",
+    "DeviceCaError",
     "InvalidCursorError",
     "InvalidSettingsError",
     "ServerError",
@@ -109,3 +112,8 @@ class ApiError(ServerError):
         self.status = status
         self.error = error
         self.message = message
+
+
+class DeviceCaError(ServerError):
+    """The CA directory is missing, incomplete or already initialised, or a request to the CA
+    is invalid (a CSR whose signature does not verify, a key that is not EC P-256...)."""
