@@ -27,8 +27,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from protocol.messages import PeripheralCondition, PeripheralKind, TerminalState
+from protocol.topics import is_valid_terminal_id
 from protocol.version import __version__
 from server.api_models import (
+    DecommissionPublic,
     ErrorPublic,
     EventsPublic,
     HallsPublic,
@@ -40,9 +42,9 @@ from server.api_models import (
     terminal_detail_public,
     terminal_public,
 )
-from server.errors import ApiError, InvalidCursorError, StorageError
+from server.errors import ApiError, BrokerError, InvalidCursorError, StorageError
 from server.fleet_state import FleetState
-from server.fleet_views import TerminalFilter, Transition
+from server.fleet_views import TerminalFilter, TerminalView, Transition
 from server.records import EventRecord
 
 __all__ = ["ApiServices", "create_app"]
@@ -59,6 +61,8 @@ class ApiServices:
     events: Callable[[str, int], list[EventRecord]]  # raises StorageError
     readiness: Callable[[], list[str]]  # reasons the server is not ready; empty when ready
     registry: CollectorRegistry
+    # removes a terminal (Server.decommission); raises BrokerError when it cannot be done now
+    decommission: Callable[[str], TerminalView | None] | None = None
     page_limit_default: int = 100
     page_limit_max: int = 1000
     history_limit: int = 50
@@ -184,6 +188,33 @@ def create_app(services: ApiServices) -> FastAPI:
             log.warning("events of %s unavailable: %s", terminal_id, exc)
             raise ApiError(503, "database_unavailable", str(exc)) from None
         return events_public(events)
+
+    decommission = services.decommission
+    if decommission is not None:
+
+        @app.post(
+            "/api/v1/terminals/{terminal_id}/decommission",
+            response_model=DecommissionPublic,
+            responses={503: {"model": ErrorPublic}, **_ERROR_RESPONSES},
+            tags=["fleet"],
+            summary="Remove a terminal: revoked, its retained state cleared, out of the fleet "
+            "state and gauges; its history kept",
+        )
+        def decommission_terminal(
+            terminal_id: Annotated[str, Path(max_length=64)],
+        ) -> DecommissionPublic:
+            if not is_valid_terminal_id(terminal_id):
+                raise ApiError(422, "invalid_request", f"not a terminal id: {terminal_id!r}")
+            try:
+                view = decommission(terminal_id)
+            except BrokerError as exc:
+                log.warning("decommission of %s not done: %s", terminal_id, exc)
+                raise ApiError(503, "broker_unavailable", str(exc)) from None
+            return DecommissionPublic(
+                terminal_id=terminal_id,
+                known=view is not None,
+                last_state=None if view is None else terminal_public(view),
+            )
 
     @app.get(
         "/api/v1/halls",

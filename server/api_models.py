@@ -21,6 +21,7 @@ from server.health import Health, Status
 from server.records import EventRecord
 
 __all__ = [
+    "DecommissionPublic",
     "DeliveryPublic",
     "ErrorPublic",
     "EventPublic",
@@ -162,6 +163,14 @@ class HallPublic(BaseModel):
 
 class HallsPublic(BaseModel):
     items: list[HallPublic]
+
+
+class DecommissionPublic(BaseModel):
+    terminal_id: str
+    known: bool = Field(description="whether the fleet state held the terminal")
+    last_state: TerminalPublic | None = Field(
+        description="its state when it was removed (None if it was not known)"
+    )
 
 
 class ReadinessPublic(BaseModel):

@@ -195,6 +195,7 @@ class Server:
                 events=self._events,
                 readiness=self.readiness,
                 registry=registry,
+                decommission=self.decommission,
                 page_limit_default=settings.api_page_limit_default,
                 page_limit_max=settings.api_page_limit_max,
                 history_limit=settings.history_limit,

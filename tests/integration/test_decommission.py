@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -59,3 +60,50 @@ def test_decommission_clears_the_retained_state_and_a_restarted_server_does_not_
     server.stop()
     again = start_server(database_url=database)
     assert api(again, f"/api/v1/terminals/{terminal.id}").status_code == 404
+
+
+def test_decommission_through_the_api(
+    broker: LocalBroker, start_server: ServerFactory, terminals: TerminalFactory
+) -> None:
+    server = start_server()
+    terminal = terminals(unique("DECOM"))
+    terminal.online()
+    terminal.report()
+    wait_until(lambda: api(server, f"/api/v1/terminals/{terminal.id}").status_code == 200, 10)
+    url = f"{server.base_url}/api/v1/terminals/{terminal.id}/decommission"
+
+    answer = httpx.post(url, timeout=5)
+
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["known"] is True
+    assert body["last_state"]["id"] == terminal.id
+    assert api(server, f"/api/v1/terminals/{terminal.id}").status_code == 404
+    wait_until(lambda: metric(server, "kioskfleet_ingest_state_cleared_total") >= 1, 10, "echo")
+    assert retained_state(broker, terminal.id) is None
+    again = httpx.post(url, timeout=5).json()
+    assert again["known"] is False
+    assert again["last_state"] is None
+    bad = httpx.post(f"{server.base_url}/api/v1/terminals/a%20b/decommission", timeout=5)
+    assert bad.status_code == 422
+
+
+def test_decommission_is_refused_with_503_while_the_broker_is_away(
+    broker: LocalBroker, start_server: ServerFactory, terminals: TerminalFactory
+) -> None:
+    server = start_server()
+    terminal = terminals(unique("DECOM"))
+    terminal.online()
+    terminal.report()
+    wait_until(lambda: api(server, f"/api/v1/terminals/{terminal.id}").status_code == 200, 10)
+    broker.terminate()
+    try:
+        wait_until(lambda: not server.mqtt.connected, 30, "server notices the broker is gone")
+        answer = httpx.post(
+            f"{server.base_url}/api/v1/terminals/{terminal.id}/decommission", timeout=5
+        )
+    finally:
+        broker.start()
+    assert answer.status_code == 503
+    assert answer.json()["error"] == "broker_unavailable"
+    assert api(server, f"/api/v1/terminals/{terminal.id}").status_code == 200
