@@ -11,7 +11,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from kioskfleet.local_broker import LocalBroker
 from protocol.topics import Channel, topic
-from tests.integration.conftest import ServerFactory, TerminalFactory, api, metric, unique
+from server.main import Server
+from tests.integration.conftest import (
+    RawTerminal,
+    ServerFactory,
+    TerminalFactory,
+    api,
+    metric,
+    unique,
+)
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -40,14 +48,20 @@ def retained_state(broker: LocalBroker, terminal_id: str) -> bytes | None:
         client.loop_stop()
 
 
-def test_decommission_clears_the_retained_state_and_a_restarted_server_does_not_bring_it_back(
-    broker: LocalBroker, start_server: ServerFactory, terminals: TerminalFactory
-) -> None:
-    server = start_server()
+def known_terminal(server: Server, terminals: TerminalFactory) -> RawTerminal:
+    """A terminal that is online with one report, and that the server's API shows."""
     terminal = terminals(unique("DECOM"))
     terminal.online()
     terminal.report()
     wait_until(lambda: api(server, f"/api/v1/terminals/{terminal.id}").status_code == 200, 10)
+    return terminal
+
+
+def test_decommission_clears_the_retained_state_and_a_restarted_server_does_not_bring_it_back(
+    broker: LocalBroker, start_server: ServerFactory, terminals: TerminalFactory
+) -> None:
+    server = start_server()
+    terminal = known_terminal(server, terminals)
     assert retained_state(broker, terminal.id) is not None
 
     server.decommission(terminal.id)
@@ -66,10 +80,7 @@ def test_decommission_through_the_api(
     broker: LocalBroker, start_server: ServerFactory, terminals: TerminalFactory
 ) -> None:
     server = start_server()
-    terminal = terminals(unique("DECOM"))
-    terminal.online()
-    terminal.report()
-    wait_until(lambda: api(server, f"/api/v1/terminals/{terminal.id}").status_code == 200, 10)
+    terminal = known_terminal(server, terminals)
     url = f"{server.base_url}/api/v1/terminals/{terminal.id}/decommission"
 
     answer = httpx.post(url, timeout=5)
@@ -92,10 +103,7 @@ def test_decommission_is_refused_with_503_while_the_broker_is_away(
     broker: LocalBroker, start_server: ServerFactory, terminals: TerminalFactory
 ) -> None:
     server = start_server()
-    terminal = terminals(unique("DECOM"))
-    terminal.online()
-    terminal.report()
-    wait_until(lambda: api(server, f"/api/v1/terminals/{terminal.id}").status_code == 200, 10)
+    terminal = known_terminal(server, terminals)
     broker.terminate()
     try:
         wait_until(lambda: not server.mqtt.connected, 30, "server notices the broker is gone")
