@@ -129,7 +129,7 @@ class Client:
             keyfile=str(files.key_file) if files else None,
         )
         self.client.on_connect = self._on_connect
-        self.client.on_disconnect = lambda *_a: self.disconnected.set()
+        self.client.on_disconnect = lambda *_a: self.disconnected.set()  # also: TLS refused
         self.client.on_publish = self._on_publish
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
@@ -153,7 +153,8 @@ class Client:
             self.received.append((msg.topic, bytes(msg.payload)))
 
     def connect(self, timeout: float = 5.0) -> bool:
-        """True on a successful CONNACK; False if TLS or MQTT refused us."""
+        """True on a successful CONNACK; False if TLS or MQTT refused us (the broker closed the
+        connection during the handshake: paho reports a disconnect, never a CONNACK)."""
         kwargs: dict[str, Any] = {}
         if self.protocol == mqtt.MQTTv5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
@@ -164,7 +165,9 @@ class Client:
         except (OSError, ssl.SSLError):
             return False
         self.client.loop_start()
-        return self.connected.wait(timeout)
+        wait_until(lambda: self.connected.is_set() or self.disconnected.is_set(), timeout,
+                   "CONNACK or the connection closed")  # fmt: skip
+        return self.connected.is_set()
 
     def subscribe(self, topic_filter: str) -> list[int]:
         self.subscribed.clear()
@@ -381,6 +384,92 @@ def test_a_terminal_using_the_servers_client_id_does_not_take_over_its_session(
     assert server.mqtt.connected
     assert server.mqtt.connected_since == since
     assert "as T-THIEF " in broker_log(start_server.broker)  # the broker used the CN as client id
+
+
+# --- who cannot connect ---------------------------------------------------------------------
+
+
+@PROTOCOLS
+@pytest.mark.parametrize("case", ["no certificate", "self-signed", "another CA", "expired"])
+def test_only_a_valid_certificate_of_the_fleet_ca_connects(
+    case: str, protocol: MQTTProtocolVersion, pki: TestPki, clients: Any
+) -> None:
+    files = {
+        "no certificate": None,
+        "self-signed": pki.self_signed_terminal("T-X"),
+        "another CA": pki.foreign_terminal("T-X"),
+        "expired": pki.expired_terminal("T-X"),
+    }[case]
+    # The broker ends the TLS handshake (mosquitto logs "peer did not return a certificate" or
+    # "certificate verify failed", not always): no CONNACK, the connection closed.
+    assert not connects(clients, files, protocol=protocol)
+    assert connects(clients, pki.terminal("T-X"), protocol=protocol)  # the control
+
+
+def test_a_revoked_certificate_cannot_connect_once_the_broker_reloaded_the_crl(
+    pki: TestPki, broker: LocalBroker, setup: BrokerSetup, clients: Any
+) -> None:
+    # One certificate per connection: a second connection with the same CN (= client id)
+    # would close the first.
+    revoked, revoked_open = pki.terminal("T-REV"), pki.terminal("T-REV-OPEN")
+    valid = pki.terminal("T-OK")
+    listener: Client = clients(pki.server_client(setup))
+    assert listener.connect()
+    listener.subscribe(ALL_REPORTS)
+    still_open: Client = clients(revoked_open)
+    assert still_open.connect()
+    staying: Client = clients(valid)
+    assert staying.connect()
+
+    pki.revoke(revoked)
+    pki.revoke(revoked_open)
+    assert connects(clients, revoked)  # the CRL file changed, the running broker has not read it
+    broker.reload()
+    wait_until(lambda: not connects(clients, revoked), 10, "the reloaded broker to refuse it")
+    assert connects(clients, pki.terminal("T-NEW"))
+
+    # What mosquitto 2.0 does (docs/security.md): open connections survive the reload,
+    # the revoked one's included, and its messages still pass the broker. The server
+    # refuses them by terminal id; the broker cannot.
+    assert listener.connected.is_set()
+    assert staying.publish(topic("T-OK", Channel.REPORT), b"ok") == 0
+    assert still_open.publish(topic("T-REV-OPEN", Channel.REPORT), b"after revocation") == 0
+    wait_until(lambda: (topic("T-REV-OPEN", Channel.REPORT), b"after revocation")
+               in listener.messages(), 5)  # fmt: skip
+    assert not still_open.disconnected.is_set()
+
+
+# --- the server's identities ----------------------------------------------------------------
+
+
+def test_server_replicas_need_identities_of_their_own_and_the_broker_names_them_by_cn(
+    pki: TestPki, setup: BrokerSetup, start_server: ServerFactory, terminals: TerminalFactory,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    a = identified_server(start_server, setup, SERVER, mqtt_client_id="replica-a")
+    b = identified_server(start_server, setup, REPLICA_B, mqtt_client_id="replica-b",
+                          database_url=f"sqlite:///{tmp_path}/b.db")  # fmt: skip
+    t = terminals("T-REP", tls=pki.terminal("T-REP"))
+    t.report()
+    for server in (a, b):
+        wait_until(lambda: api(server, "/api/v1/terminals/T-REP").status_code == 200, 10)  # noqa: B023 - called at once
+        assert server.mqtt.connected
+    log = broker_log(start_server.broker)
+    # use_username_as_clientid: the broker ignores the client id the server asked for.
+    assert f"as {SERVER} " in log
+    assert f"as {REPLICA_B} " in log
+    assert "as replica-a " not in log
+
+
+def test_two_connections_with_one_certificate_take_turns_so_replicas_must_not_share_one(
+    pki: TestPki, setup: BrokerSetup, clients: Any
+) -> None:
+    first: Client = clients(pki.server_client(setup), client_id="one")
+    assert first.connect()
+    second: Client = clients(pki.server_client(setup), client_id="two")
+    assert second.connect()
+    wait_until(first.disconnected.is_set, 5, "the broker to drop the first connection")
+    assert not second.disconnected.is_set()
 
 
 def broker_log(broker: LocalBroker) -> str:
