@@ -386,6 +386,36 @@ def test_a_terminal_using_the_servers_client_id_does_not_take_over_its_session(
     assert "as T-THIEF " in broker_log(start_server.broker)  # the broker used the CN as client id
 
 
+def test_the_server_identity_may_clear_a_decommissioned_terminals_retained_state(
+    pki: TestPki, setup: BrokerSetup, start_server: ServerFactory, terminals: TerminalFactory,
+    clients: Any,
+) -> None:  # fmt: skip
+    server = identified_server(start_server, setup)
+    t = terminals("T-GONE", tls=pki.terminal("T-GONE"))
+    t.online()
+    wait_until(lambda: api(server, "/api/v1/terminals/T-GONE").status_code == 200, 10)
+    t.client.disconnect()
+    t.client.loop_stop()
+    t.retained_topics.clear()  # the server clears it, or this test fails
+    state_topic = topic("T-GONE", Channel.STATE)
+    before: Client = clients(pki.server_client(setup, REPLICA_B), client_id="before")
+    assert before.connect()
+    before.subscribe(state_topic)
+    wait_until(lambda: before.messages(), 5, "the retained state (the control)")
+    before.close()
+
+    assert server.decommission("T-GONE") is not None
+    after: Client = clients(pki.server_client(setup, REPLICA_B), client_id="after")
+    assert after.connect()
+    after.subscribe(state_topic)
+    after.subscribe(ALL_REPORTS)
+    t2 = terminals("T-LATER", tls=pki.terminal("T-LATER"))
+    t2.report()  # delivered after any retained message of the earlier subscription
+    wait_until(lambda: any(name == topic("T-LATER", Channel.REPORT)
+                           for name, _ in after.messages()), 5)  # fmt: skip
+    assert [name for name, _ in after.messages()] == [topic("T-LATER", Channel.REPORT)]
+
+
 # --- who cannot connect ---------------------------------------------------------------------
 
 
