@@ -28,7 +28,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from kioskfleet.broker_setup import BrokerSetup
 from kioskfleet.local_broker import LocalBroker, free_port
 from protocol.codec import encode
-from protocol.topics import TOPIC_PREFIX, Channel, topic
+from protocol.topics import SHARE_GROUP, TOPIC_PREFIX, Channel, topic
 from server.main import Server
 from tests.integration.conftest import ServerFactory, TerminalFactory, api, periph, unique
 from tests.support.fleet_messages import report, state
@@ -357,6 +357,34 @@ def test_a_subscription_to_the_servers_topics_by_a_terminal_receives_nothing(
     assert spy.messages() == []
     # mosquitto 2.0 grants the subscription and filters each message by the read ACL.
     assert granted == [1, 1]
+
+
+def test_a_terminal_in_the_servers_share_group_drops_messages_so_mosquitto_runs_unshared(
+    pki: TestPki, setup: BrokerSetup, clients: Any
+) -> None:
+    """mosquitto 2.0 grants any subscription and filters at delivery: a terminal that joins
+    ``$share/kioskfleet/...`` takes its turn in the round robin and its turn is then dropped.
+    The server's default on mosquitto, unshared subscriptions, loses nothing to it."""
+    shared = f"$share/{SHARE_GROUP}/{ALL_REPORTS}"
+    unshared_server: Client = clients(pki.server_client(setup, REPLICA_B))
+    assert unshared_server.connect()
+    unshared_server.subscribe(ALL_REPORTS)
+    shared_server: Client = clients(pki.server_client(setup))
+    assert shared_server.connect()
+    shared_server.subscribe(shared)
+    intruder: Client = clients(pki.terminal("T-INTRUDER"))
+    assert intruder.connect()
+    assert intruder.subscribe(shared) == [1]
+    sender: Client = clients(pki.terminal("T-SEND"))
+    assert sender.connect()
+    for n in range(10):
+        assert sender.publish(topic("T-SEND", Channel.REPORT), str(n).encode()) == 0
+    wait_until(lambda: len(unshared_server.messages()) == 10, 5, "all ten, unshared")
+    assert intruder.messages() == []
+    intruder.close()  # now the server is alone in the group: it gets the marker, after the rest
+    assert sender.publish(topic("T-SEND", Channel.REPORT), b"end") == 0
+    wait_until(lambda: (topic("T-SEND", Channel.REPORT), b"end") in shared_server.messages(), 5)
+    assert len(shared_server.messages()) - 1 < 10  # the intruder's turns were lost
 
 
 @PROTOCOLS
