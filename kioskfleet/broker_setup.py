@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import grp
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from server.device_ca import CaPaths, DeviceCa, generate_key, write_pem, write_p
 __all__ = ["BrokerSetup", "server_credential_files", "write_broker_setup"]
 
 BROKER_GROUP = "mosquitto"
+_ANY_ADDRESS = ("0.0.0.0", "::")  # noqa: S104 - names a bind address, binds nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +48,28 @@ class BrokerSetup:
     acl: Path
     identity: BrokerIdentity
     server_credentials: dict[str, tuple[Path, Path]]  # identity -> (certificate, key)
+    notes: tuple[str, ...] = ()  # what the operator must still do (printed by the CLI)
 
 
 def server_credential_files(out_dir: Path, identity: str) -> tuple[Path, Path]:
     """Where the MQTT client certificate and key of server ``identity`` are in ``out_dir``."""
     stem = "server-" + identity.replace(":", "_")
     return out_dir / f"{stem}.pem", out_dir / f"{stem}.key"
+
+
+def _crl_notes(crl: Path) -> tuple[str, ...]:
+    """Why a broker running as its own user may not read ``crl``: a missing file, or a
+    directory on the way (the CA's is 0700) or the file itself closed to others."""
+    if not crl.is_file():
+        return (f"{crl} does not exist: mosquitto will not start without its crlfile",)
+    closed = [p for p in crl.parents if not p.stat().st_mode & stat.S_IXOTH]
+    if closed or not crl.stat().st_mode & stat.S_IROTH:
+        return (
+            f"{crl} is not readable by other users ({closed[0] if closed else crl} is"
+            " closed): if mosquitto runs as its own user, copy the CRL where it can read it"
+            " after each revocation and pass --crl-file (docs/security.md)",
+        )
+    return ()
 
 
 def _give_to_broker_group(path: Path, group: str | None) -> None:
@@ -79,24 +97,28 @@ def write_broker_setup(
 ) -> BrokerSetup:
     """Issue the broker's and the servers' certificates and write the configuration.
 
-    ``host`` is where the listener binds and the broker certificate's first SAN; ``sans``
-    adds names (a load balancer's DNS name). Raises DeviceCaError if the CA cannot be
-    loaded, ValueError for a server identity a terminal could also be, OSError if a file
+    ``host`` is where the listener binds and the broker certificate's first SAN (unless it
+    is an any-address, ``0.0.0.0`` or ``::``); ``sans`` adds names (a load balancer's DNS
+    name). Raises DeviceCaError if the CA cannot be loaded, ValueError for a server
+    identity a terminal could also be or a certificate without a name, OSError if a file
     cannot be written.
     """
     out = out_dir.absolute()
+    crl = (crl_file or CaPaths(ca_dir).crl).absolute()
     identity = BrokerIdentity(  # validates the server identities before anything is issued
         ca_file=out / "chain.pem",
         cert_file=out / "broker.pem",
         key_file=out / "broker.key",
-        crl_file=(crl_file or CaPaths(ca_dir).crl).absolute(),
+        crl_file=crl,
         server_identities=tuple(server_identities),
     )
+    names = [n for n in dict.fromkeys([host, *sans]) if n not in _ANY_ADDRESS]
+    if not names:
+        raise ValueError(f"the listener binds {host}: name the broker with --san")
     ca = DeviceCa.load(ca_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_pem(identity.ca_file, *ca.chain)
     broker_key = generate_key()
-    names = list(dict.fromkeys([host, *sans]))
     broker_cert = ca.issue_service(names[0], broker_key.public_key(), sans=names)
     write_private_key(identity.key_file, broker_key)
     _give_to_broker_group(identity.key_file, key_group)
@@ -117,4 +139,10 @@ def write_broker_setup(
         identity=identity,
         extra=extra_conf,
     )
-    return BrokerSetup(conf=conf, acl=acl, identity=identity, server_credentials=credentials)
+    return BrokerSetup(
+        conf=conf,
+        acl=acl,
+        identity=identity,
+        server_credentials=credentials,
+        notes=_crl_notes(crl),
+    )

@@ -103,6 +103,8 @@ def _broker_config(args: argparse.Namespace) -> int:
     print(f"wrote {setup.conf} and {setup.acl}")
     for name, (cert, key) in setup.server_credentials.items():
         print(f"server identity {name}: {cert} {key}")
+    for note in setup.notes:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 

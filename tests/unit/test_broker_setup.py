@@ -3,6 +3,7 @@ ACL it writes for several server identities, and clear errors instead of a half-
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,39 @@ def test_the_cli_reports_a_missing_ca_clearly(
     argv = ["broker-config", "--out", str(tmp_path / "out"), "--ca-dir", str(tmp_path / "none")]
     assert main(argv) == 2
     assert "cannot load the device CA" in capsys.readouterr().err
+
+
+def test_listening_on_every_address_needs_a_name_for_the_certificate(
+    ca_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="--san"):
+        write_broker_setup(tmp_path / "a", ca_dir, host="0.0.0.0", server_identities=["k:s"])
+    setup = write_broker_setup(
+        tmp_path / "b", ca_dir, host="0.0.0.0", sans=["mqtt.fleet.example"],
+        server_identities=["kioskfleet:server"],
+    )  # fmt: skip
+    sans = _cert(setup.identity.cert_file).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    assert [str(n.value) for n in sans.value] == ["mqtt.fleet.example"]
+    assert "listener 8883 0.0.0.0" in setup.conf.read_text().splitlines()
+
+
+def test_a_crl_the_broker_user_cannot_read_is_pointed_out(ca_dir: Path, tmp_path: Path) -> None:
+    default = write_broker_setup(tmp_path / "a", ca_dir, server_identities=["kioskfleet:server"])
+    assert ca_dir.stat().st_mode & 0o777 == 0o700  # the CA's own directory
+    assert any("--crl-file" in note for note in default.notes)
+    with tempfile.TemporaryDirectory(dir="/tmp") as name:  # a parent every user can enter
+        shared = Path(name)
+        shared.chmod(0o755)
+        crl = shared / "crl.pem"
+        crl.write_bytes((ca_dir / "crl.pem").read_bytes())
+        crl.chmod(0o644)
+        readable = write_broker_setup(
+            tmp_path / "b", ca_dir, crl_file=crl, server_identities=["kioskfleet:server"]
+        )
+        assert readable.notes == ()
+    missing = write_broker_setup(
+        tmp_path / "c", ca_dir, crl_file=tmp_path / "none.pem", server_identities=["k:s"]
+    )
+    assert any("does not exist" in note for note in missing.notes)
