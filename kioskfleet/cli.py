@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
         "default: a new file in a temporary directory, printed at start. "
         "Reusing it with the same ids continues their streams",
     )
+    sim.add_argument(
+        "--tls-dir",
+        type=Path,
+        default=None,
+        help="with an mqtts:// broker requiring client certificates: DIR/chain.pem and "
+        "DIR/<terminal id>.pem, .key for each terminal",
+    )
     bc = sub.add_parser(
         "broker-config",
         help="issue the broker's and the server's certificates from the device CA and write "
@@ -144,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             processes=args.processes,
             id_prefix=args.id_prefix,
             outbox_path=args.outbox,
+            tls_dir=args.tls_dir,
         )
     )
 

@@ -8,6 +8,7 @@ certificate built here by hand is the self-signed one, because no CA makes those
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -94,6 +95,17 @@ class TestPki:
         key = generate_key()
         cert = self.ca.issue_terminal(_csr(key, terminal_id), terminal_id, days=days, now=now)
         return self._write(f"{terminal_id}-{cert.serial_number:x}", cert, key)
+
+    def terminals_dir(self, terminal_ids: list[str]) -> Path:
+        """``chain.pem`` and ``<id>.pem``/``<id>.key`` for each id: the layout ``kioskfleet
+        simulate --tls-dir`` reads."""
+        out = self.directory / "simulated"
+        write_pem(out / "chain.pem", *self.ca.chain)
+        for terminal_id in terminal_ids:
+            files = self.terminal(terminal_id)
+            os.replace(files.cert_file, out / f"{terminal_id}.pem")
+            os.replace(files.key_file, out / f"{terminal_id}.key")
+        return out
 
     def expired_terminal(self, terminal_id: str) -> ClientFiles:
         """Issued by the fleet CA a year ago, valid for one day."""
