@@ -94,6 +94,9 @@ class SimulationOptions:
     processes: int = 1
     id_prefix: str = "SIM"
     outbox_path: Path | None = None  # None: a new file in a temporary directory
+    # For an mqtts:// broker that requires client certificates: chain.pem (what to trust)
+    # and <terminal id>.pem / <terminal id>.key for each terminal.
+    tls_dir: Path | None = None
 
     def check(self) -> None:
         """Raises ValueError naming the first option that cannot work."""
@@ -111,7 +114,8 @@ class SimulationOptions:
             raise ValueError("processes must be between 1 and terminals")
         if not is_valid_terminal_id(f"{self.id_prefix}-{self.terminals:05d}"):
             raise ValueError(f"id_prefix {self.id_prefix!r} does not make valid terminal ids")
-        parse_broker_url(self.broker_url)
+        if not parse_broker_url(self.broker_url).tls and self.tls_dir is not None:
+            raise ValueError("tls_dir needs an mqtts:// broker_url")
 
 
 @dataclass(frozen=True)
@@ -301,7 +305,7 @@ class Simulation:
                 for s in MODELS[profile.model]
             }
             connection = MqttConnection(
-                _with_client_id(base_settings, tid),
+                _for_terminal(base_settings, tid, opts.tls_dir),
                 rng=random.Random(f"{opts.seed}:{tid}:backoff"),  # noqa: S311 - jitter
                 monotonic=monotonic,
             )
@@ -453,9 +457,15 @@ class _SimulatedUptime:
         return float(self._monotonic() - self._booted_at)
 
 
-def _with_client_id(settings: ConnectionSettings, client_id: str) -> ConnectionSettings:
+def _for_terminal(
+    settings: ConnectionSettings, client_id: str, tls_dir: Path | None
+) -> ConnectionSettings:
     values = {f.name: getattr(settings, f.name) for f in fields(settings)}
     values["client_id"] = client_id
+    if tls_dir is not None:
+        values["tls_ca_file"] = tls_dir / "chain.pem"
+        values["tls_cert_file"] = tls_dir / f"{client_id}.pem"
+        values["tls_key_file"] = tls_dir / f"{client_id}.key"
     return ConnectionSettings(**values)
 
 

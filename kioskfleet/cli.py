@@ -1,4 +1,5 @@
-"""The ``kioskfleet`` command: ``agent``, ``server``, ``db upgrade`` and ``simulate``.
+"""The ``kioskfleet`` command: ``agent``, ``server``, ``db upgrade``, ``simulate`` and
+``broker-config``.
 
 Only argument parsing lives here; each subcommand hands over to its package
 (imported lazily so that ``kioskfleet agent`` on a terminal never imports the
@@ -58,7 +59,60 @@ def _parser() -> argparse.ArgumentParser:
         "default: a new file in a temporary directory, printed at start. "
         "Reusing it with the same ids continues their streams",
     )
+    sim.add_argument(
+        "--tls-dir",
+        type=Path,
+        default=None,
+        help="with an mqtts:// broker requiring client certificates: DIR/chain.pem and "
+        "DIR/<terminal id>.pem, .key for each terminal",
+    )
+    bc = sub.add_parser(
+        "broker-config",
+        help="issue the broker's and the server's certificates from the device CA and write "
+        "mosquitto.conf + acl (TLS, client certificates, CRL, per-terminal ACL)",
+    )
+    bc.add_argument("--out", type=Path, required=True, help="directory to write into")
+    bc.add_argument("--ca-dir", type=Path, required=True, help="the device CA (kioskfleet ca init)")
+    bc.add_argument("--host", default="127.0.0.1", help="listener address, first SAN")
+    bc.add_argument("--port", type=int, default=8883)
+    bc.add_argument("--san", action="append", default=[], help="another broker name (repeat)")
+    bc.add_argument(
+        "--server-identity",
+        action="append",
+        default=None,
+        help="CN of a server's MQTT client certificate (repeat; one per replica, e.g. "
+        "kioskfleet:server:a); default kioskfleet:server",
+    )
+    bc.add_argument(
+        "--crl-file", type=Path, default=None, help="the CRL the broker reads (default CA/crl.pem)"
+    )
     return parser
+
+
+def _broker_config(args: argparse.Namespace) -> int:
+    from kioskfleet.broker_config import DEFAULT_SERVER_IDENTITY
+    from kioskfleet.broker_setup import write_broker_setup
+    from server.errors import DeviceCaError
+
+    try:
+        setup = write_broker_setup(
+            args.out,
+            args.ca_dir,
+            host=args.host,
+            port=args.port,
+            sans=args.san,
+            server_identities=args.server_identity or [DEFAULT_SERVER_IDENTITY],
+            crl_file=args.crl_file,
+        )
+    except (DeviceCaError, ValueError, OSError) as exc:
+        print(f"kioskfleet broker-config: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {setup.conf} and {setup.acl}")
+    for name, (cert, key) in setup.server_credentials.items():
+        print(f"server identity {name}: {cert} {key}")
+    for note in setup.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from server.main import upgrade_database
 
         return upgrade_database(args.env_file)
+    if args.command == "broker-config":
+        return _broker_config(args)
     from agent.simulator import SimulationOptions, run_simulation
 
     return run_simulation(
@@ -95,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             processes=args.processes,
             id_prefix=args.id_prefix,
             outbox_path=args.outbox,
+            tls_dir=args.tls_dir,
         )
     )
 

@@ -16,6 +16,12 @@ clients reconnect to the "same" broker:
 - ``pause()`` / ``resume()``: SIGSTOP / SIGCONT, a frozen broker: TCP
   connections stay open and new ones are even accepted by the kernel, but
   nothing is read or answered (no CONNACK, no PUBACK).
+
+Two modes, one project config. Plain (the default): an anonymous loopback
+listener. Identity (``identity=BrokerIdentity(...)``): the listener
+``kioskfleet broker-config`` generates (TLS, client certificates, CRL, the ACL,
+``kioskfleet/broker_config.py``), so tests run against what a deployment runs;
+``reload()`` (SIGHUP) makes it re-read the CRL after a revocation.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from kioskfleet.broker_config import BrokerIdentity, write_broker_config
 from kioskfleet.shipped_files import shipped_file
 
 __all__ = ["LocalBroker", "LocalBrokerError", "free_port", "project_broker_conf"]
@@ -81,19 +88,23 @@ class LocalBroker:
         port: int | None = None,
         extra_conf: str = "",
         overrides: dict[str, str] | None = None,
+        identity: BrokerIdentity | None = None,
     ) -> None:
-        """``overrides`` replaces options of the project config (e.g. a queue limit for a benchmark)."""
+        """``overrides`` replaces options of the project config (e.g. a queue limit for a benchmark);
+        ``identity`` switches to the generated TLS listener and ACL."""
         self.workdir = workdir
         self.port = port or free_port()
         self.extra_conf = extra_conf
         self.overrides = overrides or {}
+        self.identity = identity
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "mosquitto.log"
         self.paused = False
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        scheme = "mqtt" if self.identity is None else "mqtts"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def persistence_file(self) -> Path:
@@ -113,17 +124,16 @@ class LocalBroker:
 
     def _write_conf(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        conf = self.workdir / "mosquitto.conf"
         project = [
             line
             for line in project_broker_conf().read_text().splitlines()
             if line.split(" ", 1)[0] not in self.overrides
         ]
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            + "\n".join(project)
-            + "".join(f"\n{key} {value}" for key, value in self.overrides.items())
-            + "\n# added for this process\n"
+        base = "\n".join(project) + "".join(
+            f"\n{key} {value}" for key, value in self.overrides.items()
+        )
+        harness = (
+            "\n# added for this process\n"
             + f"persistence_location {self.workdir}/\n"
             + f"log_dest file {self.log_path}\n"
             + "log_type error\nlog_type warning\nlog_type notice\n"
@@ -132,6 +142,18 @@ class LocalBroker:
             + ("user root\n" if os.geteuid() == 0 else "")
             + self.extra_conf
         )
+        if self.identity is not None:
+            conf, _acl = write_broker_config(
+                self.workdir,
+                base_conf=base,
+                port=self.port,
+                host="127.0.0.1",
+                identity=self.identity,
+                extra=harness,
+            )
+            return conf
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\n" + base + harness)
         return conf
 
     def start(self, timeout: float = 10.0) -> LocalBroker:
@@ -214,6 +236,14 @@ class LocalBroker:
         """SIGCONT: let a paused broker run again. Raises LocalBrokerError if it is not running."""
         os.kill(self.pid, signal.SIGCONT)
         self.paused = False
+
+    def reload(self) -> None:
+        """SIGHUP: mosquitto re-reads its configuration, the CRL and the ACL file.
+
+        Open connections stay open, a revoked certificate's included (docs/security.md).
+        Raises LocalBrokerError if it is not running.
+        """
+        os.kill(self.pid, signal.SIGHUP)
 
     def saved_at(self) -> float | None:
         """Modification time of the persistence file (``None`` before the first save).

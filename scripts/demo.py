@@ -1,9 +1,12 @@
 """`make demo`: the whole system on one machine, stopped with Ctrl-C.
 
-Starts (1) a mosquitto with the project's config unless one already answers
-on 127.0.0.1:1883, (2) `kioskfleet server` on SQLite under var/demo/,
-(3) `kioskfleet simulate` with 50 terminals in 3 halls whose printers run out
-of paper and whose card readers fail and recover, and (4) when the `prometheus`
+Starts (1) a mosquitto with the configuration `kioskfleet broker-config` generates
+(TLS on 127.0.0.1:8883 or a free port, client certificates from a device CA
+under var/demo/ca/, the per-terminal ACL; docs/security.md), (2) `kioskfleet
+server` on SQLite under var/demo/, connected with its own certificate,
+(3) `kioskfleet simulate` with 50 terminals in 3 halls, each with a certificate
+for its id issued straight from the CA (enrollment replaces that), whose printers
+run out of paper and whose card readers fail and recover, and (4) when the `prometheus`
 binary is installed, a Prometheus on 127.0.0.1:9090 (or a free port) with the
 project's scrape configuration pointed at the demo server and the project's
 real alert rules (a fresh TSDB under var/demo/prometheus/ each run; no
@@ -29,11 +32,25 @@ from types import FrameType
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cryptography import x509  # noqa: E402 - after sys.path
+from cryptography.hazmat.primitives import hashes  # noqa: E402 - after sys.path
+from cryptography.x509.oid import NameOID  # noqa: E402 - after sys.path
+
+from kioskfleet.broker_config import DEFAULT_SERVER_IDENTITY  # noqa: E402 - after sys.path
+from kioskfleet.broker_setup import BrokerSetup, write_broker_setup  # noqa: E402
 from kioskfleet.local_broker import LocalBroker, free_port  # noqa: E402 - after sys.path
 from kioskfleet.local_prometheus import (  # noqa: E402 - after sys.path
     LocalPrometheus,
     PrometheusError,
     prometheus_binary,
+)
+from server.device_ca import (  # noqa: E402 - after sys.path
+    CaPaths,
+    DeviceCa,
+    generate_key,
+    init_ca,
+    write_pem,
+    write_private_key,
 )
 
 VAR = ROOT / "var" / "demo"
@@ -80,6 +97,31 @@ def _summary(base: str) -> str:
     return " | ".join(parts) or "waiting for the first reports"
 
 
+def _identity(broker_port: int) -> tuple[BrokerSetup, Path]:
+    """The demo's device CA (made once), the broker's generated configuration, and a
+    certificate for each simulated terminal (issued directly: the demo does not enroll yet)."""
+    ca_dir = VAR / "ca"
+    if not CaPaths(ca_dir).issuing_key.exists():
+        init_ca(ca_dir, name="kioskfleet demo")
+    setup = write_broker_setup(
+        VAR / "broker", ca_dir, port=broker_port, server_identities=[DEFAULT_SERVER_IDENTITY]
+    )
+    ca = DeviceCa.load(ca_dir)
+    tls_dir = VAR / "terminals"
+    write_pem(tls_dir / "chain.pem", *ca.chain)
+    for n in range(1, TERMINALS + 1):
+        terminal_id = f"DEMO-{n:05d}"
+        key = generate_key()
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, terminal_id)]))
+            .sign(key, hashes.SHA256())
+        )
+        write_private_key(tls_dir / f"{terminal_id}.key", key)
+        write_pem(tls_dir / f"{terminal_id}.pem", ca.issue_terminal(csr, terminal_id))
+    return setup, tls_dir
+
+
 def _start_prometheus(server_target: str) -> tuple[LocalPrometheus | None, str]:
     """Prometheus with the project's rules scraping the demo server, and what to print about it."""
     if prometheus_binary() is None:
@@ -116,13 +158,12 @@ def main() -> int:
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     broker: LocalBroker | None = None
     prometheus: LocalPrometheus | None = None
-    if _port_open(1883):
-        broker_url = "mqtt://127.0.0.1:1883"
-        print(f"using the mosquitto already listening on {broker_url}")
-    else:
-        broker = LocalBroker(VAR / "mosquitto", port=1883).start()
-        broker_url = broker.url
-        print(f"started mosquitto on {broker_url} (log: {broker.log_path})")
+    broker_port = 8883 if not _port_open(8883) else free_port()
+    setup, tls_dir = _identity(broker_port)
+    broker = LocalBroker(VAR / "mosquitto", port=broker_port, identity=setup.identity).start()
+    broker_url = broker.url
+    server_cert, server_key = setup.server_credentials[DEFAULT_SERVER_IDENTITY]
+    print(f"started mosquitto on {broker_url}, TLS + ACL (log: {broker.log_path})")
 
     http_port = 8080 if not _port_open(8080) else free_port()
     base = f"http://127.0.0.1:{http_port}"
@@ -131,6 +172,9 @@ def main() -> int:
         {
             "KIOSKFLEET_DATABASE_URL": f"sqlite:///{VAR}/kioskfleet.db",
             "KIOSKFLEET_BROKER_URL": broker_url,
+            "KIOSKFLEET_BROKER_CA_FILE": str(setup.identity.ca_file),
+            "KIOSKFLEET_BROKER_CERT_FILE": str(server_cert),
+            "KIOSKFLEET_BROKER_KEY_FILE": str(server_key),
             "KIOSKFLEET_HTTP_HOST": "127.0.0.1",
             "KIOSKFLEET_HTTP_PORT": str(http_port),
             "KIOSKFLEET_MQTT_CLIENT_ID": "kioskfleet-server-demo",
@@ -153,6 +197,7 @@ def main() -> int:
                             f"--terminals={TERMINALS}",
                             f"--halls={HALLS}",
                             f"--broker={broker_url}",
+                            f"--tls-dir={tls_dir}",
                             "--report-interval=10",
                             "--fault-rate=150",
                             "--id-prefix=DEMO",
@@ -178,7 +223,7 @@ kioskfleet demo is running ({TERMINALS} simulated terminals in {HALLS} halls).
   halls        {base}/api/v1/halls
   metrics      {base}/metrics
 {prometheus_lines}
-  broker       {broker_url}
+  broker       {broker_url}  (client certificates of var/demo/ca; config {setup.conf})
   logs         {log_list}
 
 Press Ctrl-C to stop everything.

@@ -32,6 +32,7 @@ from protocol.topics import Channel, topic
 from server.config import Settings
 from server.main import Server
 from tests.support.fleet_messages import periph, peripheral_event, report, state
+from tests.support.pki import ClientFiles
 from tests.support.waiting import wait_until
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -155,6 +156,13 @@ def metric(server: Server, name: str, **labels: str) -> float:
 # --- raw MQTT terminals ---------------------------------------------------------------------
 
 
+def _use_tls(client: mqtt.Client, files: ClientFiles | None) -> None:
+    if files is not None:
+        client.tls_set(
+            ca_certs=str(files.ca_file), certfile=str(files.cert_file), keyfile=str(files.key_file)
+        )
+
+
 class RawTerminal:
     """One terminal as the broker sees it: a raw paho client publishing protocol messages."""
 
@@ -166,8 +174,11 @@ class RawTerminal:
         hall: str = "Hall A",
         region: str = "North",
         with_will: bool = False,
+        tls: ClientFiles | None = None,
     ) -> None:
+        """``tls``: connect with this certificate (a broker in identity mode)."""
         self.id = terminal_id
+        self.tls = tls
         self.hall = hall
         self.region = region
         self.boot = "boot-" + secrets.token_hex(6)
@@ -181,6 +192,7 @@ class RawTerminal:
             reconnect_on_failure=False,
         )
         self.client.on_connect = lambda *_a: self._connected.set()
+        _use_tls(self.client, tls)
         if with_will:
             will = state(self.id, False, seq=0, boot=self.boot, sent_at=datetime.now(UTC))
             self.client.will_set(self.topic(Channel.STATE), encode(will), qos=1, retain=True)
@@ -252,6 +264,7 @@ class RawTerminal:
         self.client.disconnect()
         if self.retained_topics:  # leave no retained state behind for later tests
             cleaner = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+            _use_tls(cleaner, self.tls)
             cleaner.connect("127.0.0.1", broker.port)
             cleaner.loop_start()
             for name in self.retained_topics:
