@@ -18,7 +18,8 @@ library it wraps into one of these, so callers never catch ``sqlalchemy``,
     ├── InvalidCursorError        a page cursor this server did not hand out (also a
     │                             ValueError); the fleet state raises it, the API answers 422
     ├── AccessError               a token that cannot be made or changed as asked (.code:
-    │                             invalid_token, invalid_expiry, token_exists, no_such_token)
+    │                             invalid_token, invalid_expiry, token_exists, no_such_token;
+    │                             malformed, unknown, revoked, expired when authenticating)
     └── ApiError                  an HTTP error answer (.status, .error, .message): raised
                                   by a handler, turned into ``{"error", "message"}`` by the app
 
