@@ -124,7 +124,10 @@ def admin_token_in(database_url: str) -> str:
 
 
 def admin_token(server: Server) -> str:
-    """The admin token the fixtures made for ``server`` (what ``api()`` sends)."""
+    """The admin token the fixtures made for ``server`` (what ``api()`` sends); for a
+    server a test built itself, one made now on the running server."""
+    if server not in _ADMIN_TOKENS:
+        _ADMIN_TOKENS[server] = token(server, Role.ADMIN)
     return _ADMIN_TOKENS[server]
 
 
