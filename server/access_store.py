@@ -230,6 +230,13 @@ class AccessStore:
             raise AccessError("no_such_token", f"no token named {name!r}")
         return record
 
+    def delete_token(self, name: str) -> None:
+        """Remove a token row: only to undo a creation whose secret could not be handed to
+        anyone (the bootstrap token's file); a used token is revoked, never deleted.
+        Raises StorageError."""
+        with self._storage.begin("delete token") as conn:
+            conn.execute(sa.delete(_TOKEN).where(_TOKEN.c.name == name))
+
     def touch_token(self, name: str, now: datetime) -> None:
         """Set the token's ``last_used_at``. Raises StorageError."""
         with self._storage.begin("touch token") as conn:

@@ -11,6 +11,7 @@ recorded exactly once, with the actor the caller knows.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -58,7 +59,8 @@ def write_secret_file(path: Path, secret: str) -> None:
         os.chmod(tmp, 0o600)  # O_CREAT's mode is masked by the umask; 0600 is what we promise
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the folder is not one: nothing was made
+            tmp.unlink(missing_ok=True)
         raise ConfigError(f"cannot write the token file {path}: {exc}") from exc
 
 
@@ -140,7 +142,8 @@ class Tokens:
 
         A replica that loses the race to another starting at once makes none. Raises
         StorageError, ConfigError (the token file cannot be written: the token is then
-        revoked, so that no secret exists that nobody holds).
+        removed again, so that no secret exists that nobody holds and the next start
+        bootstraps afresh).
         """
         if self._store.count_tokens() > 0:
             return False
@@ -154,7 +157,7 @@ class Tokens:
             try:
                 write_secret_file(token_file, secret)
             except ConfigError:
-                self.revoke(record.name)
+                self._store.delete_token(record.name)
                 raise
         audit.record(
             AuditEntry(

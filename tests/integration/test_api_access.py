@@ -19,6 +19,7 @@ from kioskfleet.local_broker import LocalBroker
 from server.access import Role, allows
 from server.access_api import OPEN_PATHS, declared_role
 from server.access_store import AuditFilter
+from server.errors import ConfigError
 from server.main import Server
 from server.tokens import Tokens
 from tests.integration.conftest import (
@@ -331,3 +332,20 @@ def test_the_first_start_prints_a_bootstrap_admin_token_once_and_writes_it_0600(
         assert len(second.tokens.every()) == 1
     finally:
         second.stop()
+
+
+def test_a_bootstrap_token_file_that_cannot_be_written_fails_the_start_and_leaves_no_token(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    settings = server_settings(
+        broker.url, f"sqlite:///{tmp_path}/fresh.db", bootstrap_token_file=blocker / "admin.token"
+    )
+    server = Server(settings, registry=CollectorRegistry())
+    try:
+        with pytest.raises(ConfigError, match="cannot write the token file"):
+            server.start()
+        assert server.tokens.every() == []  # the next start bootstraps afresh
+    finally:
+        server.stop()
