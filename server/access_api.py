@@ -10,7 +10,8 @@ and the audit middleware that records every state-changing call.
   (POST, PUT, PATCH, DELETE) that reached a route, denied ones included: actor (the
   token, else ``anonymous``), action (the route's ``name``, a dotted verb such as
   ``token.create``), target (what the handler names, else the path parameters), client
-  address, result (2xx/3xx ok; 401/403 denied; else failed) and the status.
+  address, result (2xx/3xx ok; 401/403 denied; else failed) and the status. A handler
+  names its target and adds detail with ``note_audit(request, target=..., key=value)``.
 - ``add_access_routes`` serves ``/api/v1/tokens`` and ``/api/v1/audit`` (admin only). No
   route edits or deletes an audit entry.
 
@@ -56,6 +57,7 @@ __all__ = [
     "add_access_routes",
     "declared_role",
     "install_access",
+    "note_audit",
     "require",
 ]
 
@@ -110,15 +112,25 @@ class RoleRequirement:
         try:
             principal = _access(request).tokens.authenticate(credentials.credentials)
         except AccessError as exc:
-            request.state.kf_audit_detail = {"reason": exc.code}
+            note_audit(request, reason=exc.code)
             raise ApiError(401, "unauthenticated", f"the token is {exc.code}", _CHALLENGE) from None
         except StorageError as exc:
             log.warning("cannot check a token: %s", exc)
             raise ApiError(503, "database_unavailable", "cannot check the token now") from None
-        setattr(request.state, _PRINCIPAL, principal)
+        setattr(request.state, _PRINCIPAL, principal)  # for the audit middleware
         if not allows(principal.role, self.role):
             raise ApiError(403, "forbidden", f"this needs role {self.role}, not {principal.role}")
         return principal
+
+
+def note_audit(request: Request, target: str | None = None, **detail: str) -> None:
+    """What the audit entry of this call names as its ``target`` (instead of the path
+    parameters) and adds to its ``detail``: short, non-secret strings only."""
+    if target is not None:
+        setattr(request.state, _TARGET, target)
+    merged = dict(getattr(request.state, _DETAIL, {}))
+    merged.update(detail)
+    setattr(request.state, _DETAIL, merged)
 
 
 def require(role: Role) -> RoleRequirement:
@@ -240,10 +252,9 @@ def add_access_routes(app: FastAPI, *, page_limit_default: int, page_limit_max: 
     )
     def create_token(request: Request, body: TokenCreate, who: admin) -> TokenPublic:
         access = _access(request)
-        request.state.kf_audit_target = body.name
-        request.state.kf_audit_detail = {"role": body.role.value} | (
-            {"vendor": body.vendor} if body.vendor else {}
-        )
+        note_audit(request, target=body.name, role=body.role.value)
+        if body.vendor:
+            note_audit(request, vendor=body.vendor)
         try:
             expires = (
                 None if body.expires is None else parse_expiry(body.expires, access.tokens.now())
