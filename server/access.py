@@ -147,11 +147,11 @@ def parse_expiry(text: str, now: datetime) -> datetime:
     else:
         try:
             at = datetime.fromisoformat(text.strip())
-        except ValueError:
+            at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+        except (ValueError, OverflowError):  # not a time, or one past year 9999 in UTC
             raise AccessError(
                 "invalid_expiry", f"expiry {text!r}: use 30d, 12h, 90m, 2w or an ISO-8601 time"
             ) from None
-        at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
     if at <= now:
         raise AccessError("invalid_expiry", f"expiry {text!r} is not in the future")
     return at

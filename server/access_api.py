@@ -20,7 +20,7 @@ Secrets never reach a log line or an audit entry.
 
 # No ``from __future__ import annotations``: FastAPI must evaluate the handlers' annotations.
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
@@ -168,7 +168,7 @@ class AuditMiddleware:
     """Records every state-changing call that reached a route (see the module docstring).
     Recording never fails the call: the sink counts and logs its own failures."""
 
-    def __init__(self, app: ASGIApp, sink: AuditSink, clock: Any) -> None:
+    def __init__(self, app: ASGIApp, sink: AuditSink, clock: Callable[[], datetime]) -> None:
         self.app = app
         self._sink = sink
         self._clock = clock
@@ -349,7 +349,7 @@ def install_access(
     app: FastAPI,
     access: AccessServices,
     *,
-    clock: Any,
+    clock: Callable[[], datetime],
     page_limit_default: int,
     page_limit_max: int,
 ) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from server.access import (
     Role,
@@ -98,8 +100,30 @@ def test_expiry_is_a_duration_from_now_or_an_iso_time(text: str, expected: datet
     assert parse_expiry(text, NOW) == expected
 
 
-@pytest.mark.parametrize("text", ["", "30", "30y", "soon", "2026-01-01", "0d"])
+@pytest.mark.parametrize(
+    "text", ["", "30", "30y", "soon", "2026-01-01", "0d", "9999-12-31T23:59:59-01:00"]
+)
 def test_an_expiry_that_is_not_a_future_time_is_refused(text: str) -> None:
     with pytest.raises(AccessError) as err:
         parse_expiry(text, NOW)
     assert err.value.code == "invalid_expiry"
+
+
+@given(amount=st.integers(min_value=1, max_value=99_999), unit=st.sampled_from("mhdw"))
+def test_every_duration_is_that_long_from_now(amount: int, unit: str) -> None:
+    unit_name = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[unit]
+    assert parse_expiry(f"{amount}{unit}", NOW) == NOW + timedelta(**{unit_name: amount})
+
+
+@given(st.text(max_size=40))
+def test_any_text_is_a_future_utc_time_or_an_access_error(text: str) -> None:
+    code: str | None
+    try:
+        at = parse_expiry(text, NOW)
+    except AccessError as exc:
+        code = exc.code
+    else:
+        code = None
+        assert at > NOW
+        assert at.utcoffset() == timedelta(0)
+    assert code in (None, "invalid_expiry")
