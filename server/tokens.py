@@ -126,8 +126,9 @@ class Tokens:
         record = self._store.token_by_hash(hash_secret(secret))
         now = self._clock()
         problem = token_problem(record, now)
-        if problem is not None or record is None:
-            raise AccessError(problem or "unknown", f"token {problem or 'unknown'}")
+        if record is None or problem is not None:
+            reason = problem or "unknown"
+            raise AccessError(reason, f"token {reason}")
         if record.last_used_at is None or now - record.last_used_at >= _TOUCH_EVERY:
             try:
                 self._store.touch_token(record.name, now)
