@@ -1,4 +1,5 @@
-"""The ``kioskfleet`` command: ``agent``, ``server``, ``db upgrade`` and ``simulate``.
+"""The ``kioskfleet`` command: ``agent``, ``server``, ``db upgrade``, ``simulate``, ``ca init``,
+``terminal preauthorize|token|revoke`` and ``agent keygen``.
 
 Only argument parsing lives here; each subcommand hands over to its package
 (imported lazily so that ``kioskfleet agent`` on a terminal never imports the
@@ -28,6 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument(
         "--config", type=Path, help="agent.toml (settings also from KIOSKFLEET_AGENT_*)"
     )
+    agent_sub = agent.add_subparsers(dest="agent_command")
+    keygen = agent_sub.add_parser(
+        "keygen", help="make the terminal's key (0600) if missing; print its public key PEM"
+    )
+    keygen.add_argument("--key-file", type=Path, default=Path("/var/lib/kioskfleet/terminal.key"))
 
     server = sub.add_parser("server", help="run the central server (settings from KIOSKFLEET_*)")
     server.add_argument("--env-file", type=Path, help="a file of KIOSKFLEET_* settings")
@@ -38,6 +44,37 @@ def _parser() -> argparse.ArgumentParser:
         "upgrade", help="migrate the database to the newest schema (the server also does at start)"
     )
     upgrade.add_argument("--env-file", type=Path, help="a file of KIOSKFLEET_* settings")
+
+    ca = sub.add_parser("ca", help="the fleet's device CA")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True)
+    ca_init = ca_sub.add_parser(
+        "init", help="create the root and issuing CA in DIR (never overwrites one)"
+    )
+    ca_init.add_argument("directory", type=Path, metavar="DIR")
+
+    terminal = sub.add_parser(
+        "terminal", help="the terminal registry (settings from KIOSKFLEET_*, KIOSKFLEET_CA_DIR)"
+    )
+    terminal.add_argument("--env-file", type=Path, help="a file of KIOSKFLEET_* settings")
+    t_sub = terminal.add_subparsers(dest="terminal_command", required=True)
+    pre = t_sub.add_parser("preauthorize", help="let ID enroll with its public key")
+    pre.add_argument("terminal_id", nargs="?", metavar="ID")
+    pre.add_argument(
+        "--from-file",
+        type=Path,
+        help="CSV lines id,hall,region,model,key (a PEM path or the PEM); all or nothing",
+    )
+    tok = t_sub.add_parser("token", help="a one-time enrollment token for ID (printed once)")
+    tok.add_argument("terminal_id", metavar="ID")
+    tok.add_argument("--ttl", default="24h", help="lifetime: 30m, 24h, 7d (default 24h)")
+    for p in (pre, tok):
+        required = p is tok
+        p.add_argument("--hall", required=required)
+        p.add_argument("--region", required=required)
+        p.add_argument("--model", required=required)
+    pre.add_argument("--key", type=Path, help="the terminal's public key PEM (agent keygen)")
+    rev = t_sub.add_parser("revoke", help="revoke ID's certificates and rewrite the CRL")
+    rev.add_argument("terminal_id", metavar="ID")
 
     sim = sub.add_parser("simulate", help="run N simulated terminals with the real agent code")
     sim.add_argument("--terminals", type=int, default=50)
@@ -68,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "agent" and args.agent_command == "keygen":
+        from agent.enrollment import keygen_command
+
+        return keygen_command(args.key_file)
     if args.command == "agent":
         from agent.main import run_agent
 
@@ -80,6 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from server.main import upgrade_database
 
         return upgrade_database(args.env_file)
+    if args.command == "terminal":
+        return _terminal(args)
+    if args.command == "ca":
+        from server.identity_cli import init_ca_command
+
+        return init_ca_command(args.directory)
     from agent.simulator import SimulationOptions, run_simulation
 
     return run_simulation(
@@ -96,6 +143,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             id_prefix=args.id_prefix,
             outbox_path=args.outbox,
         )
+    )
+
+
+def _terminal(args: argparse.Namespace) -> int:
+    from server import identity_cli
+
+    if args.terminal_command == "revoke":
+        return identity_cli.revoke_command(args.env_file, args.terminal_id)
+    if args.terminal_command == "token":
+        return identity_cli.token_command(
+            args.env_file, args.terminal_id, args.hall, args.region, args.model, args.ttl
+        )
+    if args.from_file is not None:
+        if args.terminal_id is not None or args.key is not None:
+            print("--from-file goes without ID and --key", file=sys.stderr)
+            return 2
+        return identity_cli.preauthorize_file_command(args.env_file, args.from_file)
+    if None in (args.terminal_id, args.hall, args.region, args.model, args.key):
+        print(
+            "preauthorize needs ID --hall --region --model --key (or --from-file)", file=sys.stderr
+        )
+        return 2
+    return identity_cli.preauthorize_command(
+        args.env_file, args.terminal_id, args.hall, args.region, args.model, args.key
     )
 
 

@@ -18,11 +18,13 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import ssl
 import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -30,8 +32,11 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from protocol.topics import Channel, topic
 from server.api import ApiServices, create_app
+from server.audit import AuditSink, MemoryAudit
 from server.config import Settings
+from server.device_ca import CaPaths
 from server.errors import BrokerError, ConfigError, ServerError, StorageError
+from server.est import EstMetrics, est_router
 from server.fleet_collector import FleetCollector, LabelBudget
 from server.fleet_state import FleetState
 from server.fleet_views import TerminalView, Transition
@@ -49,6 +54,8 @@ from server.mqtt_source import MqttOptions, MqttSource
 from server.records import EventRecord
 from server.scheduler import OfflineSweep, Retention, RetentionPruner, build_scheduler
 from server.storage import Storage
+from server.terminal_registry import TerminalRegistry
+from server.tls_client_cert import TlsH11Protocol
 from server.write_behind import WriteBehind
 
 __all__ = ["Server", "mqtt_options", "mqtt_source", "run_server", "upgrade_database"]
@@ -110,10 +117,24 @@ class Server:
         registry: CollectorRegistry | None = None,
         *,
         source: SourceFactory | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         """``source`` builds where messages come from (default: ``mqtt_source(settings)``,
-        the broker; tests pass ``InMemorySource.factory(...)``)."""
+        the broker; tests pass ``InMemorySource.factory(...)``). ``audit`` receives the
+        audit entries (default: in memory)."""
         self.settings = settings
+        self.audit: AuditSink = audit if audit is not None else MemoryAudit()
+        self.storage = _storage(settings)
+        # The terminal registry and EST, when there is a device CA (docs/security.md).
+        self.terminal_registry: TerminalRegistry | None = None
+        if settings.ca_dir is not None:
+            self.terminal_registry = TerminalRegistry(
+                lambda: self.storage.engine,
+                settings.ca_dir,
+                self.audit,
+                cert_days=settings.terminal_cert_days,
+            )
+        directory = self.terminal_registry if settings.enrollment_required else None
         if registry is None:
             registry = CollectorRegistry()
             ProcessCollector(registry=registry)
@@ -125,6 +146,7 @@ class Server:
             offline_after_missed_reports=settings.offline_after_missed_reports,
             default_report_interval_s=settings.default_report_interval_s,
             max_seq_jump=settings.max_seq_jump,
+            placements=None if directory is None else directory.placement,
         )
         registry.register(  # fleet gauges, computed at scrape time
             FleetCollector(
@@ -136,7 +158,6 @@ class Server:
                 ),
             )
         )
-        self.storage = _storage(settings)
         self.writer = WriteBehind(
             self.storage,
             self.fleet.snapshot,
@@ -161,6 +182,7 @@ class Server:
                 rate_per_s=settings.ingest_rate_per_terminal_s,
                 burst=settings.ingest_burst_per_terminal,
                 clock=time.monotonic,
+                directory=directory,
             ),
         )
         make_source = source if source is not None else mqtt_source(settings)
@@ -201,6 +223,16 @@ class Server:
                 history_limit_max=settings.history_limit_max,
             )
         )
+        if self.terminal_registry is not None:
+            self.app.include_router(
+                est_router(
+                    self.terminal_registry,
+                    EstMetrics(registry),
+                    ThrottledLog(
+                        logging.getLogger("server.est"), interval_s=settings.reject_log_interval_s
+                    ),
+                )
+            )
         self._scheduler: BackgroundScheduler | None = None
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
@@ -211,13 +243,14 @@ class Server:
 
     @property
     def base_url(self) -> str:
-        """``http://host:port`` of the API (the real port when ``http_port`` was 0)."""
+        """``http(s)://host:port`` of the API (the real port when ``http_port`` was 0)."""
         if self._port is None:
             raise ServerError("the server is not started")
         host = self.settings.http_host
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self._port}"
+        scheme = "https" if self.settings.https else "http"
+        return f"{scheme}://{host}:{self._port}"
 
     def listening_since(self) -> datetime | None:
         """Since when silence proves something: the later of the broker connect and the last
@@ -273,6 +306,8 @@ class Server:
             raise ServerError("a Server can be started once")
         self._started = True
         self.storage.open()
+        if self.terminal_registry is not None:
+            self.terminal_registry.open()
         terminals = self.storage.load_fleet()
         self.fleet.load(terminals)
         log.info("loaded %d terminals from the database", len(terminals))
@@ -334,6 +369,7 @@ class Server:
             access_log=False,
             lifespan="off",
             timeout_keep_alive=self.settings.http_keepalive_timeout_s,
+            **self._https_options(),
         )
         self._http = uvicorn.Server(config)
         http = self._http
@@ -347,6 +383,25 @@ class Server:
                 raise ServerError(f"the HTTP server did not start on {host}:{self._port}")
             time.sleep(0.01)
         log.info("API listening on %s", self.base_url)
+
+    def _https_options(self) -> dict[str, Any]:
+        """uvicorn's TLS options: the server certificate; with a device CA, client
+        certificates are asked for (optional: only ``simplereenroll`` needs one) and handed
+        to the app through the ASGI TLS extension."""
+        settings = self.settings
+        if settings.https_cert_file is None:
+            return {}
+        options: dict[str, Any] = {
+            "ssl_certfile": str(settings.https_cert_file),
+            "ssl_keyfile": str(settings.https_key_file),
+        }
+        if settings.ca_dir is not None:
+            options |= {
+                "ssl_cert_reqs": ssl.CERT_OPTIONAL,
+                "ssl_ca_certs": str(CaPaths(settings.ca_dir).chain),
+                "http": TlsH11Protocol,
+            }
+        return options
 
     def _stop_http(self) -> None:
         if self._http is not None:
