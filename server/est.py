@@ -122,8 +122,8 @@ def est_router(
         authorization = request.headers.get("authorization")
 
         def issue(csr: x509.CertificateSigningRequest, source: str | None) -> x509.Certificate:
-            token_id, token = _basic_credentials(authorization)
-            return registry.enroll(csr, token_id=token_id, token=token, source=source)
+            username, token = _basic_credentials(authorization)
+            return registry.enroll(csr, username=username, token=token, source=source)
 
         return await answer("simpleenroll", request, issue)
 

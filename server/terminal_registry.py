@@ -327,21 +327,21 @@ class TerminalRegistry:
         self,
         csr: x509.CertificateSigningRequest,
         *,
-        token_id: str | None = None,
+        username: str | None = None,
         token: str | None = None,
         source: str | None = None,
     ) -> x509.Certificate:
-        """A first certificate for the CSR's CN, authorised by a token (``token_id`` and
+        """A first certificate for the CSR's CN, authorised by a token (``username`` and
         ``token``: HTTP Basic) or, without one, by the pre-authorised key.
 
         Raises EnrollmentRefusedError (``bad_csr``, ``cn_mismatch``, ``not_authorized``,
         ``bad_token``, ``token_used``, ``token_expired``, ``key_mismatch``, ``revoked``).
         """
         action = "est.simpleenroll"
-        claimed = token_id if token_id is not None else _cn_or_none(csr)
+        claimed = username if username is not None else _cn_or_none(csr)
         try:
             terminal_id, fingerprint = _checked_csr(csr)
-            if token is not None and token_id != terminal_id:
+            if token is not None and username != terminal_id:
                 raise EnrollmentRefusedError(
                     "cn_mismatch", "the CSR's CN is not the token's terminal id"
                 )
