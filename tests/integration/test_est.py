@@ -107,15 +107,21 @@ def _openssl_reads(work: Path, answer: Path) -> str:
     ).stdout
 
 
-def test_openssl_and_curl_enroll_a_preauthorized_key(
-    est_server: Server, fleet_ca: FleetCa, tmp_path: Path
-) -> None:
+def _openssl_terminal(tmp_path: Path) -> Path:
+    """A folder with ``terminal.key``, an EC P-256 key ``openssl genpkey`` made."""
     need("openssl")
     need("curl")
     work = tmp_path / "terminal"
     work.mkdir()
     run("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
         "-out", "terminal.key", cwd=work)  # fmt: skip
+    return work
+
+
+def test_openssl_and_curl_enroll_a_preauthorized_key(
+    est_server: Server, fleet_ca: FleetCa, tmp_path: Path
+) -> None:
+    work = _openssl_terminal(tmp_path)
     run("openssl", "pkey", "-in", "terminal.key", "-pubout", "-out", "terminal.pub", cwd=work)
     tid = unique("T")
     registry_of(est_server).preauthorize(
@@ -139,12 +145,7 @@ def test_openssl_and_curl_enroll_a_preauthorized_key(
 def test_curl_with_a_token_enrolls_once_then_gets_401(
     est_server: Server, fleet_ca: FleetCa, tmp_path: Path
 ) -> None:
-    need("openssl")
-    need("curl")
-    work = tmp_path / "terminal"
-    work.mkdir()
-    run("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-        "-out", "terminal.key", cwd=work)  # fmt: skip
+    work = _openssl_terminal(tmp_path)
     tid = unique("T")
     token = registry_of(est_server).issue_token(
         tid, "Hall A", "North", "KX-200", timedelta(hours=1), actor="test"
