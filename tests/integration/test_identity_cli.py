@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,7 @@ def ca_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def settings_env(monkeypatch: pytest.MonkeyPatch, database_url: str, ca_dir: Path) -> Iterator[str]:
+def settings_env(monkeypatch: pytest.MonkeyPatch, database_url: str, ca_dir: Path) -> str:
     monkeypatch.setenv("KIOSKFLEET_DATABASE_URL", database_url)
     monkeypatch.setenv("KIOSKFLEET_CA_DIR", str(ca_dir))
     return database_url
