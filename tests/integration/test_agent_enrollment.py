@@ -1,0 +1,191 @@
+"""The agent's enrollment against a real server over real HTTPS: it enrolls verifying the server
+against the fleet CA, renews at 2/3 of the lifetime with its current certificate, refuses a server
+whose certificate another CA issued, and (as ``kioskfleet agent``) connects to a mosquitto that
+requires a fleet client certificate, showing up in its registry hall."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from agent.config import EnrollmentConfig
+from agent.enrollment import (
+    EnrollmentError,
+    Terminal,
+    ensure_certificate,
+    load_or_create_key,
+    public_key_pem,
+)
+from kioskfleet.local_broker import LocalBroker, free_port
+from server.main import Server
+from server.terminal_registry import TerminalRegistry
+from tests.integration.conftest import ServerFactory, metric, unique, wait_until
+from tests.support.device_identity import FleetCa, make_ca
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def fleet_ca(tmp_path: Path) -> FleetCa:
+    return make_ca(tmp_path / "ca")
+
+
+def https_server(factory: ServerFactory, ca: FleetCa, *, serving: FleetCa | None = None) -> Server:
+    """A server with ``ca`` as device CA, serving HTTPS with ``serving``'s certificate."""
+    tls = serving or ca
+    return factory(
+        ca_dir=ca.directory, https_cert_file=tls.https_cert, https_key_file=tls.https_key
+    )
+
+
+def registry_of(server: Server) -> TerminalRegistry:
+    assert server.terminal_registry is not None
+    return server.terminal_registry
+
+
+def preauthorized(server: Server, tmp_path: Path, tid: str) -> Terminal:
+    terminal = Terminal(
+        tid, tmp_path / "agent" / "terminal.key", tmp_path / "agent" / "terminal.pem"
+    )
+    key = load_or_create_key(terminal.key_file)
+    registry_of(server).preauthorize(
+        tid, "Hall A", "North", "KX-200", public_key_pem(key).encode(), actor="test"
+    )
+    return terminal
+
+
+def test_the_agent_enrolls_over_https_once_and_keeps_its_certificate(
+    start_server: ServerFactory, fleet_ca: FleetCa, tmp_path: Path
+) -> None:
+    server = https_server(start_server, fleet_ca)
+    tid = unique("T")
+    terminal = preauthorized(server, tmp_path, tid)
+    config = EnrollmentConfig(url=server.base_url, ca_file=fleet_ca.paths.chain)
+    cert = ensure_certificate(terminal, config)
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == tid
+    assert x509.load_pem_x509_certificate(terminal.cert_file.read_bytes()) == cert
+    assert stat.S_IMODE(terminal.key_file.stat().st_mode) == 0o600
+    assert ensure_certificate(terminal, config) == cert  # not due: nothing asked
+    assert metric(server, "kioskfleet_est_enrollments_total", operation="simpleenroll") == 1
+
+
+def test_the_agent_renews_after_two_thirds_of_the_lifetime_with_its_current_certificate(
+    start_server: ServerFactory, fleet_ca: FleetCa, tmp_path: Path
+) -> None:
+    server = https_server(start_server, fleet_ca)
+    tid = unique("T")
+    terminal = preauthorized(server, tmp_path, tid)
+    config = EnrollmentConfig(url=server.base_url, ca_file=fleet_ca.paths.chain)
+    first = ensure_certificate(terminal, config)
+    lifetime = first.not_valid_after_utc - first.not_valid_before_utc
+    early = first.not_valid_before_utc + lifetime * 0.6
+    assert ensure_certificate(terminal, config, now=lambda: early) == first
+    late = first.not_valid_before_utc + lifetime * 0.7
+    renewed = ensure_certificate(terminal, config, now=lambda: late)
+    assert renewed.serial_number != first.serial_number
+    assert x509.load_pem_x509_certificate(terminal.cert_file.read_bytes()) == renewed
+    assert metric(server, "kioskfleet_est_enrollments_total", operation="simplereenroll") == 1
+
+
+def test_a_failed_renewal_keeps_the_valid_certificate(
+    start_server: ServerFactory, fleet_ca: FleetCa, tmp_path: Path
+) -> None:
+    server = https_server(start_server, fleet_ca)
+    tid = unique("T")
+    terminal = preauthorized(server, tmp_path, tid)
+    config = EnrollmentConfig(url=server.base_url, ca_file=fleet_ca.paths.chain)
+    first = ensure_certificate(terminal, config)
+    registry_of(server).revoke(tid, actor="test")
+    late = datetime.now(UTC) + timedelta(days=300)
+    assert ensure_certificate(terminal, config, now=lambda: late) == first
+    assert (
+        metric(
+            server, "kioskfleet_est_rejected_total", operation="simplereenroll", reason="revoked"
+        )
+        == 1
+    )
+
+
+def test_the_agent_refuses_a_server_whose_certificate_another_ca_issued(
+    start_server: ServerFactory, fleet_ca: FleetCa, tmp_path: Path
+) -> None:
+    impostor = make_ca(tmp_path / "impostor", name="impostor")
+    server = https_server(start_server, fleet_ca, serving=impostor)
+    tid = unique("T")
+    terminal = preauthorized(server, tmp_path, tid)
+    config = EnrollmentConfig(url=server.base_url, ca_file=fleet_ca.paths.chain)
+    with pytest.raises(EnrollmentError, match="CERTIFICATE_VERIFY_FAILED") as refused:
+        ensure_certificate(terminal, config)
+    assert refused.value.status is None
+    assert not terminal.cert_file.exists()
+    assert metric(server, "kioskfleet_est_enrollments_total", operation="simpleenroll") == 0
+
+
+@pytest.fixture
+def mtls_broker(tmp_path: Path, fleet_ca: FleetCa) -> Iterator[tuple[LocalBroker, int]]:
+    """A mosquitto with a plain listener (the server) and a TLS listener that requires a client
+    certificate of the fleet CA and takes its CN as the username."""
+    port = free_port()
+    extra = (
+        f"listener {port} 127.0.0.1\n"
+        f"cafile {fleet_ca.paths.chain}\ncertfile {fleet_ca.https_cert}\n"
+        f"keyfile {fleet_ca.https_key}\nrequire_certificate true\nuse_identity_as_username true\n"
+    )
+    broker = LocalBroker(tmp_path / "mosquitto", extra_conf=extra).start()
+    try:
+        yield broker, port
+    finally:
+        broker.stop()
+
+
+def test_kioskfleet_agent_enrolls_then_reports_over_mqtt_with_its_certificate(
+    mtls_broker: tuple[LocalBroker, int], fleet_ca: FleetCa, tmp_path: Path
+) -> None:
+    broker, tls_port = mtls_broker
+    servers = ServerFactory(broker, f"sqlite:///{tmp_path}/kf.db")
+    try:
+        server = https_server(servers, fleet_ca)
+        tid = unique("T")
+        terminal = preauthorized(server, tmp_path, tid)
+        config = tmp_path / "agent.toml"
+        config.write_text(
+            f'terminal_id = "{tid}"\nhall = "Claimed Hall"\nregion = "r"\nmodel = "m"\n'
+            f'broker_url = "mqtts://127.0.0.1:{tls_port}"\n'
+            f'tls_ca_file = "{fleet_ca.paths.chain}"\n'
+            f'tls_cert_file = "{terminal.cert_file}"\ntls_key_file = "{terminal.key_file}"\n'
+            "report_interval_s = 0.5\n"
+            f'[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\ndrain_jitter_s = 0.2\n'
+            f'[enrollment]\nurl = "{server.base_url}"\nca_file = "{fleet_ca.paths.chain}"\n'
+        )
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "kioskfleet.cli", "agent", "--config", str(config)],
+            cwd=REPO,
+            env={k: v for k, v in os.environ.items() if not k.startswith("KIOSKFLEET_AGENT_")},
+        )
+        try:
+            wait_until(
+                lambda: (view := server.fleet.get(tid)) is not None and view.online,
+                20,
+                "the enrolled agent's report",
+            )
+            view = server.fleet.get(tid)
+            assert view is not None
+            assert (view.hall, view.region, view.model) == ("Hall A", "North", "KX-200")
+            assert terminal.cert_file.exists()
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(20)
+    finally:
+        servers.stop_all()
