@@ -66,13 +66,20 @@ def preauthorized(server: Server, tmp_path: Path, tid: str) -> Terminal:
     return terminal
 
 
-def test_the_agent_enrolls_over_https_once_and_keeps_its_certificate(
-    start_server: ServerFactory, fleet_ca: FleetCa, tmp_path: Path
-) -> None:
+Enrolling = tuple[Server, Terminal, EnrollmentConfig]
+
+
+@pytest.fixture
+def enrolling(start_server: ServerFactory, fleet_ca: FleetCa, tmp_path: Path) -> Enrolling:
+    """A server with HTTPS from the fleet CA, one pre-authorised terminal, its EST config."""
     server = https_server(start_server, fleet_ca)
-    tid = unique("T")
-    terminal = preauthorized(server, tmp_path, tid)
-    config = EnrollmentConfig(url=server.base_url, ca_file=fleet_ca.paths.chain)
+    terminal = preauthorized(server, tmp_path, unique("T"))
+    return server, terminal, EnrollmentConfig(url=server.base_url, ca_file=fleet_ca.paths.chain)
+
+
+def test_the_agent_enrolls_over_https_once_and_keeps_its_certificate(enrolling: Enrolling) -> None:
+    server, terminal, config = enrolling
+    tid = terminal.terminal_id
     cert = ensure_certificate(terminal, config)
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == tid
     assert x509.load_pem_x509_certificate(terminal.cert_file.read_bytes()) == cert
@@ -82,12 +89,9 @@ def test_the_agent_enrolls_over_https_once_and_keeps_its_certificate(
 
 
 def test_the_agent_renews_after_two_thirds_of_the_lifetime_with_its_current_certificate(
-    start_server: ServerFactory, fleet_ca: FleetCa, tmp_path: Path
+    enrolling: Enrolling,
 ) -> None:
-    server = https_server(start_server, fleet_ca)
-    tid = unique("T")
-    terminal = preauthorized(server, tmp_path, tid)
-    config = EnrollmentConfig(url=server.base_url, ca_file=fleet_ca.paths.chain)
+    server, terminal, config = enrolling
     first = ensure_certificate(terminal, config)
     lifetime = first.not_valid_after_utc - first.not_valid_before_utc
     early = first.not_valid_before_utc + lifetime * 0.6
@@ -99,13 +103,9 @@ def test_the_agent_renews_after_two_thirds_of_the_lifetime_with_its_current_cert
     assert metric(server, "kioskfleet_est_enrollments_total", operation="simplereenroll") == 1
 
 
-def test_a_failed_renewal_keeps_the_valid_certificate(
-    start_server: ServerFactory, fleet_ca: FleetCa, tmp_path: Path
-) -> None:
-    server = https_server(start_server, fleet_ca)
-    tid = unique("T")
-    terminal = preauthorized(server, tmp_path, tid)
-    config = EnrollmentConfig(url=server.base_url, ca_file=fleet_ca.paths.chain)
+def test_a_failed_renewal_keeps_the_valid_certificate(enrolling: Enrolling) -> None:
+    server, terminal, config = enrolling
+    tid = terminal.terminal_id
     first = ensure_certificate(terminal, config)
     registry_of(server).revoke(tid, actor="test")
     late = datetime.now(UTC) + timedelta(days=300)
