@@ -277,10 +277,12 @@ class Server:
             reasons.append(f"database writes failing: {failure}")
         return reasons
 
-    def decommission(self, terminal_id: str) -> TerminalView | None:
+    def decommission(self, terminal_id: str, *, actor: str = "system") -> TerminalView | None:
         """Remove a terminal: out of the fleet state, every tally and gauge, its row and
         peripherals deleted with the next flush, its retained ``state`` cleared at the
-        broker. Its transitions and events stay (history, until their retention).
+        broker. Its transitions and events stay (history, until their retention). With the
+        terminal registry on, a registered terminal is also marked decommissioned there
+        (its certificates revoked, the CRL rewritten; recorded as ``actor``).
 
         Returns its last view, None if the server did not know it (the broker's retained
         state is cleared all the same). Raises BrokerError while the broker is not
@@ -293,6 +295,9 @@ class Server:
             self.writer.remove(terminal_id)
         if not self.mqtt.clear_retained(topic(terminal_id, Channel.STATE)):
             raise BrokerError("the broker connection dropped: retained state not cleared")
+        registry = self.terminal_registry
+        if registry is not None and registry.placement(terminal_id) is not None:
+            registry.decommission(terminal_id, actor=actor)
         log.info("decommissioned terminal %s (known: %s)", terminal_id, view is not None)
         return view
 

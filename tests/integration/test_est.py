@@ -327,3 +327,20 @@ def test_with_enrollment_on_only_active_terminals_are_admitted_at_their_registry
         10,
         "the revoked terminal's report to be refused",
     )
+
+
+def test_decommission_marks_the_registry_and_revokes_the_certificate(
+    est_server: Server, fleet_ca: FleetCa, tmp_path: Path
+) -> None:
+    tid = unique("T")
+    _enrolled(est_server, fleet_ca, tmp_path, tid)
+    cert = x509.load_pem_x509_certificate((tmp_path / "terminal.pem").read_bytes())
+    est_server.decommission(tid, actor="token:ops")
+    row = registry_of(est_server).get(tid)
+    assert row is not None
+    assert row.status.value == "decommissioned"
+    assert not registry_of(est_server).is_active(tid)
+    crl = x509.load_pem_x509_crl(fleet_ca.paths.crl.read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+    entry = audit_of(est_server).entries[-1]
+    assert (entry.actor, entry.action, entry.target) == ("token:ops", "terminal.decommission", tid)
