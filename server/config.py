@@ -133,6 +133,8 @@ class Settings(BaseSettings):
     ca_dir: Path | None = None
     require_enrollment: bool | None = None
     terminal_cert_days: Annotated[int, Field(ge=1, le=3650)] = 365
+    # How often a running server re-reads the registry (changes by the CLI or other replicas).
+    registry_refresh_interval_s: PositiveSeconds = 30.0
     # HTTPS: the server's certificate and key (e.g. issued by the device CA for its host
     # name); without them the API is plain HTTP.
     https_cert_file: Path | None = None

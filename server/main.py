@@ -325,6 +325,16 @@ class Server:
             pruner=self.pruner,
             prune_interval_s=self.settings.event_prune_interval_s,
         )
+        if self.terminal_registry is not None:
+            self._scheduler.add_job(
+                self._refresh_registry,
+                "interval",
+                seconds=self.settings.registry_refresh_interval_s,
+                id="registry-refresh",
+                name="terminal registry refresh",
+                max_instances=1,
+                coalesce=True,
+            )
         self._scheduler.start()
 
     def stop(self) -> None:
@@ -342,6 +352,15 @@ class Server:
         self.storage.close()
 
     # --- internals ------------------------------------------------------------------------
+
+    def _refresh_registry(self) -> None:
+        if self.terminal_registry is None:
+            return
+        try:
+            self.terminal_registry.refresh()
+        except StorageError as exc:
+            self.metrics.db_errors.inc()
+            log.warning("terminal registry refresh failed: %s", exc)
 
     def _history(self, terminal_id: str, limit: int) -> list[Transition]:
         try:

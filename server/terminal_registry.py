@@ -31,6 +31,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -144,6 +145,9 @@ class TerminalRegistry:
         self._clock = clock
         self._active: set[str] = set()
         self._placements: dict[str, Placement] = {}
+        # Held by refresh from its query to its assignment and by every in-memory update
+        # after a commit, so that a refresh never undoes a newer change of this process.
+        self._memory_lock = threading.Lock()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -157,12 +161,15 @@ class TerminalRegistry:
         self.write_crl()
 
     def refresh(self) -> None:
-        """Reload the active set and placements from the table (another replica's changes)."""
-        with self._translate("load registry"), self._engine().connect() as conn:
-            rows = conn.execute(sa.select(_TERMINALS)).mappings().all()
-        self._placements = {r["terminal_id"]: _placement(r) for r in rows}
-        self._active = {r["terminal_id"] for r in rows if r["status"] == RegistryStatus.ACTIVE}
-        log.info("terminal registry: %d terminals, %d active", len(rows), len(self._active))
+        """Reload the active set and placements from the table: another replica's or the
+        CLI's changes (the server runs it every ``registry_refresh_interval_s``). Raises
+        StorageError."""
+        with self._memory_lock:
+            with self._translate("load registry"), self._engine().connect() as conn:
+                rows = conn.execute(sa.select(_TERMINALS)).mappings().all()
+            self._placements = {r["terminal_id"]: _placement(r) for r in rows}
+            self._active = {r["terminal_id"] for r in rows if r["status"] == RegistryStatus.ACTIVE}
+        log.debug("terminal registry: %d terminals, %d active", len(rows), len(self._active))
 
     @property
     def ca(self) -> DeviceCa:
@@ -223,8 +230,10 @@ class TerminalRegistry:
         with self._translate("preauthorize"), self._engine().begin() as conn:
             for terminal_id, placement, fingerprint in prepared:
                 self._upsert(conn, terminal_id, placement, fingerprint, now)
-        for terminal_id, placement, fingerprint in prepared:
-            self._placements[terminal_id] = placement
+        with self._memory_lock:
+            for terminal_id, placement, _ in prepared:
+                self._placements[terminal_id] = placement
+        for terminal_id, _, fingerprint in prepared:
             self._record(
                 "terminal.preauthorize", actor, terminal_id, source, detail={"key": fingerprint}
             )
@@ -265,7 +274,8 @@ class TerminalRegistry:
                     used_at=None,
                 )
             )
-        self._placements[terminal_id] = placement
+        with self._memory_lock:
+            self._placements[terminal_id] = placement
         self._record(
             "terminal.token",
             actor,
@@ -550,8 +560,9 @@ class TerminalRegistry:
     ) -> x509.Certificate:
         """After the commit: admit the terminal from now on and record the issue."""
         terminal_id = str(row["terminal_id"])
-        self._placements[terminal_id] = _placement(row)
-        self._active.add(terminal_id)
+        with self._memory_lock:
+            self._placements[terminal_id] = _placement(row)
+            self._active.add(terminal_id)
         self._record(
             action,
             f"terminal:{terminal_id}",
@@ -593,7 +604,8 @@ class TerminalRegistry:
         except EnrollmentRefusedError as exc:
             self._record(action, actor, terminal_id, source, refused=exc)
             raise
-        self._active.discard(terminal_id)
+        with self._memory_lock:
+            self._active.discard(terminal_id)
         self.write_crl()
         self._record(action, actor, terminal_id, source, detail={"serials": ",".join(serials)})
         log.info("%s %s: %d certificates revoked", action, terminal_id, len(serials))

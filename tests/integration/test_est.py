@@ -344,3 +344,20 @@ def test_decommission_marks_the_registry_and_revokes_the_certificate(
     assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
     entry = audit_of(est_server).entries[-1]
     assert (entry.actor, entry.action, entry.target) == ("token:ops", "terminal.decommission", tid)
+
+
+def test_a_revocation_made_by_another_process_reaches_the_running_server(
+    start_server: ServerFactory, fleet_ca: FleetCa, tmp_path: Path
+) -> None:
+    server = start_server(
+        ca_dir=fleet_ca.directory,
+        https_cert_file=fleet_ca.https_cert,
+        https_key_file=fleet_ca.https_key,
+        registry_refresh_interval_s=0.2,
+    )
+    tid = unique("T")
+    _enrolled(server, fleet_ca, tmp_path, tid)
+    other = TerminalRegistry(lambda: server.storage.engine, fleet_ca.directory, MemoryAudit())
+    other.open()  # as `kioskfleet terminal revoke` does, in its own process
+    other.revoke(tid, actor="cli:ops")
+    wait_until(lambda: not registry_of(server).is_active(tid), 10, "the refresh")
