@@ -29,7 +29,8 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +51,7 @@ __all__ = [
     "RenewalThread",
     "Terminal",
     "build_csr",
+    "enroll_many",
     "ensure_certificate",
     "keygen_command",
     "load_or_create_key",
@@ -251,6 +253,26 @@ def ensure_certificate(
     _store(terminal.cert_file, cert)
     log.info("enrolled %s, certificate until %s", terminal.terminal_id, cert.not_valid_after_utc)
     return cert
+
+
+def enroll_many(
+    terminals: Sequence[Terminal], config: EnrollmentConfig, *, concurrency: int = 8
+) -> dict[str, EnrollmentError]:
+    """``ensure_certificate`` for many terminals (the simulator's, a bench's) over one client,
+    ``concurrency`` requests at a time. Returns the failures by terminal id (empty: all have
+    a certificate)."""
+    client = EstClient(config.url, config.ca_file, timeout_s=config.timeout_s)
+
+    def one(terminal: Terminal) -> tuple[str, EnrollmentError | None]:
+        try:
+            ensure_certificate(terminal, config, client=client)
+        except EnrollmentError as exc:
+            return terminal.terminal_id, exc
+        return terminal.terminal_id, None
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        results = list(pool.map(one, terminals))
+    return {tid: exc for tid, exc in results if exc is not None}
 
 
 class RenewalThread:

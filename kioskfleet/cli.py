@@ -95,6 +95,17 @@ def _parser() -> argparse.ArgumentParser:
         "default: a new file in a temporary directory, printed at start. "
         "Reusing it with the same ids continues their streams",
     )
+    sim.add_argument("--enroll-url", help="EST base URL (https://...): enroll every terminal first")
+    sim.add_argument("--ca-file", type=Path, help="the fleet CA chain (EST server and broker)")
+    sim.add_argument(
+        "--identity-dir", type=Path, help="the terminals' keys and certificates (<id>.key/.pem)"
+    )
+    sim.add_argument("--enroll-concurrency", type=int, default=8)
+    sim.add_argument(
+        "--keys-only",
+        action="store_true",
+        help="make the keys in --identity-dir and its preauthorize.csv, then exit",
+    )
     return parser
 
 
@@ -127,23 +138,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         from server.identity_cli import init_ca_command
 
         return init_ca_command(args.directory)
-    from agent.simulator import SimulationOptions, run_simulation
+    from agent.simulator import SimulationOptions, run_simulation, write_identities
 
-    return run_simulation(
-        SimulationOptions(
-            terminals=args.terminals,
-            broker_url=args.broker,
-            halls=args.halls,
-            regions=args.regions,
-            seed=args.seed,
-            report_interval_s=args.report_interval,
-            fault_rate=args.fault_rate,
-            duration_s=args.duration,
-            processes=args.processes,
-            id_prefix=args.id_prefix,
-            outbox_path=args.outbox,
-        )
+    options = SimulationOptions(
+        terminals=args.terminals,
+        broker_url=args.broker,
+        halls=args.halls,
+        regions=args.regions,
+        seed=args.seed,
+        report_interval_s=args.report_interval,
+        fault_rate=args.fault_rate,
+        duration_s=args.duration,
+        processes=args.processes,
+        id_prefix=args.id_prefix,
+        outbox_path=args.outbox,
+        enroll_url=args.enroll_url,
+        ca_file=args.ca_file,
+        identity_dir=args.identity_dir,
+        enroll_concurrency=args.enroll_concurrency,
     )
+    if args.keys_only:
+        if args.identity_dir is None:
+            print("--keys-only needs --identity-dir", file=sys.stderr)
+            return 2
+        print(write_identities(options, args.identity_dir))
+        return 0
+    return run_simulation(options)
 
 
 def _terminal(args: argparse.Namespace) -> int:

@@ -26,6 +26,8 @@ from agent.enrollment import (
     load_or_create_key,
     public_key_pem,
 )
+from agent.simulator import Simulation, SimulationOptions, SimulationTuning
+from kioskfleet.cli import main
 from kioskfleet.local_broker import LocalBroker, free_port
 from server.main import Server
 from server.terminal_registry import TerminalRegistry
@@ -187,5 +189,52 @@ def test_kioskfleet_agent_enrolls_then_reports_over_mqtt_with_its_certificate(
         finally:
             agent.send_signal(signal.SIGTERM)
             agent.wait(20)
+    finally:
+        servers.stop_all()
+
+
+def test_the_simulator_enrolls_its_preauthorized_terminals_through_the_agents_est_code(
+    mtls_broker: tuple[LocalBroker, int],
+    fleet_ca: FleetCa,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    broker, tls_port = mtls_broker
+    database = f"sqlite:///{tmp_path}/kf.db"
+    servers = ServerFactory(broker, database)
+    try:
+        server = https_server(servers, fleet_ca)
+        identities = tmp_path / "identities"
+        opts = SimulationOptions(
+            terminals=12,
+            halls=3,
+            broker_url=f"mqtts://127.0.0.1:{tls_port}",
+            report_interval_s=1.0,
+            id_prefix=unique("SIM"),
+            enroll_url=server.base_url,
+            ca_file=fleet_ca.paths.chain,
+            identity_dir=identities,
+        )
+        assert main(["simulate", "--terminals", "12", "--halls", "3", "--id-prefix",
+                     opts.id_prefix, "--identity-dir", str(identities), "--keys-only"]) == 0  # fmt: skip
+        monkeypatch.setenv("KIOSKFLEET_DATABASE_URL", database)
+        monkeypatch.setenv("KIOSKFLEET_CA_DIR", str(fleet_ca.directory))
+        csv = identities / "preauthorize.csv"
+        assert main(["terminal", "preauthorize", "--from-file", str(csv)]) == 0
+        registry_of(server).refresh()  # as the periodic refresh would
+        sim = Simulation(opts, tuning=SimulationTuning(shutdown_timeout_s=5))
+        sim.start()
+        try:
+            assert sim.wait_connected(30), sim.counters()
+            wait_until(
+                lambda: all(server.fleet.get(t) is not None for t in sim.terminal_ids),
+                30,
+                "a report of every simulated terminal",
+            )
+        finally:
+            sim.stop()
+            sim.close()
+        assert all(registry_of(server).is_active(t) for t in sim.terminal_ids)
+        assert metric(server, "kioskfleet_est_enrollments_total", operation="simpleenroll") == 12
     finally:
         servers.stop_all()
