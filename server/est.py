@@ -108,7 +108,7 @@ def est_router(
     ) -> Response:
         source = request.client.host if request.client else None
         try:
-            csr = _csr(await request.body())
+            csr = _csr(await _bounded_body(request))
             cert = await run_in_threadpool(issue, csr, source)
         except EnrollmentRefusedError as exc:
             return refused(operation, exc, source)
@@ -148,10 +148,18 @@ def _pkcs7_response(certs: list[x509.Certificate]) -> Response:
     )
 
 
+async def _bounded_body(request: Request) -> bytes:
+    """The body, read no further than ``_MAX_CSR_BYTES``. Raises EnrollmentRefusedError."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_CSR_BYTES:
+            raise EnrollmentRefusedError("bad_csr", "the CSR is too large", status=400)
+    return bytes(body)
+
+
 def _csr(body: bytes) -> x509.CertificateSigningRequest:
     """The request's CSR: base64 DER (RFC 7030) or PEM. Raises EnrollmentRefusedError."""
-    if len(body) > _MAX_CSR_BYTES:
-        raise EnrollmentRefusedError("bad_csr", "the CSR is too large", status=400)
     try:
         if body.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_csr(body)

@@ -223,7 +223,9 @@ class Server:
                 history_limit_max=settings.history_limit_max,
             )
         )
-        if self.terminal_registry is not None:
+        if self.terminal_registry is not None and not settings.https:
+            log.warning("EST is off: it needs HTTPS (KIOSKFLEET_HTTPS_CERT_FILE/_KEY_FILE)")
+        elif self.terminal_registry is not None:  # RFC 7030: EST only over TLS
             self.app.include_router(
                 est_router(
                     self.terminal_registry,

@@ -361,3 +361,22 @@ def test_a_revocation_made_by_another_process_reaches_the_running_server(
     other.open()  # as `kioskfleet terminal revoke` does, in its own process
     other.revoke(tid, actor="cli:ops")
     wait_until(lambda: not registry_of(server).is_active(tid), 10, "the refresh")
+
+
+def test_a_csr_larger_than_16_kib_is_refused_unread(est_server: Server, fleet_ca: FleetCa) -> None:
+    answer = httpx.post(
+        est_server.base_url + "/.well-known/est/simpleenroll",
+        content=b"A" * (1024 * 1024),
+        verify=trusting(fleet_ca.paths.chain),
+    )
+    assert answer.status_code == 400
+    assert answer.json()["message"] == "the CSR is too large"
+
+
+def test_without_https_the_server_offers_no_est(
+    start_server: ServerFactory, fleet_ca: FleetCa
+) -> None:
+    server = start_server(ca_dir=fleet_ca.directory)  # the registry still gates the ingest
+    assert server.base_url.startswith("http://")
+    assert httpx.get(server.base_url + "/.well-known/est/cacerts").status_code == 404
+    assert server.settings.enrollment_required
