@@ -370,7 +370,8 @@ class TerminalRegistry:
                 assert row is not None
                 cert = self._issue(conn, csr, terminal_id, fingerprint, now)
         except EnrollmentRefusedError as exc:
-            self._record(action, _actor(claimed), claimed, source, refused=exc)
+            # nobody was authenticated: the id is only what the request claims
+            self._record(action, "anonymous", claimed, source, refused=exc)
             raise
         via = "token" if token is not None else "preauthorized_key"
         return self._issued(action, row, cert, source, via=via)
@@ -427,7 +428,9 @@ class TerminalRegistry:
                 _not_retired(row)
                 cert = self._issue(conn, csr, terminal_id, fingerprint, now)
         except EnrollmentRefusedError as exc:
-            self._record(action, _actor(claimed), claimed, source, refused=exc)
+            # the TLS layer verified the certificate's chain, not that it is current
+            actor = "anonymous" if claimed is None else f"terminal:{claimed}"
+            self._record(action, actor, claimed, source, refused=exc)
             raise
         return self._issued(action, row, cert, source, previous=f"{current.serial_number:x}")
 
@@ -650,10 +653,6 @@ class TerminalRegistry:
 
 def _placement(row: RowMapping) -> Placement:
     return Placement(str(row["hall"]), str(row["region"]), str(row["model"]))
-
-
-def _actor(terminal_id: str | None) -> str:
-    return f"terminal:{terminal_id}" if terminal_id else "anonymous"
 
 
 def _cn_or_none(csr: x509.CertificateSigningRequest) -> str | None:

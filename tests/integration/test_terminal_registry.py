@@ -132,7 +132,8 @@ def test_an_id_neither_preauthorized_nor_with_a_token_never_enrolls(
     assert (refused.reason, refused.status) == ("not_authorized", 401)
     assert not registry.is_active("T-404")
     [entry] = audit.entries
-    assert (entry.action, entry.result, entry.target) == (
+    assert (entry.actor, entry.action, entry.result, entry.target) == (
+        "anonymous",
         "est.simpleenroll",
         AuditResult.DENIED,
         "T-404",
