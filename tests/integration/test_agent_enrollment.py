@@ -238,3 +238,30 @@ def test_the_simulator_enrolls_its_preauthorized_terminals_through_the_agents_es
         assert metric(server, "kioskfleet_est_enrollments_total", operation="simpleenroll") == 12
     finally:
         servers.stop_all()
+
+
+def test_kioskfleet_agent_that_may_not_enroll_exits_1_with_the_servers_reason(
+    start_server: ServerFactory, fleet_ca: FleetCa, tmp_path: Path
+) -> None:
+    server = https_server(start_server, fleet_ca)
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'terminal_id = "{unique("T")}"\nhall = "h"\nregion = "r"\nmodel = "m"\n'
+        'broker_url = "mqtts://127.0.0.1:1"\n'
+        f'tls_cert_file = "{tmp_path / "t.pem"}"\ntls_key_file = "{tmp_path / "t.key"}"\n'
+        f'[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\n'
+        f'[enrollment]\nurl = "{server.base_url}"\nca_file = "{fleet_ca.paths.chain}"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "kioskfleet.cli", "agent", "--config", str(config)],
+        cwd=REPO,
+        env={k: v for k, v in os.environ.items() if not k.startswith("KIOSKFLEET_AGENT_")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "cannot enroll" in result.stderr
+    assert "not_authorized" in result.stderr
+    assert not (tmp_path / "t.pem").exists()
