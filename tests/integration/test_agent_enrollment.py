@@ -135,6 +135,30 @@ def test_the_agent_refuses_a_server_whose_certificate_another_ca_issued(
     assert metric(server, "kioskfleet_est_enrollments_total", operation="simpleenroll") == 0
 
 
+def agent_toml(
+    tmp_path: Path, server: Server, ca: FleetCa, terminal: Terminal, port: int, hall: str = "h"
+) -> Path:
+    """An agent.toml that enrolls ``terminal`` at ``server`` and reports to mqtts ``port``."""
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'terminal_id = "{terminal.terminal_id}"\nhall = "{hall}"\nregion = "r"\nmodel = "m"\n'
+        f'broker_url = "mqtts://127.0.0.1:{port}"\ntls_ca_file = "{ca.paths.chain}"\n'
+        f'tls_cert_file = "{terminal.cert_file}"\ntls_key_file = "{terminal.key_file}"\n'
+        "report_interval_s = 0.5\n"
+        f'[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\ndrain_jitter_s = 0.2\n'
+        f'[enrollment]\nurl = "{server.base_url}"\nca_file = "{ca.paths.chain}"\n'
+    )
+    return config
+
+
+def agent_command(config: Path) -> list[str]:
+    return [sys.executable, "-m", "kioskfleet.cli", "agent", "--config", str(config)]
+
+
+def agent_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("KIOSKFLEET_AGENT_")}
+
+
 @pytest.fixture
 def mtls_broker(tmp_path: Path, fleet_ca: FleetCa) -> Iterator[tuple[LocalBroker, int]]:
     """A mosquitto with a plain listener (the server) and a TLS listener that requires a client
@@ -161,21 +185,8 @@ def test_kioskfleet_agent_enrolls_then_reports_over_mqtt_with_its_certificate(
         server = https_server(servers, fleet_ca)
         tid = unique("T")
         terminal = preauthorized(server, tmp_path, tid)
-        config = tmp_path / "agent.toml"
-        config.write_text(
-            f'terminal_id = "{tid}"\nhall = "Claimed Hall"\nregion = "r"\nmodel = "m"\n'
-            f'broker_url = "mqtts://127.0.0.1:{tls_port}"\n'
-            f'tls_ca_file = "{fleet_ca.paths.chain}"\n'
-            f'tls_cert_file = "{terminal.cert_file}"\ntls_key_file = "{terminal.key_file}"\n'
-            "report_interval_s = 0.5\n"
-            f'[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\ndrain_jitter_s = 0.2\n'
-            f'[enrollment]\nurl = "{server.base_url}"\nca_file = "{fleet_ca.paths.chain}"\n'
-        )
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "kioskfleet.cli", "agent", "--config", str(config)],
-            cwd=REPO,
-            env={k: v for k, v in os.environ.items() if not k.startswith("KIOSKFLEET_AGENT_")},
-        )
+        config = agent_toml(tmp_path, server, fleet_ca, terminal, tls_port, hall="Claimed Hall")
+        agent = subprocess.Popen(agent_command(config), cwd=REPO, env=agent_env())
         try:
             wait_until(
                 lambda: (view := server.fleet.get(tid)) is not None and view.online,
@@ -244,18 +255,12 @@ def test_kioskfleet_agent_that_may_not_enroll_exits_1_with_the_servers_reason(
     start_server: ServerFactory, fleet_ca: FleetCa, tmp_path: Path
 ) -> None:
     server = https_server(start_server, fleet_ca)
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f'terminal_id = "{unique("T")}"\nhall = "h"\nregion = "r"\nmodel = "m"\n'
-        'broker_url = "mqtts://127.0.0.1:1"\n'
-        f'tls_cert_file = "{tmp_path / "t.pem"}"\ntls_key_file = "{tmp_path / "t.key"}"\n'
-        f'[outbox]\npath = "{tmp_path / "outbox.sqlite"}"\n'
-        f'[enrollment]\nurl = "{server.base_url}"\nca_file = "{fleet_ca.paths.chain}"\n'
-    )
+    terminal = Terminal(unique("T"), tmp_path / "t.key", tmp_path / "t.pem")  # not registered
+    config = agent_toml(tmp_path, server, fleet_ca, terminal, free_port())
     result = subprocess.run(
-        [sys.executable, "-m", "kioskfleet.cli", "agent", "--config", str(config)],
+        agent_command(config),
         cwd=REPO,
-        env={k: v for k, v in os.environ.items() if not k.startswith("KIOSKFLEET_AGENT_")},
+        env=agent_env(),
         capture_output=True,
         text=True,
         timeout=60,
