@@ -169,7 +169,12 @@ def _with_registry(env_file: Path | None, action: Callable[[TerminalRegistry], N
 
 @contextmanager
 def _opened(settings: Settings, ca_dir: Path) -> Iterator[TerminalRegistry]:
-    storage = Storage(settings.database_url, connect_timeout_s=settings.db_connect_timeout_s)
+    storage = Storage(
+        settings.database_url,
+        sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s,
+        statement_timeout_s=settings.db_statement_timeout_s,
+        connect_timeout_s=settings.db_connect_timeout_s,
+    )
     storage.open()
     try:
         registry = TerminalRegistry(

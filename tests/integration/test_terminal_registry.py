@@ -3,7 +3,9 @@ renewal by the current certificate; revocation and its CRL; every step in the au
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -321,3 +323,23 @@ def test_a_reopened_registry_knows_who_is_active(
     assert reopened.is_active("T-1")
     assert not reopened.is_active("T-2")
     assert reopened.placement("T-2") == Placement("Hall A", "North", "KX-200")
+
+
+def test_a_token_used_by_eight_requests_at_once_enrolls_exactly_one(
+    registry: TerminalRegistry,
+) -> None:
+    token = registry.issue_token("T-1", "Hall A", "North", "KX-200", timedelta(hours=1), actor="op")
+    csrs = [csr_for(generate_key(), "T-1") for _ in range(8)]
+    start = threading.Barrier(len(csrs))
+
+    def attempt(csr: x509.CertificateSigningRequest) -> str:
+        start.wait()
+        try:
+            registry.enroll(csr, username="T-1", token=token)
+        except EnrollmentRefusedError as exc:
+            return exc.reason
+        return "enrolled"
+
+    with ThreadPoolExecutor(len(csrs)) as pool:
+        outcomes = sorted(pool.map(attempt, csrs))
+    assert outcomes == ["enrolled"] + ["token_used"] * 7
