@@ -35,7 +35,7 @@ from starlette.concurrency import run_in_threadpool
 
 from server.errors import EnrollmentRefusedError, StorageError
 from server.log_throttle import ThrottledLog
-from server.terminal_registry import REFUSAL_REASONS, TerminalRegistry
+from server.terminal_registry import REFUSAL_REASONS, TerminalRegistry, refusal
 from server.tls_client_cert import client_certificate
 
 __all__ = ["EST_OPERATIONS", "EstMetrics", "est_router"]
@@ -154,7 +154,7 @@ async def _bounded_body(request: Request) -> bytes:
     async for chunk in request.stream():
         body += chunk
         if len(body) > _MAX_CSR_BYTES:
-            raise EnrollmentRefusedError("bad_csr", "the CSR is too large", status=400)
+            raise refusal("bad_csr", "the CSR is too large")
     return bytes(body)
 
 
@@ -165,9 +165,7 @@ def _csr(body: bytes) -> x509.CertificateSigningRequest:
             return x509.load_pem_x509_csr(body)
         return x509.load_der_x509_csr(base64.b64decode(b"".join(body.split()), validate=True))
     except (ValueError, binascii.Error):
-        raise EnrollmentRefusedError(
-            "bad_csr", "the body is not a base64 DER PKCS#10 request", status=400
-        ) from None
+        raise refusal("bad_csr", "the body is not a base64 DER PKCS#10 request") from None
 
 
 def _basic_credentials(header: str | None) -> tuple[str | None, str | None]:
@@ -180,14 +178,12 @@ def _basic_credentials(header: str | None) -> tuple[str | None, str | None]:
         return None, None
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "basic":
-        raise EnrollmentRefusedError("bad_token", "only HTTP Basic is accepted", status=401)
+        raise refusal("bad_token", "only HTTP Basic is accepted")
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
     except (ValueError, binascii.Error):
-        raise EnrollmentRefusedError(
-            "bad_token", "malformed HTTP Basic header", status=401
-        ) from None
+        raise refusal("bad_token", "malformed HTTP Basic header") from None
     user, sep, password = decoded.partition(":")
     if not sep or not user or not password:
-        raise EnrollmentRefusedError("bad_token", "malformed HTTP Basic header", status=401)
+        raise refusal("bad_token", "malformed HTTP Basic header")
     return user, password

@@ -32,7 +32,7 @@ import hmac
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -62,33 +62,41 @@ from server.identity_tables import (
 from server.terminal_rules import Placement
 
 __all__ = [
+    "REFUSALS",
     "REFUSAL_REASONS",
     "Preauthorization",
     "RegisteredTerminal",
     "TerminalRegistry",
+    "refusal",
     "token_hash",
 ]
 
 log = logging.getLogger(__name__)
 
-# Every reason an EnrollmentRefusedError carries (a metric label: this set is all there is).
-REFUSAL_REASONS: Final = frozenset(
-    {
-        "bad_csr",  # not a parseable, self-signed PKCS#10 with one CN and an EC P-256 key
-        "bad_key",  # a pre-authorised key that is not an EC P-256 public key
-        "bad_request",  # an id or placement that is not valid
-        "not_authorized",  # no credential applies: not pre-authorised and no token
-        "bad_token",  # no such token for this id
-        "token_used",
-        "token_expired",
-        "key_mismatch",  # the CSR's key is not the pre-authorised one
-        "cn_mismatch",  # the CSR's CN is not the id the credential is for
-        "revoked",  # the terminal is revoked or decommissioned
-        "no_client_certificate",  # a renewal without a TLS client certificate
-        "foreign_certificate",  # not issued by this CA, expired, or not on record
-        "unknown_terminal",  # an operator command for an id the registry does not have
-    }
-)
+# Every reason a refusal carries, with its HTTP status: the one table (a metric label, the EST
+# answer's status, docs/security.md's list). Raise refusals through ``refusal``.
+REFUSALS: Final[Mapping[str, int]] = {
+    "bad_csr": 400,  # not a parseable, self-signed PKCS#10 with one CN and an EC P-256 key
+    "bad_key": 400,  # a pre-authorised key that is not an EC P-256 public key
+    "bad_request": 400,  # an id, placement or lifetime that is not valid
+    "not_authorized": 401,  # no credential applies: not pre-authorised and no token
+    "bad_token": 401,  # no such token for this id, or an unreadable Basic header
+    "token_used": 401,
+    "token_expired": 401,
+    "no_client_certificate": 401,  # a renewal without a TLS client certificate
+    "key_mismatch": 403,  # the CSR's key is not the pre-authorised one
+    "cn_mismatch": 403,  # the CSR's CN is not the id the credential is for
+    "revoked": 403,  # the terminal or certificate is revoked or decommissioned
+    "foreign_certificate": 403,  # not issued by this CA, expired, or not on record
+    "unknown_terminal": 404,  # an operator command for an id the registry does not have
+}
+REFUSAL_REASONS: Final = frozenset(REFUSALS)
+
+
+def refusal(reason: str, message: str) -> EnrollmentRefusedError:
+    """The refusal for ``reason`` (a key of ``REFUSALS``, which gives its status)."""
+    return EnrollmentRefusedError(reason, message, status=REFUSALS[reason])
+
 
 _TERMINALS: Final = TerminalRegistryRow.__table__  # type: ignore[attr-defined]
 _TOKENS: Final = EnrollmentTokenRow.__table__  # type: ignore[attr-defined]
@@ -257,9 +265,7 @@ class TerminalRegistry:
         """
         placement = self._checked(terminal_id, hall, region, model)
         if ttl <= timedelta(0):
-            raise EnrollmentRefusedError(
-                "bad_request", "a token needs a positive lifetime", status=400
-            )
+            raise refusal("bad_request", "a token needs a positive lifetime")
         secret = secrets.token_urlsafe(32)
         now = self._clock()
         expires_at = now + ttl
@@ -352,18 +358,14 @@ class TerminalRegistry:
         try:
             terminal_id, fingerprint = _checked_csr(csr)
             if token is not None and username != terminal_id:
-                raise EnrollmentRefusedError(
-                    "cn_mismatch", "the CSR's CN is not the token's terminal id"
-                )
+                raise refusal("cn_mismatch", "the CSR's CN is not the token's terminal id")
             now = self._clock()
             with self._translate("enroll"), self._engine().begin() as conn:
                 row = self._row(conn, terminal_id)
                 if token is not None:
                     self._consume_token(conn, terminal_id, token, now)
                     if row is None:  # a token always comes with a row; defence in depth
-                        raise EnrollmentRefusedError(
-                            "bad_token", "no such enrollment token", status=401
-                        )
+                        raise refusal("bad_token", "no such enrollment token")
                     _not_retired(row)
                 else:
                     _preauthorized_key(row, fingerprint)
@@ -393,21 +395,18 @@ class TerminalRegistry:
         claimed = _cert_cn(current) if current is not None else None
         try:
             if current is None:
-                raise EnrollmentRefusedError(
+                raise refusal(
                     "no_client_certificate",
                     "renewal needs the current certificate as TLS client certificate",
-                    status=401,
                 )
             now = self._clock()
             if claimed is None or not self.ca.verify_issued(current, now=now):
-                raise EnrollmentRefusedError(
+                raise refusal(
                     "foreign_certificate", "the client certificate is not a current one of ours"
                 )
             terminal_id, fingerprint = _checked_csr(csr)
             if terminal_id != claimed:
-                raise EnrollmentRefusedError(
-                    "cn_mismatch", "the CSR's CN is not the client certificate's"
-                )
+                raise refusal("cn_mismatch", "the CSR's CN is not the client certificate's")
             with self._translate("reenroll"), self._engine().begin() as conn:
                 on_record = (
                     conn.execute(
@@ -417,14 +416,12 @@ class TerminalRegistry:
                     .first()
                 )
                 if on_record is None or on_record["terminal_id"] != terminal_id:
-                    raise EnrollmentRefusedError(
-                        "foreign_certificate", "the client certificate is not on record"
-                    )
+                    raise refusal("foreign_certificate", "the client certificate is not on record")
                 if on_record["revoked_at"] is not None:
-                    raise EnrollmentRefusedError("revoked", "the client certificate is revoked")
+                    raise refusal("revoked", "the client certificate is revoked")
                 row = self._row(conn, terminal_id)
                 if row is None:
-                    raise EnrollmentRefusedError("revoked", "the terminal is no longer registered")
+                    raise refusal("revoked", "the terminal is no longer registered")
                 _not_retired(row)
                 cert = self._issue(conn, csr, terminal_id, fingerprint, now)
         except EnrollmentRefusedError as exc:
@@ -438,7 +435,7 @@ class TerminalRegistry:
 
     def _checked(self, terminal_id: str, hall: str, region: str, model: str) -> Placement:
         if not is_valid_terminal_id(terminal_id):
-            raise EnrollmentRefusedError("bad_request", "not a valid terminal id", status=400)
+            raise refusal("bad_request", "not a valid terminal id")
         try:
             return Placement(
                 _LABEL.validate_python(hall),
@@ -446,10 +443,8 @@ class TerminalRegistry:
                 _LABEL.validate_python(model),
             )
         except ValidationError:
-            raise EnrollmentRefusedError(
-                "bad_request",
-                "hall, region and model must be 1-64 printable characters",
-                status=400,
+            raise refusal(
+                "bad_request", "hall, region and model must be 1-64 printable characters"
             ) from None
 
     def _upsert(
@@ -504,20 +499,18 @@ class TerminalRegistry:
             .first()
         )
         if found is None or not hmac.compare_digest(found["terminal_id"], terminal_id):
-            raise EnrollmentRefusedError("bad_token", "no such enrollment token", status=401)
+            raise refusal("bad_token", "no such enrollment token")
         if found["used_at"] is not None:
-            raise EnrollmentRefusedError("token_used", "the enrollment token was used", status=401)
+            raise refusal("token_used", "the enrollment token was used")
         if found["expires_at"] <= now:
-            raise EnrollmentRefusedError(
-                "token_expired", "the enrollment token expired", status=401
-            )
+            raise refusal("token_expired", "the enrollment token expired")
         consumed = conn.execute(
             sa.update(_TOKENS)
             .where(_TOKENS.c.token_hash == digest, _TOKENS.c.used_at.is_(None))
             .values(used_at=now)
         )
         if consumed.rowcount != 1:  # another request used it in the meantime
-            raise EnrollmentRefusedError("token_used", "the enrollment token was used", status=401)
+            raise refusal("token_used", "the enrollment token was used")
 
     def _issue(
         self,
@@ -530,7 +523,7 @@ class TerminalRegistry:
         try:
             cert = self.ca.issue_terminal(csr, terminal_id, days=self._cert_days, now=now)
         except DeviceCaError as exc:
-            raise EnrollmentRefusedError("bad_csr", str(exc), status=400) from None
+            raise refusal("bad_csr", str(exc)) from None
         conn.execute(
             sa.insert(_CERTS).values(
                 serial=f"{cert.serial_number:x}",
@@ -583,9 +576,7 @@ class TerminalRegistry:
         try:
             with self._translate(action), self._engine().begin() as conn:
                 if self._row(conn, terminal_id) is None:
-                    raise EnrollmentRefusedError(
-                        "unknown_terminal", f"terminal {terminal_id} is not registered", status=404
-                    )
+                    raise refusal("unknown_terminal", f"terminal {terminal_id} is not registered")
                 serials = [
                     s
                     for (s,) in conn.execute(
@@ -674,18 +665,16 @@ def _checked_csr(csr: x509.CertificateSigningRequest) -> tuple[str, str]:
     """The CSR's CN (a valid terminal id) and key fingerprint, its signature verified."""
     cn = _cn_or_none(csr)
     if cn is None:
-        raise EnrollmentRefusedError(
-            "bad_csr", "the CSR's subject must be exactly one CN, a terminal id", status=400
-        )
+        raise refusal("bad_csr", "the CSR's subject must be exactly one CN, a terminal id")
     try:
         valid = csr.is_signature_valid
         key = csr.public_key()
     except (ValueError, TypeError):
         valid = False
     if not valid:
-        raise EnrollmentRefusedError("bad_csr", "the CSR's signature does not verify", status=400)
+        raise refusal("bad_csr", "the CSR's signature does not verify")
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-        raise EnrollmentRefusedError("bad_csr", "a terminal key must be EC P-256", status=400)
+        raise refusal("bad_csr", "a terminal key must be EC P-256")
     return cn, public_key_fingerprint(key)
 
 
@@ -693,24 +682,22 @@ def _fingerprint_of_pem(pem: bytes) -> str:
     try:
         key = serialization.load_pem_public_key(pem)
     except (ValueError, TypeError):
-        raise EnrollmentRefusedError("bad_key", "not a PEM public key", status=400) from None
+        raise refusal("bad_key", "not a PEM public key") from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-        raise EnrollmentRefusedError("bad_key", "a terminal key must be EC P-256", status=400)
+        raise refusal("bad_key", "a terminal key must be EC P-256")
     return public_key_fingerprint(key)
 
 
 def _not_retired(row: RowMapping) -> None:
     if row["status"] in _RETIRED:
-        raise EnrollmentRefusedError("revoked", "the terminal is revoked or decommissioned")
+        raise refusal("revoked", "the terminal is revoked or decommissioned")
 
 
 def _preauthorized_key(row: RowMapping | None, fingerprint: str) -> None:
     if row is None or row["public_key_fingerprint"] is None:
-        raise EnrollmentRefusedError(
-            "not_authorized",
-            "not pre-authorised: enroll with the terminal's enrollment token",
-            status=401,
+        raise refusal(
+            "not_authorized", "not pre-authorised: enroll with the terminal's enrollment token"
         )
     _not_retired(row)
     if not hmac.compare_digest(str(row["public_key_fingerprint"]), fingerprint):
-        raise EnrollmentRefusedError("key_mismatch", "the CSR's key is not the pre-authorised key")
+        raise refusal("key_mismatch", "the CSR's key is not the pre-authorised key")
