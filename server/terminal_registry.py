@@ -368,8 +368,7 @@ class TerminalRegistry:
                         raise refusal("bad_token", "no such enrollment token")
                     _not_retired(row)
                 else:
-                    _preauthorized_key(row, fingerprint)
-                assert row is not None
+                    row = _preauthorized_key(row, fingerprint)
                 cert = self._issue(conn, csr, terminal_id, fingerprint, now)
         except EnrollmentRefusedError as exc:
             # nobody was authenticated: the id is only what the request claims
@@ -693,7 +692,8 @@ def _not_retired(row: RowMapping) -> None:
         raise refusal("revoked", "the terminal is revoked or decommissioned")
 
 
-def _preauthorized_key(row: RowMapping | None, fingerprint: str) -> None:
+def _preauthorized_key(row: RowMapping | None, fingerprint: str) -> RowMapping:
+    """``row`` if it pre-authorises the key ``fingerprint``; else the refusal."""
     if row is None or row["public_key_fingerprint"] is None:
         raise refusal(
             "not_authorized", "not pre-authorised: enroll with the terminal's enrollment token"
@@ -701,3 +701,4 @@ def _preauthorized_key(row: RowMapping | None, fingerprint: str) -> None:
     _not_retired(row)
     if not hmac.compare_digest(str(row["public_key_fingerprint"]), fingerprint):
         raise refusal("key_mismatch", "the CSR's key is not the pre-authorised key")
+    return row
