@@ -77,7 +77,13 @@ def est_router(
     """The EST routes over ``registry``."""
     router = APIRouter(prefix=EST_PREFIX, tags=["est"])
 
-    def refused(operation: str, exc: EnrollmentRefusedError, source: str | None) -> Response:
+    def refused(
+        operation: str, exc: EnrollmentRefusedError, source: str | None, *, audit: bool = False
+    ) -> Response:
+        """The refusal's answer, counted and logged; ``audit`` for a request refused before
+        it reached the registry (which records its own refusals)."""
+        if audit:
+            registry.record_refusal(f"est.{operation}", exc, source=source)
         metrics.rejected.labels(operation, exc.reason).inc()
         throttled_log.warning(
             f"est.{operation}.{exc.reason}",
@@ -106,9 +112,12 @@ def est_router(
         request: Request,
         issue: Callable[[x509.CertificateSigningRequest, str | None], x509.Certificate],
     ) -> Response:
-        source = request.client.host if request.client else None
+        source = _source(request)
         try:
             csr = _csr(await _bounded_body(request))
+        except EnrollmentRefusedError as exc:
+            return refused(operation, exc, source, audit=True)
+        try:
             cert = await run_in_threadpool(issue, csr, source)
         except EnrollmentRefusedError as exc:
             return refused(operation, exc, source)
@@ -119,10 +128,12 @@ def est_router(
 
     @router.post("/simpleenroll", summary="a first certificate (RFC 7030 4.2.1)")
     async def simpleenroll(request: Request) -> Response:
-        authorization = request.headers.get("authorization")
+        try:
+            username, token = _basic_credentials(request.headers.get("authorization"))
+        except EnrollmentRefusedError as exc:
+            return refused("simpleenroll", exc, _source(request), audit=True)
 
         def issue(csr: x509.CertificateSigningRequest, source: str | None) -> x509.Certificate:
-            username, token = _basic_credentials(authorization)
             return registry.enroll(csr, username=username, token=token, source=source)
 
         return await answer("simpleenroll", request, issue)
@@ -137,6 +148,10 @@ def est_router(
         return await answer("simplereenroll", request, issue)
 
     return router
+
+
+def _source(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 def _pkcs7_response(certs: list[x509.Certificate]) -> Response:

@@ -337,6 +337,12 @@ class TerminalRegistry:
         write_pem(self._ca_paths.crl, crl)
         return self._ca_paths.crl
 
+    def record_refusal(
+        self, action: str, refused: EnrollmentRefusedError, *, source: str | None = None
+    ) -> None:
+        """Audit a request refused before it got here (an unreadable CSR or Basic header)."""
+        self._record(action, "anonymous", None, source, refused=refused)
+
     # --- terminals (EST) ------------------------------------------------------------------
 
     def enroll(

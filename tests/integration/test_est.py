@@ -261,12 +261,42 @@ def test_a_body_that_is_no_csr_is_400_and_counted(est_server: Server, fleet_ca: 
     )
     assert answer.status_code == 400
     assert answer.json()["error"] == "bad_csr"
+    entry = audit_of(est_server).entries[-1]
+    assert (entry.actor, entry.action, entry.result, entry.detail["reason"]) == (
+        "anonymous",
+        "est.simpleenroll",
+        AuditResult.FAILED,
+        "bad_csr",
+    )
     assert (
         metric(
             est_server, "kioskfleet_est_rejected_total", operation="simpleenroll", reason="bad_csr"
         )
         == 1
     )
+
+
+def test_a_malformed_basic_header_is_401_counted_and_audited(
+    est_server: Server, fleet_ca: FleetCa
+) -> None:
+    answer = httpx.post(
+        est_server.base_url + "/.well-known/est/simpleenroll",
+        content=base64.encodebytes(build_csr(generate_key(), unique("T"))),
+        headers={"Authorization": "Bearer something"},
+        verify=trusting(fleet_ca.paths.chain),
+    )
+    assert answer.status_code == 401
+    assert answer.json()["error"] == "bad_token"
+    assert (
+        metric(
+            est_server,
+            "kioskfleet_est_rejected_total",
+            operation="simpleenroll",
+            reason="bad_token",
+        )
+        == 1
+    )
+    assert audit_of(est_server).entries[-1].result is AuditResult.DENIED
 
 
 def test_an_unknown_id_is_401_with_a_basic_challenge(est_server: Server, fleet_ca: FleetCa) -> None:
