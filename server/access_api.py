@@ -64,9 +64,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS: Final = frozenset(
-    {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
-)
+OPEN_PATHS: Final = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/redoc"})
 """Paths that answer without a token (probes and the API's own description). ``/metrics``
 joins them only when ``metrics_require_token`` is off."""
 

@@ -39,6 +39,7 @@ from protocol.topics import is_valid_terminal_id
 from protocol.version import __version__
 from server.access import Principal, Role, allows
 from server.access_api import AccessServices, install_access, require, role_dependencies
+from server.api_docs import add_docs
 from server.api_models import (
     DecommissionPublic,
     ErrorPublic,
@@ -107,7 +108,10 @@ def create_app(services: ApiServices) -> FastAPI:
         title="kioskfleet server",
         version=__version__,
         description="Fleet state of self-service terminals: health, peripherals, history.",
+        docs_url=None,
+        redoc_url=None,
     )
+    add_docs(app)  # /docs and /redoc with local assets (offline-first)
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
