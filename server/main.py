@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from protocol.topics import Channel, topic
 from server.access_api import AccessServices
 from server.access_store import AccessStore, DatabaseAudit
-from server.api import ApiServices, create_app
+from server.api import ApiServices, add_routes, create_app
 from server.audit import AuditSink
 from server.config import Settings
 from server.device_ca import CaPaths
@@ -55,6 +55,7 @@ from server.message_source import (
 from server.metrics import ServerMetrics
 from server.mqtt_source import MqttOptions, MqttSource
 from server.records import EventRecord
+from server.registry_api import registry_router
 from server.scheduler import OfflineSweep, Retention, RetentionPruner, build_scheduler
 from server.storage import Storage
 from server.terminal_registry import TerminalRegistry
@@ -244,17 +245,20 @@ class Server:
                 history_limit_max=settings.history_limit_max,
             )
         )
+        if self.terminal_registry is not None:
+            add_routes(self.app, registry_router(self.terminal_registry))
         if self.terminal_registry is not None and not settings.https:
             log.warning("EST is off: it needs HTTPS (KIOSKFLEET_HTTPS_CERT_FILE/_KEY_FILE)")
         elif self.terminal_registry is not None:  # RFC 7030: EST only over TLS
-            self.app.include_router(
+            add_routes(
+                self.app,
                 est_router(
                     self.terminal_registry,
                     EstMetrics(registry),
                     ThrottledLog(
                         logging.getLogger("server.est"), interval_s=settings.reject_log_interval_s
                     ),
-                )
+                ),
             )
         self._scheduler: BackgroundScheduler | None = None
         self._http: uvicorn.Server | None = None

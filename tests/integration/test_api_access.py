@@ -5,6 +5,7 @@ call (denied ones too) lands in the audit log, and the first start prints a boot
 from __future__ import annotations
 
 import re
+import ssl
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from server.access import Role, allows
 from server.access_api import OPEN_PATHS, declared_role
 from server.access_store import AuditFilter
 from server.errors import ConfigError
+from server.est import EST_PREFIX
 from server.main import Server
 from server.tokens import Tokens
 from tests.integration.conftest import (
@@ -33,14 +35,19 @@ from tests.integration.conftest import (
     unique,
     wait_until,
 )
+from tests.support.device_identity import make_ca
 
 pytestmark = pytest.mark.integration
 
 
-def _call(server: Server, method: str, path: str, secret: str | None = None) -> httpx.Response:
+def _call(
+    server: Server, method: str, path: str, secret: str | None = None, verify: Any = True
+) -> httpx.Response:
     headers = bearer(secret) if secret is not None else {}
     body: dict[str, Any] | None = {} if method in ("POST", "PUT", "PATCH") else None
-    return httpx.request(method, server.base_url + path, headers=headers, json=body, timeout=5)
+    return httpx.request(
+        method, server.base_url + path, headers=headers, json=body, timeout=5, verify=verify
+    )
 
 
 def _audit(server: Server, **params: str) -> list[dict[str, Any]]:
@@ -56,33 +63,45 @@ def _audit(server: Server, **params: str) -> list[dict[str, Any]]:
 
 
 def test_every_route_outside_the_open_list_declares_a_role_and_refuses_missing_and_weak_tokens(
-    start_server: ServerFactory,
+    start_server: ServerFactory, tmp_path: Path
 ) -> None:
-    # A new route without require(...) fails here: that is the point of this test.
-    server = start_server()
+    # A new route without require(...) fails here: that is the point of this test. The server
+    # has every optional part on (device CA, registry, EST, HTTPS), so that all routes exist.
+    fleet_ca = make_ca(tmp_path / "ca")
+    server = start_server(
+        ca_dir=fleet_ca.directory,
+        https_cert_file=fleet_ca.https_cert,
+        https_key_file=fleet_ca.https_key,
+    )
+    verify = ssl.create_default_context(cafile=str(fleet_ca.paths.chain))
     secrets = {role: token(server, role) for role in Role}
-    served = httpx.get(server.base_url + "/openapi.json", timeout=5).json()["paths"]
+    served = httpx.get(server.base_url + "/openapi.json", timeout=5, verify=verify).json()
     walked = {r.path for r in server.app.routes if isinstance(r, Route)}
-    assert set(served) <= walked  # no route hides from this walk (e.g. in an included router)
+    assert set(served["paths"]) <= walked  # no route hides from this walk (an included router)
+    assert any(p.startswith("/api/v1/registry/") for p in walked)
     checked = 0
     for route in server.app.routes:
         if not isinstance(route, Route) or route.path in OPEN_PATHS:
+            continue
+        if route.path.startswith(EST_PREFIX + "/"):
+            # EST's credential is the request itself (pre-authorised key, token, client
+            # certificate): tests/integration/test_est.py proves each refusal.
             continue
         role = declared_role(route)
         assert role is not None, f"{route.path} declares no role (use server.access_api.require)"
         path = re.sub(r"\{[^}]+\}", "nope", route.path)
         for method in sorted((route.methods or set()) - {"HEAD"}):
-            anonymous = _call(server, method, path)
+            anonymous = _call(server, method, path, verify=verify)
             assert anonymous.status_code == 401, (method, path, anonymous.text)
             assert anonymous.headers["www-authenticate"].startswith("Bearer")
             for granted, secret in secrets.items():
-                status = _call(server, method, path, secret).status_code
+                status = _call(server, method, path, secret, verify).status_code
                 if allows(granted, role):
                     assert status not in (401, 403), (method, path, granted)
                 else:
                     assert status == 403, (method, path, granted, status)
             checked += 1
-    assert checked >= 8  # the fleet reads, /metrics, tokens (3) and the audit log
+    assert checked >= 13  # fleet reads and changes, /metrics, tokens, audit log, registry
 
 
 def test_probes_and_the_api_description_answer_without_a_token(
