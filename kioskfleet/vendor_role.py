@@ -65,12 +65,13 @@ def sign_release(
     if not signers:
         raise VendorToolError("at least one vendor key is needed to sign")
     existing = load_role(role_file)
-    targets = existing.signed if existing is not None else Targets(version=0)
+    targets = existing.signed if existing is not None else Targets(version=1)
     path = target_path(vendor, name or artifact.name)
     target = TargetFile.from_file(path, str(artifact), ["sha256"])
     target.unrecognized_fields["custom"] = manifest.to_custom()
     targets.targets[path] = target
-    targets.version += 1
+    if existing is not None:
+        targets.version += 1
     targets.expires = (now or datetime.now(UTC)).replace(microsecond=0) + expiry
     md = Metadata(targets)
     for signer in signers:

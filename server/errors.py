@@ -17,6 +17,10 @@ library it wraps into one of these, so callers never catch ``sqlalchemy``,
     ├── BrokerError               the MQTT client could not be set up or used
     ├── DeviceCaError             the device CA is missing, incomplete or already there,
     │                             or a request to it is invalid (bad CSR, wrong key type)
+    ├── ReleaseRejectedError           uploaded TUF metadata or an artifact the server refuses
+    │                             (.code: a server.tuf_verify.RejectCode value, .message)
+    ├── UpdatesError              the update repository or artifact store failed or is
+    │                             misconfigured (missing online key, unreadable file)
     ├── InvalidCursorError        a page cursor this server did not hand out (also a
     │                             ValueError); the fleet state raises it, the API answers 422
     └── ApiError                  an HTTP error answer (.status, .error, .message): raised
@@ -39,10 +43,12 @@ __all__ = [
     "DeviceCaError",
     "InvalidCursorError",
     "InvalidSettingsError",
+    "ReleaseRejectedError",
     "ServerError",
     "StorageDataError",
     "StorageError",
     "UnknownSettingError",
+    "UpdatesError",
 ]
 
 
@@ -117,3 +123,19 @@ class ApiError(ServerError):
 class DeviceCaError(ServerError):
     """The CA directory is missing, incomplete or already initialised, or a request to the CA
     is invalid (a CSR whose signature does not verify, a key that is not EC P-256...)."""
+
+
+class ReleaseRejectedError(ServerError):
+    """Uploaded metadata or bytes the server refuses before storing anything. ``code`` is
+    one of ``server.tuf_verify.RejectCode`` (documented in docs/updates.md); ``status`` the
+    HTTP status the API answers with."""
+
+    def __init__(self, code: str, message: str, *, status: int = 422) -> None:
+        self.code = code
+        self.message = message
+        self.status = status
+        super().__init__(f"{code}: {message}")
+
+
+class UpdatesError(ServerError):
+    """The update repository or artifact store cannot work (configuration, disk)."""

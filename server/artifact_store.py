@@ -1,0 +1,145 @@
+"""Where release artifacts live: a port (``ArtifactStore``) and its filesystem adapter.
+
+Two areas. Uploads: ``uploads/<vendor>/<name>.part``, appended at an offset so a
+broken upload resumes where it stopped (``append`` refuses an offset other than
+the size already received), never held in memory whole, capped at
+``max_bytes``. Blobs: ``blobs/<sha256>``, content-addressed, immutable, written
+only by ``commit`` (an ``os.replace`` of a verified upload) after the repository
+accepted metadata naming those bytes. A rejected upload therefore never reaches
+the blobs, and nothing serves the upload area.
+
+Errors: ``ReleaseRejectedError`` (``upload_offset`` 409, ``artifact_too_large``
+413, ``invalid_name`` 422) for what the client must change; ``UpdatesError`` for
+the disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Final, Protocol
+
+from server.errors import ReleaseRejectedError, UpdatesError
+from server.tuf_verify import ArtifactFacts
+
+__all__ = ["ArtifactStore", "FilesystemArtifactStore", "is_segment"]
+
+_SEGMENT: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_SHA256: Final = re.compile(r"^[0-9a-f]{64}$")
+_CHUNK: Final = 1 << 20
+
+
+def is_segment(name: str) -> bool:
+    """A vendor or target file name: one safe path segment."""
+    return bool(_SEGMENT.match(name)) and ".." not in name
+
+
+class ArtifactStore(Protocol):
+    """The artifact port. ``vendor`` and ``name`` are checked with ``is_segment``."""
+
+    def received(self, vendor: str, name: str) -> int: ...
+
+    async def append(
+        self, vendor: str, name: str, offset: int, chunks: AsyncIterator[bytes]
+    ) -> int: ...
+
+    def measure(self, vendor: str, name: str) -> ArtifactFacts | None: ...
+
+    def commit(self, vendor: str, name: str) -> str: ...
+
+    def discard(self, vendor: str, name: str) -> None: ...
+
+    def blob(self, sha256: str) -> Path | None: ...
+
+
+class FilesystemArtifactStore:
+    """``ArtifactStore`` in a directory."""
+
+    def __init__(self, root: Path, *, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        (root / "uploads").mkdir(parents=True, exist_ok=True)
+        (root / "blobs").mkdir(parents=True, exist_ok=True)
+
+    def _part(self, vendor: str, name: str) -> Path:
+        if not (is_segment(vendor) and is_segment(name)):
+            raise ReleaseRejectedError("invalid_name", f"not a vendor/name: {vendor}/{name}")
+        return self.root / "uploads" / vendor / f"{name}.part"
+
+    def received(self, vendor: str, name: str) -> int:
+        """Bytes received so far of this upload (0 if none)."""
+        part = self._part(vendor, name)
+        return part.stat().st_size if part.exists() else 0
+
+    async def append(
+        self, vendor: str, name: str, offset: int, chunks: AsyncIterator[bytes]
+    ) -> int:
+        """Write ``chunks`` at ``offset`` (which must be what was received so far: 0 starts
+        over); returns the size received. Refuses growth past ``max_bytes`` (the part
+        is kept as it was before this request)."""
+        part = self._part(vendor, name)
+        have = part.stat().st_size if part.exists() else 0
+        if offset not in (0, have):
+            raise ReleaseRejectedError(
+                "upload_offset", f"{vendor}/{name}: resume at {have}, not {offset}", status=409
+            )
+        part.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with part.open("r+b" if part.exists() else "wb") as f:
+                f.truncate(offset)
+                f.seek(offset)
+                size = offset
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        f.truncate(have if offset else 0)
+                        raise ReleaseRejectedError(
+                            "artifact_too_large",
+                            f"{vendor}/{name}: more than {self.max_bytes} bytes",
+                            status=413,
+                        )
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise UpdatesError(f"cannot write upload {vendor}/{name}: {exc}") from exc
+        return size
+
+    def measure(self, vendor: str, name: str) -> ArtifactFacts | None:
+        """Length and sha256 of what was uploaded, None if nothing was."""
+        part = self._part(vendor, name)
+        if not part.exists():
+            return None
+        digest = hashlib.sha256()
+        with part.open("rb") as f:
+            for block in iter(lambda: f.read(_CHUNK), b""):
+                digest.update(block)
+        return ArtifactFacts(part.stat().st_size, digest.hexdigest())
+
+    def commit(self, vendor: str, name: str) -> str:
+        """Move the upload into the blobs under its sha256 (os.replace); returns the hash."""
+        facts = self.measure(vendor, name)
+        if facts is None:
+            raise UpdatesError(f"no upload {vendor}/{name} to commit")
+        try:
+            os.replace(self._part(vendor, name), self.root / "blobs" / facts.sha256)
+        except OSError as exc:
+            raise UpdatesError(f"cannot store {vendor}/{name}: {exc}") from exc
+        return facts.sha256
+
+    def discard(self, vendor: str, name: str) -> None:
+        self._part(vendor, name).unlink(missing_ok=True)
+
+    def blob(self, sha256: str) -> Path | None:
+        """The file of a stored blob, None if there is none."""
+        if not _SHA256.match(sha256):
+            return None
+        path = self.root / "blobs" / sha256
+        return path if path.is_file() else None
+
+    def blobs(self) -> Iterator[str]:
+        """Every stored blob's hash."""
+        return (p.name for p in (self.root / "blobs").iterdir() if _SHA256.match(p.name))
