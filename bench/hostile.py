@@ -102,6 +102,7 @@ def phase(name: str, overrides: dict[str, Any] | None, args: argparse.Namespace)
             broker_url=broker.url,
             http_port=0,
             mqtt_client_id=f"bench-{name}",
+            metrics_require_token=False,  # the bench scrapes on loopback, without a token
             **(overrides or {}),
         )
         server = Server(settings, registry=CollectorRegistry())

@@ -170,6 +170,8 @@ class ServerProcess:
                 "KIOSKFLEET_BROKER_URL": self.broker.url,
                 "KIOSKFLEET_HTTP_PORT": str(self.port),
                 "KIOSKFLEET_MQTT_CLIENT_ID": "kioskfleet-server-bench",
+                # The bench reads its counters from /metrics on loopback: no token there.
+                "KIOSKFLEET_METRICS_REQUIRE_TOKEN": "false",
             }
         )
         log = (self.work / "server.log").open("ab")

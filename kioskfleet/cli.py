@@ -1,5 +1,5 @@
-"""The ``kioskfleet`` command: ``agent``, ``server``, ``db upgrade``, ``simulate`` and
-``broker-config``.
+"""The ``kioskfleet`` command: ``agent``, ``server``, ``db upgrade``, ``token``, ``simulate``
+and ``broker-config``.
 
 Only argument parsing lives here; each subcommand hands over to its package
 (imported lazily so that ``kioskfleet agent`` on a terminal never imports the
@@ -39,6 +39,18 @@ def _parser() -> argparse.ArgumentParser:
         "upgrade", help="migrate the database to the newest schema (the server also does at start)"
     )
     upgrade.add_argument("--env-file", type=Path, help="a file of KIOSKFLEET_* settings")
+
+    tok = sub.add_parser("token", help="API tokens, on the database (settings from KIOSKFLEET_*)")
+    tok.add_argument("--env-file", type=Path, help="a file of KIOSKFLEET_* settings")
+    tok_sub = tok.add_subparsers(dest="token_command", required=True)
+    create = tok_sub.add_parser("create", help="create a token and print its secret once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--role", required=True, choices=["admin", "operator", "viewer", "vendor"])
+    create.add_argument("--vendor", help="the vendor a vendor token is bound to")
+    create.add_argument("--expires", help="30d, 12h, 90m, 2w or an ISO-8601 time")
+    tok_sub.add_parser("list", help="every token, without secrets")
+    revoke = tok_sub.add_parser("revoke", help="revoke a token by name")
+    revoke.add_argument("name")
 
     sim = sub.add_parser("simulate", help="run N simulated terminals with the real agent code")
     sim.add_argument("--terminals", type=int, default=50)
@@ -136,6 +148,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return upgrade_database(args.env_file)
     if args.command == "broker-config":
         return _broker_config(args)
+    if args.command == "token":
+        from server.token_cli import run_token_command
+
+        fields = ("name", "role", "vendor", "expires")
+        return run_token_command(
+            args.token_command, {f: getattr(args, f, None) for f in fields}, args.env_file
+        )
     from agent.simulator import SimulationOptions, run_simulation
 
     return run_simulation(

@@ -113,6 +113,7 @@ def local_config(
     evaluation_interval: str | None = None,
     alertmanagers: Sequence[str] = (),
     base: Mapping[str, Any] | None = None,
+    token_file: Path | None = None,
 ) -> dict[str, Any]:
     """A Prometheus configuration derived from the project's ``prometheus.yml`` (or ``base``).
 
@@ -121,7 +122,10 @@ def local_config(
     paths, and the ``alerting`` block lists ``alertmanagers`` (dropped when
     empty: nothing is sent). ``scrape_interval`` replaces the global and every
     job's interval and timeout; ``evaluation_interval`` the rule evaluation
-    interval. Pure apart from reading the project file when ``base`` is None.
+    interval. ``token_file`` (a file holding a viewer token) becomes the
+    ``kioskfleet`` job's bearer ``credentials_file``; without it the job sends no
+    token (for a server with ``metrics_require_token`` off). Pure apart from
+    reading the project file when ``base`` is None.
     Raises PrometheusError if the base has no ``kioskfleet`` job.
     """
     if base is None:
@@ -149,6 +153,12 @@ def local_config(
     for job in jobs:
         if job["job_name"] == KIOSKFLEET_JOB:
             job["static_configs"] = [{"targets": [*kioskfleet_targets]}]
+            job.pop("authorization", None)  # the base's path is relative to the base's folder
+            if token_file is not None:
+                job["authorization"] = {
+                    "type": "Bearer",
+                    "credentials_file": str(Path(token_file).resolve()),
+                }
         elif job["job_name"] == PROMETHEUS_JOB:
             job["static_configs"] = [{"targets": [self_target]}]
         if scrape_interval is not None:
@@ -161,7 +171,8 @@ class LocalPrometheus:
     """A Prometheus process on 127.0.0.1:``port`` scraping kioskfleet servers, with the project's rules.
 
     ``rule_files`` defaults to the project's rules file; pass a shortened copy
-    (``shortened_rules``) in tests. Files live under ``workdir``: the generated
+    (``shortened_rules``) in tests. ``token_file`` holds the viewer token it sends to
+    ``/metrics`` (see ``local_config``). Files live under ``workdir``: the generated
     ``prometheus.yml``, ``data/`` (TSDB) and ``prometheus.log``.
     """
 
@@ -176,6 +187,7 @@ class LocalPrometheus:
         evaluation_interval: str | None = None,
         alertmanagers: Sequence[str] = (),
         retention: str = "1d",
+        token_file: Path | None = None,
     ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
@@ -185,6 +197,7 @@ class LocalPrometheus:
         self.evaluation_interval = evaluation_interval
         self.alertmanagers = list(alertmanagers)
         self.retention = retention
+        self.token_file = token_file
         self.config_path = workdir / "prometheus.yml"
         self.data_path = workdir / "data"
         self.log_path = workdir / "prometheus.log"
@@ -214,6 +227,7 @@ class LocalPrometheus:
             scrape_interval=self.scrape_interval,
             evaluation_interval=self.evaluation_interval,
             alertmanagers=self.alertmanagers,
+            token_file=self.token_file,
         )
         self.workdir.mkdir(parents=True, exist_ok=True)
         tmp = self.config_path.with_suffix(".yml.tmp")

@@ -12,6 +12,11 @@ project's scrape configuration pointed at the demo server and the project's
 real alert rules (a fresh TSDB under var/demo/prometheus/ each run; no
 Alertmanager, so alerts are only shown, never sent). Prints where to look,
 then a one-line fleet summary from the API every few seconds.
+
+The API and /metrics need tokens: before the server starts, each run creates
+(`kioskfleet token create`, audited) an admin token for you, printed and kept
+in var/demo/admin.token, and a viewer token for Prometheus in
+var/demo/prometheus.token (both mode 0600, both expiring after a day).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from server.device_ca import (  # noqa: E402 - after sys.path
     write_pem,
     write_private_key,
 )
+from server.tokens import write_secret_file  # noqa: E402 - after sys.path
 
 VAR = ROOT / "var" / "demo"
 TERMINALS = int(os.environ.get("DEMO_TERMINALS", "50"))
@@ -66,9 +72,28 @@ def _port_open(port: int) -> bool:
         return False
 
 
-def _get_json(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback URL we built
+def _get_json(url: str, token: str | None = None) -> object:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - loopback URL we built
+    with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 - same
         return json.loads(response.read())
+
+
+def _create_token(exe: str, env: dict[str, str], role: str, path: Path) -> str:
+    """A new token of ``role`` made with ``kioskfleet token create``, kept in ``path`` (0600)."""
+    name = f"demo-{role}-{time.strftime('%Y%m%d-%H%M%S')}"
+    created = subprocess.run(  # noqa: S603 - our own console script
+        [exe, "token", "create", "--role", role, "--name", name, "--expires", "1d"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if created.returncode != 0:
+        raise SystemExit(f"cannot create the demo's {role} token: {created.stderr.strip()}")
+    secret = created.stdout.strip()
+    write_secret_file(path, secret)
+    return secret
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -84,8 +109,8 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> 
     raise SystemExit(f"the server did not answer on {url}; see {VAR}/server.log")
 
 
-def _summary(base: str) -> str:
-    halls = _get_json(f"{base}/api/v1/halls")
+def _summary(base: str, token: str) -> str:
+    halls = _get_json(f"{base}/api/v1/halls", token)
     assert isinstance(halls, dict)
     parts = []
     for hall in halls.get("items", []):
@@ -122,12 +147,14 @@ def _identity(broker_port: int) -> tuple[BrokerSetup, Path]:
     return setup, tls_dir
 
 
-def _start_prometheus(server_target: str) -> tuple[LocalPrometheus | None, str]:
+def _start_prometheus(server_target: str, token_file: Path) -> tuple[LocalPrometheus | None, str]:
     """Prometheus with the project's rules scraping the demo server, and what to print about it."""
     if prometheus_binary() is None:
         return None, "  prometheus   not installed (apt-get install prometheus), skipped"
     port = 9090 if not _port_open(9090) else free_port()
-    prometheus = LocalPrometheus(VAR / "prometheus", [server_target], port=port)
+    prometheus = LocalPrometheus(
+        VAR / "prometheus", [server_target], port=port, token_file=token_file
+    )
     # A fresh TSDB each run: series of the previous run would otherwise stay visible for
     # Prometheus' 5-minute lookback and show alerts for problems that no longer exist.
     shutil.rmtree(prometheus.data_path, ignore_errors=True)
@@ -181,6 +208,8 @@ def main() -> int:
         }
     )
     exe = str(Path(sys.executable).parent / "kioskfleet")
+    admin = _create_token(exe, env, "admin", VAR / "admin.token")
+    _create_token(exe, env, "viewer", VAR / "prometheus.token")
     try:
         with (VAR / "server.log").open("ab") as log:
             server = subprocess.Popen([exe, "server"], env=env, stdout=log, stderr=log)  # noqa: S603
@@ -208,7 +237,9 @@ def main() -> int:
                     ),
                 )
             )
-        prometheus, prometheus_lines = _start_prometheus(f"127.0.0.1:{http_port}")
+        prometheus, prometheus_lines = _start_prometheus(
+            f"127.0.0.1:{http_port}", VAR / "prometheus.token"
+        )
         logs = [VAR / "server.log", VAR / "simulator.log"]
         if prometheus is not None:
             logs.append(prometheus.log_path)
@@ -217,11 +248,14 @@ def main() -> int:
             f"""
 kioskfleet demo is running ({TERMINALS} simulated terminals in {HALLS} halls).
 
-  API docs     {base}/docs
+  admin token  {admin}
+               (also in {VAR / "admin.token"}; send it as `Authorization: Bearer ...`,
+               e.g. curl -H "Authorization: Bearer $(cat {VAR / "admin.token"})" {base}/api/v1/halls)
+  API docs     {base}/docs  (Authorize with the admin token)
   terminals    {base}/api/v1/terminals
   with faults  {base}/api/v1/terminals?condition=paper_out
   halls        {base}/api/v1/halls
-  metrics      {base}/metrics
+  metrics      {base}/metrics  (needs a viewer token)
 {prometheus_lines}
   broker       {broker_url}  (client certificates of var/demo/ca; config {setup.conf})
   logs         {log_list}
@@ -241,7 +275,7 @@ Press Ctrl-C to stop everything.
                 prometheus = None
             time.sleep(5)
             try:
-                print(time.strftime("%H:%M:%S"), _summary(base), flush=True)
+                print(time.strftime("%H:%M:%S"), _summary(base, admin), flush=True)
             except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
                 print(f"(API not answering: {exc})", flush=True)
     except KeyboardInterrupt:

@@ -1,5 +1,12 @@
 """The HTTP API: fleet queries for operators, health/readiness probes, Prometheus metrics.
 
+Every route declares the role it needs (``server.access_api.require``): fleet
+reads need ``viewer``, a terminal's delivery counters (boot id, last seq: what
+a forger would need) only show to ``operator`` and ``admin``, ``/metrics``
+needs ``viewer`` unless ``metrics_require_token`` is off; ``/healthz`` and
+``/readyz`` are open. Tokens and the audit log are ``server.access_api``'s
+routes.
+
 ``create_app(services)`` builds a FastAPI app over the services it is handed
 (fleet state, history reader, readiness check, metrics registry); nothing is
 wired at import time. Reads come from the in-memory fleet state; only a
@@ -17,9 +24,10 @@ or not ready.
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -29,6 +37,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from protocol.messages import PeripheralCondition, PeripheralKind, TerminalState
 from protocol.topics import is_valid_terminal_id
 from protocol.version import __version__
+from server.access import Principal, Role, allows
+from server.access_api import AccessServices, install_access, require, role_dependencies
 from server.api_models import (
     DecommissionPublic,
     ErrorPublic,
@@ -61,12 +71,15 @@ class ApiServices:
     events: Callable[[str, int], list[EventRecord]]  # raises StorageError
     readiness: Callable[[], list[str]]  # reasons the server is not ready; empty when ready
     registry: CollectorRegistry
+    access: AccessServices
+    clock: Callable[[], datetime]  # aware UTC: audit entry times
     # removes a terminal (Server.decommission); raises BrokerError when it cannot be done now
     decommission: Callable[[str], TerminalView | None] | None = None
     page_limit_default: int = 100
     page_limit_max: int = 1000
     history_limit: int = 50
     history_limit_max: int = 1000
+    metrics_require_token: bool = True
 
 
 def _error(status: int, error: str, message: str, detail: Any = None) -> JSONResponse:
@@ -97,7 +110,9 @@ def create_app(services: ApiServices) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.error, exc.message)
+        response = _error(exc.status, exc.error, exc.message)
+        response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -110,11 +125,20 @@ def create_app(services: ApiServices) -> FastAPI:
         return _error(exc.status_code, code, str(exc.detail))
 
     fleet = services.fleet
+    viewer = role_dependencies(Role.VIEWER)
+    install_access(
+        app,
+        services.access,
+        clock=services.clock,
+        page_limit_default=services.page_limit_default,
+        page_limit_max=services.page_limit_max,
+    )
 
     @app.get(
         "/api/v1/terminals",
         response_model=TerminalPagePublic,
         responses=_ERROR_RESPONSES,
+        dependencies=viewer,
         tags=["fleet"],
         summary="List terminals (filtered, ordered by id, cursor-paginated)",
     )
@@ -151,10 +175,12 @@ def create_app(services: ApiServices) -> FastAPI:
         response_model=TerminalDetailPublic,
         responses={404: {"model": ErrorPublic}, 503: {"model": ErrorPublic}, **_ERROR_RESPONSES},
         tags=["fleet"],
-        summary="One terminal's latest state and its transitions, newest first",
+        summary="One terminal's latest state and its transitions, newest first"
+        " (its delivery counters for operator and admin)",
     )
     def get_terminal(
         terminal_id: Annotated[str, Path(max_length=64)],
+        who: Annotated[Principal, Depends(require(Role.VIEWER))],
         history_limit: Annotated[
             int, Query(ge=1, le=services.history_limit_max)
         ] = services.history_limit,
@@ -167,12 +193,13 @@ def create_app(services: ApiServices) -> FastAPI:
         except StorageError as exc:
             log.warning("history of %s unavailable: %s", terminal_id, exc)
             raise ApiError(503, "database_unavailable", str(exc)) from None
-        return terminal_detail_public(view, history)
+        return terminal_detail_public(view, history, with_delivery=allows(who.role, Role.OPERATOR))
 
     @app.get(
         "/api/v1/terminals/{terminal_id}/events",
         response_model=EventsPublic,
         responses={404: {"model": ErrorPublic}, 503: {"model": ErrorPublic}, **_ERROR_RESPONSES},
+        dependencies=viewer,
         tags=["fleet"],
         summary="One terminal's stored events, newest first",
     )
@@ -196,6 +223,8 @@ def create_app(services: ApiServices) -> FastAPI:
             "/api/v1/terminals/{terminal_id}/decommission",
             response_model=DecommissionPublic,
             responses={503: {"model": ErrorPublic}, **_ERROR_RESPONSES},
+            dependencies=role_dependencies(Role.OPERATOR),
+            name="terminal.decommission",
             tags=["fleet"],
             summary="Remove a terminal: revoked, its retained state cleared, out of the fleet "
             "state and gauges; its history kept",
@@ -219,6 +248,7 @@ def create_app(services: ApiServices) -> FastAPI:
     @app.get(
         "/api/v1/halls",
         response_model=HallsPublic,
+        dependencies=viewer,
         tags=["fleet"],
         summary="Per hall: terminals by state and peripheral problems by kind and condition",
     )
@@ -241,7 +271,12 @@ def create_app(services: ApiServices) -> FastAPI:
         body = ReadinessPublic(ready=not reasons, reasons=reasons)
         return JSONResponse(status_code=503 if reasons else 200, content=body.model_dump())
 
-    @app.get("/metrics", tags=["probes"], summary="Prometheus exposition")
+    @app.get(
+        "/metrics",
+        dependencies=viewer if services.metrics_require_token else [],
+        tags=["probes"],
+        summary="Prometheus exposition (role viewer unless metrics_require_token is off)",
+    )
     def metrics() -> Response:
         return Response(generate_latest(services.registry), media_type=CONTENT_TYPE_LATEST)
 

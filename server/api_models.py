@@ -115,7 +115,9 @@ class DeliveryPublic(_FromView):
 
 
 class TerminalDetailPublic(TerminalPublic):
-    delivery: DeliveryPublic
+    delivery: DeliveryPublic | None = Field(
+        description="for operator and admin tokens; null for a viewer"
+    )
     transitions: list[TransitionPublic] = Field(description="newest first")
 
 
@@ -186,10 +188,12 @@ def transition_public(t: Transition) -> TransitionPublic:
     return TransitionPublic.model_validate(t)
 
 
-def terminal_detail_public(v: TerminalView, history: list[Transition]) -> TerminalDetailPublic:
+def terminal_detail_public(
+    v: TerminalView, history: list[Transition], *, with_delivery: bool = True
+) -> TerminalDetailPublic:
     return TerminalDetailPublic(
         **dict(terminal_public(v)),
-        delivery=DeliveryPublic.model_validate(v),
+        delivery=DeliveryPublic.model_validate(v) if with_delivery else None,
         transitions=[transition_public(t) for t in history],
     )
 

@@ -124,6 +124,13 @@ class Settings(BaseSettings):
     api_page_limit_max: Annotated[int, Field(ge=1, le=10000)] = 1000
     history_limit: Annotated[int, Field(ge=1, le=10000)] = 50
     history_limit_max: Annotated[int, Field(ge=1, le=100000)] = 1000
+    # API access (docs/security.md): /metrics needs a viewer token unless this is off
+    # (Prometheus sends one with `authorization: {credentials_file: ...}`).
+    metrics_require_token: bool = True
+    # On a first start (no token in the database) the admin token "bootstrap" is printed
+    # once to stderr and, if this is set, written to this file (mode 0600).
+    bootstrap_token_file: Path | None = None
+    audit_retention_days: Annotated[float, Field(gt=0, le=36500)] = 365.0
 
     # Ingest and fleet state.
     max_payload_bytes: Annotated[int, Field(ge=256, le=1024 * 1024)] = DEFAULT_MAX_PAYLOAD_BYTES

@@ -23,6 +23,9 @@ library it wraps into one of these, so callers never catch ``sqlalchemy``,
     │                             misconfigured (missing online key, unreadable file)
     ├── InvalidCursorError        a page cursor this server did not hand out (also a
     │                             ValueError); the fleet state raises it, the API answers 422
+    ├── AccessError               a token that cannot be made or changed as asked (.code:
+    │                             invalid_token, invalid_expiry, token_exists, no_such_token;
+    │                             malformed, unknown, revoked, expired when authenticating)
     └── ApiError                  an HTTP error answer (.status, .error, .message): raised
                                   by a handler, turned into ``{"error", "message"}`` by the app
 
@@ -37,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 __all__ = [
+    "AccessError",
     "ApiError",
     "BrokerError",
     "ConfigError",
@@ -110,14 +114,28 @@ class InvalidCursorError(ServerError, ValueError):
     another API): the caller should start again without a cursor."""
 
 
-class ApiError(ServerError):
-    """An HTTP error answer: ``status`` code, machine ``error`` code, human ``message``."""
+class AccessError(ServerError):
+    """A token request that cannot be done: ``code`` says why (``invalid_token``,
+    ``invalid_expiry``, ``token_exists``, ``no_such_token``), ``message`` for a person."""
 
-    def __init__(self, status: int, error: str, message: str) -> None:
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ApiError(ServerError):
+    """An HTTP error answer: ``status`` code, machine ``error`` code, human ``message``, and
+    the ``headers`` to send with it (``WWW-Authenticate`` on a 401)."""
+
+    def __init__(
+        self, status: int, error: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.error = error
         self.message = message
+        self.headers = dict(headers or {})
 
 
 class DeviceCaError(ServerError):

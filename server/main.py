@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import sys
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
@@ -29,7 +30,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from protocol.topics import Channel, topic
+from server.access_api import AccessServices
+from server.access_store import AccessStore, DatabaseAudit
 from server.api import ApiServices, create_app
+from server.audit import AuditSink
 from server.config import Settings
 from server.errors import BrokerError, ConfigError, ServerError, StorageError
 from server.fleet_collector import FleetCollector, LabelBudget
@@ -49,16 +53,18 @@ from server.mqtt_source import MqttOptions, MqttSource
 from server.records import EventRecord
 from server.scheduler import OfflineSweep, Retention, RetentionPruner, build_scheduler
 from server.storage import Storage
+from server.tokens import Tokens
 from server.write_behind import WriteBehind
 
-__all__ = ["Server", "mqtt_options", "mqtt_source", "run_server", "upgrade_database"]
+__all__ = ["Server", "mqtt_options", "mqtt_source", "run_server", "storage_for", "upgrade_database"]
 
 log = logging.getLogger(__name__)
 
 _HTTP_START_TIMEOUT_S = 10.0
 
 
-def _storage(settings: Settings) -> Storage:
+def storage_for(settings: Settings) -> Storage:
+    """The repository over the configured database (not opened yet)."""
     return Storage(
         settings.database_url,
         sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s,
@@ -136,7 +142,7 @@ class Server:
                 ),
             )
         )
-        self.storage = _storage(settings)
+        self.storage = storage_for(settings)
         self.writer = WriteBehind(
             self.storage,
             self.fleet.snapshot,
@@ -173,6 +179,10 @@ class Server:
             self.metrics,
             listening_since=self.listening_since,
         )
+        self.access_store = AccessStore(self.storage)
+        self.tokens = Tokens(self.access_store)
+        # The audit log: enrollment, revocation and every API change record through it.
+        self.audit: AuditSink = DatabaseAudit(self.access_store, registry)
         self.pruner = RetentionPruner(
             [
                 Retention(
@@ -185,6 +195,11 @@ class Server:
                     self.storage.prune_transitions,
                     timedelta(days=settings.transition_retention_days),
                 ),
+                Retention(
+                    "audit entries",
+                    self.access_store.prune_audit,
+                    timedelta(days=settings.audit_retention_days),
+                ),
             ],
             self.metrics,
         )
@@ -196,6 +211,11 @@ class Server:
                 readiness=self.readiness,
                 registry=registry,
                 decommission=self.decommission,
+                access=AccessServices(
+                    tokens=self.tokens, audit=self.audit, store=self.access_store
+                ),
+                clock=lambda: datetime.now(UTC),
+                metrics_require_token=settings.metrics_require_token,
                 page_limit_default=settings.api_page_limit_default,
                 page_limit_max=settings.api_page_limit_max,
                 history_limit=settings.history_limit,
@@ -274,6 +294,9 @@ class Server:
             raise ServerError("a Server can be started once")
         self._started = True
         self.storage.open()
+        self.tokens.bootstrap(
+            self.audit, stderr=sys.stderr, token_file=self.settings.bootstrap_token_file
+        )
         terminals = self.storage.load_fleet()
         self.fleet.load(terminals)
         log.info("loaded %d terminals from the database", len(terminals))
@@ -412,7 +435,7 @@ def upgrade_database(env_file: Path | None) -> int:
     settings = _load_settings(env_file)
     if settings is None:
         return 2
-    storage = _storage(settings)
+    storage = storage_for(settings)
     try:
         storage.open()
     except ServerError as exc:

@@ -56,6 +56,7 @@ from server.records import EventRecord, WriteBatch
 __all__ = [
     "EventRow",
     "PeripheralRow",
+    "ServerTable",
     "Storage",
     "TerminalRow",
     "TransitionRow",
@@ -74,6 +75,11 @@ _REPLACEMENT: Final = "\ufffd"
 
 class _Table(SQLModel, registry=registry()):
     """Base of the server's tables: their own metadata, so other packages' tables never mix in."""
+
+
+ServerTable = _Table
+"""The base for tables other server modules declare (``server.access_store``): they join
+this metadata, which the migrations must produce."""
 
 
 class UtcDateTime(sa.types.TypeDecorator[datetime]):
@@ -217,7 +223,10 @@ _METADATA: Final = _Table.metadata
 
 
 def server_metadata() -> sa.MetaData:
-    """The server's table metadata (what the migrations must produce)."""
+    """The server's table metadata (what the migrations must produce), including the tables
+    other server modules declare on ``ServerTable``."""
+    import server.access_store  # noqa: F401 - registers its tables; imports this module
+
     return _METADATA
 
 
@@ -353,6 +362,19 @@ class Storage:
             if isinstance(exc, IntegrityError | DataError):
                 raise StorageDataError(operation, message) from exc
             raise StorageError(operation, message) from exc
+
+    @contextmanager
+    def connect(self, operation: str) -> Iterator[Connection]:
+        """A connection for another repository over this database (``server.access_store``),
+        with its errors translated like this module's own (StorageError naming ``operation``)."""
+        with self._translate(operation), self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def begin(self, operation: str) -> Iterator[Connection]:
+        """Like ``connect`` inside one transaction (committed at the end, else rolled back)."""
+        with self._translate(operation), self.engine.begin() as conn:
+            yield conn
 
     # --- reads ----------------------------------------------------------------------------
 

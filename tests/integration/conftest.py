@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+import weakref
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,8 +30,12 @@ from kioskfleet.local_broker import LocalBroker
 from protocol.codec import encode
 from protocol.messages import Message
 from protocol.topics import Channel, topic
+from server.access import Role
+from server.access_store import AccessStore
 from server.config import Settings
 from server.main import Server
+from server.storage import Storage
+from server.tokens import Tokens
 from tests.support.fleet_messages import periph, peripheral_event, report, state
 from tests.support.pki import ClientFiles
 from tests.support.waiting import wait_until
@@ -101,8 +106,50 @@ def server_settings(broker_url: str, database_url: str, **overrides: Any) -> Set
     return Settings(**values)
 
 
+_ADMIN_TOKENS: weakref.WeakKeyDictionary[Server, str] = weakref.WeakKeyDictionary()
+
+
+def admin_token_in(database_url: str) -> str:
+    """A new admin token stored in the database at ``database_url`` (migrated first), made
+    through the token module as ``kioskfleet token create`` would; returns its secret. A
+    server started on that database then makes no bootstrap token."""
+    storage = Storage(Settings(database_url=database_url).database_url)
+    storage.open()
+    try:
+        _record, secret = Tokens(AccessStore(storage)).create(
+            name=unique("test-admin"), role=Role.ADMIN, created_by="test"
+        )
+    finally:
+        storage.close()
+    return secret
+
+
+def admin_token(server: Server) -> str:
+    """The admin token the fixtures made for ``server`` (what ``api()`` sends); for a
+    server a test built itself, one made now on the running server."""
+    if server not in _ADMIN_TOKENS:
+        _ADMIN_TOKENS[server] = token(server, Role.ADMIN)
+    return _ADMIN_TOKENS[server]
+
+
+def token(server: Server, role: Role, *, name: str | None = None, vendor: str | None = None) -> str:
+    """A new token of ``role`` (a vendor token for vendor ``acme`` unless told) on a running
+    ``server``; returns its secret."""
+    if role is Role.VENDOR and vendor is None:
+        vendor = "acme"
+    _record, secret = server.tokens.create(
+        name=name or unique(f"test-{role.value}"), role=role, vendor=vendor, created_by="test"
+    )
+    return secret
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
 class ServerFactory:
-    """Starts servers on free ports; stops every one it started at teardown."""
+    """Starts servers on free ports; stops every one it started at teardown. Each gets an
+    admin token made before its start (``admin_token(server)``, sent by ``api()``)."""
 
     def __init__(self, broker: LocalBroker, default_db: str) -> None:
         self.broker = broker
@@ -112,9 +159,11 @@ class ServerFactory:
     def __call__(self, **overrides: Any) -> Server:
         broker_url = overrides.pop("broker_url", self.broker.url)
         database_url = overrides.pop("database_url", self.default_db)
+        secret = admin_token_in(database_url)
         server = Server(
             server_settings(broker_url, database_url, **overrides), registry=CollectorRegistry()
         )
+        _ADMIN_TOKENS[server] = secret
         self.started.append(server)
         server.start()
         wait_until(lambda: server.mqtt.connected, 10, "the server to subscribe")
@@ -145,7 +194,17 @@ def private_server(private_broker: LocalBroker, tmp_path: Path) -> Iterator[Serv
 
 
 def api(server: Server, path: str, **params: Any) -> httpx.Response:
-    return httpx.get(server.base_url + path, params=params, timeout=5)
+    """GET ``path`` with the server's admin token."""
+    return httpx.get(
+        server.base_url + path, params=params, headers=bearer(admin_token(server)), timeout=5
+    )
+
+
+def scrape(server: Server) -> str:
+    """``/metrics`` as Prometheus reads it (with the admin token)."""
+    response = api(server, "/metrics")
+    response.raise_for_status()
+    return response.text
 
 
 def metric(server: Server, name: str, **labels: str) -> float:
@@ -309,10 +368,15 @@ __all__ = [
     "RawTerminal",
     "ServerFactory",
     "TerminalFactory",
+    "admin_token",
+    "admin_token_in",
     "api",
+    "bearer",
     "metric",
     "periph",
+    "scrape",
     "server_settings",
+    "token",
     "unique",
     "wait_until",
 ]

@@ -55,7 +55,15 @@ from kioskfleet.local_broker import LocalBroker, free_port
 from protocol.codec import DEFAULT_MAX_PAYLOAD_BYTES, decode
 from protocol.topics import Channel, topic
 from server.main import Server
-from tests.integration.conftest import ServerFactory, api, metric, unique, wait_until
+from tests.integration.conftest import (
+    ServerFactory,
+    admin_token_in,
+    api,
+    bearer,
+    metric,
+    unique,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -580,8 +588,8 @@ def _garbage_round(rng: random.Random, count: int) -> list[tuple[str, bytes, str
     return out
 
 
-def _rejected_total(base_url: str) -> dict[str, float]:
-    text = httpx.get(base_url + "/metrics", timeout=5).text
+def _rejected_total(base_url: str, token: str) -> dict[str, float]:
+    text = httpx.get(base_url + "/metrics", headers=bearer(token), timeout=5).text
     found = {}
     for match in re.finditer(
         r'^kioskfleet_ingest_rejected_total\{reason="(\w+)"\} (\S+)$', text, re.M
@@ -593,8 +601,8 @@ def _rejected_total(base_url: str) -> dict[str, float]:
 @pytest.fixture
 def server_process(
     private_broker: LocalBroker, tmp_path: Path
-) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``kioskfleet server`` as a subprocess on SQLite, so its RSS is its own."""
+) -> Iterator[tuple[subprocess.Popen[bytes], str, str]]:
+    """``kioskfleet server`` as a subprocess on SQLite (with an admin token), so its RSS is its own."""
     port = free_port()
     env = {
         **os.environ,
@@ -611,6 +619,7 @@ def server_process(
         [binary, "--log-level", "ERROR", "server"], env=env, stdout=log, stderr=log
     )
     base_url = f"http://127.0.0.1:{port}"
+    token = admin_token_in(env["KIOSKFLEET_DATABASE_URL"])
 
     def ready() -> bool:
         if proc.poll() is not None:
@@ -622,7 +631,7 @@ def server_process(
 
     try:
         wait_until(ready, 30, "the server subprocess to be ready")
-        yield proc, base_url
+        yield proc, base_url, token
     finally:
         proc.terminate()
         try:
@@ -643,9 +652,9 @@ MEMORY_GROWTH_BOUND = 3 * 2**20
 
 
 def test_a_sustained_stream_of_garbage_does_not_grow_the_servers_memory(
-    server_process: tuple[subprocess.Popen[bytes], str], private_broker: LocalBroker
+    server_process: tuple[subprocess.Popen[bytes], str, str], private_broker: LocalBroker
 ) -> None:
-    proc, base_url = server_process
+    proc, base_url, token = server_process
     rng = random.Random(4)
     process = psutil.Process(proc.pid)
     pub = Publisher(private_broker)
@@ -653,12 +662,12 @@ def test_a_sustained_stream_of_garbage_does_not_grow_the_servers_memory(
     try:
         for _round in range(3):  # warm-up, then two measured rounds
             items = _garbage_round(rng, MEMORY_ROUND)
-            before = _rejected_total(base_url)
+            before = _rejected_total(base_url, token)
             pub.publish([(name, payload) for name, payload, _ in items])
             expected = Counter(reason for _, _, reason in items)
 
             def counted(b: dict[str, float] = before, e: Counter[str] = expected) -> bool:
-                now = _rejected_total(base_url)
+                now = _rejected_total(base_url, token)
                 return all(now.get(r, 0) - b.get(r, 0) == e.get(r, 0) for r in REASONS)
 
             wait_until(
@@ -672,9 +681,9 @@ def test_a_sustained_stream_of_garbage_does_not_grow_the_servers_memory(
         pub.close()
     growth = rss[2] - rss[1]
     print(f"server RSS after each round (MB): {[round(r / 2**20, 1) for r in rss]}")
-    after = _rejected_total(base_url)
+    after = _rejected_total(base_url, token)
     assert after.get("internal", 0) == 0
     assert httpx.get(base_url + "/healthz", timeout=5).status_code == 200
-    terminals = httpx.get(base_url + "/api/v1/terminals", timeout=5).json()
+    terminals = httpx.get(base_url + "/api/v1/terminals", headers=bearer(token), timeout=5).json()
     assert terminals["total"] == 0
     assert growth < MEMORY_GROWTH_BOUND, f"RSS grew {growth / 2**20:.1f} MiB in the second round"

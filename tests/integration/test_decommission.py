@@ -11,13 +11,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from kioskfleet.local_broker import LocalBroker
 from protocol.topics import Channel, topic
+from server.access import Role
 from server.main import Server
 from tests.integration.conftest import (
     RawTerminal,
     ServerFactory,
     TerminalFactory,
+    admin_token,
     api,
+    bearer,
     metric,
+    token,
     unique,
 )
 from tests.support.waiting import wait_until
@@ -83,7 +87,11 @@ def test_decommission_through_the_api(
     terminal = known_terminal(server, terminals)
     url = f"{server.base_url}/api/v1/terminals/{terminal.id}/decommission"
 
-    answer = httpx.post(url, timeout=5)
+    operator = bearer(token(server, Role.OPERATOR))
+    viewer = bearer(token(server, Role.VIEWER))
+
+    assert httpx.post(url, headers=viewer, timeout=5).status_code == 403
+    answer = httpx.post(url, headers=operator, timeout=5)
 
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -92,11 +100,19 @@ def test_decommission_through_the_api(
     assert api(server, f"/api/v1/terminals/{terminal.id}").status_code == 404
     wait_until(lambda: metric(server, "kioskfleet_ingest_state_cleared_total") >= 1, 10, "echo")
     assert retained_state(broker, terminal.id) is None
-    again = httpx.post(url, timeout=5).json()
+    again = httpx.post(url, headers=operator, timeout=5).json()
     assert again["known"] is False
     assert again["last_state"] is None
-    bad = httpx.post(f"{server.base_url}/api/v1/terminals/a%20b/decommission", timeout=5)
+    bad = httpx.post(
+        f"{server.base_url}/api/v1/terminals/a%20b/decommission", headers=operator, timeout=5
+    )
     assert bad.status_code == 422
+    audit = api(server, "/api/v1/audit", action="terminal.decommission").json()["items"]
+    assert [(e["target"], e["result"]) for e in audit if e["target"] == terminal.id] == [
+        (terminal.id, "ok"),
+        (terminal.id, "ok"),
+        (terminal.id, "denied"),
+    ]
 
 
 def test_decommission_is_refused_with_503_while_the_broker_is_away(
@@ -108,7 +124,9 @@ def test_decommission_is_refused_with_503_while_the_broker_is_away(
     try:
         wait_until(lambda: not server.mqtt.connected, 30, "server notices the broker is gone")
         answer = httpx.post(
-            f"{server.base_url}/api/v1/terminals/{terminal.id}/decommission", timeout=5
+            f"{server.base_url}/api/v1/terminals/{terminal.id}/decommission",
+            headers=bearer(admin_token(server)),
+            timeout=5,
         )
     finally:
         broker.start()

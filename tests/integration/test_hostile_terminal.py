@@ -17,14 +17,13 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from protocol.codec import encode
 from protocol.topics import Channel
 from server.main import Server
-from tests.integration.conftest import ServerFactory, TerminalFactory, metric, wait_until
+from tests.integration.conftest import ServerFactory, TerminalFactory, api, metric, wait_until
 from tests.support.fleet_messages import periph, report
 
 pytestmark = pytest.mark.integration
@@ -35,7 +34,7 @@ BUDGET = {"ingest_burst_per_terminal": 20, "ingest_rate_per_terminal_s": 5.0}
 
 
 def _scrape(server: Server) -> list[tuple[str, dict[str, str]]]:
-    text = httpx.get(server.base_url + "/metrics", timeout=5).text
+    text = api(server, "/metrics").text
     return [
         (s.name, dict(s.labels))
         for family in text_string_to_metric_families(text)

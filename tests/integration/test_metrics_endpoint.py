@@ -23,7 +23,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -34,6 +33,7 @@ from server.main import Server
 from tests.integration.conftest import (
     ServerFactory,
     TerminalFactory,
+    api,
     periph,
     unique,
     wait_until,
@@ -64,7 +64,7 @@ Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def scrape_text(server: Server) -> str:
-    response = httpx.get(server.base_url + "/metrics", timeout=5)
+    response = api(server, "/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     return response.text

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -22,7 +21,7 @@ from agent.simulator import Simulation, SimulationOptions, SimulationTuning
 from kioskfleet.local_broker import LocalBroker
 from protocol.taxonomy import PeripheralKind, family_of
 from server.main import Server
-from tests.integration.conftest import ServerFactory, unique, wait_until
+from tests.integration.conftest import ServerFactory, api, unique, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +31,7 @@ MODEL = max(MODELS, key=lambda m: len(MODELS[m]))
 
 def _problems(server: Server, terminal: str) -> set[tuple[str, str, str, str]]:
     """(peripheral, family, kind, condition) of the terminal's problem series on /metrics."""
-    text = httpx.get(server.base_url + "/metrics", timeout=5).text
+    text = api(server, "/metrics").text
     return {
         (s.labels["peripheral"], s.labels["family"], s.labels["kind"], s.labels["condition"])
         for family in text_string_to_metric_families(text)

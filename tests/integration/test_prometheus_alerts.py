@@ -39,8 +39,10 @@ from kioskfleet.local_prometheus import (
     shortened_rules,
 )
 from protocol.messages import PeripheralCondition
+from server.access import Role
 from server.main import Server
-from tests.integration.conftest import ServerFactory, api, wait_until
+from server.tokens import write_secret_file
+from tests.integration.conftest import ServerFactory, api, token, wait_until
 
 pytestmark = [
     pytest.mark.integration,
@@ -179,9 +181,12 @@ def prometheus_for(tmp_path: Path) -> Iterator[Callable[[Server], LocalPrometheu
         rules = tmp_path / "kioskfleet.rules.yml"
         rules.write_text(shortened_rules(project_rules_file().read_text(), SHORTENED))
         target = server.base_url.removeprefix("http://")
+        token_file = tmp_path / "prometheus.token"  # /metrics needs a viewer token
+        write_secret_file(token_file, token(server, Role.VIEWER, name="prometheus"))
         prom = LocalPrometheus(
             tmp_path / "prometheus",
             [target],
+            token_file=token_file,
             rule_files=[rules],
             scrape_interval="1s",
             evaluation_interval="1s",
@@ -295,15 +300,24 @@ def test_shortened_rules_change_only_the_named_for_durations() -> None:
 def test_generated_config_passes_promtool_and_points_every_job_at_loopback(
     tmp_path: Path,
 ) -> None:
+    token_file = tmp_path / "viewer.token"
+    token_file.write_text("kf_example\n")
     config = local_config(
         ["127.0.0.1:8080"],
         self_target="127.0.0.1:9999",
         rule_files=[project_rules_file()],
         scrape_interval="1s",
         evaluation_interval="1s",
+        token_file=token_file,
     )
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["kioskfleet"]["static_configs"] == [{"targets": ["127.0.0.1:8080"]}]
+    assert jobs["kioskfleet"]["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": str(token_file.resolve()),
+    }
+    tokenless = local_config(["127.0.0.1:8080"], self_target="x:1", rule_files=[])
+    assert "authorization" not in tokenless["scrape_configs"][0]  # not the base's relative path
     assert jobs["prometheus"]["static_configs"] == [{"targets": ["127.0.0.1:9999"]}]
     assert "alerting" not in config  # no Alertmanager runs here: nothing is sent
     assert config["rule_files"] == [str(project_rules_file())]

@@ -26,7 +26,15 @@ import httpx
 import pytest
 
 from kioskfleet.local_broker import LocalBroker
-from tests.integration.conftest import RawTerminal, TerminalFactory, periph, unique, wait_until
+from tests.integration.conftest import (
+    RawTerminal,
+    TerminalFactory,
+    admin_token_in,
+    bearer,
+    periph,
+    unique,
+    wait_until,
+)
 
 TERMINALS = 4
 MESSAGES_PER_TERMINAL = 60  # every 5th an event, the rest reports
@@ -42,6 +50,7 @@ def _free_port() -> int:
 class ServerProcess:
     def __init__(self, broker: LocalBroker, tmp_path: Path, database_url: str) -> None:
         self.port = _free_port()
+        self.token = admin_token_in(database_url)
         self.env = {
             **os.environ,
             "KIOSKFLEET_DATABASE_URL": database_url,
@@ -85,7 +94,8 @@ class ServerProcess:
         return code
 
     def get(self, path: str, **params: Any) -> Any:
-        return httpx.get(self.base + path, params=params, timeout=5).json()
+        headers = bearer(self.token)
+        return httpx.get(self.base + path, params=params, headers=headers, timeout=5).json()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -71,7 +71,8 @@ INGEST_METRIC_NAMES: Final = frozenset(
         *HISTOGRAM_METRIC_NAMES,
     }
 )
-CONTRACT_METRIC_NAMES: Final = FLEET_METRIC_NAMES | INGEST_METRIC_NAMES
+ACCESS_METRIC_NAMES: Final = frozenset({"kioskfleet_audit_write_failures_total"})
+CONTRACT_METRIC_NAMES: Final = FLEET_METRIC_NAMES | INGEST_METRIC_NAMES | ACCESS_METRIC_NAMES
 # Series Prometheus itself creates: they are never on /metrics.
 PROMETHEUS_METRIC_NAMES: Final = frozenset(
     {"up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS"}

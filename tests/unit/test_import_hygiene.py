@@ -144,6 +144,8 @@ PURE_CORES = {
     "server.fleet_views": _SERVER_ADAPTERS,
     "server.health": _SERVER_ADAPTERS,
     "server.fleet_collector": _SERVER_ADAPTERS,
+    "server.access": _SERVER_ADAPTERS,
+    "server.audit": _SERVER_ADAPTERS,
 }
 
 
