@@ -54,6 +54,7 @@ from server.records import EventRecord
 from server.scheduler import OfflineSweep, Retention, RetentionPruner, build_scheduler
 from server.storage import Storage
 from server.tokens import Tokens
+from server.update_wiring import UpdateService, build_updates
 from server.write_behind import WriteBehind
 
 __all__ = ["Server", "mqtt_options", "mqtt_source", "run_server", "storage_for", "upgrade_database"]
@@ -222,6 +223,8 @@ class Server:
                 history_limit_max=settings.history_limit_max,
             )
         )
+        # Signed releases (docs/updates.md): off unless updates_dir is set.
+        self.updates: UpdateService | None = build_updates(settings, registry, self.app)
         self._scheduler: BackgroundScheduler | None = None
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
@@ -300,6 +303,8 @@ class Server:
         terminals = self.storage.load_fleet()
         self.fleet.load(terminals)
         log.info("loaded %d terminals from the database", len(terminals))
+        if self.updates is not None:
+            self.updates.repository.load()
         self.writer.start()
         self._start_http()
         self.mqtt.start()
@@ -309,6 +314,8 @@ class Server:
             pruner=self.pruner,
             prune_interval_s=self.settings.event_prune_interval_s,
         )
+        if self.updates is not None:
+            self.updates.schedule(self._scheduler)
         self._scheduler.start()
 
     def stop(self) -> None:

@@ -1,0 +1,512 @@
+"""Signed releases end to end: operator and vendor tools, the server over real HTTP, and
+python-tuf's own ``tuf.ngclient.Updater`` as the terminal.
+
+Every refusal is one test case naming its error code, with nothing stored; the
+compromised-server cases write to the repository directly with the online keys, as an
+attacker on the server could.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tuf.api.exceptions import LengthOrHashMismatchError, UnsignedMetadataError
+from tuf.api.metadata import Metadata, Snapshot, TargetFile, Targets, Timestamp
+from tuf.api.serialization.json import JSONSerializer
+from tuf.ngclient import Updater
+
+from firmware_manifests.keys import generate_key, write_atomically
+from kioskfleet.update_client import UpdateClient, UpdateClientError
+from server.access import Role
+from server.main import Server
+from server.tuf_online import next_snapshot, next_timestamp
+from tests.integration.conftest import ServerFactory, admin_token, api, metric, token
+from tests.support.tuf_world import TufWorld, release_manifest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> TufWorld:
+    return TufWorld.create(tmp_path / "world", vendors={"acme": 1, "duo": 2})
+
+
+@pytest.fixture
+def server(start_server: ServerFactory, world: TufWorld, tmp_path: Path) -> Server:
+    server = start_server(
+        updates_dir=tmp_path / "repository",
+        updates_snapshot_key_file=world.operator.online_dir / "snapshot.key",
+        updates_timestamp_key_file=world.operator.online_dir / "timestamp.key",
+        updates_max_artifact_bytes=1 << 20,
+    )
+    with UpdateClient(server.base_url, admin_token(server)) as admin:
+        for root in world.roots():
+            admin.upload_metadata("root", root)
+        admin.upload_metadata("targets", world.targets_bytes())
+    return server
+
+
+@pytest.fixture
+def acme(server: Server) -> Iterator[UpdateClient]:
+    with UpdateClient(server.base_url, token(server, Role.VENDOR, vendor="acme")) as client:
+        yield client
+
+
+def _updater(server: Server, tmp_path: Path, root: bytes) -> Updater:
+    where = tmp_path / f"terminal-{secrets.token_hex(3)}"
+    (where / "metadata").mkdir(parents=True)
+    (where / "targets").mkdir()
+    return Updater(
+        metadata_dir=str(where / "metadata"),
+        metadata_base_url=f"{server.base_url}/tuf/metadata/",
+        target_dir=str(where / "targets"),
+        target_base_url=f"{server.base_url}/tuf/targets/",
+        bootstrap=root,
+    )
+
+
+def _publish(client: UpdateClient, world: TufWorld, vendor: str, artifact: Path) -> dict[str, Any]:
+    client.upload_artifact(vendor, artifact.name, artifact)
+    return client.publish_role(vendor, world.role_file(vendor).read_bytes())
+
+
+def _stored(server: Server) -> tuple[list[str], list[str], str]:
+    repo = server.updates
+    assert repo is not None
+    meta = sorted(p.name for p in repo.repository.metadata_dir.iterdir())
+    blobs = sorted(repo.repository.store.blobs())
+    return meta, blobs, (repo.repository.metadata_dir / "timestamp.json").read_text()
+
+
+# --- happy path -----------------------------------------------------------------------------
+
+
+def test_a_published_release_reaches_a_tuf_client_with_its_manifest_unchanged(
+    server: Server, world: TufWorld, acme: UpdateClient, tmp_path: Path
+) -> None:
+    artifact = world.artifact("kiosk-app-1.bin")
+    manifest = release_manifest(1)
+    world.sign("acme", artifact, manifest)
+    assert _publish(acme, world, "acme", artifact)["new_targets"] == ["acme/kiosk-app-1.bin"]
+
+    updater = _updater(server, tmp_path, world.roots()[0])
+    updater.refresh()
+    info = updater.get_targetinfo("acme/kiosk-app-1.bin")
+    assert info is not None
+    assert info.custom == manifest.to_custom()
+    downloaded = updater.download_target(info)
+    assert Path(downloaded).read_bytes() == artifact.read_bytes()
+
+    [release] = api(server, "/api/v1/updates/releases").json()["items"]
+    assert release["status"] == "verified"
+    assert release["signed_by"] == [world.vendor_keys["acme"][0].public_key.keyid]
+    assert release["manifest"]["release_counter"] == 1
+    vendors = {v["vendor"]: v for v in api(server, "/api/v1/updates/vendors").json()["items"]}
+    assert vendors["duo"]["threshold"] == 2
+    assert vendors["acme"]["role_version"] == 1
+    [package] = api(server, "/api/v1/updates/packages").json()["items"]
+    assert package == {"vendor": "acme", "package": "kiosk-app", "releases": 1, "latest_counter": 1}
+    [publication] = api(server, "/api/v1/updates/publications").json()["items"]
+    assert publication["targets"] == ["acme/kiosk-app-1.bin"]
+    audit = api(server, "/api/v1/audit", action="release.publish").json()["items"]
+    assert [(a["result"], a["target"], a["role"]) for a in audit] == [("ok", "acme", "vendor")]
+
+
+def test_a_threshold_of_several_vendor_keys_publishes(
+    server: Server, world: TufWorld, tmp_path: Path
+) -> None:
+    artifact = world.artifact("duo-1.bin")
+    world.sign("duo", artifact, release_manifest(1, package="duo-fw"))
+    with UpdateClient(server.base_url, token(server, Role.VENDOR, vendor="duo")) as duo:
+        _publish(duo, world, "duo", artifact)
+    updater = _updater(server, tmp_path, world.roots()[0])
+    updater.refresh()
+    assert updater.get_targetinfo("duo/duo-1.bin") is not None
+
+
+def test_metadata_is_served_with_caching_per_kind_and_the_next_root_is_404(
+    server: Server, world: TufWorld
+) -> None:
+    base = f"{server.base_url}/tuf/metadata/"
+    root = httpx.get(base + "1.root.json", timeout=5)
+    assert root.status_code == 200
+    assert root.content == world.roots()[0]
+    assert "immutable" in root.headers["cache-control"]
+    assert httpx.get(base + "2.root.json", timeout=5).status_code == 404
+    timestamp = httpx.get(base + "timestamp.json", timeout=5)
+    assert timestamp.status_code == 200
+    assert timestamp.headers["cache-control"] == "no-cache"
+    assert (
+        httpx.get(base + "1.snapshot.json", timeout=5)
+        .headers["cache-control"]
+        .endswith("immutable")
+    )
+    assert httpx.get(base + "..%2Fledger.json", timeout=5).status_code == 404
+
+
+# --- refusals ------------------------------------------------------------------------------
+
+
+def _resign(world: TufWorld, vendor: str, change: Any, signers: Any = None) -> None:
+    """Load the vendor's role file, apply ``change(md)``, re-sign, write it back."""
+    path = world.role_file(vendor)
+    md: Metadata[Targets] = Metadata.from_file(str(path))
+    change(md)
+    md.signatures.clear()
+    for signer in world.vendor_keys[vendor] if signers is None else signers:
+        md.sign(signer, append=True)
+    write_atomically(path, md.to_bytes(JSONSerializer()))
+
+
+def _case_unsigned(world: TufWorld, artifact: Path) -> None:
+    world.sign("acme", artifact, release_manifest(1))
+    _resign(world, "acme", lambda _md: None, signers=[])
+
+
+def _case_foreign_key(world: TufWorld, artifact: Path) -> None:
+    world.sign("acme", artifact, release_manifest(1), signers=[generate_key()])
+
+
+def _case_below_threshold(world: TufWorld, artifact: Path) -> None:
+    world.sign("duo", artifact, release_manifest(1), signers=world.vendor_keys["duo"][:1])
+
+
+def _case_expired(world: TufWorld, artifact: Path) -> None:
+    world.sign(
+        "acme",
+        artifact,
+        release_manifest(1),
+        now=datetime.now(UTC) - timedelta(days=2),
+        expiry=timedelta(days=1),
+    )
+
+
+def _case_path_outside(world: TufWorld, artifact: Path) -> None:
+    world.sign("acme", artifact, release_manifest(1))
+
+    def nest(md: Metadata[Targets]) -> None:
+        target = md.signed.targets.pop(f"acme/{artifact.name}")
+        target.path = f"acme/sub/{artifact.name}"
+        md.signed.targets[target.path] = target
+
+    _resign(world, "acme", nest)
+
+
+def _case_manifest_invalid(world: TufWorld, artifact: Path) -> None:
+    world.sign("acme", artifact, release_manifest(1))
+
+    def spoil(md: Metadata[Targets]) -> None:
+        md.signed.targets[f"acme/{artifact.name}"].unrecognized_fields["custom"] = {
+            "kioskfleet": {"package": "kiosk-app", "release_counter": 0}
+        }
+
+    _resign(world, "acme", spoil)
+
+
+@pytest.mark.parametrize(
+    ("case", "vendor", "code"),
+    [
+        (_case_unsigned, "acme", "unsigned"),
+        (_case_foreign_key, "acme", "foreign_key"),
+        (_case_below_threshold, "duo", "below_threshold"),
+        (_case_expired, "acme", "expired"),
+        (_case_path_outside, "acme", "path_outside_pattern"),
+        (_case_manifest_invalid, "acme", "manifest_invalid"),
+    ],
+    ids=lambda v: v.__name__.removeprefix("_case_") if callable(v) else str(v),
+)
+def test_a_refused_vendor_role_is_named_and_stores_nothing(
+    server: Server, world: TufWorld, case: Any, vendor: str, code: str
+) -> None:
+    artifact = world.artifact(f"{vendor}-1.bin")
+    case(world, artifact)
+    before = _stored(server)
+    with UpdateClient(server.base_url, token(server, Role.VENDOR, vendor=vendor)) as client:
+        client.upload_artifact(vendor, artifact.name, artifact)
+        with pytest.raises(UpdateClientError) as caught:
+            client.publish_role(vendor, world.role_file(vendor).read_bytes())
+    assert (caught.value.status, caught.value.code) == (422, code)
+    assert _stored(server) == before
+    assert api(server, "/api/v1/updates/releases").json()["items"] == []
+    assert metric(server, "kioskfleet_update_uploads_rejected_total", code=code) == 1
+    [entry] = api(server, "/api/v1/audit", action="release.publish").json()["items"]
+    assert (entry["result"], entry["detail"]["code"]) == ("failed", code)
+
+
+def test_a_version_not_higher_than_the_current_is_refused(
+    server: Server, world: TufWorld, acme: UpdateClient
+) -> None:
+    artifact = world.artifact("kiosk-app-1.bin")
+    world.sign("acme", artifact, release_manifest(1))
+    _publish(acme, world, "acme", artifact)
+    before = _stored(server)
+    with pytest.raises(UpdateClientError) as caught:
+        acme.publish_role("acme", world.role_file("acme").read_bytes())
+    assert caught.value.code == "version_not_higher"
+    assert _stored(server) == before
+
+
+def test_an_artifact_whose_bytes_differ_from_the_signed_hash_is_refused(
+    server: Server, world: TufWorld, acme: UpdateClient, tmp_path: Path
+) -> None:
+    artifact = world.artifact("kiosk-app-1.bin")
+    world.sign("acme", artifact, release_manifest(1))
+    other = tmp_path / "other.bin"
+    other.write_bytes(artifact.read_bytes()[:-1] + b"X")
+    acme.upload_artifact("acme", artifact.name, other)
+    before = _stored(server)
+    with pytest.raises(UpdateClientError) as caught:
+        acme.publish_role("acme", world.role_file("acme").read_bytes())
+    assert caught.value.code == "artifact_mismatch"
+    assert _stored(server) == before
+
+
+def test_a_role_whose_artifact_was_never_uploaded_is_refused(
+    server: Server, world: TufWorld, acme: UpdateClient
+) -> None:
+    world.sign("acme", world.artifact("kiosk-app-1.bin"), release_manifest(1))
+    with pytest.raises(UpdateClientError) as caught:
+        acme.publish_role("acme", world.role_file("acme").read_bytes())
+    assert caught.value.code == "artifact_missing"
+
+
+def test_a_release_counter_not_above_the_packages_last_is_refused(
+    server: Server, world: TufWorld, acme: UpdateClient
+) -> None:
+    first = world.artifact("kiosk-app-2.bin")
+    world.sign("acme", first, release_manifest(2))
+    _publish(acme, world, "acme", first)
+    again = world.artifact("kiosk-app-2b.bin")
+    world.sign("acme", again, release_manifest(2))
+    before = _stored(server)
+    acme.upload_artifact("acme", again.name, again)
+    with pytest.raises(UpdateClientError) as caught:
+        acme.publish_role("acme", world.role_file("acme").read_bytes())
+    assert caught.value.code == "release_counter_not_greater"
+    assert _stored(server) == before
+
+
+def test_a_vendor_token_cannot_publish_another_vendors_role(
+    server: Server, world: TufWorld
+) -> None:
+    artifact = world.artifact("kiosk-app-1.bin")
+    world.sign("acme", artifact, release_manifest(1))
+    before = _stored(server)
+    with UpdateClient(server.base_url, token(server, Role.VENDOR, vendor="duo")) as duo:
+        with pytest.raises(UpdateClientError) as upload:
+            duo.upload_artifact("acme", artifact.name, artifact)
+        with pytest.raises(UpdateClientError) as publish:
+            duo.publish_role("acme", world.role_file("acme").read_bytes())
+    assert upload.value.code == publish.value.code == "vendor_mismatch"
+    assert _stored(server) == before
+
+
+def test_operator_metadata_needs_an_admin_token_and_the_current_roots_signatures(
+    server: Server, world: TufWorld, acme: UpdateClient
+) -> None:
+    with pytest.raises(UpdateClientError) as as_vendor:
+        acme.upload_metadata("targets", world.targets_bytes())
+    assert as_vendor.value.status == 403
+    with UpdateClient(server.base_url, admin_token(server)) as admin:
+        with pytest.raises(UpdateClientError) as stale:
+            admin.upload_metadata("targets", world.targets_bytes())
+        assert stale.value.code == "version_not_higher"
+        rogue = TufWorld.create(world.path.parent / "rogue")  # another operator's keys
+        rogue.operator.rotate_key("root")
+        with pytest.raises(UpdateClientError) as foreign:
+            admin.upload_metadata("root", rogue.roots()[1])
+        assert foreign.value.code in ("foreign_key", "below_threshold")
+
+
+# --- rotation, revocation, compromise ------------------------------------------------------
+
+
+def test_after_root_rotation_and_vendor_key_revocation_an_old_client_follows_and_refuses_the_revoked_key(
+    server: Server, world: TufWorld, acme: UpdateClient, tmp_path: Path
+) -> None:
+    artifact = world.artifact("kiosk-app-1.bin")
+    world.sign("acme", artifact, release_manifest(1))
+    _publish(acme, world, "acme", artifact)
+    old_root = world.roots()[0]
+
+    world.operator.rotate_key("root")
+    revoked = world.vendor_keys["acme"]
+    world.add_vendor("acme")  # new acme key; the old one is no longer delegated
+    with UpdateClient(server.base_url, admin_token(server)) as admin:
+        admin.upload_metadata("root", world.roots()[1])
+        admin.upload_metadata("targets", world.targets_bytes())
+
+    updater = _updater(server, tmp_path, old_root)
+    updater.refresh()  # walks 1.root -> 2.root
+    trusted = Metadata.from_file(str(Path(updater._dir) / "root.json"))
+    assert trusted.signed.version == 2
+    # the stored acme role is signed by the revoked key: the client refuses it
+    with pytest.raises(UnsignedMetadataError):
+        updater.get_targetinfo("acme/kiosk-app-1.bin")
+    # and the server refuses new metadata signed by it
+    second = world.artifact("kiosk-app-2.bin")
+    world.sign("acme", second, release_manifest(2), signers=revoked)
+    acme.upload_artifact("acme", second.name, second)
+    with pytest.raises(UpdateClientError) as caught:
+        acme.publish_role("acme", world.role_file("acme").read_bytes())
+    assert caught.value.code == "foreign_key"
+    # the new key publishes, and a fresh client finds it
+    world.sign("acme", second, release_manifest(2))
+    acme.publish_role("acme", world.role_file("acme").read_bytes())
+    fresh = _updater(server, tmp_path, old_root)
+    fresh.refresh()
+    assert fresh.get_targetinfo("acme/kiosk-app-2.bin") is not None
+    statuses = {
+        r["path"]: r["status"] for r in api(server, "/api/v1/updates/releases").json()["items"]
+    }
+    assert statuses == {"acme/kiosk-app-1.bin": "verified", "acme/kiosk-app-2.bin": "verified"}
+
+
+def _attacker_publishes(server: Server, world: TufWorld, role: Metadata[Targets]) -> None:
+    """What a compromised server can do: write any role and blob, and sign snapshot and
+    timestamp with the online keys it holds."""
+    updates = server.updates
+    assert updates is not None
+    repo = updates.repository
+    data = role.to_bytes(JSONSerializer())
+    (repo.metadata_dir / f"{role.signed.version}.acme.json").write_bytes(data)
+    snapshot_md: Metadata[Snapshot] = Metadata.from_file(
+        str(repo.metadata_dir / f"{_current_snapshot_version(repo.metadata_dir)}.snapshot.json")
+    )
+    now = datetime.now(UTC)
+    snapshot = next_snapshot(
+        snapshot_md.signed, {"acme": data}, world.online_snapshot, now=now, expiry=timedelta(days=1)
+    )
+    snapshot_bytes = snapshot.to_bytes(JSONSerializer())
+    (repo.metadata_dir / f"{snapshot.signed.version}.snapshot.json").write_bytes(snapshot_bytes)
+    timestamp_md: Metadata[Timestamp] = Metadata.from_file(
+        str(repo.metadata_dir / "timestamp.json")
+    )
+    timestamp = next_timestamp(
+        timestamp_md.signed,
+        snapshot_bytes,
+        snapshot.signed.version,
+        world.online_timestamp,
+        now=now,
+        expiry=timedelta(days=1),
+    )
+    (repo.metadata_dir / "timestamp.json").write_bytes(timestamp.to_bytes(JSONSerializer()))
+
+
+def _current_snapshot_version(metadata_dir: Path) -> int:
+    timestamp: Metadata[Timestamp] = Metadata.from_file(str(metadata_dir / "timestamp.json"))
+    return int(timestamp.signed.snapshot_meta.version)
+
+
+def test_a_compromised_server_with_the_online_keys_cannot_make_a_client_accept_unsigned_bytes(
+    server: Server, world: TufWorld, acme: UpdateClient, tmp_path: Path
+) -> None:
+    artifact = world.artifact("kiosk-app-1.bin")
+    world.sign("acme", artifact, release_manifest(1))
+    _publish(acme, world, "acme", artifact)
+    updates = server.updates
+    assert updates is not None
+
+    # 1. a role of its own making, pointing at malware, signed by a key of its own
+    malware = b"malware" * 100
+    sha = hashlib.sha256(malware).hexdigest()
+    (updates.repository.store.root / "blobs" / sha).write_bytes(malware)
+    role: Metadata[Targets] = Metadata.from_bytes(world.role_file("acme").read_bytes())
+    evil = TargetFile.from_data("acme/kiosk-app-9.bin", malware, ["sha256"])
+    evil.unrecognized_fields["custom"] = release_manifest(9).to_custom()
+    role.signed.targets[evil.path] = evil
+    role.signed.version += 1
+    role.signatures.clear()
+    role.sign(generate_key())
+    _attacker_publishes(server, world, role)
+    updater = _updater(server, tmp_path, world.roots()[0])
+    updater.refresh()
+    with pytest.raises(UnsignedMetadataError):
+        updater.get_targetinfo("acme/kiosk-app-9.bin")
+
+
+def test_a_compromised_server_swapping_an_artifacts_bytes_is_caught_by_the_clients_hash_check(
+    server: Server, world: TufWorld, acme: UpdateClient, tmp_path: Path
+) -> None:
+    artifact = world.artifact("kiosk-app-1.bin")
+    md = world.sign("acme", artifact, release_manifest(1))
+    _publish(acme, world, "acme", artifact)
+    updates = server.updates
+    assert updates is not None
+    sha = md.signed.targets["acme/kiosk-app-1.bin"].hashes["sha256"]
+    blob = updates.repository.store.root / "blobs" / sha
+    blob.write_bytes(b"X" * blob.stat().st_size)
+    updater = _updater(server, tmp_path, world.roots()[0])
+    updater.refresh()
+    info = updater.get_targetinfo("acme/kiosk-app-1.bin")
+    assert info is not None
+    with pytest.raises(LengthOrHashMismatchError):
+        updater.download_target(info)
+
+
+# --- resumable transfers ------------------------------------------------------------------
+
+
+def test_an_interrupted_upload_resumes_where_it_stopped(
+    server: Server, world: TufWorld, acme: UpdateClient, tmp_path: Path
+) -> None:
+    artifact = world.artifact("kiosk-app-1.bin", size=300_000)
+    data = artifact.read_bytes()
+    world.sign("acme", artifact, release_manifest(1))
+    half = tmp_path / "half.bin"
+    half.write_bytes(data[:120_000])
+    acme.upload_artifact("acme", artifact.name, half, resume=False)  # the connection broke here
+    gap = httpx.put(
+        f"{server.base_url}/api/v1/updates/vendors/acme/uploads/{artifact.name}",
+        params={"offset": 200_000},
+        content=b"x",
+        headers={"Authorization": acme._http.headers["Authorization"]},
+        timeout=5,
+    )
+    assert (gap.status_code, gap.json()["error"]) == (409, "upload_offset")
+    offsets: list[int] = []
+    acme.upload_artifact(
+        "acme", artifact.name, artifact, chunk_size=50_000, progress=lambda n, _t: offsets.append(n)
+    )
+    assert offsets[0] == 170_000  # continued from 120 000, not from 0
+    assert offsets[-1] == len(data)
+    acme.publish_role("acme", world.role_file("acme").read_bytes())
+    assert api(server, "/api/v1/updates/releases").json()["items"][0]["status"] == "verified"
+
+
+def test_an_upload_past_the_size_cap_is_refused(
+    server: Server, world: TufWorld, acme: UpdateClient
+) -> None:
+    big = world.artifact("big.bin", size=(1 << 20) + 1)
+    with pytest.raises(UpdateClientError) as caught:
+        acme.upload_artifact("acme", big.name, big, chunk_size=1 << 21)
+    assert (caught.value.status, caught.value.code) == (413, "artifact_too_large")
+    assert acme.received("acme", big.name) == 0
+
+
+def test_an_interrupted_download_resumes_with_a_range_request_and_verifies(
+    server: Server, world: TufWorld, acme: UpdateClient, tmp_path: Path
+) -> None:
+    artifact = world.artifact("kiosk-app-1.bin", size=200_000)
+    world.sign("acme", artifact, release_manifest(1))
+    _publish(acme, world, "acme", artifact)
+    updater = _updater(server, tmp_path, world.roots()[0])
+    updater.refresh()
+    info = updater.get_targetinfo("acme/kiosk-app-1.bin")
+    assert info is not None
+    url = f"{server.base_url}/tuf/targets/acme/{info.hashes['sha256']}.kiosk-app-1.bin"
+    with httpx.stream("GET", url, timeout=5) as response:  # the first attempt breaks off
+        first = next(response.iter_bytes(65_536))
+    rest = httpx.get(url, headers={"Range": f"bytes={len(first)}-"}, timeout=5)
+    assert rest.status_code == 206
+    assert "immutable" in rest.headers["cache-control"]
+    whole = first + rest.content
+    info.verify_length_and_hashes(whole)  # raises LengthOrHashMismatchError otherwise
+    assert whole == artifact.read_bytes()
