@@ -1,5 +1,5 @@
-"""The ``kioskfleet`` command: ``agent``, ``server``, ``db upgrade``, ``token``, ``simulate``
-and ``broker-config``.
+"""The ``kioskfleet`` command: ``agent``, ``server``, ``db upgrade``, ``token``, ``simulate``,
+``broker-config``, and ``repo``/``vendor`` (signed releases, Typer: kioskfleet/cli_updates.py).
 
 Only argument parsing lives here; each subcommand hands over to its package
 (imported lazily so that ``kioskfleet agent`` on a terminal never imports the
@@ -128,6 +128,11 @@ def _broker_config(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0] in ("repo", "vendor"):  # signed releases: Typer (cli_updates.py)
+        from kioskfleet.cli_updates import run
+
+        return run(words)
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),

@@ -15,7 +15,8 @@ The checks, in order (the first failing one is reported):
 - ``foreign_key``       below threshold and signed by a key the delegation does not list
 - ``below_threshold``   fewer valid signatures of delegated keys than the threshold
 - ``expired``           its ``expires`` is not in the future
-- ``version_not_higher``  not above the current version (root: not exactly current + 1)
+- ``version_not_higher``  not above the current version (root: checked first, and a
+                        root must be exactly current + 1)
 - ``path_outside_pattern``  a target outside the vendor's patterns (python-tuf's
                         client ignores those silently; the server refuses them)
 - ``manifest_invalid``  a target whose ``custom`` is no valid release manifest
@@ -145,6 +146,11 @@ def verify_root(
     md = _parse(data, Root)
     new = md.signed
     what = f"root v{new.version}"
+    if current is not None and new.version <= current.signed.version:
+        raise _reject(
+            RejectCode.VERSION_NOT_HIGHER,
+            f"{what} is not above the current v{current.signed.version}",
+        )
     if current is not None:
         _check_signatures(current.signed, Root.type, md, what + " (by the current root)")
     _check_signatures(new, Root.type, md, what)
