@@ -48,7 +48,7 @@ class ArtifactStore(Protocol):
 
     def measure(self, vendor: str, name: str) -> ArtifactFacts | None: ...
 
-    def commit(self, vendor: str, name: str) -> str: ...
+    def commit(self, vendor: str, name: str, sha256: str) -> None: ...
 
     def discard(self, vendor: str, name: str) -> None: ...
 
@@ -119,16 +119,18 @@ class FilesystemArtifactStore:
                 digest.update(block)
         return ArtifactFacts(part.stat().st_size, digest.hexdigest())
 
-    def commit(self, vendor: str, name: str) -> str:
-        """Move the upload into the blobs under its sha256 (os.replace); returns the hash."""
+    def commit(self, vendor: str, name: str, sha256: str) -> None:
+        """Move the upload into the blobs as ``sha256`` (os.replace), after measuring it
+        again: bytes appended since the verification are refused (``artifact_mismatch``)."""
         facts = self.measure(vendor, name)
-        if facts is None:
-            raise UpdatesError(f"no upload {vendor}/{name} to commit")
+        if facts is None or facts.sha256 != sha256:
+            raise ReleaseRejectedError(
+                "artifact_mismatch", f"{vendor}/{name} changed while it was being published"
+            )
         try:
-            os.replace(self._part(vendor, name), self.root / "blobs" / facts.sha256)
+            os.replace(self._part(vendor, name), self.root / "blobs" / sha256)
         except OSError as exc:
             raise UpdatesError(f"cannot store {vendor}/{name}: {exc}") from exc
-        return facts.sha256
 
     def discard(self, vendor: str, name: str) -> None:
         self._part(vendor, name).unlink(missing_ok=True)

@@ -252,9 +252,10 @@ class TufRepository:
                 uploaded=uploaded,
             )
             md = verified.metadata
+            for path in verified.new_targets:  # blobs first: unreferenced until the timestamp
+                sha256 = md.signed.targets[path].hashes["sha256"]
+                self.store.commit(vendor, path.rsplit("/", 1)[-1], sha256)
             self._write(f"{md.signed.version}.{vendor}.json", data)
-            for path in verified.new_targets:
-                self.store.commit(vendor, path.rsplit("/", 1)[-1])
             state.vendors[vendor] = md
             state.counters.update(verified.counters)
             result = state.targets.signed.get_verification_result(
@@ -371,9 +372,15 @@ class TufRepository:
         return path if path.is_file() else None
 
     def target_blob(self, vendor: str, filename: str) -> Path | None:
-        """The blob for a consistent-snapshot target URL ``<vendor>/<sha256>.<name>``."""
+        """The blob for a consistent-snapshot target URL ``<vendor>/<sha256>.<name>``: only
+        when the vendor's current role lists ``<vendor>/<name>`` with that sha256."""
         sha, _, name = filename.partition(".")
         if not (is_segment(vendor) and is_segment(name)):
+            return None
+        with self._lock:
+            role = self._state.vendors.get(vendor)
+        target = role.signed.targets.get(f"{vendor}/{name}") if role is not None else None
+        if target is None or target.hashes.get("sha256") != sha:
             return None
         return self.store.blob(sha)
 

@@ -491,7 +491,7 @@ def test_an_upload_past_the_size_cap_is_refused(
     assert acme.received("acme", big.name) == 0
 
 
-def test_an_interrupted_download_resumes_with_a_range_request_and_verifies(
+def test_an_interrupted_download_resumes_with_a_range_request_and_verifies_and_only_listed_targets_are_served(
     server: Server, world: TufWorld, acme: UpdateClient, tmp_path: Path
 ) -> None:
     artifact = world.artifact("kiosk-app-1.bin", size=200_000)
@@ -510,3 +510,6 @@ def test_an_interrupted_download_resumes_with_a_range_request_and_verifies(
     whole = first + rest.content
     info.verify_length_and_hashes(whole)  # raises LengthOrHashMismatchError otherwise
     assert whole == artifact.read_bytes()
+    # the same bytes under a path no current role lists are not served
+    for other in (url.replace("/acme/", "/duo/"), url.replace("kiosk-app-1", "kiosk-app-9")):
+        assert httpx.get(other, timeout=5).status_code == 404
