@@ -8,6 +8,9 @@ only by ``commit`` (an ``os.replace`` of a verified upload) after the repository
 accepted metadata naming those bytes. A rejected upload therefore never reaches
 the blobs, and nothing serves the upload area.
 
+``MemoryArtifactStore`` is the fake for unit tests (``blob`` then answers None: nothing
+to serve from memory; ``blob_bytes`` reads what was committed).
+
 Errors: ``ReleaseRejectedError`` (``upload_offset`` 409, ``artifact_too_large``
 413, ``invalid_name`` 422) for what the client must change; ``UpdatesError`` for
 the disk.
@@ -25,7 +28,7 @@ from typing import Final, Protocol
 from server.errors import ReleaseRejectedError, UpdatesError
 from server.tuf_verify import ArtifactFacts
 
-__all__ = ["ArtifactStore", "FilesystemArtifactStore", "is_segment"]
+__all__ = ["ArtifactStore", "FilesystemArtifactStore", "MemoryArtifactStore", "is_segment"]
 
 _SEGMENT: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _SHA256: Final = re.compile(r"^[0-9a-f]{64}$")
@@ -53,6 +56,8 @@ class ArtifactStore(Protocol):
     def discard(self, vendor: str, name: str) -> None: ...
 
     def blob(self, sha256: str) -> Path | None: ...
+
+    def blobs(self) -> Iterator[str]: ...
 
 
 class FilesystemArtifactStore:
@@ -145,3 +150,67 @@ class FilesystemArtifactStore:
     def blobs(self) -> Iterator[str]:
         """Every stored blob's hash."""
         return (p.name for p in (self.root / "blobs").iterdir() if _SHA256.match(p.name))
+
+
+class MemoryArtifactStore:
+    """``ArtifactStore`` in memory, for tests; the same rules as the filesystem adapter."""
+
+    def __init__(self, *, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._parts: dict[tuple[str, str], bytearray] = {}
+        self._blobs: dict[str, bytes] = {}
+
+    def _key(self, vendor: str, name: str) -> tuple[str, str]:
+        if not (is_segment(vendor) and is_segment(name)):
+            raise ReleaseRejectedError("invalid_name", f"not a vendor/name: {vendor}/{name}")
+        return vendor, name
+
+    def received(self, vendor: str, name: str) -> int:
+        return len(self._parts.get(self._key(vendor, name), b""))
+
+    async def append(
+        self, vendor: str, name: str, offset: int, chunks: AsyncIterator[bytes]
+    ) -> int:
+        key = self._key(vendor, name)
+        have = len(self._parts.get(key, b""))
+        if offset not in (0, have):
+            raise ReleaseRejectedError(
+                "upload_offset", f"{vendor}/{name}: resume at {have}, not {offset}", status=409
+            )
+        part = bytearray(self._parts.get(key, b"")[:offset])
+        async for chunk in chunks:
+            part += chunk
+            if len(part) > self.max_bytes:
+                raise ReleaseRejectedError(
+                    "artifact_too_large",
+                    f"{vendor}/{name}: more than {self.max_bytes} bytes",
+                    status=413,
+                )
+        self._parts[key] = part
+        return len(part)
+
+    def measure(self, vendor: str, name: str) -> ArtifactFacts | None:
+        part = self._parts.get(self._key(vendor, name))
+        if part is None:
+            return None
+        return ArtifactFacts(len(part), hashlib.sha256(part).hexdigest())
+
+    def commit(self, vendor: str, name: str, sha256: str) -> None:
+        facts = self.measure(vendor, name)
+        if facts is None or facts.sha256 != sha256:
+            raise ReleaseRejectedError(
+                "artifact_mismatch", f"{vendor}/{name} changed while it was being published"
+            )
+        self._blobs[sha256] = bytes(self._parts.pop(self._key(vendor, name)))
+
+    def discard(self, vendor: str, name: str) -> None:
+        self._parts.pop(self._key(vendor, name), None)
+
+    def blob(self, sha256: str) -> Path | None:
+        return None
+
+    def blob_bytes(self, sha256: str) -> bytes | None:
+        return self._blobs.get(sha256)
+
+    def blobs(self) -> Iterator[str]:
+        return iter(sorted(self._blobs))

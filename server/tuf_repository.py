@@ -37,7 +37,7 @@ from tuf.api.serialization.json import JSONSerializer
 
 from firmware_manifests.keys import write_atomically
 from firmware_manifests.release_manifest import ManifestError, manifest_from_custom
-from server.artifact_store import FilesystemArtifactStore, is_segment
+from server.artifact_store import ArtifactStore, is_segment
 from server.errors import ReleaseRejectedError, UpdatesError
 from server.tuf_online import next_snapshot, next_timestamp
 from server.tuf_verify import (
@@ -129,7 +129,7 @@ class TufRepository:
     def __init__(
         self,
         directory: Path,
-        store: FilesystemArtifactStore,
+        store: ArtifactStore,
         *,
         snapshot_signer: Signer,
         timestamp_signer: Signer,

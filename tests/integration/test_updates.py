@@ -77,6 +77,12 @@ def _publish(client: UpdateClient, world: TufWorld, vendor: str, artifact: Path)
     return client.publish_role(vendor, world.role_file(vendor).read_bytes())
 
 
+def _blobs_dir(server: Server) -> Path:
+    """Where the filesystem artifact store keeps the blobs (what an attacker could write)."""
+    assert server.settings.updates_dir is not None
+    return server.settings.updates_dir / "artifacts" / "blobs"
+
+
 def _stored(server: Server) -> tuple[list[str], list[str], str]:
     repo = server.updates
     assert repo is not None
@@ -417,7 +423,7 @@ def test_a_compromised_server_with_the_online_keys_cannot_make_a_client_accept_u
     # 1. a role of its own making, pointing at malware, signed by a key of its own
     malware = b"malware" * 100
     sha = hashlib.sha256(malware).hexdigest()
-    (updates.repository.store.root / "blobs" / sha).write_bytes(malware)
+    (_blobs_dir(server) / sha).write_bytes(malware)
     role: Metadata[Targets] = Metadata.from_bytes(world.role_file("acme").read_bytes())
     evil = TargetFile.from_data("acme/kiosk-app-9.bin", malware, ["sha256"])
     evil.unrecognized_fields["custom"] = release_manifest(9).to_custom()
@@ -441,7 +447,7 @@ def test_a_compromised_server_swapping_an_artifacts_bytes_is_caught_by_the_clien
     updates = server.updates
     assert updates is not None
     sha = md.signed.targets["acme/kiosk-app-1.bin"].hashes["sha256"]
-    blob = updates.repository.store.root / "blobs" / sha
+    blob = _blobs_dir(server) / sha
     blob.write_bytes(b"X" * blob.stat().st_size)
     updater = _updater(server, tmp_path, world.roots()[0])
     updater.refresh()

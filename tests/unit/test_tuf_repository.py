@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server.artifact_store import FilesystemArtifactStore
+from server.artifact_store import MemoryArtifactStore
 from server.errors import ReleaseRejectedError
 from server.tuf_repository import TufRepository
 from tests.support.tuf_world import TufWorld, release_manifest
@@ -20,7 +20,7 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
 def _repository(world: TufWorld, tmp_path: Path) -> TufRepository:
     repo = TufRepository(
         tmp_path / "server",
-        FilesystemArtifactStore(tmp_path / "server" / "artifacts", max_bytes=1 << 20),
+        MemoryArtifactStore(max_bytes=1 << 20),
         snapshot_signer=world.online_snapshot,
         timestamp_signer=world.online_timestamp,
     )
@@ -46,7 +46,9 @@ async def test_a_signed_release_is_stored_and_listed(tmp_path: Path) -> None:
     assert release.path == "acme/app-1.bin"
     assert release.manifest is not None
     assert release.manifest["release_counter"] == 1
-    assert repo.store.blob(md.signed.targets["acme/app-1.bin"].hashes["sha256"]) is not None
+    sha = md.signed.targets["acme/app-1.bin"].hashes["sha256"]
+    assert isinstance(repo.store, MemoryArtifactStore)
+    assert repo.store.blob_bytes(sha) == artifact.read_bytes()
     reloaded = TufRepository(
         repo.directory,
         repo.store,
