@@ -27,7 +27,7 @@ from firmware_manifests.keys import (
 from firmware_manifests.release_manifest import ReleaseManifest
 from kioskfleet.update_client import UpdateClient, UpdateClientError
 from kioskfleet.update_repo import OperatorRepo, RepoToolError
-from kioskfleet.vendor_role import VendorToolError, sign_release
+from kioskfleet.vendor_role import VendorToolError, resign_role, sign_release
 
 __all__ = ["app", "run"]
 
@@ -230,20 +230,43 @@ def vendor_sign(
     )
 
 
+@vendor_app.command("resign")
+def vendor_resign(
+    role_file: Annotated[Path, typer.Option(exists=True)],
+    key: Annotated[list[Path], typer.Option("--key", help="a vendor private key (repeat)")],
+    remove: Annotated[list[str] | None, typer.Option(help="a target path to retire")] = None,
+    expires_days: int = 90,
+) -> None:
+    """A new version of the role with a fresh expiry (before it expires), optionally
+    retiring old targets (keeps the role small); publish it like a release."""
+    try:
+        md = resign_role(
+            role_file,
+            [load_signer(p) for p in key],
+            expiry=timedelta(days=expires_days),
+            remove=remove or [],
+        )
+    except (VendorToolError, KeyFileError, OSError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"wrote {role_file}: v{md.signed.version}, {len(md.signed.targets)} targets")
+
+
 @vendor_app.command("publish")
 def vendor_publish(
     vendor: Annotated[str, typer.Option()],
     role_file: Annotated[Path, typer.Option(exists=True)],
-    artifact: Annotated[list[Path], typer.Option("--artifact", help="new artifacts (repeat)")],
     server: ServerUrl,
     token_file: TokenFile,
+    artifact: Annotated[
+        list[Path] | None, typer.Option("--artifact", help="new artifacts (repeat)")
+    ] = None,
     ca_file: CaFile = None,
 ) -> None:
     """Upload the artifacts (resuming what arrived before) and then the signed role."""
     with _client(server, token_file, ca_file) as client:
         try:
             with Progress() as progress:
-                for path in artifact:
+                for path in artifact or []:
                     task = progress.add_task(path.name, total=path.stat().st_size)
 
                     def advance(done: int, _total: int, task: TaskID = task) -> None:

@@ -24,7 +24,7 @@ from tuf.api.serialization.json import JSONSerializer
 from firmware_manifests.keys import write_atomically
 from firmware_manifests.release_manifest import ReleaseManifest
 
-__all__ = ["DEFAULT_ROLE_EXPIRY", "VendorToolError", "sign_release", "target_path"]
+__all__ = ["DEFAULT_ROLE_EXPIRY", "VendorToolError", "resign_role", "sign_release", "target_path"]
 
 DEFAULT_ROLE_EXPIRY: Final = timedelta(days=90)
 

@@ -81,6 +81,17 @@ def test_the_operator_and_vendor_commands_publish_a_release_a_terminal_finds(
     [release] = api(server, "/api/v1/updates/releases").json()["items"]
     assert len(release["signed_by"]) == 2
 
+    # before it expires, the vendor re-signs its role (here retiring the release) and publishes
+    _kf(
+        "vendor", "resign", "--role-file", role, "--remove", "acme/kiosk-app-1.bin",
+        "--key", vendor / "acme-1.key", "--key", vendor / "acme-2.key",
+    )  # fmt: skip
+    _kf(
+        "vendor", "publish", "--vendor", "acme", "--role-file", role, *base,
+        "--token-file", vendor_file,
+    )  # fmt: skip
+    assert api(server, "/api/v1/updates/releases").json()["items"] == []
+
 
 def test_a_failing_command_says_why_and_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
