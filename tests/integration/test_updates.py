@@ -123,6 +123,43 @@ def test_a_published_release_reaches_a_tuf_client_with_its_manifest_unchanged(
     assert publication["targets"] == ["acme/kiosk-app-1.bin"]
     audit = api(server, "/api/v1/audit", action="release.publish").json()["items"]
     assert [(a["result"], a["target"], a["role"]) for a in audit] == [("ok", "acme", "vendor")]
+    operator = api(server, "/api/v1/audit", action="repository.root").json()["items"]
+    assert [(a["result"], a["detail"]["version"]) for a in operator] == [("ok", "1")]
+    expiry = metric(server, "kioskfleet_tuf_metadata_expiry_seconds", role="timestamp")
+    assert 0 < expiry <= 86400
+    assert metric(server, "kioskfleet_tuf_metadata_expiry_seconds", role="vendors") > 86400
+
+
+def test_a_restarted_server_serves_the_same_repository_and_keeps_re_signing(
+    start_server: ServerFactory, server: Server, world: TufWorld, acme: UpdateClient, tmp_path: Path
+) -> None:
+    artifact = world.artifact("kiosk-app-1.bin")
+    world.sign("acme", artifact, release_manifest(1))
+    _publish(acme, world, "acme", artifact)
+    settings = server.settings
+    server.stop()
+    start_server.started.remove(server)
+    again = start_server(
+        database_url=settings.database_url,
+        updates_dir=settings.updates_dir,
+        updates_snapshot_key_file=settings.updates_snapshot_key_file,
+        updates_timestamp_key_file=settings.updates_timestamp_key_file,
+    )
+    assert again._scheduler is not None
+    assert again._scheduler.get_job("tuf-resign") is not None
+    updater = _updater(again, tmp_path, world.roots()[0])
+    updater.refresh()
+    info = updater.get_targetinfo("acme/kiosk-app-1.bin")
+    assert info is not None
+    assert Path(updater.download_target(info)).read_bytes() == artifact.read_bytes()
+    # the ledger survived: the same counter is still refused
+    second = world.artifact("kiosk-app-1b.bin")
+    world.sign("acme", second, release_manifest(1))
+    with UpdateClient(again.base_url, token(again, Role.VENDOR, vendor="acme")) as client:
+        client.upload_artifact("acme", second.name, second)
+        with pytest.raises(UpdateClientError) as caught:
+            client.publish_role("acme", world.role_file("acme").read_bytes())
+    assert caught.value.code == "release_counter_not_greater"
 
 
 def test_a_threshold_of_several_vendor_keys_publishes(
