@@ -6,7 +6,8 @@ the size already received), never held in memory whole, capped at
 ``max_bytes``. Blobs: ``blobs/<sha256>``, content-addressed, immutable, written
 only by ``commit`` (an ``os.replace`` of a verified upload) after the repository
 accepted metadata naming those bytes. A rejected upload therefore never reaches
-the blobs, and nothing serves the upload area.
+the blobs, and nothing serves the upload area. Uploads never published are pruned
+after ``updates_upload_retention_s`` (the re-signing job calls ``prune_uploads``).
 
 ``MemoryArtifactStore`` is the fake for unit tests (``blob`` then answers None: nothing
 to serve from memory; ``blob_bytes`` reads what was committed).
@@ -22,6 +23,7 @@ import hashlib
 import os
 import re
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -54,6 +56,8 @@ class ArtifactStore(Protocol):
     def commit(self, vendor: str, name: str, sha256: str) -> None: ...
 
     def discard(self, vendor: str, name: str) -> None: ...
+
+    def prune_uploads(self, older_than: timedelta, now: datetime) -> int: ...
 
     def blob(self, sha256: str) -> Path | None: ...
 
@@ -140,6 +144,20 @@ class FilesystemArtifactStore:
     def discard(self, vendor: str, name: str) -> None:
         self._part(vendor, name).unlink(missing_ok=True)
 
+    def prune_uploads(self, older_than: timedelta, now: datetime) -> int:
+        """Delete uploads not written to for ``older_than`` (never published); returns how
+        many."""
+        cutoff = (now - older_than).timestamp()
+        pruned = 0
+        for part in (self.root / "uploads").glob("*/*.part"):
+            try:
+                if part.stat().st_mtime < cutoff:
+                    part.unlink()
+                    pruned += 1
+            except OSError as exc:
+                raise UpdatesError(f"cannot prune upload {part}: {exc}") from exc
+        return pruned
+
     def blob(self, sha256: str) -> Path | None:
         """The file of a stored blob, None if there is none."""
         if not _SHA256.match(sha256):
@@ -205,6 +223,14 @@ class MemoryArtifactStore:
 
     def discard(self, vendor: str, name: str) -> None:
         self._parts.pop(self._key(vendor, name), None)
+
+    def prune_uploads(self, older_than: timedelta, now: datetime) -> int:
+        """The fake keeps no times: it prunes every upload when ``older_than`` is zero."""
+        if older_than > timedelta(0):
+            return 0
+        pruned = len(self._parts)
+        self._parts.clear()
+        return pruned
 
     def blob(self, sha256: str) -> Path | None:
         return None

@@ -143,6 +143,8 @@ class Settings(BaseSettings):
     updates_snapshot_expiry_s: Annotated[int, Field(ge=60, le=365 * 86400)] = 7 * 86400
     updates_timestamp_expiry_s: Annotated[int, Field(ge=60, le=30 * 86400)] = 86400
     updates_resign_check_interval_s: PositiveSeconds = 300.0
+    # Artifact uploads never published are deleted after this long (a vendor's disk budget).
+    updates_upload_retention_s: Annotated[int, Field(ge=3600, le=365 * 86400)] = 7 * 86400
 
     # Ingest and fleet state.
     max_payload_bytes: Annotated[int, Field(ge=256, le=1024 * 1024)] = DEFAULT_MAX_PAYLOAD_BYTES

@@ -384,6 +384,11 @@ class TufRepository:
             return None
         return self.store.blob(sha)
 
+    def is_delegated(self, vendor: str) -> bool:
+        """Whether the current top-level targets delegate to ``vendor``."""
+        with self._lock:
+            return vendor in self._delegated(self._state)
+
     def vendors(self) -> list[dict[str, Any]]:
         """Every delegated vendor: its keys, threshold, patterns, current role version."""
         with self._lock:

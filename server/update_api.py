@@ -184,6 +184,8 @@ def add_update_routes(
 
         try:
             _own_vendor(principal, vendor)
+            if not repository.is_delegated(vendor):
+                raise ReleaseRejectedError("unknown_vendor", f"no vendor {vendor!r} is delegated")
             received = await repository.store.append(vendor, name, offset, chunks())
         except ReleaseRejectedError as exc:
             raise rejected(request, exc) from None

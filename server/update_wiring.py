@@ -31,9 +31,11 @@ class UpdateService:
     repository: TufRepository
     metrics: UpdateMetrics
     resign_interval_s: float
+    upload_retention: timedelta
 
     def resign(self) -> list[str]:
-        """The scheduled job: re-sign what is due; a failure is logged, never raised."""
+        """The scheduled job: re-sign what is due, prune uploads never published; a failure
+        is logged, never raised."""
         try:
             done = self.repository.refresh_online()
         except UpdatesError as exc:
@@ -41,6 +43,13 @@ class UpdateService:
             return []
         if done:
             log.info("re-signed %s", ", ".join(done))
+        try:
+            pruned = self.repository.store.prune_uploads(self.upload_retention, datetime.now(UTC))
+        except UpdatesError as exc:
+            log.warning("%s", exc)
+        else:
+            if pruned:
+                log.info("pruned %d uploads never published", pruned)
         return done
 
     def schedule(self, scheduler: BackgroundScheduler) -> None:
@@ -90,4 +99,9 @@ def build_updates(
         max_metadata_bytes=settings.updates_max_metadata_bytes,
         on_rejected=metrics.rejected,
     )
-    return UpdateService(repository, metrics, settings.updates_resign_check_interval_s)
+    return UpdateService(
+        repository,
+        metrics,
+        settings.updates_resign_check_interval_s,
+        timedelta(seconds=settings.updates_upload_retention_s),
+    )

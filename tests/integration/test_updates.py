@@ -351,6 +351,22 @@ def test_a_vendor_token_cannot_publish_another_vendors_role(
     assert _stored(server) == before
 
 
+def test_a_revoked_vendor_can_neither_upload_nor_publish(server: Server, world: TufWorld) -> None:
+    world.operator.revoke_vendor("duo")
+    with UpdateClient(server.base_url, admin_token(server)) as admin:
+        admin.upload_metadata("targets", world.targets_bytes())
+    artifact = world.artifact("duo-1.bin")
+    world.sign("duo", artifact, release_manifest(1))
+    before = _stored(server)
+    with UpdateClient(server.base_url, token(server, Role.VENDOR, vendor="duo")) as duo:
+        with pytest.raises(UpdateClientError) as upload:
+            duo.upload_artifact("duo", artifact.name, artifact)
+        with pytest.raises(UpdateClientError) as publish:
+            duo.publish_role("duo", world.role_file("duo").read_bytes())
+    assert upload.value.code == publish.value.code == "unknown_vendor"
+    assert _stored(server) == before
+
+
 def test_operator_metadata_needs_an_admin_token_and_the_current_roots_signatures(
     server: Server, world: TufWorld, acme: UpdateClient
 ) -> None:

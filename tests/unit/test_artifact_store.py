@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,13 @@ def test_names_that_are_no_single_safe_segment_are_refused(store: ArtifactStore,
     with pytest.raises(ReleaseRejectedError) as caught:
         store.received("acme", name)
     assert caught.value.code == "invalid_name"
+
+
+@pytest.mark.anyio
+async def test_uploads_never_published_are_pruned_after_the_retention(store: ArtifactStore) -> None:
+    await store.append("acme", "a.bin", 0, _chunks(b"abandoned"))
+    now = datetime.now(UTC) + timedelta(seconds=5)
+    assert store.prune_uploads(timedelta(days=1), now) == 0
+    assert store.received("acme", "a.bin") == 9
+    assert store.prune_uploads(timedelta(0), now) == 1
+    assert store.received("acme", "a.bin") == 0
