@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -129,7 +130,9 @@ def _broker_config(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    if words and words[0] in ("repo", "vendor"):  # signed releases: Typer (cli_updates.py)
+    if words[:1] in (["repo"], ["vendor"], ["--install-completion"], ["--show-completion"]) or (
+        "_KIOSKFLEET_COMPLETE" in os.environ  # the shell asking Typer for completions
+    ):  # signed releases: Typer (cli_updates.py), with shell completion for repo and vendor
         from kioskfleet.cli_updates import run
 
         return run(words)

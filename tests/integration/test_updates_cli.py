@@ -101,3 +101,15 @@ def test_a_failing_command_says_why_and_exits_2(
     _kf("repo", "init", tmp_path / "op")
     assert main(["repo", "init", str(tmp_path / "op")]) == 2
     assert "already holds a repository" in capsys.readouterr().err
+
+
+def test_the_shell_completes_repo_and_vendor_commands(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--show-completion", "bash"]) == 0
+    assert "_KIOSKFLEET_COMPLETE" in capsys.readouterr().out
+    monkeypatch.setenv("_KIOSKFLEET_COMPLETE", "complete_bash")
+    monkeypatch.setenv("COMP_WORDS", "kioskfleet repo ro")
+    monkeypatch.setenv("COMP_CWORD", "2")
+    assert main([]) == 0
+    assert capsys.readouterr().out.split() == ["rotate-key"]
