@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.routing import APIRoute
 from tuf.api.exceptions import LengthOrHashMismatchError, UnsignedMetadataError
 from tuf.api.metadata import Metadata, Snapshot, TargetFile, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
@@ -24,10 +25,11 @@ from tuf.ngclient import Updater
 
 from firmware_manifests.keys import generate_key, write_atomically
 from kioskfleet.update_client import UpdateClient, UpdateClientError
-from server.access import Role
+from server.access import Role, allows
+from server.access_api import OPEN_PATHS, declared_role
 from server.main import Server
 from server.tuf_online import next_snapshot, next_timestamp
-from tests.integration.conftest import ServerFactory, admin_token, api, metric, token
+from tests.integration.conftest import ServerFactory, admin_token, api, bearer, metric, token
 from tests.support.tuf_world import TufWorld, release_manifest
 
 pytestmark = pytest.mark.integration
@@ -172,6 +174,36 @@ def test_a_threshold_of_several_vendor_keys_publishes(
     updater = _updater(server, tmp_path, world.roots()[0])
     updater.refresh()
     assert updater.get_targetinfo("duo/duo-1.bin") is not None
+
+
+def test_every_update_route_is_open_by_design_or_declares_a_role_and_refuses_weaker_tokens(
+    server: Server,
+) -> None:
+    # test_api_access walks a server without updates; this walks the update routes
+    secrets_by_role = {role: token(server, role) for role in Role}
+    checked = 0
+    for route in server.app.routes:
+        if not isinstance(route, APIRoute) or not route.path.startswith(
+            ("/tuf/", "/api/v1/updates")
+        ):
+            continue
+        if route.path.startswith("/tuf/"):
+            assert route.path in OPEN_PATHS
+            assert declared_role(route) is None
+            continue
+        role = declared_role(route)
+        assert role is not None, route.path
+        path = route.path.replace("{vendor}", "acme").replace("{name}", "x.bin")
+        for method in sorted(route.methods - {"HEAD"}):
+            anonymous = httpx.request(method, server.base_url + path, timeout=5)
+            assert anonymous.status_code == 401, (method, path)
+            for granted, secret in secrets_by_role.items():
+                status = httpx.request(
+                    method, server.base_url + path, headers=bearer(secret), timeout=5
+                ).status_code
+                assert (status == 403) is not allows(granted, role), (method, path, granted, status)
+            checked += 1
+    assert checked == 9  # root, targets, upload status, upload, publish, 4 listings
 
 
 def test_metadata_is_served_with_caching_per_kind_and_the_next_root_is_404(
