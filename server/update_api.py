@@ -54,15 +54,21 @@ def _failed(exc: UpdatesError) -> ApiError:
     return ApiError(503, "updates_unavailable", str(exc))
 
 
+def _too_large(cap: int) -> ReleaseRejectedError:
+    return ReleaseRejectedError(
+        "metadata_too_large", f"metadata is capped at {cap} bytes", status=413
+    )
+
+
 async def _read_capped(request: Request, cap: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise ApiError(413, "metadata_too_large", f"metadata is capped at {cap} bytes")
+        raise _too_large(cap)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > cap:
-            raise ApiError(413, "metadata_too_large", f"metadata is capped at {cap} bytes")
+            raise _too_large(cap)
     return bytes(body)
 
 
@@ -110,8 +116,8 @@ def add_update_routes(
         )
 
     async def operator_upload(request: Request, role: str) -> dict[str, Any]:
-        data = await _read_capped(request, max_metadata_bytes)
         try:
+            data = await _read_capped(request, max_metadata_bytes)
             if role == "root":
                 version = (
                     await anyio.to_thread.run_sync(repository.upload_root, data)
@@ -205,8 +211,8 @@ def add_update_routes(
         principal: Annotated[Principal, Depends(require(Role.VENDOR))],
     ) -> dict[str, Any]:
         note_audit(request, target=vendor)
-        data = await _read_capped(request, max_metadata_bytes)
         try:
+            data = await _read_capped(request, max_metadata_bytes)
             verified = await anyio.to_thread.run_sync(
                 lambda: repository.publish_vendor_role(
                     vendor, data, token_vendor=principal.vendor, actor=principal.actor

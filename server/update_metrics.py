@@ -28,6 +28,7 @@ UPLOAD_REJECT_CODES: Final = (
     *(c.value for c in RejectCode),
     "upload_offset",
     "artifact_too_large",
+    "metadata_too_large",
     "invalid_name",
     "no_root",
     "no_targets",

@@ -561,6 +561,28 @@ def test_an_interrupted_upload_resumes_where_it_stopped(
     assert api(server, "/api/v1/updates/releases").json()["items"][0]["status"] == "verified"
 
 
+def test_metadata_past_its_size_cap_is_refused_and_counted(
+    start_server: ServerFactory, world: TufWorld, tmp_path: Path
+) -> None:
+    server = start_server(
+        updates_dir=tmp_path / "small",
+        updates_snapshot_key_file=world.operator.online_dir / "snapshot.key",
+        updates_timestamp_key_file=world.operator.online_dir / "timestamp.key",
+        updates_max_metadata_bytes=1024,
+    )
+    with (
+        UpdateClient(server.base_url, admin_token(server)) as admin,
+        pytest.raises(UpdateClientError) as caught,
+    ):
+        admin.upload_metadata("root", world.roots()[0] + b" " * 1024)
+    assert (caught.value.status, caught.value.code) == (413, "metadata_too_large")
+    assert (
+        metric(server, "kioskfleet_update_uploads_rejected_total", code="metadata_too_large") == 1
+    )
+    assert server.updates is not None
+    assert server.updates.repository.metadata_file("1.root.json") is None
+
+
 def test_an_upload_past_the_size_cap_is_refused(
     server: Server, world: TufWorld, acme: UpdateClient
 ) -> None:
