@@ -23,6 +23,7 @@ Raises ``RepoToolError`` for anything the operator must fix; never half-writes a
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -59,6 +60,7 @@ __all__ = [
 
 DIRECTIVE_KEY_TARGET: Final = "_pins/directive-key.pub"
 """The top-level target whose ``custom["key"]`` pins the server's directive key."""
+_VENDOR: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # as a vendor token names it
 ONLINE_ROLES: Final = ("snapshot", "timestamp")
 OFFLINE_ROLES: Final = ("root", "targets")
 
@@ -241,6 +243,8 @@ class OperatorRepo:
     ) -> Path:
         """Delegate ``paths`` to role ``vendor`` with ``keys`` and ``threshold`` (replacing
         an existing delegation of that name: how a vendor key is rotated or revoked)."""
+        if not _VENDOR.fullmatch(vendor):
+            raise RepoToolError(f"a vendor name is 1-64 of a-z, 0-9, '_', '-', not {vendor!r}")
         if not keys or not 1 <= threshold <= len(keys):
             raise RepoToolError("a vendor needs keys and a threshold between 1 and their number")
         if not paths or any(not p.startswith(f"{vendor}/") for p in paths):

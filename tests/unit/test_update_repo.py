@@ -82,6 +82,8 @@ def test_vendors_are_added_replaced_and_revoked(tmp_path: Path) -> None:
     assert repo.targets().signed.version == 4
     with pytest.raises(RepoToolError, match="must start with"):
         repo.add_vendor("acme", [first], threshold=1, paths=["other/*"])
+    with pytest.raises(RepoToolError, match="vendor name"):
+        repo.add_vendor("_pins", [first], threshold=1, paths=["_pins/*"])
     with pytest.raises(RepoToolError, match="no vendor"):
         repo.revoke_vendor("acme")
     _verify_chain(repo)
