@@ -18,7 +18,11 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.routing import APIRoute
-from tuf.api.exceptions import LengthOrHashMismatchError, UnsignedMetadataError
+from tuf.api.exceptions import (
+    BadVersionNumberError,
+    LengthOrHashMismatchError,
+    UnsignedMetadataError,
+)
 from tuf.api.metadata import Metadata, Snapshot, TargetFile, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 from tuf.ngclient import Updater
@@ -529,6 +533,28 @@ def test_a_compromised_server_swapping_an_artifacts_bytes_is_caught_by_the_clien
     assert info is not None
     with pytest.raises(LengthOrHashMismatchError):
         updater.download_target(info)
+
+
+def test_a_replayed_older_timestamp_is_refused_by_a_client_that_saw_a_newer_one(
+    server: Server, world: TufWorld, acme: UpdateClient, tmp_path: Path
+) -> None:
+    timestamp = _blobs_dir(server).parent.parent / "metadata" / "timestamp.json"
+    old = timestamp.read_bytes()
+    artifact = world.artifact("kiosk-app-1.bin")
+    world.sign("acme", artifact, release_manifest(1))
+    _publish(acme, world, "acme", artifact)  # timestamp v2
+    updater = _updater(server, tmp_path, world.roots()[0])
+    updater.refresh()
+    timestamp.write_bytes(old)  # the network (or the server) replays timestamp v1
+    again = Updater(
+        metadata_dir=updater._dir,
+        metadata_base_url=f"{server.base_url}/tuf/metadata/",
+        target_dir=str(tmp_path),
+        target_base_url=f"{server.base_url}/tuf/targets/",
+        bootstrap=world.roots()[0],
+    )
+    with pytest.raises(BadVersionNumberError):
+        again.refresh()
 
 
 # --- resumable transfers ------------------------------------------------------------------
