@@ -40,6 +40,7 @@ __all__ = [
     "AgentConfigError",
     "AgentLimits",
     "BrokerAddress",
+    "EnrollmentConfig",
     "OutboxConfig",
     "env_variables",
     "load_agent_config",
@@ -109,6 +110,28 @@ class OutboxConfig(BaseModel):
     """SQLite's synchronous: full survives a power loss, normal only a process kill."""
 
 
+class EnrollmentConfig(BaseModel):
+    """How the terminal gets and renews its client certificate over EST (agent.enrollment).
+
+    The key and certificate go to ``tls_key_file`` and ``tls_cert_file`` (both required
+    with enrollment), where the MQTT connection reads them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: Annotated[str, Field(pattern=r"^https://[^/?#]+(/[^?#]*)?$")]
+    """The EST server's base, e.g. ``https://fleet.example:8443`` (its
+    ``/.well-known/est/...`` is appended). HTTPS only."""
+    ca_file: Path
+    """The fleet CA chain the server's certificate must chain to (never trust on first use)."""
+    token: Annotated[str, Field(min_length=16, max_length=256)] | None = None
+    """A one-time enrollment token; without one the terminal's key must be pre-authorised."""
+    renew_at: Annotated[float, Field(gt=0, lt=1)] = 2 / 3
+    """Renew once this fraction of the certificate's lifetime has passed."""
+    check_interval_s: Annotated[float, Field(ge=1, le=86400)] = 3600.0
+    """How often a running agent checks whether renewal is due."""
+    timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
+
+
 class AgentConfig(BaseSettings):
     """Everything one terminal agent needs to know; see docs/agent.md for each field."""
 
@@ -137,6 +160,7 @@ class AgentConfig(BaseSettings):
     agent_version: Annotated[str, Field(min_length=1, max_length=32)] = __version__
     limits: AgentLimits = AgentLimits()
     outbox: OutboxConfig = OutboxConfig()
+    enrollment: EnrollmentConfig | None = None
 
     @field_validator("terminal_id")
     @classmethod
@@ -164,6 +188,10 @@ class AgentConfig(BaseSettings):
         )
         if uses_tls_files and not self.broker.tls:
             raise ValueError("tls_* files need an mqtts:// broker_url")
+        if self.enrollment is not None and (self.tls_cert_file is None or not self.broker.tls):
+            raise ValueError(
+                "enrollment needs an mqtts:// broker_url, tls_cert_file and tls_key_file"
+            )
         names = [p.name for p in self.probes]
         if len(names) != len(set(names)):
             raise ValueError("probe names must be unique")

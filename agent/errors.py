@@ -21,6 +21,8 @@ the branch that has no module of its own::
     │   ├── ConnectRefusedError       CONNACK with a failure reason code; .reason_code, .reason
     │   ├── ConnectTimeoutError       no CONNACK within connect_timeout_s
     │   └── ConnectionLostError       an established session dropped; .reason
+    ├── EnrollmentError               agent.enrollment: EST enrollment or renewal failed, or the
+    │                                 key or certificate file is unusable; .status, .reason
     ├── OutboxError                   agent.outbox: the outbox database failed; .operation, .cause
     └── ProbeError                    (this module) a device or the OS could not be read, or
         │                             answered something that cannot be a status

@@ -29,6 +29,7 @@ from types import FrameType
 from agent.agent import Agent
 from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig, AgentConfigError, load_agent_config
+from agent.enrollment import EnrollmentError, RenewalThread, Terminal, ensure_certificate
 from agent.event_loop import EventLoop, LoopThread
 from agent.mqtt_connection import ConnectionSettings, ConnectionSetupError, MqttConnection
 from agent.outbox import Outbox, OutboxError
@@ -38,7 +39,7 @@ from agent.probes.base import Probe
 from agent.probes.factory import build_probes
 from agent.probes.system import SystemReadError, read_uptime_s
 
-__all__ = ["AgentRuntime", "open_outbox", "run_agent", "sender_settings"]
+__all__ = ["AgentRuntime", "enrolling_terminal", "open_outbox", "run_agent", "sender_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,13 @@ class AgentRuntime:
         self.outbox.close()
 
 
+def enrolling_terminal(config: AgentConfig) -> Terminal:
+    """Who enrolls, and where the MQTT connection will read the key and certificate."""
+    if config.tls_key_file is None or config.tls_cert_file is None:
+        raise ValueError("enrollment needs tls_key_file and tls_cert_file")
+    return Terminal(config.terminal_id, config.tls_key_file, config.tls_cert_file)
+
+
 def run_agent(config_path: Path | None) -> int:
     """Load the config, run the agent until SIGINT/SIGTERM, stop cleanly. Returns the exit code."""
     try:
@@ -193,6 +201,15 @@ def run_agent(config_path: Path | None) -> int:
     except AgentConfigError as exc:
         print(f"kioskfleet agent: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    renewal = None
+    if config.enrollment is not None:  # a certificate before the first connect
+        terminal = enrolling_terminal(config)
+        try:
+            ensure_certificate(terminal, config.enrollment)
+        except EnrollmentError as exc:
+            print(f"kioskfleet agent: cannot enroll: {exc}", file=sys.stderr)
+            return EXIT_SETUP
+        renewal = RenewalThread(terminal, config.enrollment)
     try:
         runtime = AgentRuntime(config)
     except (ValueError, ConnectionSetupError, OutboxError) as exc:
@@ -204,9 +221,13 @@ def run_agent(config_path: Path | None) -> int:
         runtime.request_stop()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if renewal is not None:
+        renewal.start()
     try:
         runtime.run()
     finally:
+        if renewal is not None:
+            renewal.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         runtime.close()

@@ -22,6 +22,13 @@ in a background thread, force a terminal's peripheral into a condition, read
 counters, stop it cleanly. ``run_simulation`` is the ``kioskfleet simulate``
 command.
 
+With ``enroll_url`` every terminal has its own key and client certificate in
+``identity_dir`` (``<id>.key``, ``<id>.pem``), obtained through the agent's own
+EST code (``agent.enrollment.enroll_many``) before the first connect, and
+connects to an ``mqtts://`` broker with it. ``write_identities`` (``kioskfleet
+simulate --keys-only``) makes the keys and ``preauthorize.csv`` for
+``kioskfleet terminal preauthorize --from-file``.
+
 This module never decides what a terminal reports (the Agent does) and never
 talks MQTT itself (the connections do).
 """
@@ -45,7 +52,8 @@ from typing import Any, Literal
 
 from agent.agent import Agent
 from agent.clock import Clock, SystemClock
-from agent.config import AgentConfig, parse_broker_url
+from agent.config import AgentConfig, EnrollmentConfig, parse_broker_url
+from agent.enrollment import Terminal, enroll_many, load_or_create_key, public_key_pem
 from agent.event_loop import EventLoop, LoopThread
 from agent.mqtt_connection import ConnectionSettings, MqttConnection
 from agent.outbox import Outbox, OutboxStats
@@ -70,6 +78,7 @@ __all__ = [
     "raise_open_file_limit",
     "run_simulation",
     "terminal_profiles",
+    "write_identities",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,9 +103,10 @@ class SimulationOptions:
     processes: int = 1
     id_prefix: str = "SIM"
     outbox_path: Path | None = None  # None: a new file in a temporary directory
-    # For an mqtts:// broker that requires client certificates: chain.pem (what to trust)
-    # and <terminal id>.pem / <terminal id>.key for each terminal.
-    tls_dir: Path | None = None
+    enroll_url: str | None = None  # EST base URL: enroll every terminal, then connect with TLS
+    ca_file: Path | None = None  # the fleet CA chain (EST server and broker)
+    identity_dir: Path | None = None  # keys and certificates, <id>.key / <id>.pem
+    enroll_concurrency: int = 8
 
     def check(self) -> None:
         """Raises ValueError naming the first option that cannot work."""
@@ -114,8 +124,11 @@ class SimulationOptions:
             raise ValueError("processes must be between 1 and terminals")
         if not is_valid_terminal_id(f"{self.id_prefix}-{self.terminals:05d}"):
             raise ValueError(f"id_prefix {self.id_prefix!r} does not make valid terminal ids")
-        if not parse_broker_url(self.broker_url).tls and self.tls_dir is not None:
-            raise ValueError("tls_dir needs an mqtts:// broker_url")
+        broker = parse_broker_url(self.broker_url)
+        if self.enroll_url is not None and (
+            self.ca_file is None or self.identity_dir is None or not broker.tls
+        ):
+            raise ValueError("enroll_url needs ca_file, identity_dir and an mqtts:// broker")
 
 
 @dataclass(frozen=True)
@@ -274,7 +287,10 @@ class Simulation:
                 },
             }
         )
-        base_settings = ConnectionSettings.from_config(template, quiet=True)
+        base_settings = replace(
+            ConnectionSettings.from_config(template, quiet=True), tls_ca_file=opts.ca_file
+        )
+        identities = self._enroll()
         sender_settings = SenderSettings(
             max_inflight=tuning.max_inflight_messages,
             drain_rate_per_s=tuning.drain_rate_per_s,
@@ -304,8 +320,11 @@ class Simulation:
                 )
                 for s in MODELS[profile.model]
             }
+            key_file, cert_file = identities.get(tid, (None, None))
             connection = MqttConnection(
-                _for_terminal(base_settings, tid, opts.tls_dir),
+                replace(
+                    base_settings, client_id=tid, tls_key_file=key_file, tls_cert_file=cert_file
+                ),
                 rng=random.Random(f"{opts.seed}:{tid}:backoff"),  # noqa: S311 - jitter
                 monotonic=monotonic,
             )
@@ -335,6 +354,24 @@ class Simulation:
             self._probes[tid] = probes
             self._agents.append(agent)
             self._connections.append(connection)
+
+    def _enroll(self) -> dict[str, tuple[Path, Path]]:
+        """Key and certificate files by terminal id; enrolls whoever has no certificate.
+
+        Raises ValueError naming the first terminal that could not enroll."""
+        opts = self.opts
+        if opts.enroll_url is None or opts.ca_file is None or opts.identity_dir is None:
+            return {}
+        terminals = [_identity(opts.identity_dir, p.terminal_id) for p in self._profiles]
+        failed = enroll_many(
+            terminals,
+            EnrollmentConfig(url=opts.enroll_url, ca_file=opts.ca_file),
+            concurrency=opts.enroll_concurrency,
+        )
+        if failed:
+            tid, exc = next(iter(failed.items()))
+            raise ValueError(f"{len(failed)} terminals could not enroll, first {tid}: {exc}")
+        return {t.terminal_id: (t.key_file, t.cert_file) for t in terminals}
 
     # -- running ------------------------------------------------------------------
 
@@ -457,16 +494,26 @@ class _SimulatedUptime:
         return float(self._monotonic() - self._booted_at)
 
 
-def _for_terminal(
-    settings: ConnectionSettings, client_id: str, tls_dir: Path | None
-) -> ConnectionSettings:
-    values = {f.name: getattr(settings, f.name) for f in fields(settings)}
-    values["client_id"] = client_id
-    if tls_dir is not None:
-        values["tls_ca_file"] = tls_dir / "chain.pem"
-        values["tls_cert_file"] = tls_dir / f"{client_id}.pem"
-        values["tls_key_file"] = tls_dir / f"{client_id}.key"
-    return ConnectionSettings(**values)
+def _identity(directory: Path, terminal_id: str) -> Terminal:
+    return Terminal(terminal_id, directory / f"{terminal_id}.key", directory / f"{terminal_id}.pem")
+
+
+def write_identities(opts: SimulationOptions, directory: Path) -> Path:
+    """Make the key of every simulated terminal in ``directory`` (kept if there) and
+    ``preauthorize.csv`` (``id,hall,region,model,<id>.pub``) for ``kioskfleet terminal
+    preauthorize --from-file``. Returns the CSV's path."""
+    lines = []
+    for profile in terminal_profiles(opts):
+        terminal = _identity(directory, profile.terminal_id)
+        key = load_or_create_key(terminal.key_file)
+        public = directory / f"{profile.terminal_id}.pub"
+        public.write_text(public_key_pem(key), encoding="ascii")
+        lines.append(
+            f"{profile.terminal_id},{profile.hall},{profile.region},{profile.model},{public.name}"
+        )
+    csv = directory / "preauthorize.csv"
+    csv.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return csv
 
 
 def _slices(terminals: int, processes: int) -> Iterator[range]:

@@ -1,4 +1,5 @@
-"""The ``kioskfleet`` command: ``agent``, ``server``, ``db upgrade``, ``token``, ``simulate``,
+"""The ``kioskfleet`` command: ``agent``, ``agent keygen``, ``server``, ``db upgrade``,
+``token``, ``ca init``, ``terminal preauthorize|token|revoke|decommission``, ``simulate``,
 ``broker-config``, and ``repo``/``vendor`` (signed releases, Typer: kioskfleet/cli_updates.py).
 
 Only argument parsing lives here; each subcommand hands over to its package
@@ -30,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument(
         "--config", type=Path, help="agent.toml (settings also from KIOSKFLEET_AGENT_*)"
     )
+    agent_sub = agent.add_subparsers(dest="agent_command")
+    keygen = agent_sub.add_parser(
+        "keygen", help="make the terminal's key (0600) if missing; print its public key PEM"
+    )
+    keygen.add_argument("--key-file", type=Path, default=Path("/var/lib/kioskfleet/terminal.key"))
 
     server = sub.add_parser("server", help="run the central server (settings from KIOSKFLEET_*)")
     server.add_argument("--env-file", type=Path, help="a file of KIOSKFLEET_* settings")
@@ -53,6 +59,46 @@ def _parser() -> argparse.ArgumentParser:
     revoke = tok_sub.add_parser("revoke", help="revoke a token by name")
     revoke.add_argument("name")
 
+    ca = sub.add_parser("ca", help="the fleet's device CA")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True)
+    ca_init = ca_sub.add_parser(
+        "init", help="create the root and issuing CA in DIR (never overwrites one)"
+    )
+    ca_init.add_argument("directory", type=Path, metavar="DIR")
+
+    terminal = sub.add_parser(
+        "terminal", help="the terminal registry (settings from KIOSKFLEET_*, KIOSKFLEET_CA_DIR)"
+    )
+    terminal.add_argument("--env-file", type=Path, help="a file of KIOSKFLEET_* settings")
+    t_sub = terminal.add_subparsers(dest="terminal_command", required=True)
+    pre = t_sub.add_parser("preauthorize", help="let ID enroll with its public key")
+    pre.add_argument("terminal_id", nargs="?", metavar="ID")
+    pre.add_argument(
+        "--from-file",
+        type=Path,
+        help="CSV lines id,hall,region,model,key (a PEM path or the PEM); all or nothing",
+    )
+    tok = t_sub.add_parser("token", help="a one-time enrollment token for ID (printed once)")
+    tok.add_argument("terminal_id", metavar="ID")
+    tok.add_argument("--ttl", default="24h", help="lifetime: 30m, 24h, 7d (default 24h)")
+    for p in (pre, tok):
+        required = p is tok
+        p.add_argument("--hall", required=required)
+        p.add_argument("--region", required=required)
+        p.add_argument("--model", required=required)
+    pre.add_argument("--key", type=Path, help="the terminal's public key PEM (agent keygen)")
+    rev = t_sub.add_parser("revoke", help="revoke ID's certificates and rewrite the CRL")
+    rev.add_argument("terminal_id", metavar="ID")
+    dec = t_sub.add_parser(
+        "decommission",
+        help="remove ID through the running server's API (revoked, its retained state cleared, "
+        "out of the fleet state; history kept); needs an operator token",
+    )
+    dec.add_argument("terminal_id", metavar="ID")
+    dec.add_argument("--server", required=True, help="the server's base URL, https://host:port")
+    dec.add_argument("--token-file", type=Path, required=True, help="a file holding the token")
+    dec.add_argument("--ca-file", type=Path, help="the fleet CA chain to verify HTTPS with")
+
     sim = sub.add_parser("simulate", help="run N simulated terminals with the real agent code")
     sim.add_argument("--terminals", type=int, default=50)
     sim.add_argument("--broker", default="mqtt://127.0.0.1:1883")
@@ -72,12 +118,16 @@ def _parser() -> argparse.ArgumentParser:
         "default: a new file in a temporary directory, printed at start. "
         "Reusing it with the same ids continues their streams",
     )
+    sim.add_argument("--enroll-url", help="EST base URL (https://...): enroll every terminal first")
+    sim.add_argument("--ca-file", type=Path, help="the fleet CA chain (EST server and broker)")
     sim.add_argument(
-        "--tls-dir",
-        type=Path,
-        default=None,
-        help="with an mqtts:// broker requiring client certificates: DIR/chain.pem and "
-        "DIR/<terminal id>.pem, .key for each terminal",
+        "--identity-dir", type=Path, help="the terminals' keys and certificates (<id>.key/.pem)"
+    )
+    sim.add_argument("--enroll-concurrency", type=int, default=8)
+    sim.add_argument(
+        "--keys-only",
+        action="store_true",
+        help="make the keys in --identity-dir and its preauthorize.csv, then exit",
     )
     bc = sub.add_parser(
         "broker-config",
@@ -142,6 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "agent" and args.agent_command == "keygen":
+        from agent.enrollment import keygen_command
+
+        return keygen_command(args.key_file)
     if args.command == "agent":
         from agent.main import run_agent
 
@@ -163,23 +217,86 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_token_command(
             args.token_command, {f: getattr(args, f, None) for f in fields}, args.env_file
         )
-    from agent.simulator import SimulationOptions, run_simulation
+    if args.command == "terminal":
+        return _terminal(args)
+    if args.command == "ca":
+        from server.identity_cli import init_ca_command
 
-    return run_simulation(
-        SimulationOptions(
-            terminals=args.terminals,
-            broker_url=args.broker,
-            halls=args.halls,
-            regions=args.regions,
-            seed=args.seed,
-            report_interval_s=args.report_interval,
-            fault_rate=args.fault_rate,
-            duration_s=args.duration,
-            processes=args.processes,
-            id_prefix=args.id_prefix,
-            outbox_path=args.outbox,
-            tls_dir=args.tls_dir,
+        return init_ca_command(args.directory)
+    from agent.simulator import SimulationOptions, run_simulation, write_identities
+
+    options = SimulationOptions(
+        terminals=args.terminals,
+        broker_url=args.broker,
+        halls=args.halls,
+        regions=args.regions,
+        seed=args.seed,
+        report_interval_s=args.report_interval,
+        fault_rate=args.fault_rate,
+        duration_s=args.duration,
+        processes=args.processes,
+        id_prefix=args.id_prefix,
+        outbox_path=args.outbox,
+        enroll_url=args.enroll_url,
+        ca_file=args.ca_file,
+        identity_dir=args.identity_dir,
+        enroll_concurrency=args.enroll_concurrency,
+    )
+    if args.keys_only:
+        if args.identity_dir is None:
+            print("--keys-only needs --identity-dir", file=sys.stderr)
+            return 2
+        print(write_identities(options, args.identity_dir))
+        return 0
+    return run_simulation(options)
+
+
+def _decommission(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    from kioskfleet.api_client import ApiClientError, post, read_token
+
+    try:
+        answer = post(
+            args.server,
+            f"/api/v1/terminals/{quote(args.terminal_id, safe='')}/decommission",
+            token=read_token(args.token_file),
+            ca_file=args.ca_file,
         )
+    except (ApiClientError, OSError) as exc:
+        print(f"decommission failed: {exc}", file=sys.stderr)
+        return 1
+    if answer.status != 200:
+        print(f"refused ({answer.status}): {answer.message}", file=sys.stderr)
+        return 1
+    known = "" if answer.body.get("known") else " (the server did not know it)"
+    print(f"decommissioned {args.terminal_id}{known}")
+    return 0
+
+
+def _terminal(args: argparse.Namespace) -> int:
+    if args.terminal_command == "decommission":
+        return _decommission(args)
+    from server import identity_cli
+
+    if args.terminal_command == "revoke":
+        return identity_cli.revoke_command(args.env_file, args.terminal_id)
+    if args.terminal_command == "token":
+        return identity_cli.token_command(
+            args.env_file, args.terminal_id, args.hall, args.region, args.model, args.ttl
+        )
+    if args.from_file is not None:
+        if args.terminal_id is not None or args.key is not None:
+            print("--from-file goes without ID and --key", file=sys.stderr)
+            return 2
+        return identity_cli.preauthorize_file_command(args.env_file, args.from_file)
+    if None in (args.terminal_id, args.hall, args.region, args.model, args.key):
+        print(
+            "preauthorize needs ID --hall --region --model --key (or --from-file)", file=sys.stderr
+        )
+        return 2
+    return identity_cli.preauthorize_command(
+        args.env_file, args.terminal_id, args.hall, args.region, args.model, args.key
     )
 
 

@@ -114,6 +114,7 @@ def local_config(
     alertmanagers: Sequence[str] = (),
     base: Mapping[str, Any] | None = None,
     token_file: Path | None = None,
+    ca_file: Path | None = None,
 ) -> dict[str, Any]:
     """A Prometheus configuration derived from the project's ``prometheus.yml`` (or ``base``).
 
@@ -124,7 +125,8 @@ def local_config(
     job's interval and timeout; ``evaluation_interval`` the rule evaluation
     interval. ``token_file`` (a file holding a viewer token) becomes the
     ``kioskfleet`` job's bearer ``credentials_file``; without it the job sends no
-    token (for a server with ``metrics_require_token`` off). Pure apart from
+    token (for a server with ``metrics_require_token`` off). ``ca_file`` (the fleet
+    chain) makes the job scrape over HTTPS, verifying the server with it. Pure apart from
     reading the project file when ``base`` is None.
     Raises PrometheusError if the base has no ``kioskfleet`` job.
     """
@@ -159,6 +161,9 @@ def local_config(
                     "type": "Bearer",
                     "credentials_file": str(Path(token_file).resolve()),
                 }
+            if ca_file is not None:
+                job["scheme"] = "https"
+                job["tls_config"] = {"ca_file": str(Path(ca_file).resolve())}
         elif job["job_name"] == PROMETHEUS_JOB:
             job["static_configs"] = [{"targets": [self_target]}]
         if scrape_interval is not None:
@@ -188,6 +193,7 @@ class LocalPrometheus:
         alertmanagers: Sequence[str] = (),
         retention: str = "1d",
         token_file: Path | None = None,
+        ca_file: Path | None = None,
     ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
@@ -198,6 +204,7 @@ class LocalPrometheus:
         self.alertmanagers = list(alertmanagers)
         self.retention = retention
         self.token_file = token_file
+        self.ca_file = ca_file
         self.config_path = workdir / "prometheus.yml"
         self.data_path = workdir / "data"
         self.log_path = workdir / "prometheus.log"
@@ -228,6 +235,7 @@ class LocalPrometheus:
             evaluation_interval=self.evaluation_interval,
             alertmanagers=self.alertmanagers,
             token_file=self.token_file,
+            ca_file=self.ca_file,
         )
         self.workdir.mkdir(parents=True, exist_ok=True)
         tmp = self.config_path.with_suffix(".yml.tmp")

@@ -1,17 +1,21 @@
 """`make demo`: the whole system on one machine, stopped with Ctrl-C.
 
-Starts (1) a mosquitto with the configuration `kioskfleet broker-config` generates
-(TLS on 127.0.0.1:8883 or a free port, client certificates from a device CA
-under var/demo/ca/, the per-terminal ACL; docs/security.md), (2) `kioskfleet
-server` on SQLite under var/demo/, connected with its own certificate,
-(3) `kioskfleet simulate` with 50 terminals in 3 halls, each with a certificate
-for its id issued straight from the CA (enrollment replaces that), whose printers
-run out of paper and whose card readers fail and recover, and (4) when the `prometheus`
-binary is installed, a Prometheus on 127.0.0.1:9090 (or a free port) with the
-project's scrape configuration pointed at the demo server and the project's
-real alert rules (a fresh TSDB under var/demo/prometheus/ each run; no
-Alertmanager, so alerts are only shown, never sent). Prints where to look,
-then a one-line fleet summary from the API every few seconds.
+Each run starts afresh under var/demo/ (removed first): (1) a device CA
+(`kioskfleet ca init`) and the HTTPS certificate of the server; (2) a mosquitto
+with the configuration `kioskfleet broker-config` generates (TLS on
+127.0.0.1:8883 or a free port, client certificates of that CA only, the CRL,
+the per-terminal ACL; docs/security.md); (3) `kioskfleet server` on SQLite,
+serving the API and EST over HTTPS and connected to the broker with its own
+certificate; (4) 50 simulated terminals in 3 halls: their keys are made
+(`simulate --keys-only`), pre-authorised (`terminal preauthorize --from-file`),
+and each enrolls over EST with the agent's own code before it connects with
+its certificate (`simulate --enroll-url`); their printers run out of paper and
+their card readers fail and recover; and (5) when the `prometheus` binary is
+installed, a Prometheus on 127.0.0.1:9090 (or a free port) scraping the server
+over HTTPS with the project's real alert rules (no Alertmanager, so alerts are
+only shown, never sent). Prints where to look, then a one-line fleet summary
+from the API every few seconds. The API's certificate is issued by the demo's
+CA: trust var/demo/ca/chain.pem (curl --cacert) or accept it in the browser.
 
 The API and /metrics need tokens: before the server starts, each run creates
 (`kioskfleet token create`, audited) an admin token for you, printed and kept
@@ -26,6 +30,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -36,10 +41,6 @@ from types import FrameType
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-from cryptography import x509  # noqa: E402 - after sys.path
-from cryptography.hazmat.primitives import hashes  # noqa: E402 - after sys.path
-from cryptography.x509.oid import NameOID  # noqa: E402 - after sys.path
 
 from kioskfleet.broker_config import DEFAULT_SERVER_IDENTITY  # noqa: E402 - after sys.path
 from kioskfleet.broker_setup import BrokerSetup, write_broker_setup  # noqa: E402
@@ -60,6 +61,8 @@ from server.device_ca import (  # noqa: E402 - after sys.path
 from server.tokens import write_secret_file  # noqa: E402 - after sys.path
 
 VAR = ROOT / "var" / "demo"
+CA_DIR = VAR / "ca"
+IDENTITIES = VAR / "terminals"
 TERMINALS = int(os.environ.get("DEMO_TERMINALS", "50"))
 HALLS = int(os.environ.get("DEMO_HALLS", "3"))
 
@@ -73,9 +76,11 @@ def _port_open(port: int) -> bool:
 
 
 def _get_json(url: str, token: str | None = None) -> object:
+    """GET over HTTPS, trusting only the demo's CA."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     request = urllib.request.Request(url, headers=headers)  # noqa: S310 - loopback URL we built
-    with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310 - same
+    context = ssl.create_default_context(cafile=str(CaPaths(CA_DIR).chain))
+    with urllib.request.urlopen(request, timeout=2, context=context) as response:  # noqa: S310
         return json.loads(response.read())
 
 
@@ -122,29 +127,30 @@ def _summary(base: str, token: str) -> str:
     return " | ".join(parts) or "waiting for the first reports"
 
 
-def _identity(broker_port: int) -> tuple[BrokerSetup, Path]:
-    """The demo's device CA (made once), the broker's generated configuration, and a
-    certificate for each simulated terminal (issued directly: the demo does not enroll yet)."""
-    ca_dir = VAR / "ca"
-    if not CaPaths(ca_dir).issuing_key.exists():
-        init_ca(ca_dir, name="kioskfleet demo")
+def _identity(broker_port: int) -> tuple[BrokerSetup, Path, Path]:
+    """The demo's device CA, the broker's generated configuration, and the server's HTTPS
+    certificate (chain) and key. The terminals get theirs by enrolling."""
+    init_ca(CA_DIR, name="kioskfleet demo")
     setup = write_broker_setup(
-        VAR / "broker", ca_dir, port=broker_port, server_identities=[DEFAULT_SERVER_IDENTITY]
+        VAR / "broker", CA_DIR, port=broker_port, server_identities=[DEFAULT_SERVER_IDENTITY]
     )
-    ca = DeviceCa.load(ca_dir)
-    tls_dir = VAR / "terminals"
-    write_pem(tls_dir / "chain.pem", *ca.chain)
-    for n in range(1, TERMINALS + 1):
-        terminal_id = f"DEMO-{n:05d}"
-        key = generate_key()
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, terminal_id)]))
-            .sign(key, hashes.SHA256())
-        )
-        write_private_key(tls_dir / f"{terminal_id}.key", key)
-        write_pem(tls_dir / f"{terminal_id}.pem", ca.issue_terminal(csr, terminal_id))
-    return setup, tls_dir
+    ca = DeviceCa.load(CA_DIR)
+    key = generate_key()
+    https_cert, https_key = VAR / "https.pem", VAR / "https.key"
+    cert = ca.issue_service("127.0.0.1", key.public_key(), sans=["127.0.0.1", "localhost"])
+    write_pem(https_cert, cert, ca.issuing)
+    write_private_key(https_key, key)
+    return setup, https_cert, https_key
+
+
+def _run(exe: str, env: dict[str, str], *args: str) -> str:
+    """One ``kioskfleet`` command to its end; its stdout. Exits the demo if it fails."""
+    done = subprocess.run(  # noqa: S603 - our own console script
+        [exe, *args], env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"kioskfleet {' '.join(args[:2])} failed: {done.stderr.strip()}")
+    return done.stdout
 
 
 def _start_prometheus(server_target: str, token_file: Path) -> tuple[LocalPrometheus | None, str]:
@@ -153,7 +159,11 @@ def _start_prometheus(server_target: str, token_file: Path) -> tuple[LocalPromet
         return None, "  prometheus   not installed (apt-get install prometheus), skipped"
     port = 9090 if not _port_open(9090) else free_port()
     prometheus = LocalPrometheus(
-        VAR / "prometheus", [server_target], port=port, token_file=token_file
+        VAR / "prometheus",
+        [server_target],
+        port=port,
+        token_file=token_file,
+        ca_file=CaPaths(CA_DIR).chain,
     )
     # A fresh TSDB each run: series of the previous run would otherwise stay visible for
     # Prometheus' 5-minute lookback and show alerts for problems that no longer exist.
@@ -181,19 +191,21 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
-    VAR.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(VAR, ignore_errors=True)  # a fresh CA, database and tokens each run
+    VAR.mkdir(parents=True)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     broker: LocalBroker | None = None
     prometheus: LocalPrometheus | None = None
     broker_port = 8883 if not _port_open(8883) else free_port()
-    setup, tls_dir = _identity(broker_port)
+    setup, https_cert, https_key = _identity(broker_port)
     broker = LocalBroker(VAR / "mosquitto", port=broker_port, identity=setup.identity).start()
     broker_url = broker.url
     server_cert, server_key = setup.server_credentials[DEFAULT_SERVER_IDENTITY]
     print(f"started mosquitto on {broker_url}, TLS + ACL (log: {broker.log_path})")
 
     http_port = 8080 if not _port_open(8080) else free_port()
-    base = f"http://127.0.0.1:{http_port}"
+    base = f"https://127.0.0.1:{http_port}"
+    chain = CaPaths(CA_DIR).chain
     env = dict(os.environ)
     env.update(
         {
@@ -202,12 +214,21 @@ def main() -> int:
             "KIOSKFLEET_BROKER_CA_FILE": str(setup.identity.ca_file),
             "KIOSKFLEET_BROKER_CERT_FILE": str(server_cert),
             "KIOSKFLEET_BROKER_KEY_FILE": str(server_key),
+            "KIOSKFLEET_CA_DIR": str(CA_DIR),
+            "KIOSKFLEET_HTTPS_CERT_FILE": str(https_cert),
+            "KIOSKFLEET_HTTPS_KEY_FILE": str(https_key),
             "KIOSKFLEET_HTTP_HOST": "127.0.0.1",
             "KIOSKFLEET_HTTP_PORT": str(http_port),
             "KIOSKFLEET_MQTT_CLIENT_ID": "kioskfleet-server-demo",
         }
     )
     exe = str(Path(sys.executable).parent / "kioskfleet")
+    sim_args = [f"--terminals={TERMINALS}", f"--halls={HALLS}", "--id-prefix=DEMO"]
+    sim_args.append(f"--identity-dir={IDENTITIES}")
+    # The installer's part: each terminal's key is made on it, the operator pre-authorises
+    # the public keys (an id alone never enrolls).
+    csv = _run(exe, env, "simulate", *sim_args, "--keys-only").strip()
+    _run(exe, env, "terminal", "preauthorize", "--from-file", csv)
     admin = _create_token(exe, env, "admin", VAR / "admin.token")
     _create_token(exe, env, "viewer", VAR / "prometheus.token")
     try:
@@ -223,13 +244,12 @@ def main() -> int:
                         [
                             exe,
                             "simulate",
-                            f"--terminals={TERMINALS}",
-                            f"--halls={HALLS}",
+                            *sim_args,
                             f"--broker={broker_url}",
-                            f"--tls-dir={tls_dir}",
+                            f"--enroll-url={base}",
+                            f"--ca-file={chain}",
                             "--report-interval=10",
                             "--fault-rate=150",
-                            "--id-prefix=DEMO",
                         ],
                         env=env,
                         stdout=log,
@@ -249,15 +269,17 @@ def main() -> int:
 kioskfleet demo is running ({TERMINALS} simulated terminals in {HALLS} halls).
 
   admin token  {admin}
-               (also in {VAR / "admin.token"}; send it as `Authorization: Bearer ...`,
-               e.g. curl -H "Authorization: Bearer $(cat {VAR / "admin.token"})" {base}/api/v1/halls)
+               (also in {VAR / "admin.token"}; send it as `Authorization: Bearer ...`, e.g.
+               curl --cacert {chain} -H "Authorization: Bearer $(cat {VAR / "admin.token"})" {base}/api/v1/halls)
+  fleet CA     {chain}  (the API's HTTPS certificate is the demo CA's: trust it or accept it)
   API docs     {base}/docs  (Authorize with the admin token)
   terminals    {base}/api/v1/terminals
   with faults  {base}/api/v1/terminals?condition=paper_out
   halls        {base}/api/v1/halls
   metrics      {base}/metrics  (needs a viewer token)
 {prometheus_lines}
-  broker       {broker_url}  (client certificates of var/demo/ca; config {setup.conf})
+  broker       {broker_url}  (client certificates of var/demo/ca only; config {setup.conf})
+  enrollment   {base}/.well-known/est/cacerts  (EST; the {TERMINALS} terminals enrolled there)
   logs         {log_list}
 
 Press Ctrl-C to stop everything.

@@ -51,6 +51,7 @@ from server.tokens import Tokens
 
 __all__ = [
     "OPEN_PATHS",
+    "SELF_AUDITED",
     "AccessServices",
     "AuditMiddleware",
     "RoleRequirement",
@@ -64,7 +65,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OPEN_PATHS: Final = frozenset(
-    {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+    {"/healthz", "/readyz", "/openapi.json", "/docs", "/redoc"}
     # TUF metadata and targets for terminals (server.update_api): signed, so open
     | {"/tuf/metadata/{filename}", "/tuf/targets/{vendor}/{filename}"}
 )
@@ -72,6 +73,9 @@ OPEN_PATHS: Final = frozenset(
 repository). ``/metrics`` joins them only when ``metrics_require_token`` is off."""
 
 _STATE_CHANGING: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+SELF_AUDITED: Final = {"x-kioskfleet-self-audited": True}
+"""``openapi_extra=`` of a route that records its own, more precise audit entries (EST:
+the registry knows the terminal, the outcome and the reason); the middleware skips it."""
 _CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="kioskfleet"'}
 _PRINCIPAL: Final = "kf_principal"  # request.state keys the middleware reads
 _TARGET: Final = "kf_audit_target"
@@ -197,6 +201,8 @@ class AuditMiddleware:
     def _entry(self, scope: Scope, status: int | None) -> AuditEntry | None:
         route = scope.get("route")
         if route is None:  # no route matched: not a call of the API
+            return None
+        if (getattr(route, "openapi_extra", None) or {}).get("x-kioskfleet-self-audited"):
             return None
         state: Mapping[str, Any] = scope.get("state", {})
         principal: Principal | None = state.get(_PRINCIPAL)

@@ -39,6 +39,7 @@ from protocol.topics import is_valid_terminal_id
 from protocol.version import __version__
 from server.access import Principal, Role, allows
 from server.access_api import AccessServices, install_access, require, role_dependencies
+from server.api_docs import add_docs
 from server.api_models import (
     DecommissionPublic,
     ErrorPublic,
@@ -73,8 +74,9 @@ class ApiServices:
     registry: CollectorRegistry
     access: AccessServices
     clock: Callable[[], datetime]  # aware UTC: audit entry times
-    # removes a terminal (Server.decommission); raises BrokerError when it cannot be done now
-    decommission: Callable[[str], TerminalView | None] | None = None
+    # removes a terminal (Server.decommission(id, actor)); raises BrokerError when it cannot
+    # be done now
+    decommission: Callable[[str, str], TerminalView | None] | None = None
     page_limit_default: int = 100
     page_limit_max: int = 1000
     history_limit: int = 50
@@ -106,7 +108,10 @@ def create_app(services: ApiServices) -> FastAPI:
         title="kioskfleet server",
         version=__version__,
         description="Fleet state of self-service terminals: health, peripherals, history.",
+        docs_url=None,
+        redoc_url=None,
     )
+    add_docs(app)  # /docs and /redoc with local assets (offline-first)
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
@@ -223,7 +228,6 @@ def create_app(services: ApiServices) -> FastAPI:
             "/api/v1/terminals/{terminal_id}/decommission",
             response_model=DecommissionPublic,
             responses={503: {"model": ErrorPublic}, **_ERROR_RESPONSES},
-            dependencies=role_dependencies(Role.OPERATOR),
             name="terminal.decommission",
             tags=["fleet"],
             summary="Remove a terminal: revoked, its retained state cleared, out of the fleet "
@@ -231,11 +235,12 @@ def create_app(services: ApiServices) -> FastAPI:
         )
         def decommission_terminal(
             terminal_id: Annotated[str, Path(max_length=64)],
+            who: Annotated[Principal, Depends(require(Role.OPERATOR))],
         ) -> DecommissionPublic:
             if not is_valid_terminal_id(terminal_id):
                 raise ApiError(422, "invalid_request", f"not a terminal id: {terminal_id!r}")
             try:
-                view = decommission(terminal_id)
+                view = decommission(terminal_id, who.actor)
             except BrokerError as exc:
                 log.warning("decommission of %s not done: %s", terminal_id, exc)
                 raise ApiError(503, "broker_unavailable", str(exc)) from None

@@ -145,6 +145,20 @@ class Settings(BaseSettings):
     updates_resign_check_interval_s: PositiveSeconds = 300.0
     # Artifact uploads never published are deleted after this long (a vendor's disk budget).
     updates_upload_retention_s: Annotated[int, Field(ge=3600, le=365 * 86400)] = 7 * 86400
+    # Device identity (docs/security.md, "Device identity and enrollment"). ``ca_dir`` is the
+    # device CA's folder (``kioskfleet ca init``): with it the server runs the terminal
+    # registry and EST. ``require_enrollment`` (default: on exactly when ``ca_dir`` is set)
+    # admits only messages of enrolled, active terminals and takes hall, region and model
+    # from the registry.
+    ca_dir: Path | None = None
+    require_enrollment: bool | None = None
+    terminal_cert_days: Annotated[int, Field(ge=1, le=3650)] = 365
+    # How often a running server re-reads the registry (changes by the CLI or other replicas).
+    registry_refresh_interval_s: PositiveSeconds = 30.0
+    # HTTPS: the server's certificate and key (e.g. issued by the device CA for its host
+    # name); without them the API is plain HTTP.
+    https_cert_file: Path | None = None
+    https_key_file: Path | None = None
 
     # Ingest and fleet state.
     max_payload_bytes: Annotated[int, Field(ge=256, le=1024 * 1024)] = DEFAULT_MAX_PAYLOAD_BYTES
@@ -203,7 +217,27 @@ class Settings(BaseSettings):
             raise ValueError(
                 "updates_resign_check_interval_s must be well below half the timestamp expiry"
             )
+        if (self.https_cert_file is None) != (self.https_key_file is None):
+            raise ValueError("https_cert_file and https_key_file go together")
+        for path in (self.https_cert_file, self.https_key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"HTTPS file {path} does not exist")
+        if self.require_enrollment and self.ca_dir is None:
+            raise ValueError("require_enrollment needs ca_dir (the device CA)")
+        if self.ca_dir is not None and not self.ca_dir.is_dir():
+            raise ValueError(f"ca_dir {self.ca_dir} is not a folder (kioskfleet ca init DIR)")
         return self
+
+    @property
+    def enrollment_required(self) -> bool:
+        """Whether only enrolled terminals are admitted (default: when ``ca_dir`` is set)."""
+        if self.require_enrollment is None:
+            return self.ca_dir is not None
+        return self.require_enrollment
+
+    @property
+    def https(self) -> bool:
+        return self.https_cert_file is not None
 
     @property
     def broker(self) -> BrokerAddress:

@@ -17,7 +17,9 @@ library it wraps into one of these, so callers never catch ``sqlalchemy``,
     ├── BrokerError               the MQTT client could not be set up or used
     ├── DeviceCaError             the device CA is missing, incomplete or already there,
     │                             or a request to it is invalid (bad CSR, wrong key type)
-    ├── ReleaseRejectedError           uploaded TUF metadata or an artifact the server refuses
+    ├── EnrollmentRefusedError         the terminal registry refused an enrollment, renewal or
+    │                             registry change; .reason (bounded: a metric label), .status
+    ├── ReleaseRejectedError      uploaded TUF metadata or an artifact the server refuses
     │                             (.code: a server.tuf_verify.RejectCode value, .message)
     ├── UpdatesError              the update repository or artifact store failed or is
     │                             misconfigured (missing online key, unreadable file)
@@ -45,6 +47,7 @@ __all__ = [
     "BrokerError",
     "ConfigError",
     "DeviceCaError",
+    "EnrollmentRefusedError",
     "InvalidCursorError",
     "InvalidSettingsError",
     "ReleaseRejectedError",
@@ -141,6 +144,19 @@ class ApiError(ServerError):
 class DeviceCaError(ServerError):
     """The CA directory is missing, incomplete or already initialised, or a request to the CA
     is invalid (a CSR whose signature does not verify, a key that is not EC P-256...)."""
+
+
+class EnrollmentRefusedError(ServerError):
+    """The terminal registry refused a request: an enrollment (no or bad credentials, a key
+    or CN that is not the terminal's), a renewal (revoked or foreign certificate) or an
+    operator's change (unknown id, bad key). ``reason`` is one of a fixed set (it becomes a
+    metric label); ``status`` the HTTP status an EST answer carries (400, 401, 403, 404, 409)."""
+
+    def __init__(self, reason: str, message: str, *, status: int = 403) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.status = status
 
 
 class ReleaseRejectedError(ServerError):

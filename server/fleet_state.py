@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from protocol.messages import Message
@@ -38,7 +38,7 @@ from server.fleet_views import (
     TerminalView,
     Transition,
 )
-from server.terminal_rules import TerminalPolicy, TerminalRecord
+from server.terminal_rules import Placement, TerminalPolicy, TerminalRecord
 
 __all__ = ["FleetState"]
 
@@ -52,9 +52,14 @@ class FleetState:
         offline_after_missed_reports: int = 3,
         default_report_interval_s: float = 60.0,
         max_seq_jump: int = 1_000_000,
+        placements: Callable[[str], Placement | None] | None = None,
     ) -> None:
-        """Raises ValueError unless ``offline_after_missed_reports`` >= 1, the interval > 0
+        """``placements`` (the terminal registry's ``placement``), when given, decides each
+        terminal's hall, region and model instead of its messages.
+
+        Raises ValueError unless ``offline_after_missed_reports`` >= 1, the interval > 0
         and ``max_seq_jump`` >= 1."""
+        self._placements = placements
         self._policy = TerminalPolicy(
             offline_after_missed_reports, default_report_interval_s, max_seq_jump
         )
@@ -90,7 +95,10 @@ class FleetState:
                     message.terminal_id, received_at
                 )
                 bisect.insort(self._sorted_ids, t.id)
-            outcome = terminal_rules.apply(t, message, received_at, self._policy, retained=retained)
+            placement = None if self._placements is None else self._placements(t.id)
+            outcome = terminal_rules.apply(
+                t, message, received_at, self._policy, retained=retained, placement=placement
+            )
             if outcome.retally:
                 self._tallies.update(t)
             elif created and not outcome.accepted:  # a refused first message leaves no trace

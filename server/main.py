@@ -18,12 +18,14 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -35,7 +37,9 @@ from server.access_store import AccessStore, DatabaseAudit
 from server.api import ApiServices, create_app
 from server.audit import AuditSink
 from server.config import Settings
+from server.device_ca import CaPaths
 from server.errors import BrokerError, ConfigError, ServerError, StorageError
+from server.est import EstMetrics, est_router
 from server.fleet_collector import FleetCollector, LabelBudget
 from server.fleet_state import FleetState
 from server.fleet_views import TerminalView, Transition
@@ -53,6 +57,8 @@ from server.mqtt_source import MqttOptions, MqttSource
 from server.records import EventRecord
 from server.scheduler import OfflineSweep, Retention, RetentionPruner, build_scheduler
 from server.storage import Storage
+from server.terminal_registry import TerminalRegistry
+from server.tls_client_cert import TlsH11Protocol
 from server.tokens import Tokens
 from server.update_wiring import UpdateService, build_updates
 from server.write_behind import WriteBehind
@@ -117,9 +123,11 @@ class Server:
         registry: CollectorRegistry | None = None,
         *,
         source: SourceFactory | None = None,
+        audit: AuditSink | None = None,
     ) -> None:
         """``source`` builds where messages come from (default: ``mqtt_source(settings)``,
-        the broker; tests pass ``InMemorySource.factory(...)``)."""
+        the broker; tests pass ``InMemorySource.factory(...)``). ``audit`` receives the
+        audit entries (default: in memory)."""
         self.settings = settings
         if registry is None:
             registry = CollectorRegistry()
@@ -127,11 +135,29 @@ class Server:
             PlatformCollector(registry=registry)
             GCCollector(registry=registry)
         self.registry = registry
+        self.storage = storage_for(settings)
+        self.access_store = AccessStore(self.storage)
+        self.tokens = Tokens(self.access_store)
+        # The audit log: enrollment, revocation and every API change record through it.
+        self.audit: AuditSink = (
+            audit if audit is not None else DatabaseAudit(self.access_store, registry)
+        )
+        # The terminal registry and EST, when there is a device CA (docs/security.md).
+        self.terminal_registry: TerminalRegistry | None = None
+        if settings.ca_dir is not None:
+            self.terminal_registry = TerminalRegistry(
+                lambda: self.storage.engine,
+                settings.ca_dir,
+                self.audit,
+                cert_days=settings.terminal_cert_days,
+            )
+        directory = self.terminal_registry if settings.enrollment_required else None
         self.metrics = ServerMetrics(registry)
         self.fleet = FleetState(
             offline_after_missed_reports=settings.offline_after_missed_reports,
             default_report_interval_s=settings.default_report_interval_s,
             max_seq_jump=settings.max_seq_jump,
+            placements=None if directory is None else directory.placement,
         )
         registry.register(  # fleet gauges, computed at scrape time
             FleetCollector(
@@ -143,7 +169,6 @@ class Server:
                 ),
             )
         )
-        self.storage = storage_for(settings)
         self.writer = WriteBehind(
             self.storage,
             self.fleet.snapshot,
@@ -168,6 +193,7 @@ class Server:
                 rate_per_s=settings.ingest_rate_per_terminal_s,
                 burst=settings.ingest_burst_per_terminal,
                 clock=time.monotonic,
+                directory=directory,
             ),
         )
         make_source = source if source is not None else mqtt_source(settings)
@@ -180,10 +206,6 @@ class Server:
             self.metrics,
             listening_since=self.listening_since,
         )
-        self.access_store = AccessStore(self.storage)
-        self.tokens = Tokens(self.access_store)
-        # The audit log: enrollment, revocation and every API change record through it.
-        self.audit: AuditSink = DatabaseAudit(self.access_store, registry)
         self.pruner = RetentionPruner(
             [
                 Retention(
@@ -211,7 +233,7 @@ class Server:
                 events=self._events,
                 readiness=self.readiness,
                 registry=registry,
-                decommission=self.decommission,
+                decommission=lambda terminal_id, actor: self.decommission(terminal_id, actor=actor),
                 access=AccessServices(
                     tokens=self.tokens, audit=self.audit, store=self.access_store
                 ),
@@ -223,6 +245,18 @@ class Server:
                 history_limit_max=settings.history_limit_max,
             )
         )
+        if self.terminal_registry is not None and not settings.https:
+            log.warning("EST is off: it needs HTTPS (KIOSKFLEET_HTTPS_CERT_FILE/_KEY_FILE)")
+        elif self.terminal_registry is not None:  # RFC 7030: EST only over TLS
+            self.app.include_router(
+                est_router(
+                    self.terminal_registry,
+                    EstMetrics(registry),
+                    ThrottledLog(
+                        logging.getLogger("server.est"), interval_s=settings.reject_log_interval_s
+                    ),
+                )
+            )
         # Signed releases (docs/updates.md): off unless updates_dir is set.
         self.updates: UpdateService | None = build_updates(settings, registry, self.app)
         self._scheduler: BackgroundScheduler | None = None
@@ -235,13 +269,14 @@ class Server:
 
     @property
     def base_url(self) -> str:
-        """``http://host:port`` of the API (the real port when ``http_port`` was 0)."""
+        """``http(s)://host:port`` of the API (the real port when ``http_port`` was 0)."""
         if self._port is None:
             raise ServerError("the server is not started")
         host = self.settings.http_host
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self._port}"
+        scheme = "https" if self.settings.https else "http"
+        return f"{scheme}://{host}:{self._port}"
 
     def listening_since(self) -> datetime | None:
         """Since when silence proves something: the later of the broker connect and the last
@@ -268,10 +303,12 @@ class Server:
             reasons.append(f"database writes failing: {failure}")
         return reasons
 
-    def decommission(self, terminal_id: str) -> TerminalView | None:
+    def decommission(self, terminal_id: str, *, actor: str = "system") -> TerminalView | None:
         """Remove a terminal: out of the fleet state, every tally and gauge, its row and
         peripherals deleted with the next flush, its retained ``state`` cleared at the
-        broker. Its transitions and events stay (history, until their retention).
+        broker. Its transitions and events stay (history, until their retention). With the
+        terminal registry on, a registered terminal is also marked decommissioned there
+        (its certificates revoked, the CRL rewritten; recorded as ``actor``).
 
         Returns its last view, None if the server did not know it (the broker's retained
         state is cleared all the same). Raises BrokerError while the broker is not
@@ -284,6 +321,9 @@ class Server:
             self.writer.remove(terminal_id)
         if not self.mqtt.clear_retained(topic(terminal_id, Channel.STATE)):
             raise BrokerError("the broker connection dropped: retained state not cleared")
+        registry = self.terminal_registry
+        if registry is not None and registry.placement(terminal_id) is not None:
+            registry.decommission(terminal_id, actor=actor)
         log.info("decommissioned terminal %s (known: %s)", terminal_id, view is not None)
         return view
 
@@ -300,6 +340,8 @@ class Server:
         self.tokens.bootstrap(
             self.audit, stderr=sys.stderr, token_file=self.settings.bootstrap_token_file
         )
+        if self.terminal_registry is not None:
+            self.terminal_registry.open()
         terminals = self.storage.load_fleet()
         self.fleet.load(terminals)
         log.info("loaded %d terminals from the database", len(terminals))
@@ -314,6 +356,16 @@ class Server:
             pruner=self.pruner,
             prune_interval_s=self.settings.event_prune_interval_s,
         )
+        if self.terminal_registry is not None:
+            self._scheduler.add_job(
+                self._refresh_registry,
+                "interval",
+                seconds=self.settings.registry_refresh_interval_s,
+                id="registry-refresh",
+                name="terminal registry refresh",
+                max_instances=1,
+                coalesce=True,
+            )
         if self.updates is not None:
             self.updates.schedule(self._scheduler)
         self._scheduler.start()
@@ -333,6 +385,15 @@ class Server:
         self.storage.close()
 
     # --- internals ------------------------------------------------------------------------
+
+    def _refresh_registry(self) -> None:
+        if self.terminal_registry is None:
+            return
+        try:
+            self.terminal_registry.refresh()
+        except StorageError as exc:
+            self.metrics.db_errors.inc()
+            log.warning("terminal registry refresh failed: %s", exc)
 
     def _history(self, terminal_id: str, limit: int) -> list[Transition]:
         try:
@@ -354,6 +415,9 @@ class Server:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Accepted sockets inherit it. Without it every HTTPS answer waited ~40 ms for the
+            # client's delayed ACK (Nagle): 46 ms per request instead of 3 (bench/enroll.py).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.bind((host, port))
         except OSError as exc:
             sock.close()
@@ -365,6 +429,7 @@ class Server:
             access_log=False,
             lifespan="off",
             timeout_keep_alive=self.settings.http_keepalive_timeout_s,
+            **self._https_options(),
         )
         self._http = uvicorn.Server(config)
         http = self._http
@@ -378,6 +443,25 @@ class Server:
                 raise ServerError(f"the HTTP server did not start on {host}:{self._port}")
             time.sleep(0.01)
         log.info("API listening on %s", self.base_url)
+
+    def _https_options(self) -> dict[str, Any]:
+        """uvicorn's TLS options: the server certificate; with a device CA, client
+        certificates are asked for (optional: only ``simplereenroll`` needs one) and handed
+        to the app through the ASGI TLS extension."""
+        settings = self.settings
+        if settings.https_cert_file is None:
+            return {}
+        options: dict[str, Any] = {
+            "ssl_certfile": str(settings.https_cert_file),
+            "ssl_keyfile": str(settings.https_key_file),
+        }
+        if settings.ca_dir is not None:
+            options |= {
+                "ssl_cert_reqs": ssl.CERT_OPTIONAL,
+                "ssl_ca_certs": str(CaPaths(settings.ca_dir).chain),
+                "http": TlsH11Protocol,
+            }
+        return options
 
     def _stop_http(self) -> None:
         if self._http is not None:

@@ -29,6 +29,7 @@ the fleet (that is ``server.fleet_state``).
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -222,11 +223,18 @@ class EventRow(_Table, table=True):
 _METADATA: Final = _Table.metadata
 
 
+_TABLE_MODULES: Final = (
+    "server.identity_tables",
+    "server.access_store",
+)  # tables declared beside their owners
+
+
 def server_metadata() -> sa.MetaData:
     """The server's table metadata (what the migrations must produce), including the tables
-    other server modules declare on ``ServerTable``."""
-    import server.access_store  # noqa: F401 - registers its tables; imports this module
-
+    of ``_TABLE_MODULES``, declared beside their owners on ``ServerTable`` (imported here:
+    they build on this module's base)."""
+    for name in _TABLE_MODULES:
+        importlib.import_module(name)
     return _METADATA
 
 

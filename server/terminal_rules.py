@@ -94,7 +94,7 @@ from server.fleet_views import (
     Verdict,
 )
 
-__all__ = ["VIEW_FIELDS", "TerminalPolicy", "TerminalRecord", "apply", "expire"]
+__all__ = ["VIEW_FIELDS", "Placement", "TerminalPolicy", "TerminalRecord", "apply", "expire"]
 
 _DUPLICATE: Final = Outcome(Verdict.DUPLICATE)
 _STALE: Final = Outcome(Verdict.STALE)
@@ -103,6 +103,16 @@ _OK: Final = PeripheralCondition.OK
 
 VIEW_FIELDS: Final = tuple(f.name for f in fields(TerminalView))
 """A terminal's fields, declared once by ``TerminalView``; the record has each of them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a terminal stands, from the server's terminal registry. When the registry is
+    on, it replaces the hall, region and model the terminal's messages claim."""
+
+    hall: str
+    region: str
+    model: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,15 +220,18 @@ def apply(
     policy: TerminalPolicy,
     *,
     retained: bool = False,
+    placement: Placement | None = None,
 ) -> Outcome:
     """Apply one decoded message for ``t`` received at server time ``received_at``.
 
     ``retained`` is True when the broker delivered a stored retained message (on
-    subscribe) rather than a live one. Never raises for any valid message.
+    subscribe) rather than a live one. ``placement``, when given (the registry's),
+    is the terminal's hall, region and model whatever the message says. Never
+    raises for any valid message.
     """
     if isinstance(message, StateMessage):
-        return _apply_state(t, message, received_at, retained, policy)
-    return _apply_stream(t, message, received_at, policy)
+        return _apply_state(t, message, received_at, retained, policy, placement)
+    return _apply_stream(t, message, received_at, policy, placement)
 
 
 def expire(
@@ -297,6 +310,7 @@ def _apply_state(
     received_at: datetime,
     retained: bool,
     policy: TerminalPolicy,
+    placement: Placement | None,
 ) -> Outcome:
     if m.boot_id != t.boot_id and m.boot_id == t.prev_boot_id:
         return _STALE
@@ -317,12 +331,15 @@ def _apply_state(
     t.last_state_key = key
     if m.boot_id != t.boot_id:  # a new stream: its position and drops are not known yet
         _new_stream(t, m.boot_id)
-    if body.hall is not None:
-        t.hall = body.hall
-    if body.region is not None:
-        t.region = body.region
-    if body.model is not None:
-        t.model = body.model
+    if placement is not None:
+        t.hall, t.region, t.model = placement.hall, placement.region, placement.model
+    else:
+        if body.hall is not None:
+            t.hall = body.hall
+        if body.region is not None:
+            t.region = body.region
+        if body.model is not None:
+            t.model = body.model
     if t.last_sent_at is None or m.sent_at > t.last_sent_at:
         t.last_sent_at = m.sent_at
     transition: Transition | None
@@ -351,6 +368,7 @@ def _apply_stream(
     m: ReportMessage | EventMessage,
     received_at: datetime,
     policy: TerminalPolicy,
+    placement: Placement | None,
 ) -> Outcome:
     # Sequence: duplicates, stragglers from the previous stream, gaps.
     new_boot = m.boot_id != t.boot_id
@@ -391,16 +409,17 @@ def _apply_stream(
     identity_changed = new_boot
     if isinstance(m, ReportMessage):
         body = m.body
+        where = placement or Placement(body.hall, body.region, body.model)
         if (
-            t.hall != body.hall
-            or t.region != body.region
-            or t.model != body.model
+            t.hall != where.hall
+            or t.region != where.region
+            or t.model != where.model
             or t.agent_version != body.agent_version
             or t.report_interval_s != body.report_interval_s
             or t.software != body.software
         ):
             identity_changed = True
-            t.hall, t.region, t.model = body.hall, body.region, body.model
+            t.hall, t.region, t.model = where.hall, where.region, where.model
             t.agent_version = body.agent_version
             t.report_interval_s = body.report_interval_s
             t.software = dict(body.software)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,6 +41,12 @@ log = logging.getLogger(__name__)
 
 BOOTSTRAP_TOKEN_NAME: Final = "bootstrap"  # noqa: S105 - a name, not a secret
 _TOUCH_EVERY: Final = timedelta(minutes=1)
+OUTAGE_GRACE: Final = timedelta(minutes=5)
+"""While the database cannot be read, a token verified against it less than this long ago is
+still accepted (as it was then: expiry is checked again), so that the fleet stays readable
+through a database outage, as it always was. A token nobody presented before the outage, an
+unknown secret, is refused with StorageError as before."""
+_KNOWN_MAX: Final = 1024  # verified tokens remembered for an outage (least recently used go)
 
 
 def _utcnow() -> datetime:
@@ -70,6 +78,9 @@ class Tokens:
     def __init__(self, store: AccessStore, *, clock: Callable[[], datetime] = _utcnow) -> None:
         self._store = store
         self._clock = clock
+        # hash -> (record, when the database last confirmed it); only real tokens get in
+        self._known: OrderedDict[str, tuple[TokenRecord, datetime]] = OrderedDict()
+        self._known_lock = threading.Lock()
 
     def now(self) -> datetime:
         return self._clock()
@@ -113,7 +124,11 @@ class Tokens:
         """Revoke the token ``name`` (it stays listed, marked revoked).
 
         Raises AccessError(``no_such_token``), StorageError."""
-        return self._store.revoke_token(name, self._clock())
+        record = self._store.revoke_token(name, self._clock())
+        with self._known_lock:  # not even accepted during a database outage any more
+            for secret_hash in [h for h, (r, _) in self._known.items() if r.name == name]:
+                del self._known[secret_hash]
+        return record
 
     def authenticate(self, secret: str) -> Principal:
         """Who ``secret`` is; updates the token's ``last_used_at`` at most once a minute.
@@ -123,18 +138,45 @@ class Tokens:
         """
         if not looks_like_secret(secret):
             raise AccessError("malformed", "not a kioskfleet token")
-        record = self._store.token_by_hash(hash_secret(secret))
+        secret_hash = hash_secret(secret)
         now = self._clock()
+        try:
+            record = self._store.token_by_hash(secret_hash)
+        except StorageError as exc:
+            record = self._known_during_outage(secret_hash, now, exc)
+            problem = token_problem(record, now)
+            if problem is not None:
+                raise AccessError(problem, f"token {problem}") from None
+            log.warning("database unreadable: token %s accepted as verified before", record.name)
+            return Principal(name=record.name, role=record.role, vendor=record.vendor)
         problem = token_problem(record, now)
         if record is None or problem is not None:
+            with self._known_lock:
+                self._known.pop(secret_hash, None)
             reason = problem or "unknown"
             raise AccessError(reason, f"token {reason}")
+        with self._known_lock:
+            self._known[secret_hash] = (record, now)
+            self._known.move_to_end(secret_hash)
+            while len(self._known) > _KNOWN_MAX:
+                self._known.popitem(last=False)
         if record.last_used_at is None or now - record.last_used_at >= _TOUCH_EVERY:
             try:
                 self._store.touch_token(record.name, now)
             except StorageError as exc:  # bookkeeping only: the request goes on
                 log.warning("last use of token %s not recorded: %s", record.name, exc)
         return Principal(name=record.name, role=record.role, vendor=record.vendor)
+
+    def _known_during_outage(
+        self, secret_hash: str, now: datetime, outage: StorageError
+    ) -> TokenRecord:
+        """The record the database confirmed for ``secret_hash`` within ``OUTAGE_GRACE``;
+        raises ``outage`` when there is none."""
+        with self._known_lock:
+            known = self._known.get(secret_hash)
+        if known is None or now - known[1] > OUTAGE_GRACE:
+            raise outage
+        return known[0]
 
     def bootstrap(self, audit: AuditSink, *, stderr: TextIO, token_file: Path | None) -> bool:
         """On a database with no token at all, create the admin token ``bootstrap``, print

@@ -25,7 +25,6 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.simulator import Simulation, SimulationOptions, SimulationTuning
 from kioskfleet.broker_setup import BrokerSetup
 from kioskfleet.local_broker import LocalBroker, free_port
 from protocol.codec import encode
@@ -443,30 +442,6 @@ def test_the_server_identity_may_clear_a_decommissioned_terminals_retained_state
     wait_until(lambda: any(name == topic("T-LATER", Channel.REPORT)
                            for name, _ in after.messages()), 5)  # fmt: skip
     assert [name for name, _ in after.messages()] == [topic("T-LATER", Channel.REPORT)]
-
-
-def test_simulated_terminals_with_their_certificates_report_through_the_identity_broker(
-    pki: TestPki, broker: LocalBroker, setup: BrokerSetup, clients: Any
-) -> None:
-    listener: Client = clients(pki.server_client(setup))
-    assert listener.connect()
-    listener.subscribe(ALL_REPORTS)
-    ids = [f"SIMTLS-{n:05d}" for n in (1, 2, 3)]
-    opts = SimulationOptions(terminals=3, broker_url=broker.url, report_interval_s=1.0,
-                             id_prefix="SIMTLS", tls_dir=pki.terminals_dir(ids))  # fmt: skip
-    sim = Simulation(opts, tuning=SimulationTuning(shutdown_timeout_s=5))
-    sim.start()
-    try:
-        assert sim.wait_connected(30), sim.counters()
-        wait_until(lambda: {name for name, _ in listener.messages()}
-                   == {topic(t, Channel.REPORT) for t in ids}, 15)  # fmt: skip
-    finally:
-        sim.stop()
-
-
-def test_a_simulation_with_certificates_needs_an_mqtts_broker(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="mqtts"):
-        SimulationOptions(broker_url="mqtt://127.0.0.1:1883", tls_dir=tmp_path).check()
 
 
 # --- who cannot connect ---------------------------------------------------------------------

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion
 
+from kioskfleet.cli import main as cli_main
 from kioskfleet.local_broker import LocalBroker
 from protocol.topics import Channel, topic
 from server.access import Role
+from server.access_store import AuditFilter
+from server.audit import AuditResult
+from server.device_ca import generate_key
+from server.identity_tables import RegistryStatus
 from server.main import Server
 from tests.integration.conftest import (
     RawTerminal,
@@ -24,6 +31,7 @@ from tests.integration.conftest import (
     token,
     unique,
 )
+from tests.support.device_identity import csr_for, make_ca, public_pem
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -133,3 +141,62 @@ def test_decommission_is_refused_with_503_while_the_broker_is_away(
     assert answer.status_code == 503
     assert answer.json()["error"] == "broker_unavailable"
     assert api(server, f"/api/v1/terminals/{terminal.id}").status_code == 200
+
+
+def test_the_cli_decommissions_an_enrolled_terminal_through_the_api_revoking_it(
+    start_server: ServerFactory, terminals: TerminalFactory, tmp_path: Path
+) -> None:
+    """``kioskfleet terminal decommission`` over HTTPS with an operator token: the terminal is
+    out of the fleet, its certificate is on the CRL, the registry says decommissioned, its next
+    report is refused by id, and the audit log names the token for both records."""
+    fleet_ca = make_ca(tmp_path / "ca")
+    server = start_server(
+        ca_dir=fleet_ca.directory,
+        https_cert_file=fleet_ca.https_cert,
+        https_key_file=fleet_ca.https_key,
+    )
+    registry = server.terminal_registry
+    assert registry is not None
+    key = generate_key()
+    registry.preauthorize("T-RETIRED", "Hall A", "North", "KX-200", public_pem(key), actor="t")
+    cert = registry.enroll(csr_for(key, "T-RETIRED"))
+    terminal = terminals("T-RETIRED")
+    terminal.online()
+    terminal.report()
+    wait_until(lambda: server.fleet.get("T-RETIRED") is not None, 10, "the enrolled report")
+    token_file = tmp_path / "operator.token"
+    token_file.write_text(token(server, Role.OPERATOR, name="ops-1") + "\n", encoding="utf-8")
+    viewer_file = tmp_path / "viewer.token"
+    viewer_file.write_text(token(server, Role.VIEWER), encoding="utf-8")
+    args = ["terminal", "decommission", "T-RETIRED", "--server", server.base_url,
+            "--ca-file", str(fleet_ca.paths.chain), "--token-file"]  # fmt: skip
+
+    assert cli_main([*args, str(viewer_file)]) == 1  # a viewer may not
+    assert server.fleet.get("T-RETIRED") is not None
+    assert cli_main([*args, str(token_file)]) == 0
+
+    assert server.fleet.get("T-RETIRED") is None
+    registered = registry.get("T-RETIRED")
+    assert registered is not None
+    assert registered.status is RegistryStatus.DECOMMISSIONED
+    crl = x509.load_pem_x509_crl(fleet_ca.paths.crl.read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+    refused = metric(server, "kioskfleet_ingest_rejected_total", reason="unknown_terminal")
+    terminal.report()
+    wait_until(
+        lambda: (
+            metric(server, "kioskfleet_ingest_rejected_total", reason="unknown_terminal") > refused
+        ),
+        10,
+        "the decommissioned terminal's report to be refused",
+    )
+    assert server.fleet.get("T-RETIRED") is None
+    entries = server.access_store.audit(AuditFilter(target="T-RETIRED"), limit=20).items
+    # Two records of the one call: the API's (who, from where, the answer's status) and the
+    # registry's (the revocation it made).
+    assert [(e.action, e.actor, e.result) for e in entries][:3] == [
+        ("terminal.decommission", "token:ops-1", AuditResult.OK),
+        ("terminal.decommission", "token:ops-1", AuditResult.OK),
+        ("terminal.decommission", entries[2].actor, AuditResult.DENIED),
+    ]
+    assert entries[2].role == "viewer"

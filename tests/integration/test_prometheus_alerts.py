@@ -40,6 +40,7 @@ from kioskfleet.local_prometheus import (
 )
 from protocol.messages import PeripheralCondition
 from server.access import Role
+from server.device_ca import init_ca
 from server.main import Server
 from server.tokens import write_secret_file
 from tests.integration.conftest import ServerFactory, api, token, wait_until
@@ -302,6 +303,7 @@ def test_generated_config_passes_promtool_and_points_every_job_at_loopback(
 ) -> None:
     token_file = tmp_path / "viewer.token"
     token_file.write_text("kf_example\n")
+    chain = init_ca(tmp_path / "ca").chain
     config = local_config(
         ["127.0.0.1:8080"],
         self_target="127.0.0.1:9999",
@@ -309,8 +311,11 @@ def test_generated_config_passes_promtool_and_points_every_job_at_loopback(
         scrape_interval="1s",
         evaluation_interval="1s",
         token_file=token_file,
+        ca_file=chain,
     )
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["kioskfleet"]["scheme"] == "https"  # a server with HTTPS, verified with the chain
+    assert jobs["kioskfleet"]["tls_config"] == {"ca_file": str(chain.resolve())}
     assert jobs["kioskfleet"]["static_configs"] == [{"targets": ["127.0.0.1:8080"]}]
     assert jobs["kioskfleet"]["authorization"] == {
         "type": "Bearer",
@@ -318,6 +323,7 @@ def test_generated_config_passes_promtool_and_points_every_job_at_loopback(
     }
     tokenless = local_config(["127.0.0.1:8080"], self_target="x:1", rule_files=[])
     assert "authorization" not in tokenless["scrape_configs"][0]  # not the base's relative path
+    assert "tls_config" not in tokenless["scrape_configs"][0]
     assert jobs["prometheus"]["static_configs"] == [{"targets": ["127.0.0.1:9999"]}]
     assert "alerting" not in config  # no Alertmanager runs here: nothing is sent
     assert config["rule_files"] == [str(project_rules_file())]

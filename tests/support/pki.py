@@ -8,7 +8,6 @@ certificate built here by hand is the self-signed one, because no CA makes those
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +26,7 @@ from server.device_ca import (
     write_pem,
     write_private_key,
 )
+from tests.support.device_identity import csr_for
 
 __all__ = ["ClientFiles", "TestPki"]
 
@@ -40,14 +40,6 @@ class ClientFiles:
     key_file: Path
     ca_file: Path
     serial: int
-
-
-def _csr(key: PrivateKey, cn: str) -> x509.CertificateSigningRequest:
-    return (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-        .sign(key, hashes.SHA256())
-    )
 
 
 @dataclass
@@ -93,19 +85,8 @@ class TestPki:
     ) -> ClientFiles:
         """A terminal's certificate (CN = ``terminal_id``) as enrollment issues it."""
         key = generate_key()
-        cert = self.ca.issue_terminal(_csr(key, terminal_id), terminal_id, days=days, now=now)
+        cert = self.ca.issue_terminal(csr_for(key, terminal_id), terminal_id, days=days, now=now)
         return self._write(f"{terminal_id}-{cert.serial_number:x}", cert, key)
-
-    def terminals_dir(self, terminal_ids: list[str]) -> Path:
-        """``chain.pem`` and ``<id>.pem``/``<id>.key`` for each id: the layout ``kioskfleet
-        simulate --tls-dir`` reads."""
-        out = self.directory / "simulated"
-        write_pem(out / "chain.pem", *self.ca.chain)
-        for terminal_id in terminal_ids:
-            files = self.terminal(terminal_id)
-            os.replace(files.cert_file, out / f"{terminal_id}.pem")
-            os.replace(files.key_file, out / f"{terminal_id}.key")
-        return out
 
     def expired_terminal(self, terminal_id: str) -> ClientFiles:
         """Issued by the fleet CA a year ago, valid for one day."""
@@ -120,7 +101,7 @@ class TestPki:
             else DeviceCa.load(init_ca(other_dir).directory)
         )
         key = generate_key()
-        cert = other.issue_terminal(_csr(key, terminal_id), terminal_id)
+        cert = other.issue_terminal(csr_for(key, terminal_id), terminal_id)
         return self._write(f"{terminal_id}-foreign", cert, key)
 
     def self_signed_terminal(self, terminal_id: str) -> ClientFiles:

@@ -1,6 +1,8 @@
 """``kioskfleet server`` as a subprocess that a test can SIGKILL, SIGTERM and start again.
 
-Settings go in as ``KIOSKFLEET_*`` environment variables; the same object
+Settings go in as ``KIOSKFLEET_*`` environment variables (the first start's
+bootstrap admin token is written to ``<workdir>/admin.token`` and sent by
+``get``); the same object
 restarts the server with the same settings (the same MQTT client id, hence the
 same persistent session at the broker, and the same database). Its log goes to
 ``<workdir>/server-<n>.log``, one file per start, quoted in failure messages.
@@ -49,6 +51,8 @@ class ServerProcess:
             "db_flush_interval_s": 0.1,
             "offline_check_interval_s": 0.5,
             "reject_log_interval_s": 10,
+            # the first start writes its bootstrap admin token here; ``get`` sends it
+            "bootstrap_token_file": workdir / "admin.token",
             **settings,
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -123,7 +127,14 @@ class ServerProcess:
         return code
 
     def get(self, path: str, **params: Any) -> httpx.Response:
-        return httpx.get(self.base_url + path, params=params, timeout=5)
+        """GET with the admin token the server's first start made (``bootstrap_token_file``)."""
+        token = Path(self.settings["bootstrap_token_file"]).read_text(encoding="utf-8").strip()
+        return httpx.get(
+            self.base_url + path,
+            params=params,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=5,
+        )
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample from ``/metrics`` (0 if absent)."""
