@@ -54,7 +54,7 @@ def _fail(message: str) -> typer.Exit:
 
 def _client(server: str, token_file: Path, ca_file: Path | None) -> UpdateClient:
     token = token_file.read_text().strip()
-    return UpdateClient(server, token, verify=str(ca_file) if ca_file else True)
+    return UpdateClient(server, token, ca_file=ca_file)
 
 
 # --- operator ---------------------------------------------------------------------------------

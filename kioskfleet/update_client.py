@@ -9,6 +9,7 @@ with the server's error code and message.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -40,9 +41,13 @@ class UpdateClient:
         token: str,
         *,
         timeout_s: float = 30.0,
-        verify: str | bool = True,
+        ca_file: Path | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """``ca_file``: the CA to trust for an https:// server (default: the system's)."""
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else True
+        )
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},

@@ -34,6 +34,7 @@ from server.access_api import OPEN_PATHS, declared_role
 from server.main import Server
 from server.tuf_online import next_snapshot, next_timestamp
 from tests.integration.conftest import ServerFactory, admin_token, api, bearer, metric, token
+from tests.support.device_identity import make_ca
 from tests.support.tuf_world import TufWorld, release_manifest
 
 pytestmark = pytest.mark.integration
@@ -228,6 +229,38 @@ def test_metadata_is_served_with_caching_per_kind_and_the_next_root_is_404(
         .endswith("immutable")
     )
     assert httpx.get(base + "..%2Fledger.json", timeout=5).status_code == 404
+
+
+def test_over_https_a_terminal_trusting_the_servers_ca_gets_the_release(
+    start_server: ServerFactory,
+    world: TufWorld,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tls = make_ca(tmp_path / "ca")
+    server = start_server(
+        updates_dir=tmp_path / "repository",
+        updates_snapshot_key_file=world.operator.online_dir / "snapshot.key",
+        updates_timestamp_key_file=world.operator.online_dir / "timestamp.key",
+        https_cert_file=tls.https_cert,
+        https_key_file=tls.https_key,
+    )
+    assert server.base_url.startswith("https://")
+    ca = tls.paths.chain
+    with UpdateClient(server.base_url, admin_token(server), ca_file=ca) as admin:
+        admin.upload_metadata("root", world.roots()[0])
+        admin.upload_metadata("targets", world.targets_bytes())
+    artifact = world.artifact("kiosk-app-1.bin")
+    world.sign("acme", artifact, release_manifest(1))
+    vendor = token(server, Role.VENDOR, vendor="acme")
+    with UpdateClient(server.base_url, vendor, ca_file=ca) as acme:
+        _publish(acme, world, "acme", artifact)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the terminal trusts the fleet's CA
+    updater = _updater(server, tmp_path, world.roots()[0])
+    updater.refresh()
+    info = updater.get_targetinfo("acme/kiosk-app-1.bin")
+    assert info is not None
+    assert Path(updater.download_target(info)).read_bytes() == artifact.read_bytes()
 
 
 # --- refusals ------------------------------------------------------------------------------
