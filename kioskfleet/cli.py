@@ -1,6 +1,6 @@
 """The ``kioskfleet`` command: ``agent``, ``agent keygen``, ``server``, ``db upgrade``,
-``token``, ``ca init``, ``terminal preauthorize|token|revoke|decommission``, ``simulate``
-and ``broker-config``.
+``token``, ``ca init``, ``terminal preauthorize|token|revoke|decommission``, ``simulate``,
+``broker-config``, and ``repo``/``vendor`` (signed releases, Typer: kioskfleet/cli_updates.py).
 
 Only argument parsing lives here; each subcommand hands over to its package
 (imported lazily so that ``kioskfleet agent`` on a terminal never imports the
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -178,6 +179,13 @@ def _broker_config(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] in (["repo"], ["vendor"], ["--install-completion"], ["--show-completion"]) or (
+        "_KIOSKFLEET_COMPLETE" in os.environ  # the shell asking Typer for completions
+    ):  # signed releases: Typer (cli_updates.py), with shell completion for repo and vendor
+        from kioskfleet.cli_updates import run
+
+        return run(words)
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),

@@ -64,9 +64,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS: Final = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/redoc"})
-"""Paths that answer without a token (probes and the API's own description). ``/metrics``
-joins them only when ``metrics_require_token`` is off."""
+OPEN_PATHS: Final = frozenset(
+    {"/healthz", "/readyz", "/openapi.json", "/docs", "/redoc"}
+    # TUF metadata and targets for terminals (server.update_api): signed, so open
+    | {"/tuf/metadata/{filename}", "/tuf/targets/{vendor}/{filename}"}
+)
+"""Paths that answer without a token (probes, the API's own description, the signed TUF
+repository). ``/metrics`` joins them only when ``metrics_require_token`` is off."""
 
 _STATE_CHANGING: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 SELF_AUDITED: Final = {"x-kioskfleet-self-audited": True}

@@ -132,6 +132,19 @@ class Settings(BaseSettings):
     bootstrap_token_file: Path | None = None
     audit_retention_days: Annotated[float, Field(gt=0, le=36500)] = 365.0
 
+    # Signed releases (docs/updates.md): the TUF repository and artifacts live in updates_dir
+    # (off while unset); the online snapshot and timestamp keys come from `kioskfleet repo
+    # init` (DIR/online/*.key). Timestamp is re-signed once half its lifetime is gone.
+    updates_dir: Path | None = None
+    updates_snapshot_key_file: Path | None = None
+    updates_timestamp_key_file: Path | None = None
+    updates_max_artifact_bytes: Annotated[int, Field(ge=1024, le=2**40)] = 2 * 1024**3
+    updates_max_metadata_bytes: Annotated[int, Field(ge=1024, le=64 * 1024**2)] = 8 * 1024**2
+    updates_snapshot_expiry_s: Annotated[int, Field(ge=60, le=365 * 86400)] = 7 * 86400
+    updates_timestamp_expiry_s: Annotated[int, Field(ge=60, le=30 * 86400)] = 86400
+    updates_resign_check_interval_s: PositiveSeconds = 300.0
+    # Artifact uploads never published are deleted after this long (a vendor's disk budget).
+    updates_upload_retention_s: Annotated[int, Field(ge=3600, le=365 * 86400)] = 7 * 86400
     # Device identity (docs/security.md, "Device identity and enrollment"). ``ca_dir`` is the
     # device CA's folder (``kioskfleet ca init``): with it the server runs the terminal
     # registry and EST. ``require_enrollment`` (default: on exactly when ``ca_dir`` is set)
@@ -193,6 +206,17 @@ class Settings(BaseSettings):
         for path in (self.broker_ca_file, self.broker_cert_file, self.broker_key_file):
             if path is not None and not path.is_file():
                 raise ValueError(f"TLS file {path} does not exist")
+        if self.updates_dir is not None:
+            for key in (self.updates_snapshot_key_file, self.updates_timestamp_key_file):
+                if key is None or not key.is_file():
+                    raise ValueError(
+                        "updates_dir needs updates_snapshot_key_file and "
+                        f"updates_timestamp_key_file (online keys), not {key}"
+                    )
+        if self.updates_resign_check_interval_s * 2 >= self.updates_timestamp_expiry_s:
+            raise ValueError(
+                "updates_resign_check_interval_s must be well below half the timestamp expiry"
+            )
         if (self.https_cert_file is None) != (self.https_key_file is None):
             raise ValueError("https_cert_file and https_key_file go together")
         for path in (self.https_cert_file, self.https_key_file):

@@ -19,6 +19,10 @@ library it wraps into one of these, so callers never catch ``sqlalchemy``,
     │                             or a request to it is invalid (bad CSR, wrong key type)
     ├── EnrollmentRefusedError         the terminal registry refused an enrollment, renewal or
     │                             registry change; .reason (bounded: a metric label), .status
+    ├── ReleaseRejectedError      uploaded TUF metadata or an artifact the server refuses
+    │                             (.code: a server.tuf_verify.RejectCode value, .message)
+    ├── UpdatesError              the update repository or artifact store failed or is
+    │                             misconfigured (missing online key, unreadable file)
     ├── InvalidCursorError        a page cursor this server did not hand out (also a
     │                             ValueError); the fleet state raises it, the API answers 422
     ├── AccessError               a token that cannot be made or changed as asked (.code:
@@ -46,10 +50,12 @@ __all__ = [
     "EnrollmentRefusedError",
     "InvalidCursorError",
     "InvalidSettingsError",
+    "ReleaseRejectedError",
     "ServerError",
     "StorageDataError",
     "StorageError",
     "UnknownSettingError",
+    "UpdatesError",
 ]
 
 
@@ -151,3 +157,19 @@ class EnrollmentRefusedError(ServerError):
         self.reason = reason
         self.message = message
         self.status = status
+
+
+class ReleaseRejectedError(ServerError):
+    """Uploaded metadata or bytes the server refuses before storing anything. ``code`` is
+    one of ``server.tuf_verify.RejectCode`` (documented in docs/updates.md); ``status`` the
+    HTTP status the API answers with."""
+
+    def __init__(self, code: str, message: str, *, status: int = 422) -> None:
+        self.code = code
+        self.message = message
+        self.status = status
+        super().__init__(f"{code}: {message}")
+
+
+class UpdatesError(ServerError):
+    """The update repository or artifact store cannot work (configuration, disk)."""

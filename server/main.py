@@ -61,6 +61,7 @@ from server.storage import Storage
 from server.terminal_registry import TerminalRegistry
 from server.tls_client_cert import TlsH11Protocol
 from server.tokens import Tokens
+from server.update_wiring import UpdateService, build_updates
 from server.write_behind import WriteBehind
 
 __all__ = ["Server", "mqtt_options", "mqtt_source", "run_server", "storage_for", "upgrade_database"]
@@ -260,6 +261,8 @@ class Server:
                     ),
                 ),
             )
+        # Signed releases (docs/updates.md): off unless updates_dir is set.
+        self.updates: UpdateService | None = build_updates(settings, registry, self.app)
         self._scheduler: BackgroundScheduler | None = None
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
@@ -346,6 +349,8 @@ class Server:
         terminals = self.storage.load_fleet()
         self.fleet.load(terminals)
         log.info("loaded %d terminals from the database", len(terminals))
+        if self.updates is not None:
+            self.updates.repository.load()
         self.writer.start()
         self._start_http()
         self.mqtt.start()
@@ -365,6 +370,8 @@ class Server:
                 max_instances=1,
                 coalesce=True,
             )
+        if self.updates is not None:
+            self.updates.schedule(self._scheduler)
         self._scheduler.start()
 
     def stop(self) -> None:

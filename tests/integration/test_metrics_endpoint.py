@@ -38,6 +38,7 @@ from tests.integration.conftest import (
     unique,
     wait_until,
 )
+from tests.support.tuf_world import TufWorld
 from tests.unit.test_alert_rules import ALERT_RULES
 from tests.unit.test_dashboards import (
     CONTRACT_METRIC_NAMES,
@@ -271,8 +272,16 @@ def exported_metric_names(
     """
     factory = ServerFactory(broker, f"sqlite:///{tmp_path_factory.mktemp('names')}/kf.db")
     terminals = TerminalFactory(broker)
+    world = TufWorld.create(tmp_path_factory.mktemp("tuf"))  # signed releases on: their metrics
     try:
-        server = factory()
+        server = factory(
+            updates_dir=tmp_path_factory.mktemp("repository"),
+            updates_snapshot_key_file=world.operator.online_dir / "snapshot.key",
+            updates_timestamp_key_file=world.operator.online_dir / "timestamp.key",
+        )
+        assert server.updates is not None
+        server.updates.repository.upload_root(world.roots()[0])
+        server.updates.repository.upload_targets(world.targets_bytes())
         region = unique("R")
         faulty = terminals(hall="Hall 1", region=region)
         faulty.report([PAPER_OUT, READER_OK])

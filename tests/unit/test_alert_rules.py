@@ -48,6 +48,8 @@ REQUIRED_ALERTS: Final = frozenset(
         "KioskfleetServerDown",
         "BrokerDisconnected",
         "DatabaseWriteErrors",
+        "TufMetadataExpiringSoon",
+        "TufOnlineMetadataExpiring",
     }
 )
 

@@ -72,7 +72,13 @@ INGEST_METRIC_NAMES: Final = frozenset(
     }
 )
 ACCESS_METRIC_NAMES: Final = frozenset({"kioskfleet_audit_write_failures_total"})
-CONTRACT_METRIC_NAMES: Final = FLEET_METRIC_NAMES | INGEST_METRIC_NAMES | ACCESS_METRIC_NAMES
+# Signed releases (docs/updates.md): exported while updates_dir is set.
+UPDATE_METRIC_NAMES: Final = frozenset(
+    {"kioskfleet_tuf_metadata_expiry_seconds", "kioskfleet_update_uploads_rejected_total"}
+)
+CONTRACT_METRIC_NAMES: Final = (
+    FLEET_METRIC_NAMES | INGEST_METRIC_NAMES | ACCESS_METRIC_NAMES | UPDATE_METRIC_NAMES
+)
 # Series Prometheus itself creates: they are never on /metrics.
 PROMETHEUS_METRIC_NAMES: Final = frozenset(
     {"up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS"}
