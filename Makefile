@@ -36,6 +36,7 @@ bench: setup
 	$(PY) bench/broker_queue.py
 	$(PY) bench/fleet_apply.py
 	$(PY) bench/hostile.py
+	$(PY) bench/enroll.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache var
