@@ -63,6 +63,7 @@ PLACES = {  # the registry's placement of each enrolled terminal (what the serve
     "T-A": ("Hall A", "North"),
     "T-FLOOD": ("Hall F", "East"),
     "T-GONE": ("Hall G", "East"),
+    "T-STOLEN": ("Hall S", "South"),
 }
 PRINTER_OK = periph("printer", "receipt_printer")
 PAPER_OUT = periph("printer", "receipt_printer", "paper_out")
@@ -532,6 +533,77 @@ def test_a_viewer_reads_no_boot_id_nor_seq_anywhere(fleet: Fleet, victim: RawTer
         assert '"last_seq"' not in answer
 
 
+# --- a stolen terminal, a stolen operator or vendor token -------------------------------
+
+
+def test_a_stolen_terminal_once_revoked_is_refused_by_the_server_at_once_and_by_the_broker_after_reload(
+    fleet: Fleet,
+) -> None:
+    server, registry = fleet.server, fleet.server.terminal_registry
+    assert registry is not None
+    stolen = RawTerminal(fleet.broker, "T-STOLEN", tls=fleet.files["T-STOLEN"])
+    try:
+        stolen.report([PRINTER_OK])
+        wait_until(lambda: server.fleet.get("T-STOLEN") is not None, 10, "its report applied")
+        # What the thief can do meanwhile: speak for this one terminal only (tests 1-3).
+        unknown = fleet.rejected("unknown_terminal")
+        assert registry.revoke("T-STOLEN", actor="cli:ops") == [fleet.files["T-STOLEN"].serial]
+        stolen.report([PAPER_OUT])  # the open connection survives the revocation ...
+        wait_until(lambda: fleet.rejected("unknown_terminal") == unknown + 1, 10, "refused")
+        view = server.fleet.get("T-STOLEN")
+        assert view is not None
+        assert [p.condition.value for p in view.peripherals] == ["ok"]  # ... its lie is not applied
+    finally:
+        stolen.close(fleet.broker)
+    fleet.broker.reload()
+    wait_until(lambda: not _connects(fleet, fleet.files["T-STOLEN"]), 10, "the broker refusing it")
+    assert _connects(fleet, fleet.files["T-A"])  # the control: others still connect
+    audit = fleet.get("/api/v1/audit", target="T-STOLEN", action="terminal.revoke").json()
+    assert [(e["actor"], e["result"]) for e in audit["items"]] == [("cli:ops", "ok")]
+
+
+def _connects(fleet: Fleet, files: ClientFiles) -> bool:
+    client = fleet.client(files)
+    try:
+        return client.connect()
+    finally:
+        client.close()
+
+
+def test_a_stolen_operator_or_vendor_token_cannot_mint_tokens_read_the_audit_or_outlive_revocation(
+    fleet: Fleet, victim: RawTerminal
+) -> None:
+    made: dict[str, str] = {}
+    for role in ("operator", "vendor"):
+        body = {"name": f"stolen-{role}", "role": role}
+        if role == "vendor":
+            body["vendor"] = "acme"
+        made[role] = fleet.call("POST", "/api/v1/tokens", fleet.admin, body).json()["secret"]
+    mint = {"name": "backdoor", "role": "admin"}
+    for role, secret in made.items():
+        assert fleet.call("POST", "/api/v1/tokens", secret, mint).status_code == 403
+        assert fleet.get("/api/v1/audit", secret).status_code == 403
+        assert fleet.get("/api/v1/tokens", secret).status_code == 403
+        assert fleet.call("DELETE", f"/api/v1/tokens/stolen-{role}", secret).status_code == 403
+    vendor = made["vendor"]
+    for path in ("/api/v1/terminals", "/api/v1/terminals/T-B", "/api/v1/halls", "/metrics"):
+        assert fleet.get(path, vendor).status_code == 403, path  # a vendor reads nothing
+    assert fleet.call("POST", "/api/v1/terminals/T-B/decommission", vendor).status_code == 403
+    operator = made["operator"]
+    assert fleet.get("/api/v1/terminals/T-B", operator).status_code == 200
+    assert fleet.call("DELETE", "/api/v1/tokens/stolen-operator", fleet.admin).status_code == 200
+    assert fleet.get("/api/v1/terminals/T-B", operator).status_code == 401
+    assert fleet.call("POST", "/api/v1/terminals/T-B/decommission", operator).status_code == 401
+    assert server_knows(fleet, "T-B")
+    denied = fleet.get("/api/v1/audit", action="token.create", result="denied").json()["items"]
+    assert {e["actor"] for e in denied} >= {"token:stolen-operator", "token:stolen-vendor"}
+    b_reports_paper_out_and_the_api_shows_its_true_state(fleet, victim)
+
+
+def server_knows(fleet: Fleet, terminal_id: str) -> bool:
+    return fleet.server.fleet.get(terminal_id) is not None
+
+
 # --- the audit log ----------------------------------------------------------------------
 
 
@@ -555,10 +627,15 @@ def test_the_audit_log_has_an_entry_for_each_state_change_of_this_module(fleet: 
     assert entries(target="T-GONE", action="terminal.token") == [("terminal.token", "T-GONE", "ok")]
     for tid in PLACES:
         assert ("est.simpleenroll", tid, "ok") in entries(target=tid, action="est.simpleenroll")
-    refused_b = entries(target="T-B", action="est.simpleenroll", result="failed") + entries(
-        action="est.simpleenroll", result="denied"
-    )
-    assert any(result != "ok" for _a, _t, result in refused_b)  # the intruder's CSR for B
+    with pytest.raises(EnrollmentError):  # an intruder's CSR for A, with its own key
+        EstClient(fleet.server.base_url, fleet.pki.chain_file).simpleenroll(
+            build_csr(generate_key(), "T-A"), terminal_id="T-A"
+        )
+    enrolled_a = fleet.get("/api/v1/audit", target="T-A", action="est.simpleenroll").json()
+    assert [(e["actor"], e["result"], e["detail"].get("reason")) for e in enrolled_a["items"]] == [
+        ("anonymous", "denied", "key_mismatch"),
+        ("terminal:T-A", "ok", None),
+    ]
     assert ("token.create", "attack-ops", "ok") in entries(action="token.create")
     assert ("token.revoke", "attack-ops", "ok") in entries(action="token.revoke")
     gone = entries(target="T-GONE", action="terminal.decommission")
