@@ -64,6 +64,7 @@ PLACES = {  # the registry's placement of each enrolled terminal (what the serve
     "T-FLOOD": ("Hall F", "East"),
     "T-GONE": ("Hall G", "East"),
     "T-STOLEN": ("Hall S", "South"),
+    "T-CLONED": ("Hall C", "South"),
 }
 PRINTER_OK = periph("printer", "receipt_printer")
 PAPER_OUT = periph("printer", "receipt_printer", "paper_out")
@@ -314,10 +315,15 @@ def test_a_seq_of_2_to_the_53_is_dropped_for_another_and_refused_as_seq_jump_fro
     view = fleet.server.fleet.get("T-B")
     assert view is not None
     assert (view.last_seq, view.seq_gaps) == (victim.seq, 0)
-    gaps = [s.value for f in fleet.server.registry.collect() for s in f.samples
-            if s.name == "kioskfleet_agent_seq_gaps"]  # fmt: skip
-    assert gaps
-    assert sum(gaps) == 0  # not 9e15
+    hall, region = PLACES["T-B"]
+    gaps = metric(fleet.server, "kioskfleet_agent_seq_gaps", hall=hall, region=region)
+    assert (
+        fleet.server.registry.get_sample_value(
+            "kioskfleet_agent_seq_gaps", {"hall": hall, "region": region}
+        )
+        is not None
+    )  # the series exists ...
+    assert gaps == 0  # ... and is not 9e15
 
 
 # --- 4. the server's client id ----------------------------------------------------------
@@ -598,6 +604,60 @@ def test_a_stolen_operator_or_vendor_token_cannot_mint_tokens_read_the_audit_or_
     denied = fleet.get("/api/v1/audit", action="token.create", result="denied").json()["items"]
     assert {e["actor"] for e in denied} >= {"token:stolen-operator", "token:stolen-vendor"}
     b_reports_paper_out_and_the_api_shows_its_true_state(fleet, victim)
+
+
+def test_a_stolen_identity_speaks_as_its_terminal_until_decommissioned_and_enrolled_anew(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """What a stolen key and certificate can do (docs/security.md, Threat model): the thief
+    *is* the terminal for the server. A report with a new boot_id and a one-day interval
+    makes the real agent's stream the replaced one, so its reports are dropped as stale and
+    the API shows the thief's word. The remedy is decommission (the terminal's state is
+    forgotten, its certificate revoked), a new key pre-authorised and enrolled: then the
+    real agent's reports, same boot_id, are applied again."""
+    server, registry = fleet.server, fleet.server.terminal_registry
+    assert registry is not None
+    real = RawTerminal(fleet.broker, "T-CLONED", tls=fleet.files["T-CLONED"])
+    try:
+        real.report([PRINTER_OK])
+        wait_until(lambda: server.fleet.get("T-CLONED") is not None, 10, "the real report")
+        lie = report("T-CLONED", 1, boot="boot-thief", sent_at=datetime.now(UTC),
+                     peripherals=[PRINTER_OK], interval=86400.0)  # fmt: skip
+        real.publish(lie)  # the thief's message: the same credentials, so the same connection
+        wait_until(lambda: _boot_of(server, "T-CLONED") == "boot-thief", 10, "the lie applied")
+        duplicates = metric(server, "kioskfleet_ingest_duplicates_total")
+        real.report([PAPER_OUT])
+        wait_until(lambda: metric(server, "kioskfleet_ingest_duplicates_total") > duplicates, 10,
+                   "the real report dropped as stale")  # fmt: skip
+        view = server.fleet.get("T-CLONED")
+        assert view is not None
+        assert (view.report_interval_s, [p.condition.value for p in view.peripherals]) == (
+            86400.0, ["ok"])  # fmt: skip
+    finally:
+        real.close(fleet.broker)
+
+    ops = fleet.call("POST", "/api/v1/tokens", fleet.admin,
+                     {"name": "clone-ops", "role": "operator"}).json()["secret"]  # fmt: skip
+    assert fleet.call("POST", "/api/v1/terminals/T-CLONED/decommission", ops).status_code == 200
+    fleet.broker.reload()  # the stolen certificate cannot connect any more
+    assert not _connects(fleet, fleet.files["T-CLONED"])
+    renewed = _enroll(server, fleet.pki, tmp_path, "T-CLONED", with_token=False)
+    again = RawTerminal(fleet.broker, "T-CLONED", tls=renewed)
+    again.boot, again.seq = real.boot, real.seq  # the real agent's outbox stream goes on
+    try:
+        again.report([PAPER_OUT])
+        wait_until(lambda: _boot_of(server, "T-CLONED") == real.boot, 10, "the real stream back")
+        view = server.fleet.get("T-CLONED")
+        assert view is not None
+        assert (view.report_interval_s, [p.condition.value for p in view.peripherals]) == (
+            10.0, ["paper_out"])  # fmt: skip
+    finally:
+        again.close(fleet.broker)
+
+
+def _boot_of(server: Server, terminal_id: str) -> str | None:
+    view = server.fleet.get(terminal_id)
+    return None if view is None else view.boot_id
 
 
 def server_knows(fleet: Fleet, terminal_id: str) -> bool:
