@@ -547,10 +547,8 @@ def test_a_stolen_terminal_once_revoked_is_refused_by_the_server_at_once_and_by_
 ) -> None:
     server, registry = fleet.server, fleet.server.terminal_registry
     assert registry is not None
-    stolen = RawTerminal(fleet.broker, "T-STOLEN", tls=fleet.files["T-STOLEN"])
+    stolen = _reporting(fleet, "T-STOLEN", fleet.files["T-STOLEN"])
     try:
-        stolen.report([PRINTER_OK])
-        wait_until(lambda: server.fleet.get("T-STOLEN") is not None, 10, "its report applied")
         # What the thief can do meanwhile: speak for this one terminal only (tests 1-3).
         unknown = fleet.rejected("unknown_terminal")
         assert registry.revoke("T-STOLEN", actor="cli:ops") == [fleet.files["T-STOLEN"].serial]
@@ -566,6 +564,14 @@ def test_a_stolen_terminal_once_revoked_is_refused_by_the_server_at_once_and_by_
     assert _connects(fleet, fleet.files["T-A"])  # the control: others still connect
     audit = fleet.get("/api/v1/audit", target="T-STOLEN", action="terminal.revoke").json()
     assert [(e["actor"], e["result"]) for e in audit["items"]] == [("cli:ops", "ok")]
+
+
+def _reporting(fleet: Fleet, terminal_id: str, files: ClientFiles) -> RawTerminal:
+    """The terminal connected with ``files``, its first report (printer ok) applied."""
+    terminal = RawTerminal(fleet.broker, terminal_id, tls=files)
+    terminal.report([PRINTER_OK])
+    wait_until(lambda: fleet.server.fleet.get(terminal_id) is not None, 10, "its first report")
+    return terminal
 
 
 def _connects(fleet: Fleet, files: ClientFiles) -> bool:
@@ -615,12 +621,9 @@ def test_a_stolen_identity_speaks_as_its_terminal_until_decommissioned_and_enrol
     the API shows the thief's word. The remedy is decommission (the terminal's state is
     forgotten, its certificate revoked), a new key pre-authorised and enrolled: then the
     real agent's reports, same boot_id, are applied again."""
-    server, registry = fleet.server, fleet.server.terminal_registry
-    assert registry is not None
-    real = RawTerminal(fleet.broker, "T-CLONED", tls=fleet.files["T-CLONED"])
+    server = fleet.server
+    real = _reporting(fleet, "T-CLONED", fleet.files["T-CLONED"])
     try:
-        real.report([PRINTER_OK])
-        wait_until(lambda: server.fleet.get("T-CLONED") is not None, 10, "the real report")
         lie = report("T-CLONED", 1, boot="boot-thief", sent_at=datetime.now(UTC),
                      peripherals=[PRINTER_OK], interval=86400.0)  # fmt: skip
         real.publish(lie)  # the thief's message: the same credentials, so the same connection
