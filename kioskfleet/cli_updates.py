@@ -258,7 +258,12 @@ def vendor_publish(
     server: ServerUrl,
     token_file: TokenFile,
     artifact: Annotated[
-        list[Path] | None, typer.Option("--artifact", help="new artifacts (repeat)")
+        list[str] | None,
+        typer.Option(
+            "--artifact",
+            help="a new artifact, PATH or NAME=PATH when it was signed under another name"
+            " (vendor sign --name); repeat",
+        ),
     ] = None,
     ca_file: CaFile = None,
 ) -> None:
@@ -266,17 +271,27 @@ def vendor_publish(
     with _client(server, token_file, ca_file) as client:
         try:
             with Progress() as progress:
-                for path in artifact or []:
-                    task = progress.add_task(path.name, total=path.stat().st_size)
+                for name, path in (_named_artifact(a) for a in artifact or []):
+                    task = progress.add_task(name, total=path.stat().st_size)
 
                     def advance(done: int, _total: int, task: TaskID = task) -> None:
                         progress.update(task, completed=done)
 
-                    client.upload_artifact(vendor, path.name, path, progress=advance)
+                    client.upload_artifact(vendor, name, path, progress=advance)
             answer = client.publish_role(vendor, role_file.read_bytes())
         except (UpdateClientError, OSError) as exc:
             raise _fail(str(exc)) from None
     typer.echo(json.dumps(answer))
+
+
+def _named_artifact(value: str) -> tuple[str, Path]:
+    """``NAME=PATH`` or ``PATH`` (the name is then the file's name)."""
+    name, sep, path = value.partition("=")
+    if not sep:
+        return Path(value).name, Path(value)
+    if not name or not path:
+        raise _fail(f"--artifact {value!r}: use PATH or NAME=PATH")
+    return name, Path(path)
 
 
 def run(argv: Sequence[str]) -> int:

@@ -12,9 +12,18 @@ after ``updates_upload_retention_s`` (the re-signing job calls ``prune_uploads``
 ``MemoryArtifactStore`` is the fake for unit tests (``blob`` then answers None: nothing
 to serve from memory; ``blob_bytes`` reads what was committed).
 
-Errors: ``ReleaseRejectedError`` (``upload_offset`` 409, ``artifact_too_large``
-413, ``invalid_name`` 422) for what the client must change; ``UpdatesError`` for
-the disk.
+One request at a time per upload: an ``append`` or ``commit`` of an upload that
+another request is writing is refused (``upload_busy`` 409), so a commit never
+moves a file someone still writes into (the moved file is the blob; a held-open
+second upload of the same name must not write into it). A blob that exists is
+never replaced: its name is its sha256, the upload is dropped instead. At most
+``max_uploads`` unpublished uploads per vendor (``too_many_uploads`` 429), each
+at most ``max_bytes``: the upload area is bounded. File writes run in a worker
+thread, never on the server's event loop.
+
+Errors: ``ReleaseRejectedError`` (``upload_offset``/``upload_busy`` 409,
+``artifact_too_large`` 413, ``too_many_uploads`` 429, ``invalid_name`` 422) for
+what the client must change; ``UpdatesError`` for the disk.
 """
 
 from __future__ import annotations
@@ -22,10 +31,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Final, Protocol
+
+import anyio.to_thread
 
 from server.errors import ReleaseRejectedError, UpdatesError
 from server.tuf_verify import ArtifactFacts
@@ -35,6 +48,7 @@ __all__ = ["ArtifactStore", "FilesystemArtifactStore", "MemoryArtifactStore", "i
 _SEGMENT: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _SHA256: Final = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK: Final = 1 << 20
+DEFAULT_MAX_UPLOADS: Final = 16  # unpublished uploads per vendor
 
 
 def is_segment(name: str) -> bool:
@@ -67,11 +81,34 @@ class ArtifactStore(Protocol):
 class FilesystemArtifactStore:
     """``ArtifactStore`` in a directory."""
 
-    def __init__(self, root: Path, *, max_bytes: int) -> None:
+    def __init__(
+        self, root: Path, *, max_bytes: int, max_uploads: int = DEFAULT_MAX_UPLOADS
+    ) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        self.max_uploads = max_uploads
+        self._busy: set[tuple[str, str]] = set()
+        self._busy_lock = threading.Lock()
         (root / "uploads").mkdir(parents=True, exist_ok=True)
         (root / "blobs").mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def _exclusive(self, vendor: str, name: str) -> Iterator[None]:
+        """This request alone works on this upload; another one is refused at once."""
+        key = (vendor, name)
+        with self._busy_lock:
+            if key in self._busy:
+                raise ReleaseRejectedError(
+                    "upload_busy",
+                    f"{vendor}/{name} is being written by another request",
+                    status=409,
+                )
+            self._busy.add(key)
+        try:
+            yield
+        finally:
+            with self._busy_lock:
+                self._busy.discard(key)
 
     def _part(self, vendor: str, name: str) -> Path:
         if not (is_segment(vendor) and is_segment(name)):
@@ -90,31 +127,51 @@ class FilesystemArtifactStore:
         over); returns the size received. Refuses growth past ``max_bytes`` (the part
         is kept as it was before this request)."""
         part = self._part(vendor, name)
-        have = part.stat().st_size if part.exists() else 0
-        if offset not in (0, have):
-            raise ReleaseRejectedError(
-                "upload_offset", f"{vendor}/{name}: resume at {have}, not {offset}", status=409
-            )
+        with self._exclusive(vendor, name):
+            have = part.stat().st_size if part.exists() else 0
+            if offset not in (0, have):
+                raise ReleaseRejectedError(
+                    "upload_offset", f"{vendor}/{name}: resume at {have}, not {offset}", status=409
+                )
+            if not part.exists() and self._open_uploads(vendor) >= self.max_uploads:
+                raise ReleaseRejectedError(
+                    "too_many_uploads",
+                    f"{vendor} has {self.max_uploads} unpublished uploads: publish or wait"
+                    " for them to be pruned",
+                    status=429,
+                )
+            try:
+                return await self._write(part, have, offset, chunks, f"{vendor}/{name}")
+            except OSError as exc:
+                raise UpdatesError(f"cannot write upload {vendor}/{name}: {exc}") from exc
+
+    def _open_uploads(self, vendor: str) -> int:
+        folder = self.root / "uploads" / vendor
+        return sum(1 for _ in folder.glob("*.part")) if folder.is_dir() else 0
+
+    async def _write(
+        self, part: Path, have: int, offset: int, chunks: AsyncIterator[bytes], what: str
+    ) -> int:
         part.parent.mkdir(parents=True, exist_ok=True)
+        f = await anyio.to_thread.run_sync(part.open, "r+b" if part.exists() else "wb")
         try:
-            with part.open("r+b" if part.exists() else "wb") as f:
-                f.truncate(offset)
-                f.seek(offset)
-                size = offset
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        f.truncate(have if offset else 0)
-                        raise ReleaseRejectedError(
-                            "artifact_too_large",
-                            f"{vendor}/{name}: more than {self.max_bytes} bytes",
-                            status=413,
-                        )
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as exc:
-            raise UpdatesError(f"cannot write upload {vendor}/{name}: {exc}") from exc
+            await anyio.to_thread.run_sync(f.truncate, offset)
+            f.seek(offset)
+            size = offset
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > self.max_bytes:
+                    await anyio.to_thread.run_sync(f.truncate, have if offset else 0)
+                    raise ReleaseRejectedError(
+                        "artifact_too_large",
+                        f"{what}: more than {self.max_bytes} bytes",
+                        status=413,
+                    )
+                await anyio.to_thread.run_sync(f.write, chunk)
+            await anyio.to_thread.run_sync(f.flush)
+            await anyio.to_thread.run_sync(os.fsync, f.fileno())
+        finally:
+            f.close()
         return size
 
     def measure(self, vendor: str, name: str) -> ArtifactFacts | None:
@@ -131,15 +188,20 @@ class FilesystemArtifactStore:
     def commit(self, vendor: str, name: str, sha256: str) -> None:
         """Move the upload into the blobs as ``sha256`` (os.replace), after measuring it
         again: bytes appended since the verification are refused (``artifact_mismatch``)."""
-        facts = self.measure(vendor, name)
-        if facts is None or facts.sha256 != sha256:
-            raise ReleaseRejectedError(
-                "artifact_mismatch", f"{vendor}/{name} changed while it was being published"
-            )
-        try:
-            os.replace(self._part(vendor, name), self.root / "blobs" / sha256)
-        except OSError as exc:
-            raise UpdatesError(f"cannot store {vendor}/{name}: {exc}") from exc
+        with self._exclusive(vendor, name):
+            facts = self.measure(vendor, name)
+            if facts is None or facts.sha256 != sha256:
+                raise ReleaseRejectedError(
+                    "artifact_mismatch", f"{vendor}/{name} changed while it was being published"
+                )
+            blob = self.root / "blobs" / sha256
+            try:
+                if blob.is_file():  # the same bytes are there already: never replace a blob
+                    self._part(vendor, name).unlink()
+                else:
+                    os.replace(self._part(vendor, name), blob)
+            except OSError as exc:
+                raise UpdatesError(f"cannot store {vendor}/{name}: {exc}") from exc
 
     def discard(self, vendor: str, name: str) -> None:
         self._part(vendor, name).unlink(missing_ok=True)
@@ -173,8 +235,9 @@ class FilesystemArtifactStore:
 class MemoryArtifactStore:
     """``ArtifactStore`` in memory, for tests; the same rules as the filesystem adapter."""
 
-    def __init__(self, *, max_bytes: int) -> None:
+    def __init__(self, *, max_bytes: int, max_uploads: int = DEFAULT_MAX_UPLOADS) -> None:
         self.max_bytes = max_bytes
+        self.max_uploads = max_uploads
         self._parts: dict[tuple[str, str], bytearray] = {}
         self._blobs: dict[str, bytes] = {}
 
@@ -194,6 +257,12 @@ class MemoryArtifactStore:
         if offset not in (0, have):
             raise ReleaseRejectedError(
                 "upload_offset", f"{vendor}/{name}: resume at {have}, not {offset}", status=409
+            )
+        if key not in self._parts and sum(v == vendor for v, _ in self._parts) >= self.max_uploads:
+            raise ReleaseRejectedError(
+                "too_many_uploads",
+                f"{vendor} has {self.max_uploads} unpublished uploads",
+                status=429,
             )
         part = bytearray(self._parts.get(key, b"")[:offset])
         async for chunk in chunks:
@@ -219,7 +288,8 @@ class MemoryArtifactStore:
             raise ReleaseRejectedError(
                 "artifact_mismatch", f"{vendor}/{name} changed while it was being published"
             )
-        self._blobs[sha256] = bytes(self._parts.pop(self._key(vendor, name)))
+        data = bytes(self._parts.pop(self._key(vendor, name)))
+        self._blobs.setdefault(sha256, data)  # a blob is never replaced
 
     def discard(self, vendor: str, name: str) -> None:
         self._parts.pop(self._key(vendor, name), None)

@@ -27,6 +27,8 @@ EXPIRY_METRIC: Final = "kioskfleet_tuf_metadata_expiry_seconds"
 UPLOAD_REJECT_CODES: Final = (
     *(c.value for c in RejectCode),
     "upload_offset",
+    "upload_busy",
+    "too_many_uploads",
     "artifact_too_large",
     "metadata_too_large",
     "invalid_name",

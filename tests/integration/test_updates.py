@@ -425,6 +425,25 @@ def test_a_revoked_vendor_can_neither_upload_nor_publish(server: Server, world: 
     assert _stored(server) == before
 
 
+def test_the_release_listing_shows_a_revoked_vendors_releases_as_revoked(
+    server: Server, world: TufWorld
+) -> None:
+    artifact = world.artifact("duo-7.bin")
+    world.sign("duo", artifact, release_manifest(7))
+    with UpdateClient(server.base_url, token(server, Role.VENDOR, vendor="duo")) as duo:
+        _publish(duo, world, "duo", artifact)
+    listed = {r["path"]: r for r in api(server, "/api/v1/updates/releases").json()["items"]}
+    assert listed["duo/duo-7.bin"]["status"] == "verified"
+
+    world.operator.revoke_vendor("duo")
+    with UpdateClient(server.base_url, admin_token(server)) as admin:
+        admin.upload_metadata("targets", world.targets_bytes())
+
+    listed = {r["path"]: r for r in api(server, "/api/v1/updates/releases").json()["items"]}
+    assert listed["duo/duo-7.bin"]["status"] == "revoked"
+    assert "no longer delegated" in listed["duo/duo-7.bin"]["detail"]
+
+
 def test_operator_metadata_needs_an_admin_token_and_the_current_roots_signatures(
     server: Server, world: TufWorld, acme: UpdateClient
 ) -> None:

@@ -92,6 +92,20 @@ def test_the_operator_and_vendor_commands_publish_a_release_a_terminal_finds(
     )  # fmt: skip
     assert api(server, "/api/v1/updates/releases").json()["items"] == []
 
+    # an artifact signed under another name is published as NAME=PATH
+    manifest.write_text(release_manifest(2).model_dump_json())
+    _kf(
+        "vendor", "sign", "--vendor", "acme", "--role-file", role, "--artifact", artifact,
+        "--name", "kiosk-app-2.bin", "--manifest", manifest,
+        "--key", vendor / "acme-1.key", "--key", vendor / "acme-2.key",
+    )  # fmt: skip
+    _kf(
+        "vendor", "publish", "--vendor", "acme", "--role-file", role,
+        "--artifact", f"kiosk-app-2.bin={artifact}", *base, "--token-file", vendor_file,
+    )  # fmt: skip
+    [renamed] = api(server, "/api/v1/updates/releases").json()["items"]
+    assert (renamed["path"], renamed["status"]) == ("acme/kiosk-app-2.bin", "verified")
+
 
 def test_a_failing_command_says_why_and_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
