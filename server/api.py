@@ -211,12 +211,13 @@ def create_app(services: ApiServices) -> FastAPI:
         "/api/v1/terminals/{terminal_id}/events",
         response_model=EventsPublic,
         responses={404: {"model": ErrorPublic}, 503: {"model": ErrorPublic}, **_ERROR_RESPONSES},
-        dependencies=viewer,
         tags=["fleet"],
-        summary="One terminal's stored events, newest first",
+        summary="One terminal's stored events, newest first (boot id and seq for operator"
+        " and admin)",
     )
     def get_events(
         terminal_id: Annotated[str, Path(max_length=64)],
+        who: Annotated[Principal, Depends(require(Role.VIEWER))],
         limit: Annotated[int, Query(ge=1, le=services.history_limit_max)] = services.history_limit,
     ) -> EventsPublic:
         if fleet.get(terminal_id) is None:
@@ -226,7 +227,7 @@ def create_app(services: ApiServices) -> FastAPI:
         except StorageError as exc:
             log.warning("events of %s unavailable: %s", terminal_id, exc)
             raise ApiError(503, "database_unavailable", str(exc)) from None
-        return events_public(events)
+        return events_public(events, with_delivery=allows(who.role, Role.OPERATOR))
 
     decommission = services.decommission
     if decommission is not None:

@@ -84,7 +84,6 @@ class TerminalPublic(_FromView):
     )
     agent_version: str | None
     report_interval_s: float | None
-    boot_id: str | None
     peripherals: list[PeripheralPublic]
     software: dict[str, str]
 
@@ -122,8 +121,8 @@ class TerminalDetailPublic(TerminalPublic):
 
 
 class EventPublic(_FromView):
-    boot_id: str
-    seq: int
+    boot_id: str | None = Field(description="its stream (operator and admin; null for a viewer)")
+    seq: int | None = Field(description="its place in the stream (operator and admin)")
     type: str = Field(description="peripheral_changed, boot, ...")
     sent_at: datetime = Field(description="device time")
     received_at: datetime = Field(description="server time")
@@ -198,12 +197,14 @@ def terminal_detail_public(
     )
 
 
-def event_public(e: EventRecord) -> EventPublic:
-    return EventPublic.model_validate(e)
+def event_public(e: EventRecord, *, with_delivery: bool = True) -> EventPublic:
+    """``with_delivery`` False (a viewer): without the boot id and seq a forger needs."""
+    public = EventPublic.model_validate(e)
+    return public if with_delivery else public.model_copy(update={"boot_id": None, "seq": None})
 
 
-def events_public(events: Sequence[EventRecord]) -> EventsPublic:
-    return EventsPublic(items=[event_public(e) for e in events])
+def events_public(events: Sequence[EventRecord], *, with_delivery: bool = True) -> EventsPublic:
+    return EventsPublic(items=[event_public(e, with_delivery=with_delivery) for e in events])
 
 
 def hall_public(s: HallSummary) -> HallPublic:

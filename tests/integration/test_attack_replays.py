@@ -530,26 +530,24 @@ def test_every_api_route_refuses_an_anonymous_caller_and_delivery_data_needs_an_
     assert (delivery["boot_id"], delivery["last_seq"]) == (victim.boot, victim.seq)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a viewer still reads boot_id (TerminalPublic.boot_id, in the list and the detail) "
-    "and boot_id + seq of every event (EventPublic, GET .../events is role viewer); "
-    "docs/security.md, Threat model, residual risks",
-)
 def test_a_viewer_reads_no_boot_id_nor_seq_anywhere(fleet: Fleet, victim: RawTerminal) -> None:
     viewer = fleet.call("POST", "/api/v1/tokens", fleet.admin,
                         {"name": "attack-viewer-2", "role": "viewer"}).json()["secret"]  # fmt: skip
     victim.event(PAPER_OUT, "ok")
     wait_until(lambda: fleet.get("/api/v1/terminals/T-B/events").json()["items"], 10, "an event")
     victim.event(PRINTER_OK, "paper_out")
-    detail = fleet.get("/api/v1/terminals/T-B", viewer).text
-    listed = fleet.get("/api/v1/terminals", viewer).text
-    events = fleet.get("/api/v1/terminals/T-B/events", viewer).text
+    detail = fleet.get("/api/v1/terminals/T-B", viewer)
+    listed = fleet.get("/api/v1/terminals", viewer)
+    events = fleet.get("/api/v1/terminals/T-B/events", viewer)
     assert victim.boot in fleet.get("/api/v1/terminals/T-B").text  # the control (admin)
+    assert victim.boot in fleet.get("/api/v1/terminals/T-B/events").text  # admin sees streams
     for answer in (detail, listed, events):
-        assert victim.boot not in answer
-        assert '"seq"' not in answer
-        assert '"last_seq"' not in answer
+        assert answer.status_code == 200
+        assert victim.boot not in answer.text
+        assert '"last_seq"' not in answer.text
+    items = events.json()["items"]
+    assert items
+    assert {(e["boot_id"], e["seq"]) for e in items} == {(None, None)}
 
 
 # --- a stolen terminal, a stolen operator or vendor token -------------------------------
@@ -697,9 +695,11 @@ def test_the_audit_log_has_an_entry_for_each_state_change_of_this_module(fleet: 
         return [(e["action"], e["target"], e["result"]) for e in items]
 
     for tid in ("T-B", "T-A", "T-FLOOD"):
-        assert entries(target=tid, action="terminal.preauthorize") == [
-            ("terminal.preauthorize", tid, "ok")
-        ]
+        # once, by the installer; any other entry is an anonymous attempt at the registry
+        # route that the walk of every route made (denied)
+        preauthorized = entries(target=tid, action="terminal.preauthorize")
+        assert preauthorized.count(("terminal.preauthorize", tid, "ok")) == 1
+        assert {result for _a, _t, result in preauthorized} <= {"ok", "denied"}
     assert entries(target="T-GONE", action="terminal.token") == [("terminal.token", "T-GONE", "ok")]
     for tid in PLACES:
         assert ("est.simpleenroll", tid, "ok") in entries(target=tid, action="est.simpleenroll")

@@ -290,7 +290,7 @@ def test_a_terminals_report_reaches_the_server_over_the_identity_listener_and_sh
     t.report([periph("printer", "receipt_printer", "ok")])
     wait_until(lambda: api(server, "/api/v1/terminals/T-ENR1").status_code == 200, 10)
     body = api(server, "/api/v1/terminals/T-ENR1").json()
-    assert body["boot_id"] == t.boot
+    assert body["delivery"]["boot_id"] == t.boot
     assert [p["name"] for p in body["peripherals"]] == ["printer"]
 
 
@@ -335,7 +335,7 @@ def test_a_terminal_cannot_publish_for_another_or_read_its_commands(
     wait_until(lambda: api(server, "/api/v1/terminals/T-B").json()["last_seen"]
                > before["last_seen"], 10)  # fmt: skip
     after = api(server, "/api/v1/terminals/T-B").json()
-    assert (after["state"], after["boot_id"], after["report_interval_s"]) == (
+    assert (after["state"], after["delivery"]["boot_id"], after["report_interval_s"]) == (
         "online", b.boot, 10.0)  # fmt: skip
     assert [p["condition"] for p in after["peripherals"]] == ["ok"]
     assert a.messages() == []  # nothing of B's cmd reached A

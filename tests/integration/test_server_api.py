@@ -36,7 +36,7 @@ def test_report_shows_up_with_identity_peripherals_and_software(
     assert (body["state"], body["status"]) == ("online", "ok")
     assert [p["name"] for p in body["peripherals"]] == ["idcard", "printer"]
     assert body["software"] == {"kiosk-app": "3.1"}
-    assert body["boot_id"] == t.boot
+    assert body["delivery"]["boot_id"] == t.boot
 
 
 def test_peripheral_fault_appears_in_the_terminal_history(
