@@ -68,6 +68,7 @@ class RejectCode(StrEnum):
     ARTIFACT_MISMATCH = "artifact_mismatch"
     RELEASE_COUNTER_NOT_GREATER = "release_counter_not_greater"
     ONLINE_KEYS_MISMATCH = "online_keys_mismatch"
+    DELEGATIONS_NOT_ALLOWED = "delegations_not_allowed"
 
 
 def _reject(code: RejectCode, message: str) -> ReleaseRejectedError:
@@ -229,6 +230,12 @@ def verify_vendor_role(
         raise _reject(
             RejectCode.PATH_OUTSIDE_PATTERN,
             f"{what} lists {', '.join(outside)} outside its patterns {role.paths}",
+        )
+    if md.signed.delegations is not None:
+        # The server serves no role below a vendor's; a client would follow the delegation
+        # and fail, so a vendor signs its releases itself (docs/updates.md).
+        raise _reject(
+            RejectCode.DELEGATIONS_NOT_ALLOWED, f"{what} delegates further: vendors may not"
         )
     manifests: dict[str, ReleaseManifest] = {}
     for path, target in sorted(md.signed.targets.items()):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tuf.api.metadata import Metadata, Root, Targets
+from tuf.api.metadata import Delegations, Metadata, Root, Targets
 
 from firmware_manifests.keys import generate_key
 from server.artifact_store import FilesystemArtifactStore
@@ -80,6 +80,20 @@ def test_a_role_of_a_vendor_not_delegated_is_refused(world: TufWorld) -> None:
             token_vendor=None, counters={}, uploaded=lambda _p: None,
         )  # fmt: skip
     assert _code(caught) == "unknown_vendor"
+
+
+def test_a_vendor_role_that_delegates_further_is_refused(world: TufWorld) -> None:
+    top: Metadata[Targets] = Metadata.from_bytes(world.targets_bytes())
+    role = Metadata(Targets(expires=NOW + timedelta(days=1)))
+    role.signed.delegations = Delegations(keys={}, roles={})
+    for key in world.vendor_keys["acme"]:
+        role.sign(key, append=True)
+    with pytest.raises(ReleaseRejectedError) as caught:
+        verify_vendor_role(
+            top.signed, "acme", None, role.to_bytes(), NOW,
+            token_vendor=None, counters={}, uploaded=lambda _p: None,
+        )  # fmt: skip
+    assert _code(caught) == "delegations_not_allowed"
 
 
 @settings(max_examples=50, deadline=None)
