@@ -62,6 +62,7 @@ __all__ = [
     "TerminalRow",
     "TransitionRow",
     "alembic_config",
+    "database_errors",
     "server_metadata",
     "upgrade_schema",
 ]
@@ -269,6 +270,20 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]
         yield items[i : i + size]
 
 
+@contextmanager
+def database_errors(operation: str) -> Iterator[None]:
+    """SQLAlchemy's errors inside as StorageDataError (constraint or data: retrying the same
+    rows fails again) or StorageError (anything else), naming ``operation``."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        message = detail[0] if detail else type(exc).__name__
+        if isinstance(exc, IntegrityError | DataError):
+            raise StorageDataError(operation, message) from exc
+        raise StorageError(operation, message) from exc
+
+
 class Storage:
     """The repository: load the fleet, write batches, read history, check the database."""
 
@@ -330,7 +345,7 @@ class Storage:
         else:
             raise ConfigError(f"unsupported database {backend!r} (use sqlite or postgresql)")
         self._engine = engine
-        with self._translate("migrate schema"):
+        with database_errors("migrate schema"):
             try:
                 upgrade_schema(engine)
             except CommandError as exc:  # e.g. a revision newer than this server knows
@@ -361,34 +376,23 @@ class Storage:
             self._engine = None
 
     @contextmanager
-    def _translate(self, operation: str) -> Iterator[None]:
-        try:
-            yield
-        except SQLAlchemyError as exc:
-            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            message = detail[0] if detail else type(exc).__name__
-            if isinstance(exc, IntegrityError | DataError):
-                raise StorageDataError(operation, message) from exc
-            raise StorageError(operation, message) from exc
-
-    @contextmanager
     def connect(self, operation: str) -> Iterator[Connection]:
         """A connection for another repository over this database (``server.access_store``),
         with its errors translated like this module's own (StorageError naming ``operation``)."""
-        with self._translate(operation), self.engine.connect() as conn:
+        with database_errors(operation), self.engine.connect() as conn:
             yield conn
 
     @contextmanager
     def begin(self, operation: str) -> Iterator[Connection]:
         """Like ``connect`` inside one transaction (committed at the end, else rolled back)."""
-        with self._translate(operation), self.engine.begin() as conn:
+        with database_errors(operation), self.engine.begin() as conn:
             yield conn
 
     # --- reads ----------------------------------------------------------------------------
 
     def check_database(self) -> None:
         """Raises StorageError unless a trivial query succeeds."""
-        with self._translate("check database"), self.engine.connect() as conn:
+        with database_errors("check database"), self.engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
 
     def load_fleet(self) -> list[TerminalView]:
@@ -396,7 +400,7 @@ class Storage:
 
         Raises StorageError.
         """
-        with self._translate("load fleet"), self.engine.connect() as conn:
+        with database_errors("load fleet"), self.engine.connect() as conn:
             peripherals: dict[str, list[PeripheralView]] = defaultdict(list)
             rows = conn.execute(sa.select(_PERIPHERAL).order_by(_PERIPHERAL.c.name)).mappings()
             for row in rows:
@@ -414,7 +418,7 @@ class Storage:
         Raises StorageError.
         """
         stmt = _newest_first(_TRANSITION, _TRANSITION.c.recorded_at, terminal_id, limit)
-        with self._translate("read history"), self.engine.connect() as conn:
+        with database_errors("read history"), self.engine.connect() as conn:
             return [_TRANSITIONS.model_of(row) for row in conn.execute(stmt).mappings()]
 
     def events(self, terminal_id: str, limit: int) -> list[EventRecord]:
@@ -423,12 +427,12 @@ class Storage:
         Raises StorageError.
         """
         stmt = _newest_first(_EVENT, _EVENT.c.received_at, terminal_id, limit)
-        with self._translate("read events"), self.engine.connect() as conn:
+        with database_errors("read events"), self.engine.connect() as conn:
             return [_EVENTS.model_of(row) for row in conn.execute(stmt).mappings()]
 
     def count_events(self) -> int:
         """How many events are stored (for tests and diagnostics). Raises StorageError."""
-        with self._translate("count events"), self.engine.connect() as conn:
+        with database_errors("count events"), self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(_EVENT)).scalar_one())
 
     def prune_events(
@@ -454,7 +458,7 @@ class Storage:
     def _prune(self, table: sa.Table, at: sa.Column[Any], cutoff: datetime, chunk: int) -> int:
         deleted = 0
         while True:  # in chunks: one huge DELETE could outlast the statement timeout every time
-            with self._translate(f"prune {table.name}"), self.engine.begin() as conn:
+            with database_errors(f"prune {table.name}"), self.engine.begin() as conn:
                 ids = sa.select(table.c.id).where(at < cutoff).limit(chunk)
                 result = conn.execute(sa.delete(table).where(table.c.id.in_(ids)))
                 count = int(result.rowcount or 0)
@@ -464,7 +468,7 @@ class Storage:
 
     def count_transitions(self) -> int:
         """How many transitions are stored (for tests and diagnostics). Raises StorageError."""
-        with self._translate("count transitions"), self.engine.connect() as conn:
+        with database_errors("count transitions"), self.engine.connect() as conn:
             return int(
                 conn.execute(sa.select(sa.func.count()).select_from(_TRANSITION)).scalar_one()
             )
@@ -478,7 +482,7 @@ class Storage:
         """
         if not batch:
             return
-        with self._translate("write batch"), self.engine.begin() as conn:
+        with database_errors("write batch"), self.engine.begin() as conn:
             if batch.removed:  # first: a terminal seen again after its removal is a new row
                 ids = sorted(batch.removed)
                 for chunk in _chunks(ids):

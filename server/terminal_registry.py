@@ -32,8 +32,7 @@ import hmac
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,19 +45,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.engine import Connection, Engine, RowMapping
-from sqlalchemy.exc import SQLAlchemyError
 
 from protocol.messages import Label
 from protocol.topics import is_valid_terminal_id
 from server.audit import AuditEntry, AuditResult, AuditSink
 from server.device_ca import CaPaths, DeviceCa, public_key_fingerprint, write_pem
-from server.errors import DeviceCaError, EnrollmentRefusedError, StorageError
+from server.errors import DeviceCaError, EnrollmentRefusedError
 from server.identity_tables import (
     DeviceCertificateRow,
     EnrollmentTokenRow,
     RegistryStatus,
     TerminalRegistryRow,
 )
+from server.storage import database_errors
 from server.terminal_rules import Placement
 
 __all__ = [
@@ -173,7 +172,7 @@ class TerminalRegistry:
         CLI's changes (the server runs it every ``registry_refresh_interval_s``). Raises
         StorageError."""
         with self._memory_lock:
-            with self._translate("load registry"), self._engine().connect() as conn:
+            with database_errors("load registry"), self._engine().connect() as conn:
                 rows = conn.execute(sa.select(_TERMINALS)).mappings().all()
             self._placements = {r["terminal_id"]: _placement(r) for r in rows}
             self._active = {r["terminal_id"] for r in rows if r["status"] == RegistryStatus.ACTIVE}
@@ -235,7 +234,7 @@ class TerminalRegistry:
             fingerprint = _fingerprint_of_pem(item.public_key_pem)
             prepared.append((item.terminal_id, placement, fingerprint))
         now = self._clock()
-        with self._translate("preauthorize"), self._engine().begin() as conn:
+        with database_errors("preauthorize"), self._engine().begin() as conn:
             for terminal_id, placement, fingerprint in prepared:
                 self._upsert(conn, terminal_id, placement, fingerprint, now)
         with self._memory_lock:
@@ -269,7 +268,7 @@ class TerminalRegistry:
         secret = secrets.token_urlsafe(32)
         now = self._clock()
         expires_at = now + ttl
-        with self._translate("issue token"), self._engine().begin() as conn:
+        with database_errors("issue token"), self._engine().begin() as conn:
             self._upsert(conn, terminal_id, placement, None, now)
             conn.execute(
                 sa.insert(_TOKENS).values(
@@ -304,7 +303,7 @@ class TerminalRegistry:
 
     def get(self, terminal_id: str) -> RegisteredTerminal | None:
         """The registry's row for ``terminal_id``. Raises StorageError."""
-        with self._translate("read registry"), self._engine().connect() as conn:
+        with database_errors("read registry"), self._engine().connect() as conn:
             row = (
                 conn.execute(sa.select(_TERMINALS).where(_TERMINALS.c.terminal_id == terminal_id))
                 .mappings()
@@ -323,7 +322,7 @@ class TerminalRegistry:
     def revoked_serials(self) -> list[tuple[int, datetime]]:
         """Revoked certificates that have not expired yet (what the CRL must list)."""
         now = self._clock()
-        with self._translate("read revocations"), self._engine().connect() as conn:
+        with database_errors("read revocations"), self._engine().connect() as conn:
             rows = conn.execute(
                 sa.select(_CERTS.c.serial, _CERTS.c.revoked_at).where(
                     _CERTS.c.revoked_at.is_not(None), _CERTS.c.not_after > now
@@ -366,7 +365,7 @@ class TerminalRegistry:
             if token is not None and username != terminal_id:
                 raise refusal("cn_mismatch", "the CSR's CN is not the token's terminal id")
             now = self._clock()
-            with self._translate("enroll"), self._engine().begin() as conn:
+            with database_errors("enroll"), self._engine().begin() as conn:
                 row = self._row(conn, terminal_id)
                 if token is not None:
                     self._consume_token(conn, terminal_id, token, now)
@@ -412,7 +411,7 @@ class TerminalRegistry:
             terminal_id, fingerprint = _checked_csr(csr)
             if terminal_id != claimed:
                 raise refusal("cn_mismatch", "the CSR's CN is not the client certificate's")
-            with self._translate("reenroll"), self._engine().begin() as conn:
+            with database_errors("reenroll"), self._engine().begin() as conn:
                 on_record = (
                     conn.execute(
                         sa.select(_CERTS).where(_CERTS.c.serial == f"{current.serial_number:x}")
@@ -579,7 +578,7 @@ class TerminalRegistry:
         action = "terminal.revoke" if status is RegistryStatus.REVOKED else "terminal.decommission"
         now = self._clock()
         try:
-            with self._translate(action), self._engine().begin() as conn:
+            with database_errors(action), self._engine().begin() as conn:
                 if self._row(conn, terminal_id) is None:
                     raise refusal("unknown_terminal", f"terminal {terminal_id} is not registered")
                 serials = [
@@ -637,14 +636,6 @@ class TerminalRegistry:
                 detail=detail,
             )
         )
-
-    @contextmanager
-    def _translate(self, operation: str) -> Iterator[None]:
-        try:
-            yield
-        except SQLAlchemyError as exc:
-            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            raise StorageError(operation, detail[0] if detail else type(exc).__name__) from exc
 
 
 def _placement(row: RowMapping) -> Placement:

@@ -5,7 +5,7 @@ filters, cursor and retention, and a durable sink that never fails the action.""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -17,18 +17,9 @@ from server.audit import AuditEntry, AuditResult
 from server.errors import AccessError, InvalidCursorError
 from server.storage import Storage
 from server.tokens import Tokens
+from tests.support.clocks import T0, WallClock
 
 pytestmark = pytest.mark.integration
-
-T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture
@@ -65,7 +56,7 @@ def test_names_are_unique_and_a_vendor_token_keeps_its_vendor(storage: Storage) 
 def test_authentication_refuses_revoked_and_expired_tokens_and_notes_last_use_once_a_minute(
     storage: Storage,
 ) -> None:
-    clock = Clock()
+    clock = WallClock()
     tokens = Tokens(AccessStore(storage), clock=clock)
     _r, secret = tokens.create(name="ops", role=Role.OPERATOR, created_by="test")
     _r, short = tokens.create(

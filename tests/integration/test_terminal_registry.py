@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -22,19 +22,10 @@ from server.identity_tables import RegistryStatus
 from server.storage import Storage
 from server.terminal_registry import REFUSAL_REASONS, Preauthorization, TerminalRegistry
 from server.terminal_rules import Placement
+from tests.support.clocks import T0, WallClock
 from tests.support.device_identity import FleetCa, csr_for, make_ca, public_pem
 
 pytestmark = pytest.mark.integration
-
-T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture
@@ -51,8 +42,8 @@ def storage(database_url: str) -> Iterator[Storage]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> WallClock:
+    return WallClock()
 
 
 @pytest.fixture
@@ -61,7 +52,9 @@ def audit() -> MemoryAudit:
 
 
 @pytest.fixture
-def registry(storage: Storage, ca: FleetCa, audit: MemoryAudit, clock: Clock) -> TerminalRegistry:
+def registry(
+    storage: Storage, ca: FleetCa, audit: MemoryAudit, clock: WallClock
+) -> TerminalRegistry:
     r = TerminalRegistry(lambda: storage.engine, ca.directory, audit, clock=clock)
     r.open()
     return r
@@ -96,7 +89,7 @@ def test_a_token_enrolls_once_then_never(registry: TerminalRegistry, audit: Memo
     assert token not in repr(audit.entries)  # the secret is never recorded
 
 
-def test_an_expired_token_fails(registry: TerminalRegistry, clock: Clock) -> None:
+def test_an_expired_token_fails(registry: TerminalRegistry, clock: WallClock) -> None:
     token = registry.issue_token("T-1", "Hall A", "North", "KX-200", timedelta(hours=1), actor="op")
     clock.now = T0 + timedelta(hours=1, seconds=1)
     refused = refusal(

@@ -13,6 +13,7 @@ from server.access import Role, TokenRecord
 from server.access_store import AccessStore
 from server.errors import AccessError, StorageError
 from server.tokens import OUTAGE_GRACE, Tokens
+from tests.support.clocks import WallClock
 
 
 class FlakyStore:
@@ -43,22 +44,14 @@ class FlakyStore:
         raise AccessError("no_such_token", name)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
-def setup() -> tuple[Tokens, FlakyStore, Clock]:
-    store, clock = FlakyStore(), Clock()
+def setup() -> tuple[Tokens, FlakyStore, WallClock]:
+    store, clock = FlakyStore(), WallClock(datetime(2026, 12, 3, 12, 0, tzinfo=UTC))
     return Tokens(cast(AccessStore, store), clock=clock), store, clock
 
 
 def test_a_token_verified_before_the_outage_is_accepted_within_the_grace(
-    setup: tuple[Tokens, FlakyStore, Clock],
+    setup: tuple[Tokens, FlakyStore, WallClock],
 ) -> None:
     tokens, store, clock = setup
     _, secret = tokens.create(name="ops", role=Role.OPERATOR, created_by="t")
@@ -72,7 +65,7 @@ def test_a_token_verified_before_the_outage_is_accepted_within_the_grace(
 
 
 def test_during_an_outage_an_unseen_or_revoked_token_is_not_accepted(
-    setup: tuple[Tokens, FlakyStore, Clock],
+    setup: tuple[Tokens, FlakyStore, WallClock],
 ) -> None:
     tokens, store, _clock = setup
     _, unseen = tokens.create(name="unseen", role=Role.ADMIN, created_by="t")
@@ -87,7 +80,7 @@ def test_during_an_outage_an_unseen_or_revoked_token_is_not_accepted(
 
 
 def test_during_an_outage_a_remembered_token_still_expires(
-    setup: tuple[Tokens, FlakyStore, Clock],
+    setup: tuple[Tokens, FlakyStore, WallClock],
 ) -> None:
     tokens, store, clock = setup
     _, secret = tokens.create(

@@ -1,0 +1,19 @@
+"""A clock a test sets by hand: ``clock.now`` is what the code under test reads."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+__all__ = ["T0", "WallClock"]
+
+T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+class WallClock:
+    """Aware UTC times, starting at ``start``; move it with ``clock.now += timedelta(...)``."""
+
+    def __init__(self, start: datetime = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
