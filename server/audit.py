@@ -11,13 +11,15 @@ a retention). Pure: no I/O here.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-__all__ = ["AuditEntry", "AuditResult", "AuditSink", "MemoryAudit"]
+from server.token_buckets import TokenBuckets
+
+__all__ = ["AuditEntry", "AuditResult", "AuditSink", "DeniedBudget", "MemoryAudit"]
 
 
 class AuditResult(StrEnum):
@@ -71,3 +73,40 @@ class MemoryAudit:
     def entries(self) -> list[AuditEntry]:
         with self._lock:
             return list(self._entries)
+
+
+class DeniedBudget:
+    """An ``AuditSink`` in front of another that stores refused attempts (``denied``) only
+    within a budget per source address (``server.token_buckets``: ``burst`` entries refilled
+    at ``rate_per_s``, at most ``max_sources`` addresses remembered). Beyond it a denied
+    entry is not stored but counted by ``on_suppressed`` (a metric), so that nobody without
+    credentials can grow the audit table at network speed. Entries that are ``ok`` or
+    ``failed`` (made with valid credentials) always pass.
+    """
+
+    def __init__(
+        self,
+        sink: AuditSink,
+        *,
+        rate_per_s: float,
+        burst: float,
+        clock: Callable[[], float],
+        on_suppressed: Callable[[], None] = lambda: None,
+        max_sources: int = 10_000,
+    ) -> None:
+        """Raises ValueError for a rate, burst or source count that is not positive."""
+        self._sink = sink
+        self._on_suppressed = on_suppressed
+        self._lock = threading.Lock()
+        self._buckets = TokenBuckets(
+            rate_per_s=rate_per_s, burst=burst, clock=clock, max_keys=max_sources
+        )
+
+    def record(self, entry: AuditEntry) -> None:
+        if entry.result is AuditResult.DENIED:
+            with self._lock:
+                admitted = self._buckets.take(entry.source or "-")
+            if not admitted:
+                self._on_suppressed()
+                return
+        self._sink.record(entry)

@@ -19,9 +19,10 @@ from one thread).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final, Protocol
+
+from server.token_buckets import TokenBuckets
 
 __all__ = ["RATE_LIMITED", "UNKNOWN_TERMINAL", "IngestGate", "TerminalDirectory"]
 
@@ -48,39 +49,21 @@ class IngestGate:
         max_buckets: int = 1_000_000,
     ) -> None:
         """Raises ValueError for a rate, burst or bucket count that is not positive."""
-        if rate_per_s <= 0 or burst < 1 or max_buckets < 1:
-            raise ValueError("rate_per_s > 0, burst >= 1 and max_buckets >= 1")
-        self._rate = rate_per_s
-        self._burst = float(burst)
-        self._clock = clock
+        self._buckets = TokenBuckets(
+            rate_per_s=rate_per_s, burst=burst, clock=clock, max_keys=max_buckets
+        )
         self._directory = directory
-        self._max = max_buckets
-        self._buckets: OrderedDict[str, list[float]] = OrderedDict()  # id -> [tokens, at]
 
     def admit(self, terminal_id: str) -> str | None:
         """None if the message may be decoded and applied, else the reject reason."""
         if self._directory is not None and not self._directory.is_active(terminal_id):
-            self._buckets.pop(terminal_id, None)
+            self._buckets.forget(terminal_id)
             return UNKNOWN_TERMINAL
-        now = self._clock()
-        bucket = self._buckets.get(terminal_id)
-        if bucket is None:
-            if len(self._buckets) >= self._max:
-                self._buckets.popitem(last=False)
-            bucket = self._buckets[terminal_id] = [self._burst, now]
-        else:
-            self._buckets.move_to_end(terminal_id)
-            tokens, at = bucket
-            bucket[0] = min(self._burst, tokens + (now - at) * self._rate)
-            bucket[1] = now
-        if bucket[0] < 1.0:
-            return RATE_LIMITED
-        bucket[0] -= 1.0
-        return None
+        return None if self._buckets.take(terminal_id) else RATE_LIMITED
 
     def forget(self, terminal_id: str) -> None:
         """Drop the terminal's bucket (it was decommissioned)."""
-        self._buckets.pop(terminal_id, None)
+        self._buckets.forget(terminal_id)
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -29,13 +29,19 @@ from typing import Any
 
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
-from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from protocol.topics import Channel, topic
 from server.access_api import AccessServices
 from server.access_store import AccessStore, DatabaseAudit
 from server.api import ApiServices, add_routes, create_app
-from server.audit import AuditSink
+from server.audit import AuditSink, DeniedBudget
 from server.config import Settings
 from server.device_ca import CaPaths
 from server.errors import BrokerError, ConfigError, ServerError, StorageError
@@ -140,8 +146,17 @@ class Server:
         self.access_store = AccessStore(self.storage)
         self.tokens = Tokens(self.access_store)
         # The audit log: enrollment, revocation and every API change record through it.
-        self.audit: AuditSink = (
-            audit if audit is not None else DatabaseAudit(self.access_store, registry)
+        suppressed = Counter(
+            "kioskfleet_audit_denied_suppressed",
+            "Refused attempts not stored in the audit log: their source spent its budget",
+            registry=registry,
+        )
+        self.audit: AuditSink = DeniedBudget(
+            audit if audit is not None else DatabaseAudit(self.access_store, registry),
+            rate_per_s=settings.audit_denied_rate_per_s,
+            burst=settings.audit_denied_burst,
+            clock=time.monotonic,
+            on_suppressed=suppressed.inc,
         )
         # The terminal registry and EST, when there is a device CA (docs/security.md).
         self.terminal_registry: TerminalRegistry | None = None

@@ -368,3 +368,18 @@ def test_a_bootstrap_token_file_that_cannot_be_written_fails_the_start_and_leave
         assert server.tokens.every() == []  # the next start bootstraps afresh
     finally:
         server.stop()
+
+
+def test_refused_attempts_beyond_the_audit_budget_are_counted_not_stored(
+    start_server: ServerFactory,
+) -> None:
+    server = start_server(audit_denied_burst=5, audit_denied_rate_per_s=0.001)
+    for _ in range(40):
+        assert _call(server, "POST", "/api/v1/tokens").status_code == 401
+    denied = _audit(server, action="token.create", result="denied")
+    assert len(denied) == 5  # the budget of 127.0.0.1
+    suppressed = server.registry.get_sample_value("kioskfleet_audit_denied_suppressed_total")
+    assert suppressed == 35
+    made = _call(server, "POST", "/api/v1/tokens", admin_token(server))  # with credentials
+    assert made.status_code == 422  # an empty body: refused, but audited as failed
+    assert _audit(server, action="token.create", result="failed")

@@ -71,7 +71,9 @@ INGEST_METRIC_NAMES: Final = frozenset(
         *HISTOGRAM_METRIC_NAMES,
     }
 )
-ACCESS_METRIC_NAMES: Final = frozenset({"kioskfleet_audit_write_failures_total"})
+ACCESS_METRIC_NAMES: Final = frozenset(
+    {"kioskfleet_audit_write_failures_total", "kioskfleet_audit_denied_suppressed_total"}
+)
 # Signed releases (docs/updates.md): exported while updates_dir is set.
 UPDATE_METRIC_NAMES: Final = frozenset(
     {"kioskfleet_tuf_metadata_expiry_seconds", "kioskfleet_update_uploads_rejected_total"}
