@@ -45,10 +45,10 @@ from tests.integration.conftest import (
     metric,
     periph,
 )
-from tests.integration.test_broker_identity import NOT_AUTHORIZED, Client
 from tests.support.device_identity import public_pem
 from tests.support.fleet_messages import report, state
 from tests.support.pki import ClientFiles, TestPki
+from tests.support.tls_client import NOT_AUTHORIZED, Client
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
