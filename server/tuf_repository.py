@@ -20,6 +20,7 @@ refused upload and ``UpdatesError`` when the files cannot be read or written.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -256,6 +257,10 @@ class TufRepository:
                 sha256 = md.signed.targets[path].hashes["sha256"]
                 self.store.commit(vendor, path.rsplit("/", 1)[-1], sha256)
             self._write(f"{md.signed.version}.{vendor}.json", data)
+            # Memory follows only once snapshot and timestamp are on disk: if writing them
+            # fails, the server goes on serving what its timestamp says (the blobs moved in
+            # are unreferenced; the vendor uploads again and publishes the same role).
+            before = (state.vendors.get(vendor), dict(state.counters), len(state.publications))
             state.vendors[vendor] = md
             state.counters.update(verified.counters)
             result = state.targets.signed.get_verification_result(
@@ -271,7 +276,20 @@ class TufRepository:
                     signed_by=tuple(sorted(result.signed)),
                 )
             )
-            self._publish_online({vendor: data})
+            try:
+                self._publish_online({vendor: data})
+            except UpdatesError:
+                previous, counters, published = before
+                if previous is None:
+                    state.vendors.pop(vendor, None)
+                else:
+                    state.vendors[vendor] = previous
+                state.counters.clear()
+                state.counters.update(counters)
+                del state.publications[published:]
+                with contextlib.suppress(UpdatesError):  # the ledger may have gone ahead
+                    self._write_ledger()
+                raise
             log.info(
                 "accepted %s v%d (%d new targets)",
                 vendor,
