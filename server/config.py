@@ -169,6 +169,9 @@ class Settings(BaseSettings):
     offline_after_missed_reports: Annotated[int, Field(ge=1, le=100)] = 3
     offline_check_interval_s: PositiveSeconds = 5.0
     default_report_interval_s: PositiveSeconds = 60.0
+    # offline detection uses a terminal's own interval, never more than this (a forged or
+    # broken "every 86400 s" must not hide a dead terminal for three days)
+    max_report_interval_s: PositiveSeconds = 3600.0
     # Distrust of what terminals send (docs/security.md): a message budget per terminal
     # (a real agent drains a backlog at 20/s with bursts of 50), a bound on seq jumps, and
     # how many distinct device-text values reach a metric label before folding into "other".

@@ -52,6 +52,7 @@ class FleetState:
         offline_after_missed_reports: int = 3,
         default_report_interval_s: float = 60.0,
         max_seq_jump: int = 1_000_000,
+        max_report_interval_s: float = 3600.0,
         placements: Callable[[str], Placement | None] | None = None,
     ) -> None:
         """``placements`` (the terminal registry's ``placement``), when given, decides each
@@ -61,7 +62,10 @@ class FleetState:
         and ``max_seq_jump`` >= 1."""
         self._placements = placements
         self._policy = TerminalPolicy(
-            offline_after_missed_reports, default_report_interval_s, max_seq_jump
+            offline_after_missed_reports,
+            default_report_interval_s,
+            max_seq_jump,
+            max_report_interval_s,
         )
         self._lock = threading.Lock()
         self._terminals: dict[str, TerminalRecord] = {}

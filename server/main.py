@@ -173,6 +173,7 @@ class Server:
             offline_after_missed_reports=settings.offline_after_missed_reports,
             default_report_interval_s=settings.default_report_interval_s,
             max_seq_jump=settings.max_seq_jump,
+            max_report_interval_s=settings.max_report_interval_s,
             placements=None if directory is None else directory.placement,
         )
         registry.register(  # fleet gauges, computed at scrape time

@@ -121,7 +121,7 @@ class TerminalPolicy:
 
     Silence makes a terminal offline after ``missed`` report intervals without a
     message (the terminal's own interval, or ``default_interval_s`` before it said
-    one). A stream message whose ``seq`` is more than ``max_seq_jump`` past the
+    one, capped at ``max_interval_s``). A stream message whose ``seq`` is more than ``max_seq_jump`` past the
     highest accepted (or past 0 for a new stream) is refused: no real agent skips a
     million numbers, and one forged high ``seq`` would otherwise make every later
     real message a duplicate.
@@ -130,15 +130,21 @@ class TerminalPolicy:
     missed: int = 3
     default_interval_s: float = 60.0
     max_seq_jump: int = 1_000_000
+    max_interval_s: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.missed < 1 or self.default_interval_s <= 0:
             raise ValueError("offline_after_missed_reports >= 1 and a positive interval")
         if self.max_seq_jump < 1:
             raise ValueError("max_seq_jump must be >= 1")
+        if self.max_interval_s < self.default_interval_s:
+            raise ValueError("max_report_interval_s must be >= default_report_interval_s")
 
     def grace(self, interval_s: float | None) -> timedelta:
-        return timedelta(seconds=self.missed * (interval_s or self.default_interval_s))
+        """How long a silence may last: ``missed`` intervals, the terminal's own capped at
+        ``max_interval_s`` (a terminal that claims a day cannot hide a failure for three)."""
+        interval = min(interval_s or self.default_interval_s, self.max_interval_s)
+        return timedelta(seconds=self.missed * interval)
 
 
 class TerminalRecord:

@@ -365,6 +365,16 @@ def test_terminal_without_a_report_interval_uses_the_default(fleet: FleetState) 
     assert len(fleet.expire_silent(at(181))) == 1
 
 
+def test_a_claimed_report_interval_longer_than_the_cap_cannot_hide_a_silence() -> None:
+    capped = FleetState(max_report_interval_s=600)
+    capped.apply(report("lazy", interval=86400), at(0))  # a forged or broken "once a day"
+    assert capped.expire_silent(at(1800)) == []
+    [t] = capped.expire_silent(at(1801))  # 3 x 600 s, not 3 days
+    assert (t.terminal_id, t.reason) == ("lazy", "timeout")
+    with pytest.raises(ValueError, match="max_report_interval_s"):
+        FleetState(default_report_interval_s=60, max_report_interval_s=30)
+
+
 def test_silence_before_the_broker_link_came_up_is_not_held_against_terminals(
     fleet: FleetState,
 ) -> None:
