@@ -127,8 +127,9 @@ _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 _LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 _ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # A TUF target path as vendors publish them (``<vendor>/...``): no leading '/', no '_'
-# first (``_pins/`` is never installable), no empty, '.' or '..' segment.
-_TARGET_PATH = r"^(?!.*(^|/)\.{1,2}(/|$))(?!.*//)[A-Za-z0-9][A-Za-z0-9._/+-]{0,254}(?<!/)$"
+# first (``_pins/`` is never installable); every segment starts with a letter or digit, so
+# none is empty, '.' or '..'.
+_TARGET_PATH = r"^[A-Za-z0-9][A-Za-z0-9._+-]*(/[A-Za-z0-9][A-Za-z0-9._+-]*)*$"
 _HEX64 = r"^[0-9a-f]{64}$"
 
 
@@ -150,7 +151,7 @@ Timestamp = Annotated[AwareDatetime, AfterValidator(_plausible)]
 class DirectiveTarget(_Strict):
     """The TUF target to install, as TUF must have verified it."""
 
-    path: Annotated[str, Field(pattern=_TARGET_PATH)]
+    path: Annotated[str, Field(max_length=255, pattern=_TARGET_PATH)]
     length: Annotated[int, Field(ge=1, le=2**53)]
     sha256: Annotated[str, Field(pattern=_HEX64)]
 
