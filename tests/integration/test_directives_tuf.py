@@ -29,7 +29,8 @@ from protocol.directives import (
 )
 from server.access import Role
 from server.main import Server
-from tests.integration.conftest import ServerFactory, admin_token, token
+from tests.integration import test_updates
+from tests.integration.conftest import token
 from tests.support.tuf_world import TufWorld, release_manifest
 
 pytestmark = pytest.mark.integration
@@ -44,28 +45,18 @@ def world(tmp_path: Path) -> TufWorld:
     return world
 
 
+# The signed-releases tests' server: the world's roots and targets uploaded, online keys set.
+server = test_updates.server
+
+
 @pytest.fixture
-def server(start_server: ServerFactory, world: TufWorld, tmp_path: Path) -> Server:
-    server = start_server(
-        updates_dir=tmp_path / "repository",
-        updates_snapshot_key_file=world.operator.online_dir / "snapshot.key",
-        updates_timestamp_key_file=world.operator.online_dir / "timestamp.key",
-        updates_max_artifact_bytes=1 << 20,
-    )
-    with UpdateClient(server.base_url, admin_token(server)) as admin:
-        for root in world.roots():
-            admin.upload_metadata("root", root)
-        admin.upload_metadata("targets", world.targets_bytes())
+def updater(server: Server, world: TufWorld, tmp_path: Path) -> Updater:
+    """A terminal's Updater, refreshed after acme published ``kiosk-app-1.bin``."""
     artifact = world.artifact("kiosk-app-1.bin")
     world.sign("acme", artifact, release_manifest(1))
     with UpdateClient(server.base_url, token(server, Role.VENDOR, vendor="acme")) as acme:
         acme.upload_artifact("acme", artifact.name, artifact)
         acme.publish_role("acme", world.role_file("acme").read_bytes())
-    return server
-
-
-@pytest.fixture
-def updater(server: Server, world: TufWorld, tmp_path: Path) -> Updater:
     where = tmp_path / "terminal"
     (where / "metadata").mkdir(parents=True)
     (where / "targets").mkdir()
