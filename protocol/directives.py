@@ -60,6 +60,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from protocol.codec import loads_strict
 from protocol.errors import MalformedJSONError
+from protocol.messages import _EARLIEST, _LATEST
 from protocol.topics import TERMINAL_ID_PATTERN
 
 __all__ = [
@@ -123,8 +124,6 @@ class DirectiveLimits:
 
 # --- the signed content ---------------------------------------------------------------------
 
-_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
-_LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 _ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # A TUF target path as vendors publish them (``<vendor>/...``): no leading '/', no '_'
 # first (``_pins/`` is never installable); every segment starts with a letter or digit, so
@@ -181,8 +180,7 @@ class SignedDirective(_Strict):
 
 
 def _utc(value: datetime) -> str:
-    text = value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    return text
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def canonical_bytes(directive: Directive) -> bytes:

@@ -57,7 +57,7 @@ PINNED = PinnedKey.from_public_key(SERVER_KEY.public_key())
 TUF_TARGET = TargetFile.from_data(PATH, ARTIFACT, ["sha256"])
 
 
-def tuf_lookup(*targets: TargetFile) -> Callable[[str], TargetInfo | None]:
+def tuf_lookup(*targets: TargetInfo) -> Callable[[str], TargetInfo | None]:
     """What ``Updater.get_targetinfo`` answers after a refresh, for these targets."""
     return {t.path: t for t in targets}.get
 
@@ -295,6 +295,8 @@ def test_the_limits_are_a_config_object() -> None:
 
 
 class _Target:
+    """Any object shaped like TUF's TargetFile will do as what TUF verified."""
+
     def __init__(self, path: str, length: int, hashes: dict[str, str]) -> None:
         self.path, self.length, self.hashes = path, length, hashes
 
@@ -315,6 +317,21 @@ def test_a_target_that_differs_from_what_tuf_verified_is_refused(
 ) -> None:
     payload = sign_directive(a_directive(), SERVER_KEY)
     assert reason_of(payload, target_info=lookup) == "target_mismatch"
+
+
+def test_the_largest_valid_directive_fits_the_size_limit() -> None:
+    longest = a_directive(
+        terminal_id="T" * 64,
+        rollout_id="R" * 64,
+        seq=2**53,
+        target=DirectiveTarget(path="a" * 255, length=2**53, sha256="f" * 64),
+        not_before=NOW + timedelta(microseconds=123456),
+        not_after=NOW + timedelta(days=1, microseconds=654321),
+    )
+    payload = sign_directive(longest, SERVER_KEY)
+    assert len(payload) <= DirectiveLimits().max_bytes
+    tuf = _Target("a" * 255, 2**53, {"sha256": "f" * 64})
+    assert verify(payload, terminal_id="T" * 64, target_info=tuf_lookup(tuf)) == longest
 
 
 def test_an_oversize_payload_is_refused_before_parsing() -> None:
