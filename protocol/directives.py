@@ -56,11 +56,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AwareDatetime, Field, ValidationError
 
 from protocol.codec import loads_strict
 from protocol.errors import MalformedJSONError
-from protocol.messages import _EARLIEST, _LATEST
+from protocol.messages import _EARLIEST, _LATEST, _Strict
 from protocol.topics import TERMINAL_ID_PATTERN
 
 __all__ = [
@@ -130,10 +130,6 @@ _ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # none is empty, '.' or '..'.
 _TARGET_PATH = r"^[A-Za-z0-9][A-Za-z0-9._+-]*(/[A-Za-z0-9][A-Za-z0-9._+-]*)*$"
 _HEX64 = r"^[0-9a-f]{64}$"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
 def _plausible(value: datetime) -> datetime:
