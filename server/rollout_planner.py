@@ -73,7 +73,11 @@ from typing import Final, Literal
 from server.access import Role
 
 __all__ = [
+    "FAILURES",
+    "IN_FLIGHT",
     "MANUAL",
+    "RETRYABLE",
+    "SUCCESSES",
     "TRANSITIONS",
     "AbortThreshold",
     "Aborted",
@@ -498,14 +502,14 @@ class _Run:
         """Apply one event; the refusal reason, or None when accepted."""
         status = self.rollout.status
         match event:
-            case Selected(terminal_ids):
-                for terminal_id in terminal_ids:
-                    self.terminals.setdefault(terminal_id, TerminalProgress(terminal_id))
-                return None
             case Report(terminal_id, state):
                 return self._report(terminal_id, state, now)
             case _ if status in _STOPPED:
                 return f"rollout_{status.value}"
+            case Selected(terminal_ids):
+                for terminal_id in terminal_ids:
+                    self.terminals.setdefault(terminal_id, TerminalProgress(terminal_id))
+                return None
             case Approve(by, role):
                 if status is not RolloutStatus.AWAITING_APPROVAL:
                     return "already_approved"
