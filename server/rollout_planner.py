@@ -20,6 +20,7 @@ nothing and yields a ``Refused`` action carrying the reason, for the audit log
 and a counter; it never raises.
 
 Actions (outputs): ``Started``, ``Notify`` (terminal, target, attempt),
+``Withdraw`` (after a cancel or abort, to terminals not yet installing),
 ``MarkedTimedOut``, ``RetryScheduled``, ``PhaseAdvanced``, ``Paused``,
 ``Resumed``, ``Aborted``, ``Canceled``, ``Completed``, ``Refused``.
 
@@ -52,8 +53,12 @@ retry, after ``retry_backoff_s * 2**(attempt-1)`` capped at
 ``rejected``, ``canceled`` and ``failed|rolled_back|timed_out`` once no attempt
 remains or the rollout is stopped. ``rejected`` (the agent refused the directive
 by its own checks) is never retried: the same target would be refused again.
-After a cancel or abort, terminals already notified keep reporting until final
-(the server cannot unsign a directive); nothing new is sent.
+After a cancel or abort, terminals already notified get a ``Withdraw`` when they
+have not started installing and keep reporting until final (the server cannot
+unsign a directive); nothing new is sent. A ``Report`` may carry the attempt
+number of its directive: a late report from an earlier attempt is refused.
+Resuming below the threshold starts a new round: ``max_attempts`` counts from
+there, attempt numbers keep growing.
 
 Invariants (``tests/unit/test_rollout_planner.py``, Hypothesis state machine):
 never more terminals admitted (hence in flight) than the current phase allows;
@@ -110,6 +115,7 @@ __all__ = [
     "Started",
     "TerminalProgress",
     "TerminalState",
+    "Withdraw",
     "new_rollout",
     "phase_quota",
     "step",
@@ -251,7 +257,8 @@ class TerminalProgress:
     terminal_id: str
     state: TerminalState = TerminalState.PENDING
     phase: int | None = None
-    attempts: int = 0  # notifications sent
+    attempts: int = 0  # notifications sent, ever (the Notify's attempt number)
+    round_start: int = 0  # attempts before the current round; max_attempts counts from here
     notified_at: datetime | None = None
     retry_at: datetime | None = None
 
@@ -273,7 +280,8 @@ class Rollout:
             return True
         if terminal.state in RETRYABLE:
             stopped = self.status in _STOPPED
-            return stopped or terminal.attempts >= self.definition.max_attempts
+            used = terminal.attempts - terminal.round_start
+            return stopped or used >= self.definition.max_attempts
         return False
 
 
@@ -313,8 +321,12 @@ class OpenGate:
 
 @dataclass(frozen=True)
 class Report:
+    """A terminal's state. ``attempt`` (the Notify's, carried in the directive) guards against
+    a late report from an earlier attempt; None accepts it for the current one."""
+
     terminal_id: str
     state: TerminalState
+    attempt: int | None = None
 
 
 Event = Selected | Approve | Pause | Resume | Cancel | OpenGate | Report
@@ -330,6 +342,15 @@ class Notify:
     terminal_id: str
     target: str
     attempt: int
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    """Ask a notified terminal that has not started installing to drop the target (it may
+    report ``canceled``); a directive already signed cannot be unsigned, so this is a request."""
+
+    terminal_id: str
+    target: str
 
 
 @dataclass(frozen=True)
@@ -389,6 +410,7 @@ class Refused:
 Action = (
     Started
     | Notify
+    | Withdraw
     | MarkedTimedOut
     | RetryScheduled
     | PhaseAdvanced
@@ -502,8 +524,8 @@ class _Run:
         """Apply one event; the refusal reason, or None when accepted."""
         status = self.rollout.status
         match event:
-            case Report(terminal_id, state):
-                return self._report(terminal_id, state, now)
+            case Report():
+                return self._report(event, now)
             case _ if status in _STOPPED:
                 return f"rollout_{status.value}"
             case Selected(terminal_ids):
@@ -522,8 +544,8 @@ class _Run:
                 return None
             case Cancel(by):
                 self._set(status=RolloutStatus.CANCELED, pause_reason=None)
-                self._cancel_pending()
                 self.actions.append(Canceled(by))
+                self._stop_open_terminals()
                 return None
             case Pause(by):
                 if status is not RolloutStatus.RUNNING:
@@ -548,10 +570,12 @@ class _Run:
                 return None
         return "unknown_event"  # pragma: no cover  # the match above is exhaustive
 
-    def _report(self, terminal_id: str, state: TerminalState, now: datetime) -> str | None:
-        terminal = self.terminals.get(terminal_id)
+    def _report(self, report: Report, now: datetime) -> str | None:
+        terminal, state = self.terminals.get(report.terminal_id), report.state
         if terminal is None or terminal.phase is None:
             return "terminal_not_notified"
+        if report.attempt is not None and report.attempt != terminal.attempts:
+            return f"stale_attempt_{report.attempt}_current_{terminal.attempts}"
         if state in _PLANNER_MOVES:
             return f"state_set_by_planner_{state.value}"
         if state not in TRANSITIONS[terminal.state]:
@@ -562,24 +586,28 @@ class _Run:
     def _settle(self, terminal: TerminalProgress, now: datetime) -> None:
         """Store ``terminal``; a retryable failure with attempts left is scheduled again."""
         if terminal.state in RETRYABLE and not self._final(terminal):
-            delay = self.definition.retry_backoff_s * 2 ** (terminal.attempts - 1)
+            used = terminal.attempts - terminal.round_start
+            delay = self.definition.retry_backoff_s * 2 ** (used - 1)
             at = now + timedelta(seconds=min(delay, self.definition.retry_backoff_max_s))
             terminal = replace(terminal, state=_S.PENDING, retry_at=at)
             self.actions.append(RetryScheduled(terminal.terminal_id, terminal.attempts + 1, at))
         self.terminals[terminal.terminal_id] = terminal
 
-    def _cancel_pending(self) -> None:
+    def _stop_open_terminals(self) -> None:
+        """On cancel or abort: pending terminals are canceled, those not yet installing withdrawn."""
         for terminal in list(self.terminals.values()):
             if terminal.state is _S.PENDING:
                 self.terminals[terminal.terminal_id] = replace(
                     terminal, state=_S.CANCELED, retry_at=None
                 )
+            elif terminal.state in _BEFORE_INSTALL:
+                self.actions.append(Withdraw(terminal.terminal_id, self.definition.target))
 
     def _fresh_round_for_failures(self) -> None:
         for terminal in list(self.terminals.values()):
             if terminal.phase == self.rollout.phase and terminal.state in RETRYABLE:
                 self.terminals[terminal.terminal_id] = replace(
-                    terminal, state=_S.PENDING, attempts=0, retry_at=None
+                    terminal, state=_S.PENDING, round_start=terminal.attempts, retry_at=None
                 )
 
     # the clock -----------------------------------------------------------------------------
@@ -649,8 +677,8 @@ class _Run:
         if len(decided) < abort.min_decided or failed / len(decided) <= abort.failure_ratio:
             return False
         self._set(status=RolloutStatus.ABORTED)
-        self._cancel_pending()
         self.actions.append(Aborted(failed, len(decided)))
+        self._stop_open_terminals()
         return True
 
     def _pass_phase(self, now: datetime) -> bool:

@@ -8,9 +8,10 @@ state and actions.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -22,8 +23,10 @@ from hypothesis.stateful import (
 
 from server.access import Role
 from server.rollout_planner import (
+    FAILURES,
     IN_FLIGHT,
     MANUAL,
+    SUCCESSES,
     TRANSITIONS,
     Aborted,
     AbortThreshold,
@@ -46,6 +49,7 @@ from server.rollout_planner import (
     Refused,
     Report,
     Resume,
+    Resumed,
     RetryScheduled,
     Rollout,
     RolloutDefinition,
@@ -54,6 +58,7 @@ from server.rollout_planner import (
     Started,
     TerminalProgress,
     TerminalState,
+    Withdraw,
     new_rollout,
     phase_quota,
     step,
@@ -147,6 +152,24 @@ def test_percent_phases_round_up_and_are_cumulative() -> None:
     assert phase_quota(definition, 0, 0) == 0
 
 
+@given(
+    sizes=st.lists(
+        st.tuples(st.integers(1, 100), st.sampled_from(["count", "percent"])), max_size=4
+    ),
+    selected=st.integers(0, 500),
+)
+def test_phase_quotas_grow_with_the_phase_and_the_last_covers_every_terminal(
+    sizes: list[tuple[int, Literal["count", "percent"]]], selected: int
+) -> None:
+    definition = _definition(phases=(*(Phase(n, unit) for n, unit in sizes), Phase(100)))
+    quotas = [phase_quota(definition, p, selected) for p in range(len(definition.phases))]
+    assert quotas == sorted(quotas)
+    assert all(0 <= q <= selected for q in quotas)
+    assert quotas[-1] == selected
+    more = [phase_quota(definition, p, selected + 1) for p in range(len(definition.phases))]
+    assert all(a <= b for a, b in zip(quotas, more, strict=True))
+
+
 def test_the_next_phase_starts_only_after_every_terminal_of_this_one_succeeded() -> None:
     first = _started(5).rollout
     half = _succeed(first, ["t00"])
@@ -214,7 +237,7 @@ def test_resuming_below_threshold_gives_the_failed_terminals_a_fresh_round() -> 
     rollout = _started(5).rollout
     paused = step(rollout, [Report("t00", S.SUCCEEDED), Report("t01", S.ROLLED_BACK)], T0)
     resumed = step(paused.rollout, [Resume("carol")], T0)
-    assert _notified(resumed.actions) == ["t01"]
+    assert resumed.actions == (Resumed("carol"), Notify("t01", TARGET, 2))  # numbers keep growing
     assert resumed.rollout.phase == 0
     passed = _succeed(resumed.rollout, ["t01"])
     assert _notified(passed.actions) == ["t02", "t03", "t04"]
@@ -229,10 +252,15 @@ def test_a_lower_success_threshold_lets_a_phase_with_failures_advance() -> None:
 def test_the_abort_threshold_stops_the_rollout_once_enough_terminals_decided() -> None:
     phases = (Phase(100),)
     rollout = _started(6, phases=phases, abort=AbortThreshold(0.3, min_decided=3)).rollout
-    two = step(rollout, [Report("t00", S.FAILED), Report("t01", S.FAILED)], T0)
+    reports = [Report("t00", S.FAILED), Report("t01", S.FAILED), Report("t04", S.INSTALLING)]
+    two = step(rollout, reports, T0)
     assert two.rollout.status is RolloutStatus.RUNNING  # only 2 decided, fewer than 3
-    third = step(two.rollout, [Report("t02", S.SUCCEEDED)], T0)
-    assert third.actions == (Aborted(failed=2, decided=3),)
+    third = step(two.rollout, [Report("t02", S.DOWNLOADING), Report("t03", S.SUCCEEDED)], T0)
+    assert third.actions == (
+        Aborted(failed=2, decided=3),
+        Withdraw("t02", TARGET),  # t04 is installing: too late to withdraw
+        Withdraw("t05", TARGET),
+    )
     assert third.rollout.status is RolloutStatus.ABORTED
 
 
@@ -270,6 +298,18 @@ def test_a_failed_terminal_is_retried_after_an_exponential_capped_backoff() -> N
     assert second.actions == (Notify("t00", TARGET, 2),)
     third = step(second.rollout, [Report("t00", S.FAILED)], t1)
     assert RetryScheduled("t00", attempt=3, at=t1 + timedelta(seconds=150)) in third.actions
+
+
+def test_a_late_report_from_an_earlier_attempt_is_refused() -> None:
+    rollout = _started(3, max_attempts=2, retry_backoff_s=0.0).rollout
+    timed_out = step(rollout, [], T0 + timedelta(seconds=600))
+    assert Notify("t00", TARGET, 2) in timed_out.actions
+    late = step(timed_out.rollout, [Report("t00", S.SUCCEEDED, attempt=1)], T0)
+    assert late.actions == (
+        Refused(Report("t00", S.SUCCEEDED, attempt=1), "stale_attempt_1_current_2"),
+    )
+    current = step(late.rollout, [Report("t00", S.SUCCEEDED, attempt=2)], T0)
+    assert _state(current.rollout, "t00") is S.SUCCEEDED
 
 
 def test_a_rejected_directive_is_not_retried() -> None:
@@ -325,7 +365,11 @@ def test_a_paused_rollout_sends_nothing_until_resumed() -> None:
 def test_cancel_cancels_pending_terminals_and_no_notify_follows() -> None:
     rollout = _started(5, max_attempts=3, retry_backoff_s=0.0).rollout
     canceled = step(rollout, [Cancel("carol")], T0)
-    assert canceled.actions == (Canceled("carol"),)
+    assert canceled.actions == (
+        Canceled("carol"),
+        Withdraw("t00", TARGET),
+        Withdraw("t01", TARGET),
+    )
     assert [_state(canceled.rollout, i) for i in _ids(5)] == [S.NOTIFIED] * 2 + [S.CANCELED] * 3
     after = step(canceled.rollout, [Report("t00", S.FAILED), Selected(("late",))], T0)
     assert _notified(after.actions) == []
@@ -548,8 +592,10 @@ class RolloutMachine(RuleBasedStateMachine):
             }
             or not rollout.terminals
         ), rollout.status
+        outcomes = (SUCCESSES, FAILURES, frozenset({S.CANCELED}))
         for terminal in rollout.terminals:
             assert rollout.is_final(terminal), terminal
+            assert sum(terminal.state in outcome for outcome in outcomes) == 1, terminal
         assert len({t.terminal_id for t in rollout.terminals}) == len(rollout.terminals)
 
 
