@@ -21,7 +21,7 @@ and a counter; it never raises.
 
 Actions (outputs): ``Started``, ``Notify`` (terminal, target, attempt),
 ``Withdraw`` (after a cancel or abort, to terminals not yet installing),
-``MarkedTimedOut``, ``RetryScheduled``, ``PhaseAdvanced``, ``Paused``,
+``MarkedTimedOut``, ``RetryScheduled``, ``PhaseAdvanced``, ``GateOpened``, ``Paused``,
 ``Resumed``, ``Aborted``, ``Canceled``, ``Completed``, ``Refused``.
 
 Rollout lifecycle (``RolloutStatus``)::
@@ -95,6 +95,7 @@ __all__ = [
     "Delay",
     "Event",
     "Gate",
+    "GateOpened",
     "MarkedTimedOut",
     "Notify",
     "OpenGate",
@@ -374,6 +375,12 @@ class PhaseAdvanced:
 
 
 @dataclass(frozen=True)
+class GateOpened:
+    phase: int
+    by: str | None  # None: a Delay gate whose time came
+
+
+@dataclass(frozen=True)
 class Paused:
     reason: PauseReason
     by: str | None = None
@@ -414,6 +421,7 @@ Action = (
     | MarkedTimedOut
     | RetryScheduled
     | PhaseAdvanced
+    | GateOpened
     | Paused
     | Resumed
     | Aborted
@@ -567,6 +575,7 @@ class _Run:
                 if self.definition.phases[self.rollout.phase].gate != MANUAL:
                     return "gate_is_a_delay"
                 self._set(gate_open=True)
+                self.actions.append(GateOpened(self.rollout.phase, by))
                 return None
         return "unknown_event"  # pragma: no cover  # the match above is exhaustive
 
@@ -641,6 +650,7 @@ class _Run:
         if opens_at is None or now < opens_at:
             return False
         self._set(gate_open=True, gate_opens_at=None)
+        self.actions.append(GateOpened(self.rollout.phase, by=None))
         return True
 
     def _notify_due(self, now: datetime) -> None:

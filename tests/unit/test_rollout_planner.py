@@ -38,6 +38,7 @@ from server.rollout_planner import (
     Decision,
     Delay,
     Event,
+    GateOpened,
     MarkedTimedOut,
     Notify,
     OpenGate,
@@ -188,6 +189,7 @@ def test_a_delay_gate_holds_the_next_phase_until_its_time() -> None:
     early = step(passed.rollout, [], T0 + timedelta(seconds=3599))
     assert _notified(early.actions) == []
     on_time = step(early.rollout, [], T0 + timedelta(seconds=3600))
+    assert on_time.actions[0] == GateOpened(1, by=None)
     assert _notified(on_time.actions) == ["t01", "t02"]
 
 
@@ -198,7 +200,11 @@ def test_a_manual_gate_opens_only_on_an_operator_decision() -> None:
     assert _notified(later.actions) == []
     assert later.wake_at is None
     opened = step(later.rollout, [OpenGate("carol")], T0 + timedelta(days=30))
-    assert _notified(opened.actions) == ["t01", "t02"]
+    assert opened.actions == (
+        GateOpened(1, "carol"),
+        Notify("t01", TARGET, 1),
+        Notify("t02", TARGET, 1),
+    )
 
 
 def test_open_gate_is_refused_when_no_manual_gate_waits() -> None:
