@@ -457,6 +457,7 @@ class RolloutMachine(RuleBasedStateMachine):
         self.rollout: Rollout | None = None
         self.now = T0
         self.joined = 0
+        self.wake_at: datetime | None = None
 
     @rule(
         first=st.integers(1, 5),
@@ -493,6 +494,7 @@ class RolloutMachine(RuleBasedStateMachine):
         decision = step(before, events, self.now)
         self._check_step(before, decision, single=len(events) <= 1)
         self.rollout = decision.rollout
+        self.wake_at = decision.wake_at
         return decision
 
     def _check_step(self, before: Rollout, decision: Decision, *, single: bool) -> None:
@@ -543,8 +545,11 @@ class RolloutMachine(RuleBasedStateMachine):
     @rule(seconds=st.sampled_from([1, 30, 300, 601]))
     @precondition(lambda self: self.rollout is not None)
     def wait(self, seconds: int) -> None:
+        wake_at = self.wake_at
         self.now += timedelta(seconds=seconds)
-        self._step([])
+        decision = self._step([])
+        if wake_at is None or self.now < wake_at:  # the scheduler may sleep until wake_at
+            assert decision.actions == ()
 
     @rule(event=st.sampled_from([Pause("bob"), Resume("bob"), OpenGate("bob")]))
     @precondition(lambda self: self.rollout is not None)
