@@ -1,0 +1,113 @@
+"""The two commands an install runs: the service restart and the application's health check.
+
+``run_restart(argv, timeout_s)`` runs the configured restart command once with a
+timeout and raises ``RestartError`` (timeout, non-zero exit, not found); the child
+is killed when its time is up. ``wait_healthy(argv, within_s, ...)`` runs the health
+command until it exits 0 or ``within_s`` seconds have passed, each run bounded by
+what is left, and returns a ``HealthReport``; ``peripherals_answer`` is the hook for
+"the peripherals the manifest lists answer" (the updater passes one backed by the
+agent's probes). Neither ever raises for what the command does. Both pass argv as
+a list (no shell) with stdin closed and output captured, truncated in reports.
+``health_argv(check)`` maps a manifest ``HealthCheck`` onto an argv.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from agent.install.errors import RestartError
+from firmware_manifests.release_manifest import HealthCheck
+
+__all__ = ["HealthReport", "PeripheralCheck", "health_argv", "run_restart", "wait_healthy"]
+
+_TAIL = 200
+
+PeripheralCheck = Callable[[Sequence[str]], Sequence[str]]
+"""Given the peripheral names a release needs, the names of those that do not answer."""
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """Did the release prove healthy; ``detail`` says why not (or how many attempts it took)."""
+
+    ok: bool
+    detail: str
+
+
+def _tail(data: bytes) -> str:
+    return data.decode("utf-8", "replace").strip()[-_TAIL:]
+
+
+def run_restart(argv: Sequence[str], timeout_s: float) -> None:
+    """Run the restart command; raises RestartError on timeout, non-zero exit or no such file."""
+    try:
+        done = subprocess.run(  # noqa: S603 - argv comes from the agent's own settings
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise RestartError(argv, f"timed out after {timeout_s} s") from None
+    except OSError as exc:
+        raise RestartError(argv, f"cannot run: {exc.strerror or exc}") from None
+    if done.returncode != 0:
+        raise RestartError(argv, f"exit {done.returncode}: {_tail(done.stderr)}")
+
+
+def health_argv(check: HealthCheck) -> list[str]:
+    """The argv that checks a manifest's health check; ValueError for a kind not supported here."""
+    if check.kind == "command":
+        return shlex.split(check.target)
+    if check.kind == "service":
+        return ["systemctl", "is-active", "--quiet", check.target]
+    raise ValueError(f"health check kind {check.kind!r} is not run by a command")
+
+
+def wait_healthy(
+    argv: Sequence[str],
+    within_s: float,
+    *,
+    interval_s: float = 1.0,
+    required_peripherals: Sequence[str] = (),
+    peripherals_answer: PeripheralCheck | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> HealthReport:
+    """Run the health command until it succeeds within ``within_s``; then check peripherals."""
+    deadline = monotonic() + within_s
+    attempts = timed_out = 0
+    last = "never completed"
+    while True:
+        left = deadline - monotonic()
+        if left <= 0:
+            cut = f", {timed_out} cut off at the deadline" if timed_out else ""
+            return HealthReport(
+                False, f"not healthy within {within_s} s ({attempts} runs{cut}): {last}"
+            )
+        attempts += 1
+        try:
+            done = subprocess.run(  # noqa: S603 - argv comes from the signed manifest or settings
+                list(argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=left, check=False
+            )
+        except subprocess.TimeoutExpired:
+            timed_out += 1
+            continue
+        except OSError as exc:
+            return HealthReport(False, f"health command cannot run: {exc.strerror or exc}")
+        if done.returncode == 0:
+            break
+        last = f"exit {done.returncode}: {_tail(done.stderr or done.stdout)}"
+        sleep(min(interval_s, max(deadline - monotonic(), 0.0)))
+    if required_peripherals and peripherals_answer is None:
+        return HealthReport(False, "the release lists peripherals but nothing can check them")
+    if required_peripherals and peripherals_answer is not None:
+        silent = list(peripherals_answer(required_peripherals))
+        if silent:
+            return HealthReport(False, f"peripherals do not answer: {', '.join(silent)}")
+    return HealthReport(True, f"healthy after {attempts} run(s)")
