@@ -7,14 +7,18 @@ log, health succeeds when the active slot holds a file ``healthy``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import sys
 import tarfile
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent.install import (
     ArchiveLimits,
@@ -30,6 +34,7 @@ from agent.install import (
 from agent.install.bundle import STEPS
 from agent.install.commands import run_restart, wait_healthy
 from agent.install.errors import REFUSAL_REASONS
+from agent.install.safe_tar import unpack_into
 
 
 class PowerCut(BaseException):
@@ -521,3 +526,50 @@ def test_refused_archive_errors_carry_reason_and_member() -> None:
     assert (error.reason, error.member) == ("path_traversal", "../x")
     with pytest.raises(ValueError, match="unknown refusal reason"):
         ArchiveRefusedError("made_up", "", "")
+
+
+# -- property: whatever the headers say, nothing lands outside the slot ---------------
+
+_component = st.sampled_from(["a", "b", "..", ".", ""])
+_name = st.builds(
+    lambda absolute, parts: ("/" if absolute else "") + "/".join(parts),
+    st.booleans(),
+    st.lists(_component, min_size=1, max_size=4),
+)
+_member = st.tuples(st.sampled_from(["file", "dir", "sym", "hard"]), _name, _name)
+
+
+def _tar_of(members: list[tuple[str, str, str]], path: Path) -> None:
+    types = {"dir": tarfile.DIRTYPE, "sym": tarfile.SYMTYPE, "hard": tarfile.LNKTYPE}
+    with tarfile.open(path, "w") as archive:
+        for kind, name, link in members:
+            info = tarfile.TarInfo(name or "x")
+            if kind == "file":
+                info.size = 1
+                archive.addfile(info, io.BytesIO(b"x"))
+                continue
+            info.type = types[kind]
+            info.linkname = link
+            archive.addfile(info)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_member, max_size=6))
+def test_any_archive_is_refused_or_stays_inside_the_slot(
+    members: list[tuple[str, str, str]],
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        slot = base / "root" / "slot"
+        slot.mkdir(parents=True)
+        _tar_of(members, base / "t.tar")
+        # refused, or the file system said no part-way: what was written is checked below
+        with contextlib.suppress(ArchiveRefusedError, OSError):
+            unpack_into(base / "t.tar", slot, ArchiveLimits())
+        assert sorted(p.name for p in base.iterdir()) == ["root", "t.tar"]
+        assert sorted(p.name for p in (base / "root").iterdir()) == ["slot"]
+        inside = os.path.realpath(slot)
+        for directory, dirs, files in os.walk(slot):  # never follows a link
+            for name in dirs + files:
+                real = os.path.realpath(os.path.join(directory, name))
+                assert real == inside or real.startswith(inside + os.sep), (name, real)
