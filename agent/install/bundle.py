@@ -149,7 +149,9 @@ class BundleHandler:
             return None
         except (OSError, ValueError) as exc:
             raise InstallStateError(f"{slot}.json", str(exc)) from None
-        return data if isinstance(data, dict) else None
+        if not isinstance(data, dict) or not isinstance(data.get("version"), str):
+            raise InstallStateError(f"{slot}.json", "holds no version")
+        return data
 
     def active_version(self) -> str | None:
         slot = self.active_slot()
@@ -165,6 +167,11 @@ class BundleHandler:
             raise InstallStateError(str(self._state_file), str(exc)) from None
         if not isinstance(data, dict) or data.get("step") not in STEPS:
             raise InstallStateError(str(self._state_file), "no known step")
+        # recover() wipes to_slot: a state file naming another directory is refused
+        if data.get("to_slot") not in SLOTS or data.get("from_slot") not in (*SLOTS, None):
+            raise InstallStateError(str(self._state_file), "names no slot of this layout")
+        if data["to_slot"] == data["from_slot"]:
+            raise InstallStateError(str(self._state_file), "installs into the active slot")
         return data
 
     def _step(self, step: str, **fields: Any) -> dict[str, Any]:

@@ -8,14 +8,19 @@ what is left, and returns a ``HealthReport``; ``peripherals_answer`` is the hook
 "the peripherals the manifest lists answer" (the updater passes one backed by the
 agent's probes). Neither ever raises for what the command does. Both pass argv as
 a list (no shell) with stdin closed and output captured, truncated in reports.
-``health_argv(check)`` maps a manifest ``HealthCheck`` onto an argv.
+``health_argv(check)`` maps a manifest ``HealthCheck`` onto an argv: ``command``
+(split like a shell, never run by one), ``service`` (``systemctl is-active``),
+``http`` (a GET by the running Python, 2xx is healthy; loopback URLs only, so a
+manifest cannot make terminals probe the network).
 """
 
 from __future__ import annotations
 
 import shlex
 import subprocess
+import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +30,15 @@ from firmware_manifests.release_manifest import HealthCheck
 __all__ = ["HealthReport", "PeripheralCheck", "health_argv", "run_restart", "wait_healthy"]
 
 _TAIL = 200
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_HTTP_CHECK = (
+    "import sys, urllib.request\n"
+    "try:\n"
+    "    status = urllib.request.urlopen(sys.argv[1], timeout=10).status\n"
+    "except Exception as exc:\n"
+    "    sys.exit(f'GET failed: {exc}')\n"
+    "sys.exit(0 if 200 <= status < 300 else f'HTTP {status}')\n"
+)
 
 PeripheralCheck = Callable[[Sequence[str]], Sequence[str]]
 """Given the peripheral names a release needs, the names of those that do not answer."""
@@ -66,7 +80,10 @@ def health_argv(check: HealthCheck) -> list[str]:
         return shlex.split(check.target)
     if check.kind == "service":
         return ["systemctl", "is-active", "--quiet", check.target]
-    raise ValueError(f"health check kind {check.kind!r} is not run by a command")
+    url = urllib.parse.urlsplit(check.target)
+    if url.scheme != "http" or url.hostname not in _LOOPBACK:
+        raise ValueError(f"an http health check must be http:// on loopback, not {check.target!r}")
+    return [sys.executable, "-c", _HTTP_CHECK, check.target]
 
 
 def wait_healthy(

@@ -8,11 +8,13 @@ log, health succeeds when the active slot holds a file ``healthy``.
 from __future__ import annotations
 
 import contextlib
+import http.server
 import io
 import os
 import sys
 import tarfile
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,9 +34,10 @@ from agent.install import (
     run_install,
 )
 from agent.install.bundle import STEPS
-from agent.install.commands import run_restart, wait_healthy
+from agent.install.commands import health_argv, run_restart, wait_healthy
 from agent.install.errors import REFUSAL_REASONS
 from agent.install.safe_tar import unpack_into
+from firmware_manifests.release_manifest import HealthCheck as ManifestHealthCheck
 
 
 class PowerCut(BaseException):
@@ -514,11 +517,24 @@ def test_a_new_install_is_refused_while_one_is_unrecovered(env: dict[str, Path])
     assert "recover()" in outcome.detail
 
 
-def test_a_corrupt_state_file_is_an_install_state_error(env: dict[str, Path]) -> None:
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        '{"step": "dancing", "to_slot": "slot-b", "from_slot": "slot-a"}',
+        '{"step": "prepared", "to_slot": "../../outside", "from_slot": "slot-a"}',
+        '{"step": "prepared", "to_slot": "slot-a", "from_slot": "slot-a"}',
+    ],
+)
+def test_a_corrupt_state_file_is_an_install_state_error_and_nothing_is_wiped(
+    env: dict[str, Path], content: str
+) -> None:
     install(env, "1.0")
-    (env["root"] / "install.json").write_text("{not json")
+    (env["root"] / "install.json").write_text(content)
     with pytest.raises(InstallStateError):
         handler(env).recover()
+    assert (env["outside"] / "secret").read_text() == "keep"
+    assert (env["root"] / "slot-a" / "app" / "VERSION").read_text() == "1.0"
 
 
 def test_refused_archive_errors_carry_reason_and_member() -> None:
@@ -573,3 +589,49 @@ def test_any_archive_is_refused_or_stays_inside_the_slot(
             for name in dirs + files:
                 real = os.path.realpath(os.path.join(directory, name))
                 assert real == inside or real.startswith(inside + os.sep), (name, real)
+
+
+# -- the manifest's health check kinds ---------------------------------------------
+
+
+class _Status(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/ok" else 503)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_http_health_check_is_healthy_on_2xx_only() -> None:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Status)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        good = health_argv(ManifestHealthCheck(kind="http", target=f"{base}/ok", timeout_s=5))
+        bad = health_argv(ManifestHealthCheck(kind="http", target=f"{base}/down", timeout_s=5))
+        assert wait_healthy(good, 30).ok
+        report = wait_healthy(bad, 1, interval_s=0.1)
+        assert not report.ok
+        assert "503" in report.detail
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    "target", ["https://127.0.0.1/health", "http://10.0.0.8/health", "file:///etc/passwd"]
+)
+def test_an_http_health_check_off_loopback_is_refused(target: str) -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        health_argv(ManifestHealthCheck(kind="http", target=target, timeout_s=5))
+
+
+def test_command_and_service_health_checks_become_argv_without_a_shell() -> None:
+    command = ManifestHealthCheck(
+        kind="command", target="/opt/kiosk/bin/check --quick 'a b'", timeout_s=5
+    )
+    service = ManifestHealthCheck(kind="service", target="kiosk-app.service", timeout_s=5)
+    assert health_argv(command) == ["/opt/kiosk/bin/check", "--quick", "a b"]
+    assert health_argv(service) == ["systemctl", "is-active", "--quiet", "kiosk-app.service"]
