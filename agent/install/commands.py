@@ -7,7 +7,9 @@ command until it exits 0 or ``within_s`` seconds have passed, each run bounded b
 what is left, and returns a ``HealthReport``; ``peripherals_answer`` is the hook for
 "the peripherals the manifest lists answer" (the updater passes one backed by the
 agent's probes). Neither ever raises for what the command does. Both pass argv as
-a list (no shell) with stdin closed and output captured, truncated in reports.
+a list (no shell) with stdin and stdout closed, stderr's last 200 characters kept
+for the report, and the command in its own process group, killed as a whole at
+the timeout.
 ``health_argv(check)`` maps a manifest ``HealthCheck`` onto an argv: ``command``
 (split like a shell, never run by one), ``service`` (``systemctl is-active``),
 ``http`` (a GET by the running Python, 2xx is healthy; loopback URLs only, so a
@@ -16,9 +18,13 @@ manifest cannot make terminals probe the network).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -52,26 +58,43 @@ class HealthReport:
     detail: str
 
 
-def _tail(data: bytes) -> str:
-    return data.decode("utf-8", "replace").strip()[-_TAIL:]
+def _run(argv: Sequence[str], timeout_s: float) -> tuple[int, str]:
+    """Exit code and stderr tail of one run; on timeout its whole process group is killed.
+
+    stderr goes to a temporary file, not a pipe: memory stays bounded and a child
+    that leaves a grandchild holding the pipe cannot make us wait past the timeout.
+    Raises subprocess.TimeoutExpired and OSError.
+    """
+    with tempfile.TemporaryFile() as err:
+        child = subprocess.Popen(  # noqa: S603 - argv from the settings or the signed manifest
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+        try:
+            code = child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            raise
+        size = err.seek(0, os.SEEK_END)
+        err.seek(max(0, size - _TAIL))
+        return code, err.read().decode("utf-8", "replace").strip()
 
 
 def run_restart(argv: Sequence[str], timeout_s: float) -> None:
     """Run the restart command; raises RestartError on timeout, non-zero exit or no such file."""
     try:
-        done = subprocess.run(  # noqa: S603 - argv comes from the agent's own settings
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout_s,
-            check=False,
-        )
+        code, stderr = _run(argv, timeout_s)
     except subprocess.TimeoutExpired:
         raise RestartError(argv, f"timed out after {timeout_s} s") from None
     except OSError as exc:
         raise RestartError(argv, f"cannot run: {exc.strerror or exc}") from None
-    if done.returncode != 0:
-        raise RestartError(argv, f"exit {done.returncode}: {_tail(done.stderr)}")
+    if code != 0:
+        raise RestartError(argv, f"exit {code}: {stderr}")
 
 
 def health_argv(check: HealthCheck) -> list[str]:
@@ -109,17 +132,15 @@ def wait_healthy(
             )
         attempts += 1
         try:
-            done = subprocess.run(  # noqa: S603 - argv comes from the signed manifest or settings
-                list(argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=left, check=False
-            )
+            code, stderr = _run(argv, left)
         except subprocess.TimeoutExpired:
             timed_out += 1
             continue
         except OSError as exc:
             return HealthReport(False, f"health command cannot run: {exc.strerror or exc}")
-        if done.returncode == 0:
+        if code == 0:
             break
-        last = f"exit {done.returncode}: {_tail(done.stderr or done.stdout)}"
+        last = f"exit {code}: {stderr}"
         sleep(min(interval_s, max(deadline - monotonic(), 0.0)))
     if required_peripherals and peripherals_answer is None:
         return HealthReport(False, "the release lists peripherals but nothing can check them")

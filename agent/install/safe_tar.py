@@ -6,8 +6,8 @@ raises ``ArchiveRefusedError`` with a precise reason for the first member that
 - has an absolute name (``absolute_path``) or a ``..`` component (``path_traversal``),
   an empty name, a NUL or a name longer than ``limits.max_name_length`` (``bad_name``);
 - appears twice (``duplicate_member``: a later header would replace an earlier one);
-- is a device file, a FIFO or any type but file, directory, symlink, hardlink
-  (``special_file``);
+- is a device file, a FIFO, a sparse file (its real size is not its stored size)
+  or any type but file, directory, symlink, hardlink (``special_file``);
 - is a symlink whose target is absolute or leaves the slot when resolved from the
   link's directory (``symlink_escape``), or a hardlink whose target is absolute,
   leaves the slot or is not a regular file stored earlier in the archive
@@ -92,6 +92,8 @@ def check_members(members: Sequence[tarfile.TarInfo], limits: ArchiveLimits) -> 
     for info in members:
         if not info.name or "\x00" in info.name or len(info.name) > limits.max_name_length:
             raise ArchiveRefusedError("bad_name", info.name[:80], "empty, NUL or too long")
+        if "\x00" in info.linkname or len(info.linkname) > limits.max_name_length:
+            raise ArchiveRefusedError("bad_name", info.name[:80], "link target NUL or too long")
         parts = _parts(info.name, info.name)
         if not parts:
             if info.isdir():
@@ -100,9 +102,9 @@ def check_members(members: Sequence[tarfile.TarInfo], limits: ArchiveLimits) -> 
         key = "/".join(parts)
         if key in names:
             raise ArchiveRefusedError("duplicate_member", info.name, "stored twice")
-        if not (info.isreg() or info.isdir() or info.issym() or info.islnk()):
+        if info.issparse() or not (info.isreg() or info.isdir() or info.issym() or info.islnk()):
             raise ArchiveRefusedError(
-                "special_file", info.name, "a device file, FIFO or other special file"
+                "special_file", info.name, "a device file, FIFO, sparse or other special file"
             )
         if info.isreg():
             total += info.size
