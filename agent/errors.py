@@ -21,6 +21,12 @@ the branch that has no module of its own::
     │   ├── ConnectRefusedError       CONNACK with a failure reason code; .reason_code, .reason
     │   ├── ConnectTimeoutError       no CONNACK within connect_timeout_s
     │   └── ConnectionLostError       an established session dropped; .reason
+    ├── InstallError                  agent.install.errors: an install step failed (the handler
+    │   │                             leaves a working slot)
+    │   ├── ArchiveRefusedError       the bundle is refused before a byte is written; .reason
+    │   │                             (REFUSAL_REASONS), .member, .detail
+    │   ├── RestartError              the service restart failed or timed out; .argv, .reason
+    │   └── InstallStateError         install.json or the slot layout is unreadable; .path, .reason
     ├── EnrollmentError               agent.enrollment: EST enrollment or renewal failed, or the
     │                                 key or certificate file is unusable; .status, .reason
     ├── OutboxError                   agent.outbox: the outbox database failed; .operation, .cause
