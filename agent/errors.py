@@ -21,6 +21,11 @@ the branch that has no module of its own::
     │   ├── ConnectRefusedError       CONNACK with a failure reason code; .reason_code, .reason
     │   ├── ConnectTimeoutError       no CONNACK within connect_timeout_s
     │   └── ConnectionLostError       an established session dropped; .reason
+    ├── GateRefusedError              agent.install_gate: the install gate refused a kiosk
+    │                                 application's request; .reason (a Refusal)
+    ├── InstallNotStartedError        agent.install_gate: end_install() with no install running
+    ├── KioskSocketError              agent.kiosk_interface: the local socket cannot be set up;
+    │                                 .path, .reason
     ├── EnrollmentError               agent.enrollment: EST enrollment or renewal failed, or the
     │                                 key or certificate file is unusable; .status, .reason
     ├── OutboxError                   agent.outbox: the outbox database failed; .operation, .cause
