@@ -54,6 +54,7 @@ __all__ = ["ErrorCode", "KioskInterface", "KioskInterfaceConfig", "KioskSocketEr
 log = logging.getLogger(__name__)
 
 SOCKET_MODE = 0o660
+_DRAIN_CHUNKS = 16  # at most 1 MiB of unread input discarded before a refusal closes
 
 
 class ErrorCode(StrEnum):
@@ -268,8 +269,19 @@ class KioskInterface:
 
     @staticmethod
     def _send_and_close(conn: socket.socket, answer: dict[str, Any]) -> None:
+        """Send a last answer, then close without resetting it away.
+
+        Closing with unread input makes the kernel reset the connection, and the
+        peer may then lose the answer; so what has arrived already (bounded) is read
+        and discarded first, without waiting for more.
+        """
         with contextlib.suppress(OSError):
             conn.sendall(json.dumps(answer).encode() + b"\n")
+            conn.shutdown(socket.SHUT_WR)
+            conn.setblocking(False)
+            for _ in range(_DRAIN_CHUNKS):
+                if not conn.recv(65536):
+                    break
         conn.close()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -316,16 +328,12 @@ class KioskInterface:
             "kiosk interface: a line exceeds %d bytes; closing the connection",
             self._config.max_line_bytes,
         )
-        with contextlib.suppress(OSError):
-            conn.sendall(
-                json.dumps(
-                    _error(
-                        ErrorCode.TOO_LARGE,
-                        f"a line may hold at most {self._config.max_line_bytes} bytes",
-                    )
-                ).encode()
-                + b"\n"
-            )
+        self._send_and_close(
+            conn,
+            _error(
+                ErrorCode.TOO_LARGE, f"a line may hold at most {self._config.max_line_bytes} bytes"
+            ),
+        )
 
     def _answer(self, line: bytes) -> dict[str, Any]:
         """One request line in, one answer out; never raises for any input."""
