@@ -39,6 +39,7 @@ import os
 import socket
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -54,6 +55,7 @@ __all__ = ["ErrorCode", "KioskInterface", "KioskInterfaceConfig", "KioskSocketEr
 log = logging.getLogger(__name__)
 
 SOCKET_MODE = 0o660
+_ACCEPT_ERROR_PAUSE_S = 0.1
 _DRAIN_CHUNKS = 16  # at most 1 MiB of unread input discarded before a refusal closes
 
 
@@ -140,6 +142,7 @@ class KioskInterface:
             "connections_accepted": 0,
             "connections_refused_busy": 0,
             "connections_idle_closed": 0,
+            "accept_errors": 0,
             "requests": 0,
             **{f"rejected_{code.value}": 0 for code in ErrorCode if code is not ErrorCode.BUSY},
         }
@@ -159,16 +162,19 @@ class KioskInterface:
         """Stop accepting, close open connections, remove the socket file."""
         with self._lock:
             self._closing = True
-            connections = list(self._connections)
-            threads = list(self._threads)
         if self._listener is not None:
             with contextlib.suppress(OSError):
                 self._listener.shutdown(socket.SHUT_RDWR)  # wakes accept() on Linux
             self._listener.close()
+        if self._accept_thread is not None:
+            self._accept_thread.join(timeout=5)
+        with self._lock:  # the accept loop has ended: no connection is added after this
+            connections = list(self._connections)
+            threads = list(self._threads)
         for conn in connections:
             with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        for thread in [*threads, *([self._accept_thread] if self._accept_thread else [])]:
+                conn.shutdown(socket.SHUT_RDWR)  # wakes the connection's recv()
+        for thread in threads:
             thread.join(timeout=5)
         with contextlib.suppress(FileNotFoundError):
             if self._listener is not None:
@@ -241,8 +247,14 @@ class KioskInterface:
         while True:
             try:
                 conn, _ = self._listener.accept()
-            except OSError:
-                return  # closed
+            except OSError as exc:
+                with self._lock:
+                    if self._closing:
+                        return
+                    self._counters["accept_errors"] += 1
+                log.error("kiosk interface: accept failed, going on: %s", exc)
+                time.sleep(_ACCEPT_ERROR_PAUSE_S)  # e.g. out of file descriptors: do not spin
+                continue
             with self._lock:
                 if self._closing:
                     conn.close()

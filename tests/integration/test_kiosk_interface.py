@@ -15,14 +15,22 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.clock import FakeClock
-from agent.install_gate import GateLimits, InstallGate
-from agent.kiosk_interface import KioskInterface, KioskInterfaceConfig, KioskSocketError
+from agent.install_gate import GateLimits, InstallGate, Refusal
+from agent.kiosk_interface import (
+    ErrorCode,
+    KioskInterface,
+    KioskInterfaceConfig,
+    KioskSocketError,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -94,6 +102,28 @@ def _client(path: Path) -> Iterator[_Client]:
         yield client
     finally:
         client.close()
+
+
+@dataclass
+class _Shared:
+    gate: InstallGate
+    client: _Client
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[_Shared]:
+    """One server and connection for the property tests (hypothesis runs a body many times)."""
+    directory = Path(tempfile.mkdtemp(prefix="kf-kiosk-", dir="/tmp"))
+    gate = InstallGate(FakeClock())
+    interface = _serve(gate, directory / "kiosk.sock", max_line_bytes=4096)
+    client = _Client(directory / "kiosk.sock")
+    yield _Shared(gate, client)
+    client.close()
+    interface.close()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+_ERROR_CODES = {code.value for code in ErrorCode} | {reason.value for reason in Refusal}
 
 
 def _run_example(path: Path, socket_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -221,6 +251,8 @@ def test_a_session_never_ended_expires_over_the_socket(
         (b"{}", "bad_request"),
         (b'{"request": "defer_install", "seconds": "60"}', "bad_request"),
         (b'{"request": "defer_install", "seconds": 0}', "bad_request"),
+        (b'{"request": "defer_install", "seconds": true}', "bad_request"),
+        (b'{"request": "defer_install", "seconds": 60.5}', "bad_request"),
         (b'{"request": "status", "extra": 1}', "bad_request"),
         (b'{"request": "session_end", "session": ""}', "bad_request"),
         (b'{"request": "defer_install", "seconds": 86400}', "defer_out_of_bounds"),
@@ -332,3 +364,58 @@ def test_a_file_that_is_not_a_socket_is_never_replaced(gate: InstallGate, socket
     with pytest.raises(KioskSocketError, match="not a socket"):
         KioskInterface(gate, KioskInterfaceConfig(path=path)).start()
     assert path.read_text(encoding="utf-8") == "someone's data"
+
+
+def test_close_ends_open_connections_and_removes_the_socket(
+    gate: InstallGate, socket_dir: Path
+) -> None:
+    path = socket_dir / "kiosk.sock"
+    interface = _serve(gate, path)
+    with _client(path) as client:
+        assert client.request("status")["ok"] is True
+        interface.close()
+        assert client.at_eof()
+    assert not path.exists()
+
+
+@settings(max_examples=300, deadline=None)
+@given(line=st.binary(max_size=600).map(lambda b: b.replace(b"\n", b"")))
+def test_any_line_gets_exactly_one_answer_and_never_ends_the_server(
+    shared: _Shared, line: bytes
+) -> None:
+    server = shared
+    answer = server.client.send(line + b"\n") if line.strip() else {"ok": True}
+    assert answer is not None
+    assert isinstance(answer["ok"], bool)
+    if answer["ok"] is False:
+        assert answer["error"] in _ERROR_CODES
+    assert server.client.request("status")["ok"] is True
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    document=st.dictionaries(
+        st.sampled_from(["request", "session", "seconds", "extra"]),
+        st.one_of(
+            st.sampled_from(["session_start", "session_end", "defer_install", "status"]),
+            st.integers(min_value=-(10**20), max_value=10**20),
+            st.text(max_size=80),
+            st.booleans(),
+            st.none(),
+            st.floats(allow_nan=False),
+        ),
+        max_size=3,
+    )
+)
+def test_any_json_object_gets_a_well_formed_answer(
+    shared: _Shared, document: dict[str, Any]
+) -> None:
+    server = shared
+    answer = server.client.send(json.dumps(document).encode() + b"\n")
+    assert answer is not None
+    if answer["ok"]:
+        assert answer["request"] == document["request"]
+    else:
+        assert answer["error"] in _ERROR_CODES
+        assert answer["message"]
+    assert server.gate.status().open_sessions <= server.gate.limits.max_open_sessions
