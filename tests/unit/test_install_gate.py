@@ -6,6 +6,9 @@ import logging
 import threading
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from agent.clock import FakeClock
 from agent.install_gate import (
@@ -178,3 +181,89 @@ def test_concurrent_sessions_and_installs_never_overlap(clock: FakeClock) -> Non
     assert overlaps == []
     counters = gate.counters()
     assert counters["sessions_started"] == counters["sessions_ended"]
+
+
+class GateMachine(RuleBasedStateMachine):
+    """Any interleaving of the application's and the updater's calls keeps the gate's promises."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock()
+        self.limits = GateLimits(max_session_s=100, max_defer_s=50, max_open_sessions=3)
+        self.gate = InstallGate(self.clock, self.limits)
+        self.sessions: dict[str, float] = {}  # the model: token -> start
+        self.deferred_until = float("-inf")
+        self.installing = False
+
+    def _expire_model(self) -> None:
+        now = self.clock.monotonic()
+        self.sessions = {
+            t: s for t, s in self.sessions.items() if now - s < self.limits.max_session_s
+        }
+
+    @rule(seconds=st.floats(min_value=0, max_value=120))
+    def time_passes(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @rule()
+    def session_start(self) -> None:
+        self._expire_model()
+        if self.installing or len(self.sessions) >= self.limits.max_open_sessions:
+            expected = Refusal.INSTALLING if self.installing else Refusal.TOO_MANY_SESSIONS
+            with pytest.raises(GateRefusedError) as refused:
+                self.gate.session_start()
+            assert refused.value.reason is expected
+            return
+        self.sessions[self.gate.session_start()] = self.clock.monotonic()
+
+    @rule(data=st.data())
+    def session_end(self, data: st.DataObject) -> None:
+        self._expire_model()
+        token = data.draw(st.sampled_from([*self.sessions, "never-issued"]))
+        if token in self.sessions:
+            self.gate.session_end(token)
+            del self.sessions[token]
+        else:
+            with pytest.raises(GateRefusedError):
+                self.gate.session_end(token)
+
+    @rule(seconds=st.floats(min_value=-10, max_value=80, allow_nan=False))
+    def defer_install(self, seconds: float) -> None:
+        self._expire_model()
+        now = self.clock.monotonic()
+        if self.installing or not 0 < seconds <= self.limits.max_defer_s:
+            with pytest.raises(GateRefusedError):
+                self.gate.defer_install(seconds)
+            return
+        held = self.gate.defer_install(seconds)
+        self.deferred_until = max(self.deferred_until, now + seconds)
+        assert held == pytest.approx(self.deferred_until - now)
+
+    @rule()
+    def try_begin_install(self) -> None:
+        self._expire_model()
+        may = (
+            not self.installing
+            and not self.sessions
+            and self.clock.monotonic() >= self.deferred_until
+        )
+        assert self.gate.try_begin_install() is may
+        self.installing = self.installing or may
+
+    @precondition(lambda self: self.installing)
+    @rule()
+    def end_install(self) -> None:
+        self.gate.end_install()
+        self.installing = False
+
+    @invariant()
+    def the_gate_agrees_with_the_model(self) -> None:
+        self._expire_model()
+        status = self.gate.status()
+        assert status.installing is self.installing
+        assert status.open_sessions == len(self.sessions)
+        assert not (status.installing and status.open_sessions)
+
+
+GateMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40)
+test_any_interleaving_of_calls_keeps_the_gate_rules = GateMachine.TestCase
