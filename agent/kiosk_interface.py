@@ -38,6 +38,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -120,6 +121,17 @@ _REQUEST = TypeAdapter(
         Field(discriminator="request"),
     ]
 )
+
+
+def _peer_of(conn: socket.socket) -> str:
+    """The connecting process as ``pid N uid N`` (SO_PEERCRED, Linux), for the log lines."""
+    try:
+        pid, uid, _ = struct.unpack(
+            "3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        )
+    except OSError:
+        return "an unknown process"
+    return f"pid {pid} uid {uid}"
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
@@ -298,20 +310,22 @@ class KioskInterface:
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(self._config.idle_timeout_s)
+        peer = _peer_of(conn)
         buffer = bytearray()
         try:
             while True:
                 newline = buffer.find(b"\n")
                 if newline < 0:
                     if len(buffer) > self._config.max_line_bytes:
-                        self._reject_too_large(conn)
+                        self._reject_too_large(conn, peer)
                         return
                     try:
                         chunk = conn.recv(4096)
                     except TimeoutError:
                         self._count("connections_idle_closed")
                         log.info(
-                            "kiosk interface: closing a connection idle for %.0f s",
+                            "kiosk interface: closing the connection of %s, idle for %.0f s",
+                            peer,
                             self._config.idle_timeout_s,
                         )
                         return
@@ -322,22 +336,23 @@ class KioskInterface:
                 line = bytes(buffer[:newline])
                 del buffer[: newline + 1]
                 if len(line) > self._config.max_line_bytes:
-                    self._reject_too_large(conn)
+                    self._reject_too_large(conn, peer)
                     return
                 if line.strip():
-                    conn.sendall(json.dumps(self._answer(line)).encode() + b"\n")
+                    conn.sendall(json.dumps(self._answer(line, peer)).encode() + b"\n")
         except OSError as exc:
-            log.info("kiosk interface: connection ended: %s", exc)
+            log.info("kiosk interface: the connection of %s ended: %s", peer, exc)
         finally:
             with self._lock:
                 self._connections.discard(conn)
                 self._threads.discard(threading.current_thread())
             conn.close()
 
-    def _reject_too_large(self, conn: socket.socket) -> None:
+    def _reject_too_large(self, conn: socket.socket, peer: str) -> None:
         self._count(f"rejected_{ErrorCode.TOO_LARGE}")
         log.warning(
-            "kiosk interface: a line exceeds %d bytes; closing the connection",
+            "kiosk interface: a line from %s exceeds %d bytes; closing the connection",
+            peer,
             self._config.max_line_bytes,
         )
         self._send_and_close(
@@ -347,15 +362,15 @@ class KioskInterface:
             ),
         )
 
-    def _answer(self, line: bytes) -> dict[str, Any]:
+    def _answer(self, line: bytes, peer: str) -> dict[str, Any]:
         """One request line in, one answer out; never raises for any input."""
         self._count("requests")
         try:
             document = json.loads(line.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return self._rejected(ErrorCode.MALFORMED, f"not a UTF-8 JSON line: {exc}")
+            return self._rejected(ErrorCode.MALFORMED, f"not a UTF-8 JSON line: {exc}", peer)
         if not isinstance(document, dict):
-            return self._rejected(ErrorCode.MALFORMED, "a request is a JSON object")
+            return self._rejected(ErrorCode.MALFORMED, "a request is a JSON object", peer)
         try:
             request = _REQUEST.validate_python(document)
         except ValidationError as exc:
@@ -363,12 +378,17 @@ class KioskInterface:
                 f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}"
                 for e in exc.errors()[:3]
             )
-            return self._rejected(ErrorCode.BAD_REQUEST, problems)
+            return self._rejected(ErrorCode.BAD_REQUEST, problems, peer)
         try:
-            return {"ok": True, "request": request.request, **self._call(request)}
+            answer = {"ok": True, "request": request.request, **self._call(request)}
         except GateRefusedError as refused:
-            log.info("kiosk interface: %s refused: %s", request.request, refused.reason)
+            log.info(
+                "kiosk interface: %s from %s refused: %s", request.request, peer, refused.reason
+            )
             return {**_error(refused.reason, str(refused)), "request": request.request}
+        if not isinstance(request, _Status):
+            log.info("kiosk interface: %s from %s", request.request, peer)  # never the token
+        return answer
 
     def _call(self, request: _Request) -> dict[str, Any]:
         gate = self._gate
@@ -388,7 +408,7 @@ class KioskInterface:
                     "deferred_for_s": status.deferred_for_s,
                 }
 
-    def _rejected(self, code: ErrorCode, message: str) -> dict[str, Any]:
+    def _rejected(self, code: ErrorCode, message: str, peer: str) -> dict[str, Any]:
         self._count(f"rejected_{code}")
-        log.warning("kiosk interface: %s request: %s", code, message)
+        log.warning("kiosk interface: %s request from %s: %s", code, peer, message)
         return _error(code, message)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import grp
 import json
+import logging
 import os
 import re
 import shutil
@@ -271,6 +272,18 @@ def test_a_bad_line_gets_a_clear_error_and_the_connection_keeps_serving(
         assert client.request("status")["ok"] is True
     if error in ("malformed", "bad_request"):
         assert interface.counters()[f"rejected_{error}"] == 1
+
+
+def test_a_refused_line_is_logged_with_the_process_that_sent_it(
+    served: tuple[KioskInterface, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, path = served
+    with caplog.at_level(logging.INFO, logger="agent.kiosk_interface"), _client(path) as client:
+        assert client.send(b"not json\n") is not None
+        started = client.request("session_start")
+    assert f"malformed request from pid {os.getpid()} uid {os.getuid()}" in caplog.text
+    assert f"session_start from pid {os.getpid()}" in caplog.text
+    assert started["session"] not in caplog.text  # the token is a capability, never logged
 
 
 def test_an_oversize_line_is_refused_and_the_server_keeps_serving(
