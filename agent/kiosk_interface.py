@@ -17,14 +17,16 @@ the connection stays open. Each refusal is counted (``counters()``) and logged;
 no input crashes the server.
 
 Binding: the socket is bound under a temporary name in the same directory, given
-its mode and group, then renamed onto ``config.path``, so the final path never
-exists with other permissions. An existing socket at the path that still answers
+its mode and group, then renamed onto ``config.path``, and only then listens, so
+the final path never exists with other permissions and nobody can connect before. An existing socket at the path that still answers
 (another agent) or an existing non-socket file is refused with
 ``KioskSocketError``; a stale socket (nothing listening) is replaced.
 
 Public interface: ``KioskInterface(gate, config)`` with ``start()`` (binds and
 serves in daemon threads; raises ``KioskSocketError``), ``close()`` (stops, closes
-connections, removes the socket), ``counters()``; ``KioskInterfaceConfig``;
+connections, removes the socket), ``counters()`` (``connections_accepted``,
+``connections_refused_busy``, ``connections_idle_closed``, ``accept_errors``,
+``requests``, ``rejected_<code>`` per other ``ErrorCode``); ``KioskInterfaceConfig``;
 ``ErrorCode`` (the ``error`` values that are not a gate ``Refusal``);
 ``KioskSocketError``. Never imports paho and never opens a network socket.
 """
@@ -57,6 +59,7 @@ log = logging.getLogger(__name__)
 
 SOCKET_MODE = 0o660
 _ACCEPT_ERROR_PAUSE_S = 0.1
+_PROBE_TIMEOUT_S = 1.0
 _DRAIN_CHUNKS = 16  # at most 1 MiB of unread input discarded before a refusal closes
 
 
@@ -244,6 +247,7 @@ class KioskInterface:
         if not stat.S_ISSOCK(mode):
             raise KioskSocketError(path, "exists and is not a socket; refusing to replace it")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(_PROBE_TIMEOUT_S)  # a live listener with a full backlog would block
         try:
             probe.connect(str(path))
         except OSError:
