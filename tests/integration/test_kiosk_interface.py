@@ -309,7 +309,10 @@ def _served_after_retries(path: Path, attempts: int = 200) -> bool:
     """Connect until a status request is answered ok (not busy); False after ``attempts``."""
     for _ in range(attempts):
         with _client(path) as client:
-            answer = client.send(b'{"request": "status"}\n')
+            try:
+                answer = client.send(b'{"request": "status"}\n')
+            except OSError:  # answered busy and closed before the request went out
+                answer = None
             if answer is not None and answer["ok"]:
                 return True
         time.sleep(0.025)  # the interface notices a closed connection on its own thread
@@ -341,8 +344,7 @@ def test_an_idle_connection_is_closed(gate: InstallGate, socket_dir: Path) -> No
     interface = _serve(gate, path, idle_timeout_s=0.2)
     try:
         with _client(path) as client:
-            assert client.request("status")["ok"] is True
-            assert client.at_eof()  # the interface closed it; the client sent nothing more
+            assert client.at_eof()  # the interface closed it; the client never sent a line
         assert interface.counters()["connections_idle_closed"] == 1
     finally:
         interface.close()
