@@ -27,6 +27,11 @@ the branch that has no module of its own::
     │   │                             (REFUSAL_REASONS), .member, .detail
     │   ├── RestartError              the service restart failed or timed out; .argv, .reason
     │   └── InstallStateError         install.json or the slot layout is unreadable; .path, .reason
+    ├── GateRefusedError              agent.install_gate: the install gate refused a kiosk
+    │                                 application's request; .reason (a Refusal)
+    ├── InstallNotStartedError        agent.install_gate: end_install() with no install running
+    ├── KioskSocketError              agent.kiosk_interface: the local socket cannot be set up;
+    │                                 .path, .reason
     ├── EnrollmentError               agent.enrollment: EST enrollment or renewal failed, or the
     │                                 key or certificate file is unusable; .status, .reason
     ├── OutboxError                   agent.outbox: the outbox database failed; .operation, .cause
