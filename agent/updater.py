@@ -1,0 +1,507 @@
+"""The agent's updater core: one signed directive in, one install (or one refusal) out.
+
+``Updater.handle(payload)`` takes the bytes of a ``kf.directive`` from the ``cmd`` channel
+and, in this order (the first failing step ends it with its state and reason):
+
+1. builds a NEW ``tuf.ngclient.Updater`` (python-tuf fixes "now" per instance) from the
+   cached ``root.json`` or, when the cache is empty or wiped, the terminal's configured
+   trusted root; ``refresh()``; reads the directive key the operator pinned
+   (``_pins/directive-key.pub``); ``protocol.directives.verify_directive`` (signature,
+   terminal id, seq above the last accepted one, expiry, target = TUF's targetinfo);
+2. reads the target's release manifest and decides (``check_release``, pure): terminal
+   model listed, ``release_counter`` not below the highest this terminal installed for the
+   package (equal: ``already_installed``), ``min_agent_version`` met;
+3. downloads through python-tuf (length and hashes checked) into ``downloads/``;
+4. waits, polling every ``poll_s`` with the injected ``sleep``, until the directive's window
+   has begun, the hall is closed (``hall_open(now)`` is False) unless the directive says
+   ``install_while_open``, and ``InstallGate.try_begin_install()`` grants it (no citizen
+   session, no deferral); past ``not_after`` it ends ``timed_out``;
+5. installs with the manifest's handler through ``run_install`` and ends the gate's install.
+
+Each state is handed to ``report(UpdateBody)`` as it is reached: notified, downloading,
+downloaded, waiting_window (only if it has to wait; reason ``session_active`` when the gate
+refused), installing, health_check, then one final state: succeeded, failed, rolled_back,
+rejected (with reason), timed_out or already_installed. The wiring wraps each body in a
+``kf.update`` envelope and sends it through the outbox.
+
+What survives (``UpdaterState``, one JSON file moved into place with ``os.replace`` after
+an fsync, kept OUTSIDE the TUF cache so wiping the cache forgets nothing): the highest
+directive ``seq`` accepted, and the highest ``release_counter`` installed per package.
+The seq is stored as soon as a directive is accepted (a replay of it is refused even if
+the install later fails); a counter only after a committed install.
+
+Public interface:
+
+- ``UpdaterConfig``: terminal id and model, agent version, repository URLs, trusted root,
+  ``work_dir`` (TUF cache ``tuf/``, ``downloads/``) and ``state_file``, ``poll_s``.
+- ``Updater(config, *, handlers, gate, hall_open, report, clock, sleep=time.sleep)``;
+  ``handlers`` maps a manifest ``install.handler`` name to an ``InstallHandler``.
+  ``handle(payload) -> UpdateState`` (the final state) blocks until that state; it never
+  raises for anything a directive, the repository or an artifact does (crashes of a
+  handler propagate; ``InstallHandler.recover()`` is the wiring's job at start).
+- ``check_release(manifest, *, model, agent_version, highest_counter) -> Refusal | None``
+  (pure) and ``Refusal``.
+- ``UpdaterState`` (``load``/``save``), ``UpdaterStateError``.
+
+Never: act on a directive before it verifies, install bytes TUF did not verify, install
+while the gate is held, or lower a stored counter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+from tuf.api.exceptions import (
+    DownloadError,
+    DownloadLengthMismatchError,
+    LengthOrHashMismatchError,
+    RepositoryError,
+)
+from tuf.api.metadata import TargetFile
+from tuf.ngclient import Updater as TufUpdater
+
+from agent.clock import Clock
+from agent.errors import AgentError
+from agent.install.commands import health_argv
+from agent.install.handler import (
+    InstallHandler,
+    InstallOutcome,
+    InstallRequest,
+    InstallResult,
+    run_install,
+)
+from agent.install_gate import InstallGate
+from firmware_manifests.keys import write_atomically
+from firmware_manifests.release_manifest import ManifestError, ReleaseManifest, manifest_from_custom
+from protocol.directives import (
+    Directive,
+    DirectiveKeyPinError,
+    DirectiveRejected,
+    pinned_key_from_custom,
+    verify_directive,
+)
+from protocol.update_status import UpdateBody, UpdateReason, UpdateState
+
+__all__ = [
+    "DIRECTIVE_KEY_TARGET",
+    "Refusal",
+    "Updater",
+    "UpdaterConfig",
+    "UpdaterState",
+    "UpdaterStateError",
+    "check_release",
+]
+
+_log = logging.getLogger(__name__)
+
+DIRECTIVE_KEY_TARGET: Final = "_pins/directive-key.pub"
+_STATE_VERSION: Final = 1
+
+Report = Callable[[UpdateBody], None]
+
+
+class UpdaterStateError(AgentError):
+    """The updater's state file cannot be read or is not one this version wrote; ``path``."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"updater state {path}: {reason}")
+
+
+@dataclass(frozen=True)
+class UpdaterConfig:
+    """Who the terminal is, where the repository is, where the updater keeps its files."""
+
+    terminal_id: str
+    terminal_model: str
+    agent_version: str
+    metadata_base_url: str
+    target_base_url: str
+    trusted_root: bytes  # the root.json shipped with the terminal (first boot, wiped cache)
+    work_dir: Path  # tuf/ (python-tuf's cache) and downloads/
+    state_file: Path  # must not live inside work_dir/tuf
+    poll_s: float = 30.0  # how often a waiting install asks the window and the gate again
+
+
+# --- persistent state ------------------------------------------------------------------------
+
+
+@dataclass
+class UpdaterState:
+    """What the updater must never forget: last accepted seq, highest counter per package."""
+
+    last_seq: int = 0
+    highest_counter: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> UpdaterState:
+        """The state in ``path`` (empty when it does not exist). Raises UpdaterStateError."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError) as exc:
+            raise UpdaterStateError(path, str(exc)) from None
+        counters = data.get("highest_counter") if isinstance(data, dict) else None
+        if (
+            not isinstance(data, dict)
+            or data.get("schema_version") != _STATE_VERSION
+            or type(data.get("last_seq")) is not int
+            or not isinstance(counters, dict)
+            or not all(isinstance(k, str) and type(v) is int for k, v in counters.items())
+        ):
+            raise UpdaterStateError(path, "not an updater state of version 1")
+        return cls(data["last_seq"], dict(counters))
+
+    def save(self, path: Path) -> None:
+        """Write a temporary file, fsync, ``os.replace`` onto ``path``, fsync the directory."""
+        data = {
+            "schema_version": _STATE_VERSION,
+            "last_seq": self.last_seq,
+            "highest_counter": self.highest_counter,
+        }
+        write_atomically(path, json.dumps(data, sort_keys=True).encode())
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# --- pure decisions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a verified release is not installed: the final state, a reason code, a sentence."""
+
+    state: UpdateState
+    reason: UpdateReason | None
+    detail: str
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
+def check_release(
+    manifest: ReleaseManifest, *, model: str, agent_version: str, highest_counter: int | None
+) -> Refusal | None:
+    """None if this terminal may install ``manifest``; otherwise why not.
+
+    ``highest_counter`` is the highest ``release_counter`` installed for the manifest's
+    package (None: never installed). An agent version that is not dotted digits (a
+    development build) is treated as 0 and so meets no ``min_agent_version``.
+    """
+    if model not in manifest.compatible_models:
+        return Refusal(
+            UpdateState.REJECTED,
+            UpdateReason("wrong_model"),
+            f"model {model!r} is not in {manifest.compatible_models}",
+        )
+    if highest_counter is not None and manifest.release_counter < highest_counter:
+        return Refusal(
+            UpdateState.REJECTED,
+            UpdateReason("downgrade"),
+            f"release_counter {manifest.release_counter} < installed {highest_counter}",
+        )
+    if highest_counter is not None and manifest.release_counter == highest_counter:
+        return Refusal(
+            UpdateState.ALREADY_INSTALLED, None, f"release_counter {highest_counter} installed"
+        )
+    wanted = manifest.min_agent_version
+    if wanted is not None and _version_tuple(agent_version) < _version_tuple(wanted):
+        # No dedicated reason code yet in protocol.update_status: the release does not fit
+        # this terminal, as a wrong model does.
+        return Refusal(
+            UpdateState.REJECTED,
+            UpdateReason("wrong_model"),
+            f"needs agent {wanted}, this agent is {agent_version}",
+        )
+    return None
+
+
+_OUTCOME_STATE: Final = {
+    InstallResult.SUCCEEDED: (UpdateState.SUCCEEDED, None),
+    InstallResult.ROLLED_BACK: (UpdateState.ROLLED_BACK, UpdateReason("install_failed")),
+    InstallResult.REJECTED: (UpdateState.REJECTED, UpdateReason("unsafe_archive")),
+    InstallResult.FAILED: (UpdateState.FAILED, UpdateReason("install_failed")),
+}
+
+
+def outcome_refusal(outcome: InstallOutcome) -> Refusal:
+    """The final state and reason that report an install's outcome."""
+    state, reason = _OUTCOME_STATE[outcome.result]
+    if outcome.result is InstallResult.ROLLED_BACK and outcome.reason == "health_check_failed":
+        reason = UpdateReason("health_check_failed")
+    return Refusal(state, reason, f"{outcome.reason}: {outcome.detail}")
+
+
+# --- the I/O shell ---------------------------------------------------------------------------
+
+
+class _Done(Exception):  # noqa: N818 -- control flow inside handle(), never escapes it
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.detail)
+        self.refusal = refusal
+
+
+class _ReportingHandler:
+    """Delegates to a handler and reports ``health_check`` as the check starts."""
+
+    def __init__(self, inner: InstallHandler, on_health_check: Callable[[], None]) -> None:
+        self._inner = inner
+        self._on_health_check = on_health_check
+        self.name = inner.name
+
+    def prepare(self, request: InstallRequest) -> None:
+        self._inner.prepare(request)
+
+    def activate(self) -> None:
+        self._inner.activate()
+
+    def health_check(self) -> Any:
+        self._on_health_check()
+        return self._inner.health_check()
+
+    def commit(self) -> InstallOutcome:
+        return self._inner.commit()
+
+    def rollback(self, reason: str, detail: str) -> InstallOutcome:
+        return self._inner.rollback(reason, detail)
+
+    def recover(self) -> InstallOutcome | None:
+        return self._inner.recover()
+
+    def active_version(self) -> str | None:
+        return self._inner.active_version()
+
+
+def _printable(text: str) -> str:
+    """``text`` as the wire's Text accepts it: no control characters, at most 256."""
+    return "".join(c if c.isprintable() else " " for c in text)[:256]
+
+
+def _rejected(reason: UpdateReason, detail: str) -> _Done:
+    return _Done(Refusal(UpdateState.REJECTED, reason, detail))
+
+
+class Updater:
+    """Handles one directive at a time (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: UpdaterConfig,
+        *,
+        handlers: Mapping[str, InstallHandler],
+        gate: InstallGate,
+        hall_open: Callable[[datetime], bool],
+        report: Report,
+        clock: Clock,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._config = config
+        self._handlers = dict(handlers)
+        self._gate = gate
+        self._hall_open = hall_open
+        self._report = report
+        self._clock = clock
+        self._sleep = sleep
+
+    @property
+    def _tuf_dir(self) -> Path:
+        return self._config.work_dir / "tuf"
+
+    @property
+    def _download_dir(self) -> Path:
+        return self._config.work_dir / "downloads"
+
+    def handle(self, payload: bytes) -> UpdateState:
+        """Verify, download, wait for the window and the gate, install; the final state."""
+        directive: Directive | None = None
+        try:
+            state = UpdaterState.load(self._config.state_file)
+            tuf = self._refreshed_tuf()
+            directive = self._verified(payload, tuf, state)
+            state.last_seq = directive.seq
+            state.save(self._config.state_file)
+            self._send(directive, UpdateState.NOTIFIED)
+            info, manifest = self._release(tuf, directive, state)
+            artifact = self._download(tuf, directive, info)
+            try:
+                self._wait_for_window(directive)
+                try:
+                    outcome = self._install(directive, manifest, artifact)
+                finally:
+                    self._gate.end_install()
+            finally:
+                artifact.unlink(missing_ok=True)
+            if outcome.result is InstallResult.SUCCEEDED:
+                package = manifest.package
+                known = state.highest_counter.get(package, 0)
+                state.highest_counter[package] = max(known, manifest.release_counter)
+                state.save(self._config.state_file)
+            raise _Done(outcome_refusal(outcome))
+        except UpdaterStateError as exc:
+            _log.error("%s", exc)
+            done = Refusal(UpdateState.FAILED, UpdateReason("install_failed"), str(exc))
+        except _Done as finished:
+            done = finished.refusal
+        level = logging.INFO if done.state is UpdateState.SUCCEEDED else logging.WARNING
+        _log.log(level, "directive ends %s (%s): %s", done.state, done.reason, done.detail)
+        self._send(directive, done.state, done.reason, done.detail)
+        return done.state
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def _refreshed_tuf(self) -> TufUpdater:
+        metadata = self._tuf_dir / "metadata"
+        metadata.mkdir(parents=True, exist_ok=True)
+        self._download_dir.mkdir(parents=True, exist_ok=True)
+        cached = metadata / "root.json"
+        root = cached.read_bytes() if cached.is_file() else self._config.trusted_root
+        try:
+            tuf = TufUpdater(
+                metadata_dir=str(metadata),
+                metadata_base_url=self._config.metadata_base_url,
+                target_dir=str(self._download_dir),
+                target_base_url=self._config.target_base_url,
+                bootstrap=root,
+            )
+            tuf.refresh()
+        except (RepositoryError, DownloadError, OSError, ValueError) as exc:
+            raise _rejected(UpdateReason("tuf_error"), f"{type(exc).__name__}: {exc}") from None
+        return tuf
+
+    def _verified(self, payload: bytes, tuf: TufUpdater, state: UpdaterState) -> Directive:
+        try:
+            pin = tuf.get_targetinfo(DIRECTIVE_KEY_TARGET)
+            if pin is None:
+                raise _rejected(UpdateReason("unknown_key"), "the operator pinned no directive key")
+            pinned = pinned_key_from_custom(pin.custom)
+            return verify_directive(
+                payload,
+                pinned_key=pinned,
+                terminal_id=self._config.terminal_id,
+                last_seq=state.last_seq,
+                now=self._clock.wall(),
+                target_info=tuf.get_targetinfo,
+            )
+        except DirectiveKeyPinError as exc:
+            raise _rejected(UpdateReason("unknown_key"), f"the pinned key: {exc}") from None
+        except DirectiveRejected as exc:
+            raise _rejected(UpdateReason(exc.reason), exc.message) from None
+        except (RepositoryError, DownloadError) as exc:
+            raise _rejected(UpdateReason("tuf_error"), f"{type(exc).__name__}: {exc}") from None
+
+    def _release(
+        self, tuf: TufUpdater, directive: Directive, state: UpdaterState
+    ) -> tuple[TargetFile, ReleaseManifest]:
+        info = tuf.get_targetinfo(directive.target.path)  # verify_directive saw it exist
+        if info is None:
+            raise _rejected(UpdateReason("target_mismatch"), "the target vanished")
+        try:
+            manifest = manifest_from_custom(info.custom)
+        except ManifestError as exc:
+            raise _rejected(UpdateReason("malformed"), f"release manifest: {exc}") from None
+        refusal = check_release(
+            manifest,
+            model=self._config.terminal_model,
+            agent_version=self._config.agent_version,
+            highest_counter=state.highest_counter.get(manifest.package),
+        )
+        if refusal is not None:
+            raise _Done(refusal)
+        if manifest.install.handler not in self._handlers:
+            raise _rejected(
+                UpdateReason("install_failed"),
+                f"this agent has no install handler {manifest.install.handler!r}",
+            )
+        return info, manifest
+
+    def _download(self, tuf: TufUpdater, directive: Directive, info: TargetFile) -> Path:
+        self._send(directive, UpdateState.DOWNLOADING)
+        path = self._download_dir / directive.target.sha256
+        try:
+            tuf.download_target(info, filepath=str(path))
+        except (LengthOrHashMismatchError, DownloadLengthMismatchError) as exc:
+            path.unlink(missing_ok=True)
+            raise _rejected(UpdateReason("artifact_mismatch"), str(exc)) from None
+        except (DownloadError, RepositoryError, OSError) as exc:
+            path.unlink(missing_ok=True)
+            failed = Refusal(UpdateState.FAILED, UpdateReason("download_failed"), str(exc))
+            raise _Done(failed) from None
+        self._send(directive, UpdateState.DOWNLOADED)
+        return path
+
+    def _wait_for_window(self, directive: Directive) -> None:
+        """Return holding the gate's install, or raise _Done(timed_out)."""
+        reported: str | None = None
+        while True:
+            now = self._clock.wall()
+            if now >= directive.not_after:
+                over = Refusal(UpdateState.TIMED_OUT, None, "the install window closed")
+                raise _Done(over)
+            why: str | None
+            if now < directive.not_before:
+                why = "the install window has not begun"
+            elif not directive.install_while_open and self._hall_open(now):
+                why = "the hall is open"
+            elif not self._gate.try_begin_install():
+                why = "session_active"
+            else:
+                return
+            if why != reported:
+                reason = UpdateReason("session_active") if why == "session_active" else None
+                self._send(directive, UpdateState.WAITING_WINDOW, reason, why)
+                reported = why
+            self._sleep(self._config.poll_s)
+
+    def _install(
+        self, directive: Directive, manifest: ReleaseManifest, artifact: Path
+    ) -> InstallOutcome:
+        self._send(directive, UpdateState.INSTALLING)
+        try:
+            argv = health_argv(manifest.health_check)
+        except ValueError as exc:
+            raise _rejected(UpdateReason("install_failed"), str(exc)) from None
+        request = InstallRequest(
+            artifact=str(artifact),
+            package=manifest.package,
+            version=manifest.version,
+            release_counter=manifest.release_counter,
+            health_argv=tuple(argv),
+            health_within_s=float(manifest.health_check.timeout_s),
+            parameters=dict(manifest.install.parameters),
+        )
+        handler = _ReportingHandler(
+            self._handlers[manifest.install.handler],
+            lambda: self._send(directive, UpdateState.HEALTH_CHECK),
+        )
+        return run_install(handler, request)
+
+    def _send(
+        self,
+        directive: Directive | None,
+        state: UpdateState,
+        reason: UpdateReason | None = None,
+        detail: str | None = None,
+    ) -> None:
+        body = UpdateBody(
+            rollout_id=directive.rollout_id if directive else None,
+            directive_seq=directive.seq if directive else 0,
+            target=directive.target.path if directive else None,
+            state=state,
+            reason=reason,
+            detail=_printable(detail) if detail else None,
+        )
+        self._report(body)
