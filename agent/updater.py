@@ -92,12 +92,15 @@ from protocol.update_status import UpdateBody, UpdateReason, UpdateState
 
 __all__ = [
     "DIRECTIVE_KEY_TARGET",
+    "WINDOW_OVER",
     "Refusal",
     "Updater",
     "UpdaterConfig",
     "UpdaterState",
     "UpdaterStateError",
     "check_release",
+    "outcome_refusal",
+    "window_wait",
 ]
 
 _log = logging.getLogger(__name__)
@@ -227,6 +230,23 @@ def check_release(
             UpdateReason("wrong_model"),
             f"needs agent {wanted}, this agent is {agent_version}",
         )
+    return None
+
+
+WINDOW_OVER: Final = "the install window closed"
+
+
+def window_wait(directive: Directive, now: datetime, *, hall_is_open: bool) -> str | None:
+    """Why the install must wait at ``now`` (``WINDOW_OVER``: it never may), None if it may.
+
+    The install gate (citizen sessions) is asked after this, by the caller.
+    """
+    if now >= directive.not_after:
+        return WINDOW_OVER
+    if now < directive.not_before:
+        return "the install window has not begun"
+    if hall_is_open and not directive.install_while_open:
+        return "the hall is open"
     return None
 
 
@@ -426,6 +446,10 @@ class Updater:
                 UpdateReason("install_failed"),
                 f"this agent has no install handler {manifest.install.handler!r}",
             )
+        try:
+            health_argv(manifest.health_check)
+        except ValueError as exc:  # e.g. an http check off loopback: refused before download
+            raise _rejected(UpdateReason("install_failed"), str(exc)) from None
         return info, manifest
 
     def _download(self, tuf: TufUpdater, directive: Directive, info: TargetFile) -> Path:
@@ -448,17 +472,12 @@ class Updater:
         reported: str | None = None
         while True:
             now = self._clock.wall()
-            if now >= directive.not_after:
-                over = Refusal(UpdateState.TIMED_OUT, None, "the install window closed")
-                raise _Done(over)
-            why: str | None
-            if now < directive.not_before:
-                why = "the install window has not begun"
-            elif not directive.install_while_open and self._hall_open(now):
-                why = "the hall is open"
-            elif not self._gate.try_begin_install():
+            why = window_wait(directive, now, hall_is_open=self._hall_open(now))
+            if why == WINDOW_OVER:
+                raise _Done(Refusal(UpdateState.TIMED_OUT, None, why))
+            if why is None and not self._gate.try_begin_install():
                 why = "session_active"
-            else:
+            if why is None:
                 return
             if why != reported:
                 reason = UpdateReason("session_active") if why == "session_active" else None
@@ -470,16 +489,12 @@ class Updater:
         self, directive: Directive, manifest: ReleaseManifest, artifact: Path
     ) -> InstallOutcome:
         self._send(directive, UpdateState.INSTALLING)
-        try:
-            argv = health_argv(manifest.health_check)
-        except ValueError as exc:
-            raise _rejected(UpdateReason("install_failed"), str(exc)) from None
         request = InstallRequest(
             artifact=str(artifact),
             package=manifest.package,
             version=manifest.version,
             release_counter=manifest.release_counter,
-            health_argv=tuple(argv),
+            health_argv=tuple(health_argv(manifest.health_check)),  # checked in _release
             health_within_s=float(manifest.health_check.timeout_s),
             parameters=dict(manifest.install.parameters),
         )
