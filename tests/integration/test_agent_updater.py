@@ -160,12 +160,19 @@ def terminal(server: Server, world: TufWorld, tmp_path: Path) -> Terminal:
     return Terminal(server, world, tmp_path / "terminal")
 
 
-def _publish(terminal: Terminal, counter: int, *, health: str = "true", **changes: Any) -> Release:
+def _publish(
+    terminal: Terminal,
+    counter: int,
+    *,
+    health: str = "true",
+    data: bytes | None = None,
+    **changes: Any,
+) -> Release:
     world = terminal.world
     name = f"kiosk-app-{counter}-{health}.tar.gz"
     artifact = world.path / "artifacts" / name
     artifact.parent.mkdir(parents=True, exist_ok=True)
-    data = _bundle(f"1.{counter}.0")
+    data = _bundle(f"1.{counter}.0") if data is None else data
     artifact.write_bytes(data)
     manifest = release_manifest(
         counter,
@@ -406,3 +413,32 @@ def test_a_window_that_begins_later_is_waited_for_and_one_that_ends_times_out(
     assert S.INSTALLING not in terminal.states()
     assert terminal.active_version() == "1.1.0"
     assert terminal.gate.try_begin_install()  # no install left holding the gate
+
+
+def test_an_archive_escaping_its_slot_is_rejected_as_unsafe_and_nothing_installed(
+    terminal: Terminal,
+) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        info = tarfile.TarInfo("../outside")
+        info.size = 1
+        archive.addfile(info, io.BytesIO(b"x"))
+    release = _publish(terminal, 1, data=buffer.getvalue())
+    assert terminal.handle(terminal.directive(release)) is S.REJECTED
+    assert str(terminal.reports[-1].reason) == "unsafe_archive"
+    assert not (terminal.slots / "current").exists()
+    assert not (terminal.slots / "outside").exists()
+    assert UpdaterState.load(terminal.state_file).highest_counter == {}
+
+
+def test_a_repository_the_trusted_root_does_not_sign_is_a_tuf_error(
+    terminal: Terminal, tmp_path: Path
+) -> None:
+    release = _publish(terminal, 1)
+    payload = terminal.directive(release)
+    foreign = TufWorld.create(tmp_path / "foreign", vendors={"acme": 1})
+    terminal.world = foreign  # the terminal now trusts another operator's root
+    assert terminal.handle(payload) is S.REJECTED
+    assert str(terminal.reports[-1].reason) == "tuf_error"
+    assert not (terminal.slots / "current").exists()
+    assert UpdaterState.load(terminal.state_file).last_seq == 0
