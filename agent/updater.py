@@ -39,8 +39,9 @@ Public interface:
   ``handle(payload) -> UpdateState`` (the final state) blocks until that state; it never
   raises for anything a directive, the repository or an artifact does (crashes of a
   handler propagate; ``InstallHandler.recover()`` is the wiring's job at start).
-- ``check_release(manifest, *, model, agent_version, highest_counter) -> Refusal | None``
-  (pure) and ``Refusal``.
+- ``check_release(manifest, *, model, agent_version, highest_counter) -> Ending | None``
+  (pure), ``window_wait(directive, now, *, hall_is_open) -> str | None`` (pure),
+  ``outcome_ending(InstallOutcome) -> Ending`` and ``Ending`` (final state, reason, detail).
 - ``UpdaterState`` (``load``/``save``), ``UpdaterStateError``.
 
 Never: act on a directive before it verifies, install bytes TUF did not verify, install
@@ -57,7 +58,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from tuf.api.exceptions import (
     DownloadError,
@@ -70,7 +71,7 @@ from tuf.ngclient import Updater as TufUpdater
 
 from agent.clock import Clock
 from agent.errors import AgentError
-from agent.install.commands import health_argv
+from agent.install.commands import HealthReport, health_argv
 from agent.install.handler import (
     InstallHandler,
     InstallOutcome,
@@ -93,13 +94,13 @@ from protocol.update_status import UpdateBody, UpdateReason, UpdateState
 __all__ = [
     "DIRECTIVE_KEY_TARGET",
     "WINDOW_OVER",
-    "Refusal",
+    "Ending",
     "Updater",
     "UpdaterConfig",
     "UpdaterState",
     "UpdaterStateError",
     "check_release",
-    "outcome_refusal",
+    "outcome_ending",
     "window_wait",
 ]
 
@@ -184,8 +185,8 @@ class UpdaterState:
 
 
 @dataclass(frozen=True)
-class Refusal:
-    """Why a verified release is not installed: the final state, a reason code, a sentence."""
+class Ending:
+    """How a directive ends: its final state, a reason code (None for good ends), a sentence."""
 
     state: UpdateState
     reason: UpdateReason | None
@@ -198,7 +199,7 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 def check_release(
     manifest: ReleaseManifest, *, model: str, agent_version: str, highest_counter: int | None
-) -> Refusal | None:
+) -> Ending | None:
     """None if this terminal may install ``manifest``; otherwise why not.
 
     ``highest_counter`` is the highest ``release_counter`` installed for the manifest's
@@ -206,26 +207,26 @@ def check_release(
     development build) is treated as 0 and so meets no ``min_agent_version``.
     """
     if model not in manifest.compatible_models:
-        return Refusal(
+        return Ending(
             UpdateState.REJECTED,
             UpdateReason("wrong_model"),
             f"model {model!r} is not in {manifest.compatible_models}",
         )
     if highest_counter is not None and manifest.release_counter < highest_counter:
-        return Refusal(
+        return Ending(
             UpdateState.REJECTED,
             UpdateReason("downgrade"),
             f"release_counter {manifest.release_counter} < installed {highest_counter}",
         )
     if highest_counter is not None and manifest.release_counter == highest_counter:
-        return Refusal(
+        return Ending(
             UpdateState.ALREADY_INSTALLED, None, f"release_counter {highest_counter} installed"
         )
     wanted = manifest.min_agent_version
     if wanted is not None and _version_tuple(agent_version) < _version_tuple(wanted):
         # No dedicated reason code yet in protocol.update_status: the release does not fit
         # this terminal, as a wrong model does.
-        return Refusal(
+        return Ending(
             UpdateState.REJECTED,
             UpdateReason("wrong_model"),
             f"needs agent {wanted}, this agent is {agent_version}",
@@ -258,21 +259,21 @@ _OUTCOME_STATE: Final = {
 }
 
 
-def outcome_refusal(outcome: InstallOutcome) -> Refusal:
+def outcome_ending(outcome: InstallOutcome) -> Ending:
     """The final state and reason that report an install's outcome."""
     state, reason = _OUTCOME_STATE[outcome.result]
     if outcome.result is InstallResult.ROLLED_BACK and outcome.reason == "health_check_failed":
         reason = UpdateReason("health_check_failed")
-    return Refusal(state, reason, f"{outcome.reason}: {outcome.detail}")
+    return Ending(state, reason, f"{outcome.reason}: {outcome.detail}")
 
 
 # --- the I/O shell ---------------------------------------------------------------------------
 
 
 class _Done(Exception):  # noqa: N818 -- control flow inside handle(), never escapes it
-    def __init__(self, refusal: Refusal) -> None:
-        super().__init__(refusal.detail)
-        self.refusal = refusal
+    def __init__(self, ending: Ending) -> None:
+        super().__init__(ending.detail)
+        self.ending = ending
 
 
 class _ReportingHandler:
@@ -289,7 +290,7 @@ class _ReportingHandler:
     def activate(self) -> None:
         self._inner.activate()
 
-    def health_check(self) -> Any:
+    def health_check(self) -> HealthReport:
         self._on_health_check()
         return self._inner.health_check()
 
@@ -312,7 +313,7 @@ def _printable(text: str) -> str:
 
 
 def _rejected(reason: UpdateReason, detail: str) -> _Done:
-    return _Done(Refusal(UpdateState.REJECTED, reason, detail))
+    return _Done(Ending(UpdateState.REJECTED, reason, detail))
 
 
 class Updater:
@@ -370,12 +371,13 @@ class Updater:
                 known = state.highest_counter.get(package, 0)
                 state.highest_counter[package] = max(known, manifest.release_counter)
                 state.save(self._config.state_file)
-            raise _Done(outcome_refusal(outcome))
-        except UpdaterStateError as exc:
-            _log.error("%s", exc)
-            done = Refusal(UpdateState.FAILED, UpdateReason("install_failed"), str(exc))
+            raise _Done(outcome_ending(outcome))
+        except (UpdaterStateError, OSError) as exc:
+            # the state file or the work dir cannot be read or written: fail closed
+            _log.error("updater storage: %s", exc)
+            done = Ending(UpdateState.FAILED, UpdateReason("install_failed"), str(exc))
         except _Done as finished:
-            done = finished.refusal
+            done = finished.ending
         level = logging.INFO if done.state is UpdateState.SUCCEEDED else logging.WARNING
         _log.log(level, "directive ends %s (%s): %s", done.state, done.reason, done.detail)
         self._send(directive, done.state, done.reason, done.detail)
@@ -433,14 +435,14 @@ class Updater:
             manifest = manifest_from_custom(info.custom)
         except ManifestError as exc:
             raise _rejected(UpdateReason("malformed"), f"release manifest: {exc}") from None
-        refusal = check_release(
+        ending = check_release(
             manifest,
             model=self._config.terminal_model,
             agent_version=self._config.agent_version,
             highest_counter=state.highest_counter.get(manifest.package),
         )
-        if refusal is not None:
-            raise _Done(refusal)
+        if ending is not None:
+            raise _Done(ending)
         if manifest.install.handler not in self._handlers:
             raise _rejected(
                 UpdateReason("install_failed"),
@@ -462,7 +464,7 @@ class Updater:
             raise _rejected(UpdateReason("artifact_mismatch"), str(exc)) from None
         except (DownloadError, RepositoryError, OSError) as exc:
             path.unlink(missing_ok=True)
-            failed = Refusal(UpdateState.FAILED, UpdateReason("download_failed"), str(exc))
+            failed = Ending(UpdateState.FAILED, UpdateReason("download_failed"), str(exc))
             raise _Done(failed) from None
         self._send(directive, UpdateState.DOWNLOADED)
         return path
@@ -474,7 +476,7 @@ class Updater:
             now = self._clock.wall()
             why = window_wait(directive, now, hall_is_open=self._hall_open(now))
             if why == WINDOW_OVER:
-                raise _Done(Refusal(UpdateState.TIMED_OUT, None, why))
+                raise _Done(Ending(UpdateState.TIMED_OUT, None, why))
             if why is None and not self._gate.try_begin_install():
                 why = "session_active"
             if why is None:

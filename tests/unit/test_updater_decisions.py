@@ -17,7 +17,7 @@ from agent.updater import (
     UpdaterState,
     UpdaterStateError,
     check_release,
-    outcome_refusal,
+    outcome_ending,
     window_wait,
 )
 from kioskfleet import update_repo
@@ -29,13 +29,13 @@ NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 
 
 def _check(counter: int = 3, highest: int | None = 2, **changes: Any) -> tuple[str, str]:
-    refusal = check_release(
+    ending = check_release(
         release_manifest(counter, **changes),
         model="KX-100",
         agent_version="1.10.0",
         highest_counter=highest,
     )
-    return ("ok", "") if refusal is None else (str(refusal.state), str(refusal.reason))
+    return ("ok", "") if ending is None else (str(ending.state), str(ending.reason))
 
 
 def test_the_pin_target_is_the_one_the_operator_tool_writes() -> None:
@@ -108,12 +108,12 @@ def test_the_window_waits_for_its_start_and_a_closed_hall_and_ends_at_not_after(
 def test_each_install_outcome_has_its_state_and_reason_code(
     result: InstallResult, reason: str, state: UpdateState, wire_reason: str | None
 ) -> None:
-    refusal = outcome_refusal(InstallOutcome(result, "1.0", reason, "why"))
-    assert (refusal.state, None if refusal.reason is None else str(refusal.reason)) == (
+    ending = outcome_ending(InstallOutcome(result, "1.0", reason, "why"))
+    assert (ending.state, None if ending.reason is None else str(ending.reason)) == (
         state,
         wire_reason,
     )
-    assert refusal.detail == f"{reason}: why"
+    assert ending.detail == f"{reason}: why"
 
 
 def test_the_state_round_trips_and_a_missing_file_is_the_empty_state(tmp_path: Path) -> None:
