@@ -83,7 +83,8 @@ class OpeningHoursStore:
             hours = OpeningHours.model_validate(row["document"])
         except ValidationError as exc:
             raise StorageDataError(
-                f"the stored opening hours of {hall!r} are invalid: {exc.error_count()} errors"
+                "read opening hours",
+                f"the stored hours of {hall!r} are invalid: {exc.error_count()} errors",
             ) from None
         return HallHours(
             hall=hall, hours=hours, updated_at=row["updated_at"], updated_by=row["updated_by"]
