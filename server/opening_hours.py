@@ -18,7 +18,8 @@ Public interface (for the rollout wiring):
   opening ends; ``end`` the next opening after ``start``, ``None`` if it does not open in
   the next ``HORIZON_DAYS`` days (closed for good, as far as these hours say); None if the
   hall never closes within that horizon (open around the clock);
-- ``OpeningHoursError`` (a ``ValueError``) for a naive ``now``.
+- both raise ``ValueError`` for a naive ``now`` (a caller's bug: no error class of its
+  own); bad hours are refused by the model (pydantic's ``ValidationError``).
 
 Decisions (docs/updates.md, "Opening hours"):
 
@@ -58,7 +59,6 @@ __all__ = [
     "Holiday",
     "Interval",
     "OpeningHours",
-    "OpeningHoursError",
     "Weekday",
     "is_open",
     "next_closed_window",
@@ -69,10 +69,6 @@ MAX_HOLIDAYS: Final = 400
 HORIZON_DAYS: Final = 400  # how far next_closed_window looks for the next opening
 _DAY_MINUTES: Final = 24 * 60
 _CLOCK: Final = r"^([01][0-9]|2[0-3]):[0-5][0-9]$|^24:00$"
-
-
-class OpeningHoursError(ValueError):
-    """A question the hours cannot answer (a naive ``now``)."""
 
 
 class Weekday(StrEnum):
@@ -196,12 +192,12 @@ class OpeningHours(BaseModel):
 
 def _aware(now: datetime) -> datetime:
     if now.tzinfo is None or now.utcoffset() is None:
-        raise OpeningHoursError(f"{now.isoformat()} has no time zone: pass an aware datetime")
+        raise ValueError(f"{now.isoformat()} has no time zone: pass an aware datetime")
     return now
 
 
 def is_open(hours: OpeningHours, now: datetime) -> bool:
-    """Whether the hall is open at ``now``. Raises OpeningHoursError for a naive ``now``."""
+    """Whether the hall is open at ``now``. Raises ValueError for a naive ``now``."""
     local = _aware(now).astimezone(hours.zone)
     minute = local.hour * 60 + local.minute
     return any(start <= minute < end for start, end in hours.intervals_on(local.date()))
@@ -256,7 +252,7 @@ def next_closed_window(
     now, else from the end of the current opening (adjacent openings, as over midnight, are
     one), to the next opening; ``end`` is None if the hall does not open within
     ``HORIZON_DAYS`` days of ``now``. None if the hall does not close within that horizon.
-    Raises OpeningHoursError for a naive ``now``."""
+    Raises ValueError for a naive ``now``."""
     now = _aware(now).astimezone(UTC)
     first = now.astimezone(hours.zone).date() - timedelta(days=1)
     for span in (9, HORIZON_DAYS + 2):
