@@ -156,7 +156,7 @@ class OpeningHours(BaseModel):
     def _known_zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory, say
             raise ValueError(f"{value!r} is not a known IANA time zone") from None
         return value
 

@@ -4,6 +4,7 @@ the hall is open at a time; bad hours and naive times are refused with the reaso
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -14,6 +15,7 @@ from server.access import Role
 from server.access_store import AuditFilter
 from server.audit import AuditResult
 from server.main import Server
+from server.opening_hours import OpeningHours, is_open
 from tests.integration.conftest import ServerFactory, bearer, token
 
 pytestmark = pytest.mark.integration
@@ -116,6 +118,10 @@ def test_open_refuses_a_time_without_an_offset_and_a_hall_without_hours(server: 
     assert (naive.status_code, naive.json()["error"]) == (422, "invalid_time")
     unknown = httpx.get(_url(server, "nowhere", "open"), headers=viewer)
     assert (unknown.status_code, unknown.json()["error"]) == (404, "no_opening_hours")
+    before = datetime.now(UTC)
     now = httpx.get(_url(server, "D", "open"), headers=viewer)
+    after = datetime.now(UTC)
     assert now.status_code == 200
-    assert isinstance(now.json()["open"], bool)
+    answered_at = datetime.fromisoformat(now.json()["at"])
+    assert before <= answered_at <= after  # left out, ``at`` is the server's now
+    assert now.json()["open"] is is_open(OpeningHours.model_validate(HOURS), answered_at)
