@@ -1,6 +1,7 @@
 """The ``kioskfleet`` command: ``agent``, ``agent keygen``, ``server``, ``db upgrade``,
-``token``, ``ca init``, ``terminal preauthorize|token|revoke|decommission``, ``simulate``,
-``broker-config``, and ``repo``/``vendor`` (signed releases, Typer: kioskfleet/cli_updates.py).
+``token``, ``hall hours set|show``, ``ca init``,
+``terminal preauthorize|token|revoke|decommission``, ``simulate``, ``broker-config``, and
+``repo``/``vendor`` (signed releases, Typer: kioskfleet/cli_updates.py).
 
 Only argument parsing lives here; each subcommand hands over to its package
 (imported lazily so that ``kioskfleet agent`` on a terminal never imports the
@@ -58,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     tok_sub.add_parser("list", help="every token, without secrets")
     revoke = tok_sub.add_parser("revoke", help="revoke a token by name")
     revoke.add_argument("name")
+
+    hall = sub.add_parser("hall", help="halls, on the database (settings from KIOSKFLEET_*)")
+    hall.add_argument("--env-file", type=Path, help="a file of KIOSKFLEET_* settings")
+    hall_sub = hall.add_subparsers(dest="hall_command", required=True)
+    hours = hall_sub.add_parser("hours", help="a hall's opening hours and holidays")
+    hours_sub = hours.add_subparsers(dest="hours_command", required=True)
+    hours_set = hours_sub.add_parser("set", help="set (replace) HALL's hours from a JSON file")
+    hours_set.add_argument("hall", metavar="HALL")
+    hours_set.add_argument("--file", type=Path, required=True, help="hours.json (docs/updates.md)")
+    hours_show = hours_sub.add_parser("show", help="print HALL's hours as JSON")
+    hours_show.add_argument("hall", metavar="HALL")
 
     ca = sub.add_parser("ca", help="the fleet's device CA")
     ca_sub = ca.add_subparsers(dest="ca_command", required=True)
@@ -219,6 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "terminal":
         return _terminal(args)
+    if args.command == "hall":
+        from server.hours_cli import run_hours_command
+
+        return run_hours_command(
+            args.hours_command, args.hall, getattr(args, "file", None), args.env_file
+        )
     if args.command == "ca":
         from server.identity_cli import init_ca_command
 

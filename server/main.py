@@ -60,6 +60,8 @@ from server.message_source import (
 )
 from server.metrics import ServerMetrics
 from server.mqtt_source import MqttOptions, MqttSource
+from server.opening_hours_api import opening_hours_router
+from server.opening_hours_store import OpeningHoursStore
 from server.records import EventRecord
 from server.registry_api import registry_router
 from server.scheduler import OfflineSweep, Retention, RetentionPruner, build_scheduler
@@ -261,6 +263,10 @@ class Server:
                 history_limit=settings.history_limit,
                 history_limit_max=settings.history_limit_max,
             )
+        )
+        add_routes(
+            self.app,
+            opening_hours_router(OpeningHoursStore(self.storage), lambda: datetime.now(UTC)),
         )
         if self.terminal_registry is not None:
             add_routes(self.app, registry_router(self.terminal_registry))

@@ -227,6 +227,7 @@ _METADATA: Final = _Table.metadata
 _TABLE_MODULES: Final = (
     "server.identity_tables",
     "server.access_store",
+    "server.opening_hours_store",
 )  # tables declared beside their owners
 
 
