@@ -58,9 +58,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import AfterValidator, AwareDatetime, Field, ValidationError
 
-from protocol.codec import loads_strict
 from protocol.errors import MalformedJSONError
 from protocol.messages import _EARLIEST, _LATEST, _Strict
+from protocol.strict_json import loads_strict
 from protocol.topics import TERMINAL_ID_PATTERN
 
 __all__ = [

@@ -236,6 +236,11 @@ class Server:
                     timedelta(days=settings.transition_retention_days),
                 ),
                 Retention(
+                    "update statuses",
+                    self.storage.prune_update_statuses,
+                    timedelta(days=settings.update_status_retention_days),
+                ),
+                Retention(
                     "audit entries",
                     self.access_store.prune_audit,
                     timedelta(days=settings.audit_retention_days),

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from protocol.codec import encode
-from protocol.messages import Message
+from protocol.messages import SCHEMA_CHANNEL, Message
 from server.fleet_state import FleetState
 from server.fleet_views import Transition
 from server.inbound import Delivery, InboundMessage
@@ -22,7 +22,7 @@ from server.ingest import Ingest, IngestResult
 from server.ingest_gate import IngestGate
 from server.log_throttle import ThrottledLog
 from server.metrics import REJECT_LABELS, ServerMetrics
-from server.records import EventRecord
+from server.records import EventRecord, UpdateRecord
 from tests.support.fleet_messages import PRINTER_OK, at, peripheral_event, report, state
 
 TOPIC = "kf/v1/terminals/T-1/report"
@@ -32,6 +32,7 @@ TOPIC = "kf/v1/terminals/T-1/report"
 class RecordingSink:
     calls: list[tuple[str, bool, tuple[Transition, ...]]] = field(default_factory=list)
     events: list[EventRecord] = field(default_factory=list)
+    updates: list[UpdateRecord] = field(default_factory=list)
     recorded: list[Delivery | None] = field(default_factory=list)  # acked after a commit
     settled: list[Delivery | None] = field(default_factory=list)  # not applied
 
@@ -42,11 +43,14 @@ class RecordingSink:
         peripherals_changed: bool = False,
         transitions: Sequence[Transition] = (),
         event: EventRecord | None = None,
+        update: UpdateRecord | None = None,
         delivery: Delivery | None = None,
     ) -> None:
         self.calls.append((terminal_id, peripherals_changed, tuple(transitions)))
         if event is not None:
             self.events.append(event)
+        if update is not None:
+            self.updates.append(update)
         self.recorded.append(delivery)
 
     def settle(self, delivery: Delivery | None) -> None:
@@ -89,7 +93,7 @@ class Rig:
 
 
 def _channel(message: Message) -> str:
-    return {"kf.report": "report", "kf.event": "event", "kf.state": "state"}[message.schema_]
+    return SCHEMA_CHANNEL[message.schema_].value
 
 
 def make_rig(
