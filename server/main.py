@@ -67,6 +67,7 @@ from server.storage import Storage
 from server.terminal_registry import TerminalRegistry
 from server.tls_client_cert import TlsH11Protocol
 from server.tokens import Tokens
+from server.update_status_api import update_status_router
 from server.update_wiring import UpdateService, build_updates
 from server.write_behind import WriteBehind
 
@@ -266,6 +267,14 @@ class Server:
                 history_limit=settings.history_limit,
                 history_limit_max=settings.history_limit_max,
             )
+        )
+        add_routes(
+            self.app,
+            update_status_router(
+                lambda: self.storage.engine,
+                limit_default=settings.history_limit,
+                limit_max=settings.history_limit_max,
+            ),
         )
         if self.terminal_registry is not None:
             add_routes(self.app, registry_router(self.terminal_registry))
