@@ -35,6 +35,7 @@ from server.ingest_gate import IngestGate
 from server.log_throttle import ThrottledLog
 from server.metrics import INTERNAL_REASON, ServerMetrics
 from server.records import EventRecord, UpdateRecord
+from server.update_tally import UpdateTally
 
 __all__ = ["Ingest", "IngestResult", "WriteSink"]
 
@@ -97,8 +98,10 @@ class Ingest:
         max_payload_bytes: int,
         throttled_log: ThrottledLog | None = None,
         gate: IngestGate | None = None,
+        update_tally: UpdateTally | None = None,
     ) -> None:
         self._fleet = fleet
+        self._update_tally = update_tally
         self._gate = gate
         self._sink = sink
         self._metrics = metrics
@@ -186,7 +189,11 @@ class Ingest:
                 received_at=inbound.received_at,
                 body=message.body.model_dump(mode="json"),
             )
-        update = _update_record(message, inbound) if isinstance(message, UpdateMessage) else None
+        update = None
+        if isinstance(message, UpdateMessage):
+            update = _update_record(message, inbound)
+            if self._update_tally is not None:
+                self._update_tally.note(update.terminal_id, update.state)
         self._accepted[type(message)].inc()
         if outcome.missing:
             self._metrics.ingest_seq_gaps.inc(outcome.missing)

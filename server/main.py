@@ -68,6 +68,8 @@ from server.terminal_registry import TerminalRegistry
 from server.tls_client_cert import TlsH11Protocol
 from server.tokens import Tokens
 from server.update_status_api import update_status_router
+from server.update_status_store import latest_states
+from server.update_tally import UpdateTally
 from server.update_wiring import UpdateService, build_updates
 from server.write_behind import WriteBehind
 
@@ -199,10 +201,12 @@ class Server:
             stall_after_s=settings.db_stall_after_s,
         )
         self.metrics.unacknowledged.set_function(self.writer.pending_acks)
+        self.update_tally = UpdateTally(registry)
         self.ingest = Ingest(
             self.fleet,
             self.writer,
             self.metrics,
+            update_tally=self.update_tally,
             max_payload_bytes=settings.max_payload_bytes,
             throttled_log=ThrottledLog(
                 logging.getLogger("server.ingest"), interval_s=settings.reject_log_interval_s
@@ -353,6 +357,7 @@ class Server:
         with self.writer.applying():  # no message of it is applied between the two
             view = self.fleet.remove(terminal_id)
             self.writer.remove(terminal_id)
+            self.update_tally.forget(terminal_id)
         if not self.mqtt.clear_retained(topic(terminal_id, Channel.STATE)):
             raise BrokerError("the broker connection dropped: retained state not cleared")
         registry = self.terminal_registry
@@ -379,6 +384,7 @@ class Server:
         terminals = self.storage.load_fleet()
         self.fleet.load(terminals)
         log.info("loaded %d terminals from the database", len(terminals))
+        self.update_tally.load(latest_states(self.storage.engine))
         if self.updates is not None:
             self.updates.repository.load()
         self.writer.start()

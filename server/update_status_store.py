@@ -45,6 +45,7 @@ __all__ = [
     "RolloutTerminals",
     "UpdateStatusRow",
     "insert_updates",
+    "latest_states",
     "rollout_terminals",
     "timeline",
 ]
@@ -171,3 +172,15 @@ def rollout_terminals(
     return RolloutTerminals(
         counts=counts, terminals=found, next_after=found[-1].terminal_id if more else None
     )
+
+
+def latest_states(engine: Engine) -> dict[str, str]:
+    """Each terminal's latest update state (its newest row, any rollout). Raises StorageError."""
+    latest = (
+        sa.select(sa.func.max(_UPDATE.c.id).label("id")).group_by(_UPDATE.c.terminal_id).subquery()
+    )
+    stmt = sa.select(_UPDATE.c.terminal_id, _UPDATE.c.state).join(
+        latest, _UPDATE.c.id == latest.c.id
+    )
+    with database_errors("read latest update states"), engine.connect() as conn:
+        return {tid: state for tid, state in conn.execute(stmt)}

@@ -68,6 +68,10 @@ def test_update_statuses_reach_the_timeline_and_rollout_counts_stored_once(
     assert timeline[0]["rollout_id"] == "R-7"
     assert timeline[0]["directive_seq"] == 12
     assert metric(server, "kioskfleet_ingest_duplicates_total") >= 1
+    assert metric(server, "kioskfleet_update_statuses_total", state="rolled_back") == 1
+    assert metric(server, "kioskfleet_update_terminals", state="rolled_back") == 1
+    assert metric(server, "kioskfleet_update_terminals", state="succeeded") == 1
+    assert metric(server, "kioskfleet_update_terminals", state="installing") == 0
 
     rollout = api(server, "/api/v1/rollouts/R-7/terminals").json()
     assert rollout["counts"] == {"rolled_back": 1, "succeeded": 1}
@@ -96,6 +100,8 @@ def test_a_status_replayed_after_a_restart_is_stored_once(
     wait_until(lambda: len(_timeline(server, t.id)) == 1, 10, "the first status")
     server.stop()
     restarted = private_server(database_url=database_url)
+    # the gauge is seeded from the database at start
+    assert metric(restarted, "kioskfleet_update_terminals", state="downloaded") == 1
     t.publish(status)  # same (terminal, boot_id, seq)
     t.publish(_status(t, "installing"))
     wait_until(lambda: len(_timeline(restarted, t.id)) >= 2, 10, "the next status")
