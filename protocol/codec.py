@@ -7,7 +7,8 @@ whatever the bytes are.
 
 from __future__ import annotations
 
-from typing import Final
+import json
+from typing import Any, Final
 
 from pydantic import ValidationError
 
@@ -20,12 +21,66 @@ from protocol.errors import (
     UnknownSchemaError,
 )
 from protocol.messages import SCHEMA_CHANNEL, SCHEMAS, Message
-from protocol.strict_json import MAX_JSON_DEPTH, loads_strict
 from protocol.topics import parse_topic
 
 __all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "MAX_JSON_DEPTH", "decode", "encode", "loads_strict"]
 
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 64 * 1024
+MAX_JSON_DEPTH: Final = 16
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise MalformedJSONError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise MalformedJSONError(f"{name} is not valid JSON")
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of ``value``, stopping once it passes ``limit``."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return depth
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def loads_strict(payload: bytes) -> Any:
+    """Parse UTF-8 JSON, refusing NaN/Infinity, duplicate keys and deep nesting.
+
+    Raises MalformedJSONError.
+    """
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedJSONError(f"payload is not UTF-8 ({exc.reason})") from None
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except MalformedJSONError:
+        raise
+    except RecursionError:
+        raise MalformedJSONError("JSON nested too deeply") from None
+    except ValueError as exc:  # json.JSONDecodeError and int-conversion limits
+        raise MalformedJSONError(f"not JSON: {exc}") from None
+    # Nesting can never exceed the number of opening brackets (those inside strings only
+    # over-count), so the walk is skipped for every ordinary message.
+    opening = payload.count(b"{") + payload.count(b"[")
+    if opening > MAX_JSON_DEPTH and _depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise MalformedJSONError(f"JSON nested deeper than {MAX_JSON_DEPTH}")
+    return value
 
 
 def _short(exc: ValidationError) -> str:
