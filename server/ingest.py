@@ -2,7 +2,8 @@
 
 The ingest gate (``server.ingest_gate``: an enrolled, active id within its
 message budget; judged on the topic alone) → ``decode`` (the protocol's single gate) → ``FleetState.apply`` → queue the
-changes, the event row and the message's broker delivery for the batched
+changes, the event or update-status row (``kf.update``: also noted in the
+``UpdateTally``) and the message's broker delivery for the batched
 database writer (which acknowledges the delivery once the changes are
 committed) → metrics. A message that is not applied (rejected, duplicate,
 stale, refused by a rule such as ``seq_jump``) is handed to the writer's ``settle``: acknowledged with the next flush,

@@ -87,6 +87,8 @@ def test_update_statuses_reach_the_timeline_and_rollout_counts_stored_once(
     assert [t["terminal_id"] for t in rest["terminals"]] == ["T-UPD-2"]
     assert rest["counts"] == rollout["counts"]
     assert api(server, "/api/v1/rollouts/R-other/terminals").json()["counts"] == {}
+    assert api(server, "/api/v1/rollouts/bad id!/terminals").status_code == 422
+    assert api(server, "/api/v1/terminals/T-UPD-1/updates", limit=0).status_code == 422
 
 
 def test_a_status_replayed_after_a_restart_is_stored_once(
