@@ -48,7 +48,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Final, Literal, Protocol, get_args
+from typing import Annotated, Any, Final, Literal, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -59,6 +59,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import AfterValidator, AwareDatetime, Field, ValidationError
 
 from protocol.codec import loads_strict
+from protocol.directive_reasons import DIRECTIVE_REJECT_REASONS, RejectReason
 from protocol.errors import MalformedJSONError
 from protocol.messages import _EARLIEST, _LATEST, _Strict
 from protocol.topics import TERMINAL_ID_PATTERN
@@ -82,19 +83,6 @@ __all__ = [
 ]
 
 PAYLOAD_TYPE: Final = "application/vnd.kioskfleet.directive+json;version=1"
-
-RejectReason = Literal[
-    "bad_signature",
-    "unknown_key",
-    "wrong_terminal",
-    "replayed",
-    "expired",
-    "window_invalid",
-    "target_mismatch",
-    "malformed",
-    "too_large",
-]
-DIRECTIVE_REJECT_REASONS: Final[tuple[str, ...]] = get_args(RejectReason)
 
 
 class DirectiveRejected(Exception):  # noqa: N818 -- the name the issue and callers use

@@ -48,6 +48,7 @@ __all__ = [
     "StateBody",
     "StateMessage",
     "TerminalState",
+    "UpdateMessage",
     "is_problem",
 ]
 
@@ -189,16 +190,27 @@ class EventMessage(_Envelope):
     body: EventBody
 
 
-Message = StateMessage | ReportMessage | EventMessage
+# The update channel's message lives in its own module, which builds on the envelope
+# above; imported here, after everything it uses is defined (protocol/__init__ and
+# protocol.codec import this module first).
+from protocol.update_status import (  # noqa: E402 - needs _Envelope and Text defined first
+    UPDATE_SCHEMA_CHANNEL,
+    UPDATE_SCHEMAS,
+    UpdateMessage,
+)
 
-SCHEMAS: Final[dict[tuple[str, int], type[StateMessage | ReportMessage | EventMessage]]] = {
+Message = StateMessage | ReportMessage | EventMessage | UpdateMessage
+
+SCHEMAS: Final[dict[tuple[str, int], type[Message]]] = {
     ("kf.state", 1): StateMessage,
     ("kf.report", 1): ReportMessage,
     ("kf.event", 1): EventMessage,
+    **UPDATE_SCHEMAS,
 }
 
 SCHEMA_CHANNEL: Final[dict[str, Channel]] = {
     "kf.state": Channel.STATE,
     "kf.report": Channel.REPORT,
     "kf.event": Channel.EVENT,
+    **UPDATE_SCHEMA_CHANNEL,
 }

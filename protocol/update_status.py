@@ -11,10 +11,9 @@ directive changes::
 
 Public interface: ``UpdateState`` (the per-terminal states of a rollout), ``UpdateReason``
 (a closed set of reason codes, the directive refusals among them), ``UpdateBody``,
-``UpdateMessage``, and ``UPDATE_SCHEMAS`` / ``UPDATE_SCHEMA_CHANNEL``, which the wiring
-step merges into ``protocol.messages.SCHEMAS`` / ``SCHEMA_CHANNEL`` so that
-``protocol.codec.decode`` accepts it (until then ``decode`` rejects it as
-``unknown_schema``). Pure: no I/O.
+``UpdateMessage``, and ``UPDATE_SCHEMAS`` / ``UPDATE_SCHEMA_CHANNEL``, which ``protocol.messages`` merges into
+``SCHEMAS`` / ``SCHEMA_CHANNEL`` (importing this module at its end, once the envelope is
+defined), so that ``protocol.codec.decode`` accepts it. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import Field, model_validator
 
-from protocol.directives import DIRECTIVE_REJECT_REASONS
+from protocol.directive_reasons import DIRECTIVE_REJECT_REASONS
 from protocol.messages import _PRINTABLE, Text, _Envelope, _Strict
 from protocol.topics import Channel
 

@@ -2,7 +2,8 @@
 
 The ingest gate (``server.ingest_gate``: an enrolled, active id within its
 message budget; judged on the topic alone) → ``decode`` (the protocol's single gate) → ``FleetState.apply`` → queue the
-changes, the event row and the message's broker delivery for the batched
+changes, the event or update-status row (``kf.update``: also noted in the
+``UpdateTally``) and the message's broker delivery for the batched
 database writer (which acknowledges the delivery once the changes are
 committed) → metrics. A message that is not applied (rejected, duplicate,
 stale, refused by a rule such as ``seq_jump``) is handed to the writer's ``settle``: acknowledged with the next flush,
@@ -26,7 +27,7 @@ from typing import Final, Protocol
 
 from protocol.codec import decode
 from protocol.errors import ProtocolError
-from protocol.messages import EventMessage, Message, ReportMessage, StateMessage
+from protocol.messages import EventMessage, Message, ReportMessage, StateMessage, UpdateMessage
 from protocol.topics import Channel, parse_topic
 from server.fleet_state import FleetState
 from server.fleet_views import CONNECTIVITY, Transition, Verdict
@@ -34,7 +35,8 @@ from server.inbound import Delivery, InboundMessage
 from server.ingest_gate import IngestGate
 from server.log_throttle import ThrottledLog
 from server.metrics import INTERNAL_REASON, ServerMetrics
-from server.records import EventRecord
+from server.records import EventRecord, UpdateRecord
+from server.update_tally import UpdateTally
 
 __all__ = ["Ingest", "IngestResult", "WriteSink"]
 
@@ -44,6 +46,7 @@ _CHANNEL_OF: Final = {
     StateMessage: Channel.STATE,
     ReportMessage: Channel.REPORT,
     EventMessage: Channel.EVENT,
+    UpdateMessage: Channel.UPDATE,
 }
 _MAX_LOGGED_TEXT: Final = 300
 
@@ -58,9 +61,11 @@ class WriteSink(Protocol):
         peripherals_changed: bool = False,
         transitions: Sequence[Transition] = (),
         event: EventRecord | None = None,
+        update: UpdateRecord | None = None,
         delivery: Delivery | None = None,
     ) -> None:
-        """Mark ``terminal_id`` for writing, queue its transitions and event, and acknowledge
+        """Mark ``terminal_id`` for writing, queue its transitions, event and update status,
+        and acknowledge
         ``delivery`` once they are committed. Must be cheap."""
         ...
 
@@ -94,8 +99,10 @@ class Ingest:
         max_payload_bytes: int,
         throttled_log: ThrottledLog | None = None,
         gate: IngestGate | None = None,
+        update_tally: UpdateTally | None = None,
     ) -> None:
         self._fleet = fleet
+        self._update_tally = update_tally
         self._gate = gate
         self._sink = sink
         self._metrics = metrics
@@ -183,6 +190,11 @@ class Ingest:
                 received_at=inbound.received_at,
                 body=message.body.model_dump(mode="json"),
             )
+        update = None
+        if isinstance(message, UpdateMessage):
+            update = _update_record(message, inbound)
+            if self._update_tally is not None:
+                self._update_tally.note(update.terminal_id, update.state)
         self._accepted[type(message)].inc()
         if outcome.missing:
             self._metrics.ingest_seq_gaps.inc(outcome.missing)
@@ -198,9 +210,26 @@ class Ingest:
             peripherals_changed=outcome.peripherals_changed,
             transitions=outcome.transitions,
             event=event,
+            update=update,
             delivery=inbound.delivery,
         )
         return IngestResult.ACCEPTED
+
+
+def _update_record(message: UpdateMessage, inbound: InboundMessage) -> UpdateRecord:
+    body = message.body
+    return UpdateRecord(
+        terminal_id=message.terminal_id,
+        boot_id=message.boot_id,
+        seq=message.seq,
+        rollout_id=body.rollout_id,
+        directive_seq=body.directive_seq,
+        state=body.state.value,
+        reason=None if body.reason is None else str(body.reason.value),
+        detail=body.detail,
+        occurred_at=message.sent_at,
+        received_at=inbound.received_at,
+    )
 
 
 def _clip(text: str) -> str:

@@ -69,6 +69,9 @@ from server.storage import Storage
 from server.terminal_registry import TerminalRegistry
 from server.tls_client_cert import TlsH11Protocol
 from server.tokens import Tokens
+from server.update_status_api import update_status_router
+from server.update_status_store import latest_states
+from server.update_tally import UpdateTally
 from server.update_wiring import UpdateService, build_updates
 from server.write_behind import WriteBehind
 
@@ -200,10 +203,12 @@ class Server:
             stall_after_s=settings.db_stall_after_s,
         )
         self.metrics.unacknowledged.set_function(self.writer.pending_acks)
+        self.update_tally = UpdateTally(registry)
         self.ingest = Ingest(
             self.fleet,
             self.writer,
             self.metrics,
+            update_tally=self.update_tally,
             max_payload_bytes=settings.max_payload_bytes,
             throttled_log=ThrottledLog(
                 logging.getLogger("server.ingest"), interval_s=settings.reject_log_interval_s
@@ -238,6 +243,11 @@ class Server:
                     timedelta(days=settings.transition_retention_days),
                 ),
                 Retention(
+                    "update statuses",
+                    self.storage.prune_update_statuses,
+                    timedelta(days=settings.update_status_retention_days),
+                ),
+                Retention(
                     "audit entries",
                     self.access_store.prune_audit,
                     timedelta(days=settings.audit_retention_days),
@@ -267,6 +277,14 @@ class Server:
         add_routes(
             self.app,
             opening_hours_router(OpeningHoursStore(self.storage), lambda: datetime.now(UTC)),
+        )
+        add_routes(
+            self.app,
+            update_status_router(
+                lambda: self.storage.engine,
+                limit_default=settings.history_limit,
+                limit_max=settings.history_limit_max,
+            ),
         )
         if self.terminal_registry is not None:
             add_routes(self.app, registry_router(self.terminal_registry))
@@ -345,6 +363,7 @@ class Server:
         with self.writer.applying():  # no message of it is applied between the two
             view = self.fleet.remove(terminal_id)
             self.writer.remove(terminal_id)
+            self.update_tally.forget(terminal_id)
         if not self.mqtt.clear_retained(topic(terminal_id, Channel.STATE)):
             raise BrokerError("the broker connection dropped: retained state not cleared")
         registry = self.terminal_registry
@@ -371,6 +390,7 @@ class Server:
         terminals = self.storage.load_fleet()
         self.fleet.load(terminals)
         log.info("loaded %d terminals from the database", len(terminals))
+        self.update_tally.load(latest_states(self.storage.engine))
         if self.updates is not None:
             self.updates.repository.load()
         self.writer.start()

@@ -13,7 +13,7 @@ from typing import Any
 
 from server.fleet_views import TerminalView, Transition
 
-__all__ = ["EventRecord", "WriteBatch"]
+__all__ = ["EventRecord", "UpdateRecord", "WriteBatch"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,20 +30,45 @@ class EventRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class UpdateRecord:
+    """One accepted ``kf.update`` as stored in ``update_status`` (see server.update_status_store).
+
+    ``occurred_at`` is the device's ``sent_at``: the agent sends one message per state change.
+    """
+
+    terminal_id: str
+    boot_id: str
+    seq: int
+    rollout_id: str | None
+    directive_seq: int
+    state: str
+    reason: str | None
+    detail: str | None
+    occurred_at: datetime
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class WriteBatch:
     """One flush: terminals ``removed`` (decommissioned: their rows go first, their history
     stays), latest state of ``terminals``, full peripheral sets of ``peripheral_ids``, new
-    ``transitions`` and ``events``."""
+    ``transitions``, ``events`` and ``updates`` (update statuses)."""
 
     terminals: Sequence[TerminalView] = ()
     peripheral_ids: frozenset[str] = frozenset()
     transitions: Sequence[Transition] = field(default_factory=tuple)
     events: Sequence[EventRecord] = field(default_factory=tuple)
+    updates: Sequence[UpdateRecord] = field(default_factory=tuple)
     removed: frozenset[str] = frozenset()
 
     def __bool__(self) -> bool:
         return bool(
-            self.terminals or self.peripheral_ids or self.transitions or self.events or self.removed
+            self.terminals
+            or self.peripheral_ids
+            or self.transitions
+            or self.events
+            or self.updates
+            or self.removed
         )
 
     def row_count(self) -> int:
@@ -54,5 +79,6 @@ class WriteBatch:
             + peripherals
             + len(self.transitions)
             + len(self.events)
+            + len(self.updates)
             + len(self.removed)
         )

@@ -228,6 +228,7 @@ _TABLE_MODULES: Final = (
     "server.identity_tables",
     "server.access_store",
     "server.opening_hours_store",
+    "server.update_status_store",
 )  # tables declared beside their owners
 
 
@@ -238,6 +239,11 @@ def server_metadata() -> sa.MetaData:
     for name in _TABLE_MODULES:
         importlib.import_module(name)
     return _METADATA
+
+
+def _update_status_store() -> Any:
+    """``server.update_status_store`` (it builds on this module: imported when first used)."""
+    return importlib.import_module("server.update_status_store")
 
 
 _TERMINAL: Final = _METADATA.tables["terminal"]
@@ -446,6 +452,17 @@ class Storage:
         """
         return self._prune(_EVENT, _EVENT.c.received_at, now - older_than, chunk)
 
+    def prune_update_statuses(
+        self, *, older_than: timedelta, now: datetime, chunk: int = _PRUNE_CHUNK
+    ) -> int:
+        """Delete update statuses received before ``now - older_than``, ``chunk`` per
+        transaction; returns how many.
+
+        Raises StorageError.
+        """
+        table = server_metadata().tables["update_status"]
+        return self._prune(table, table.c.received_at, now - older_than, chunk)
+
     def prune_transitions(
         self, *, older_than: timedelta, now: datetime, chunk: int = _PRUNE_CHUNK
     ) -> int:
@@ -499,6 +516,8 @@ class Storage:
                     conn.execute(sa.insert(_TRANSITION), list(chunk))
             if batch.events:
                 self._insert_events(conn, batch.events)
+            if batch.updates:
+                _update_status_store().insert_updates(conn, self._insert(), batch.updates)
 
     def _insert_events(self, conn: Connection, events: Sequence[EventRecord]) -> None:
         # A duplicate that slipped past the in-memory check (a restart) is stored once.

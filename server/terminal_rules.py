@@ -82,6 +82,7 @@ from protocol.messages import (
     ReportMessage,
     StateMessage,
     TerminalState,
+    UpdateMessage,
 )
 from server.fleet_views import (
     CONNECTIVITY,
@@ -371,7 +372,7 @@ def _apply_state(
 
 def _apply_stream(
     t: TerminalRecord,
-    m: ReportMessage | EventMessage,
+    m: ReportMessage | EventMessage | UpdateMessage,
     received_at: datetime,
     policy: TerminalPolicy,
     placement: Placement | None,
@@ -430,6 +431,8 @@ def _apply_stream(
             t.report_interval_s = body.report_interval_s
             t.software = dict(body.software)
         changed = _apply_peripherals(t, body.peripherals, sent_at, received_at, transitions)
+    elif isinstance(m, UpdateMessage):
+        pass  # in the stream (dedup, liveness); its state is the update_status table's
     elif isinstance(m.body, BootEvent):
         identity_changed = identity_changed or t.agent_version != m.body.agent_version
         t.agent_version = m.body.agent_version

@@ -64,7 +64,7 @@ from server.errors import StorageDataError, StorageError
 from server.fleet_views import TerminalView, Transition
 from server.inbound import Delivery
 from server.metrics import ServerMetrics
-from server.records import EventRecord, WriteBatch
+from server.records import EventRecord, UpdateRecord, WriteBatch
 
 __all__ = ["BatchStore", "WriteBehind"]
 
@@ -95,16 +95,18 @@ class _Pending:
     peripherals: set[str] = field(default_factory=set)
     transitions: list[Transition] = field(default_factory=list)
     events: list[EventRecord] = field(default_factory=list)
+    updates: list[UpdateRecord] = field(default_factory=list)
     acks: list[tuple[str | None, Delivery]] = field(default_factory=list)  # (terminal, delivery)
     removed: set[str] = field(default_factory=set)
 
     def has_writes(self) -> bool:
-        return bool(self.dirty or self.transitions or self.events or self.removed)
+        return bool(self.dirty or self.transitions or self.events or self.updates or self.removed)
 
     def terminal_ids(self) -> list[str]:
         ids = self.dirty | self.peripherals | self.removed
         ids.update(t.terminal_id for t in self.transitions)
         ids.update(e.terminal_id for e in self.events)
+        ids.update(u.terminal_id for u in self.updates)
         return sorted(ids)
 
     def only(self, ids: set[str]) -> _Pending:
@@ -114,6 +116,7 @@ class _Pending:
             peripherals=self.peripherals & ids,
             transitions=[t for t in self.transitions if t.terminal_id in ids],
             events=[e for e in self.events if e.terminal_id in ids],
+            updates=[u for u in self.updates if u.terminal_id in ids],
             acks=[a for a in self.acks if a[0] in ids],
             removed=self.removed & ids,
         )
@@ -174,6 +177,7 @@ class WriteBehind:
         peripherals_changed: bool = False,
         transitions: Sequence[Transition] = (),
         event: EventRecord | None = None,
+        update: UpdateRecord | None = None,
         delivery: Delivery | None = None,
     ) -> None:
         """Queue ``terminal_id``'s latest state (and the rest) for the next flush; cheap."""
@@ -186,6 +190,8 @@ class WriteBehind:
                 p.transitions.extend(transitions)
             if event is not None:
                 p.events.append(event)
+            if update is not None:
+                p.updates.append(update)
             if delivery is not None:
                 p.acks.append((terminal_id, delivery))
                 if len(p.acks) >= self._max_acks:
@@ -288,6 +294,7 @@ class WriteBehind:
             peripheral_ids=frozenset(part.peripherals),
             transitions=part.transitions,
             events=part.events,
+            updates=part.updates,
             removed=frozenset(part.removed),
         )
         started = time.perf_counter()
@@ -326,6 +333,7 @@ class WriteBehind:
                     peripheral_ids=frozenset(part.peripherals),
                     transitions=part.transitions,
                     events=part.events,
+                    updates=part.updates,
                 ).row_count()
                 self._metrics.db_rejected_rows.inc(rows)
                 log.error(
@@ -371,6 +379,7 @@ class WriteBehind:
             p.removed |= taken.removed
             p.transitions[:0] = taken.transitions
             p.events[:0] = taken.events
+            p.updates[:0] = taken.updates
             p.acks[:0] = taken.acks
             excess = len(p.transitions) - self._max_pending
             if excess > 0:

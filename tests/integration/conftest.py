@@ -28,7 +28,7 @@ from psycopg import sql
 
 from kioskfleet.local_broker import LocalBroker
 from protocol.codec import encode
-from protocol.messages import Message
+from protocol.messages import SCHEMA_CHANNEL, Message
 from protocol.topics import Channel, topic
 from server.access import Role
 from server.access_store import AccessStore
@@ -269,9 +269,7 @@ class RawTerminal:
         return self.seq
 
     def publish(self, message: Message, *, retain: bool = False) -> None:
-        channel = {"kf.report": Channel.REPORT, "kf.event": Channel.EVENT}.get(
-            message.schema_, Channel.STATE
-        )
+        channel = SCHEMA_CHANNEL[message.schema_]
         self.publish_raw(self.topic(channel), encode(message), retain=retain)
 
     def publish_raw(self, topic_name: str, payload: bytes, *, retain: bool = False) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "peripheral_event",
     "report",
     "state",
+    "update_status",
 ]
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
@@ -119,3 +120,11 @@ def state(
     if hall is not None:
         body["hall"] = hall
     return _msg(Channel.STATE, tid, "kf.state", body, seq=seq, boot=boot, sent_at=sent_at)
+
+
+def update_status(
+    tid: str, seq: int, state: str, *, sent_at: datetime = T0, boot: str = BOOT, **body: Any
+) -> Message:
+    """A ``kf.update`` for rollout R-1, directive 3 (``body`` adds reason, detail, ...)."""
+    fields = {"rollout_id": "R-1", "directive_seq": 3, "state": state, **body}
+    return _msg(Channel.UPDATE, tid, "kf.update", fields, seq=seq, boot=boot, sent_at=sent_at)

@@ -78,8 +78,16 @@ ACCESS_METRIC_NAMES: Final = frozenset(
 UPDATE_METRIC_NAMES: Final = frozenset(
     {"kioskfleet_tuf_metadata_expiry_seconds", "kioskfleet_update_uploads_rejected_total"}
 )
+# Update statuses from terminals (server.update_tally): always exported.
+UPDATE_STATUS_METRIC_NAMES: Final = frozenset(
+    {"kioskfleet_update_terminals", "kioskfleet_update_statuses_total"}
+)
 CONTRACT_METRIC_NAMES: Final = (
-    FLEET_METRIC_NAMES | INGEST_METRIC_NAMES | ACCESS_METRIC_NAMES | UPDATE_METRIC_NAMES
+    FLEET_METRIC_NAMES
+    | INGEST_METRIC_NAMES
+    | ACCESS_METRIC_NAMES
+    | UPDATE_METRIC_NAMES
+    | UPDATE_STATUS_METRIC_NAMES
 )
 # Series Prometheus itself creates: they are never on /metrics.
 PROMETHEUS_METRIC_NAMES: Final = frozenset(

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from protocol.codec import encode
-from protocol.messages import Message
+from protocol.messages import SCHEMA_CHANNEL, Message
 from server.fleet_state import FleetState
 from server.fleet_views import Transition
 from server.inbound import Delivery, InboundMessage
@@ -22,8 +22,15 @@ from server.ingest import Ingest, IngestResult
 from server.ingest_gate import IngestGate
 from server.log_throttle import ThrottledLog
 from server.metrics import REJECT_LABELS, ServerMetrics
-from server.records import EventRecord
-from tests.support.fleet_messages import PRINTER_OK, at, peripheral_event, report, state
+from server.records import EventRecord, UpdateRecord
+from tests.support.fleet_messages import (
+    PRINTER_OK,
+    at,
+    peripheral_event,
+    report,
+    state,
+    update_status,
+)
 
 TOPIC = "kf/v1/terminals/T-1/report"
 
@@ -32,6 +39,7 @@ TOPIC = "kf/v1/terminals/T-1/report"
 class RecordingSink:
     calls: list[tuple[str, bool, tuple[Transition, ...]]] = field(default_factory=list)
     events: list[EventRecord] = field(default_factory=list)
+    updates: list[UpdateRecord] = field(default_factory=list)
     recorded: list[Delivery | None] = field(default_factory=list)  # acked after a commit
     settled: list[Delivery | None] = field(default_factory=list)  # not applied
 
@@ -42,11 +50,14 @@ class RecordingSink:
         peripherals_changed: bool = False,
         transitions: Sequence[Transition] = (),
         event: EventRecord | None = None,
+        update: UpdateRecord | None = None,
         delivery: Delivery | None = None,
     ) -> None:
         self.calls.append((terminal_id, peripherals_changed, tuple(transitions)))
         if event is not None:
             self.events.append(event)
+        if update is not None:
+            self.updates.append(update)
         self.recorded.append(delivery)
 
     def settle(self, delivery: Delivery | None) -> None:
@@ -89,7 +100,7 @@ class Rig:
 
 
 def _channel(message: Message) -> str:
-    return {"kf.report": "report", "kf.event": "event", "kf.state": "state"}[message.schema_]
+    return SCHEMA_CHANNEL[message.schema_].value
 
 
 def make_rig(
@@ -303,3 +314,22 @@ def test_a_refused_seq_jump_is_counted_and_settled() -> None:
     assert rig.value("kioskfleet_ingest_rejected_total", reason="seq_jump") == 1
     assert rig.sink.settled == [(1, 2)]  # the refused delivery, acknowledged with the next flush
     assert rig.send(report("T-1", seq=2), at(2), mid=3) is IngestResult.ACCEPTED
+
+
+def test_accepted_update_status_is_recorded_for_the_writer_once(rig: Rig) -> None:
+    rig.send(report("T-1", 1), at(0))
+    message = update_status("T-1", 2, "failed", reason="install_failed", detail="exit 3")
+    assert rig.send(message, at(1)) is IngestResult.ACCEPTED
+    assert rig.send(message, at(2)) is IngestResult.DUPLICATE
+    assert len(rig.sink.updates) == 1
+    record = rig.sink.updates[0]
+    assert (record.terminal_id, record.seq, record.rollout_id, record.directive_seq) == (
+        "T-1",
+        2,
+        "R-1",
+        3,
+    )
+    assert (record.state, record.reason, record.detail) == ("failed", "install_failed", "exit 3")
+    assert record.received_at == at(1)
+    assert rig.value("kioskfleet_ingest_messages_total", channel="update") == 1
+    assert rig.sink.events == []

@@ -37,6 +37,7 @@ from protocol import (
 from protocol.errors import REJECT_REASONS, TopicError
 from protocol.taxonomy import allowed_conditions
 from protocol.topics import is_valid_terminal_id, server_subscriptions
+from protocol.update_status import UpdateMessage, UpdateState
 
 # ---------------------------------------------------------------- strategies
 
@@ -406,11 +407,48 @@ def test_malformed_topic_is_refused_as_bad_topic(name: str) -> None:
     assert _reason(name, encode(_report())) == "bad_topic"
 
 
-def test_update_channel_has_no_schema_yet_so_anything_there_is_refused() -> None:
-    # The update-progress schema arrives with the signed-updates issue.
-    assert _reason("kf/v1/terminals/T-0001/update", b'{"schema":"kf.update","version":1}') == (
-        "unknown_schema"
+def _update(**body: Any) -> bytes:
+    return json.dumps(
+        {
+            "schema": "kf.update",
+            "version": 1,
+            "terminal_id": "T-0001",
+            "boot_id": "boot-aaaa",
+            "seq": 7,
+            "sent_at": "2026-12-03T10:00:00Z",
+            "body": {"rollout_id": "R-7", "directive_seq": 12, "state": "installing", **body},
+        }
+    ).encode()
+
+
+def test_update_status_decodes_on_the_update_channel() -> None:
+    message = decode(
+        "kf/v1/terminals/T-0001/update", _update(state="rolled_back", reason="health_check_failed")
     )
+    assert isinstance(message, UpdateMessage)
+    assert (message.seq, message.body.rollout_id, message.body.directive_seq) == (7, "R-7", 12)
+    assert message.body.state is UpdateState.ROLLED_BACK
+    assert message.body.reason == "health_check_failed"
+    assert decode("kf/v1/terminals/T-0001/update", encode(message)) == message
+
+
+def test_update_status_elsewhere_than_the_update_channel_is_a_channel_mismatch() -> None:
+    assert _reason("kf/v1/terminals/T-0001/event", _update()) == "channel_mismatch"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"state": "teleported"},  # not one of the 14 states
+        {"state": "failed"},  # a failure needs a reason
+        {"state": "rejected", "reason": "because"},  # not a known reason code
+        {"detail": "x" * 257},  # detail is bounded
+        {"detail": "line\nbreak"},  # no control characters
+        {"extra": 1},  # unknown fields are an error
+    ],
+)
+def test_malformed_update_status_is_refused_as_invalid(body: dict[str, Any]) -> None:
+    assert _reason("kf/v1/terminals/T-0001/update", _update(**body)) == "invalid"
 
 
 def test_topic_builder_refuses_ids_that_would_break_the_topic_tree() -> None:
