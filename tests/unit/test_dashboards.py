@@ -266,8 +266,8 @@ def metric_names_in(expr: str, histograms: frozenset[str] = HISTOGRAM_METRIC_NAM
     ``X`` only when ``X`` is in ``histograms``.
     """
     text = _strip_grafana_function(expr)
+    text = _STRING.sub('""', text)  # first: a string may hold "${" (a Grafana variable)
     text = _GRAFANA_VARIABLE.sub("1m", text)
-    text = _STRING.sub('""', text)
     text = _COMMENT.sub("", text)
     text = _GROUPING.sub(" ", text)
     text = _MATCHERS.sub("{}", text)
