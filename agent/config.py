@@ -42,6 +42,7 @@ __all__ = [
     "BrokerAddress",
     "EnrollmentConfig",
     "OutboxConfig",
+    "UpdatesConfig",
     "env_variables",
     "load_agent_config",
     "parse_broker_url",
@@ -132,6 +133,66 @@ class EnrollmentConfig(BaseModel):
     timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
 
 
+class UpdatesConfig(BaseModel):
+    """The updater (agent/updater.py): where the TUF repository is, what the terminal trusts,
+    where it keeps its files and slots, how it restarts the kiosk, and the kiosk socket.
+
+    ``server_url`` is the shortcut: metadata from ``{server_url}/tuf/metadata/`` and
+    targets from ``{server_url}/tuf/targets/``; ``metadata_base_url``/``target_base_url``
+    override either (a mirror). HTTPS is required outside ``allow_http`` (tests, a lab)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    server_url: Annotated[str, Field(pattern=r"^https?://[^/?#]+(/[^?#]*)?$")] | None = None
+    metadata_base_url: Annotated[str, Field(pattern=r"^https?://[^?#]+/$")] | None = None
+    target_base_url: Annotated[str, Field(pattern=r"^https?://[^?#]+/$")] | None = None
+    allow_http: bool = False
+    """Accept ``http://`` repository URLs (TUF still verifies every byte; only for labs)."""
+    trusted_root: Path = Path("/etc/kioskfleet/root.json")
+    """The root.json shipped with the terminal: trusted on first boot and after a wiped cache."""
+    work_dir: Path = Path("/var/lib/kioskfleet/updates")
+    """TUF cache (``tuf/``), downloads (``downloads/``) and the updater's ``state.json``."""
+    slots_root: Path = Path("/var/lib/kioskfleet/slots")
+    """The bundle handler's A/B slots and its ``current`` link."""
+    restart_command: Annotated[list[str], Field(min_length=1, max_length=32)] = [
+        "systemctl",
+        "restart",
+        "kiosk-app.service",
+    ]
+    restart_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    health_interval_s: Annotated[float, Field(gt=0, le=300)] = 1.0
+    """How often the manifest's health command is run until it passes or its timeout ends."""
+    poll_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """How often a waiting install asks the window and the install gate again."""
+    kiosk_socket: Path = Path("/run/kioskfleet/kiosk.sock")
+    kiosk_socket_group: Annotated[str, Field(min_length=1, max_length=32)] | None = None
+    """The group the kiosk application runs as (the socket is 0660 for it); None: the agent's."""
+    max_queued_directives: Annotated[int, Field(ge=1, le=100)] = 4
+    """Directives waiting for the worker; one more is refused and logged."""
+
+    @model_validator(mode="after")
+    def _repository_known(self) -> Self:
+        if not self.enabled:
+            return self
+        if self.server_url is None and (
+            self.metadata_base_url is None or self.target_base_url is None
+        ):
+            raise ValueError("needs server_url, or metadata_base_url and target_base_url")
+        urls = [u for u in (self.server_url, self.metadata_base_url, self.target_base_url) if u]
+        if not self.allow_http and any(u.startswith("http://") for u in urls):
+            raise ValueError("repository URLs must be https:// (or set allow_http)")
+        return self
+
+    @property
+    def metadata_url(self) -> str:
+        return self.metadata_base_url or f"{(self.server_url or '').rstrip('/')}/tuf/metadata/"
+
+    @property
+    def targets_url(self) -> str:
+        return self.target_base_url or f"{(self.server_url or '').rstrip('/')}/tuf/targets/"
+
+
 class AgentConfig(BaseSettings):
     """Everything one terminal agent needs to know; see docs/agent.md for each field."""
 
@@ -161,6 +222,7 @@ class AgentConfig(BaseSettings):
     limits: AgentLimits = AgentLimits()
     outbox: OutboxConfig = OutboxConfig()
     enrollment: EnrollmentConfig | None = None
+    updates: UpdatesConfig = UpdatesConfig()
 
     @field_validator("terminal_id")
     @classmethod
