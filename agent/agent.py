@@ -54,6 +54,7 @@ from protocol.messages import (
     TerminalState,
 )
 from protocol.topics import Channel, topic
+from protocol.update_status import UpdateBody, UpdateMessage
 
 __all__ = [
     "Agent",
@@ -189,8 +190,12 @@ class Agent:
         *,
         last_seq: int = 0,
         dropped_reports: Callable[[], int] | None = None,
+        software: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         """``boot_id`` and ``last_seq`` name the stream to continue (the outbox's).
+
+        ``software`` returns the installed packages and versions each report carries
+        (the updater's wiring reads the active slot; empty without one).
 
         ``dropped_reports`` returns the cumulative number of reports the outbox
         dropped (0 without one). Raises ValueError for invalid, repeated or too
@@ -221,6 +226,8 @@ class Agent:
         self._event_topic = topic(config.terminal_id, Channel.EVENT)
         self._seq = last_seq
         self._dropped_reports = dropped_reports or _none_dropped
+        self._software = software or dict
+        self._update_topic = topic(config.terminal_id, Channel.UPDATE)
         self._statuses: dict[str, PeripheralStatus] = {}
         self._probe_failures: dict[str, str] = {}
         self._connected = False
@@ -314,6 +321,25 @@ class Agent:
         self._connected = True
         self._send_state(TerminalState.ONLINE, "connect")
         self._send_report()
+
+    def send_update(self, body: UpdateBody) -> None:
+        """Send one updater status as a ``kf.update`` on the stream (call in the loop's thread)."""
+        seq = self._seq + 1
+        try:
+            message = UpdateMessage(
+                schema="kf.update",
+                version=1,
+                terminal_id=self._terminal_id,
+                boot_id=self._boot_id,
+                seq=seq,
+                sent_at=self._clock.wall(),
+                body=body,
+            )
+        except ValueError as exc:  # pydantic's ValidationError: the clock is out of range
+            self._unbuildable("update", exc)
+            return
+        self._seq = seq
+        self._publish(self._update_topic, encode(message), retain=False, what="update", seq=seq)
 
     def on_disconnected(self) -> None:
         """The connection is gone (reports go on; the outbox keeps them)."""
@@ -444,6 +470,7 @@ class Agent:
                 report_interval_s=config.report_interval_s,
                 peripherals=list(self._statuses.values()),
                 dropped_reports=self._dropped_count(),
+                software=self._software(),
             ),
         )
 

@@ -38,6 +38,8 @@ from agent.probe_reader import ProbeReader
 from agent.probes.base import Probe
 from agent.probes.factory import build_probes
 from agent.probes.system import SystemReadError, read_uptime_s
+from agent.update_service import UpdateService, UpdateServiceError
+from protocol.update_status import UpdateBody
 
 __all__ = ["AgentRuntime", "enrolling_terminal", "open_outbox", "run_agent", "sender_settings"]
 
@@ -111,7 +113,8 @@ class AgentRuntime:
         """``outbox`` defaults to the one ``config.outbox`` names (see ``open_outbox``).
 
         Raises ValueError for bad probe specs, ConnectionSetupError for unusable
-        TLS files, OutboxError if the outbox cannot be read.
+        TLS files, OutboxError if the outbox cannot be read, UpdateServiceError if updates
+        are enabled and the trusted root is unreadable.
         """
         self.config = config
         self.connection = MqttConnection(ConnectionSettings.from_config(config))
@@ -119,6 +122,12 @@ class AgentRuntime:
         self.sender = OutboxSender(
             self.outbox, config.terminal_id, self.connection, sender_settings(config)
         )
+        self.updates: UpdateService | None = None
+        if config.updates.enabled:  # statuses go to the agent in the loop's thread
+            self.updates = UpdateService.from_config(
+                config, send=self._send_update, clock=clock or SystemClock()
+            )
+            self.connection.receive_commands(self.updates.submit)
         self.probe_reader = ProbeReader(
             build_probes(config.probes) if probes is None else probes,
             config.probe_interval_s,
@@ -133,6 +142,7 @@ class AgentRuntime:
             _Uptime(),
             last_seq=self.sender.last_seq,
             dropped_reports=self.sender.dropped_reports,
+            software=self.updates.software if self.updates is not None else None,
         )
         self.loop = EventLoop(max_connecting=1, shutdown_timeout_s=config.limits.shutdown_timeout_s)
         self.loop.add(self.agent, self.connection, sender=self.sender)
@@ -153,11 +163,19 @@ class AgentRuntime:
             stream.last_seq + 1,
             stream.pending,
         )
+        if self.updates is not None:
+            self.updates.start()
         self.probe_reader.start()
         try:
             self.loop.run(duration_s)
         finally:
             self.probe_reader.stop()
+            if self.updates is not None:
+                self.updates.stop()
+
+    def _send_update(self, body: UpdateBody) -> None:
+        """From the updater's worker: the agent sends it, in the loop's thread."""
+        self.loop.call_soon(lambda: self.agent.send_update(body))
 
     def request_stop(self) -> None:
         """Ask the loop to stop cleanly (thread- and signal-safe)."""
@@ -212,7 +230,7 @@ def run_agent(config_path: Path | None) -> int:
         renewal = RenewalThread(terminal, config.enrollment)
     try:
         runtime = AgentRuntime(config)
-    except (ValueError, ConnectionSetupError, OutboxError) as exc:
+    except (ValueError, ConnectionSetupError, OutboxError, UpdateServiceError) as exc:
         print(f"kioskfleet agent: cannot start: {exc}", file=sys.stderr)
         return EXIT_SETUP
 

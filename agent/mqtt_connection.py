@@ -245,6 +245,7 @@ class MqttConnection:
         self._listener: SessionListener = _NoListener()
         self._watcher: SocketWatcher | None = None
         self._will_topic = topic(settings.client_id, Channel.STATE)
+        self._cmd_topic = topic(settings.client_id, Channel.CMD)
         self.stats = ConnectionStats()
         self._state = ConnectionState.IDLE
         self._next_attempt = math.inf
@@ -260,6 +261,8 @@ class MqttConnection:
         self._drop_error: MqttConnectionError | None = None  # why we dropped the socket ourselves
         self._delivered: Callable[[int, bool], None] | None = None
         self._deliveries: list[tuple[int, bool]] = []
+        self._command: Callable[[bytes], None] | None = None
+        self._commands: list[bytes] = []
         self._client = self._make_client()
 
     def _make_client(self) -> paho.Client:
@@ -290,6 +293,7 @@ class MqttConnection:
         client.on_connect = self._paho_on_connect
         client.on_disconnect = self._paho_on_disconnect
         client.on_publish = self._paho_on_publish
+        client.on_message = self._paho_on_message
         client.on_socket_open = self._paho_on_socket_open
         client.on_socket_close = self._paho_on_socket_close
         return client
@@ -310,6 +314,12 @@ class MqttConnection:
         self._listener = listener
         self._watcher = watcher
         self._delivered = delivered
+
+    def receive_commands(self, command: Callable[[bytes], None]) -> None:
+        """Subscribe (QoS 1) to this terminal's own ``cmd`` topic on every connect; each
+        message's payload goes to ``command(payload)``, called outside paho's code in the
+        loop's thread. Only the bytes leave this module; the caller verifies them."""
+        self._command = command
 
     @property
     def settings(self) -> ConnectionSettings:
@@ -523,6 +533,10 @@ class MqttConnection:
         if self._delivered is not None:
             self._deliveries.append((int(mid), not reason_code.is_failure))
 
+    def _paho_on_message(self, client: paho.Client, userdata: Any, message: Any) -> None:
+        if self._command is not None and message.topic == self._cmd_topic:
+            self._commands.append(bytes(message.payload))
+
     def _paho_on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self._watcher is not None:
             self._watcher.socket_opened(sock.fileno())
@@ -553,6 +567,10 @@ class MqttConnection:
             deliveries, self._deliveries = self._deliveries, []
             for mid, ok in deliveries:
                 self._delivered(mid, ok)
+        if self._commands and self._command is not None:
+            commands, self._commands = self._commands, []
+            for payload in commands:
+                self._command(payload)
         if self._refused is not None:
             refused, self._refused = self._refused, None
             if self._closed_by_paho:  # paho closed the socket itself (MQTT v5 refusals)
@@ -567,6 +585,8 @@ class MqttConnection:
                 self.stats.connects += 1
                 s = self._settings
                 self._log(logging.INFO, "connected to %s:%d", s.host, s.port)
+                if self._command is not None:
+                    self._client.subscribe(self._cmd_topic, qos=1)
                 self._listener.on_connected()
         if self._closed_by_paho:
             self._closed_by_paho = False

@@ -1,0 +1,228 @@
+"""The updater wired into the running agent: recovery, the kiosk socket, one worker thread.
+
+``UpdateService.from_config(config, send=..., clock=...)`` builds, from ``[updates]``:
+the ``BundleHandler`` on ``slots_root``, the ``InstallGate`` and its ``KioskInterface``
+(Unix socket for the kiosk application's sessions), and ``agent.updater.Updater`` with
+the terminal's trusted root. ``start()`` first runs ``BundleHandler.recover()`` (an
+install a power cut interrupted is finished or rolled back, and that outcome reported),
+then binds the kiosk socket and starts the single worker thread. ``submit(payload)``
+(called by the MQTT connection for each message on the terminal's ``cmd`` topic, in the
+loop's thread) only queues the bytes; the worker runs ``Updater.handle`` on them one at
+a time, so a long wait for the install window never blocks the MQTT session. Each
+status goes to ``send(UpdateBody)``; the runtime hands it to the loop thread, where the
+agent wraps it in a ``kf.update`` envelope on the durable outbox stream (it survives a
+restart and reaches the server like the reports). ``software()`` is what the reports
+carry: ``{package: version}`` of the active slot, so every (re)connect's first report
+re-states what is installed.
+
+Design choice: one worker, a bounded queue (``max_queued_directives``); a directive
+beyond it is dropped with a warning and counted (``stats.dropped``); the server's
+rollout retries it. Rejected: a thread per directive (two installs would race for
+the slots; the gate allows one install, but the downloads and the state file would
+still interleave) and running the updater in the loop thread (a download or a
+health check would stall keepalives).
+
+Never: verify or install anything itself (that is the Updater's job), or let an
+exception from one directive end the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+from pydantic import TypeAdapter, ValidationError
+
+from agent.clock import Clock
+from agent.config import AgentConfig, UpdatesConfig
+from agent.errors import AgentError
+from agent.install import BundleConfig, BundleHandler
+from agent.install.errors import InstallStateError
+from agent.install_gate import InstallGate
+from agent.kiosk_interface import KioskInterface, KioskInterfaceConfig, KioskSocketError
+from agent.updater import Updater, UpdaterConfig, outcome_ending
+from protocol.messages import Name, Version
+from protocol.update_status import UpdateBody
+
+__all__ = ["UpdateService", "UpdateServiceError", "UpdateServiceStats"]
+
+_log = logging.getLogger(__name__)
+
+_STOP: Final = b""  # the worker's stop sentinel (an empty cmd payload is never queued)
+_SOFTWARE: Final = TypeAdapter(dict[Name, Version])
+
+Send = Callable[[UpdateBody], None]
+
+
+class UpdateServiceError(AgentError):
+    """The updater cannot be set up (the trusted root is unreadable); ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"updates: {reason}")
+
+
+@dataclass
+class UpdateServiceStats:
+    received: int = 0
+    dropped: int = 0
+    handled: int = 0
+    crashed: int = 0
+
+
+def _closed_hall(_now: datetime) -> bool:
+    # The agent does not know its hall's opening hours yet: the directive's window and
+    # the kiosk's sessions (the gate) decide alone.
+    return False
+
+
+class UpdateService:
+    """The updater's runtime: see the module docstring."""
+
+    def __init__(
+        self,
+        updater: Updater,
+        handler: BundleHandler,
+        kiosk: KioskInterface,
+        send: Send,
+        *,
+        max_queued: int,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        """``stopping`` is set by ``stop``: no directive starts after it."""
+        self._updater = updater
+        self._handler = handler
+        self._kiosk = kiosk
+        self._send = send
+        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=max_queued + 1)  # +1: the stop
+        self._max_queued = max_queued
+        self._stopping = stopping or threading.Event()
+        self._thread = threading.Thread(target=self._work, name="kioskfleet-updater", daemon=True)
+        self.stats = UpdateServiceStats()
+
+    @classmethod
+    def from_config(cls, config: AgentConfig, *, send: Send, clock: Clock) -> UpdateService:
+        """Build from ``config.updates``. Raises UpdateServiceError (unreadable trusted root)."""
+        spec: UpdatesConfig = config.updates
+        try:
+            trusted_root = spec.trusted_root.read_bytes()
+        except OSError as exc:
+            raise UpdateServiceError(f"trusted root {spec.trusted_root}: {exc}") from None
+        handler = BundleHandler(
+            BundleConfig(
+                root=spec.slots_root,
+                restart_argv=tuple(spec.restart_command),
+                restart_timeout_s=spec.restart_timeout_s,
+                health_interval_s=spec.health_interval_s,
+            )
+        )
+        gate = InstallGate(clock)
+        kiosk = KioskInterface(
+            gate, KioskInterfaceConfig(path=spec.kiosk_socket, group=spec.kiosk_socket_group)
+        )
+        stopping = threading.Event()
+        updater = Updater(
+            UpdaterConfig(
+                terminal_id=config.terminal_id,
+                terminal_model=config.model,
+                agent_version=config.agent_version,
+                metadata_base_url=spec.metadata_url,
+                target_base_url=spec.targets_url,
+                trusted_root=trusted_root,
+                work_dir=spec.work_dir,
+                state_file=spec.work_dir / "updater-state.json",
+                poll_s=spec.poll_s,
+            ),
+            handlers={"bundle": handler},
+            gate=gate,
+            hall_open=_closed_hall,
+            report=send,
+            clock=clock,
+        )
+        return cls(
+            updater, handler, kiosk, send, max_queued=spec.max_queued_directives, stopping=stopping
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover an interrupted install (and report it), open the kiosk socket, start the
+        worker. If the socket cannot be bound, updates stay off (logged): without it the
+        kiosk could not hold off an install during a citizen's session."""
+        try:
+            outcome = self._handler.recover()
+        except InstallStateError as exc:
+            _log.error("cannot recover the slots: %s", exc)
+            outcome = None
+        if outcome is not None:
+            ending = outcome_ending(outcome)
+            _log.warning("recovered an interrupted install: %s (%s)", ending.state, ending.detail)
+            self._send(
+                UpdateBody(
+                    directive_seq=0, state=ending.state, reason=ending.reason, detail=ending.detail
+                )
+            )
+        try:
+            self._kiosk.start()
+        except KioskSocketError as exc:  # fail closed: no install without the kiosk's say
+            _log.error("%s; updates are off until the agent restarts", exc)
+            self._stopping.set()
+            return
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker and close the kiosk socket. A directive still running (a wait for
+        its window) is left to the daemon thread after ``timeout``; its seq is stored, and
+        the rollout's retry sends a new directive after the restart."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                _log.warning("the updater is still busy with a directive; leaving it")
+        self._kiosk.close()
+
+    # -- what the connection and the agent call ----------------------------------------
+
+    def submit(self, payload: bytes) -> None:
+        """Queue one ``cmd`` message for the worker; drop it (counted, logged) when full."""
+        self.stats.received += 1
+        if not payload or self._stopping.is_set():
+            self.stats.dropped += 1
+            return
+        if self._queue.qsize() >= self._max_queued:
+            self.stats.dropped += 1
+            _log.warning("updater busy: %d directive(s) queued, one dropped", self._max_queued)
+            return
+        self._queue.put_nowait(payload)
+
+    def software(self) -> dict[str, str]:
+        """``{package: version}`` of the active slot (empty if none or unreadable)."""
+        try:
+            slot = self._handler.active_slot()
+            release = self._handler.slot_release(slot) if slot else None
+            if not release:
+                return {}
+            return _SOFTWARE.validate_python({release["package"]: release["version"]})
+        except (InstallStateError, OSError, KeyError, TypeError, ValidationError) as exc:
+            _log.warning("installed software unknown: %s", exc)
+            return {}
+
+    # -- the worker --------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            payload = self._queue.get()
+            if payload == _STOP or self._stopping.is_set():
+                return
+            try:
+                self._updater.handle(payload)
+                self.stats.handled += 1
+            except Exception:  # noqa: BLE001 -- a handler crash: logged, the next directive still runs
+                self.stats.crashed += 1
+                _log.exception("the updater crashed on a directive")
