@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from server.main import Server
 from tests.integration import test_agent_mqtt, test_agent_updater
 from tests.integration.conftest import TerminalFactory, api, unique
 from tests.integration.test_agent_mqtt import config_for, start_agent
-from tests.integration.test_agent_updater import Terminal, _publish
+from tests.integration.test_agent_updater import Release, Terminal, _publish
 from tests.support.tuf_world import TufWorld
 from tests.support.waiting import wait_until
 
@@ -85,19 +86,38 @@ def sender(terminals: TerminalFactory) -> Any:
     return terminals(unique("rollout-sender"))
 
 
-def test_a_signed_directive_on_the_cmd_topic_installs_and_the_server_sees_every_status(
+@dataclass
+class Scene:
+    """A published release (kiosk-app 1.1.0), the vendor's directive maker, a running agent."""
+
+    vendor: Terminal
+    release: Release
+    runtime: AgentRuntime
+    slots: Path
+
+    @property
+    def tid(self) -> str:
+        return self.runtime.config.terminal_id
+
+
+@pytest.fixture
+def scene(
     broker: LocalBroker,
     server: Server,
     world: TufWorld,
     tmp_path: Path,
     runtimes: list[AgentRuntime],
-    sender: Any,
-) -> None:
+) -> Scene:
     vendor = Terminal(server, world, tmp_path / "vendor")
     release = _publish(vendor, 1)
     config = _updating_config(broker, server, world, tmp_path / "terminal")
-    runtime = start_agent(runtimes, config)
-    tid = config.terminal_id
+    return Scene(vendor, release, start_agent(runtimes, config), tmp_path / "terminal" / "slots")
+
+
+def test_a_signed_directive_on_the_cmd_topic_installs_and_the_server_sees_every_status(
+    scene: Scene, server: Server, sender: Any
+) -> None:
+    vendor, release, runtime, tid = scene.vendor, scene.release, scene.runtime, scene.tid
 
     payload = vendor.directive(release, terminal_id=tid)
     sender.publish_raw(topic(tid, Channel.CMD), payload)
@@ -109,7 +129,7 @@ def test_a_signed_directive_on_the_cmd_topic_installs_and_the_server_sees_every_
     )
     timeline = _timeline(server, tid)
     assert all(u["rollout_id"] == "R-1" and u["directive_seq"] == 1 for u in timeline)
-    slots = tmp_path / "terminal" / "slots"
+    slots = scene.slots
     assert (slots / "current").readlink() == Path("slot-a")
     assert (slots / "current" / "VERSION").read_text() == "1.1.0"
     wait_until(
@@ -122,18 +142,9 @@ def test_a_signed_directive_on_the_cmd_topic_installs_and_the_server_sees_every_
 
 
 def test_directives_for_another_terminal_or_unsigned_are_rejected_reported_and_install_nothing(
-    broker: LocalBroker,
-    server: Server,
-    world: TufWorld,
-    tmp_path: Path,
-    runtimes: list[AgentRuntime],
-    sender: Any,
+    scene: Scene, server: Server, sender: Any
 ) -> None:
-    vendor = Terminal(server, world, tmp_path / "vendor")
-    release = _publish(vendor, 1)
-    config = _updating_config(broker, server, world, tmp_path / "terminal")
-    start_agent(runtimes, config)
-    tid = config.terminal_id
+    vendor, release, tid = scene.vendor, scene.release, scene.tid
     cmd = topic(tid, Channel.CMD)
 
     sender.publish_raw(cmd, vendor.directive(release, terminal_id="T-SOMEONE-ELSE"))
@@ -148,7 +159,7 @@ def test_directives_for_another_terminal_or_unsigned_are_rejected_reported_and_i
         ("rejected", "malformed"),
     ]
     assert all(u["directive_seq"] == 0 and u["rollout_id"] is None for u in timeline)
-    assert not (tmp_path / "terminal" / "slots" / "current").exists()
+    assert not (scene.slots / "current").exists()
     assert _software(server, tid) == {}
 
 
