@@ -32,6 +32,8 @@ the branch that has no module of its own::
     ├── InstallNotStartedError        agent.install_gate: end_install() with no install running
     ├── KioskSocketError              agent.kiosk_interface: the local socket cannot be set up;
     │                                 .path, .reason
+    ├── UpdateServiceError            agent.update_service: updates cannot be set up (the trusted
+    │                                 root unreadable, the kiosk socket unavailable); .reason
     ├── UpdaterStateError             agent.updater: its state file (last directive seq, highest
     │                                 release counters) is unreadable or of another version; .path
     ├── EnrollmentError               agent.enrollment: EST enrollment or renewal failed, or the
