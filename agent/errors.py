@@ -33,7 +33,7 @@ the branch that has no module of its own::
     ├── KioskSocketError              agent.kiosk_interface: the local socket cannot be set up;
     │                                 .path, .reason
     ├── UpdateServiceError            agent.update_service: updates cannot be set up (the trusted
-    │                                 root unreadable, the kiosk socket unavailable); .reason
+    │                                 root is unreadable); .reason
     ├── UpdaterStateError             agent.updater: its state file (last directive seq, highest
     │                                 release counters) is unreadable or of another version; .path
     ├── EnrollmentError               agent.enrollment: EST enrollment or renewal failed, or the
