@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     event_retention_days: Annotated[float, Field(gt=0, le=36500)] = 90.0
     transition_retention_days: Annotated[float, Field(gt=0, le=36500)] = 365.0
     update_status_retention_days: Annotated[float, Field(gt=0, le=36500)] = 365.0
+    rollout_retention_days: Annotated[float, Field(gt=0, le=36500)] = 365.0  # after finishing
     event_prune_interval_s: PositiveSeconds = 3600.0
 
     # Broker.

@@ -64,6 +64,7 @@ from server.opening_hours_api import opening_hours_router
 from server.opening_hours_store import OpeningHoursStore
 from server.records import EventRecord
 from server.registry_api import registry_router
+from server.rollout_store import RolloutStore
 from server.scheduler import OfflineSweep, Retention, RetentionPruner, build_scheduler
 from server.storage import Storage
 from server.terminal_registry import TerminalRegistry
@@ -230,6 +231,7 @@ class Server:
             self.metrics,
             listening_since=self.listening_since,
         )
+        self.rollout_store = RolloutStore(self.storage)
         self.pruner = RetentionPruner(
             [
                 Retention(
@@ -246,6 +248,11 @@ class Server:
                     "update statuses",
                     self.storage.prune_update_statuses,
                     timedelta(days=settings.update_status_retention_days),
+                ),
+                Retention(
+                    "finished rollouts",
+                    self.rollout_store.prune_finished,
+                    timedelta(days=settings.rollout_retention_days),
                 ),
                 Retention(
                     "audit entries",
