@@ -64,6 +64,8 @@ from server.opening_hours_api import opening_hours_router
 from server.opening_hours_store import OpeningHoursStore
 from server.records import EventRecord
 from server.registry_api import registry_router
+from server.rollout_api import rollout_router
+from server.rollout_service import RolloutService, load_directive_signer
 from server.rollout_store import RolloutStore
 from server.scheduler import OfflineSweep, Retention, RetentionPruner, build_scheduler
 from server.storage import Storage
@@ -310,6 +312,17 @@ class Server:
             )
         # Signed releases (docs/updates.md): off unless updates_dir is set.
         self.updates: UpdateService | None = build_updates(settings, registry, self.app)
+        self.rollouts = RolloutService(
+            self.rollout_store,
+            fleet=self.fleet,
+            engine=lambda: self.storage.engine,
+            source=lambda: self.mqtt,
+            releases=lambda: [] if self.updates is None else self.updates.repository.releases(),
+            signer=load_directive_signer(settings.updates_directive_key_file),
+            audit=self.audit,
+            clock=lambda: datetime.now(UTC),
+        )
+        add_routes(self.app, rollout_router(lambda: self.rollouts))
         self._scheduler: BackgroundScheduler | None = None
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
@@ -421,6 +434,15 @@ class Server:
             )
         if self.updates is not None:
             self.updates.schedule(self._scheduler)
+        self._scheduler.add_job(
+            self.rollouts.tick,
+            "interval",
+            seconds=self.settings.rollout_tick_interval_s,
+            id="rollout-tick",
+            name="rollout driver",
+            max_instances=1,
+            coalesce=True,
+        )
         self._scheduler.start()
 
     def stop(self) -> None:

@@ -58,6 +58,7 @@ class RolloutRow(ServerTable, table=True):
     id: str = Field(sa_column=sa.Column(sa.String(64), primary_key=True))
     definition: dict[str, Any] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
     state: dict[str, Any] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+    selector: dict[str, Any] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
     status: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
     created_by: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))
     approved_by: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
@@ -85,6 +86,7 @@ class StoredRollout:
     """A rollout as stored: the planner's value and the row's bookkeeping."""
 
     rollout: Rollout
+    selector: dict[str, str]  # region / hall / model: every key given must match
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
@@ -99,6 +101,7 @@ def _decode(row: Any) -> StoredRollout:
         raise StorageDataError("read rollout", f"rollout {row['id']!r}: {exc}") from None
     return StoredRollout(
         rollout=rollout,
+        selector=dict(row["selector"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         finished_at=row["finished_at"],
@@ -112,13 +115,14 @@ class RolloutStore:
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
 
-    def insert(self, rollout: Rollout, *, now: datetime) -> None:
+    def insert(self, rollout: Rollout, selector: dict[str, str], *, now: datetime) -> None:
         """Store a new rollout. Raises StorageDataError when its id exists, StorageError."""
         definition = rollout.definition
         values = {
             "id": definition.rollout_id,
             "definition": definition_to_json(definition),
             "state": rollout_to_json(rollout),
+            "selector": selector,
             "status": rollout.status.value,
             "created_by": definition.created_by,
             "approved_by": rollout.approved_by,

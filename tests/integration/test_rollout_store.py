@@ -53,7 +53,7 @@ def definition(rollout_id: str = "r1") -> RolloutDefinition:
 
 def test_a_rollout_and_its_planner_state_survive_the_database(store: RolloutStore) -> None:
     rollout = new_rollout(definition())
-    store.insert(rollout, now=NOW)
+    store.insert(rollout, {"hall": "h1"}, now=NOW)
     running = replace(
         rollout,
         status=RolloutStatus.RUNNING,
@@ -68,6 +68,7 @@ def test_a_rollout_and_its_planner_state_survive_the_database(store: RolloutStor
     stored = store.get("r1")
     assert stored is not None
     assert stored.rollout == running
+    assert stored.selector == {"hall": "h1"}
     assert stored.wake_at == NOW + timedelta(minutes=10)
     assert stored.finished_at is None
     assert [s.rollout.definition.rollout_id for s in store.list(active_only=True)] == ["r1"]
@@ -84,7 +85,7 @@ def test_finished_rollouts_are_pruned_after_the_retention_active_ones_never(
     store: RolloutStore,
 ) -> None:
     for rid in ("done", "active"):
-        store.insert(new_rollout(definition(rid)), now=NOW)
+        store.insert(new_rollout(definition(rid)), {}, now=NOW)
     done = store.get("done")
     assert done is not None
     store.save(replace(done.rollout, status=RolloutStatus.CANCELED), wake_at=None, now=NOW)

@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(64), primary_key=True),
         sa.Column("definition", sa.JSON(), nullable=False),
         sa.Column("state", sa.JSON(), nullable=False),
+        sa.Column("selector", sa.JSON(), nullable=False),
         sa.Column("status", sa.String(32), nullable=False),
         sa.Column("created_by", sa.String(128), nullable=False),
         sa.Column("approved_by", sa.String(128), nullable=True),
