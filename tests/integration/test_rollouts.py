@@ -84,7 +84,7 @@ class CmdInbox:
 
     def _received(self, _client: Any, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self.payloads.append(msg.payload)
+            self.payloads.append(bytes(msg.payload))
 
     def count(self) -> int:
         with self._lock:
