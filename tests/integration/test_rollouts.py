@@ -17,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from tuf.ngclient import Updater
 
+from kioskfleet.cli import main
 from kioskfleet.update_client import UpdateClient
 from kioskfleet.update_repo import DIRECTIVE_KEY_TARGET
 from protocol.codec import decode
@@ -242,3 +243,42 @@ def test_a_canceled_rollout_notifies_no_one_else(
     assert server.rollouts.tick() == 0  # a canceled rollout is no longer active
     assert [i.count() for _, i in rest] == [0, 0, 0]
     assert _post(server, bob, "/api/v1/rollouts/R-CANCEL/resume").status_code == 409
+
+
+def test_the_rollout_cli_creates_approves_and_shows_through_the_api(
+    server: Server, updater: Updater, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = {}
+    for name in ("alice", "bob"):
+        files[name] = tmp_path / f"{name}.token"
+        files[name].write_text(token(server, Role.OPERATOR, name=name) + "\n")
+    definition = tmp_path / "rollout.json"
+    definition.write_text(
+        json.dumps(
+            {
+                "rollout_id": "R-CLI",
+                "target": TARGET,
+                "phases": [{"size": 100}],
+                "success_threshold": 0.9,
+                "abort_failure_ratio": 0.5,
+                "abort_min_decided": 2,
+                "terminal_timeout_s": 600,
+            }
+        )
+    )
+
+    def cli(who: str, *words: str) -> int:
+        flags = ["--server", server.base_url, "--token-file", str(files[who])]
+        return main(["rollout", *words, *flags])
+
+    assert cli("alice", "create", str(definition)) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "awaiting_approval"
+    assert cli("alice", "approve", "R-CLI") == 1
+    assert "refused (409)" in capsys.readouterr().err
+    assert cli("bob", "approve", "R-CLI") == 0
+    capsys.readouterr()
+    assert cli("bob", "status", "R-CLI") == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["status"], shown["approved_by"]) == ("running", "token:bob")
+    assert cli("bob", "cancel", "R-CLI") == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "canceled"
