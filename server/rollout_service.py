@@ -8,7 +8,8 @@ are executed and audited.
 - ``apply(rollout_id, event)``: one operator event (approve, pause, resume, cancel, open gate)
   stepped through the planner and stored; a refused event raises ``RolloutConflictError`` (the
   API answers 409) and changes nothing.
-- ``tick()``: the APScheduler job. For each active rollout: ``Selected`` (the terminals of
+- ``tick()``: the APScheduler job. For each unsettled rollout (active, or stopped while
+  notified terminals still report): ``Selected`` (active ones only) (the terminals of
   the fleet state matching its selector: region, hall, model), one ``Report`` per terminal
   whose latest ``update_status`` row for this rollout changed since the planner saw it,
   then the actions: ``Notify`` -> a directive signed with the directive key, published
@@ -56,7 +57,7 @@ from server.rollout_planner import (
     new_rollout,
     step,
 )
-from server.rollout_store import RolloutStore, StoredRollout
+from server.rollout_store import ACTIVE, RolloutStore, StoredRollout
 from server.tuf_repository import ReleaseView
 from server.update_status_store import rollout_terminals
 
@@ -191,7 +192,7 @@ class RolloutService:
         """Step every active rollout once; returns how many were stepped. A database error
         is logged and the next tick tries again; never raises."""
         try:
-            active = self._store.list(active_only=True)
+            active = self._store.list(unsettled_only=True)
         except StorageError as exc:
             log.warning("rollout tick skipped: %s", exc)
             return 0
@@ -211,7 +212,9 @@ class RolloutService:
             if stored is None:
                 return
             now = self._clock()
-            events: list[Event] = [Selected(self._select(stored.selector))]
+            events: list[Event] = []
+            if stored.rollout.status in ACTIVE:  # a stopped rollout takes no joiners
+                events.append(Selected(self._select(stored.selector)))
             events += self._reports(stored.rollout)
             decision = step(stored.rollout, events, now)
             self._store.save(decision.rollout, wake_at=decision.wake_at, now=now)

@@ -1,8 +1,8 @@
 """Where rollouts hit the disk: tables ``rollout`` and ``directive_seq`` (migration ``0007``).
 
 One ``rollout`` row per rollout: its definition and its planner state as JSON documents
-(``server.rollout_codec``), the status copied into a column (the driver selects the active
-ones by it), who created and approved it, and when it was created, last changed, finished
+(``server.rollout_codec``), the status and ``settled`` copied into columns (the driver steps
+the unsettled ones: active, or stopped while notified terminals still report), who created and approved it, and when it was created, last changed, finished
 and next wants a planner step (``wake_at``). ``directive_seq`` holds the last directive
 sequence number sent to each terminal: ``next_directive_seq`` increments it in the database,
 so it always grows, across rollouts and restarts (the agent refuses a directive whose seq is
@@ -60,6 +60,9 @@ class RolloutRow(ServerTable, table=True):
     state: dict[str, Any] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
     selector: dict[str, Any] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
     status: str = Field(sa_column=sa.Column(sa.String(32), nullable=False))
+    # False while the driver must still step it: active, or stopped with terminals that
+    # were notified and have not reported a final state yet.
+    settled: bool = Field(sa_column=sa.Column(sa.Boolean, nullable=False))
     created_by: str = Field(sa_column=sa.Column(sa.String(128), nullable=False))
     approved_by: str | None = Field(default=None, sa_column=sa.Column(sa.String(128)))
     created_at: datetime = Field(sa_column=sa.Column(UtcDateTime(), nullable=False))
@@ -124,6 +127,7 @@ class RolloutStore:
             "state": rollout_to_json(rollout),
             "selector": selector,
             "status": rollout.status.value,
+            "settled": False,
             "created_by": definition.created_by,
             "approved_by": rollout.approved_by,
             "created_at": now,
@@ -140,6 +144,7 @@ class RolloutStore:
         values: dict[str, Any] = {
             "state": rollout_to_json(rollout),
             "status": rollout.status.value,
+            "settled": finished and all(rollout.is_final(t) for t in rollout.terminals),
             "approved_by": rollout.approved_by,
             "updated_at": now,
             "wake_at": wake_at,
@@ -161,11 +166,14 @@ class RolloutStore:
             )
         return None if row is None else _decode(row)
 
-    def list(self, *, active_only: bool = False, limit: int = 1000) -> list[StoredRollout]:
-        """Rollouts newest first, at most ``limit``. Raises StorageDataError, StorageError."""
+    def list(self, *, unsettled_only: bool = False, limit: int = 1000) -> list[StoredRollout]:
+        """Rollouts newest first, at most ``limit``; ``unsettled_only``: those the driver
+        must still step (active, or stopped with terminals still to report).
+
+        Raises StorageDataError, StorageError."""
         stmt = sa.select(_ROLLOUT).order_by(_ROLLOUT.c.created_at.desc(), _ROLLOUT.c.id)
-        if active_only:
-            stmt = stmt.where(_ROLLOUT.c.status.in_([s.value for s in ACTIVE]))
+        if unsettled_only:
+            stmt = stmt.where(_ROLLOUT.c.settled.is_(False))
         with self._storage.connect("list rollouts") as conn:
             rows = list(conn.execute(stmt.limit(limit)).mappings())
         return [_decode(row) for row in rows]

@@ -71,7 +71,7 @@ def test_a_rollout_and_its_planner_state_survive_the_database(store: RolloutStor
     assert stored.selector == {"hall": "h1"}
     assert stored.wake_at == NOW + timedelta(minutes=10)
     assert stored.finished_at is None
-    assert [s.rollout.definition.rollout_id for s in store.list(active_only=True)] == ["r1"]
+    assert [s.rollout.definition.rollout_id for s in store.list(unsettled_only=True)] == ["r1"]
     assert store.get("missing") is None
 
 
@@ -94,4 +94,4 @@ def test_finished_rollouts_are_pruned_after_the_retention_active_ones_never(
     assert store.prune_finished(older_than=timedelta(days=5), now=later) == 1
     assert store.get("done") is None
     assert store.get("active") is not None
-    assert store.list(active_only=True)[0].rollout.definition.rollout_id == "active"
+    assert store.list(unsettled_only=True)[0].rollout.definition.rollout_id == "active"

@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("state", sa.JSON(), nullable=False),
         sa.Column("selector", sa.JSON(), nullable=False),
         sa.Column("status", sa.String(32), nullable=False),
+        sa.Column("settled", sa.Boolean(), nullable=False),
         sa.Column("created_by", sa.String(128), nullable=False),
         sa.Column("approved_by", sa.String(128), nullable=True),
         _ts("created_at"),
