@@ -35,6 +35,7 @@ from typing import Final
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 
 from protocol.directives import Directive, DirectiveTarget, sign_directive
@@ -302,7 +303,25 @@ class RolloutService:
             seq = self._store.next_directive_seq(action.terminal_id)
         except StorageError as exc:
             return False, str(exc)[:200]
-        directive = Directive(
+        try:
+            directive = self._directive(rollout, action, release, seq, now, lifetime)
+        except ValidationError as exc:  # a terminal id or target the wire cannot carry
+            return False, f"directive invalid: {exc.error_count()} errors"
+        payload = sign_directive(directive, self._signer.key)
+        if not self._source().publish(topic(action.terminal_id, Channel.CMD), payload):
+            return False, "broker not connected"
+        return True, ""
+
+    @staticmethod
+    def _directive(
+        rollout: Rollout,
+        action: Notify,
+        release: ReleaseView,
+        seq: int,
+        now: datetime,
+        lifetime: timedelta,
+    ) -> Directive:
+        return Directive(
             terminal_id=action.terminal_id,
             rollout_id=rollout.definition.rollout_id,
             seq=seq,
@@ -312,7 +331,3 @@ class RolloutService:
             not_before=now,
             not_after=now + lifetime,
         )
-        payload = sign_directive(directive, self._signer.key)
-        if not self._source().publish(topic(action.terminal_id, Channel.CMD), payload):
-            return False, "broker not connected"
-        return True, ""
