@@ -65,7 +65,7 @@ from server.opening_hours_store import OpeningHoursStore
 from server.records import EventRecord
 from server.registry_api import registry_router
 from server.rollout_api import rollout_router
-from server.rollout_service import RolloutService, load_directive_signer
+from server.rollout_service import DIRECTIVE_KEY_PIN, RolloutService, load_directive_signer
 from server.rollout_store import RolloutStore
 from server.scheduler import OfflineSweep, Retention, RetentionPruner, build_scheduler
 from server.storage import Storage
@@ -318,6 +318,11 @@ class Server:
             engine=lambda: self.storage.engine,
             source=lambda: self.mqtt,
             releases=lambda: [] if self.updates is None else self.updates.repository.releases(),
+            pin=lambda: (
+                None
+                if self.updates is None
+                else self.updates.repository.top_level_custom(DIRECTIVE_KEY_PIN)
+            ),
             signer=load_directive_signer(settings.updates_directive_key_file),
             audit=self.audit,
             clock=lambda: datetime.now(UTC),

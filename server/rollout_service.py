@@ -31,14 +31,21 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 
-from protocol.directives import Directive, DirectiveTarget, sign_directive
+from protocol.directives import (
+    Directive,
+    DirectiveKeyPinError,
+    DirectiveTarget,
+    key_id_of,
+    pinned_key_from_custom,
+    sign_directive,
+)
 from protocol.topics import Channel, topic
 from server.audit import AuditEntry, AuditResult, AuditSink
 from server.errors import ConfigError, StorageError
@@ -63,6 +70,7 @@ from server.tuf_repository import ReleaseView
 from server.update_status_store import rollout_terminals
 
 __all__ = [
+    "DIRECTIVE_KEY_PIN",
     "SELECTOR_KEYS",
     "DirectiveSigner",
     "RolloutConflictError",
@@ -75,6 +83,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SELECTOR_KEYS: Final = ("region", "hall", "model")
+DIRECTIVE_KEY_PIN: Final = "_pins/directive-key.pub"  # kioskfleet.update_repo.DIRECTIVE_KEY_TARGET
 Selector = Mapping[str, str]
 _MAX_DIRECTIVE_LIFETIME: Final = timedelta(hours=24)  # protocol.directives.DirectiveLimits
 _PAGE: Final = 1000
@@ -126,6 +135,7 @@ class RolloutService:
         engine: Callable[[], Engine],
         source: Callable[[], MessageSource],
         releases: Callable[[], list[ReleaseView]],
+        pin: Callable[[], Mapping[str, Any] | None],
         signer: DirectiveSigner | None,
         audit: AuditSink,
         clock: Callable[[], datetime],
@@ -135,6 +145,7 @@ class RolloutService:
         self._engine = engine
         self._source = source
         self._releases = releases
+        self._pin = pin
         self._signer = signer
         self._audit = audit
         self._clock = clock
@@ -295,6 +306,9 @@ class RolloutService:
         release = self._release(action.target)
         if release is None:
             return False, "target no longer a verified release"
+        mismatch = self._pin_mismatch(self._signer.key)
+        if mismatch:
+            return False, mismatch
         lifetime = min(
             self._signer.lifetime,
             timedelta(seconds=rollout.definition.terminal_timeout_s),
@@ -311,6 +325,20 @@ class RolloutService:
         if not self._source().publish(topic(action.terminal_id, Channel.CMD), payload):
             return False, "broker not connected"
         return True, ""
+
+    def _pin_mismatch(self, key: Ed25519PrivateKey) -> str:
+        """Why terminals would refuse directives signed by ``key`` ("" when they would not):
+        its public key must be the one the operator pinned (``_pins/directive-key.pub``)."""
+        custom = self._pin()
+        if custom is None:
+            return "no directive key pinned in the top-level targets"
+        try:
+            pinned = pinned_key_from_custom(custom)
+        except DirectiveKeyPinError as exc:
+            return f"directive key pin unusable: {exc}"
+        if pinned.key_id != key_id_of(key.public_key()):
+            return "updates_directive_key_file is not the pinned directive key"
+        return ""
 
     @staticmethod
     def _directive(

@@ -15,6 +15,7 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tuf.ngclient import Updater
 
 from kioskfleet.cli import main
@@ -30,10 +31,12 @@ from tests.integration.conftest import (
     ServerFactory,
     TerminalFactory,
     admin_token,
+    api,
     bearer,
     token,
 )
 from tests.integration.test_directives_tuf import SERVER_KEY, updater, world
+from tests.support.tuf_world import release_manifest
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -44,12 +47,13 @@ TARGET = "acme/kiosk-app-1.bin"
 FAILURE = "install_failed"
 
 
-@pytest.fixture
-def server(private_server: ServerFactory, world: Any, tmp_path: Path, database_url: str) -> Server:
-    """Signed releases on, the directive key the operator pinned, a fast rollout tick."""
+def _start(
+    private_server: ServerFactory, world: Any, tmp_path: Path, database_url: str, key: Any
+) -> Server:
+    """Signed releases on, ``key`` as the directive key, a fast rollout tick."""
     key_file = tmp_path / "directive.key"
     key_file.write_bytes(
-        SERVER_KEY.private_bytes(
+        key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
@@ -69,6 +73,12 @@ def server(private_server: ServerFactory, world: Any, tmp_path: Path, database_u
             admin.upload_metadata("root", root)
         admin.upload_metadata("targets", world.targets_bytes())
     return server
+
+
+@pytest.fixture
+def server(database_url: str, private_server: ServerFactory, world: Any, tmp_path: Path) -> Server:
+    """The directive key is the one the operator pinned."""
+    return _start(private_server, world, tmp_path, database_url, SERVER_KEY)
 
 
 class CmdInbox:
@@ -278,3 +288,42 @@ def test_the_rollout_cli_creates_approves_and_shows_through_the_api(
     assert (shown["status"], shown["approved_by"]) == ("running", "token:bob")
     assert cli("bob", "cancel", "R-CLI") == 0
     assert json.loads(capsys.readouterr().out)["status"] == "canceled"
+
+
+@pytest.fixture
+def unpinned_server(
+    database_url: str, private_server: ServerFactory, world: Any, tmp_path: Path
+) -> Server:
+    """A server whose directive key is not the one the operator pinned."""
+    return _start(private_server, world, tmp_path, database_url, Ed25519PrivateKey.generate())
+
+
+def test_a_directive_key_that_is_not_the_pinned_one_sends_nothing_and_is_audited(
+    unpinned_server: Server, world: Any, private_terminals: TerminalFactory
+) -> None:
+    server = unpinned_server
+    artifact = world.artifact("kiosk-app-1.bin")
+    world.sign("acme", artifact, release_manifest(1))
+    with UpdateClient(server.base_url, token(server, Role.VENDOR, vendor="acme")) as acme:
+        acme.upload_artifact("acme", artifact.name, artifact)
+        acme.publish_role("acme", world.role_file("acme").read_bytes())
+    t = private_terminals("T-RO-P", hall="Hall R")
+    inbox = CmdInbox(t)
+    t.report()
+    wait_until(lambda: server.fleet.get(t.id), 10, "the terminal")
+    alice = token(server, Role.OPERATOR, name="alice")
+    bob = token(server, Role.OPERATOR, name="bob")
+    assert _create(server, alice, "R-PIN", phases=[{"size": 100}]).status_code == 201
+    assert _post(server, bob, "/api/v1/rollouts/R-PIN/approve").status_code == 200
+
+    def refused() -> list[Any]:
+        page = api(server, "/api/v1/audit", action="rollout.notify", result="failed")
+        assert page.status_code == 200, page.text
+        entries: list[Any] = page.json()["items"]
+        return entries
+
+    wait_until(refused, 10, "the audited refusal")
+    entry = refused()[0]
+    assert (entry["actor"], entry["target"]) == ("system", "T-RO-P")
+    assert "not the pinned directive key" in entry["detail"]["error"]
+    assert inbox.count() == 0

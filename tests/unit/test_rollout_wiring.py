@@ -76,3 +76,10 @@ def test_every_rollout_route_declares_a_role_and_changes_carry_an_audit_name() -
             assert route.name.startswith("rollout."), route.path
         else:
             assert role is Role.VIEWER, route.path
+
+
+def test_the_driver_reads_the_pin_the_operator_tool_writes() -> None:
+    from kioskfleet.update_repo import DIRECTIVE_KEY_TARGET
+    from server.rollout_service import DIRECTIVE_KEY_PIN
+
+    assert DIRECTIVE_KEY_PIN == DIRECTIVE_KEY_TARGET
