@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ApiAnswer", "ApiClientError", "post"]
+__all__ = ["ApiAnswer", "ApiClientError", "call", "get", "post"]
 
 
 class ApiClientError(Exception):
@@ -44,17 +44,52 @@ def read_token(token_file: Path) -> str:
 
 
 def post(
-    base_url: str, path: str, *, token: str, ca_file: Path | None = None, timeout_s: float = 30
+    base_url: str,
+    path: str,
+    *,
+    token: str,
+    ca_file: Path | None = None,
+    timeout_s: float = 30,
+    body: dict[str, Any] | None = None,
 ) -> ApiAnswer:
-    """POST ``path`` (no body) with the bearer ``token``; the answer whatever its status.
+    """POST ``path`` (``body`` as JSON, or none) with the bearer ``token``; the answer
+    whatever its status.
 
     Raises ApiClientError if the server cannot be reached or does not answer JSON.
     """
+    return call(
+        "POST", base_url, path, token=token, ca_file=ca_file, timeout_s=timeout_s, body=body
+    )
+
+
+def get(
+    base_url: str, path: str, *, token: str, ca_file: Path | None = None, timeout_s: float = 30
+) -> ApiAnswer:
+    """GET ``path`` with the bearer ``token``. Raises ApiClientError (see ``post``)."""
+    return call("GET", base_url, path, token=token, ca_file=ca_file, timeout_s=timeout_s)
+
+
+def call(
+    method: str,
+    base_url: str,
+    path: str,
+    *,
+    token: str,
+    ca_file: Path | None = None,
+    timeout_s: float = 30,
+    body: dict[str, Any] | None = None,
+) -> ApiAnswer:
+    """``method`` on ``path``; the answer whatever its status. Raises ApiClientError."""
     url = base_url.rstrip("/") + path
     if not url.startswith(("http://", "https://")):
         raise ApiClientError(f"not an http(s) URL: {base_url!r}")
+    headers = {"Authorization": f"Bearer {token}"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
     request = urllib.request.Request(  # noqa: S310 - scheme checked above
-        url, method="POST", headers={"Authorization": f"Bearer {token}"}
+        url, data=data, method=method, headers=headers
     )
     context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     try:

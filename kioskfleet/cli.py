@@ -111,6 +111,10 @@ def _parser() -> argparse.ArgumentParser:
     dec.add_argument("--token-file", type=Path, required=True, help="a file holding the token")
     dec.add_argument("--ca-file", type=Path, help="the fleet CA chain to verify HTTPS with")
 
+    from kioskfleet.rollout_cli import add_rollout_parser
+
+    add_rollout_parser(sub)
+
     sim = sub.add_parser("simulate", help="run N simulated terminals with the real agent code")
     sim.add_argument("--terminals", type=int, default=50)
     sim.add_argument("--broker", default="mqtt://127.0.0.1:1883")
@@ -231,6 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if args.command == "terminal":
         return _terminal(args)
+    if args.command == "rollout":
+        from kioskfleet.rollout_cli import run_rollout_command
+
+        return run_rollout_command(args)
     if args.command == "hall":
         from server.hours_cli import run_hours_command
 

@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     event_retention_days: Annotated[float, Field(gt=0, le=36500)] = 90.0
     transition_retention_days: Annotated[float, Field(gt=0, le=36500)] = 365.0
     update_status_retention_days: Annotated[float, Field(gt=0, le=36500)] = 365.0
+    rollout_retention_days: Annotated[float, Field(gt=0, le=36500)] = 365.0  # after finishing
     event_prune_interval_s: PositiveSeconds = 3600.0
 
     # Broker.
@@ -141,6 +142,10 @@ class Settings(BaseSettings):
     # init` (DIR/online/*.key). Timestamp is re-signed once half its lifetime is gone.
     updates_dir: Path | None = None
     updates_snapshot_key_file: Path | None = None
+    # Ed25519 private key (PEM, PKCS#8) signing rollout directives; its public key must be the
+    # one pinned in the top-level targets (_pins/directive-key.pub). None: rollouts never notify.
+    updates_directive_key_file: Path | None = None
+    rollout_tick_interval_s: PositiveSeconds = 5.0
     updates_timestamp_key_file: Path | None = None
     updates_max_artifact_bytes: Annotated[int, Field(ge=1024, le=2**40)] = 2 * 1024**3
     updates_max_metadata_bytes: Annotated[int, Field(ge=1024, le=64 * 1024**2)] = 8 * 1024**2

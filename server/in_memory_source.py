@@ -67,6 +67,8 @@ class InMemorySource:
         self.stopped = False
         self.cleared: list[str] = []
         """Every topic whose retained message the server cleared, in order."""
+        self.published: list[tuple[str, bytes]] = []
+        """Every (topic, payload) the server published, in order."""
 
     @classmethod
     def factory(
@@ -117,6 +119,12 @@ class InMemorySource:
         if not self.connected:
             return False
         self.cleared.append(topic)
+        return True
+
+    def publish(self, topic: str, payload: bytes) -> bool:
+        if not self.connected:
+            return False
+        self.published.append((topic, payload))
         return True
 
     def stop(self) -> None:

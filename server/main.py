@@ -64,6 +64,9 @@ from server.opening_hours_api import opening_hours_router
 from server.opening_hours_store import OpeningHoursStore
 from server.records import EventRecord
 from server.registry_api import registry_router
+from server.rollout_api import rollout_router
+from server.rollout_service import DIRECTIVE_KEY_PIN, RolloutService, load_directive_signer
+from server.rollout_store import RolloutStore
 from server.scheduler import OfflineSweep, Retention, RetentionPruner, build_scheduler
 from server.storage import Storage
 from server.terminal_registry import TerminalRegistry
@@ -230,6 +233,7 @@ class Server:
             self.metrics,
             listening_since=self.listening_since,
         )
+        self.rollout_store = RolloutStore(self.storage)
         self.pruner = RetentionPruner(
             [
                 Retention(
@@ -246,6 +250,11 @@ class Server:
                     "update statuses",
                     self.storage.prune_update_statuses,
                     timedelta(days=settings.update_status_retention_days),
+                ),
+                Retention(
+                    "finished rollouts",
+                    self.rollout_store.prune_finished,
+                    timedelta(days=settings.rollout_retention_days),
                 ),
                 Retention(
                     "audit entries",
@@ -303,6 +312,22 @@ class Server:
             )
         # Signed releases (docs/updates.md): off unless updates_dir is set.
         self.updates: UpdateService | None = build_updates(settings, registry, self.app)
+        self.rollouts = RolloutService(
+            self.rollout_store,
+            fleet=self.fleet,
+            engine=lambda: self.storage.engine,
+            source=lambda: self.mqtt,
+            releases=lambda: [] if self.updates is None else self.updates.repository.releases(),
+            pin=lambda: (
+                None
+                if self.updates is None
+                else self.updates.repository.top_level_custom(DIRECTIVE_KEY_PIN)
+            ),
+            signer=load_directive_signer(settings.updates_directive_key_file),
+            audit=self.audit,
+            clock=lambda: datetime.now(UTC),
+        )
+        add_routes(self.app, rollout_router(lambda: self.rollouts))
         self._scheduler: BackgroundScheduler | None = None
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
@@ -414,6 +439,15 @@ class Server:
             )
         if self.updates is not None:
             self.updates.schedule(self._scheduler)
+        self._scheduler.add_job(
+            self.rollouts.tick,
+            "interval",
+            seconds=self.settings.rollout_tick_interval_s,
+            id="rollout-tick",
+            name="rollout driver",
+            max_instances=1,
+            coalesce=True,
+        )
         self._scheduler.start()
 
     def stop(self) -> None:

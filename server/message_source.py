@@ -80,6 +80,12 @@ class MessageSource(Protocol):
         nothing was sent."""
         ...
 
+    def publish(self, topic: str, payload: bytes) -> bool:
+        """Publish ``payload`` on ``topic`` with QoS 1, not retained (a signed directive on a
+        terminal's ``cmd``). False when not connected or the client refused it: nothing was
+        sent, the caller retries later."""
+        ...
+
     def stop(self) -> None:
         """Pause, let the queued acknowledgements out (bounded wait), disconnect, stop."""
         ...

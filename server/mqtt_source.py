@@ -130,6 +130,13 @@ class MqttSource:
         info = self._client.publish(topic, b"", qos=1, retain=True)
         return info.rc is MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def publish(self, topic: str, payload: bytes) -> bool:
+        """A PUBLISH (QoS 1, not retained); False when not connected or paho refused it."""
+        if not self.connected:
+            return False
+        info = self._client.publish(topic, payload, qos=1, retain=False)
+        return info.rc is MQTTErrorCode.MQTT_ERR_SUCCESS
+
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:

@@ -229,6 +229,7 @@ _TABLE_MODULES: Final = (
     "server.access_store",
     "server.opening_hours_store",
     "server.update_status_store",
+    "server.rollout_store",
 )  # tables declared beside their owners
 
 

@@ -472,6 +472,14 @@ class TufRepository:
                     )
             return out
 
+    def top_level_custom(self, path: str) -> Mapping[str, Any] | None:
+        """``custom`` of the top-level (operator-signed) target ``path``, None when absent
+        (the rollout driver reads the directive key pin from it)."""
+        with self._lock:
+            targets = self._state.targets
+            found = None if targets is None else targets.signed.targets.get(path)
+            return None if found is None else found.custom
+
     def publications(self) -> list[Publication]:
         with self._lock:
             return list(self._state.publications)

@@ -1,0 +1,329 @@
+"""Rollouts through a real mosquitto and a real server (SQLite and PostgreSQL): created by one
+operator, approved by another (never by its creator), the driver sends directives signed with
+the pinned directive key to the first phase's terminals, their update statuses advance the
+phase, failures past the abort threshold abort, a cancel stops notifications."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from tuf.ngclient import Updater
+
+from kioskfleet.cli import main
+from kioskfleet.update_client import UpdateClient
+from kioskfleet.update_repo import DIRECTIVE_KEY_TARGET
+from protocol.codec import decode
+from protocol.directives import Directive, pinned_key_from_custom, verify_directive
+from protocol.topics import Channel
+from server.access import Role
+from server.main import Server
+from tests.integration.conftest import (
+    RawTerminal,
+    ServerFactory,
+    TerminalFactory,
+    admin_token,
+    api,
+    bearer,
+    token,
+)
+from tests.integration.test_directives_tuf import SERVER_KEY, updater, world
+from tests.support.tuf_world import release_manifest
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+__all__ = ["updater", "world"]  # fixtures reused from the directive tests
+
+TARGET = "acme/kiosk-app-1.bin"
+FAILURE = "install_failed"
+
+
+def _start(
+    private_server: ServerFactory, world: Any, tmp_path: Path, database_url: str, key: Any
+) -> Server:
+    """Signed releases on, ``key`` as the directive key, a fast rollout tick."""
+    key_file = tmp_path / "directive.key"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = private_server(
+        database_url=database_url,
+        updates_dir=tmp_path / "repository",
+        updates_snapshot_key_file=world.operator.online_dir / "snapshot.key",
+        updates_timestamp_key_file=world.operator.online_dir / "timestamp.key",
+        updates_max_artifact_bytes=1 << 20,
+        updates_directive_key_file=key_file,
+        rollout_tick_interval_s=0.2,
+    )
+    with UpdateClient(server.base_url, admin_token(server)) as admin:
+        for root in world.roots():
+            admin.upload_metadata("root", root)
+        admin.upload_metadata("targets", world.targets_bytes())
+    return server
+
+
+@pytest.fixture
+def server(database_url: str, private_server: ServerFactory, world: Any, tmp_path: Path) -> Server:
+    """The directive key is the one the operator pinned."""
+    return _start(private_server, world, tmp_path, database_url, SERVER_KEY)
+
+
+class CmdInbox:
+    """A RawTerminal's ``cmd`` subscription: every payload it received, in order."""
+
+    def __init__(self, terminal: RawTerminal) -> None:
+        self.payloads: list[bytes] = []
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        terminal.client.on_message = self._received
+        terminal.client.on_subscribe = lambda *_a: subscribed.set()
+        terminal.client.subscribe(terminal.topic(Channel.CMD), qos=1)
+        assert subscribed.wait(5), "cmd subscription"
+
+    def _received(self, _client: Any, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.payloads.append(bytes(msg.payload))
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.payloads)
+
+
+def _post(server: Server, secret: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    return httpx.post(server.base_url + path, json=body, headers=bearer(secret), timeout=5)
+
+
+def _rollout(server: Server, rollout_id: str) -> dict[str, Any]:
+    response = httpx.get(
+        f"{server.base_url}/api/v1/rollouts/{rollout_id}",
+        headers=bearer(admin_token(server)),
+        timeout=5,
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _status(t: RawTerminal, directive: Directive, state: str, **extra: str) -> None:
+    raw = {
+        "schema": "kf.update",
+        "version": 1,
+        "terminal_id": t.id,
+        "boot_id": t.boot,
+        "seq": t.next_seq(),
+        "sent_at": datetime.now(UTC).isoformat(),
+        "body": {
+            "rollout_id": directive.rollout_id,
+            "directive_seq": directive.seq,
+            "state": state,
+            **extra,
+        },
+    }
+    t.publish(decode(t.topic(Channel.UPDATE), json.dumps(raw).encode()))
+
+
+def _verified(updater: Updater, terminal: RawTerminal, payload: bytes) -> Directive:
+    pin = updater.get_targetinfo(DIRECTIVE_KEY_TARGET)
+    assert pin is not None
+    return verify_directive(
+        payload,
+        pinned_key=pinned_key_from_custom(pin.custom),
+        terminal_id=terminal.id,
+        last_seq=0,
+        now=datetime.now(UTC),
+        target_info=updater.get_targetinfo,
+    )
+
+
+@pytest.fixture
+def fleet(server: Server, private_terminals: TerminalFactory) -> list[tuple[RawTerminal, CmdInbox]]:
+    """Three terminals in hall R (in id order) reporting, each listening on its cmd; one
+    terminal elsewhere that no rollout for hall R may reach."""
+    members = []
+    for tid in ("T-RO-1", "T-RO-2", "T-RO-3", "T-RO-X"):
+        t = private_terminals(tid, hall="Hall R" if tid != "T-RO-X" else "Hall Q")
+        inbox = CmdInbox(t)
+        t.report()
+        members.append((t, inbox))
+    wait_until(lambda: all(server.fleet.get(t.id) for t, _ in members), 10, "the fleet")
+    return members
+
+
+def _create(server: Server, creator: str, rollout_id: str, **overrides: Any) -> Any:
+    body = {
+        "rollout_id": rollout_id,
+        "target": TARGET,
+        "selector": {"hall": "Hall R"},
+        "phases": [{"size": 1, "unit": "count"}, {"size": 100, "unit": "percent"}],
+        "success_threshold": 1.0,
+        "abort_failure_ratio": 0.5,
+        "abort_min_decided": 2,
+        "terminal_timeout_s": 3600,
+        "max_attempts": 1,
+        **overrides,
+    }
+    return _post(server, creator, "/api/v1/rollouts", body)
+
+
+def test_a_rollout_needs_another_operator_and_advances_on_reported_successes(
+    server: Server, updater: Updater, fleet: list[tuple[RawTerminal, CmdInbox]]
+) -> None:
+    alice = token(server, Role.OPERATOR, name="alice")
+    bob = token(server, Role.OPERATOR, name="bob")
+    created = _create(server, alice, "R-ADV")
+    assert created.status_code == 201, created.text
+    assert created.json()["status"] == "awaiting_approval"
+    assert _create(server, alice, "R-BAD", target="acme/never-published.bin").status_code == 409
+
+    refused = _post(server, alice, "/api/v1/rollouts/R-ADV/approve")
+    assert refused.status_code == 409, refused.text
+    assert _rollout(server, "R-ADV")["status"] == "awaiting_approval"
+    approved = _post(server, bob, "/api/v1/rollouts/R-ADV/approve")
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["approved_by"] == "token:bob"
+
+    (first, first_inbox), *rest = fleet
+    wait_until(lambda: first_inbox.count() == 1, 10, "the first phase's directive")
+    directive = _verified(updater, first, first_inbox.payloads[0])
+    assert (directive.rollout_id, directive.target.path) == ("R-ADV", TARGET)
+    assert [inbox.count() for _, inbox in rest] == [0, 0, 0]
+
+    _status(first, directive, "succeeded")
+    second, third, outsider = rest
+    wait_until(lambda: second[1].count() == 1 and third[1].count() == 1, 10, "the second phase")
+    for t, inbox in (second, third):
+        assert _verified(updater, t, inbox.payloads[0]).terminal_id == t.id
+    for t, inbox in (second, third):
+        _status(t, _verified(updater, t, inbox.payloads[0]), "succeeded")
+    wait_until(lambda: _rollout(server, "R-ADV")["status"] == "completed", 10, "completion")
+    assert _rollout(server, "R-ADV")["counts"] == {"succeeded": 3}
+    assert outsider[1].count() == 0
+
+
+def test_failures_past_the_abort_threshold_abort_the_rollout(
+    server: Server, updater: Updater, fleet: list[tuple[RawTerminal, CmdInbox]]
+) -> None:
+    alice = token(server, Role.OPERATOR, name="alice")
+    bob = token(server, Role.OPERATOR, name="bob")
+    one_phase = {"phases": [{"size": 100, "unit": "percent"}]}
+    assert _create(server, alice, "R-ABORT", **one_phase).status_code == 201
+    assert _post(server, bob, "/api/v1/rollouts/R-ABORT/approve").status_code == 200
+    members = fleet[:3]
+    wait_until(lambda: all(i.count() == 1 for _, i in members), 10, "all three directives")
+    for t, inbox in members[:2]:
+        _status(t, _verified(updater, t, inbox.payloads[0]), "failed", reason=FAILURE)
+    wait_until(lambda: _rollout(server, "R-ABORT")["status"] == "aborted", 10, "the abort")
+
+
+def test_a_canceled_rollout_notifies_no_one_else(
+    server: Server, updater: Updater, fleet: list[tuple[RawTerminal, CmdInbox]]
+) -> None:
+    alice = token(server, Role.OPERATOR, name="alice")
+    bob = token(server, Role.OPERATOR, name="bob")
+    assert _create(server, alice, "R-CANCEL").status_code == 201
+    assert _post(server, bob, "/api/v1/rollouts/R-CANCEL/approve").status_code == 200
+    (first, inbox), *rest = fleet
+    wait_until(lambda: inbox.count() == 1, 10, "the first directive")
+    canceled = _post(server, bob, "/api/v1/rollouts/R-CANCEL/cancel")
+    assert canceled.status_code == 200, canceled.text
+    assert canceled.json()["status"] == "canceled"
+    _status(first, _verified(updater, first, inbox.payloads[0]), "succeeded")
+    wait_until(
+        lambda: _rollout(server, "R-CANCEL")["counts"] == {"succeeded": 1, "canceled": 2},
+        10,
+        "the late report counted",
+    )  # before the cancel, this success would have opened phase two
+    assert server.rollouts.tick() == 0  # settled: canceled and every terminal final
+    assert [i.count() for _, i in rest] == [0, 0, 0]
+    assert _post(server, bob, "/api/v1/rollouts/R-CANCEL/resume").status_code == 409
+
+
+def test_the_rollout_cli_creates_approves_and_shows_through_the_api(
+    server: Server, updater: Updater, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = {}
+    for name in ("alice", "bob"):
+        files[name] = tmp_path / f"{name}.token"
+        files[name].write_text(token(server, Role.OPERATOR, name=name) + "\n")
+    definition = tmp_path / "rollout.json"
+    definition.write_text(
+        json.dumps(
+            {
+                "rollout_id": "R-CLI",
+                "target": TARGET,
+                "phases": [{"size": 100}],
+                "success_threshold": 0.9,
+                "abort_failure_ratio": 0.5,
+                "abort_min_decided": 2,
+                "terminal_timeout_s": 600,
+            }
+        )
+    )
+
+    def cli(who: str, *words: str) -> int:
+        flags = ["--server", server.base_url, "--token-file", str(files[who])]
+        return main(["rollout", *words, *flags])
+
+    assert cli("alice", "create", str(definition)) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "awaiting_approval"
+    assert cli("alice", "approve", "R-CLI") == 1
+    assert "refused (409)" in capsys.readouterr().err
+    assert cli("bob", "approve", "R-CLI") == 0
+    capsys.readouterr()
+    assert cli("bob", "status", "R-CLI") == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["status"], shown["approved_by"]) == ("running", "token:bob")
+    assert cli("bob", "cancel", "R-CLI") == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "canceled"
+
+
+@pytest.fixture
+def unpinned_server(
+    database_url: str, private_server: ServerFactory, world: Any, tmp_path: Path
+) -> Server:
+    """A server whose directive key is not the one the operator pinned."""
+    return _start(private_server, world, tmp_path, database_url, Ed25519PrivateKey.generate())
+
+
+def test_a_directive_key_that_is_not_the_pinned_one_sends_nothing_and_is_audited(
+    unpinned_server: Server, world: Any, private_terminals: TerminalFactory
+) -> None:
+    server = unpinned_server
+    artifact = world.artifact("kiosk-app-1.bin")
+    world.sign("acme", artifact, release_manifest(1))
+    with UpdateClient(server.base_url, token(server, Role.VENDOR, vendor="acme")) as acme:
+        acme.upload_artifact("acme", artifact.name, artifact)
+        acme.publish_role("acme", world.role_file("acme").read_bytes())
+    t = private_terminals("T-RO-P", hall="Hall R")
+    inbox = CmdInbox(t)
+    t.report()
+    wait_until(lambda: server.fleet.get(t.id), 10, "the terminal")
+    alice = token(server, Role.OPERATOR, name="alice")
+    bob = token(server, Role.OPERATOR, name="bob")
+    assert _create(server, alice, "R-PIN", phases=[{"size": 100}]).status_code == 201
+    assert _post(server, bob, "/api/v1/rollouts/R-PIN/approve").status_code == 200
+
+    def refused() -> list[Any]:
+        page = api(server, "/api/v1/audit", action="rollout.notify", result="failed")
+        assert page.status_code == 200, page.text
+        entries: list[Any] = page.json()["items"]
+        return entries
+
+    wait_until(refused, 10, "the audited refusal")
+    entry = refused()[0]
+    assert (entry["actor"], entry["target"]) == ("system", "T-RO-P")
+    assert "not the pinned directive key" in entry["detail"]["error"]
+    assert inbox.count() == 0
