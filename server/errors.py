@@ -23,6 +23,10 @@ library it wraps into one of these, so callers never catch ``sqlalchemy``,
     │                             (.code: a server.tuf_verify.RejectCode value, .message)
     ├── UpdatesError              the update repository or artifact store failed or is
     │                             misconfigured (missing online key, unreadable file)
+    ├── RolloutNotFoundError      server.rollout_service: no rollout has this id (also a
+    │                             LookupError); the API answers 404
+    ├── RolloutConflictError      server.rollout_service: the planner refused the event, or the
+    │                             rollout cannot be created (.reason); the API answers 409
     ├── InvalidCursorError        a page cursor this server did not hand out (also a
     │                             ValueError); the fleet state raises it, the API answers 422
     ├── AccessError               a token that cannot be made or changed as asked (.code:

@@ -48,7 +48,7 @@ from protocol.directives import (
 )
 from protocol.topics import Channel, topic
 from server.audit import AuditEntry, AuditResult, AuditSink
-from server.errors import ConfigError, StorageError
+from server.errors import ConfigError, ServerError, StorageError
 from server.fleet_state import FleetState
 from server.fleet_views import TerminalFilter
 from server.message_source import MessageSource
@@ -89,11 +89,11 @@ _MAX_DIRECTIVE_LIFETIME: Final = timedelta(hours=24)  # protocol.directives.Dire
 _PAGE: Final = 1000
 
 
-class RolloutNotFoundError(LookupError):
+class RolloutNotFoundError(ServerError, LookupError):
     """No rollout has this id."""
 
 
-class RolloutConflictError(Exception):
+class RolloutConflictError(ServerError):
     """The planner refused the event (``reason``), or the rollout cannot be created."""
 
     def __init__(self, reason: str) -> None:
