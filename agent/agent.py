@@ -35,7 +35,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from agent.clock import Clock
 from agent.errors import AgentError
@@ -44,6 +44,7 @@ from protocol.codec import encode
 from protocol.messages import (
     BootEvent,
     EventMessage,
+    Message,
     PeripheralChangedEvent,
     PeripheralCondition,
     PeripheralStatus,
@@ -324,22 +325,11 @@ class Agent:
 
     def send_update(self, body: UpdateBody) -> None:
         """Send one updater status as a ``kf.update`` on the stream (call in the loop's thread)."""
-        seq = self._seq + 1
-        try:
-            message = UpdateMessage(
-                schema="kf.update",
-                version=1,
-                terminal_id=self._terminal_id,
-                boot_id=self._boot_id,
-                seq=seq,
-                sent_at=self._clock.wall(),
-                body=body,
-            )
-        except ValueError as exc:  # pydantic's ValidationError: the clock is out of range
-            self._unbuildable("update", exc)
-            return
-        self._seq = seq
-        self._publish(self._update_topic, encode(message), retain=False, what="update", seq=seq)
+        self._send_on_stream(
+            lambda seq: UpdateMessage(schema="kf.update", body=body, **self._envelope(seq)),
+            self._update_topic,
+            "update",
+        )
 
     def on_disconnected(self) -> None:
         """The connection is gone (reports go on; the outbox keeps them)."""
@@ -422,45 +412,44 @@ class Agent:
         return min(max(value, 0.0), _MAX_UPTIME)
 
     def _send_event(self, body: BootEvent | PeripheralChangedEvent) -> None:
-        seq = self._seq + 1
-        try:
-            message = EventMessage(
-                schema="kf.event",
-                version=1,
-                terminal_id=self._terminal_id,
-                boot_id=self._boot_id,
-                seq=seq,
-                sent_at=self._clock.wall(),
-                body=body,
-            )
-        except ValueError as exc:  # pydantic's ValidationError: the clock is out of range
-            self._unbuildable(body.type, exc)
-            return
-        self._seq = seq
-        if self._publish(self._event_topic, encode(message), retain=False, what=body.type, seq=seq):
+        if self._send_on_stream(
+            lambda seq: EventMessage(schema="kf.event", body=body, **self._envelope(seq)),
+            self._event_topic,
+            body.type,
+        ):
             self.stats.events += 1
 
     def _send_report(self) -> None:
-        try:
-            message = self._report_message(self._seq + 1)
-        except ValueError as exc:  # pydantic's ValidationError: the clock is out of range
-            self._unbuildable("report", exc)
-            return
-        self._seq = message.seq
-        if self._publish(
-            self._report_topic, encode(message), retain=False, what="report", seq=message.seq
-        ):
+        if self._send_on_stream(self._report_message, self._report_topic, "report"):
             self.stats.reports += 1
+
+    def _envelope(self, seq: int) -> dict[str, Any]:
+        """The fields every stream message of this terminal carries."""
+        return {
+            "version": 1,
+            "terminal_id": self._terminal_id,
+            "boot_id": self._boot_id,
+            "seq": seq,
+            "sent_at": self._clock.wall(),
+        }
+
+    def _send_on_stream(self, build: Callable[[int], Message], topic_name: str, what: str) -> bool:
+        """Build the stream's next message with ``build(seq)``, take the seq, publish it.
+        False if it could not be built (the clock is out of range: logged) or not published."""
+        seq = self._seq + 1
+        try:
+            message = build(seq)
+        except ValueError as exc:  # pydantic's ValidationError: the clock is out of range
+            self._unbuildable(what, exc)
+            return False
+        self._seq = seq
+        return self._publish(topic_name, encode(message), retain=False, what=what, seq=seq)
 
     def _report_message(self, seq: int) -> ReportMessage:
         config = self._config
         return ReportMessage(
             schema="kf.report",
-            version=1,
-            terminal_id=self._terminal_id,
-            boot_id=self._boot_id,
-            seq=seq,
-            sent_at=self._clock.wall(),
+            **self._envelope(seq),
             body=ReportBody(
                 hall=config.hall,
                 region=config.region,
@@ -485,11 +474,7 @@ class Agent:
         config = self._config
         return StateMessage(
             schema="kf.state",
-            version=1,
-            terminal_id=self._terminal_id,
-            boot_id=self._boot_id,
-            seq=self._seq,
-            sent_at=self._clock.wall(),
+            **self._envelope(self._seq),
             body=StateBody(
                 state=state,
                 reason=reason,

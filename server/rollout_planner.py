@@ -75,6 +75,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Final, Literal
 
+from protocol.update_status import UpdateState
 from server.access import Role
 
 __all__ = [
@@ -123,21 +124,8 @@ __all__ = [
 ]
 
 
-class TerminalState(StrEnum):
-    PENDING = "pending"
-    NOTIFIED = "notified"
-    DOWNLOADING = "downloading"
-    DOWNLOADED = "downloaded"
-    WAITING_WINDOW = "waiting_window"
-    INSTALLING = "installing"
-    HEALTH_CHECK = "health_check"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    ROLLED_BACK = "rolled_back"
-    REJECTED = "rejected"
-    TIMED_OUT = "timed_out"
-    CANCELED = "canceled"
-    ALREADY_INSTALLED = "already_installed"
+# The per-terminal states are the wire's (``kf.update``): one list for agent, server and planner.
+TerminalState = UpdateState
 
 
 _S = TerminalState

@@ -398,10 +398,15 @@ def test_a_revocation_made_by_another_process_reaches_the_running_server(
     )
     tid = unique("T")
     _enrolled(server, fleet_ca, tmp_path, tid)
+    assert registry_of(server).is_active(tid)
     other = TerminalRegistry(lambda: server.storage.engine, fleet_ca.directory, MemoryAudit())
     other.open()  # as `kioskfleet terminal revoke` does, in its own process
     other.revoke(tid, actor="cli:ops")
     wait_until(lambda: not registry_of(server).is_active(tid), 10, "the refresh")
+    assert not registry_of(server).is_active(tid)
+    row = registry_of(server).get(tid)
+    assert row is not None
+    assert row.status.value == "revoked"
 
 
 def test_a_csr_larger_than_16_kib_is_refused_unread(est_server: Server, fleet_ca: FleetCa) -> None:
