@@ -133,6 +133,8 @@ class Settings(BaseSettings):
     # once to stderr and, if this is set, written to this file (mode 0600).
     bootstrap_token_file: Path | None = None
     audit_retention_days: Annotated[float, Field(gt=0, le=36500)] = 365.0
+    # used/expired enrollment tokens and expired device certificates are kept this long
+    identity_retention_days: Annotated[float, Field(gt=0, le=36500)] = 90.0
     # refused attempts (denied) stored per source address: a token bucket; beyond it counted only
     audit_denied_rate_per_s: Annotated[float, Field(gt=0, le=10_000)] = 1.0
     audit_denied_burst: Annotated[int, Field(ge=1, le=1_000_000)] = 60

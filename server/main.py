@@ -261,6 +261,17 @@ class Server:
                     self.access_store.prune_audit,
                     timedelta(days=settings.audit_retention_days),
                 ),
+                *(
+                    [
+                        Retention(
+                            "spent enrollment tokens and expired certificates",
+                            self.terminal_registry.prune_spent,
+                            timedelta(days=settings.identity_retention_days),
+                        )
+                    ]
+                    if self.terminal_registry is not None
+                    else []
+                ),
             ],
             self.metrics,
         )

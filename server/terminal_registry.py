@@ -319,6 +319,20 @@ class TerminalRegistry:
             row["enrolled_at"],
         )
 
+    def prune_spent(self, *, older_than: timedelta, now: datetime) -> int:
+        """Delete what can never be used again, ``older_than`` after it stopped counting:
+        enrollment tokens used or expired, and certificates expired (no longer on any CRL).
+        Returns how many rows. Raises StorageError."""
+        cutoff = now - older_than
+        with database_errors("prune registry"), self._engine().begin() as conn:
+            tokens = conn.execute(
+                sa.delete(_TOKENS).where(
+                    sa.or_(_TOKENS.c.used_at < cutoff, _TOKENS.c.expires_at < cutoff)
+                )
+            ).rowcount
+            certs = conn.execute(sa.delete(_CERTS).where(_CERTS.c.not_after < cutoff)).rowcount
+        return int(tokens) + int(certs)
+
     def revoked_serials(self) -> list[tuple[int, datetime]]:
         """Revoked certificates that have not expired yet (what the CRL must list)."""
         now = self._clock()

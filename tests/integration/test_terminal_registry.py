@@ -336,3 +336,19 @@ def test_a_token_used_by_eight_requests_at_once_enrolls_exactly_one(
     with ThreadPoolExecutor(len(csrs)) as pool:
         outcomes = sorted(pool.map(attempt, csrs))
     assert outcomes == ["enrolled"] + ["token_used"] * 7
+
+
+def test_spent_tokens_and_expired_certificates_are_pruned_after_their_retention(
+    registry: TerminalRegistry, clock: WallClock
+) -> None:
+    used = registry.issue_token("T-1", "Hall A", "North", "KX-200", timedelta(hours=1), actor="op")
+    registry.enroll(csr_for(generate_key(), "T-1"), username="T-1", token=used)
+    registry.issue_token("T-2", "Hall A", "North", "KX-200", timedelta(hours=1), actor="op")
+    registry.issue_token("T-3", "Hall A", "North", "KX-200", timedelta(days=30), actor="op")
+    keep = timedelta(days=7)
+    assert registry.prune_spent(older_than=keep, now=clock.now) == 0  # nothing spent long enough
+    clock.now += timedelta(days=8)
+    assert registry.prune_spent(older_than=keep, now=clock.now) == 2  # T-1's used, T-2's expired
+    clock.now += timedelta(days=400)  # past the certificate's lifetime and the live token's
+    assert registry.prune_spent(older_than=keep, now=clock.now) == 2  # T-1's cert, T-3's token
+    assert registry.is_active("T-1")  # the registry row itself stays (history, decommission)
