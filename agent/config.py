@@ -155,6 +155,9 @@ class UpdatesConfig(BaseModel):
     """TUF cache (``tuf/``), downloads (``downloads/``) and the updater's ``state.json``."""
     slots_root: Path = Path("/var/lib/kioskfleet/slots")
     """The bundle handler's A/B slots and its ``current`` link."""
+    agent_slots_root: Path | None = None
+    """The agent's own A/B slots (the launcher's ``--root``): with it, releases whose
+    handler is ``agent`` install the agent itself (agent/self_update.py); None: refused."""
     restart_command: Annotated[list[str], Field(min_length=1, max_length=32)] = [
         "systemctl",
         "restart",

@@ -26,7 +26,9 @@ the branch that has no module of its own::
     │   ├── ArchiveRefusedError       the bundle is refused before a byte is written; .reason
     │   │                             (REFUSAL_REASONS), .member, .detail
     │   ├── RestartError              the service restart failed or timed out; .argv, .reason
-    │   └── InstallStateError         install.json or the slot layout is unreadable; .path, .reason
+    │   ├── InstallStateError         install.json or the slot layout is unreadable; .path, .reason
+    │   └── AgentSlotsError           agent.self_update: the agent's own slots or trial files are
+    │                                 unreadable, or an agent release cannot be staged; .path, .reason
     ├── GateRefusedError              agent.install_gate: the install gate refused a kiosk
     │                                 application's request; .reason (a Refusal)
     ├── InstallNotStartedError        agent.install_gate: end_install() with no install running

@@ -125,7 +125,11 @@ class AgentRuntime:
         self.updates: UpdateService | None = None
         if config.updates.enabled:  # statuses go to the agent in the loop's thread
             self.updates = UpdateService.from_config(
-                config, send=self._send_update, clock=clock or SystemClock()
+                config,
+                send=self._send_update,
+                clock=clock or SystemClock(),
+                restart_agent=self._restart_for_new_agent,
+                is_up=lambda: self.connection.connected,
             )
             self.connection.receive_commands(self.updates.submit)
         self.probe_reader = ProbeReader(
@@ -176,6 +180,12 @@ class AgentRuntime:
     def _send_update(self, body: UpdateBody) -> None:
         """From the updater's worker: the agent sends it, in the loop's thread."""
         self.loop.call_soon(lambda: self.agent.send_update(body))
+
+    def _restart_for_new_agent(self) -> None:
+        """After the agent staged a release of itself: stop cleanly, after the statuses
+        already handed to the loop (the launcher then starts the new agent)."""
+        log.info("a new agent release is staged; stopping for the launcher")
+        self.loop.call_soon(self.loop.request_stop)
 
     def request_stop(self) -> None:
         """Ask the loop to stop cleanly (thread- and signal-safe)."""

@@ -45,7 +45,8 @@ from agent.install import BundleConfig, BundleHandler
 from agent.install.errors import InstallStateError
 from agent.install_gate import InstallGate
 from agent.kiosk_interface import KioskInterface, KioskInterfaceConfig, KioskSocketError
-from agent.updater import Updater, UpdaterConfig, outcome_ending
+from agent.self_update import AgentSlots, AgentSlotsError, Trial, finish_report
+from agent.updater import Updater, UpdaterConfig, UpdaterStateError, outcome_ending
 from protocol.messages import Name, Version
 from protocol.update_status import UpdateBody
 
@@ -93,8 +94,13 @@ class UpdateService:
         *,
         max_queued: int,
         stopping: threading.Event | None = None,
+        agent_slots: AgentSlots | None = None,
+        is_up: Callable[[], bool] = lambda: True,
     ) -> None:
-        """``stopping`` is set by ``stop``: no directive starts after it."""
+        """``stopping`` is set by ``stop``: no directive starts after it. ``agent_slots``:
+        the agent's own slots; an agent on trial confirms once ``is_up()`` (connected)."""
+        self._agent_slots = agent_slots
+        self._is_up = is_up
         self._updater = updater
         self._handler = handler
         self._kiosk = kiosk
@@ -106,8 +112,19 @@ class UpdateService:
         self.stats = UpdateServiceStats()
 
     @classmethod
-    def from_config(cls, config: AgentConfig, *, send: Send, clock: Clock) -> UpdateService:
-        """Build from ``config.updates``. Raises UpdateServiceError (unreadable trusted root)."""
+    def from_config(
+        cls,
+        config: AgentConfig,
+        *,
+        send: Send,
+        clock: Clock,
+        restart_agent: Callable[[], None] | None = None,
+        is_up: Callable[[], bool] = lambda: True,
+    ) -> UpdateService:
+        """Build from ``config.updates``. Raises UpdateServiceError (unreadable trusted root).
+
+        ``restart_agent`` stops this agent after it staged a release of itself (the launcher
+        then starts the new one); ``is_up`` says when an agent on trial may confirm."""
         spec: UpdatesConfig = config.updates
         try:
             trusted_root = spec.trusted_root.read_bytes()
@@ -126,6 +143,7 @@ class UpdateService:
             gate, KioskInterfaceConfig(path=spec.kiosk_socket, group=spec.kiosk_socket_group)
         )
         stopping = threading.Event()
+        agent_slots = AgentSlots(spec.agent_slots_root) if spec.agent_slots_root else None
         updater = Updater(
             UpdaterConfig(
                 terminal_id=config.terminal_id,
@@ -143,9 +161,18 @@ class UpdateService:
             hall_open=_closed_hall,
             report=send,
             clock=clock,
+            agent_slots=agent_slots,
+            restart_agent=restart_agent,
         )
         return cls(
-            updater, handler, kiosk, send, max_queued=spec.max_queued_directives, stopping=stopping
+            updater,
+            handler,
+            kiosk,
+            send,
+            max_queued=spec.max_queued_directives,
+            stopping=stopping,
+            agent_slots=agent_slots,
+            is_up=is_up,
         )
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -167,6 +194,7 @@ class UpdateService:
                     directive_seq=0, state=ending.state, reason=ending.reason, detail=ending.detail
                 )
             )
+        self._agent_trial_at_start()
         try:
             self._kiosk.start()
         except KioskSocketError as exc:  # fail closed: no install without the kiosk's say
@@ -212,6 +240,57 @@ class UpdateService:
         except (InstallStateError, OSError, KeyError, TypeError, ValidationError) as exc:
             _log.warning("installed software unknown: %s", exc)
             return {}
+
+    # -- the agent's own trial (agent/self_update.py, agent/launcher.py) ----------------
+
+    def _agent_trial_at_start(self) -> None:
+        """Report a finished trial once; on trial, confirm from a thread once up."""
+        slots = self._agent_slots
+        if slots is None:
+            return
+        try:
+            trial = slots.load()
+        except AgentSlotsError as exc:
+            _log.error("cannot read the agent's trial: %s", exc)
+            return
+        if trial is not None and trial.final:
+            self._report_trial(slots, trial)
+        elif trial is not None and trial.step == "trial":
+            threading.Thread(
+                target=self._confirm_trial,
+                args=(slots, trial),
+                name="kioskfleet-agent-trial",
+                daemon=True,
+            ).start()
+
+    def _report_trial(self, slots: AgentSlots, trial: Trial) -> None:
+        try:
+            if slots.reported(trial):
+                return
+            if trial.step == "committed":
+                self._updater.record_installed(trial.package, trial.release_counter)
+            self._send(finish_report(trial))
+            slots.mark_reported(trial)
+        except (AgentSlotsError, UpdaterStateError, OSError) as exc:
+            _log.error("cannot report the agent's trial %s: %s", trial.trial_id, exc)
+
+    def _confirm_trial(self, slots: AgentSlots, trial: Trial) -> None:
+        """Bounded by the launcher: it stops this agent when the trial's time is up."""
+        while not self._is_up():
+            if self._stopping.wait(0.1):
+                return
+        try:
+            slots.confirm(trial)
+            _log.info("agent trial %s: up, confirmed", trial.trial_id)
+            while not self._stopping.wait(0.1):
+                now = slots.load()
+                if now is None or now.trial_id != trial.trial_id:
+                    return
+                if now.final:
+                    self._report_trial(slots, now)
+                    return
+        except (AgentSlotsError, OSError) as exc:
+            _log.error("agent trial %s: %s", trial.trial_id, exc)
 
     # -- the worker --------------------------------------------------------------------
 

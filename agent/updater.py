@@ -16,7 +16,11 @@ and, in this order (the first failing step ends it with its state and reason):
    has begun, the hall is closed (``hall_open(now)`` is False) unless the directive says
    ``install_while_open``, and ``InstallGate.try_begin_install()`` grants it (no citizen
    session, no deferral); past ``not_after`` it ends ``timed_out``;
-5. installs with the manifest's handler through ``run_install`` and ends the gate's install.
+5. installs with the manifest's handler through ``run_install`` and ends the gate's install;
+   a release of the agent itself (handler ``agent``, agent/self_update.py) is instead staged
+   in the agent's inactive slot, reported ``health_check`` and ``restart_agent()`` is
+   called: the launcher puts the new agent on trial, and the final state comes from the
+   agent that runs afterwards (``succeeded`` from the new one, ``rolled_back`` from the old).
 
 Each state is handed to ``report(UpdateBody)`` as it is reached: notified, downloading,
 downloaded, waiting_window (only if it has to wait; reason ``session_active`` when the gate
@@ -72,6 +76,7 @@ from tuf.ngclient import Updater as TufUpdater
 from agent.clock import Clock
 from agent.errors import AgentError
 from agent.install.commands import HealthReport, health_argv
+from agent.install.errors import ArchiveRefusedError, InstallError
 from agent.install.handler import (
     InstallHandler,
     InstallOutcome,
@@ -80,6 +85,7 @@ from agent.install.handler import (
     run_install,
 )
 from agent.install_gate import InstallGate
+from agent.self_update import AGENT_HANDLER, AgentSlots
 from firmware_manifests.keys import write_atomically
 from firmware_manifests.release_manifest import ManifestError, ReleaseManifest, manifest_from_custom
 from protocol.directives import (
@@ -329,8 +335,14 @@ class Updater:
         report: Report,
         clock: Clock,
         sleep: Callable[[float], None] = time.sleep,
+        agent_slots: AgentSlots | None = None,
+        restart_agent: Callable[[], None] | None = None,
     ) -> None:
+        """``agent_slots`` enables releases of the agent itself (handler ``agent``): they are
+        staged there and ``restart_agent()`` is called so the launcher starts the new one."""
         self._config = config
+        self._agent_slots = agent_slots
+        self._restart_agent = restart_agent
         self._handlers = dict(handlers)
         self._gate = gate
         self._hall_open = hall_open
@@ -361,6 +373,8 @@ class Updater:
             try:
                 self._wait_for_window(directive)
                 try:
+                    if manifest.install.handler == AGENT_HANDLER:
+                        raise _Done(self._stage_agent(directive, manifest, artifact))
                     outcome = self._install(directive, manifest, artifact)
                 finally:
                     self._gate.end_install()
@@ -381,7 +395,18 @@ class Updater:
         level = logging.INFO if done.state is UpdateState.SUCCEEDED else logging.WARNING
         _log.log(level, "directive ends %s (%s): %s", done.state, done.reason, done.detail)
         self._send(directive, done.state, done.reason, done.detail)
+        if done.state is UpdateState.HEALTH_CHECK and self._restart_agent is not None:
+            self._restart_agent()  # the agent release is staged: the new agent reports the end
         return done.state
+
+    def record_installed(self, package: str, release_counter: int) -> None:
+        """Raise the stored highest counter of ``package`` (a confirmed agent release).
+
+        Raises UpdaterStateError, OSError."""
+        state = UpdaterState.load(self._config.state_file)
+        known = state.highest_counter.get(package, 0)
+        state.highest_counter[package] = max(known, release_counter)
+        state.save(self._config.state_file)
 
     # -- steps ----------------------------------------------------------------------------
 
@@ -443,7 +468,8 @@ class Updater:
         )
         if ending is not None:
             raise _Done(ending)
-        if manifest.install.handler not in self._handlers:
+        agent_release = manifest.install.handler == AGENT_HANDLER and self._agent_slots
+        if manifest.install.handler not in self._handlers and not agent_release:
             raise _rejected(
                 UpdateReason("install_failed"),
                 f"this agent has no install handler {manifest.install.handler!r}",
@@ -487,11 +513,9 @@ class Updater:
                 reported = why
             self._sleep(self._config.poll_s)
 
-    def _install(
-        self, directive: Directive, manifest: ReleaseManifest, artifact: Path
-    ) -> InstallOutcome:
-        self._send(directive, UpdateState.INSTALLING)
-        request = InstallRequest(
+    @staticmethod
+    def _request(manifest: ReleaseManifest, artifact: Path) -> InstallRequest:
+        return InstallRequest(
             artifact=str(artifact),
             package=manifest.package,
             version=manifest.version,
@@ -500,6 +524,34 @@ class Updater:
             health_within_s=float(manifest.health_check.timeout_s),
             parameters=dict(manifest.install.parameters),
         )
+
+    def _stage_agent(
+        self, directive: Directive, manifest: ReleaseManifest, artifact: Path
+    ) -> Ending:
+        """Stage an agent release in the agent's inactive slot; HEALTH_CHECK when staged."""
+        slots = self._agent_slots
+        if slots is None:  # _release refused it already
+            return Ending(UpdateState.FAILED, UpdateReason("install_failed"), "no agent slots")
+        self._send(directive, UpdateState.INSTALLING)
+        try:
+            slots.stage(
+                self._request(manifest, artifact),
+                rollout_id=directive.rollout_id,
+                directive_seq=directive.seq,
+                target=directive.target.path,
+            )
+        except ArchiveRefusedError as exc:
+            return Ending(UpdateState.REJECTED, UpdateReason("unsafe_archive"), str(exc))
+        except (InstallError, OSError) as exc:
+            return Ending(UpdateState.FAILED, UpdateReason("install_failed"), str(exc))
+        detail = f"agent {manifest.version} staged; on trial once the launcher starts it"
+        return Ending(UpdateState.HEALTH_CHECK, None, detail)
+
+    def _install(
+        self, directive: Directive, manifest: ReleaseManifest, artifact: Path
+    ) -> InstallOutcome:
+        self._send(directive, UpdateState.INSTALLING)
+        request = self._request(manifest, artifact)
         handler = _ReportingHandler(
             self._handlers[manifest.install.handler],
             lambda: self._send(directive, UpdateState.HEALTH_CHECK),

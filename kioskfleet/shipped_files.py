@@ -1,7 +1,8 @@
 """The project's own configuration files, found the same way in a checkout and in an install.
 
-``kioskfleet/shipped/`` holds symlinks to ``broker/mosquitto.conf`` and the
-Prometheus files under ``monitoring/prometheus/``, so the files keep one home at
+``kioskfleet/shipped/`` holds symlinks to ``broker/mosquitto.conf``, the
+Prometheus files under ``monitoring/prometheus/`` and the agent's systemd unit
+``packaging/systemd/kioskfleet-agent.service``, so the files keep one home at
 the top of the checkout (where operators and docs look for them) while a built
 wheel carries copies as package data. The harnesses (``LocalBroker``,
 ``LocalPrometheus``) and ``make demo`` read them through ``shipped_file``.
@@ -15,7 +16,12 @@ from typing import Final
 
 __all__ = ["SHIPPED_FILES", "shipped_file"]
 
-SHIPPED_FILES: Final = ("mosquitto.conf", "prometheus.yml", "kioskfleet.rules.yml")
+SHIPPED_FILES: Final = (
+    "mosquitto.conf",
+    "prometheus.yml",
+    "kioskfleet.rules.yml",
+    "kioskfleet-agent.service",
+)
 
 
 def shipped_file(name: str) -> Path:

@@ -52,7 +52,15 @@ from agent.install.errors import InstallStateError, RestartError
 from agent.install.handler import InstallOutcome, InstallRequest, InstallResult
 from agent.install.safe_tar import ArchiveLimits, unpack_into
 
-__all__ = ["SLOTS", "STEPS", "BundleConfig", "BundleHandler"]
+__all__ = [
+    "SLOTS",
+    "STEPS",
+    "BundleConfig",
+    "BundleHandler",
+    "read_active_slot",
+    "switch_current",
+    "write_json",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -83,17 +91,45 @@ class BundleConfig:
     limits: ArchiveLimits = field(default_factory=ArchiveLimits)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON to a temporary file, fsync, ``os.replace`` onto ``path``, fsync."""
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", encoding="utf-8") as handle:
         json.dump(data, handle, sort_keys=True)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(directory: Path) -> None:
+def read_active_slot(root: Path) -> str | None:
+    """The slot ``root/current`` points at, None if there is no link. Raises InstallStateError."""
+    current = root / "current"
+    try:
+        target = os.readlink(current)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InstallStateError(str(current), f"not a symlink: {exc}") from None
+    if target not in SLOTS:
+        raise InstallStateError(str(current), f"points at {target!r}")
+    return target
+
+
+def switch_current(root: Path, slot: str | None) -> None:
+    """Point ``root/current`` at ``slot`` atomically (remove the link for None), fsync ``root``."""
+    current = root / "current"
+    if slot is None:
+        current.unlink(missing_ok=True)
+    else:
+        tmp = root / ".current.tmp"
+        tmp.unlink(missing_ok=True)
+        os.symlink(slot, tmp)
+        os.replace(tmp, current)
+    fsync_dir(root)
+
+
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -122,24 +158,12 @@ class BundleHandler:
     # -- layout ------------------------------------------------------------
 
     @property
-    def _current(self) -> Path:
-        return self._root / "current"
-
-    @property
     def _state_file(self) -> Path:
         return self._root / "install.json"
 
     def active_slot(self) -> str | None:
         """The slot ``current`` points at, None before the first install."""
-        try:
-            target = os.readlink(self._current)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise InstallStateError(str(self._current), f"not a symlink: {exc}") from None
-        if target not in SLOTS:
-            raise InstallStateError(str(self._current), f"points at {target!r}")
-        return target
+        return read_active_slot(self._root)
 
     def slot_release(self, slot: str) -> dict[str, Any] | None:
         """What a complete slot holds (package, version, release_counter), None if incomplete."""
@@ -177,22 +201,14 @@ class BundleHandler:
     def _step(self, step: str, **fields: Any) -> dict[str, Any]:
         state = {} if step == "preparing" else (self._state() or {})
         state.update(fields, step=step, schema_version=_STATE_VERSION)
-        _write_json(self._state_file, state)
+        write_json(self._state_file, state)
         _log.info("install step %s (%s -> %s)", step, state.get("from_slot"), state.get("to_slot"))
         if self._on_step is not None:
             self._on_step(step)
         return state
 
     def _switch(self, slot: str | None) -> None:
-        """Point ``current`` at ``slot`` atomically (remove it for None)."""
-        if slot is None:
-            self._current.unlink(missing_ok=True)
-        else:
-            tmp = self._root / ".current.tmp"
-            tmp.unlink(missing_ok=True)
-            os.symlink(slot, tmp)
-            os.replace(tmp, self._current)
-        _fsync_dir(self._root)
+        switch_current(self._root, slot)
 
     # -- the steps ---------------------------------------------------------
 
@@ -232,7 +248,7 @@ class BundleHandler:
                     "aborted", reason=getattr(exc, "reason", "prepare_failed"), detail=str(exc)
                 )
             raise
-        _write_json(
+        write_json(
             self._root / f"{target}.json",
             {
                 "package": request.package,
