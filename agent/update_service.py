@@ -15,6 +15,12 @@ restart and reaches the server like the reports). ``software()`` is what the rep
 carry: ``{package: version}`` of the active slot, so every (re)connect's first report
 re-states what is installed.
 
+With ``agent_slots_root`` set, ``start()`` also handles the agent's own trial
+(agent/self_update.py, agent/launcher.py): a finished trial is reported once
+(``succeeded`` and its counter recorded, or ``rolled_back``); an agent on trial confirms
+from a thread once ``is_up()`` (its MQTT session) and reports ``succeeded`` when the
+launcher has committed it.
+
 Design choice: one worker, a bounded queue (``max_queued_directives``); a directive
 beyond it is dropped with a warning and counted (``stats.dropped``); the server's
 rollout retries it. Rejected: a thread per directive (two installs would race for
