@@ -161,7 +161,7 @@ def start_kiosk(
                 "agent",
                 "--config",
                 str(new),
-            ],  # fmt: skip
+            ],
             cwd=REPO,
             env=env,
             stdout=out,
@@ -234,17 +234,20 @@ def test_a_good_agent_release_is_confirmed_committed_and_the_outbox_backlog_deli
         "the staged statuses (from the old agent) and succeeded (from the new one)",
     )
     timeline = _timeline(server, kiosk.tid)
-    assert all(u["rollout_id"] == "R-1" and u["directive_seq"] == 1 for u in timeline)
+    assert {(u["rollout_id"], u["directive_seq"]) for u in timeline} == {("R-1", 1)}
     trial = kiosk.slots.load()
-    assert trial is not None and trial.step == "committed"
+    assert trial is not None
+    assert trial.step == "committed"
     assert kiosk.slots.active_slot() == trial.to_slot == "slot-a"
-    assert kiosk.slots.confirmed(trial) and kiosk.slots.reported(trial)
+    assert kiosk.slots.confirmed(trial)
+    assert kiosk.slots.reported(trial)
     assert kiosk.launcher.poll() is None  # the launcher still runs the new agent
     # The new agent found what the old one left unsent in the shared outbox.
     log = kiosk.log_text()
     started = log.index(f"starting the agent: ['{kiosk.where / 'agent-slots' / 'slot-a' / 'run'}'")
     waiting = re.search(r"(\d+) message\(s\) waiting", log[started:])
-    assert waiting is not None and int(waiting.group(1)) > 0, log[started:]
+    assert waiting is not None
+    assert int(waiting.group(1)) > 0, log[started:]
     # The committed release counts as installed: the same release again is already_installed.
     _roll_out(vendor, sender, kiosk, release)
     wait_until(
@@ -284,9 +287,11 @@ def test_a_failed_agent_release_returns_to_the_previous_agent_which_reports_roll
     )
     last = _timeline(server, kiosk.tid)[-1]
     assert (last["rollout_id"], last["directive_seq"]) == ("R-1", 1)
-    assert last["reason"] == "health_check_failed" and why in last["detail"]
+    assert last["reason"] == "health_check_failed"
+    assert why in last["detail"]
     trial = kiosk.slots.load()
-    assert trial is not None and trial.step == "rolled_back"
+    assert trial is not None
+    assert trial.step == "rolled_back"
     assert kiosk.slots.active_slot() is None  # back to the OS package's agent
     assert kiosk.launcher.poll() is None
     # The previous agent was started again after the rollback (and queued that status).

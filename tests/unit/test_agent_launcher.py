@@ -17,7 +17,7 @@ from agent.self_update import AgentSlots, AgentSlotsError, Trial, finish_report
 from protocol.update_status import UpdateState
 
 
-class PowerCut(Exception):
+class PowerCutError(Exception):
     pass
 
 
@@ -49,23 +49,23 @@ def _staged(tmp_path: Path, *, first: bool = False) -> tuple[AgentSlots, Trial]:
     """Slots with a running agent in slot-a (unless ``first``) and a release staged."""
     slots = AgentSlots(tmp_path / "agent-slots")
     if not first:
-        slots.stage(_request(agent_release(tmp_path, "old", "#!/bin/sh\n"), 1), **_directive())
+        _stage(slots, _request(agent_release(tmp_path, "old", "#!/bin/sh\n"), 1))
         old = slots.load()
         assert old is not None
         slots.switch(old.to_slot)
         slots.save(old.at("committed"))
-    trial = slots.stage(_request(agent_release(tmp_path, "new", "#!/bin/sh\n")), **_directive())
+    trial = _stage(slots, _request(agent_release(tmp_path, "new", "#!/bin/sh\n")))
     return slots, trial
 
 
-def _directive() -> dict[str, object]:
-    return {"rollout_id": "R-1", "directive_seq": 3, "target": "acme/agent.tar.gz"}
+def _stage(slots: AgentSlots, request: InstallRequest) -> Trial:
+    return slots.stage(request, rollout_id="R-1", directive_seq=3, target="acme/agent.tar.gz")
 
 
 def _launcher(slots: AgentSlots, cut_at: str | None = None) -> Launcher:
     def on_step(step: str) -> None:
         if step == cut_at:
-            raise PowerCut(step)
+            raise PowerCutError(step)
 
     return Launcher(LauncherConfig(root=slots.root), on_step=on_step)
 
@@ -86,7 +86,7 @@ def test_a_release_without_an_executable_run_is_refused_and_its_slot_wiped(
     slots = AgentSlots(tmp_path / "agent-slots")
     artifact = agent_release(tmp_path, "noexec", "#!/bin/sh\n", mode=0o644)
     with pytest.raises(AgentSlotsError, match="no executable"):
-        slots.stage(_request(artifact), **_directive())
+        _stage(slots, _request(artifact))
     assert not (slots.root / "slot-a").exists()
     assert slots.load() is None
 
@@ -100,7 +100,7 @@ def test_an_unsafe_agent_archive_is_refused_before_anything_is_written(tmp_path:
     artifact.write_bytes(buffer.getvalue())
     slots = AgentSlots(tmp_path / "agent-slots")
     with pytest.raises(ArchiveRefusedError):
-        slots.stage(_request(artifact), **_directive())
+        _stage(slots, _request(artifact))
     assert not (tmp_path / "run").exists()
     assert slots.load() is None
 
@@ -108,23 +108,25 @@ def test_an_unsafe_agent_archive_is_refused_before_anything_is_written(tmp_path:
 def test_no_second_release_is_staged_while_a_trial_is_open(tmp_path: Path) -> None:
     slots, _trial = _staged(tmp_path)
     with pytest.raises(AgentSlotsError, match="a trial is open"):
-        slots.stage(_request(agent_release(tmp_path, "again", "#!/bin/sh\n")), **_directive())
+        _stage(slots, _request(agent_release(tmp_path, "again", "#!/bin/sh\n")))
 
 
 def test_a_staged_release_found_at_start_goes_on_trial(tmp_path: Path) -> None:
     slots, trial = _staged(tmp_path)
     now = _launcher(slots).recover()
-    assert now is not None and now.step == "trial"
+    assert now is not None
+    assert now.step == "trial"
     assert slots.active_slot() == trial.to_slot
 
 
 def test_cut_after_trial_was_written_before_the_switch_rolls_back(tmp_path: Path) -> None:
     slots, trial = _staged(tmp_path)
-    with pytest.raises(PowerCut):
+    with pytest.raises(PowerCutError):
         _launcher(slots, cut_at="trial").begin_trial(trial)
     assert slots.active_slot() == "slot-a"  # the switch never happened
     now = _launcher(slots).recover()
-    assert now is not None and now.step == "rolled_back"
+    assert now is not None
+    assert now.step == "rolled_back"
     assert slots.active_slot() == "slot-a"
 
 
@@ -133,7 +135,8 @@ def test_cut_during_an_unconfirmed_trial_rolls_back_to_the_previous_agent(tmp_pa
     _launcher(slots).begin_trial(trial)
     assert slots.active_slot() == "slot-b"
     now = _launcher(slots).recover()
-    assert now is not None and now.step == "rolled_back"
+    assert now is not None
+    assert now.step == "rolled_back"
     assert slots.active_slot() == "slot-a"
     assert finish_report(now).state is UpdateState.ROLLED_BACK
 
@@ -143,7 +146,8 @@ def test_cut_during_a_confirmed_trial_commits_the_new_agent(tmp_path: Path) -> N
     on_trial = _launcher(slots).begin_trial(trial)
     slots.confirm(on_trial)
     now = _launcher(slots).recover()
-    assert now is not None and now.step == "committed"
+    assert now is not None
+    assert now.step == "committed"
     assert slots.active_slot() == "slot-b"
     assert finish_report(now).state is UpdateState.SUCCEEDED
 
@@ -153,17 +157,19 @@ def test_a_confirm_of_another_trial_does_not_commit(tmp_path: Path) -> None:
     on_trial = _launcher(slots).begin_trial(trial)
     slots.confirm(replace(on_trial, trial_id="other"))
     now = _launcher(slots).recover()
-    assert now is not None and now.step == "rolled_back"
+    assert now is not None
+    assert now.step == "rolled_back"
 
 
 def test_cut_while_rolling_back_finishes_the_rollback(tmp_path: Path) -> None:
     slots, trial = _staged(tmp_path)
     on_trial = _launcher(slots).begin_trial(trial)
-    with pytest.raises(PowerCut):
+    with pytest.raises(PowerCutError):
         _launcher(slots, cut_at="rolling_back").roll_back(on_trial, "no confirm")
     assert slots.active_slot() == "slot-b"  # cut before the switch back
     now = _launcher(slots).recover()
-    assert now is not None and (now.step, now.detail) == ("rolled_back", "no confirm")
+    assert now is not None
+    assert (now.step, now.detail) == ("rolled_back", "no confirm")
     assert slots.active_slot() == "slot-a"
 
 
@@ -179,7 +185,8 @@ def test_the_first_agent_release_rolled_back_returns_to_the_fallback_agent(tmp_p
     assert trial.from_slot is None
     _launcher(slots).begin_trial(trial)
     now = _launcher(slots).recover()
-    assert now is not None and now.step == "rolled_back"
+    assert now is not None
+    assert now.step == "rolled_back"
     assert slots.active_slot() is None
 
 
