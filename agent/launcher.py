@@ -142,16 +142,26 @@ class Launcher:
                 child.kill()
         return child.wait()
 
+    def _readable(self, read: Callable[[], Trial | None]) -> Trial | None:
+        """``read()``; None (logged) if the trial files are unreadable: the agent in
+        ``current`` still runs, so the terminal stays reachable, and the agent's next
+        self-update fails on the same file (reported to the server)."""
+        try:
+            return read()
+        except AgentSlotsError as exc:
+            _log.error("%s; running the current agent without a trial", exc)
+            return None
+
     def request_stop(self) -> None:
         self._stop = True
 
     def run(self) -> int:
         """Recover, then supervise until the agent exits outside a trial or a stop is asked.
 
-        Returns the agent's exit code (0 after a stop). Raises AgentSlotsError or
-        InstallError when the slots are unusable.
+        Returns the agent's exit code (0 after a stop). Raises AgentSlotsError when there
+        is no agent to start, InstallError when ``current`` is not a slot link.
         """
-        trial = self.recover()
+        trial = self._readable(self.recover)
         child: subprocess.Popen[bytes] | None = None
         deadline = 0.0
         while True:
@@ -172,7 +182,7 @@ class Launcher:
                     child = None
                     continue
             elif code is not None:
-                trial = self._slots.load()
+                trial = self._readable(self._slots.load)
                 if trial is not None and trial.step == "staged":
                     trial = self.begin_trial(trial)
                     child = None

@@ -195,3 +195,27 @@ def test_an_unreadable_trial_file_is_an_error_not_a_guess(tmp_path: Path) -> Non
     slots.trial_file.write_text('{"schema_version": 1, "step": "trial"}')
     with pytest.raises(AgentSlotsError, match="not a trial state"):
         _launcher(slots).recover()
+
+
+def test_with_an_unreadable_trial_file_the_launcher_still_runs_the_current_agent(
+    tmp_path: Path,
+) -> None:
+    slots, trial = _staged(tmp_path)
+    slots.switch(trial.to_slot)
+    (slots.root / trial.to_slot / "run").write_text("#!/bin/sh\nexit 7\n")
+    slots.trial_file.write_text("{not json")
+    assert Launcher(LauncherConfig(root=slots.root, poll_s=0.01)).run() == 7
+
+
+def test_a_staged_release_goes_on_trial_and_an_exiting_new_agent_is_rolled_back(
+    tmp_path: Path,
+) -> None:
+    slots, trial = _staged(tmp_path)
+    (slots.root / "slot-a" / "run").write_text("#!/bin/sh\nexit 0\n")  # the previous agent
+    (slots.root / trial.to_slot / "run").write_text("#!/bin/sh\nexit 3\n")  # crashes
+    code = Launcher(LauncherConfig(root=slots.root, poll_s=0.01)).run()
+    now = slots.load()
+    assert now is not None
+    assert (now.step, now.detail) == ("rolled_back", "the new agent exited with 3 within the trial")
+    assert slots.active_slot() == "slot-a"
+    assert code == 0  # the previous agent ran again (and here exited 0)
