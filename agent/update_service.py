@@ -77,8 +77,9 @@ class UpdateServiceStats:
 
 
 def _closed_hall(_now: datetime) -> bool:
-    # The agent does not know its hall's opening hours yet: the directive's window and
-    # the kiosk's sessions (the gate) decide alone.
+    # The agent does not know its hall's opening hours: the server puts the hall's closed
+    # window into the directive (server/install_window.py); that window and the kiosk's
+    # sessions (the gate) decide alone.
     return False
 
 

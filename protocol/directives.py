@@ -17,9 +17,17 @@ Wire format (``kf.directive`` v1, at most ``DirectiveLimits.max_bytes``)::
 PAE is DSSE's pre-authentication encoding (``DSSEv1 <len> <type> <len> <body>``), so a
 signature made by this key for anything else can never pass as a directive.
 
+``kf.withdraw`` v1 (same envelope, ``"schema": "kf.withdraw"``, PAE type
+``WITHDRAW_PAYLOAD_TYPE``): a ``Withdrawal`` asks one terminal to drop the directives of a
+rollout with a lower seq that have not started installing (docs/protocol.md, seq semantics).
+
 Public interface (pure: no I/O, no clock, no logging; ``now`` is an argument):
 
-- ``Directive``, ``DirectiveTarget``: the signed content (pydantic, strict, frozen).
+- ``Directive``, ``DirectiveTarget``: the signed content (pydantic, strict, frozen); its
+  optional ``attempt`` is left out of the encoding when None.
+- ``Withdrawal``, ``SignedWithdrawal``, ``sign_withdrawal``, ``verify_withdrawal`` (the
+  directive's checks and reasons without seq and target).
+- ``cmd_schema(payload)``: the schema a ``cmd`` payload claims, unverified, for routing.
 - ``SignedDirective``: the envelope above.
 - ``canonical_bytes(directive) -> bytes``: the one encoding that is signed.
 - ``sign_directive(directive, private_key) -> bytes``: the envelope's wire bytes.

@@ -435,7 +435,8 @@ def test_update_status_decodes_on_the_update_channel() -> None:
 def test_update_status_carries_the_directive_attempt_or_none_from_an_older_agent() -> None:
     echoed = decode("kf/v1/terminals/T-0001/update", _update(attempt=3))
     older = decode("kf/v1/terminals/T-0001/update", _update())
-    assert isinstance(echoed, UpdateMessage) and isinstance(older, UpdateMessage)
+    assert isinstance(echoed, UpdateMessage)
+    assert isinstance(older, UpdateMessage)
     assert (echoed.body.attempt, older.body.attempt) == (3, None)
     assert decode("kf/v1/terminals/T-0001/update", encode(echoed)) == echoed
 
