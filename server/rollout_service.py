@@ -288,6 +288,7 @@ class RolloutService:
 
     def _execute(self, rollout: Rollout, actions: Iterable[Action], now: datetime) -> None:
         rollout_id = rollout.definition.rollout_id
+        hours: dict[str, OpeningHours | None] = {}  # per hall, read once per step
         for action in actions:
             result, detail = AuditResult.OK, {"action": type(action).__name__}
             target = rollout_id
@@ -295,7 +296,7 @@ class RolloutService:
                 target = action.terminal_id
                 detail["rollout"] = rollout_id
                 detail["attempt"] = str(action.attempt)
-                sent, why = self._notify(rollout, action, now)
+                sent, why = self._notify(rollout, action, now, hours)
                 if not sent:
                     result, detail["error"] = AuditResult.FAILED, why
                     log.warning("directive to %s not sent: %s", action.terminal_id, why)
@@ -324,7 +325,13 @@ class RolloutService:
                 return release
         return None
 
-    def _notify(self, rollout: Rollout, action: Notify, now: datetime) -> tuple[bool, str]:
+    def _notify(
+        self,
+        rollout: Rollout,
+        action: Notify,
+        now: datetime,
+        hours: dict[str, OpeningHours | None],
+    ) -> tuple[bool, str]:
         if self._signer is None:
             return False, "no directive key (updates_directive_key_file)"
         release = self._release(action.target)
@@ -334,7 +341,7 @@ class RolloutService:
         if mismatch:
             return False, mismatch
         try:
-            window = self._window(rollout, action.terminal_id, now)
+            window = self._window(rollout, action.terminal_id, now, hours)
             if isinstance(window, NoWindow):
                 return False, window.reason[:200]
             seq = self._store.next_directive_seq(action.terminal_id)
@@ -355,13 +362,20 @@ class RolloutService:
         return min(self._signer.lifetime, timeout)
 
     def _window(
-        self, rollout: Rollout, terminal_id: str, now: datetime
+        self,
+        rollout: Rollout,
+        terminal_id: str,
+        now: datetime,
+        hours: dict[str, OpeningHours | None],
     ) -> InstallWindow | NoWindow:
-        """The install window for ``terminal_id``'s hall. Raises StorageError."""
+        """The install window for ``terminal_id``'s hall (its hours cached in ``hours``).
+        Raises StorageError."""
         view = self._fleet.get(terminal_id)
         hall = None if view is None else view.hall
+        if hall is not None and hall not in hours:
+            hours[hall] = self._hours(hall)
         return install_window(
-            None if hall is None else self._hours(hall),
+            None if hall is None else hours[hall],
             now,
             lifetime=self._lifetime(rollout),
             install_while_open=rollout.definition.install_while_open,
