@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from protocol.directives import (
     DIRECTIVE_REJECT_REASONS,
@@ -220,3 +222,32 @@ def test_a_signed_directive_with_a_bad_or_explicit_null_attempt_is_malformed(
             target_info=tuf_lookup(TUF_TARGET),
         )
     assert caught.value.reason == "malformed"
+
+
+def _outcome(payload: bytes) -> Withdrawal | str:
+    """The withdrawal, or the refusal's reason (any other exception fails the test)."""
+    try:
+        return verify_withdrawal(payload, pinned_key=PINNED, terminal_id="T-0001", now=NOW)
+    except DirectiveRejected as exc:
+        return exc.reason
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=600) | st.text(max_size=300).map(str.encode))
+def test_any_bytes_are_a_withdrawal_or_a_refusal(payload: bytes) -> None:
+    outcome = _outcome(payload)
+    assert isinstance(outcome, Withdrawal) or outcome in DIRECTIVE_REJECT_REASONS
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.dictionaries(
+        st.sampled_from([*sorted(a_withdrawal().model_dump()), "attempt", "x"]),
+        st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+        max_size=8,
+    )
+)
+def test_any_signed_body_is_a_withdrawal_or_a_refusal(fields: dict[str, Any]) -> None:
+    body = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    outcome = _outcome(signed_body(body))
+    assert isinstance(outcome, Withdrawal) or outcome in DIRECTIVE_REJECT_REASONS
