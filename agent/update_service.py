@@ -53,6 +53,7 @@ from agent.install_gate import InstallGate
 from agent.kiosk_interface import KioskInterface, KioskInterfaceConfig, KioskSocketError
 from agent.self_update import AgentSlots, AgentSlotsError, Trial, finish_report
 from agent.updater import Updater, UpdaterConfig, UpdaterStateError, outcome_ending
+from protocol.directives import cmd_schema
 from protocol.messages import Name, Version
 from protocol.update_status import UpdateBody
 
@@ -83,8 +84,9 @@ class UpdateServiceStats:
 
 
 def _closed_hall(_now: datetime) -> bool:
-    # The agent does not know its hall's opening hours yet: the directive's window and
-    # the kiosk's sessions (the gate) decide alone.
+    # The agent does not know its hall's opening hours: the server puts the hall's closed
+    # window into the directive (server/install_window.py); that window and the kiosk's
+    # sessions (the gate) decide alone.
     return False
 
 
@@ -224,10 +226,16 @@ class UpdateService:
     # -- what the connection and the agent call ----------------------------------------
 
     def submit(self, payload: bytes) -> None:
-        """Queue one ``cmd`` message for the worker; drop it (counted, logged) when full."""
+        """Queue one ``cmd`` message for the worker; drop it (counted, logged) when full.
+
+        A payload claiming ``kf.withdraw`` is not queued behind the directive in hand: it
+        goes to ``Updater.post_withdrawal``, which verifies it before it counts."""
         self.stats.received += 1
         if not payload or self._stopping.is_set():
             self.stats.dropped += 1
+            return
+        if cmd_schema(payload) == "kf.withdraw":
+            self._updater.post_withdrawal(payload)
             return
         if self._queue.qsize() >= self._max_queued:
             self.stats.dropped += 1

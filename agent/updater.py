@@ -22,10 +22,20 @@ and, in this order (the first failing step ends it with its state and reason):
    called: the launcher puts the new agent on trial, and the final state comes from the
    agent that runs afterwards (``succeeded`` from the new one, ``rolled_back`` from the old).
 
-Each state is handed to ``report(UpdateBody)`` as it is reached: notified, downloading,
+Withdrawals (``kf.withdraw``, the server's request after a cancel or abort): the wiring hands
+them to ``post_withdrawal`` from any thread; they are verified with the pinned key (signature,
+terminal, expiry) right after the directive is accepted and at every poll of the wait (a
+posted withdrawal wakes the wait). A verified withdrawal of the directive's rollout with a
+higher seq ends the directive ``canceled`` before it installs; once ``installing`` is
+reported, the install runs to its end (stopping halfway is worse than finishing). Verified
+withdrawals are remembered in memory (the last 64 rollouts), so a directive of a withdrawn
+rollout still queued behind the one in hand is canceled as soon as it is accepted.
+
+Each state is handed to ``report(UpdateBody)`` (with the directive's ``attempt``) as it is
+reached: notified, downloading,
 downloaded, waiting_window (only if it has to wait; reason ``session_active`` when the gate
 refused), installing, health_check, then one final state: succeeded, failed, rolled_back,
-rejected (with reason), timed_out or already_installed. The wiring wraps each body in a
+rejected (with reason), timed_out, canceled or already_installed. The wiring wraps each body in a
 ``kf.update`` envelope and sends it through the outbox.
 
 What survives (``UpdaterState``, one JSON file moved into place with ``os.replace`` after
@@ -38,7 +48,7 @@ Public interface:
 
 - ``UpdaterConfig``: terminal id and model, agent version, repository URLs, trusted root,
   ``work_dir`` (TUF cache ``tuf/``, ``downloads/``) and ``state_file``, ``poll_s``.
-- ``Updater(config, *, handlers, gate, hall_open, report, clock, sleep=time.sleep)``;
+- ``Updater(config, *, handlers, gate, hall_open, report, clock, sleep=None)``;
   ``handlers`` maps a manifest ``install.handler`` name to an ``InstallHandler``.
   ``handle(payload) -> UpdateState`` (the final state) blocks until that state; it never
   raises for anything a directive, the repository or an artifact does (crashes of a
@@ -57,7 +67,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
+import threading
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -92,8 +103,10 @@ from protocol.directives import (
     Directive,
     DirectiveKeyPinError,
     DirectiveRejected,
+    PinnedKey,
     pinned_key_from_custom,
     verify_directive,
+    verify_withdrawal,
 )
 from protocol.update_status import UpdateBody, UpdateReason, UpdateState
 
@@ -114,6 +127,8 @@ _log = logging.getLogger(__name__)
 
 DIRECTIVE_KEY_TARGET: Final = "_pins/directive-key.pub"
 _STATE_VERSION: Final = 1
+_MAX_PENDING_WITHDRAWALS: Final = 32  # unverified kf.withdraw payloads kept; oldest dropped
+_MAX_WITHDRAWN_ROLLOUTS: Final = 64  # verified withdrawals remembered (in memory)
 
 Report = Callable[[UpdateBody], None]
 
@@ -334,12 +349,14 @@ class Updater:
         hall_open: Callable[[datetime], bool],
         report: Report,
         clock: Clock,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         agent_slots: AgentSlots | None = None,
         restart_agent: Callable[[], None] | None = None,
     ) -> None:
-        """``agent_slots`` enables releases of the agent itself (handler ``agent``): they are
-        staged there and ``restart_agent()`` is called so the launcher starts the new one."""
+        """``sleep`` waits between polls of a waiting install; by default a wait that a
+        withdrawal (``post_withdrawal``) cuts short. ``agent_slots`` enables releases of the
+        agent itself (handler ``agent``): they are staged there and ``restart_agent()`` is
+        called so the launcher starts the new one."""
         self._config = config
         self._agent_slots = agent_slots
         self._restart_agent = restart_agent
@@ -348,7 +365,24 @@ class Updater:
         self._hall_open = hall_open
         self._report = report
         self._clock = clock
-        self._sleep = sleep
+        self._sleep = sleep or self._wait_for_wake
+        self._wake = threading.Event()
+        self._pending_lock = threading.Lock()
+        self._pending: deque[bytes] = deque(maxlen=_MAX_PENDING_WITHDRAWALS)
+        self._withdrawn: dict[str, int] = {}  # rollout id -> highest verified withdrawal seq
+        self._pinned: PinnedKey | None = None  # from the latest refresh
+
+    def post_withdrawal(self, payload: bytes) -> None:
+        """Hand over a ``kf.withdraw`` payload (any thread; never blocks, never raises). It is
+        verified with the pinned key of the next refresh, or of the directive in hand at its
+        next poll, which it wakes."""
+        with self._pending_lock:
+            self._pending.append(payload)
+        self._wake.set()
+
+    def _wait_for_wake(self, seconds: float) -> None:
+        self._wake.wait(seconds)
+        self._wake.clear()
 
     @property
     def _tuf_dir(self) -> Path:
@@ -368,6 +402,7 @@ class Updater:
             state.last_seq = directive.seq
             state.save(self._config.state_file)
             self._send(directive, UpdateState.NOTIFIED)
+            self._unless_withdrawn(directive)
             info, manifest = self._release(tuf, directive, state)
             artifact = self._download(tuf, directive, info)
             try:
@@ -435,6 +470,7 @@ class Updater:
             if pin is None:
                 raise _rejected(UpdateReason("unknown_key"), "the operator pinned no directive key")
             pinned = pinned_key_from_custom(pin.custom)
+            self._pinned = pinned
             return verify_directive(
                 payload,
                 pinned_key=pinned,
@@ -499,6 +535,7 @@ class Updater:
         """Return holding the gate's install, or raise _Done(timed_out)."""
         reported: str | None = None
         while True:
+            self._unless_withdrawn(directive)
             now = self._clock.wall()
             why = window_wait(directive, now, hall_is_open=self._hall_open(now))
             if why == WINDOW_OVER:
@@ -512,6 +549,35 @@ class Updater:
                 self._send(directive, UpdateState.WAITING_WINDOW, reason, why)
                 reported = why
             self._sleep(self._config.poll_s)
+
+    def _unless_withdrawn(self, directive: Directive) -> None:
+        """Raise _Done(canceled) if a verified withdrawal of the directive's rollout came
+        after it (a higher seq). Verifies the withdrawals posted since the last call."""
+        with self._pending_lock:
+            posted, self._pending = list(self._pending), deque(maxlen=_MAX_PENDING_WITHDRAWALS)
+        for payload in posted:
+            self._note_withdrawal(payload)
+        withdrawn = self._withdrawn.get(directive.rollout_id, 0)
+        if withdrawn > directive.seq:
+            raise _Done(Ending(UpdateState.CANCELED, None, f"withdrawn (seq {withdrawn})"))
+
+    def _note_withdrawal(self, payload: bytes) -> None:
+        if self._pinned is None:  # no refresh yet: nothing could have been withdrawn
+            return
+        try:
+            withdrawal = verify_withdrawal(
+                payload,
+                pinned_key=self._pinned,
+                terminal_id=self._config.terminal_id,
+                now=self._clock.wall(),
+            )
+        except DirectiveRejected as exc:
+            _log.warning("withdrawal refused: %s", exc)
+            return
+        rollout = withdrawal.rollout_id
+        self._withdrawn[rollout] = max(self._withdrawn.pop(rollout, 0), withdrawal.seq)
+        while len(self._withdrawn) > _MAX_WITHDRAWN_ROLLOUTS:
+            del self._withdrawn[next(iter(self._withdrawn))]
 
     @staticmethod
     def _request(manifest: ReleaseManifest, artifact: Path) -> InstallRequest:
@@ -568,6 +634,7 @@ class Updater:
         body = UpdateBody(
             rollout_id=directive.rollout_id if directive else None,
             directive_seq=directive.seq if directive else 0,
+            attempt=directive.attempt if directive else None,
             target=directive.target.path if directive else None,
             state=state,
             reason=reason,

@@ -17,9 +17,17 @@ Wire format (``kf.directive`` v1, at most ``DirectiveLimits.max_bytes``)::
 PAE is DSSE's pre-authentication encoding (``DSSEv1 <len> <type> <len> <body>``), so a
 signature made by this key for anything else can never pass as a directive.
 
+``kf.withdraw`` v1 (same envelope, ``"schema": "kf.withdraw"``, PAE type
+``WITHDRAW_PAYLOAD_TYPE``): a ``Withdrawal`` asks one terminal to drop the directives of a
+rollout with a lower seq that have not started installing (docs/protocol.md, seq semantics).
+
 Public interface (pure: no I/O, no clock, no logging; ``now`` is an argument):
 
-- ``Directive``, ``DirectiveTarget``: the signed content (pydantic, strict, frozen).
+- ``Directive``, ``DirectiveTarget``: the signed content (pydantic, strict, frozen); its
+  optional ``attempt`` is left out of the encoding when None.
+- ``Withdrawal``, ``SignedWithdrawal``, ``sign_withdrawal``, ``verify_withdrawal`` (the
+  directive's checks and reasons without seq and target).
+- ``cmd_schema(payload)``: the schema a ``cmd`` payload claims, unverified, for routing.
 - ``SignedDirective``: the envelope above.
 - ``canonical_bytes(directive) -> bytes``: the one encoding that is signed.
 - ``sign_directive(directive, private_key) -> bytes``: the envelope's wire bytes.
@@ -48,7 +56,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Final, Literal, Protocol
+from typing import Annotated, Any, Final, Literal, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -67,6 +75,7 @@ from protocol.topics import TERMINAL_ID_PATTERN
 __all__ = [
     "DIRECTIVE_REJECT_REASONS",
     "PAYLOAD_TYPE",
+    "WITHDRAW_PAYLOAD_TYPE",
     "Directive",
     "DirectiveKeyPinError",
     "DirectiveLimits",
@@ -74,15 +83,21 @@ __all__ = [
     "DirectiveTarget",
     "PinnedKey",
     "SignedDirective",
+    "SignedWithdrawal",
     "TargetInfo",
+    "Withdrawal",
     "canonical_bytes",
+    "cmd_schema",
     "key_id_of",
     "pinned_key_from_custom",
     "sign_directive",
+    "sign_withdrawal",
     "verify_directive",
+    "verify_withdrawal",
 ]
 
 PAYLOAD_TYPE: Final = "application/vnd.kioskfleet.directive+json;version=1"
+WITHDRAW_PAYLOAD_TYPE: Final = "application/vnd.kioskfleet.withdraw+json;version=1"
 
 
 class DirectiveRejected(Exception):  # noqa: N818 -- the name the issue and callers use
@@ -151,6 +166,25 @@ class Directive(_Strict):
     not_before: Timestamp
     not_after: Timestamp
     install_while_open: bool = False
+    # The planner's attempt number for this terminal (``Notify.attempt``); the agent echoes
+    # it in every ``kf.update``. Optional: a directive without it encodes as before.
+    attempt: Annotated[int, Field(ge=1, le=2**53)] | None = None
+
+
+class Withdrawal(_Strict):
+    """A signed request to one terminal: drop every directive of ``rollout_id`` with a seq
+    below ``seq`` that has not started installing (after a cancel or abort).
+
+    ``seq`` comes from the same per-terminal counter as directives, so it is above the seq
+    of every directive the server sent that terminal before; a withdrawal never touches a
+    directive signed after it. It does not move the terminal's accepted seq."""
+
+    terminal_id: Annotated[str, Field(pattern=TERMINAL_ID_PATTERN)]
+    rollout_id: Annotated[str, Field(pattern=_ID)]
+    seq: Annotated[int, Field(ge=1, le=2**53)]
+    target: Annotated[str, Field(max_length=255, pattern=_TARGET_PATH)]
+    issued_at: Timestamp
+    expires_at: Timestamp
 
 
 class SignedDirective(_Strict):
@@ -163,20 +197,34 @@ class SignedDirective(_Strict):
     signature: Annotated[str, Field(min_length=88, max_length=88)]  # base64 of 64 bytes
 
 
+class SignedWithdrawal(_Strict):
+    """The envelope of a ``Withdrawal`` on the ``cmd`` channel (``kf.withdraw`` v1)."""
+
+    schema_: Literal["kf.withdraw"] = Field(alias="schema")
+    version: Literal[1]
+    key_id: Annotated[str, Field(pattern=_HEX64)]
+    payload: Annotated[str, Field(min_length=4, max_length=4096)]
+    signature: Annotated[str, Field(min_length=88, max_length=88)]
+
+
 def _utc(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def canonical_bytes(directive: Directive) -> bytes:
-    """The directive's one signed encoding: sorted keys, no spaces, ASCII, UTC ``Z`` times."""
+def canonical_bytes(directive: Directive | Withdrawal) -> bytes:
+    """The one signed encoding: sorted keys, no spaces, ASCII, UTC ``Z`` times; a directive's
+    ``attempt`` is left out when None (so directives signed before it existed still verify)."""
     data: dict[str, Any] = directive.model_dump(mode="python", by_alias=True)
     for key in ("issued_at", "expires_at", "not_before", "not_after"):
-        data[key] = _utc(data[key])
+        if key in data:
+            data[key] = _utc(data[key])
+    if data.get("attempt", 0) is None:
+        del data["attempt"]
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _pae(body: bytes) -> bytes:
-    kind = PAYLOAD_TYPE.encode()
+def _pae(body: bytes, payload_type: str = PAYLOAD_TYPE) -> bytes:
+    kind = payload_type.encode()
     return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(body), body)
 
 
@@ -258,15 +306,34 @@ def sign_directive(directive: Directive, private_key: Ed25519PrivateKey) -> byte
 
     Signs what it is given: the caller (the rollout engine) chooses times and seq.
     """
-    body = canonical_bytes(directive)
+    return _sign("kf.directive", PAYLOAD_TYPE, canonical_bytes(directive), private_key)
+
+
+def sign_withdrawal(withdrawal: Withdrawal, private_key: Ed25519PrivateKey) -> bytes:
+    """The wire bytes (``kf.withdraw``) of ``withdrawal`` signed with ``private_key``."""
+    return _sign("kf.withdraw", WITHDRAW_PAYLOAD_TYPE, canonical_bytes(withdrawal), private_key)
+
+
+def _sign(schema: str, payload_type: str, body: bytes, private_key: Ed25519PrivateKey) -> bytes:
     envelope = {
-        "schema": "kf.directive",
+        "schema": schema,
         "version": 1,
         "key_id": key_id_of(private_key.public_key()),
         "payload": _b64(body),
-        "signature": _b64(private_key.sign(_pae(body))),
+        "signature": _b64(private_key.sign(_pae(body, payload_type))),
     }
     return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+def cmd_schema(payload: bytes) -> str | None:
+    """The ``schema`` a ``cmd`` payload claims (unverified: only for routing), None if it is
+    not a JSON object with a string ``schema``. Never raises."""
+    try:
+        raw = loads_strict(payload)
+    except MalformedJSONError:
+        return None
+    schema = raw.get("schema") if isinstance(raw, dict) else None
+    return schema if isinstance(schema, str) else None
 
 
 class TargetInfo(Protocol):
@@ -288,7 +355,11 @@ def _short(exc: ValidationError) -> str:
     return f"{loc}: {err['msg']}"[:200]
 
 
-def _open_envelope(payload: bytes, limits: DirectiveLimits) -> SignedDirective:
+_E = TypeVar("_E", SignedDirective, SignedWithdrawal)
+_B = TypeVar("_B", Directive, Withdrawal)
+
+
+def _open_envelope(payload: bytes, limits: DirectiveLimits, model: type[_E]) -> _E:
     if len(payload) > limits.max_bytes:
         raise DirectiveRejected("too_large", f"{len(payload)} bytes exceed {limits.max_bytes}")
     try:
@@ -298,12 +369,14 @@ def _open_envelope(payload: bytes, limits: DirectiveLimits) -> SignedDirective:
     if not isinstance(raw, dict):
         raise DirectiveRejected("malformed", "not a JSON object")
     try:
-        return SignedDirective.model_validate_json(payload)
+        return model.model_validate_json(payload)
     except ValidationError as exc:
         raise DirectiveRejected("malformed", _short(exc)) from None
 
 
-def _authentic_body(envelope: SignedDirective, pinned_key: PinnedKey) -> bytes:
+def _authentic_body(
+    envelope: SignedDirective | SignedWithdrawal, pinned_key: PinnedKey, payload_type: str
+) -> bytes:
     if envelope.key_id != pinned_key.key_id:
         raise DirectiveRejected("unknown_key", f"key {envelope.key_id[:16]}... is not pinned")
     try:
@@ -311,16 +384,16 @@ def _authentic_body(envelope: SignedDirective, pinned_key: PinnedKey) -> bytes:
     except ValueError as exc:
         raise DirectiveRejected("malformed", str(exc)) from None
     try:
-        pinned_key.public_key.verify(signature, _pae(body))
+        pinned_key.public_key.verify(signature, _pae(body, payload_type))
     except InvalidSignature:
         raise DirectiveRejected("bad_signature", "the signature does not verify") from None
     return body
 
 
-def _parse_body(body: bytes) -> Directive:
+def _parse_body(body: bytes, model: type[_B]) -> _B:
     try:
         loads_strict(body)
-        directive = Directive.model_validate_json(body)
+        directive = model.model_validate_json(body)
     except MalformedJSONError as exc:
         raise DirectiveRejected("malformed", exc.message) from None
     except ValidationError as exc:
@@ -379,8 +452,8 @@ def verify_directive(
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     limits = limits or DirectiveLimits()
-    body = _authentic_body(_open_envelope(payload, limits), pinned_key)
-    directive = _parse_body(body)
+    envelope = _open_envelope(payload, limits, SignedDirective)
+    directive = _parse_body(_authentic_body(envelope, pinned_key, PAYLOAD_TYPE), Directive)
     if directive.terminal_id != terminal_id:
         raise DirectiveRejected("wrong_terminal", f"for {directive.terminal_id!r}")
     if directive.seq <= last_seq:
@@ -388,3 +461,35 @@ def verify_directive(
     _check_times(directive, now, limits)
     _check_target(directive, target_info)
     return directive
+
+
+def verify_withdrawal(
+    payload: bytes,
+    *,
+    pinned_key: PinnedKey,
+    terminal_id: str,
+    now: datetime,
+    limits: DirectiveLimits | None = None,
+) -> Withdrawal:
+    """The withdrawal in ``payload`` if it is signed by ``pinned_key``, for ``terminal_id``
+    and not expired. Same checks and reasons as ``verify_directive``, in the same order,
+    without ``seq`` (a withdrawal is idempotent) and target (it installs nothing). Raises
+    DirectiveRejected, never another exception for any ``payload``; ValueError for a naive
+    ``now``."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    limits = limits or DirectiveLimits()
+    envelope = _open_envelope(payload, limits, SignedWithdrawal)
+    withdrawal = _parse_body(
+        _authentic_body(envelope, pinned_key, WITHDRAW_PAYLOAD_TYPE), Withdrawal
+    )
+    if withdrawal.terminal_id != terminal_id:
+        raise DirectiveRejected("wrong_terminal", f"for {withdrawal.terminal_id!r}")
+    w = withdrawal
+    if now >= w.expires_at:
+        raise DirectiveRejected("expired", f"expired at {_utc(w.expires_at)}")
+    if not w.issued_at < w.expires_at:
+        raise DirectiveRejected("window_invalid", "expires_at is not after issued_at")
+    if max(w.expires_at - w.issued_at, w.expires_at - now) > limits.max_lifetime:
+        raise DirectiveRejected("window_invalid", f"valid for longer than {limits.max_lifetime}")
+    return withdrawal

@@ -6,7 +6,8 @@ directive changes::
 
     {"schema": "kf.update", "version": 1, "terminal_id": "T-0001", "boot_id": "...",
      "seq": 43, "sent_at": "...",
-     "body": {"rollout_id": "R-7", "directive_seq": 12, "target": "acme/app-2.1.tar",
+     "body": {"rollout_id": "R-7", "directive_seq": 12, "attempt": 2,
+              "target": "acme/app-2.1.tar",
               "state": "rejected", "reason": "replayed", "detail": "seq 12 <= accepted 12"}}
 
 Public interface: ``UpdateState`` (the per-terminal states of a rollout), ``UpdateReason``
@@ -99,6 +100,9 @@ class UpdateBody(_Strict):
 
     rollout_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] | None = None
     directive_seq: Annotated[int, Field(ge=0, le=2**53)]
+    # The directive's ``attempt`` echoed back; None from an agent that predates it (or for a
+    # directive that carried none), and the server then falls back to receive times.
+    attempt: Annotated[int, Field(ge=1, le=2**53)] | None = None
     target: Annotated[str, Field(min_length=1, max_length=255, pattern=_PRINTABLE)] | None = None
     state: UpdateState
     reason: UpdateReason | None = None

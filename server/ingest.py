@@ -224,6 +224,7 @@ def _update_record(message: UpdateMessage, inbound: InboundMessage) -> UpdateRec
         seq=message.seq,
         rollout_id=body.rollout_id,
         directive_seq=body.directive_seq,
+        attempt=body.attempt,
         state=body.state.value,
         reason=None if body.reason is None else str(body.reason.value),
         detail=body.detail,

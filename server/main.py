@@ -60,6 +60,7 @@ from server.message_source import (
 )
 from server.metrics import ServerMetrics
 from server.mqtt_source import MqttOptions, MqttSource
+from server.opening_hours import OpeningHours
 from server.opening_hours_api import opening_hours_router
 from server.opening_hours_store import OpeningHoursStore
 from server.records import EventRecord
@@ -337,6 +338,7 @@ class Server:
             signer=load_directive_signer(settings.updates_directive_key_file),
             audit=self.audit,
             clock=lambda: datetime.now(UTC),
+            hours=self._hall_hours,
         )
         add_routes(self.app, rollout_router(lambda: self.rollouts))
         self._scheduler: BackgroundScheduler | None = None
@@ -357,6 +359,11 @@ class Server:
             host = f"[{host}]"
         scheme = "https" if self.settings.https else "http"
         return f"{scheme}://{host}:{self._port}"
+
+    def _hall_hours(self, hall: str) -> OpeningHours | None:
+        """``hall``'s opening hours for the rollout driver. Raises StorageError."""
+        stored = OpeningHoursStore(self.storage).get(hall)
+        return None if stored is None else stored.hours
 
     def listening_since(self) -> datetime | None:
         """Since when silence proves something: the later of the broker connect and the last

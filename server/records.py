@@ -46,6 +46,7 @@ class UpdateRecord:
     detail: str | None
     occurred_at: datetime
     received_at: datetime
+    attempt: int | None = None  # the directive's attempt, echoed (None: an older agent)
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,6 +76,10 @@ class RolloutCreate(BaseModel):
     max_attempts: int = Field(default=3, ge=1, le=20)
     retry_backoff_s: float = Field(default=60.0, ge=0)
     retry_backoff_max_s: float = Field(default=3600.0, ge=0)
+    install_while_open: bool = Field(
+        default=False,
+        description="install even while the hall is open (default: only in its closed window)",
+    )
 
 
 class RolloutPublic(BaseModel):
@@ -159,6 +163,7 @@ def rollout_router(service: Callable[[], RolloutService]) -> APIRouter:
             "max_attempts": body.max_attempts,
             "retry_backoff_s": body.retry_backoff_s,
             "retry_backoff_max_s": body.retry_backoff_max_s,
+            "install_while_open": body.install_while_open,
         }
         selector = body.selector.model_dump(exclude_none=True)
         with _answered():

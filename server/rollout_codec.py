@@ -67,7 +67,14 @@ def definition_to_json(definition: RolloutDefinition) -> dict[str, Any]:
         "max_attempts": definition.max_attempts,
         "retry_backoff_s": definition.retry_backoff_s,
         "retry_backoff_max_s": definition.retry_backoff_max_s,
+        "install_while_open": definition.install_while_open,
     }
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"install_while_open is true or false, not {value!r}")
+    return value
 
 
 def definition_from_json(doc: Any) -> RolloutDefinition:
@@ -91,6 +98,7 @@ def definition_from_json(doc: Any) -> RolloutDefinition:
             max_attempts=int(doc["max_attempts"]),
             retry_backoff_s=float(doc["retry_backoff_s"]),
             retry_backoff_max_s=float(doc["retry_backoff_max_s"]),
+            install_while_open=_flag(doc.get("install_while_open", False)),
         )
     except (KeyError, TypeError) as exc:
         raise ValueError(f"not a rollout definition: {exc!r}") from None

@@ -234,6 +234,9 @@ class RolloutDefinition:
     max_attempts: int = 3
     retry_backoff_s: float = 60.0
     retry_backoff_max_s: float = 3600.0
+    # Install even while the terminal's hall is open (the directive's flag); by default the
+    # driver sets each directive's window to the hall's next closed window.
+    install_while_open: bool = False
 
 
 # --- the state ------------------------------------------------------------------------------

@@ -14,8 +14,14 @@ are executed and audited.
   whose latest ``update_status`` row for this rollout changed since the planner saw it,
   then the actions: ``Notify`` -> a directive signed with the directive key, published
   QoS 1 (not retained) on the terminal's ``cmd`` topic, its seq from
-  ``RolloutStore.next_directive_seq`` (always grows). Every action is audited with actor
-  ``system`` (a ``Refused`` one as ``failed``).
+  ``RolloutStore.next_directive_seq`` (always grows), its attempt the planner's, its install
+  window from the terminal's hall hours (``server.install_window``); ``Withdraw`` -> a
+  signed ``kf.withdraw`` on the same topic, its seq from the same counter. Every action is
+  audited with actor ``system`` (a ``Refused`` one as ``failed``).
+
+A status that echoes its directive's attempt is reported with it (the planner refuses an
+earlier attempt's); one without (an older agent) is reported only when received after the
+current attempt's notification.
 
 One lock serialises API events and the tick (one server process owns the rollouts), so a
 step never works on a stale state. A ``Notify`` that cannot be published (broker down) is
@@ -42,16 +48,20 @@ from protocol.directives import (
     Directive,
     DirectiveKeyPinError,
     DirectiveTarget,
+    Withdrawal,
     key_id_of,
     pinned_key_from_custom,
     sign_directive,
+    sign_withdrawal,
 )
 from protocol.topics import Channel, topic
 from server.audit import AuditEntry, AuditResult, AuditSink
 from server.errors import ConfigError, ServerError, StorageError
 from server.fleet_state import FleetState
 from server.fleet_views import TerminalFilter
+from server.install_window import InstallWindow, NoWindow, install_window
 from server.message_source import MessageSource
+from server.opening_hours import OpeningHours
 from server.rollout_planner import (
     Action,
     Event,
@@ -62,6 +72,7 @@ from server.rollout_planner import (
     RolloutDefinition,
     Selected,
     TerminalState,
+    Withdraw,
     new_rollout,
     step,
 )
@@ -139,7 +150,10 @@ class RolloutService:
         signer: DirectiveSigner | None,
         audit: AuditSink,
         clock: Callable[[], datetime],
+        hours: Callable[[str], OpeningHours | None] = lambda _hall: None,
     ) -> None:
+        """``hours(hall)``: the hall's opening hours, None if none are set (may raise
+        StorageError: that directive is then not sent, audited ``failed``)."""
         self._store = store
         self._fleet = fleet
         self._engine = engine
@@ -149,6 +163,7 @@ class RolloutService:
         self._signer = signer
         self._audit = audit
         self._clock = clock
+        self._hours = hours
         self._lock = threading.Lock()
 
     # --- operator events ------------------------------------------------------------------
@@ -257,11 +272,14 @@ class RolloutService:
                 except ValueError:
                     continue  # a state the planner does not track
                 progress = known.get(record.terminal_id)
-                if progress is None or progress.state == state:
+                if progress is None or progress.state == state or progress.notified_at is None:
                     continue
-                if progress.notified_at is None or record.received_at < progress.notified_at:
-                    continue  # from an earlier attempt: the planner already saw it
-                reports.append(Report(record.terminal_id, state))
+                if record.attempt is not None:
+                    if record.attempt < progress.attempts:
+                        continue  # an earlier attempt's: seen, or superseded by the retry
+                elif record.received_at < progress.notified_at:
+                    continue  # no attempt (an older agent): received before this attempt
+                reports.append(Report(record.terminal_id, state, record.attempt))
             after = page.next_after
             if after is None:
                 return reports
@@ -270,6 +288,7 @@ class RolloutService:
 
     def _execute(self, rollout: Rollout, actions: Iterable[Action], now: datetime) -> None:
         rollout_id = rollout.definition.rollout_id
+        hours: dict[str, OpeningHours | None] = {}  # per hall, read once per step
         for action in actions:
             result, detail = AuditResult.OK, {"action": type(action).__name__}
             target = rollout_id
@@ -277,10 +296,16 @@ class RolloutService:
                 target = action.terminal_id
                 detail["rollout"] = rollout_id
                 detail["attempt"] = str(action.attempt)
-                sent, why = self._notify(rollout, action, now)
+                sent, why = self._notify(rollout, action, now, hours)
                 if not sent:
                     result, detail["error"] = AuditResult.FAILED, why
                     log.warning("directive to %s not sent: %s", action.terminal_id, why)
+            elif isinstance(action, Withdraw):
+                target, detail["rollout"] = action.terminal_id, rollout_id
+                sent, why = self._withdraw(rollout, action, now)
+                if not sent:
+                    result, detail["error"] = AuditResult.FAILED, why
+                    log.warning("withdrawal to %s not sent: %s", action.terminal_id, why)
             elif isinstance(action, Refused):
                 result, detail["reason"] = AuditResult.FAILED, action.reason[:200]
             self._audit.record(
@@ -300,7 +325,13 @@ class RolloutService:
                 return release
         return None
 
-    def _notify(self, rollout: Rollout, action: Notify, now: datetime) -> tuple[bool, str]:
+    def _notify(
+        self,
+        rollout: Rollout,
+        action: Notify,
+        now: datetime,
+        hours: dict[str, OpeningHours | None],
+    ) -> tuple[bool, str]:
         if self._signer is None:
             return False, "no directive key (updates_directive_key_file)"
         release = self._release(action.target)
@@ -309,19 +340,66 @@ class RolloutService:
         mismatch = self._pin_mismatch(self._signer.key)
         if mismatch:
             return False, mismatch
-        lifetime = min(
-            self._signer.lifetime,
-            timedelta(seconds=rollout.definition.terminal_timeout_s),
+        try:
+            window = self._window(rollout, action.terminal_id, now, hours)
+            if isinstance(window, NoWindow):
+                return False, window.reason[:200]
+            seq = self._store.next_directive_seq(action.terminal_id)
+        except StorageError as exc:
+            return False, str(exc)[:200]
+        try:
+            directive = self._directive(rollout, action, release, seq, now, window)
+        except ValidationError as exc:  # a terminal id or target the wire cannot carry
+            return False, f"directive invalid: {exc.error_count()} errors"
+        payload = sign_directive(directive, self._signer.key)
+        if not self._source().publish(topic(action.terminal_id, Channel.CMD), payload):
+            return False, "broker not connected"
+        return True, ""
+
+    def _lifetime(self, rollout: Rollout) -> timedelta:
+        assert self._signer is not None  # callers checked
+        timeout = timedelta(seconds=rollout.definition.terminal_timeout_s)
+        return min(self._signer.lifetime, timeout)
+
+    def _window(
+        self,
+        rollout: Rollout,
+        terminal_id: str,
+        now: datetime,
+        hours: dict[str, OpeningHours | None],
+    ) -> InstallWindow | NoWindow:
+        """The install window for ``terminal_id``'s hall (its hours cached in ``hours``).
+        Raises StorageError."""
+        view = self._fleet.get(terminal_id)
+        hall = None if view is None else view.hall
+        if hall is not None and hall not in hours:
+            hours[hall] = self._hours(hall)
+        return install_window(
+            None if hall is None else hours[hall],
+            now,
+            lifetime=self._lifetime(rollout),
+            install_while_open=rollout.definition.install_while_open,
         )
+
+    def _withdraw(self, rollout: Rollout, action: Withdraw, now: datetime) -> tuple[bool, str]:
+        if self._signer is None:
+            return False, "no directive key (updates_directive_key_file)"
         try:
             seq = self._store.next_directive_seq(action.terminal_id)
         except StorageError as exc:
             return False, str(exc)[:200]
         try:
-            directive = self._directive(rollout, action, release, seq, now, lifetime)
-        except ValidationError as exc:  # a terminal id or target the wire cannot carry
-            return False, f"directive invalid: {exc.error_count()} errors"
-        payload = sign_directive(directive, self._signer.key)
+            withdrawal = Withdrawal(
+                terminal_id=action.terminal_id,
+                rollout_id=rollout.definition.rollout_id,
+                seq=seq,
+                target=action.target,
+                issued_at=now,
+                expires_at=now + self._lifetime(rollout),
+            )
+        except ValidationError as exc:
+            return False, f"withdrawal invalid: {exc.error_count()} errors"
+        payload = sign_withdrawal(withdrawal, self._signer.key)
         if not self._source().publish(topic(action.terminal_id, Channel.CMD), payload):
             return False, "broker not connected"
         return True, ""
@@ -347,15 +425,17 @@ class RolloutService:
         release: ReleaseView,
         seq: int,
         now: datetime,
-        lifetime: timedelta,
+        window: InstallWindow,
     ) -> Directive:
         return Directive(
             terminal_id=action.terminal_id,
             rollout_id=rollout.definition.rollout_id,
             seq=seq,
+            attempt=action.attempt,
             target=DirectiveTarget(path=release.path, length=release.length, sha256=release.sha256),
             issued_at=now,
-            expires_at=now + lifetime,
-            not_before=now,
-            not_after=now + lifetime,
+            expires_at=window.expires_at,
+            not_before=window.not_before,
+            not_after=window.not_after,
+            install_while_open=window.install_while_open,
         )

@@ -39,6 +39,7 @@ class UpdateStatusPublic(BaseModel):
     terminal_id: str
     rollout_id: str | None
     directive_seq: int
+    attempt: int | None = Field(description="the directive's attempt (null: an older agent)")
     state: str = Field(description="one of the 14 states of protocol.update_status.UpdateState")
     reason: str | None
     detail: str | None
@@ -63,6 +64,7 @@ def _public(record: UpdateRecord) -> UpdateStatusPublic:
         terminal_id=record.terminal_id,
         rollout_id=record.rollout_id,
         directive_seq=record.directive_seq,
+        attempt=record.attempt,
         state=record.state,
         reason=record.reason,
         detail=record.detail,

@@ -9,7 +9,7 @@ dropped by ``ON CONFLICT DO NOTHING``). Rows are pruned by the retention job
 
 Public interface (for the rollout API and the dashboards):
 
-- ``UpdateStatusRow``: the table (migration ``0006``).
+- ``UpdateStatusRow``: the table (migration ``0006``; ``attempt`` from ``0008``).
 - ``insert_updates(conn, insert, records)``: the writer's part (``records``:
   ``server.records.UpdateRecord``).
 - ``timeline(engine, terminal_id, limit)``: one terminal's statuses newest first.
@@ -84,6 +84,9 @@ class UpdateStatusRow(_Table, table=True):
     detail: str | None = _text(MAX_DETAIL_CHARS)
     occurred_at: datetime = _ts()  # device time (the message's sent_at)
     received_at: datetime = _ts()  # server time
+    attempt: int | None = Field(  # the directive's attempt (migration 0008); null: older agent
+        default=None, sa_column=sa.Column(sa.BigInteger, nullable=True)
+    )
 
 
 _UPDATE: Final = UpdateStatusRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it

@@ -29,7 +29,13 @@ from agent.install_gate import InstallGate
 from agent.updater import Updater, UpdaterConfig, UpdaterState
 from firmware_manifests.release_manifest import HealthCheck, InstallStep
 from kioskfleet.update_client import UpdateClient
-from protocol.directives import Directive, DirectiveTarget, sign_directive
+from protocol.directives import (
+    Directive,
+    DirectiveTarget,
+    Withdrawal,
+    sign_directive,
+    sign_withdrawal,
+)
 from protocol.update_status import UpdateBody, UpdateState
 from server.access import Role
 from server.main import Server
@@ -413,6 +419,77 @@ def test_a_window_that_begins_later_is_waited_for_and_one_that_ends_times_out(
     assert S.INSTALLING not in terminal.states()
     assert terminal.active_version() == "1.1.0"
     assert terminal.gate.try_begin_install()  # no install left holding the gate
+
+
+def _withdrawal(release: Release, seq: int, *, rollout_id: str = "R-1", key: Any = None) -> bytes:
+    now = datetime.now(UTC)
+    withdrawal = Withdrawal(
+        terminal_id="T-0001",
+        rollout_id=rollout_id,
+        seq=seq,
+        target=release.path,
+        issued_at=now - timedelta(minutes=1),
+        expires_at=now + timedelta(hours=1),
+    )
+    return sign_withdrawal(withdrawal, key or SERVER_KEY)
+
+
+def test_a_withdrawal_while_waiting_for_the_window_cancels_and_installs_nothing(
+    terminal: Terminal,
+) -> None:
+    release = _publish(terminal, 1)
+    terminal.hall_open = lambda _now: True
+    directive = terminal.directive(release)  # seq 1
+    updater = terminal.updater()
+    terminal.sleep = lambda _s: updater.post_withdrawal(_withdrawal(release, seq=2))
+    terminal.reports.clear()
+    assert updater.handle(directive) is S.CANCELED
+    assert terminal.states() == [
+        S.NOTIFIED,
+        S.DOWNLOADING,
+        S.DOWNLOADED,
+        S.WAITING_WINDOW,
+        S.CANCELED,
+    ]
+    assert terminal.reports[-1].rollout_id == "R-1"
+    assert terminal.active_version() is None
+    assert not list((terminal.root / "work" / "downloads").iterdir())  # artifact deleted
+    assert terminal.gate.try_begin_install()
+
+
+def test_a_directive_still_queued_when_its_withdrawal_came_is_canceled_once_accepted(
+    terminal: Terminal,
+) -> None:
+    release = _publish(terminal, 1)
+    directive = terminal.directive(release)  # seq 1, queued behind another directive
+    updater = terminal.updater()
+    updater.post_withdrawal(_withdrawal(release, seq=2))
+    terminal.reports.clear()
+    assert updater.handle(directive) is S.CANCELED
+    assert terminal.states() == [S.NOTIFIED, S.CANCELED]  # nothing downloaded
+    assert UpdaterState.load(terminal.state_file).last_seq == 1  # the seq stays accepted
+
+
+def test_a_withdrawal_of_another_rollout_an_older_seq_or_another_key_cancels_nothing(
+    terminal: Terminal,
+) -> None:
+    release = _publish(terminal, 1)
+    hall = {"open": True}
+    terminal.hall_open = lambda _now: hall["open"]
+    directive = terminal.directive(release)  # seq 1
+    updater = terminal.updater()
+    updater.post_withdrawal(_withdrawal(release, seq=5, rollout_id="R-2"))
+    updater.post_withdrawal(_withdrawal(release, seq=1))  # not after the directive
+    updater.post_withdrawal(_withdrawal(release, seq=9, key=Ed25519PrivateKey.generate()))
+    updater.post_withdrawal(b'{"schema": "kf.withdraw"}')
+
+    def the_hall_closes(_seconds: float) -> None:
+        hall["open"] = False
+
+    terminal.sleep = the_hall_closes
+    terminal.reports.clear()
+    assert updater.handle(directive) is S.SUCCEEDED
+    assert terminal.active_version() == "1.1.0"
 
 
 def test_an_archive_escaping_its_slot_is_rejected_as_unsafe_and_nothing_installed(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +18,22 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tuf.ngclient import Updater
 
+from agent.main import AgentRuntime
 from kioskfleet.cli import main
 from kioskfleet.update_client import UpdateClient
 from kioskfleet.update_repo import DIRECTIVE_KEY_TARGET
 from protocol.codec import decode
-from protocol.directives import Directive, pinned_key_from_custom, verify_directive
+from protocol.directives import (
+    Directive,
+    Withdrawal,
+    pinned_key_from_custom,
+    verify_directive,
+    verify_withdrawal,
+)
 from protocol.topics import Channel
 from server.access import Role
 from server.main import Server
+from tests.integration import test_agent_mqtt
 from tests.integration.conftest import (
     RawTerminal,
     ServerFactory,
@@ -35,6 +43,9 @@ from tests.integration.conftest import (
     bearer,
     token,
 )
+from tests.integration.test_agent_mqtt import start_agent
+from tests.integration.test_agent_update_e2e import _timeline, _updating_config
+from tests.integration.test_agent_updater import Release, Terminal, _publish
 from tests.integration.test_directives_tuf import SERVER_KEY, updater, world
 from tests.support.tuf_world import release_manifest
 from tests.support.waiting import wait_until
@@ -42,6 +53,7 @@ from tests.support.waiting import wait_until
 pytestmark = pytest.mark.integration
 
 __all__ = ["updater", "world"]  # fixtures reused from the directive tests
+runtimes = test_agent_mqtt.runtimes
 
 TARGET = "acme/kiosk-app-1.bin"
 FAILURE = "install_failed"
@@ -117,7 +129,7 @@ def _rollout(server: Server, rollout_id: str) -> dict[str, Any]:
     return body
 
 
-def _status(t: RawTerminal, directive: Directive, state: str, **extra: str) -> None:
+def _status(t: RawTerminal, directive: Directive, state: str, **extra: Any) -> None:
     raw = {
         "schema": "kf.update",
         "version": 1,
@@ -133,6 +145,17 @@ def _status(t: RawTerminal, directive: Directive, state: str, **extra: str) -> N
         },
     }
     t.publish(decode(t.topic(Channel.UPDATE), json.dumps(raw).encode()))
+
+
+def _withdrawal(updater: Updater, terminal: RawTerminal, payload: bytes) -> Withdrawal:
+    pin = updater.get_targetinfo(DIRECTIVE_KEY_TARGET)
+    assert pin is not None
+    return verify_withdrawal(
+        payload,
+        pinned_key=pinned_key_from_custom(pin.custom),
+        terminal_id=terminal.id,
+        now=datetime.now(UTC),
+    )
 
 
 def _verified(updater: Updater, terminal: RawTerminal, payload: bytes) -> Directive:
@@ -240,7 +263,12 @@ def test_a_canceled_rollout_notifies_no_one_else(
     canceled = _post(server, bob, "/api/v1/rollouts/R-CANCEL/cancel")
     assert canceled.status_code == 200, canceled.text
     assert canceled.json()["status"] == "canceled"
-    _status(first, _verified(updater, first, inbox.payloads[0]), "succeeded")
+    directive = _verified(updater, first, inbox.payloads[0])
+    wait_until(lambda: inbox.count() == 2, 10, "the withdrawal of the notified terminal")
+    withdrawal = _withdrawal(updater, first, inbox.payloads[1])
+    assert (withdrawal.rollout_id, withdrawal.target) == ("R-CANCEL", TARGET)
+    assert withdrawal.seq > directive.seq  # it withdraws that directive, never a later one
+    _status(first, directive, "succeeded")  # a raw terminal ignores the request
     wait_until(
         lambda: _rollout(server, "R-CANCEL")["counts"] == {"succeeded": 1, "canceled": 2},
         10,
@@ -327,3 +355,173 @@ def test_a_directive_key_that_is_not_the_pinned_one_sends_nothing_and_is_audited
     assert (entry["actor"], entry["target"]) == ("system", "T-RO-P")
     assert "not the pinned directive key" in entry["detail"]["error"]
     assert inbox.count() == 0
+
+
+# --- opening hours, attempts, withdrawals with a real agent ------------------------------------
+
+
+def _hours_closing_at(closing: datetime, now: datetime) -> dict[str, Any]:
+    """Opening hours (UTC) open from today's midnight until ``closing`` (< 24 h ahead),
+    closed on every other day."""
+    days = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+    until = closing.strftime("%H:%M")
+    weekly: dict[str, list[dict[str, str]]] = {}
+    if closing.date() == now.date():
+        weekly[days[now.weekday()]] = [{"start": "00:00", "end": until}]
+    else:  # open over midnight: the two parts are one opening
+        weekly[days[now.weekday()]] = [{"start": "00:00", "end": "24:00"}]
+        if until != "00:00":
+            weekly[days[closing.weekday()]] = [{"start": "00:00", "end": until}]
+    return {"timezone": "UTC", "weekly": weekly}
+
+
+def _open_until(server: Server, hall: str, hours_ahead: int = 2) -> datetime:
+    """Give ``hall`` hours that are open now and close ``hours_ahead`` hours from now."""
+    now = datetime.now(UTC)
+    closing = (now + timedelta(hours=hours_ahead)).replace(second=0, microsecond=0)
+    response = httpx.put(
+        f"{server.base_url}/api/v1/halls/{hall}/opening-hours",
+        json=_hours_closing_at(closing, now),
+        headers=bearer(admin_token(server)),
+        timeout=5,
+    )
+    assert response.status_code == 200, response.text
+    return closing
+
+
+SIX_HOURS = 6 * 3600
+
+
+def test_a_directive_for_an_open_hall_starts_at_its_closing_and_the_override_starts_now(
+    server: Server, updater: Updater, fleet: list[tuple[RawTerminal, CmdInbox]]
+) -> None:
+    closing = _open_until(server, "Hall R")
+    alice = token(server, Role.OPERATOR, name="alice")
+    bob = token(server, Role.OPERATOR, name="bob")
+    one_phase = {"phases": [{"size": 100}], "terminal_timeout_s": SIX_HOURS}
+    assert _create(server, alice, "R-CLOSED", **one_phase).status_code == 201
+    assert _post(server, bob, "/api/v1/rollouts/R-CLOSED/approve").status_code == 200
+    (first, inbox), *_ = fleet
+    wait_until(lambda: inbox.count() == 1, 10, "the directive")
+    closed = _verified(updater, first, inbox.payloads[0])
+    assert closed.not_before == closing  # downloads now, installs once the hall closed
+    assert closed.not_after == closed.expires_at == closed.issued_at + timedelta(hours=6)
+    assert (closed.install_while_open, closed.attempt) == (False, 1)
+
+    override = {**one_phase, "install_while_open": True}
+    assert _create(server, alice, "R-OPEN", **override).status_code == 201
+    assert _rollout(server, "R-OPEN")["definition"]["install_while_open"] is True
+    assert _post(server, bob, "/api/v1/rollouts/R-OPEN/approve").status_code == 200
+    wait_until(lambda: inbox.count() == 2, 10, "the overriding rollout's directive")
+    now = _verified(updater, first, inbox.payloads[1])
+    assert (now.rollout_id, now.install_while_open) == ("R-OPEN", True)
+    assert now.not_before == now.issued_at  # installs at once, hall open or not
+
+
+def test_a_hall_open_past_the_directive_lifetime_gets_no_directive_and_it_is_audited(
+    server: Server, updater: Updater, fleet: list[tuple[RawTerminal, CmdInbox]]
+) -> None:
+    _open_until(server, "Hall R", hours_ahead=3)
+    alice = token(server, Role.OPERATOR, name="alice")
+    bob = token(server, Role.OPERATOR, name="bob")
+    short = {"phases": [{"size": 100}], "terminal_timeout_s": 3600}  # lives 1 h < 3 h
+    assert _create(server, alice, "R-SHORT", **short).status_code == 201
+    assert _post(server, bob, "/api/v1/rollouts/R-SHORT/approve").status_code == 200
+
+    def refused() -> list[Any]:
+        page = api(server, "/api/v1/audit", action="rollout.notify", result="failed")
+        assert page.status_code == 200, page.text
+        entries: list[Any] = page.json()["items"]
+        return entries
+
+    wait_until(lambda: len(refused()) == 3, 10, "three audited refusals")
+    assert all("after the directive would expire" in e["detail"]["error"] for e in refused())
+    assert [inbox.count() for _, inbox in fleet] == [0, 0, 0, 0]
+
+
+def test_a_late_report_of_an_earlier_attempt_is_not_taken_for_the_current_one(
+    server: Server, updater: Updater, fleet: list[tuple[RawTerminal, CmdInbox]]
+) -> None:
+    alice = token(server, Role.OPERATOR, name="alice")
+    bob = token(server, Role.OPERATOR, name="bob")
+    retried = {"phases": [{"size": 100}], "max_attempts": 2, "retry_backoff_s": 0}
+    assert _create(server, alice, "R-ATT", **retried).status_code == 201
+    assert _post(server, bob, "/api/v1/rollouts/R-ATT/approve").status_code == 200
+    (first, inbox), *_ = fleet
+    wait_until(lambda: inbox.count() == 1, 10, "attempt 1")
+    one = _verified(updater, first, inbox.payloads[0])
+    _status(first, one, "failed", reason=FAILURE, attempt=1)
+    wait_until(lambda: inbox.count() == 2, 10, "attempt 2 after the failure")
+    two = _verified(updater, first, inbox.payloads[1])
+    assert (one.attempt, two.attempt) == (1, 2)
+
+    # Attempt 1's success arrives late, after attempt 2 was sent: receive time alone would
+    # take it for attempt 2's.
+    _status(first, one, "succeeded", attempt=1)
+    wait_until(
+        lambda: (
+            [u["attempt"] for u in _timeline(server, first.id)][-1:] == [1]
+            and len(_timeline(server, first.id)) == 2
+        ),
+        10,
+        "the late status stored",
+    )
+    server.rollouts.tick()
+    assert _rollout(server, "R-ATT")["counts"] == {"notified": 3}
+    _status(first, two, "succeeded", attempt=2)
+    wait_until(
+        lambda: _rollout(server, "R-ATT")["counts"] == {"succeeded": 1, "notified": 2},
+        10,
+        "attempt 2's success counted",
+    )
+
+
+@pytest.fixture
+def agent(
+    server: Server, world: Any, tmp_path: Path, runtimes: list[AgentRuntime], private_broker: Any
+) -> tuple[AgentRuntime, Release]:
+    """A real agent (hall-01) updating from the server's repository, a bundle published."""
+    release = _publish(Terminal(server, world, tmp_path / "vendor"), 1)
+    config = _updating_config(private_broker, server, world, tmp_path / "terminal")
+    runtime = start_agent(runtimes, config)
+    wait_until(lambda: server.fleet.get(config.terminal_id), 10, "the agent's first report")
+    return runtime, release
+
+
+def test_a_real_agent_waits_for_its_hall_to_close_and_a_cancel_withdraws_it_installing_nothing(
+    server: Server, agent: tuple[AgentRuntime, Release], tmp_path: Path
+) -> None:
+    runtime, release = agent
+    tid = runtime.config.terminal_id
+    _open_until(server, runtime.config.hall)
+    alice = token(server, Role.OPERATOR, name="alice")
+    bob = token(server, Role.OPERATOR, name="bob")
+    body = {
+        "target": release.path,
+        "selector": {"hall": runtime.config.hall},
+        "phases": [{"size": 100}],
+        "terminal_timeout_s": SIX_HOURS,
+    }
+    assert _create(server, alice, "R-AGENT", **body).status_code == 201
+    assert _post(server, bob, "/api/v1/rollouts/R-AGENT/approve").status_code == 200
+    waiting = ["notified", "downloading", "downloaded", "waiting_window"]
+    wait_until(
+        lambda: [u["state"] for u in _timeline(server, tid)] == waiting,
+        30,
+        "the agent downloaded and waits for the hall to close",
+    )
+    assert _timeline(server, tid)[-1]["detail"] == "the install window has not begun"
+    assert {u["attempt"] for u in _timeline(server, tid)} == {1}
+
+    assert _post(server, bob, "/api/v1/rollouts/R-AGENT/cancel").status_code == 200
+    wait_until(
+        lambda: [u["state"] for u in _timeline(server, tid)] == [*waiting, "canceled"],
+        30,
+        "the agent dropped the withdrawn directive",
+    )
+    wait_until(
+        lambda: _rollout(server, "R-AGENT")["counts"] == {"canceled": 1}, 10, "counted canceled"
+    )
+    assert not (tmp_path / "terminal" / "slots" / "current").exists()
+    assert runtime.updates is not None
+    assert runtime.updates.stats.handled == 1

@@ -432,6 +432,15 @@ def test_update_status_decodes_on_the_update_channel() -> None:
     assert decode("kf/v1/terminals/T-0001/update", encode(message)) == message
 
 
+def test_update_status_carries_the_directive_attempt_or_none_from_an_older_agent() -> None:
+    echoed = decode("kf/v1/terminals/T-0001/update", _update(attempt=3))
+    older = decode("kf/v1/terminals/T-0001/update", _update())
+    assert isinstance(echoed, UpdateMessage)
+    assert isinstance(older, UpdateMessage)
+    assert (echoed.body.attempt, older.body.attempt) == (3, None)
+    assert decode("kf/v1/terminals/T-0001/update", encode(echoed)) == echoed
+
+
 def test_update_status_elsewhere_than_the_update_channel_is_a_channel_mismatch() -> None:
     assert _reason("kf/v1/terminals/T-0001/event", _update()) == "channel_mismatch"
 
@@ -445,6 +454,12 @@ def test_update_status_elsewhere_than_the_update_channel_is_a_channel_mismatch()
         {"detail": "x" * 257},  # detail is bounded
         {"detail": "line\nbreak"},  # no control characters
         {"extra": 1},  # unknown fields are an error
+        {"attempt": 0},  # attempts count from 1
+        {"attempt": -1},
+        {"attempt": 2**53 + 1},
+        {"attempt": "2"},  # strict: no numeric strings
+        {"attempt": 1.5},
+        {"attempt": True},
     ],
 )
 def test_malformed_update_status_is_refused_as_invalid(body: dict[str, Any]) -> None:
