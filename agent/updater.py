@@ -11,7 +11,10 @@ and, in this order (the first failing step ends it with its state and reason):
 2. reads the target's release manifest and decides (``check_release``, pure): terminal
    model listed, ``release_counter`` not below the highest this terminal installed for the
    package (equal: ``already_installed``), ``min_agent_version`` met;
-3. downloads through python-tuf (length and hashes checked) into ``downloads/``;
+3. downloads through python-tuf (length and hashes checked) into ``downloads/``, resumably:
+   ``agent.tuf_fetcher.ResumingFetcher`` keeps what arrived of a broken download and the
+   next directive for the same target asks only for the rest (``Range``), never past TUF's
+   length; a TUF refusal of metadata is named precisely (``agent.tuf_reasons``);
 4. waits, polling every ``poll_s`` with the injected ``sleep``, until the directive's window
    has begun, the hall is closed (``hall_open(now)`` is False) unless the directive says
    ``install_while_open``, and ``InstallGate.try_begin_install()`` grants it (no citizen
@@ -80,6 +83,8 @@ from agent.install.handler import (
     run_install,
 )
 from agent.install_gate import InstallGate
+from agent.tuf_fetcher import ResumingFetcher
+from agent.tuf_reasons import TOP_LEVEL_ROLES, metadata_reason, role_of_url
 from firmware_manifests.keys import write_atomically
 from firmware_manifests.release_manifest import ManifestError, ReleaseManifest, manifest_from_custom
 from protocol.directives import (
@@ -351,13 +356,16 @@ class Updater:
         directive: Directive | None = None
         try:
             state = UpdaterState.load(self._config.state_file)
-            tuf = self._refreshed_tuf()
-            directive = self._verified(payload, tuf, state)
+            fetcher = ResumingFetcher(
+                target_base_url=self._config.target_base_url, partial_dir=self._download_dir
+            )
+            tuf = self._refreshed_tuf(fetcher)
+            directive = self._verified(payload, tuf, state, fetcher)
             state.last_seq = directive.seq
             state.save(self._config.state_file)
             self._send(directive, UpdateState.NOTIFIED)
             info, manifest = self._release(tuf, directive, state)
-            artifact = self._download(tuf, directive, info)
+            artifact = self._download(tuf, directive, info, fetcher)
             try:
                 self._wait_for_window(directive)
                 try:
@@ -385,8 +393,12 @@ class Updater:
 
     # -- steps ----------------------------------------------------------------------------
 
-    def _refreshed_tuf(self) -> TufUpdater:
-        metadata = self._tuf_dir / "metadata"
+    @property
+    def _metadata_dir(self) -> Path:
+        return self._tuf_dir / "metadata"
+
+    def _refreshed_tuf(self, fetcher: ResumingFetcher) -> TufUpdater:
+        metadata = self._metadata_dir
         metadata.mkdir(parents=True, exist_ok=True)
         self._download_dir.mkdir(parents=True, exist_ok=True)
         cached = metadata / "root.json"
@@ -397,14 +409,37 @@ class Updater:
                 metadata_base_url=self._config.metadata_base_url,
                 target_dir=str(self._download_dir),
                 target_base_url=self._config.target_base_url,
+                fetcher=fetcher,
                 bootstrap=root,
             )
             tuf.refresh()
-        except (RepositoryError, DownloadError, OSError, ValueError) as exc:
+        except (RepositoryError, DownloadLengthMismatchError) as exc:
+            raise self._tuf_refusal(exc, fetcher) from None
+        except DownloadError as exc:  # the repository cannot be reached: worth a retry
+            failed = Ending(UpdateState.FAILED, UpdateReason("download_failed"), str(exc))
+            raise _Done(failed) from None
+        except (OSError, ValueError) as exc:
             raise _rejected(UpdateReason("tuf_error"), f"{type(exc).__name__}: {exc}") from None
         return tuf
 
-    def _verified(self, payload: bytes, tuf: TufUpdater, state: UpdaterState) -> Directive:
+    def _tuf_refusal(self, exc: Exception, fetcher: ResumingFetcher) -> _Done:
+        """python-tuf refused metadata: rejected, with the precise reason (agent/tuf_reasons)."""
+        role = role_bytes = delegator = None
+        if fetcher.last_metadata is not None:
+            url, role_bytes = fetcher.last_metadata
+            role = role_of_url(url)
+            trusted = self._metadata_dir / ("root.json" if role in TOP_LEVEL_ROLES else "targets.json")
+            try:
+                delegator = trusted.read_bytes()
+            except OSError:
+                delegator = self._config.trusted_root if role in TOP_LEVEL_ROLES else None
+        reason = metadata_reason(exc, role=role, role_bytes=role_bytes, delegator_bytes=delegator)
+        where = f" ({role})" if role else ""
+        return _rejected(UpdateReason(reason), f"{type(exc).__name__}{where}: {exc}")
+
+    def _verified(
+        self, payload: bytes, tuf: TufUpdater, state: UpdaterState, fetcher: ResumingFetcher
+    ) -> Directive:
         try:
             pin = tuf.get_targetinfo(DIRECTIVE_KEY_TARGET)
             if pin is None:
@@ -422,8 +457,11 @@ class Updater:
             raise _rejected(UpdateReason("unknown_key"), f"the pinned key: {exc}") from None
         except DirectiveRejected as exc:
             raise _rejected(UpdateReason(exc.reason), exc.message) from None
-        except (RepositoryError, DownloadError) as exc:
-            raise _rejected(UpdateReason("tuf_error"), f"{type(exc).__name__}: {exc}") from None
+        except (RepositoryError, DownloadLengthMismatchError) as exc:  # a vendor role, lazily
+            raise self._tuf_refusal(exc, fetcher) from None
+        except DownloadError as exc:
+            failed = Ending(UpdateState.FAILED, UpdateReason("download_failed"), str(exc))
+            raise _Done(failed) from None
 
     def _release(
         self, tuf: TufUpdater, directive: Directive, state: UpdaterState
@@ -454,18 +492,28 @@ class Updater:
             raise _rejected(UpdateReason("install_failed"), str(exc)) from None
         return info, manifest
 
-    def _download(self, tuf: TufUpdater, directive: Directive, info: TargetFile) -> Path:
+    def _download(
+        self, tuf: TufUpdater, directive: Directive, info: TargetFile, fetcher: ResumingFetcher
+    ) -> Path:
+        """The verified artifact's path. A broken download keeps what arrived (the fetcher's
+        partial file) for the next directive to resume; refused bytes are discarded."""
         self._send(directive, UpdateState.DOWNLOADING)
         path = self._download_dir / directive.target.sha256
         try:
             tuf.download_target(info, filepath=str(path))
-        except (LengthOrHashMismatchError, DownloadLengthMismatchError) as exc:
-            path.unlink(missing_ok=True)
+        except DownloadLengthMismatchError as exc:
+            fetcher.discard_partial()
+            raise _rejected(UpdateReason("artifact_too_long"), str(exc)) from None
+        except LengthOrHashMismatchError as exc:
+            fetcher.discard_partial()
             raise _rejected(UpdateReason("artifact_mismatch"), str(exc)) from None
         except (DownloadError, RepositoryError, OSError) as exc:
             path.unlink(missing_ok=True)
             failed = Ending(UpdateState.FAILED, UpdateReason("download_failed"), str(exc))
             raise _Done(failed) from None
+        fetcher.discard_partial()
+        if fetcher.resumed_from:
+            _log.info("download of %s resumed at byte %d", info.path, fetcher.resumed_from)
         self._send(directive, UpdateState.DOWNLOADED)
         return path
 

@@ -431,7 +431,7 @@ def test_an_archive_escaping_its_slot_is_rejected_as_unsafe_and_nothing_installe
     assert UpdaterState.load(terminal.state_file).highest_counter == {}
 
 
-def test_a_repository_the_trusted_root_does_not_sign_is_a_tuf_error(
+def test_a_repository_the_trusted_root_does_not_sign_is_refused_as_an_unknown_key(
     terminal: Terminal, tmp_path: Path
 ) -> None:
     release = _publish(terminal, 1)
@@ -439,6 +439,6 @@ def test_a_repository_the_trusted_root_does_not_sign_is_a_tuf_error(
     foreign = TufWorld.create(tmp_path / "foreign", vendors={"acme": 1})
     terminal.world = foreign  # the terminal now trusts another operator's root
     assert terminal.handle(payload) is S.REJECTED
-    assert str(terminal.reports[-1].reason) == "tuf_error"
+    assert str(terminal.reports[-1].reason) == "metadata_unknown_key"
     assert not (terminal.slots / "current").exists()
     assert UpdaterState.load(terminal.state_file).last_seq == 0
