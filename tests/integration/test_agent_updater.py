@@ -78,6 +78,7 @@ class Terminal:
     sleep: Callable[[float], None] = lambda _s: None
     hall_open: Callable[[datetime], bool] = lambda _now: False
     clock: ShiftedClock = field(default_factory=ShiftedClock)
+    target_base_url: str | None = None  # None: the server's; a proxy in front of it otherwise
 
     @property
     def slots(self) -> Path:
@@ -93,7 +94,7 @@ class Terminal:
             terminal_model=model,
             agent_version="1.4.0",
             metadata_base_url=f"{self.server.base_url}/tuf/metadata/",
-            target_base_url=f"{self.server.base_url}/tuf/targets/",
+            target_base_url=self.target_base_url or f"{self.server.base_url}/tuf/targets/",
             trusted_root=self.world.roots()[0],
             work_dir=self.root / "work",
             state_file=self.state_file,
@@ -145,10 +146,10 @@ class Terminal:
         return (current / "VERSION").read_text() if current.exists() else None
 
 
-def _bundle(version: str) -> bytes:
+def _bundle(version: str, app: bytes = b"#!/bin/sh\n") -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, content in (("VERSION", version.encode()), ("bin/app", b"#!/bin/sh\n")):
+        for name, content in (("VERSION", version.encode()), ("bin/app", app)):
             info = tarfile.TarInfo(name)
             info.size = len(content)
             archive.addfile(info, io.BytesIO(content))

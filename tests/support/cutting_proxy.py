@@ -1,0 +1,87 @@
+"""A real HTTP proxy on loopback in front of the server that can break one download.
+
+``CuttingProxy(upstream)`` forwards every GET (with its ``Range`` header) to ``upstream``
+and records ``(path, range)`` of each. After ``cut_next_target(n)``, the next response
+under ``/tuf/targets/`` sends its status and headers (the full ``Content-Length``), the
+first ``n`` bytes of the body, and closes the connection: what a terminal sees when the
+network drops mid-download. Only the next one: later requests pass through whole.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+
+__all__ = ["CuttingProxy", "cutting_proxy"]
+
+
+class CuttingProxy(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(("127.0.0.1", 0), _Forward)
+        self.upstream = upstream.rstrip("/")
+        self.requests: list[tuple[str, str | None]] = []
+        self._cut: int | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def cut_next_target(self, after_bytes: int) -> None:
+        with self._lock:
+            self._cut = after_bytes
+
+    def take_cut(self, path: str) -> int | None:
+        with self._lock:
+            if self._cut is None or not path.startswith("/tuf/targets/"):
+                return None
+            cut, self._cut = self._cut, None
+            return cut
+
+
+class _Forward(BaseHTTPRequestHandler):
+    server: CuttingProxy
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 -- stdlib's name
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 -- http.server's method name
+        wanted = self.headers.get("Range")
+        self.server.requests.append((self.path, wanted))
+        headers = {"Range": wanted} if wanted else {}
+        upstream = httpx.get(self.server.upstream + self.path, headers=headers, timeout=10)
+        body = upstream.content
+        cut = self.server.take_cut(self.path)
+        self.send_response(upstream.status_code)
+        for name in ("Content-Type", "Content-Range", "Cache-Control", "Accept-Ranges"):
+            if name in upstream.headers:
+                self.send_header(name, upstream.headers[name])
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if cut is None:
+            self.wfile.write(body)
+            return
+        self.wfile.write(body[:cut])
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+
+@contextmanager
+def cutting_proxy(upstream: str) -> Iterator[CuttingProxy]:
+    proxy = CuttingProxy(upstream)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join()
