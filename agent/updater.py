@@ -29,9 +29,12 @@ rejected (with reason), timed_out or already_installed. The wiring wraps each bo
 
 What survives (``UpdaterState``, one JSON file moved into place with ``os.replace`` after
 an fsync, kept OUTSIDE the TUF cache so wiping the cache forgets nothing): the highest
-directive ``seq`` accepted, and the highest ``release_counter`` installed per package.
-The seq is stored as soon as a directive is accepted (a replay of it is refused even if
-the install later fails); a counter only after a committed install.
+directive ``seq`` accepted, the highest ``release_counter`` installed per package, and the
+install under way. The seq is stored as soon as a directive is accepted (a replay of it is
+refused even if the install later fails); a counter after a committed install, or by
+``reconcile()`` at start when the agent died after the health check passed and the
+handler's ``recover()`` committed it (otherwise the committed release's counter would be
+lost, and a release between the old and the new one would install as an "upgrade").
 
 Public interface:
 
@@ -41,7 +44,8 @@ Public interface:
   ``handlers`` maps a manifest ``install.handler`` name to an ``InstallHandler``.
   ``handle(payload) -> UpdateState`` (the final state) blocks until that state; it never
   raises for anything a directive, the repository or an artifact does (crashes of a
-  handler propagate; ``InstallHandler.recover()`` is the wiring's job at start).
+  handler propagate; ``InstallHandler.recover()`` is the wiring's job at start, followed
+  by ``reconcile()``).
 - ``check_release(manifest, *, model, agent_version, highest_counter) -> Ending | None``
   (pure), ``window_wait(directive, now, *, hall_is_open) -> str | None`` (pure),
   ``outcome_ending(InstallOutcome) -> Ending`` and ``Ending`` (final state, reason, detail).
@@ -150,6 +154,8 @@ class UpdaterState:
 
     last_seq: int = 0
     highest_counter: dict[str, int] = field(default_factory=dict)
+    # the install under way: handler, package, version, release_counter (None: none)
+    installing: dict[str, str | int] | None = None
 
     @classmethod
     def load(cls, path: Path) -> UpdaterState:
@@ -167,9 +173,10 @@ class UpdaterState:
             or type(data.get("last_seq")) is not int
             or not isinstance(counters, dict)
             or not all(isinstance(k, str) and type(v) is int for k, v in counters.items())
+            or not _is_installing(data.get("installing"))
         ):
             raise UpdaterStateError(path, "not an updater state of version 1")
-        return cls(data["last_seq"], dict(counters))
+        return cls(data["last_seq"], dict(counters), data.get("installing"))
 
     def save(self, path: Path) -> None:
         """Write a temporary file, fsync, ``os.replace`` onto ``path``, fsync the directory."""
@@ -177,6 +184,7 @@ class UpdaterState:
             "schema_version": _STATE_VERSION,
             "last_seq": self.last_seq,
             "highest_counter": self.highest_counter,
+            "installing": self.installing,
         }
         write_atomically(path, json.dumps(data, sort_keys=True).encode())
         fd = os.open(path.parent, os.O_RDONLY)
@@ -184,6 +192,17 @@ class UpdaterState:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _is_installing(value: object) -> bool:
+    if value is None:
+        return True
+    return (
+        isinstance(value, dict)
+        and set(value) == {"handler", "package", "version", "release_counter"}
+        and all(isinstance(value[k], str) for k in ("handler", "package", "version"))
+        and type(value["release_counter"]) is int
+    )
 
 
 # --- pure decisions --------------------------------------------------------------------------
@@ -267,8 +286,8 @@ _OUTCOME_STATE: Final = {
 def outcome_ending(outcome: InstallOutcome) -> Ending:
     """The final state and reason that report an install's outcome."""
     state, reason = _OUTCOME_STATE[outcome.result]
-    if outcome.result is InstallResult.ROLLED_BACK and outcome.reason == "health_check_failed":
-        reason = UpdateReason("health_check_failed")
+    if outcome.reason in ("health_check_failed", "interrupted"):  # the handler's precise cause
+        reason = UpdateReason(outcome.reason)
     return Ending(state, reason, f"{outcome.reason}: {outcome.detail}")
 
 
@@ -321,6 +340,10 @@ def _rejected(reason: UpdateReason, detail: str) -> _Done:
     return _Done(Ending(UpdateState.REJECTED, reason, detail))
 
 
+def _record_counter(state: UpdaterState, package: str, counter: int) -> None:
+    state.highest_counter[package] = max(state.highest_counter.get(package, 0), counter)
+
+
 class Updater:
     """Handles one directive at a time (see the module docstring)."""
 
@@ -342,6 +365,23 @@ class Updater:
         self._report = report
         self._clock = clock
         self._sleep = sleep
+
+    def reconcile(self) -> None:
+        """Call once at start, AFTER every handler's ``recover()``: if the agent stopped
+        during an install whose release the handler now runs (``recover()`` committed a
+        release that had passed its health check), record its ``release_counter``, so a
+        lower release is still a downgrade. The pending install is forgotten either way.
+        Raises UpdaterStateError or OSError (the state file)."""
+        state = UpdaterState.load(self._config.state_file)
+        pending = state.installing
+        if pending is None:
+            return
+        handler = self._handlers.get(str(pending["handler"]))
+        if handler is not None and handler.active_version() == pending["version"]:
+            _record_counter(state, str(pending["package"]), int(pending["release_counter"]))
+            _log.warning("an interrupted install of %s was committed", pending["version"])
+        state.installing = None
+        state.save(self._config.state_file)
 
     @property
     def _tuf_dir(self) -> Path:
@@ -369,16 +409,22 @@ class Updater:
             try:
                 self._wait_for_window(directive)
                 try:
+                    state.installing = {
+                        "handler": manifest.install.handler,
+                        "package": manifest.package,
+                        "version": manifest.version,
+                        "release_counter": manifest.release_counter,
+                    }
+                    state.save(self._config.state_file)  # see reconcile()
                     outcome = self._install(directive, manifest, artifact)
                 finally:
                     self._gate.end_install()
             finally:
                 artifact.unlink(missing_ok=True)
             if outcome.result is InstallResult.SUCCEEDED:
-                package = manifest.package
-                known = state.highest_counter.get(package, 0)
-                state.highest_counter[package] = max(known, manifest.release_counter)
-                state.save(self._config.state_file)
+                _record_counter(state, manifest.package, manifest.release_counter)
+            state.installing = None
+            state.save(self._config.state_file)
             raise _Done(outcome_ending(outcome))
         except (UpdaterStateError, OSError) as exc:
             # the state file or the work dir cannot be read or written: fail closed
@@ -428,7 +474,9 @@ class Updater:
         if fetcher.last_metadata is not None:
             url, role_bytes = fetcher.last_metadata
             role = role_of_url(url)
-            trusted = self._metadata_dir / ("root.json" if role in TOP_LEVEL_ROLES else "targets.json")
+            trusted = self._metadata_dir / (
+                "root.json" if role in TOP_LEVEL_ROLES else "targets.json"
+            )
             try:
                 delegator = trusted.read_bytes()
             except OSError:

@@ -166,11 +166,13 @@ def _publish(
     counter: int,
     *,
     health: str = "true",
+    health_timeout_s: int = 1,
     data: bytes | None = None,
     **changes: Any,
 ) -> Release:
     world = terminal.world
-    name = f"kiosk-app-{counter}-{health}.tar.gz"
+    tag = health if health.isalnum() else hashlib.sha256(health.encode()).hexdigest()[:8]
+    name = f"kiosk-app-{counter}-{tag}.tar.gz"
     artifact = world.path / "artifacts" / name
     artifact.parent.mkdir(parents=True, exist_ok=True)
     data = _bundle(f"1.{counter}.0") if data is None else data
@@ -178,7 +180,7 @@ def _publish(
     manifest = release_manifest(
         counter,
         install=InstallStep(handler="bundle"),
-        health_check=HealthCheck(kind="command", target=health, timeout_s=1),
+        health_check=HealthCheck(kind="command", target=health, timeout_s=health_timeout_s),
         **changes,
     )
     world.sign("acme", artifact, manifest)

@@ -12,15 +12,25 @@ a compromised server holding the online (snapshot, timestamp) keys could.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from tuf.api.metadata import Metadata, Targets, TargetFile, Timestamp
+from tuf.api.metadata import Metadata, TargetFile, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
+from agent.updater import UpdaterState
 from firmware_manifests.keys import generate_key
+from kioskfleet.update_client import UpdateClient
+from protocol.update_status import UpdateBody, UpdateState
 from server.main import Server
 from server.tuf_online import next_timestamp
 from tests.integration import test_agent_updater, test_updates
@@ -28,9 +38,6 @@ from tests.integration.conftest import admin_token
 from tests.integration.test_agent_updater import Release, Terminal, _bundle, _publish
 from tests.support.cutting_proxy import cutting_proxy
 from tests.support.tuf_world import TufWorld, release_manifest
-from agent.updater import UpdaterState
-from kioskfleet.update_client import UpdateClient
-from protocol.update_status import UpdateState
 
 pytestmark = pytest.mark.integration
 
@@ -239,3 +246,117 @@ def test_an_interrupted_download_resumes_with_a_range_request_and_installs(
     assert terminal.active_version() == "1.2.0"
     assert UpdaterState.load(terminal.state_file).highest_counter == {"kiosk-app": 2}
     assert list(downloads.iterdir()) == []
+
+
+# --- the agent killed mid-install -------------------------------------------------------------
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def _wait_until_paused(marker: Path, process: subprocess.Popen[bytes]) -> None:
+    """Block until the updater process reached its pause point (it creates ``marker``)."""
+    deadline = time.monotonic() + 120  # a hang guard, not a measurement
+    while not marker.exists():
+        if process.poll() is not None:
+            _, err = process.communicate()
+            pytest.fail(f"the updater ended before its pause point: {err.decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail("the updater never reached its pause point")
+        time.sleep(0.02)
+
+
+def _run_updater_process(terminal: Terminal, mode: str, **config: Any) -> subprocess.Popen[bytes]:
+    trusted_root = terminal.root / "trusted-root.json"
+    trusted_root.write_bytes(terminal.world.roots()[0])
+    config |= {
+        "mode": mode,
+        "terminal_id": "T-0001",
+        "model": "KX-100",
+        "metadata_url": f"{terminal.server.base_url}/tuf/metadata/",
+        "targets_url": f"{terminal.server.base_url}/tuf/targets/",
+        "trusted_root": str(trusted_root),
+        "work_dir": str(terminal.root / "work"),
+        "state_file": str(terminal.state_file),
+        "slots": str(terminal.slots),
+        "reports": str(terminal.root / "reports.jsonl"),
+    }
+    config.setdefault("marker", str(terminal.root / "paused"))
+    path = terminal.root / f"{mode}.json"
+    path.write_text(json.dumps(config))
+    env = os.environ | {"PYTHONPATH": str(_REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.support.updater_process", str(path)],
+        cwd=_REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: the kill takes its children too
+    )
+
+
+# pause point -> the updater's last reported state, the recovery's report (None: nothing was
+# under way), the release running after the recovery
+_KILL_POINTS = {
+    "downloading": (S.DOWNLOADING, None, 1),  # before a byte of the artifact arrived
+    "prepared": (S.INSTALLING, S.FAILED, 1),  # the inactive slot is written, not switched to
+    "active": (S.INSTALLING, S.ROLLED_BACK, 1),  # switched and restarted, before the check
+    "health_check": (S.HEALTH_CHECK, S.ROLLED_BACK, 1),  # the health command is running
+    "healthy": (S.HEALTH_CHECK, S.SUCCEEDED, 2),  # the check passed, not yet committed
+}
+
+
+@pytest.mark.parametrize("killed_at", list(_KILL_POINTS))
+def test_the_agent_killed_at_each_step_of_an_install_recovers_to_the_working_slot(
+    terminal: Terminal, killed_at: str
+) -> None:
+    _installed_first(terminal)
+    marker = terminal.root / "paused"
+    if killed_at == "health_check":  # the release's own health command blocks
+        script = f"echo $$ > {marker}.tmp && mv {marker}.tmp {marker} && exec sleep 600"
+        health = f"sh -c {shlex.quote(script)}"
+        second = _publish(terminal, 2, health=health, health_timeout_s=600)
+        pause_at = None
+    else:
+        second = _publish(terminal, 2)
+        pause_at = killed_at
+    directive = terminal.root / "directive"
+    directive.write_bytes(terminal.directive(second))
+
+    process = _run_updater_process(terminal, "install", directive=str(directive), pause_at=pause_at)
+    _wait_until_paused(marker, process)
+    os.killpg(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    if killed_at == "health_check":  # the handler runs it in a session of its own
+        os.kill(int(marker.read_text()), signal.SIGKILL)
+    reported = [
+        UpdateBody.model_validate_json(line)
+        for line in (terminal.root / "reports.jsonl").read_text().splitlines()
+    ]
+    last_state, recovered_state, running = _KILL_POINTS[killed_at]
+    assert reported[-1].state is last_state
+    assert S.SUCCEEDED not in [r.state for r in reported]
+
+    restart = _run_updater_process(terminal, "recover")
+    out, err = restart.communicate(timeout=120)
+    assert restart.returncode == 0, err.decode()
+    recovered = json.loads(out)
+    assert recovered["active"] == terminal.active_version() == f"1.{running}.0"
+    slot = "slot-a" if running == 1 else "slot-b"
+    assert (terminal.slots / "current").readlink() == Path(slot)
+    if recovered_state is None:
+        assert recovered["report"] is None  # no install was under way
+    else:
+        report = UpdateBody.model_validate_json(json.dumps(recovered["report"]))
+        assert report.state is recovered_state
+        assert str(report.reason) == ("interrupted" if running == 1 else "None")
+    state = UpdaterState.load(terminal.state_file)
+    assert (state.highest_counter, state.installing) == ({"kiosk-app": running}, None)
+
+    # and the terminal goes on: release 2 again is installed or not by what runs now ...
+    again = S.ALREADY_INSTALLED if running == 2 else S.SUCCEEDED
+    if killed_at != "health_check":  # (that release's health command blocks for good)
+        assert terminal.handle(terminal.directive(second)) is again
+    # ... and the next release installs into the other slot
+    third = _publish(terminal, 3)
+    assert terminal.handle(terminal.directive(third)) is S.SUCCEEDED
+    assert terminal.active_version() == "1.3.0"

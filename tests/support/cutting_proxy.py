@@ -49,10 +49,10 @@ class CuttingProxy(ThreadingHTTPServer):
 class _Forward(BaseHTTPRequestHandler):
     server: CuttingProxy
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 -- stdlib's name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 -- http.server's method name
+    def do_GET(self) -> None:
         wanted = self.headers.get("Range")
         self.server.requests.append((self.path, wanted))
         headers = {"Range": wanted} if wanted else {}
