@@ -75,7 +75,7 @@ def test_an_install_cut_off_after_the_switch_is_rolled_back_at_start_and_reporte
     service.start()
     try:
         assert [(b.state, str(b.reason), b.directive_seq) for b in sent] == [
-            (UpdateState.ROLLED_BACK, "install_failed", 0)
+            (UpdateState.ROLLED_BACK, "interrupted", 0)
         ]
         assert service.software() == {}  # the first install rolled back: nothing runs
     finally:

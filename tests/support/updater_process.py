@@ -46,11 +46,11 @@ def main(config: dict[str, Any]) -> None:
         BundleConfig(root=Path(config["slots"]), restart_argv=("true",), health_interval_s=0.05),
         on_step=on_step,
     )
-    reports = Path(config["reports"]).open("a", encoding="utf-8")
+    reports = Path(config["reports"])
 
     def report(body: UpdateBody) -> None:
-        reports.write(body.model_dump_json() + "\n")
-        reports.flush()
+        with reports.open("a", encoding="utf-8") as out:  # closed: on the disk before a kill
+            out.write(body.model_dump_json() + "\n")
         if body.state == pause_at:
             _pause(marker)
 
