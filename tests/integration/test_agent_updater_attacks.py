@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -253,10 +254,10 @@ def test_an_interrupted_download_resumes_with_a_range_request_and_installs(
 _REPO = Path(__file__).resolve().parents[2]
 
 
-def _wait_until_paused(marker: Path, process: subprocess.Popen[bytes]) -> None:
-    """Block until the updater process reached its pause point (it creates ``marker``)."""
+def _wait_until_paused(paused: Callable[[], bool], process: subprocess.Popen[bytes]) -> None:
+    """Block until the updater process reached its pause point."""
     deadline = time.monotonic() + 120  # a hang guard, not a measurement
-    while not marker.exists():
+    while not paused():
         if process.poll() is not None:
             _, err = process.communicate()
             pytest.fail(f"the updater ended before its pause point: {err.decode()[-2000:]}")
@@ -273,7 +274,7 @@ def _run_updater_process(terminal: Terminal, mode: str, **config: Any) -> subpro
         "terminal_id": "T-0001",
         "model": "KX-100",
         "metadata_url": f"{terminal.server.base_url}/tuf/metadata/",
-        "targets_url": f"{terminal.server.base_url}/tuf/targets/",
+        "targets_url": terminal.target_base_url or f"{terminal.server.base_url}/tuf/targets/",
         "trusted_root": str(trusted_root),
         "work_dir": str(terminal.root / "work"),
         "state_file": str(terminal.state_file),
@@ -297,7 +298,7 @@ def _run_updater_process(terminal: Terminal, mode: str, **config: Any) -> subpro
 # pause point -> the updater's last reported state, the recovery's report (None: nothing was
 # under way), the release running after the recovery
 _KILL_POINTS = {
-    "downloading": (S.DOWNLOADING, None, 1),  # before a byte of the artifact arrived
+    "downloading": (S.DOWNLOADING, None, 1),  # part of the artifact arrived, then no more
     "prepared": (S.INSTALLING, S.FAILED, 1),  # the inactive slot is written, not switched to
     "active": (S.INSTALLING, S.ROLLED_BACK, 1),  # switched and restarted, before the check
     "health_check": (S.HEALTH_CHECK, S.ROLLED_BACK, 1),  # the health command is running
@@ -307,27 +308,52 @@ _KILL_POINTS = {
 
 @pytest.mark.parametrize("killed_at", list(_KILL_POINTS))
 def test_the_agent_killed_at_each_step_of_an_install_recovers_to_the_working_slot(
-    terminal: Terminal, killed_at: str
+    terminal: Terminal, server: Server, killed_at: str
 ) -> None:
     _installed_first(terminal)
     marker = terminal.root / "paused"
+    paused: Callable[[], bool] = marker.exists
+    pause_at: str | None = killed_at
     if killed_at == "health_check":  # the release's own health command blocks
         script = f"echo $$ > {marker}.tmp && mv {marker}.tmp {marker} && exec sleep 600"
         health = f"sh -c {shlex.quote(script)}"
         second = _publish(terminal, 2, health=health, health_timeout_s=600)
         pause_at = None
     else:
-        second = _publish(terminal, 2)
-        pause_at = killed_at
+        second = _publish(terminal, 2, data=_bundle("1.2.0", app=os.urandom(300_000)))
     directive = terminal.root / "directive"
     directive.write_bytes(terminal.directive(second))
+    partial = terminal.root / "work" / "downloads" / "partial"
+    with cutting_proxy(server.base_url) as proxy:
+        terminal.target_base_url = f"{proxy.base_url}/tuf/targets/"
+        if killed_at == "downloading":  # the proxy sends 100 000 bytes and then holds on
+            proxy.stall_next_target(100_000)
+            pause_at = None
 
-    process = _run_updater_process(terminal, "install", directive=str(directive), pause_at=pause_at)
-    _wait_until_paused(marker, process)
-    os.killpg(process.pid, signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
-    if killed_at == "health_check":  # the handler runs it in a session of its own
-        os.kill(int(marker.read_text()), signal.SIGKILL)
+            def some_bytes_arrived() -> bool:
+                parts = list(partial.parent.glob("*.part"))
+                return bool(parts) and parts[0].stat().st_size > 0
+
+            paused = some_bytes_arrived
+
+        process = _run_updater_process(
+            terminal, "install", directive=str(directive), pause_at=pause_at
+        )
+        _wait_until_paused(paused, process)
+        os.killpg(process.pid, signal.SIGKILL)
+        assert process.wait() == -signal.SIGKILL
+        if killed_at == "health_check":  # the handler runs it in a session of its own
+            os.kill(int(marker.read_text()), signal.SIGKILL)
+        kept = sum(p.stat().st_size for p in partial.parent.glob("*.part"))
+        _after_the_kill(terminal, killed_at, second)
+        if killed_at == "downloading":  # the next directive resumed the killed download
+            name = second.path.rsplit("/", 1)[1]
+            ranges = [wanted for path, wanted in proxy.requests if path.endswith(name)]
+            assert ranges == [None, f"bytes={kept}-"]
+            assert 0 < kept <= 100_000
+
+
+def _after_the_kill(terminal: Terminal, killed_at: str, second: Release) -> None:
     reported = [
         UpdateBody.model_validate_json(line)
         for line in (terminal.root / "reports.jsonl").read_text().splitlines()
@@ -348,7 +374,8 @@ def test_the_agent_killed_at_each_step_of_an_install_recovers_to_the_working_slo
     else:
         report = UpdateBody.model_validate_json(json.dumps(recovered["report"]))
         assert report.state is recovered_state
-        assert str(report.reason) == ("interrupted" if running == 1 else "None")
+        reason = None if report.reason is None else str(report.reason)
+        assert reason == ("interrupted" if running == 1 else None)
     state = UpdaterState.load(terminal.state_file)
     assert (state.highest_counter, state.installing) == ({"kiosk-app": running}, None)
 

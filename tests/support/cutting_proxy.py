@@ -4,7 +4,9 @@
 and records ``(path, range)`` of each. After ``cut_next_target(n)``, the next response
 under ``/tuf/targets/`` sends its status and headers (the full ``Content-Length``), the
 first ``n`` bytes of the body, and closes the connection: what a terminal sees when the
-network drops mid-download. Only the next one: later requests pass through whole.
+network drops mid-download. ``stall_next_target(n)`` sends the first ``n`` bytes and then
+nothing more until the proxy stops (a download in progress, for a test that kills the
+downloader there). Only the next one: later requests pass through whole.
 """
 
 from __future__ import annotations
@@ -28,22 +30,27 @@ class CuttingProxy(ThreadingHTTPServer):
         self.upstream = upstream.rstrip("/")
         self.requests: list[tuple[str, str | None]] = []
         self._cut: int | None = None
+        self._stall = False
         self._lock = threading.Lock()
+        self.released = threading.Event()  # set when the proxy stops: stalled answers end
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
 
-    def cut_next_target(self, after_bytes: int) -> None:
+    def cut_next_target(self, after_bytes: int, *, stall: bool = False) -> None:
         with self._lock:
-            self._cut = after_bytes
+            self._cut, self._stall = after_bytes, stall
 
-    def take_cut(self, path: str) -> int | None:
+    def stall_next_target(self, after_bytes: int) -> None:
+        self.cut_next_target(after_bytes, stall=True)
+
+    def take_cut(self, path: str) -> tuple[int, bool] | None:
         with self._lock:
             if self._cut is None or not path.startswith("/tuf/targets/"):
                 return None
             cut, self._cut = self._cut, None
-            return cut
+            return cut, self._stall
 
 
 class _Forward(BaseHTTPRequestHandler):
@@ -68,8 +75,11 @@ class _Forward(BaseHTTPRequestHandler):
         if cut is None:
             self.wfile.write(body)
             return
-        self.wfile.write(body[:cut])
+        after, stall = cut
+        self.wfile.write(body[:after])
         self.wfile.flush()
+        if stall:
+            self.server.released.wait()
         self.close_connection = True
         self.connection.shutdown(socket.SHUT_RDWR)
 
@@ -82,6 +92,7 @@ def cutting_proxy(upstream: str) -> Iterator[CuttingProxy]:
     try:
         yield proxy
     finally:
+        proxy.released.set()
         proxy.shutdown()
         proxy.server_close()
         thread.join()
