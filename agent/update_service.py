@@ -4,7 +4,8 @@
 the ``BundleHandler`` on ``slots_root``, the ``InstallGate`` and its ``KioskInterface``
 (Unix socket for the kiosk application's sessions), and ``agent.updater.Updater`` with
 the terminal's trusted root. ``start()`` first runs ``BundleHandler.recover()`` (an
-install a power cut interrupted is finished or rolled back, and that outcome reported),
+install a power cut interrupted is finished or rolled back, and that outcome reported;
+then ``Updater.reconcile()`` records the counter of a release the recovery committed),
 then binds the kiosk socket and starts the single worker thread. ``submit(payload)``
 (called by the MQTT connection for each message on the terminal's ``cmd`` topic, in the
 loop's thread) only queues the bytes; the worker runs ``Updater.handle`` on them one at
@@ -57,7 +58,7 @@ from protocol.directives import cmd_schema
 from protocol.messages import Name, Version
 from protocol.update_status import UpdateBody
 
-__all__ = ["UpdateService", "UpdateServiceError", "UpdateServiceStats"]
+__all__ = ["UpdateService", "UpdateServiceError", "UpdateServiceStats", "recovery_report"]
 
 _log = logging.getLogger(__name__)
 
@@ -65,6 +66,23 @@ _STOP: Final = b""  # the worker's stop sentinel (an empty cmd payload is never 
 _SOFTWARE: Final = TypeAdapter(dict[Name, Version])
 
 Send = Callable[[UpdateBody], None]
+
+
+def recovery_report(handler: BundleHandler) -> UpdateBody | None:
+    """Finish or roll back an install a crash interrupted; the status that reports it (None:
+    nothing was under way, or the slots cannot be read, which is logged)."""
+    try:
+        outcome = handler.recover()
+    except InstallStateError as exc:
+        _log.error("cannot recover the slots: %s", exc)
+        return None
+    if outcome is None:
+        return None
+    ending = outcome_ending(outcome)
+    _log.warning("recovered an interrupted install: %s (%s)", ending.state, ending.detail)
+    return UpdateBody(
+        directive_seq=0, state=ending.state, reason=ending.reason, detail=ending.detail
+    )
 
 
 class UpdateServiceError(AgentError):
@@ -189,19 +207,13 @@ class UpdateService:
         """Recover an interrupted install (and report it), open the kiosk socket, start the
         worker. If the socket cannot be bound, updates stay off (logged): without it the
         kiosk could not hold off an install during a citizen's session."""
+        recovered = recovery_report(self._handler)
+        if recovered is not None:
+            self._send(recovered)
         try:
-            outcome = self._handler.recover()
-        except InstallStateError as exc:
-            _log.error("cannot recover the slots: %s", exc)
-            outcome = None
-        if outcome is not None:
-            ending = outcome_ending(outcome)
-            _log.warning("recovered an interrupted install: %s (%s)", ending.state, ending.detail)
-            self._send(
-                UpdateBody(
-                    directive_seq=0, state=ending.state, reason=ending.reason, detail=ending.detail
-                )
-            )
+            self._updater.reconcile()
+        except (AgentError, OSError) as exc:  # handle() fails closed on the same file
+            _log.error("cannot reconcile the updater state: %s", exc)
         self._agent_trial_at_start()
         try:
             self._kiosk.start()

@@ -11,7 +11,10 @@ and, in this order (the first failing step ends it with its state and reason):
 2. reads the target's release manifest and decides (``check_release``, pure): terminal
    model listed, ``release_counter`` not below the highest this terminal installed for the
    package (equal: ``already_installed``), ``min_agent_version`` met;
-3. downloads through python-tuf (length and hashes checked) into ``downloads/``;
+3. downloads through python-tuf (length and hashes checked) into ``downloads/``, resumably:
+   ``agent.tuf_fetcher.ResumingFetcher`` keeps what arrived of a broken download and the
+   next directive for the same target asks only for the rest (``Range``), never past TUF's
+   length; a TUF refusal of metadata is named precisely (``agent.tuf_reasons``);
 4. waits, polling every ``poll_s`` with the injected ``sleep``, until the directive's window
    has begun, the hall is closed (``hall_open(now)`` is False) unless the directive says
    ``install_while_open``, and ``InstallGate.try_begin_install()`` grants it (no citizen
@@ -40,9 +43,12 @@ rejected (with reason), timed_out, canceled or already_installed. The wiring wra
 
 What survives (``UpdaterState``, one JSON file moved into place with ``os.replace`` after
 an fsync, kept OUTSIDE the TUF cache so wiping the cache forgets nothing): the highest
-directive ``seq`` accepted, and the highest ``release_counter`` installed per package.
-The seq is stored as soon as a directive is accepted (a replay of it is refused even if
-the install later fails); a counter only after a committed install.
+directive ``seq`` accepted, the highest ``release_counter`` installed per package, and the
+install under way. The seq is stored as soon as a directive is accepted (a replay of it is
+refused even if the install later fails); a counter after a committed install, or by
+``reconcile()`` at start when the agent died after the health check passed and the
+handler's ``recover()`` committed it (otherwise the committed release's counter would be
+lost, and a release between the old and the new one would install as an "upgrade").
 
 Public interface:
 
@@ -52,7 +58,8 @@ Public interface:
   ``handlers`` maps a manifest ``install.handler`` name to an ``InstallHandler``.
   ``handle(payload) -> UpdateState`` (the final state) blocks until that state; it never
   raises for anything a directive, the repository or an artifact does (crashes of a
-  handler propagate; ``InstallHandler.recover()`` is the wiring's job at start).
+  handler propagate; ``InstallHandler.recover()`` is the wiring's job at start, followed
+  by ``reconcile()``).
 - ``check_release(manifest, *, model, agent_version, highest_counter) -> Ending | None``
   (pure), ``window_wait(directive, now, *, hall_is_open) -> str | None`` (pure),
   ``outcome_ending(InstallOutcome) -> Ending`` and ``Ending`` (final state, reason, detail).
@@ -97,6 +104,8 @@ from agent.install.handler import (
 )
 from agent.install_gate import InstallGate
 from agent.self_update import AGENT_HANDLER, AgentSlots
+from agent.tuf_fetcher import ResumingFetcher
+from agent.tuf_reasons import TOP_LEVEL_ROLES, metadata_reason, role_of_url
 from firmware_manifests.keys import write_atomically
 from firmware_manifests.release_manifest import ManifestError, ReleaseManifest, manifest_from_custom
 from protocol.directives import (
@@ -166,6 +175,8 @@ class UpdaterState:
 
     last_seq: int = 0
     highest_counter: dict[str, int] = field(default_factory=dict)
+    # the install under way: handler, package, version, release_counter (None: none)
+    installing: dict[str, str | int] | None = None
 
     @classmethod
     def load(cls, path: Path) -> UpdaterState:
@@ -183,9 +194,10 @@ class UpdaterState:
             or type(data.get("last_seq")) is not int
             or not isinstance(counters, dict)
             or not all(isinstance(k, str) and type(v) is int for k, v in counters.items())
+            or not _is_installing(data.get("installing"))
         ):
             raise UpdaterStateError(path, "not an updater state of version 1")
-        return cls(data["last_seq"], dict(counters))
+        return cls(data["last_seq"], dict(counters), data.get("installing"))
 
     def save(self, path: Path) -> None:
         """Write a temporary file, fsync, ``os.replace`` onto ``path``, fsync the directory."""
@@ -193,6 +205,7 @@ class UpdaterState:
             "schema_version": _STATE_VERSION,
             "last_seq": self.last_seq,
             "highest_counter": self.highest_counter,
+            "installing": self.installing,
         }
         write_atomically(path, json.dumps(data, sort_keys=True).encode())
         fd = os.open(path.parent, os.O_RDONLY)
@@ -200,6 +213,17 @@ class UpdaterState:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _is_installing(value: object) -> bool:
+    if value is None:
+        return True
+    return (
+        isinstance(value, dict)
+        and set(value) == {"handler", "package", "version", "release_counter"}
+        and all(isinstance(value[k], str) for k in ("handler", "package", "version"))
+        and type(value["release_counter"]) is int
+    )
 
 
 # --- pure decisions --------------------------------------------------------------------------
@@ -283,8 +307,8 @@ _OUTCOME_STATE: Final = {
 def outcome_ending(outcome: InstallOutcome) -> Ending:
     """The final state and reason that report an install's outcome."""
     state, reason = _OUTCOME_STATE[outcome.result]
-    if outcome.result is InstallResult.ROLLED_BACK and outcome.reason == "health_check_failed":
-        reason = UpdateReason("health_check_failed")
+    if outcome.reason in ("health_check_failed", "interrupted"):  # the handler's precise cause
+        reason = UpdateReason(outcome.reason)
     return Ending(state, reason, f"{outcome.reason}: {outcome.detail}")
 
 
@@ -337,6 +361,10 @@ def _rejected(reason: UpdateReason, detail: str) -> _Done:
     return _Done(Ending(UpdateState.REJECTED, reason, detail))
 
 
+def _record_counter(state: UpdaterState, package: str, counter: int) -> None:
+    state.highest_counter[package] = max(state.highest_counter.get(package, 0), counter)
+
+
 class Updater:
     """Handles one directive at a time (see the module docstring)."""
 
@@ -384,6 +412,23 @@ class Updater:
         self._wake.wait(seconds)
         self._wake.clear()
 
+    def reconcile(self) -> None:
+        """Call once at start, AFTER every handler's ``recover()``: if the agent stopped
+        during an install whose release the handler now runs (``recover()`` committed a
+        release that had passed its health check), record its ``release_counter``, so a
+        lower release is still a downgrade. The pending install is forgotten either way.
+        Raises UpdaterStateError or OSError (the state file)."""
+        state = UpdaterState.load(self._config.state_file)
+        pending = state.installing
+        if pending is None:
+            return
+        handler = self._handlers.get(str(pending["handler"]))
+        if handler is not None and handler.active_version() == pending["version"]:
+            _record_counter(state, str(pending["package"]), int(pending["release_counter"]))
+            _log.warning("an interrupted install of %s was committed", pending["version"])
+        state.installing = None
+        state.save(self._config.state_file)
+
     @property
     def _tuf_dir(self) -> Path:
         return self._config.work_dir / "tuf"
@@ -397,29 +442,38 @@ class Updater:
         directive: Directive | None = None
         try:
             state = UpdaterState.load(self._config.state_file)
-            tuf = self._refreshed_tuf()
-            directive = self._verified(payload, tuf, state)
+            fetcher = ResumingFetcher(
+                target_base_url=self._config.target_base_url, partial_dir=self._download_dir
+            )
+            tuf = self._refreshed_tuf(fetcher)
+            directive = self._verified(payload, tuf, state, fetcher)
             state.last_seq = directive.seq
             state.save(self._config.state_file)
             self._send(directive, UpdateState.NOTIFIED)
             self._unless_withdrawn(directive)
             info, manifest = self._release(tuf, directive, state)
-            artifact = self._download(tuf, directive, info)
+            artifact = self._download(tuf, directive, info, fetcher)
             try:
                 self._wait_for_window(directive)
                 try:
                     if manifest.install.handler == AGENT_HANDLER:
                         raise _Done(self._stage_agent(directive, manifest, artifact))
+                    state.installing = {
+                        "handler": manifest.install.handler,
+                        "package": manifest.package,
+                        "version": manifest.version,
+                        "release_counter": manifest.release_counter,
+                    }
+                    state.save(self._config.state_file)  # see reconcile()
                     outcome = self._install(directive, manifest, artifact)
                 finally:
                     self._gate.end_install()
             finally:
                 artifact.unlink(missing_ok=True)
             if outcome.result is InstallResult.SUCCEEDED:
-                package = manifest.package
-                known = state.highest_counter.get(package, 0)
-                state.highest_counter[package] = max(known, manifest.release_counter)
-                state.save(self._config.state_file)
+                _record_counter(state, manifest.package, manifest.release_counter)
+            state.installing = None
+            state.save(self._config.state_file)
             raise _Done(outcome_ending(outcome))
         except (UpdaterStateError, OSError) as exc:
             # the state file or the work dir cannot be read or written: fail closed
@@ -445,8 +499,12 @@ class Updater:
 
     # -- steps ----------------------------------------------------------------------------
 
-    def _refreshed_tuf(self) -> TufUpdater:
-        metadata = self._tuf_dir / "metadata"
+    @property
+    def _metadata_dir(self) -> Path:
+        return self._tuf_dir / "metadata"
+
+    def _refreshed_tuf(self, fetcher: ResumingFetcher) -> TufUpdater:
+        metadata = self._metadata_dir
         metadata.mkdir(parents=True, exist_ok=True)
         self._download_dir.mkdir(parents=True, exist_ok=True)
         cached = metadata / "root.json"
@@ -457,14 +515,39 @@ class Updater:
                 metadata_base_url=self._config.metadata_base_url,
                 target_dir=str(self._download_dir),
                 target_base_url=self._config.target_base_url,
+                fetcher=fetcher,
                 bootstrap=root,
             )
             tuf.refresh()
-        except (RepositoryError, DownloadError, OSError, ValueError) as exc:
+        except (RepositoryError, DownloadLengthMismatchError) as exc:
+            raise self._tuf_refusal(exc, fetcher) from None
+        except DownloadError as exc:  # the repository cannot be reached: worth a retry
+            failed = Ending(UpdateState.FAILED, UpdateReason("download_failed"), str(exc))
+            raise _Done(failed) from None
+        except (OSError, ValueError) as exc:
             raise _rejected(UpdateReason("tuf_error"), f"{type(exc).__name__}: {exc}") from None
         return tuf
 
-    def _verified(self, payload: bytes, tuf: TufUpdater, state: UpdaterState) -> Directive:
+    def _tuf_refusal(self, exc: Exception, fetcher: ResumingFetcher) -> _Done:
+        """python-tuf refused metadata: rejected, with the precise reason (agent/tuf_reasons)."""
+        role = role_bytes = delegator = None
+        if fetcher.last_metadata is not None:
+            url, role_bytes = fetcher.last_metadata
+            role = role_of_url(url)
+            trusted = self._metadata_dir / (
+                "root.json" if role in TOP_LEVEL_ROLES else "targets.json"
+            )
+            try:
+                delegator = trusted.read_bytes()
+            except OSError:
+                delegator = self._config.trusted_root if role in TOP_LEVEL_ROLES else None
+        reason = metadata_reason(exc, role=role, role_bytes=role_bytes, delegator_bytes=delegator)
+        where = f" ({role})" if role else ""
+        return _rejected(UpdateReason(reason), f"{type(exc).__name__}{where}: {exc}")
+
+    def _verified(
+        self, payload: bytes, tuf: TufUpdater, state: UpdaterState, fetcher: ResumingFetcher
+    ) -> Directive:
         try:
             pin = tuf.get_targetinfo(DIRECTIVE_KEY_TARGET)
             if pin is None:
@@ -483,8 +566,11 @@ class Updater:
             raise _rejected(UpdateReason("unknown_key"), f"the pinned key: {exc}") from None
         except DirectiveRejected as exc:
             raise _rejected(UpdateReason(exc.reason), exc.message) from None
-        except (RepositoryError, DownloadError) as exc:
-            raise _rejected(UpdateReason("tuf_error"), f"{type(exc).__name__}: {exc}") from None
+        except (RepositoryError, DownloadLengthMismatchError) as exc:  # a vendor role, lazily
+            raise self._tuf_refusal(exc, fetcher) from None
+        except DownloadError as exc:
+            failed = Ending(UpdateState.FAILED, UpdateReason("download_failed"), str(exc))
+            raise _Done(failed) from None
 
     def _release(
         self, tuf: TufUpdater, directive: Directive, state: UpdaterState
@@ -516,18 +602,28 @@ class Updater:
             raise _rejected(UpdateReason("install_failed"), str(exc)) from None
         return info, manifest
 
-    def _download(self, tuf: TufUpdater, directive: Directive, info: TargetFile) -> Path:
+    def _download(
+        self, tuf: TufUpdater, directive: Directive, info: TargetFile, fetcher: ResumingFetcher
+    ) -> Path:
+        """The verified artifact's path. A broken download keeps what arrived (the fetcher's
+        partial file) for the next directive to resume; refused bytes are discarded."""
         self._send(directive, UpdateState.DOWNLOADING)
         path = self._download_dir / directive.target.sha256
         try:
             tuf.download_target(info, filepath=str(path))
-        except (LengthOrHashMismatchError, DownloadLengthMismatchError) as exc:
-            path.unlink(missing_ok=True)
+        except DownloadLengthMismatchError as exc:
+            fetcher.discard_partial()
+            raise _rejected(UpdateReason("artifact_too_long"), str(exc)) from None
+        except LengthOrHashMismatchError as exc:
+            fetcher.discard_partial()
             raise _rejected(UpdateReason("artifact_mismatch"), str(exc)) from None
         except (DownloadError, RepositoryError, OSError) as exc:
             path.unlink(missing_ok=True)
             failed = Ending(UpdateState.FAILED, UpdateReason("download_failed"), str(exc))
             raise _Done(failed) from None
+        fetcher.discard_partial()
+        if fetcher.resumed_from:
+            _log.info("download of %s resumed at byte %d", info.path, fetcher.resumed_from)
         self._send(directive, UpdateState.DOWNLOADED)
         return path
 

@@ -20,7 +20,8 @@ RejectReason = Literal[
     "replayed",
     "expired",
     "window_invalid",
-    "target_mismatch",
+    "target_unknown",  # no verified vendor role lists the path (or only one not delegated it)
+    "target_mismatch",  # TUF lists the path with another length or sha256
     "malformed",
     "too_large",
 ]

@@ -44,7 +44,8 @@ Check order (the first failing check names the reason): size (``too_large``), en
 shape (``malformed``), key id (``unknown_key``), signature (``bad_signature``), directive
 shape and canonical encoding (``malformed``), terminal (``wrong_terminal``), ``seq``
 (``replayed``), expiry (``expired``), times (``window_invalid``), target
-(``target_mismatch``). Nothing inside the payload is parsed before its signature is checked.
+(``target_unknown`` when TUF lists no such path, ``target_mismatch`` when its length or
+sha256 differ). Nothing inside the payload is parsed before its signature is checked.
 """
 
 from __future__ import annotations
@@ -424,7 +425,7 @@ def _check_target(directive: Directive, target_info: Callable[[str], TargetInfo 
     wanted = directive.target
     verified = target_info(wanted.path)
     if verified is None:
-        raise DirectiveRejected("target_mismatch", f"TUF knows no target {wanted.path!r}")
+        raise DirectiveRejected("target_unknown", f"TUF knows no target {wanted.path!r}")
     if verified.path != wanted.path:
         raise DirectiveRejected("target_mismatch", "TUF returned another target path")
     if verified.length != wanted.length:

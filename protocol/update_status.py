@@ -71,11 +71,18 @@ FINAL_STATES: Final = frozenset(
 
 # Reasons beyond the directive refusals: what the updater can find after verifying it.
 _UPDATER_REASONS: Final = (
-    "tuf_error",  # metadata refresh failed or a TUF check refused (rollback, freeze, key)
+    # python-tuf refused the repository's metadata (agent/tuf_reasons.py maps its errors):
+    "metadata_tampered",  # a listed key's signature does not verify: bytes changed after signing
+    "metadata_unknown_key",  # signed only by keys its delegator does not list
+    "metadata_rollback",  # a version lower than one this terminal already trusted
+    "metadata_expired",  # past its expiry (a frozen or replaying server)
+    "metadata_mismatch",  # length or hashes differ from what snapshot or timestamp declare
+    "tuf_error",  # any other TUF refusal (a malformed role, a missing delegation)
     "downgrade",  # release_counter lower than the highest installed for the package
     "wrong_model",  # the release manifest does not list this terminal's model
     "download_failed",
-    "artifact_mismatch",  # downloaded bytes differ from TUF's length or hashes
+    "artifact_mismatch",  # downloaded bytes differ from TUF's hashes (or are shorter)
+    "artifact_too_long",  # the server sent more bytes than TUF's length (cut off there)
     "unsafe_archive",  # traversal, absolute path, link escape, device file, size cap
     "install_failed",
     "health_check_failed",

@@ -84,6 +84,7 @@ class Terminal:
     sleep: Callable[[float], None] = lambda _s: None
     hall_open: Callable[[datetime], bool] = lambda _now: False
     clock: ShiftedClock = field(default_factory=ShiftedClock)
+    target_base_url: str | None = None  # None: the server's; a proxy in front of it otherwise
 
     @property
     def slots(self) -> Path:
@@ -99,7 +100,7 @@ class Terminal:
             terminal_model=model,
             agent_version="1.4.0",
             metadata_base_url=f"{self.server.base_url}/tuf/metadata/",
-            target_base_url=f"{self.server.base_url}/tuf/targets/",
+            target_base_url=self.target_base_url or f"{self.server.base_url}/tuf/targets/",
             trusted_root=self.world.roots()[0],
             work_dir=self.root / "work",
             state_file=self.state_file,
@@ -151,10 +152,10 @@ class Terminal:
         return (current / "VERSION").read_text() if current.exists() else None
 
 
-def _bundle(version: str) -> bytes:
+def _bundle(version: str, app: bytes = b"#!/bin/sh\n") -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, content in (("VERSION", version.encode()), ("bin/app", b"#!/bin/sh\n")):
+        for name, content in (("VERSION", version.encode()), ("bin/app", app)):
             info = tarfile.TarInfo(name)
             info.size = len(content)
             archive.addfile(info, io.BytesIO(content))
@@ -171,11 +172,13 @@ def _publish(
     counter: int,
     *,
     health: str = "true",
+    health_timeout_s: int = 1,
     data: bytes | None = None,
     **changes: Any,
 ) -> Release:
     world = terminal.world
-    name = f"kiosk-app-{counter}-{health}.tar.gz"
+    tag = health if health.isalnum() else hashlib.sha256(health.encode()).hexdigest()[:8]
+    name = f"kiosk-app-{counter}-{tag}.tar.gz"
     artifact = world.path / "artifacts" / name
     artifact.parent.mkdir(parents=True, exist_ok=True)
     data = _bundle(f"1.{counter}.0") if data is None else data
@@ -183,7 +186,7 @@ def _publish(
     manifest = release_manifest(
         counter,
         install=InstallStep(handler="bundle"),
-        health_check=HealthCheck(kind="command", target=health, timeout_s=1),
+        health_check=HealthCheck(kind="command", target=health, timeout_s=health_timeout_s),
         **changes,
     )
     world.sign("acme", artifact, manifest)
@@ -508,7 +511,7 @@ def test_an_archive_escaping_its_slot_is_rejected_as_unsafe_and_nothing_installe
     assert UpdaterState.load(terminal.state_file).highest_counter == {}
 
 
-def test_a_repository_the_trusted_root_does_not_sign_is_a_tuf_error(
+def test_a_repository_the_trusted_root_does_not_sign_is_refused_as_an_unknown_key(
     terminal: Terminal, tmp_path: Path
 ) -> None:
     release = _publish(terminal, 1)
@@ -516,6 +519,6 @@ def test_a_repository_the_trusted_root_does_not_sign_is_a_tuf_error(
     foreign = TufWorld.create(tmp_path / "foreign", vendors={"acme": 1})
     terminal.world = foreign  # the terminal now trusts another operator's root
     assert terminal.handle(payload) is S.REJECTED
-    assert str(terminal.reports[-1].reason) == "tuf_error"
+    assert str(terminal.reports[-1].reason) == "metadata_unknown_key"
     assert not (terminal.slots / "current").exists()
     assert UpdaterState.load(terminal.state_file).last_seq == 0

@@ -119,7 +119,7 @@ def test_a_directive_for_a_path_no_vendor_published_is_refused(updater: Updater)
     directive = _directive("acme/kiosk-app-9.bin", 7, hashlib.sha256(b"malware").hexdigest())
     with pytest.raises(DirectiveRejected) as caught:
         _verify(updater, sign_directive(directive, SERVER_KEY))
-    assert caught.value.reason == "target_mismatch"
+    assert caught.value.reason == "target_unknown"
 
 
 def test_a_directive_signed_by_a_key_the_operator_did_not_pin_is_refused(

@@ -16,6 +16,7 @@ from agent.clock import SystemClock
 from agent.config import AgentConfig
 from agent.install import BundleConfig, BundleHandler, InstallRequest
 from agent.update_service import UpdateService, UpdateServiceError
+from agent.updater import UpdaterState
 from protocol.update_status import UpdateBody, UpdateState
 
 pytestmark = pytest.mark.integration
@@ -75,7 +76,7 @@ def test_an_install_cut_off_after_the_switch_is_rolled_back_at_start_and_reporte
     service.start()
     try:
         assert [(b.state, str(b.reason), b.directive_seq) for b in sent] == [
-            (UpdateState.ROLLED_BACK, "install_failed", 0)
+            (UpdateState.ROLLED_BACK, "interrupted", 0)
         ]
         assert service.software() == {}  # the first install rolled back: nothing runs
     finally:
@@ -105,3 +106,39 @@ def test_an_unreadable_trusted_root_stops_the_setup(tmp_path: Path) -> None:
     config = _config(tmp_path, trusted_root=str(tmp_path / "missing.json"))
     with pytest.raises(UpdateServiceError, match=r"missing\.json"):
         _service(config, [])
+
+
+def test_an_install_cut_off_after_its_health_check_passed_is_committed_and_its_counter_kept(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path)
+    state_file = config.updates.work_dir / "updater-state.json"
+    pending: dict[str, str | int] = {
+        "handler": "bundle",
+        "package": "kiosk-app",
+        "version": "1.1.0",
+        "release_counter": 1,
+    }
+    UpdaterState(5, {}, pending).save(state_file)  # what the updater writes before installing
+    cut = BundleHandler(BundleConfig(root=config.updates.slots_root, restart_argv=("true",)))
+    cut.prepare(
+        InstallRequest(
+            artifact=str(_bundle(tmp_path)),
+            package="kiosk-app",
+            version="1.1.0",
+            release_counter=1,
+            health_argv=("true",),
+            health_within_s=1,
+        )
+    )
+    cut.activate()
+    assert cut.health_check().ok  # ... and the power goes before the commit
+    sent: list[UpdateBody] = []
+    service = _service(config, sent)
+    service.start()
+    try:
+        assert [(b.state, b.reason) for b in sent] == [(UpdateState.SUCCEEDED, None)]
+        assert service.software() == {"kiosk-app": "1.1.0"}
+        assert UpdaterState.load(state_file) == UpdaterState(5, {"kiosk-app": 1}, None)
+    finally:
+        service.stop()

@@ -505,20 +505,22 @@ def test_after_root_rotation_and_vendor_key_revocation_an_old_client_follows_and
     assert statuses == {"acme/kiosk-app-1.bin": "verified", "acme/kiosk-app-2.bin": "verified"}
 
 
-def _attacker_publishes(server: Server, world: TufWorld, role: Metadata[Targets]) -> None:
+def _attacker_publishes(
+    server: Server, world: TufWorld, role: Metadata[Targets], vendor: str = "acme"
+) -> None:
     """What a compromised server can do: write any role and blob, and sign snapshot and
     timestamp with the online keys it holds."""
     updates = server.updates
     assert updates is not None
     repo = updates.repository
     data = role.to_bytes(JSONSerializer())
-    (repo.metadata_dir / f"{role.signed.version}.acme.json").write_bytes(data)
+    (repo.metadata_dir / f"{role.signed.version}.{vendor}.json").write_bytes(data)
     snapshot_md: Metadata[Snapshot] = Metadata.from_file(
         str(repo.metadata_dir / f"{_current_snapshot_version(repo.metadata_dir)}.snapshot.json")
     )
     now = datetime.now(UTC)
     snapshot = next_snapshot(
-        snapshot_md.signed, {"acme": data}, world.online_snapshot, now=now, expiry=timedelta(days=1)
+        snapshot_md.signed, {vendor: data}, world.online_snapshot, now=now, expiry=timedelta(days=1)
     )
     snapshot_bytes = snapshot.to_bytes(JSONSerializer())
     (repo.metadata_dir / f"{snapshot.signed.version}.snapshot.json").write_bytes(snapshot_bytes)

@@ -103,6 +103,8 @@ def test_the_window_waits_for_its_start_and_a_closed_hall_and_ends_at_not_after(
         (InstallResult.ROLLED_BACK, "activate_failed", UpdateState.ROLLED_BACK, "install_failed"),
         (InstallResult.REJECTED, "symlink_escape", UpdateState.REJECTED, "unsafe_archive"),
         (InstallResult.FAILED, "prepare_failed", UpdateState.FAILED, "install_failed"),
+        (InstallResult.ROLLED_BACK, "interrupted", UpdateState.ROLLED_BACK, "interrupted"),
+        (InstallResult.FAILED, "interrupted", UpdateState.FAILED, "interrupted"),
     ],
 )
 def test_each_install_outcome_has_its_state_and_reason_code(
@@ -121,6 +123,14 @@ def test_the_state_round_trips_and_a_missing_file_is_the_empty_state(tmp_path: P
     assert UpdaterState.load(path) == UpdaterState()
     UpdaterState(7, {"kiosk-app": 3}).save(path)
     assert UpdaterState.load(path) == UpdaterState(7, {"kiosk-app": 3})
+    pending: dict[str, str | int] = {
+        "handler": "bundle",
+        "package": "kiosk-app",
+        "version": "1.4.0",
+        "release_counter": 4,
+    }
+    UpdaterState(8, {"kiosk-app": 3}, pending).save(path)
+    assert UpdaterState.load(path) == UpdaterState(8, {"kiosk-app": 3}, pending)
     assert [p.name for p in path.parent.iterdir()] == ["updater.json"]  # no temp file left
 
 
@@ -132,6 +142,9 @@ def test_the_state_round_trips_and_a_missing_file_is_the_empty_state(tmp_path: P
         json.dumps({"schema_version": 2, "last_seq": 1, "highest_counter": {}}),
         json.dumps({"schema_version": 1, "last_seq": True, "highest_counter": {}}),
         json.dumps({"schema_version": 1, "last_seq": 1, "highest_counter": {"a": "3"}}),
+        json.dumps(
+            {"schema_version": 1, "last_seq": 1, "highest_counter": {}, "installing": {"a": 1}}
+        ),
     ],
 )
 def test_a_state_file_this_version_did_not_write_is_refused(tmp_path: Path, content: str) -> None:
