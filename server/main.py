@@ -338,6 +338,7 @@ class Server:
             audit=self.audit,
             clock=lambda: datetime.now(UTC),
         )
+        registry.register(self.rollouts.board)  # rollout gauges, at scrape time
         add_routes(self.app, rollout_router(lambda: self.rollouts))
         self._scheduler: BackgroundScheduler | None = None
         self._http: uvicorn.Server | None = None

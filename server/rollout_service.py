@@ -20,7 +20,9 @@ are executed and audited.
 One lock serialises API events and the tick (one server process owns the rollouts), so a
 step never works on a stale state. A ``Notify`` that cannot be published (broker down) is
 logged and audited ``failed``; the terminal then times out and the planner retries it.
-Never decides anything itself.
+Every stored step is also noted on the ``RolloutBoard`` (``server.rollout_metrics``): the
+rollout gauges at scrape time, without a database read; the first tick seeds it with the
+rollouts a previous process left. Never decides anything itself.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ from server.errors import ConfigError, ServerError, StorageError
 from server.fleet_state import FleetState
 from server.fleet_views import TerminalFilter
 from server.message_source import MessageSource
+from server.rollout_metrics import RolloutBoard, progressed
 from server.rollout_planner import (
     Action,
+    Decision,
     Event,
     Notify,
     Refused,
@@ -139,7 +143,10 @@ class RolloutService:
         signer: DirectiveSigner | None,
         audit: AuditSink,
         clock: Callable[[], datetime],
+        board: RolloutBoard | None = None,
     ) -> None:
+        """``board`` receives every step for the rollout gauges (``server.rollout_metrics``);
+        without one the service keeps its own, registered nowhere."""
         self._store = store
         self._fleet = fleet
         self._engine = engine
@@ -150,6 +157,13 @@ class RolloutService:
         self._audit = audit
         self._clock = clock
         self._lock = threading.Lock()
+        self._board = board if board is not None else RolloutBoard()
+        self._board_loaded = False
+
+    @property
+    def board(self) -> RolloutBoard:
+        """Where the rollout gauges come from (register it on a registry)."""
+        return self._board
 
     # --- operator events ------------------------------------------------------------------
 
@@ -167,7 +181,9 @@ class RolloutService:
         with self._lock:
             if self._store.get(definition.rollout_id) is not None:
                 raise RolloutConflictError(f"rollout {definition.rollout_id!r} exists")
-            self._store.insert(rollout, dict(selector), now=self._clock())
+            now = self._clock()
+            self._store.insert(rollout, dict(selector), now=now)
+            self._board.note(rollout, now=now, progressed=True)
         return rollout
 
     def apply(self, rollout_id: str, event: Event) -> Rollout:
@@ -183,8 +199,7 @@ class RolloutService:
             refused = [a for a in decision.actions if isinstance(a, Refused)]
             if refused:
                 raise RolloutConflictError(refused[0].reason)
-            self._store.save(decision.rollout, wake_at=decision.wake_at, now=now)
-            self._execute(decision.rollout, decision.actions, now)
+            self._save(decision, [event], now)
             return decision.rollout
 
     def get(self, rollout_id: str) -> Rollout:
@@ -205,6 +220,12 @@ class RolloutService:
         is logged and the next tick tries again; never raises."""
         try:
             active = self._store.list(unsettled_only=True)
+            if not self._board_loaded:  # the rollouts a previous process left, for the gauges
+                recent = self._store.list()
+                self._board.load(
+                    [(s.rollout, s.updated_at) for s in [*active, *recent]], now=self._clock()
+                )
+                self._board_loaded = True
         except StorageError as exc:
             log.warning("rollout tick skipped: %s", exc)
             return 0
@@ -229,8 +250,13 @@ class RolloutService:
                 events.append(Selected(self._select(stored.selector)))
             events += self._reports(stored.rollout)
             decision = step(stored.rollout, events, now)
-            self._store.save(decision.rollout, wake_at=decision.wake_at, now=now)
-            self._execute(decision.rollout, decision.actions, now)
+            self._save(decision, events, now)
+
+    def _save(self, decision: Decision, events: list[Event], now: datetime) -> None:
+        """Store the step, show it on the board, then execute its actions."""
+        self._store.save(decision.rollout, wake_at=decision.wake_at, now=now)
+        self._board.note(decision.rollout, now=now, progressed=progressed(events, decision.actions))
+        self._execute(decision.rollout, decision.actions, now)
 
     def _select(self, selector: Selector) -> tuple[str, ...]:
         flt = TerminalFilter(region=selector.get("region"), hall=selector.get("hall"))
