@@ -144,7 +144,7 @@ def test_an_aborted_rollout_shows_status_aborted_until_the_window_passes() -> No
     clock = Clock()
     board, registry = _board(clock, RolloutMetricsBound(finished_window_s=3600))
     rollout = _started(board, "R-ABORT", T0)
-    failed = [Report("T-1", S.FAILED), Report("T-2", S.FAILED)]
+    failed: list[Event] = [Report("T-1", S.FAILED), Report("T-2", S.FAILED)]
     rollout = _step(board, rollout, failed, T0)
     assert rollout.status is RolloutStatus.ABORTED
     status = _samples(registry, "kioskfleet_rollout_status")
