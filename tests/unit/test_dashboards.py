@@ -82,12 +82,22 @@ UPDATE_METRIC_NAMES: Final = frozenset(
 UPDATE_STATUS_METRIC_NAMES: Final = frozenset(
     {"kioskfleet_update_terminals", "kioskfleet_update_statuses_total"}
 )
+# Rollout progress (server.rollout_metrics): always exported, one set per shown rollout.
+ROLLOUT_METRIC_NAMES: Final = frozenset(
+    {
+        "kioskfleet_rollout_terminals",
+        "kioskfleet_rollout_status",
+        "kioskfleet_rollout_phase",
+        "kioskfleet_rollout_last_progress_timestamp_seconds",
+    }
+)
 CONTRACT_METRIC_NAMES: Final = (
     FLEET_METRIC_NAMES
     | INGEST_METRIC_NAMES
     | ACCESS_METRIC_NAMES
     | UPDATE_METRIC_NAMES
     | UPDATE_STATUS_METRIC_NAMES
+    | ROLLOUT_METRIC_NAMES
 )
 # Series Prometheus itself creates: they are never on /metrics.
 PROMETHEUS_METRIC_NAMES: Final = frozenset(
