@@ -1,7 +1,8 @@
 """The rollout gauges on a live server's /metrics while a real rollout runs (real mosquitto,
 real server, SQLite and PostgreSQL, directives verified by a real TUF client): terminals by
 phase and state, the status, the phase and the progress clock follow what the terminals
-report; an abort shows as status aborted (what ``RolloutAborted`` watches)."""
+report; an abort shows as status aborted, and a real Prometheus scraping the server with the
+project's rules fires ``RolloutAborted`` for it (skipped without the prometheus binary)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tuf.ngclient import Updater
 
+from kioskfleet.local_prometheus import LocalPrometheus, prometheus_binary
 from server.access import Role
 from server.main import Server
 from tests.integration.conftest import RawTerminal, api, token
+from tests.integration.test_prometheus_alerts import prometheus_for
 from tests.integration.test_rollouts import (
     FAILURE,
     CmdInbox,
@@ -31,7 +34,8 @@ from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
-__all__ = ["fleet", "server", "updater", "world"]  # fixtures reused from the rollout tests
+# fixtures reused from the rollout tests and the Prometheus alert tests
+__all__ = ["fleet", "prometheus_for", "server", "updater", "world"]
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -139,9 +143,8 @@ def test_a_running_rollout_shows_its_terminals_phase_status_and_progress_on_metr
     assert _status_of(advanced) == ["running"]
 
 
-def test_an_aborted_rollout_shows_status_aborted_with_its_failures_on_metrics(
-    server: Server, updater: Updater, fleet: list[tuple[RawTerminal, CmdInbox]]
-) -> None:
+def _abort(server: Server, updater: Updater, fleet: list[tuple[RawTerminal, CmdInbox]]) -> None:
+    """Rollout R-OBS-ABORT to hall R's three terminals; two of them fail: it aborts."""
     alice = token(server, Role.OPERATOR, name="alice")
     bob = token(server, Role.OPERATOR, name="bob")
     one_phase: dict[str, Any] = {"phases": [{"size": 100, "unit": "percent"}]}
@@ -151,8 +154,37 @@ def test_an_aborted_rollout_shows_status_aborted_with_its_failures_on_metrics(
     wait_until(lambda: all(i.count() == 1 for _, i in members), 10, "all three directives")
     for t, inbox in members[:2]:
         _status(t, _verified(updater, t, inbox.payloads[0]), "failed", reason=FAILURE)
+
+
+def test_an_aborted_rollout_shows_status_aborted_with_its_failures_on_metrics(
+    server: Server, updater: Updater, fleet: list[tuple[RawTerminal, CmdInbox]]
+) -> None:
+    _abort(server, updater, fleet)
     aborted = _wait_for(
         server, "R-OBS-ABORT", lambda s: _status_of(s) == ["aborted"], "the abort on /metrics"
     )
     # the third terminal was notified before the abort: it keeps its series until it reports
     assert _terminals(aborted) == {("0", "failed"): 2, ("0", "notified"): 1}
+
+
+@pytest.mark.skipif(prometheus_binary() is None, reason="the prometheus binary is not installed")
+def test_a_real_prometheus_fires_rollout_aborted_for_the_aborted_rollout(
+    server: Server,
+    updater: Updater,
+    fleet: list[tuple[RawTerminal, CmdInbox]],
+    prometheus_for: Callable[[Server], LocalPrometheus],
+) -> None:
+    prom = prometheus_for(server)
+    _abort(server, updater, fleet)
+
+    def firing() -> list[dict[str, Any]]:
+        return [
+            a
+            for a in prom.alerts()
+            if a["labels"]["alertname"] == "RolloutAborted" and a["state"] == "firing"
+        ]
+
+    (alert,) = wait_until(firing, 30, "RolloutAborted firing in Prometheus", every=0.5)
+    assert alert["labels"]["rollout"] == "R-OBS-ABORT"
+    assert alert["labels"]["severity"] == "warning"
+    assert "GET /api/v1/rollouts/R-OBS-ABORT/terminals" in alert["annotations"]["description"]
