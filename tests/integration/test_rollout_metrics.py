@@ -97,7 +97,7 @@ def _in_state(phase: str, state: str) -> Callable[[Samples], bool]:
 _PROGRESS = "kioskfleet_rollout_last_progress_timestamp_seconds"
 
 
-def test_a_running_rollout_shows_its_terminals_phase_status_and_progress_on_metrics(
+def test_a_running_rollout_shows_its_terminals_phase_status_and_progress_on_metrics_and_timeline(
     server: Server, updater: Updater, fleet: list[tuple[RawTerminal, CmdInbox]]
 ) -> None:
     alice = token(server, Role.OPERATOR, name="alice")
@@ -141,6 +141,16 @@ def test_a_running_rollout_shows_its_terminals_phase_status_and_progress_on_metr
     assert _terminals(advanced) == {("0", "succeeded"): 1, ("1", "notified"): 2}
     assert _one(advanced, _PROGRESS) > last
     assert _status_of(advanced) == ["running"]
+
+    # the terminal's timeline in this rollout: every state it reported, newest first
+    def states(rollout_id: str) -> list[str]:
+        page = api(server, f"/api/v1/terminals/{first.id}/updates", rollout=rollout_id)
+        assert page.status_code == 200, page.text
+        return [u["state"] for u in page.json()["updates"]]
+
+    expected = ["succeeded", "health_check", "installing", "downloaded", "downloading"]
+    assert wait_until(lambda: states("R-OBS") == expected, 10, "the timeline")
+    assert states("R-NONE") == []
 
 
 def _abort(server: Server, updater: Updater, fleet: list[tuple[RawTerminal, CmdInbox]]) -> None:
