@@ -19,9 +19,10 @@ number of terminals) and yields, at every scrape:
 
 The bound (``RolloutMetricsBound``): every unsettled rollout (active, or stopped while
 notified terminals still report: operators create those, a handful at a time), plus the
-``finished_max`` (20) most recently settled finished ones (aborted, canceled or completed,
-every terminal final), and those only for ``finished_window_s`` (1 h) after they settled. Older ones are dropped from memory, so
-the series never grow with the rollout history (``tests/unit/test_rollout_metrics.py::
+``finished_max`` (20) most recently settled finished ones (aborted, canceled or
+completed, every terminal final), and those only for ``finished_window_s`` (1 h) after they
+settled. Older ones are dropped from memory, so the series never grow with the rollout
+history (``tests/unit/test_rollout_metrics.py::
 test_many_finished_rollouts_leave_a_bounded_number_of_series``).
 
 Progress is not persisted: after a server restart a rollout's clock starts at the first

@@ -91,6 +91,8 @@ DIRECTIVE_KEY_PIN: Final = "_pins/directive-key.pub"  # kioskfleet.update_repo.D
 Selector = Mapping[str, str]
 _MAX_DIRECTIVE_LIFETIME: Final = timedelta(hours=24)  # protocol.directives.DirectiveLimits
 _PAGE: Final = 1000
+_SEED_RECENT: Final = 50  # newest rollouts read at the first tick: the recently settled are
+# among them (the gauges show at most 20 settled ones); each decodes its whole planner state
 
 
 class RolloutNotFoundError(ServerError, LookupError):
@@ -221,7 +223,7 @@ class RolloutService:
         try:
             active = self._store.list(unsettled_only=True)
             if not self._board_loaded:  # the rollouts a previous process left, for the gauges
-                recent = self._store.list()
+                recent = self._store.list(limit=_SEED_RECENT)
                 self._board.load(
                     [(s.rollout, s.updated_at) for s in [*active, *recent]], now=self._clock()
                 )
