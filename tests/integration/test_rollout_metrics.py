@@ -16,7 +16,7 @@ from tuf.ngclient import Updater
 from kioskfleet.local_prometheus import LocalPrometheus, prometheus_binary
 from server.access import Role
 from server.main import Server
-from tests.integration.conftest import RawTerminal, api, token
+from tests.integration.conftest import RawTerminal, ServerFactory, api, token
 from tests.integration.test_prometheus_alerts import prometheus_for
 from tests.integration.test_rollouts import (
     FAILURE,
@@ -175,6 +175,23 @@ def test_an_aborted_rollout_shows_status_aborted_with_its_failures_on_metrics(
     )
     # the third terminal was notified before the abort: it keeps its series until it reports
     assert _terminals(aborted) == {("0", "failed"): 2, ("0", "notified"): 1}
+
+
+def test_after_a_restart_the_first_tick_shows_the_rollouts_the_previous_process_left(
+    server: Server,
+    updater: Updater,
+    fleet: list[tuple[RawTerminal, CmdInbox]],
+    private_server: ServerFactory,
+    database_url: str,
+) -> None:
+    _abort(server, updater, fleet)
+    _wait_for(server, "R-OBS-ABORT", lambda s: _status_of(s) == ["aborted"], "the abort")
+    server.stop()
+    restarted = private_server(database_url=database_url, rollout_tick_interval_s=0.2)
+    seeded = _wait_for(
+        restarted, "R-OBS-ABORT", lambda s: _status_of(s) == ["aborted"], "the seeded board"
+    )
+    assert _terminals(seeded) == {("0", "failed"): 2, ("0", "notified"): 1}
 
 
 @pytest.mark.skipif(prometheus_binary() is None, reason="the prometheus binary is not installed")
