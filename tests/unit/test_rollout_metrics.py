@@ -1,4 +1,5 @@
-"""The rollout gauges: counts by phase and state, status, phase, progress clock, and the bound.
+"""The rollout gauges: counts by phase and state, status, phase, progress clock, and the bound
+(also as a Hypothesis property of ``exported``).
 
 Rollouts are driven through the real planner (``step``, pure) with a clock that only moves
 when the test says so; the board is read through a fresh ``CollectorRegistry``, the way a
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from server.access import Role
@@ -17,6 +20,8 @@ from server.rollout_metrics import (
     ROLLOUT_METRIC_NAMES,
     RolloutBoard,
     RolloutMetricsBound,
+    RolloutReading,
+    exported,
     progressed,
 )
 from server.rollout_planner import (
@@ -205,3 +210,41 @@ def test_load_seeds_rollouts_a_previous_process_left_without_overwriting_newer_o
     assert progress == {("R-NEW",): T0.timestamp(), ("R-OLD",): later.timestamp()}
     status = _samples(registry, "kioskfleet_rollout_status")
     assert status[("R-OLD", "awaiting_approval")] == 1
+
+
+@given(
+    settled_minutes_ago=st.lists(
+        st.one_of(st.none(), st.integers(min_value=0, max_value=600)), max_size=80
+    ),
+    finished_max=st.integers(min_value=0, max_value=30),
+)
+def test_exported_keeps_every_unsettled_rollout_and_at_most_the_newest_settled_in_the_window(
+    settled_minutes_ago: list[int | None], finished_max: int
+) -> None:
+    bound = RolloutMetricsBound(finished_window_s=3600, finished_max=finished_max)
+    readings = [
+        RolloutReading(
+            rollout_id=f"R-{i}",
+            status=RolloutStatus.RUNNING if ago is None else RolloutStatus.COMPLETED,
+            phase=0,
+            terminals={},
+            last_progress=T0,
+            settled_at=None if ago is None else T0 - timedelta(minutes=ago),
+        )
+        for i, ago in enumerate(settled_minutes_ago)
+    ]
+    shown = exported(readings, T0, bound)
+    unsettled = {r.rollout_id for r in readings if r.settled_at is None}
+    settled = [r for r in shown if r.settled_at is not None]
+    assert unsettled <= {r.rollout_id for r in shown}
+    assert len(settled) <= finished_max
+    assert all(T0 - r.settled_at <= timedelta(hours=1) for r in settled if r.settled_at)
+    in_window = [
+        r for r in readings if r.settled_at is not None and T0 - r.settled_at <= timedelta(hours=1)
+    ]
+    assert len(settled) == min(finished_max, len(in_window))
+    newest_left_out = max(
+        (r.settled_at for r in in_window if r not in settled and r.settled_at), default=None
+    )
+    if newest_left_out is not None:
+        assert all(r.settled_at and r.settled_at >= newest_left_out for r in settled)
