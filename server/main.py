@@ -340,6 +340,7 @@ class Server:
             clock=lambda: datetime.now(UTC),
             hours=self._hall_hours,
         )
+        registry.register(self.rollouts.board)  # rollout gauges, at scrape time
         add_routes(self.app, rollout_router(lambda: self.rollouts))
         self._scheduler: BackgroundScheduler | None = None
         self._http: uvicorn.Server | None = None

@@ -26,7 +26,9 @@ current attempt's notification.
 One lock serialises API events and the tick (one server process owns the rollouts), so a
 step never works on a stale state. A ``Notify`` that cannot be published (broker down) is
 logged and audited ``failed``; the terminal then times out and the planner retries it.
-Never decides anything itself.
+Every stored step is also noted on the ``RolloutBoard`` (``server.rollout_metrics``): the
+rollout gauges at scrape time, without a database read; the first tick seeds it with the
+rollouts a previous process left. Never decides anything itself.
 """
 
 from __future__ import annotations
@@ -62,8 +64,10 @@ from server.fleet_views import TerminalFilter
 from server.install_window import InstallWindow, NoWindow, install_window
 from server.message_source import MessageSource
 from server.opening_hours import OpeningHours
+from server.rollout_metrics import RolloutBoard, progressed
 from server.rollout_planner import (
     Action,
+    Decision,
     Event,
     Notify,
     Refused,
@@ -98,6 +102,8 @@ DIRECTIVE_KEY_PIN: Final = "_pins/directive-key.pub"  # kioskfleet.update_repo.D
 Selector = Mapping[str, str]
 _MAX_DIRECTIVE_LIFETIME: Final = timedelta(hours=24)  # protocol.directives.DirectiveLimits
 _PAGE: Final = 1000
+_SEED_RECENT: Final = 50  # newest rollouts read at the first tick: the recently settled are
+# among them (the gauges show at most 20 settled ones); each decodes its whole planner state
 
 
 class RolloutNotFoundError(ServerError, LookupError):
@@ -151,9 +157,12 @@ class RolloutService:
         audit: AuditSink,
         clock: Callable[[], datetime],
         hours: Callable[[str], OpeningHours | None] = lambda _hall: None,
+        board: RolloutBoard | None = None,
     ) -> None:
         """``hours(hall)``: the hall's opening hours, None if none are set (may raise
-        StorageError: that directive is then not sent, audited ``failed``)."""
+        StorageError: that directive is then not sent, audited ``failed``). ``board``
+        receives every step for the rollout gauges (``server.rollout_metrics``); without one
+        the service keeps its own, registered nowhere."""
         self._store = store
         self._fleet = fleet
         self._engine = engine
@@ -165,6 +174,13 @@ class RolloutService:
         self._clock = clock
         self._hours = hours
         self._lock = threading.Lock()
+        self._board = board if board is not None else RolloutBoard()
+        self._board_loaded = False
+
+    @property
+    def board(self) -> RolloutBoard:
+        """Where the rollout gauges come from (register it on a registry)."""
+        return self._board
 
     # --- operator events ------------------------------------------------------------------
 
@@ -182,7 +198,9 @@ class RolloutService:
         with self._lock:
             if self._store.get(definition.rollout_id) is not None:
                 raise RolloutConflictError(f"rollout {definition.rollout_id!r} exists")
-            self._store.insert(rollout, dict(selector), now=self._clock())
+            now = self._clock()
+            self._store.insert(rollout, dict(selector), now=now)
+            self._board.note(rollout, now=now, progressed=True)
         return rollout
 
     def apply(self, rollout_id: str, event: Event) -> Rollout:
@@ -198,8 +216,7 @@ class RolloutService:
             refused = [a for a in decision.actions if isinstance(a, Refused)]
             if refused:
                 raise RolloutConflictError(refused[0].reason)
-            self._store.save(decision.rollout, wake_at=decision.wake_at, now=now)
-            self._execute(decision.rollout, decision.actions, now)
+            self._save(decision, [event], now)
             return decision.rollout
 
     def get(self, rollout_id: str) -> Rollout:
@@ -220,6 +237,12 @@ class RolloutService:
         is logged and the next tick tries again; never raises."""
         try:
             active = self._store.list(unsettled_only=True)
+            if not self._board_loaded:  # the rollouts a previous process left, for the gauges
+                recent = self._store.list(limit=_SEED_RECENT)
+                self._board.load(
+                    [(s.rollout, s.updated_at) for s in [*active, *recent]], now=self._clock()
+                )
+                self._board_loaded = True
         except StorageError as exc:
             log.warning("rollout tick skipped: %s", exc)
             return 0
@@ -244,8 +267,13 @@ class RolloutService:
                 events.append(Selected(self._select(stored.selector)))
             events += self._reports(stored.rollout)
             decision = step(stored.rollout, events, now)
-            self._store.save(decision.rollout, wake_at=decision.wake_at, now=now)
-            self._execute(decision.rollout, decision.actions, now)
+            self._save(decision, events, now)
+
+    def _save(self, decision: Decision, events: list[Event], now: datetime) -> None:
+        """Store the step, show it on the board, then execute its actions."""
+        self._store.save(decision.rollout, wake_at=decision.wake_at, now=now)
+        self._board.note(decision.rollout, now=now, progressed=progressed(events, decision.actions))
+        self._execute(decision.rollout, decision.actions, now)
 
     def _select(self, selector: Selector) -> tuple[str, ...]:
         flt = TerminalFilter(region=selector.get("region"), hall=selector.get("hall"))

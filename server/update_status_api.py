@@ -2,7 +2,7 @@
 
 - ``GET /api/v1/terminals/{id}/updates`` (viewer): the terminal's update timeline, newest
   first (state, reason, detail, rollout, directive seq, device and server time), at most
-  ``limit``.
+  ``limit``; ``?rollout=`` keeps one rollout's statuses (the terminal's timeline in it).
 - ``GET /api/v1/rollouts/{rollout_id}/terminals`` (viewer): each terminal's latest state in
   the rollout, in terminal-id order, ``limit`` per page from ``after`` (``next_after`` is
   the cursor for the next page, null on the last), and ``counts`` per state over all of
@@ -32,7 +32,8 @@ __all__ = ["update_status_router"]
 
 log = logging.getLogger(__name__)
 
-_ROLLOUT_ID = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+_ROLLOUT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_ROLLOUT_ID = Annotated[str, Path(pattern=_ROLLOUT_PATTERN)]
 
 
 class UpdateStatusPublic(BaseModel):
@@ -94,9 +95,10 @@ def update_status_router(
         terminal_id: Annotated[str, Path(max_length=64)],
         who: Annotated[Principal, Depends(require(Role.VIEWER))],
         limit: Annotated[int, Query(ge=1, le=limit_max)] = limit_default,
+        rollout: Annotated[str | None, Query(pattern=_ROLLOUT_PATTERN)] = None,
     ) -> UpdateTimelinePublic:
         try:
-            records = timeline(engine(), terminal_id, limit)
+            records = timeline(engine(), terminal_id, limit, rollout)
         except StorageError as exc:
             raise _unavailable(f"updates of {terminal_id}", exc) from None
         return UpdateTimelinePublic(terminal_id=terminal_id, updates=[_public(r) for r in records])

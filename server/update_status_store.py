@@ -12,7 +12,8 @@ Public interface (for the rollout API and the dashboards):
 - ``UpdateStatusRow``: the table (migration ``0006``; ``attempt`` from ``0008``).
 - ``insert_updates(conn, insert, records)``: the writer's part (``records``:
   ``server.records.UpdateRecord``).
-- ``timeline(engine, terminal_id, limit)``: one terminal's statuses newest first.
+- ``timeline(engine, terminal_id, limit, rollout_id=None)``: one terminal's statuses newest
+  first, optionally of one rollout only.
 - ``rollout_terminals(engine, rollout_id, limit, after)``: each terminal's latest status in
   one rollout (by terminal id, ``limit`` from ``after``) and the count per state of all.
 
@@ -120,17 +121,18 @@ def insert_updates(conn: Connection, insert: Any, records: Sequence[UpdateRecord
         conn.execute(stmt, rows[start : start + _CHUNK])
 
 
-def timeline(engine: Engine, terminal_id: str, limit: int) -> list[UpdateRecord]:
-    """One terminal's update statuses, newest first (server time, then id), at most ``limit``.
+def timeline(
+    engine: Engine, terminal_id: str, limit: int, rollout_id: str | None = None
+) -> list[UpdateRecord]:
+    """One terminal's update statuses, newest first (server time, then id), at most ``limit``;
+    with ``rollout_id``, only those of that rollout (its timeline in the rollout).
 
     Raises StorageError.
     """
-    stmt = (
-        sa.select(_UPDATE)
-        .where(_UPDATE.c.terminal_id == terminal_id)
-        .order_by(_UPDATE.c.received_at.desc(), _UPDATE.c.id.desc())
-        .limit(limit)
-    )
+    stmt = sa.select(_UPDATE).where(_UPDATE.c.terminal_id == terminal_id)
+    if rollout_id is not None:
+        stmt = stmt.where(_UPDATE.c.rollout_id == rollout_id)
+    stmt = stmt.order_by(_UPDATE.c.received_at.desc(), _UPDATE.c.id.desc()).limit(limit)
     with database_errors("read update timeline"), engine.connect() as conn:
         return [_record(row) for row in conn.execute(stmt).mappings()]
 

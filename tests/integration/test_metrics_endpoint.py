@@ -23,22 +23,28 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kioskfleet import __version__
 from kioskfleet.local_broker import LocalBroker
+from kioskfleet.update_client import UpdateClient
+from server.access import Role
 from server.fleet_collector import FLEET_METRIC_NAMES
 from server.main import Server
+from server.rollout_metrics import ROLLOUT_METRIC_NAMES
 from tests.integration.conftest import (
     ServerFactory,
     TerminalFactory,
     api,
+    bearer,
     periph,
+    token,
     unique,
     wait_until,
 )
-from tests.support.tuf_world import TufWorld
+from tests.support.tuf_world import TufWorld, release_manifest
 from tests.unit.test_alert_rules import ALERT_RULES
 from tests.unit.test_dashboards import (
     CONTRACT_METRIC_NAMES,
@@ -272,16 +278,19 @@ def exported_metric_names(
     """
     factory = ServerFactory(broker, f"sqlite:///{tmp_path_factory.mktemp('names')}/kf.db")
     terminals = TerminalFactory(broker)
-    world = TufWorld.create(tmp_path_factory.mktemp("tuf"))  # signed releases on: their metrics
+    # signed releases on (their metrics), and a release to roll out (the rollout gauges)
+    world = TufWorld.create(tmp_path_factory.mktemp("tuf"), vendors={"acme": 1})
     try:
         server = factory(
             updates_dir=tmp_path_factory.mktemp("repository"),
             updates_snapshot_key_file=world.operator.online_dir / "snapshot.key",
             updates_timestamp_key_file=world.operator.online_dir / "timestamp.key",
+            rollout_tick_interval_s=0.2,
         )
         assert server.updates is not None
         server.updates.repository.upload_root(world.roots()[0])
         server.updates.repository.upload_targets(world.targets_bytes())
+        _a_rollout_awaiting_approval(server, world)
         region = unique("R")
         faulty = terminals(hall="Hall 1", region=region)
         faulty.report([PAPER_OUT, READER_OK])
@@ -289,9 +298,13 @@ def exported_metric_names(
         gone.report()
         gone.vanish()
         text = wait_until(
-            lambda: (t := scrape_text(server)) and all(f"\n{n}{{" in t for n in PER_TERMINAL) and t,
+            lambda: (
+                (t := scrape_text(server))
+                and all(f"\n{n}{{" in t for n in (*PER_TERMINAL, *ROLLOUT_METRIC_NAMES))
+                and t
+            ),
             10,
-            "every per-terminal family to have a series",
+            "every per-terminal and rollout family to have a series",
         )
         yield frozenset(
             sample.name
@@ -302,6 +315,32 @@ def exported_metric_names(
         for t in terminals.made:
             t.close(broker)
         factory.stop_all()
+
+
+def _a_rollout_awaiting_approval(server: Server, world: TufWorld) -> None:
+    """acme publishes a release; an operator creates a rollout of it (its terminals are
+    selected while it awaits approval, so every rollout family has samples)."""
+    artifact = world.artifact("kiosk-app-1.bin")
+    world.sign("acme", artifact, release_manifest(1))
+    with UpdateClient(server.base_url, token(server, Role.VENDOR, vendor="acme")) as acme:
+        acme.upload_artifact("acme", artifact.name, artifact)
+        acme.publish_role("acme", world.role_file("acme").read_bytes())
+    body = {
+        "rollout_id": "R-NAMES",
+        "target": "acme/kiosk-app-1.bin",
+        "phases": [{"size": 100, "unit": "percent"}],
+        "success_threshold": 1.0,
+        "abort_failure_ratio": 0.5,
+        "abort_min_decided": 1,
+        "terminal_timeout_s": 3600,
+    }
+    created = httpx.post(
+        f"{server.base_url}/api/v1/rollouts",
+        json=body,
+        headers=bearer(token(server, Role.OPERATOR)),
+        timeout=5,
+    )
+    assert created.status_code == 201, created.text
 
 
 DELIVERY_METRIC_NAMES = frozenset(

@@ -50,6 +50,9 @@ REQUIRED_ALERTS: Final = frozenset(
         "DatabaseWriteErrors",
         "TufMetadataExpiringSoon",
         "TufOnlineMetadataExpiring",
+        "UpdateRolledBack",
+        "RolloutAborted",
+        "RolloutStalled",
     }
 )
 

@@ -104,6 +104,8 @@ def test_amtool_check_config_accepts_the_example() -> None:
         ),
         (alert("FleetIngestStalled"), "platform-pager"),
         (alert("IngestRejectsHigh"), "platform-oncall"),
+        (alert("RolloutAborted", rollout="R-7"), "platform-oncall"),
+        (alert("RolloutStalled", rollout="R-7"), "platform-oncall"),
         (
             alert("TerminalOffline", region="east", hall="market-east-1", terminal="KF-5"),
             "fleet-ops",

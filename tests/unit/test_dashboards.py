@@ -82,12 +82,22 @@ UPDATE_METRIC_NAMES: Final = frozenset(
 UPDATE_STATUS_METRIC_NAMES: Final = frozenset(
     {"kioskfleet_update_terminals", "kioskfleet_update_statuses_total"}
 )
+# Rollout progress (server.rollout_metrics): always exported, one set per shown rollout.
+ROLLOUT_METRIC_NAMES: Final = frozenset(
+    {
+        "kioskfleet_rollout_terminals",
+        "kioskfleet_rollout_status",
+        "kioskfleet_rollout_phase",
+        "kioskfleet_rollout_last_progress_timestamp_seconds",
+    }
+)
 CONTRACT_METRIC_NAMES: Final = (
     FLEET_METRIC_NAMES
     | INGEST_METRIC_NAMES
     | ACCESS_METRIC_NAMES
     | UPDATE_METRIC_NAMES
     | UPDATE_STATUS_METRIC_NAMES
+    | ROLLOUT_METRIC_NAMES
 )
 # Series Prometheus itself creates: they are never on /metrics.
 PROMETHEUS_METRIC_NAMES: Final = frozenset(
@@ -382,11 +392,12 @@ def dashboard(request: pytest.FixtureRequest) -> dict[str, Any]:
     return _load(path)
 
 
-def test_the_three_dashboards_exist() -> None:
+def test_the_four_dashboards_exist() -> None:
     assert {path.stem for path in DASHBOARD_FILES} == {
         "fleet-overview",
         "hall-drilldown",
         "ingest-health",
+        "rollouts",
     }
 
 
@@ -488,6 +499,18 @@ def test_hall_drilldown_has_region_and_hall_variables_and_uses_them() -> None:
         "kioskfleet_terminal_peripheral_problem",
         "kioskfleet_terminal_offline",
     } <= per_terminal
+
+
+def test_rollouts_dashboard_shows_every_rollout_metric_filtered_by_rollout() -> None:
+    rollouts = _load(DASHBOARDS / "rollouts.json")
+    names = [v["name"] for v in rollouts["templating"]["list"]]
+    assert names == ["datasource", "instance", "rollout"]
+    queries = [q for where, q in dashboard_queries(rollouts) if where.startswith("panel")]
+    shown = {n for q in queries for n in metric_names_in(q)}
+    assert shown >= ROLLOUT_METRIC_NAMES
+    per_rollout = [q for q in queries if metric_names_in(q) & ROLLOUT_METRIC_NAMES]
+    assert per_rollout
+    assert all('rollout=~"$rollout"' in q for q in per_rollout)
 
 
 def test_ingest_health_shows_delay_percentiles_p50_p95_p99() -> None:
