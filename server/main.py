@@ -300,6 +300,7 @@ class Server:
                 page_limit_max=settings.api_page_limit_max,
                 history_limit=settings.history_limit,
                 history_limit_max=settings.history_limit_max,
+                hall_open=lambda hall: self.hall_openings(hall)[0],
             )
         )
         add_routes(
