@@ -110,11 +110,11 @@ def test_a_clean_shutdown_in_a_closed_hall_is_closed_and_exports_nothing_per_ter
 
     series, before, after = wait_until(settled, 10, "two offline in Open, one closed in Shut")
 
-    shut, open_ = {"region": region, "hall": "Shut"}, {"region": region, "hall": "Open"}
-    assert series[key("kioskfleet_hall_open", **shut)] == 0
-    assert series[key("kioskfleet_hall_open", **open_)] == 1
-    assert series[key("kioskfleet_hall_opens_in_seconds", **open_)] == 0
-    opens_in = series[key("kioskfleet_hall_opens_in_seconds", **shut)]
+    in_shut, in_open = {"region": region, "hall": "Shut"}, {"region": region, "hall": "Open"}
+    assert series[key("kioskfleet_hall_open", **in_shut)] == 0
+    assert series[key("kioskfleet_hall_open", **in_open)] == 1
+    assert series[key("kioskfleet_hall_opens_in_seconds", **in_open)] == 0
+    opens_in = series[key("kioskfleet_hall_opens_in_seconds", **in_shut)]
     assert opening.timestamp() - after <= opens_in <= opening.timestamp() - before
     offline = {
         dict(labels)["terminal"] for name, labels in series if name == "kioskfleet_terminal_offline"
