@@ -27,8 +27,8 @@ from server.fleet_collector import (
     LabelBudget,
 )
 from server.fleet_state import FleetState
-from server.fleet_views import AGENT_PACKAGE, TerminalFilter, TerminalView
-from server.health import Health, Status, terminal_health
+from server.fleet_views import AGENT_PACKAGE, OfflineReason, TerminalFilter, TerminalView
+from server.health import Health, Status, closed_or, terminal_health
 from server.metrics import ServerMetrics
 from tests.support.fleet_messages import (
     BOOT,
@@ -455,8 +455,9 @@ _STEPS = st.lists(
 )
 
 
-def recount(views: Iterable[TerminalView]) -> Series:
-    """The fleet series computed from scratch from every terminal (what the tallies must equal)."""
+def recount(views: Iterable[TerminalView], closed_halls: frozenset[str] = frozenset()) -> Series:
+    """The fleet series computed from scratch from every terminal (what the tallies must
+    equal), with the halls named in ``closed_halls`` closed (opening in 600 s)."""
     status: Counter[tuple[str, str, str]] = Counter()
     halls: set[tuple[str, str]] = set()
     peripherals: Counter[tuple[str, str, str, str]] = Counter()
@@ -469,7 +470,13 @@ def recount(views: Iterable[TerminalView]) -> Series:
         halls.add((region, hall))
         dropped[(region, hall)] += v.dropped_reports
         gaps[(region, hall)] += v.seq_gaps
-        status[(region, hall, v.health.value)] += 1
+        is_open = v.hall not in closed_halls
+        health = closed_or(
+            v.health,
+            clean_shutdown=v.offline_reason is OfflineReason.SHUTDOWN,
+            hall_open=is_open,
+        )
+        status[(region, hall, health.value)] += 1
         for p in v.peripherals:
             peripherals[(region, hall, p.kind.value, p.condition.value)] += 1
         installed = dict(v.software)
@@ -477,6 +484,8 @@ def recount(views: Iterable[TerminalView]) -> Series:
             installed.setdefault(AGENT_PACKAGE, v.agent_version)
         software.update(installed.items())
         where = {"terminal": v.id, "hall": hall, "region": region}
+        if health is Health.CLOSED:
+            continue
         if not v.online:
             out |= s("kioskfleet_terminal_offline", 1, **where)
             out |= s(
@@ -501,7 +510,8 @@ def recount(views: Iterable[TerminalView]) -> Series:
             "kioskfleet_agent_dropped_reports", dropped[(region, hall)], region=region, hall=hall
         )
         out |= s("kioskfleet_agent_seq_gaps", gaps[(region, hall)], region=region, hall=hall)
-        out |= hall_series(region, hall, is_open=True, opens_in=0)
+        is_open = hall not in closed_halls
+        out |= hall_series(region, hall, is_open=is_open, opens_in=0 if is_open else 600.0)
         for health in Health:
             out |= s(
                 "kioskfleet_terminals",
@@ -520,9 +530,10 @@ def recount(views: Iterable[TerminalView]) -> Series:
 
 
 @settings(max_examples=150, deadline=None)
-@given(_STEPS)
+@given(_STEPS, st.frozensets(st.sampled_from(["H1", "H2"])))
 def test_collector_series_always_equal_a_recount_from_scratch(
     steps: list[tuple[str, str, tuple[str, str], list[tuple[str, str, str, str | None]], str]],
+    closed_halls: frozenset[str],
 ) -> None:
     fleet = FleetState(offline_after_missed_reports=1)
     seq: Counter[str] = Counter()
@@ -564,7 +575,9 @@ def test_collector_series_always_equal_a_recount_from_scratch(
             fleet = FleetState(offline_after_missed_reports=1)
             fleet.load(views)
     everyone = fleet.query(TerminalFilter(), limit=1000).items
-    assert fleet_series(fleet) == recount(everyone)
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(fleet, openings=_openings(dict.fromkeys(closed_halls, 600.0))))
+    assert scrape(registry) == recount(everyone, closed_halls)
     summary = fleet.summary()
     assert [v.id for v in summary.problem_terminals] == [v.id for v in everyone if v.has_problem]
     for h in summary.halls:
