@@ -82,6 +82,8 @@ class ApiServices:
     history_limit: int = 50
     history_limit_max: int = 1000
     metrics_require_token: bool = True
+    # is the hall open by its opening hours now (server.hall_openings; True: no hours)
+    hall_open: Callable[[str | None], bool] = lambda hall: True
 
 
 def _error(status: int, error: str, message: str, detail: Any = None) -> JSONResponse:
@@ -177,7 +179,7 @@ def create_app(services: ApiServices) -> FastAPI:
         except InvalidCursorError as exc:
             raise ApiError(422, "invalid_request", f"cursor: {exc}") from None
         return TerminalPagePublic(
-            items=[terminal_public(v) for v in page.items],
+            items=[terminal_public(v, hall_open=services.hall_open(v.hall)) for v in page.items],
             next_cursor=page.next_cursor,
             total=page.total,
         )
@@ -205,7 +207,12 @@ def create_app(services: ApiServices) -> FastAPI:
         except StorageError as exc:
             log.warning("history of %s unavailable: %s", terminal_id, exc)
             raise ApiError(503, "database_unavailable", str(exc)) from None
-        return terminal_detail_public(view, history, with_delivery=allows(who.role, Role.OPERATOR))
+        return terminal_detail_public(
+            view,
+            history,
+            with_delivery=allows(who.role, Role.OPERATOR),
+            hall_open=services.hall_open(view.hall),
+        )
 
     @app.get(
         "/api/v1/terminals/{terminal_id}/events",
@@ -255,7 +262,9 @@ def create_app(services: ApiServices) -> FastAPI:
             return DecommissionPublic(
                 terminal_id=terminal_id,
                 known=view is not None,
-                last_state=None if view is None else terminal_public(view),
+                last_state=None
+                if view is None
+                else terminal_public(view, hall_open=services.hall_open(view.hall)),
             )
 
     @app.get(

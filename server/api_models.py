@@ -16,8 +16,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.messages import PeripheralCondition, PeripheralKind, TerminalState
-from server.fleet_views import HallSummary, TerminalView, Transition
-from server.health import Health, Status
+from server.fleet_views import HallSummary, OfflineReason, TerminalView, Transition
+from server.health import Health, Status, closed_or
 from server.records import EventRecord
 
 __all__ = [
@@ -78,9 +78,10 @@ class TerminalPublic(_FromView):
     last_seen: datetime = Field(description="server time of the last sign of life")
     status: Status = Field(description="offline; degraded (a peripheral not ok); ok")
     health: Health = Field(
-        description="offline; faulty (online, a peripheral that blocks service); warning"
-        " (online, only paper low or an unknown state); ok. ``status`` folds warning and"
-        " faulty into degraded"
+        description="offline; closed (shut down cleanly while its hall is closed by its"
+        " opening hours: not a problem); faulty (online, a peripheral that blocks service);"
+        " warning (online, only paper low or an unknown state); ok. ``status`` folds warning"
+        " and faulty into degraded, closed into offline"
     )
     agent_version: str | None
     report_interval_s: float | None
@@ -179,8 +180,13 @@ class ReadinessPublic(BaseModel):
     reasons: list[str]
 
 
-def terminal_public(v: TerminalView) -> TerminalPublic:
-    return TerminalPublic.model_validate(v)
+def terminal_public(v: TerminalView, *, hall_open: bool = True) -> TerminalPublic:
+    """``v`` as the API shows it; ``hall_open`` False: its hall is closed by its opening
+    hours, so a clean shutdown is ``closed`` (``server.health.closed_or``)."""
+    public = TerminalPublic.model_validate(v)
+    clean_shutdown = v.offline_reason is OfflineReason.SHUTDOWN
+    health = closed_or(v.health, clean_shutdown=clean_shutdown, hall_open=hall_open)
+    return public if health is v.health else public.model_copy(update={"health": health})
 
 
 def transition_public(t: Transition) -> TransitionPublic:
@@ -188,10 +194,14 @@ def transition_public(t: Transition) -> TransitionPublic:
 
 
 def terminal_detail_public(
-    v: TerminalView, history: list[Transition], *, with_delivery: bool = True
+    v: TerminalView,
+    history: list[Transition],
+    *,
+    with_delivery: bool = True,
+    hall_open: bool = True,
 ) -> TerminalDetailPublic:
     return TerminalDetailPublic(
-        **dict(terminal_public(v)),
+        **dict(terminal_public(v, hall_open=hall_open)),
         delivery=DeliveryPublic.model_validate(v) if with_delivery else None,
         transitions=[transition_public(t) for t in history],
     )

@@ -189,6 +189,9 @@ class Settings(BaseSettings):
     metrics_fault_codes_per_kind: Annotated[int, Field(ge=1, le=10_000)] = 20
     metrics_versions_per_package: Annotated[int, Field(ge=1, le=10_000)] = 10
     metrics_packages: Annotated[int, Field(ge=1, le=10_000)] = 30
+    # how often the metrics re-read every hall's opening hours (one query; hours set over
+    # the API are seen at once, those set with `kioskfleet hall hours set` within this)
+    opening_hours_refresh_s: PositiveSeconds = 60.0
 
     @field_validator("database_url")
     @classmethod

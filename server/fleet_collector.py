@@ -6,7 +6,14 @@ tallies) and turns it into metric families (the contract in
 ``docs/monitoring.md``):
 
 - ``kioskfleet_terminals{region,hall,status}``: every hall, every status
-  (``ok``, ``warning``, ``faulty``, ``offline``; 0 when none);
+  (``ok``, ``warning``, ``faulty``, ``offline``, ``closed``; 0 when none); ``closed``
+  are the terminals that shut down cleanly while their hall is closed
+  (``server.health.closed_or``), else they count as ``offline``;
+- ``kioskfleet_hall_open{region,hall}``: 1 while the hall is open by its opening hours
+  (always, for a hall with none), else 0; ``kioskfleet_hall_opens_in_seconds{region,hall}``:
+  seconds until it next opens (0 while open; no series when no opening is in sight).
+  The hours come from ``openings`` (``server.hall_openings.HallOpenings``: cached, no
+  database query at scrape time); the alert rules join on them;
 - ``kioskfleet_peripherals{region,hall,family,kind,condition}``: every (kind,
   condition) that at least one peripheral of the hall is in, ``ok`` included; a
   pair with no peripheral has no series (not zero-filled: that would more than
@@ -19,9 +26,11 @@ tallies) and turns it into metric families (the contract in
   drops are losses;
 - per terminal, ONLY for terminals with a problem:
   ``kioskfleet_terminal_offline`` and
-  ``kioskfleet_terminal_offline_since_timestamp_seconds`` while offline,
-  ``kioskfleet_terminal_peripheral_problem`` per peripheral not ``ok`` (offline
-  or not: the alert inhibition hides them behind ``TerminalOffline``).
+  ``kioskfleet_terminal_offline_since_timestamp_seconds`` while offline (not while
+  ``closed``: a terminal switched off for the night has no series),
+  ``kioskfleet_terminal_peripheral_problem`` per peripheral not ``ok`` of an ONLINE
+  terminal: an offline terminal's last reported problems are not current, so they
+  are not exported (its ``kioskfleet_terminal_offline`` is).
 
 ``family`` is the kind's family in the peripheral taxonomy
 (``protocol.taxonomy``: ``printer``, ``identity_reader``, ...): alert rules and
@@ -47,7 +56,7 @@ problems. It does no I/O and registers nothing by itself.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -58,8 +67,8 @@ from prometheus_client.registry import Collector
 from protocol.messages import PeripheralCondition, PeripheralKind
 from protocol.taxonomy import family_of
 from server.fleet_state import FleetState
-from server.fleet_views import AGENT_PACKAGE, FleetSummary, SoftwareCount
-from server.health import Health
+from server.fleet_views import AGENT_PACKAGE, FleetSummary, OfflineReason, SoftwareCount
+from server.health import Health, closed_or
 
 __all__ = [
     "FLEET_METRIC_NAMES",
@@ -81,6 +90,8 @@ _OFFLINE_SINCE: Final = "kioskfleet_terminal_offline_since_timestamp_seconds"
 _PROBLEM: Final = "kioskfleet_terminal_peripheral_problem"
 _DROPPED: Final = "kioskfleet_agent_dropped_reports"
 _GAPS: Final = "kioskfleet_agent_seq_gaps"
+_HALL_OPEN: Final = "kioskfleet_hall_open"
+_OPENS_IN: Final = "kioskfleet_hall_opens_in_seconds"
 
 FLEET_METRIC_NAMES: Final = (
     _TERMINALS,
@@ -91,25 +102,33 @@ FLEET_METRIC_NAMES: Final = (
     _PROBLEM,
     _DROPPED,
     _GAPS,
+    _HALL_OPEN,
+    _OPENS_IN,
 )
 """Every family this collector yields (always, with or without samples)."""
 
 _HELP: Final = {
     _TERMINALS: "Terminals per hall by status: ok, warning (online, only paper low or an unknown"
-    " peripheral state), faulty (online, a peripheral that blocks service), offline.",
+    " peripheral state), faulty (online, a peripheral that blocks service), offline, closed"
+    " (shut down cleanly while the hall is closed by its opening hours).",
     _PERIPHERALS: "Peripherals per hall by kind and normalised condition (ok included;"
     " no series for a kind and condition no peripheral of the hall is in).",
     _SOFTWARE: "Terminals (online or not) with this version of this package installed"
     " (the agent itself is package kioskfleet-agent).",
-    _OFFLINE: "1 for each terminal that is offline; no series for online terminals.",
+    _OFFLINE: "1 for each terminal that is offline; no series for online terminals, nor for"
+    " closed ones (shut down cleanly while their hall is closed).",
     _OFFLINE_SINCE: "Unix time at which the offline terminal went offline (server time).",
-    _PROBLEM: "1 for each peripheral whose condition is not ok; family is the kind's family"
-    " (printer, identity_reader, ...); fault_code is empty when the device gave none. No"
-    " series for healthy peripherals.",
+    _PROBLEM: "1 for each peripheral of an online terminal whose condition is not ok; family"
+    " is the kind's family (printer, identity_reader, ...); fault_code is empty when the"
+    " device gave none. No series for healthy peripherals nor for offline terminals.",
     _DROPPED: "Reports the hall's terminals dropped on purpose from a full outbox (each"
     " terminal's count for its current boot_id).",
     _GAPS: "Sequence numbers never received from the hall's terminals (cumulative, persisted"
     " across server restarts); gaps beyond the dropped reports are losses.",
+    _HALL_OPEN: "1 while the hall is open by its opening hours (always, for a hall with no"
+    " hours set), else 0.",
+    _OPENS_IN: "Seconds until the hall next opens by its opening hours: 0 while open; no"
+    " series when it does not open within the hours' horizon (400 days).",
 }
 _LABELS: Final = {
     _TERMINALS: ("region", "hall", "status"),
@@ -129,10 +148,21 @@ _LABELS: Final = {
     ),
     _DROPPED: ("region", "hall"),
     _GAPS: ("region", "hall"),
+    _HALL_OPEN: ("region", "hall"),
+    _OPENS_IN: ("region", "hall"),
 }
 
 _STATUSES: Final = tuple(Health)
 _FAMILY: Final = {kind: family_of(kind).family.value for kind in PeripheralKind}
+
+
+HallOpenings = Callable[[str | None], tuple[bool, float | None]]
+"""A hall's (open now, seconds until it next opens) by its name (``HallOpenings``)."""
+
+
+def always_open(hall: str | None) -> tuple[bool, float | None]:
+    """The openings of a server with no opening hours: every hall open."""
+    return True, 0.0
 
 
 def _label(value: str | None) -> str:
@@ -200,9 +230,15 @@ def _fault_code_labels(
 class FleetCollector(Collector):
     """Yields the fleet gauges from ``fleet`` at every scrape; register it on a registry."""
 
-    def __init__(self, fleet: FleetState, budget: LabelBudget | None = None) -> None:
+    def __init__(
+        self,
+        fleet: FleetState,
+        budget: LabelBudget | None = None,
+        openings: HallOpenings = always_open,
+    ) -> None:
         self._fleet = fleet
         self._budget = budget or LabelBudget()
+        self._openings = openings
 
     def describe(self) -> Iterator[Metric]:
         """The families without samples (lets the registry check names without a scrape)."""
@@ -210,27 +246,42 @@ class FleetCollector(Collector):
             yield GaugeMetricFamily(name, _HELP[name], labels=_LABELS[name])
 
     def collect(self) -> Iterator[Metric]:
-        yield from fleet_families(self._fleet.summary(), self._budget)
+        yield from fleet_families(self._fleet.summary(), self._budget, self._openings)
 
 
-def fleet_families(summary: FleetSummary, budget: LabelBudget | None = None) -> list[Metric]:
-    """The fleet metric families for one reading of the fleet (pure; what ``collect`` yields).
+def fleet_families(
+    summary: FleetSummary,
+    budget: LabelBudget | None = None,
+    openings: HallOpenings = always_open,
+) -> list[Metric]:
+    """The fleet metric families for one reading of the fleet (pure given ``openings``;
+    what ``collect`` yields).
 
     Device text (fault codes, software packages and versions) beyond ``budget`` is folded
-    into ``other``, so no terminal can multiply the series."""
+    into ``other``, so no terminal can multiply the series. ``openings`` is asked once per
+    hall."""
     budget = budget or LabelBudget()
     out = {name: GaugeMetricFamily(name, _HELP[name], labels=_LABELS[name]) for name in _HELP}
+    hall_openings: dict[str | None, tuple[bool, float | None]] = {}
+
+    def opening(hall: str | None) -> tuple[bool, float | None]:
+        found = hall_openings.get(hall)
+        if found is None:
+            found = hall_openings[hall] = openings(hall)
+        return found
 
     terminals: dict[tuple[str, str], dict[Health, int]] = {}
+    opens: dict[tuple[str, str], tuple[bool, float | None]] = {}
     delivery: dict[tuple[str, str], list[int]] = {}  # [dropped_reports, seq_gaps]
     peripherals: dict[tuple[str, str], dict[tuple[PeripheralKind, PeripheralCondition], int]] = {}
     for h in summary.halls:
         key = (_label(h.region), _label(h.hall))
+        is_open, opens_in = opens.setdefault(key, opening(h.hall))
         counts = terminals.get(key)
         if counts is None:
-            terminals[key] = h.by_health()
+            terminals[key] = h.by_health(hall_open=is_open)
         else:  # two halls with the same labels (see the module doc): add them up
-            for health, n in h.by_health().items():
+            for health, n in h.by_health(hall_open=is_open).items():
                 counts[health] += n
         sums = delivery.setdefault(key, [0, 0])
         sums[0] += h.dropped_reports
@@ -248,6 +299,11 @@ def fleet_families(summary: FleetSummary, budget: LabelBudget | None = None) -> 
     for (region, hall), by_kind in peripherals.items():
         for (kind, condition), n in by_kind.items():
             family.add_metric([region, hall, _FAMILY[kind], kind.value, condition.value], n)
+    hall_open, opens_in_s = out[_HALL_OPEN], out[_OPENS_IN]
+    for (region, hall), (is_open, opens_in) in opens.items():
+        hall_open.add_metric([region, hall], 1 if is_open else 0)
+        if opens_in is not None:
+            opens_in_s.add_metric([region, hall], opens_in)
     dropped, gaps = out[_DROPPED], out[_GAPS]
     for (region, hall), (n_dropped, n_gaps) in delivery.items():
         dropped.add_metric([region, hall], n_dropped)
@@ -261,8 +317,15 @@ def fleet_families(summary: FleetSummary, budget: LabelBudget | None = None) -> 
     for t in summary.problem_terminals:
         region, hall = _label(t.region), _label(t.hall)
         if not t.online:
-            offline.add_metric([t.id, hall, region], 1)
-            since.add_metric([t.id, hall, region], t.state_since.timestamp())
+            health = closed_or(
+                Health.OFFLINE,
+                clean_shutdown=t.offline_reason is OfflineReason.SHUTDOWN,
+                hall_open=opening(t.hall)[0],
+            )
+            if health is Health.OFFLINE:
+                offline.add_metric([t.id, hall, region], 1)
+                since.add_metric([t.id, hall, region], t.state_since.timestamp())
+            continue  # its last reported peripheral problems are not current
         for p in t.problems:
             problem.add_metric(
                 [

@@ -194,7 +194,15 @@ class FleetState:
             for tid in self._tallies.problem_ids():
                 t = terminals[tid]
                 problems.append(
-                    ProblemTerminal(tid, t.hall, t.region, t.online, t.state_since, t.problems())
+                    ProblemTerminal(
+                        tid,
+                        t.hall,
+                        t.region,
+                        t.online,
+                        t.state_since,
+                        t.problems(),
+                        t.offline_reason,
+                    )
                 )
             return FleetSummary(
                 halls=tuple(self._tallies.halls()),

@@ -2,7 +2,8 @@
 
 Per (region, hall): terminals by online/health, peripherals by (kind,
 condition) with ``ok`` included, problems by (kind, condition), and the sums
-of the terminals' ``seq_gaps`` and ``dropped_reports``; fleet-wide: terminals
+of the terminals' ``seq_gaps`` and ``dropped_reports``, and the terminals offline
+after a clean shutdown; fleet-wide: terminals
 per (package, version) of installed software (the agent itself counts as
 package ``kioskfleet-agent``); and the set of terminals with a problem
 (offline or a peripheral not ``ok``).
@@ -23,7 +24,13 @@ from dataclasses import dataclass
 from typing import Final, TypeVar
 
 from protocol.messages import PeripheralCondition, PeripheralKind
-from server.fleet_views import AGENT_PACKAGE, HallSummary, PeripheralCount, SoftwareCount
+from server.fleet_views import (
+    AGENT_PACKAGE,
+    HallSummary,
+    OfflineReason,
+    PeripheralCount,
+    SoftwareCount,
+)
 from server.health import Health, terminal_health
 from server.terminal_rules import TerminalRecord
 
@@ -59,6 +66,7 @@ class _Contribution:
     software: tuple[_SoftwareKey, ...]
     seq_gaps: int
     dropped_reports: int
+    shut_down: bool  # offline after a clean shutdown
 
     @classmethod
     def of(cls, t: TerminalRecord) -> _Contribution:
@@ -76,6 +84,7 @@ class _Contribution:
             software=tuple(sorted(software.items())),
             seq_gaps=t.seq_gaps,
             dropped_reports=t.dropped_reports,
+            shut_down=not t.online and t.offline_reason is OfflineReason.SHUTDOWN,
         )
 
     @property
@@ -92,6 +101,7 @@ class _HallTally:
         "peripherals",
         "problems",
         "seq_gaps",
+        "shut_down",
         "total",
         "warning",
         "with_problems",
@@ -108,6 +118,7 @@ class _HallTally:
         self.peripherals: dict[_PeripheralKey, int] = {}
         self.seq_gaps = 0
         self.dropped_reports = 0
+        self.shut_down = 0
 
     def add(self, c: _Contribution, sign: int) -> None:
         self.total += sign
@@ -123,6 +134,8 @@ class _HallTally:
             self.faulty += sign
         self.seq_gaps += sign * c.seq_gaps
         self.dropped_reports += sign * c.dropped_reports
+        if c.shut_down:
+            self.shut_down += sign
         _bump(self.problems, c.problems, sign)
         _bump(self.peripherals, c.peripherals, sign)
 
@@ -141,6 +154,7 @@ class _HallTally:
             peripherals=_counts(self.peripherals),
             seq_gaps=self.seq_gaps,
             dropped_reports=self.dropped_reports,
+            shut_down=self.shut_down,
         )
 
 

@@ -192,18 +192,22 @@ class HallSummary:
     peripherals: tuple[PeripheralCount, ...] = ()  # every peripheral, ok included
     seq_gaps: int = 0  # sum of the hall's terminals' seq_gaps
     dropped_reports: int = 0  # sum of the hall's terminals' dropped_reports
+    shut_down: int = 0  # offline after a clean shutdown (closed while the hall is closed)
 
     @property
     def ok(self) -> int:
         return self.online - self.degraded
 
-    def by_health(self) -> dict[Health, int]:
-        """Terminals of the hall by health; every ``Health`` is a key."""
+    def by_health(self, *, hall_open: bool = True) -> dict[Health, int]:
+        """Terminals of the hall by health; every ``Health`` is a key. While the hall is
+        closed, those that shut down cleanly are ``closed`` instead of ``offline``."""
+        closed = 0 if hall_open else self.shut_down
         return {
             Health.OK: self.ok,
             Health.WARNING: self.warning,
             Health.FAULTY: self.faulty,
-            Health.OFFLINE: self.offline,
+            Health.OFFLINE: self.offline - closed,
+            Health.CLOSED: closed,
         }
 
 
@@ -226,6 +230,7 @@ class ProblemTerminal:
     online: bool
     state_since: datetime  # when ``online`` last changed
     problems: tuple[PeripheralView, ...]  # its peripherals that are not ok, by name
+    offline_reason: OfflineReason | None = None
 
 
 @dataclass(frozen=True, slots=True)

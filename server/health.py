@@ -7,6 +7,11 @@ paper, a reader that faults); ``warning`` when online with only non-blocking
 problems (paper low, a state the probe cannot tell); else ``ok``. The API's
 ``Status`` folds ``warning`` and ``faulty`` into ``degraded``.
 
+``closed`` is ``offline`` seen with the hall's opening hours: a terminal that shut
+down cleanly (its agent said so) while its hall is closed is not a problem
+(``closed_or``). It needs the hall's hours and the clock, so the fleet's tallies
+never hold it; the metrics collector applies it at scrape time.
+
 This is the only place that rolls peripherals up into a terminal's health. Pure:
 no I/O, no clock, no state.
 """
@@ -19,7 +24,7 @@ from typing import Final
 
 from protocol.taxonomy import PeripheralCondition, PeripheralKind, is_blocking
 
-__all__ = ["Health", "Status", "status_of", "terminal_health"]
+__all__ = ["Health", "Status", "closed_or", "status_of", "terminal_health"]
 
 
 class Health(StrEnum):
@@ -29,6 +34,7 @@ class Health(StrEnum):
     WARNING = "warning"  # online, only non-blocking problems (paper low, state unknown)
     FAULTY = "faulty"  # online, at least one blocking problem
     OFFLINE = "offline"
+    CLOSED = "closed"  # offline after a clean shutdown while its hall is closed (not a problem)
 
 
 class Status(StrEnum):
@@ -46,6 +52,7 @@ _STATUS_OF_HEALTH: Final = {
     Health.WARNING: Status.DEGRADED,
     Health.FAULTY: Status.DEGRADED,
     Health.OFFLINE: Status.OFFLINE,
+    Health.CLOSED: Status.OFFLINE,
 }
 
 
@@ -62,6 +69,15 @@ def terminal_health(
         if is_blocking(kind, condition):
             return Health.FAULTY
         health = Health.WARNING
+    return health
+
+
+def closed_or(health: Health, *, clean_shutdown: bool, hall_open: bool) -> Health:
+    """``closed`` for an ``offline`` terminal that shut down cleanly while its hall is
+    closed; else ``health``. A terminal lost (will, timeout) stays ``offline`` at night:
+    nobody switched it off."""
+    if health is Health.OFFLINE and clean_shutdown and not hall_open:
+        return Health.CLOSED
     return health
 
 

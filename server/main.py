@@ -49,6 +49,7 @@ from server.est import EstMetrics, est_router
 from server.fleet_collector import FleetCollector, LabelBudget
 from server.fleet_state import FleetState
 from server.fleet_views import TerminalView, Transition
+from server.hall_openings import HallOpenings
 from server.ingest import Ingest
 from server.ingest_gate import IngestGate
 from server.log_throttle import ThrottledLog
@@ -185,6 +186,12 @@ class Server:
             max_report_interval_s=settings.max_report_interval_s,
             placements=None if directory is None else directory.placement,
         )
+        self.opening_hours = OpeningHoursStore(self.storage)
+        self.hall_openings = HallOpenings(
+            self.opening_hours.all,
+            refresh_s=settings.opening_hours_refresh_s,
+            clock=lambda: datetime.now(UTC),
+        )
         registry.register(  # fleet gauges, computed at scrape time
             FleetCollector(
                 self.fleet,
@@ -193,6 +200,7 @@ class Server:
                     versions_per_package=settings.metrics_versions_per_package,
                     packages=settings.metrics_packages,
                 ),
+                openings=self.hall_openings,
             )
         )
         self.writer = WriteBehind(
@@ -293,11 +301,16 @@ class Server:
                 page_limit_max=settings.api_page_limit_max,
                 history_limit=settings.history_limit,
                 history_limit_max=settings.history_limit_max,
+                hall_open=lambda hall: self.hall_openings(hall)[0],
             )
         )
         add_routes(
             self.app,
-            opening_hours_router(OpeningHoursStore(self.storage), lambda: datetime.now(UTC)),
+            opening_hours_router(
+                self.opening_hours,
+                lambda: datetime.now(UTC),
+                on_change=self.hall_openings.invalidate,
+            ),
         )
         add_routes(
             self.app,
@@ -426,6 +439,7 @@ class Server:
             raise ServerError("a Server can be started once")
         self._started = True
         self.storage.open()
+        self.hall_openings.invalidate()  # a scrape before the open read no hours
         self.tokens.bootstrap(
             self.audit, stderr=sys.stderr, token_file=self.settings.bootstrap_token_file
         )

@@ -18,7 +18,10 @@ Public interface (for the rollout wiring):
   opening ends; ``end`` the next opening after ``start``, ``None`` if it does not open in
   the next ``HORIZON_DAYS`` days (closed for good, as far as these hours say); None if the
   hall never closes within that horizon (open around the clock);
-- both raise ``ValueError`` for a naive ``now`` (a caller's bug: no error class of its
+- ``opening_status(hours, now) -> OpeningStatus``: open now or not, when it next opens
+  (while closed), and until when that answer holds (for the metrics' cache,
+  ``server.hall_openings``);
+- all three raise ``ValueError`` for a naive ``now`` (a caller's bug: no error class of its
   own); bad hours are refused by the model (pydantic's ``ValidationError``).
 
 Decisions (docs/updates.md, "Opening hours"):
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Annotated, Final, Self
@@ -53,15 +57,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
+    "ALWAYS_OPEN",
     "HORIZON_DAYS",
     "MAX_HOLIDAYS",
     "MAX_INTERVALS_PER_DAY",
     "Holiday",
     "Interval",
     "OpeningHours",
+    "OpeningStatus",
     "Weekday",
     "is_open",
     "next_closed_window",
+    "opening_status",
 ]
 
 MAX_INTERVALS_PER_DAY: Final = 8
@@ -269,3 +276,54 @@ def next_closed_window(
         if span > 9:
             return None if start is None else (start, None)
     return None  # not reached: the last span always answers
+
+
+_RECHECK: Final = timedelta(days=1)  # how long an answer with no change in sight is kept
+
+
+@dataclass(frozen=True, slots=True)
+class OpeningStatus:
+    """Whether a hall is open, as of an instant, and for how long that stays true.
+
+    ``opens_at`` is the next opening while closed (None while open, or when the hall does
+    not open within ``HORIZON_DAYS``); the answer holds from ``valid_from`` (the instant
+    it was computed for) to ``valid_until`` (the next opening or closing, or a day later
+    when none is in sight), when it must be recomputed."""
+
+    open: bool
+    opens_at: datetime | None
+    valid_from: datetime
+    valid_until: datetime
+
+    def opens_in_s(self, now: datetime) -> float | None:
+        """Seconds from ``now`` to the next opening: 0 while open, None if none is in sight."""
+        if self.open:
+            return 0.0
+        if self.opens_at is None:
+            return None
+        return max(0.0, (self.opens_at - now).total_seconds())
+
+
+ALWAYS_OPEN: Final = OpeningStatus(
+    open=True,
+    opens_at=None,
+    valid_from=datetime.min.replace(tzinfo=UTC),
+    valid_until=datetime.max.replace(tzinfo=UTC),
+)
+"""The status of a hall with no hours set (decision: alerts behave as without hours)."""
+
+
+def opening_status(hours: OpeningHours, now: datetime) -> OpeningStatus:
+    """Open or closed at ``now``, the next opening, and until when this holds (UTC instants).
+
+    Raises ValueError for a naive ``now``."""
+    now = _aware(now).astimezone(UTC)
+    window = next_closed_window(hours, now)
+    if window is None:  # open around the clock within the horizon
+        return OpeningStatus(True, None, now, now + _RECHECK)
+    start, end = window
+    if start > now:  # open now, until start
+        return OpeningStatus(True, None, now, start)
+    if end is None:  # closed, no opening in sight
+        return OpeningStatus(False, None, now, now + _RECHECK)
+    return OpeningStatus(False, end, now, end)

@@ -68,8 +68,14 @@ def _answered() -> Iterator[None]:
         raise ApiError(503, "database_unavailable", str(exc)) from None
 
 
-def opening_hours_router(store: OpeningHoursStore, clock: Callable[[], datetime]) -> APIRouter:
-    """The routes above over ``store``; ``clock`` is now (aware) when ``at`` is left out."""
+def opening_hours_router(
+    store: OpeningHoursStore,
+    clock: Callable[[], datetime],
+    *,
+    on_change: Callable[[], None] = lambda: None,
+) -> APIRouter:
+    """The routes above over ``store``; ``clock`` is now (aware) when ``at`` is left out;
+    ``on_change`` is called after hours were stored (the metrics' cache reloads them)."""
     router = APIRouter(prefix="/api/v1/halls", tags=["halls"])
     operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
 
@@ -88,7 +94,9 @@ def opening_hours_router(store: OpeningHoursStore, clock: Callable[[], datetime]
     )
     def set_hours(hall: _HALL, body: OpeningHours, who: operator) -> HallHoursPublic:
         with _answered():
-            return _public(store.put(hall, body, actor=who.actor, now=clock()))
+            stored_hours = store.put(hall, body, actor=who.actor, now=clock())
+        on_change()
+        return _public(stored_hours)
 
     @router.get(
         "/{hall}/opening-hours",

@@ -89,3 +89,18 @@ class OpeningHoursStore:
         return HallHours(
             hall=hall, hours=hours, updated_at=row["updated_at"], updated_by=row["updated_by"]
         )
+
+    def all(self) -> tuple[dict[str, OpeningHours], list[str]]:
+        """Every hall's hours (one query; as many rows as halls with hours), and the halls
+        whose stored document does not validate (left out of the first). Raises
+        StorageError."""
+        with self._storage.connect("read all opening hours") as conn:
+            rows = conn.execute(sa.select(_HOURS.c.hall, _HOURS.c.document)).all()
+        valid: dict[str, OpeningHours] = {}
+        invalid: list[str] = []
+        for hall, document in rows:
+            try:
+                valid[hall] = OpeningHours.model_validate(document)
+            except ValidationError:
+                invalid.append(hall)
+        return valid, sorted(invalid)

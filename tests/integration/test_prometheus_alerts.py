@@ -21,9 +21,12 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 import yaml
 
@@ -43,7 +46,16 @@ from server.access import Role
 from server.device_ca import init_ca
 from server.main import Server
 from server.tokens import write_secret_file
-from tests.integration.conftest import ServerFactory, api, token, wait_until
+from tests.integration.conftest import (
+    ServerFactory,
+    TerminalFactory,
+    api,
+    bearer,
+    periph,
+    token,
+    unique,
+    wait_until,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -276,6 +288,69 @@ def test_paper_out_fires_and_resolves_and_a_killed_terminal_fires_terminal_offli
     assert offline["annotations"]["runbook_url"].endswith("/docs/runbooks/TerminalOffline.md")
     assert _terminal_alerts(prom) == {GONE: ["TerminalOffline"]}
     assert _value(prom, 'sum(kioskfleet_terminals{status="offline"})') == 1
+
+
+# --- opening hours ----------------------------------------------------------------------------
+
+
+def _hours_relative_to_now(zone: str, *, open_now: bool) -> dict[str, Any]:
+    """Hours in ``zone`` that make a hall open now (today and tomorrow around the clock,
+    so midnight during the test changes nothing) or closed now (it opens tomorrow)."""
+    today = datetime.now(ZoneInfo(zone)).date()
+    tomorrow = today + timedelta(days=1)
+    if open_now:
+        days = {
+            d.strftime("%a").lower(): [{"start": "00:00", "end": "24:00"}]
+            for d in (today, tomorrow)
+        }
+        return {"timezone": zone, "weekly": days}
+    opening = [{"start": "08:00", "end": "18:00"}]
+    return {
+        "timezone": zone,
+        "holidays": [{"date": today.isoformat()}, {"date": tomorrow.isoformat(), "hours": opening}],
+    }
+
+
+def test_a_closed_halls_offline_terminal_and_paper_out_fire_nothing_while_an_open_halls_do(
+    private_server: ServerFactory,
+    private_terminals: TerminalFactory,
+    prometheus_for: Callable[[Server], LocalPrometheus],
+) -> None:
+    server = private_server()
+    operator = bearer(token(server, Role.OPERATOR))
+    for hall, open_now in (("Open-now", True), ("Closed-now", False)):
+        hours = _hours_relative_to_now("Asia/Shanghai", open_now=open_now)
+        url = f"{server.base_url}/api/v1/halls/{hall}/opening-hours"
+        assert httpx.put(url, json=hours, headers=operator, timeout=5).status_code == 200
+    prom = prometheus_for(server)
+    ids: dict[str, str] = {}
+    for hall in ("Open-now", "Closed-now"):
+        lost = private_terminals(unique(f"LOST-{hall}"), hall=hall, with_will=True)
+        lost.report([periph("printer", "receipt_printer")])
+        lost.vanish()  # the broker publishes its will: offline, reason will
+        paper = private_terminals(unique(f"PAPER-{hall}"), hall=hall)
+        paper.report([periph("printer", "receipt_printer", "paper_out")])
+        ids |= {f"lost {hall}": lost.id, f"paper {hall}": paper.id}
+
+    expected = {
+        ids["lost Open-now"]: ["TerminalOffline"],
+        ids["paper Open-now"]: ["PrinterPaperOut"],
+    }
+    wait_until(
+        lambda: (
+            _firing(prom, "TerminalOffline", ids["lost Open-now"])
+            and _firing(prom, "PrinterPaperOut", ids["paper Open-now"])
+        ),
+        FIRST_SCRAPE_TIMEOUT + ALERT_TIMEOUT,
+        "the open hall's alerts firing",
+    )
+    assert _terminal_alerts(prom) == expected  # nothing, not even pending, for the closed hall
+    # ... although Prometheus holds the closed hall's problem series and knows it is closed.
+    closed = 'hall="Closed-now"'
+    assert _value(prom, f"max(kioskfleet_hall_open{{{closed}}})") == 0
+    assert _value(prom, 'max(kioskfleet_hall_open{hall="Open-now"})') == 1
+    assert _value(prom, f"count(kioskfleet_terminal_offline{{{closed}}})") == 1
+    assert _value(prom, f"count(kioskfleet_terminal_peripheral_problem{{{closed}}})") == 1
 
 
 # --- the runner's own contract --------------------------------------------------------------

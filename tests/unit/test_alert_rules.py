@@ -5,8 +5,10 @@ rest reads the YAML: every alert has a severity, a summary, a description and a
 runbook that exists; every alert has a firing and a not-firing promtool case;
 per-terminal alerts name the terminal and the hall; every peripheral problem
 the peripheral taxonomy defines has exactly one alert, which selects families,
-never kinds; the file survives the load/modify/dump an
-end-to-end test does to shorten ``for:``.
+never kinds; every terminal and hall alert is quiet while its hall is closed by its
+opening hours and has promtool cases for day, night, holiday and the minutes before
+opening; the file survives the load/modify/dump an end-to-end test does to shorten
+``for:``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ REQUIRED_ALERTS: Final = frozenset(
         "UpdateRolledBack",
         "RolloutAborted",
         "RolloutStalled",
+        "PaperOutBeforeOpening",
     }
 )
 
@@ -76,6 +79,25 @@ def _alert_rules() -> list[dict[str, Any]]:
 
 ALERT_RULES: Final = _alert_rules()
 ALERT_NAMES: Final = sorted({rule["alert"] for rule in ALERT_RULES})
+
+
+def _group_of(name: str) -> str:
+    (group,) = {
+        g["name"] for g in _rules_document()["groups"] for r in g["rules"] if r.get("alert") == name
+    }
+    return str(group)
+
+
+HOURS_GROUPS: Final = ("kioskfleet.terminals", "kioskfleet.halls")
+"""The groups whose alerts follow the hall's opening hours."""
+CLOSED_HALL_GATE: Final = re.compile(r"unless on \(region, hall\)\s+kioskfleet_hall_open == 0\s*$")
+BEFORE_OPENING_GATE: Final = re.compile(
+    r"and on \(region, hall\)\s+0 < kioskfleet_hall_opens_in_seconds <= \d+\s*$"
+)
+
+
+def _before_opening(rule: dict[str, Any]) -> bool:
+    return BEFORE_OPENING_GATE.search(rule["expr"]) is not None
 
 
 def _rule(name: str) -> dict[str, Any]:
@@ -241,8 +263,8 @@ def _alerts_for(family: str, kind: str, condition: str) -> list[str]:
     names = []
     for rule in ALERT_RULES:
         expr = rule["expr"]
-        if "kioskfleet_terminal_peripheral_problem" not in expr:
-            continue
+        if "kioskfleet_terminal_peripheral_problem" not in expr or _before_opening(rule):
+            continue  # a before-opening alert repeats a problem's alert while the hall is closed
         if all(
             _matches(op, pattern, value)
             for label, value in labels.items()
@@ -297,6 +319,52 @@ def test_peripheral_alerts_keep_the_labels_that_inhibition_and_routing_need() ->
         (by,) = re.findall(r"max by \(([^)]*)\)", rule["expr"])
         kept = {label.strip() for label in by.split(",")}
         assert {"terminal", "hall", "region", "peripheral", "family", "kind"} <= kept, rule
+
+
+# --------------------------------------------------------------- opening hours
+_HOURS_RULES: Final = [r for r in ALERT_RULES if _group_of(r["alert"]) in HOURS_GROUPS]
+
+
+@pytest.mark.parametrize("rule", _HOURS_RULES, ids=lambda rule: rule["alert"])
+def test_terminal_and_hall_alerts_are_quiet_while_the_hall_is_closed_or_want_it_about_to_open(
+    rule: dict[str, Any],
+) -> None:
+    expr = rule["expr"]
+    assert CLOSED_HALL_GATE.search(expr) or BEFORE_OPENING_GATE.search(expr), rule["alert"]
+
+
+def test_a_before_opening_alert_exists_for_paper_out() -> None:
+    before = [r["alert"] for r in _HOURS_RULES if _before_opening(r)]
+    assert before == ["PaperOutBeforeOpening"]
+    assert 'condition="paper_out"' in _rule("PaperOutBeforeOpening")["expr"]
+
+
+@functools.cache
+def _hours_cases() -> dict[str, list[dict[str, Any]]]:
+    """Per promtool test group name of opening_hours.test.yml, its alert cases."""
+    document = yaml.safe_load(
+        (PROMETHEUS_DIR / "tests" / "opening_hours.test.yml").read_text(encoding="utf-8")
+    )
+    return {group["name"]: group["alert_rule_test"] for group in document["tests"]}
+
+
+@pytest.mark.parametrize(
+    "rule", [r for r in _HOURS_RULES if not _before_opening(r)], ids=lambda rule: rule["alert"]
+)
+def test_every_hours_gated_alert_fires_by_day_and_is_quiet_at_night_on_holidays_and_before_opening(
+    rule: dict[str, Any],
+) -> None:
+    name = rule["alert"]
+    for situation, fires in (
+        ("day", True),
+        ("night", False),
+        ("holiday", False),
+        ("before opening", False),
+    ):
+        (group,) = [g for g in _hours_cases() if g.startswith(f"{name}, {situation}:")]
+        cases = [c for c in _hours_cases()[group] if c["alertname"] == name]
+        assert cases, group
+        assert any(c.get("exp_alerts") for c in cases) is fires, group
 
 
 # ------------------------------------------------- the e2e test's for: rewriting

@@ -50,6 +50,8 @@ FLEET_METRIC_NAMES: Final = frozenset(
         "kioskfleet_build_info",
         "kioskfleet_agent_dropped_reports",
         "kioskfleet_agent_seq_gaps",
+        "kioskfleet_hall_open",
+        "kioskfleet_hall_opens_in_seconds",
     }
 )
 HISTOGRAM_METRIC_NAMES: Final = frozenset(

@@ -19,10 +19,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from kioskfleet import __version__
 from protocol.messages import PeripheralCondition, PeripheralKind
 from protocol.taxonomy import allowed_conditions, family_of
-from server.fleet_collector import FLEET_METRIC_NAMES, UNKNOWN_LABEL, FleetCollector, LabelBudget
+from server.fleet_collector import (
+    FLEET_METRIC_NAMES,
+    UNKNOWN_LABEL,
+    FleetCollector,
+    HallOpenings,
+    LabelBudget,
+)
 from server.fleet_state import FleetState
-from server.fleet_views import AGENT_PACKAGE, TerminalFilter, TerminalView
-from server.health import Health, Status, terminal_health
+from server.fleet_views import AGENT_PACKAGE, OfflineReason, TerminalFilter, TerminalView
+from server.health import Health, Status, closed_or, terminal_health
 from server.metrics import ServerMetrics
 from tests.support.fleet_messages import (
     BOOT,
@@ -74,11 +80,20 @@ def only(series: Series, *names: str) -> Series:
 
 
 def terminals_series(
-    region: str, hall: str, ok: int, warning: int, faulty: int, off: int
+    region: str, hall: str, ok: int, warning: int, faulty: int, off: int, closed: int = 0
 ) -> Series:
+    """A hall's terminals by status, and its opening gauges (open: no hours set)."""
     out: Series = {}
-    for status, n in (("ok", ok), ("warning", warning), ("faulty", faulty), ("offline", off)):
+    counts = (("ok", ok), ("warning", warning), ("faulty", faulty), ("offline", off))
+    for status, n in (*counts, ("closed", closed)):
         out |= s("kioskfleet_terminals", n, region=region, hall=hall, status=status)
+    return out | hall_series(region, hall, is_open=True, opens_in=0)
+
+
+def hall_series(region: str, hall: str, *, is_open: bool, opens_in: float | None) -> Series:
+    out = s("kioskfleet_hall_open", 1 if is_open else 0, region=region, hall=hall)
+    if opens_in is not None:
+        out |= s("kioskfleet_hall_opens_in_seconds", opens_in, region=region, hall=hall)
     return out
 
 
@@ -347,14 +362,21 @@ def test_offline_terminal_has_offline_series_until_it_comes_back() -> None:
     assert (_status(series, "offline"), _status(series, "ok")) == (0, 2)
 
 
-def test_peripheral_problems_of_an_offline_terminal_stay_exported() -> None:
+def test_an_offline_terminal_exports_its_offline_series_and_not_its_last_peripheral_problems() -> (
+    None
+):
     fleet = FleetState()
     out = periph("printer", "receipt_printer", "paper_out")
     fleet.apply(report("A", 1, hall="H1", peripherals=[out]), at(0))
+    assert only(fleet_series(fleet), *PER_TERMINAL) == _problem("A", "paper_out")
     fleet.apply(state("A", False), at(1))
-    series = only(fleet_series(fleet), *PER_TERMINAL)
-    assert _problem("A", "paper_out").items() <= series.items()
-    assert len(series) == 3  # problem, offline, offline since
+    where = {"terminal": "A", "hall": "H1", "region": "North"}
+    assert only(fleet_series(fleet), *PER_TERMINAL) == {
+        **s("kioskfleet_terminal_offline", 1, **where),
+        **s("kioskfleet_terminal_offline_since_timestamp_seconds", at(1).timestamp(), **where),
+    }
+    fleet.apply(report("A", 2, hall="H1", peripherals=[out], sent_at=at(2)), at(2))
+    assert only(fleet_series(fleet), *PER_TERMINAL) == _problem("A", "paper_out")
 
 
 def test_terminal_moving_hall_moves_every_count_and_empties_the_old_hall() -> None:
@@ -387,7 +409,12 @@ def test_a_hall_really_named_unknown_adds_up_with_terminals_that_named_none() ->
     fleet = FleetState()
     fleet.apply(report("A", hall="unknown", region="unknown"), at(0))
     fleet.apply(state("B", True), at(0))  # no hall, no region
-    terminals = only(fleet_series(fleet), "kioskfleet_terminals")  # scrape() refuses duplicates
+    terminals = only(
+        fleet_series(fleet),
+        "kioskfleet_terminals",
+        "kioskfleet_hall_open",
+        "kioskfleet_hall_opens_in_seconds",
+    )  # scrape() refuses duplicates
     assert terminals == terminals_series("unknown", "unknown", ok=2, warning=0, faulty=0, off=0)
 
 
@@ -428,8 +455,9 @@ _STEPS = st.lists(
 )
 
 
-def recount(views: Iterable[TerminalView]) -> Series:
-    """The fleet series computed from scratch from every terminal (what the tallies must equal)."""
+def recount(views: Iterable[TerminalView], closed_halls: frozenset[str] = frozenset()) -> Series:
+    """The fleet series computed from scratch from every terminal (what the tallies must
+    equal), with the halls named in ``closed_halls`` closed (opening in 600 s)."""
     status: Counter[tuple[str, str, str]] = Counter()
     halls: set[tuple[str, str]] = set()
     peripherals: Counter[tuple[str, str, str, str]] = Counter()
@@ -442,7 +470,13 @@ def recount(views: Iterable[TerminalView]) -> Series:
         halls.add((region, hall))
         dropped[(region, hall)] += v.dropped_reports
         gaps[(region, hall)] += v.seq_gaps
-        status[(region, hall, v.health.value)] += 1
+        is_open = v.hall not in closed_halls
+        health = closed_or(
+            v.health,
+            clean_shutdown=v.offline_reason is OfflineReason.SHUTDOWN,
+            hall_open=is_open,
+        )
+        status[(region, hall, health.value)] += 1
         for p in v.peripherals:
             peripherals[(region, hall, p.kind.value, p.condition.value)] += 1
         installed = dict(v.software)
@@ -450,6 +484,8 @@ def recount(views: Iterable[TerminalView]) -> Series:
             installed.setdefault(AGENT_PACKAGE, v.agent_version)
         software.update(installed.items())
         where = {"terminal": v.id, "hall": hall, "region": region}
+        if health is Health.CLOSED:
+            continue
         if not v.online:
             out |= s("kioskfleet_terminal_offline", 1, **where)
             out |= s(
@@ -457,6 +493,7 @@ def recount(views: Iterable[TerminalView]) -> Series:
                 v.state_since.timestamp(),
                 **where,
             )
+            continue
         for p in v.peripherals:
             if p.condition is not PeripheralCondition.OK:
                 out |= s(
@@ -473,6 +510,8 @@ def recount(views: Iterable[TerminalView]) -> Series:
             "kioskfleet_agent_dropped_reports", dropped[(region, hall)], region=region, hall=hall
         )
         out |= s("kioskfleet_agent_seq_gaps", gaps[(region, hall)], region=region, hall=hall)
+        is_open = hall not in closed_halls
+        out |= hall_series(region, hall, is_open=is_open, opens_in=0 if is_open else 600.0)
         for health in Health:
             out |= s(
                 "kioskfleet_terminals",
@@ -491,9 +530,10 @@ def recount(views: Iterable[TerminalView]) -> Series:
 
 
 @settings(max_examples=150, deadline=None)
-@given(_STEPS)
+@given(_STEPS, st.frozensets(st.sampled_from(["H1", "H2"])))
 def test_collector_series_always_equal_a_recount_from_scratch(
     steps: list[tuple[str, str, tuple[str, str], list[tuple[str, str, str, str | None]], str]],
+    closed_halls: frozenset[str],
 ) -> None:
     fleet = FleetState(offline_after_missed_reports=1)
     seq: Counter[str] = Counter()
@@ -535,7 +575,9 @@ def test_collector_series_always_equal_a_recount_from_scratch(
             fleet = FleetState(offline_after_missed_reports=1)
             fleet.load(views)
     everyone = fleet.query(TerminalFilter(), limit=1000).items
-    assert fleet_series(fleet) == recount(everyone)
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(fleet, openings=_openings(dict.fromkeys(closed_halls, 600.0))))
+    assert scrape(registry) == recount(everyone, closed_halls)
     summary = fleet.summary()
     assert [v.id for v in summary.problem_terminals] == [v.id for v in everyone if v.has_problem]
     for h in summary.halls:
@@ -617,3 +659,75 @@ def fleet_families_series(fleet: FleetState, budget: LabelBudget) -> Series:
     registry = CollectorRegistry()
     registry.register(FleetCollector(fleet, budget))
     return scrape(registry)
+
+
+# --- opening hours: the hall gauges and "closed" ------------------------------------------
+
+
+def _openings(closed: dict[str, float | None]) -> HallOpenings:
+    """Halls in ``closed`` are closed (opening in so many seconds); the rest are open."""
+
+    def openings(hall: str | None) -> tuple[bool, float | None]:
+        if hall in closed:
+            return False, closed[hall]
+        return True, 0.0
+
+    return openings
+
+
+def _night_fleet() -> FleetState:
+    """In each of halls Open and Shut: S shut down cleanly, L lost (the will), P online with
+    paper out."""
+    fleet = FleetState()
+    out = periph("printer", "receipt_printer", "paper_out")
+    for hall in ("Open", "Shut"):
+        for tid in ("S", "L", "P"):
+            peripherals = [out] if tid == "P" else [PRINTER_OK]
+            fleet.apply(report(f"{tid}-{hall}", hall=hall, peripherals=peripherals), at(0))
+        fleet.apply(state(f"S-{hall}", False, reason="shutdown", seq=2, sent_at=at(5)), at(5))
+        fleet.apply(state(f"L-{hall}", False), at(6))
+    return fleet
+
+
+def test_a_clean_shutdown_while_the_hall_is_closed_is_closed_and_exports_no_terminal_series() -> (
+    None
+):
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(_night_fleet(), openings=_openings({"Shut": 1800.0})))
+    series = scrape(registry)
+    assert only(series, "kioskfleet_terminals") == only(
+        terminals_series("North", "Open", ok=0, warning=0, faulty=1, off=2)
+        | terminals_series("North", "Shut", ok=0, warning=0, faulty=1, off=1, closed=1),
+        "kioskfleet_terminals",
+    )
+    assert only(series, "kioskfleet_hall_open", "kioskfleet_hall_opens_in_seconds") == (
+        hall_series("North", "Open", is_open=True, opens_in=0)
+        | hall_series("North", "Shut", is_open=False, opens_in=1800.0)
+    )
+    offline = {dict(labels)["terminal"] for (name, labels) in series if name == PER_TERMINAL[0]}
+    assert offline == {"S-Open", "L-Open", "L-Shut"}  # lost at night is still offline
+    problems = {dict(labels)["terminal"] for (name, labels) in series if name == PER_TERMINAL[2]}
+    assert problems == {"P-Open", "P-Shut"}  # the rules decide what fires at night
+
+
+def test_a_hall_that_opens_nowhere_in_sight_has_no_opens_in_series() -> None:
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(_night_fleet(), openings=_openings({"Shut": None})))
+    series = scrape(registry)
+    assert only(series, "kioskfleet_hall_open", "kioskfleet_hall_opens_in_seconds") == (
+        hall_series("North", "Open", is_open=True, opens_in=0)
+        | hall_series("North", "Shut", is_open=False, opens_in=None)
+    )
+
+
+def test_the_collector_asks_the_openings_once_per_hall_per_scrape() -> None:
+    asked: Counter[str | None] = Counter()
+
+    def openings(hall: str | None) -> tuple[bool, float | None]:
+        asked[hall] += 1
+        return hall != "Shut", 0.0 if hall != "Shut" else 60.0
+
+    registry = CollectorRegistry()
+    registry.register(FleetCollector(_night_fleet(), openings=openings))
+    scrape(registry)
+    assert asked == Counter({"Open": 1, "Shut": 1})

@@ -19,6 +19,7 @@ from server.opening_hours import (
     Weekday,
     is_open,
     next_closed_window,
+    opening_status,
 )
 
 ZONES = ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Tokyo", "UTC"]
@@ -245,3 +246,39 @@ def test_a_naive_now_is_refused() -> None:
         is_open(hours, datetime(2026, 12, 3, 12))
     with pytest.raises(ValueError, match="no time zone"):
         next_closed_window(hours, datetime(2026, 12, 3, 12))
+
+
+@settings(max_examples=60, deadline=None)
+@given(hours=opening_hours(), now=instants)
+def test_the_opening_status_holds_minute_by_minute_until_it_says_it_changes(
+    hours: OpeningHours, now: datetime
+) -> None:
+    status = opening_status(hours, now)
+    assert status.open is is_open(hours, now)
+    assert status.valid_from == now < status.valid_until
+    walk = [now + timedelta(minutes=n) for n in range(2 * 24 * 60)]
+    for t in walk:
+        if t >= status.valid_until:
+            break
+        assert is_open(hours, t) is status.open, t
+    if status.opens_at is not None:
+        assert not status.open
+        assert not is_open(hours, status.opens_at - timedelta(minutes=1))
+        assert is_open(hours, status.opens_at)
+        assert status.opens_in_s(now) == (status.opens_at - now).total_seconds()
+    if status.open:
+        assert status.opens_in_s(now) == 0
+
+
+def test_the_minutes_before_opening_count_down_to_the_opening() -> None:
+    hours = _hours(EVERY_DAY, holidays=[{"date": "2026-12-25"}])
+    before = opening_status(hours, datetime(2026, 12, 4, 7, 40, tzinfo=BERLIN))
+    assert (before.open, before.opens_in_s(datetime(2026, 12, 4, 7, 40, tzinfo=BERLIN))) == (
+        False,
+        20 * 60,
+    )
+    assert before.valid_until == datetime(2026, 12, 4, 8, tzinfo=BERLIN)
+    day = opening_status(hours, datetime(2026, 12, 4, 12, tzinfo=BERLIN))
+    assert (day.open, day.valid_until) == (True, datetime(2026, 12, 4, 20, tzinfo=BERLIN))
+    holiday = opening_status(hours, datetime(2026, 12, 25, 12, tzinfo=BERLIN))
+    assert (holiday.open, holiday.opens_at) == (False, datetime(2026, 12, 26, 8, tzinfo=BERLIN))
