@@ -4,8 +4,11 @@
 at least one peripheral in a condition that blocks service (the peripheral
 taxonomy says which: ``protocol.taxonomy.is_blocking``; a printer out of
 paper, a reader that faults); ``warning`` when online with only non-blocking
-problems (paper low, a state the probe cannot tell); else ``ok``. The API's
-``Status`` folds ``warning`` and ``faulty`` into ``degraded``.
+problems (paper low, a state the probe cannot tell); else ``ok``. These four
+values are the one vocabulary of the API (a terminal's ``health``, the
+``?health=`` filter, a hall's counts), the metrics (``kioskfleet_terminals{status}``),
+the console and the docs; there is no folded ``degraded`` status (docs/server.md,
+"Health").
 
 This is the only place that rolls peripherals up into a terminal's health. Pure:
 no I/O, no clock, no state.
@@ -19,7 +22,7 @@ from typing import Final
 
 from protocol.taxonomy import PeripheralCondition, PeripheralKind, is_blocking
 
-__all__ = ["Health", "Status", "status_of", "terminal_health"]
+__all__ = ["Health", "terminal_health"]
 
 
 class Health(StrEnum):
@@ -31,22 +34,7 @@ class Health(StrEnum):
     OFFLINE = "offline"
 
 
-class Status(StrEnum):
-    """The API's status: ``Health`` with ``warning`` and ``faulty`` folded into ``degraded``."""
-
-    OK = "ok"
-    DEGRADED = "degraded"  # online, at least one peripheral not ok
-    OFFLINE = "offline"
-
-
 _OK: Final = PeripheralCondition.OK
-
-_STATUS_OF_HEALTH: Final = {
-    Health.OK: Status.OK,
-    Health.WARNING: Status.DEGRADED,
-    Health.FAULTY: Status.DEGRADED,
-    Health.OFFLINE: Status.OFFLINE,
-}
 
 
 def terminal_health(
@@ -63,8 +51,3 @@ def terminal_health(
             return Health.FAULTY
         health = Health.WARNING
     return health
-
-
-def status_of(health: Health) -> Status:
-    """The API's status for ``health``."""
-    return _STATUS_OF_HEALTH[health]

@@ -33,7 +33,7 @@ def test_report_shows_up_with_identity_peripherals_and_software(
         what="the terminal to appear",
     )
     assert (body["hall"], body["region"], body["model"]) == ("Tax Hall 3", "Haidian", "KX-200")
-    assert (body["state"], body["status"]) == ("online", "ok")
+    assert (body["state"], body["health"]) == ("online", "ok")
     assert [p["name"] for p in body["peripherals"]] == ["idcard", "printer"]
     assert body["software"] == {"kiosk-app": "3.1"}
     assert body["delivery"]["boot_id"] == t.boot
@@ -62,7 +62,8 @@ def test_peripheral_fault_appears_in_the_terminal_history(
     )
     assert newest["fault_code"] == "E-PAPER"
     assert body["transitions"][-1]["subject"] == "connectivity"  # first contact, oldest
-    assert body["status"] == "degraded"
+    assert body["health"] == "faulty"  # paper out blocks service
+    assert "status" not in body  # one vocabulary: no folded "degraded"
 
 
 def test_list_filters_and_cursor_pagination(
@@ -124,7 +125,7 @@ def test_halls_count_terminals_and_peripheral_problems(
         "total": 3,
         "online": 3,
         "offline": 0,
-        "degraded": 2,
+        "ok": 1,
         "warning": 0,
         "faulty": 2,
     }
@@ -149,16 +150,13 @@ def test_terminals_show_health_and_halls_count_warning_and_faulty_apart(
         return mine[0] if mine and mine[0]["terminals"]["total"] == 3 else None
 
     counts = wait_until(our_hall, what="the hall summary")["terminals"]
-    assert (counts["degraded"], counts["warning"], counts["faulty"]) == (2, 1, 1)
+    assert (counts["ok"], counts["warning"], counts["faulty"]) == (1, 1, 1)
+    assert "degraded" not in counts
     shown = {
-        item["id"]: (item["status"], item["health"])
+        item["id"]: item["health"]
         for item in api(server, "/api/v1/terminals", hall=hall).json()["items"]
     }
-    assert shown == {
-        ok.id: ("ok", "ok"),
-        low.id: ("degraded", "warning"),
-        jam.id: ("degraded", "faulty"),
-    }
+    assert shown == {ok.id: "ok", low.id: "warning", jam.id: "faulty"}
     assert api(server, f"/api/v1/terminals/{jam.id}").json()["health"] == "faulty"
 
 
