@@ -10,9 +10,13 @@ routes.
 ``create_app(services)`` builds a FastAPI app over the services it is handed
 (fleet state, history reader, readiness check, metrics registry); nothing is
 wired at import time. Reads come from the in-memory fleet state; only a
-terminal's transition history reads the database. Handlers never change the
-fleet. A terminal's stored events (``/api/v1/terminals/{id}/events``) also
-read the database. OpenAPI at ``/openapi.json``, interactive docs at ``/docs``.
+terminal's transition history (``/history``, ``/history.csv``, the detail's
+newest transitions) and its stored events (``/events``) read the database, a
+page at a time (``server.history_query``: ``since``/``until``, a cursor).
+``/api/v1/terminals.csv`` is the filtered list as CSV (``server.csv_export``).
+Handlers never change the fleet. An unknown query parameter is 422 on every
+route (``server.query_guard``). OpenAPI at ``/openapi.json``, interactive docs
+at ``/docs``.
 
 Errors are JSON ``{"error", "message", "detail"?}``: 404 ``not_found``, 422
 ``invalid_request`` (with the validation errors), 503 ``database_unavailable``
