@@ -160,13 +160,14 @@ def _transitions(server: Server, terminal_id: str, n: int) -> list[dict[str, Any
         items: list[dict[str, Any]] = body.get("transitions", [])
         return items if len(items) >= n else None
 
-    return wait_until(stored, 10, f"{n} transitions to be stored")
+    found: list[dict[str, Any]] = wait_until(stored, 10, f"{n} transitions to be stored")
+    return found
 
 
 def _walk(server: Server, path: str, limit: int, **params: Any) -> list[list[dict[str, Any]]]:
     pages, cursor = [], None
     while True:
-        extra = {"cursor": cursor} if cursor else {}
+        extra: dict[str, Any] = {"cursor": cursor} if cursor else {}
         answer = _get(server, path, limit=limit, **params, **extra)
         assert answer.status_code == 200, answer.text
         body = answer.json()
@@ -220,7 +221,7 @@ def test_history_pages_newest_first_with_a_stable_cursor_and_a_time_range(
     ],
 )
 def test_a_bad_range_cursor_or_page_size_is_a_422_naming_it(
-    start_server: ServerFactory, terminals: TerminalFactory, params: dict[str, str], said: str
+    start_server: ServerFactory, terminals: TerminalFactory, params: dict[str, Any], said: str
 ) -> None:
     server = start_server()
     t = terminals()
@@ -277,7 +278,7 @@ def test_the_filtered_terminal_list_exports_as_csv_with_the_json_lists_fields_an
         lambda: api(server, "/api/v1/terminals", hall=hall).json()["total"] == 4,
         what="four terminals",
     )
-    filters = {"hall": hall, "health": "faulty"}
+    filters: dict[str, Any] = {"hall": hall, "health": "faulty"}
     listed = _get(server, "/api/v1/terminals", **filters).json()["items"]
     assert [x["id"] for x in listed] == [made[1].id, made[3].id]
 
