@@ -33,12 +33,10 @@ from tests.integration.conftest import (
     unique,
     wait_until,
 )
-from tests.support.device_identity import make_ca
+from tests.support.every_part import start_with_every_part
+from tests.support.fleet_messages import PRINTER_OK, READER_OK
 
 pytestmark = pytest.mark.integration
-
-PRINTER_OK = periph("printer", "receipt_printer")
-READER_OK = periph("idcard", "id_card_reader")
 
 
 def _get(
@@ -69,13 +67,7 @@ def test_every_get_route_refuses_an_unknown_query_parameter_naming_it(
 ) -> None:
     # A route added later (server.api.add_routes) is guarded too. Every optional part is on
     # (device CA, registry, EST, HTTPS), so that all routes exist.
-    fleet_ca = make_ca(tmp_path / "ca")
-    server = start_server(
-        ca_dir=fleet_ca.directory,
-        https_cert_file=fleet_ca.https_cert,
-        https_key_file=fleet_ca.https_key,
-    )
-    verify = ssl.create_default_context(cafile=str(fleet_ca.paths.chain))
+    server, verify = start_with_every_part(start_server, tmp_path / "ca")
     checked: list[str] = []
     for route in server.app.routes:
         if not isinstance(route, Route) or "GET" not in (route.methods or set()):
