@@ -180,7 +180,8 @@ def create_app(services: ApiServices) -> FastAPI:
 
     fleet = services.fleet
     viewer = role_dependencies(Role.VIEWER)
-    # Before install_access: the audit middleware, outside this one, records refused calls.
+    # Inside the audit middleware (added after it). A call it refuses never reaches a route,
+    # so, like a 404, it is not audited (the audit records calls that reached a route).
     app.add_middleware(UnknownQueryGuard, routes=lambda: app.router.routes)
     install_access(
         app,

@@ -15,7 +15,9 @@ assets) pass through. The guardrail test
 walks every route.
 
 It runs before authentication: an anonymous caller learns a route's parameter
-names, which ``/openapi.json`` (open) says anyway. Never reads the body.
+names, which ``/openapi.json`` (open) says anyway. A refused call never reaches
+its route, so the audit log (which records calls that reached a route) does not
+hold it, as it does not hold a 404. Never reads the body.
 """
 
 from __future__ import annotations

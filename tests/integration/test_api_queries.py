@@ -1,7 +1,7 @@
 """The API's query surface over real HTTP on a running server (real mosquitto; SQLite and
 PostgreSQL where the database answers): unknown query parameters are refused on every
-route, ``?health=`` speaks the metrics' vocabulary, history and events take a time range
-and a cursor, and the terminal list and a terminal's history export as CSV."""
+route, history and events take a time range and a cursor, and the terminal list and a
+terminal's history export as CSV. The ``?health=`` filter is proven in test_server_api.py."""
 
 from __future__ import annotations
 
@@ -103,44 +103,6 @@ def test_a_misspelt_filter_is_a_422_that_lists_the_allowed_parameters(
     assert declared.name == "list_terminals"
     # declared parameters still pass
     assert _get(server, "/api/v1/terminals", health="faulty", limit=5).status_code == 200
-
-
-# --- one health vocabulary ------------------------------------------------------------------
-
-
-def test_the_health_filter_takes_the_metrics_values_repeated_or_comma_separated(
-    start_server: ServerFactory, terminals: TerminalFactory
-) -> None:
-    server = start_server()
-    hall = unique("Hall")
-    ok, low, jam = terminals(hall=hall), terminals(hall=hall), terminals(hall=hall)
-    ok.report([PRINTER_OK, READER_OK])
-    low.report([periph("printer", "receipt_printer", "paper_low"), READER_OK])
-    jam.report([periph("printer", "receipt_printer", "jam"), READER_OK])
-    wait_until(
-        lambda: api(server, "/api/v1/terminals", hall=hall).json()["total"] == 3,
-        what="three terminals",
-    )
-
-    def ids(health: str | list[str]) -> set[str]:
-        body = _get(server, "/api/v1/terminals", hall=hall, health=health).json()
-        return {item["id"] for item in body["items"]}
-
-    assert ids("faulty") == {jam.id}
-    assert ids("warning") == {low.id}
-    assert ids("ok") == {ok.id}
-    assert ids("offline") == set()
-    assert ids("warning,faulty") == ids(["warning", "faulty"]) == {low.id, jam.id}
-
-    refused = _get(server, "/api/v1/terminals", health="degraded")
-    assert refused.status_code == 422
-    assert refused.json()["message"] == (
-        "health: 'degraded' is not one of ok, warning, faulty, offline"
-    )
-    # ``status`` was a response field that looked like a filter: now it is refused
-    folded = _get(server, "/api/v1/terminals", status="degraded")
-    assert folded.status_code == 422
-    assert "unknown query parameter 'status'" in folded.json()["message"]
 
 
 # --- history and events: time range and cursor ----------------------------------------------

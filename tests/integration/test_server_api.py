@@ -134,7 +134,7 @@ def test_halls_count_terminals_and_peripheral_problems(
     assert problems == {("id_card_reader", "fault"): 2, ("receipt_printer", "paper_out"): 1}
 
 
-def test_terminals_show_health_and_halls_count_warning_and_faulty_apart(
+def test_terminals_show_health_the_health_filter_selects_by_it_and_halls_count_each_apart(
     start_server: ServerFactory, terminals: TerminalFactory
 ) -> None:
     server = start_server()
@@ -158,6 +158,26 @@ def test_terminals_show_health_and_halls_count_warning_and_faulty_apart(
     }
     assert shown == {ok.id: "ok", low.id: "warning", jam.id: "faulty"}
     assert api(server, f"/api/v1/terminals/{jam.id}").json()["health"] == "faulty"
+
+    def ids(health: str | list[str]) -> set[str]:
+        body = api(server, "/api/v1/terminals", hall=hall, health=health).json()
+        return {item["id"] for item in body["items"]}
+
+    assert ids("faulty") == {jam.id}
+    assert ids("warning") == {low.id}
+    assert ids("ok") == {ok.id}
+    assert ids("offline") == set()
+    assert ids("warning,faulty") == ids(["warning", "faulty"]) == {low.id, jam.id}
+
+    refused = api(server, "/api/v1/terminals", health="degraded")
+    assert refused.status_code == 422
+    assert refused.json()["message"] == (
+        "health: 'degraded' is not one of ok, warning, faulty, offline"
+    )
+    # ``status`` was a response field that looked like a filter: now it is refused
+    folded = api(server, "/api/v1/terminals", status="degraded")
+    assert folded.status_code == 422
+    assert "unknown query parameter 'status'" in folded.json()["message"]
 
 
 def test_unknown_terminal_is_a_404_json_error(start_server: ServerFactory) -> None:
