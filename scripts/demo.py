@@ -119,10 +119,10 @@ def _summary(base: str, token: str) -> str:
     assert isinstance(halls, dict)
     parts = []
     for hall in halls.get("items", []):
-        terminals = hall["terminals"]
+        terminals = hall["terminals"]  # by health: ok, warning, faulty, offline
         parts.append(
             f"{hall['hall']}: {terminals['online']}/{terminals['total']} online, "
-            f"{hall['terminals_with_problems']} with problems"
+            f"{terminals['faulty']} faulty, {terminals['warning']} warning"
         )
     return " | ".join(parts) or "waiting for the first reports"
 
@@ -274,7 +274,8 @@ kioskfleet demo is running ({TERMINALS} simulated terminals in {HALLS} halls).
   fleet CA     {chain}  (the API's HTTPS certificate is the demo CA's: trust it or accept it)
   API docs     {base}/docs  (Authorize with the admin token)
   terminals    {base}/api/v1/terminals
-  with faults  {base}/api/v1/terminals?condition=paper_out
+  with faults  {base}/api/v1/terminals?health=faulty  (or ?condition=paper_out)
+  as CSV       {base}/api/v1/terminals.csv?health=warning,faulty
   halls        {base}/api/v1/halls
   metrics      {base}/metrics  (needs a viewer token)
 {prometheus_lines}

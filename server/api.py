@@ -10,9 +10,13 @@ routes.
 ``create_app(services)`` builds a FastAPI app over the services it is handed
 (fleet state, history reader, readiness check, metrics registry); nothing is
 wired at import time. Reads come from the in-memory fleet state; only a
-terminal's transition history reads the database. Handlers never change the
-fleet. A terminal's stored events (``/api/v1/terminals/{id}/events``) also
-read the database. OpenAPI at ``/openapi.json``, interactive docs at ``/docs``.
+terminal's transition history (``/history``, ``/history.csv``, the detail's
+newest transitions) and its stored events (``/events``) read the database, a
+page at a time (``server.history_query``: ``since``/``until``, a cursor).
+``/api/v1/terminals.csv`` is the filtered list as CSV (``server.csv_export``).
+Handlers never change the fleet. An unknown query parameter is 422 on every
+route (``server.query_guard``). OpenAPI at ``/openapi.json``, interactive docs
+at ``/docs``.
 
 Errors are JSON ``{"error", "message", "detail"?}``: 404 ``not_found``, 422
 ``invalid_request`` (with the validation errors), 503 ``database_unavailable``
@@ -22,19 +26,18 @@ or not ready.
 # No ``from __future__ import annotations``: FastAPI must evaluate the handlers' annotations,
 # which use limits from ``create_app``'s arguments.
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from protocol.messages import PeripheralCondition, PeripheralKind, TerminalState
 from protocol.topics import is_valid_terminal_id
 from protocol.version import __version__
 from server.access import Principal, Role, allows
@@ -48,19 +51,40 @@ from server.api_models import (
     ReadinessPublic,
     TerminalDetailPublic,
     TerminalPagePublic,
+    TerminalPublic,
+    TransitionPublic,
+    TransitionsPublic,
     events_public,
     hall_public,
     terminal_detail_public,
     terminal_public,
+    transition_public,
+    transitions_public,
 )
-from server.errors import ApiError, BrokerError, InvalidCursorError, StorageError
+from server.api_params import (
+    CursorParam,
+    TerminalFilterParams,
+    TimeRangeParams,
+    history_query,
+)
+from server.csv_export import CSV_MEDIA_TYPE, csv_lines
+from server.errors import (
+    ApiError,
+    BrokerError,
+    InvalidCursorError,
+    StorageError,
+)
 from server.fleet_state import FleetState
 from server.fleet_views import TerminalFilter, TerminalView, Transition
+from server.history_query import HistoryQuery, StoredPage
+from server.query_guard import UnknownQueryGuard
 from server.records import EventRecord
 
 __all__ = ["ApiServices", "add_routes", "create_app"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +92,9 @@ class ApiServices:
     """What the API reads from. ``history`` and ``readiness`` may do I/O."""
 
     fleet: FleetState
-    history: Callable[[str, int], list[Transition]]  # raises StorageError
-    events: Callable[[str, int], list[EventRecord]]  # raises StorageError
+    # one page of a terminal's transitions / stored events; raise StorageError, InvalidCursorError
+    history: Callable[[str, HistoryQuery], StoredPage[Transition]]
+    events: Callable[[str, HistoryQuery], StoredPage[EventRecord]]
     readiness: Callable[[], list[str]]  # reasons the server is not ready; empty when ready
     registry: CollectorRegistry
     access: AccessServices
@@ -102,6 +127,23 @@ def _validation_message(errors: list[dict[str, Any]]) -> str:
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorPublic, "description": "invalid query or path"}
 }
+
+
+def _stored(what: str, terminal_id: str, read: Callable[[], _T]) -> _T:
+    """``read()``; a StorageError becomes 503 ``database_unavailable``."""
+    try:
+        return read()
+    except StorageError as exc:
+        log.warning("%s of %s unavailable: %s", what, terminal_id, exc)
+        raise ApiError(503, "database_unavailable", str(exc)) from None
+
+
+def _csv_response(lines: Iterator[str], filename: str) -> StreamingResponse:
+    return StreamingResponse(
+        lines,
+        media_type=CSV_MEDIA_TYPE,
+        headers={"content-disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 def add_routes(app: FastAPI, router: APIRouter) -> None:
@@ -140,6 +182,9 @@ def create_app(services: ApiServices) -> FastAPI:
 
     fleet = services.fleet
     viewer = role_dependencies(Role.VIEWER)
+    # Inside the audit middleware (added after it). A call it refuses never reaches a route,
+    # so, like a 404, it is not audited (the audit records calls that reached a route).
+    app.add_middleware(UnknownQueryGuard, routes=lambda: app.router.routes)
     install_access(
         app,
         services.access,
@@ -147,6 +192,14 @@ def create_app(services: ApiServices) -> FastAPI:
         page_limit_default=services.page_limit_default,
         page_limit_max=services.page_limit_max,
     )
+
+    def with_hours(flt: TerminalFilter) -> TerminalFilter:
+        """``flt`` knowing which halls are closed now, so that ``?health=closed`` (and
+        ``offline``) select what the list shows; only when a health filter is given."""
+        if flt.health is None:
+            return flt
+        halls = {h.hall for h in fleet.halls()}
+        return replace(flt, closed_halls=frozenset(h for h in halls if not services.hall_open(h)))
 
     @app.get(
         "/api/v1/terminals",
@@ -157,25 +210,14 @@ def create_app(services: ApiServices) -> FastAPI:
         summary="List terminals (filtered, ordered by id, cursor-paginated)",
     )
     def list_terminals(
-        region: str | None = None,
-        hall: str | None = None,
-        state: TerminalState | None = None,
-        peripheral_kind: PeripheralKind | None = None,
-        condition: PeripheralCondition | None = None,
+        flt: TerminalFilterParams,
         limit: Annotated[
             int, Query(ge=1, le=services.page_limit_max)
         ] = services.page_limit_default,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
     ) -> TerminalPagePublic:
-        flt = TerminalFilter(
-            region=region,
-            hall=hall,
-            online=None if state is None else state is TerminalState.ONLINE,
-            peripheral_kind=peripheral_kind,
-            condition=condition,
-        )
         try:
-            page = fleet.query(flt, limit=limit, cursor=cursor)
+            page = fleet.query(with_hours(flt), limit=limit, cursor=cursor)
         except InvalidCursorError as exc:
             raise ApiError(422, "invalid_request", f"cursor: {exc}") from None
         return TerminalPagePublic(
@@ -183,6 +225,37 @@ def create_app(services: ApiServices) -> FastAPI:
             next_cursor=page.next_cursor,
             total=page.total,
         )
+
+    def matching_terminals(flt: TerminalFilter) -> Iterator[TerminalPublic]:
+        flt = with_hours(flt)
+        cursor: str | None = None
+        while True:
+            page = fleet.query(flt, limit=services.page_limit_max, cursor=cursor)
+            yield from (
+                terminal_public(v, hall_open=services.hall_open(v.hall)) for v in page.items
+            )
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    @app.get(
+        "/api/v1/terminals.csv",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/csv": {}}}, **_ERROR_RESPONSES},
+        dependencies=viewer,
+        tags=["fleet"],
+        summary="The filtered terminal list as CSV (same filters and fields as the JSON list;"
+        " nested peripherals and software as JSON cells), streamed",
+    )
+    def terminals_csv(flt: TerminalFilterParams) -> StreamingResponse:
+        return _csv_response(csv_lines(TerminalPublic, matching_terminals(flt)), "terminals.csv")
+
+    def known(terminal_id: str) -> None:
+        if fleet.get(terminal_id) is None:
+            raise ApiError(404, "not_found", f"unknown terminal {terminal_id!r}")
+
+    def read_history(terminal_id: str, query: HistoryQuery) -> StoredPage[Transition]:
+        return _stored("history", terminal_id, lambda: services.history(terminal_id, query))
 
     @app.get(
         "/api/v1/terminals/{terminal_id}",
@@ -202,16 +275,63 @@ def create_app(services: ApiServices) -> FastAPI:
         view = fleet.get(terminal_id)
         if view is None:
             raise ApiError(404, "not_found", f"unknown terminal {terminal_id!r}")
-        try:
-            history = services.history(terminal_id, history_limit)
-        except StorageError as exc:
-            log.warning("history of %s unavailable: %s", terminal_id, exc)
-            raise ApiError(503, "database_unavailable", str(exc)) from None
+        history = read_history(terminal_id, HistoryQuery(limit=history_limit)).items
         return terminal_detail_public(
             view,
-            history,
+            list(history),
             with_delivery=allows(who.role, Role.OPERATOR),
             hall_open=services.hall_open(view.hall),
+        )
+
+    @app.get(
+        "/api/v1/terminals/{terminal_id}/history",
+        response_model=TransitionsPublic,
+        responses={404: {"model": ErrorPublic}, 503: {"model": ErrorPublic}, **_ERROR_RESPONSES},
+        dependencies=viewer,
+        tags=["fleet"],
+        summary="One terminal's transitions in a time range, newest first, cursor-paginated",
+    )
+    def get_history(
+        terminal_id: Annotated[str, Path(max_length=64)],
+        window: TimeRangeParams,
+        cursor: CursorParam = None,
+        limit: Annotated[int, Query(ge=1, le=services.history_limit_max)] = services.history_limit,
+    ) -> TransitionsPublic:
+        known(terminal_id)
+        page = read_history(terminal_id, history_query(limit, window, cursor))
+        return transitions_public(page.items, page.next_cursor)
+
+    @app.get(
+        "/api/v1/terminals/{terminal_id}/history.csv",
+        response_class=StreamingResponse,
+        responses={
+            200: {"content": {"text/csv": {}}},
+            404: {"model": ErrorPublic},
+            503: {"model": ErrorPublic},
+            **_ERROR_RESPONSES,
+        },
+        dependencies=viewer,
+        tags=["fleet"],
+        summary="One terminal's transitions in a time range as CSV, newest first, streamed",
+    )
+    def history_csv(
+        terminal_id: Annotated[str, Path(max_length=64)], window: TimeRangeParams
+    ) -> StreamingResponse:
+        known(terminal_id)
+        query = HistoryQuery(limit=services.history_limit_max, window=window)
+        first = read_history(terminal_id, query)  # a database that is away answers 503
+
+        def transitions() -> Iterator[TransitionPublic]:
+            page = first
+            while True:
+                yield from (transition_public(t) for t in page.items)
+                if page.next_cursor is None:
+                    return
+                # Past the first page the status is sent: a failure here aborts the body.
+                page = services.history(terminal_id, replace(query, cursor=page.next_cursor))
+
+        return _csv_response(
+            csv_lines(TransitionPublic, transitions()), f"{terminal_id}-history.csv"
         )
 
     @app.get(
@@ -219,22 +339,22 @@ def create_app(services: ApiServices) -> FastAPI:
         response_model=EventsPublic,
         responses={404: {"model": ErrorPublic}, 503: {"model": ErrorPublic}, **_ERROR_RESPONSES},
         tags=["fleet"],
-        summary="One terminal's stored events, newest first (boot id and seq for operator"
-        " and admin)",
+        summary="One terminal's stored events in a time range, newest first, cursor-paginated"
+        " (boot id and seq for operator and admin)",
     )
     def get_events(
         terminal_id: Annotated[str, Path(max_length=64)],
         who: Annotated[Principal, Depends(require(Role.VIEWER))],
+        window: TimeRangeParams,
+        cursor: CursorParam = None,
         limit: Annotated[int, Query(ge=1, le=services.history_limit_max)] = services.history_limit,
     ) -> EventsPublic:
-        if fleet.get(terminal_id) is None:
-            raise ApiError(404, "not_found", f"unknown terminal {terminal_id!r}")
-        try:
-            events = services.events(terminal_id, limit)
-        except StorageError as exc:
-            log.warning("events of %s unavailable: %s", terminal_id, exc)
-            raise ApiError(503, "database_unavailable", str(exc)) from None
-        return events_public(events, with_delivery=allows(who.role, Role.OPERATOR))
+        known(terminal_id)
+        query = history_query(limit, window, cursor)
+        page = _stored("events", terminal_id, lambda: services.events(terminal_id, query))
+        return events_public(
+            page.items, page.next_cursor, with_delivery=allows(who.role, Role.OPERATOR)
+        )
 
     decommission = services.decommission
     if decommission is not None:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from protocol.messages import PeripheralCondition, PeripheralKind, TerminalState
 from server.fleet_views import HallSummary, OfflineReason, TerminalView, Transition
-from server.health import Health, Status, closed_or
+from server.health import Health, closed_or
 from server.records import EventRecord
 
 __all__ = [
@@ -36,12 +36,14 @@ __all__ = [
     "TerminalPagePublic",
     "TerminalPublic",
     "TransitionPublic",
+    "TransitionsPublic",
     "event_public",
     "events_public",
     "hall_public",
     "terminal_detail_public",
     "terminal_public",
     "transition_public",
+    "transitions_public",
 ]
 
 
@@ -76,12 +78,11 @@ class TerminalPublic(_FromView):
     state_since: datetime = Field(description="when the terminal went online/offline (server)")
     offline_reason: str | None = Field(description="will, shutdown or timeout while offline")
     last_seen: datetime = Field(description="server time of the last sign of life")
-    status: Status = Field(description="offline; degraded (a peripheral not ok); ok")
     health: Health = Field(
         description="offline; closed (shut down cleanly while its hall is closed by its"
         " opening hours: not a problem); faulty (online, a peripheral that blocks service);"
-        " warning (online, only paper low or an unknown state); ok. ``status`` folds warning"
-        " and faulty into degraded, closed into offline"
+        " warning (online, only paper low or an unknown state); ok. The same values as the"
+        " metrics' kioskfleet_terminals{status} and the ?health= filter"
     )
     agent_version: str | None
     report_interval_s: float | None
@@ -132,6 +133,12 @@ class EventPublic(_FromView):
 
 class EventsPublic(BaseModel):
     items: list[EventPublic] = Field(description="newest first (by server time)")
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
+
+
+class TransitionsPublic(BaseModel):
+    items: list[TransitionPublic] = Field(description="newest first (by server time)")
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
 
 
 class TerminalPagePublic(BaseModel):
@@ -150,7 +157,7 @@ class TerminalCountsPublic(_FromView):
     total: int
     online: int
     offline: int
-    degraded: int = Field(description="online with a peripheral not ok (warning + faulty)")
+    ok: int = Field(description="online, every peripheral ok")
     warning: int = Field(description="online, only non-blocking problems")
     faulty: int = Field(description="online, at least one peripheral that blocks service")
 
@@ -213,8 +220,21 @@ def event_public(e: EventRecord, *, with_delivery: bool = True) -> EventPublic:
     return public if with_delivery else public.model_copy(update={"boot_id": None, "seq": None})
 
 
-def events_public(events: Sequence[EventRecord], *, with_delivery: bool = True) -> EventsPublic:
-    return EventsPublic(items=[event_public(e, with_delivery=with_delivery) for e in events])
+def events_public(
+    events: Sequence[EventRecord], next_cursor: str | None = None, *, with_delivery: bool = True
+) -> EventsPublic:
+    return EventsPublic(
+        items=[event_public(e, with_delivery=with_delivery) for e in events],
+        next_cursor=next_cursor,
+    )
+
+
+def transitions_public(
+    transitions: Sequence[Transition], next_cursor: str | None = None
+) -> TransitionsPublic:
+    return TransitionsPublic(
+        items=[transition_public(t) for t in transitions], next_cursor=next_cursor
+    )
 
 
 def hall_public(s: HallSummary) -> HallPublic:

@@ -29,6 +29,8 @@ library it wraps into one of these, so callers never catch ``sqlalchemy``,
     │                             rollout cannot be created (.reason); the API answers 409
     ├── InvalidCursorError        a page cursor this server did not hand out (also a
     │                             ValueError); the fleet state raises it, the API answers 422
+    ├── InvalidTimeRangeError     a history or events range without an offset, or whose
+    │                             since is not before its until (also a ValueError); 422
     ├── AccessError               a token that cannot be made or changed as asked (.code:
     │                             invalid_token, invalid_expiry, token_exists, no_such_token;
     │                             malformed, unknown, revoked, expired when authenticating)
@@ -54,6 +56,7 @@ __all__ = [
     "EnrollmentRefusedError",
     "InvalidCursorError",
     "InvalidSettingsError",
+    "InvalidTimeRangeError",
     "ReleaseRejectedError",
     "ServerError",
     "StorageDataError",
@@ -119,6 +122,11 @@ class BrokerError(ServerError):
 class InvalidCursorError(ServerError, ValueError):
     """A page cursor that this server did not hand out (tampered with, truncated, or from
     another API): the caller should start again without a cursor."""
+
+
+class InvalidTimeRangeError(ServerError, ValueError):
+    """A time range that cannot be read: a bound without a UTC offset, or ``since`` not
+    before ``until``."""
 
 
 class AccessError(ServerError):

@@ -14,7 +14,8 @@ import binascii
 from collections.abc import Iterable, Iterator, Mapping
 
 from server.errors import InvalidCursorError
-from server.fleet_views import Page, TerminalFilter, TerminalView
+from server.fleet_views import OfflineReason, Page, TerminalFilter, TerminalView
+from server.health import Health, closed_or, terminal_health
 from server.terminal_rules import TerminalRecord
 
 __all__ = ["decode_cursor", "encode_cursor", "matching", "page"]
@@ -38,13 +39,16 @@ def decode_cursor(cursor: str) -> str:
 
 
 def matching(records: Iterable[TerminalRecord], flt: TerminalFilter) -> Iterator[TerminalRecord]:
-    """The records that match every field ``flt`` sets (kind and condition: one peripheral)."""
+    """The records that match every field ``flt`` sets (kind and condition: one peripheral;
+    health: one of the set)."""
     for t in records:
         if flt.region is not None and t.region != flt.region:
             continue
         if flt.hall is not None and t.hall != flt.hall:
             continue
         if flt.online is not None and t.online is not flt.online:
+            continue
+        if flt.health is not None and _health(t, flt.closed_halls) not in flt.health:
             continue
         if (flt.peripheral_kind is not None or flt.condition is not None) and not any(
             (flt.peripheral_kind is None or p.kind is flt.peripheral_kind)
@@ -53,6 +57,15 @@ def matching(records: Iterable[TerminalRecord], flt: TerminalFilter) -> Iterator
         ):
             continue
         yield t
+
+
+def _health(t: TerminalRecord, closed_halls: frozenset[str | None]) -> Health:
+    health = terminal_health(t.online, ((p.kind, p.condition) for p in t.peripherals.values()))
+    return closed_or(
+        health,
+        clean_shutdown=t.offline_reason is OfflineReason.SHUTDOWN,
+        hall_open=t.hall not in closed_halls,
+    )
 
 
 def page(

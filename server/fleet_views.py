@@ -19,7 +19,7 @@ from enum import StrEnum
 from typing import Final
 
 from protocol.messages import PeripheralCondition, PeripheralKind, TerminalState
-from server.health import Health, Status, status_of, terminal_health
+from server.health import Health, terminal_health
 
 __all__ = [
     "AGENT_PACKAGE",
@@ -141,10 +141,6 @@ class TerminalView:
         return terminal_health(self.online, ((p.kind, p.condition) for p in self.peripherals))
 
     @property
-    def status(self) -> Status:
-        return status_of(self.health)
-
-    @property
     def has_problem(self) -> bool:
         """Offline or a peripheral not ok: the terminals that get per-terminal metric series."""
         return not self.online or any(p.is_problem for p in self.peripherals)
@@ -152,13 +148,18 @@ class TerminalView:
 
 @dataclass(frozen=True, slots=True)
 class TerminalFilter:
-    """Every field set must match; ``peripheral_kind`` and ``condition`` match one peripheral."""
+    """Every field set must match; ``peripheral_kind`` and ``condition`` match one peripheral;
+    ``health`` matches a terminal whose health is one of the set; a terminal of one of
+    ``closed_halls`` (closed now by their opening hours, computed by the caller outside
+    the fleet lock) that shut down cleanly has health ``closed`` (``closed_or``)."""
 
     region: str | None = None
     hall: str | None = None
     online: bool | None = None
     peripheral_kind: PeripheralKind | None = None
     condition: PeripheralCondition | None = None
+    health: frozenset[Health] | None = None
+    closed_halls: frozenset[str | None] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

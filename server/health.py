@@ -4,8 +4,11 @@
 at least one peripheral in a condition that blocks service (the peripheral
 taxonomy says which: ``protocol.taxonomy.is_blocking``; a printer out of
 paper, a reader that faults); ``warning`` when online with only non-blocking
-problems (paper low, a state the probe cannot tell); else ``ok``. The API's
-``Status`` folds ``warning`` and ``faulty`` into ``degraded``.
+problems (paper low, a state the probe cannot tell); else ``ok``; and ``closed``
+(below). These values are the one vocabulary of the API (a terminal's ``health``, the
+``?health=`` filter, a hall's counts), the metrics (``kioskfleet_terminals{status}``),
+the console and the docs; there is no folded ``degraded`` status (docs/server.md,
+"Health").
 
 ``closed`` is ``offline`` seen with the hall's opening hours: a terminal that shut
 down cleanly (its agent said so) while its hall is closed is not a problem
@@ -24,7 +27,7 @@ from typing import Final
 
 from protocol.taxonomy import PeripheralCondition, PeripheralKind, is_blocking
 
-__all__ = ["Health", "Status", "closed_or", "status_of", "terminal_health"]
+__all__ = ["Health", "closed_or", "terminal_health"]
 
 
 class Health(StrEnum):
@@ -37,23 +40,7 @@ class Health(StrEnum):
     CLOSED = "closed"  # offline after a clean shutdown while its hall is closed (not a problem)
 
 
-class Status(StrEnum):
-    """The API's status: ``Health`` with ``warning`` and ``faulty`` folded into ``degraded``."""
-
-    OK = "ok"
-    DEGRADED = "degraded"  # online, at least one peripheral not ok
-    OFFLINE = "offline"
-
-
 _OK: Final = PeripheralCondition.OK
-
-_STATUS_OF_HEALTH: Final = {
-    Health.OK: Status.OK,
-    Health.WARNING: Status.DEGRADED,
-    Health.FAULTY: Status.DEGRADED,
-    Health.OFFLINE: Status.OFFLINE,
-    Health.CLOSED: Status.OFFLINE,
-}
 
 
 def terminal_health(
@@ -79,8 +66,3 @@ def closed_or(health: Health, *, clean_shutdown: bool, hall_open: bool) -> Healt
     if health is Health.OFFLINE and clean_shutdown and not hall_open:
         return Health.CLOSED
     return health
-
-
-def status_of(health: Health) -> Status:
-    """The API's status for ``health``."""
-    return _STATUS_OF_HEALTH[health]

@@ -50,6 +50,7 @@ from server.fleet_collector import FleetCollector, LabelBudget
 from server.fleet_state import FleetState
 from server.fleet_views import TerminalView, Transition
 from server.hall_openings import HallOpenings
+from server.history_query import HistoryQuery, StoredPage
 from server.ingest import Ingest
 from server.ingest_gate import IngestGate
 from server.log_throttle import ThrottledLog
@@ -508,16 +509,16 @@ class Server:
             self.metrics.db_errors.inc()
             log.warning("terminal registry refresh failed: %s", exc)
 
-    def _history(self, terminal_id: str, limit: int) -> list[Transition]:
+    def _history(self, terminal_id: str, query: HistoryQuery) -> StoredPage[Transition]:
         try:
-            return list(self.storage.history(terminal_id, limit))
+            return self.storage.history_page(terminal_id, query)
         except StorageError:
             self.metrics.db_errors.inc()
             raise
 
-    def _events(self, terminal_id: str, limit: int) -> list[EventRecord]:
+    def _events(self, terminal_id: str, query: HistoryQuery) -> StoredPage[EventRecord]:
         try:
-            return self.storage.events(terminal_id, limit)
+            return self.storage.events_page(terminal_id, query)
         except StorageError:
             self.metrics.db_errors.inc()
             raise

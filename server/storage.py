@@ -52,6 +52,7 @@ from sqlmodel import Field, SQLModel
 from protocol.messages import PeripheralCondition, PeripheralKind
 from server.errors import ConfigError, StorageDataError, StorageError
 from server.fleet_views import OfflineReason, PeripheralView, TerminalView, Transition
+from server.history_query import HistoryQuery, Position, StoredPage, encode_position
 from server.records import EventRecord, WriteBatch
 
 __all__ = [
@@ -262,15 +263,39 @@ def _utc(value: datetime) -> datetime:
 
 
 def _newest_first(
-    table: sa.Table, server_time: sa.Column[Any], terminal_id: str, limit: int
+    table: sa.Table, server_time: sa.Column[Any], terminal_id: str, query: HistoryQuery
 ) -> sa.Select[Any]:
-    """One terminal's rows of ``table``, newest first by server time (then by id), at most ``limit``."""
-    return (
-        sa.select(table)
-        .where(table.c.terminal_id == terminal_id)
-        .order_by(server_time.desc(), table.c.id.desc())
-        .limit(limit)
+    """One terminal's rows of ``table`` in ``query``'s range after its cursor, newest first by
+    server time (then by id), one more than ``query.limit`` (to tell whether a page follows).
+    Raises InvalidCursorError."""
+    stmt = sa.select(table).where(table.c.terminal_id == terminal_id)
+    if query.window.since is not None:
+        stmt = stmt.where(server_time >= query.window.since)
+    if query.window.until is not None:
+        stmt = stmt.where(server_time < query.window.until)
+    after = query.after()
+    if after is not None:
+        stmt = stmt.where(
+            sa.or_(
+                server_time < after.at,
+                sa.and_(server_time == after.at, table.c.id < after.row_id),
+            )
+        )
+    return stmt.order_by(server_time.desc(), table.c.id.desc()).limit(query.limit + 1)
+
+
+def _page(
+    rows: Sequence[Any], limit: int, item: Callable[[Any], _T], at: Callable[[_T], datetime]
+) -> StoredPage[_T]:
+    """The first ``limit`` of ``rows`` as items, with a cursor when there were more."""
+    items = [item(r) for r in rows[:limit]]
+    more = len(rows) > limit and items
+    next_cursor = (
+        encode_position(Position(at=at(items[-1]), row_id=int(rows[limit - 1]["id"])))
+        if more
+        else None
     )
+    return StoredPage(items=tuple(items), next_cursor=next_cursor)
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
@@ -425,18 +450,30 @@ class Storage:
 
         Raises StorageError.
         """
-        stmt = _newest_first(_TRANSITION, _TRANSITION.c.recorded_at, terminal_id, limit)
+        return list(self.history_page(terminal_id, HistoryQuery(limit=limit)).items)
+
+    def history_page(self, terminal_id: str, query: HistoryQuery) -> StoredPage[Transition]:
+        """One page of a terminal's transitions in ``query`` (server.history_query), newest
+        first. Raises StorageError, InvalidCursorError."""
+        stmt = _newest_first(_TRANSITION, _TRANSITION.c.recorded_at, terminal_id, query)
         with database_errors("read history"), self.engine.connect() as conn:
-            return [_TRANSITIONS.model_of(row) for row in conn.execute(stmt).mappings()]
+            rows = conn.execute(stmt).mappings().all()
+        return _page(rows, query.limit, _TRANSITIONS.model_of, lambda t: t.recorded_at)
 
     def events(self, terminal_id: str, limit: int) -> list[EventRecord]:
         """Stored events of one terminal, newest first (by server time), at most ``limit``.
 
         Raises StorageError.
         """
-        stmt = _newest_first(_EVENT, _EVENT.c.received_at, terminal_id, limit)
+        return list(self.events_page(terminal_id, HistoryQuery(limit=limit)).items)
+
+    def events_page(self, terminal_id: str, query: HistoryQuery) -> StoredPage[EventRecord]:
+        """One page of a terminal's stored events in ``query``, newest first. Raises
+        StorageError, InvalidCursorError."""
+        stmt = _newest_first(_EVENT, _EVENT.c.received_at, terminal_id, query)
         with database_errors("read events"), self.engine.connect() as conn:
-            return [_EVENTS.model_of(row) for row in conn.execute(stmt).mappings()]
+            rows = conn.execute(stmt).mappings().all()
+        return _page(rows, query.limit, _EVENTS.model_of, lambda e: e.received_at)
 
     def count_events(self) -> int:
         """How many events are stored (for tests and diagnostics). Raises StorageError."""

@@ -5,7 +5,6 @@ call (denied ones too) lands in the audit log, and the first start prints a boot
 from __future__ import annotations
 
 import re
-import ssl
 import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,7 +34,7 @@ from tests.integration.conftest import (
     unique,
     wait_until,
 )
-from tests.support.device_identity import make_ca
+from tests.support.every_part import start_with_every_part
 
 pytestmark = pytest.mark.integration
 
@@ -67,13 +66,7 @@ def test_every_route_outside_the_open_list_declares_a_role_and_refuses_missing_a
 ) -> None:
     # A new route without require(...) fails here: that is the point of this test. The server
     # has every optional part on (device CA, registry, EST, HTTPS), so that all routes exist.
-    fleet_ca = make_ca(tmp_path / "ca")
-    server = start_server(
-        ca_dir=fleet_ca.directory,
-        https_cert_file=fleet_ca.https_cert,
-        https_key_file=fleet_ca.https_key,
-    )
-    verify = ssl.create_default_context(cafile=str(fleet_ca.paths.chain))
+    server, verify = start_with_every_part(start_server, tmp_path / "ca")
     secrets = {role: token(server, role) for role in Role}
     served = httpx.get(server.base_url + "/openapi.json", timeout=5, verify=verify).json()
     walked = {r.path for r in server.app.routes if isinstance(r, Route)}

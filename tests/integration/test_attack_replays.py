@@ -539,12 +539,17 @@ def test_a_viewer_reads_no_boot_id_nor_seq_anywhere(fleet: Fleet, victim: RawTer
     detail = fleet.get("/api/v1/terminals/T-B", viewer)
     listed = fleet.get("/api/v1/terminals", viewer)
     events = fleet.get("/api/v1/terminals/T-B/events", viewer)
+    history = fleet.get("/api/v1/terminals/T-B/history", viewer)
+    exports = (
+        fleet.get("/api/v1/terminals.csv", viewer),
+        fleet.get("/api/v1/terminals/T-B/history.csv", viewer),
+    )
     assert victim.boot in fleet.get("/api/v1/terminals/T-B").text  # the control (admin)
     assert victim.boot in fleet.get("/api/v1/terminals/T-B/events").text  # admin sees streams
-    for answer in (detail, listed, events):
+    for answer in (detail, listed, events, history, *exports):
         assert answer.status_code == 200
         assert victim.boot not in answer.text
-        assert '"last_seq"' not in answer.text
+        assert "last_seq" not in answer.text
     items = events.json()["items"]
     assert items
     assert {(e["boot_id"], e["seq"]) for e in items} == {(None, None)}

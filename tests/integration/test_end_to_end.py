@@ -131,7 +131,7 @@ def test_agent_report_reaches_the_api_and_a_fault_becomes_a_transition(
             return None
 
         detail = wait_until(paper_out_transition, 10, "the paper_out transition")
-        assert detail["status"] == "degraded"
+        assert detail["health"] == "faulty"  # paper out blocks service
         moved = [t for t in detail["transitions"] if t["subject"] == "receipt_printer"]
         assert moved[0]["from_state"] == "ok"
         listed = api(server, "/api/v1/terminals", condition="paper_out", hall="hall-e2e").json()

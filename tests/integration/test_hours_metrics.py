@@ -128,16 +128,24 @@ def test_a_clean_shutdown_in_a_closed_hall_is_closed_and_exports_nothing_per_ter
     assert problems == {ids["P-Shut"], ids["P-Open"]}  # online ones only
 
     closed = api(server, f"/api/v1/terminals/{ids['S-Shut']}").json()
-    assert (closed["health"], closed["status"], closed["offline_reason"]) == (
-        "closed",
-        "offline",
-        "shutdown",
-    )
+    assert (closed["health"], closed["offline_reason"]) == ("closed", "shutdown")
     assert api(server, f"/api/v1/terminals/{ids['S-Open']}").json()["health"] == "offline"
     assert api(server, f"/api/v1/terminals/{ids['L-Shut']}").json()["health"] == "offline"
-    listed = api(server, "/api/v1/terminals", hall="Shut").json()["items"]
+    response = api(server, "/api/v1/terminals", hall="Shut")
+    assert response.status_code == 200, response.text
+    listed = response.json()["items"]
     assert {t["id"]: t["health"] for t in listed} == {
         ids["S-Shut"]: "closed",
         ids["L-Shut"]: "offline",
         ids["P-Shut"]: "faulty",
+    }
+    # the ?health= filter selects what the list shows: closed is not offline
+    by_health = {}
+    for h in ("closed", "offline"):
+        response = api(server, "/api/v1/terminals", health=h)
+        assert response.status_code == 200, response.text
+        by_health[h] = {t["id"] for t in response.json()["items"]}
+    assert by_health == {
+        "closed": {ids["S-Shut"]},
+        "offline": {ids["S-Open"], ids["L-Open"], ids["L-Shut"]},
     }

@@ -33,7 +33,7 @@ def test_report_shows_up_with_identity_peripherals_and_software(
         what="the terminal to appear",
     )
     assert (body["hall"], body["region"], body["model"]) == ("Tax Hall 3", "Haidian", "KX-200")
-    assert (body["state"], body["status"]) == ("online", "ok")
+    assert (body["state"], body["health"]) == ("online", "ok")
     assert [p["name"] for p in body["peripherals"]] == ["idcard", "printer"]
     assert body["software"] == {"kiosk-app": "3.1"}
     assert body["delivery"]["boot_id"] == t.boot
@@ -62,7 +62,8 @@ def test_peripheral_fault_appears_in_the_terminal_history(
     )
     assert newest["fault_code"] == "E-PAPER"
     assert body["transitions"][-1]["subject"] == "connectivity"  # first contact, oldest
-    assert body["status"] == "degraded"
+    assert body["health"] == "faulty"  # paper out blocks service
+    assert "status" not in body  # one vocabulary: no folded "degraded"
 
 
 def test_list_filters_and_cursor_pagination(
@@ -124,7 +125,7 @@ def test_halls_count_terminals_and_peripheral_problems(
         "total": 3,
         "online": 3,
         "offline": 0,
-        "degraded": 2,
+        "ok": 1,
         "warning": 0,
         "faulty": 2,
     }
@@ -133,7 +134,7 @@ def test_halls_count_terminals_and_peripheral_problems(
     assert problems == {("id_card_reader", "fault"): 2, ("receipt_printer", "paper_out"): 1}
 
 
-def test_terminals_show_health_and_halls_count_warning_and_faulty_apart(
+def test_terminals_show_health_the_health_filter_selects_by_it_and_halls_count_each_apart(
     start_server: ServerFactory, terminals: TerminalFactory
 ) -> None:
     server = start_server()
@@ -149,17 +150,34 @@ def test_terminals_show_health_and_halls_count_warning_and_faulty_apart(
         return mine[0] if mine and mine[0]["terminals"]["total"] == 3 else None
 
     counts = wait_until(our_hall, what="the hall summary")["terminals"]
-    assert (counts["degraded"], counts["warning"], counts["faulty"]) == (2, 1, 1)
+    assert (counts["ok"], counts["warning"], counts["faulty"]) == (1, 1, 1)
+    assert "degraded" not in counts
     shown = {
-        item["id"]: (item["status"], item["health"])
+        item["id"]: item["health"]
         for item in api(server, "/api/v1/terminals", hall=hall).json()["items"]
     }
-    assert shown == {
-        ok.id: ("ok", "ok"),
-        low.id: ("degraded", "warning"),
-        jam.id: ("degraded", "faulty"),
-    }
+    assert shown == {ok.id: "ok", low.id: "warning", jam.id: "faulty"}
     assert api(server, f"/api/v1/terminals/{jam.id}").json()["health"] == "faulty"
+
+    def ids(health: str | list[str]) -> set[str]:
+        body = api(server, "/api/v1/terminals", hall=hall, health=health).json()
+        return {item["id"] for item in body["items"]}
+
+    assert ids("faulty") == {jam.id}
+    assert ids("warning") == {low.id}
+    assert ids("ok") == {ok.id}
+    assert ids("offline") == set()
+    assert ids("warning,faulty") == ids(["warning", "faulty"]) == {low.id, jam.id}
+
+    refused = api(server, "/api/v1/terminals", health="degraded")
+    assert refused.status_code == 422
+    assert refused.json()["message"] == (
+        "health: 'degraded' is not one of ok, warning, faulty, offline, closed"
+    )
+    # ``status`` was a response field that looked like a filter: now it is refused
+    folded = api(server, "/api/v1/terminals", status="degraded")
+    assert folded.status_code == 422
+    assert "unknown query parameter 'status'" in folded.json()["message"]
 
 
 def test_unknown_terminal_is_a_404_json_error(start_server: ServerFactory) -> None:

@@ -28,7 +28,7 @@ from server.fleet_collector import (
 )
 from server.fleet_state import FleetState
 from server.fleet_views import AGENT_PACKAGE, OfflineReason, TerminalFilter, TerminalView
-from server.health import Health, Status, closed_or, terminal_health
+from server.health import Health, closed_or, terminal_health
 from server.metrics import ServerMetrics
 from tests.support.fleet_messages import (
     BOOT,
@@ -110,20 +110,20 @@ def peripherals_series(region: str, hall: str, counts: dict[tuple[str, str], int
 
 
 @pytest.mark.parametrize(
-    ("online", "conditions", "health", "status"),
+    ("online", "conditions", "health"),
     [
-        (True, [], Health.OK, Status.OK),
-        (True, ["ok", "ok"], Health.OK, Status.OK),
-        (True, ["ok", "paper_low"], Health.WARNING, Status.DEGRADED),
-        (True, ["unknown"], Health.WARNING, Status.DEGRADED),
-        (True, ["paper_low", "fault"], Health.FAULTY, Status.DEGRADED),
-        (True, ["jam", "unknown"], Health.FAULTY, Status.DEGRADED),
-        (False, ["ok"], Health.OFFLINE, Status.OFFLINE),
-        (False, ["jam"], Health.OFFLINE, Status.OFFLINE),
+        (True, [], Health.OK),
+        (True, ["ok", "ok"], Health.OK),
+        (True, ["ok", "paper_low"], Health.WARNING),
+        (True, ["unknown"], Health.WARNING),
+        (True, ["paper_low", "fault"], Health.FAULTY),
+        (True, ["jam", "unknown"], Health.FAULTY),
+        (False, ["ok"], Health.OFFLINE),
+        (False, ["jam"], Health.OFFLINE),
     ],
 )
-def test_health_is_offline_then_faulty_then_warning_and_the_api_status_folds_it(
-    online: bool, conditions: list[str], health: Health, status: Status
+def test_health_is_offline_then_faulty_then_warning(
+    online: bool, conditions: list[str], health: Health
 ) -> None:
     kinds = [
         PeripheralKind.RECEIPT_PRINTER
@@ -142,7 +142,7 @@ def test_health_is_offline_then_faulty_then_warning_and_the_api_status_folds_it(
         fleet.apply(state("T-1", False), at(1))
     view = fleet.get("T-1")
     assert view is not None
-    assert (view.health, view.status) == (health, status)
+    assert view.health is health
 
 
 # --- exact series for a small fleet -----------------------------------------------------

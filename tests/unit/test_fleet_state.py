@@ -20,7 +20,7 @@ from server.fleet_views import (
     TerminalView,
     Verdict,
 )
-from server.health import Status
+from server.health import Health
 from tests.support.fleet_messages import (
     BOOT,
     PRINTER_OK,
@@ -62,7 +62,7 @@ def test_first_report_creates_an_online_terminal_with_identity_and_peripherals(
     assert v.last_seen == at(1)
     assert v.first_seen == at(1)
     assert v.state_since == at(1)
-    assert v.status is Status.OK
+    assert v.health is Health.OK
     [t] = out.transitions
     assert (t.subject, t.from_state, t.to_state, t.reason) == (
         CONNECTIVITY,
@@ -251,7 +251,7 @@ def test_retained_will_takes_the_terminal_offline_at_server_time(fleet: FleetSta
     assert t.occurred_at == at(50)  # a will's sent_at is its connect time, meaningless here
     v = view(fleet)
     assert (v.online, v.offline_reason, v.state_since) == (False, OfflineReason.WILL, at(50))
-    assert v.status is Status.OFFLINE
+    assert v.health is Health.OFFLINE
 
 
 def test_shutdown_goes_offline_at_the_time_the_agent_said(fleet: FleetState) -> None:
@@ -404,7 +404,7 @@ def test_peripheral_fault_is_a_transition_with_fault_code_and_device_time(
     assert (t.occurred_at, t.recorded_at) == (at(10), at(11))
     printer = next(p for p in view(fleet).peripherals if p.name == "printer")
     assert (printer.condition, printer.since) == (PeripheralCondition.PAPER_OUT, at(10))
-    assert view(fleet).status is Status.DEGRADED
+    assert view(fleet).health is Health.FAULTY  # paper out blocks service
 
 
 def test_unchanged_report_changes_no_peripheral_and_keeps_since(fleet: FleetState) -> None:

@@ -143,6 +143,8 @@ PURE_CORES = {
     "server.fleet_query": _SERVER_ADAPTERS,
     "server.fleet_views": _SERVER_ADAPTERS,
     "server.health": _SERVER_ADAPTERS,
+    "server.history_query": _SERVER_ADAPTERS,
+    "server.csv_export": _SERVER_ADAPTERS,
     "server.fleet_collector": _SERVER_ADAPTERS,
     "server.access": _SERVER_ADAPTERS,
     "server.audit": _SERVER_ADAPTERS,
