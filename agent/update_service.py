@@ -43,6 +43,7 @@ from agent.config import AgentConfig, UpdatesConfig
 from agent.errors import AgentError
 from agent.install import BundleConfig, BundleHandler
 from agent.install.errors import InstallStateError
+from agent.install.handler import InstallHandler
 from agent.install_gate import InstallGate
 from agent.kiosk_interface import KioskInterface, KioskInterfaceConfig, KioskSocketError
 from agent.updater import Updater, UpdaterConfig, outcome_ending
@@ -106,8 +107,19 @@ class UpdateService:
         self.stats = UpdateServiceStats()
 
     @classmethod
-    def from_config(cls, config: AgentConfig, *, send: Send, clock: Clock) -> UpdateService:
-        """Build from ``config.updates``. Raises UpdateServiceError (unreadable trusted root)."""
+    def from_config(
+        cls,
+        config: AgentConfig,
+        *,
+        send: Send,
+        clock: Clock,
+        wrap_handler: Callable[[BundleHandler], InstallHandler] | None = None,
+    ) -> UpdateService:
+        """Build from ``config.updates``. Raises UpdateServiceError (unreadable trusted root).
+
+        ``wrap_handler`` (the fleet simulator's planted failures, agent/simulated_updates.py)
+        wraps the bundle handler the updater installs with; recovery and ``software()``
+        still read the bundle handler itself."""
         spec: UpdatesConfig = config.updates
         try:
             trusted_root = spec.trusted_root.read_bytes()
@@ -138,7 +150,7 @@ class UpdateService:
                 state_file=spec.work_dir / "updater-state.json",
                 poll_s=spec.poll_s,
             ),
-            handlers={"bundle": handler},
+            handlers={"bundle": wrap_handler(handler) if wrap_handler else handler},
             gate=gate,
             hall_open=_closed_hall,
             report=send,

@@ -64,6 +64,7 @@ from server.rollout_planner import (
     TerminalState,
     new_rollout,
     step,
+    unseen_path,
 )
 from server.rollout_store import ACTIVE, RolloutStore, StoredRollout
 from server.tuf_repository import ReleaseView
@@ -245,7 +246,8 @@ class RolloutService:
                 return tuple(ids)
 
     def _reports(self, rollout: Rollout) -> list[Report]:
-        """A Report for each terminal whose latest status differs from the planner's view."""
+        """Reports for each terminal whose latest status differs from the planner's view: the
+        path to it through the states this tick did not see (``unseen_path``)."""
         known = {t.terminal_id: t for t in rollout.terminals}
         reports: list[Report] = []
         after: str | None = None
@@ -261,7 +263,9 @@ class RolloutService:
                     continue
                 if progress.notified_at is None or record.received_at < progress.notified_at:
                     continue  # from an earlier attempt: the planner already saw it
-                reports.append(Report(record.terminal_id, state))
+                # states reported between two ticks are replayed in the table's order
+                path = unseen_path(progress.state, state) or (state,)
+                reports += [Report(record.terminal_id, s) for s in path]
             after = page.next_after
             if after is None:
                 return reports
