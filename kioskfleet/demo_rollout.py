@@ -106,6 +106,11 @@ def rollout_line(body: Mapping[str, Any]) -> str:
     )
 
 
+def _ca(chain: Path | None) -> list[str]:
+    """``--ca-file CHAIN`` for an https:// server with the demo's CA; nothing without one."""
+    return ["--ca-file", str(chain)] if chain is not None else []
+
+
 @dataclass(frozen=True)
 class Commands:
     """Runs ``kioskfleet`` (the venv's console script) with ``env``."""
@@ -167,13 +172,13 @@ class DemoRelease:
             "KIOSKFLEET_ROLLOUT_TICK_INTERVAL_S": "1",
         }
 
-    def upload_operator_metadata(self, server: str, admin_token: Path, chain: Path) -> None:
+    def upload_operator_metadata(self, server: str, admin_token: Path, chain: Path | None) -> None:
         self.run(
             "repo", "upload", "--server", server, "--token-file", str(admin_token),
-            "--repo", str(self.repo), "--ca-file", str(chain),
+            "--repo", str(self.repo), *_ca(chain),
         )  # fmt: skip
 
-    def publish_release(self, server: str, vendor_token: Path, chain: Path) -> str:
+    def publish_release(self, server: str, vendor_token: Path, chain: Path | None) -> str:
         """Sign and publish kiosk-app ``VERSION`` as acme; returns the TUF target path."""
         artifact = self.vendor_dir / Path(self.target).name
         artifact.write_bytes(bundle(VERSION))
@@ -187,15 +192,14 @@ class DemoRelease:
         )  # fmt: skip
         self.run(
             "vendor", "publish", "--vendor", VENDOR, "--role-file", role, "--server", server,
-            "--token-file", str(vendor_token), "--artifact", str(artifact),
-            "--ca-file", str(chain),
+            "--token-file", str(vendor_token), "--artifact", str(artifact), *_ca(chain),
         )  # fmt: skip
         return self.target
 
-    def start_rollout(self, server: str, creator: Path, approver: Path, chain: Path) -> None:
+    def start_rollout(self, server: str, creator: Path, approver: Path, chain: Path | None) -> None:
         """``rollout create`` as ``creator``, ``rollout approve`` as ``approver``."""
         definition = self.root / "rollout.json"
         definition.write_text(json.dumps(rollout_definition(self.target), indent=1))
-        flags = ["--server", server, "--ca-file", str(chain)]
+        flags = ["--server", server, *_ca(chain)]
         self.run("rollout", "create", str(definition), "--token-file", str(creator), *flags)
         self.run("rollout", "approve", ROLLOUT_ID, "--token-file", str(approver), *flags)
