@@ -29,6 +29,12 @@ connects to an ``mqtts://`` broker with it. ``write_identities`` (``kioskfleet
 simulate --keys-only``) makes the keys and ``preauthorize.csv`` for
 ``kioskfleet terminal preauthorize --from-file``.
 
+With ``updates_server_url`` (off by default) every terminal also runs the real
+update path (``agent.update_service.UpdateService``: python-tuf against that
+server's repository, directive verification, the ``bundle`` handler into its own
+slots under ``work_dir``) and reports what its active slot holds; a planted
+fraction of them fails its health check (agent/simulated_updates.py).
+
 This module never decides what a terminal reports (the Agent does) and never
 talks MQTT itself (the connections do).
 """
@@ -40,6 +46,7 @@ import logging
 import multiprocessing
 import random
 import resource
+import shutil
 import signal
 import tempfile
 import threading
@@ -52,7 +59,7 @@ from typing import Any, Literal
 
 from agent.agent import Agent
 from agent.clock import Clock, SystemClock
-from agent.config import AgentConfig, EnrollmentConfig, parse_broker_url
+from agent.config import AgentConfig, EnrollmentConfig, UpdatesConfig, parse_broker_url
 from agent.enrollment import Terminal, enroll_many, load_or_create_key, public_key_pem
 from agent.event_loop import EventLoop, LoopThread
 from agent.mqtt_connection import ConnectionSettings, MqttConnection
@@ -65,6 +72,13 @@ from agent.probes.simulated import (
     ScenarioProbe,
     build_scenario_probe,
 )
+from agent.simulated_updates import (
+    MAX_UPDATING_TERMINALS,
+    terminal_paths,
+    terminal_updates_config,
+    wrapper_for,
+)
+from agent.update_service import UpdateService
 from protocol.messages import PeripheralCondition
 from protocol.topics import is_valid_terminal_id
 
@@ -107,6 +121,12 @@ class SimulationOptions:
     ca_file: Path | None = None  # the fleet CA chain (EST server and broker)
     identity_dir: Path | None = None  # keys and certificates, <id>.key / <id>.pem
     enroll_concurrency: int = 8
+    updates_server_url: str | None = None  # the server's base URL: terminals take updates
+    trusted_root: Path | None = None  # the operator's root.json the terminals ship with
+    update_failure_fraction: float = (
+        0.0  # planted health-check failures, agent/simulated_updates.py
+    )
+    work_dir: Path | None = None  # the terminals' update files and slots; None: a temporary one
 
     def check(self) -> None:
         """Raises ValueError naming the first option that cannot work."""
@@ -129,6 +149,16 @@ class SimulationOptions:
             self.ca_file is None or self.identity_dir is None or not broker.tls
         ):
             raise ValueError("enroll_url needs ca_file, identity_dir and an mqtts:// broker")
+        if not 0 <= self.update_failure_fraction <= 1:
+            raise ValueError("update_failure_fraction must be in [0, 1]")
+        if self.updates_server_url is not None:
+            if self.trusted_root is None:
+                raise ValueError("updates_server_url needs trusted_root")
+            if -(-self.terminals // self.processes) > MAX_UPDATING_TERMINALS:
+                raise ValueError(
+                    f"with updates, at most {MAX_UPDATING_TERMINALS} terminals per process "
+                    "(two threads and a socket each): raise processes"
+                )
 
 
 @dataclass(frozen=True)
@@ -158,6 +188,7 @@ class TerminalProfile:
     hall: str
     region: str
     model: str
+    index: int = 0  # the N of PREFIX-0000N
 
 
 def terminal_profiles(
@@ -174,6 +205,7 @@ def terminal_profiles(
                 hall=f"hall-{hall:02d}",
                 region=f"region-{region}",
                 model=_MODEL_NAMES[(i + 1) % 2],
+                index=i,
             )
         )
     return result
@@ -239,7 +271,8 @@ class Simulation:
         self.tuning = tuning = tuning or SimulationTuning()
         self._clock = clock or SystemClock()
         self._profiles = terminal_profiles(opts, indices)
-        raise_open_file_limit(len(self._profiles) + _FD_HEADROOM)
+        per_terminal = 2 if opts.updates_server_url is not None else 1  # + the kiosk socket
+        raise_open_file_limit(per_terminal * len(self._profiles) + _FD_HEADROOM)
         self.loop = EventLoop(
             max_connecting=tuning.max_connecting, shutdown_timeout_s=tuning.shutdown_timeout_s
         )
@@ -247,6 +280,10 @@ class Simulation:
         self._agents: list[Agent] = []
         self._connections: list[MqttConnection] = []
         self._senders: dict[str, OutboxSender] = {}
+        self._updates: dict[str, UpdateService] = {}
+        self._by_id: dict[str, Agent] = {}
+        self._socket_dir: Path | None = None
+        self.work_dir: Path | None = None
         self._dropped_at_start = 0
         self._thread = LoopThread(self.loop, self.run, "kioskfleet-simulation")
         if opts.outbox_path is None:
@@ -262,7 +299,7 @@ class Simulation:
         try:
             self._build()
         except BaseException:
-            self.outbox.close()
+            self.close()
             raise
 
     def _build(self) -> None:
@@ -311,6 +348,9 @@ class Simulation:
                     "model": profile.model,
                 }
             )
+            updates = self._update_service(config, profile)
+            if updates is not None:
+                config = config.model_copy(update={"updates": updates[1]})
             probes = {
                 s.value: build_scenario_probe(
                     s,
@@ -346,6 +386,7 @@ class Simulation:
                 _SimulatedUptime(monotonic, started - booted_ago),
                 last_seq=sender.last_seq,
                 dropped_reports=sender.dropped_reports,
+                software=updates[0].software if updates is not None else None,
             )
             offset = rng.uniform(0, opts.report_interval_s) if tuning.spread_reports else None
             self.loop.add(agent, connection, first_report_in=offset, sender=sender)
@@ -354,6 +395,37 @@ class Simulation:
             self._probes[tid] = probes
             self._agents.append(agent)
             self._connections.append(connection)
+            if updates is not None:
+                self._updates[tid] = updates[0]
+                self._by_id[tid] = agent
+                connection.receive_commands(updates[0].submit)
+
+    def _update_service(
+        self, config: AgentConfig, profile: TerminalProfile
+    ) -> tuple[UpdateService, UpdatesConfig] | None:
+        """The real update path of one terminal, or None when the simulation takes no updates.
+
+        Raises UpdateServiceError (unreadable trusted root)."""
+        opts = self.opts
+        if opts.updates_server_url is None or opts.trusted_root is None:
+            return None
+        if self.work_dir is None or self._socket_dir is None:
+            self.work_dir = opts.work_dir or Path(tempfile.mkdtemp(prefix="kioskfleet-sim-"))
+            # AF_UNIX paths are short: the kiosk sockets live in a short temporary directory
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="kf-sim-"))
+        spec = terminal_updates_config(
+            opts.updates_server_url,
+            opts.trusted_root,
+            terminal_paths(self.work_dir, self._socket_dir, profile.terminal_id),
+        )
+        tid = profile.terminal_id
+        service = UpdateService.from_config(
+            config.model_copy(update={"updates": spec}),
+            send=lambda body: self.loop.call_soon(lambda: self._by_id[tid].send_update(body)),
+            clock=self._clock,
+            wrap_handler=wrapper_for(profile.index, opts.update_failure_fraction),
+        )
+        return service, spec
 
     def _enroll(self) -> dict[str, tuple[Path, Path]]:
         """Key and certificate files by terminal id; enrolls whoever has no certificate.
@@ -385,7 +457,13 @@ class Simulation:
 
     def run(self, duration_s: float | None = None) -> None:
         """Run in this thread until ``request_stop`` (or ``duration_s``), then stop cleanly."""
-        self.loop.run(duration_s)
+        for service in self._updates.values():
+            service.start()
+        try:
+            self.loop.run(duration_s)
+        finally:
+            for service in self._updates.values():
+                service.stop(timeout=1.0)
 
     def request_stop(self) -> None:
         self.loop.request_stop()
@@ -406,8 +484,14 @@ class Simulation:
         self._thread.abort(timeout)
 
     def close(self) -> None:
-        """Close the outbox file (after the loop ended)."""
+        """Close the outbox file (after the loop ended) and remove the kiosk sockets' directory."""
         self.outbox.close()
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+    def updates(self, terminal_id: str) -> UpdateService:
+        """A terminal's update service. Raises KeyError (unknown id, or updates are off)."""
+        return self._updates[terminal_id]
 
     def outbox_stats(self, terminal_id: str) -> OutboxStats:
         """One terminal's stream as stored in the outbox. Raises KeyError, OutboxError."""

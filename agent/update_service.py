@@ -50,6 +50,7 @@ from agent.config import AgentConfig, UpdatesConfig
 from agent.errors import AgentError
 from agent.install import BundleConfig, BundleHandler
 from agent.install.errors import InstallStateError
+from agent.install.handler import InstallHandler
 from agent.install_gate import InstallGate
 from agent.kiosk_interface import KioskInterface, KioskInterfaceConfig, KioskSocketError
 from agent.self_update import AgentSlots, AgentSlotsError, Trial, finish_report
@@ -146,11 +147,15 @@ class UpdateService:
         clock: Clock,
         restart_agent: Callable[[], None] | None = None,
         is_up: Callable[[], bool] = lambda: True,
+        wrap_handler: Callable[[BundleHandler], InstallHandler] | None = None,
     ) -> UpdateService:
         """Build from ``config.updates``. Raises UpdateServiceError (unreadable trusted root).
 
         ``restart_agent`` stops this agent after it staged a release of itself (the launcher
-        then starts the new one); ``is_up`` says when an agent on trial may confirm."""
+        then starts the new one); ``is_up`` says when an agent on trial may confirm.
+        ``wrap_handler`` (the fleet simulator's planted failures, agent/simulated_updates.py)
+        wraps the bundle handler the updater installs with; recovery and ``software()``
+        still read the bundle handler itself."""
         spec: UpdatesConfig = config.updates
         try:
             trusted_root = spec.trusted_root.read_bytes()
@@ -182,7 +187,7 @@ class UpdateService:
                 state_file=spec.work_dir / "updater-state.json",
                 poll_s=spec.poll_s,
             ),
-            handlers={"bundle": handler},
+            handlers={"bundle": wrap_handler(handler) if wrap_handler else handler},
             gate=gate,
             hall_open=_closed_hall,
             report=send,

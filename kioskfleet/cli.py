@@ -141,6 +141,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--enroll-concurrency", type=int, default=8)
     sim.add_argument(
+        "--updates-server",
+        help="the server's base URL: every terminal takes updates through the real agent "
+        "update path (TUF, signed directives, the bundle handler into --work-dir)",
+    )
+    sim.add_argument("--trusted-root", type=Path, help="the operator's root.json (with updates)")
+    sim.add_argument(
+        "--update-failure-fraction",
+        type=float,
+        default=0.0,
+        help="share of terminals whose health check fails (spread evenly over the ids)",
+    )
+    sim.add_argument(
+        "--work-dir", type=Path, help="the terminals' update files and slots (default: temporary)"
+    )
+    sim.add_argument(
         "--keys-only",
         action="store_true",
         help="make the keys in --identity-dir and its preauthorize.csv, then exit",
@@ -267,6 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ca_file=args.ca_file,
         identity_dir=args.identity_dir,
         enroll_concurrency=args.enroll_concurrency,
+        updates_server_url=args.updates_server,
+        trusted_root=args.trusted_root,
+        update_failure_fraction=args.update_failure_fraction,
+        work_dir=args.work_dir,
     )
     if args.keys_only:
         if args.identity_dir is None:

@@ -13,7 +13,15 @@ its certificate (`simulate --enroll-url`); their printers run out of paper and
 their card readers fail and recover; and (5) when the `prometheus` binary is
 installed, a Prometheus on 127.0.0.1:9090 (or a free port) scraping the server
 over HTTPS with the project's real alert rules (no Alertmanager, so alerts are
-only shown, never sent). Prints where to look, then a one-line fleet summary
+only shown, never sent); (6) a whole rollout (kioskfleet/demo_rollout.py): at setup
+the operator's TUF ceremony (`repo init`, `repo add-vendor acme`, `repo
+pin-directive-key`, throw-away keys under var/demo/updates), then the vendor acme
+signs and publishes a real tar bundle (`vendor sign`, `vendor publish`), the
+terminals take updates through the real agent update path (`simulate
+--updates-server`, slots under var/demo/simulator) with 30 % planted health-check
+failures, and once the fleet is online operator alice creates a two-phase
+rollout (`rollout create`) that operator bob approves (`rollout approve`); its
+first phase falls below the success threshold and the rollout pauses. Prints where to look, then a one-line fleet summary
 from the API every few seconds. The API's certificate is issued by the demo's
 CA: trust var/demo/ca/chain.pem (curl --cacert) or accept it in the browser.
 
@@ -44,6 +52,14 @@ sys.path.insert(0, str(ROOT))
 
 from kioskfleet.broker_config import DEFAULT_SERVER_IDENTITY  # noqa: E402 - after sys.path
 from kioskfleet.broker_setup import BrokerSetup, write_broker_setup  # noqa: E402
+from kioskfleet.demo_rollout import (  # noqa: E402 - after sys.path
+    FAILURE_FRACTION,
+    ROLLOUT_ID,
+    VENDOR,
+    Commands,
+    DemoRelease,
+    rollout_line,
+)
 from kioskfleet.local_broker import LocalBroker, free_port  # noqa: E402 - after sys.path
 from kioskfleet.local_prometheus import (  # noqa: E402 - after sys.path
     LocalPrometheus,
@@ -84,11 +100,13 @@ def _get_json(url: str, token: str | None = None) -> object:
         return json.loads(response.read())
 
 
-def _create_token(exe: str, env: dict[str, str], role: str, path: Path) -> str:
+def _create_token(
+    exe: str, env: dict[str, str], role: str, path: Path, *extra: str, name: str | None = None
+) -> str:
     """A new token of ``role`` made with ``kioskfleet token create``, kept in ``path`` (0600)."""
-    name = f"demo-{role}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = name or f"demo-{role}-{time.strftime('%Y%m%d-%H%M%S')}"
     created = subprocess.run(  # noqa: S603 - our own console script
-        [exe, "token", "create", "--role", role, "--name", name, "--expires", "1d"],
+        [exe, "token", "create", "--role", role, "--name", name, "--expires", "1d", *extra],
         env=env,
         capture_output=True,
         text=True,
@@ -143,14 +161,10 @@ def _identity(broker_port: int) -> tuple[BrokerSetup, Path, Path]:
     return setup, https_cert, https_key
 
 
-def _run(exe: str, env: dict[str, str], *args: str) -> str:
-    """One ``kioskfleet`` command to its end; its stdout. Exits the demo if it fails."""
-    done = subprocess.run(  # noqa: S603 - our own console script
-        [exe, *args], env=env, capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"kioskfleet {' '.join(args[:2])} failed: {done.stderr.strip()}")
-    return done.stdout
+def _online(base: str, token: str) -> int:
+    halls = _get_json(f"{base}/api/v1/halls", token)
+    assert isinstance(halls, dict)
+    return sum(int(hall["terminals"]["online"]) for hall in halls.get("items", []))
 
 
 def _start_prometheus(server_target: str, token_file: Path) -> tuple[LocalPrometheus | None, str]:
@@ -227,15 +241,33 @@ def main() -> int:
     sim_args.append(f"--identity-dir={IDENTITIES}")
     # The installer's part: each terminal's key is made on it, the operator pre-authorises
     # the public keys (an id alone never enrolls).
-    csv = _run(exe, env, "simulate", *sim_args, "--keys-only").strip()
-    _run(exe, env, "terminal", "preauthorize", "--from-file", csv)
+    run = Commands(exe, env)
+    csv = run("simulate", *sim_args, "--keys-only").strip()
+    run("terminal", "preauthorize", "--from-file", csv)
     admin = _create_token(exe, env, "admin", VAR / "admin.token")
     _create_token(exe, env, "viewer", VAR / "prometheus.token")
+    # Signed releases: the operator's ceremony at setup, a vendor and two operators' tokens.
+    release = DemoRelease(VAR / "updates", run)
+    release.ceremony()
+    env.update(release.server_env())
+    tokens = {
+        "vendor": VAR / "vendor.token",
+        "alice": VAR / "alice.token",
+        "bob": VAR / "bob.token",
+    }
+    _create_token(exe, env, "vendor", tokens["vendor"], "--vendor", VENDOR, name="demo-acme")
+    for operator in ("alice", "bob"):
+        _create_token(exe, env, "operator", tokens[operator], name=operator)
     try:
         with (VAR / "server.log").open("ab") as log:
             server = subprocess.Popen([exe, "server"], env=env, stdout=log, stderr=log)  # noqa: S603
         procs.append(("server", server))
         _wait_http(f"{base}/healthz", server)
+        release.upload_operator_metadata(base, VAR / "admin.token", chain)
+        target = release.publish_release(base, tokens["vendor"], chain)
+        print(f"vendor {VENDOR} published {target} (signed with its key, verified by the server)")
+        # python-tuf's HTTPS client trusts the system's CAs: point it at the demo's
+        sim_env = {**env, "SSL_CERT_FILE": str(chain)}
         with (VAR / "simulator.log").open("ab") as log:
             procs.append(
                 (
@@ -250,8 +282,12 @@ def main() -> int:
                             f"--ca-file={chain}",
                             "--report-interval=10",
                             "--fault-rate=150",
+                            f"--updates-server={base}",
+                            f"--trusted-root={release.trusted_root}",
+                            f"--update-failure-fraction={FAILURE_FRACTION}",
+                            f"--work-dir={VAR / 'simulator'}",
                         ],
-                        env=env,
+                        env=sim_env,
                         stdout=log,
                         stderr=log,
                     ),
@@ -264,6 +300,11 @@ def main() -> int:
         if prometheus is not None:
             logs.append(prometheus.log_path)
         log_list = ", ".join(str(path) for path in logs)
+        status_command = (
+            f"kioskfleet rollout status {ROLLOUT_ID} --server {base} "
+            f"--token-file {VAR / 'admin.token'} --ca-file {chain}"
+        )
+        began, rollout_started = time.monotonic(), False
         print(
             f"""
 kioskfleet demo is running ({TERMINALS} simulated terminals in {HALLS} halls).
@@ -281,6 +322,13 @@ kioskfleet demo is running ({TERMINALS} simulated terminals in {HALLS} halls).
 {prometheus_lines}
   broker       {broker_url}  (client certificates of var/demo/ca only; config {setup.conf})
   enrollment   {base}/.well-known/est/cacerts  (EST; the {TERMINALS} terminals enrolled there)
+  rollout      {base}/api/v1/rollouts/{ROLLOUT_ID}  (starts once the fleet is online: created
+               by alice, approved by bob; {FAILURE_FRACTION:.0%} of terminals fail their health check)
+               {status_command}
+               (then `rollout resume|pause|cancel {ROLLOUT_ID}` with --token-file {tokens["bob"]})
+  rolled back  {base}/api/v1/terminals/DEMO-00004/updates  (a planted failure's timeline)
+  slots        {VAR / "simulator"}/DEMO-00001/slots  (each terminal's A/B slots and `current`)
+  repository   {base}/tuf/metadata/timestamp.json  (TUF; the vendor's files in {release.root})
   logs         {log_list}
 
 Press Ctrl-C to stop everything.
@@ -299,6 +347,16 @@ Press Ctrl-C to stop everything.
             time.sleep(5)
             try:
                 print(time.strftime("%H:%M:%S"), _summary(base, admin), flush=True)
+                if not rollout_started and (
+                    _online(base, admin) >= TERMINALS or time.monotonic() - began > 90
+                ):
+                    release.start_rollout(base, tokens["alice"], tokens["bob"], chain)
+                    rollout_started = True
+                    print(f"alice created {ROLLOUT_ID}, bob approved it", flush=True)
+                if rollout_started:
+                    body = _get_json(f"{base}/api/v1/rollouts/{ROLLOUT_ID}", admin)
+                    assert isinstance(body, dict)
+                    print(time.strftime("%H:%M:%S"), rollout_line(body), flush=True)
             except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
                 print(f"(API not answering: {exc})", flush=True)
     except KeyboardInterrupt:

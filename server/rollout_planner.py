@@ -121,6 +121,7 @@ __all__ = [
     "new_rollout",
     "phase_quota",
     "step",
+    "unseen_path",
 ]
 
 
@@ -430,6 +431,33 @@ class Decision:
 
 
 # --- the planner ----------------------------------------------------------------------------
+
+
+def unseen_path(known: TerminalState, latest: TerminalState) -> tuple[TerminalState, ...] | None:
+    """The agent-reported states from ``known`` (the planner's view) to ``latest``, in order.
+
+    A driver that reads only each terminal's latest status misses the states reported
+    between two ticks (``downloading`` seen, then ``installing``: ``downloaded`` passed
+    unseen). This is the shortest chain of ``TRANSITIONS`` from ``known`` ending in
+    ``latest`` whose intermediate states the agent reports (never a planner move), so
+    the driver replays it as one ``Report`` per state; None when there is none (the one
+    ``Report`` of ``latest`` is then refused as before). Derived from ``TRANSITIONS`` only.
+    """
+    paths: dict[TerminalState, tuple[TerminalState, ...]] = {known: ()}
+    frontier = [known]
+    while frontier:
+        following = []
+        for state in frontier:
+            for nxt in sorted(TRANSITIONS[state]):
+                if nxt in paths:
+                    continue
+                if nxt == latest:
+                    return (*paths[state], nxt)
+                if nxt not in _PLANNER_MOVES:
+                    paths[nxt] = (*paths[state], nxt)
+                    following.append(nxt)
+        frontier = following
+    return None
 
 
 def new_rollout(definition: RolloutDefinition) -> Rollout:

@@ -79,6 +79,7 @@ from server.rollout_planner import (
     Withdraw,
     new_rollout,
     step,
+    unseen_path,
 )
 from server.rollout_store import ACTIVE, RolloutStore, StoredRollout
 from server.tuf_repository import ReleaseView
@@ -288,7 +289,8 @@ class RolloutService:
                 return tuple(ids)
 
     def _reports(self, rollout: Rollout) -> list[Report]:
-        """A Report for each terminal whose latest status differs from the planner's view."""
+        """Reports for each terminal whose latest status differs from the planner's view: the
+        path to it through the states this tick did not see (``unseen_path``)."""
         known = {t.terminal_id: t for t in rollout.terminals}
         reports: list[Report] = []
         after: str | None = None
@@ -307,7 +309,9 @@ class RolloutService:
                         continue  # an earlier attempt's: seen, or superseded by the retry
                 elif record.received_at < progress.notified_at:
                     continue  # no attempt (an older agent): received before this attempt
-                reports.append(Report(record.terminal_id, state, record.attempt))
+                # states reported between two ticks are replayed in the table's order
+                path = unseen_path(progress.state, state) or (state,)
+                reports += [Report(record.terminal_id, s, record.attempt) for s in path]
             after = page.next_after
             if after is None:
                 return reports
