@@ -72,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     u_passwd.add_argument("username")
     for p in (u_create, u_passwd):
         p.add_argument(
-            "--password-stdin", action="store_true", help="read the password from stdin's first line"
+            "--password-stdin",
+            action="store_true",
+            help="read the password from stdin's first line",
         )
     u_disable = usr_sub.add_parser("disable", help="a user can no longer log in; ends its sessions")
     u_disable.add_argument("username")
@@ -254,9 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "user":
         from server.user_cli import run_user_command
 
-        fields = ("username", "role", "password_stdin")
+        user_fields = ("username", "role", "password_stdin")
         return run_user_command(
-            args.user_command, {f: getattr(args, f, None) for f in fields}, args.env_file
+            args.user_command, {f: getattr(args, f, None) for f in user_fields}, args.env_file
         )
     if args.command == "terminal":
         return _terminal(args)

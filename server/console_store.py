@@ -89,7 +89,9 @@ class ConsoleStore:
                 )
         except StorageDataError:
             if self.user(record.username) is not None:
-                raise AccessError("user_exists", f"a user named {record.username!r} exists") from None
+                raise AccessError(
+                    "user_exists", f"a user named {record.username!r} exists"
+                ) from None
             raise
 
     def user(self, username: str) -> UserRecord | None:

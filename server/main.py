@@ -314,7 +314,9 @@ class Server:
                 fleet=self.fleet,
                 history=self._history,
                 events=self._events,
-                updates=lambda terminal_id, limit: timeline(self.storage.engine, terminal_id, limit),
+                updates=lambda terminal_id, limit: timeline(
+                    self.storage.engine, terminal_id, limit
+                ),
                 hours=hours_store.get,
                 registered=None if self.terminal_registry is None else self.terminal_registry.get,
                 audit_log=self.access_store,

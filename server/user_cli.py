@@ -45,7 +45,9 @@ def read_password(from_stdin: bool) -> str:
     return first
 
 
-def _run(command: str, store: ConsoleStore, args: dict[str, str | bool | None]) -> tuple[str, dict[str, str]]:
+def _run(
+    command: str, store: ConsoleStore, args: dict[str, str | bool | None]
+) -> tuple[str, dict[str, str]]:
     """Do ``command``; returns the user acted on and the audit detail. Raises AccessError."""
     now = datetime.now(UTC)
     if command == "list":

@@ -83,6 +83,7 @@ CONSOLE_OPEN_PATHS: Final = frozenset({f"{CONSOLE_PREFIX}/login"})
 _MAX_FORM_BYTES: Final = 16 * 1024
 _TIMELINE_LIMIT: Final = 50
 _AUDIT_PAGE: Final = 100
+_LOGIN_RESULTS: Final = ("ok", "refused", "rate_limited", "csrf")
 
 
 def vocabulary() -> tuple[str, ...]:
@@ -261,9 +262,8 @@ def _set_cookie(response: Response, services: ConsoleServices, name: str, value:
 
 def _safe_next(target: str | None) -> str:
     """Where to go after login: a console path only (no open redirect)."""
-    if target and target.startswith(CONSOLE_PREFIX) and not target.startswith("//"):
-        if "\\" not in target and "://" not in target:
-            return target
+    if target and target.startswith(CONSOLE_PREFIX) and "\\" not in target and "://" not in target:
+        return target
     return CONSOLE_PREFIX
 
 
@@ -339,7 +339,7 @@ def console_router() -> APIRouter:
     admin = Annotated[ConsoleUser, Depends(console_role(Role.ADMIN))]
 
     @router.get(f"{CONSOLE_PREFIX}/login", name="console.login_form")
-    def login_form(request: Request, next: str | None = None) -> HTMLResponse:  # noqa: A002 - the query's name
+    def login_form(request: Request, next: str | None = None) -> HTMLResponse:
         token = secrets.token_urlsafe(24)
         response = _render(request, "login.html", None, login_token=token, next=_safe_next(next))
         _set_cookie(response, _console(request).services, _LOGIN_COOKIE, token)
@@ -578,6 +578,8 @@ def install_console(app: FastAPI, services: ConsoleServices) -> None:
             registry=services.registry,
         ),
     )
+    for result in _LOGIN_RESULTS:  # every series exists from the start (rate() needs a zero)
+        app.state.kf_console.logins.labels(result)
     static = FsPath(__file__).parent / "static"
     app.mount(f"{CONSOLE_PREFIX}/static", StaticFiles(directory=static), name="console-static")
 
@@ -585,9 +587,13 @@ def install_console(app: FastAPI, services: ConsoleServices) -> None:
         if not isinstance(exc, ConsoleError):  # registered for ConsoleError only
             raise exc
         if exc.login:
-            target = quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
+            target = quote(
+                request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            )
             return RedirectResponse(f"{CONSOLE_PREFIX}/login?next={target}", status_code=303)
-        return _render(request, "error.html", None, exc.status, error=exc.error, message=exc.message)
+        return _render(
+            request, "error.html", None, exc.status, error=exc.error, message=exc.message
+        )
 
     app.add_exception_handler(ConsoleError, _console_error)
     from server.api import add_routes  # server.api imports nothing of the console

@@ -19,8 +19,9 @@ from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_
 from starlette.routing import Route
 
 from server.access import Role, allows
-from server.console.web import CONSOLE_OPEN_PATHS, CONSOLE_PREFIX, SESSION_COOKIE
 from server.access_api import declared_role
+from server.access_store import AuditFilter
+from server.console.web import CONSOLE_OPEN_PATHS, CONSOLE_PREFIX, SESSION_COOKIE
 from server.console_auth import UserRecord, hash_password
 from server.main import Server
 from tests.integration.conftest import ServerFactory, TerminalFactory, metric, periph, wait_until
@@ -28,7 +29,7 @@ from tests.integration.conftest import ServerFactory, TerminalFactory, metric, p
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-PASSWORD = "correct horse battery staple"
+PASSWORD = "correct horse battery staple"  # noqa: S105 - a test user's password
 HALL = "Hall Console"
 
 
@@ -105,13 +106,13 @@ def test_an_admin_logs_in_sees_the_planted_paper_out_opens_the_terminal_and_read
         True, True, "Strict", CONSOLE_PREFIX
     )  # fmt: skip
     row = page.locator("tr", has=page.locator(f"a:text-is('{HALL}')"))
-    assert "receipt printer: paper out × 1" in row.inner_text()
+    assert "receipt printer: paper out \u00d7 1" in row.inner_text()
 
     page.click(f"a:text-is('{HALL}')")
     tile = page.locator(f"[data-terminal='{broken}']")
     assert "paper out" in tile.inner_text()
-    assert "faulty" in tile.get_attribute("class").split()
-    assert "ok" in page.locator(f"[data-terminal='{fine}']").get_attribute("class").split()
+    assert "faulty" in (tile.get_attribute("class") or "").split()
+    assert "ok" in (page.locator(f"[data-terminal='{fine}']").get_attribute("class") or "").split()
 
     tile.click()
     assert page.locator("h1").inner_text() == f"Terminal {broken}"
@@ -165,8 +166,8 @@ def test_every_console_route_declares_a_role_and_refuses_no_session_and_weak_rol
             continue
         if route.path in CONSOLE_OPEN_PATHS:
             continue
-        role = declared_role(route)
-        assert role is not None, f"{route.path} declares no role (use console_role)"
+        required = declared_role(route)
+        assert required is not None, f"{route.path} declares no role (use console_role)"
         path = re.sub(r"\{[^}]+\}", "nope", route.path)
         for method in sorted((route.methods or set()) - {"HEAD"}):
             anonymous = httpx.request(method, server.base_url + path, timeout=5)
@@ -177,7 +178,7 @@ def test_every_console_route_declares_a_role_and_refuses_no_session_and_weak_rol
                 assert anonymous.status_code == 401, (method, path)
             for granted, client in sessions.items():
                 answer = client.request(method, path)
-                if not allows(granted, role):
+                if not allows(granted, required):
                     assert answer.status_code == 403, (method, path, granted)
                     assert "Your role may not do this." in answer.text
                 elif method == "POST":  # let through to the CSRF check, which this fails
@@ -223,18 +224,12 @@ def test_a_post_without_the_sessions_csrf_token_is_refused_and_audited(
     assert urlsplit(page.url).path == CONSOLE_PREFIX + "/login"
     denied = [
         e
-        for e in server.access_store.audit(_filter("console.logout"), limit=10).items
+        for e in server.access_store.audit(AuditFilter(action="console.logout"), limit=10).items
         if e.result.value == "denied"
     ]
     assert len(denied) == 2
     assert {e.detail["reason"] for e in denied} == {"csrf"}
     assert {e.actor for e in denied} == {"user:olga"}
-
-
-def _filter(action: str) -> object:
-    from server.access_store import AuditFilter
-
-    return AuditFilter(action=action)
 
 
 @pytest.mark.parametrize("column", ["last_seen_at", "created_at"])
@@ -280,7 +275,7 @@ def test_login_attempts_beyond_the_budget_are_refused_even_with_the_right_passwo
     assert metric(server, "kioskfleet_console_logins_total", result="rate_limited") == 1
     assert metric(server, "kioskfleet_console_logins_total", result="ok") == 0
     reasons = [e.detail.get("reason") for e in server.access_store.audit(
-        _filter("console.login"), limit=10).items]  # fmt: skip
+        AuditFilter(action="console.login"), limit=10).items]  # fmt: skip
     assert reasons == ["rate_limited_source", *["bad_credentials"] * 3]
 
 
@@ -297,7 +292,7 @@ def test_a_chinese_browser_gets_the_console_in_zh_cn_and_a_user_can_switch_to_en
         assert page.locator("h1").inner_text() == "登录"
         log_in(page, server, "li")
         assert page.locator("h1").inner_text() == "设备总览"
-        assert "凭条打印机: 缺纸 × 1" in page.content()
+        assert "凭条打印机: 缺纸 \u00d7 1" in page.content()
         page.select_option("select[name=language]", "en")
         page.click("text=切换语言")
         assert page.locator("h1").inner_text() == "Fleet"
