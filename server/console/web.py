@@ -315,9 +315,16 @@ def _timeline(
 
 
 def _event_text(event: EventRecord) -> str:
+    """An event in one line: a peripheral change as ``name: previous -> condition (code)``."""
     body = event.body
-    parts = [f"{k}={body[k]}" for k in ("peripheral", "condition", "fault_code") if k in body]
-    return " ".join(parts) or event.type
+    peripheral = body.get("peripheral")
+    if isinstance(peripheral, dict):
+        code = peripheral.get("fault_code")
+        return (
+            f"{peripheral.get('name', '?')}: {body.get('previous') or '-'} \u2192 "
+            f"{peripheral.get('condition', '?')}" + (f" ({code})" if code else "")
+        )
+    return event.type
 
 
 def _by_region(halls: list[HallSummary]) -> list[tuple[str, list[HallSummary]]]:
