@@ -81,7 +81,9 @@ def main() -> int:
             hall = server.fleet.get(problem).hall  # type: ignore[union-attr]
             base = server.base_url
             with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+                browser = playwright.chromium.launch(
+                    executable_path=chromium, args=["--no-sandbox"]
+                )
                 for locale, suffix in (("en-US", ""), ("zh-CN", "-zh_CN")):
                     context = browser.new_context(
                         locale=locale, viewport={"width": WIDTH, "height": HEIGHT}
