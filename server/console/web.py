@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path as FsPath
 from typing import Annotated, Any, Final
 from urllib.parse import parse_qs, quote
+from zoneinfo import ZoneInfo
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
@@ -52,7 +53,14 @@ from server.console_auth import (
 from server.console_store import ConsoleStore
 from server.errors import ConsoleError, InvalidCursorError, StorageError
 from server.fleet_state import FleetState
-from server.fleet_views import REMOVED, HallSummary, TerminalFilter, TerminalView, Transition
+from server.fleet_views import (
+    CONNECTIVITY,
+    REMOVED,
+    HallSummary,
+    TerminalFilter,
+    TerminalView,
+    Transition,
+)
 from server.health import Health
 from server.opening_hours import Weekday, is_open
 from server.opening_hours_store import HallHours
@@ -89,7 +97,7 @@ _LOGIN_RESULTS: Final = ("ok", "refused", "rate_limited", "csrf")
 def vocabulary() -> tuple[str, ...]:
     """Every state, health, peripheral kind and condition a page may show: they are
     translated like the templates' text (``tests/unit/test_console_catalogs.py``)."""
-    words: list[str] = [REMOVED, "transition", "event", "update"]
+    words: list[str] = [REMOVED, CONNECTIVITY, "transition", "event", "update"]
     for enum in (
         TerminalState, Health, PeripheralKind, PeripheralCondition, Weekday, AuditResult, Role
     ):  # fmt: skip
@@ -462,7 +470,9 @@ def console_router() -> APIRouter:
         now = services.clock()
         try:
             hours = services.hours(hall)
-            day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+            # "today" is the hall's day where its hours name a time zone, else the UTC day
+            local = now if hours is None else now.astimezone(ZoneInfo(hours.hours.timezone))
+            day_start = local.replace(hour=0, minute=0, second=0, microsecond=0)
             history = sorted(
                 (
                     t

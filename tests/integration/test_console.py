@@ -24,6 +24,8 @@ from server.access_store import AuditFilter
 from server.console.web import CONSOLE_OPEN_PATHS, CONSOLE_PREFIX, SESSION_COOKIE
 from server.console_auth import UserRecord, hash_password
 from server.main import Server
+from server.opening_hours import Interval, OpeningHours, Weekday
+from server.opening_hours_store import OpeningHoursStore
 from tests.integration.conftest import ServerFactory, TerminalFactory, metric, periph, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -144,6 +146,12 @@ def test_a_viewer_sees_no_action_buttons_nor_counters_and_gets_403_from_admin_pa
     assert page.locator("nav a:text-is('Audit log')").count() == 0
     page.goto(server.base_url + CONSOLE_PREFIX + f"/terminals/{broken}")
     assert "Delivery counters" not in page.content()
+    always = [Interval(start="00:00", end="24:00")]
+    hours = OpeningHours(timezone="Asia/Shanghai", weekly=dict.fromkeys(Weekday, always))
+    OpeningHoursStore(server.storage).put(HALL, hours, actor="test", now=datetime.now(UTC))
+    page.goto(server.base_url + CONSOLE_PREFIX + f"/halls/{HALL}")
+    assert "Open now \u00b7 Asia/Shanghai" in page.content()
+    assert "mon: 00:00\u201324:00" in page.locator("ul.hours").inner_text()
     answer = page.goto(server.base_url + CONSOLE_PREFIX + "/audit")
     assert answer is not None
     assert answer.status == 403
