@@ -1,5 +1,5 @@
 """The ``kioskfleet`` command: ``agent``, ``agent keygen``, ``server``, ``db upgrade``,
-``token``, ``hall hours set|show``, ``ca init``,
+``token``, ``user create|passwd|disable|list``, ``hall hours set|show``, ``ca init``,
 ``terminal preauthorize|token|revoke|decommission``, ``simulate``, ``broker-config``, and
 ``repo``/``vendor`` (signed releases, Typer: kioskfleet/cli_updates.py).
 
@@ -59,6 +59,26 @@ def _parser() -> argparse.ArgumentParser:
     tok_sub.add_parser("list", help="every token, without secrets")
     revoke = tok_sub.add_parser("revoke", help="revoke a token by name")
     revoke.add_argument("name")
+
+    usr = sub.add_parser(
+        "user", help="console users (people), on the database (settings from KIOSKFLEET_*)"
+    )
+    usr.add_argument("--env-file", type=Path, help="a file of KIOSKFLEET_* settings")
+    usr_sub = usr.add_subparsers(dest="user_command", required=True)
+    u_create = usr_sub.add_parser("create", help="add a console user; asks for the password")
+    u_create.add_argument("username")
+    u_create.add_argument("--role", required=True, choices=["admin", "operator", "viewer"])
+    u_passwd = usr_sub.add_parser("passwd", help="set a user's password; ends its sessions")
+    u_passwd.add_argument("username")
+    for p in (u_create, u_passwd):
+        p.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the password from stdin's first line",
+        )
+    u_disable = usr_sub.add_parser("disable", help="a user can no longer log in; ends its sessions")
+    u_disable.add_argument("username")
+    usr_sub.add_parser("list", help="every console user, without passwords")
 
     hall = sub.add_parser("hall", help="halls, on the database (settings from KIOSKFLEET_*)")
     hall.add_argument("--env-file", type=Path, help="a file of KIOSKFLEET_* settings")
@@ -247,6 +267,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         fields = ("name", "role", "vendor", "expires")
         return run_token_command(
             args.token_command, {f: getattr(args, f, None) for f in fields}, args.env_file
+        )
+    if args.command == "user":
+        from server.user_cli import run_user_command
+
+        user_fields = ("username", "role", "password_stdin")
+        return run_user_command(
+            args.user_command, {f: getattr(args, f, None) for f in user_fields}, args.env_file
         )
     if args.command == "terminal":
         return _terminal(args)

@@ -9,6 +9,8 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the off-the-shelf EST client test
 command -v curl >/dev/null 2>&1 || need+=(curl)        # (openssl req + curl simpleenroll)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the console's browser tests
+[ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need+=(fonts-wqy-microhei)  # zh_CN pages
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi

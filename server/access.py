@@ -81,16 +81,17 @@ class TokenRecord:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who a request acts as: the token's name, role and vendor."""
+    """Who a request acts as: the token's (or console user's) name, role and vendor."""
 
     name: str
     role: Role
     vendor: str | None = None
+    kind: str = "token"  # "token" (an API token) or "user" (a person in the console)
 
     @property
     def actor(self) -> str:
-        """How the audit log names it."""
-        return f"token:{self.name}"
+        """How the audit log names it: ``token:<name>`` or ``user:<name>``."""
+        return f"{self.kind}:{self.name}"
 
 
 def new_secret() -> str:

@@ -54,11 +54,13 @@ __all__ = [
     "SELF_AUDITED",
     "AccessServices",
     "AuditMiddleware",
+    "RoleDeclaration",
     "RoleRequirement",
     "add_access_routes",
     "declared_role",
     "install_access",
     "note_audit",
+    "note_principal",
     "require",
 ]
 
@@ -102,11 +104,16 @@ def _access(request: Request) -> AccessServices:
     return access
 
 
-class RoleRequirement:
-    """The dependency ``require(role)`` returns: the caller's ``Principal``, or 401/403."""
+class RoleDeclaration:
+    """What ``declared_role`` finds on a route: a dependency that stands for a required
+    role. ``RoleRequirement`` (API tokens) and the console's session check are ones."""
 
     def __init__(self, role: Role) -> None:
         self.role = role
+
+
+class RoleRequirement(RoleDeclaration):
+    """The dependency ``require(role)`` returns: the caller's ``Principal``, or 401/403."""
 
     def __call__(
         self,
@@ -123,10 +130,15 @@ class RoleRequirement:
         except StorageError as exc:
             log.warning("cannot check a token: %s", exc)
             raise ApiError(503, "database_unavailable", "cannot check the token now") from None
-        setattr(request.state, _PRINCIPAL, principal)  # for the audit middleware
+        note_principal(request, principal)  # for the audit middleware
         if not allows(principal.role, self.role):
             raise ApiError(403, "forbidden", f"this needs role {self.role}, not {principal.role}")
         return principal
+
+
+def note_principal(request: Request, principal: Principal) -> None:
+    """Name who this call acts as in its audit entry (the role dependencies do it)."""
+    setattr(request.state, _PRINCIPAL, principal)
 
 
 def note_audit(request: Request, target: str | None = None, **detail: str) -> None:
@@ -149,7 +161,7 @@ def declared_role(route: BaseRoute) -> Role | None:
     if not isinstance(route, APIRoute):
         return None
     for dependency in route.dependant.dependencies:
-        if isinstance(dependency.call, RoleRequirement):
+        if isinstance(dependency.call, RoleDeclaration):
             return dependency.call.role
     return None
 

@@ -138,6 +138,16 @@ class Settings(BaseSettings):
     # refused attempts (denied) stored per source address: a token bucket; beyond it counted only
     audit_denied_rate_per_s: Annotated[float, Field(gt=0, le=10_000)] = 1.0
     audit_denied_burst: Annotated[int, Field(ge=1, le=1_000_000)] = 60
+    # The operations console (docs/console.md): a session ends after this long unused, and
+    # this long after its login whatever happens; login attempts per username and per source
+    # address: a token bucket of console_login_burst refilled at console_login_rate_per_s.
+    console_session_idle_s: Annotated[float, Field(gt=0, le=7 * 86400)] = 1800.0
+    console_session_absolute_s: Annotated[float, Field(gt=0, le=30 * 86400)] = 12 * 3600.0
+    console_login_rate_per_s: Annotated[float, Field(gt=0, le=1000)] = 0.1
+    console_login_burst: Annotated[int, Field(ge=1, le=1000)] = 5
+    # The session cookie's Secure flag. Off only for a console reached over plain HTTP
+    # from another machine (a browser keeps Secure cookies over http only for localhost).
+    console_cookie_secure: bool = True
 
     # Signed releases (docs/updates.md): the TUF repository and artifacts live in updates_dir
     # (off while unset); the online snapshot and timestamp keys come from `kioskfleet repo

@@ -31,11 +31,16 @@ library it wraps into one of these, so callers never catch ``sqlalchemy``,
     │                             ValueError); the fleet state raises it, the API answers 422
     ├── InvalidTimeRangeError     a history or events range without an offset, or whose
     │                             since is not before its until (also a ValueError); 422
-    ├── AccessError               a token that cannot be made or changed as asked (.code:
-    │                             invalid_token, invalid_expiry, token_exists, no_such_token;
-    │                             malformed, unknown, revoked, expired when authenticating)
+    ├── AccessError               a token or console user that cannot be made or changed as
+    │                             asked (.code: invalid_token, invalid_expiry, token_exists,
+    │                             no_such_token, invalid_user, weak_password, user_exists,
+    │                             no_such_user; malformed, unknown, revoked, expired when
+    │                             authenticating)
     └── ApiError                  an HTTP error answer (.status, .error, .message): raised
-                                  by a handler, turned into ``{"error", "message"}`` by the app
+        │                         by a handler, turned into ``{"error", "message"}`` by the app
+        └── ConsoleError          a console request refused: answered with an HTML page, or
+                                  a redirect to the login page (.login) for a GET without a
+                                  usable session
 
 Wire rejections are not here: they are ``protocol.errors.ProtocolError`` and
 never leave the ingest, which counts and logs them. The test harness's
@@ -52,6 +57,7 @@ __all__ = [
     "ApiError",
     "BrokerError",
     "ConfigError",
+    "ConsoleError",
     "DeviceCaError",
     "EnrollmentRefusedError",
     "InvalidCursorError",
@@ -130,8 +136,10 @@ class InvalidTimeRangeError(ServerError, ValueError):
 
 
 class AccessError(ServerError):
-    """A token request that cannot be done: ``code`` says why (``invalid_token``,
-    ``invalid_expiry``, ``token_exists``, ``no_such_token``), ``message`` for a person."""
+    """A token or console-user request that cannot be done: ``code`` says why
+    (``invalid_token``, ``invalid_expiry``, ``token_exists``, ``no_such_token``,
+    ``invalid_user``, ``weak_password``, ``user_exists``, ``no_such_user``), ``message`` for
+    a person."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -151,6 +159,15 @@ class ApiError(ServerError):
         self.error = error
         self.message = message
         self.headers = dict(headers or {})
+
+
+class ConsoleError(ApiError):
+    """A console request refused (``server.console``): an HTML page with ``status``, or a
+    redirect to the login page when ``login`` (a page asked for without a usable session)."""
+
+    def __init__(self, status: int, error: str, message: str, *, login: bool = False) -> None:
+        super().__init__(status, error, message)
+        self.login = login
 
 
 class DeviceCaError(ServerError):

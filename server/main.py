@@ -43,6 +43,8 @@ from server.access_store import AccessStore, DatabaseAudit
 from server.api import ApiServices, add_routes, create_app
 from server.audit import AuditSink, DeniedBudget
 from server.config import Settings
+from server.console.web import ConsoleServices, install_console
+from server.console_store import ConsoleStore
 from server.device_ca import CaPaths
 from server.errors import BrokerError, ConfigError, ServerError, StorageError
 from server.est import EstMetrics, est_router
@@ -76,7 +78,7 @@ from server.terminal_registry import TerminalRegistry
 from server.tls_client_cert import TlsH11Protocol
 from server.tokens import Tokens
 from server.update_status_api import update_status_router
-from server.update_status_store import latest_states
+from server.update_status_store import latest_states, timeline
 from server.update_tally import UpdateTally
 from server.update_wiring import UpdateService, build_updates
 from server.write_behind import WriteBehind
@@ -155,6 +157,7 @@ class Server:
         self.registry = registry
         self.storage = storage_for(settings)
         self.access_store = AccessStore(self.storage)
+        self.console_store = ConsoleStore(self.storage)
         self.tokens = Tokens(self.access_store)
         # The audit log: enrollment, revocation and every API change record through it.
         suppressed = Counter(
@@ -267,6 +270,15 @@ class Server:
                     timedelta(days=settings.rollout_retention_days),
                 ),
                 Retention(
+                    "console sessions past their expiry",
+                    lambda *, older_than, now: self.console_store.prune_sessions(
+                        idle=older_than,
+                        absolute=timedelta(seconds=settings.console_session_absolute_s),
+                        now=now,
+                    ),
+                    timedelta(seconds=settings.console_session_idle_s),
+                ),
+                Retention(
                     "audit entries",
                     self.access_store.prune_audit,
                     timedelta(days=settings.audit_retention_days),
@@ -311,6 +323,32 @@ class Server:
                 self.opening_hours,
                 lambda: datetime.now(UTC),
                 on_change=self.hall_openings.invalidate,
+            ),
+        )
+        install_console(
+            self.app,
+            ConsoleServices(
+                fleet=self.fleet,
+                history=lambda terminal_id, limit: list(
+                    self._history(terminal_id, HistoryQuery(limit=limit)).items
+                ),
+                events=lambda terminal_id, limit: list(
+                    self._events(terminal_id, HistoryQuery(limit=limit)).items
+                ),
+                updates=lambda terminal_id, limit: timeline(
+                    self.storage.engine, terminal_id, limit
+                ),
+                hours=self.opening_hours.get,
+                registered=None if self.terminal_registry is None else self.terminal_registry.get,
+                audit_log=self.access_store,
+                store=self.console_store,
+                clock=lambda: datetime.now(UTC),
+                registry=registry,
+                session_idle=timedelta(seconds=settings.console_session_idle_s),
+                session_absolute=timedelta(seconds=settings.console_session_absolute_s),
+                login_rate_per_s=settings.console_login_rate_per_s,
+                login_burst=settings.console_login_burst,
+                cookie_secure=settings.console_cookie_secure,
             ),
         )
         add_routes(

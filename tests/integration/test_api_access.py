@@ -19,6 +19,7 @@ from kioskfleet.local_broker import LocalBroker
 from server.access import Role, allows
 from server.access_api import OPEN_PATHS, declared_role
 from server.access_store import AuditFilter
+from server.console.web import CONSOLE_OPEN_PATHS, CONSOLE_PREFIX
 from server.errors import ConfigError
 from server.est import EST_PREFIX
 from server.main import Server
@@ -75,6 +76,11 @@ def test_every_route_outside_the_open_list_declares_a_role_and_refuses_missing_a
     checked = 0
     for route in server.app.routes:
         if not isinstance(route, Route) or route.path in OPEN_PATHS:
+            continue
+        if route.path.startswith(CONSOLE_PREFIX):
+            # Sessions, not tokens: tests/integration/test_console.py walks these routes
+            # with logged-in users; here only that each declares its role.
+            assert route.path in CONSOLE_OPEN_PATHS or declared_role(route) is not None, route
             continue
         if route.path.startswith(EST_PREFIX + "/"):
             # EST's credential is the request itself (pre-authorised key, token, client
@@ -286,7 +292,10 @@ def test_the_audit_log_filters_by_field_and_time_and_pages_newest_first(
 def test_no_route_edits_or_deletes_an_audit_entry(start_server: ServerFactory) -> None:
     server = start_server()
     audit_routes = [r for r in server.app.routes if isinstance(r, Route) and "audit" in r.path]
-    assert [(r.path, sorted(r.methods or ())) for r in audit_routes] == [("/api/v1/audit", ["GET"])]
+    assert [(r.path, sorted(r.methods or ())) for r in audit_routes] == [
+        ("/api/v1/audit", ["GET"]),
+        ("/console/audit", ["GET"]),  # the console's page reads it too (docs/console.md)
+    ]
     admin = admin_token(server)
     for method in ("POST", "PUT", "PATCH", "DELETE"):
         assert _call(server, method, "/api/v1/audit", admin).status_code == 405

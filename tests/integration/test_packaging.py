@@ -48,8 +48,13 @@ def test_a_built_wheel_carries_the_config_and_the_harnesses_read_it_from_there(
     )  # fmt: skip
     (wheel,) = wheels.glob("kioskfleet-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        shipped = {n.rsplit("/", 1)[1] for n in archive.namelist() if "/shipped/" in n}
+        names = archive.namelist()
+        shipped = {n.rsplit("/", 1)[1] for n in names if "/shipped/" in n}
     assert shipped == set(SHIPPED_FILES)
+    console = REPO / "server" / "console"
+    console_files = [p for p in console.rglob("*") if p.suffix in (".html", ".css", ".po")]
+    assert console_files  # the console's templates, stylesheet and catalogs ship too
+    assert {str(p.relative_to(REPO)) for p in console_files} <= set(names)
 
     site = tmp_path / "site"
     subprocess.run(

@@ -74,7 +74,11 @@ INGEST_METRIC_NAMES: Final = frozenset(
     }
 )
 ACCESS_METRIC_NAMES: Final = frozenset(
-    {"kioskfleet_audit_write_failures_total", "kioskfleet_audit_denied_suppressed_total"}
+    {
+        "kioskfleet_audit_write_failures_total",
+        "kioskfleet_audit_denied_suppressed_total",
+        "kioskfleet_console_logins_total",  # server.console.web: login attempts by result
+    }
 )
 # Signed releases (docs/updates.md): exported while updates_dir is set.
 UPDATE_METRIC_NAMES: Final = frozenset(

@@ -1,0 +1,1 @@
+"""The operations console (issue 12): server-rendered pages under ``/console``."""
