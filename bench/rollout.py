@@ -180,7 +180,7 @@ def _instrument(
         (svc, "_tick_one"),
         (rollout_service, "step"),
         (rollout_service, "sign_directive"),
-        (store, "next_directive_seq"),
+        (store, "next_directive_seqs"),
         (store, "save"),
         (svc, "_reports"),
         (access_store.DatabaseAudit, "record"),
@@ -314,11 +314,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             responder = ctx.Process(target=_responder, args=(broker.port, ids, "boot-bench01", child))
             responder.start()
             broker_proc = psutil.Process(broker.pid)
-            assert parent.poll(60) and parent.recv() == "ready"
+            assert parent.poll(60)
+            assert parent.recv() == "ready"
             parent.send("go")
             started = time.perf_counter()
             cpu0 = _cpu(me)
-            assert parent.poll(60) and parent.recv() == "registered"
+            assert parent.poll(600)
+            assert parent.recv() == "registered"
 
             def registered() -> bool:
                 return len(server.fleet) >= n
