@@ -65,8 +65,11 @@ from protocol import directives  # noqa: E402 - after sys.path
 from protocol.directives import Directive, DirectiveTarget, sign_directive  # noqa: E402
 from server import access_store, rollout_service, rollout_store  # noqa: E402 - after sys.path
 from server.access import Role  # noqa: E402 - after sys.path
+from server.access_store import AccessStore  # noqa: E402 - after sys.path
 from server.config import Settings  # noqa: E402 - after sys.path
 from server.main import Server  # noqa: E402 - after sys.path
+from server.storage import Storage  # noqa: E402 - after sys.path
+from server.tokens import Tokens  # noqa: E402 - after sys.path
 from tests.support.tuf_world import TufWorld, release_manifest  # noqa: E402 - after sys.path
 
 HALL = "Hall Bench"
@@ -87,7 +90,9 @@ def _responder(port: int, ids: list[str], boot: str, pipe: Connection) -> None:
     from protocol.topics import Channel, topic
     from tests.support.fleet_messages import report
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-responder", protocol=5)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id="bench-responder", protocol=mqtt.MQTTv5
+    )
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
     seqs = dict.fromkeys(ids, 1)
@@ -108,7 +113,11 @@ def _responder(port: int, ids: list[str], boot: str, pipe: Connection) -> None:
                 "boot_id": boot,
                 "seq": seqs[tid],
                 "sent_at": datetime.now(UTC).isoformat(),
-                "body": {"rollout_id": body["rollout_id"], "directive_seq": body["seq"], "state": state},
+                "body": {
+                    "rollout_id": body["rollout_id"],
+                    "directive_seq": body["seq"],
+                    "state": state,
+                },
             }
             client.publish(f"kf/v1/terminals/{tid}/update", json.dumps(raw), qos=1)
 
@@ -245,6 +254,18 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 # --- the run --------------------------------------------------------------------------------
 
 
+def _admin_token(settings: Settings) -> str:
+    storage = Storage(settings.database_url)
+    storage.open()
+    try:
+        _record, secret = Tokens(AccessStore(storage)).create(
+            name="bench-admin", role=Role.ADMIN, created_by="bench"
+        )
+    finally:
+        storage.close()
+    return secret
+
+
 def _setup_world(folder: Path) -> tuple[TufWorld, Path]:
     key = Ed25519PrivateKey.generate()
     world = TufWorld.create(folder / "world", vendors={"acme": 1})
@@ -267,7 +288,9 @@ def _publish_release(server: Server, world: TufWorld, admin: str) -> str:
         client.upload_metadata("targets", world.targets_bytes())
     artifact = world.artifact("kiosk-app-1.bin")
     world.sign("acme", artifact, release_manifest(1))
-    _r, vendor = server.tokens.create(name="acme", role=Role.VENDOR, vendor="acme", created_by="bench")
+    _r, vendor = server.tokens.create(
+        name="acme", role=Role.VENDOR, vendor="acme", created_by="bench"
+    )
     with UpdateClient(server.base_url, vendor) as acme:
         acme.upload_artifact("acme", artifact.name, artifact)
         acme.publish_role("acme", world.role_file("acme").read_bytes())
@@ -275,7 +298,7 @@ def _publish_release(server: Server, world: TufWorld, admin: str) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    n = args.terminals
+    n: int = args.terminals
     ids = [f"T-{i:05d}" for i in range(n)]
     me = psutil.Process()
     profile = cProfile.Profile() if args.profile else None
@@ -299,19 +322,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 updates_max_artifact_bytes=1 << 20,
                 updates_directive_key_file=key_file,
                 rollout_tick_interval_s=args.tick,
-                bootstrap_token_file=folder / "bootstrap.token",  # not printed on stderr
             )
+            admin = _admin_token(settings)  # before the start: no bootstrap token printed
             server = Server(settings, registry=CollectorRegistry())
             server.start()
             _wait(lambda: server.mqtt.connected, 10, "the server to subscribe")
             tokens = {
                 who: server.tokens.create(name=who, role=role, created_by="bench")[1]
-                for who, role in (("admin", Role.ADMIN), ("alice", Role.OPERATOR), ("bob", Role.OPERATOR))
+                for who, role in (("alice", Role.OPERATOR), ("bob", Role.OPERATOR))
             }
+            tokens["admin"] = admin
             target = _publish_release(server, world, tokens["admin"])
 
             parent, child = ctx.Pipe()
-            responder = ctx.Process(target=_responder, args=(broker.port, ids, "boot-bench01", child))
+            responder = ctx.Process(
+                target=_responder, args=(broker.port, ids, "boot-bench01", child)
+            )
             responder.start()
             broker_proc = psutil.Process(broker.pid)
             assert parent.poll(60)
@@ -457,27 +483,42 @@ def _server_disconnects(broker: LocalBroker) -> list[str]:
     return [
         line
         for line in log.splitlines()
-        if "bench-rollout-server" in line and ("disconnect" in line.lower() or "closing" in line.lower() or "timeout" in line.lower())
+        if "bench-rollout-server" in line
+        and ("disconnect" in line.lower() or "closing" in line.lower() or "timeout" in line.lower())
     ][:10]
 
 
 def _print(r: dict[str, Any]) -> None:
     n = r["terminals"]
-    print(f"terminals {n}: registered by {n} reports in {r['registered_s']:.1f} s "
-          f"({r['reports_per_s']:.0f} reports/s ingested, server CPU {r['register_server_cpu_s']:.1f} s)")
-    print(f"rollout {r['status']} in {r['total_s']:.1f} s (phase one {r['phase_one_s'] or 0:.1f} s); "
-          f"counts {r['counts']}")
-    print(f"directives: {r['directives_signed']} signed, {r['directives_received']} received; "
-          f"{r['directives_per_s']:.0f}/s over the rollout")
-    print(f"signing alone: sign_directive {r['sign_directive_per_s']:.0f}/s, "
-          f"raw Ed25519 {r['raw_ed25519_per_s']:.0f}/s "
-          f"({r['sign_directive_per_s'] / r['raw_ed25519_per_s']:.2f}x)")
-    print(f"statuses ingested: {r['statuses_ingested']} ({r['statuses_per_s']:.0f}/s over the rollout; "
-          f"report baseline {r['reports_per_s']:.0f}/s)")
-    print(f"CPU seconds during the rollout: server {r['server_cpu_s']:.1f}, "
-          f"broker {r['broker_cpu_s']:.1f}, responder {r['responder_cpu_s']:.1f} (its whole life)")
-    print(f"driver: {r['ticks']} ticks, {r['tick_s_total']:.1f} s in ticks (max {r['tick_s_max']:.2f} s); "
-          f"planner step median {r['step_s_median'] * 1000:.1f} ms, max {r['step_s_max'] * 1000:.1f} ms")
+    print(
+        f"terminals {n}: registered by {n} reports in {r['registered_s']:.1f} s "
+        f"({r['reports_per_s']:.0f} reports/s ingested, server CPU {r['register_server_cpu_s']:.1f} s)"
+    )
+    print(
+        f"rollout {r['status']} in {r['total_s']:.1f} s (phase one {r['phase_one_s'] or 0:.1f} s); "
+        f"counts {r['counts']}"
+    )
+    print(
+        f"directives: {r['directives_signed']} signed, {r['directives_received']} received; "
+        f"{r['directives_per_s']:.0f}/s over the rollout"
+    )
+    print(
+        f"signing alone: sign_directive {r['sign_directive_per_s']:.0f}/s, "
+        f"raw Ed25519 {r['raw_ed25519_per_s']:.0f}/s "
+        f"({r['sign_directive_per_s'] / r['raw_ed25519_per_s']:.2f}x)"
+    )
+    print(
+        f"statuses ingested: {r['statuses_ingested']} ({r['statuses_per_s']:.0f}/s over the rollout; "
+        f"report baseline {r['reports_per_s']:.0f}/s)"
+    )
+    print(
+        f"CPU seconds during the rollout: server {r['server_cpu_s']:.1f}, "
+        f"broker {r['broker_cpu_s']:.1f}, responder {r['responder_cpu_s']:.1f} (its whole life)"
+    )
+    print(
+        f"driver: {r['ticks']} ticks, {r['tick_s_total']:.1f} s in ticks (max {r['tick_s_max']:.2f} s); "
+        f"planner step median {r['step_s_median'] * 1000:.1f} ms, max {r['step_s_max'] * 1000:.1f} ms"
+    )
     print("time in (s):", r["breakdown_s"], "calls:", r["breakdown_calls"])
     print("anomalies (should be none):", r["anomalies"])
 

@@ -11,10 +11,13 @@ are executed and audited.
 - ``tick()``: the APScheduler job. For each unsettled rollout (active, or stopped while
   notified terminals still report): ``Selected`` (active ones only) (the terminals of
   the fleet state matching its selector: region, hall, model), one ``Report`` per terminal
-  whose latest ``update_status`` row for this rollout changed since the planner saw it,
+  whose latest ``update_status`` row for this rollout changed since the planner saw it
+  (when that latest state is no legal step from the planner's, the terminal sent several
+  since the last tick: its statuses of this attempt are handed over in order),
   then the actions: ``Notify`` -> a directive signed with the directive key, published
   QoS 1 (not retained) on the terminal's ``cmd`` topic, its seq from
-  ``RolloutStore.next_directive_seq`` (always grows). Every action is audited with actor
+  ``RolloutStore.next_directive_seqs`` (always grows; one transaction per step, the release
+  and key pin checked once per step). Every action is audited with actor
   ``system`` (a ``Refused`` one as ``failed``).
 
 One lock serialises API events and the tick (one server process owns the rollouts), so a
