@@ -37,6 +37,7 @@ bench: setup
 	$(PY) bench/fleet_apply.py
 	$(PY) bench/hostile.py
 	$(PY) bench/enroll.py
+	$(PY) bench/rollout.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache var

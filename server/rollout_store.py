@@ -17,6 +17,7 @@ after they finished (``prune_finished``); active ones never.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -181,17 +182,20 @@ class RolloutStore:
     def next_directive_seq(self, terminal_id: str) -> int:
         """The next directive seq for ``terminal_id`` (1 for its first), recorded before it is
         returned, so it never repeats. Raises StorageError."""
+        return self.next_directive_seqs([terminal_id])[terminal_id]
+
+    def next_directive_seqs(self, terminal_ids: Iterable[str]) -> dict[str, int]:
+        """``next_directive_seq`` for each of ``terminal_ids`` in one transaction (a tick's
+        directives: one commit, not one per terminal). Raises StorageError."""
+        seqs: dict[str, int] = {}
         with self._storage.begin("next directive seq") as conn:
-            bumped = conn.execute(
-                sa.update(_SEQ).where(_SEQ.c.terminal_id == terminal_id).values(seq=_SEQ.c.seq + 1)
-            )
-            if not bumped.rowcount:
-                conn.execute(sa.insert(_SEQ), {"terminal_id": terminal_id, "seq": 1})
-            return int(
-                conn.execute(
-                    sa.select(_SEQ.c.seq).where(_SEQ.c.terminal_id == terminal_id)
-                ).scalar_one()
-            )
+            for terminal_id in terminal_ids:
+                row = _SEQ.c.terminal_id == terminal_id
+                bumped = conn.execute(sa.update(_SEQ).where(row).values(seq=_SEQ.c.seq + 1))
+                if not bumped.rowcount:
+                    conn.execute(sa.insert(_SEQ), {"terminal_id": terminal_id, "seq": 1})
+                seqs[terminal_id] = int(conn.execute(sa.select(_SEQ.c.seq).where(row)).scalar_one())
+        return seqs
 
     def prune_finished(self, *, older_than: timedelta, now: datetime) -> int:
         """Delete rollouts finished before ``now - older_than``; returns how many.

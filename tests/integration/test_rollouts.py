@@ -5,6 +5,7 @@ phase, failures past the abort threshold abort, a cancel stops notifications."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,7 @@ from protocol.directives import (
 from protocol.topics import Channel
 from server.access import Role
 from server.main import Server
+from server.update_status_store import timeline
 from tests.integration import test_agent_mqtt
 from tests.integration.conftest import (
     RawTerminal,
@@ -60,9 +62,14 @@ FAILURE = "install_failed"
 
 
 def _start(
-    private_server: ServerFactory, world: Any, tmp_path: Path, database_url: str, key: Any
+    private_server: ServerFactory,
+    world: Any,
+    tmp_path: Path,
+    database_url: str,
+    key: Any,
+    tick_s: float = 0.2,
 ) -> Server:
-    """Signed releases on, ``key`` as the directive key, a fast rollout tick."""
+    """Signed releases on, ``key`` as the directive key, a fast rollout tick (``tick_s``)."""
     key_file = tmp_path / "directive.key"
     key_file.write_bytes(
         key.private_bytes(
@@ -78,7 +85,7 @@ def _start(
         updates_timestamp_key_file=world.operator.online_dir / "timestamp.key",
         updates_max_artifact_bytes=1 << 20,
         updates_directive_key_file=key_file,
-        rollout_tick_interval_s=0.2,
+        rollout_tick_interval_s=tick_s,
     )
     with UpdateClient(server.base_url, admin_token(server)) as admin:
         for root in world.roots():
@@ -525,3 +532,60 @@ def test_a_real_agent_waits_for_its_hall_to_close_and_a_cancel_withdraws_it_inst
     assert not (tmp_path / "terminal" / "slots" / "current").exists()
     assert runtime.updates is not None
     assert runtime.updates.stats.handled == 1
+
+
+def _publish_release(server: Server, world: Any) -> None:
+    artifact = world.artifact("kiosk-app-1.bin")
+    world.sign("acme", artifact, release_manifest(1))
+    with UpdateClient(server.base_url, token(server, Role.VENDOR, vendor="acme")) as acme:
+        acme.upload_artifact("acme", artifact.name, artifact)
+        acme.publish_role("acme", world.role_file("acme").read_bytes())
+
+
+@pytest.fixture
+def ticked_server(
+    database_url: str, private_server: ServerFactory, world: Any, tmp_path: Path
+) -> Server:
+    """The pinned directive key and a rollout tick that never comes by itself: the test ticks."""
+    server = _start(private_server, world, tmp_path, database_url, SERVER_KEY, tick_s=3600)
+    _publish_release(server, world)
+    return server
+
+
+def test_statuses_sent_between_two_ticks_each_reach_the_planner(
+    ticked_server: Server, private_terminals: TerminalFactory
+) -> None:
+    # Found by bench/rollout.py: a tick reads only each terminal's latest status, and
+    # downloading -> succeeded is no transition, so a fast terminal stayed "downloading".
+    server = ticked_server
+    t = private_terminals("T-RO-F", hall="Hall R")
+    inbox = CmdInbox(t)
+    t.report()
+    wait_until(lambda: server.fleet.get(t.id), 10, "the terminal")
+    alice = token(server, Role.OPERATOR, name="alice")
+    bob = token(server, Role.OPERATOR, name="bob")
+    assert _create(server, alice, "R-FAST", phases=[{"size": 100}]).status_code == 201
+    assert _post(server, bob, "/api/v1/rollouts/R-FAST/approve").status_code == 200
+    assert server.rollouts.tick() == 1  # selects the terminal and notifies it
+    wait_until(lambda: inbox.count() == 1, 10, "the directive")
+    directive = _unverified(inbox.payloads[0])
+
+    def stored() -> int:
+        return len(timeline(server.storage.engine, t.id, 10))
+
+    _status(t, directive, "downloading")
+    wait_until(lambda: stored() == 1, 10, "downloading stored")
+    assert server.rollouts.tick() == 1
+    assert _rollout(server, "R-FAST")["counts"] == {"downloading": 1}
+    for state in ("downloaded", "installing", "health_check", "succeeded"):
+        _status(t, directive, state)
+    wait_until(lambda: stored() == 5, 10, "the other four stored")
+    assert server.rollouts.tick() == 1
+    shown = _rollout(server, "R-FAST")
+    assert (shown["status"], shown["counts"]) == ("completed", {"succeeded": 1})
+
+
+def _unverified(payload: bytes) -> Directive:
+    """The directive inside an envelope, unchecked (the directive tests check signatures)."""
+    body = base64.b64decode(json.loads(payload)["payload"])
+    return Directive.model_validate_json(body)
