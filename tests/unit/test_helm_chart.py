@@ -54,7 +54,20 @@ def render(values: dict[str, Any]) -> list[Manifest]:
     """Every object the chart renders with ``values`` (raises helm.HelmRenderError)."""
     with helm.Chart.load(CHART) as chart:
         rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    return [doc for text in rendered.values() for doc in yaml.safe_load_all(text) if doc]
+    return [
+        doc
+        for path, text in rendered.items()
+        if not path.endswith("/NOTES.txt")  # shown after an install, not an object
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+
+
+def notes(values: dict[str, Any]) -> str:
+    """What ``helm install`` prints after installing with ``values``."""
+    with helm.Chart.load(CHART) as chart:
+        rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return rendered["kioskfleet/templates/NOTES.txt"]
 
 
 @functools.cache
@@ -269,10 +282,37 @@ def test_secrets_are_referenced_never_rendered(profile: str) -> None:
     secret_volumes = {
         v["name"]: v["secret"] for v in _pod_spec(profile)["volumes"] if "secret" in v
     }
-    expected = {"broker-tls", "https", "tuf-online", "directive-key"} if profile == "ha" else set()
+    expected = {"https", "tuf-online", "directive-key"} if profile == "ha" else set()
     assert set(secret_volumes) == expected
     for secret in secret_volumes.values():
         assert secret["defaultMode"] == 0o440
+
+
+def test_each_replica_gets_its_own_broker_identity() -> None:
+    """The broker maps a certificate's CN to the client id: a shared one would make the
+    replicas take over each other's session, so HA issues one per pod."""
+    volumes = {v["name"]: v for v in _pod_spec("ha")["volumes"]}
+    attributes = volumes["broker-tls"]["csi"]["volumeAttributes"]
+    assert volumes["broker-tls"]["csi"]["driver"] == "csi.cert-manager.io"
+    assert attributes["csi.cert-manager.io/common-name"] == "kioskfleet:server:${POD_NAME}"
+    data = _one("ha", "ConfigMap")["data"]
+    for name, key in (("CA", "ca-file"), ("CERT", "certificate-file"), ("KEY", "privatekey-file")):
+        path = Path(data[f"KIOSKFLEET_BROKER_{name}_FILE"])
+        assert path.name == attributes[f"csi.cert-manager.io/{key}"]
+    shared = render({"broker": {"tls": {"existingSecret": "kioskfleet-broker-tls"}}})
+    (pod,) = (o["spec"]["template"]["spec"] for o in shared if o["kind"] == "Deployment")
+    (tls,) = (v for v in pod["volumes"] if v["name"] == "broker-tls")
+    assert tls["secret"]["secretName"] == "kioskfleet-broker-tls"
+
+
+def test_install_notes_name_the_external_services_and_the_broker_stickiness() -> None:
+    single = notes({})
+    assert "WITHOUT TLS files" in single
+    assert "hash_clientid" not in single
+    ha = notes(_values("ha"))
+    assert "hash_clientid" in ha
+    assert "Secret kioskfleet-database" in ha
+    assert "https://127.0.0.1:8080/readyz" in ha
 
 
 # ------------------------------------------------------------------ availability

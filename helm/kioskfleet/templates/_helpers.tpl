@@ -61,3 +61,8 @@ app.kubernetes.io/part-of: kioskfleet
 {{- define "kioskfleet.replicated" -}}
 {{- if or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
 {{- end }}
+
+{{/* Whether the server has broker TLS files (a Secret, or one identity per replica). */}}
+{{- define "kioskfleet.brokerTls" -}}
+{{- if or .Values.broker.tls.existingSecret .Values.broker.tls.perReplicaIdentity.enabled }}true{{ end }}
+{{- end }}
