@@ -27,7 +27,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from server.config import setting_variables, unknown_variables
+from server.config import Settings, setting_variables, unknown_variables
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 CHART: Final = ROOT / "helm" / "kioskfleet"
@@ -251,10 +251,38 @@ def test_every_kioskfleet_variable_is_a_server_setting(profile: str) -> None:
 
 
 def test_config_values_reach_the_environment_by_setting_name() -> None:
-    data = render({"config": {"offline_after_missed_reports": 5, "max_seq_jump": "2000000"}})
-    (config_map,) = (o for o in data if o["kind"] == "ConfigMap")
-    assert config_map["data"]["KIOSKFLEET_OFFLINE_AFTER_MISSED_REPORTS"] == "5"
-    assert config_map["data"]["KIOSKFLEET_MAX_SEQ_JUMP"] == "2000000"
+    config = {
+        "offline_after_missed_reports": 5,
+        "max_seq_jump": 2_000_000,  # a YAML number is a float64 inside Helm: not "2e+06"
+        "updates_max_artifact_bytes": 2**31,
+        "db_flush_interval_s": 0.5,
+        "mqtt_protocol": "3.1.1",
+    }
+    (config_map,) = (o for o in render({"config": config}) if o["kind"] == "ConfigMap")
+    data = config_map["data"]
+    assert data["KIOSKFLEET_OFFLINE_AFTER_MISSED_REPORTS"] == "5"
+    assert data["KIOSKFLEET_MAX_SEQ_JUMP"] == "2000000"
+    assert data["KIOSKFLEET_UPDATES_MAX_ARTIFACT_BYTES"] == "2147483648"
+    assert data["KIOSKFLEET_DB_FLUSH_INTERVAL_S"] == "0.5"
+    assert data["KIOSKFLEET_MQTT_PROTOCOL"] == "3.1.1"
+
+
+def test_the_servers_settings_accept_what_the_chart_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ConfigMap and the database variable, read by server/config.py as at start
+    (file-path settings aside: their files exist only in the pod)."""
+    config = {"max_seq_jump": 2_000_000, "db_flush_interval_s": 0.5, "mqtt_protocol": "3.1.1"}
+    (config_map,) = (o for o in render({"config": config}) if o["kind"] == "ConfigMap")
+    for name, value in config_map["data"].items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("KIOSKFLEET_DATABASE_URL", "postgresql://kf@db.example:5432/kf")
+    settings = Settings.from_env()
+    assert settings.max_seq_jump == 2_000_000
+    assert settings.db_flush_interval_s == 0.5
+    assert settings.mqtt_protocol == "3.1.1"
+    assert settings.http_host == "0.0.0.0"  # every interface of the pod, behind its Service
+    assert settings.shared_subscription is False
+    assert settings.metrics_require_token is True
+    assert settings.broker.host == "emqx.emqx.svc"
 
 
 def test_settings_the_chart_owns_are_refused_in_config() -> None:
