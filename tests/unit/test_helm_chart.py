@@ -395,6 +395,25 @@ def test_prometheus_rule_groups_are_monitorings_rules(profile: str) -> None:
     assert any("{{ $labels.terminal }}" in str(r) for g in source["groups"] for r in g["rules"])
 
 
+def test_packaged_chart_carries_the_rules_as_a_copy(tmp_path: Path) -> None:
+    """``helm package`` follows the symlink: the archive works away from the checkout,
+    and leaves the test values out (.helmignore)."""
+    archive = Path(helm.package(CHART, destination=tmp_path))
+    with helm.Chart.load_archive(archive.read_bytes()) as chart:
+        names = {f["name"] for f in chart.files}
+        rendered = chart.render({}, name=RELEASE, namespace=NAMESPACE)
+    assert "files/kioskfleet.rules.yml" in names
+    assert not any(name.startswith("ci/") for name in names)
+    (rule,) = (
+        doc
+        for doc in yaml.safe_load_all(rendered["kioskfleet/templates/prometheusrule.yaml"])
+        if doc
+    )
+    assert (
+        rule["spec"]["groups"] == yaml.safe_load(RULES_FILE.read_text(encoding="utf-8"))["groups"]
+    )
+
+
 @pytest.mark.parametrize("profile", PROFILES)
 def test_service_monitor_scrapes_metrics_as_the_job_the_alerts_expect(profile: str) -> None:
     monitor = _one(profile, "ServiceMonitor")["spec"]
