@@ -17,6 +17,7 @@ only referenced, never rendered.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -27,6 +28,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from kioskfleet.chart_schema import CHART_SETTINGS, schema_text
 from server.config import Settings, setting_variables, unknown_variables
 
 ROOT: Final = Path(__file__).resolve().parents[2]
@@ -235,7 +237,7 @@ def test_image_is_a_pinned_release(profile: str) -> None:
 
 
 def test_latest_tag_is_refused() -> None:
-    with pytest.raises(helm.HelmRenderError, match="latest"):
+    with pytest.raises(helm.HelmValuesError, match="/image/tag"):
         render({"image": {"tag": "latest"}})
 
 
@@ -286,8 +288,46 @@ def test_the_servers_settings_accept_what_the_chart_sets(monkeypatch: pytest.Mon
 
 
 def test_settings_the_chart_owns_are_refused_in_config() -> None:
-    with pytest.raises(helm.HelmRenderError, match="set by the chart"):
-        render({"config": {"updates_dir": "/elsewhere"}})
+    for name in sorted(CHART_SETTINGS):
+        with pytest.raises(helm.HelmValuesError, match=f"'{name}' not allowed"):
+            render({"config": {name: "/elsewhere"}})
+
+
+def test_the_settings_the_chart_owns_are_exactly_those_its_templates_write() -> None:
+    written = {
+        name
+        for template in (CHART / "templates").iterdir()
+        for name in re.findall(r"\bKIOSKFLEET_[A-Z_]+\b", template.read_text(encoding="utf-8"))
+    }
+    assert written == {f"KIOSKFLEET_{name.upper()}" for name in CHART_SETTINGS}
+
+
+def test_values_schema_is_generated_from_values_and_settings() -> None:
+    """``python -m kioskfleet.chart_schema`` wrote the file from today's values.yaml and
+    server/config.py."""
+    values_yaml = (CHART / "values.yaml").read_text(encoding="utf-8")
+    assert (CHART / "values.schema.json").read_text(encoding="utf-8") == schema_text(values_yaml)
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        (
+            {"config": {"offline_after_missed_report": 5}},
+            "'offline_after_missed_report' not allowed",
+        ),
+        ({"config": {"offline_after_missed_reports": 0}}, "offline_after_missed_reports': minimum"),
+        ({"config": {"mqtt_protocol": "4"}}, "mqtt_protocol': value must be one of"),
+        ({"config": {"shared_subscription": "yes"}}, "shared_subscription"),
+        ({"replicas": 3}, "'replicas' not allowed"),
+        ({"metrics": {"serviceMonitor": {"enable": True}}}, "'enable' not allowed"),
+    ],
+)
+def test_helm_refuses_a_misspelt_or_out_of_bounds_value(
+    values: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(helm.HelmValuesError, match=complaint):
+        render(values)
 
 
 def test_several_replicas_need_a_shared_subscription() -> None:
