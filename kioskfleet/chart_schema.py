@@ -30,7 +30,15 @@ import yaml
 
 from server.config import Settings
 
-__all__ = ["CHART", "CHART_SETTINGS", "SCHEMA_FILE", "main", "schema_text", "values_schema"]
+__all__ = [
+    "CHART",
+    "CHART_DEFAULTS",
+    "CHART_SETTINGS",
+    "SCHEMA_FILE",
+    "main",
+    "schema_text",
+    "values_schema",
+]
 
 CHART: Final = Path(__file__).resolve().parents[1] / "helm" / "kioskfleet"
 SCHEMA_FILE: Final = CHART / "values.schema.json"
@@ -55,6 +63,10 @@ CHART_SETTINGS: Final = frozenset(
 )
 """Settings the chart writes from its own values (``service.port``, ``broker.url``, the
 Secrets' mounts); ``config`` may not set them."""
+
+CHART_DEFAULTS: Final = frozenset({"mqtt_client_id"})
+"""Settings the chart sets unless ``config`` does: one replica gets a client id that
+survives a new pod (the server's default follows the host name, the pod's name)."""
 
 _SETTINGS_DROPPED_KEYS: Final = frozenset({"title", "description", "default", "format"})
 

@@ -28,7 +28,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from kioskfleet.chart_schema import CHART_SETTINGS, schema_text
+from kioskfleet.chart_schema import CHART_DEFAULTS, CHART_SETTINGS, schema_text
 from server.config import Settings, setting_variables, unknown_variables
 
 ROOT: Final = Path(__file__).resolve().parents[2]
@@ -52,10 +52,15 @@ def _values(profile: str) -> dict[str, Any]:
     return helm.values_from_yaml(HA_VALUES.read_text(encoding="utf-8"))
 
 
-def render(values: dict[str, Any]) -> list[Manifest]:
-    """Every object the chart renders with ``values`` (raises helm.HelmRenderError)."""
+def _render_files(values: dict[str, Any]) -> dict[str, str]:
+    """Template path -> rendered text (raises helm.HelmValuesError, helm.HelmRenderError)."""
     with helm.Chart.load(CHART) as chart:
-        rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        return chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+
+
+def render(values: dict[str, Any]) -> list[Manifest]:
+    """Every object the chart renders with ``values``."""
+    rendered = _render_files(values)
     return [
         doc
         for path, text in rendered.items()
@@ -67,9 +72,7 @@ def render(values: dict[str, Any]) -> list[Manifest]:
 
 def notes(values: dict[str, Any]) -> str:
     """What ``helm install`` prints after installing with ``values``."""
-    with helm.Chart.load(CHART) as chart:
-        rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    return rendered["kioskfleet/templates/NOTES.txt"]
+    return _render_files(values)["kioskfleet/templates/NOTES.txt"]
 
 
 @functools.cache
@@ -299,7 +302,24 @@ def test_the_settings_the_chart_owns_are_exactly_those_its_templates_write() -> 
         for template in (CHART / "templates").iterdir()
         for name in re.findall(r"\bKIOSKFLEET_[A-Z_]+\b", template.read_text(encoding="utf-8"))
     }
-    assert written == {f"KIOSKFLEET_{name.upper()}" for name in CHART_SETTINGS}
+    assert written == {f"KIOSKFLEET_{name.upper()}" for name in CHART_SETTINGS | CHART_DEFAULTS}
+
+
+def test_one_replica_keeps_its_broker_session_across_pods() -> None:
+    """One replica: a stable client id and Recreate, so a new pod resumes the session
+    the old one left (nothing queued for a vanished client id); several: each pod its
+    own id (the default, its host name) and a rolling update."""
+    single = _one("default", "ConfigMap")["data"]
+    assert single["KIOSKFLEET_MQTT_CLIENT_ID"] == f"kioskfleet-server-{RELEASE}-kioskfleet"
+    assert _one("default", "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    assert "KIOSKFLEET_MQTT_CLIENT_ID" not in _one("ha", "ConfigMap")["data"]
+    assert _one("ha", "Deployment")["spec"]["strategy"]["type"] == "RollingUpdate"
+    (chosen,) = (
+        o["data"]
+        for o in render({"config": {"mqtt_client_id": "kf-a"}})
+        if o["kind"] == "ConfigMap"
+    )
+    assert chosen["KIOSKFLEET_MQTT_CLIENT_ID"] == "kf-a"
 
 
 def test_values_schema_is_generated_from_values_and_settings() -> None:
