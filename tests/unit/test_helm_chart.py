@@ -3,9 +3,10 @@
 Rendered offline by the real Helm SDK (``helm-python-sdk``: Helm's Go code in a
 shared library, no cluster, no ``helm`` binary) with the default values and with
 ``helm/kioskfleet/ci/ha-values.yaml``. Every built-in object is validated
-against the Kubernetes ``KUBE_VERSION`` schemas that ``kubernetes-validate``
-bundles (strict: an unknown field is an error); the two prometheus-operator
-objects against the upstream CRDs' own schemas, vendored in
+against the schemas that ``kubernetes-validate`` bundles for the oldest
+Kubernetes the chart admits and the newest it knows (strict: an unknown field
+is an error); the two prometheus-operator objects against the upstream CRDs'
+own schemas, vendored in
 ``tests/support/crds/`` (prometheus-operator 0.93.0, Apache-2.0). Then what the
 deployment must guarantee is read from the objects: non-root, read-only root
 filesystem, no capabilities, probes on ``/healthz`` and ``/readyz`` with the
@@ -36,9 +37,8 @@ CHART: Final = ROOT / "helm" / "kioskfleet"
 HA_VALUES: Final = CHART / "ci" / "ha-values.yaml"
 RULES_FILE: Final = ROOT / "monitoring" / "prometheus" / "rules" / "kioskfleet.rules.yml"
 CRDS: Final = ROOT / "tests" / "support" / "crds"
-KUBE_VERSION: Final = (
-    "1.30.0"  # the oldest minor the chart is validated on; Chart.yaml allows 1.25+
-)
+KUBE_VERSION: Final = "1.25.0"  # the oldest Chart.yaml's kubeVersion admits
+NEWEST_KUBE_VERSION: Final = kubernetes_validate.latest_version()  # no API it uses removed
 RELEASE: Final = "kf"
 NAMESPACE: Final = "kiosk"
 PROFILES: Final = ("default", "ha")
@@ -148,8 +148,9 @@ def test_chart_lints_without_warnings(profile: str) -> None:
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
 
+@pytest.mark.parametrize("kube_version", [KUBE_VERSION, NEWEST_KUBE_VERSION])
 @pytest.mark.parametrize("profile", PROFILES)
-def test_every_object_validates_against_its_schema(profile: str) -> None:
+def test_every_object_validates_against_its_schema(profile: str, kube_version: str) -> None:
     objects = _rendered(profile)
     kinds = {o["kind"] for o in objects}
     assert {"Deployment", "Service", "ConfigMap", "NetworkPolicy", "PodDisruptionBudget"} <= kinds
@@ -158,7 +159,7 @@ def test_every_object_validates_against_its_schema(profile: str) -> None:
         if obj["apiVersion"] == "monitoring.coreos.com/v1":
             _crd_validator(obj["kind"]).validate(obj)
         else:
-            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+            kubernetes_validate.validate(obj, kube_version, strict=True)
         assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
 
 
