@@ -278,6 +278,18 @@ class AccessStore:
         next_cursor = encode_cursor(str(rows[-1]["id"])) if more and rows else None
         return AuditPage(items=tuple(_audit_entry(r) for r in rows), next_cursor=next_cursor)
 
+    def prune_tokens(self, *, older_than: timedelta, now: datetime) -> int:
+        """Delete tokens revoked or expired before ``now - older_than`` (they authenticate
+        nobody any more; their audit entries stay); returns how many. Raises StorageError."""
+        cutoff = now - older_than
+        with self._storage.begin("prune tokens") as conn:
+            result = conn.execute(
+                sa.delete(_TOKEN).where(
+                    sa.or_(_TOKEN.c.revoked_at < cutoff, _TOKEN.c.expires_at < cutoff)
+                )
+            )
+        return int(result.rowcount or 0)
+
     def prune_audit(
         self, *, older_than: timedelta, now: datetime, chunk: int = _PRUNE_CHUNK
     ) -> int:

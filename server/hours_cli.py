@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from server.access_store import AccessStore, DatabaseAudit
 from server.audit import AuditEntry, AuditResult
 from server.config import Settings
-from server.errors import ConfigError, ServerError
+from server.errors import ConfigError, ServerError, TooManyHallsError
 from server.main import storage_for
 from server.opening_hours import OpeningHours
 from server.opening_hours_store import OpeningHoursStore
@@ -75,7 +75,12 @@ def _set(store: OpeningHoursStore, audit: DatabaseAudit, hall: str, path: Path) 
         log.error("opening hours refused: %s", exc)
         audit.record(entry(AuditResult.FAILED, {"why": "invalid_hours"}))
         return 1
-    store.put(hall, hours, actor=actor, now=datetime.now(UTC))
+    try:
+        store.put(hall, hours, actor=actor, now=datetime.now(UTC))
+    except TooManyHallsError as exc:
+        log.error("opening hours refused: %s", exc)
+        audit.record(entry(AuditResult.FAILED, {"why": "too_many_halls"}))
+        return 1
     audit.record(entry(AuditResult.OK, {"timezone": hours.timezone}))
     sys.stderr.write(f"set the opening hours of {hall!r}\n")
     return 0
@@ -108,7 +113,7 @@ def run_hours_command(
     storage = storage_for(settings)
     try:
         storage.open()
-        store = OpeningHoursStore(storage)
+        store = OpeningHoursStore(storage, max_halls=settings.opening_hours_max_halls)
         if command == "show":
             return _show(store, hall)
         if file is None:
