@@ -153,3 +153,37 @@ def test_the_durable_sink_counts_and_logs_a_storage_failure_instead_of_raising(
     assert registry.get_sample_value("kioskfleet_audit_write_failures_total") == 1.0
     assert "audit entry not stored" in caplog.text
     assert "token.revoke by cli:root on lost" in caplog.text
+
+
+def test_revoked_and_expired_tokens_are_pruned_after_the_retention_live_ones_stay(
+    storage: Storage,
+) -> None:
+    clock = WallClock()
+    store = AccessStore(storage)
+    tokens = Tokens(store, clock=clock)
+    tokens.create(name="revoked-long-ago", role=Role.VIEWER, created_by="test")
+    tokens.revoke("revoked-long-ago")
+    tokens.create(
+        name="expired-long-ago",
+        role=Role.VIEWER,
+        created_by="test",
+        expires_at=T0 + timedelta(days=1),
+    )
+    clock.now = T0 + timedelta(days=20)
+    tokens.create(name="revoked-lately", role=Role.VIEWER, created_by="test")
+    tokens.revoke("revoked-lately")
+    tokens.create(
+        name="expires-later",
+        role=Role.VIEWER,
+        created_by="test",
+        expires_at=T0 + timedelta(days=60),
+    )
+    tokens.create(name="never-expires", role=Role.ADMIN, created_by="test")
+
+    assert store.prune_tokens(older_than=timedelta(days=10), now=T0 + timedelta(days=21)) == 2
+    assert sorted(t.name for t in store.tokens()) == [
+        "expires-later",
+        "never-expires",
+        "revoked-lately",
+    ]
+    assert store.prune_tokens(older_than=timedelta(days=10), now=T0 + timedelta(days=21)) == 0
