@@ -371,8 +371,10 @@ def test_a_decommissioned_tombstone_is_pruned_after_its_retention_and_the_id_sta
     assert registry.get("T-OLD") is None
     assert registry.placement("T-OLD") is None
     new, live = registry.get("T-NEW"), registry.get("T-LIVE")
-    assert new is not None and new.status is RegistryStatus.DECOMMISSIONED
-    assert live is not None and live.status is RegistryStatus.PREAUTHORIZED  # only tombstones go
+    assert new is not None
+    assert new.status is RegistryStatus.DECOMMISSIONED
+    assert live is not None
+    assert live.status is RegistryStatus.PREAUTHORIZED  # only tombstones go
     # without its row the id does not enroll again, with its old key or any other
     assert refusal(lambda: registry.enroll(csr_for(key, "T-OLD"))).reason == "not_authorized"
     # and its revoked certificate is still on the CRL until it expires

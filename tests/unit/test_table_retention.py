@@ -10,7 +10,7 @@ from pathlib import Path
 from server.config import Settings
 from server.in_memory_source import InMemorySource
 from server.main import Server
-from server.retention import TABLE_RETENTIONS, Bounded, Pruned, retentions
+from server.retention import TABLE_RETENTIONS, Bounded, Pruned
 from server.storage import server_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,9 +25,11 @@ def test_every_table_has_a_retention_or_a_bound() -> None:
     for table, rule in TABLE_RETENTIONS.items():
         if isinstance(rule, Pruned):
             assert rule.setting is None or rule.setting in Settings.model_fields, table
-            assert rule.job and rule.rule, table
+            assert rule.job, table
+            assert rule.rule, table
         else:
-            assert isinstance(rule, Bounded) and rule.reason, table
+            assert isinstance(rule, Bounded), table
+            assert rule.reason, table
 
 
 def test_the_server_prunes_every_pruned_table(tmp_path: Path) -> None:
