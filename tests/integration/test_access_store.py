@@ -161,24 +161,19 @@ def test_revoked_and_expired_tokens_are_pruned_after_the_retention_live_ones_sta
     clock = WallClock()
     store = AccessStore(storage)
     tokens = Tokens(store, clock=clock)
-    tokens.create(name="revoked-long-ago", role=Role.VIEWER, created_by="test")
-    tokens.revoke("revoked-long-ago")
-    tokens.create(
-        name="expired-long-ago",
-        role=Role.VIEWER,
-        created_by="test",
-        expires_at=T0 + timedelta(days=1),
-    )
+
+    def viewer(name: str, *, revoked: bool = False, expires_in_days: float | None = None) -> None:
+        expires = None if expires_in_days is None else clock.now + timedelta(days=expires_in_days)
+        tokens.create(name=name, role=Role.VIEWER, created_by="test", expires_at=expires)
+        if revoked:
+            tokens.revoke(name)
+
+    viewer("revoked-long-ago", revoked=True)  # at T0
+    viewer("expired-long-ago", expires_in_days=1)  # expired at T0 + 1 day
     clock.now = T0 + timedelta(days=20)
-    tokens.create(name="revoked-lately", role=Role.VIEWER, created_by="test")
-    tokens.revoke("revoked-lately")
-    tokens.create(
-        name="expires-later",
-        role=Role.VIEWER,
-        created_by="test",
-        expires_at=T0 + timedelta(days=60),
-    )
-    tokens.create(name="never-expires", role=Role.ADMIN, created_by="test")
+    viewer("revoked-lately", revoked=True)  # at T0 + 20 days
+    viewer("expires-later", expires_in_days=40)
+    viewer("never-expires")
 
     assert store.prune_tokens(older_than=timedelta(days=10), now=T0 + timedelta(days=21)) == 2
     assert sorted(t.name for t in store.tokens()) == [

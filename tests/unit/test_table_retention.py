@@ -7,10 +7,12 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from server.config import Settings
 from server.in_memory_source import InMemorySource
 from server.main import Server
-from server.retention import TABLE_RETENTIONS, Bounded, Pruned
+from server.retention import TABLE_RETENTIONS, Bounded, Pruned, retentions
 from server.storage import server_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,3 +66,11 @@ def test_the_data_model_doc_lists_every_tables_retention() -> None:
             if rule.setting is not None:
                 default = Settings.model_fields[rule.setting].default
                 assert setting == f"`{rule.setting}` ({default:g})", table
+
+
+def test_a_pruning_the_list_does_not_name_is_refused() -> None:
+    def prune(*, older_than: timedelta, now: object) -> int:
+        return 0
+
+    with pytest.raises(KeyError):
+        retentions(Settings(), {"a table nobody listed": prune})
