@@ -67,7 +67,8 @@ TABLE_RETENTIONS: Final[Mapping[str, Pruned | Bounded]] = {
     "api_token": Pruned(
         "revoked or expired API tokens",
         "token_retention_days",
-        "revoked_at or expires_at older than the retention",
+        "revoked_at or expires_at older than the retention; never the first token made (an"
+        " empty table would make the next start bootstrap a new admin token)",
     ),
     "audit_entry": Pruned("audit entries", "audit_retention_days", "at older than the retention"),
     "terminal_registry": Pruned(
