@@ -136,7 +136,9 @@ class Settings(BaseSettings):
     # used/expired enrollment tokens and expired device certificates are kept this long
     identity_retention_days: Annotated[float, Field(gt=0, le=36500)] = 90.0
     # a decommissioned terminal's registry row (its tombstone) is kept this long, then pruned
-    decommissioned_retention_days: Annotated[float, Field(gt=0, le=36500)] = 365.0
+    # with its directive seq; at least a day: longer than any directive lives (24 h), so no
+    # directive signed for the old hardware is still valid when the seq starts again
+    decommissioned_retention_days: Annotated[float, Field(ge=1, le=36500)] = 365.0
     # API tokens revoked or expired longer ago than this are deleted
     token_retention_days: Annotated[float, Field(gt=0, le=36500)] = 90.0
     # refused attempts (denied) stored per source address: a token bucket; beyond it counted only
