@@ -9,7 +9,8 @@ stay argparse. Errors are one line on stderr and exit status 2; nothing is half-
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
@@ -45,11 +46,22 @@ TokenFile = Annotated[
 CaFile = Annotated[
     Path | None, typer.Option("--ca-file", help="CA bundle for the server's certificate")
 ]
+VendorKeys = Annotated[list[Path], typer.Option("--key", help="a vendor private key (repeat)")]
+ExpiresDays = Annotated[int, typer.Option(help="days until the signed role expires")]
 
 
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"kioskfleet: {message}", err=True)
     return typer.Exit(2)
+
+
+@contextmanager
+def _refused(*errors: type[Exception]) -> Iterator[None]:
+    """``errors`` (of the tools below) end the command: one line on stderr, status 2."""
+    try:
+        yield
+    except errors as exc:
+        raise _fail(str(exc)) from None
 
 
 def _client(server: str, token_file: Path, ca_file: Path | None) -> UpdateClient:
@@ -70,7 +82,7 @@ def repo_init(
 ) -> None:
     """Create root and top-level targets keys (offline), the online snapshot and timestamp
     keys (DIR/online, for the server), 1.root.json (consistent snapshots) and targets."""
-    try:
+    with _refused(RepoToolError, KeyFileError, OSError):
         repo = OperatorRepo.init(
             directory,
             root_keys=root_keys,
@@ -78,8 +90,6 @@ def repo_init(
             targets_keys=targets_keys,
             targets_threshold=targets_threshold,
         )
-    except (RepoToolError, KeyFileError, OSError) as exc:
-        raise _fail(str(exc)) from None
     typer.echo(f"repository in {repo.path}; keep {repo.path / 'keys'} offline")
     typer.echo(
         f"give the server {repo.online_dir}/snapshot.key and timestamp.key, then delete them here"
@@ -96,23 +106,19 @@ def repo_add_vendor(
 ) -> None:
     """Delegate VENDOR/* (or --paths) to these keys with this threshold (replaces an
     existing delegation of VENDOR: how a vendor's keys are rotated or one is revoked)."""
-    try:
+    with _refused(RepoToolError, KeyFileError, OSError):
         keys = [load_public_key(p) for p in key]
         written = OperatorRepo.open(repo).add_vendor(
             vendor, keys, threshold=threshold, paths=paths or [f"{vendor}/*"]
         )
-    except (RepoToolError, KeyFileError, OSError) as exc:
-        raise _fail(str(exc)) from None
     typer.echo(f"wrote {written}; upload it with `kioskfleet repo upload`")
 
 
 @repo_app.command("revoke-vendor")
 def repo_revoke_vendor(vendor: str, repo: RepoDir = Path()) -> None:
     """Remove VENDOR's delegation: terminals stop trusting anything it signed."""
-    try:
+    with _refused(RepoToolError, OSError):
         written = OperatorRepo.open(repo).revoke_vendor(vendor)
-    except (RepoToolError, OSError) as exc:
-        raise _fail(str(exc)) from None
     typer.echo(f"wrote {written}")
 
 
@@ -125,10 +131,8 @@ def repo_rotate_key(
 ) -> None:
     """Replace every key of ROLE (root, targets, snapshot, timestamp). The new root is
     signed by the old and the new root threshold."""
-    try:
+    with _refused(RepoToolError, KeyFileError, OSError, ValueError):
         written = OperatorRepo.open(repo).rotate_key(role, keys=keys, threshold=threshold)
-    except (RepoToolError, KeyFileError, OSError, ValueError) as exc:
-        raise _fail(str(exc)) from None
     for path in written:
         typer.echo(f"wrote {path}")
 
@@ -136,20 +140,16 @@ def repo_rotate_key(
 @repo_app.command("pin-directive-key")
 def repo_pin_directive_key(public_key: Path, repo: RepoDir = Path()) -> None:
     """Pin the server's directive key (target _pins/directive-key.pub in targets)."""
-    try:
+    with _refused(RepoToolError, KeyFileError, OSError):
         written = OperatorRepo.open(repo).pin_directive_key(load_public_key(public_key))
-    except (RepoToolError, KeyFileError, OSError) as exc:
-        raise _fail(str(exc)) from None
     typer.echo(f"wrote {written}")
 
 
 @repo_app.command("resign")
 def repo_resign(role: str, repo: RepoDir = Path()) -> None:
     """A new version of ROLE (root or targets) with a fresh expiry."""
-    try:
+    with _refused(RepoToolError, OSError):
         written = OperatorRepo.open(repo).resign(role)
-    except (RepoToolError, OSError) as exc:
-        raise _fail(str(exc)) from None
     typer.echo(f"wrote {written}")
 
 
@@ -160,15 +160,10 @@ def repo_upload(
     """Upload every root version and the targets to the server (admin token); what the
     server already has is skipped."""
     operator = OperatorRepo(repo)
-    with _client(server, token_file, ca_file) as client:
-        try:
-            for version in operator.root_versions():
-                _upload_skipping_known(
-                    client, "root", operator.metadata_dir / f"{version}.root.json"
-                )
-            _upload_skipping_known(client, "targets", operator.metadata_dir / "targets.json")
-        except UpdateClientError as exc:
-            raise _fail(str(exc)) from None
+    with _client(server, token_file, ca_file) as client, _refused(UpdateClientError):
+        for version in operator.root_versions():
+            _upload_skipping_known(client, "root", operator.metadata_dir / f"{version}.root.json")
+        _upload_skipping_known(client, "targets", operator.metadata_dir / "targets.json")
 
 
 def _upload_skipping_known(client: UpdateClient, role: str, path: Path) -> None:
@@ -192,10 +187,8 @@ def vendor_keygen(
 ) -> None:
     """A new Ed25519 key: NAME.key (0600, keep it offline) and NAME.pub.json (give it to
     the operator for `repo add-vendor --key`)."""
-    try:
+    with _refused(KeyFileError, OSError):
         private, public = write_key_pair(generate_key(), out, name)
-    except (KeyFileError, OSError) as exc:
-        raise _fail(str(exc)) from None
     typer.echo(f"wrote {private} and {public}")
 
 
@@ -205,13 +198,13 @@ def vendor_sign(
     role_file: Annotated[Path, typer.Option(help="the vendor's role file (created if absent)")],
     artifact: Annotated[Path, typer.Option(exists=True, dir_okay=False)],
     manifest: Annotated[Path, typer.Option(exists=True, help="release manifest JSON")],
-    key: Annotated[list[Path], typer.Option("--key", help="a vendor private key (repeat)")],
+    key: VendorKeys,
     name: Annotated[str | None, typer.Option(help="target name (default: artifact's)")] = None,
-    expires_days: int = 90,
+    expires_days: ExpiresDays = 90,
 ) -> None:
     """Add ARTIFACT with its release manifest to the role, bump version and expiry, sign
     with every --key (as many as the vendor's threshold)."""
-    try:
+    with _refused(VendorToolError, KeyFileError, OSError, ValueError):
         release = ReleaseManifest.model_validate_json(manifest.read_bytes())
         signers = [load_signer(p) for p in key]
         md = sign_release(
@@ -223,8 +216,6 @@ def vendor_sign(
             name=name,
             expiry=timedelta(days=expires_days),
         )
-    except (VendorToolError, KeyFileError, OSError, ValueError) as exc:
-        raise _fail(str(exc)) from None
     typer.echo(
         f"wrote {role_file}: {vendor} v{md.signed.version}, {len(md.signed.targets)} targets"
     )
@@ -233,21 +224,19 @@ def vendor_sign(
 @vendor_app.command("resign")
 def vendor_resign(
     role_file: Annotated[Path, typer.Option(exists=True)],
-    key: Annotated[list[Path], typer.Option("--key", help="a vendor private key (repeat)")],
+    key: VendorKeys,
     remove: Annotated[list[str] | None, typer.Option(help="a target path to retire")] = None,
-    expires_days: int = 90,
+    expires_days: ExpiresDays = 90,
 ) -> None:
     """A new version of the role with a fresh expiry (before it expires), optionally
     retiring old targets (keeps the role small); publish it like a release."""
-    try:
+    with _refused(VendorToolError, KeyFileError, OSError):
         md = resign_role(
             role_file,
             [load_signer(p) for p in key],
             expiry=timedelta(days=expires_days),
             remove=remove or [],
         )
-    except (VendorToolError, KeyFileError, OSError) as exc:
-        raise _fail(str(exc)) from None
     typer.echo(f"wrote {role_file}: v{md.signed.version}, {len(md.signed.targets)} targets")
 
 
@@ -268,19 +257,16 @@ def vendor_publish(
     ca_file: CaFile = None,
 ) -> None:
     """Upload the artifacts (resuming what arrived before) and then the signed role."""
-    with _client(server, token_file, ca_file) as client:
-        try:
-            with Progress() as progress:
-                for name, path in (_named_artifact(a) for a in artifact or []):
-                    task = progress.add_task(name, total=path.stat().st_size)
+    with _client(server, token_file, ca_file) as client, _refused(UpdateClientError, OSError):
+        with Progress() as progress:
+            for name, path in (_named_artifact(a) for a in artifact or []):
+                task = progress.add_task(name, total=path.stat().st_size)
 
-                    def advance(done: int, _total: int, task: TaskID = task) -> None:
-                        progress.update(task, completed=done)
+                def advance(done: int, _total: int, task: TaskID = task) -> None:
+                    progress.update(task, completed=done)
 
-                    client.upload_artifact(vendor, name, path, progress=advance)
-            answer = client.publish_role(vendor, role_file.read_bytes())
-        except (UpdateClientError, OSError) as exc:
-            raise _fail(str(exc)) from None
+                client.upload_artifact(vendor, name, path, progress=advance)
+        answer = client.publish_role(vendor, role_file.read_bytes())
     typer.echo(json.dumps(answer))
 
 

@@ -278,6 +278,23 @@ class AccessStore:
         next_cursor = encode_cursor(str(rows[-1]["id"])) if more and rows else None
         return AuditPage(items=tuple(_audit_entry(r) for r in rows), next_cursor=next_cursor)
 
+    def prune_tokens(self, *, older_than: timedelta, now: datetime) -> int:
+        """Delete tokens revoked or expired before ``now - older_than`` (they authenticate
+        nobody any more; their audit entries stay); returns how many. The first token ever
+        made stays: an empty table is what makes a starting server bootstrap a new admin
+        token (``Tokens.bootstrap``), which a retention must never bring about. Raises
+        StorageError."""
+        cutoff = now - older_than
+        first = sa.select(sa.func.min(_TOKEN.c.id)).scalar_subquery()
+        with self._storage.begin("prune tokens") as conn:
+            result = conn.execute(
+                sa.delete(_TOKEN).where(
+                    sa.or_(_TOKEN.c.revoked_at < cutoff, _TOKEN.c.expires_at < cutoff),
+                    _TOKEN.c.id != first,
+                )
+            )
+        return int(result.rowcount or 0)
+
     def prune_audit(
         self, *, older_than: timedelta, now: datetime, chunk: int = _PRUNE_CHUNK
     ) -> int:

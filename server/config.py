@@ -135,6 +135,12 @@ class Settings(BaseSettings):
     audit_retention_days: Annotated[float, Field(gt=0, le=36500)] = 365.0
     # used/expired enrollment tokens and expired device certificates are kept this long
     identity_retention_days: Annotated[float, Field(gt=0, le=36500)] = 90.0
+    # a decommissioned terminal's registry row (its tombstone) is kept this long, then pruned
+    # with its directive seq; at least a day: longer than any directive lives (24 h), so no
+    # directive signed for the old hardware is still valid when the seq starts again
+    decommissioned_retention_days: Annotated[float, Field(ge=1, le=36500)] = 365.0
+    # API tokens revoked or expired longer ago than this are deleted
+    token_retention_days: Annotated[float, Field(gt=0, le=36500)] = 90.0
     # refused attempts (denied) stored per source address: a token bucket; beyond it counted only
     audit_denied_rate_per_s: Annotated[float, Field(gt=0, le=10_000)] = 1.0
     audit_denied_burst: Annotated[int, Field(ge=1, le=1_000_000)] = 60
@@ -202,6 +208,8 @@ class Settings(BaseSettings):
     # how often the metrics re-read every hall's opening hours (one query; hours set over
     # the API are seen at once, those set with `kioskfleet hall hours set` within this)
     opening_hours_refresh_s: PositiveSeconds = 60.0
+    # halls with stored opening hours: setting the hours of one more is refused
+    opening_hours_max_halls: Annotated[int, Field(ge=1, le=100_000)] = 2000
 
     @field_validator("database_url")
     @classmethod

@@ -27,6 +27,8 @@ library it wraps into one of these, so callers never catch ``sqlalchemy``,
     │                             LookupError); the API answers 404
     ├── RolloutConflictError      server.rollout_service: the planner refused the event, or the
     │                             rollout cannot be created (.reason); the API answers 409
+    ├── TooManyHallsError         opening hours for one more hall than
+    │                             ``opening_hours_max_halls`` (.limit); the API answers 409
     ├── InvalidCursorError        a page cursor this server did not hand out (also a
     │                             ValueError); the fleet state raises it, the API answers 422
     ├── InvalidTimeRangeError     a history or events range without an offset, or whose
@@ -67,6 +69,7 @@ __all__ = [
     "ServerError",
     "StorageDataError",
     "StorageError",
+    "TooManyHallsError",
     "UnknownSettingError",
     "UpdatesError",
 ]
@@ -186,6 +189,16 @@ class EnrollmentRefusedError(ServerError):
         self.reason = reason
         self.message = message
         self.status = status
+
+
+class TooManyHallsError(ServerError):
+    """Opening hours for a new hall were refused: ``limit`` halls already have some (the
+    table's bound, ``opening_hours_max_halls``)."""
+
+    def __init__(self, hall: str, limit: int) -> None:
+        super().__init__(f"hall {hall!r} refused: {limit} halls already have opening hours")
+        self.hall = hall
+        self.limit = limit
 
 
 class ReleaseRejectedError(ServerError):

@@ -18,17 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from server.access_store import AccessStore, DatabaseAudit
+from server.access_store import DatabaseAudit
 from server.audit import AuditEntry, AuditResult
-from server.config import Settings
-from server.errors import ConfigError, ServerError
-from server.main import storage_for
+from server.cli_database import CliDatabase, cli_actor, run_on_database
+from server.errors import TooManyHallsError
 from server.opening_hours import OpeningHours
 from server.opening_hours_store import OpeningHoursStore
-from server.token_cli import cli_actor
 
 __all__ = ["MAX_FILE_BYTES", "run_hours_command"]
 
@@ -75,7 +72,12 @@ def _set(store: OpeningHoursStore, audit: DatabaseAudit, hall: str, path: Path) 
         log.error("opening hours refused: %s", exc)
         audit.record(entry(AuditResult.FAILED, {"why": "invalid_hours"}))
         return 1
-    store.put(hall, hours, actor=actor, now=datetime.now(UTC))
+    try:
+        store.put(hall, hours, actor=actor, now=datetime.now(UTC))
+    except TooManyHallsError as exc:
+        log.error("opening hours refused: %s", exc)
+        audit.record(entry(AuditResult.FAILED, {"why": "too_many_halls"}))
+        return 1
     audit.record(entry(AuditResult.OK, {"timezone": hours.timezone}))
     sys.stderr.write(f"set the opening hours of {hall!r}\n")
     return 0
@@ -100,24 +102,14 @@ def run_hours_command(
     command: str, hall: str, file: Path | None = None, env_file: Path | None = None
 ) -> int:
     """Run ``set`` (needs ``file``) or ``show`` for ``hall``."""
-    try:
-        settings = Settings.from_env(env_file)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
-    storage = storage_for(settings)
-    try:
-        storage.open()
-        store = OpeningHoursStore(storage)
+
+    def run(db: CliDatabase) -> int:
+        store = OpeningHoursStore(db.storage, max_halls=db.settings.opening_hours_max_halls)
         if command == "show":
             return _show(store, hall)
         if file is None:
             log.error("hall hours set needs --file")
             return 2
-        audit = DatabaseAudit(AccessStore(storage), CollectorRegistry())
-        return _set(store, audit, hall, file)
-    except ServerError as exc:
-        log.error("hall hours %s failed: %s", command, exc)
-        return 1
-    finally:
-        storage.close()
+        return _set(store, db.audit, hall, file)
+
+    return run_on_database(env_file, run, failed=f"hall hours {command} failed")

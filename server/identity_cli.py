@@ -17,19 +17,14 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
-
-from server.access_store import AccessStore, DatabaseAudit
+from server.cli_database import CliDatabase, cli_actor, run_on_database
 from server.config import Settings
 from server.device_ca import init_ca
-from server.errors import ConfigError, ServerError
-from server.storage import Storage
+from server.errors import ServerError
 from server.terminal_registry import Preauthorization, TerminalRegistry
-from server.token_cli import cli_actor
 
 __all__ = [
     "init_ca_command",
@@ -129,43 +124,29 @@ def revoke_command(env_file: Path | None, terminal_id: str) -> int:
 
 
 def _with_registry(env_file: Path | None, action: Callable[[TerminalRegistry], None]) -> int:
-    try:
-        settings = Settings.from_env(env_file)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    if settings.ca_dir is None:
-        print("KIOSKFLEET_CA_DIR is not set: there is no device CA to work with", file=sys.stderr)
-        return 2
-    try:
-        with _opened(settings, settings.ca_dir) as registry:
-            action(registry)
-    except ServerError as exc:
-        print(f"refused: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-@contextmanager
-def _opened(settings: Settings, ca_dir: Path) -> Iterator[TerminalRegistry]:
-    storage = Storage(
-        settings.database_url,
-        sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s,
-        statement_timeout_s=settings.db_statement_timeout_s,
-        connect_timeout_s=settings.db_connect_timeout_s,
-    )
-    storage.open()
-    try:
+    def run(db: CliDatabase) -> int:
+        assert db.settings.ca_dir is not None  # _needs_ca refused settings without one
         registry = TerminalRegistry(
-            lambda: storage.engine,
-            ca_dir,
-            DatabaseAudit(AccessStore(storage), CollectorRegistry()),
-            cert_days=settings.terminal_cert_days,
+            lambda: db.storage.engine,
+            db.settings.ca_dir,
+            db.audit,
+            cert_days=db.settings.terminal_cert_days,
         )
         registry.open()
-        yield registry
-    finally:
-        storage.close()
+        action(registry)
+        return 0
+
+    return run_on_database(env_file, run, failed="refused", report=_to_stderr, needs=_needs_ca)
+
+
+def _needs_ca(settings: Settings) -> str | None:
+    if settings.ca_dir is None:
+        return "KIOSKFLEET_CA_DIR is not set: there is no device CA to work with"
+    return None
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _read_preauthorizations(csv_file: Path) -> Iterator[Preauthorization]:

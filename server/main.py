@@ -22,6 +22,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -69,10 +70,11 @@ from server.opening_hours_api import opening_hours_router
 from server.opening_hours_store import OpeningHoursStore
 from server.records import EventRecord
 from server.registry_api import registry_router
+from server.retention import retentions
 from server.rollout_api import rollout_router
 from server.rollout_service import DIRECTIVE_KEY_PIN, RolloutService, load_directive_signer
 from server.rollout_store import RolloutStore
-from server.scheduler import OfflineSweep, Retention, RetentionPruner, build_scheduler
+from server.scheduler import OfflineSweep, RetentionPruner, build_scheduler
 from server.storage import Storage
 from server.terminal_registry import TerminalRegistry
 from server.tls_client_cert import TlsH11Protocol
@@ -190,7 +192,9 @@ class Server:
             max_report_interval_s=settings.max_report_interval_s,
             placements=None if directory is None else directory.placement,
         )
-        self.opening_hours = OpeningHoursStore(self.storage)
+        self.opening_hours = OpeningHoursStore(
+            self.storage, max_halls=settings.opening_hours_max_halls
+        )
         self.hall_openings = HallOpenings(
             self.opening_hours.all,
             refresh_s=settings.opening_hours_refresh_s,
@@ -247,56 +251,28 @@ class Server:
             listening_since=self.listening_since,
         )
         self.rollout_store = RolloutStore(self.storage)
-        self.pruner = RetentionPruner(
-            [
-                Retention(
-                    "events",
-                    self.storage.prune_events,
-                    timedelta(days=settings.event_retention_days),
-                ),
-                Retention(
-                    "transitions",
-                    self.storage.prune_transitions,
-                    timedelta(days=settings.transition_retention_days),
-                ),
-                Retention(
-                    "update statuses",
-                    self.storage.prune_update_statuses,
-                    timedelta(days=settings.update_status_retention_days),
-                ),
-                Retention(
-                    "finished rollouts",
-                    self.rollout_store.prune_finished,
-                    timedelta(days=settings.rollout_retention_days),
-                ),
-                Retention(
-                    "console sessions past their expiry",
-                    lambda *, older_than, now: self.console_store.prune_sessions(
-                        idle=older_than,
-                        absolute=timedelta(seconds=settings.console_session_absolute_s),
-                        now=now,
-                    ),
-                    timedelta(seconds=settings.console_session_idle_s),
-                ),
-                Retention(
-                    "audit entries",
-                    self.access_store.prune_audit,
-                    timedelta(days=settings.audit_retention_days),
-                ),
-                *(
-                    [
-                        Retention(
-                            "spent enrollment tokens and expired certificates",
-                            self.terminal_registry.prune_spent,
-                            timedelta(days=settings.identity_retention_days),
-                        )
-                    ]
-                    if self.terminal_registry is not None
-                    else []
-                ),
-            ],
-            self.metrics,
-        )
+        prunes: dict[str, Callable[..., int]] = {
+            "events": self.storage.prune_events,
+            "transitions": self.storage.prune_transitions,
+            "update statuses": self.storage.prune_update_statuses,
+            "finished rollouts": self.rollout_store.prune_finished,
+            "orphaned directive seqs": self.rollout_store.prune_orphaned_seqs,
+            "revoked or expired API tokens": self.access_store.prune_tokens,
+            "audit entries": self.access_store.prune_audit,
+            "console sessions past their expiry": lambda *, older_than, now: (
+                self.console_store.prune_sessions(
+                    idle=timedelta(seconds=settings.console_session_idle_s),
+                    absolute=timedelta(seconds=settings.console_session_absolute_s),
+                    now=now,
+                )
+            ),
+        }
+        if self.terminal_registry is not None:
+            prunes["spent enrollment tokens and expired certificates"] = (
+                self.terminal_registry.prune_spent
+            )
+            prunes["decommissioned terminals"] = self.terminal_registry.prune_decommissioned
+        self.pruner = RetentionPruner(retentions(settings, prunes), self.metrics)
         self.app = create_app(
             ApiServices(
                 fleet=self.fleet,
@@ -304,7 +280,9 @@ class Server:
                 events=self._events,
                 readiness=self.readiness,
                 registry=registry,
-                decommission=lambda terminal_id, actor: self.decommission(terminal_id, actor=actor),
+                decommission=lambda terminal_id, actor: self.decommission(
+                    terminal_id, actor=actor, caller_audits=True
+                ),
                 access=AccessServices(
                     tokens=self.tokens, audit=self.audit, store=self.access_store
                 ),
@@ -443,12 +421,15 @@ class Server:
             reasons.append(f"database writes failing: {failure}")
         return reasons
 
-    def decommission(self, terminal_id: str, *, actor: str = "system") -> TerminalView | None:
+    def decommission(
+        self, terminal_id: str, *, actor: str = "system", caller_audits: bool = False
+    ) -> TerminalView | None:
         """Remove a terminal: out of the fleet state, every tally and gauge, its row and
         peripherals deleted with the next flush, its retained ``state`` cleared at the
         broker. Its transitions and events stay (history, until their retention). With the
         terminal registry on, a registered terminal is also marked decommissioned there
-        (its certificates revoked, the CRL rewritten; recorded as ``actor``).
+        (its certificates revoked, the CRL rewritten; recorded as ``actor`` in the audit log,
+        unless ``caller_audits``: the API's middleware records the call, once).
 
         Returns its last view, None if the server did not know it (the broker's retained
         state is cleared all the same). Raises BrokerError while the broker is not
@@ -464,7 +445,7 @@ class Server:
             raise BrokerError("the broker connection dropped: retained state not cleared")
         registry = self.terminal_registry
         if registry is not None and registry.placement(terminal_id) is not None:
-            registry.decommission(terminal_id, actor=actor)
+            registry.decommission(terminal_id, actor=actor, record=not caller_audits)
         log.info("decommissioned terminal %s (known: %s)", terminal_id, view is not None)
         return view
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from server.access import Principal, Role
 from server.access_api import require
-from server.errors import ApiError, StorageError
+from server.errors import ApiError, StorageError, TooManyHallsError
 from server.opening_hours import OpeningHours, is_open, next_closed_window
 from server.opening_hours_store import HallHours, OpeningHoursStore
 
@@ -66,6 +66,8 @@ def _answered() -> Iterator[None]:
         yield
     except StorageError as exc:
         raise ApiError(503, "database_unavailable", str(exc)) from None
+    except TooManyHallsError as exc:
+        raise ApiError(409, "too_many_halls", str(exc)) from None
 
 
 def opening_hours_router(

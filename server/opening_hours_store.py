@@ -4,7 +4,9 @@ One row per hall holding its ``server.opening_hours.OpeningHours`` as a JSON doc
 who set it and when (migration ``0005``). ``OpeningHoursStore`` borrows ``Storage``'s
 engine and error translation: every SQLAlchemy error leaves as ``StorageError``. A
 stored document that no longer validates (edited by hand) is reported as
-``StorageDataError``, never returned half-read. Decisions (is the hall open) are
+``StorageDataError``, never returned half-read. The table is bounded: hours for one more
+hall than ``max_halls`` are refused (``TooManyHallsError``), never pruned (docs/data-model.md,
+"Retention"). Decisions (is the hall open) are
 ``server.opening_hours``'s, not this module's.
 
 Why one JSON document, not rows per interval and holiday: the hours are always read and
@@ -22,7 +24,7 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlmodel import Field
 
-from server.errors import StorageDataError
+from server.errors import StorageDataError, TooManyHallsError
 from server.opening_hours import OpeningHours
 from server.storage import ServerTable, Storage, UtcDateTime
 
@@ -56,11 +58,15 @@ class HallHours:
 class OpeningHoursStore:
     """Opening hours on ``storage``'s database (which must be open)."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, *, max_halls: int = 2000) -> None:
+        """``max_halls`` bounds the table: one row per hall an operator named, and a
+        misspelt name is a new hall (``opening_hours_max_halls``)."""
         self._storage = storage
+        self._max_halls = max_halls
 
     def put(self, hall: str, hours: OpeningHours, *, actor: str, now: datetime) -> HallHours:
-        """Replace ``hall``'s hours (or set its first). Raises StorageError."""
+        """Replace ``hall``'s hours (or set its first). Raises TooManyHallsError for a new
+        hall once ``max_halls`` have hours, StorageError."""
         values = {
             "hall": hall,
             "document": hours.model_dump(mode="json"),
@@ -68,7 +74,11 @@ class OpeningHoursStore:
             "updated_by": actor,
         }
         with self._storage.begin("set opening hours") as conn:
-            conn.execute(sa.delete(_HOURS).where(_HOURS.c.hall == hall))
+            replaced = conn.execute(sa.delete(_HOURS).where(_HOURS.c.hall == hall)).rowcount
+            if not replaced:
+                count = conn.execute(sa.select(sa.func.count()).select_from(_HOURS)).scalar_one()
+                if int(count) >= self._max_halls:
+                    raise TooManyHallsError(hall, self._max_halls)
             conn.execute(sa.insert(_HOURS), values)
         return HallHours(hall=hall, hours=hours, updated_at=now, updated_by=actor)
 

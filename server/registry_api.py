@@ -9,7 +9,9 @@ at the command line, for an operator's tools and the coming console.
 - ``GET /api/v1/registry/{id}`` its registry record.
 
 The changes need an operator token and are audited twice: by the API's middleware (who,
-from where, the HTTP status) and by the registry (what it did, or why it refused).
+from where, the HTTP status) and by the registry (what it did, or why it refused). A
+decommission (``server.api``'s route, ``Server.decommission``) is audited once, by the
+middleware only.
 Refusals answer the registry's reason and status (``server.terminal_registry.REFUSALS``).
 """
 

@@ -701,7 +701,7 @@ class _Run:
 
     def _abort_if_over_threshold(self) -> bool:
         decided = [t for t in self.terminals.values() if t.phase is not None and self._final(t)]
-        failed = sum(1 for t in decided if t.state in FAILURES)
+        failed = _in(decided, FAILURES)
         abort = self.definition.abort
         if len(decided) < abort.min_decided or failed / len(decided) <= abort.failure_ratio:
             return False
@@ -717,21 +717,25 @@ class _Run:
         mine = [t for t in admitted if t.phase == phase]
         if not admitted or not all(self._final(t) for t in mine):
             return False
-        succeeded = sum(1 for t in mine if t.state in SUCCESSES)
+        succeeded = _in(mine, SUCCESSES)
         if mine and succeeded / len(mine) < self.definition.success_threshold:
             self._set(status=RolloutStatus.PAUSED, pause_reason=PauseReason.BELOW_SUCCESS_THRESHOLD)
             self.actions.append(Paused(PauseReason.BELOW_SUCCESS_THRESHOLD))
             return False
         if phase + 1 == len(self.definition.phases):
-            total = sum(1 for t in admitted if t.state in SUCCESSES)
             self._set(status=RolloutStatus.COMPLETED)
-            self.actions.append(Completed(total, len(admitted)))
+            self.actions.append(Completed(_in(admitted, SUCCESSES), len(admitted)))
             return False
         gate = self.definition.phases[phase + 1].gate
         opens_at = None if gate == MANUAL else now + timedelta(seconds=_delay(gate))
         self._set(phase=phase + 1, gate_open=False, gate_opens_at=opens_at)
         self.actions.append(PhaseAdvanced(phase + 1, succeeded, len(mine)))
         return True
+
+
+def _in(terminals: Iterable[TerminalProgress], states: frozenset[TerminalState]) -> int:
+    """How many of ``terminals`` are in one of ``states`` (a phase's or the rollout's tally)."""
+    return sum(1 for t in terminals if t.state in states)
 
 
 def _delay(gate: Gate) -> float:

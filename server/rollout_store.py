@@ -12,7 +12,10 @@ not above the last it saw).
 leaves as ``StorageError``; a stored document that no longer decodes is
 ``StorageDataError``. Decisions are ``server.rollout_planner``'s, never this module's.
 Finished rollouts (aborted, canceled, completed) are pruned ``rollout_retention_days``
-after they finished (``prune_finished``); active ones never.
+after they finished (``prune_finished``); active ones never. A terminal's directive seq goes
+once the terminal is neither in the fleet nor in the registry (``prune_orphaned_seqs``): a
+decommissioned id keeps it as long as its registry tombstone, so that the same hardware,
+pre-authorised again within that time, still gets seqs above the last it saw.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from server.rollout_codec import (
     rollout_to_json,
 )
 from server.rollout_planner import Rollout, RolloutStatus
-from server.storage import ServerTable, Storage, UtcDateTime
+from server.storage import ServerTable, Storage, UtcDateTime, server_metadata
 
 __all__ = [
     "ACTIVE",
@@ -196,6 +199,24 @@ class RolloutStore:
                     conn.execute(sa.insert(_SEQ), {"terminal_id": terminal_id, "seq": 1})
                 seqs[terminal_id] = int(conn.execute(sa.select(_SEQ.c.seq).where(row)).scalar_one())
         return seqs
+
+    def prune_orphaned_seqs(self, *, older_than: timedelta, now: datetime) -> int:
+        """Delete the directive seqs of terminals that have neither a ``terminal`` row (in
+        the fleet) nor a ``terminal_registry`` row (registered, or a decommissioned id's
+        tombstone, which keeps the seq until it is pruned itself); returns how many.
+        ``older_than`` and ``now`` are unused: the tombstone's retention is the delay.
+        Raises StorageError."""
+        del older_than, now
+        tables = server_metadata().tables  # the registry's table is declared elsewhere
+        fleet, registry = tables["terminal"], tables["terminal_registry"]
+        with self._storage.begin("prune directive seqs") as conn:
+            result = conn.execute(
+                sa.delete(_SEQ).where(
+                    _SEQ.c.terminal_id.not_in(sa.select(fleet.c.id)),
+                    _SEQ.c.terminal_id.not_in(sa.select(registry.c.terminal_id)),
+                )
+            )
+        return int(result.rowcount or 0)
 
     def prune_finished(self, *, older_than: timedelta, now: datetime) -> int:
         """Delete rollouts finished before ``now - older_than``; returns how many.

@@ -10,7 +10,8 @@ every terminal a full grace period after each reconnect (the server passes
 database writes, None while either is down, because the broker stops
 delivering while acknowledgements wait for a commit).
 
-``RetentionPruner`` deletes rows past their retention period (events, transitions, ...).
+``RetentionPruner`` deletes rows past their retention period (the jobs ``server.retention``
+builds from its one list of every table's retention).
 
 ``build_scheduler`` wires them into a ``BackgroundScheduler`` (``max_instances=1``,
 ``coalesce=True``); ``Server.start()`` starts it and ``Server.stop()`` shuts it
@@ -101,6 +102,11 @@ class RetentionPruner:
         self._retentions = tuple(retentions)
         self._metrics = metrics
         self._clock = clock
+
+    @property
+    def retentions(self) -> tuple[Retention, ...]:
+        """The tables it prunes, in order."""
+        return self._retentions
 
     def run(self) -> dict[str, int]:
         """One pruning of every table; returns rows deleted per table (0 where it failed)."""

@@ -297,9 +297,15 @@ class TerminalRegistry:
         """
         return self._retire(terminal_id, RegistryStatus.REVOKED, actor, source)
 
-    def decommission(self, terminal_id: str, *, actor: str, source: str | None = None) -> list[int]:
-        """``revoke``, marking the terminal decommissioned (removed from the fleet)."""
-        return self._retire(terminal_id, RegistryStatus.DECOMMISSIONED, actor, source)
+    def decommission(
+        self, terminal_id: str, *, actor: str, source: str | None = None, record: bool = True
+    ) -> list[int]:
+        """``revoke``, marking the terminal decommissioned (removed from the fleet).
+        ``record=False`` when the caller audits the call itself (the API's middleware does,
+        for ``POST /api/v1/terminals/{id}/decommission``): one entry per decommission."""
+        return self._retire(
+            terminal_id, RegistryStatus.DECOMMISSIONED, actor, source, record=record
+        )
 
     def get(self, terminal_id: str) -> RegisteredTerminal | None:
         """The registry's row for ``terminal_id``. Raises StorageError."""
@@ -332,6 +338,23 @@ class TerminalRegistry:
             ).rowcount
             certs = conn.execute(sa.delete(_CERTS).where(_CERTS.c.not_after < cutoff)).rowcount
         return int(tokens) + int(certs)
+
+    def prune_decommissioned(self, *, older_than: timedelta, now: datetime) -> int:
+        """Delete the rows of terminals decommissioned before ``now - older_than`` (their
+        tombstones; their certificates stay on the CRL until they expire, ``prune_spent``).
+        Without its row an id enrolls no more than with it: only an operator's new
+        pre-authorisation or token lets it in. Returns how many. Raises StorageError."""
+        gone = sa.and_(
+            _TERMINALS.c.status == RegistryStatus.DECOMMISSIONED.value,
+            _TERMINALS.c.updated_at < now - older_than,
+        )
+        with database_errors("prune registry"), self._engine().begin() as conn:
+            deleted = sa.delete(_TERMINALS).where(gone).returning(_TERMINALS.c.terminal_id)
+            ids = list(conn.execute(deleted).scalars())
+        with self._memory_lock:
+            for terminal_id in ids:
+                self._placements.pop(terminal_id, None)
+        return len(ids)
 
     def revoked_serials(self) -> list[tuple[int, datetime]]:
         """Revoked certificates that have not expired yet (what the CRL must list)."""
@@ -587,7 +610,13 @@ class TerminalRegistry:
         return cert
 
     def _retire(
-        self, terminal_id: str, status: RegistryStatus, actor: str, source: str | None
+        self,
+        terminal_id: str,
+        status: RegistryStatus,
+        actor: str,
+        source: str | None,
+        *,
+        record: bool = True,
     ) -> list[int]:
         action = "terminal.revoke" if status is RegistryStatus.REVOKED else "terminal.decommission"
         now = self._clock()
@@ -614,12 +643,14 @@ class TerminalRegistry:
                     .values(status=status.value, updated_at=now)
                 )
         except EnrollmentRefusedError as exc:
-            self._record(action, actor, terminal_id, source, refused=exc)
+            if record:
+                self._record(action, actor, terminal_id, source, refused=exc)
             raise
         with self._memory_lock:
             self._active.discard(terminal_id)
         self.write_crl()
-        self._record(action, actor, terminal_id, source, detail={"serials": ",".join(serials)})
+        if record:
+            self._record(action, actor, terminal_id, source, detail={"serials": ",".join(serials)})
         log.info("%s %s: %d certificates revoked", action, terminal_id, len(serials))
         return [int(s, 16) for s in serials]
 

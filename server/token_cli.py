@@ -10,35 +10,22 @@ refused or failed, 2 unusable settings.
 
 from __future__ import annotations
 
-import getpass
 import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from prometheus_client import CollectorRegistry
-
 from server.access import Role, TokenRecord, parse_expiry
 from server.access_store import AccessStore, DatabaseAudit
 from server.audit import AuditEntry, AuditResult
-from server.config import Settings
-from server.errors import AccessError, ConfigError, ServerError
-from server.main import storage_for
+from server.cli_database import CliDatabase, cli_actor, run_on_database
+from server.errors import AccessError
 from server.tokens import Tokens
 
-__all__ = ["cli_actor", "run_token_command"]
+__all__ = ["run_token_command"]
 
 log = logging.getLogger(__name__)
-
-
-def cli_actor() -> str:
-    """``cli:<os user>``: how the audit log names a person at the command line."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (some containers)
-        user = "unknown"
-    return f"cli:{user}"
 
 
 def _row(record: TokenRecord, now: datetime) -> str:
@@ -118,18 +105,8 @@ def run_token_command(
     command: str, args: dict[str, str | None], env_file: Path | None = None
 ) -> int:
     """Run ``create`` (args name, role, vendor, expires), ``list`` or ``revoke`` (name)."""
-    try:
-        settings = Settings.from_env(env_file)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
-    storage = storage_for(settings)
-    try:
-        storage.open()
-        store = AccessStore(storage)
-        return _run(command, Tokens(store), DatabaseAudit(store, CollectorRegistry()), args)
-    except ServerError as exc:
-        log.error("token %s failed: %s", command, exc)
-        return 1
-    finally:
-        storage.close()
+
+    def run(db: CliDatabase) -> int:
+        return _run(command, Tokens(AccessStore(db.storage)), db.audit, args)
+
+    return run_on_database(env_file, run, failed=f"token {command} failed")

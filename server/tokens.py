@@ -121,7 +121,8 @@ class Tokens:
         return self._store.tokens()
 
     def revoke(self, name: str) -> TokenRecord:
-        """Revoke the token ``name`` (it stays listed, marked revoked).
+        """Revoke the token ``name`` (it stays listed, marked revoked, until the retention job
+        deletes it ``token_retention_days`` later).
 
         Raises AccessError(``no_such_token``), StorageError."""
         record = self._store.revoke_token(name, self._clock())

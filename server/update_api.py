@@ -115,43 +115,33 @@ def add_update_routes(
             path, media_type="application/octet-stream", headers={"Cache-Control": IMMUTABLE}
         )
 
-    async def operator_upload(request: Request, role: str) -> dict[str, Any]:
-        try:
-            data = await _read_capped(request, max_metadata_bytes)
-            if role == "root":
-                version = (
-                    await anyio.to_thread.run_sync(repository.upload_root, data)
-                ).signed.version
-            else:
-                version = (
-                    await anyio.to_thread.run_sync(repository.upload_targets, data)
-                ).signed.version
-        except ReleaseRejectedError as exc:
-            raise rejected(request, exc) from None
-        except UpdatesError as exc:
-            raise _failed(exc) from None
-        note_audit(request, target=role, version=str(version))
-        return {"role": role, "version": version}
+    def operator_upload(role: str, upload: Callable[[bytes], Any], summary: str) -> None:
+        """``POST /api/v1/updates/{role}``: the operator's signed ``role`` metadata."""
 
-    @app.post(
-        "/api/v1/updates/root",
-        name="repository.root",
-        dependencies=role_dependencies(Role.ADMIN),
-        tags=["updates"],
-        summary="Upload the next operator-signed root",
-    )
-    async def upload_root(request: Request) -> dict[str, Any]:
-        return await operator_upload(request, "root")
+        @app.post(
+            f"/api/v1/updates/{role}",
+            name=f"repository.{role}",
+            dependencies=role_dependencies(Role.ADMIN),
+            tags=["updates"],
+            summary=summary,
+        )
+        async def upload_metadata(request: Request) -> dict[str, Any]:
+            try:
+                data = await _read_capped(request, max_metadata_bytes)
+                version = (await anyio.to_thread.run_sync(upload, data)).signed.version
+            except ReleaseRejectedError as exc:
+                raise rejected(request, exc) from None
+            except UpdatesError as exc:
+                raise _failed(exc) from None
+            note_audit(request, target=role, version=str(version))
+            return {"role": role, "version": version}
 
-    @app.post(
-        "/api/v1/updates/targets",
-        name="repository.targets",
-        dependencies=role_dependencies(Role.ADMIN),
-        tags=["updates"],
-        summary="Upload operator-signed top-level targets (vendors, pins)",
+    operator_upload("root", repository.upload_root, "Upload the next operator-signed root")
+    operator_upload(
+        "targets",
+        repository.upload_targets,
+        "Upload operator-signed top-level targets (vendors, pins)",
     )
-    async def upload_targets(request: Request) -> dict[str, Any]:
-        return await operator_upload(request, "targets")
 
     @app.get(
         "/api/v1/updates/vendors/{vendor}/uploads/{name}",

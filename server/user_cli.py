@@ -22,12 +22,12 @@ from prometheus_client import CollectorRegistry
 from server.access import Role
 from server.access_store import AccessStore, DatabaseAudit
 from server.audit import AuditEntry, AuditResult
+from server.cli_database import cli_actor
 from server.config import Settings
 from server.console_auth import UserRecord, hash_password, validate_username
 from server.console_store import ConsoleStore
 from server.errors import AccessError, ConfigError, ServerError
 from server.main import storage_for
-from server.token_cli import cli_actor
 
 __all__ = ["read_password", "run_user_command"]
 

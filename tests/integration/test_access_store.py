@@ -4,8 +4,9 @@ filters, cursor and retention, and a durable sink that never fails the action.""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -13,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from server.access import Role, hash_secret
 from server.access_store import AccessStore, AuditFilter, DatabaseAudit
-from server.audit import AuditEntry, AuditResult
+from server.audit import AuditEntry, AuditResult, MemoryAudit
 from server.errors import AccessError, InvalidCursorError
 from server.storage import Storage
 from server.tokens import Tokens
@@ -153,3 +154,49 @@ def test_the_durable_sink_counts_and_logs_a_storage_failure_instead_of_raising(
     assert registry.get_sample_value("kioskfleet_audit_write_failures_total") == 1.0
     assert "audit entry not stored" in caplog.text
     assert "token.revoke by cli:root on lost" in caplog.text
+
+
+def test_revoked_and_expired_tokens_are_pruned_after_the_retention_live_ones_stay(
+    storage: Storage,
+) -> None:
+    clock = WallClock()
+    store = AccessStore(storage)
+    tokens = Tokens(store, clock=clock)
+
+    def viewer(name: str, *, revoked: bool = False, expires_in_days: float | None = None) -> None:
+        expires = None if expires_in_days is None else clock.now + timedelta(days=expires_in_days)
+        tokens.create(name=name, role=Role.VIEWER, created_by="test", expires_at=expires)
+        if revoked:
+            tokens.revoke(name)
+
+    viewer("revoked-long-ago", revoked=True)  # at T0; the first token: never pruned
+    viewer("expired-long-ago", expires_in_days=1)  # expired at T0 + 1 day
+    clock.now = T0 + timedelta(days=20)
+    viewer("revoked-lately", revoked=True)  # at T0 + 20 days
+    viewer("expires-later", expires_in_days=40)
+    viewer("never-expires")
+
+    assert store.prune_tokens(older_than=timedelta(days=10), now=T0 + timedelta(days=21)) == 1
+    assert sorted(t.name for t in store.tokens()) == [
+        "expires-later",
+        "never-expires",
+        "revoked-lately",
+        "revoked-long-ago",  # the first token ever made stays (see the next test)
+    ]
+    assert store.prune_tokens(older_than=timedelta(days=10), now=T0 + timedelta(days=21)) == 0
+
+
+def test_pruning_never_empties_the_token_table_so_no_new_bootstrap_token_appears(
+    storage: Storage,
+) -> None:
+    store = AccessStore(storage)
+    tokens = Tokens(store)
+    assert tokens.bootstrap(MemoryAudit(), stderr=io.StringIO(), token_file=None)
+    tokens.revoke("bootstrap")
+    later = datetime.now(UTC) + timedelta(days=365)
+
+    assert store.prune_tokens(older_than=timedelta(days=1), now=later) == 0
+    assert store.count_tokens() == 1
+    printed = io.StringIO()
+    assert not tokens.bootstrap(MemoryAudit(), stderr=printed, token_file=None)
+    assert printed.getvalue() == ""

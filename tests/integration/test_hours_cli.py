@@ -27,9 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 HOURS = {"timezone": "Europe/Vienna", "weekly": {"thu": [{"start": "09:00", "end": "18:00"}]}}
 
 
-def _kioskfleet(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _kioskfleet(database_url: str, *args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIOSKFLEET_") or "TEST" in k}
     env["KIOSKFLEET_DATABASE_URL"] = database_url
+    env.update({f"KIOSKFLEET_{name.upper()}": value for name, value in settings.items()})
     return subprocess.run(
         [sys.executable, "-m", "kioskfleet.cli", "hall", "hours", *args],
         cwd=ROOT,  # this checkout's code, whatever is installed
@@ -108,3 +109,24 @@ def test_a_bad_file_is_refused_with_its_reason_audited_and_nothing_is_stored(
     assert [(r[2], r[3], r[4]) for r in _audit(database_url)] == [
         ("H", AuditResult.FAILED, {"why": "invalid_hours"})
     ] * 3
+
+
+def test_hours_for_one_hall_past_the_bound_are_refused_and_audited_as_failed(
+    database_url: str, tmp_path: Path
+) -> None:
+    file = tmp_path / "hours.json"
+    file.write_text(json.dumps(HOURS))
+    bound = {"opening_hours_max_halls": "1"}
+
+    assert _kioskfleet(database_url, "set", "H1", "--file", str(file), **bound).returncode == 0
+    refused = _kioskfleet(database_url, "set", "H2", "--file", str(file), **bound)
+
+    assert refused.returncode == 1
+    assert "1 halls already have opening hours" in refused.stderr
+    assert _kioskfleet(database_url, "show", "H2").returncode == 1
+    assert _kioskfleet(database_url, "set", "H1", "--file", str(file), **bound).returncode == 0
+    assert [(r[2], r[3], r[4].get("why")) for r in _audit(database_url)] == [
+        ("H1", AuditResult.OK, None),
+        ("H2", AuditResult.FAILED, "too_many_halls"),
+        ("H1", AuditResult.OK, None),
+    ]

@@ -125,3 +125,22 @@ def test_open_refuses_a_time_without_an_offset_and_a_hall_without_hours(server: 
     answered_at = datetime.fromisoformat(now.json()["at"])
     assert before <= answered_at <= after  # left out, ``at`` is the server's now
     assert now.json()["open"] is is_open(OpeningHours.model_validate(HOURS), answered_at)
+
+
+def test_hours_for_one_hall_more_than_the_bound_are_refused_and_known_halls_still_change(
+    start_server: ServerFactory, database_url: str
+) -> None:
+    server = start_server(database_url=database_url, opening_hours_max_halls=2)
+    operator = bearer(token(server, Role.OPERATOR, name="ops-bound"))
+    for hall in ("Hall A", "Hall B"):
+        assert httpx.put(_url(server, hall), json=HOURS, headers=operator).status_code == 200
+
+    refused = httpx.put(_url(server, "Hall C"), json=HOURS, headers=operator, timeout=5)
+
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"] == "too_many_halls"
+    assert httpx.get(_url(server, "Hall C"), headers=operator).status_code == 404
+    changed = {**HOURS, "timezone": "Europe/Paris"}
+    again = httpx.put(_url(server, "Hall A"), json=changed, headers=operator, timeout=5)
+    assert again.status_code == 200, again.text  # replacing a known hall's hours is no new row
+    assert again.json()["hours"]["timezone"] == "Europe/Paris"

@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from server.rollout_planner import (
     MANUAL,
@@ -22,7 +23,7 @@ from server.rollout_planner import (
     new_rollout,
 )
 from server.rollout_store import RolloutStore
-from server.storage import Storage
+from server.storage import Storage, server_metadata
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +31,18 @@ NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[RolloutStore]:
+def storage(database_url: str) -> Iterator[Storage]:
     storage = Storage(database_url)
     storage.open()
     try:
-        yield RolloutStore(storage)
+        yield storage
     finally:
         storage.close()
+
+
+@pytest.fixture
+def store(storage: Storage) -> RolloutStore:
+    return RolloutStore(storage)
 
 
 def definition(rollout_id: str = "r1") -> RolloutDefinition:
@@ -95,3 +101,30 @@ def test_finished_rollouts_are_pruned_after_the_retention_active_ones_never(
     assert store.get("done") is None
     assert store.get("active") is not None
     assert store.list(unsettled_only=True)[0].rollout.definition.rollout_id == "active"
+
+
+def test_a_directive_seq_goes_once_its_terminal_is_in_neither_the_fleet_nor_the_registry(
+    storage: Storage, store: RolloutStore
+) -> None:
+    tables = server_metadata().tables
+    with storage.engine.begin() as conn:
+        conn.execute(
+            sa.insert(tables["terminal"]),
+            {"id": "in-fleet", "online": True, "online_since": NOW, "last_seen": NOW,
+             "first_seen": NOW, "updated_at": NOW, "software": {}},
+        )  # fmt: skip
+        conn.execute(
+            sa.insert(tables["terminal_registry"]),
+            {"terminal_id": "tombstone", "hall": "h", "region": "r", "model": "m",
+             "status": "decommissioned", "created_at": NOW, "updated_at": NOW},
+        )  # fmt: skip
+    for terminal_id in ("in-fleet", "tombstone", "gone", "gone"):
+        store.next_directive_seq(terminal_id)
+
+    assert store.prune_orphaned_seqs(older_than=timedelta(0), now=NOW) == 1
+    assert store.next_directive_seq("in-fleet") == 2  # kept: still counting up
+    assert store.next_directive_seq("tombstone") == 2  # kept while its tombstone is
+    assert store.next_directive_seq("gone") == 1  # a new seq stream for an id never seen
+    with storage.engine.begin() as conn:
+        conn.execute(sa.delete(tables["terminal_registry"]))
+    assert store.prune_orphaned_seqs(older_than=timedelta(0), now=NOW) == 2  # tombstone, gone

@@ -352,3 +352,32 @@ def test_spent_tokens_and_expired_certificates_are_pruned_after_their_retention(
     clock.now += timedelta(days=400)  # past the certificate's lifetime and the live token's
     assert registry.prune_spent(older_than=keep, now=clock.now) == 2  # T-1's cert, T-3's token
     assert registry.is_active("T-1")  # the registry row itself stays (history, decommission)
+
+
+def test_a_decommissioned_tombstone_is_pruned_after_its_retention_and_the_id_stays_out(
+    registry: TerminalRegistry, clock: WallClock, ca: FleetCa
+) -> None:
+    key = generate_key()
+    for tid in ("T-OLD", "T-NEW", "T-LIVE"):
+        registry.preauthorize(tid, "Hall A", "North", "KX-200", public_pem(key), actor="op")
+    cert = registry.enroll(csr_for(key, "T-OLD"))
+    registry.decommission("T-OLD", actor="op")
+    clock.now += timedelta(days=20)
+    registry.decommission("T-NEW", actor="op")
+    keep = timedelta(days=10)
+    clock.now += timedelta(days=5)  # T-OLD decommissioned 25 days ago, T-NEW 5
+
+    assert registry.prune_decommissioned(older_than=keep, now=clock.now) == 1
+    assert registry.get("T-OLD") is None
+    assert registry.placement("T-OLD") is None
+    new, live = registry.get("T-NEW"), registry.get("T-LIVE")
+    assert new is not None
+    assert new.status is RegistryStatus.DECOMMISSIONED
+    assert live is not None
+    assert live.status is RegistryStatus.PREAUTHORIZED  # only tombstones go
+    # without its row the id does not enroll again, with its old key or any other
+    assert refusal(lambda: registry.enroll(csr_for(key, "T-OLD"))).reason == "not_authorized"
+    # and its revoked certificate is still on the CRL until it expires
+    crl = x509.load_pem_x509_crl(ca.paths.crl.read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+    assert registry.prune_decommissioned(older_than=keep, now=clock.now) == 0
