@@ -54,6 +54,10 @@ from server.history_query import HistoryQuery, StoredPage
 from server.ingest import Ingest
 from server.ingest_gate import IngestGate
 from server.log_throttle import ThrottledLog
+from server.maintenance import MaintenanceLimits
+from server.maintenance_api import maintenance_router, operator_state
+from server.maintenance_book import MaintenanceBook
+from server.maintenance_store import MaintenanceStore
 from server.message_source import (
     ConnectionHandler,
     MessageHandler,
@@ -193,6 +197,12 @@ class Server:
             refresh_s=settings.opening_hours_refresh_s,
             clock=lambda: datetime.now(UTC),
         )
+        self.maintenance_store = MaintenanceStore(self.storage)
+        self.maintenance_book = MaintenanceBook(
+            lambda: self.maintenance_store.windows(),
+            refresh_s=settings.maintenance_refresh_s,
+            clock=lambda: datetime.now(UTC),
+        )
         registry.register(  # fleet gauges, computed at scrape time
             FleetCollector(
                 self.fleet,
@@ -202,6 +212,7 @@ class Server:
                     packages=settings.metrics_packages,
                 ),
                 openings=self.hall_openings,
+                maintenance=self.maintenance_book,
             )
         )
         self.writer = WriteBehind(
@@ -267,6 +278,11 @@ class Server:
                     timedelta(days=settings.rollout_retention_days),
                 ),
                 Retention(
+                    "ended maintenance windows and acknowledgements",
+                    self.maintenance_store.prune,
+                    timedelta(days=settings.maintenance_retention_days),
+                ),
+                Retention(
                     "audit entries",
                     self.access_store.prune_audit,
                     timedelta(days=settings.audit_retention_days),
@@ -303,7 +319,26 @@ class Server:
                 history_limit=settings.history_limit,
                 history_limit_max=settings.history_limit_max,
                 hall_open=lambda hall: self.hall_openings(hall)[0],
+                operator_state=lambda view: operator_state(
+                    self.maintenance_store, view, datetime.now(UTC)
+                ),
             )
+        )
+        add_routes(
+            self.app,
+            maintenance_router(
+                self.maintenance_store,
+                self.fleet,
+                lambda: datetime.now(UTC),
+                limits=MaintenanceLimits(
+                    max_duration=timedelta(days=settings.maintenance_max_days),
+                    max_windows=settings.maintenance_max_windows,
+                    max_acks_per_terminal=settings.maintenance_max_acks_per_terminal,
+                ),
+                active=self.maintenance_book,
+                on_change=self.maintenance_book.invalidate,
+                problems_limit_max=settings.api_page_limit_max,
+            ),
         )
         add_routes(
             self.app,
@@ -441,6 +476,7 @@ class Server:
         self._started = True
         self.storage.open()
         self.hall_openings.invalidate()  # a scrape before the open read no hours
+        self.maintenance_book.invalidate()
         self.tokens.bootstrap(
             self.audit, stderr=sys.stderr, token_file=self.settings.bootstrap_token_file
         )

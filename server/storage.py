@@ -231,6 +231,7 @@ _TABLE_MODULES: Final = (
     "server.opening_hours_store",
     "server.update_status_store",
     "server.rollout_store",
+    "server.maintenance_store",
 )  # tables declared beside their owners
 
 
