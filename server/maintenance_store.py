@@ -17,11 +17,11 @@ audit log (the API's middleware), not here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Final
 
 import sqlalchemy as sa
+from sqlalchemy import RowMapping
 from sqlmodel import Field
 
 from protocol.messages import PeripheralCondition
@@ -63,7 +63,7 @@ _WINDOW: Final = ServerTable.metadata.tables["maintenance_window"]
 _ACK: Final = ServerTable.metadata.tables["problem_ack"]
 
 
-def _window(row: Mapping[str, Any]) -> MaintenanceWindow:
+def _window(row: RowMapping) -> MaintenanceWindow:
     return MaintenanceWindow(
         scope=Scope(row["scope"]),
         target=row["target"],
@@ -74,7 +74,7 @@ def _window(row: Mapping[str, Any]) -> MaintenanceWindow:
     )
 
 
-def _ack(row: Mapping[str, Any]) -> ProblemAck:
+def _ack(row: RowMapping) -> ProblemAck:
     return ProblemAck(
         terminal_id=row["terminal_id"],
         peripheral=row["peripheral"],

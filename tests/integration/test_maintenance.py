@@ -6,13 +6,16 @@ audit log; the bounds are enforced; the retention prunes ended rows."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
 
+from kioskfleet.cli import main
 from protocol.messages import PeripheralCondition
 from server.access import Role
 from server.access_store import AuditFilter
@@ -93,7 +96,8 @@ def test_a_terminal_in_maintenance_exports_no_problem_series_until_its_window_en
     assert started.status_code == 200, started.text
     assert started.json()["started_by"] == "token:ops-maint"
     problems = _problem_terminals(server)  # at once: the API invalidated the cache
-    assert quiet.id not in problems and loud.id in problems
+    assert quiet.id not in problems
+    assert loud.id in problems
     assert _gauge(server, "kioskfleet_terminal_maintenance") == {
         frozenset({"terminal": quiet.id, "hall": hall, "region": region}.items()): 1
     }
@@ -239,3 +243,84 @@ def test_the_retention_prunes_ended_windows_and_old_acks_only(server: Server) ->
     assert deleted == 2
     assert [w.target for w in store.windows()] == ["active", "recent"]
     assert [a.peripheral for a in store.acks()] == ["p-recent"]
+
+
+def test_the_cli_starts_lists_and_ends_maintenance_and_acks_through_the_api(
+    server: Server,
+    terminals: TerminalFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    hall = unique("H")
+    t = terminals(hall=hall)
+    t.report([PAPER_OUT])
+    wait_until(lambda: t.id in _problem_terminals(server), 10, "paper out")
+    files = {}
+    for role in (Role.OPERATOR, Role.VIEWER):
+        files[role] = tmp_path / f"{role.value}.token"
+        files[role].write_text(token(server, role, name=unique(role.value)) + "\n")
+
+    def cli(role: Role, *words: str) -> int:
+        flags = ["--server", server.base_url, "--token-file", str(files[role])]
+        return main([*words, *flags])
+
+    assert (
+        cli(
+            Role.OPERATOR,
+            "maintenance",
+            "start",
+            "--hall",
+            hall,
+            "--reason",
+            "paint",
+            "--for",
+            "2h",
+        )
+        == 0
+    )
+    started = json.loads(capsys.readouterr().out)
+    assert (started["scope"], started["target"], started["reason"]) == ("hall", hall, "paint")
+    assert t.id not in _problem_terminals(server)
+    assert cli(Role.VIEWER, "maintenance", "list") == 0
+    assert [w["target"] for w in json.loads(capsys.readouterr().out)["items"]] == [hall]
+    assert cli(Role.VIEWER, "maintenance", "end", "--hall", hall) == 1
+    assert "refused (403)" in capsys.readouterr().err
+    assert cli(Role.OPERATOR, "maintenance", "end", "--hall", hall) == 0
+    capsys.readouterr()
+    assert t.id in _problem_terminals(server)
+    assert (
+        cli(
+            Role.OPERATOR,
+            "maintenance",
+            "start",
+            "--terminal",
+            t.id,
+            "--reason",
+            "r",
+            "--for",
+            "2x",
+        )
+        == 2
+    )
+    assert "not a duration" in capsys.readouterr().err
+
+    assert (
+        cli(
+            Role.OPERATOR,
+            "problem",
+            "ack",
+            t.id,
+            "printer",
+            "--note",
+            "on it",
+            "--assignee",
+            "wang",
+        )
+        == 0
+    )
+    acked = json.loads(capsys.readouterr().out)
+    assert (acked["peripheral"], acked["assignee"], acked["condition"]) == (
+        "printer",
+        "wang",
+        "paper_out",
+    )

@@ -29,9 +29,9 @@ from server.fleet_collector import (
     fleet_families,
 )
 from server.fleet_state import FleetState
-from server.maintenance import ActiveMaintenance, MaintenanceWindow, Scope, active_maintenance
 from server.fleet_views import AGENT_PACKAGE, OfflineReason, TerminalFilter, TerminalView
 from server.health import Health, closed_or, terminal_health
+from server.maintenance import ActiveMaintenance, MaintenanceWindow, Scope, active_maintenance
 from server.metrics import ServerMetrics
 from tests.support.fleet_messages import (
     BOOT,

@@ -8,6 +8,7 @@ Create Date: 2026-12-04
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -18,7 +19,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def _time() -> sa.types.TypeEngine[object]:
+def _time() -> sa.types.TypeEngine[Any]:
     return sa.DateTime(timezone=True).with_variant(sa.String(32), "sqlite")
 
 
