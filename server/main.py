@@ -199,7 +199,7 @@ class Server:
         )
         self.maintenance_store = MaintenanceStore(self.storage)
         self.maintenance_book = MaintenanceBook(
-            lambda: self.maintenance_store.windows(),
+            lambda: self.maintenance_store.windows(active_at=datetime.now(UTC)),
             refresh_s=settings.maintenance_refresh_s,
             clock=lambda: datetime.now(UTC),
         )

@@ -1,8 +1,7 @@
 """What is in maintenance now, for the metrics collector at scrape time.
 
-``MaintenanceBook(load, refresh_s=..., clock=...)`` keeps the stored windows in memory
-(bounded: ``maintenance_max_windows`` active ones plus expired ones within their
-retention) and answers ``book() -> ActiveMaintenance`` without touching the database:
+``MaintenanceBook(load, refresh_s=..., clock=...)`` keeps the windows active at the last
+load in memory (bounded by ``maintenance_max_windows``) and answers ``book() -> ActiveMaintenance`` without touching the database:
 the windows are reloaded with one query at most every ``refresh_s`` seconds, and on the
 next call after ``invalidate()`` (the maintenance API calls it on every change; the
 CLI goes through the API, so nothing else writes them). A window ends at its ``until``
