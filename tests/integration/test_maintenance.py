@@ -7,6 +7,7 @@ audit log; the bounds are enforced; the retention prunes ended rows."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from server.access_store import AuditFilter
 from server.audit import AuditResult
 from server.main import Server
 from server.maintenance import MaintenanceWindow, ProblemAck, Scope
+from server.maintenance_store import MaintenanceStore
+from server.storage import Storage
 from tests.integration.conftest import (
     ServerFactory,
     TerminalFactory,
@@ -225,8 +228,18 @@ def test_an_ack_lasts_while_its_problem_lasts_and_a_new_problem_is_unacked(
     ]
 
 
-def test_the_retention_prunes_ended_windows_and_old_acks_only(server: Server) -> None:
-    store = server.maintenance_store
+@pytest.fixture
+def store(database_url: str) -> Iterator[MaintenanceStore]:
+    """The store on a migrated database with no server (whose pruner would race the test)."""
+    storage = Storage(database_url)
+    storage.open()
+    try:
+        yield MaintenanceStore(storage)
+    finally:
+        storage.close()
+
+
+def test_the_retention_prunes_ended_windows_and_old_acks_only(store: MaintenanceStore) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     old, recent = now - timedelta(days=100), now - timedelta(days=1)
     for target, until in (("old", old), ("recent", recent), ("active", now + timedelta(days=1))):
