@@ -27,6 +27,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import AwareDatetime, BaseModel, Field
 
+from protocol.messages import PeripheralCondition
 from protocol.topics import is_valid_terminal_id
 from server.access import Principal, Role
 from server.access_api import note_audit, require
@@ -279,7 +280,7 @@ def maintenance_router(
             if not view.online:
                 continue  # its last conditions are not current
             for p in view.peripherals:
-                if p.condition.value == "ok":
+                if p.condition is PeripheralCondition.OK:
                     continue
                 total += 1
                 if len(items) >= limit:
