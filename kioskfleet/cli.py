@@ -1,6 +1,7 @@
 """The ``kioskfleet`` command: ``agent``, ``agent keygen``, ``server``, ``db upgrade``,
 ``token``, ``user create|passwd|disable|list``, ``hall hours set|show``, ``ca init``,
-``terminal preauthorize|token|revoke|decommission``, ``simulate``, ``broker-config``, and
+``terminal preauthorize|token|revoke|decommission``, ``rollout``, ``maintenance
+start|end|list``, ``problem ack``, ``simulate``, ``broker-config``, and
 ``repo``/``vendor`` (signed releases, Typer: kioskfleet/cli_updates.py).
 
 Only argument parsing lives here; each subcommand hands over to its package
@@ -134,6 +135,10 @@ def _parser() -> argparse.ArgumentParser:
     from kioskfleet.rollout_cli import add_rollout_parser
 
     add_rollout_parser(sub)
+
+    from kioskfleet.maintenance_cli import add_maintenance_parsers
+
+    add_maintenance_parsers(sub)
 
     sim = sub.add_parser("simulate", help="run N simulated terminals with the real agent code")
     sim.add_argument("--terminals", type=int, default=50)
@@ -281,6 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kioskfleet.rollout_cli import run_rollout_command
 
         return run_rollout_command(args)
+    if args.command in ("maintenance", "problem"):
+        from kioskfleet.maintenance_cli import run_maintenance_command
+
+        return run_maintenance_command(args)
     if args.command == "hall":
         from server.hours_cli import run_hours_command
 

@@ -77,6 +77,7 @@ from server.errors import (
 from server.fleet_state import FleetState
 from server.fleet_views import TerminalFilter, TerminalView, Transition
 from server.history_query import HistoryQuery, StoredPage
+from server.maintenance_models import OperatorStatePublic
 from server.query_guard import UnknownQueryGuard
 from server.records import EventRecord
 
@@ -109,6 +110,9 @@ class ApiServices:
     metrics_require_token: bool = True
     # is the hall open by its opening hours now (server.hall_openings; True: no hours)
     hall_open: Callable[[str | None], bool] = lambda hall: True
+    # what operators did about a terminal (server.maintenance_api.operator_state); reads the
+    # database (raises StorageError); None: the detail has no ``operator`` part
+    operator_state: Callable[[TerminalView], OperatorStatePublic] | None = None
 
 
 def _error(status: int, error: str, message: str, detail: Any = None) -> JSONResponse:
@@ -276,12 +280,16 @@ def create_app(services: ApiServices) -> FastAPI:
         if view is None:
             raise ApiError(404, "not_found", f"unknown terminal {terminal_id!r}")
         history = read_history(terminal_id, HistoryQuery(limit=history_limit)).items
-        return terminal_detail_public(
+        detail = terminal_detail_public(
             view,
             list(history),
             with_delivery=allows(who.role, Role.OPERATOR),
             hall_open=services.hall_open(view.hall),
         )
+        state = services.operator_state
+        if state is not None:
+            detail.operator = _stored("operator state", terminal_id, lambda: state(view))
+        return detail
 
     @app.get(
         "/api/v1/terminals/{terminal_id}/history",

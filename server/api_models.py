@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from protocol.messages import PeripheralCondition, PeripheralKind, TerminalState
 from server.fleet_views import HallSummary, OfflineReason, TerminalView, Transition
 from server.health import Health, closed_or
+from server.maintenance_models import OperatorStatePublic
 from server.records import EventRecord
 
 __all__ = [
@@ -120,6 +121,11 @@ class TerminalDetailPublic(TerminalPublic):
         description="for operator and admin tokens; null for a viewer"
     )
     transitions: list[TransitionPublic] = Field(description="newest first")
+    operator: OperatorStatePublic | None = Field(
+        default=None,
+        description="its active maintenance windows (its own, its hall's) and the acks of its"
+        " current problems",
+    )
 
 
 class EventPublic(_FromView):

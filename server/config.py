@@ -210,6 +210,15 @@ class Settings(BaseSettings):
     opening_hours_refresh_s: PositiveSeconds = 60.0
     # halls with stored opening hours: setting the hours of one more is refused
     opening_hours_max_halls: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    # operator actions (docs/operations.md, "Maintenance and acknowledgements"): the longest
+    # maintenance window, how many may be active fleet-wide, acks per terminal, how long
+    # ended windows and acks are kept, how often the metrics re-read the windows (changes
+    # through the API are seen at once)
+    maintenance_max_days: Annotated[float, Field(gt=0, le=366)] = 30.0
+    maintenance_max_windows: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    maintenance_max_acks_per_terminal: Annotated[int, Field(ge=1, le=1000)] = 32
+    maintenance_retention_days: Annotated[float, Field(gt=0, le=36500)] = 90.0
+    maintenance_refresh_s: PositiveSeconds = 60.0
 
     @field_validator("database_url")
     @classmethod

@@ -30,7 +30,15 @@ tallies) and turns it into metric families (the contract in
   ``closed``: a terminal switched off for the night has no series),
   ``kioskfleet_terminal_peripheral_problem`` per peripheral not ``ok`` of an ONLINE
   terminal: an offline terminal's last reported problems are not current, so they
-  are not exported (its ``kioskfleet_terminal_offline`` is).
+  are not exported (its ``kioskfleet_terminal_offline`` is);
+- maintenance (``server.maintenance``, read from ``maintenance``: a cached
+  ``server.maintenance_book.MaintenanceBook``): ``kioskfleet_hall_maintenance{region,hall}``
+  for every hall (1 while the hall has an active window, else 0) and
+  ``kioskfleet_terminal_maintenance{terminal,hall,region}`` = 1 per terminal with its own
+  active window (bounded by ``maintenance_max_windows``). A terminal in maintenance (its
+  own window or its hall's) exports NO problem series (neither offline nor peripheral
+  problems): its alerts are suppressed at the source and come back when the window
+  ends (docs/operations.md, "Maintenance and acknowledgements").
 
 ``family`` is the kind's family in the peripheral taxonomy
 (``protocol.taxonomy``: ``printer``, ``identity_reader``, ...): alert rules and
@@ -69,6 +77,7 @@ from protocol.taxonomy import family_of
 from server.fleet_state import FleetState
 from server.fleet_views import AGENT_PACKAGE, FleetSummary, OfflineReason, SoftwareCount
 from server.health import Health, closed_or
+from server.maintenance import NO_MAINTENANCE, ActiveMaintenance
 
 __all__ = [
     "FLEET_METRIC_NAMES",
@@ -92,6 +101,8 @@ _DROPPED: Final = "kioskfleet_agent_dropped_reports"
 _GAPS: Final = "kioskfleet_agent_seq_gaps"
 _HALL_OPEN: Final = "kioskfleet_hall_open"
 _OPENS_IN: Final = "kioskfleet_hall_opens_in_seconds"
+_HALL_MAINTENANCE: Final = "kioskfleet_hall_maintenance"
+_TERMINAL_MAINTENANCE: Final = "kioskfleet_terminal_maintenance"
 
 FLEET_METRIC_NAMES: Final = (
     _TERMINALS,
@@ -104,6 +115,8 @@ FLEET_METRIC_NAMES: Final = (
     _GAPS,
     _HALL_OPEN,
     _OPENS_IN,
+    _HALL_MAINTENANCE,
+    _TERMINAL_MAINTENANCE,
 )
 """Every family this collector yields (always, with or without samples)."""
 
@@ -129,6 +142,10 @@ _HELP: Final = {
     " hours set), else 0.",
     _OPENS_IN: "Seconds until the hall next opens by its opening hours: 0 while open; no"
     " series when it does not open within the hours' horizon (400 days).",
+    _HALL_MAINTENANCE: "1 while the hall is in maintenance (an operator's window until its end),"
+    " else 0. Its terminals export no problem series meanwhile.",
+    _TERMINAL_MAINTENANCE: "1 for each terminal in maintenance by its own window; no series for"
+    " the others. A terminal in maintenance (its own or its hall's) exports no problem series.",
 }
 _LABELS: Final = {
     _TERMINALS: ("region", "hall", "status"),
@@ -150,6 +167,8 @@ _LABELS: Final = {
     _GAPS: ("region", "hall"),
     _HALL_OPEN: ("region", "hall"),
     _OPENS_IN: ("region", "hall"),
+    _HALL_MAINTENANCE: ("region", "hall"),
+    _TERMINAL_MAINTENANCE: ("terminal", "hall", "region"),
 }
 
 _STATUSES: Final = tuple(Health)
@@ -235,10 +254,12 @@ class FleetCollector(Collector):
         fleet: FleetState,
         budget: LabelBudget | None = None,
         openings: HallOpenings = always_open,
+        maintenance: Callable[[], ActiveMaintenance] = lambda: NO_MAINTENANCE,
     ) -> None:
         self._fleet = fleet
         self._budget = budget or LabelBudget()
         self._openings = openings
+        self._maintenance = maintenance
 
     def describe(self) -> Iterator[Metric]:
         """The families without samples (lets the registry check names without a scrape)."""
@@ -246,16 +267,27 @@ class FleetCollector(Collector):
             yield GaugeMetricFamily(name, _HELP[name], labels=_LABELS[name])
 
     def collect(self) -> Iterator[Metric]:
-        yield from fleet_families(self._fleet.summary(), self._budget, self._openings)
+        maintenance = self._maintenance()
+        placed = []  # the terminals with their own window that the fleet knows
+        for terminal_id in sorted(maintenance.terminals):
+            view = self._fleet.get(terminal_id)
+            if view is not None:
+                placed.append((terminal_id, view.hall, view.region))
+        yield from fleet_families(
+            self._fleet.summary(), self._budget, self._openings, maintenance, placed
+        )
 
 
 def fleet_families(
     summary: FleetSummary,
     budget: LabelBudget | None = None,
     openings: HallOpenings = always_open,
+    maintenance: ActiveMaintenance = NO_MAINTENANCE,
+    maintained: Iterable[tuple[str, str | None, str | None]] = (),
 ) -> list[Metric]:
     """The fleet metric families for one reading of the fleet (pure given ``openings``;
-    what ``collect`` yields).
+    what ``collect`` yields); ``maintenance`` is what is in maintenance now, ``maintained``
+    the (id, hall, region) of the terminals with their own active window.
 
     Device text (fault codes, software packages and versions) beyond ``budget`` is folded
     into ``other``, so no terminal can multiply the series. ``openings`` is asked once per
@@ -274,8 +306,12 @@ def fleet_families(
     opens: dict[tuple[str, str], tuple[bool, float | None]] = {}
     delivery: dict[tuple[str, str], list[int]] = {}  # [dropped_reports, seq_gaps]
     peripherals: dict[tuple[str, str], dict[tuple[PeripheralKind, PeripheralCondition], int]] = {}
+    in_maintenance: dict[tuple[str, str], bool] = {}
     for h in summary.halls:
         key = (_label(h.region), _label(h.hall))
+        in_maintenance[key] = in_maintenance.get(key, False) or (
+            h.hall is not None and h.hall in maintenance.halls
+        )
         is_open, opens_in = opens.setdefault(key, opening(h.hall))
         counts = terminals.get(key)
         if counts is None:
@@ -304,6 +340,12 @@ def fleet_families(
         hall_open.add_metric([region, hall], 1 if is_open else 0)
         if opens_in is not None:
             opens_in_s.add_metric([region, hall], opens_in)
+    family = out[_HALL_MAINTENANCE]
+    for (region, hall), flag in in_maintenance.items():
+        family.add_metric([region, hall], 1 if flag else 0)
+    family = out[_TERMINAL_MAINTENANCE]
+    for terminal_id, t_hall, t_region in maintained:
+        family.add_metric([terminal_id, _label(t_hall), _label(t_region)], 1)
     dropped, gaps = out[_DROPPED], out[_GAPS]
     for (region, hall), (n_dropped, n_gaps) in delivery.items():
         dropped.add_metric([region, hall], n_dropped)
@@ -316,6 +358,8 @@ def fleet_families(
     kept_codes = _fault_code_labels(summary, budget)
     for t in summary.problem_terminals:
         region, hall = _label(t.region), _label(t.hall)
+        if maintenance.covers(t.id, t.hall):
+            continue  # suppressed at the source: no alert while in maintenance
         if not t.online:
             health = closed_or(
                 Health.OFFLINE,

@@ -57,6 +57,10 @@ from server.history_query import HistoryQuery, StoredPage
 from server.ingest import Ingest
 from server.ingest_gate import IngestGate
 from server.log_throttle import ThrottledLog
+from server.maintenance import MaintenanceLimits
+from server.maintenance_api import maintenance_router, operator_state
+from server.maintenance_book import MaintenanceBook
+from server.maintenance_store import MaintenanceStore
 from server.message_source import (
     ConnectionHandler,
     MessageHandler,
@@ -200,6 +204,12 @@ class Server:
             refresh_s=settings.opening_hours_refresh_s,
             clock=lambda: datetime.now(UTC),
         )
+        self.maintenance_store = MaintenanceStore(self.storage)
+        self.maintenance_book = MaintenanceBook(
+            lambda: self.maintenance_store.windows(active_at=datetime.now(UTC)),
+            refresh_s=settings.maintenance_refresh_s,
+            clock=lambda: datetime.now(UTC),
+        )
         registry.register(  # fleet gauges, computed at scrape time
             FleetCollector(
                 self.fleet,
@@ -209,6 +219,7 @@ class Server:
                     packages=settings.metrics_packages,
                 ),
                 openings=self.hall_openings,
+                maintenance=self.maintenance_book,
             )
         )
         self.writer = WriteBehind(
@@ -258,6 +269,7 @@ class Server:
             "finished rollouts": self.rollout_store.prune_finished,
             "orphaned directive seqs": self.rollout_store.prune_orphaned_seqs,
             "revoked or expired API tokens": self.access_store.prune_tokens,
+            "ended maintenance windows and acknowledgements": self.maintenance_store.prune,
             "audit entries": self.access_store.prune_audit,
             "console sessions past their expiry": lambda *, older_than, now: (
                 self.console_store.prune_sessions(
@@ -293,7 +305,26 @@ class Server:
                 history_limit=settings.history_limit,
                 history_limit_max=settings.history_limit_max,
                 hall_open=lambda hall: self.hall_openings(hall)[0],
+                operator_state=lambda view: operator_state(
+                    self.maintenance_store, view, datetime.now(UTC)
+                ),
             )
+        )
+        add_routes(
+            self.app,
+            maintenance_router(
+                self.maintenance_store,
+                self.fleet,
+                lambda: datetime.now(UTC),
+                limits=MaintenanceLimits(
+                    max_duration=timedelta(days=settings.maintenance_max_days),
+                    max_windows=settings.maintenance_max_windows,
+                    max_acks_per_terminal=settings.maintenance_max_acks_per_terminal,
+                ),
+                active=self.maintenance_book,
+                on_change=self.maintenance_book.invalidate,
+                problems_limit_max=settings.api_page_limit_max,
+            ),
         )
         add_routes(
             self.app,
@@ -460,6 +491,7 @@ class Server:
         self._started = True
         self.storage.open()
         self.hall_openings.invalidate()  # a scrape before the open read no hours
+        self.maintenance_book.invalidate()
         self.tokens.bootstrap(
             self.audit, stderr=sys.stderr, token_file=self.settings.bootstrap_token_file
         )

@@ -85,6 +85,16 @@ TABLE_RETENTIONS: Final[Mapping[str, Pruned | Bounded]] = {
         "idle longer than console_session_idle_s or older than console_session_absolute_s"
         " (an ended session is dead already; the row goes at the next pruning)",
     ),
+    "maintenance_window": Pruned(
+        "ended maintenance windows and acknowledgements",
+        "maintenance_retention_days",
+        "windows whose until is older than the retention",
+    ),
+    "problem_ack": Pruned(
+        "ended maintenance windows and acknowledgements",
+        "maintenance_retention_days",
+        "acknowledgements made (acked_at) longer ago than the retention",
+    ),
     "console_user": Bounded(
         "one row per person an admin created with `kioskfleet user create`; disabled users are"
         " kept so their audit entries keep a name"

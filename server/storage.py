@@ -232,6 +232,7 @@ _TABLE_MODULES: Final = (
     "server.update_status_store",
     "server.rollout_store",
     "server.console_store",
+    "server.maintenance_store",
 )  # tables declared beside their owners
 
 

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -297,10 +298,34 @@ def exported_metric_names(
         gone = terminals(hall="Hall 1", region=region, with_will=True)
         gone.report()
         gone.vanish()
+        kept = terminals(hall="Hall 1", region=region)  # in maintenance: its own gauge
+        kept.report([PAPER_OUT])
+        wait_until(lambda: server.fleet.get(kept.id) is not None, 10, "the kept terminal")
+        started = httpx.put(
+            f"{server.base_url}/api/v1/terminals/{kept.id}/maintenance",
+            json={"reason": "names", "until": "2999-01-01T00:00:00Z"},
+            headers=bearer(token(server, Role.OPERATOR)),
+            timeout=5,
+        )
+        assert started.status_code == 422  # beyond maintenance_max_days
+        started = httpx.put(
+            f"{server.base_url}/api/v1/terminals/{kept.id}/maintenance",
+            json={"reason": "names", "until": (datetime.now(UTC) + timedelta(hours=1)).isoformat()},
+            headers=bearer(token(server, Role.OPERATOR)),
+            timeout=5,
+        )
+        assert started.status_code == 200, started.text
         text = wait_until(
             lambda: (
                 (t := scrape_text(server))
-                and all(f"\n{n}{{" in t for n in (*PER_TERMINAL, *ROLLOUT_METRIC_NAMES))
+                and all(
+                    f"\n{n}{{" in t
+                    for n in (
+                        *PER_TERMINAL,
+                        *ROLLOUT_METRIC_NAMES,
+                        "kioskfleet_terminal_maintenance",
+                    )
+                )
                 and t
             ),
             10,

@@ -353,6 +353,44 @@ def test_a_closed_halls_offline_terminal_and_paper_out_fire_nothing_while_an_ope
     assert _value(prom, f"count(kioskfleet_terminal_peripheral_problem{{{closed}}})") == 1
 
 
+# --- maintenance --------------------------------------------------------------------------------
+
+
+def test_a_terminal_put_in_maintenance_leaves_prometheus_alerts_and_comes_back_after(
+    private_server: ServerFactory,
+    private_terminals: TerminalFactory,
+    prometheus_for: Callable[[Server], LocalPrometheus],
+) -> None:
+    server = private_server()
+    prom = prometheus_for(server)
+    kept = private_terminals(unique("MAINT"), hall="Hall M")
+    kept.report([periph("printer", "receipt_printer", "paper_out")])
+    other = private_terminals(unique("OTHER"), hall="Hall M")
+    other.report([periph("printer", "receipt_printer", "paper_out")])
+    both = {kept.id: ["PrinterPaperOut"], other.id: ["PrinterPaperOut"]}
+
+    def both_firing() -> bool:
+        return all(_firing(prom, "PrinterPaperOut", t) for t in both)
+
+    wait_until(both_firing, FIRST_SCRAPE_TIMEOUT + ALERT_TIMEOUT, "both paper-out alerts firing")
+    assert _terminal_alerts(prom) == both
+    operator = bearer(token(server, Role.OPERATOR))
+    url = f"{server.base_url}/api/v1/terminals/{kept.id}/maintenance"
+    until = (datetime.now(ZoneInfo("UTC")) + timedelta(hours=1)).isoformat()
+    body = {"reason": "printer swap", "until": until}
+
+    assert httpx.put(url, json=body, headers=operator, timeout=5).status_code == 200
+
+    wait_until(
+        lambda: _terminal_alerts(prom) == {other.id: ["PrinterPaperOut"]},
+        ALERT_TIMEOUT,
+        "the terminal in maintenance to leave Prometheus's alerts",
+    )
+    assert _value(prom, f'max(kioskfleet_terminal_maintenance{{terminal="{kept.id}"}})') == 1
+    assert httpx.delete(url, headers=operator, timeout=5).status_code == 200
+    wait_until(both_firing, ALERT_TIMEOUT, "its alert to fire again")
+
+
 # --- the runner's own contract --------------------------------------------------------------
 
 

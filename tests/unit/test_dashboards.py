@@ -52,6 +52,8 @@ FLEET_METRIC_NAMES: Final = frozenset(
         "kioskfleet_agent_seq_gaps",
         "kioskfleet_hall_open",
         "kioskfleet_hall_opens_in_seconds",
+        "kioskfleet_hall_maintenance",
+        "kioskfleet_terminal_maintenance",
     }
 )
 HISTOGRAM_METRIC_NAMES: Final = frozenset(

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from kioskfleet import __version__
@@ -25,10 +26,12 @@ from server.fleet_collector import (
     FleetCollector,
     HallOpenings,
     LabelBudget,
+    fleet_families,
 )
 from server.fleet_state import FleetState
 from server.fleet_views import AGENT_PACKAGE, OfflineReason, TerminalFilter, TerminalView
 from server.health import Health, closed_or, terminal_health
+from server.maintenance import ActiveMaintenance, MaintenanceWindow, Scope, active_maintenance
 from server.metrics import ServerMetrics
 from tests.support.fleet_messages import (
     BOOT,
@@ -87,6 +90,7 @@ def terminals_series(
     counts = (("ok", ok), ("warning", warning), ("faulty", faulty), ("offline", off))
     for status, n in (*counts, ("closed", closed)):
         out |= s("kioskfleet_terminals", n, region=region, hall=hall, status=status)
+    out |= s("kioskfleet_hall_maintenance", 0, region=region, hall=hall)
     return out | hall_series(region, hall, is_open=True, opens_in=0)
 
 
@@ -414,6 +418,7 @@ def test_a_hall_really_named_unknown_adds_up_with_terminals_that_named_none() ->
         "kioskfleet_terminals",
         "kioskfleet_hall_open",
         "kioskfleet_hall_opens_in_seconds",
+        "kioskfleet_hall_maintenance",
     )  # scrape() refuses duplicates
     assert terminals == terminals_series("unknown", "unknown", ok=2, warning=0, faulty=0, off=0)
 
@@ -512,6 +517,7 @@ def recount(views: Iterable[TerminalView], closed_halls: frozenset[str] = frozen
         out |= s("kioskfleet_agent_seq_gaps", gaps[(region, hall)], region=region, hall=hall)
         is_open = hall not in closed_halls
         out |= hall_series(region, hall, is_open=is_open, opens_in=0 if is_open else 600.0)
+        out |= s("kioskfleet_hall_maintenance", 0, region=region, hall=hall)
         for health in Health:
             out |= s(
                 "kioskfleet_terminals",
@@ -731,3 +737,107 @@ def test_the_collector_asks_the_openings_once_per_hall_per_scrape() -> None:
     registry.register(FleetCollector(_night_fleet(), openings=openings))
     scrape(registry)
     assert asked == Counter({"Open": 1, "Shut": 1})
+
+
+# ------------------------------------------------------------------ maintenance
+
+
+def _problem_series(series: Series) -> set[str]:
+    """The terminals that export a problem series (offline or a peripheral problem)."""
+    names = {"kioskfleet_terminal_offline", "kioskfleet_terminal_peripheral_problem"}
+    return {dict(labels)["terminal"] for name, labels in series if name in names}
+
+
+def test_a_terminal_in_maintenance_exports_its_window_and_no_problem_series() -> None:
+    fleet = _small_fleet()
+    registry = CollectorRegistry()
+    registry.register(
+        FleetCollector(fleet, maintenance=lambda: ActiveMaintenance(terminals=frozenset({"C"})))
+    )
+    series = scrape(registry)
+
+    assert _problem_series(series) == {"B", "D", "E"}  # C (paper out, reader fault) is quiet
+    assert (
+        series[
+            (
+                "kioskfleet_terminal_maintenance",
+                frozenset({"terminal": "C", "hall": "H1", "region": "North"}.items()),
+            )
+        ]
+        == 1
+    )
+    assert [k for k in series if k[0] == "kioskfleet_terminal_maintenance"] == [
+        (
+            "kioskfleet_terminal_maintenance",
+            frozenset({"terminal": "C", "hall": "H1", "region": "North"}.items()),
+        )
+    ]
+    # the hall's counts stay the truth: C is still faulty
+    assert (
+        series[
+            (
+                "kioskfleet_terminals",
+                frozenset({"region": "North", "hall": "H1", "status": "faulty"}.items()),
+            )
+        ]
+        == 1
+    )
+
+
+def test_a_hall_in_maintenance_silences_every_terminal_of_it_and_says_so() -> None:
+    fleet = _small_fleet()
+    families = fleet_families(
+        fleet.summary(), maintenance=ActiveMaintenance(halls=frozenset({"H2"}))
+    )
+    registry = CollectorRegistry()
+    registry.register(_Fixed(families))
+    series = scrape(registry)
+
+    assert _problem_series(series) == {"B", "C"}  # D (scanner unknown), E (offline) are in H2
+    assert (
+        series[
+            ("kioskfleet_hall_maintenance", frozenset({"region": "North", "hall": "H2"}.items()))
+        ]
+        == 1
+    )
+    assert (
+        series[
+            ("kioskfleet_hall_maintenance", frozenset({"region": "North", "hall": "H1"}.items()))
+        ]
+        == 0
+    )
+
+
+def test_a_window_that_ended_exports_the_problems_again() -> None:
+    fleet = _small_fleet()
+    window = MaintenanceWindow(
+        scope=Scope.TERMINAL,
+        target="C",
+        reason="printer replaced",
+        until=at(100),
+        started_at=at(0),
+        started_by="token:ops",
+    )
+    during = fleet_families(fleet.summary(), maintenance=active_maintenance([window], at(99)))
+    after = fleet_families(fleet.summary(), maintenance=active_maintenance([window], at(100)))
+
+    def terminals_with_problems(families: list[Metric]) -> set[str]:
+        return {
+            sample.labels["terminal"]
+            for family in families
+            if family.name == "kioskfleet_terminal_peripheral_problem"
+            for sample in family.samples
+        }
+
+    assert "C" not in terminals_with_problems(during)
+    assert "C" in terminals_with_problems(after)
+
+
+class _Fixed:
+    """A collector yielding ``families`` (to scrape what ``fleet_families`` returned)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
