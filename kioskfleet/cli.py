@@ -177,9 +177,7 @@ def _command_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     create.add_argument(
         "--vendor", help="the vendor a vendor token is bound to (default: none; vendor role only)"
     )
-    create.add_argument(
-        "--expires", help="30d, 12h, 90m, 2w or an ISO-8601 time (default: never)"
-    )
+    create.add_argument("--expires", help="30d, 12h, 90m, 2w or an ISO-8601 time (default: never)")
     tok_sub.add_parser("list", help="every token, without secrets")
     revoke = tok_sub.add_parser("revoke", help="revoke a token by name")
     revoke.add_argument("name", help="the token's name")
@@ -204,9 +202,7 @@ def _command_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     )
     ca_init.add_argument("directory", type=Path, metavar="DIR", help="a new directory")
 
-    terminal = sub.add_parser(
-        "terminal", help="let terminals enroll, revoke or decommission them"
-    )
+    terminal = sub.add_parser("terminal", help="let terminals enroll, revoke or decommission them")
     terminal.add_argument("--env-file", type=Path, help=env_help)
     t_sub = terminal.add_subparsers(dest="terminal_command", required=True, metavar="SUBCOMMAND")
     pre = t_sub.add_parser("preauthorize", help="let ID enroll with its public key")

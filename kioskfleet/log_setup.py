@@ -79,7 +79,9 @@ def configure_logging(
     if not isinstance(logging.getLevelName(name), int):
         raise ValueError(f"unknown log level {level!r} (DEBUG, INFO, WARNING, ERROR)")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(
+        JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    )
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

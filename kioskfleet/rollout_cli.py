@@ -25,7 +25,9 @@ _EVENTS = ("approve", "pause", "resume", "cancel", "gate")
 
 def add_rollout_parser(sub: Any) -> None:
     """The ``rollout`` command on ``sub`` (argparse subparsers)."""
-    rollout = sub.add_parser("rollout", help="create, approve, watch, pause, resume a rollout (server API)")
+    rollout = sub.add_parser(
+        "rollout", help="create, approve, watch, pause, resume a rollout (server API)"
+    )
     r_sub = rollout.add_subparsers(dest="rollout_command", required=True, metavar="SUBCOMMAND")
     create = r_sub.add_parser("create", help="create a rollout from a JSON file ('-': stdin)")
     create.add_argument("file", metavar="FILE", help="the rollout as JSON, docs/updates.md")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 
-import click
 import pytest
+import typer.core
 import typer.main
 
 from kioskfleet import cli
@@ -27,13 +27,16 @@ def _parsers(
                 yield from _parsers(child, f"{path} {name}")
 
 
-def _click_commands(
-    command: click.Command, path: str = "kioskfleet"
-) -> Iterator[tuple[str, click.Command]]:
+def _typer_commands(
+    command: typer.core.TyperCommand | typer.core.TyperGroup, path: str = "kioskfleet"
+) -> Iterator[tuple[str, typer.core.TyperCommand | typer.core.TyperGroup]]:
     yield path, command
-    if isinstance(command, click.Group):
+    if isinstance(command, typer.core.TyperGroup):
         for name, child in command.commands.items():
-            yield from _click_commands(child, f"{path} {name}")
+            yield from _typer_commands(
+                child,  # type: ignore[arg-type]
+                f"{path} {name}",
+            )
 
 
 def test_every_argparse_option_and_argument_has_a_help_text() -> None:
@@ -65,15 +68,18 @@ def test_every_argparse_option_shows_its_default_or_says_what_its_absence_means(
 
 def test_every_typer_option_has_a_help_text_and_shows_its_default() -> None:
     root = typer.main.get_command(updates_app)
-    missing = []
-    for path, command in _click_commands(root):
+    assert isinstance(root, typer.core.TyperGroup)
+    missing, checked = [], 0
+    for path, command in _typer_commands(root):
         for param in command.params:
-            if isinstance(param, click.Option) and param.name not in ("help",):
+            if isinstance(param, typer.core.TyperOption) and param.name != "help":
+                checked += 1
                 if not (param.help or "").strip():
                     missing.append(f"{path} {param.opts[0]}")
                 elif param.default is not None and not param.required:
                     assert param.show_default is not False, (path, param.opts)
     assert missing == []
+    assert checked > 20  # the walk reached the commands' options
 
 
 def test_the_overview_groups_every_command_once_with_its_one_line_help() -> None:
@@ -84,9 +90,12 @@ def test_the_overview_groups_every_command_once_with_its_one_line_help() -> None
     assert len(grouped) == len(set(grouped))
     text = parser.format_help()
     for action in sub._choices_actions:
-        assert action.help and "\n" not in action.help
-        assert f"  {action.dest}" in text and action.help in text
-    assert "examples:" in text and "kioskfleet server --env-file" in text
+        assert action.help
+        assert "\n" not in action.help
+        assert f"  {action.dest}" in text
+        assert action.help in text
+    assert "examples:" in text
+    assert "kioskfleet server --env-file" in text
 
 
 def test_server_help_lists_every_setting_with_its_default(
@@ -100,4 +109,5 @@ def test_server_help_lists_every_setting_with_its_default(
     for variable, default in settings_table():
         line = next(line for line in out.splitlines() if line.split()[:1] == [variable])
         assert line.split()[1] == default
-    assert "KIOSKFLEET_DATABASE_URL" in out and "sqlite:///var/kioskfleet.db" in out
+    assert "KIOSKFLEET_DATABASE_URL" in out
+    assert "sqlite:///var/kioskfleet.db" in out

@@ -10,8 +10,8 @@ import os
 import subprocess
 import sys
 import threading
-from datetime import UTC, datetime
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
