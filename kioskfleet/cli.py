@@ -311,6 +311,29 @@ def _command_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
         "--work-dir", type=Path, help="the terminals' update files and slots (default: temporary)"
     )
     sim.add_argument(
+        "--plant",
+        action="append",
+        default=[],
+        metavar="ID:PROBE:CONDITION",
+        help="hold one peripheral in a condition for the whole run, e.g. "
+        "SIM-00003:receipt_printer:paper_out; repeat (default: none)",
+    )
+    sim.add_argument(
+        "--plant-outage",
+        action="append",
+        default=[],
+        metavar="ID:SECONDS",
+        help="cut ID's connection for good SECONDS into the run (the broker sends its "
+        "will); repeat (default: none)",
+    )
+    sim.add_argument(
+        "--session-expiry",
+        type=int,
+        default=None,
+        help="MQTT session expiry in seconds, 0 leaves no session on the broker "
+        "(default: the agent's, 7 days)",
+    )
+    sim.add_argument(
         "--keys-only",
         action="store_true",
         help="make the keys in --identity-dir and its preauthorize.csv, then exit",
@@ -421,8 +444,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from server.identity_cli import init_ca_command
 
         return init_ca_command(args.directory)
+    from agent.planted_faults import PlantedFault, PlantedOutage
     from agent.simulator import SimulationOptions, run_simulation, write_identities
 
+    try:
+        planted = tuple(PlantedFault.parse(text) for text in args.plant)
+        outages = tuple(PlantedOutage.parse(text) for text in args.plant_outage)
+    except ValueError as exc:
+        print(f"kioskfleet simulate: {exc}", file=sys.stderr)
+        return 2
     options = SimulationOptions(
         terminals=args.terminals,
         broker_url=args.broker,
@@ -443,6 +473,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         trusted_root=args.trusted_root,
         update_failure_fraction=args.update_failure_fraction,
         work_dir=args.work_dir,
+        planted_faults=planted,
+        planted_outages=outages,
+        session_expiry_s=args.session_expiry,
     )
     if args.keys_only:
         if args.identity_dir is None:

@@ -189,7 +189,7 @@ def _start_prometheus(server_target: str, token_file: Path) -> tuple[LocalPromet
     return prometheus, (
         f"  prometheus   {prometheus.url}  (scrapes {server_target}, the project's alert rules)\n"
         f"  alerts       {prometheus.alerts_page}  (pending at once, firing after each rule's `for:`)\n"
-        f"  targets      {prometheus.url}/targets"
+        f"  targets      {prometheus.targets_page}"
     )
 
 
