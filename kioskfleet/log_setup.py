@@ -34,9 +34,10 @@ LOG_FORMATS: Final[tuple[LogFormat, ...]] = ("text", "json")
 LOG_FORMAT_VARIABLE: Final = "KIOSKFLEET_LOG_FORMAT"
 """The environment variable that sets the default of ``--log-format``."""
 
-NOISY_LOGGERS: Final[tuple[str, ...]] = ("apscheduler",)
+NOISY_LOGGERS: Final[tuple[str, ...]] = ("apscheduler", "alembic.runtime.plugins")
 """Loggers held at WARNING unless ``--verbose``: APScheduler logs every job run
-("Running job ... executed successfully"), i.e. a line every few seconds."""
+("Running job ... executed successfully"), i.e. a line every few seconds; Alembic lists
+each plugin it sets up at every start (its migration lines stay)."""
 
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
