@@ -22,7 +22,16 @@ terminals take updates through the real agent update path (`simulate
 failures, and once the fleet is online operator alice creates a two-phase
 rollout (`rollout create`) that operator bob approves (`rollout approve`); its
 first phase falls below the success threshold and the rollout pauses. Prints where to look, then a one-line fleet summary
-from the API every few seconds. The API's certificate is issued by the demo's
+from the API every few seconds.
+
+Planted faults (kioskfleet/demo_faults.py) on the last three terminals make
+PrinterPaperOut, CardReaderFault and TerminalOffline fire within 3 minutes under the
+real rules; Prometheus scrapes every 5 s and its pages are printed as it serves them
+(Debian's: /classic/...). Nothing stays behind: every file under var/demo/ (TMPDIR
+var/demo/tmp/, removed at the end), no MQTT session (expiry 0 for the terminals and
+the server), and after Ctrl-C the retained messages of the DEMO-* terminals are
+cleared (kioskfleet/broker_sweep.py) before the broker stops. The console line
+(``_console_lines``) appears once the server serves /console. The API's certificate is issued by the demo's
 CA: trust var/demo/ca/chain.pem (curl --cacert) or accept it in the browser.
 
 The API and /metrics need tokens: before the server starts, each run creates
@@ -33,6 +42,7 @@ var/demo/prometheus.token (both mode 0600, both expiring after a day).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -291,7 +301,10 @@ def main() -> int:
     prometheus: LocalPrometheus | None = None
     broker_port = 8883 if not _port_open(8883) else free_port()
     setup, https_cert, https_key = _identity(broker_port)
-    broker = LocalBroker(VAR / "mosquitto", port=broker_port, identity=setup.identity).start()
+    broker = LocalBroker(
+        VAR / "mosquitto", port=broker_port, identity=setup.identity, own_process_group=True
+    ).start()
+    atexit.register(broker.stop)  # out of Ctrl-C's reach: stopped even if setup fails
     broker_url = broker.url
     server_cert, server_key = setup.server_credentials[DEFAULT_SERVER_IDENTITY]
     print(f"started mosquitto on {broker_url}, TLS + ACL (log: {broker.log_path})")
