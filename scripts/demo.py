@@ -217,12 +217,18 @@ def _prometheus_lines(prometheus: LocalPrometheus, server_target: str) -> str:
         graph = prometheus.ui_page("graph")
     except PrometheusError as exc:
         return f"  prometheus   {prometheus.url}  (its web UI did not answer: {exc})"
-    planted = ", ".join(p.alert for p in demo_fault_plan(TERMINALS))
+    plan = demo_fault_plan(TERMINALS)
+    planted = (
+        f"planted: {', '.join(f'{p.alert} ({p.terminal_id})' for p in plan)}\n"
+        f"               fire within {FIRING_WITHIN_S / 60:g} minutes"
+        if plan
+        else "no faults planted in a fleet this small"
+    )
     return (
         f"  prometheus   {graph}  (scrapes {server_target} every {SCRAPE_INTERVAL_S:g} s, "
         f"the project's alert rules)\n"
         f"  alerts       {alerts}  (pending at once, firing after each rule's `for:`;\n"
-        f"               planted: {planted} fire within {FIRING_WITHIN_S / 60:g} minutes)\n"
+        f"               {planted})\n"
         f"  targets      {targets}"
     )
 

@@ -17,6 +17,7 @@ from agent.probes.simulated import MODELS, Scenario
 from kioskfleet.demo_faults import (
     FIRING_WITHIN_S,
     SCRAPE_INTERVAL_S,
+    PlannedAlert,
     demo_fault_plan,
     simulate_args,
     worst_case_firing_s,
@@ -52,7 +53,9 @@ def test_the_demo_promises_paper_out_card_reader_and_offline() -> None:
 
 
 @pytest.mark.parametrize("planned", PLAN, ids=lambda p: p.alert)
-def test_each_planted_fault_fires_within_three_minutes_and_lasts_past_its_for(planned) -> None:  # type: ignore[no-untyped-def]
+def test_each_planted_fault_fires_within_three_minutes_and_lasts_past_its_for(
+    planned: PlannedAlert,
+) -> None:
     rule = _rules()[planned.alert]
     rule_for = _seconds(rule.get("for", "0s"))
     assert worst_case_firing_s(planned, rule_for) <= FIRING_WITHIN_S, (planned.alert, rule_for)
@@ -61,8 +64,9 @@ def test_each_planted_fault_fires_within_three_minutes_and_lasts_past_its_for(pl
 
 
 @pytest.mark.parametrize("planned", [p for p in PLAN if p.fault], ids=lambda p: p.alert)
-def test_each_planted_peripheral_fault_matches_its_rules_selector(planned) -> None:  # type: ignore[no-untyped-def]
+def test_each_planted_peripheral_fault_matches_its_rules_selector(planned: PlannedAlert) -> None:
     fault = planned.fault
+    assert fault is not None
     expr = _rules()[planned.alert]["expr"]
     kind = PeripheralKind(Scenario(fault.probe).value)
     assert f'family="{family_of(kind).family.value}"' in expr
@@ -103,3 +107,8 @@ def test_malformed_planted_faults_are_refused(text: str) -> None:
 def test_malformed_planted_outages_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="planted outage"):
         PlantedOutage.parse(text)
+
+
+def test_a_fleet_too_small_for_the_plan_plants_nothing() -> None:
+    assert demo_fault_plan(2) == []
+    assert simulate_args(demo_fault_plan(2)) == []
