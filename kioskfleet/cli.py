@@ -5,7 +5,10 @@
 
 Only argument parsing lives here; each subcommand hands over to its package
 (imported lazily so that ``kioskfleet agent`` on a terminal never imports the
-server's dependencies).
+server's dependencies). ``kioskfleet --help`` groups the commands by task
+(``COMMAND_GROUPS``) from their own one-line helps, every option's help shows its
+default, ``server --help`` lists the settings from the settings model; logging is set
+up here for every subcommand (``--log-format``, ``--verbose``: kioskfleet/log_setup.py).
 """
 
 from __future__ import annotations
