@@ -107,28 +107,45 @@ def _command_overview(sub: argparse._SubParsersAction[_Parser]) -> str:
     return "\n".join(parts)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="kioskfleet", epilog=_EXAMPLES)
-    parser.add_argument("--version", action="version", version=f"kioskfleet {__version__}")
+_TYPER_COMMANDS = ("repo", "vendor")
+
+
+def _logging_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """``--log-level``, ``--log-format``, ``--verbose`` on ``parser``. Only the top level sets
+    defaults; a command's copies are SUPPRESSed unless given, so they never undo the
+    top level's (``kioskfleet --verbose server`` and ``kioskfleet server --verbose`` agree)."""
+    unset = argparse.SUPPRESS
     parser.add_argument(
-        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: INFO)"
+        "--log-level",
+        default="INFO" if defaults else unset,
+        help="DEBUG, INFO, WARNING or ERROR (default: INFO)",
     )
     parser.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
-        default=os.environ.get(LOG_FORMAT_VARIABLE, "text"),
+        default=os.environ.get(LOG_FORMAT_VARIABLE, "text") if defaults else unset,
         help=f"text for people, json (one object per line) for log collectors; "
         f"default: {LOG_FORMAT_VARIABLE} or text",
     )
     parser.add_argument(
         "--verbose",
         action="store_true",
+        default=False if defaults else unset,
         help="also log the libraries' routine lines (the scheduler's every job run)",
     )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kioskfleet", epilog=_EXAMPLES)
+    parser.add_argument("--version", action="version", version=f"kioskfleet {__version__}")
+    _logging_options(parser, defaults=True)
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
     _command_parsers(sub)
+    for name, command in sub.choices.items():
+        if name not in _TYPER_COMMANDS:  # also after the command: `kioskfleet server --verbose`
+            _logging_options(command, defaults=False)
     parser.description = f"{_SUMMARY}\n\n{_command_overview(sub)}"
     # The grouped overview above replaces argparse's flat list of the same commands: the
     # action stays in the usage line and the parser, out of the help's option groups.

@@ -111,3 +111,25 @@ def test_server_help_lists_every_setting_with_its_default(
         assert line.split()[1] == default
     assert "KIOSKFLEET_DATABASE_URL" in out
     assert "sqlite:///var/kioskfleet.db" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--log-format", "json", "--verbose", "server"],
+        ["server", "--log-format", "json", "--verbose"],
+    ],
+)
+def test_the_logging_options_work_before_and_after_the_command(argv: list[str]) -> None:
+    args = cli._parser().parse_args(argv)
+    assert (args.command, args.log_format, args.verbose, args.log_level) == (
+        "server",
+        "json",
+        True,
+        "INFO",
+    )
+
+
+def test_a_commands_logging_options_do_not_undo_the_top_levels() -> None:
+    args = cli._parser().parse_args(["--log-format", "json", "db", "upgrade"])
+    assert args.log_format == "json"
