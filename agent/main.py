@@ -34,9 +34,10 @@ from agent.event_loop import EventLoop, LoopThread
 from agent.mqtt_connection import ConnectionSettings, ConnectionSetupError, MqttConnection
 from agent.outbox import Outbox, OutboxError
 from agent.outbox_sender import OutboxSender, SenderSettings
+from agent.probe_census import ProbePlace, log_census
 from agent.probe_reader import ProbeReader
 from agent.probes.base import Probe
-from agent.probes.factory import build_probes
+from agent.probes.factory import build_probes, probe_device
 from agent.probes.system import SystemReadError, read_uptime_s
 from agent.update_service import UpdateService, UpdateServiceError
 from protocol.update_status import UpdateBody
@@ -132,8 +133,18 @@ class AgentRuntime:
                 is_up=lambda: self.connection.connected,
             )
             self.connection.receive_commands(self.updates.submit)
+        if probes is None:
+            probes = build_probes(config.probes)
+            self.probe_places = [
+                ProbePlace(spec.name, probe.kind, spec.type, probe_device(spec))
+                for spec, probe in zip(config.probes, probes, strict=True)
+            ]
+        else:
+            self.probe_places = [
+                ProbePlace(p.name, p.kind, type(p).__name__, "(given in code)") for p in probes
+            ]
         self.probe_reader = ProbeReader(
-            build_probes(config.probes) if probes is None else probes,
+            probes,
             config.probe_interval_s,
             on_change=lambda: self.loop.check_now(config.terminal_id),
         )
@@ -169,7 +180,12 @@ class AgentRuntime:
         )
         if self.updates is not None:
             self.updates.start()
-        self.probe_reader.start()
+        self.probe_reader.start()  # reads every probe once, here
+        log_census(
+            self.config.terminal_id,
+            self.probe_places,
+            {p.name: self.probe_reader.last_result(p.name) for p in self.probe_places},
+        )
         try:
             self.loop.run(duration_s)
         finally:

@@ -65,6 +65,7 @@ from agent.event_loop import EventLoop, LoopThread
 from agent.mqtt_connection import ConnectionSettings, MqttConnection
 from agent.outbox import Outbox, OutboxStats
 from agent.outbox_sender import OutboxSender, SenderSettings
+from agent.planted_faults import PlantedFault, PlantedOutage
 from agent.probes.simulated import (
     MODELS,
     Scenario,
@@ -127,6 +128,9 @@ class SimulationOptions:
         0.0  # planted health-check failures, agent/simulated_updates.py
     )
     work_dir: Path | None = None  # the terminals' update files and slots; None: a temporary one
+    planted_faults: tuple[PlantedFault, ...] = ()  # held for the whole run (planted_faults.py)
+    planted_outages: tuple[PlantedOutage, ...] = ()  # connections cut for good
+    session_expiry_s: int | None = None  # None: the agent's default (a persistent session)
 
     def check(self) -> None:
         """Raises ValueError naming the first option that cannot work."""
@@ -282,6 +286,7 @@ class Simulation:
         self._senders: dict[str, OutboxSender] = {}
         self._updates: dict[str, UpdateService] = {}
         self._by_id: dict[str, Agent] = {}
+        self._connection_by_id: dict[str, MqttConnection] = {}
         self._socket_dir: Path | None = None
         self.work_dir: Path | None = None
         self._dropped_at_start = 0
@@ -318,6 +323,11 @@ class Simulation:
                 "keepalive_s": tuning.keepalive_s,
                 "reconnect_min_s": tuning.reconnect_min_s,
                 "reconnect_max_s": tuning.reconnect_max_s,
+                **(
+                    {"session_expiry_s": opts.session_expiry_s}
+                    if opts.session_expiry_s is not None
+                    else {}
+                ),
                 "limits": {
                     "max_queued_messages": tuning.max_queued_messages,
                     "max_inflight_messages": tuning.max_inflight_messages,
@@ -360,6 +370,14 @@ class Simulation:
                 )
                 for s in MODELS[profile.model]
             }
+            for planted in opts.planted_faults:
+                if planted.terminal_id == tid:
+                    if planted.probe not in probes:
+                        raise ValueError(
+                            f"planted fault {planted}: {tid} ({profile.model}) has no probe "
+                            f"{planted.probe!r}, only {', '.join(probes)}"
+                        )
+                    probes[planted.probe].force(planted.condition)
             key_file, cert_file = identities.get(tid, (None, None))
             connection = MqttConnection(
                 replace(
@@ -395,6 +413,7 @@ class Simulation:
             self._probes[tid] = probes
             self._agents.append(agent)
             self._connections.append(connection)
+            self._connection_by_id[tid] = connection
             if updates is not None:
                 self._updates[tid] = updates[0]
                 self._by_id[tid] = agent
@@ -459,11 +478,21 @@ class Simulation:
         """Run in this thread until ``request_stop`` (or ``duration_s``), then stop cleanly."""
         for service in self._updates.values():
             service.start()
+        outages = _OutageThread(self.loop, self._planted_outages(), time.monotonic)
+        outages.start()
         try:
             self.loop.run(duration_s)
         finally:
+            outages.stop()
             for service in self._updates.values():
                 service.stop(timeout=1.0)
+
+    def _planted_outages(self) -> list[tuple[PlantedOutage, MqttConnection]]:
+        return [
+            (outage, self._connection_by_id[outage.terminal_id])
+            for outage in self.opts.planted_outages
+            if outage.terminal_id in self._connection_by_id
+        ]
 
     def request_stop(self) -> None:
         self.loop.request_stop()
@@ -567,6 +596,46 @@ class Simulation:
                 return True
             time.sleep(0.05)
         return False
+
+
+class _OutageThread:
+    """Cuts the planted outages' connections for good (in the loop's thread) once each
+    terminal has been connected and its ``after_s`` has passed."""
+
+    _POLL_S = 0.5
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        outages: list[tuple[PlantedOutage, MqttConnection]],
+        monotonic: Any,
+    ) -> None:
+        self._loop = loop
+        self._waiting = list(outages)
+        self._monotonic = monotonic
+        self._began = monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._waiting:
+            self._thread = threading.Thread(target=self._run, name="kf-outages", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while self._waiting and not self._stop.wait(self._POLL_S):
+            elapsed = self._monotonic() - self._began
+            for item in list(self._waiting):
+                outage, connection = item
+                if elapsed >= outage.after_s and connection.connected:
+                    self._waiting.remove(item)
+                    log.info("planted outage: %s loses its connection for good", outage.terminal_id)
+                    self._loop.call_soon(connection.close)
 
 
 class _SimulatedUptime:

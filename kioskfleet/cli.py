@@ -6,71 +6,218 @@ start|end|list``, ``problem ack``, ``simulate``, ``broker-config``, and
 
 Only argument parsing lives here; each subcommand hands over to its package
 (imported lazily so that ``kioskfleet agent`` on a terminal never imports the
-server's dependencies).
+server's dependencies). ``kioskfleet --help`` groups the commands by task
+(``COMMAND_GROUPS``) from their own one-line helps, every option's help shows its
+default, ``server --help`` lists the settings from the settings model; logging is set
+up here for every subcommand (``--log-format``, ``--verbose``: kioskfleet/log_setup.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, Final
 
 from kioskfleet import __version__
+from kioskfleet.log_setup import LOG_FORMAT_VARIABLE, LOG_FORMATS, configure_logging
 
 __all__ = ["main"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kioskfleet", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"kioskfleet {__version__}")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
-    sub = parser.add_subparsers(dest="command", required=True)
+COMMAND_GROUPS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
+    ("On a terminal", ("agent",)),
+    ("Running the server", ("server", "db", "broker-config")),
+    ("Access and identity", ("token", "user", "ca", "terminal")),
+    ("Halls and daily operations", ("hall", "maintenance", "problem")),
+    ("Signed releases and rollouts", ("repo", "vendor", "rollout")),
+    ("Trying it out", ("simulate",)),
+)
+"""How ``kioskfleet --help`` groups the commands; every command is in exactly one group
+(tests/unit/test_cli_help.py)."""
 
-    agent = sub.add_parser("agent", help="run the terminal agent")
-    agent.add_argument(
-        "--config", type=Path, help="agent.toml (settings also from KIOSKFLEET_AGENT_*)"
+_SUMMARY = "Fleet management for self-service terminals: one command for the terminal agent, the server and the operators' tools."
+
+_EXAMPLES = """examples:
+  kioskfleet agent --config /etc/kioskfleet/agent.toml      run the agent on a terminal
+  kioskfleet server --env-file /etc/kioskfleet/server.env   run the server
+  kioskfleet server --help                                  every server setting and its default
+  kioskfleet token create --role viewer --name grafana --expires 30d
+  kioskfleet terminal token T-0042 --hall hall-01 --region north --model KF-200
+  kioskfleet rollout status --server https://fleet:8080 --token-file op.token
+  kioskfleet simulate --terminals 20 --broker mqtt://127.0.0.1:1883
+  kioskfleet COMMAND --help                                 a command's options
+
+Logs go to stderr; --log-format json (or KIOSKFLEET_LOG_FORMAT=json) writes one JSON
+object per line for log collectors. Documentation: README.md and docs/ in the source."""
+
+# The options every option's help describes its absence with; others show "(default: X)".
+_NO_DEFAULT_WORDS = ("default", "required")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written; each option's default after its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shows = action.option_strings and action.default not in (None, False, argparse.SUPPRESS)
+        if shows and not any(word in text.lower() for word in _NO_DEFAULT_WORDS):
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose help can end with text made only when help is asked for
+    (``server --help`` lists the settings without importing the server for other commands)."""
+
+    help_appendix: Callable[[], str] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if self.help_appendix is not None:
+            text += "\n" + self.help_appendix() + "\n"
+        return text
+
+
+def _settings_help() -> str:
+    from server.config import settings_table
+
+    rows = settings_table()
+    width = max(len(name) for name, _ in rows)
+    lines = [f"  {name:<{width}}  {default}" for name, default in rows]
+    return (
+        "settings (environment variables or --env-file lines; what each means: docs/server.md):\n"
+        + "\n".join(lines)
     )
-    agent_sub = agent.add_subparsers(dest="agent_command")
+
+
+def _command_overview(sub: argparse._SubParsersAction[_Parser]) -> str:
+    """The grouped list of commands, one line each, from the subparsers' own help texts."""
+    helps = {action.dest: action.help or "" for action in sub._choices_actions}
+    width = max(len(name) for name in helps)
+    parts = []
+    for title, names in COMMAND_GROUPS:
+        parts.append(f"{title}:")
+        parts.extend(f"  {name:<{width}}  {helps[name]}" for name in names)
+    return "\n".join(parts)
+
+
+_TYPER_COMMANDS = ("repo", "vendor")
+
+
+def _logging_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """``--log-level``, ``--log-format``, ``--verbose`` on ``parser``. Only the top level sets
+    defaults; a command's copies are SUPPRESSed unless given, so they never undo the
+    top level's (``kioskfleet --verbose server`` and ``kioskfleet server --verbose`` agree)."""
+    unset = argparse.SUPPRESS
+    parser.add_argument(
+        "--log-level",
+        default="INFO" if defaults else unset,
+        help="DEBUG, INFO, WARNING or ERROR (default: INFO)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get(LOG_FORMAT_VARIABLE, "text") if defaults else unset,
+        help=f"text for people, json (one object per line) for log collectors; "
+        f"default: {LOG_FORMAT_VARIABLE} or text",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        default=False if defaults else unset,
+        help="also log the libraries' routine lines (the scheduler's every job run)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kioskfleet", epilog=_EXAMPLES)
+    parser.add_argument("--version", action="version", version=f"kioskfleet {__version__}")
+    _logging_options(parser, defaults=True)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    _command_parsers(sub)
+    for name, command in sub.choices.items():
+        if name not in _TYPER_COMMANDS:  # also after the command: `kioskfleet server --verbose`
+            _logging_options(command, defaults=False)
+    parser.description = f"{_SUMMARY}\n\n{_command_overview(sub)}"
+    # The grouped overview above replaces argparse's flat list of the same commands: the
+    # action stays in the usage line and the parser, out of the help's option groups.
+    for group in parser._action_groups:
+        if sub in group._group_actions:
+            group._group_actions.remove(sub)
+    return parser
+
+
+def _command_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+    env_help = "a file of KIOSKFLEET_* lines (default: the environment only)"
+    agent = sub.add_parser("agent", help="run the terminal agent (agent keygen: its key)")
+    agent.add_argument(
+        "--config",
+        type=Path,
+        help="agent.toml (default: none, settings from KIOSKFLEET_AGENT_* only)",
+    )
+    agent_sub = agent.add_subparsers(dest="agent_command", metavar="SUBCOMMAND")
     keygen = agent_sub.add_parser(
         "keygen", help="make the terminal's key (0600) if missing; print its public key PEM"
     )
-    keygen.add_argument("--key-file", type=Path, default=Path("/var/lib/kioskfleet/terminal.key"))
-
-    server = sub.add_parser("server", help="run the central server (settings from KIOSKFLEET_*)")
-    server.add_argument("--env-file", type=Path, help="a file of KIOSKFLEET_* settings")
-
-    db = sub.add_parser("db", help="database maintenance (settings from KIOSKFLEET_*)")
-    db_sub = db.add_subparsers(dest="db_command", required=True)
-    upgrade = db_sub.add_parser(
-        "upgrade", help="migrate the database to the newest schema (the server also does at start)"
+    keygen.add_argument(
+        "--key-file",
+        type=Path,
+        default=Path("/var/lib/kioskfleet/terminal.key"),
+        help="where the key lives",
     )
-    upgrade.add_argument("--env-file", type=Path, help="a file of KIOSKFLEET_* settings")
 
-    tok = sub.add_parser("token", help="API tokens, on the database (settings from KIOSKFLEET_*)")
-    tok.add_argument("--env-file", type=Path, help="a file of KIOSKFLEET_* settings")
-    tok_sub = tok.add_subparsers(dest="token_command", required=True)
+    server = sub.add_parser("server", help="run the server: ingest, fleet state, API, /metrics")
+    server.add_argument("--env-file", type=Path, help=env_help)
+    server.help_appendix = _settings_help
+
+    db = sub.add_parser("db", help="migrate the database (the server also does at start)")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="SUBCOMMAND")
+    upgrade = db_sub.add_parser("upgrade", help="migrate the database to the newest schema")
+    upgrade.add_argument("--env-file", type=Path, help=env_help)
+
+    tok = sub.add_parser("token", help="API tokens for machines and people: create, list, revoke")
+    tok.add_argument("--env-file", type=Path, help=env_help)
+    tok_sub = tok.add_subparsers(dest="token_command", required=True, metavar="SUBCOMMAND")
     create = tok_sub.add_parser("create", help="create a token and print its secret once")
-    create.add_argument("--name", required=True)
-    create.add_argument("--role", required=True, choices=["admin", "operator", "viewer", "vendor"])
-    create.add_argument("--vendor", help="the vendor a vendor token is bound to")
-    create.add_argument("--expires", help="30d, 12h, 90m, 2w or an ISO-8601 time")
+    create.add_argument("--name", required=True, help="what the token is for (required)")
+    create.add_argument(
+        "--role",
+        required=True,
+        choices=["admin", "operator", "viewer", "vendor"],
+        help="what it may do (required)",
+    )
+    create.add_argument(
+        "--vendor", help="the vendor a vendor token is bound to (default: none; vendor role only)"
+    )
+    create.add_argument("--expires", help="30d, 12h, 90m, 2w or an ISO-8601 time (default: never)")
     tok_sub.add_parser("list", help="every token, without secrets")
     revoke = tok_sub.add_parser("revoke", help="revoke a token by name")
-    revoke.add_argument("name")
+    revoke.add_argument("name", help="the token's name")
 
     usr = sub.add_parser(
         "user", help="console users (people), on the database (settings from KIOSKFLEET_*)"
     )
-    usr.add_argument("--env-file", type=Path, help="a file of KIOSKFLEET_* settings")
-    usr_sub = usr.add_subparsers(dest="user_command", required=True)
+    usr.add_argument("--env-file", type=Path, help=env_help)
+    usr_sub = usr.add_subparsers(dest="user_command", required=True, metavar="SUBCOMMAND")
     u_create = usr_sub.add_parser("create", help="add a console user; asks for the password")
-    u_create.add_argument("username")
-    u_create.add_argument("--role", required=True, choices=["admin", "operator", "viewer"])
+    u_create.add_argument("username", help="the login name")
+    u_create.add_argument(
+        "--role",
+        required=True,
+        choices=["admin", "operator", "viewer"],
+        help="what the user may do (required)",
+    )
     u_passwd = usr_sub.add_parser("passwd", help="set a user's password; ends its sessions")
-    u_passwd.add_argument("username")
+    u_passwd.add_argument("username", help="the login name")
     for p in (u_create, u_passwd):
         p.add_argument(
             "--password-stdin",
@@ -78,77 +225,96 @@ def _parser() -> argparse.ArgumentParser:
             help="read the password from stdin's first line",
         )
     u_disable = usr_sub.add_parser("disable", help="a user can no longer log in; ends its sessions")
-    u_disable.add_argument("username")
+    u_disable.add_argument("username", help="the login name")
     usr_sub.add_parser("list", help="every console user, without passwords")
 
-    hall = sub.add_parser("hall", help="halls, on the database (settings from KIOSKFLEET_*)")
-    hall.add_argument("--env-file", type=Path, help="a file of KIOSKFLEET_* settings")
-    hall_sub = hall.add_subparsers(dest="hall_command", required=True)
+    hall = sub.add_parser("hall", help="a hall's opening hours and holidays")
+    hall.add_argument("--env-file", type=Path, help=env_help)
+    hall_sub = hall.add_subparsers(dest="hall_command", required=True, metavar="SUBCOMMAND")
     hours = hall_sub.add_parser("hours", help="a hall's opening hours and holidays")
-    hours_sub = hours.add_subparsers(dest="hours_command", required=True)
+    hours_sub = hours.add_subparsers(dest="hours_command", required=True, metavar="SUBCOMMAND")
     hours_set = hours_sub.add_parser("set", help="set (replace) HALL's hours from a JSON file")
-    hours_set.add_argument("hall", metavar="HALL")
-    hours_set.add_argument("--file", type=Path, required=True, help="hours.json (docs/updates.md)")
+    hours_set.add_argument("hall", metavar="HALL", help="the hall's name")
+    hours_set.add_argument(
+        "--file", type=Path, required=True, help="hours.json, see docs/monitoring.md (required)"
+    )
     hours_show = hours_sub.add_parser("show", help="print HALL's hours as JSON")
-    hours_show.add_argument("hall", metavar="HALL")
+    hours_show.add_argument("hall", metavar="HALL", help="the hall's name")
 
-    ca = sub.add_parser("ca", help="the fleet's device CA")
-    ca_sub = ca.add_subparsers(dest="ca_command", required=True)
+    ca = sub.add_parser("ca", help="create the fleet's device CA")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True, metavar="SUBCOMMAND")
     ca_init = ca_sub.add_parser(
         "init", help="create the root and issuing CA in DIR (never overwrites one)"
     )
-    ca_init.add_argument("directory", type=Path, metavar="DIR")
+    ca_init.add_argument("directory", type=Path, metavar="DIR", help="a new directory")
 
-    terminal = sub.add_parser(
-        "terminal", help="the terminal registry (settings from KIOSKFLEET_*, KIOSKFLEET_CA_DIR)"
-    )
-    terminal.add_argument("--env-file", type=Path, help="a file of KIOSKFLEET_* settings")
-    t_sub = terminal.add_subparsers(dest="terminal_command", required=True)
+    terminal = sub.add_parser("terminal", help="let terminals enroll, revoke or decommission them")
+    terminal.add_argument("--env-file", type=Path, help=env_help)
+    t_sub = terminal.add_subparsers(dest="terminal_command", required=True, metavar="SUBCOMMAND")
     pre = t_sub.add_parser("preauthorize", help="let ID enroll with its public key")
-    pre.add_argument("terminal_id", nargs="?", metavar="ID")
+    pre.add_argument("terminal_id", nargs="?", metavar="ID", help="the terminal's id")
     pre.add_argument(
         "--from-file",
         type=Path,
-        help="CSV lines id,hall,region,model,key (a PEM path or the PEM); all or nothing",
+        help="CSV lines id,hall,region,model,key (a PEM path or the PEM); all or nothing "
+        "(default: one terminal from ID and the options)",
     )
     tok = t_sub.add_parser("token", help="a one-time enrollment token for ID (printed once)")
-    tok.add_argument("terminal_id", metavar="ID")
-    tok.add_argument("--ttl", default="24h", help="lifetime: 30m, 24h, 7d (default 24h)")
+    tok.add_argument("terminal_id", metavar="ID", help="the terminal's id")
+    tok.add_argument("--ttl", default="24h", help="lifetime: 30m, 24h, 7d")
     for p in (pre, tok):
-        required = p is tok
-        p.add_argument("--hall", required=required)
-        p.add_argument("--region", required=required)
-        p.add_argument("--model", required=required)
-    pre.add_argument("--key", type=Path, help="the terminal's public key PEM (agent keygen)")
+        needed = "required" if p is tok else "required without --from-file"
+        p.add_argument("--hall", required=p is tok, help=f"the terminal's hall ({needed})")
+        p.add_argument("--region", required=p is tok, help=f"the hall's region ({needed})")
+        p.add_argument("--model", required=p is tok, help=f"the terminal's model ({needed})")
+    pre.add_argument(
+        "--key",
+        type=Path,
+        help="the terminal's public key PEM from `agent keygen` (required without --from-file)",
+    )
     rev = t_sub.add_parser("revoke", help="revoke ID's certificates and rewrite the CRL")
-    rev.add_argument("terminal_id", metavar="ID")
+    rev.add_argument("terminal_id", metavar="ID", help="the terminal's id")
     dec = t_sub.add_parser(
         "decommission",
         help="remove ID through the running server's API (revoked, its retained state cleared, "
         "out of the fleet state; history kept); needs an operator token",
     )
-    dec.add_argument("terminal_id", metavar="ID")
-    dec.add_argument("--server", required=True, help="the server's base URL, https://host:port")
-    dec.add_argument("--token-file", type=Path, required=True, help="a file holding the token")
-    dec.add_argument("--ca-file", type=Path, help="the fleet CA chain to verify HTTPS with")
+    dec.add_argument("terminal_id", metavar="ID", help="the terminal's id")
+    dec.add_argument(
+        "--server", required=True, help="the server's base URL, https://host:port (required)"
+    )
+    dec.add_argument(
+        "--token-file", type=Path, required=True, help="a file holding the token (required)"
+    )
+    dec.add_argument(
+        "--ca-file",
+        type=Path,
+        help="the fleet CA chain to verify HTTPS with (default: the system's CAs)",
+    )
 
     from kioskfleet.rollout_cli import add_rollout_parser
 
     add_rollout_parser(sub)
+    # Typer commands (kioskfleet/cli_updates.py): main() hands them over before parsing;
+    # listed here so that `kioskfleet --help` shows them with the others.
+    sub.add_parser("repo", help="the operator's offline TUF repository (signed releases)")
+    sub.add_parser("vendor", help="a vendor's keys, signing and publishing a release")
 
     from kioskfleet.maintenance_cli import add_maintenance_parsers
 
     add_maintenance_parsers(sub)
 
     sim = sub.add_parser("simulate", help="run N simulated terminals with the real agent code")
-    sim.add_argument("--terminals", type=int, default=50)
-    sim.add_argument("--broker", default="mqtt://127.0.0.1:1883")
-    sim.add_argument("--halls", type=int, default=3)
-    sim.add_argument("--regions", type=int, default=1)
-    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--terminals", type=int, default=50, help="how many terminals")
+    sim.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt:// or mqtts:// URL")
+    sim.add_argument("--halls", type=int, default=3, help="terminals are spread over halls")
+    sim.add_argument("--regions", type=int, default=1, help="halls are spread over regions")
+    sim.add_argument("--seed", type=int, default=1, help="the same seed plays the same faults")
     sim.add_argument("--report-interval", type=float, default=60.0, help="seconds between reports")
     sim.add_argument("--fault-rate", type=float, default=1.0, help="scenario speed-up for faults")
-    sim.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    sim.add_argument(
+        "--duration", type=float, default=None, help="stop after this many seconds (default: never)"
+    )
     sim.add_argument("--processes", type=int, default=1, help="spread terminals over processes")
     sim.add_argument("--id-prefix", default="SIM", help="terminal ids are PREFIX-00001 ...")
     sim.add_argument(
@@ -159,18 +325,32 @@ def _parser() -> argparse.ArgumentParser:
         "default: a new file in a temporary directory, printed at start. "
         "Reusing it with the same ids continues their streams",
     )
-    sim.add_argument("--enroll-url", help="EST base URL (https://...): enroll every terminal first")
-    sim.add_argument("--ca-file", type=Path, help="the fleet CA chain (EST server and broker)")
     sim.add_argument(
-        "--identity-dir", type=Path, help="the terminals' keys and certificates (<id>.key/.pem)"
+        "--enroll-url",
+        help="EST base URL (https://...): enroll every terminal first (default: no enrollment)",
     )
-    sim.add_argument("--enroll-concurrency", type=int, default=8)
+    sim.add_argument(
+        "--ca-file", type=Path, help="the fleet CA chain, EST server and broker (default: none)"
+    )
+    sim.add_argument(
+        "--identity-dir",
+        type=Path,
+        help="the terminals' keys and certificates, <id>.key/.pem (default: none)",
+    )
+    sim.add_argument(
+        "--enroll-concurrency", type=int, default=8, help="enrollments at the same time"
+    )
     sim.add_argument(
         "--updates-server",
         help="the server's base URL: every terminal takes updates through the real agent "
-        "update path (TUF, signed directives, the bundle handler into --work-dir)",
+        "update path (TUF, signed directives, the bundle handler into --work-dir); "
+        "default: no updates",
     )
-    sim.add_argument("--trusted-root", type=Path, help="the operator's root.json (with updates)")
+    sim.add_argument(
+        "--trusted-root",
+        type=Path,
+        help="the operator's root.json (required with --updates-server)",
+    )
     sim.add_argument(
         "--update-failure-fraction",
         type=float,
@@ -181,20 +361,46 @@ def _parser() -> argparse.ArgumentParser:
         "--work-dir", type=Path, help="the terminals' update files and slots (default: temporary)"
     )
     sim.add_argument(
+        "--plant",
+        action="append",
+        default=[],
+        metavar="ID:PROBE:CONDITION",
+        help="hold one peripheral in a condition for the whole run, e.g. "
+        "SIM-00003:receipt_printer:paper_out; repeat (default: none)",
+    )
+    sim.add_argument(
+        "--plant-outage",
+        action="append",
+        default=[],
+        metavar="ID:SECONDS",
+        help="cut ID's connection for good SECONDS into the run (the broker sends its "
+        "will); repeat (default: none)",
+    )
+    sim.add_argument(
+        "--session-expiry",
+        type=int,
+        default=None,
+        help="MQTT session expiry in seconds, 0 leaves no session on the broker "
+        "(default: the agent's, 7 days)",
+    )
+    sim.add_argument(
         "--keys-only",
         action="store_true",
         help="make the keys in --identity-dir and its preauthorize.csv, then exit",
     )
     bc = sub.add_parser(
         "broker-config",
-        help="issue the broker's and the server's certificates from the device CA and write "
-        "mosquitto.conf + acl (TLS, client certificates, CRL, per-terminal ACL)",
+        help="write mosquitto.conf + ACL and the broker's certificates from the device CA",
     )
-    bc.add_argument("--out", type=Path, required=True, help="directory to write into")
-    bc.add_argument("--ca-dir", type=Path, required=True, help="the device CA (kioskfleet ca init)")
+    bc.add_argument("--out", type=Path, required=True, help="directory to write into (required)")
+    bc.add_argument(
+        "--ca-dir", type=Path, required=True, help="the device CA, kioskfleet ca init (required)"
+    )
     bc.add_argument("--host", default="127.0.0.1", help="listener address, first SAN")
-    bc.add_argument("--port", type=int, default=8883)
-    bc.add_argument("--san", action="append", default=[], help="another broker name (repeat)")
+    bc.add_argument("--port", type=int, default=8883, help="listener port (TLS)")
+    bc.add_argument(
+        "--san", action="append", default=[], help="another broker name, repeat (default: none)"
+    )
     bc.add_argument(
         "--server-identity",
         action="append",
@@ -205,7 +411,6 @@ def _parser() -> argparse.ArgumentParser:
     bc.add_argument(
         "--crl-file", type=Path, default=None, help="the CRL the broker reads (default CA/crl.pem)"
     )
-    return parser
 
 
 def _broker_config(args: argparse.Namespace) -> int:
@@ -243,11 +448,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run(words)
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        configure_logging(args.log_level, args.log_format, verbose=args.verbose)
+    except ValueError as exc:
+        print(f"kioskfleet: {exc}", file=sys.stderr)
+        return 2
     if args.command == "agent" and args.agent_command == "keygen":
         from agent.enrollment import keygen_command
 
@@ -300,8 +505,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from server.identity_cli import init_ca_command
 
         return init_ca_command(args.directory)
+    from agent.planted_faults import PlantedFault, PlantedOutage
     from agent.simulator import SimulationOptions, run_simulation, write_identities
 
+    try:
+        planted = tuple(PlantedFault.parse(text) for text in args.plant)
+        outages = tuple(PlantedOutage.parse(text) for text in args.plant_outage)
+    except ValueError as exc:
+        print(f"kioskfleet simulate: {exc}", file=sys.stderr)
+        return 2
     options = SimulationOptions(
         terminals=args.terminals,
         broker_url=args.broker,
@@ -322,6 +534,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         trusted_root=args.trusted_root,
         update_failure_fraction=args.update_failure_fraction,
         work_dir=args.work_dir,
+        planted_faults=planted,
+        planted_outages=outages,
+        session_expiry_s=args.session_expiry,
     )
     if args.keys_only:
         if args.identity_dir is None:

@@ -75,10 +75,10 @@ def _client(server: str, token_file: Path, ca_file: Path | None) -> UpdateClient
 @repo_app.command("init")
 def repo_init(
     directory: Path,
-    root_keys: int = 3,
-    root_threshold: int = 2,
-    targets_keys: int = 2,
-    targets_threshold: int = 1,
+    root_keys: Annotated[int, typer.Option(help="root keys to make (kept offline)")] = 3,
+    root_threshold: Annotated[int, typer.Option(help="root signatures needed")] = 2,
+    targets_keys: Annotated[int, typer.Option(help="targets keys to make")] = 2,
+    targets_threshold: Annotated[int, typer.Option(help="targets signatures needed")] = 1,
 ) -> None:
     """Create root and top-level targets keys (offline), the online snapshot and timestamp
     keys (DIR/online, for the server), 1.root.json (consistent snapshots) and targets."""
@@ -100,8 +100,10 @@ def repo_init(
 def repo_add_vendor(
     vendor: str,
     key: Annotated[list[Path], typer.Option("--key", help="a vendor public key (.pub.json)")],
-    threshold: Annotated[int, typer.Option()] = 1,
-    paths: Annotated[list[str] | None, typer.Option("--paths")] = None,
+    threshold: Annotated[int, typer.Option(help="how many of the keys must sign")] = 1,
+    paths: Annotated[
+        list[str] | None, typer.Option("--paths", help="delegated paths (default: VENDOR/*)")
+    ] = None,
     repo: RepoDir = Path(),
 ) -> None:
     """Delegate VENDOR/* (or --paths) to these keys with this threshold (replaces an
@@ -125,8 +127,12 @@ def repo_revoke_vendor(vendor: str, repo: RepoDir = Path()) -> None:
 @repo_app.command("rotate-key")
 def repo_rotate_key(
     role: str,
-    keys: Annotated[int | None, typer.Option(help="number of new keys")] = None,
-    threshold: Annotated[int | None, typer.Option()] = None,
+    keys: Annotated[
+        int | None, typer.Option(help="number of new keys (default: as many as now)")
+    ] = None,
+    threshold: Annotated[
+        int | None, typer.Option(help="signatures needed (default: the current threshold)")
+    ] = None,
     repo: RepoDir = Path(),
 ) -> None:
     """Replace every key of ROLE (root, targets, snapshot, timestamp). The new root is
@@ -194,9 +200,11 @@ def vendor_keygen(
 
 @vendor_app.command("sign")
 def vendor_sign(
-    vendor: Annotated[str, typer.Option()],
+    vendor: Annotated[str, typer.Option(help="the vendor name the operator delegated")],
     role_file: Annotated[Path, typer.Option(help="the vendor's role file (created if absent)")],
-    artifact: Annotated[Path, typer.Option(exists=True, dir_okay=False)],
+    artifact: Annotated[
+        Path, typer.Option(exists=True, dir_okay=False, help="the file to release")
+    ],
     manifest: Annotated[Path, typer.Option(exists=True, help="release manifest JSON")],
     key: VendorKeys,
     name: Annotated[str | None, typer.Option(help="target name (default: artifact's)")] = None,
@@ -223,7 +231,7 @@ def vendor_sign(
 
 @vendor_app.command("resign")
 def vendor_resign(
-    role_file: Annotated[Path, typer.Option(exists=True)],
+    role_file: Annotated[Path, typer.Option(exists=True, help="the vendor's role file")],
     key: VendorKeys,
     remove: Annotated[list[str] | None, typer.Option(help="a target path to retire")] = None,
     expires_days: ExpiresDays = 90,
@@ -242,8 +250,8 @@ def vendor_resign(
 
 @vendor_app.command("publish")
 def vendor_publish(
-    vendor: Annotated[str, typer.Option()],
-    role_file: Annotated[Path, typer.Option(exists=True)],
+    vendor: Annotated[str, typer.Option(help="the vendor name the operator delegated")],
+    role_file: Annotated[Path, typer.Option(exists=True, help="the signed role file to publish")],
     server: ServerUrl,
     token_file: TokenFile,
     artifact: Annotated[

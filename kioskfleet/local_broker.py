@@ -89,14 +89,18 @@ class LocalBroker:
         extra_conf: str = "",
         overrides: dict[str, str] | None = None,
         identity: BrokerIdentity | None = None,
+        own_process_group: bool = False,
     ) -> None:
         """``overrides`` replaces options of the project config (e.g. a queue limit for a benchmark);
-        ``identity`` switches to the generated TLS listener and ACL."""
+        ``identity`` switches to the generated TLS listener and ACL. ``own_process_group``
+        keeps a terminal's Ctrl-C (sent to the whole foreground group) from reaching
+        mosquitto: the demo still needs it to clean up after Ctrl-C, then stops it."""
         self.workdir = workdir
         self.port = port or free_port()
         self.extra_conf = extra_conf
         self.overrides = overrides or {}
         self.identity = identity
+        self.own_process_group = own_process_group
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "mosquitto.log"
         self.paused = False
@@ -168,6 +172,7 @@ class LocalBroker:
             [_binary(), "-c", str(conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            process_group=0 if self.own_process_group else None,
         )
         self.paused = False
         deadline = time.monotonic() + timeout

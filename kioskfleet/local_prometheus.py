@@ -33,6 +33,7 @@ from kioskfleet.local_broker import free_port
 from kioskfleet.shipped_files import shipped_file
 
 __all__ = [
+    "UI_PREFIXES",
     "LocalPrometheus",
     "PrometheusApiError",
     "PrometheusError",
@@ -46,6 +47,9 @@ __all__ = [
 KIOSKFLEET_JOB = "kioskfleet"
 PROMETHEUS_JOB = "prometheus"
 _DEBIAN_BINARY = "/usr/bin/prometheus"
+UI_PREFIXES = ("", "/classic")
+"""Where a Prometheus 2.x serves its web UI: the React UI at ``/``, the classic one under
+``/classic`` (the only one in Debian's package)."""
 
 
 class PrometheusError(RuntimeError):
@@ -210,6 +214,7 @@ class LocalPrometheus:
         self.log_path = workdir / "prometheus.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._ui_prefix: str | None = None
 
     @property
     def url(self) -> str:
@@ -220,10 +225,37 @@ class LocalPrometheus:
         """Started and not exited."""
         return self.proc is not None and self.proc.poll() is None
 
+    def ui_page(self, page: str) -> str:
+        """The URL of the web UI's ``page`` (``alerts``, ``targets``, ``graph``) as this
+        Prometheus serves it, found by asking it (see ``ui_prefix``)."""
+        return f"{self.url}{self.ui_prefix()}/{page}"
+
     @property
     def alerts_page(self) -> str:
         """The web UI's alerts page (pending and firing alerts with their labels)."""
-        return f"{self.url}/alerts"
+        return self.ui_page("alerts")
+
+    @property
+    def targets_page(self) -> str:
+        """The web UI's targets page (each scrape target's health and last error)."""
+        return self.ui_page("targets")
+
+    def ui_prefix(self) -> str:
+        """``""`` when the running Prometheus serves its web UI at ``/alerts``, ``/classic``
+        when it serves only the classic UI under ``/classic/...`` (Debian's prometheus 2.x
+        is built without the React UI: ``/alerts`` is a 404 there).
+
+        Decided once by GET requests to the running server (HEAD is a 405 on the classic
+        pages) and remembered. Raises PrometheusError if it serves neither.
+        """
+        if self._ui_prefix is None:
+            for prefix in UI_PREFIXES:
+                if self._get_status(f"{prefix}/alerts") == 200:
+                    self._ui_prefix = prefix
+                    break
+            else:
+                raise PrometheusError(f"{self.url} serves neither /alerts nor /classic/alerts")
+        return self._ui_prefix
 
     def write_config(self) -> Path:
         """Write the generated ``prometheus.yml`` (temp file + os.replace) and return its path."""
@@ -353,6 +385,16 @@ class LocalPrometheus:
         return list(data["activeTargets"])
 
     # --- internals ------------------------------------------------------------------------
+
+    def _get_status(self, path: str) -> int | None:
+        """The HTTP status of a GET on ``path``; None if nothing answered."""
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}", timeout=5) as response:  # noqa: S310 - loopback URL we built
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except (urllib.error.URLError, OSError):
+            return None
 
     def _ready(self) -> bool:
         try:

@@ -36,15 +36,25 @@ def parse_duration(text: str) -> timedelta:
 
 
 def _connection(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", required=True, help="the server's base URL, https://host:port")
-    p.add_argument("--token-file", type=Path, required=True, help="a file holding the token")
-    p.add_argument("--ca-file", type=Path, help="the fleet CA chain to verify HTTPS with")
+    p.add_argument(
+        "--server", required=True, help="the server's base URL, https://host:port (required)"
+    )
+    p.add_argument(
+        "--token-file", type=Path, required=True, help="a file holding an operator token (required)"
+    )
+    p.add_argument(
+        "--ca-file",
+        type=Path,
+        help="the fleet CA chain to verify HTTPS with (default: the system's CAs)",
+    )
 
 
 def _target(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--terminal", metavar="ID", help="one terminal")
-    which.add_argument("--hall", metavar="HALL", help="every terminal of a hall")
+    which.add_argument("--terminal", metavar="ID", help="one terminal (this or --hall is required)")
+    which.add_argument(
+        "--hall", metavar="HALL", help="every terminal of a hall (this or --terminal is required)"
+    )
 
 
 def add_maintenance_parsers(sub: Any) -> None:
@@ -56,20 +66,25 @@ def add_maintenance_parsers(sub: Any) -> None:
     m_sub = maintenance.add_subparsers(dest="maintenance_command", required=True)
     start = m_sub.add_parser("start", help="start (or replace) a maintenance window")
     _target(start)
-    start.add_argument("--reason", required=True, help="why (shown to everyone, audited)")
+    start.add_argument("--reason", required=True, help="why (shown to everyone, audited; required)")
     end = start.add_mutually_exclusive_group(required=True)
-    end.add_argument("--until", help="when it ends, ISO-8601 with an offset (2026-12-24T18:00Z)")
-    end.add_argument("--for", dest="duration", help="how long from now: 90m, 2h, 3d")
+    end.add_argument(
+        "--until",
+        help="when it ends, ISO-8601 with an offset (2026-12-24T18:00Z); this or --for is required",
+    )
+    end.add_argument(
+        "--for", dest="duration", help="how long from now: 90m, 2h, 3d; this or --until is required"
+    )
     stop = m_sub.add_parser("end", help="end a maintenance window now")
     _target(stop)
     listing = m_sub.add_parser("list", help="the active maintenance windows")
     problem = sub.add_parser("problem", help="a terminal's peripheral problems")
     p_sub = problem.add_subparsers(dest="problem_command", required=True)
     ack = p_sub.add_parser("ack", help="acknowledge a peripheral's current problem")
-    ack.add_argument("terminal_id", metavar="ID")
+    ack.add_argument("terminal_id", metavar="ID", help="the terminal's id")
     ack.add_argument("peripheral", metavar="PERIPHERAL", help="its name, as in the terminal view")
-    ack.add_argument("--note", required=True, help="what is being done (audited)")
-    ack.add_argument("--assignee", help="who is to fix it")
+    ack.add_argument("--note", required=True, help="what is being done (audited; required)")
+    ack.add_argument("--assignee", help="who is to fix it (default: nobody named)")
     for p in (start, stop, listing, ack):
         _connection(p)
 

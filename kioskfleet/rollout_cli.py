@@ -25,21 +25,34 @@ _EVENTS = ("approve", "pause", "resume", "cancel", "gate")
 
 def add_rollout_parser(sub: Any) -> None:
     """The ``rollout`` command on ``sub`` (argparse subparsers)."""
-    rollout = sub.add_parser("rollout", help="rollouts through the running server's API")
-    r_sub = rollout.add_subparsers(dest="rollout_command", required=True)
+    rollout = sub.add_parser(
+        "rollout", help="create, approve, watch, pause, resume a rollout (server API)"
+    )
+    r_sub = rollout.add_subparsers(dest="rollout_command", required=True, metavar="SUBCOMMAND")
     create = r_sub.add_parser("create", help="create a rollout from a JSON file ('-': stdin)")
-    create.add_argument("file", metavar="FILE")
+    create.add_argument("file", metavar="FILE", help="the rollout as JSON, docs/updates.md")
     status = r_sub.add_parser("status", help="one rollout, or all without ID")
-    status.add_argument("rollout_id", metavar="ID", nargs="?")
+    status.add_argument("rollout_id", metavar="ID", nargs="?", help="the rollout (default: all)")
     parsers = [create, status]
     for verb in _EVENTS:
         p = r_sub.add_parser(verb, help=f"{verb} rollout ID")
-        p.add_argument("rollout_id", metavar="ID")
+        p.add_argument("rollout_id", metavar="ID", help="the rollout's id")
         parsers.append(p)
     for p in parsers:
-        p.add_argument("--server", required=True, help="the server's base URL, https://host:port")
-        p.add_argument("--token-file", type=Path, required=True, help="a file holding the token")
-        p.add_argument("--ca-file", type=Path, help="the fleet CA chain to verify HTTPS with")
+        p.add_argument(
+            "--server", required=True, help="the server's base URL, https://host:port (required)"
+        )
+        p.add_argument(
+            "--token-file",
+            type=Path,
+            required=True,
+            help="a file holding an operator token (required)",
+        )
+        p.add_argument(
+            "--ca-file",
+            type=Path,
+            help="the fleet CA chain to verify HTTPS with (default: the system's CAs)",
+        )
 
 
 def _body(file: str) -> dict[str, Any]:

@@ -22,7 +22,16 @@ terminals take updates through the real agent update path (`simulate
 failures, and once the fleet is online operator alice creates a two-phase
 rollout (`rollout create`) that operator bob approves (`rollout approve`); its
 first phase falls below the success threshold and the rollout pauses. Prints where to look, then a one-line fleet summary
-from the API every few seconds. The API's certificate is issued by the demo's
+from the API every few seconds.
+
+Planted faults (kioskfleet/demo_faults.py) on the last three terminals make
+PrinterPaperOut, CardReaderFault and TerminalOffline fire within 3 minutes under the
+real rules; Prometheus scrapes every 5 s and its pages are printed as it serves them
+(Debian's: /classic/...). Nothing stays behind: every file under var/demo/ (TMPDIR
+var/demo/tmp/, removed at the end), no MQTT session (expiry 0 for the terminals and
+the server), and after Ctrl-C the retained messages of the DEMO-* terminals are
+cleared (kioskfleet/broker_sweep.py) before the broker stops. The console line
+(``_console_lines``) appears once the server serves /console. The API's certificate is issued by the demo's
 CA: trust var/demo/ca/chain.pem (curl --cacert) or accept it in the browser.
 
 The API and /metrics need tokens: before the server starts, each run creates
@@ -33,6 +42,7 @@ var/demo/prometheus.token (both mode 0600, both expiring after a day).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -52,6 +62,13 @@ sys.path.insert(0, str(ROOT))
 
 from kioskfleet.broker_config import DEFAULT_SERVER_IDENTITY  # noqa: E402 - after sys.path
 from kioskfleet.broker_setup import BrokerSetup, write_broker_setup  # noqa: E402
+from kioskfleet.broker_sweep import BrokerLogin, BrokerSweepError, sweep_retained  # noqa: E402
+from kioskfleet.demo_faults import (  # noqa: E402 - after sys.path
+    FIRING_WITHIN_S,
+    SCRAPE_INTERVAL_S,
+    demo_fault_plan,
+    simulate_args,
+)
 from kioskfleet.demo_rollout import (  # noqa: E402 - after sys.path
     FAILURE_FRACTION,
     ROLLOUT_ID,
@@ -76,7 +93,8 @@ from server.device_ca import (  # noqa: E402 - after sys.path
 )
 from server.tokens import write_secret_file  # noqa: E402 - after sys.path
 
-VAR = ROOT / "var" / "demo"
+VAR = ROOT / "var" / "demo"  # everything the demo writes; removed at each start
+TMP = VAR / "tmp"  # TMPDIR of every process the demo starts; removed at the end
 CA_DIR = VAR / "ca"
 IDENTITIES = VAR / "terminals"
 TERMINALS = int(os.environ.get("DEMO_TERMINALS", "50"))
@@ -172,12 +190,15 @@ def _start_prometheus(server_target: str, token_file: Path) -> tuple[LocalPromet
     if prometheus_binary() is None:
         return None, "  prometheus   not installed (apt-get install prometheus), skipped"
     port = 9090 if not _port_open(9090) else free_port()
+    interval = f"{SCRAPE_INTERVAL_S:g}s"  # kioskfleet/demo_faults.py counts on it
     prometheus = LocalPrometheus(
         VAR / "prometheus",
         [server_target],
         port=port,
         token_file=token_file,
         ca_file=CaPaths(CA_DIR).chain,
+        scrape_interval=interval,
+        evaluation_interval=interval,
     )
     # A fresh TSDB each run: series of the previous run would otherwise stay visible for
     # Prometheus' 5-minute lookback and show alerts for problems that no longer exist.
@@ -186,11 +207,85 @@ def _start_prometheus(server_target: str, token_file: Path) -> tuple[LocalPromet
         prometheus.start()
     except PrometheusError as exc:
         return None, f"  prometheus   did not start ({exc}); see {prometheus.log_path}"
-    return prometheus, (
-        f"  prometheus   {prometheus.url}  (scrapes {server_target}, the project's alert rules)\n"
-        f"  alerts       {prometheus.alerts_page}  (pending at once, firing after each rule's `for:`)\n"
-        f"  targets      {prometheus.url}/targets"
+    return prometheus, _prometheus_lines(prometheus, server_target)
+
+
+def _prometheus_lines(prometheus: LocalPrometheus, server_target: str) -> str:
+    """The Prometheus pages as this Prometheus serves them (Debian's: only /classic/...)."""
+    try:
+        alerts, targets = prometheus.alerts_page, prometheus.targets_page
+        graph = prometheus.ui_page("graph")
+    except PrometheusError as exc:
+        return f"  prometheus   {prometheus.url}  (its web UI did not answer: {exc})"
+    plan = demo_fault_plan(TERMINALS)
+    planted = (
+        f"planted: {', '.join(f'{p.alert} ({p.terminal_id})' for p in plan)}\n"
+        f"               fire within {FIRING_WITHIN_S / 60:g} minutes"
+        if plan
+        else "no faults planted in a fleet this small"
     )
+    return (
+        f"  prometheus   {graph}  (scrapes {server_target} every {SCRAPE_INTERVAL_S:g} s, "
+        f"the project's alert rules)\n"
+        f"  alerts       {alerts}  (pending at once, firing after each rule's `for:`;\n"
+        f"               {planted})\n"
+        f"  targets      {targets}"
+    )
+
+
+def _expected_online() -> int:
+    """The terminals that stay online: all but the planted outages."""
+    return TERMINALS - sum(p.outage is not None for p in demo_fault_plan(TERMINALS))
+
+
+def _console_lines(base: str) -> str:
+    """The console's address and a login, once the server has a console (server/console/).
+
+    Asks the running server: without a ``/console`` route (404) there is nothing to print.
+    The console's merge fills in the login (a demo user it creates before the server
+    starts); until then an answering console prints only its address.
+    """
+    try:
+        status = _http_status(f"{base}/console")
+    except OSError:
+        return ""
+    if status == 404:
+        return ""
+    return f"  console      {base}/console\n"
+
+
+def _http_status(url: str) -> int:
+    """The status of a GET on ``url`` (no redirect followed), trusting only the demo's CA.
+    Raises OSError if nothing answers."""
+
+    class _NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: object, **kwargs: object) -> None:
+            return None
+
+    context = ssl.create_default_context(cafile=str(CaPaths(CA_DIR).chain))
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _NoRedirect)
+    try:
+        with opener.open(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def _leave_nothing_behind(broker_url: str, setup: BrokerSetup) -> None:
+    """After Ctrl-C: clear the retained messages of the demo's terminals on the broker
+    (their last ``offline`` states), as the server identity, and remove ``TMP``.
+
+    The demo's clients have no persistent session (session expiry 0), so this is all
+    that would outlive them on a shared broker (tests/integration/test_demo_leaves_nothing.py).
+    """
+    cert, key = setup.server_credentials[DEFAULT_SERVER_IDENTITY]
+    login = BrokerLogin(broker_url, setup.identity.ca_file, cert, key)
+    try:
+        cleared = sweep_retained(login, "DEMO-")
+        print(f"cleared {len(cleared)} retained message(s) of the demo's terminals", flush=True)
+    except BrokerSweepError as exc:
+        print(f"could not clear the demo's retained messages: {exc}", flush=True)
+    shutil.rmtree(TMP, ignore_errors=True)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -206,13 +301,16 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     shutil.rmtree(VAR, ignore_errors=True)  # a fresh CA, database and tokens each run
-    VAR.mkdir(parents=True)
+    TMP.mkdir(parents=True)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     broker: LocalBroker | None = None
     prometheus: LocalPrometheus | None = None
     broker_port = 8883 if not _port_open(8883) else free_port()
     setup, https_cert, https_key = _identity(broker_port)
-    broker = LocalBroker(VAR / "mosquitto", port=broker_port, identity=setup.identity).start()
+    broker = LocalBroker(
+        VAR / "mosquitto", port=broker_port, identity=setup.identity, own_process_group=True
+    ).start()
+    atexit.register(broker.stop)  # out of Ctrl-C's reach: stopped even if setup fails
     broker_url = broker.url
     server_cert, server_key = setup.server_credentials[DEFAULT_SERVER_IDENTITY]
     print(f"started mosquitto on {broker_url}, TLS + ACL (log: {broker.log_path})")
@@ -234,6 +332,8 @@ def main() -> int:
             "KIOSKFLEET_HTTP_HOST": "127.0.0.1",
             "KIOSKFLEET_HTTP_PORT": str(http_port),
             "KIOSKFLEET_MQTT_CLIENT_ID": "kioskfleet-server-demo",
+            "KIOSKFLEET_MQTT_SESSION_EXPIRY_S": "0",  # no session outlives the demo
+            "TMPDIR": str(TMP),  # every temporary file under var/demo
         }
     )
     exe = str(Path(sys.executable).parent / "kioskfleet")
@@ -286,6 +386,9 @@ def main() -> int:
                             f"--trusted-root={release.trusted_root}",
                             f"--update-failure-fraction={FAILURE_FRACTION}",
                             f"--work-dir={VAR / 'simulator'}",
+                            f"--outbox={VAR / 'simulator-outbox.sqlite'}",
+                            "--session-expiry=0",
+                            *simulate_args(demo_fault_plan(TERMINALS)),
                         ],
                         env=sim_env,
                         stdout=log,
@@ -304,6 +407,7 @@ def main() -> int:
             f"kioskfleet rollout status {ROLLOUT_ID} --server {base} "
             f"--token-file {VAR / 'admin.token'} --ca-file {chain}"
         )
+        console_lines = _console_lines(base)
         began, rollout_started = time.monotonic(), False
         print(
             f"""
@@ -320,7 +424,7 @@ kioskfleet demo is running ({TERMINALS} simulated terminals in {HALLS} halls).
   halls        {base}/api/v1/halls
   metrics      {base}/metrics  (needs a viewer token)
 {prometheus_lines}
-  broker       {broker_url}  (client certificates of var/demo/ca only; config {setup.conf})
+{console_lines}  broker       {broker_url}  (client certificates of var/demo/ca only; config {setup.conf})
   enrollment   {base}/.well-known/est/cacerts  (EST; the {TERMINALS} terminals enrolled there)
   rollout      {base}/api/v1/rollouts/{ROLLOUT_ID}  (starts once the fleet is online: created
                by alice, approved by bob; {FAILURE_FRACTION:.0%} of terminals fail their health check)
@@ -348,7 +452,7 @@ Press Ctrl-C to stop everything.
             try:
                 print(time.strftime("%H:%M:%S"), _summary(base, admin), flush=True)
                 if not rollout_started and (
-                    _online(base, admin) >= TERMINALS or time.monotonic() - began > 90
+                    _online(base, admin) >= _expected_online() or time.monotonic() - began > 90
                 ):
                     release.start_rollout(base, tokens["alice"], tokens["bob"], chain)
                     rollout_started = True
@@ -374,6 +478,7 @@ Press Ctrl-C to stop everything.
             except subprocess.TimeoutExpired:
                 proc.kill()
         if broker is not None:
+            _leave_nothing_behind(broker_url, setup)
             broker.stop()
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "default_client_id",
     "is_foreign",
     "setting_variables",
+    "settings_table",
     "unknown_variables",
 ]
 
@@ -49,6 +50,7 @@ FOREIGN_VARIABLES: Final[Mapping[str, str]] = {
     "KIOSKFLEET_AGENT_": "the terminal agent (agent/config.py, agent.toml overrides)",
     "KIOSKFLEET_TEST_": "the test suite (KIOSKFLEET_TEST_POSTGRES_URL)",
     "KIOSKFLEET_SKIP_POSTGRES": "the test suite (skip the PostgreSQL tests)",
+    "KIOSKFLEET_LOG_FORMAT": "the kioskfleet command, every subcommand (--log-format)",
 }
 """``KIOSKFLEET_*`` names that are not the server's: the server neither reads nor refuses
 them. No setting's variable may fall under one of them."""
@@ -348,3 +350,24 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
         name = ENV_PREFIX + field.upper() if field else "settings"
         problems.append((name, err["msg"].removeprefix("Value error, ")))
     return problems
+
+
+def settings_table() -> list[tuple[str, str]]:
+    """Every setting as (environment variable, default as text), in the model's order.
+
+    What ``kioskfleet server --help`` prints: derived from ``Settings``, never retyped.
+    A setting without a fixed default reads ``(computed)`` (``mqtt_client_id``) or
+    ``(none)``.
+    """
+    rows = []
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = "(computed)"
+        elif field.default is None:
+            default = "(none)"
+        elif isinstance(field.default, bool):
+            default = str(field.default).lower()
+        else:
+            default = str(field.default)
+        rows.append((ENV_PREFIX + name.upper(), default))
+    return rows

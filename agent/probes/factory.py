@@ -47,6 +47,7 @@ __all__ = [
     "UsbProbeSpec",
     "build_probe",
     "build_probes",
+    "probe_device",
 ]
 
 Timeout = Annotated[float, Field(gt=0, le=30, allow_inf_nan=False)]
@@ -170,6 +171,24 @@ def build_probe(spec: ProbeSpec) -> Probe:
             )
         case SimulatedProbeSpec():
             return spec.build()
+        case _:
+            assert_never(spec)
+
+
+def probe_device(spec: ProbeSpec) -> str:
+    """Where the probe a spec describes looks for its device, as an installer reads it."""
+    match spec:
+        case IppProbeSpec():
+            return spec.uri
+        case EscPosProbeSpec():
+            return spec.device
+        case PcscProbeSpec():
+            return f"PC/SC reader named *{spec.reader_name_contains}*"
+        case UsbProbeSpec():
+            serial = f" serial {spec.serial}" if spec.serial else ""
+            return f"USB {spec.vendor_id}:{spec.product_id}{serial}"
+        case SimulatedProbeSpec():
+            return f"simulated {spec.scenario.value} scenario"
         case _:
             assert_never(spec)
 
