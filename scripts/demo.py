@@ -45,6 +45,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -135,6 +136,27 @@ def _create_token(
     secret = created.stdout.strip()
     write_secret_file(path, secret)
     return secret
+
+
+CONSOLE_USER = "demo"
+CONSOLE_PASSWORD_FILE = VAR / "console.password"
+
+
+def _create_console_user(exe: str, env: dict[str, str]) -> None:
+    """The console login the demo prints: user ``demo`` (operator) with a random password
+    made with ``kioskfleet user create`` (audited), kept in CONSOLE_PASSWORD_FILE (0600)."""
+    password = secrets.token_urlsafe(12)
+    created = subprocess.run(  # noqa: S603 - our own console script
+        [exe, "user", "create", CONSOLE_USER, "--role", "operator", "--password-stdin"],
+        env=env,
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if created.returncode != 0:
+        raise SystemExit(f"cannot create the demo's console user: {created.stderr.strip()}")
+    write_secret_file(CONSOLE_PASSWORD_FILE, password)
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -242,8 +264,7 @@ def _console_lines(base: str) -> str:
     """The console's address and a login, once the server has a console (server/console/).
 
     Asks the running server: without a ``/console`` route (404) there is nothing to print.
-    The console's merge fills in the login (a demo user it creates before the server
-    starts); until then an answering console prints only its address.
+    The login is the demo user made before the server started (``_create_console_user``).
     """
     try:
         status = _http_status(f"{base}/console")
@@ -251,7 +272,11 @@ def _console_lines(base: str) -> str:
         return ""
     if status == 404:
         return ""
-    return f"  console      {base}/console\n"
+    password = CONSOLE_PASSWORD_FILE.read_text(encoding="utf-8").strip()
+    return (
+        f"  console      {base}/console\n"
+        f"               login {CONSOLE_USER} / {password} (operator; {CONSOLE_PASSWORD_FILE})\n"
+    )
 
 
 def _http_status(url: str) -> int:
@@ -346,6 +371,7 @@ def main() -> int:
     run("terminal", "preauthorize", "--from-file", csv)
     admin = _create_token(exe, env, "admin", VAR / "admin.token")
     _create_token(exe, env, "viewer", VAR / "prometheus.token")
+    _create_console_user(exe, env)
     # Signed releases: the operator's ceremony at setup, a vendor and two operators' tokens.
     release = DemoRelease(VAR / "updates", run)
     release.ceremony()
