@@ -9,6 +9,9 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the off-the-shelf EST client test
 command -v curl >/dev/null 2>&1 || need+=(curl)        # (openssl req + curl simpleenroll)
+command -v lintian >/dev/null 2>&1 || need+=(lintian)  # the agent's .deb (test_agent_deb.py)
+command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # verifies the agent's unit
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
