@@ -127,7 +127,7 @@ def _vendor(wheel: Path, lib: Path) -> None:
 
 def _normalise_modes(root: Path, executables: set[Path]) -> None:
     """0755 folders and listed executables, 0644 for the rest (shared objects included)."""
-    for folder, dirs, files in os.walk(root):
+    for folder, _dirs, files in os.walk(root):
         Path(folder).chmod(0o755)
         for name in files:
             path = Path(folder) / name

@@ -9,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,10 +20,12 @@ UNIT = "lib/systemd/system/kioskfleet-agent.service"
 PREFIX = "opt/kioskfleet-agent"
 
 
-def run(*argv: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def run(
+    *argv: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(a) for a in argv], capture_output=True, text=True, timeout=300, check=False,
-        **kwargs,  # type: ignore[call-overload]
+        [str(a) for a in argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+        check=False,
     )  # fmt: skip
 
 
@@ -41,16 +42,17 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     done = run(sys.executable, REPO / "scripts" / "build_agent_deb.py", "--out", out, env=env)
     assert done.returncode == 0, done.stderr
     package = Path(done.stdout.strip())
-    assert package.parent == out and package.is_file()
+    assert package.parent == out
+    assert package.is_file()
     return package
 
 
 @pytest.fixture(scope="module")
-def unpacked(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def unpacked(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("root")
     done = run(tool("dpkg"), "-x", deb, root)
     assert done.returncode == 0, done.stderr
-    yield root
+    return root
 
 
 def test_lintian_reports_no_error_and_every_override_is_used(deb: Path) -> None:
@@ -144,7 +146,8 @@ def test_the_maintainer_scripts_are_valid_posix_sh_and_guard_every_creation() ->
         script = REPO / "packaging/debian" / name
         assert run("sh", "-n", script).returncode == 0
         text = script.read_text()
-        assert text.startswith("#!/bin/sh\n") and "\nset -e\n" in text
+        assert text.startswith("#!/bin/sh\n")
+        assert "\nset -e\n" in text
     postinst = (REPO / "packaging/debian/postinst").read_text()
     # each creation sits behind the check that makes a second run a no-op
     assert "if ! getent group kioskfleet" in postinst

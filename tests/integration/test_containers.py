@@ -38,7 +38,9 @@ def hadolint(*files: Path) -> subprocess.CompletedProcess[str]:
 def instructions(dockerfile: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
     joined = re.sub(r"\\\n", " ", dockerfile.read_text())
-    lines = [ln.strip() for ln in joined.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    lines = [
+        ln.strip() for ln in joined.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+    ]
     return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1]) for ln in lines]
 
 
