@@ -141,6 +141,39 @@ def test_systemd_analyze_verifies_the_installed_unit_and_would_flag_a_broken_one
     assert "kioskfleet-agent-launcher is not executable" in bad.stderr
 
 
+def test_dpkg_installs_reinstalls_reconfigures_and_purges_it_in_a_sandboxed_root(
+    deb: Path, tmp_path: Path
+) -> None:
+    """The maintainer scripts for real, run by dpkg in a chroot whose /usr, /etc and /var are
+    overlays on this machine's (tests/integration/deb_sandbox.sh): the host is untouched."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a mount namespace and chroot (make test runs as root)")
+    done = run(tool("unshare"), "-m", "sh", REPO / "tests/integration/deb_sandbox.sh",
+               tmp_path, deb)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    facts = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+    assert facts == {
+        # installed twice and configured three times: one user, one group, one override
+        "users": "1",
+        "groups": "1",
+        "shell": "/usr/sbin/nologin",
+        "overrides": "1",
+        "agent.toml": "root:kioskfleet 640",
+        "enabled": "/lib/systemd/system/kioskfleet-agent.service",
+        "bytecode": "1",
+        "help": facts["help"],
+        "status": "install ok installed",
+        # purge: files, state and override gone; the system user stays (Debian practice)
+        "purged opt": "gone",
+        "purged state": "gone",
+        "purged overrides": "0",
+        "purged users": "1",
+    }
+    assert facts["help"].startswith("usage: kioskfleet-agent-launcher")
+    assert "warning" not in done.stderr.lower()
+    assert not (tmp_path / "up" / "usr" / "bin" / "kioskfleet").exists()  # purge removed it
+
+
 def test_the_maintainer_scripts_are_valid_posix_sh_and_guard_every_creation() -> None:
     for name in ("postinst", "prerm", "postrm"):
         script = REPO / "packaging/debian" / name
