@@ -10,7 +10,8 @@ What goes in (docs/packaging.md):
 - ``/opt/kioskfleet-agent/bin/{kioskfleet,kioskfleet-agent-launcher}``: ``python3.11 -I``
   scripts that find ``lib`` beside themselves, linked from ``/usr/bin``;
 - ``/lib/systemd/system/kioskfleet-agent.service`` (``packaging/systemd/``),
-  ``/etc/kioskfleet/agent.toml`` as a conffile (``agent.example.toml``), the maintainer
+  ``/etc/kioskfleet/agent.toml`` as a conffile (``agent.example.toml`` without its demo
+  probes), the maintainer
   scripts and copyright in ``packaging/debian/``, and the lintian overrides.
 
 ``dpkg-deb --build --root-owner-group`` makes every file root's. Prints the .deb's path.
@@ -36,13 +37,14 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-__all__ = ["PACKAGE", "build", "dependency_closure", "glibc_minor", "main"]
+__all__ = ["PACKAGE", "build", "dependency_closure", "glibc_minor", "main", "packaged_config"]
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "kioskfleet-agent"
 PREFIX = Path("opt/kioskfleet-agent")
 PYTHON = "python3"  # 3.11 exactly: the vendored compiled parts are cp311 (Depends)
 COMMANDS = {"kioskfleet": "kioskfleet.cli", "kioskfleet-agent-launcher": "agent.launcher"}
+DEMO_SECTION = "# Scenario probes for a demo terminal"  # agent.example.toml, from here to the end
 MAINTAINER = "kioskfleet maintainers <kioskfleet@example.org>"
 _NOT_SOURCE = shutil.ignore_patterns(
     ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".mypy_cache",
@@ -94,6 +96,15 @@ def _installed_files(dist: metadata.Distribution) -> Iterator[tuple[Path, Path]]
         if relative.name == ".gitignore":
             continue  # a vendored project's VCS file (lintian: package-contains-vcs-control-file)
         yield Path(str(dist.locate_file(item))), relative
+
+
+def packaged_config(example: str) -> str:
+    """``agent.example.toml`` without its demo section: an installed terminal must not
+    report simulated faults. Raises ValueError if the section's marker is gone."""
+    head, marker, _demo = example.partition(DEMO_SECTION)
+    if not marker:
+        raise ValueError(f"agent.example.toml lost its {DEMO_SECTION!r} line")
+    return head + "# (The example's simulated probes are not packaged: list the real ones above.)\n"
 
 
 def _run(argv: list[str], cwd: Path | None = None) -> str:
@@ -192,7 +203,7 @@ def build(out: Path, wheel: Path | None = None) -> Path:
         shutil.copyfile(REPO / "packaging/systemd/kioskfleet-agent.service", unit)
         config = stage / "etc/kioskfleet/agent.toml"
         config.parent.mkdir(parents=True)
-        shutil.copyfile(REPO / "agent.example.toml", config)
+        config.write_text(packaged_config((REPO / "agent.example.toml").read_text()))
         docs = stage / "usr/share/doc" / PACKAGE
         docs.mkdir(parents=True)
         shutil.copyfile(REPO / "packaging/debian/copyright", docs / "copyright")

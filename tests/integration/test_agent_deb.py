@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import load_agent_config
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,13 +82,23 @@ def test_the_package_is_root_owned_with_the_unit_the_launcher_and_agent_toml_as_
     assert "python3 (>= 3.11), python3 (<< 3.12)" in control
 
 
-def test_the_unpacked_files_are_the_checkouts_unit_and_example_config(unpacked: Path) -> None:
+def test_the_unpacked_files_are_the_checkouts_unit_and_the_example_config_without_demo_probes(
+    unpacked: Path,
+) -> None:
     assert (unpacked / UNIT).read_text() == (
         REPO / "packaging/systemd/kioskfleet-agent.service"
     ).read_text()
-    assert (unpacked / "etc/kioskfleet/agent.toml").read_text() == (
-        REPO / "agent.example.toml"
-    ).read_text()
+    installed = unpacked / "etc/kioskfleet/agent.toml"
+    example = (REPO / "agent.example.toml").read_text()
+    kept = installed.read_text().rsplit("\n# (The example", 1)[0]
+    assert example.startswith(kept)
+    assert len(kept) > len(example) / 2  # only the demo section at the end is left out
+    config = load_agent_config(installed)  # the agent's own loader accepts it
+    assert config.probes == []
+    assert [p.type for p in load_agent_config(REPO / "agent.example.toml").probes] == [
+        "simulated",
+        "simulated",
+    ]
     assert os.readlink(unpacked / "usr/bin/kioskfleet-agent-launcher") == (
         f"/{PREFIX}/bin/kioskfleet-agent-launcher"
     )
