@@ -21,6 +21,7 @@ Never: write into the checkout (the wheel is built from a copy), or reach the ne
 from __future__ import annotations
 
 import argparse
+import email.utils
 import gzip
 import hashlib
 import importlib.metadata as metadata
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import tomllib
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -110,6 +112,15 @@ def packaged_config(example: str) -> str:
 def _run(argv: list[str], cwd: Path | None = None) -> str:
     done = subprocess.run(argv, cwd=cwd, check=True, capture_output=True, text=True)  # noqa: S603
     return done.stdout
+
+
+def _build_date() -> str:
+    """RFC 2822 date of the build: ``SOURCE_DATE_EPOCH`` if set, else the last commit's."""
+    epoch = (
+        os.environ.get("SOURCE_DATE_EPOCH")
+        or _run(["git", "-C", str(REPO), "log", "-1", "--format=%ct"]).strip()
+    )
+    return email.utils.format_datetime(datetime.fromtimestamp(int(epoch), UTC))
 
 
 def _build_wheel(work: Path) -> Path:
@@ -207,7 +218,11 @@ def build(out: Path, wheel: Path | None = None) -> Path:
         docs = stage / "usr/share/doc" / PACKAGE
         docs.mkdir(parents=True)
         shutil.copyfile(REPO / "packaging/debian/copyright", docs / "copyright")
-        changelog = f"{PACKAGE} ({version}) unstable; urgency=medium\n\n  * Built from the kioskfleet checkout by scripts/build_agent_deb.py.\n\n -- {MAINTAINER}  Fri, 04 Dec 2026 12:00:00 +0000\n"
+        changelog = (
+            f"{PACKAGE} ({version}) unstable; urgency=medium\n\n"
+            "  * Built from the kioskfleet checkout by scripts/build_agent_deb.py.\n\n"
+            f" -- {MAINTAINER}  {_build_date()}\n"
+        )
         (docs / "changelog.gz").write_bytes(gzip.compress(changelog.encode(), mtime=0))
         overrides = stage / "usr/share/lintian/overrides" / PACKAGE
         overrides.parent.mkdir(parents=True)
