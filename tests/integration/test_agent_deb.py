@@ -58,7 +58,7 @@ def unpacked(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_lintian_reports_no_error_and_every_override_is_used(deb: Path) -> None:
-    done = run(tool("lintian"), "--tag-display-limit", "0", "--info", deb)
+    done = run(tool("lintian"), "--tag-display-limit", "0", "--display-info", deb)
     tags = [ln for ln in done.stdout.splitlines() if re.match(r"[EWIXPO]: ", ln)]
     assert [t for t in tags if t.startswith("E: ")] == []
     assert [t for t in tags if "unused-override" in t or "mismatched-override" in t] == []
