@@ -11,6 +11,9 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the off-the-shelf EST c
 command -v curl >/dev/null 2>&1 || need+=(curl)        # (openssl req + curl simpleenroll)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the console's browser tests
 [ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need+=(fonts-wqy-microhei)  # zh_CN pages
+command -v lintian >/dev/null 2>&1 || need+=(lintian)  # the agent's .deb (test_agent_deb.py)
+command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # verifies the agent's unit
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
