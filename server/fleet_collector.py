@@ -24,10 +24,17 @@ tallies) and turns it into metric families (the contract in
   boot_id), next to ``kioskfleet_agent_seq_gaps{region,hall}``: sequence numbers
   the server never received from them (persisted, all streams). Gaps beyond the
   drops are losses;
+- ``kioskfleet_hall_unreachable{region,hall}``: 1 while the hall's offline terminals
+  (status ``offline``) are too many to be isolated failures: at least 2 and either more
+  than ``LabelBudget.offline_terminals_per_hall`` or at least half of the hall's
+  terminals; else 0. Such a hall exports no per-terminal offline series: its
+  ``kioskfleet_terminals{status="offline"}`` says how many, and ``HallUnreachable``
+  alerts once for the hall (docs/monitoring.md, "A mass outage");
 - per terminal, ONLY for terminals with a problem:
   ``kioskfleet_terminal_offline`` and
   ``kioskfleet_terminal_offline_since_timestamp_seconds`` while offline (not while
-  ``closed``: a terminal switched off for the night has no series),
+  ``closed``: a terminal switched off for the night has no series; nor in an
+  unreachable hall),
   ``kioskfleet_terminal_peripheral_problem`` per peripheral not ``ok`` of an ONLINE
   terminal: an offline terminal's last reported problems are not current, so they
   are not exported (its ``kioskfleet_terminal_offline`` is).
@@ -77,6 +84,7 @@ __all__ = [
     "FleetCollector",
     "LabelBudget",
     "fleet_families",
+    "hall_unreachable",
 ]
 
 UNKNOWN_LABEL: Final = "unknown"
@@ -92,6 +100,7 @@ _DROPPED: Final = "kioskfleet_agent_dropped_reports"
 _GAPS: Final = "kioskfleet_agent_seq_gaps"
 _HALL_OPEN: Final = "kioskfleet_hall_open"
 _OPENS_IN: Final = "kioskfleet_hall_opens_in_seconds"
+_UNREACHABLE: Final = "kioskfleet_hall_unreachable"
 
 FLEET_METRIC_NAMES: Final = (
     _TERMINALS,
@@ -104,6 +113,7 @@ FLEET_METRIC_NAMES: Final = (
     _GAPS,
     _HALL_OPEN,
     _OPENS_IN,
+    _UNREACHABLE,
 )
 """Every family this collector yields (always, with or without samples)."""
 
@@ -129,6 +139,9 @@ _HELP: Final = {
     " hours set), else 0.",
     _OPENS_IN: "Seconds until the hall next opens by its opening hours: 0 while open; no"
     " series when it does not open within the hours' horizon (400 days).",
+    _UNREACHABLE: "1 while at least 2 of the hall's terminals, and more than the per-hall"
+    " budget or at least half of them, are offline: the hall then has no per-terminal"
+    " offline series (kioskfleet_terminals{status=\"offline\"} counts them); else 0.",
 }
 _LABELS: Final = {
     _TERMINALS: ("region", "hall", "status"),
@@ -150,6 +163,7 @@ _LABELS: Final = {
     _GAPS: ("region", "hall"),
     _HALL_OPEN: ("region", "hall"),
     _OPENS_IN: ("region", "hall"),
+    _UNREACHABLE: ("region", "hall"),
 }
 
 _STATUSES: Final = tuple(Health)
@@ -184,11 +198,23 @@ class LabelBudget:
     on most terminals keep their name (the agent's own always does). Ties go to
     the smaller value, so the choice does not flicker between scrapes. Chosen per
     scrape from what the fleet holds now: no terminal can occupy a slot for good.
+
+    A hall with more than ``offline_terminals_per_hall`` offline terminals (or at least
+    half of them offline, 2 or more) is *unreachable*: one hall series instead of two
+    per offline terminal, so a mass outage neither multiplies the series nor holds the
+    fleet lock to copy every offline terminal.
     """
 
     fault_codes_per_kind: int = 20
     versions_per_package: int = 10
     packages: int = 30
+    offline_terminals_per_hall: int = 10
+
+
+def hall_unreachable(offline: int, total: int, budget: LabelBudget) -> bool:
+    """Whether a hall with ``offline`` of ``total`` terminals offline is unreachable:
+    at least 2 offline, and more than the budget or at least half of the hall."""
+    return offline >= 2 and (offline > budget.offline_terminals_per_hall or 2 * offline >= total)
 
 
 def _top(counts: Counter[str], n: int) -> set[str]:
@@ -235,10 +261,14 @@ class FleetCollector(Collector):
         fleet: FleetState,
         budget: LabelBudget | None = None,
         openings: HallOpenings = always_open,
+        on_lock_held: Callable[[float], None] | None = None,
     ) -> None:
+        """``on_lock_held`` gets, at every scrape, the seconds the fleet lock was held to
+        read the fleet (the server observes them in ``kioskfleet_fleet_lock_held_seconds``)."""
         self._fleet = fleet
         self._budget = budget or LabelBudget()
         self._openings = openings
+        self._on_lock_held = on_lock_held
 
     def describe(self) -> Iterator[Metric]:
         """The families without samples (lets the registry check names without a scrape)."""
@@ -246,7 +276,10 @@ class FleetCollector(Collector):
             yield GaugeMetricFamily(name, _HELP[name], labels=_LABELS[name])
 
     def collect(self) -> Iterator[Metric]:
-        yield from fleet_families(self._fleet.summary(), self._budget, self._openings)
+        summary = self._fleet.summary(offline_per_hall=self._budget.offline_terminals_per_hall)
+        if self._on_lock_held is not None:
+            self._on_lock_held(summary.lock_held_s)
+        yield from fleet_families(summary, self._budget, self._openings)
 
 
 def fleet_families(
@@ -291,10 +324,15 @@ def fleet_families(
             pair = (pc.kind, pc.condition)
             by_kind[pair] = by_kind.get(pair, 0) + pc.count
 
-    family = out[_TERMINALS]
-    for (region, hall), counts in terminals.items():
+    family, unreachable_family = out[_TERMINALS], out[_UNREACHABLE]
+    unreachable: set[tuple[str, str]] = set()
+    for key, counts in terminals.items():
+        region, hall = key
         for health in _STATUSES:
             family.add_metric([region, hall, health.value], counts[health])
+        if hall_unreachable(counts[Health.OFFLINE], sum(counts.values()), budget):
+            unreachable.add(key)
+        unreachable_family.add_metric([region, hall], 1 if key in unreachable else 0)
     family = out[_PERIPHERALS]
     for (region, hall), by_kind in peripherals.items():
         for (kind, condition), n in by_kind.items():
@@ -322,7 +360,7 @@ def fleet_families(
                 clean_shutdown=t.offline_reason is OfflineReason.SHUTDOWN,
                 hall_open=opening(t.hall)[0],
             )
-            if health is Health.OFFLINE:
+            if health is Health.OFFLINE and (region, hall) not in unreachable:
                 offline.add_metric([t.id, hall, region], 1)
                 since.add_metric([t.id, hall, region], t.state_since.timestamp())
             continue  # its last reported peripheral problems are not current

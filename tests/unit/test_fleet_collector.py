@@ -80,13 +80,23 @@ def only(series: Series, *names: str) -> Series:
 
 
 def terminals_series(
-    region: str, hall: str, ok: int, warning: int, faulty: int, off: int, closed: int = 0
+    region: str,
+    hall: str,
+    ok: int,
+    warning: int,
+    faulty: int,
+    off: int,
+    closed: int = 0,
+    *,
+    unreachable: bool = False,
 ) -> Series:
-    """A hall's terminals by status, and its opening gauges (open: no hours set)."""
+    """A hall's terminals by status, its opening gauges (open: no hours set) and whether
+    it is unreachable."""
     out: Series = {}
     counts = (("ok", ok), ("warning", warning), ("faulty", faulty), ("offline", off))
     for status, n in (*counts, ("closed", closed)):
         out |= s("kioskfleet_terminals", n, region=region, hall=hall, status=status)
+    out |= s("kioskfleet_hall_unreachable", 1 if unreachable else 0, region=region, hall=hall)
     return out | hall_series(region, hall, is_open=True, opens_in=0)
 
 
@@ -414,6 +424,7 @@ def test_a_hall_really_named_unknown_adds_up_with_terminals_that_named_none() ->
         "kioskfleet_terminals",
         "kioskfleet_hall_open",
         "kioskfleet_hall_opens_in_seconds",
+        "kioskfleet_hall_unreachable",
     )  # scrape() refuses duplicates
     assert terminals == terminals_series("unknown", "unknown", ok=2, warning=0, faulty=0, off=0)
 
@@ -455,9 +466,17 @@ _STEPS = st.lists(
 )
 
 
-def recount(views: Iterable[TerminalView], closed_halls: frozenset[str] = frozenset()) -> Series:
+def recount(
+    views: Iterable[TerminalView],
+    closed_halls: frozenset[str] = frozenset(),
+    budget: LabelBudget | None = None,
+) -> Series:
     """The fleet series computed from scratch from every terminal (what the tallies must
-    equal), with the halls named in ``closed_halls`` closed (opening in 600 s)."""
+    equal), with the halls named in ``closed_halls`` closed (opening in 600 s); a hall
+    with at least 2 offline and more than the budget's or at least half offline is
+    unreachable and has no per-terminal offline series."""
+    budget = budget or LabelBudget()
+    offline_series: dict[tuple[str, str], Series] = {}
     status: Counter[tuple[str, str, str]] = Counter()
     halls: set[tuple[str, str]] = set()
     peripherals: Counter[tuple[str, str, str, str]] = Counter()
@@ -487,8 +506,9 @@ def recount(views: Iterable[TerminalView], closed_halls: frozenset[str] = frozen
         if health is Health.CLOSED:
             continue
         if not v.online:
-            out |= s("kioskfleet_terminal_offline", 1, **where)
-            out |= s(
+            mine = offline_series.setdefault((region, hall), {})
+            mine |= s("kioskfleet_terminal_offline", 1, **where)
+            mine |= s(
                 "kioskfleet_terminal_offline_since_timestamp_seconds",
                 v.state_since.timestamp(),
                 **where,
@@ -512,6 +532,12 @@ def recount(views: Iterable[TerminalView], closed_halls: frozenset[str] = frozen
         out |= s("kioskfleet_agent_seq_gaps", gaps[(region, hall)], region=region, hall=hall)
         is_open = hall not in closed_halls
         out |= hall_series(region, hall, is_open=is_open, opens_in=0 if is_open else 600.0)
+        offline = status[(region, hall, Health.OFFLINE.value)]
+        total = sum(status[(region, hall, h.value)] for h in Health)
+        cut = offline >= 2 and (offline > budget.offline_terminals_per_hall or 2 * offline >= total)
+        out |= s("kioskfleet_hall_unreachable", 1 if cut else 0, region=region, hall=hall)
+        if not cut:
+            out |= offline_series.get((region, hall), {})
         for health in Health:
             out |= s(
                 "kioskfleet_terminals",
@@ -677,11 +703,11 @@ def _openings(closed: dict[str, float | None]) -> HallOpenings:
 
 def _night_fleet() -> FleetState:
     """In each of halls Open and Shut: S shut down cleanly, L lost (the will), P online with
-    paper out."""
+    paper out, K and Q online and well (so that 2 offline are not half the hall)."""
     fleet = FleetState()
     out = periph("printer", "receipt_printer", "paper_out")
     for hall in ("Open", "Shut"):
-        for tid in ("S", "L", "P"):
+        for tid in ("S", "L", "P", "K", "Q"):
             peripherals = [out] if tid == "P" else [PRINTER_OK]
             fleet.apply(report(f"{tid}-{hall}", hall=hall, peripherals=peripherals), at(0))
         fleet.apply(state(f"S-{hall}", False, reason="shutdown", seq=2, sent_at=at(5)), at(5))
@@ -696,8 +722,8 @@ def test_a_clean_shutdown_while_the_hall_is_closed_is_closed_and_exports_no_term
     registry.register(FleetCollector(_night_fleet(), openings=_openings({"Shut": 1800.0})))
     series = scrape(registry)
     assert only(series, "kioskfleet_terminals") == only(
-        terminals_series("North", "Open", ok=0, warning=0, faulty=1, off=2)
-        | terminals_series("North", "Shut", ok=0, warning=0, faulty=1, off=1, closed=1),
+        terminals_series("North", "Open", ok=2, warning=0, faulty=1, off=2)
+        | terminals_series("North", "Shut", ok=2, warning=0, faulty=1, off=1, closed=1),
         "kioskfleet_terminals",
     )
     assert only(series, "kioskfleet_hall_open", "kioskfleet_hall_opens_in_seconds") == (
