@@ -203,8 +203,10 @@ class Server:
                     fault_codes_per_kind=settings.metrics_fault_codes_per_kind,
                     versions_per_package=settings.metrics_versions_per_package,
                     packages=settings.metrics_packages,
+                    offline_terminals_per_hall=settings.metrics_offline_terminals_per_hall,
                 ),
                 openings=self.hall_openings,
+                on_lock_held=self.metrics.fleet_lock_held.observe,
             )
         )
         self.writer = WriteBehind(

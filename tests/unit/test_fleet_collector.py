@@ -293,6 +293,85 @@ def test_series_count_follows_halls_and_problems_not_the_number_of_terminals() -
     assert len(only(large_series, *PER_TERMINAL)) == 3  # jam + offline + offline since
 
 
+# --- a mass outage: hall series instead of terminal series -----------------------------
+
+# (hall, terminals, offline): Down wholly unreachable, Many more offline than the budget
+# (10) although under half, Duo 2 of 2, Few 3 of 20 and Solo 1 of 1 are isolated failures.
+_OUTAGE = (("Down", 500, 500), ("Many", 40, 12), ("Duo", 2, 2), ("Few", 20, 3), ("Solo", 1, 1))
+
+
+def _mass_outage() -> FleetState:
+    fleet = FleetState()
+    for hall, size, offline in _OUTAGE:
+        for i in range(size):
+            tid = f"{hall}-{i:03d}"
+            fleet.apply(report(tid, hall=hall, region="North"), at(0))
+            if i < offline:
+                fleet.apply(state(tid, False), at(10))  # the broker publishes the will
+    return fleet
+
+
+def test_a_mass_outage_exports_which_halls_are_unreachable_and_how_many_terminals() -> None:
+    series = fleet_series(_mass_outage())
+    unreachable = {
+        dict(labels)["hall"]: v
+        for (n, labels), v in series.items()
+        if n == "kioskfleet_hall_unreachable"
+    }
+    assert unreachable == {"Down": 1, "Many": 1, "Duo": 1, "Few": 0, "Solo": 0}
+    offline = {
+        dict(labels)["hall"]: v
+        for (n, labels), v in series.items()
+        if n == "kioskfleet_terminals" and dict(labels)["status"] == "offline"
+    }
+    assert offline == {hall: n for hall, _, n in _OUTAGE}
+    per_terminal = {
+        dict(labels)["terminal"] for (n, labels) in series if n == "kioskfleet_terminal_offline"
+    }
+    assert per_terminal == {"Few-000", "Few-001", "Few-002", "Solo-000"}
+    assert len(only(series, *PER_TERMINAL)) == 2 * 4  # not 2 * 518
+
+
+def test_a_mass_outage_reading_copies_no_entry_of_a_hall_beyond_the_budget() -> None:
+    fleet = _mass_outage()
+    summary = fleet.summary(offline_per_hall=LabelBudget().offline_terminals_per_hall)
+    copied = {t.hall for t in summary.problem_terminals}
+    assert copied == {"Duo", "Few", "Solo"}  # Duo is cut by its share, after the copy
+    assert len(summary.problem_terminals) == 2 + 3 + 1
+    assert [t.id for t in summary.problem_terminals] == sorted(
+        t.id for t in summary.problem_terminals
+    )
+    assert len(fleet.summary().problem_terminals) == 518  # no budget: every offline one
+
+
+def test_terminals_back_online_leave_the_unreachable_hall_and_get_their_series_back() -> None:
+    fleet = _mass_outage()
+    for i in range(3, 12):  # Many: 12 offline -> 3 offline of 40
+        back = report(f"Many-{i:03d}", seq=1, hall="Many", region="North", sent_at=at(20))
+        fleet.apply(back, at(20))
+    series = fleet_series(fleet)
+    many = frozenset({("region", "North"), ("hall", "Many")})
+    assert series[("kioskfleet_hall_unreachable", many)] == 0
+    back = {
+        dict(labels)["terminal"]
+        for (n, labels) in series
+        if n == "kioskfleet_terminal_offline" and dict(labels)["hall"] == "Many"
+    }
+    assert back == {"Many-000", "Many-001", "Many-002"}
+
+
+def test_every_scrape_reports_how_long_it_held_the_fleet_lock() -> None:
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry)
+    fleet = _mass_outage()
+    registry.register(FleetCollector(fleet, on_lock_held=metrics.fleet_lock_held.observe))
+    generate_latest(registry)
+    generate_latest(registry)
+    series = scrape(registry)  # the histogram is collected first: it shows the earlier two
+    assert series[("kioskfleet_fleet_lock_held_seconds_count", frozenset())] == 2
+    assert series[("kioskfleet_fleet_lock_held_seconds_sum", frozenset())] > 0
+
+
 # --- tallies through a sequence of changes ----------------------------------------------
 
 
