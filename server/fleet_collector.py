@@ -141,7 +141,7 @@ _HELP: Final = {
     " series when it does not open within the hours' horizon (400 days).",
     _UNREACHABLE: "1 while at least 2 of the hall's terminals, and more than the per-hall"
     " budget or at least half of them, are offline: the hall then has no per-terminal"
-    " offline series (kioskfleet_terminals{status=\"offline\"} counts them); else 0.",
+    ' offline series (kioskfleet_terminals{status="offline"} counts them); else 0.',
 }
 _LABELS: Final = {
     _TERMINALS: ("region", "hall", "status"),
@@ -200,7 +200,7 @@ class LabelBudget:
     scrape from what the fleet holds now: no terminal can occupy a slot for good.
 
     A hall with more than ``offline_terminals_per_hall`` offline terminals (or at least
-    half of them offline, 2 or more) is *unreachable*: one hall series instead of two
+    ``unreachable_share`` of them offline, 2 or more) is *unreachable*: one hall series instead of two
     per offline terminal, so a mass outage neither multiplies the series nor holds the
     fleet lock to copy every offline terminal.
     """
@@ -209,12 +209,16 @@ class LabelBudget:
     versions_per_package: int = 10
     packages: int = 30
     offline_terminals_per_hall: int = 10
+    unreachable_share: float = 0.5  # of a hall's terminals offline: unreachable (> 1: never)
 
 
 def hall_unreachable(offline: int, total: int, budget: LabelBudget) -> bool:
     """Whether a hall with ``offline`` of ``total`` terminals offline is unreachable:
-    at least 2 offline, and more than the budget or at least half of the hall."""
-    return offline >= 2 and (offline > budget.offline_terminals_per_hall or 2 * offline >= total)
+    at least 2 offline, and more than the budget or at least ``unreachable_share`` of
+    the hall (half, by default)."""
+    return offline >= 2 and (
+        offline > budget.offline_terminals_per_hall or offline >= budget.unreachable_share * total
+    )
 
 
 def _top(counts: Counter[str], n: int) -> set[str]:

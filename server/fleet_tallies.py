@@ -109,10 +109,10 @@ class _HallTally:
     __slots__ = (
         "_summary",
         "degraded",
-        "faulted",
-        "lost",
         "dropped_reports",
+        "faulted",
         "faulty",
+        "lost",
         "online",
         "peripherals",
         "problems",

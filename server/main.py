@@ -15,6 +15,7 @@ Nothing is started at import time.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import socket
@@ -489,6 +490,14 @@ class Server:
         terminals = self.storage.load_fleet()
         self.fleet.load(terminals)
         log.info("loaded %d terminals from the database", len(terminals))
+        if len(terminals) >= self.settings.gc_freeze_min_terminals:
+            # A large loaded fleet lives as long as the process: take it out of the cyclic
+            # GC's full collections, which otherwise walk every record (about 1 s at
+            # 100 000 terminals; docs/benchmarks.md, "A mass outage"). Refcounting still
+            # frees what is dropped; only cycles among frozen objects would never be.
+            del terminals
+            gc.collect()
+            gc.freeze()
         self.update_tally.load(latest_states(self.storage.engine))
         if self.updates is not None:
             self.updates.repository.load()
