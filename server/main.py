@@ -205,6 +205,7 @@ class Server:
                     versions_per_package=settings.metrics_versions_per_package,
                     packages=settings.metrics_packages,
                     offline_terminals_per_hall=settings.metrics_offline_terminals_per_hall,
+                    unreachable_share=settings.metrics_hall_unreachable_share,
                 ),
                 openings=self.hall_openings,
                 on_lock_held=self.metrics.fleet_lock_held.observe,
