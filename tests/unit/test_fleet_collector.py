@@ -344,20 +344,22 @@ def test_a_mass_outage_reading_copies_no_entry_of_a_hall_beyond_the_budget() -> 
     assert len(fleet.summary().problem_terminals) == 518  # no budget: every offline one
 
 
-def test_terminals_back_online_leave_the_unreachable_hall_and_get_their_series_back() -> None:
+def test_a_hall_back_within_the_budget_is_reachable_and_exports_its_offline_terminals_again() -> (
+    None
+):
     fleet = _mass_outage()
     for i in range(3, 12):  # Many: 12 offline -> 3 offline of 40
-        back = report(f"Many-{i:03d}", seq=1, hall="Many", region="North", sent_at=at(20))
-        fleet.apply(back, at(20))
+        message = report(f"Many-{i:03d}", seq=1, hall="Many", region="North", sent_at=at(20))
+        fleet.apply(message, at(20))
     series = fleet_series(fleet)
     many = frozenset({("region", "North"), ("hall", "Many")})
     assert series[("kioskfleet_hall_unreachable", many)] == 0
-    back = {
+    still_offline = {
         dict(labels)["terminal"]
         for (n, labels) in series
         if n == "kioskfleet_terminal_offline" and dict(labels)["hall"] == "Many"
     }
-    assert back == {"Many-000", "Many-001", "Many-002"}
+    assert still_offline == {"Many-000", "Many-001", "Many-002"}
 
 
 def test_every_scrape_reports_how_long_it_held_the_fleet_lock() -> None:
