@@ -138,7 +138,8 @@ def _messages(shape: FleetShape) -> Iterator[tuple[str, bytes]]:
     offline_every = shape.offline_share
     wills = []
     for i in range(shape.terminals):
-        hall = i % shape.halls
+        hall = i * shape.halls // shape.terminals  # consecutive ids share a hall, so the
+        # evenly spread problem terminals are spread evenly over the halls too
         region = hall % shape.regions
         tid = f"KF-{i:06d}"
         peripherals: list[dict[str, str]] = [
