@@ -33,7 +33,8 @@ and for every variant one forced full collection (``gc.collect()``) after the sc
 the longest pause the collector can cause in that process.
 
     .venv/bin/python bench/scrape.py                      # 100 000 terminals, 1 % problems
-    .venv/bin/python bench/scrape.py --problem-ratio 0.5 --offline-share 1 --variants collector,uncapped
+    .venv/bin/python bench/scrape.py --problem-ratio 0.5 --offline-share 1 \
+        --variants collector,uncapped                     # a mass outage (docs/benchmarks.md)
     .venv/bin/python bench/scrape.py --terminals 10000 --naive-runs 5
 """
 

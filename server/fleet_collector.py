@@ -200,9 +200,9 @@ class LabelBudget:
     scrape from what the fleet holds now: no terminal can occupy a slot for good.
 
     A hall with more than ``offline_terminals_per_hall`` offline terminals (or at least
-    ``unreachable_share`` of them offline, 2 or more) is *unreachable*: one hall series instead of two
-    per offline terminal, so a mass outage neither multiplies the series nor holds the
-    fleet lock to copy every offline terminal.
+    ``unreachable_share`` of them offline, 2 or more) is *unreachable*: one hall series
+    instead of two per offline terminal, so a mass outage neither multiplies the series
+    nor holds the fleet lock to copy every offline terminal.
     """
 
     fault_codes_per_kind: int = 20

@@ -14,8 +14,8 @@ A thin facade over four pure modules, each with one concept:
 This module holds the records and the lock and nothing else: one writer (the
 ingest thread, plus the offline sweep) and many readers (API threads, the
 metrics collector, the database writer). Readers get frozen copies, never the
-live records. It never touches a socket, a database, a clock (``summary`` times its own hold of the
-lock with ``time.perf_counter``) or a logger.
+live records. It never touches a socket, a database, a clock (``summary`` times its
+own hold of the lock with ``time.perf_counter``) or a logger.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ number of halls, versions and problems costs. ``reading`` (what a metrics scrape
 takes under the fleet lock) costs what the number of halls costs plus reference copies
 of the problem entries it may export: a hall's offline entries only while there are at
 most ``offline_per_hall`` of them, so a mass outage copies counts, not terminals; each
-hall's ``HallSummary`` is cached until one of its counts changes. Only the per-terminal rules'
-results change the tallies: ``server.fleet_state`` calls ``update`` for a
+hall's ``HallSummary`` is cached until one of its counts changes. Only the per-terminal
+rules' results change the tallies: ``server.fleet_state`` calls ``update`` for a
 record whose ``Outcome.retally`` is set (or that went offline by silence).
 No lock (the caller holds one), no I/O.
 """
