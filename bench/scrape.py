@@ -4,13 +4,19 @@ Prints figures; never a pass/fail timing test. Each variant runs in its own
 freshly spawned process (so one's memory never counts against the other), and
 both build the same fleet: ``--terminals`` terminals in ``--halls`` halls over
 ``--regions`` regions, each reporting a receipt printer, an ID card reader and a
-QR scanner, with ``--problem-ratio`` of them in trouble (half offline through
-their will, half with a peripheral problem: paper out, jam, reader fault with a
-vendor code, paper low, unknown). Every message goes through
-``protocol.codec.decode`` and ``FleetState.apply``, as in the server.
+QR scanner, with ``--problem-ratio`` of them in trouble (``--offline-share`` of
+those offline through their will, default half; the rest with a peripheral problem:
+paper out, jam, reader fault with a vendor code, paper low, unknown). Every message
+goes through ``protocol.codec.decode`` and ``FleetState.apply``, as in the server.
 
   A. collector: ``FleetCollector`` over the fleet state on a fresh registry (what
-     the server does): fleet gauges by hall, per-terminal series only for problems;
+     the server does): fleet gauges by hall, per-terminal series only for problems,
+     a hall with too many offline terminals as one ``kioskfleet_hall_unreachable``
+     series, and ``gc.collect(); gc.freeze()`` after the fleet is built (what
+     ``Server.start`` does after loading it);
+  U. uncapped (the mass-outage baseline): the same collector with no per-hall
+     budget (every offline terminal exported, as before issue 13) and no
+     ``gc.freeze()``;
   B. naive baseline: the same fleet state plus five ``Gauge(...).labels(terminal,
      hall, region)`` series per terminal (online, last seen, state since, report
      interval, peripherals ok), kept up to date as an exporter would.
@@ -21,9 +27,14 @@ RSS added by the metrics, peak RSS, then ``generate_latest()`` ``--runs`` times
 (generation 2) garbage collections fell into the timed scrapes: with 100 000
 terminals in memory one takes about a second, and it explains a p95 or max far
 above the median. For A also ``FleetState.summary()``
-alone: the time the fleet's lock is held, i.e. ingest blocked, per scrape.
+alone, and the time it held the fleet's lock (``FleetSummary.lock_held_s``, what
+``kioskfleet_fleet_lock_held_seconds`` observes), i.e. ingest blocked, per scrape;
+and for every variant one forced full collection (``gc.collect()``) after the scrapes:
+the longest pause the collector can cause in that process.
 
     .venv/bin/python bench/scrape.py                      # 100 000 terminals, 1 % problems
+    .venv/bin/python bench/scrape.py --problem-ratio 0.5 --offline-share 1 \
+        --variants collector,uncapped                     # a mass outage (docs/benchmarks.md)
     .venv/bin/python bench/scrape.py --terminals 10000 --naive-runs 5
 """
 
@@ -53,9 +64,9 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest  # noqa:
 
 from protocol.codec import decode  # noqa: E402 - after sys.path
 from protocol.topics import Channel, topic  # noqa: E402 - after sys.path
-from server.fleet_collector import FleetCollector  # noqa: E402 - after sys.path
+from server.fleet_collector import FleetCollector, LabelBudget  # noqa: E402 - after sys.path
 from server.fleet_state import FleetState  # noqa: E402 - after sys.path
-from server.fleet_views import TerminalFilter  # noqa: E402 - after sys.path
+from server.fleet_views import FleetSummary, TerminalFilter  # noqa: E402 - after sys.path
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 _PROBLEMS = (  # (peripheral name, kind, condition, fault code), cycled over problem terminals
@@ -73,6 +84,7 @@ class FleetShape:
     halls: int
     regions: int
     problem_ratio: float
+    offline_share: float = 0.5  # of the problem terminals, those offline (the rest faulty)
 
     @property
     def problems(self) -> int:
@@ -96,7 +108,10 @@ class Result:
     scrape_max_ms: float = 0.0
     gc_full_collections: int = 0  # generation-2 collections that ran during the timed scrapes
     gc_full_ms: float = 0.0  # and the time they took (they scan the whole fleet's objects)
-    summary_median_ms: float | None = None  # collector only: lock held per scrape
+    summary_median_ms: float | None = None  # collector only: FleetState.summary() call
+    lock_held_median_ms: float | None = None  # collector only: the fleet lock held per scrape
+    lock_held_max_ms: float | None = None
+    gc_forced_full_ms: float = 0.0  # one gc.collect() after the scrapes
     series: int = 0
     bytes: int = 0
     scrape_runs: list[float] = field(default_factory=list)
@@ -117,13 +132,15 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _messages(shape: FleetShape) -> Iterator[tuple[str, bytes]]:
     """(topic, payload) of every message: a report per terminal, then the wills."""
-    # Problem terminals spread evenly over the fleet; even ones go offline, odd ones get a
-    # peripheral problem from _PROBLEMS in turn.
+    # Problem terminals spread evenly over the fleet; offline_share of them go offline
+    # (spread evenly among them), the others get a peripheral problem from _PROBLEMS in turn.
     step = shape.terminals / shape.problems if shape.problems else 0.0
     problem_index = {round(j * step): j for j in range(shape.problems)}
+    offline_every = shape.offline_share
     wills = []
     for i in range(shape.terminals):
-        hall = i % shape.halls
+        hall = i * shape.halls // shape.terminals  # consecutive ids share a hall, so the
+        # evenly spread problem terminals are spread evenly over the halls too
         region = hall % shape.regions
         tid = f"KF-{i:06d}"
         peripherals: list[dict[str, str]] = [
@@ -132,10 +149,11 @@ def _messages(shape: FleetShape) -> Iterator[tuple[str, bytes]]:
             {"name": "qr", "kind": "qr_scanner", "condition": "ok"},
         ]
         j = problem_index.get(i)
-        if j is not None and j % 2 == 0:
+        goes_offline = j is not None and int((j + 1) * offline_every) > int(j * offline_every)
+        if goes_offline:
             wills.append(tid)
         elif j is not None:
-            name, _kind, condition, code = _PROBLEMS[(j // 2) % len(_PROBLEMS)]
+            name, _kind, condition, code = _PROBLEMS[j % len(_PROBLEMS)]
             for p in peripherals:
                 if p["name"] == name:
                     p["condition"] = condition
@@ -212,7 +230,10 @@ def _naive_gauges(fleet: FleetState, registry: CollectorRegistry) -> None:
 
 
 def _time_scrapes(
-    registry: CollectorRegistry, runs: int, result: Result, extra: Callable[[], object] | None
+    registry: CollectorRegistry,
+    runs: int,
+    result: Result,
+    extra: Callable[[], FleetSummary] | None,
 ) -> None:
     text = generate_latest(registry)  # warm-up, and the figures of one scrape
     result.bytes = len(text)
@@ -247,12 +268,17 @@ def _time_scrapes(
     result.scrape_median_ms = statistics.median(durations) * 1000
     result.scrape_p95_ms = _percentile(durations, 0.95) * 1000
     if extra is not None:
-        summaries = []
+        summaries, held = [], []
         for _ in range(runs):
             started = time.perf_counter()
-            extra()
+            held.append(extra().lock_held_s)
             summaries.append(time.perf_counter() - started)
         result.summary_median_ms = statistics.median(summaries) * 1000
+        result.lock_held_median_ms = statistics.median(held) * 1000
+        result.lock_held_max_ms = max(held) * 1000
+    started = time.perf_counter()
+    gc.collect()
+    result.gc_forced_full_ms = (time.perf_counter() - started) * 1000
 
 
 def run_variant(variant: str, shape: FleetShape, runs: int) -> dict[str, Any]:
@@ -262,13 +288,26 @@ def run_variant(variant: str, shape: FleetShape, runs: int) -> dict[str, Any]:
     result.rss_fleet_mb = _rss_mb()
     registry = CollectorRegistry()
     started = time.perf_counter()
+    extra: Callable[[], FleetSummary] | None = None
     if variant == "collector":
-        registry.register(FleetCollector(fleet))
+        gc.collect()
+        gc.freeze()  # as Server.start after loading the fleet
+        budget = LabelBudget()
+        registry.register(FleetCollector(fleet, budget))
+        limit = budget.offline_terminals_per_hall
+        extra = lambda: fleet.summary(offline_per_hall=limit)  # noqa: E731 - one line
+    elif variant == "uncapped":
+        registry.register(
+            FleetCollector(
+                fleet, LabelBudget(offline_terminals_per_hall=10**9, unreachable_share=2.0)
+            )
+        )
+        extra = fleet.summary
     else:
         _naive_gauges(fleet, registry)
     result.metrics_build_s = time.perf_counter() - started
     result.rss_metrics_mb = _rss_mb() - result.rss_fleet_mb
-    _time_scrapes(registry, runs, result, fleet.summary if variant == "collector" else None)
+    _time_scrapes(registry, runs, result, extra)
     result.peak_rss_mb = _peak_rss_mb()
     return asdict(result)
 
@@ -299,6 +338,9 @@ def _print(results: list[dict[str, Any]]) -> None:
         ("full GCs during scrapes", "gc_full_collections", "{:d}"),
         ("  their total ms", "gc_full_ms", "{:.0f}"),
         ("FleetState.summary median ms", "summary_median_ms", "{:.1f}"),
+        ("fleet lock held median ms", "lock_held_median_ms", "{:.2f}"),
+        ("fleet lock held max ms", "lock_held_max_ms", "{:.2f}"),
+        ("forced full GC ms", "gc_forced_full_ms", "{:.0f}"),
     ]
     header = f"{'':34}" + "".join(f"{r['variant']:>16}" for r in results)
     print(header)
@@ -307,9 +349,12 @@ def _print(results: list[dict[str, Any]]) -> None:
             f"{(fmt.format(r[key]) if r[key] is not None else '-'):>16}" for r in results
         )
         print(f"{label:34}{cells}")
-    if len(results) == 2 and results[0]["scrape_median_ms"]:
-        ratio = results[1]["scrape_median_ms"] / results[0]["scrape_median_ms"]
-        print(f"\nnaive / collector scrape time: {ratio:.0f}x")
+    first = results[0]
+    for other in results[1:]:
+        if first["variant"] == "collector" and first["scrape_median_ms"]:
+            ratio = other["scrape_median_ms"] / first["scrape_median_ms"]
+            print(f"\n{other['variant']} / collector scrape time: {ratio:.0f}x", end="")
+    print()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,21 +363,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--halls", type=int, default=200)
     parser.add_argument("--regions", type=int, default=10)
     parser.add_argument("--problem-ratio", type=float, default=0.01)
+    parser.add_argument(
+        "--offline-share", type=float, default=0.5, help="of the problems, offline (0-1)"
+    )
     parser.add_argument("--runs", type=int, default=30, help="scrapes of the collector")
     parser.add_argument("--naive-runs", type=int, default=5, help="scrapes of the baseline")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument(
+        "--variants", default="collector,naive", help="comma-separated: collector,uncapped,naive"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
-    shape = FleetShape(args.terminals, args.halls, args.regions, args.problem_ratio)
+    shape = FleetShape(
+        args.terminals, args.halls, args.regions, args.problem_ratio, args.offline_share
+    )
     print(
         f"fleet: {shape.terminals:,} terminals, {shape.halls} halls, {shape.regions} regions, "
-        f"{shape.problem_ratio:.1%} with a problem; python {sys.version.split()[0]}, "
+        f"{shape.problem_ratio:.1%} with a problem ({shape.offline_share:.0%} of them offline);"
+        f" python {sys.version.split()[0]}, "
         f"{psutil.cpu_count()} CPUs, load {psutil.getloadavg()[0]:.2f}\n",
         flush=True,
     )
-    results = [_in_fresh_process("collector", shape, args.runs)]
-    if not args.skip_naive:
-        results.append(_in_fresh_process("naive", shape, args.naive_runs))
+    variants = [v for v in args.variants.split(",") if v and not (args.skip_naive and v == "naive")]
+    results = [
+        _in_fresh_process(v, shape, args.naive_runs if v == "naive" else args.runs)
+        for v in variants
+    ]
     _print(results)
     if args.json is not None:
         args.json.write_text(json.dumps({"shape": asdict(shape), "results": results}, indent=2))

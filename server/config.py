@@ -207,6 +207,13 @@ class Settings(BaseSettings):
     metrics_fault_codes_per_kind: Annotated[int, Field(ge=1, le=10_000)] = 20
     metrics_versions_per_package: Annotated[int, Field(ge=1, le=10_000)] = 10
     metrics_packages: Annotated[int, Field(ge=1, le=10_000)] = 30
+    # above this many offline terminals in one hall (or half of it), the hall is one
+    # kioskfleet_hall_unreachable series instead of two per terminal (docs/monitoring.md)
+    metrics_offline_terminals_per_hall: Annotated[int, Field(ge=1, le=100_000)] = 10
+    # ... or at least this share of its terminals (2 or more offline); above 1: never
+    metrics_hall_unreachable_share: Annotated[float, Field(gt=0, le=2)] = 0.5
+    # gc.freeze() after loading a fleet of at least this many terminals (docs/benchmarks.md)
+    gc_freeze_min_terminals: Annotated[int, Field(ge=0)] = 10_000
     # how often the metrics re-read every hall's opening hours (one query; hours set over
     # the API are seen at once, those set with `kioskfleet hall hours set` within this)
     opening_hours_refresh_s: PositiveSeconds = 60.0

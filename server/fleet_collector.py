@@ -24,10 +24,17 @@ tallies) and turns it into metric families (the contract in
   boot_id), next to ``kioskfleet_agent_seq_gaps{region,hall}``: sequence numbers
   the server never received from them (persisted, all streams). Gaps beyond the
   drops are losses;
+- ``kioskfleet_hall_unreachable{region,hall}``: 1 while the hall's offline terminals
+  (status ``offline``) are too many to be isolated failures: at least 2 and either more
+  than ``LabelBudget.offline_terminals_per_hall`` or at least half of the hall's
+  terminals; else 0. Such a hall exports no per-terminal offline series: its
+  ``kioskfleet_terminals{status="offline"}`` says how many, and ``HallUnreachable``
+  alerts once for the hall (docs/monitoring.md, "A mass outage");
 - per terminal, ONLY for terminals with a problem:
   ``kioskfleet_terminal_offline`` and
   ``kioskfleet_terminal_offline_since_timestamp_seconds`` while offline (not while
-  ``closed``: a terminal switched off for the night has no series),
+  ``closed``: a terminal switched off for the night has no series; nor in an
+  unreachable hall),
   ``kioskfleet_terminal_peripheral_problem`` per peripheral not ``ok`` of an ONLINE
   terminal: an offline terminal's last reported problems are not current, so they
   are not exported (its ``kioskfleet_terminal_offline`` is);
@@ -86,6 +93,7 @@ __all__ = [
     "FleetCollector",
     "LabelBudget",
     "fleet_families",
+    "hall_unreachable",
 ]
 
 UNKNOWN_LABEL: Final = "unknown"
@@ -103,6 +111,7 @@ _HALL_OPEN: Final = "kioskfleet_hall_open"
 _OPENS_IN: Final = "kioskfleet_hall_opens_in_seconds"
 _HALL_MAINTENANCE: Final = "kioskfleet_hall_maintenance"
 _TERMINAL_MAINTENANCE: Final = "kioskfleet_terminal_maintenance"
+_UNREACHABLE: Final = "kioskfleet_hall_unreachable"
 
 FLEET_METRIC_NAMES: Final = (
     _TERMINALS,
@@ -117,6 +126,7 @@ FLEET_METRIC_NAMES: Final = (
     _OPENS_IN,
     _HALL_MAINTENANCE,
     _TERMINAL_MAINTENANCE,
+    _UNREACHABLE,
 )
 """Every family this collector yields (always, with or without samples)."""
 
@@ -146,6 +156,10 @@ _HELP: Final = {
     " else 0. Its terminals export no problem series meanwhile.",
     _TERMINAL_MAINTENANCE: "1 for each terminal in maintenance by its own window; no series for"
     " the others. A terminal in maintenance (its own or its hall's) exports no problem series.",
+    _UNREACHABLE: "1 while at least 2 of the hall's terminals, and more than the per-hall"
+    " budget or at least half of them, are offline: the hall then has no per-terminal"
+    ' offline series (kioskfleet_terminals{status="offline"} counts them); else 0, and'
+    " 0 while the hall is in maintenance.",
 }
 _LABELS: Final = {
     _TERMINALS: ("region", "hall", "status"),
@@ -169,6 +183,7 @@ _LABELS: Final = {
     _OPENS_IN: ("region", "hall"),
     _HALL_MAINTENANCE: ("region", "hall"),
     _TERMINAL_MAINTENANCE: ("terminal", "hall", "region"),
+    _UNREACHABLE: ("region", "hall"),
 }
 
 _STATUSES: Final = tuple(Health)
@@ -203,11 +218,27 @@ class LabelBudget:
     on most terminals keep their name (the agent's own always does). Ties go to
     the smaller value, so the choice does not flicker between scrapes. Chosen per
     scrape from what the fleet holds now: no terminal can occupy a slot for good.
+
+    A hall with more than ``offline_terminals_per_hall`` offline terminals (or at least
+    ``unreachable_share`` of them offline, 2 or more) is *unreachable*: one hall series
+    instead of two per offline terminal, so a mass outage neither multiplies the series
+    nor holds the fleet lock to copy every offline terminal.
     """
 
     fault_codes_per_kind: int = 20
     versions_per_package: int = 10
     packages: int = 30
+    offline_terminals_per_hall: int = 10
+    unreachable_share: float = 0.5  # of a hall's terminals offline: unreachable (> 1: never)
+
+
+def hall_unreachable(offline: int, total: int, budget: LabelBudget) -> bool:
+    """Whether a hall with ``offline`` of ``total`` terminals offline is unreachable:
+    at least 2 offline, and more than the budget or at least ``unreachable_share`` of
+    the hall (half, by default)."""
+    return offline >= 2 and (
+        offline > budget.offline_terminals_per_hall or offline >= budget.unreachable_share * total
+    )
 
 
 def _top(counts: Counter[str], n: int) -> set[str]:
@@ -255,11 +286,15 @@ class FleetCollector(Collector):
         budget: LabelBudget | None = None,
         openings: HallOpenings = always_open,
         maintenance: Callable[[], ActiveMaintenance] = lambda: NO_MAINTENANCE,
+        on_lock_held: Callable[[float], None] | None = None,
     ) -> None:
+        """``on_lock_held`` gets, at every scrape, the seconds the fleet lock was held to
+        read the fleet (the server observes them in ``kioskfleet_fleet_lock_held_seconds``)."""
         self._fleet = fleet
         self._budget = budget or LabelBudget()
         self._openings = openings
         self._maintenance = maintenance
+        self._on_lock_held = on_lock_held
 
     def describe(self) -> Iterator[Metric]:
         """The families without samples (lets the registry check names without a scrape)."""
@@ -273,9 +308,10 @@ class FleetCollector(Collector):
             view = self._fleet.get(terminal_id)
             if view is not None:
                 placed.append((terminal_id, view.hall, view.region))
-        yield from fleet_families(
-            self._fleet.summary(), self._budget, self._openings, maintenance, placed
-        )
+        summary = self._fleet.summary(offline_per_hall=self._budget.offline_terminals_per_hall)
+        if self._on_lock_held is not None:
+            self._on_lock_held(summary.lock_held_s)
+        yield from fleet_families(summary, self._budget, self._openings, maintenance, placed)
 
 
 def fleet_families(
@@ -327,10 +363,17 @@ def fleet_families(
             pair = (pc.kind, pc.condition)
             by_kind[pair] = by_kind.get(pair, 0) + pc.count
 
-    family = out[_TERMINALS]
-    for (region, hall), counts in terminals.items():
+    family, unreachable_family = out[_TERMINALS], out[_UNREACHABLE]
+    unreachable: set[tuple[str, str]] = set()
+    for key, counts in terminals.items():
+        region, hall = key
         for health in _STATUSES:
             family.add_metric([region, hall, health.value], counts[health])
+        if hall_unreachable(counts[Health.OFFLINE], sum(counts.values()), budget):
+            unreachable.add(key)
+        # a hall in maintenance is suppressed at the source like its terminals
+        shown = key in unreachable and not in_maintenance.get(key, False)
+        unreachable_family.add_metric([region, hall], 1 if shown else 0)
     family = out[_PERIPHERALS]
     for (region, hall), by_kind in peripherals.items():
         for (kind, condition), n in by_kind.items():
@@ -366,7 +409,7 @@ def fleet_families(
                 clean_shutdown=t.offline_reason is OfflineReason.SHUTDOWN,
                 hall_open=opening(t.hall)[0],
             )
-            if health is Health.OFFLINE:
+            if health is Health.OFFLINE and (region, hall) not in unreachable:
                 offline.add_metric([t.id, hall, region], 1)
                 since.add_metric([t.id, hall, region], t.state_since.timestamp())
             continue  # its last reported peripheral problems are not current

@@ -14,13 +14,15 @@ A thin facade over four pure modules, each with one concept:
 This module holds the records and the lock and nothing else: one writer (the
 ingest thread, plus the offline sweep) and many readers (API threads, the
 metrics collector, the database writer). Readers get frozen copies, never the
-live records. It never touches a socket, a database, a clock or a logger.
+live records. It never touches a socket, a database, a clock (``summary`` times its
+own hold of the lock with ``time.perf_counter``) or a logger.
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
@@ -32,7 +34,6 @@ from server.fleet_views import (
     HallSummary,
     Outcome,
     Page,
-    ProblemTerminal,
     SoftwareCount,
     TerminalFilter,
     TerminalView,
@@ -183,29 +184,25 @@ class FleetState:
         with self._lock:
             return [self._terminals[tid].view() for tid in self._tallies.problem_ids()]
 
-    def summary(self) -> FleetSummary:
+    def summary(self, *, offline_per_hall: int = 1_000_000) -> FleetSummary:
         """Halls, software and problem terminals read at one instant (for a metrics scrape).
 
-        Its cost follows the number of halls, versions and problem terminals, not the fleet.
+        A hall's offline terminals are included only while there are at most
+        ``offline_per_hall`` of them (``FleetTallies.reading``); its counts always are.
+        Under the lock it copies counts and references (cost follows the number of halls,
+        versions and exported problems, not the fleet); sorting runs after. The time the
+        lock was held is in ``lock_held_s`` (``time.perf_counter``, the one clock read here).
         """
         with self._lock:
-            terminals = self._terminals
-            problems = []
-            for tid in self._tallies.problem_ids():
-                t = terminals[tid]
-                problems.append(
-                    ProblemTerminal(
-                        tid,
-                        t.hall,
-                        t.region,
-                        t.online,
-                        t.state_since,
-                        t.problems(),
-                        t.offline_reason,
-                    )
-                )
-            return FleetSummary(
-                halls=tuple(self._tallies.halls()),
-                software=tuple(self._tallies.software()),
-                problem_terminals=tuple(problems),
-            )
+            started = time.perf_counter()
+            halls, problems = self._tallies.reading(offline_per_hall)
+            software = self._tallies.software()
+            held = time.perf_counter() - started
+        halls.sort(key=lambda s: (s.region or "", s.hall or ""))
+        problems.sort(key=lambda p: p.id)
+        return FleetSummary(
+            halls=tuple(halls),
+            software=tuple(software),
+            problem_terminals=tuple(problems),
+            lock_held_s=held,
+        )

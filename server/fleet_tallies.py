@@ -6,13 +6,19 @@ of the terminals' ``seq_gaps`` and ``dropped_reports``, and the terminals offlin
 after a clean shutdown; fleet-wide: terminals
 per (package, version) of installed software (the agent itself counts as
 package ``kioskfleet-agent``); and the set of terminals with a problem
-(offline or a peripheral not ``ok``).
+(offline or a peripheral not ``ok``), kept per hall as frozen ``ProblemTerminal``
+copies made when the terminal changes, in three groups (offline lost, offline after
+a clean shutdown, online with a peripheral problem).
 
 Each terminal's share of them (its *contribution*) is remembered; ``update``
 subtracts the old share and adds the new one, so it costs what one terminal
 costs, and readers (``halls``, ``software``, ``problem_ids``) cost what the
-number of halls, versions and problems costs. Only the per-terminal rules'
-results change the tallies: ``server.fleet_state`` calls ``update`` for a
+number of halls, versions and problems costs. ``reading`` (what a metrics scrape
+takes under the fleet lock) costs what the number of halls costs plus reference copies
+of the problem entries it may export: a hall's offline entries only while there are at
+most ``offline_per_hall`` of them, so a mass outage copies counts, not terminals; each
+hall's ``HallSummary`` is cached until one of its counts changes. Only the per-terminal
+rules' results change the tallies: ``server.fleet_state`` calls ``update`` for a
 record whose ``Outcome.retally`` is set (or that went offline by silence).
 No lock (the caller holds one), no I/O.
 """
@@ -29,6 +35,7 @@ from server.fleet_views import (
     HallSummary,
     OfflineReason,
     PeripheralCount,
+    ProblemTerminal,
     SoftwareCount,
 )
 from server.health import Health, terminal_health
@@ -92,15 +99,25 @@ class _Contribution:
         return not self.online or bool(self.problems)
 
 
+def _problem_terminal(t: TerminalRecord) -> ProblemTerminal:
+    return ProblemTerminal(
+        t.id, t.hall, t.region, t.online, t.state_since, t.problems(), t.offline_reason
+    )
+
+
 class _HallTally:
     __slots__ = (
+        "_summary",
         "degraded",
         "dropped_reports",
+        "faulted",
         "faulty",
+        "lost",
         "online",
         "peripherals",
         "problems",
         "seq_gaps",
+        "shut",
         "shut_down",
         "total",
         "warning",
@@ -119,8 +136,33 @@ class _HallTally:
         self.seq_gaps = 0
         self.dropped_reports = 0
         self.shut_down = 0
+        # the hall's problem terminals, by id: offline lost (will, timeout), offline after a
+        # clean shutdown, online with a peripheral not ok
+        self.lost: dict[str, ProblemTerminal] = {}
+        self.shut: dict[str, ProblemTerminal] = {}
+        self.faulted: dict[str, ProblemTerminal] = {}
+        self._summary: HallSummary | None = None  # until a count changes
+
+    def forget(self, terminal_id: str) -> None:
+        self.lost.pop(terminal_id, None)
+        self.shut.pop(terminal_id, None)
+        self.faulted.pop(terminal_id, None)
+
+    def remember(self, p: ProblemTerminal) -> None:
+        if p.online:
+            self.faulted[p.id] = p
+        elif p.offline_reason is OfflineReason.SHUTDOWN:
+            self.shut[p.id] = p
+        else:
+            self.lost[p.id] = p
+
+    def problem_ids(self) -> Iterable[str]:
+        yield from self.lost
+        yield from self.shut
+        yield from self.faulted
 
     def add(self, c: _Contribution, sign: int) -> None:
+        self._summary = None
         self.total += sign
         if c.online:
             self.online += sign
@@ -140,6 +182,11 @@ class _HallTally:
         _bump(self.peripherals, c.peripherals, sign)
 
     def summary(self, key: _HallKey) -> HallSummary:
+        if self._summary is None:
+            self._summary = self._count(key)
+        return self._summary
+
+    def _count(self, key: _HallKey) -> HallSummary:
         return HallSummary(
             region=key[0],
             hall=key[1],
@@ -171,35 +218,32 @@ class FleetTallies:
         self._contributions: dict[str, _Contribution] = {}
         self._halls: dict[_HallKey, _HallTally] = {}
         self._software: dict[_SoftwareKey, int] = {}
-        self._problem_ids: set[str] = set()
 
     def clear(self) -> None:
         self._contributions.clear()
         self._halls.clear()
         self._software.clear()
-        self._problem_ids.clear()
 
     def update(self, t: TerminalRecord) -> None:
         """Count ``t`` as it is now instead of as it was (or for the first time)."""
         new = _Contribution.of(t)
         old = self._contributions.get(t.id)
-        if old == new:
-            return
         if old is not None:
-            self._add(old, -1)
-        self._add(new, +1)
-        self._contributions[t.id] = new
-        if new.has_problem:
-            self._problem_ids.add(t.id)
-        else:
-            self._problem_ids.discard(t.id)
+            self._halls[old.key].forget(t.id)
+        if old != new:
+            if old is not None:
+                self._add(old, -1)
+            self._add(new, +1)
+            self._contributions[t.id] = new
+        if new.has_problem:  # its entry again: since, fault codes may change the counts do not
+            self._halls[new.key].remember(_problem_terminal(t))
 
     def remove(self, terminal_id: str) -> None:
         """Stop counting the terminal (it left the fleet)."""
         old = self._contributions.pop(terminal_id, None)
         if old is not None:
+            self._halls[old.key].forget(terminal_id)
             self._add(old, -1)
-        self._problem_ids.discard(terminal_id)
 
     def _add(self, c: _Contribution, sign: int) -> None:
         hall = self._halls.get(c.key)
@@ -222,4 +266,23 @@ class FleetTallies:
 
     def problem_ids(self) -> list[str]:
         """Ids of the terminals that are offline or have a peripheral not ok, sorted."""
-        return sorted(self._problem_ids)
+        return sorted(tid for h in self._halls.values() for tid in h.problem_ids())
+
+    def reading(self, offline_per_hall: int) -> tuple[list[HallSummary], list[ProblemTerminal]]:
+        """Every hall's counts, and the problem entries a scrape may export, unsorted.
+
+        Online terminals with a problem: all of them. A hall's offline ones lost by will
+        or timeout: only while there are at most ``offline_per_hall``; those offline after
+        a clean shutdown: only while lost and shut down together are at most that (in a
+        closed hall they are ``closed`` and the lost ones alone count). Beyond, the hall's
+        counts stand for them (``server.fleet_collector``)."""
+        halls = []
+        problems: list[ProblemTerminal] = []
+        for key, h in self._halls.items():
+            halls.append(h.summary(key))
+            problems.extend(h.faulted.values())
+            if len(h.lost) <= offline_per_hall:
+                problems.extend(h.lost.values())
+                if len(h.lost) + len(h.shut) <= offline_per_hall:
+                    problems.extend(h.shut.values())
+        return halls, problems

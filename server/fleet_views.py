@@ -240,4 +240,5 @@ class FleetSummary:
 
     halls: tuple[HallSummary, ...]
     software: tuple[SoftwareCount, ...]
-    problem_terminals: tuple[ProblemTerminal, ...]  # by id
+    problem_terminals: tuple[ProblemTerminal, ...]  # by id; offline ones within the cap only
+    lock_held_s: float = 0.0  # how long the reading held the fleet lock

@@ -15,6 +15,7 @@ Nothing is started at import time.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import socket
@@ -217,9 +218,12 @@ class Server:
                     fault_codes_per_kind=settings.metrics_fault_codes_per_kind,
                     versions_per_package=settings.metrics_versions_per_package,
                     packages=settings.metrics_packages,
+                    offline_terminals_per_hall=settings.metrics_offline_terminals_per_hall,
+                    unreachable_share=settings.metrics_hall_unreachable_share,
                 ),
                 openings=self.hall_openings,
                 maintenance=self.maintenance_book,
+                on_lock_held=self.metrics.fleet_lock_held.observe,
             )
         )
         self.writer = WriteBehind(
@@ -500,6 +504,14 @@ class Server:
         terminals = self.storage.load_fleet()
         self.fleet.load(terminals)
         log.info("loaded %d terminals from the database", len(terminals))
+        if len(terminals) >= self.settings.gc_freeze_min_terminals:
+            # A large loaded fleet lives as long as the process: take it out of the cyclic
+            # GC's full collections, which otherwise walk every record (about 1 s at
+            # 100 000 terminals; docs/benchmarks.md, "A mass outage"). Refcounting still
+            # frees what is dropped; only cycles among frozen objects would never be.
+            del terminals
+            gc.collect()
+            gc.freeze()
         self.update_tally.load(latest_states(self.storage.engine))
         if self.updates is not None:
             self.updates.repository.load()

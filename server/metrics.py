@@ -34,6 +34,7 @@ REJECT_LABELS: Final = (*REJECT_REASONS, *SERVER_REJECT_REASONS, INTERNAL_REASON
 OFFLINE_REASONS: Final = ("will", "shutdown", "timeout")
 
 _DELAY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_LOCK_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5)
 _FLUSH_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -70,6 +71,13 @@ class ServerMetrics:
             "Server receive time minus the message's sent_at for accepted live messages"
             " (clock skew below zero is counted as 0).",
             buckets=_DELAY_BUCKETS,
+            registry=registry,
+        )
+        self.fleet_lock_held = Histogram(
+            "kioskfleet_fleet_lock_held_seconds",
+            "Time a metrics scrape held the fleet lock to read the fleet (ingest waits"
+            " meanwhile); observed by the fleet collector at every scrape.",
+            buckets=_LOCK_BUCKETS,
             registry=registry,
         )
         self.broker_connected = Gauge(

@@ -275,6 +275,8 @@ def _scenario() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
         kind="a4_printer",
         condition="paper_low",
     )
+    unreachable = alert("HallUnreachable", region="north", hall="h3")
+    degraded_unreachable = alert("HallDegraded", region="north", hall="h3")
     offline_same_hall_name_other_region = alert(
         "TerminalOffline", region="south", hall="h2", terminal="KF-5"
     )
@@ -297,11 +299,19 @@ def _scenario() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
         reader_in_degraded,
         paper_low_in_degraded,
         offline_same_hall_name_other_region,
+        unreachable,
+        degraded_unreachable,
         server_down,
         stalled,
         offline_while_stalled,
     ]
-    return firing, [paper_out_same, reader_in_degraded, stalled, offline_while_stalled]
+    return firing, [
+        paper_out_same,
+        reader_in_degraded,
+        degraded_unreachable,
+        stalled,
+        offline_while_stalled,
+    ]
 
 
 def test_inhibit_rules_silence_exactly_the_consequences() -> None:

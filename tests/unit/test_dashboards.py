@@ -54,10 +54,15 @@ FLEET_METRIC_NAMES: Final = frozenset(
         "kioskfleet_hall_opens_in_seconds",
         "kioskfleet_hall_maintenance",
         "kioskfleet_terminal_maintenance",
+        "kioskfleet_hall_unreachable",
     }
 )
 HISTOGRAM_METRIC_NAMES: Final = frozenset(
-    {"kioskfleet_ingest_delay_seconds", "kioskfleet_db_flush_seconds"}
+    {
+        "kioskfleet_ingest_delay_seconds",
+        "kioskfleet_db_flush_seconds",
+        "kioskfleet_fleet_lock_held_seconds",  # the fleet lock held per scrape
+    }
 )
 INGEST_METRIC_NAMES: Final = frozenset(
     {

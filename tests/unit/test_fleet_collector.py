@@ -83,14 +83,24 @@ def only(series: Series, *names: str) -> Series:
 
 
 def terminals_series(
-    region: str, hall: str, ok: int, warning: int, faulty: int, off: int, closed: int = 0
+    region: str,
+    hall: str,
+    ok: int,
+    warning: int,
+    faulty: int,
+    off: int,
+    closed: int = 0,
+    *,
+    unreachable: bool = False,
 ) -> Series:
-    """A hall's terminals by status, and its opening gauges (open: no hours set)."""
+    """A hall's terminals by status, its opening gauges (open: no hours set) and whether
+    it is unreachable."""
     out: Series = {}
     counts = (("ok", ok), ("warning", warning), ("faulty", faulty), ("offline", off))
     for status, n in (*counts, ("closed", closed)):
         out |= s("kioskfleet_terminals", n, region=region, hall=hall, status=status)
     out |= s("kioskfleet_hall_maintenance", 0, region=region, hall=hall)
+    out |= s("kioskfleet_hall_unreachable", 1 if unreachable else 0, region=region, hall=hall)
     return out | hall_series(region, hall, is_open=True, opens_in=0)
 
 
@@ -287,6 +297,101 @@ def test_series_count_follows_halls_and_problems_not_the_number_of_terminals() -
     assert len(only(large_series, *PER_TERMINAL)) == 3  # jam + offline + offline since
 
 
+# --- a mass outage: hall series instead of terminal series -----------------------------
+
+# (hall, terminals, offline): Down wholly unreachable, Many more offline than the budget
+# (10) although under half, Duo 2 of 2, Few 3 of 20 and Solo 1 of 1 are isolated failures.
+_OUTAGE = (("Down", 500, 500), ("Many", 40, 12), ("Duo", 2, 2), ("Few", 20, 3), ("Solo", 1, 1))
+
+
+def _mass_outage() -> FleetState:
+    fleet = FleetState()
+    for hall, size, offline in _OUTAGE:
+        for i in range(size):
+            tid = f"{hall}-{i:03d}"
+            fleet.apply(report(tid, hall=hall, region="North"), at(0))
+            if i < offline:
+                fleet.apply(state(tid, False), at(10))  # the broker publishes the will
+    return fleet
+
+
+def test_a_mass_outage_exports_which_halls_are_unreachable_and_how_many_terminals() -> None:
+    series = fleet_series(_mass_outage())
+    unreachable = {
+        dict(labels)["hall"]: v
+        for (n, labels), v in series.items()
+        if n == "kioskfleet_hall_unreachable"
+    }
+    assert unreachable == {"Down": 1, "Many": 1, "Duo": 1, "Few": 0, "Solo": 0}
+    offline = {
+        dict(labels)["hall"]: v
+        for (n, labels), v in series.items()
+        if n == "kioskfleet_terminals" and dict(labels)["status"] == "offline"
+    }
+    assert offline == {hall: n for hall, _, n in _OUTAGE}
+    per_terminal = {
+        dict(labels)["terminal"] for (n, labels) in series if n == "kioskfleet_terminal_offline"
+    }
+    assert per_terminal == {"Few-000", "Few-001", "Few-002", "Solo-000"}
+    assert len(only(series, *PER_TERMINAL)) == 2 * 4  # not 2 * 518
+
+
+def test_an_unreachable_hall_in_maintenance_is_not_exported_as_unreachable() -> None:
+    fleet = _mass_outage()
+    summary = fleet.summary(offline_per_hall=LabelBudget().offline_terminals_per_hall)
+    families = fleet_families(summary, maintenance=ActiveMaintenance(halls=frozenset({"Down"})))
+    registry = CollectorRegistry()
+    registry.register(_Fixed(families))
+    unreachable = {
+        dict(labels)["hall"]: v
+        for (n, labels), v in scrape(registry).items()
+        if n == "kioskfleet_hall_unreachable"
+    }
+    assert unreachable == {"Down": 0, "Many": 1, "Duo": 1, "Few": 0, "Solo": 0}
+
+
+def test_a_mass_outage_reading_copies_no_entry_of_a_hall_beyond_the_budget() -> None:
+    fleet = _mass_outage()
+    summary = fleet.summary(offline_per_hall=LabelBudget().offline_terminals_per_hall)
+    copied = {t.hall for t in summary.problem_terminals}
+    assert copied == {"Duo", "Few", "Solo"}  # Duo is cut by its share, after the copy
+    assert len(summary.problem_terminals) == 2 + 3 + 1
+    assert [t.id for t in summary.problem_terminals] == sorted(
+        t.id for t in summary.problem_terminals
+    )
+    assert len(fleet.summary().problem_terminals) == 518  # no budget: every offline one
+
+
+def test_a_hall_back_within_the_budget_is_reachable_and_exports_its_offline_terminals_again() -> (
+    None
+):
+    fleet = _mass_outage()
+    for i in range(3, 12):  # Many: 12 offline -> 3 offline of 40
+        message = report(f"Many-{i:03d}", seq=1, hall="Many", region="North", sent_at=at(20))
+        fleet.apply(message, at(20))
+    series = fleet_series(fleet)
+    many = frozenset({("region", "North"), ("hall", "Many")})
+    assert series[("kioskfleet_hall_unreachable", many)] == 0
+    still_offline = {
+        dict(labels)["terminal"]
+        for (n, labels) in series
+        if n == "kioskfleet_terminal_offline" and dict(labels)["hall"] == "Many"
+    }
+    assert still_offline == {"Many-000", "Many-001", "Many-002"}
+
+
+def test_every_scrape_reports_how_long_it_held_the_fleet_lock() -> None:
+    registry = CollectorRegistry()
+    metrics = ServerMetrics(registry)
+    fleet = _mass_outage()
+    registry.register(FleetCollector(fleet, on_lock_held=metrics.fleet_lock_held.observe))
+    generate_latest(registry)
+    generate_latest(registry)
+    series = scrape(registry)  # the histogram is collected first: it shows the earlier two
+    assert series[("kioskfleet_fleet_lock_held_seconds_count", frozenset())] == 2
+    assert series[("kioskfleet_fleet_lock_held_seconds_sum", frozenset())] > 0
+
+
 # --- tallies through a sequence of changes ----------------------------------------------
 
 
@@ -419,6 +524,7 @@ def test_a_hall_really_named_unknown_adds_up_with_terminals_that_named_none() ->
         "kioskfleet_hall_open",
         "kioskfleet_hall_opens_in_seconds",
         "kioskfleet_hall_maintenance",
+        "kioskfleet_hall_unreachable",
     )  # scrape() refuses duplicates
     assert terminals == terminals_series("unknown", "unknown", ok=2, warning=0, faulty=0, off=0)
 
@@ -460,9 +566,17 @@ _STEPS = st.lists(
 )
 
 
-def recount(views: Iterable[TerminalView], closed_halls: frozenset[str] = frozenset()) -> Series:
+def recount(
+    views: Iterable[TerminalView],
+    closed_halls: frozenset[str] = frozenset(),
+    budget: LabelBudget | None = None,
+) -> Series:
     """The fleet series computed from scratch from every terminal (what the tallies must
-    equal), with the halls named in ``closed_halls`` closed (opening in 600 s)."""
+    equal), with the halls named in ``closed_halls`` closed (opening in 600 s); a hall
+    with at least 2 offline and more than the budget's or at least half offline is
+    unreachable and has no per-terminal offline series."""
+    budget = budget or LabelBudget()
+    offline_series: dict[tuple[str, str], Series] = {}
     status: Counter[tuple[str, str, str]] = Counter()
     halls: set[tuple[str, str]] = set()
     peripherals: Counter[tuple[str, str, str, str]] = Counter()
@@ -492,8 +606,9 @@ def recount(views: Iterable[TerminalView], closed_halls: frozenset[str] = frozen
         if health is Health.CLOSED:
             continue
         if not v.online:
-            out |= s("kioskfleet_terminal_offline", 1, **where)
-            out |= s(
+            mine = offline_series.setdefault((region, hall), {})
+            mine |= s("kioskfleet_terminal_offline", 1, **where)
+            mine |= s(
                 "kioskfleet_terminal_offline_since_timestamp_seconds",
                 v.state_since.timestamp(),
                 **where,
@@ -518,6 +633,12 @@ def recount(views: Iterable[TerminalView], closed_halls: frozenset[str] = frozen
         is_open = hall not in closed_halls
         out |= hall_series(region, hall, is_open=is_open, opens_in=0 if is_open else 600.0)
         out |= s("kioskfleet_hall_maintenance", 0, region=region, hall=hall)
+        offline = status[(region, hall, Health.OFFLINE.value)]
+        total = sum(status[(region, hall, h.value)] for h in Health)
+        cut = offline >= 2 and (offline > budget.offline_terminals_per_hall or 2 * offline >= total)
+        out |= s("kioskfleet_hall_unreachable", 1 if cut else 0, region=region, hall=hall)
+        if not cut:
+            out |= offline_series.get((region, hall), {})
         for health in Health:
             out |= s(
                 "kioskfleet_terminals",
@@ -683,11 +804,11 @@ def _openings(closed: dict[str, float | None]) -> HallOpenings:
 
 def _night_fleet() -> FleetState:
     """In each of halls Open and Shut: S shut down cleanly, L lost (the will), P online with
-    paper out."""
+    paper out, K and Q online and well (so that 2 offline are not half the hall)."""
     fleet = FleetState()
     out = periph("printer", "receipt_printer", "paper_out")
     for hall in ("Open", "Shut"):
-        for tid in ("S", "L", "P"):
+        for tid in ("S", "L", "P", "K", "Q"):
             peripherals = [out] if tid == "P" else [PRINTER_OK]
             fleet.apply(report(f"{tid}-{hall}", hall=hall, peripherals=peripherals), at(0))
         fleet.apply(state(f"S-{hall}", False, reason="shutdown", seq=2, sent_at=at(5)), at(5))
@@ -702,8 +823,8 @@ def test_a_clean_shutdown_while_the_hall_is_closed_is_closed_and_exports_no_term
     registry.register(FleetCollector(_night_fleet(), openings=_openings({"Shut": 1800.0})))
     series = scrape(registry)
     assert only(series, "kioskfleet_terminals") == only(
-        terminals_series("North", "Open", ok=0, warning=0, faulty=1, off=2)
-        | terminals_series("North", "Shut", ok=0, warning=0, faulty=1, off=1, closed=1),
+        terminals_series("North", "Open", ok=2, warning=0, faulty=1, off=2)
+        | terminals_series("North", "Shut", ok=2, warning=0, faulty=1, off=1, closed=1),
         "kioskfleet_terminals",
     )
     assert only(series, "kioskfleet_hall_open", "kioskfleet_hall_opens_in_seconds") == (
