@@ -40,6 +40,7 @@ from agent.probes.factory import build_probes
 from agent.probes.system import SystemReadError, read_uptime_s
 from agent.update_service import UpdateService, UpdateServiceError
 from protocol.update_status import UpdateBody
+from protocol.usage import UsageBody
 
 __all__ = ["AgentRuntime", "enrolling_terminal", "open_outbox", "run_agent", "sender_settings"]
 
@@ -130,6 +131,7 @@ class AgentRuntime:
                 clock=clock or SystemClock(),
                 restart_agent=self._restart_for_new_agent,
                 is_up=lambda: self.connection.connected,
+                on_transaction=self._send_usage,
             )
             self.connection.receive_commands(self.updates.submit)
         self.probe_reader = ProbeReader(
@@ -180,6 +182,10 @@ class AgentRuntime:
     def _send_update(self, body: UpdateBody) -> None:
         """From the updater's worker: the agent sends it, in the loop's thread."""
         self.loop.call_soon(lambda: self.agent.send_update(body))
+
+    def _send_usage(self, body: UsageBody) -> None:
+        """From a kiosk connection's thread: the agent sends it (``kf.usage``), in the loop's."""
+        self.loop.call_soon(lambda: self.agent.send_usage(body))
 
     def _restart_for_new_agent(self) -> None:
         """After the agent staged a release of itself: stop cleanly, after the statuses

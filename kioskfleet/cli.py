@@ -1,5 +1,5 @@
 """The ``kioskfleet`` command: ``agent``, ``agent keygen``, ``server``, ``db upgrade``,
-``token``, ``user create|passwd|disable|list``, ``hall hours set|show``, ``ca init``,
+``token``, ``user create|passwd|disable|list``, ``hall hours set|show``, ``service set|list``, ``ca init``,
 ``terminal preauthorize|token|revoke|decommission``, ``simulate``, ``broker-config``, and
 ``repo``/``vendor`` (signed releases, Typer: kioskfleet/cli_updates.py).
 
@@ -90,6 +90,17 @@ def _parser() -> argparse.ArgumentParser:
     hours_set.add_argument("--file", type=Path, required=True, help="hours.json (docs/updates.md)")
     hours_show = hours_sub.add_parser("show", help="print HALL's hours as JSON")
     hours_show.add_argument("hall", metavar="HALL")
+
+    service = sub.add_parser(
+        "service", help="the service catalogue, on the database (settings from KIOSKFLEET_*)"
+    )
+    service.add_argument("--env-file", type=Path, help="a file of KIOSKFLEET_* settings")
+    service_sub = service.add_subparsers(dest="service_command", required=True)
+    service_set = service_sub.add_parser(
+        "set", help="replace the catalogue from a JSON file (docs/analytics.md)"
+    )
+    service_set.add_argument("--file", type=Path, required=True, help="catalogue.json")
+    service_sub.add_parser("list", help="print the catalogue as JSON")
 
     ca = sub.add_parser("ca", help="the fleet's device CA")
     ca_sub = ca.add_subparsers(dest="ca_command", required=True)
@@ -287,6 +298,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_hours_command(
             args.hours_command, args.hall, getattr(args, "file", None), args.env_file
         )
+    if args.command == "service":
+        from server.service_cli import run_service_command
+
+        return run_service_command(args.service_command, getattr(args, "file", None), args.env_file)
     if args.command == "ca":
         from server.identity_cli import init_ca_command
 
