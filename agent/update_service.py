@@ -211,6 +211,10 @@ class UpdateService:
             is_up=is_up,
         )
 
+    def kiosk_counters(self) -> dict[str, int]:
+        """The kiosk socket's counters (``KioskInterface.counters``)."""
+        return self._kiosk.counters()
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
