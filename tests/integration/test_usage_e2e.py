@@ -210,7 +210,11 @@ def test_personal_data_shaped_input_is_refused_at_the_socket_and_at_the_server(
         "boot_id": "forged-0001",
         "seq": 1,
         "sent_at": "2026-12-04T09:00:00Z",
-        "body": {**{k: base[k] for k in ("service", "outcome")}, "duration_s": 1.0, "name": "Jane Doe"},
+        "body": {
+            **{k: base[k] for k in ("service", "outcome")},
+            "duration_s": 1.0,
+            "name": "Jane Doe",
+        },
     }
     forger.publish_raw(topic(forger.id, Channel.USAGE), json.dumps(payload).encode())
     wait_until(
