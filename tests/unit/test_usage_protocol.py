@@ -139,6 +139,7 @@ _KEYS = ["service", "outcome", "cause", "duration_s", "pages", "note"]
 def test_any_body_is_either_a_transaction_or_a_protocol_error(body: dict[str, Any]) -> None:
     raw = _raw()
     raw["body"] = body
+    reason: str | None
     try:
         message = _decode(raw)
     except ProtocolError as refused:
