@@ -333,10 +333,11 @@ class Agent:
             "update",
         )
 
-    def send_usage(self, body: UsageBody) -> None:
+    def send_usage(self, body: UsageBody) -> bool:
         """Send one citizen transaction as a ``kf.usage`` on the stream (call in the loop's
-        thread); like update statuses it is never dropped from the outbox."""
-        self._send_on_stream(
+        thread); like update statuses it is never dropped from the outbox. True once it is
+        in the outbox; False if it could not be built or stored (logged)."""
+        return self._send_on_stream(
             lambda seq: UsageMessage(schema="kf.usage", body=body, **self._envelope(seq)),
             self._usage_topic,
             "usage",

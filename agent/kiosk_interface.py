@@ -77,6 +77,7 @@ class ErrorCode(StrEnum):
     TOO_LARGE = "too_large"  # the line exceeds max_line_bytes; the connection is closed
     BUSY = "busy"  # max_connections are open; the connection is closed
     NOT_RECORDING = "not_recording"  # a transaction, but this agent sends no usage events
+    NOT_STORED = "not_stored"  # a valid transaction the agent could not store: send it again
 
 
 class KioskSocketError(AgentError):
@@ -172,10 +173,11 @@ class KioskInterface:
         self,
         gate: InstallGate,
         config: KioskInterfaceConfig,
-        on_transaction: Callable[[UsageBody], None] | None = None,
+        on_transaction: Callable[[UsageBody], bool] | None = None,
     ) -> None:
         """``on_transaction`` receives each valid ``transaction`` (from a connection's
-        thread; it must be quick and thread-safe); None answers them ``not_recording``."""
+        thread; thread-safe, bounded in time) and returns True once it is stored; False is
+        answered ``not_stored``. None answers every transaction ``not_recording``."""
         self._on_transaction = on_transaction
         self._gate = gate
         self._config = config
@@ -437,7 +439,10 @@ class KioskInterface:
             return self._rejected(
                 ErrorCode.NOT_RECORDING, "this agent does not record transactions", peer
             )
-        self._on_transaction(request.body())
+        if not self._on_transaction(request.body()):
+            return self._rejected(
+                ErrorCode.NOT_STORED, "the agent could not store the transaction", peer
+            )
         self._count("transactions")
         return {"ok": True, "request": request.request}
 

@@ -149,7 +149,7 @@ class UpdateService:
         restart_agent: Callable[[], None] | None = None,
         is_up: Callable[[], bool] = lambda: True,
         wrap_handler: Callable[[BundleHandler], InstallHandler] | None = None,
-        on_transaction: Callable[[UsageBody], None] | None = None,
+        on_transaction: Callable[[UsageBody], bool] | None = None,
     ) -> UpdateService:
         """Build from ``config.updates``. Raises UpdateServiceError (unreadable trusted root).
 
