@@ -7,7 +7,8 @@ the peripherals it needs, each named by a *family* or a *kind* of ``protocol.tax
 that family or kind whose condition does not block service (``protocol.taxonomy.
 is_blocking``: the one rule of what "working" means, so ``paper_low`` still prints and
 ``paper_out`` does not). A terminal offers a service when it is online and every need of
-the service is met; so a terminal whose printer is out of paper still offers the identity
+the service is met (``working_needs`` then ``offered``: many terminals share one set of
+working needs, so a pass over the fleet works each set out once); so a terminal whose printer is out of paper still offers the identity
 services (``tests/unit/test_service_catalogue.py``).
 
 Public interface: ``Need``, ``Service``, ``Catalogue`` (the API body and the stored
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from protocol.taxonomy import Family, PeripheralKind, family_of, is_blocking
 from protocol.usage import ServiceCode
-from server.fleet_views import PeripheralView, TerminalView
+from server.fleet_views import TerminalView
 
 __all__ = [
     "MAX_NEEDS",
@@ -33,8 +34,10 @@ __all__ = [
     "Catalogue",
     "Need",
     "Service",
+    "offered",
     "service_label",
     "services_available",
+    "working_needs",
 ]
 
 MAX_SERVICES: Final = 200
@@ -86,12 +89,21 @@ class Catalogue(_Model):
         return frozenset(s.code for s in self.services)
 
 
-def _meets(peripheral: PeripheralView, need: Need) -> bool:
-    if isinstance(need, PeripheralKind):
-        matches = peripheral.kind is need
-    else:
-        matches = family_of(peripheral.kind).family is need
-    return matches and not is_blocking(peripheral.kind, peripheral.condition)
+def working_needs(terminal: TerminalView) -> frozenset[Need]:
+    """The kinds and families of ``terminal``'s peripherals that can serve now (their
+    condition does not block); empty for an offline terminal."""
+    if not terminal.online:
+        return frozenset()
+    working: set[Need] = set()
+    for p in terminal.peripherals:
+        if not is_blocking(p.kind, p.condition):
+            working.update((p.kind, family_of(p.kind).family))
+    return frozenset(working)
+
+
+def offered(catalogue: Catalogue, working: frozenset[Need]) -> tuple[str, ...]:
+    """The codes whose every need is in ``working`` (``working_needs``), in catalogue order."""
+    return tuple(s.code for s in catalogue.services if working.issuperset(s.needs))
 
 
 def services_available(catalogue: Catalogue, terminal: TerminalView) -> tuple[str, ...]:
@@ -99,11 +111,7 @@ def services_available(catalogue: Catalogue, terminal: TerminalView) -> tuple[st
     by at least one working peripheral. An offline terminal offers none."""
     if not terminal.online:
         return ()
-    return tuple(
-        s.code
-        for s in catalogue.services
-        if all(any(_meets(p, need) for p in terminal.peripherals) for need in s.needs)
-    )
+    return offered(catalogue, working_needs(terminal))
 
 
 def service_label(catalogue: Catalogue, code: str) -> str:

@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 from server.fleet_collector import UNKNOWN_LABEL
 from server.fleet_state import FleetState
 from server.fleet_views import TerminalFilter
-from server.service_catalogue import Catalogue, services_available
+from server.service_catalogue import Catalogue, Need, offered, working_needs
 
 __all__ = ["USAGE_METRIC_NAMES", "ServiceAvailabilityCollector", "UsageMetrics"]
 
@@ -97,7 +97,8 @@ class ServiceAvailabilityCollector(Collector):
 
     def _compute(self) -> dict[tuple[str, str, str], int]:
         catalogue = self._catalogue()
-        counts: Tally[tuple[str, str, str]] = Tally()
+        # terminals per (hall, set of working needs): few distinct sets, each worked out once
+        groups: Tally[tuple[str, str, frozenset[Need]]] = Tally()
         halls: set[tuple[str, str]] = set()
         cursor: str | None = None
         while True:
@@ -105,11 +106,18 @@ class ServiceAvailabilityCollector(Collector):
             for view in page.items:
                 where = (view.region or UNKNOWN_LABEL, view.hall or UNKNOWN_LABEL)
                 halls.add(where)
-                for code in services_available(catalogue, view):
-                    counts[(*where, code)] += 1
+                if view.online:  # an offline terminal offers nothing, not even needless services
+                    groups[(*where, working_needs(view))] += 1
             if page.next_cursor is None:
                 break
             cursor = page.next_cursor
+        codes: dict[frozenset[Need], tuple[str, ...]] = {}
+        counts: Tally[tuple[str, str, str]] = Tally()
+        for (region, hall, working), n in groups.items():
+            if working not in codes:
+                codes[working] = offered(catalogue, working)
+            for code in codes[working]:
+                counts[(region, hall, code)] += n
         return {
             (region, hall, s.code): counts[(region, hall, s.code)]
             for region, hall in sorted(halls)

@@ -216,10 +216,14 @@ def test_personal_data_shaped_input_is_refused_at_the_socket_and_at_the_server(
             "name": "Jane Doe",
         },
     }
-    forger.publish_raw(topic(forger.id, Channel.USAGE), json.dumps(payload).encode())
-    wait_until(
-        lambda: metric(server, "kioskfleet_usage_refused_total", reason="invalid") == 1,
-        10,
-        "the server's refusal",
-    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="server.ingest"):
+        forger.publish_raw(topic(forger.id, Channel.USAGE), json.dumps(payload).encode())
+        wait_until(
+            lambda: metric(server, "kioskfleet_usage_refused_total", reason="invalid") == 1,
+            10,
+            "the server's refusal",
+        )
     assert _stored(server, forger.id) == []
+    assert "body.name: Extra inputs are not permitted" in caplog.text  # logged, clearly ...
+    assert "Jane Doe" not in caplog.text  # ... without the value

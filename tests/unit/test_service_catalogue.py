@@ -109,6 +109,8 @@ def test_the_hall_gauge_counts_terminals_offering_each_service_zeros_included() 
     fleet = FleetState()
     fleet.apply(report("T-1", 1, peripherals=[periph("p", "receipt_printer"), READER_OK]), at(1))
     fleet.apply(report("T-2", 1, peripherals=[periph("p", "receipt_printer", "paper_out"), READER_OK]), at(1))  # fmt: skip
+    fleet.apply(report("T-3", 1, peripherals=[periph("p", "receipt_printer"), READER_OK]), at(1))
+    fleet.apply(state("T-3", False, seq=1, sent_at=at(2)), at(2))  # offline: offers nothing
     clock = [0.0]
     collector = ServiceAvailabilityCollector(
         fleet, lambda: CATALOGUE, refresh_s=60, monotonic=lambda: clock[0]
@@ -125,6 +127,7 @@ def test_the_hall_gauge_counts_terminals_offering_each_service_zeros_included() 
     assert gauge("tax.invoice.print") == 1
     assert gauge("police.residence_permit.renew") == 2
     assert gauge("market.licence.print") == 0
+    assert gauge("info.opening_hours") == 2  # needs nothing, but only from online terminals
     fleet.apply(report("T-2", 2, peripherals=[periph("p", "receipt_printer"), READER_OK]), at(2))
     assert gauge("tax.invoice.print") == 1  # the reading is at most refresh_s old
     clock[0] = 60.0
