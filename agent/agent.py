@@ -56,6 +56,7 @@ from protocol.messages import (
 )
 from protocol.topics import Channel, topic
 from protocol.update_status import UpdateBody, UpdateMessage
+from protocol.usage import UsageBody, UsageMessage
 
 __all__ = [
     "Agent",
@@ -229,6 +230,7 @@ class Agent:
         self._dropped_reports = dropped_reports or _none_dropped
         self._software = software or dict
         self._update_topic = topic(config.terminal_id, Channel.UPDATE)
+        self._usage_topic = topic(config.terminal_id, Channel.USAGE)
         self._statuses: dict[str, PeripheralStatus] = {}
         self._probe_failures: dict[str, str] = {}
         self._connected = False
@@ -329,6 +331,16 @@ class Agent:
             lambda seq: UpdateMessage(schema="kf.update", body=body, **self._envelope(seq)),
             self._update_topic,
             "update",
+        )
+
+    def send_usage(self, body: UsageBody) -> bool:
+        """Send one citizen transaction as a ``kf.usage`` on the stream (call in the loop's
+        thread); like update statuses it is never dropped from the outbox. True once it is
+        in the outbox; False if it could not be built or stored (logged)."""
+        return self._send_on_stream(
+            lambda seq: UsageMessage(schema="kf.usage", body=body, **self._envelope(seq)),
+            self._usage_topic,
+            "usage",
         )
 
     def on_disconnected(self) -> None:

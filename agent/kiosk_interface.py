@@ -1,5 +1,8 @@
 """The kiosk application's local interface: a Unix socket speaking line-delimited JSON.
 
+A ``transaction`` request (a finished citizen transaction, ``protocol.usage.UsageBody``'s
+fields) is handed to ``on_transaction``, which the agent sends as a ``kf.usage`` message.
+
 The kiosk application (on the same machine) connects to ``config.path`` and sends
 one JSON object per line; every line gets exactly one JSON answer line. The
 requests and answers are documented in docs/kiosk-app.md; the rules behind them
@@ -26,7 +29,8 @@ Public interface: ``KioskInterface(gate, config)`` with ``start()`` (binds and
 serves in daemon threads; raises ``KioskSocketError``), ``close()`` (stops, closes
 connections, removes the socket), ``counters()`` (``connections_accepted``,
 ``connections_refused_busy``, ``connections_idle_closed``, ``accept_errors``,
-``requests``, ``rejected_<code>`` per other ``ErrorCode``); ``KioskInterfaceConfig``;
+``requests``, ``transactions``, ``rejected_<code>`` per other ``ErrorCode``);
+``KioskInterfaceConfig``;
 ``ErrorCode`` (the ``error`` values that are not a gate ``Refusal``);
 ``KioskSocketError``. Never imports paho and never opens a network socket.
 """
@@ -43,6 +47,7 @@ import stat
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -52,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from agent.errors import AgentError
 from agent.install_gate import GateRefusedError, InstallGate
+from protocol.usage import UsageBody
 
 __all__ = ["ErrorCode", "KioskInterface", "KioskInterfaceConfig", "KioskSocketError"]
 
@@ -70,6 +76,8 @@ class ErrorCode(StrEnum):
     BAD_REQUEST = "bad_request"  # unknown request or a field of the wrong shape
     TOO_LARGE = "too_large"  # the line exceeds max_line_bytes; the connection is closed
     BUSY = "busy"  # max_connections are open; the connection is closed
+    NOT_RECORDING = "not_recording"  # a transaction, but this agent sends no usage events
+    NOT_STORED = "not_stored"  # a valid transaction the agent could not store: send it again
 
 
 class KioskSocketError(AgentError):
@@ -118,9 +126,18 @@ class _Status(_Request):
     request: Literal["status"]
 
 
+class _Transaction(UsageBody):
+    """One finished citizen transaction: the wire body's fields (``protocol.usage``), flat."""
+
+    request: Literal["transaction"]
+
+    def body(self) -> UsageBody:
+        return UsageBody.model_validate(self.model_dump(exclude={"request"}))
+
+
 _REQUEST = TypeAdapter(
     Annotated[
-        _SessionStart | _SessionEnd | _DeferInstall | _Status,
+        _SessionStart | _SessionEnd | _DeferInstall | _Status | _Transaction,
         Field(discriminator="request"),
     ]
 )
@@ -137,6 +154,14 @@ def _peer_of(conn: socket.socket) -> str:
     return f"pid {pid} uid {uid}"
 
 
+def _rule(error: Any) -> str:
+    """Pydantic's message for one error, minus the one kind that quotes the input (an
+    unknown ``request`` tag): a refused line's values never reach the answer or the log."""
+    if error["type"] == "union_tag_invalid":
+        return "unknown request"
+    return str(error["msg"])
+
+
 def _error(code: str, message: str) -> dict[str, Any]:
     return {"ok": False, "error": code, "message": message}
 
@@ -144,7 +169,16 @@ def _error(code: str, message: str) -> dict[str, Any]:
 class KioskInterface:
     """Serves the kiosk application's requests on a Unix socket, one thread per connection."""
 
-    def __init__(self, gate: InstallGate, config: KioskInterfaceConfig) -> None:
+    def __init__(
+        self,
+        gate: InstallGate,
+        config: KioskInterfaceConfig,
+        on_transaction: Callable[[UsageBody], bool] | None = None,
+    ) -> None:
+        """``on_transaction`` receives each valid ``transaction`` (from a connection's
+        thread; thread-safe, bounded in time) and returns True once it is stored; False is
+        answered ``not_stored``. None answers every transaction ``not_recording``."""
+        self._on_transaction = on_transaction
         self._gate = gate
         self._config = config
         self._listener: socket.socket | None = None
@@ -159,6 +193,7 @@ class KioskInterface:
             "connections_idle_closed": 0,
             "accept_errors": 0,
             "requests": 0,
+            "transactions": 0,
             **{f"rejected_{code.value}": 0 for code in ErrorCode if code is not ErrorCode.BUSY},
         }
 
@@ -376,13 +411,18 @@ class KioskInterface:
         if not isinstance(document, dict):
             return self._rejected(ErrorCode.MALFORMED, "a request is a JSON object", peer)
         try:
-            request = _REQUEST.validate_python(document)
+            # JSON mode on the same (already parsed once) bytes: strict, yet strings become
+            # enums (a transaction's outcome). The answer and the log name the field and
+            # the rule it broke, never the value sent (``_rule``).
+            request = _REQUEST.validate_json(line)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}"
+                f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {_rule(e)}"
                 for e in exc.errors()[:3]
             )
             return self._rejected(ErrorCode.BAD_REQUEST, problems, peer)
+        if isinstance(request, _Transaction):
+            return self._transaction(request, peer)
         try:
             answer = {"ok": True, "request": request.request, **self._call(request)}
         except GateRefusedError as refused:
@@ -393,6 +433,18 @@ class KioskInterface:
         if not isinstance(request, _Status):
             log.info("kiosk interface: %s from %s", request.request, peer)  # never the token
         return answer
+
+    def _transaction(self, request: _Transaction, peer: str) -> dict[str, Any]:
+        if self._on_transaction is None:
+            return self._rejected(
+                ErrorCode.NOT_RECORDING, "this agent does not record transactions", peer
+            )
+        if not self._on_transaction(request.body()):
+            return self._rejected(
+                ErrorCode.NOT_STORED, "the agent could not store the transaction", peer
+            )
+        self._count("transactions")
+        return {"ok": True, "request": request.request}
 
     def _call(self, request: _Request) -> dict[str, Any]:
         gate = self._gate

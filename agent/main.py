@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,12 +42,14 @@ from agent.probes.factory import build_probes, probe_device
 from agent.probes.system import SystemReadError, read_uptime_s
 from agent.update_service import UpdateService, UpdateServiceError
 from protocol.update_status import UpdateBody
+from protocol.usage import UsageBody
 
 __all__ = ["AgentRuntime", "enrolling_terminal", "open_outbox", "run_agent", "sender_settings"]
 
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
+_USAGE_WAIT_S = 5.0  # a kiosk transaction waits this long for the loop to store it
 EXIT_SETUP = 1
 EXIT_CONFIG = 2
 
@@ -131,6 +134,7 @@ class AgentRuntime:
                 clock=clock or SystemClock(),
                 restart_agent=self._restart_for_new_agent,
                 is_up=lambda: self.connection.connected,
+                on_transaction=self._send_usage,
             )
             self.connection.receive_commands(self.updates.submit)
         if probes is None:
@@ -196,6 +200,20 @@ class AgentRuntime:
     def _send_update(self, body: UpdateBody) -> None:
         """From the updater's worker: the agent sends it, in the loop's thread."""
         self.loop.call_soon(lambda: self.agent.send_update(body))
+
+    def _send_usage(self, body: UsageBody) -> bool:
+        """From a kiosk connection's thread: the agent sends it (``kf.usage``) in the loop's,
+        and this waits (at most ``_USAGE_WAIT_S``) until it is in the outbox: the kiosk's
+        ``ok`` then means the transaction survives a crash. False if it is not."""
+        stored = threading.Event()
+        result = [False]
+
+        def send() -> None:
+            result[0] = self.agent.send_usage(body)
+            stored.set()
+
+        self.loop.call_soon(send)
+        return stored.wait(_USAGE_WAIT_S) and result[0]
 
     def _restart_for_new_agent(self) -> None:
         """After the agent staged a release of itself: stop cleanly, after the statuses

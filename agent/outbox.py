@@ -80,7 +80,7 @@ _BUSY_TIMEOUT_S: Final = 10.0
 _WARN_EVERY_S: Final = 60.0
 _SQLITE_CORRUPT: Final = 11
 _SQLITE_NOTADB: Final = 26
-STREAM_CHANNELS: Final = frozenset({Channel.REPORT, Channel.EVENT, Channel.UPDATE})
+STREAM_CHANNELS: Final = frozenset({Channel.REPORT, Channel.EVENT, Channel.UPDATE, Channel.USAGE})
 """The channels whose messages go through the outbox (ordered, counted, never lost)."""
 
 _SCHEMA: Final = """

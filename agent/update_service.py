@@ -58,6 +58,7 @@ from agent.updater import Updater, UpdaterConfig, UpdaterStateError, outcome_end
 from protocol.directives import cmd_schema
 from protocol.messages import Name, Version
 from protocol.update_status import UpdateBody
+from protocol.usage import UsageBody
 
 __all__ = ["UpdateService", "UpdateServiceError", "UpdateServiceStats", "recovery_report"]
 
@@ -148,6 +149,7 @@ class UpdateService:
         restart_agent: Callable[[], None] | None = None,
         is_up: Callable[[], bool] = lambda: True,
         wrap_handler: Callable[[BundleHandler], InstallHandler] | None = None,
+        on_transaction: Callable[[UsageBody], bool] | None = None,
     ) -> UpdateService:
         """Build from ``config.updates``. Raises UpdateServiceError (unreadable trusted root).
 
@@ -155,7 +157,8 @@ class UpdateService:
         then starts the new one); ``is_up`` says when an agent on trial may confirm.
         ``wrap_handler`` (the fleet simulator's planted failures, agent/simulated_updates.py)
         wraps the bundle handler the updater installs with; recovery and ``software()``
-        still read the bundle handler itself."""
+        still read the bundle handler itself. ``on_transaction`` gets the kiosk socket's
+        citizen transactions (``kf.usage``; None: they are answered ``not_recording``)."""
         spec: UpdatesConfig = config.updates
         try:
             trusted_root = spec.trusted_root.read_bytes()
@@ -171,7 +174,9 @@ class UpdateService:
         )
         gate = InstallGate(clock)
         kiosk = KioskInterface(
-            gate, KioskInterfaceConfig(path=spec.kiosk_socket, group=spec.kiosk_socket_group)
+            gate,
+            KioskInterfaceConfig(path=spec.kiosk_socket, group=spec.kiosk_socket_group),
+            on_transaction,
         )
         stopping = threading.Event()
         agent_slots = AgentSlots(spec.agent_slots_root) if spec.agent_slots_root else None
@@ -205,6 +210,10 @@ class UpdateService:
             agent_slots=agent_slots,
             is_up=is_up,
         )
+
+    def kiosk_counters(self) -> dict[str, int]:
+        """The kiosk socket's counters (``KioskInterface.counters``)."""
+        return self._kiosk.counters()
 
     # -- lifecycle ---------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ and ``make demo`` start mosquitto with the same text (``LocalBroker(identity=...
   (the server's included);
 - ``crlfile``: revoked certificates cannot connect after the broker re-reads it
   (SIGHUP; an open connection stays up: the server refuses its messages);
-- the ACL: a terminal writes only ``kf/v1/terminals/<its id>/{state,report,event,update}``
+- the ACL: a terminal writes only ``kf/v1/terminals/<its id>/{state,report,event,update,usage}``
   and reads only its own ``cmd``; only the server identities (CNs that no
   terminal id can have: they contain ``:``) read the fleet's channels, write
   ``cmd`` and clear a decommissioned terminal's retained ``state``.

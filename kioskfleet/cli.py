@@ -1,6 +1,6 @@
 """The ``kioskfleet`` command: ``agent``, ``agent keygen``, ``server``, ``db upgrade``,
-``token``, ``user create|passwd|disable|list``, ``hall hours set|show``, ``ca init``,
-``terminal preauthorize|token|revoke|decommission``, ``rollout``, ``maintenance
+``token``, ``user create|passwd|disable|list``, ``hall hours set|show``, ``service set|list``,
+``ca init``, ``terminal preauthorize|token|revoke|decommission``, ``rollout``, ``maintenance
 start|end|list``, ``problem ack``, ``simulate``, ``broker-config``, and
 ``repo``/``vendor`` (signed releases, Typer: kioskfleet/cli_updates.py).
 
@@ -31,7 +31,7 @@ COMMAND_GROUPS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("On a terminal", ("agent",)),
     ("Running the server", ("server", "db", "broker-config")),
     ("Access and identity", ("token", "user", "ca", "terminal")),
-    ("Halls and daily operations", ("hall", "maintenance", "problem")),
+    ("Halls and daily operations", ("hall", "service", "maintenance", "problem")),
     ("Signed releases and rollouts", ("repo", "vendor", "rollout")),
     ("Trying it out", ("simulate",)),
 )
@@ -240,6 +240,21 @@ def _command_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     )
     hours_show = hours_sub.add_parser("show", help="print HALL's hours as JSON")
     hours_show.add_argument("hall", metavar="HALL", help="the hall's name")
+
+    service = sub.add_parser(
+        "service", help="the service catalogue, on the database (settings from KIOSKFLEET_*)"
+    )
+    service.add_argument("--env-file", type=Path, help=env_help)
+    service_sub = service.add_subparsers(
+        dest="service_command", required=True, metavar="SUBCOMMAND"
+    )
+    service_set = service_sub.add_parser(
+        "set", help="replace the catalogue from a JSON file (docs/analytics.md)"
+    )
+    service_set.add_argument(
+        "--file", type=Path, required=True, help="the catalogue, a JSON file (required)"
+    )
+    service_sub.add_parser("list", help="print the catalogue as JSON")
 
     ca = sub.add_parser("ca", help="create the fleet's device CA")
     ca_sub = ca.add_subparsers(dest="ca_command", required=True, metavar="SUBCOMMAND")
@@ -501,6 +516,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_hours_command(
             args.hours_command, args.hall, getattr(args, "file", None), args.env_file
         )
+    if args.command == "service":
+        from server.service_cli import run_service_command
+
+        return run_service_command(args.service_command, getattr(args, "file", None), args.env_file)
     if args.command == "ca":
         from server.identity_cli import init_ca_command
 

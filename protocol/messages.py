@@ -49,6 +49,7 @@ __all__ = [
     "StateMessage",
     "TerminalState",
     "UpdateMessage",
+    "UsageMessage",
     "is_problem",
 ]
 
@@ -198,14 +199,20 @@ from protocol.update_status import (  # noqa: E402 - needs _Envelope and Text de
     UPDATE_SCHEMAS,
     UpdateMessage,
 )
+from protocol.usage import (  # noqa: E402 - needs _Envelope defined first
+    USAGE_SCHEMA_CHANNEL,
+    USAGE_SCHEMAS,
+    UsageMessage,
+)
 
-Message = StateMessage | ReportMessage | EventMessage | UpdateMessage
+Message = StateMessage | ReportMessage | EventMessage | UpdateMessage | UsageMessage
 
 SCHEMAS: Final[dict[tuple[str, int], type[Message]]] = {
     ("kf.state", 1): StateMessage,
     ("kf.report", 1): ReportMessage,
     ("kf.event", 1): EventMessage,
     **UPDATE_SCHEMAS,
+    **USAGE_SCHEMAS,
 }
 
 SCHEMA_CHANNEL: Final[dict[str, Channel]] = {
@@ -213,4 +220,5 @@ SCHEMA_CHANNEL: Final[dict[str, Channel]] = {
     "kf.report": Channel.REPORT,
     "kf.event": Channel.EVENT,
     **UPDATE_SCHEMA_CHANNEL,
+    **USAGE_SCHEMA_CHANNEL,
 }

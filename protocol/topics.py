@@ -38,10 +38,11 @@ class Channel(StrEnum):
     REPORT = "report"  # agent -> server: full periodic health report
     EVENT = "event"  # agent -> server: edge-triggered change
     UPDATE = "update"  # agent -> server: update progress
+    USAGE = "usage"  # agent -> server: one citizen transaction (protocol.usage)
     CMD = "cmd"  # server -> agent: signed directive, config, ping
 
 
-AGENT_CHANNELS = (Channel.STATE, Channel.REPORT, Channel.EVENT, Channel.UPDATE)
+AGENT_CHANNELS = (Channel.STATE, Channel.REPORT, Channel.EVENT, Channel.UPDATE, Channel.USAGE)
 
 
 def is_valid_terminal_id(terminal_id: str) -> bool:
@@ -83,14 +84,14 @@ def parse_topic(name: str) -> tuple[str, Channel]:
 def server_subscriptions(shared: bool = True) -> list[tuple[str, int]]:
     """(topic filter, QoS) pairs the server subscribes to.
 
-    Reports, events and updates go through the shared subscription
+    Reports, events, updates and usage go through the shared subscription
     ``$share/kioskfleet/...`` so that replicas split the stream. The retained
     ``state`` channel is subscribed without sharing: MQTT v5 never delivers
     retained messages to a shared subscription, and a (re)starting server
     needs them to learn who is online.
     """
     subs: list[tuple[str, int]] = [(f"{TOPIC_PREFIX}/+/{Channel.STATE.value}", 1)]
-    for channel in (Channel.REPORT, Channel.EVENT, Channel.UPDATE):
+    for channel in (Channel.REPORT, Channel.EVENT, Channel.UPDATE, Channel.USAGE):
         flt = f"{TOPIC_PREFIX}/+/{channel.value}"
         subs.append((f"$share/{SHARE_GROUP}/{flt}" if shared else flt, 1))
     return subs

@@ -106,6 +106,8 @@ class ApiServices:
     page_limit_default: int = 100
     page_limit_max: int = 1000
     history_limit: int = 50
+    # the catalogued services a terminal can offer now (server.service_catalogue)
+    services_available: Callable[[TerminalView], list[str]] = lambda _view: []
     history_limit_max: int = 1000
     metrics_require_token: bool = True
     # is the hall open by its opening hours now (server.hall_openings; True: no hours)
@@ -285,6 +287,7 @@ def create_app(services: ApiServices) -> FastAPI:
             list(history),
             with_delivery=allows(who.role, Role.OPERATOR),
             hall_open=services.hall_open(view.hall),
+            services_available=services.services_available(view),
         )
         state = services.operator_state
         if state is not None:

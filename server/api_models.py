@@ -126,6 +126,11 @@ class TerminalDetailPublic(TerminalPublic):
         description="its active maintenance windows (its own, its hall's) and the acks of its"
         " current problems",
     )
+    services_available: list[str] = Field(
+        default=[],
+        description="catalogued service codes the terminal can offer now: online, and every"
+        " peripheral the service needs working (GET /api/v1/services)",
+    )
 
 
 class EventPublic(_FromView):
@@ -212,9 +217,11 @@ def terminal_detail_public(
     *,
     with_delivery: bool = True,
     hall_open: bool = True,
+    services_available: Sequence[str] = (),
 ) -> TerminalDetailPublic:
     return TerminalDetailPublic(
         **dict(terminal_public(v, hall_open=hall_open)),
+        services_available=list(services_available),
         delivery=DeliveryPublic.model_validate(v) if with_delivery else None,
         transitions=[transition_public(t) for t in history],
     )

@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     transition_retention_days: Annotated[float, Field(gt=0, le=36500)] = 365.0
     update_status_retention_days: Annotated[float, Field(gt=0, le=36500)] = 365.0
     rollout_retention_days: Annotated[float, Field(gt=0, le=36500)] = 365.0  # after finishing
+    # Raw citizen transactions (usage_event); the rollups that outlive them: a later task.
+    usage_retention_days: Annotated[float, Field(gt=0, le=36500)] = 180.0
+    # kioskfleet_hall_services_available is recomputed (one pass over the fleet) this often.
+    services_metrics_refresh_s: PositiveSeconds = 60.0
     event_prune_interval_s: PositiveSeconds = 3600.0
 
     # Broker.

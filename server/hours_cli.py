@@ -16,9 +16,9 @@ import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from server.access_store import DatabaseAudit
 from server.audit import AuditEntry, AuditResult
@@ -27,21 +27,23 @@ from server.errors import TooManyHallsError
 from server.opening_hours import OpeningHours
 from server.opening_hours_store import OpeningHoursStore
 
-__all__ = ["MAX_FILE_BYTES", "run_hours_command"]
+__all__ = ["MAX_FILE_BYTES", "read_model_file", "run_hours_command"]
 
 log = logging.getLogger(__name__)
 
 MAX_FILE_BYTES: Final = 256 * 1024
+_M = TypeVar("_M", bound=BaseModel)
 
 
-def _read(path: Path) -> OpeningHours:
-    """The hours in ``path``. Raises ValueError with the reason (too big, not JSON, invalid)."""
+def read_model_file(path: Path, model: type[_M]) -> _M:
+    """The ``model`` in JSON file ``path`` (at most ``MAX_FILE_BYTES``). Raises OSError,
+    ValueError with the reason (too big, not JSON, invalid)."""
     with path.open("rb") as f:
         raw = f.read(MAX_FILE_BYTES + 1)
     if len(raw) > MAX_FILE_BYTES:
         raise ValueError(f"{path} is larger than {MAX_FILE_BYTES} bytes")
     try:
-        return OpeningHours.model_validate_json(raw)
+        return model.model_validate_json(raw)
     except ValidationError as exc:
         reasons = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'file'}: {e['msg']}" for e in exc.errors()
@@ -67,7 +69,7 @@ def _set(store: OpeningHoursStore, audit: DatabaseAudit, hall: str, path: Path) 
         audit.record(entry(AuditResult.FAILED, {"why": "bad_hall"}))
         return 1
     try:
-        hours = _read(path)
+        hours = read_model_file(path, OpeningHours)
     except (OSError, ValueError) as exc:
         log.error("opening hours refused: %s", exc)
         audit.record(entry(AuditResult.FAILED, {"why": "invalid_hours"}))

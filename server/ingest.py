@@ -20,23 +20,33 @@ reason per interval; an unexpected exception is counted as reason
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from enum import StrEnum
 from typing import Final, Protocol
 
 from protocol.codec import decode
-from protocol.errors import ProtocolError
-from protocol.messages import EventMessage, Message, ReportMessage, StateMessage, UpdateMessage
+from protocol.errors import ProtocolError, TopicError
+from protocol.messages import (
+    EventMessage,
+    Message,
+    ReportMessage,
+    StateMessage,
+    UpdateMessage,
+    UsageMessage,
+)
 from protocol.topics import Channel, parse_topic
+from server.fleet_collector import UNKNOWN_LABEL
 from server.fleet_state import FleetState
 from server.fleet_views import CONNECTIVITY, Transition, Verdict
 from server.inbound import Delivery, InboundMessage
 from server.ingest_gate import IngestGate
 from server.log_throttle import ThrottledLog
 from server.metrics import INTERNAL_REASON, ServerMetrics
-from server.records import EventRecord, UpdateRecord
+from server.records import EventRecord, UpdateRecord, UsageRecord
+from server.service_catalogue import OTHER_SERVICE
 from server.update_tally import UpdateTally
+from server.usage_metrics import UsageMetrics
 
 __all__ = ["Ingest", "IngestResult", "WriteSink"]
 
@@ -47,6 +57,7 @@ _CHANNEL_OF: Final = {
     ReportMessage: Channel.REPORT,
     EventMessage: Channel.EVENT,
     UpdateMessage: Channel.UPDATE,
+    UsageMessage: Channel.USAGE,
 }
 _MAX_LOGGED_TEXT: Final = 300
 
@@ -62,6 +73,7 @@ class WriteSink(Protocol):
         transitions: Sequence[Transition] = (),
         event: EventRecord | None = None,
         update: UpdateRecord | None = None,
+        usage: UsageRecord | None = None,
         delivery: Delivery | None = None,
     ) -> None:
         """Mark ``terminal_id`` for writing, queue its transitions, event and update status,
@@ -100,7 +112,13 @@ class Ingest:
         throttled_log: ThrottledLog | None = None,
         gate: IngestGate | None = None,
         update_tally: UpdateTally | None = None,
+        usage_metrics: UsageMetrics | None = None,
+        service_label: Callable[[str], str] = lambda _code: OTHER_SERVICE,
     ) -> None:
+        """``usage_metrics`` counts transactions (``service_label``: the code's label,
+        ``ServiceStore.label``) and refusals on the usage channel."""
+        self._usage_metrics = usage_metrics
+        self._service_label = service_label
         self._fleet = fleet
         self._update_tally = update_tally
         self._gate = gate
@@ -155,6 +173,8 @@ class Ingest:
 
     def _reject(self, inbound: InboundMessage, reason: str, message: str) -> IngestResult:
         self._metrics.ingest_rejected.labels(reason).inc()
+        if self._usage_metrics is not None and _channel(inbound.topic) is Channel.USAGE:
+            self._usage_metrics.refused.labels(reason).inc()
         self._log.warning(
             reason,
             "rejected message on topic %r: %s: %s",
@@ -195,6 +215,9 @@ class Ingest:
             update = _update_record(message, inbound)
             if self._update_tally is not None:
                 self._update_tally.note(update.terminal_id, update.state)
+        usage = None
+        if isinstance(message, UsageMessage):
+            usage = self._usage(message, inbound)
         self._accepted[type(message)].inc()
         if outcome.missing:
             self._metrics.ingest_seq_gaps.inc(outcome.missing)
@@ -211,9 +234,40 @@ class Ingest:
             transitions=outcome.transitions,
             event=event,
             update=update,
+            usage=usage,
             delivery=inbound.delivery,
         )
         return IngestResult.ACCEPTED
+
+    def _usage(self, message: UsageMessage, inbound: InboundMessage) -> UsageRecord:
+        body = message.body
+        if self._usage_metrics is not None:
+            view = self._fleet.get(message.terminal_id)
+            self._usage_metrics.transactions.labels(
+                (view.region if view else None) or UNKNOWN_LABEL,
+                (view.hall if view else None) or UNKNOWN_LABEL,
+                self._service_label(body.service),
+                body.outcome.value,
+            ).inc()
+        return UsageRecord(
+            terminal_id=message.terminal_id,
+            boot_id=message.boot_id,
+            seq=message.seq,
+            service=body.service,
+            outcome=body.outcome.value,
+            cause=None if body.cause is None else body.cause.value,
+            duration_s=body.duration_s,
+            pages=body.pages,
+            occurred_at=message.sent_at,
+            received_at=inbound.received_at,
+        )
+
+
+def _channel(topic: str) -> Channel | None:
+    try:
+        return parse_topic(topic)[1]
+    except TopicError:
+        return None
 
 
 def _update_record(message: UpdateMessage, inbound: InboundMessage) -> UpdateRecord:

@@ -80,6 +80,9 @@ from server.rollout_api import rollout_router
 from server.rollout_service import DIRECTIVE_KEY_PIN, RolloutService, load_directive_signer
 from server.rollout_store import RolloutStore
 from server.scheduler import OfflineSweep, RetentionPruner, build_scheduler
+from server.service_catalogue import services_available
+from server.service_store import ServiceStore
+from server.services_api import services_router
 from server.storage import Storage
 from server.terminal_registry import TerminalRegistry
 from server.tls_client_cert import TlsH11Protocol
@@ -88,6 +91,7 @@ from server.update_status_api import update_status_router
 from server.update_status_store import latest_states, timeline
 from server.update_tally import UpdateTally
 from server.update_wiring import UpdateService, build_updates
+from server.usage_metrics import ServiceAvailabilityCollector, UsageMetrics
 from server.write_behind import WriteBehind
 
 __all__ = ["Server", "mqtt_options", "mqtt_source", "run_server", "storage_for", "upgrade_database"]
@@ -200,6 +204,15 @@ class Server:
         self.opening_hours = OpeningHoursStore(
             self.storage, max_halls=settings.opening_hours_max_halls
         )
+        self.services = ServiceStore(self.storage)
+        self.usage_metrics = UsageMetrics(registry)
+        registry.register(  # what each hall can offer, at most a minute old
+            ServiceAvailabilityCollector(
+                self.fleet,
+                lambda: self.services.current,
+                refresh_s=settings.services_metrics_refresh_s,
+            )
+        )
         self.hall_openings = HallOpenings(
             self.opening_hours.all,
             refresh_s=settings.opening_hours_refresh_s,
@@ -244,6 +257,8 @@ class Server:
             self.writer,
             self.metrics,
             update_tally=self.update_tally,
+            usage_metrics=self.usage_metrics,
+            service_label=self.services.label,
             max_payload_bytes=settings.max_payload_bytes,
             throttled_log=ThrottledLog(
                 logging.getLogger("server.ingest"), interval_s=settings.reject_log_interval_s
@@ -270,6 +285,7 @@ class Server:
             "events": self.storage.prune_events,
             "transitions": self.storage.prune_transitions,
             "update statuses": self.storage.prune_update_statuses,
+            "usage events": self.storage.prune_usage_events,
             "finished rollouts": self.rollout_store.prune_finished,
             "orphaned directive seqs": self.rollout_store.prune_orphaned_seqs,
             "revoked or expired API tokens": self.access_store.prune_tokens,
@@ -312,8 +328,12 @@ class Server:
                 operator_state=lambda view: operator_state(
                     self.maintenance_store, view, datetime.now(UTC)
                 ),
+                services_available=lambda view: list(
+                    services_available(self.services.current, view)
+                ),
             )
         )
+        add_routes(self.app, services_router(self.services, lambda: datetime.now(UTC)))
         add_routes(
             self.app,
             maintenance_router(
@@ -513,6 +533,7 @@ class Server:
             gc.collect()
             gc.freeze()
         self.update_tally.load(latest_states(self.storage.engine))
+        self.services.load()
         if self.updates is not None:
             self.updates.repository.load()
         self.writer.start()

@@ -13,7 +13,7 @@ from typing import Any
 
 from server.fleet_views import TerminalView, Transition
 
-__all__ = ["EventRecord", "UpdateRecord", "WriteBatch"]
+__all__ = ["EventRecord", "UpdateRecord", "UsageRecord", "WriteBatch"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,16 +50,37 @@ class UpdateRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One accepted ``kf.usage`` as stored in ``usage_event`` (see server.usage_store).
+
+    ``occurred_at`` is the device's ``sent_at`` (the agent stamps it when the kiosk
+    application reports the finished transaction). No field can hold free text.
+    """
+
+    terminal_id: str
+    boot_id: str
+    seq: int
+    service: str
+    outcome: str
+    cause: str | None
+    duration_s: float
+    pages: int
+    occurred_at: datetime
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class WriteBatch:
     """One flush: terminals ``removed`` (decommissioned: their rows go first, their history
     stays), latest state of ``terminals``, full peripheral sets of ``peripheral_ids``, new
-    ``transitions``, ``events`` and ``updates`` (update statuses)."""
+    ``transitions``, ``events``, ``updates`` (update statuses) and ``usage`` (transactions)."""
 
     terminals: Sequence[TerminalView] = ()
     peripheral_ids: frozenset[str] = frozenset()
     transitions: Sequence[Transition] = field(default_factory=tuple)
     events: Sequence[EventRecord] = field(default_factory=tuple)
     updates: Sequence[UpdateRecord] = field(default_factory=tuple)
+    usage: Sequence[UsageRecord] = field(default_factory=tuple)
     removed: frozenset[str] = frozenset()
 
     def __bool__(self) -> bool:
@@ -69,6 +90,7 @@ class WriteBatch:
             or self.transitions
             or self.events
             or self.updates
+            or self.usage
             or self.removed
         )
 
@@ -81,5 +103,6 @@ class WriteBatch:
             + len(self.transitions)
             + len(self.events)
             + len(self.updates)
+            + len(self.usage)
             + len(self.removed)
         )

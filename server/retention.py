@@ -95,6 +95,13 @@ TABLE_RETENTIONS: Final[Mapping[str, Pruned | Bounded]] = {
         "maintenance_retention_days",
         "acknowledgements made (acked_at) longer ago than the retention",
     ),
+    "usage_event": Pruned(
+        "usage events", "usage_retention_days", "received_at older than the retention"
+    ),
+    "service": Bounded(
+        "the service catalogue an operator sets, replaced whole and capped in size"
+        " (MAX_SERVICES, 200; server/service_catalogue.py)"
+    ),
     "console_user": Bounded(
         "one row per person an admin created with `kioskfleet user create`; disabled users are"
         " kept so their audit entries keep a name"

@@ -233,6 +233,8 @@ _TABLE_MODULES: Final = (
     "server.rollout_store",
     "server.console_store",
     "server.maintenance_store",
+    "server.usage_store",
+    "server.service_store",
 )  # tables declared beside their owners
 
 
@@ -243,6 +245,11 @@ def server_metadata() -> sa.MetaData:
     for name in _TABLE_MODULES:
         importlib.import_module(name)
     return _METADATA
+
+
+def _usage_store() -> Any:
+    """``server.usage_store`` (it builds on this module: imported when first used)."""
+    return importlib.import_module("server.usage_store")
 
 
 def _update_status_store() -> Any:
@@ -503,6 +510,17 @@ class Storage:
         table = server_metadata().tables["update_status"]
         return self._prune(table, table.c.received_at, now - older_than, chunk)
 
+    def prune_usage_events(
+        self, *, older_than: timedelta, now: datetime, chunk: int = _PRUNE_CHUNK
+    ) -> int:
+        """Delete raw citizen transactions received before ``now - older_than``, ``chunk``
+        per transaction; returns how many.
+
+        Raises StorageError.
+        """
+        table = server_metadata().tables["usage_event"]
+        return self._prune(table, table.c.received_at, now - older_than, chunk)
+
     def prune_transitions(
         self, *, older_than: timedelta, now: datetime, chunk: int = _PRUNE_CHUNK
     ) -> int:
@@ -558,6 +576,8 @@ class Storage:
                 self._insert_events(conn, batch.events)
             if batch.updates:
                 _update_status_store().insert_updates(conn, self._insert(), batch.updates)
+            if batch.usage:
+                _usage_store().insert_usage(conn, self._insert(), batch.usage)
 
     def _insert_events(self, conn: Connection, events: Sequence[EventRecord]) -> None:
         # A duplicate that slipped past the in-memory check (a restart) is stored once.

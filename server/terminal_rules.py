@@ -83,6 +83,7 @@ from protocol.messages import (
     StateMessage,
     TerminalState,
     UpdateMessage,
+    UsageMessage,
 )
 from server.fleet_views import (
     CONNECTIVITY,
@@ -372,7 +373,7 @@ def _apply_state(
 
 def _apply_stream(
     t: TerminalRecord,
-    m: ReportMessage | EventMessage | UpdateMessage,
+    m: ReportMessage | EventMessage | UpdateMessage | UsageMessage,
     received_at: datetime,
     policy: TerminalPolicy,
     placement: Placement | None,
@@ -431,8 +432,8 @@ def _apply_stream(
             t.report_interval_s = body.report_interval_s
             t.software = dict(body.software)
         changed = _apply_peripherals(t, body.peripherals, sent_at, received_at, transitions)
-    elif isinstance(m, UpdateMessage):
-        pass  # in the stream (dedup, liveness); its state is the update_status table's
+    elif isinstance(m, UpdateMessage | UsageMessage):
+        pass  # in the stream (dedup, liveness); stored in update_status / usage_event
     elif isinstance(m.body, BootEvent):
         identity_changed = identity_changed or t.agent_version != m.body.agent_version
         t.agent_version = m.body.agent_version

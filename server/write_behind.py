@@ -64,7 +64,7 @@ from server.errors import StorageDataError, StorageError
 from server.fleet_views import TerminalView, Transition
 from server.inbound import Delivery
 from server.metrics import ServerMetrics
-from server.records import EventRecord, UpdateRecord, WriteBatch
+from server.records import EventRecord, UpdateRecord, UsageRecord, WriteBatch
 
 __all__ = ["BatchStore", "WriteBehind"]
 
@@ -96,17 +96,26 @@ class _Pending:
     transitions: list[Transition] = field(default_factory=list)
     events: list[EventRecord] = field(default_factory=list)
     updates: list[UpdateRecord] = field(default_factory=list)
+    usage: list[UsageRecord] = field(default_factory=list)
     acks: list[tuple[str | None, Delivery]] = field(default_factory=list)  # (terminal, delivery)
     removed: set[str] = field(default_factory=set)
 
     def has_writes(self) -> bool:
-        return bool(self.dirty or self.transitions or self.events or self.updates or self.removed)
+        return bool(
+            self.dirty
+            or self.transitions
+            or self.events
+            or self.updates
+            or self.usage
+            or self.removed
+        )
 
     def terminal_ids(self) -> list[str]:
         ids = self.dirty | self.peripherals | self.removed
         ids.update(t.terminal_id for t in self.transitions)
         ids.update(e.terminal_id for e in self.events)
         ids.update(u.terminal_id for u in self.updates)
+        ids.update(u.terminal_id for u in self.usage)
         return sorted(ids)
 
     def only(self, ids: set[str]) -> _Pending:
@@ -117,6 +126,7 @@ class _Pending:
             transitions=[t for t in self.transitions if t.terminal_id in ids],
             events=[e for e in self.events if e.terminal_id in ids],
             updates=[u for u in self.updates if u.terminal_id in ids],
+            usage=[u for u in self.usage if u.terminal_id in ids],
             acks=[a for a in self.acks if a[0] in ids],
             removed=self.removed & ids,
         )
@@ -178,6 +188,7 @@ class WriteBehind:
         transitions: Sequence[Transition] = (),
         event: EventRecord | None = None,
         update: UpdateRecord | None = None,
+        usage: UsageRecord | None = None,
         delivery: Delivery | None = None,
     ) -> None:
         """Queue ``terminal_id``'s latest state (and the rest) for the next flush; cheap."""
@@ -192,6 +203,8 @@ class WriteBehind:
                 p.events.append(event)
             if update is not None:
                 p.updates.append(update)
+            if usage is not None:
+                p.usage.append(usage)
             if delivery is not None:
                 p.acks.append((terminal_id, delivery))
                 if len(p.acks) >= self._max_acks:
@@ -295,6 +308,7 @@ class WriteBehind:
             transitions=part.transitions,
             events=part.events,
             updates=part.updates,
+            usage=part.usage,
             removed=frozenset(part.removed),
         )
         started = time.perf_counter()
@@ -334,6 +348,7 @@ class WriteBehind:
                     transitions=part.transitions,
                     events=part.events,
                     updates=part.updates,
+                    usage=part.usage,
                 ).row_count()
                 self._metrics.db_rejected_rows.inc(rows)
                 log.error(
@@ -380,6 +395,7 @@ class WriteBehind:
             p.transitions[:0] = taken.transitions
             p.events[:0] = taken.events
             p.updates[:0] = taken.updates
+            p.usage[:0] = taken.usage
             p.acks[:0] = taken.acks
             excess = len(p.transitions) - self._max_pending
             if excess > 0:

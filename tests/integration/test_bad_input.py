@@ -78,7 +78,7 @@ REASONS = (
     "channel_mismatch",
     "id_mismatch",
 )
-GARBAGE_CHANNELS = (Channel.STATE, Channel.REPORT, Channel.EVENT, Channel.UPDATE)
+GARBAGE_CHANNELS = (Channel.STATE, Channel.REPORT, Channel.EVENT, Channel.UPDATE, Channel.USAGE)
 
 # --- valid messages, the starting point of every mutation -----------------------------------
 
@@ -86,8 +86,8 @@ GARBAGE_CHANNELS = (Channel.STATE, Channel.REPORT, Channel.EVENT, Channel.UPDATE
 def valid(channel: Channel, terminal_id: str, seq: int = 1) -> dict[str, Any]:
     """A valid message for ``channel`` as a JSON-ready dict.
 
-    ``update`` has no schema yet (docs/protocol.md), so it gets a report: the
-    server refuses that one as ``channel_mismatch`` whatever else is wrong in it.
+    ``update`` and ``usage`` get a report: the server refuses that one as
+    ``channel_mismatch`` whatever else is wrong in it.
     """
     envelope: dict[str, Any] = {
         "version": 1,
@@ -145,7 +145,7 @@ def _dumps(value: Any) -> bytes:
 
 def _semantic(channel: Channel, reason: str) -> str:
     """A known schema on a channel it does not belong to is refused before the content is read."""
-    return "channel_mismatch" if channel is Channel.UPDATE else reason
+    return "channel_mismatch" if channel in (Channel.UPDATE, Channel.USAGE) else reason
 
 
 # --- Hypothesis strategies, one per kind of garbage -----------------------------------------

@@ -32,6 +32,7 @@ from agent.kiosk_interface import (
     KioskInterfaceConfig,
     KioskSocketError,
 )
+from protocol.usage import Outcome, UsageBody
 
 pytestmark = pytest.mark.integration
 
@@ -434,3 +435,47 @@ def test_any_json_object_gets_a_well_formed_answer(
         assert answer["error"] in _ERROR_CODES
         assert answer["message"]
     assert server.gate.status().open_sessions <= server.gate.limits.max_open_sessions
+
+
+_TRANSACTION = {"service": "tax.invoice.print", "outcome": "completed", "duration_s": 30.0}
+
+
+def test_a_transaction_reaches_the_sink_as_the_wire_body_and_a_refused_store_is_not_stored(
+    gate: InstallGate, socket_dir: Path
+) -> None:
+    received: list[UsageBody] = []
+    accept = [True]
+
+    def sink(body: UsageBody) -> bool:
+        received.append(body)
+        return accept[0]
+
+    interface = KioskInterface(gate, KioskInterfaceConfig(path=socket_dir / "k.sock"), sink)
+    interface.start()
+    try:
+        with _client(socket_dir / "k.sock") as client:
+            assert client.request("transaction", **_TRANSACTION, pages=1) == {
+                "ok": True,
+                "request": "transaction",
+            }
+            accept[0] = False
+            refused = client.request("transaction", **_TRANSACTION)
+            assert (refused["ok"], refused["error"]) == (False, "not_stored")
+            assert client.request("status")["ok"]  # the connection goes on
+    finally:
+        interface.close()
+    assert received[0] == UsageBody(
+        service="tax.invoice.print", outcome=Outcome.COMPLETED, duration_s=30.0, pages=1
+    )
+    counters = interface.counters()
+    assert (counters["transactions"], counters["rejected_not_stored"]) == (1, 1)
+
+
+def test_an_interface_without_a_sink_answers_transactions_not_recording(
+    served: tuple[KioskInterface, Path],
+) -> None:
+    interface, path = served
+    with _client(path) as client:
+        answer = client.request("transaction", **_TRANSACTION)
+    assert (answer["ok"], answer["error"]) == (False, "not_recording")
+    assert interface.counters()["rejected_not_recording"] == 1

@@ -31,10 +31,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from kioskfleet import __version__
 from kioskfleet.local_broker import LocalBroker
 from kioskfleet.update_client import UpdateClient
+from protocol.topics import Channel
 from server.access import Role
 from server.fleet_collector import FLEET_METRIC_NAMES
 from server.main import Server
 from server.rollout_metrics import ROLLOUT_METRIC_NAMES
+from server.service_catalogue import Catalogue
+from server.usage_metrics import USAGE_METRIC_NAMES as USAGE_FAMILIES
 from tests.integration.conftest import (
     ServerFactory,
     TerminalFactory,
@@ -45,6 +48,7 @@ from tests.integration.conftest import (
     unique,
     wait_until,
 )
+from tests.support.fleet_messages import usage
 from tests.support.tuf_world import TufWorld, release_manifest
 from tests.unit.test_alert_rules import ALERT_RULES
 from tests.unit.test_dashboards import (
@@ -295,6 +299,14 @@ def exported_metric_names(
         region = unique("R")
         faulty = terminals(hall="Hall 1", region=region)
         faulty.report([PAPER_OUT, READER_OK])
+        # a catalogued transaction and a refused one (the usage counters)
+        server.services.put(
+            Catalogue.model_validate({"services": [{"code": "tax.invoice.print"}]}),
+            actor="test",
+            now=datetime.now(UTC),
+        )
+        faulty.publish(usage(faulty.id, faulty.next_seq(), "tax.invoice.print", boot=faulty.boot))
+        faulty.publish_raw(faulty.topic(Channel.USAGE), b'{"schema": "kf.usage"}')
         gone = terminals(hall="Hall 1", region=region, with_will=True)
         gone.report()
         gone.vanish()
@@ -324,6 +336,7 @@ def exported_metric_names(
                         *PER_TERMINAL,
                         *ROLLOUT_METRIC_NAMES,
                         "kioskfleet_terminal_maintenance",
+                        *USAGE_FAMILIES,
                     )
                 )
                 and t

@@ -128,3 +128,11 @@ def update_status(
     """A ``kf.update`` for rollout R-1, directive 3 (``body`` adds reason, detail, ...)."""
     fields = {"rollout_id": "R-1", "directive_seq": 3, "state": state, **body}
     return _msg(Channel.UPDATE, tid, "kf.update", fields, seq=seq, boot=boot, sent_at=sent_at)
+
+
+def usage(
+    tid: str, seq: int, service: str, outcome: str = "completed", *, boot: str = BOOT, **body: Any
+) -> Message:
+    """A ``kf.usage`` citizen transaction (``body`` adds cause, pages, duration_s)."""
+    fields = {"service": service, "outcome": outcome, "duration_s": 30.0, **body}
+    return _msg(Channel.USAGE, tid, "kf.usage", fields, seq=seq, boot=boot, sent_at=T0)

@@ -104,6 +104,14 @@ ROLLOUT_METRIC_NAMES: Final = frozenset(
         "kioskfleet_rollout_last_progress_timestamp_seconds",
     }
 )
+# Citizen transactions and the service catalogue (server.usage_metrics): always exported.
+USAGE_METRIC_NAMES: Final = frozenset(
+    {
+        "kioskfleet_usage_transactions_total",
+        "kioskfleet_usage_refused_total",
+        "kioskfleet_hall_services_available",
+    }
+)
 CONTRACT_METRIC_NAMES: Final = (
     FLEET_METRIC_NAMES
     | INGEST_METRIC_NAMES
@@ -111,6 +119,7 @@ CONTRACT_METRIC_NAMES: Final = (
     | UPDATE_METRIC_NAMES
     | UPDATE_STATUS_METRIC_NAMES
     | ROLLOUT_METRIC_NAMES
+    | USAGE_METRIC_NAMES
 )
 # Series Prometheus itself creates: they are never on /metrics.
 PROMETHEUS_METRIC_NAMES: Final = frozenset(

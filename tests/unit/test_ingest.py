@@ -22,7 +22,7 @@ from server.ingest import Ingest, IngestResult
 from server.ingest_gate import IngestGate
 from server.log_throttle import ThrottledLog
 from server.metrics import REJECT_LABELS, ServerMetrics
-from server.records import EventRecord, UpdateRecord
+from server.records import EventRecord, UpdateRecord, UsageRecord
 from tests.support.fleet_messages import (
     PRINTER_OK,
     at,
@@ -40,6 +40,7 @@ class RecordingSink:
     calls: list[tuple[str, bool, tuple[Transition, ...]]] = field(default_factory=list)
     events: list[EventRecord] = field(default_factory=list)
     updates: list[UpdateRecord] = field(default_factory=list)
+    usage: list[UsageRecord] = field(default_factory=list)
     recorded: list[Delivery | None] = field(default_factory=list)  # acked after a commit
     settled: list[Delivery | None] = field(default_factory=list)  # not applied
 
@@ -51,9 +52,12 @@ class RecordingSink:
         transitions: Sequence[Transition] = (),
         event: EventRecord | None = None,
         update: UpdateRecord | None = None,
+        usage: UsageRecord | None = None,
         delivery: Delivery | None = None,
     ) -> None:
         self.calls.append((terminal_id, peripherals_changed, tuple(transitions)))
+        if usage is not None:
+            self.usage.append(usage)
         if event is not None:
             self.events.append(event)
         if update is not None:

@@ -480,6 +480,7 @@ def test_server_reads_streams_through_the_shared_group_and_state_unshared() -> N
         "$share/kioskfleet/kf/v1/terminals/+/report": 1,
         "$share/kioskfleet/kf/v1/terminals/+/event": 1,
         "$share/kioskfleet/kf/v1/terminals/+/update": 1,
+        "$share/kioskfleet/kf/v1/terminals/+/usage": 1,
     }
     assert "kf/v1/terminals/+/report" in dict(server_subscriptions(shared=False))
 
