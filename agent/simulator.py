@@ -59,6 +59,7 @@ from typing import Any, Literal
 
 from agent.agent import Agent
 from agent.clock import Clock, SystemClock
+from agent.commands import route_commands
 from agent.config import AgentConfig, EnrollmentConfig, UpdatesConfig, parse_broker_url
 from agent.enrollment import Terminal, enroll_many, load_or_create_key, public_key_pem
 from agent.event_loop import EventLoop, LoopThread
@@ -180,6 +181,8 @@ class SimulationTuning:
     drain_rate_per_s: float = 20.0
     drain_burst: int = 50
     drain_jitter_s: float = 10.0
+    require_commit_confirmation: bool = True  # keep messages until kf.committed
+    resend_grace_s: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +233,8 @@ class SimulationCounters:
     refused: int = 0  # PUBACKs with a failure code
     outbox_errors: int = 0  # messages the outbox could not store
     backlog: int = 0  # stream messages waiting in the outbox, not handed yet
+    confirmed: int = 0  # rows removed by a kf.committed
+    unconfirmed: int = 0  # rows handed, waiting for their kf.committed
     dropped_reports: int = 0  # reports the outbox dropped for its quota (this run)
 
     def __add__(self, other: SimulationCounters) -> SimulationCounters:
@@ -334,6 +339,8 @@ class Simulation:
             drain_burst=tuning.drain_burst,
             drain_jitter_s=tuning.drain_jitter_s,
             max_memory=tuning.max_queued_messages,
+            require_commit_confirmation=tuning.require_commit_confirmation,
+            resend_grace_s=tuning.resend_grace_s,
         )
         monotonic = self._clock.monotonic
         started = monotonic()
@@ -398,7 +405,14 @@ class Simulation:
             if updates is not None:
                 self._updates[tid] = updates[0]
                 self._by_id[tid] = agent
-                connection.receive_commands(updates[0].submit)
+            if updates is not None or tuning.require_commit_confirmation:
+                connection.receive_commands(
+                    route_commands(
+                        sender.on_committed,
+                        None if updates is None else updates[0].submit,
+                        terminal_id=tid,
+                    )
+                )
 
     def _update_service(
         self, config: AgentConfig, profile: TerminalProfile
@@ -555,6 +569,8 @@ class Simulation:
             c.refused += st.refused
             c.outbox_errors += st.outbox_errors
             c.backlog += st.backlog
+            c.confirmed += st.confirmed
+            c.unconfirmed += st.unconfirmed
             c.dropped_reports += sender.dropped_reports()
         c.dropped_reports -= self._dropped_at_start
         return c

@@ -6,6 +6,7 @@ import logging
 import random
 import sys
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import pytest
@@ -30,11 +31,15 @@ class FakeConnection:
     connected: bool = False
     sent: list[tuple[int, str, bytes, bool]] = field(default_factory=list)
     next_mid: int = 0
+    forgotten: list[int] = field(default_factory=list)
 
     def publish(self, topic: str, payload: bytes, retain: bool) -> int:
         self.next_mid += 1
         self.sent.append((self.next_mid, topic, payload, retain))
         return self.next_mid
+
+    def forget(self, mids: Collection[int]) -> None:
+        self.forgotten.extend(mids)
 
     def payloads(self) -> list[bytes]:
         return [p for _, t, p, _ in self.sent if not t.endswith("/state")]
