@@ -118,6 +118,9 @@ class SimulationOptions:
     processes: int = 1
     id_prefix: str = "SIM"
     outbox_path: Path | None = None  # None: a new file in a temporary directory
+    # Keep messages until the server's kf.committed (off: PUBACK semantics, for a broker
+    # with no server behind it).
+    commit_confirmation: bool = True
     enroll_url: str | None = None  # EST base URL: enroll every terminal, then connect with TLS
     ca_file: Path | None = None  # the fleet CA chain (EST server and broker)
     identity_dir: Path | None = None  # keys and certificates, <id>.key / <id>.pem
@@ -181,7 +184,6 @@ class SimulationTuning:
     drain_rate_per_s: float = 20.0
     drain_burst: int = 50
     drain_jitter_s: float = 10.0
-    require_commit_confirmation: bool = True  # keep messages until kf.committed
     resend_grace_s: float = 1.0
 
 
@@ -339,7 +341,7 @@ class Simulation:
             drain_burst=tuning.drain_burst,
             drain_jitter_s=tuning.drain_jitter_s,
             max_memory=tuning.max_queued_messages,
-            require_commit_confirmation=tuning.require_commit_confirmation,
+            require_commit_confirmation=opts.commit_confirmation,
             resend_grace_s=tuning.resend_grace_s,
         )
         monotonic = self._clock.monotonic
@@ -405,7 +407,7 @@ class Simulation:
             if updates is not None:
                 self._updates[tid] = updates[0]
                 self._by_id[tid] = agent
-            if updates is not None or tuning.require_commit_confirmation:
+            if updates is not None or opts.commit_confirmation:
                 connection.receive_commands(
                     route_commands(
                         sender.on_committed,

@@ -154,6 +154,12 @@ def _parser() -> argparse.ArgumentParser:
         "default: a new file in a temporary directory, printed at start. "
         "Reusing it with the same ids continues their streams",
     )
+    sim.add_argument(
+        "--no-commit-confirmation",
+        action="store_true",
+        help="remove a message on the broker's PUBACK instead of the server's kf.committed "
+        "(a broker with no kioskfleet server behind it)",
+    )
     sim.add_argument("--enroll-url", help="EST base URL (https://...): enroll every terminal first")
     sim.add_argument("--ca-file", type=Path, help="the fleet CA chain (EST server and broker)")
     sim.add_argument(
@@ -305,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         processes=args.processes,
         id_prefix=args.id_prefix,
         outbox_path=args.outbox,
+        commit_confirmation=not args.no_commit_confirmation,
         enroll_url=args.enroll_url,
         ca_file=args.ca_file,
         identity_dir=args.identity_dir,

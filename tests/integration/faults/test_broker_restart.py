@@ -117,4 +117,6 @@ def test_broker_sigkill_mid_stream_loses_nothing_the_server_had_not_confirmed(
     losses = wait_for_exact_accounting(database_url, outboxes)
     assert sum(losses.values()) == 0
     assert all(s.pending == 0 for s in outboxes.values())
+    duplicates = server.metric("kioskfleet_ingest_duplicates_total")
+    print(f"broker SIGKILL: 0 lost; {duplicates:.0f} re-sent messages were duplicates")
     assert sum(s.events for s in outboxes.values()) >= TERMINALS + 20  # boot events + forced
