@@ -65,12 +65,12 @@ def test_a_malformed_confirmation_is_refused_with_its_reason(
 
 @given(st.binary(max_size=300))
 def test_decoding_any_bytes_raises_only_protocol_errors(payload: bytes) -> None:
+    reason = None
     try:
-        decoded = decode_committed(payload)
+        decode_committed(payload)
     except ProtocolError as exc:
-        assert exc.reason in REJECT_REASONS
-    else:
-        assert decoded.schema_ == "kf.committed"
+        reason = exc.reason
+    assert reason is None or reason in REJECT_REASONS
 
 
 def test_encoding_refuses_a_value_the_decoder_would_refuse() -> None:
