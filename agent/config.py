@@ -109,6 +109,14 @@ class OutboxConfig(BaseModel):
     """After a (re)connect that finds a backlog, wait uniform(0, this) before draining."""
     synchronous: Literal["full", "normal"] = "full"
     """SQLite's synchronous: full survives a power loss, normal only a process kill."""
+    require_commit_confirmation: bool = True
+    """Keep each sent message until the server's ``kf.committed`` says it is committed
+    (docs/reliability.md). False: a broker PUBACK removes it (only for a server older
+    than confirmations: with one, a confirming agent stops sending new reports once its
+    quota is full of unconfirmed ones)."""
+    resend_grace_s: Annotated[float, Field(ge=0, le=600)] = 1.0
+    """After a reconnect, wait this long (plus the drain jitter) for the confirmations the
+    broker kept for this session before re-sending what is still unconfirmed."""
 
 
 class EnrollmentConfig(BaseModel):

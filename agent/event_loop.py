@@ -403,7 +403,13 @@ class EventLoop:
         self._drive_until(
             deadline,
             lambda: (
-                p for p in self._pairs if p.connection.connected and p.connection.pending_acks()
+                p
+                for p in self._pairs
+                if p.connection.connected
+                and (
+                    p.connection.pending_acks()
+                    or (p.sender is not None and p.sender.awaiting_confirmation())
+                )
             ),
         )
         for pair in self._pairs:

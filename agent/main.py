@@ -29,6 +29,7 @@ from types import FrameType
 
 from agent.agent import Agent
 from agent.clock import Clock, SystemClock
+from agent.commands import route_commands
 from agent.config import AgentConfig, AgentConfigError, load_agent_config
 from agent.enrollment import EnrollmentError, RenewalThread, Terminal, ensure_certificate
 from agent.event_loop import EventLoop, LoopThread
@@ -83,6 +84,8 @@ def sender_settings(config: AgentConfig) -> SenderSettings:
         drain_jitter_s=spec.drain_jitter_s,
         max_memory=config.limits.max_queued_messages,
         max_message_bytes=config.limits.max_message_bytes,
+        require_commit_confirmation=spec.require_commit_confirmation,
+        resend_grace_s=spec.resend_grace_s,
     )
 
 
@@ -136,7 +139,14 @@ class AgentRuntime:
                 is_up=lambda: self.connection.connected,
                 on_transaction=self._send_usage,
             )
-            self.connection.receive_commands(self.updates.submit)
+        if config.updates.enabled or config.outbox.require_commit_confirmation:
+            self.connection.receive_commands(
+                route_commands(
+                    self.sender.on_committed,
+                    None if self.updates is None else self.updates.submit,
+                    terminal_id=config.terminal_id,
+                )
+            )
         if probes is None:
             probes = build_probes(config.probes)
             self.probe_places = [

@@ -47,7 +47,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -375,6 +375,17 @@ class MqttConnection:
         # SUCCESS, NO_CONN and CONN_LOST all leave the message queued for (re)sending.
         self.stats.published += 1
         return int(info.mid)
+
+    def forget(self, mids: Collection[int]) -> None:
+        """Drop these unacknowledged messages from paho's queue: they are not re-sent after
+        the reconnect (the outbox sender hands them again itself, in order). Call it while
+        disconnected; other queued messages (retained state) keep their place."""
+        wanted = set(mids)
+        if not wanted:
+            return
+        kept = [m for m in self._client.drop_out_messages() if m.mid not in wanted]
+        for m in kept:  # re-queued in their order, with new ids nobody tracks
+            self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
 
     def pending_acks(self) -> int:
         """Messages accepted by ``publish`` whose PUBACK has not arrived yet."""

@@ -1,8 +1,9 @@
-"""The agent's durable outbox: stream messages on disk until the broker acknowledges them.
+"""The agent's durable outbox: stream messages on disk until they are safe.
 
 Every report, event and update status is appended here (one SQLite database
 in WAL mode, stdlib ``sqlite3``) before it is handed to MQTT, and removed only
-when its PUBACK arrives. One file holds any number of terminals (the simulator
+when the server confirmed its commit (``remove_through``: a ``kf.committed``
+covers its seq) or, with confirmations off, when its PUBACK arrives (``remove``). One file holds any number of terminals (the simulator
 keeps all the terminals of a process in one file). Per terminal it keeps the
 *stream*: the envelope's ``boot_id`` (drawn at random when the terminal's row
 is first created) and the last ``seq`` assigned, so an agent restart or a
@@ -529,13 +530,19 @@ class Outbox:
         marks = ",".join("?" * len(ids))
         with self._transaction("remove") as db:
             sql = f"DELETE FROM outbox_message WHERE terminal_id = ? AND id IN ({marks}) RETURNING length(payload)"  # noqa: S608 - only '?' marks; values are bound
-            gone = db.execute(sql, (terminal_id, *ids)).fetchall()
-            if gone:
-                db.execute(
-                    "UPDATE outbox_stream SET pending = pending - ?,"
-                    " pending_bytes = pending_bytes - ? WHERE terminal_id = ?",
-                    (len(gone), sum(r[0] for r in gone), terminal_id),
-                )
+            _uncount(db, terminal_id, db.execute(sql, (terminal_id, *ids)).fetchall())
+
+    def remove_through(self, terminal_id: str, seq: int) -> int:
+        """Delete the terminal's rows with a seq at or below ``seq`` (the server committed
+        them: ``kf.committed``); returns how many were deleted. Raises OutboxError."""
+        with self._transaction("remove") as db:
+            gone = db.execute(
+                "DELETE FROM outbox_message WHERE terminal_id = ? AND seq <= ?"
+                " RETURNING length(payload)",
+                (terminal_id, seq),
+            ).fetchall()
+            _uncount(db, terminal_id, gone)
+        return len(gone)
 
     def close(self) -> None:
         """Close the database (idempotent); a WAL checkpoint happens on the last close."""
@@ -641,6 +648,16 @@ class Outbox:
                 self.max_messages,
                 self.max_bytes,
             )
+
+
+def _uncount(db: sqlite3.Connection, terminal_id: str, gone: list[Any]) -> None:
+    """Take deleted rows (their ``length(payload)``) off the stream's pending counters."""
+    if gone:
+        db.execute(
+            "UPDATE outbox_stream SET pending = pending - ?,"
+            " pending_bytes = pending_bytes - ? WHERE terminal_id = ?",
+            (len(gone), sum(r[0] for r in gone), terminal_id),
+        )
 
 
 class _NotAnOutboxError(Exception):

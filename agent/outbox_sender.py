@@ -20,6 +20,22 @@ I/O error), the message is still sent from memory (not durable, bounded by
 ``max_memory``), ``outbox_errors`` counts it and each distinct reason is
 logged once; the sender never raises for it.
 
+End-to-end confirmation (``require_commit_confirmation``, on in the agent's
+config by default): a PUBACK only frees the in-flight window and the row stays
+("sent, unconfirmed") until the server's ``kf.committed`` on this terminal's
+``cmd`` (``on_committed``) names this stream's ``boot_id`` and a seq at or above
+the row's: a broker that acknowledged and then lost a message (mosquitto killed
+between autosaves, a JetStream leader change) cannot lose it for good. When the
+session drops, the rows paho still holds are taken back from it
+(``DeliveryConnection.forget``) and the cursor rewinds to the oldest row still
+stored: after the reconnect, after ``resend_grace_s`` (plus the drain jitter) in
+which the confirmations the broker queued for this session arrive, everything
+unconfirmed is handed again in seq order, before anything newer, so the server
+(which applies a stream strictly in seq order) never sees a later seq first and
+counts the lost ones as gaps. Re-sent messages it already has are duplicates it
+acknowledges and confirms again. A clean stop waits (bounded) for the
+confirmations of what was handed.
+
 The event loop drives it: ``next_due()`` says when ``pump(now)`` has work,
 ``on_connected``/``on_disconnected`` come from the session. This module never
 imports paho or sqlite3 and never decides what a terminal says.
@@ -32,7 +48,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -62,6 +78,10 @@ class DeliveryConnection(Protocol):
         """
         ...
 
+    def forget(self, mids: Collection[int]) -> None:
+        """Drop these unacknowledged messages: never re-send them after a reconnect."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class SenderSettings:
@@ -76,14 +96,20 @@ class SenderSettings:
     # anything larger would only be refused there, or break the connection at the broker's
     # size limit on every resend.
     max_message_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    # Keep a row until kf.committed covers it (the agent's config turns it on by default;
+    # off, a PUBACK removes the row: the behaviour before confirmations existed).
+    require_commit_confirmation: bool = False
+    resend_grace_s: float = 1.0  # after a reconnect, wait this long before re-sending
 
     def __post_init__(self) -> None:
         if min(self.max_inflight, self.drain_burst, self.max_memory, self.max_message_bytes) < 1:
             raise ValueError(
                 "max_inflight, drain_burst, max_memory and max_message_bytes must be at least 1"
             )
-        if not self.drain_rate_per_s > 0 or self.drain_jitter_s < 0:
-            raise ValueError("drain_rate_per_s must be positive and drain_jitter_s not negative")
+        if not self.drain_rate_per_s > 0 or self.drain_jitter_s < 0 or self.resend_grace_s < 0:
+            raise ValueError(
+                "drain_rate_per_s must be positive, drain_jitter_s and resend_grace_s not negative"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +122,8 @@ class SenderStats:
     outbox_errors: int  # messages the outbox could not store (sent from memory instead)
     backlog: int  # stream messages stored or in memory and not handed yet
     inflight: int  # handed, PUBACK not yet received
+    confirmed: int = 0  # rows removed because a kf.committed covered them
+    unconfirmed: int = 0  # rows handed in this session, no kf.committed covers them yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +178,9 @@ class OutboxSender:
         self._acked = 0
         self._refused = 0
         self._outbox_errors = 0
+        self._sent: dict[int, int] = {}  # row id -> seq: handed, not yet confirmed
+        self._rows_sent = 0  # len(self._sent), for stats() from another thread
+        self._confirmed = 0
 
     # -- what the Agent calls (the Outbound port) ----------------------------------
 
@@ -229,8 +260,9 @@ class OutboxSender:
             backlog = self._inherited or bool(self._memory) or fresh
         else:
             backlog = bool(self._memory) or self._waiting_rows()
-        if backlog and self._settings.drain_jitter_s > 0:
-            delay = self._rng.uniform(0.0, self._settings.drain_jitter_s)
+        grace = self._settings.resend_grace_s if self._confirming else 0.0
+        if backlog and (self._settings.drain_jitter_s > 0 or grace > 0):
+            delay = grace + self._rng.uniform(0.0, self._settings.drain_jitter_s)
             self._drain_not_before = now + delay
             log.info(
                 "%s: backlog waiting in the outbox; draining in %.1f s",
@@ -241,8 +273,47 @@ class OutboxSender:
             self._drain_not_before = -math.inf
 
     def on_disconnected(self) -> None:
-        """The session is gone: hand nothing more (paho keeps and re-sends what it has)."""
+        """The session is gone: hand nothing more.
+
+        Without confirmations paho keeps and re-sends what it has. With them, the
+        rows it holds are taken back and everything stored is handed again, in seq
+        order, after the reconnect (see the module docstring)."""
         self._connected = False
+        if not self._confirming:
+            return
+        rows = [mid for mid, row_id in self._inflight.items() if row_id is not None]
+        self._connection.forget(rows)
+        for mid in rows:
+            del self._inflight[mid]
+        self._rows_inflight = 0
+        self._sent.clear()
+        self._rows_sent = 0
+        self._cursor = 0
+        self._maybe_waiting = True
+
+    def on_committed(self, boot_id: str, seq: int) -> None:
+        """The server committed this stream up to ``seq``: remove the rows it covers.
+
+        A confirmation for another stream (an older boot_id) is ignored."""
+        if boot_id != self.stream.boot_id:
+            return
+        try:
+            removed = self._outbox.remove_through(self._terminal_id, seq)
+        except OutboxError as exc:  # the rows stay; the next confirmation covers them
+            self._outbox_failed(exc)
+            return
+        self._confirmed += removed
+        for row_id in [r for r, row_seq in self._sent.items() if row_seq <= seq]:
+            del self._sent[row_id]
+        self._rows_sent = len(self._sent)
+
+    def awaiting_confirmation(self) -> bool:
+        """True while rows handed in this session wait for their kf.committed."""
+        return self._confirming and bool(self._sent)
+
+    @property
+    def _confirming(self) -> bool:
+        return self._settings.require_commit_confirmation
 
     def on_delivered(self, mid: int, ok: bool) -> None:
         """A PUBACK for message ``mid``: remove its row (also when ``ok`` is false, counted)."""
@@ -253,6 +324,8 @@ class OutboxSender:
             self._rows_inflight -= 1
         if ok:
             self._acked += 1
+            if self._confirming:
+                return  # the row stays until kf.committed covers it
         else:
             self._refused += 1
             log.warning(
@@ -261,6 +334,8 @@ class OutboxSender:
                 row_id,
             )
         if row_id is not None:
+            if self._sent.pop(row_id, None) is not None:
+                self._rows_sent = len(self._sent)
             try:
                 self._outbox.remove(self._terminal_id, [row_id])
             except OutboxError as exc:  # the row stays and is sent again after a restart
@@ -319,7 +394,7 @@ class OutboxSender:
                 self._marked = max(row_ids)
             except OutboxError as exc:
                 self._outbox_failed(exc)
-        for _seq, row_id, topic, payload in candidates[:room]:
+        for seq, row_id, topic, payload in candidates[:room]:
             try:
                 mid = self._connection.publish(topic, payload, False)
             except OutboundError as exc:
@@ -334,6 +409,9 @@ class OutboxSender:
             else:
                 self._cursor = row_id
                 self._rows_inflight += 1
+                if self._confirming:
+                    self._sent[row_id] = seq
+                    self._rows_sent = len(self._sent)
             self._inflight[mid] = row_id
             self._tokens -= 1.0
             self._handed += 1
@@ -351,7 +429,7 @@ class OutboxSender:
             pending = self._outbox.stats(self._terminal_id).pending
         except (OutboxError, KeyError):
             pending = 0
-        rows_inflight = self._rows_inflight
+        rows_inflight = self._rows_sent if self._confirming else self._rows_inflight
         return SenderStats(
             handed=self._handed,
             acked=self._acked,
@@ -359,6 +437,8 @@ class OutboxSender:
             outbox_errors=self._outbox_errors,
             backlog=max(0, pending - rows_inflight) + len(self._memory),
             inflight=len(self._inflight),
+            confirmed=self._confirmed,
+            unconfirmed=self._rows_sent,
         )
 
     # -- internals ---------------------------------------------------------------

@@ -59,6 +59,7 @@ from typing import Any, Literal
 
 from agent.agent import Agent
 from agent.clock import Clock, SystemClock
+from agent.commands import route_commands
 from agent.config import AgentConfig, EnrollmentConfig, UpdatesConfig, parse_broker_url
 from agent.enrollment import Terminal, enroll_many, load_or_create_key, public_key_pem
 from agent.event_loop import EventLoop, LoopThread
@@ -118,6 +119,9 @@ class SimulationOptions:
     processes: int = 1
     id_prefix: str = "SIM"
     outbox_path: Path | None = None  # None: a new file in a temporary directory
+    # Keep messages until the server's kf.committed (off: PUBACK semantics, for a broker
+    # with no server behind it).
+    commit_confirmation: bool = True
     enroll_url: str | None = None  # EST base URL: enroll every terminal, then connect with TLS
     ca_file: Path | None = None  # the fleet CA chain (EST server and broker)
     identity_dir: Path | None = None  # keys and certificates, <id>.key / <id>.pem
@@ -184,6 +188,7 @@ class SimulationTuning:
     drain_rate_per_s: float = 20.0
     drain_burst: int = 50
     drain_jitter_s: float = 10.0
+    resend_grace_s: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +239,8 @@ class SimulationCounters:
     refused: int = 0  # PUBACKs with a failure code
     outbox_errors: int = 0  # messages the outbox could not store
     backlog: int = 0  # stream messages waiting in the outbox, not handed yet
+    confirmed: int = 0  # rows removed by a kf.committed
+    unconfirmed: int = 0  # rows handed, waiting for their kf.committed
     dropped_reports: int = 0  # reports the outbox dropped for its quota (this run)
 
     def __add__(self, other: SimulationCounters) -> SimulationCounters:
@@ -344,6 +351,8 @@ class Simulation:
             drain_burst=tuning.drain_burst,
             drain_jitter_s=tuning.drain_jitter_s,
             max_memory=tuning.max_queued_messages,
+            require_commit_confirmation=opts.commit_confirmation,
+            resend_grace_s=tuning.resend_grace_s,
         )
         monotonic = self._clock.monotonic
         started = monotonic()
@@ -417,7 +426,14 @@ class Simulation:
             if updates is not None:
                 self._updates[tid] = updates[0]
                 self._by_id[tid] = agent
-                connection.receive_commands(updates[0].submit)
+            if updates is not None or opts.commit_confirmation:
+                connection.receive_commands(
+                    route_commands(
+                        sender.on_committed,
+                        None if updates is None else updates[0].submit,
+                        terminal_id=tid,
+                    )
+                )
 
     def _update_service(
         self, config: AgentConfig, profile: TerminalProfile
@@ -584,6 +600,8 @@ class Simulation:
             c.refused += st.refused
             c.outbox_errors += st.outbox_errors
             c.backlog += st.backlog
+            c.confirmed += st.confirmed
+            c.unconfirmed += st.unconfirmed
             c.dropped_reports += sender.dropped_reports()
         c.dropped_reports -= self._dropped_at_start
         return c

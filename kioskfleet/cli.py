@@ -341,6 +341,12 @@ def _command_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
         "Reusing it with the same ids continues their streams",
     )
     sim.add_argument(
+        "--no-commit-confirmation",
+        action="store_true",
+        help="remove a message on the broker's PUBACK instead of the server's kf.committed "
+        "(a broker with no kioskfleet server behind it)",
+    )
+    sim.add_argument(
         "--enroll-url",
         help="EST base URL (https://...): enroll every terminal first (default: no enrollment)",
     )
@@ -545,6 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         processes=args.processes,
         id_prefix=args.id_prefix,
         outbox_path=args.outbox,
+        commit_confirmation=not args.no_commit_confirmation,
         enroll_url=args.enroll_url,
         ca_file=args.ca_file,
         identity_dir=args.identity_dir,

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     # max_inflight_messages, 1000 in broker/mosquitto.conf), or the broker stalls until the
     # next interval.
     db_flush_max_pending_acks: Annotated[int, Field(ge=1, le=65535)] = 400
+    # After each commit, publish kf.committed (boot_id, highest committed seq) on the cmd
+    # topic of every terminal that had messages in it: agents keep messages until then
+    # (docs/reliability.md). Off only for a test of agents facing a server that never confirms.
+    confirm_commits: bool = True
     db_max_pending_transitions: Annotated[int, Field(ge=1000)] = 200_000
     db_retry_max_s: PositiveSeconds = 10.0  # longest backoff between retries of a failed flush
     db_statement_timeout_s: PositiveSeconds = 10.0  # PostgreSQL statement_timeout

@@ -81,8 +81,9 @@ class WriteSink(Protocol):
         ``delivery`` once they are committed. Must be cheap."""
         ...
 
-    def settle(self, delivery: Delivery | None) -> None:
-        """Acknowledge a message that changed nothing (after what was received before it)."""
+    def settle(self, delivery: Delivery | None, *, terminal_id: str | None = None) -> None:
+        """Acknowledge a message that changed nothing (after what was received before it);
+        with ``terminal_id`` (a duplicate) also confirm that terminal's committed position."""
         ...
 
     def applying(self) -> AbstractContextManager[object]:
@@ -126,6 +127,7 @@ class Ingest:
         self._metrics = metrics
         self._max_bytes = max_payload_bytes
         self._log = throttled_log or ThrottledLog(log)
+        self._duplicate_of: str | None = None  # the terminal of the last duplicate handled
         # Bound children once: labels() costs a lock and a dict lookup per call.
         self._accepted = {
             kind: metrics.ingest_messages.labels(channel.value)
@@ -150,7 +152,10 @@ class Ingest:
                 _clip(inbound.topic),
                 exc_info=True,
             )
-        if result is not IngestResult.ACCEPTED:
+        if result is IngestResult.DUPLICATE:
+            # An agent re-sending what it has no kf.committed for: confirm again.
+            self._sink.settle(inbound.delivery, terminal_id=self._duplicate_of)
+        elif result is not IngestResult.ACCEPTED:
             self._sink.settle(inbound.delivery)
         return result
 
@@ -193,6 +198,7 @@ class Ingest:
             # Retained re-deliveries (every re-subscribe) are expected, not duplicates.
             if not inbound.retained:
                 self._metrics.ingest_duplicates.inc()
+            self._duplicate_of = None if inbound.retained else message.terminal_id
             return (
                 IngestResult.DUPLICATE
                 if outcome.verdict is Verdict.DUPLICATE

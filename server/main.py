@@ -23,7 +23,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -39,6 +39,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from protocol.committed import encode_committed
 from protocol.topics import Channel, topic
 from server.access_api import AccessServices
 from server.access_store import AccessStore, DatabaseAudit
@@ -92,7 +93,7 @@ from server.update_status_store import latest_states, timeline
 from server.update_tally import UpdateTally
 from server.update_wiring import UpdateService, build_updates
 from server.usage_metrics import ServiceAvailabilityCollector, UsageMetrics
-from server.write_behind import WriteBehind
+from server.write_behind import Confirmation, WriteBehind, no_confirm
 
 __all__ = ["Server", "mqtt_options", "mqtt_source", "run_server", "storage_for", "upgrade_database"]
 
@@ -244,6 +245,7 @@ class Server:
             self.fleet.snapshot,
             self.metrics,
             acknowledge=lambda deliveries: self.mqtt.ack(deliveries),
+            confirm=self._publish_confirmations if settings.confirm_commits else no_confirm,
             interval_s=settings.db_flush_interval_s,
             max_pending_acks=settings.db_flush_max_pending_acks,
             max_pending_transitions=settings.db_max_pending_transitions,
@@ -567,6 +569,14 @@ class Server:
             coalesce=True,
         )
         self._scheduler.start()
+
+    def _publish_confirmations(self, confirmations: Sequence[Confirmation]) -> None:
+        """``kf.committed`` on each terminal's ``cmd`` (the writer calls it after a commit).
+
+        One QoS 1 message per terminal per flush; one not sent (disconnected) is covered
+        by the next, or by the confirmation a re-sent duplicate triggers."""
+        for terminal_id, boot_id, seq in confirmations:
+            self.mqtt.publish(topic(terminal_id, Channel.CMD), encode_committed(boot_id, seq))
 
     def stop(self) -> None:
         """Graceful: stop intake (later messages stay with the broker), stop the jobs,

@@ -6,7 +6,10 @@ delivery, and ``settle`` for a message it did not apply (rejected, duplicate,
 stale). A flusher thread takes everything pending every ``interval_s`` (or
 sooner, once ``max_pending_acks`` deliveries wait), copies the latest state of
 the dirty terminals from the fleet state, writes it in one transaction, and
-only after the commit acknowledges the deliveries, in receive order. So every
+only after the commit acknowledges the deliveries, in receive order, and then
+hands ``confirm`` one ``(terminal, boot_id, last_seq)`` per terminal that had a
+broker delivery in the batch (the server publishes them as ``kf.committed`` on
+each terminal's ``cmd``: the agent keeps a message until then). So every
 acknowledged message's effects (dedup position, counters, transitions, event
 rows) are durable, and a killed server loses nothing: what was not committed
 was not acknowledged, and the broker redelivers it. The cost of a flush follows
@@ -66,7 +69,7 @@ from server.inbound import Delivery
 from server.metrics import ServerMetrics
 from server.records import EventRecord, UpdateRecord, UsageRecord, WriteBatch
 
-__all__ = ["BatchStore", "WriteBehind"]
+__all__ = ["BatchStore", "Confirmation", "WriteBehind", "no_confirm"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,14 @@ def _no_ack(_deliveries: Sequence[Delivery]) -> None:
     """The default when nothing needs acknowledging (tests, tools)."""
 
 
+Confirmation = tuple[str, str, int]
+"""(terminal id, boot_id, highest seq committed): what ``kf.committed`` carries."""
+
+
+def no_confirm(_confirmations: Sequence[Confirmation]) -> None:
+    """The default when nothing is confirmed to terminals (tests, tools)."""
+
+
 @dataclass(slots=True)
 class _Pending:
     """What one flush takes: dirty terminals, their peripherals, transitions, events, acks."""
@@ -99,6 +110,7 @@ class _Pending:
     usage: list[UsageRecord] = field(default_factory=list)
     acks: list[tuple[str | None, Delivery]] = field(default_factory=list)  # (terminal, delivery)
     removed: set[str] = field(default_factory=set)
+    confirm: set[str] = field(default_factory=set)  # terminals whose position to confirm
 
     def has_writes(self) -> bool:
         return bool(
@@ -129,6 +141,7 @@ class _Pending:
             usage=[u for u in self.usage if u.terminal_id in ids],
             acks=[a for a in self.acks if a[0] in ids],
             removed=self.removed & ids,
+            confirm=self.confirm & ids,
         )
 
 
@@ -142,6 +155,7 @@ class WriteBehind:
         metrics: ServerMetrics,
         *,
         acknowledge: Callable[[Sequence[Delivery]], object] = _no_ack,
+        confirm: Callable[[Sequence[Confirmation]], object] = no_confirm,
         interval_s: float = 1.0,
         max_pending_acks: int = 400,
         max_pending_transitions: int = 200_000,
@@ -154,6 +168,7 @@ class WriteBehind:
         self._snapshot = snapshot
         self._metrics = metrics
         self._acknowledge = acknowledge
+        self._confirm = confirm
         self._interval = interval_s
         self._max_acks = max_pending_acks
         self._max_pending = max_pending_transitions
@@ -207,6 +222,7 @@ class WriteBehind:
                 p.usage.append(usage)
             if delivery is not None:
                 p.acks.append((terminal_id, delivery))
+                p.confirm.add(terminal_id)
                 if len(p.acks) >= self._max_acks:
                     self._wake.set()
 
@@ -223,12 +239,17 @@ class WriteBehind:
             p.removed.add(terminal_id)
         self._wake.set()
 
-    def settle(self, delivery: Delivery | None) -> None:
-        """Acknowledge a message that changed nothing, after everything received before it."""
+    def settle(self, delivery: Delivery | None, *, terminal_id: str | None = None) -> None:
+        """Acknowledge a message that changed nothing, after everything received before it.
+
+        ``terminal_id`` (a duplicate: an agent re-sending what it has no confirmation for)
+        also confirms that terminal's committed position after the next flush."""
         if delivery is None:
             return
         with self._lock:
             self._pending.acks.append((None, delivery))
+            if terminal_id is not None:
+                self._pending.confirm.add(terminal_id)
             if len(self._pending.acks) >= self._max_acks:
                 self._wake.set()
 
@@ -281,12 +302,13 @@ class WriteBehind:
         with self._intake:  # every change in the copy below has its record in ``taken``
             with self._lock:
                 taken, self._pending = self._pending, _Pending()
-            if not taken.has_writes():
-                views = {}
-            else:
-                views = {v.id: v for v in self._snapshot(sorted(taken.dirty | taken.peripherals))}
+            wanted = set(taken.confirm)
+            if taken.has_writes():
+                wanted |= taken.dirty | taken.peripherals
+            views = {v.id: v for v in self._snapshot(sorted(wanted))} if wanted else {}
         if not taken.has_writes():
             self._ack(taken.acks)
+            self._confirm_committed(taken.confirm, views)
             self._succeeded()
             return True
         try:
@@ -298,6 +320,7 @@ class WriteBehind:
             self._failed(exc, taken)
             return False
         self._ack(taken.acks)
+        self._confirm_committed(taken.confirm, views)
         self._succeeded()
         return True
 
@@ -364,16 +387,34 @@ class WriteBehind:
                 rest = taken.only(left)
                 rest.acks = [a for a in taken.acks if a[0] is None or a[0] in left]
                 self._ack([a for a in taken.acks if a[0] in done])
+                self._confirm_committed(taken.confirm & done, views)
+                rest.confirm = taken.confirm - done
                 self._failed(exc, rest)
                 return False
             done.update(ids)
         self._ack(taken.acks)
+        self._confirm_committed(taken.confirm, views)
         self._succeeded()
         return True
 
     def _ack(self, acks: Sequence[tuple[str | None, Delivery]]) -> None:
         if acks:
             self._acknowledge([delivery for _, delivery in acks])
+
+    def _confirm_committed(self, ids: set[str], views: dict[str, TerminalView]) -> None:
+        """After a commit: each terminal's committed (boot_id, last_seq), one per terminal."""
+        confirmations = [
+            (tid, v.boot_id, v.last_seq)
+            for tid in sorted(ids)
+            if (v := views.get(tid)) is not None
+            and v.boot_id is not None
+            and v.last_seq is not None
+        ]
+        if confirmations:
+            try:
+                self._confirm(confirmations)
+            except Exception:  # a confirmation not sent is re-sent with the next one
+                log.exception("could not publish commit confirmations")
 
     def _succeeded(self) -> None:
         if self._failure is not None or self._stalled:
@@ -392,6 +433,7 @@ class WriteBehind:
             p.dirty |= taken.dirty
             p.peripherals |= taken.peripherals
             p.removed |= taken.removed
+            p.confirm |= taken.confirm
             p.transitions[:0] = taken.transitions
             p.events[:0] = taken.events
             p.updates[:0] = taken.updates

@@ -114,7 +114,14 @@ def agent_config(broker: LocalBroker, terminal_id: str, outbox: Path) -> AgentCo
             "reconnect_min_s": 0.1,
             "reconnect_max_s": 0.3,
             "limits": {"shutdown_timeout_s": 5},
-            "outbox": {"path": str(outbox), "synchronous": "normal", "drain_jitter_s": 0.3},
+            # No server here, only the broker: PUBACK semantics (the confirmations of
+            # kf.committed are proven in tests/integration/faults/test_broker_restart.py).
+            "outbox": {
+                "path": str(outbox),
+                "synchronous": "normal",
+                "drain_jitter_s": 0.3,
+                "require_commit_confirmation": False,
+            },
         }
     )
 
@@ -251,6 +258,7 @@ def test_a_sigkilled_agent_process_restarts_on_the_same_outbox_and_continues_its
         f'terminal_id = "{tid}"\nhall = "h"\nregion = "r"\nmodel = "m"\n'
         f'broker_url = "{broker.url}"\nreport_interval_s = 0.2\n'
         f'[outbox]\npath = "{path}"\nsynchronous = "normal"\ndrain_jitter_s = 0.2\n'
+        "require_commit_confirmation = false\n"  # no server here, only the broker
     )
     proc = kioskfleet("agent", "--config", str(config))
     cleanup.append(lambda: kill_and_wait(proc))
@@ -290,6 +298,7 @@ def test_a_sigkilled_simulate_command_restarts_on_its_outbox_file_and_continues_
         prefix,
         "--outbox",
         str(path),
+        "--no-commit-confirmation",  # no server here, only the broker
     )
     ids = [f"{prefix}-{i:05d}" for i in range(1, 4)]
     sub = DurableSubscriber(broker.port, "kf/v1/terminals/#")

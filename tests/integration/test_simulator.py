@@ -81,6 +81,9 @@ def recorder(broker: LocalBroker) -> Iterator[Recorder]:
     rec.close()
 
 
+NO_SERVER = SimulationTuning(shutdown_timeout_s=5)
+
+
 def prefix() -> str:
     return "S" + uuid.uuid4().hex[:6].upper()
 
@@ -96,8 +99,9 @@ def test_two_hundred_terminals_report_valid_envelopes_with_increasing_seq(
         seed=3,
         report_interval_s=1.0,
         id_prefix=prefix(),
+        commit_confirmation=False,  # only a recorder listens here: nothing confirms
     )
-    sim = Simulation(opts, tuning=SimulationTuning(shutdown_timeout_s=5))
+    sim = Simulation(opts, tuning=NO_SERVER)
     ids = sim.terminal_ids
     sim.start()
     try:
@@ -149,9 +153,13 @@ def test_forcing_one_terminal_out_of_paper_and_refilling_it_shows_up_as_two_even
     broker: LocalBroker, recorder: Recorder
 ) -> None:
     opts = SimulationOptions(
-        terminals=20, broker_url=broker.url, report_interval_s=30.0, id_prefix=prefix()
+        terminals=20,
+        broker_url=broker.url,
+        report_interval_s=30.0,
+        id_prefix=prefix(),
+        commit_confirmation=False,  # only a recorder listens here: nothing confirms
     )
-    sim = Simulation(opts, tuning=SimulationTuning(shutdown_timeout_s=5))
+    sim = Simulation(opts, tuning=NO_SERVER)
     target = sim.terminal_ids[6]
     sim.start()
     try:

@@ -64,7 +64,7 @@ class RecordingSink:
             self.updates.append(update)
         self.recorded.append(delivery)
 
-    def settle(self, delivery: Delivery | None) -> None:
+    def settle(self, delivery: Delivery | None, *, terminal_id: str | None = None) -> None:
         self.settled.append(delivery)
 
     def applying(self) -> AbstractContextManager[object]:

@@ -374,3 +374,84 @@ def test_a_write_hanging_past_the_stall_bound_counts_as_a_failure_and_its_end_as
         flusher.join(10)
     assert writer.failure is None
     assert writer.recovered_at == at(106)  # the offline sweep's grace restarts here
+
+
+# --- end-to-end commit confirmation (kf.committed) ------------------------------------------
+
+
+class Confirmations:
+    def __init__(self) -> None:
+        self.sent: list[list[tuple[str, str, int]]] = []
+
+    def __call__(self, confirmations: Sequence[tuple[str, str, int]]) -> None:
+        self.sent.append(list(confirmations))
+
+
+def _confirming_rig() -> tuple[FleetState, FakeStore, WriteBehind, Ingest, Confirmations]:
+    fleet, store = FleetState(), FakeStore()
+    confirmations = Confirmations()
+    writer = WriteBehind(
+        store,
+        fleet.snapshot,
+        ServerMetrics(CollectorRegistry()),
+        acknowledge=ACKS,
+        confirm=confirmations,
+        interval_s=3600,
+    )
+    ACKS.sent.clear()
+    ingest = Ingest(fleet, writer, ServerMetrics(CollectorRegistry()), max_payload_bytes=65536)
+    return fleet, store, writer, ingest, confirmations
+
+
+def _deliver(ingest: Ingest, message: Message, mid: int) -> None:
+    ingest.handle(
+        InboundMessage(
+            topic(message.terminal_id, Channel.REPORT), encode(message), False, at(0), mid=mid
+        )
+    )
+
+
+def test_each_terminal_of_a_committed_batch_gets_one_confirmation_of_its_highest_seq() -> None:
+    _, store, writer, ingest, confirmations = _confirming_rig()
+    for i in range(1, 6):
+        _deliver(ingest, report("T-1", seq=i, sent_at=at(i)), mid=i)
+    _deliver(ingest, report("T-2", seq=3), mid=10)
+    assert confirmations.sent == []  # nothing before the commit
+    assert writer.flush()
+    assert len(store.batches) == 1
+    first = report("T-1", seq=1)
+    assert confirmations.sent == [[("T-1", first.boot_id, 5), ("T-2", first.boot_id, 3)]]
+
+
+def test_no_confirmation_is_published_while_the_commit_fails() -> None:
+    _, store, writer, ingest, confirmations = _confirming_rig()
+    _deliver(ingest, report("T-1", seq=1), mid=1)
+    store.fail = True
+    assert not writer.flush()
+    assert confirmations.sent == []
+    store.fail = False
+    assert writer.flush()
+    assert [c[0][2] for c in confirmations.sent] == [1]
+
+
+def test_a_resent_message_is_a_harmless_duplicate_that_is_acknowledged_and_confirmed_again() -> (
+    None
+):
+    fleet, store, writer, ingest, confirmations = _confirming_rig()
+    for i in range(1, 4):
+        _deliver(ingest, report("T-1", seq=i, sent_at=at(i)), mid=i)
+    assert writer.flush()
+    before = fleet.snapshot(["T-1"])[0]
+    # The agent never saw the confirmation (it was offline): it re-sends 1..3.
+    for i in range(1, 4):
+        _deliver(ingest, report("T-1", seq=i, sent_at=at(i)), mid=10 + i)
+    assert writer.flush()
+    after = fleet.snapshot(["T-1"])[0]
+    assert (after.last_seq, after.reports_received, after.seq_gaps) == (
+        before.last_seq,
+        before.reports_received,
+        before.seq_gaps,
+    )
+    assert len(store.batches) == 1  # the duplicates wrote nothing
+    assert ACKS.sent == [(0, 1), (0, 2), (0, 3), (0, 11), (0, 12), (0, 13)]
+    assert [c[0][2] for c in confirmations.sent] == [3, 3]

@@ -6,6 +6,7 @@ import logging
 import random
 import sys
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import pytest
@@ -30,11 +31,15 @@ class FakeConnection:
     connected: bool = False
     sent: list[tuple[int, str, bytes, bool]] = field(default_factory=list)
     next_mid: int = 0
+    forgotten: list[int] = field(default_factory=list)
 
     def publish(self, topic: str, payload: bytes, retain: bool) -> int:
         self.next_mid += 1
         self.sent.append((self.next_mid, topic, payload, retain))
         return self.next_mid
+
+    def forget(self, mids: Collection[int]) -> None:
+        self.forgotten.extend(mids)
 
     def payloads(self) -> list[bytes]:
         return [p for _, t, p, _ in self.sent if not t.endswith("/state")]
@@ -365,3 +370,101 @@ def test_a_message_larger_than_the_server_accepts_is_refused_and_never_stored() 
     rig.say(1)  # a message of normal size goes through
     assert rig.outbox.stats(T).reports == 1
     assert rig.conn.payloads() == [b"1"]
+
+
+# --- end-to-end confirmation (require_commit_confirmation) ----------------------------------
+
+
+def _confirming(**limits: float) -> Rig:
+    return Rig(None, require_commit_confirmation=True, resend_grace_s=2.0, **limits)
+
+
+def test_with_confirmations_a_puback_frees_the_window_but_the_row_stays_until_kf_committed() -> (
+    None
+):
+    rig = _confirming()
+    rig.connect()
+    rig.say(3)  # normal traffic: handed at once
+    rig.ack_all()
+    assert rig.outbox.stats(T).pending == 3  # the broker has them; the server may not
+    stats = rig.sender.stats()
+    assert (stats.acked, stats.inflight, stats.unconfirmed, stats.backlog) == (3, 0, 3, 0)
+    assert rig.sender.awaiting_confirmation()
+    rig.sender.on_committed(rig.sender.boot_id, 2)
+    assert [i.seq for i in rig.outbox.peek(T, 0, 10)] == [3]
+    assert (rig.sender.stats().confirmed, rig.sender.stats().unconfirmed) == (2, 1)
+    rig.sender.on_committed(rig.sender.boot_id, 3)
+    assert rig.outbox.stats(T).pending == 0
+    assert not rig.sender.awaiting_confirmation()
+
+
+def test_a_confirmation_for_another_stream_removes_nothing() -> None:
+    rig = _confirming()
+    rig.connect()
+    rig.say(2)
+    rig.ack_all()
+    rig.sender.on_committed("0ther-b00t-id", 10)
+    assert rig.outbox.stats(T).pending == 2
+
+
+def test_after_a_reconnect_every_unconfirmed_row_is_handed_again_in_seq_order_after_the_grace() -> (
+    None
+):
+    rig = _confirming(max_inflight=3)
+    rig.connect()
+    rig.say(5)  # 1..3 handed
+    rig.ack_all()  # acknowledged by the broker, never confirmed; 4, 5 handed now
+    rig.advance(0.0)
+    rig.disconnect()
+    # paho must not re-send its in-flight copies on its own: they would overtake 1..3
+    assert rig.conn.forgotten == [4, 5]
+    rig.say(1)  # 6, said while offline
+    rig.conn.sent.clear()
+    rig.connect()
+    assert rig.conn.sent == []  # the grace: queued confirmations arrive first
+    rig.advance(1.0)
+    assert rig.conn.sent == []
+    rig.advance(1.1)
+    assert rig.conn.payloads() == [b"1", b"2", b"3"]
+    rig.ack_all()
+    rig.advance(0.1)
+    rig.ack_all()
+    rig.advance(0.1)
+    assert rig.conn.payloads() == [b"1", b"2", b"3", b"4", b"5", b"6"]
+
+
+def test_a_confirmation_received_in_the_grace_spares_the_resend() -> None:
+    rig = _confirming()
+    rig.connect()
+    rig.say(4)
+    rig.ack_all()
+    rig.disconnect()
+    rig.conn.sent.clear()
+    rig.connect()
+    rig.sender.on_committed(rig.sender.boot_id, 3)  # queued by the broker for this session
+    rig.advance(2.1)
+    assert rig.conn.payloads() == [b"4"]
+
+
+def test_without_confirmations_a_puback_still_removes_the_row() -> None:
+    rig = Rig(require_commit_confirmation=False)
+    rig.say(2)
+    rig.connect()
+    rig.ack_all()
+    assert rig.outbox.stats(T).pending == 0
+    assert not rig.sender.awaiting_confirmation()
+
+
+def test_when_confirmations_stop_the_quota_still_bounds_the_outbox_and_counts_dropped_reports() -> (
+    None
+):
+    rig = Rig(Outbox.in_memory(max_messages=5), require_commit_confirmation=True)
+    rig.connect()
+    for _ in range(20):  # a server that never confirms (older than kf.committed)
+        rig.say(1)
+        rig.ack_all()
+    stats = rig.outbox.stats(T)
+    assert stats.pending == 5  # the first five, handed and unconfirmed, are kept
+    assert stats.dropped_reports == 15  # the newer reports were dropped, as offline
+    assert rig.sender.dropped_reports() == 15
+    assert rig.conn.payloads() == [b"1", b"2", b"3", b"4", b"5"]

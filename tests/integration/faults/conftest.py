@@ -136,8 +136,8 @@ def wait_connected(sim: Simulation, timeout: float = 30.0) -> None:
 
 def drain_and_stop(sim: Simulation, timeout: float = 45.0) -> dict[str, OutboxStats]:
     """Wait until no terminal has a backlog (everything appended was handed to MQTT), stop the
-    simulation cleanly (it waits for the PUBACKs of what is in flight), and return every
-    terminal's final outbox stats. Fails the test if the backlog does not drain."""
+    simulation cleanly (it waits for the PUBACKs and the kf.committed of what was handed), and
+    return every terminal's final outbox stats. Fails the test if the backlog does not drain."""
     deadline = time.monotonic() + timeout
     while (counters := sim.counters()).backlog or counters.connected < counters.terminals:
         if time.monotonic() > deadline:
