@@ -101,6 +101,8 @@ def _responder(port: int, ids: list[str], boot: str, pipe: Connection) -> None:
 
     def answer(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         envelope = json.loads(msg.payload)
+        if envelope.get("schema") == "kf.committed":  # the server's commit confirmations
+            return
         body = json.loads(base64.b64decode(envelope["payload"]))
         tid = body["terminal_id"]
         directives_seen[0] += 1

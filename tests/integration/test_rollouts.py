@@ -24,6 +24,7 @@ from kioskfleet.cli import main
 from kioskfleet.update_client import UpdateClient
 from kioskfleet.update_repo import DIRECTIVE_KEY_TARGET
 from protocol.codec import decode
+from protocol.committed import COMMITTED_SCHEMA
 from protocol.directives import (
     Directive,
     Withdrawal,
@@ -113,6 +114,10 @@ class CmdInbox:
         assert subscribed.wait(5), "cmd subscription"
 
     def _received(self, _client: Any, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # The server also confirms each committed report on ``cmd`` (``kf.committed``,
+        # protocol/committed.py); those are not the rollout's messages.
+        if json.loads(msg.payload).get("schema") == COMMITTED_SCHEMA:
+            return
         with self._lock:
             self.payloads.append(bytes(msg.payload))
 
