@@ -35,6 +35,7 @@ from kioskfleet.local_broker import LocalBroker, free_port
 from protocol.codec import encode
 from protocol.topics import TOPIC_PREFIX, Channel, topic
 from server.access_api import OPEN_PATHS, declared_role
+from server.console.web import CONSOLE_PREFIX
 from server.device_ca import generate_key, write_pem, write_private_key
 from server.main import Server
 from tests.integration.conftest import (
@@ -509,6 +510,8 @@ def test_every_api_route_refuses_an_anonymous_caller_and_delivery_data_needs_an_
             continue
         if route.path.startswith("/.well-known/est/"):
             continue  # EST authenticates by its own means (test 1, test_est.py)
+        if route.path.startswith(CONSOLE_PREFIX):
+            continue  # sessions, not tokens: test_console.py walks every console route
         assert declared_role(route) is not None, route.path
         path = re.sub(r"\{[^}]+\}", "T-B", route.path)
         for method in sorted((route.methods or set()) - {"HEAD"}):
