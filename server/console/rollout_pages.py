@@ -20,7 +20,7 @@ Never decides anything about a rollout itself and never changes one without the 
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
@@ -54,6 +54,7 @@ from server.rollout_planner import (
     PauseReason,
     Rollout,
     RolloutStatus,
+    TerminalProgress,
     TerminalState,
     phase_quota,
 )
@@ -168,6 +169,11 @@ def rollout_form(form: Mapping[str, str]) -> RolloutCreate:
         raise FormError(field, str(first["msg"])) from None
 
 
+def _counts(terminals: Iterable[TerminalProgress]) -> dict[str, int]:
+    """Terminals per state, by state name."""
+    return dict(sorted(Counter(t.state.value for t in terminals).items()))
+
+
 @dataclass(frozen=True, slots=True)
 class _PhaseRow:
     number: int  # 1-based, as shown
@@ -180,9 +186,9 @@ class _PhaseRow:
 def _phase_rows(rollout: Rollout) -> list[_PhaseRow]:
     d = rollout.definition
     selected = len(rollout.terminals)
-    per_phase: dict[int | None, Counter[str]] = {}
+    per_phase: dict[int | None, list[TerminalProgress]] = {}
     for t in rollout.terminals:
-        per_phase.setdefault(t.phase, Counter())[t.state.value] += 1
+        per_phase.setdefault(t.phase, []).append(t)
     rows = []
     for i, p in enumerate(d.phases):
         gate: Any = MANUAL if p.gate == MANUAL else p.gate.seconds
@@ -191,7 +197,7 @@ def _phase_rows(rollout: Rollout) -> list[_PhaseRow]:
                 number=i + 1,
                 spec=PhaseIn(size=p.size, unit=p.unit, gate=gate),
                 quota=phase_quota(d, i, selected),
-                counts=dict(sorted(per_phase.get(i, Counter()).items())),
+                counts=_counts(per_phase.get(i, [])),
                 current=i == rollout.phase and rollout.status not in _SETTLED,
             )
         )
@@ -228,8 +234,7 @@ def rollout_pages_router(pages: RolloutPages) -> APIRouter:
     def rollouts_page(request: Request, who: viewer) -> HTMLResponse:
         with _answered():
             stored = pages.rollouts().rollouts()
-        rows = [(s, dict(sorted(Counter(t.state.value for t in s.rollout.terminals).items())))
-                for s in stored]  # fmt: skip
+        rows = [(s, _counts(s.rollout.terminals)) for s in stored]
         return _render(request, "rollouts.html", who, rows=rows)
 
     def form_page(
@@ -290,7 +295,7 @@ def rollout_pages_router(pages: RolloutPages) -> APIRouter:
         return _render(
             request, "rollout.html", who, status, s=stored, r=rollout,
             phases=_phase_rows(rollout), problem=problem,
-            counts=dict(sorted(Counter(t.state.value for t in rollout.terminals).items())),
+            counts=_counts(rollout.terminals),
             refresh=None if rollout.status in _SETTLED else _REFRESH_S,
             own=rollout.definition.created_by == who.principal.actor,
         )  # fmt: skip
@@ -301,13 +306,10 @@ def rollout_pages_router(pages: RolloutPages) -> APIRouter:
 
     def applied(request: Request, who: ConsoleUser, rollout_id: str, verb: str) -> Response:
         try:
-            pages.rollouts().apply(rollout_id, ROLLOUT_EVENTS[verb](who.principal))
+            with _answered():
+                pages.rollouts().apply(rollout_id, ROLLOUT_EVENTS[verb](who.principal))
         except RolloutConflictError as exc:
             return rollout_page(request, who, rollout_id, status=409, problem=exc.reason)
-        except RolloutNotFoundError:
-            raise ConsoleError(404, "not_found", f"no rollout {rollout_id!r}") from None
-        except StorageError as exc:
-            raise _unavailable(exc) from None
         return RedirectResponse(f"{CONSOLE_PREFIX}/rollouts/{rollout_id}", status_code=303)
 
     def event_route(verb: str) -> None:
