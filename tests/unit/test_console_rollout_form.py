@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from server.console.rollout_pages import FormError, parse_phases, rollout_form
 from server.rollout_api import PhaseIn
@@ -29,6 +31,28 @@ def test_phases_are_counts_or_shares_each_with_an_optional_gate() -> None:
         PhaseIn(size=25, unit="percent", gate="manual"),
         PhaseIn(size=100, unit="percent", gate=600.0),
     ]
+
+
+_PHASES = st.lists(
+    st.builds(
+        PhaseIn,
+        size=st.integers(1, 10**6),
+        unit=st.sampled_from(["count", "percent"]),
+        gate=st.one_of(st.just(0.0), st.just("manual"), st.integers(1, 10**6).map(float)),
+    ),
+    min_size=1,
+    max_size=20,
+)
+
+
+def _written(phase: PhaseIn) -> str:
+    gate = "" if phase.gate == 0.0 else "@manual" if phase.gate == "manual" else f"@{phase.gate}s"
+    return f"{phase.size}{'%' if phase.unit == 'percent' else ''}{gate}"
+
+
+@given(_PHASES)
+def test_any_phases_written_as_the_form_says_read_back_the_same(phases: list[PhaseIn]) -> None:
+    assert parse_phases(", ".join(_written(p) for p in phases)) == phases
 
 
 @pytest.mark.parametrize("text", ["", "5,", "five", "5@later", "-1", "0", "5%@600"])
