@@ -40,7 +40,7 @@ from server.console.web import (
     _unavailable,
     console_role,
 )
-from server.errors import ConsoleError, StorageError
+from server.errors import ConsoleError, ServerError, StorageError
 from server.rollout_api import (
     ROLLOUT_EVENTS,
     ROLLOUT_ID_PATTERN,
@@ -69,7 +69,7 @@ from server.tuf_repository import ReleaseView
 
 __all__ = [
     "RELEASE_STATUSES",
-    "FormError",
+    "RolloutFormError",
     "RolloutPages",
     "parse_phases",
     "rollout_form",
@@ -114,8 +114,8 @@ class RolloutPages:
     vendors: Callable[[], list[dict[str, Any]]]
 
 
-class FormError(ValueError):
-    """A create form field that cannot be read (``field``, and why)."""
+class RolloutFormError(ServerError, ValueError):
+    """A field of the console's create form that cannot be read (``field``, ``message``)."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
@@ -126,12 +126,12 @@ class FormError(ValueError):
 def parse_phases(text: str) -> list[PhaseIn]:
     """Phases written as ``5, 25%@manual, 100%@600s``: a count or a percentage of the
     selected terminals, each optionally gated (``@manual``: an operator opens it;
-    ``@<seconds>s``: that long after the previous phase passed). Raises FormError."""
+    ``@<seconds>s``: that long after the previous phase passed). Raises RolloutFormError."""
     phases: list[PhaseIn] = []
     for part in (p.strip() for p in text.split(",")):
         match = _PHASE.match(part.replace(" ", ""))
         if match is None:
-            raise FormError("phases", f"not a phase: {part!r}")
+            raise RolloutFormError("phases", f"not a phase: {part!r}")
         size, percent, gate = match.groups()
         try:
             phases.append(
@@ -142,12 +142,12 @@ def parse_phases(text: str) -> list[PhaseIn]:
                 )
             )
         except ValidationError as exc:
-            raise FormError("phases", f"{part!r}: {exc.errors()[0]['msg']}") from None
+            raise RolloutFormError("phases", f"{part!r}: {exc.errors()[0]['msg']}") from None
     return phases
 
 
 def rollout_form(form: Mapping[str, str]) -> RolloutCreate:
-    """The rollout the create form describes (the API's body model). Raises FormError
+    """The rollout the create form describes (the API's body model). Raises RolloutFormError
     naming the first field that is wrong."""
     selector = {k: form.get(k, "").strip() or None for k in SELECTOR_KEYS}
     try:
@@ -166,7 +166,7 @@ def rollout_form(form: Mapping[str, str]) -> RolloutCreate:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(x) for x in first["loc"]) or "form"
-        raise FormError(field, str(first["msg"])) from None
+        raise RolloutFormError(field, str(first["msg"])) from None
 
 
 def _counts(terminals: Iterable[TerminalProgress]) -> dict[str, int]:
@@ -271,7 +271,7 @@ def rollout_pages_router(pages: RolloutPages) -> APIRouter:
             create_rollout(pages.rollouts(), body, who.principal)
         except RolloutConflictError as exc:
             return form_page(request, who, form, status=409, problem=exc.reason)
-        except ValueError as exc:  # FormError, or the planner's checks of the definition
+        except ValueError as exc:  # RolloutFormError, or the planner's checks of the definition
             return form_page(request, who, form, status=422, problem=str(exc))
         except StorageError as exc:
             raise _unavailable(exc) from None

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.console.rollout_pages import FormError, parse_phases, rollout_form
+from server.console.rollout_pages import RolloutFormError, parse_phases, rollout_form
 from server.rollout_api import PhaseIn
 
 FORM = {
@@ -57,7 +57,7 @@ def test_any_phases_written_as_the_form_says_read_back_the_same(phases: list[Pha
 
 @pytest.mark.parametrize("text", ["", "5,", "five", "5@later", "-1", "0", "5%@600"])
 def test_a_phase_that_is_not_one_is_refused_naming_the_field(text: str) -> None:
-    with pytest.raises(FormError) as refused:
+    with pytest.raises(RolloutFormError) as refused:
         parse_phases(text)
     assert refused.value.field == "phases"
 
@@ -76,6 +76,6 @@ def test_the_form_becomes_the_apis_body_with_only_the_selector_fields_given() ->
     [("success_threshold", "1.5"), ("max_attempts", "many"), ("rollout_id", "no spaces")],
 )
 def test_a_wrong_field_is_named(field: str, value: str) -> None:
-    with pytest.raises(FormError) as refused:
+    with pytest.raises(RolloutFormError) as refused:
         rollout_form({**FORM, field: value})
     assert refused.value.field == field
