@@ -98,6 +98,8 @@ def main() -> int:
                         "hall": f"/console/halls/{hall}",
                         "terminal": f"/console/terminals/{problem}",
                         "problems": "/console/problems",
+                        "releases": "/console/releases",  # empty: no update repository here
+                        "rollouts": "/console/rollouts",
                         "audit": "/console/audit",
                     }
                     for name, path in pages.items():

@@ -456,6 +456,7 @@ kioskfleet demo is running ({TERMINALS} simulated terminals in {HALLS} halls).
                by alice, approved by bob; {FAILURE_FRACTION:.0%} of terminals fail their health check)
                {status_command}
                (then `rollout resume|pause|cancel {ROLLOUT_ID}` with --token-file {tokens["bob"]})
+               in the console: {base}/console/rollouts/{ROLLOUT_ID}  (releases: {base}/console/releases)
   rolled back  {base}/api/v1/terminals/DEMO-00004/updates  (a planted failure's timeline)
   slots        {VAR / "simulator"}/DEMO-00001/slots  (each terminal's A/B slots and `current`)
   repository   {base}/tuf/metadata/timestamp.json  (TUF; the vendor's files in {release.root})

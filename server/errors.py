@@ -27,6 +27,8 @@ library it wraps into one of these, so callers never catch ``sqlalchemy``,
     │                             LookupError); the API answers 404
     ├── RolloutConflictError      server.rollout_service: the planner refused the event, or the
     │                             rollout cannot be created (.reason); the API answers 409
+    ├── RolloutFormError          server.console.rollout_pages: a create form field that
+    │                             cannot be read (.field, .message; also a ValueError); 422
     ├── TooManyHallsError         opening hours for one more hall than
     │                             ``opening_hours_max_halls`` (.limit); the API answers 409
     ├── InvalidCursorError        a page cursor this server did not hand out (also a

@@ -46,6 +46,7 @@ from server.access_store import AccessStore, DatabaseAudit
 from server.api import ApiServices, add_routes, create_app
 from server.audit import AuditSink, DeniedBudget
 from server.config import Settings
+from server.console.rollout_pages import RolloutPages, rollout_pages_router
 from server.console.web import ConsoleServices, install_console
 from server.console_store import ConsoleStore
 from server.device_ca import CaPaths
@@ -429,6 +430,20 @@ class Server:
         )
         registry.register(self.rollouts.board)  # rollout gauges, at scrape time
         add_routes(self.app, rollout_router(lambda: self.rollouts))
+        add_routes(
+            self.app,
+            rollout_pages_router(
+                RolloutPages(
+                    rollouts=lambda: self.rollouts,
+                    releases=lambda: (
+                        [] if self.updates is None else self.updates.repository.releases()
+                    ),
+                    vendors=lambda: (
+                        [] if self.updates is None else self.updates.repository.vendors()
+                    ),
+                )
+            ),
+        )
         self._scheduler: BackgroundScheduler | None = None
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None

@@ -16,9 +16,9 @@ Every route carries ``name=`` (the audit log's action). Decisions are the planne
 # No ``from __future__ import annotations``: FastAPI evaluates the handlers' annotations.
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, Field
@@ -42,12 +42,20 @@ from server.rollout_service import (
     RolloutService,
 )
 
-__all__ = ["rollout_router"]
+__all__ = [
+    "ROLLOUT_EVENTS",
+    "ROLLOUT_ID_PATTERN",
+    "PhaseIn",
+    "RolloutCreate",
+    "SelectorIn",
+    "create_rollout",
+    "rollout_router",
+]
 
 log = logging.getLogger(__name__)
 
-_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-_ROLLOUT_ID = Annotated[str, Path(pattern=_ID_PATTERN)]
+ROLLOUT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_ROLLOUT_ID = Annotated[str, Path(pattern=ROLLOUT_ID_PATTERN)]
 
 
 class PhaseIn(BaseModel):
@@ -65,7 +73,7 @@ class SelectorIn(BaseModel):
 
 
 class RolloutCreate(BaseModel):
-    rollout_id: str = Field(pattern=_ID_PATTERN)
+    rollout_id: str = Field(pattern=ROLLOUT_ID_PATTERN)
     target: str = Field(max_length=255, description="a verified TUF target path")
     selector: SelectorIn = Field(default_factory=SelectorIn)
     phases: list[PhaseIn] = Field(min_length=1, max_length=20)
@@ -113,6 +121,54 @@ def _public(rollout: Rollout) -> RolloutPublic:
     )
 
 
+ROLLOUT_EVENTS: Final[Mapping[str, Callable[[Principal], Event]]] = {
+    "approve": lambda who: Approve(by=who.actor, role=who.role),
+    "pause": lambda who: Pause(by=who.actor),
+    "resume": lambda who: Resume(by=who.actor),
+    "cancel": lambda who: Cancel(by=who.actor),
+    "gate": lambda who: OpenGate(by=who.actor),
+}
+"""The operator events by verb (``POST .../{verb}``), for the API and the console alike."""
+
+_EVENT_SUMMARIES: Final = {
+    "approve": "Approve (someone other than the creator)",
+    "pause": "Pause: no new notifications",
+    "resume": "Resume a paused rollout",
+    "cancel": "Cancel: final, nothing new sent",
+    "gate": "Open the current manual gate",
+}
+
+
+def create_rollout(service: RolloutService, body: RolloutCreate, who: Principal) -> Rollout:
+    """Create the rollout ``body`` describes, created by ``who``: the API's and the
+    console's one way. Raises what ``RolloutService.create`` raises."""
+    doc = {
+        "rollout_id": body.rollout_id,
+        "target": body.target,
+        "created_by": who.actor,
+        "phases": [
+            {
+                "size": p.size,
+                "unit": p.unit,
+                "gate": p.gate if p.gate == "manual" else {"delay_s": p.gate},
+            }
+            for p in body.phases
+        ],
+        "success_threshold": body.success_threshold,
+        "abort": {
+            "failure_ratio": body.abort_failure_ratio,
+            "min_decided": body.abort_min_decided,
+        },
+        "terminal_timeout_s": body.terminal_timeout_s,
+        "max_attempts": body.max_attempts,
+        "retry_backoff_s": body.retry_backoff_s,
+        "retry_backoff_max_s": body.retry_backoff_max_s,
+        "install_while_open": body.install_while_open,
+    }
+    selector = body.selector.model_dump(exclude_none=True)
+    return service.create(definition_from_json(doc), selector)
+
+
 @contextmanager
 def _answered() -> Iterator[None]:
     try:
@@ -142,34 +198,12 @@ def rollout_router(service: Callable[[], RolloutService]) -> APIRouter:
     )
     def create(body: RolloutCreate, who: operator, request: Request) -> RolloutPublic:
         note_audit(request, target=body.rollout_id, release=body.target[:120])
-        doc = {
-            "rollout_id": body.rollout_id,
-            "target": body.target,
-            "created_by": who.actor,
-            "phases": [
-                {
-                    "size": p.size,
-                    "unit": p.unit,
-                    "gate": p.gate if p.gate == "manual" else {"delay_s": p.gate},
-                }
-                for p in body.phases
-            ],
-            "success_threshold": body.success_threshold,
-            "abort": {
-                "failure_ratio": body.abort_failure_ratio,
-                "min_decided": body.abort_min_decided,
-            },
-            "terminal_timeout_s": body.terminal_timeout_s,
-            "max_attempts": body.max_attempts,
-            "retry_backoff_s": body.retry_backoff_s,
-            "retry_backoff_max_s": body.retry_backoff_max_s,
-            "install_while_open": body.install_while_open,
-        }
-        selector = body.selector.model_dump(exclude_none=True)
         with _answered():
-            return _public(service().create(definition_from_json(doc), selector))
+            return _public(create_rollout(service(), body, who))
 
-    def _event_route(verb: str, make: Callable[[Principal], Event], summary: str) -> None:
+    def _event_route(verb: str, summary: str) -> None:
+        make = ROLLOUT_EVENTS[verb]
+
         @router.post(
             f"/{{rollout_id}}/{verb}",
             response_model=RolloutPublic,
@@ -180,15 +214,8 @@ def rollout_router(service: Callable[[], RolloutService]) -> APIRouter:
             with _answered():
                 return _public(service().apply(rollout_id, make(who)))
 
-    _event_route(
-        "approve",
-        lambda who: Approve(by=who.actor, role=who.role),
-        "Approve (someone other than the creator)",
-    )
-    _event_route("pause", lambda who: Pause(by=who.actor), "Pause: no new notifications")
-    _event_route("resume", lambda who: Resume(by=who.actor), "Resume a paused rollout")
-    _event_route("cancel", lambda who: Cancel(by=who.actor), "Cancel: final, nothing new sent")
-    _event_route("gate", lambda who: OpenGate(by=who.actor), "Open the current manual gate")
+    for verb, summary in _EVENT_SUMMARIES.items():
+        _event_route(verb, summary)
 
     @router.get(
         "",

@@ -232,10 +232,15 @@ class RolloutService:
 
     def get(self, rollout_id: str) -> Rollout:
         """Raises RolloutNotFoundError, StorageError."""
+        return self.stored(rollout_id).rollout
+
+    def stored(self, rollout_id: str) -> StoredRollout:
+        """The rollout with its selector and bookkeeping. Raises RolloutNotFoundError,
+        StorageError."""
         stored = self._store.get(rollout_id)
         if stored is None:
             raise RolloutNotFoundError(rollout_id)
-        return stored.rollout
+        return stored
 
     def rollouts(self) -> list[StoredRollout]:
         """Rollouts newest first. Raises StorageError."""
@@ -275,7 +280,7 @@ class RolloutService:
             now = self._clock()
             events: list[Event] = []
             if stored.rollout.status in ACTIVE:  # a stopped rollout takes no joiners
-                events.append(Selected(self._select(stored.selector)))
+                events.append(Selected(self.matching(stored.selector)))
             events += self._reports(stored.rollout)
             decision = step(stored.rollout, events, now)
             self._save(decision, events, now)
@@ -286,7 +291,9 @@ class RolloutService:
         self._board.note(decision.rollout, now=now, progressed=progressed(events, decision.actions))
         self._execute(decision.rollout, decision.actions, now)
 
-    def _select(self, selector: Selector) -> tuple[str, ...]:
+    def matching(self, selector: Selector) -> tuple[str, ...]:
+        """The terminals of the fleet state ``selector`` matches now, in the fleet's order:
+        what the next tick selects (the console's preview counts them). Never does I/O."""
         flt = TerminalFilter(region=selector.get("region"), hall=selector.get("hall"))
         model = selector.get("model")
         ids: list[str] = []

@@ -102,6 +102,9 @@ def vocabulary() -> tuple[str, ...]:
         TerminalState, Health, PeripheralKind, PeripheralCondition, Weekday, AuditResult, Role
     ):  # fmt: skip
         words.extend(str(member.value) for member in enum)
+    from server.console.rollout_pages import rollout_vocabulary  # it imports this module
+
+    words.extend(rollout_vocabulary())
     return tuple(dict.fromkeys(words))
 
 

@@ -26,6 +26,7 @@ from server.console_auth import UserRecord, hash_password
 from server.main import Server
 from server.opening_hours import Interval, OpeningHours, Weekday
 from server.opening_hours_store import OpeningHoursStore
+from server.rollout_api import ROLLOUT_EVENTS
 from tests.integration.conftest import ServerFactory, TerminalFactory, metric, periph, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -168,7 +169,7 @@ def test_every_console_route_declares_a_role_and_refuses_no_session_and_weak_rol
     for role in (Role.VIEWER, Role.OPERATOR, Role.ADMIN):
         add_user(server, role.value, role)
         sessions[role] = _httpx_login(server, role.value)
-    checked = 0
+    checked: set[str] = set()
     for route in server.app.routes:
         if not isinstance(route, Route) or not route.path.startswith(CONSOLE_PREFIX):
             continue
@@ -194,8 +195,14 @@ def test_every_console_route_declares_a_role_and_refuses_no_session_and_weak_rol
                     assert "The form expired." in answer.text
                 else:
                     assert answer.status_code not in (401, 403), (method, path, granted)
-            checked += 1
-    assert checked >= 7
+            checked.add(f"{method} {route.path}")
+    rollouts = CONSOLE_PREFIX + "/rollouts"
+    assert {
+        f"GET {CONSOLE_PREFIX}/releases", f"GET {rollouts}", f"GET {rollouts}/new",
+        f"POST {rollouts}/preview", f"POST {rollouts}", f"GET {rollouts}/{{rollout_id}}",
+        *(f"POST {rollouts}/{{rollout_id}}/{verb}" for verb in ROLLOUT_EVENTS),
+    } <= checked  # fmt: skip
+    assert len(checked) >= 17
 
 
 def _httpx_login(server: Server, username: str) -> httpx.Client:
