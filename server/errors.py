@@ -27,6 +27,9 @@ library it wraps into one of these, so callers never catch ``sqlalchemy``,
     │                             LookupError); the API answers 404
     ├── RolloutConflictError      server.rollout_service: the planner refused the event, or the
     │                             rollout cannot be created (.reason); the API answers 409
+    ├── MaintenanceRefusedError   server.maintenance_service refused a window, its end or an
+    │                             ack (.code: a MaintenanceRefusal value, no_maintenance,
+    │                             unknown_terminal); the API answers 404, 409 or 422
     ├── TooManyHallsError         opening hours for one more hall than
     │                             ``opening_hours_max_halls`` (.limit); the API answers 409
     ├── InvalidCursorError        a page cursor this server did not hand out (also a
@@ -65,6 +68,7 @@ __all__ = [
     "InvalidCursorError",
     "InvalidSettingsError",
     "InvalidTimeRangeError",
+    "MaintenanceRefusedError",
     "ReleaseRejectedError",
     "ServerError",
     "StorageDataError",
@@ -189,6 +193,18 @@ class EnrollmentRefusedError(ServerError):
         self.reason = reason
         self.message = message
         self.status = status
+
+
+class MaintenanceRefusedError(ServerError):
+    """An operator action ``server.maintenance_service`` refused: ``code`` says why (a
+    ``server.maintenance.MaintenanceRefusal`` value, ``no_maintenance`` to end a window
+    that is not there, ``unknown_terminal`` to acknowledge on a terminal the fleet does not
+    know), ``message`` for a person."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class TooManyHallsError(ServerError):
