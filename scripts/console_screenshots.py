@@ -99,6 +99,8 @@ def main() -> int:
                         "terminal": f"/console/terminals/{problem}",
                         "problems": "/console/problems",
                         "audit": "/console/audit",
+                        "tokens": "/console/tokens",
+                        "users": "/console/users",
                     }
                     for name, path in pages.items():
                         _wait(lambda: server.fleet.problem_terminals(), 60, "a current fault")

@@ -325,7 +325,7 @@ def _csrf(page: Page) -> str:
 
 def _action_routes(server: Server) -> list[tuple[str, Role]]:
     """Every console POST route beyond viewer's (the actions), with its role."""
-    found = []
+    found: list[tuple[str, Role]] = []
     for route in server.app.routes:
         if isinstance(route, Route) and route.path.startswith(CONSOLE_PREFIX + "/"):
             role = declared_role(route)
@@ -363,12 +363,12 @@ def test_a_viewer_sees_no_action_and_every_action_route_beyond_a_role_answers_40
         if allows(role, required):
             continue
         url = server.base_url + re.sub(r"\{[^}]+\}", broken, path)
-        form = {"csrf_token": token, "note": "x", "reason": "x", "until": _until(1),
+        form: dict[str, str | float | bool] = {"csrf_token": token, "note": "x", "reason": "x", "until": _until(1),
                 "confirm": broken, "name": "x", "role": "viewer", "username": "xx",
                 "password": PASSWORD}  # fmt: skip
-        answer = context.request.post(url, form=form)
-        assert answer.status == 403, (path, answer.status)
-        assert "Your role may not do this." in answer.text()
+        refusal = context.request.post(url, form=form)
+        assert refusal.status == 403, (path, refusal.status)
+        assert "Your role may not do this." in refusal.text()
         refused += 1
     assert refused >= (12 if role is Role.VIEWER else 7)
     assert server.maintenance_store.windows() == []
