@@ -101,6 +101,8 @@ def main() -> int:
                         "releases": "/console/releases",  # empty: no update repository here
                         "rollouts": "/console/rollouts",
                         "audit": "/console/audit",
+                        "tokens": "/console/tokens",
+                        "users": "/console/users",
                     }
                     for name, path in pages.items():
                         _wait(lambda: server.fleet.problem_terminals(), 60, "a current fault")

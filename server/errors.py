@@ -29,6 +29,9 @@ library it wraps into one of these, so callers never catch ``sqlalchemy``,
     │                             rollout cannot be created (.reason); the API answers 409
     ├── RolloutFormError          server.console.rollout_pages: a create form field that
     │                             cannot be read (.field, .message; also a ValueError); 422
+    ├── MaintenanceRefusedError   server.maintenance_service refused a window, its end or an
+    │                             ack (.code: a MaintenanceRefusal value, no_maintenance,
+    │                             unknown_terminal); the API answers 404, 409 or 422
     ├── TooManyHallsError         opening hours for one more hall than
     │                             ``opening_hours_max_halls`` (.limit); the API answers 409
     ├── InvalidCursorError        a page cursor this server did not hand out (also a
@@ -67,6 +70,7 @@ __all__ = [
     "InvalidCursorError",
     "InvalidSettingsError",
     "InvalidTimeRangeError",
+    "MaintenanceRefusedError",
     "ReleaseRejectedError",
     "ServerError",
     "StorageDataError",
@@ -191,6 +195,18 @@ class EnrollmentRefusedError(ServerError):
         self.reason = reason
         self.message = message
         self.status = status
+
+
+class MaintenanceRefusedError(ServerError):
+    """An operator action ``server.maintenance_service`` refused: ``code`` says why (a
+    ``server.maintenance.MaintenanceRefusal`` value, ``no_maintenance`` to end a window
+    that is not there, ``unknown_terminal`` to acknowledge on a terminal the fleet does not
+    know), ``message`` for a person."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class TooManyHallsError(ServerError):

@@ -63,6 +63,7 @@ from server.log_throttle import ThrottledLog
 from server.maintenance import MaintenanceLimits
 from server.maintenance_api import maintenance_router, operator_state
 from server.maintenance_book import MaintenanceBook
+from server.maintenance_service import MaintenanceActions
 from server.maintenance_store import MaintenanceStore
 from server.message_source import (
     ConnectionHandler,
@@ -337,19 +338,24 @@ class Server:
             )
         )
         add_routes(self.app, services_router(self.services, lambda: datetime.now(UTC)))
+        self.maintenance_actions = MaintenanceActions(
+            self.maintenance_store,
+            self.fleet,
+            lambda: datetime.now(UTC),
+            limits=MaintenanceLimits(
+                max_duration=timedelta(days=settings.maintenance_max_days),
+                max_windows=settings.maintenance_max_windows,
+                max_acks_per_terminal=settings.maintenance_max_acks_per_terminal,
+            ),
+            on_change=self.maintenance_book.invalidate,
+        )
         add_routes(
             self.app,
             maintenance_router(
-                self.maintenance_store,
+                self.maintenance_actions,
                 self.fleet,
                 lambda: datetime.now(UTC),
-                limits=MaintenanceLimits(
-                    max_duration=timedelta(days=settings.maintenance_max_days),
-                    max_windows=settings.maintenance_max_windows,
-                    max_acks_per_terminal=settings.maintenance_max_acks_per_terminal,
-                ),
                 active=self.maintenance_book,
-                on_change=self.maintenance_book.invalidate,
                 problems_limit_max=settings.api_page_limit_max,
             ),
         )
@@ -385,6 +391,11 @@ class Server:
                 login_rate_per_s=settings.console_login_rate_per_s,
                 login_burst=settings.console_login_burst,
                 cookie_secure=settings.console_cookie_secure,
+                maintenance=self.maintenance_actions,
+                decommission=lambda terminal_id, actor: self.decommission(
+                    terminal_id, actor=actor, caller_audits=True
+                ),
+                tokens=self.tokens,
             ),
         )
         add_routes(

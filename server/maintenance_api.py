@@ -22,6 +22,7 @@ assignee as detail. Bounds (``server.maintenance.MaintenanceLimits``): text leng
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -31,19 +32,15 @@ from protocol.messages import PeripheralCondition
 from protocol.topics import is_valid_terminal_id
 from server.access import Principal, Role
 from server.access_api import note_audit, require
-from server.errors import ApiError, StorageError
+from server.errors import ApiError, MaintenanceRefusedError, StorageError
 from server.fleet_state import FleetState
 from server.fleet_views import TerminalView
 from server.maintenance import (
     ActiveMaintenance,
     MaintenanceLimits,
     MaintenanceRefusal,
-    MaintenanceWindow,
-    ProblemAck,
     Scope,
     ack_applies,
-    check_ack,
-    check_window,
 )
 from server.maintenance_models import (
     MaintenanceListPublic,
@@ -55,19 +52,19 @@ from server.maintenance_models import (
     ack_public,
     window_public,
 )
+from server.maintenance_service import MaintenanceActions
 from server.maintenance_store import MaintenanceStore
 
 __all__ = ["maintenance_router", "operator_state"]
 
 _ID = Annotated[str, Path(min_length=1, max_length=64)]
 _LIMITS = MaintenanceLimits()  # the text bounds of the request bodies (the model's, fixed)
-_STATUS = {
-    MaintenanceRefusal.UNTIL_PAST: 422,
-    MaintenanceRefusal.UNTIL_TOO_FAR: 422,
-    MaintenanceRefusal.NAIVE_TIME: 422,
-    MaintenanceRefusal.TOO_MANY_WINDOWS: 409,
-    MaintenanceRefusal.NO_PROBLEM: 409,
-    MaintenanceRefusal.TOO_MANY_ACKS: 409,
+_STATUS: dict[str, tuple[int, str]] = {  # a refusal's code: the answer's status and error
+    MaintenanceRefusal.UNTIL_PAST: (422, MaintenanceRefusal.UNTIL_PAST),
+    MaintenanceRefusal.UNTIL_TOO_FAR: (422, MaintenanceRefusal.UNTIL_TOO_FAR),
+    MaintenanceRefusal.NAIVE_TIME: (422, MaintenanceRefusal.NAIVE_TIME),
+    "no_maintenance": (404, "no_maintenance"),
+    "unknown_terminal": (404, "not_found"),
 }
 
 
@@ -83,14 +80,14 @@ class AckCreate(BaseModel):
 
 @contextmanager
 def _answered() -> Iterator[None]:
+    """The service's refusals and storage errors as API answers."""
     try:
         yield
+    except MaintenanceRefusedError as exc:
+        status, error = _STATUS.get(exc.code, (409, exc.code))
+        raise ApiError(status, error, exc.message) from None
     except StorageError as exc:
         raise ApiError(503, "database_unavailable", str(exc)) from None
-
-
-def _refuse(refusal: MaintenanceRefusal, message: str) -> ApiError:
-    return ApiError(_STATUS[refusal], refusal.value, message)
 
 
 def operator_state(
@@ -109,53 +106,32 @@ def operator_state(
 
 
 def maintenance_router(
-    store: MaintenanceStore,
+    actions: MaintenanceActions,
     fleet: FleetState,
     clock: Callable[[], datetime],
     *,
-    limits: MaintenanceLimits,
     active: Callable[[], ActiveMaintenance],
-    on_change: Callable[[], None] = lambda: None,
     problems_limit_max: int = 1000,
 ) -> APIRouter:
-    """The routes above; ``active`` is what is in maintenance now (the metrics' book);
-    ``on_change`` is called after a window was started or ended (the book reloads)."""
+    """The routes above over ``actions``; ``active`` is what is in maintenance now (the
+    metrics' book)."""
     router = APIRouter(prefix="/api/v1", tags=["operator actions"])
     operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
+    store = actions.store
 
     def start(
         request: Request, scope: Scope, target: str, body: MaintenanceStart, who: Principal
     ) -> MaintenanceWindowPublic:
-        now = clock()
-        note_audit(request, target=target, reason=body.reason, until=body.until.isoformat())
         with _answered():
-            current = store.windows(active_at=now)
-        replaces = any(w.scope is scope and w.target == target for w in current)
-        refusal = check_window(
-            body.until, now, active_windows=len(current), replaces=replaces, limits=limits
-        )
-        if refusal is not None:
-            raise _refuse(refusal, f"cannot start maintenance of {target!r} until {body.until}")
-        window = MaintenanceWindow(
-            scope=scope,
-            target=target,
-            reason=body.reason,
-            until=body.until,
-            started_at=now,
-            started_by=who.actor,
-        )
-        with _answered():
-            store.put_window(window)
-        on_change()
+            window = actions.start(
+                scope, target, reason=body.reason, until=body.until, actor=who.actor,
+                note=partial(note_audit, request),
+            )  # fmt: skip
         return window_public(window)
 
     def end(request: Request, scope: Scope, target: str) -> MaintenanceWindowPublic:
-        note_audit(request, target=target)
         with _answered():
-            ended = store.end_window(scope, target)
-        on_change()
-        if ended is None or not ended.active(clock()):
-            raise ApiError(404, "no_maintenance", f"{scope} {target!r} is not in maintenance")
+            ended = actions.end(scope, target, note=partial(note_audit, request))
         return window_public(ended)
 
     def terminal_id_checked(terminal_id: str) -> str:
@@ -226,40 +202,11 @@ def maintenance_router(
     def ack_problem(
         request: Request, terminal_id: _ID, peripheral: _ID, body: AckCreate, who: operator
     ) -> ProblemAckPublic:
-        note_audit(request, target=f"{terminal_id}/{peripheral}", assignee=body.assignee or "")
-        view = fleet.get(terminal_id)
-        if view is None:
-            raise ApiError(404, "not_found", f"unknown terminal {terminal_id!r}")
-        peripherals = {p.name: p for p in view.peripherals}
         with _answered():
-            stored = store.acks(terminal_id)
-        applying = [a for a in stored if ack_applies(a, peripherals.get(a.peripheral), view.online)]
-        found = peripherals.get(peripheral)
-        refusal = check_ack(
-            found,
-            view.online,
-            current_acks=len(applying),
-            replaces=any(a.peripheral == peripheral for a in applying),
-            limits=limits,
-        )
-        if refusal is not None or found is None:
-            raise _refuse(
-                refusal or MaintenanceRefusal.NO_PROBLEM,
-                f"cannot acknowledge {peripheral!r} of {terminal_id!r}",
-            )
-        note_audit(request, condition=found.condition.value)
-        ack = ProblemAck(
-            terminal_id=terminal_id,
-            peripheral=peripheral,
-            problem_since=found.since,
-            condition=found.condition,
-            note=body.note,
-            assignee=body.assignee,
-            acked_at=clock(),
-            acked_by=who.actor,
-        )
-        with _answered():
-            store.put_ack(ack)
+            ack = actions.ack(
+                terminal_id, peripheral, note_text=body.note, assignee=body.assignee,
+                actor=who.actor, note=partial(note_audit, request),
+            )  # fmt: skip
         return ack_public(ack)
 
     @router.get(

@@ -24,8 +24,9 @@ from server.access_store import AccessStore, DatabaseAudit
 from server.audit import AuditEntry, AuditResult
 from server.cli_database import cli_actor
 from server.config import Settings
-from server.console_auth import UserRecord, hash_password, validate_username
+from server.console_auth import validate_username
 from server.console_store import ConsoleStore
+from server.console_users import ConsoleUsers
 from server.errors import AccessError, ConfigError, ServerError
 from server.main import storage_for
 
@@ -60,31 +61,25 @@ def _run(
             )
         return "", {}
     username = str(args.get("username") or "")
-    validate_username(username)
+    users = ConsoleUsers(store, lambda: now)
     if command == "create":
-        role = Role(str(args.get("role") or ""))
-        if role is Role.VENDOR:
-            raise AccessError("invalid_user", "vendors publish with tokens, not in the console")
-        password_hash = hash_password(read_password(bool(args.get("password_stdin"))))
-        store.create_user(
-            UserRecord(
-                username=username,
-                role=role,
-                password_hash=password_hash,
-                created_at=now,
-                created_by=cli_actor(),
-            )
-        )
+        try:
+            role = Role(str(args.get("role") or ""))
+        except ValueError:
+            raise AccessError("invalid_user", f"no role {args.get('role')!r}") from None
+        validate_username(username)  # before asking for a password
+        users.create(username, role, read_password(bool(args.get("password_stdin"))),
+                     actor=cli_actor())  # fmt: skip
         sys.stderr.write(f"created {role.value} console user {username!r}\n")
         return username, {"role": role.value}
     if command == "passwd":
+        validate_username(username)
         if store.user(username) is None:
             raise AccessError("no_such_user", f"no console user named {username!r}")
-        password_hash = hash_password(read_password(bool(args.get("password_stdin"))))
-        store.update_user(username, password_hash=password_hash)
+        users.set_password(username, read_password(bool(args.get("password_stdin"))))
         sys.stderr.write(f"changed the password of {username!r}; its sessions ended\n")
         return username, {}
-    store.update_user(username, disabled_at=now)  # disable
+    users.disable(username)
     sys.stderr.write(f"disabled console user {username!r}; its sessions ended\n")
     return username, {}
 

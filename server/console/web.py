@@ -1,5 +1,7 @@
 """The operations console's routes: login, logout, the fleet, hall, terminal, problems and
-audit pages, server-rendered from Jinja2 templates (``server/console/templates``).
+audit pages, server-rendered from Jinja2 templates (``server/console/templates``). The
+operator actions are ``server.console.action_routes``'s, the admin pages (tokens, users)
+``server.console.admin_pages``'s; ``install_console`` adds them.
 
 Every route under ``/console`` except ``CONSOLE_OPEN_PATHS`` declares its role with
 ``console_role(Role.X)`` (a ``server.access_api.RoleDeclaration``, so the role-walk test
@@ -7,9 +9,8 @@ sees it), checked against the session's user: a page asked for without a usable 
 redirects to the login page; a POST without one gets 401; a role that does not reach,
 403; a POST whose form lacks the session's CSRF token, 403. Pages read the same read
 models as the API (``FleetState``, the storage's history and events, the update
-timeline, the opening hours store, the terminal registry, the audit log). Handlers never
-change the fleet: the console's first part has no actions beyond login and logout (the
-``actions`` blocks of the templates are where they go, shown only to ``operator`` and up).
+timeline, the opening hours store, the terminal registry, the audit log, the maintenance
+windows and acks). Handlers here change nothing but sessions and the language.
 
 State-changing calls are audited by ``server.access_api.AuditMiddleware`` like the API's
 (actor ``user:<name>``; a login names its username as target). Passwords and session
@@ -41,6 +42,7 @@ from server.access_store import AccessStore, AuditFilter
 from server.audit import AuditEntry, AuditResult
 from server.console.i18n import LANGUAGES, Catalog, choose_language, load_catalogs
 from server.console.login_limit import LoginLimiter
+from server.console.operator_view import operator_view
 from server.console_auth import (
     SessionRecord,
     UserRecord,
@@ -62,10 +64,13 @@ from server.fleet_views import (
     Transition,
 )
 from server.health import Health
+from server.identity_tables import RegistryStatus
+from server.maintenance_service import MaintenanceActions
 from server.opening_hours import Weekday, is_open
 from server.opening_hours_store import HallHours
 from server.records import EventRecord, UpdateRecord
 from server.terminal_registry import RegisteredTerminal
+from server.tokens import Tokens
 
 __all__ = [
     "CONSOLE_OPEN_PATHS",
@@ -128,6 +133,10 @@ class ConsoleServices:
     login_burst: int = 5
     cookie_secure: bool = True
     monotonic: Callable[[], float] | None = None  # the login budget's clock
+    # the actions (server.console.action_routes, admin_pages); None: not on this server
+    maintenance: MaintenanceActions | None = None
+    decommission: Callable[[str, str], TerminalView | None] | None = None  # (id, actor)
+    tokens: Tokens | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +151,11 @@ class ConsoleUser:
     def can_act(self) -> bool:
         """Whether the page shows action buttons (operator and up)."""
         return allows(self.principal.role, Role.OPERATOR)
+
+    @property
+    def is_admin(self) -> bool:
+        """Whether the page shows admin actions (decommission, tokens, users)."""
+        return allows(self.principal.role, Role.ADMIN)
 
 
 @dataclass(slots=True)
@@ -486,11 +500,13 @@ def console_router() -> APIRouter:
                 key=lambda t: t.occurred_at,
                 reverse=True,
             )
+            ops = operator_view(services.maintenance, terminals, now)
         except StorageError as exc:
             raise _unavailable(exc) from None
         return _render(
             request, "hall.html", who, hall=hall, terminals=terminals, hours=hours,
             open_now=None if hours is None else is_open(hours.hours, now), history=history,
+            ops=ops,
         )  # fmt: skip
 
     @router.get(f"{CONSOLE_PREFIX}/terminals/{{terminal_id}}", name="console.terminal")
@@ -500,8 +516,9 @@ def console_router() -> APIRouter:
         services = _console(request).services
         view = services.fleet.get(terminal_id)
         if view is None:
-            raise ConsoleError(404, "not_found", f"unknown terminal {terminal_id!r}")
+            return _gone(request, who, services, terminal_id)
         try:
+            ops = operator_view(services.maintenance, [view], services.clock())
             timeline = _timeline(
                 services.history(terminal_id, _TIMELINE_LIMIT),
                 services.events(terminal_id, _TIMELINE_LIMIT),
@@ -513,16 +530,22 @@ def console_router() -> APIRouter:
         return _render(
             request, "terminal.html", who, t=view, timeline=timeline, registered=registered,
             with_delivery=allows(who.principal.role, Role.OPERATOR),
-            has_registry=services.registered is not None,
+            has_registry=services.registered is not None, ops=ops,
+            can_decommission=services.decommission is not None,
         )  # fmt: skip
 
     @router.get(f"{CONSOLE_PREFIX}/problems", name="console.problems")
     def problems_page(request: Request, who: viewer) -> HTMLResponse:
+        services = _console(request).services
         views = sorted(
-            _console(request).services.fleet.problem_terminals(),
+            services.fleet.problem_terminals(),
             key=lambda v: (v.region or "", v.hall or "", v.id),
         )
-        return _render(request, "problems.html", who, terminals=views)
+        try:
+            ops = operator_view(services.maintenance, views, services.clock())
+        except StorageError as exc:
+            raise _unavailable(exc) from None
+        return _render(request, "problems.html", who, terminals=views, ops=ops)
 
     @router.get(f"{CONSOLE_PREFIX}/audit", name="console.audit")
     def audit_page(
@@ -557,6 +580,20 @@ def console_router() -> APIRouter:
         return _render(request, "audit.html", who, entries=entries, query=query, more=more)
 
     return router
+
+
+def _gone(
+    request: Request, who: ConsoleUser, services: ConsoleServices, terminal_id: str
+) -> HTMLResponse:
+    """The page of a terminal the fleet does not know: decommissioned (the registry's
+    tombstone says so), else ConsoleError(404)."""
+    try:
+        registered = None if services.registered is None else services.registered(terminal_id)
+    except StorageError as exc:
+        raise _unavailable(exc) from None
+    if registered is None or registered.status is not RegistryStatus.DECOMMISSIONED:
+        raise ConsoleError(404, "not_found", f"unknown terminal {terminal_id!r}")
+    return _render(request, "decommission.html", who, t=None, terminal_id=terminal_id, done=True)
 
 
 def _form_time(text: str | None) -> datetime | None:
@@ -617,5 +654,9 @@ def install_console(app: FastAPI, services: ConsoleServices) -> None:
 
     app.add_exception_handler(ConsoleError, _console_error)
     from server.api import add_routes  # server.api imports nothing of the console
+    from server.console.action_routes import action_router  # they import this module
+    from server.console.admin_pages import admin_router
 
     add_routes(app, console_router())
+    add_routes(app, action_router())
+    add_routes(app, admin_router())

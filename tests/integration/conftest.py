@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,12 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from playwright.sync_api import Browser, BrowserContext, Playwright, sync_playwright
 from prometheus_client import CollectorRegistry
 from psycopg import sql
 
 from kioskfleet.local_broker import LocalBroker
+from kioskfleet.local_prometheus import LocalPrometheus, project_rules_file, shortened_rules
 from protocol.codec import encode
 from protocol.messages import SCHEMA_CHANNEL, Message
 from protocol.topics import Channel, topic
@@ -35,7 +38,7 @@ from server.access_store import AccessStore
 from server.config import Settings
 from server.main import Server
 from server.storage import Storage
-from server.tokens import Tokens
+from server.tokens import Tokens, write_secret_file
 from tests.support.fleet_messages import periph, peripheral_event, report, state
 from tests.support.pki import ClientFiles
 from tests.support.waiting import wait_until
@@ -378,3 +381,62 @@ __all__ = [
     "unique",
     "wait_until",
 ]
+
+
+# --- a real Prometheus and a real Chromium --------------------------------------------------
+
+ALERT_FOR = "2s"  # the ``for:`` of the alerts under test, shortened
+SHORTENED = {"TerminalOffline": ALERT_FOR, "PrinterPaperOut": ALERT_FOR}
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture
+def prometheus_for(tmp_path: Path) -> Iterator[Callable[[Server], LocalPrometheus]]:
+    """Start a Prometheus with the shortened rules that scrapes the given server every second."""
+    started: list[LocalPrometheus] = []
+
+    def start(server: Server) -> LocalPrometheus:
+        rules = tmp_path / "kioskfleet.rules.yml"
+        rules.write_text(shortened_rules(project_rules_file().read_text(), SHORTENED))
+        target = server.base_url.removeprefix("http://")
+        token_file = tmp_path / "prometheus.token"  # /metrics needs a viewer token
+        write_secret_file(token_file, token(server, Role.VIEWER, name="prometheus"))
+        prom = LocalPrometheus(
+            tmp_path / "prometheus",
+            [target],
+            token_file=token_file,
+            rule_files=[rules],
+            scrape_interval="1s",
+            evaluation_interval="1s",
+        )
+        started.append(prom)
+        return prom.start()
+
+    yield start
+    for prom in started:
+        prom.stop()
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    # --no-sandbox: the tests run as root, where Chromium's sandbox refuses to start.
+    launched = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    try:
+        yield launched
+    finally:
+        launched.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    made = browser.new_context(locale="en-US")
+    try:
+        yield made
+    finally:
+        made.close()

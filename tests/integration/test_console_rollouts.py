@@ -18,15 +18,12 @@ from server.access import Role
 from server.console.web import CONSOLE_PREFIX
 from server.main import Server
 from server.rollout_api import ROLLOUT_EVENTS
-from tests.integration import test_console, test_rollout_e2e
+from tests.integration import test_rollout_e2e
 from tests.integration.test_console import add_user, log_in
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
-# the fixtures of the two suites this one joins
-playwright = test_console.playwright
-browser = test_console.browser
-context = test_console.context
+# the rollout suite's fixtures (the browser's are in conftest.py)
 world = test_rollout_e2e.world
 server = test_rollout_e2e.server
 running = test_rollout_e2e.running

@@ -45,8 +45,9 @@ from protocol.messages import PeripheralCondition
 from server.access import Role
 from server.device_ca import init_ca
 from server.main import Server
-from server.tokens import write_secret_file
 from tests.integration.conftest import (
+    ALERT_FOR,
+    SHORTENED,
     ServerFactory,
     TerminalFactory,
     api,
@@ -66,8 +67,6 @@ pytestmark = [
 ]
 
 KIOSKFLEET = str(Path(sys.executable).parent / "kioskfleet")
-ALERT_FOR = "2s"
-SHORTENED = {"TerminalOffline": ALERT_FOR, "PrinterPaperOut": ALERT_FOR}
 TERMINALS = 4
 GONE = "PROM-GONE"  # the terminal that runs as a `kioskfleet agent` process and is killed
 # Bounds for polling, not performance thresholds: the first scrape comes up to 5 s after
@@ -183,33 +182,6 @@ def simulation(private_broker: LocalBroker) -> Iterator[Simulation]:
         yield sim
     finally:
         sim.stop()
-
-
-@pytest.fixture
-def prometheus_for(tmp_path: Path) -> Iterator[Callable[[Server], LocalPrometheus]]:
-    """Start a Prometheus with the shortened rules that scrapes the given server every second."""
-    started: list[LocalPrometheus] = []
-
-    def start(server: Server) -> LocalPrometheus:
-        rules = tmp_path / "kioskfleet.rules.yml"
-        rules.write_text(shortened_rules(project_rules_file().read_text(), SHORTENED))
-        target = server.base_url.removeprefix("http://")
-        token_file = tmp_path / "prometheus.token"  # /metrics needs a viewer token
-        write_secret_file(token_file, token(server, Role.VIEWER, name="prometheus"))
-        prom = LocalPrometheus(
-            tmp_path / "prometheus",
-            [target],
-            token_file=token_file,
-            rule_files=[rules],
-            scrape_interval="1s",
-            evaluation_interval="1s",
-        )
-        started.append(prom)
-        return prom.start()
-
-    yield start
-    for prom in started:
-        prom.stop()
 
 
 # --- the scenario from the issue ------------------------------------------------------------

@@ -17,7 +17,6 @@ from kioskfleet.local_prometheus import LocalPrometheus, prometheus_binary
 from server.access import Role
 from server.main import Server
 from tests.integration.conftest import RawTerminal, ServerFactory, api, token
-from tests.integration.test_prometheus_alerts import prometheus_for
 from tests.integration.test_rollouts import (
     FAILURE,
     CmdInbox,
@@ -35,7 +34,7 @@ from tests.support.waiting import wait_until
 pytestmark = pytest.mark.integration
 
 # fixtures reused from the rollout tests and the Prometheus alert tests
-__all__ = ["fleet", "prometheus_for", "server", "updater", "world"]
+__all__ = ["fleet", "server", "updater", "world"]
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
