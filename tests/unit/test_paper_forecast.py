@@ -48,6 +48,7 @@ def test_a_flat_rate_under_a_day_gives_the_roll_left_over_the_rate() -> None:
     assert got.eta_s == pytest.approx(50 * 3600)
     assert got.eta_low_s is not None
     assert got.eta_high_s is not None
+    assert got.eta_s is not None
     assert got.eta_low_s < got.eta_s < got.eta_high_s
 
 
