@@ -74,6 +74,9 @@ from server.mqtt_source import MqttOptions, MqttSource
 from server.opening_hours import OpeningHours
 from server.opening_hours_api import opening_hours_router
 from server.opening_hours_store import OpeningHoursStore
+from server.paper_api import paper_router
+from server.paper_metrics import PaperCollector
+from server.paper_tracker import PaperTracker
 from server.records import EventRecord
 from server.registry_api import registry_router
 from server.retention import retentions
@@ -254,6 +257,20 @@ class Server:
         )
         self.metrics.unacknowledged.set_function(self.writer.pending_acks)
         self.update_tally = UpdateTally(registry)
+        self.paper = PaperTracker(
+            roll_pages=self._roll_pages,
+            low_share=settings.paper_low_share,
+            retention=timedelta(days=settings.paper_history_retention_days),
+        )
+        registry.register(  # paper forecast gauges, from the last refresh
+            PaperCollector(
+                self.paper,
+                self.fleet,
+                self.hall_openings,
+                self.maintenance_book,
+                clock=lambda: datetime.now(UTC),
+            )
+        )
         self.ingest = Ingest(
             self.fleet,
             self.writer,
@@ -261,6 +278,7 @@ class Server:
             update_tally=self.update_tally,
             usage_metrics=self.usage_metrics,
             service_label=self.services.label,
+            paper=self.paper,
             max_payload_bytes=settings.max_payload_bytes,
             throttled_log=ThrottledLog(
                 logging.getLogger("server.ingest"), interval_s=settings.reject_log_interval_s
@@ -336,6 +354,7 @@ class Server:
             )
         )
         add_routes(self.app, services_router(self.services, lambda: datetime.now(UTC)))
+        add_routes(self.app, paper_router(self.paper, self.fleet))
         add_routes(
             self.app,
             maintenance_router(
@@ -448,6 +467,17 @@ class Server:
         scheme = "https" if self.settings.https else "http"
         return f"{scheme}://{host}:{self._port}"
 
+    def _roll_pages(self, terminal_id: str) -> int:
+        """Pages on a full roll of the terminal's model (``paper_roll_pages_by_model``)."""
+        view = self.fleet.get(terminal_id)
+        model = None if view is None else view.model
+        by_model = self.settings.paper_roll_pages_by_model
+        return (
+            by_model.get(model, self.settings.paper_roll_pages)
+            if model
+            else self.settings.paper_roll_pages
+        )
+
     def _hall_hours(self, hall: str) -> OpeningHours | None:
         """``hall``'s opening hours for the rollout driver. Raises StorageError."""
         stored = OpeningHoursStore(self.storage).get(hall)
@@ -498,6 +528,7 @@ class Server:
             view = self.fleet.remove(terminal_id)
             self.writer.remove(terminal_id)
             self.update_tally.forget(terminal_id)
+            self.paper.forget(terminal_id)
         if not self.mqtt.clear_retained(topic(terminal_id, Channel.STATE)):
             raise BrokerError("the broker connection dropped: retained state not cleared")
         registry = self.terminal_registry
@@ -559,6 +590,15 @@ class Server:
             )
         if self.updates is not None:
             self.updates.schedule(self._scheduler)
+        self._scheduler.add_job(
+            lambda: self.paper.refresh(datetime.now(UTC)),
+            "interval",
+            seconds=self.settings.paper_forecast_interval_s,
+            id="paper-forecast",
+            name="paper forecasts",
+            max_instances=1,
+            coalesce=True,
+        )
         self._scheduler.add_job(
             self.rollouts.tick,
             "interval",
