@@ -96,8 +96,11 @@ class PrinterHistory:
             del self.hourly[stale]
         if at < self.first_seen:
             self.first_seen = at
-        self.pages_since_refill += pages
-        self.pages_since_low += pages
+        # a late message (an outbox backlog) counts only after what it happened after
+        if self.refilled_at is None or at >= self.refilled_at:
+            self.pages_since_refill += pages
+        if self.low_at is None or at >= self.low_at:
+            self.pages_since_low += pages
 
     def note_condition(self, at: datetime, condition: PeripheralCondition) -> None:
         """The printer reported ``condition`` at ``at`` (a change, or a first sighting)."""

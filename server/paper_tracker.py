@@ -6,7 +6,8 @@ The ingest feeds ``PaperTracker``: every accepted ``kf.usage`` with pages
 terminal has one ``server.paper_forecast.PrinterHistory`` (at most a week of hourly page
 counts and a few instants and counts): memory follows the fleet, never the traffic. A
 terminal's pages go to its printer; a terminal with two printers is tracked by the first
-one that reported a condition (``kf.usage`` does not say which printer printed).
+one whose condition change the server saw (``kf.usage`` does not say which printer
+printed).
 
 ``refresh(now)`` is the scheduled job (``paper_forecast_interval_s``): it recomputes every
 forecast (``roll_pages(terminal_id)`` gives the roll of the terminal's model) and drops the
