@@ -15,6 +15,7 @@ with less; and how often the true time fell inside the forecast's interval.
 
     PYTHONPATH=$PWD .venv/bin/python bench/paper_forecast.py               # 100 printers, 10 days
     PYTHONPATH=$PWD .venv/bin/python bench/paper_forecast.py --quick       # 10 printers, 4 days
+    PYTHONPATH=$PWD .venv/bin/python bench/paper_forecast.py --json out.json  # figures as JSON
 
 Deterministic for a given seed: the figures are the same on every machine.
 """
@@ -22,11 +23,13 @@ Deterministic for a given seed: the figures are the same on every machine.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import statistics
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Final
 
 from protocol.taxonomy import PeripheralCondition
@@ -199,6 +202,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--low-share", type=float, default=0.1)
     parser.add_argument("--quick", action="store_true", help="10 printers, 4 days")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     printers, days = (10, 4) if args.quick else (args.printers, args.days)
     result = run(printers=printers, days=days, seed=args.seed, low_share=args.low_share)
@@ -213,6 +217,30 @@ def main() -> None:
         median = statistics.median(s.error_pct for s in day_plus)
         verdict = "meets" if median < TARGET_PCT else "misses"
         print(f"target: median under {TARGET_PCT:.0f} % for >= 1 day of history: {verdict} it")
+    if args.json is not None:
+        args.json.write_text(json.dumps(_figures(result, printers, days)), encoding="utf-8")
+
+
+def _figures(result: Backtest, printers: int, days: int) -> dict[str, object]:
+    def group(samples: list[Sample]) -> dict[str, object]:
+        return {
+            "forecasts": len(samples),
+            "printers": len({s.printer for s in samples}),
+            "median_error_pct": statistics.median(s.error_pct for s in samples)
+            if samples
+            else None,
+            "inside_interval": sum(s.inside for s in samples),
+        }
+
+    return {
+        "printers": printers,
+        "days": days,
+        "paper_outs": result.paper_outs,
+        "forecasts": len(result.samples),
+        "no_forecast": result.no_forecast,
+        "day_plus": group(result.day_plus()),
+        "under_day": group(result.under_day()),
+    }
 
 
 if __name__ == "__main__":
