@@ -578,35 +578,39 @@ class Server:
             pruner=self.pruner,
             prune_interval_s=self.settings.event_prune_interval_s,
         )
-        if self.terminal_registry is not None:
-            self._scheduler.add_job(
-                self._refresh_registry,
+        scheduler = self._scheduler
+
+        def every(seconds: float, job: Callable[[], object], job_id: str, name: str) -> None:
+            scheduler.add_job(
+                job,
                 "interval",
-                seconds=self.settings.registry_refresh_interval_s,
-                id="registry-refresh",
-                name="terminal registry refresh",
+                seconds=seconds,
+                id=job_id,
+                name=name,
                 max_instances=1,
                 coalesce=True,
             )
+
+        if self.terminal_registry is not None:
+            every(
+                self.settings.registry_refresh_interval_s,
+                self._refresh_registry,
+                "registry-refresh",
+                "terminal registry refresh",
+            )
         if self.updates is not None:
             self.updates.schedule(self._scheduler)
-        self._scheduler.add_job(
+        every(
+            self.settings.paper_forecast_interval_s,
             lambda: self.paper.refresh(datetime.now(UTC)),
-            "interval",
-            seconds=self.settings.paper_forecast_interval_s,
-            id="paper-forecast",
-            name="paper forecasts",
-            max_instances=1,
-            coalesce=True,
+            "paper-forecast",
+            "paper forecasts",
         )
-        self._scheduler.add_job(
+        every(
+            self.settings.rollout_tick_interval_s,
             self.rollouts.tick,
-            "interval",
-            seconds=self.settings.rollout_tick_interval_s,
-            id="rollout-tick",
-            name="rollout driver",
-            max_instances=1,
-            coalesce=True,
+            "rollout-tick",
+            "rollout driver",
         )
         self._scheduler.start()
 

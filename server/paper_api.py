@@ -42,18 +42,8 @@ class PaperForecastPublic(BaseModel):
 
     @classmethod
     def of(cls, f: PaperForecast) -> "PaperForecastPublic":
-        return cls(
-            computed_at=f.computed_at,
-            runs_out_at=f.runs_out_at,
-            eta_s=f.eta_s,
-            eta_low_s=f.eta_low_s,
-            eta_high_s=f.eta_high_s,
-            remaining_pages=f.remaining_pages,
-            pages_per_hour=f.pages_per_hour,
-            basis=f.basis,
-            profile=f.profile,
-            history_h=f.history_h,
-        )
+        """The forecast's fields by name (``runs_out_at`` is its property)."""
+        return cls(**{name: getattr(f, name) for name in cls.model_fields})
 
 
 class PaperPublic(BaseModel):
