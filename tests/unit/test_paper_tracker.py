@@ -4,6 +4,7 @@ printers running out within a day, and the hall's closing for the alerts."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -11,13 +12,20 @@ from zoneinfo import ZoneInfo
 import pytest
 from prometheus_client import CollectorRegistry
 
+from protocol.codec import encode
+from protocol.messages import Message
 from server.fleet_state import FleetState
 from server.hall_openings import HallOpenings
+from server.inbound import InboundMessage
+from server.ingest import Ingest, IngestResult
+from server.log_throttle import ThrottledLog
 from server.maintenance import NO_MAINTENANCE
+from server.metrics import ServerMetrics
 from server.opening_hours import OpeningHours
 from server.paper_metrics import PaperCollector
 from server.paper_tracker import PaperTracker
-from tests.support.fleet_messages import READER_OK, T0, at, periph, report
+from tests.support.fleet_messages import READER_OK, T0, at, periph, report, usage
+from tests.unit.test_ingest import FakeClock, RecordingSink
 
 BERLIN = ZoneInfo("Europe/Berlin")
 DAY_HOURS = OpeningHours.model_validate(
@@ -145,3 +153,34 @@ def test_the_gauges_show_printers_running_out_within_a_day_and_their_hall_closin
     slow.refresh(now)
     assert _samples(registry2, "kioskfleet_terminal_paper_eta_seconds") == {}
     assert _samples(registry2, "kioskfleet_hall_closes_in_seconds") == {}
+
+
+def test_the_ingest_feeds_pages_and_printer_changes_once_each_duplicates_not() -> None:
+    registry = CollectorRegistry()
+    fleet, tracker = FleetState(), _tracker()
+    ingest = Ingest(
+        fleet,
+        RecordingSink(),
+        ServerMetrics(registry),
+        max_payload_bytes=4096,
+        throttled_log=ThrottledLog(
+            logging.getLogger("test.paper"), interval_s=10, clock=FakeClock()
+        ),
+        paper=tracker,
+    )
+
+    def send(channel: str, message: Message) -> IngestResult:
+        inbound = InboundMessage(
+            f"kf/v1/terminals/T-1/{channel}", encode(message), False, at(5), mid=0
+        )
+        return ingest.handle(inbound)
+
+    low = [periph("receipt0", "receipt_printer", "paper_low"), READER_OK]
+    assert send("report", report("T-1", 1, peripherals=low)) is IngestResult.ACCEPTED
+    printed = usage("T-1", 2, "tax.invoice.print", pages=20, sent_at=T0 + timedelta(minutes=1))
+    assert send("usage", printed) is IngestResult.ACCEPTED
+    assert send("usage", printed) is IngestResult.DUPLICATE
+    tracker.refresh(T0 + timedelta(hours=2))
+    got = tracker.forecast("T-1")
+    assert got is not None
+    assert (got.basis, got.remaining_pages) == ("reserve", 40)  # 60 - 20, counted once
