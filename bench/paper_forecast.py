@@ -1,7 +1,7 @@
 """Backtest of the paper forecast (``server.paper_forecast``) against simulated ground truth.
 
 Simulates ``--printers`` printers (seeded, ``--seed``) for ``--days`` days: each is in a
-hall open 08:00-18:00 UTC every day, prints transactions of 1-4 pages at its own rate
+hall open 08:00-18:00 UTC every day (``--weekends-closed``: Monday to Friday), prints transactions of 1-4 pages at its own rate
 (5-40 transactions an open hour, shaped by a morning and an afternoon peak, times a
 day-to-day factor), starts at a random paper level, reports ``paper_low`` when the paper
 left falls under its own reserve (8-12 % of the roll, unknown to the forecast, which
@@ -88,12 +88,16 @@ def _poisson(rng: random.Random, mean: float) -> int:
         k += 1
 
 
-def _transactions(rng: random.Random, days: int) -> list[tuple[datetime, int]]:
+def _transactions(
+    rng: random.Random, days: int, *, weekends_closed: bool
+) -> list[tuple[datetime, int]]:
     """(time, pages) of one printer's transactions over ``days`` days, in time order."""
     per_hour = rng.uniform(5, 40) / 4  # transactions are 1-4 pages: 2.5 on average
     out = []
     for day in range(days):
         factor = rng.lognormvariate(0, 0.15)
+        if weekends_closed and (START + timedelta(days=day)).weekday() >= 5:
+            continue
         for hour, shape in _SHAPE.items():
             begin = START + timedelta(days=day, hours=hour)
             for _ in range(_poisson(rng, per_hour * shape * factor)):
@@ -103,7 +107,7 @@ def _transactions(rng: random.Random, days: int) -> list[tuple[datetime, int]]:
 
 
 def _simulate_one(
-    index: int, rng: random.Random, days: int, low_share: float
+    index: int, rng: random.Random, days: int, low_share: float, weekends_closed: bool
 ) -> tuple[list[Sample], int, int]:
     model = rng.choice(sorted(MODELS))
     roll = MODELS[model]
@@ -114,7 +118,7 @@ def _simulate_one(
     # ground truth first: every transaction's effect, every condition change
     changes: list[tuple[datetime, PeripheralCondition]] = []
     printed: list[tuple[datetime, int]] = []
-    for at, pages in _transactions(rng, days):
+    for at, pages in _transactions(rng, days, weekends_closed=weekends_closed):
         if refill_at is not None and at >= refill_at:
             changes.append((refill_at, _C.OK))
             condition, left, refill_at = _C.OK, roll, None
@@ -170,13 +174,17 @@ def _simulate_one(
     return samples, len(outs), none
 
 
-def run(*, printers: int, days: int, seed: int, low_share: float = 0.1) -> Backtest:
+def run(
+    *, printers: int, days: int, seed: int, low_share: float = 0.1, weekends_closed: bool = False
+) -> Backtest:
     """The backtest's samples for ``printers`` simulated printers over ``days`` days."""
     rng = random.Random(seed)
     samples: list[Sample] = []
     outs = none = 0
     for i in range(printers):
-        got, n_outs, n_none = _simulate_one(i, random.Random(rng.getrandbits(64)), days, low_share)
+        got, n_outs, n_none = _simulate_one(
+            i, random.Random(rng.getrandbits(64)), days, low_share, weekends_closed
+        )
         samples.extend(got)
         outs += n_outs
         none += n_none
@@ -201,11 +209,20 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=10)
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--low-share", type=float, default=0.1)
+    parser.add_argument(
+        "--weekends-closed", action="store_true", help="halls closed on Saturday and Sunday"
+    )
     parser.add_argument("--quick", action="store_true", help="10 printers, 4 days")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     printers, days = (10, 4) if args.quick else (args.printers, args.days)
-    result = run(printers=printers, days=days, seed=args.seed, low_share=args.low_share)
+    result = run(
+        printers=printers,
+        days=days,
+        seed=args.seed,
+        low_share=args.low_share,
+        weekends_closed=args.weekends_closed,
+    )
     print(
         f"{printers} printers, {days} days, seed {args.seed}: {result.paper_outs} paper_outs,"
         f" {len(result.samples)} forecasts compared, {result.no_forecast} hours without one"

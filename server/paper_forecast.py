@@ -16,14 +16,16 @@ between refill and ``paper_out``, and between ``paper_low`` and ``paper_out``).
   the model's ``roll_pages``) minus the pages since; 0 while ``paper_out``; unknown (no
   forecast) before the first refill or ``paper_low`` is seen.
 - **pages per hour by hour of day**: with at least a day of history, the mean of each hour
-  of day over the days seen (the printer's own opening-hours shape: nothing is printed at
-  night, so the ETA skips nights); with less, one flat rate (pages / hours seen, at least
+  of day (UTC) over the days seen, weekdays and weekends apart (a day type not seen yet
+  borrows the other's): the printer's own opening-hours shape, so the ETA skips nights and
+  closed weekends; with less, one flat rate (pages / hours seen, at least
   ``MIN_HISTORY_H``).
 - **ETA to paper_out**: walking the profile forward from ``now`` until the remaining pages
   are used, at most ``HORIZON_H`` ahead (beyond it: no ETA).
 - **an interval** (``eta_low_s``, ``eta_high_s``): the ETA again with the rate scaled by
   ``1 ± Z x u``, where ``u`` combines the Poisson error of the pages counted, the Poisson
-  error of the pages still to come and the day-to-day spread of daily totals
+  error of the pages still to come and the day-to-day spread of daily totals (each day
+  against the mean of its day type)
   (docs/analytics.md, "Paper forecasts").
 
 Pure: no I/O, no clock (``now`` is an argument), no logging; times are aware datetimes.
@@ -160,37 +162,62 @@ def _remaining(history: PrinterHistory, roll_pages: int, low_share: float) -> tu
     return -1, "unknown"
 
 
-def _profile(history: PrinterHistory, now: datetime) -> tuple[list[float], str, float] | None:
-    """Pages per hour for each hour of day (UTC), its kind, and the daily spread (cv)."""
+def _day_type(hour: int) -> int:
+    """1 for an hour of a Saturday or Sunday (UTC), else 0 (1970-01-01 was a Thursday)."""
+    return 1 if (hour // _DAY_H + 3) % 7 >= 5 else 0
+
+
+def _profile(
+    history: PrinterHistory, now: datetime
+) -> tuple[list[float], str, float, float] | None:
+    """Pages per hour for each (day type, hour of day) (UTC): 48 rates, weekdays first; its
+    kind; the day-to-day spread (cv); the pages counted. None under ``MIN_HISTORY_H``."""
     seen_h = history.hours_seen(now)
     if seen_h < MIN_HISTORY_H:
         return None
     newest = _hour_index(now)
     counts = {h: n for h, n in history.hourly.items() if newest - WINDOW_HOURS < h <= newest}
-    total = sum(counts.values())
+    total = float(sum(counts.values()))
     if seen_h < _DAY_H:
-        return [total / seen_h] * _DAY_H, "flat", 0.0
-    # each hour of day: its pages over the full hours seen, divided by how often it was seen
+        return [total / seen_h] * (2 * _DAY_H), "flat", 0.0, total
+    # each slot: its pages over the full hours seen, divided by how often it was seen
     start = max(_hour_index(history.first_seen) + 1, newest - WINDOW_HOURS + 1)
-    seen = [0] * _DAY_H
-    sums = [0.0] * _DAY_H
+    seen = [0] * (2 * _DAY_H)
+    sums = [0.0] * (2 * _DAY_H)
     for h in range(start, newest):
-        seen[h % _DAY_H] += 1
-        sums[h % _DAY_H] += counts.get(h, 0)
-    # full days behind now: their totals tell how much one day differs from the next
-    daily = [
-        sum(counts.get(newest - d * _DAY_H - k, 0) for k in range(1, _DAY_H + 1))
-        for d in range((newest - start) // _DAY_H)
-    ]
-    mean = sum(daily) / len(daily) if daily else 0.0
-    cv = 0.0
-    if len(daily) >= 2 and mean > 0:
-        cv = math.sqrt(sum((x - mean) ** 2 for x in daily) / (len(daily) - 1)) / mean
-    return [s / n if n else 0.0 for s, n in zip(sums, seen, strict=True)], "hour_of_day", cv
+        slot = _day_type(h) * _DAY_H + h % _DAY_H
+        seen[slot] += 1
+        sums[slot] += counts.get(h, 0)
+    rates = []
+    for slot in range(2 * _DAY_H):
+        other = (slot + _DAY_H) % (2 * _DAY_H)  # a day type not seen yet: like the other
+        if seen[slot]:
+            rates.append(sums[slot] / seen[slot])
+        elif seen[other]:
+            rates.append(sums[other] / seen[other])
+        else:
+            rates.append(0.0)
+    # full days behind now: how much a day differs from the mean of its day type
+    days: list[tuple[int, float]] = []
+    for d in range((newest - start) // _DAY_H):
+        first = newest - (d + 1) * _DAY_H
+        days.append(
+            (
+                _day_type(first + _DAY_H // 2),
+                float(sum(counts.get(first + k, 0) for k in range(_DAY_H))),
+            )
+        )
+    means = {}
+    for kind in (0, 1):
+        totals = [x for t, x in days if t == kind]
+        means[kind] = sum(totals) / len(totals) if totals else 0.0
+    spread = [x / means[t] - 1 for t, x in days if means[t] > 0]
+    cv = math.sqrt(sum(r * r for r in spread) / (len(spread) - 1)) if len(spread) >= 2 else 0.0
+    return rates, "hour_of_day", cv, total
 
 
 def _eta_s(rates: list[float], now: datetime, pages: float) -> float | None:
-    """Seconds from ``now`` until ``pages`` are printed at ``rates`` (per hour of day)."""
+    """Seconds from ``now`` until ``pages`` are printed at ``rates`` (per day type and hour)."""
     if pages <= 0:
         return 0.0
     t = now.timestamp()
@@ -199,7 +226,7 @@ def _eta_s(rates: list[float], now: datetime, pages: float) -> float | None:
     while elapsed < HORIZON_H * _HOUR_S:
         hour = math.floor(t / _HOUR_S)
         span = (hour + 1) * _HOUR_S - t  # seconds to the end of this hour
-        rate = rates[hour % _DAY_H] / _HOUR_S  # pages per second
+        rate = rates[_day_type(hour) * _DAY_H + hour % _DAY_H] / _HOUR_S  # pages per second
         if rate > 0 and rate * span >= left:
             return elapsed + left / rate
         left -= rate * span
@@ -224,12 +251,11 @@ def forecast(
     profile = _profile(history, now)
     if profile is None:
         return None
-    rates, kind, cv = profile
-    counted = sum(rates) / _DAY_H * history.hours_seen(now)  # pages behind the rate
+    rates, kind, cv, counted = profile
+    seen_h = history.hours_seen(now)
+    per_hour = counted / seen_h
     if remaining == 0:
-        return PaperForecast(
-            now, 0, sum(rates) / _DAY_H, 0.0, 0.0, 0.0, basis, kind, history.hours_seen(now)
-        )
+        return PaperForecast(now, 0, per_hour, 0.0, 0.0, 0.0, basis, kind, seen_h)
     u = math.sqrt(1 / max(counted, 1.0) + 1 / remaining + cv**2)
     fast = [r * (1 + Z * u) for r in rates]
     slow = [r * max(1 - Z * u, 0.1) for r in rates]
@@ -237,11 +263,11 @@ def forecast(
     return PaperForecast(
         computed_at=now,
         remaining_pages=remaining,
-        pages_per_hour=sum(rates) / _DAY_H,
+        pages_per_hour=per_hour,
         eta_s=eta,
         eta_low_s=_eta_s(fast, now, remaining),
         eta_high_s=_eta_s(slow, now, remaining),
         basis=basis,
         profile=kind,
-        history_h=history.hours_seen(now),
+        history_h=seen_h,
     )

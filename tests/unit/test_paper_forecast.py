@@ -62,6 +62,15 @@ def test_with_a_day_of_history_the_eta_skips_the_hours_nothing_is_printed() -> N
     assert got.eta_s == pytest.approx((8 + 10) * 3600)  # runs out at 18:00 that day
 
 
+def test_a_hall_closed_at_weekends_has_its_weekends_skipped_once_one_was_seen() -> None:
+    history = _refilled()
+    for day in range(5):  # Monday to Friday, 5 pages an hour from 08:00 to 18:00
+        _steady(history, per_hour=5, hours=10, start=day * 24 + 8)
+    got = _get(history, 7 * 24)  # the next Monday 00:00: 600 - 250 = 350 pages left
+    assert got.remaining_pages == 350
+    assert got.eta_s == pytest.approx((8 * 24 + 18) * 3600)  # Tuesday week, 18:00
+
+
 def test_paper_low_uses_the_reserve_and_learns_it_from_the_last_low_to_out() -> None:
     history = _refilled()
     _steady(history, per_hour=10, hours=5)
