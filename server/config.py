@@ -100,6 +100,17 @@ class Settings(BaseSettings):
     # kioskfleet_hall_services_available is recomputed (one pass over the fleet) this often.
     services_metrics_refresh_s: PositiveSeconds = 60.0
     event_prune_interval_s: PositiveSeconds = 3600.0
+    # Paper forecasts (docs/analytics.md, "Paper forecasts"): pages on a full roll (or tray)
+    # of a terminal's model, the default for models not listed; the share of a roll left
+    # when a printer reports paper_low (until one paper_low -> paper_out was seen); how
+    # often forecasts are recomputed; a terminal silent this long loses its history.
+    paper_roll_pages: Annotated[int, Field(ge=1, le=100_000)] = 600
+    paper_roll_pages_by_model: dict[str, Annotated[int, Field(ge=1, le=100_000)]] = Field(
+        default_factory=dict
+    )
+    paper_low_share: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    paper_forecast_interval_s: PositiveSeconds = 60.0
+    paper_history_retention_days: Annotated[float, Field(gt=0, le=365)] = 14.0
 
     # Broker.
     broker_url: str = "mqtt://127.0.0.1:1883"

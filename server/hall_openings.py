@@ -26,7 +26,13 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from server.errors import ServerError
-from server.opening_hours import ALWAYS_OPEN, OpeningHours, OpeningStatus, opening_status
+from server.opening_hours import (
+    ALWAYS_OPEN,
+    OpeningHours,
+    OpeningStatus,
+    next_closed_window,
+    opening_status,
+)
 
 __all__ = ["HallOpenings"]
 
@@ -71,6 +77,21 @@ class HallOpenings:
             if cached is None or not cached.valid_from <= now < cached.valid_until:
                 cached = self._statuses[hall] = opening_status(hours, now)
             return cached
+
+    def closes_at(self, hall: str | None, now: datetime) -> datetime | None:
+        """The end of ``hall``'s current opening (open now) or of its next one (closed now):
+        when "today" ends for the paper alerts. None for no (valid) hours, a hall open
+        around the clock, or no opening in sight."""
+        status = self.status(hall, now)  # reloads the hours when due
+        if status is ALWAYS_OPEN or hall is None:
+            return None
+        with self._lock:
+            hours = self._hours.get(hall)
+        start = now if status.open else status.opens_at
+        if hours is None or start is None:
+            return None
+        window = next_closed_window(hours, start)
+        return None if window is None else window[0]
 
     def __call__(self, hall: str | None) -> tuple[bool, float | None]:
         """(open now, seconds until it next opens: 0 while open, None if not in sight)."""

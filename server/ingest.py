@@ -43,6 +43,7 @@ from server.inbound import Delivery, InboundMessage
 from server.ingest_gate import IngestGate
 from server.log_throttle import ThrottledLog
 from server.metrics import INTERNAL_REASON, ServerMetrics
+from server.paper_tracker import PaperTracker
 from server.records import EventRecord, UpdateRecord, UsageRecord
 from server.service_catalogue import OTHER_SERVICE
 from server.update_tally import UpdateTally
@@ -115,9 +116,12 @@ class Ingest:
         update_tally: UpdateTally | None = None,
         usage_metrics: UsageMetrics | None = None,
         service_label: Callable[[str], str] = lambda _code: OTHER_SERVICE,
+        paper: PaperTracker | None = None,
     ) -> None:
         """``usage_metrics`` counts transactions (``service_label``: the code's label,
-        ``ServiceStore.label``) and refusals on the usage channel."""
+        ``ServiceStore.label``) and refusals on the usage channel; ``paper`` is told the
+        pages printed and the printers' condition changes (the paper forecasts)."""
+        self._paper = paper
         self._usage_metrics = usage_metrics
         self._service_label = service_label
         self._fleet = fleet
@@ -233,6 +237,10 @@ class Ingest:
         for t in outcome.transitions:
             if t.kind == CONNECTIVITY and t.from_state == "online" and t.reason in self._offline:
                 self._offline[t.reason].inc()  # a first sighting offline is no detection
+            elif self._paper is not None:
+                self._paper.note_transition(t)
+        if self._paper is not None and usage is not None:
+            self._paper.note_usage(usage.terminal_id, usage.occurred_at, usage.pages)
         # Last: once recorded, the delivery is the writer's to acknowledge.
         self._sink.record(
             message.terminal_id,

@@ -76,6 +76,9 @@ from server.mqtt_source import MqttOptions, MqttSource
 from server.opening_hours import OpeningHours
 from server.opening_hours_api import opening_hours_router
 from server.opening_hours_store import OpeningHoursStore
+from server.paper_api import paper_router
+from server.paper_metrics import PaperCollector
+from server.paper_tracker import PaperTracker
 from server.records import EventRecord
 from server.registry_api import registry_router
 from server.retention import retentions
@@ -256,6 +259,20 @@ class Server:
         )
         self.metrics.unacknowledged.set_function(self.writer.pending_acks)
         self.update_tally = UpdateTally(registry)
+        self.paper = PaperTracker(
+            roll_pages=self._roll_pages,
+            low_share=settings.paper_low_share,
+            retention=timedelta(days=settings.paper_history_retention_days),
+        )
+        registry.register(  # paper forecast gauges, from the last refresh
+            PaperCollector(
+                self.paper,
+                self.fleet,
+                self.hall_openings,
+                self.maintenance_book,
+                clock=lambda: datetime.now(UTC),
+            )
+        )
         self.ingest = Ingest(
             self.fleet,
             self.writer,
@@ -263,6 +280,7 @@ class Server:
             update_tally=self.update_tally,
             usage_metrics=self.usage_metrics,
             service_label=self.services.label,
+            paper=self.paper,
             max_payload_bytes=settings.max_payload_bytes,
             throttled_log=ThrottledLog(
                 logging.getLogger("server.ingest"), interval_s=settings.reject_log_interval_s
@@ -349,6 +367,7 @@ class Server:
             ),
             on_change=self.maintenance_book.invalidate,
         )
+        add_routes(self.app, paper_router(self.paper, self.fleet))
         add_routes(
             self.app,
             maintenance_router(
@@ -474,6 +493,17 @@ class Server:
         scheme = "https" if self.settings.https else "http"
         return f"{scheme}://{host}:{self._port}"
 
+    def _roll_pages(self, terminal_id: str) -> int:
+        """Pages on a full roll of the terminal's model (``paper_roll_pages_by_model``)."""
+        view = self.fleet.get(terminal_id)
+        model = None if view is None else view.model
+        by_model = self.settings.paper_roll_pages_by_model
+        return (
+            by_model.get(model, self.settings.paper_roll_pages)
+            if model
+            else self.settings.paper_roll_pages
+        )
+
     def _hall_hours(self, hall: str) -> OpeningHours | None:
         """``hall``'s opening hours for the rollout driver. Raises StorageError."""
         stored = OpeningHoursStore(self.storage).get(hall)
@@ -524,6 +554,7 @@ class Server:
             view = self.fleet.remove(terminal_id)
             self.writer.remove(terminal_id)
             self.update_tally.forget(terminal_id)
+            self.paper.forget(terminal_id)
         if not self.mqtt.clear_retained(topic(terminal_id, Channel.STATE)):
             raise BrokerError("the broker connection dropped: retained state not cleared")
         registry = self.terminal_registry
@@ -573,26 +604,39 @@ class Server:
             pruner=self.pruner,
             prune_interval_s=self.settings.event_prune_interval_s,
         )
-        if self.terminal_registry is not None:
-            self._scheduler.add_job(
-                self._refresh_registry,
+        scheduler = self._scheduler
+
+        def every(seconds: float, job: Callable[[], object], job_id: str, name: str) -> None:
+            scheduler.add_job(
+                job,
                 "interval",
-                seconds=self.settings.registry_refresh_interval_s,
-                id="registry-refresh",
-                name="terminal registry refresh",
+                seconds=seconds,
+                id=job_id,
+                name=name,
                 max_instances=1,
                 coalesce=True,
             )
+
+        if self.terminal_registry is not None:
+            every(
+                self.settings.registry_refresh_interval_s,
+                self._refresh_registry,
+                "registry-refresh",
+                "terminal registry refresh",
+            )
         if self.updates is not None:
             self.updates.schedule(self._scheduler)
-        self._scheduler.add_job(
+        every(
+            self.settings.paper_forecast_interval_s,
+            lambda: self.paper.refresh(datetime.now(UTC)),
+            "paper-forecast",
+            "paper forecasts",
+        )
+        every(
+            self.settings.rollout_tick_interval_s,
             self.rollouts.tick,
-            "interval",
-            seconds=self.settings.rollout_tick_interval_s,
-            id="rollout-tick",
-            name="rollout driver",
-            max_instances=1,
-            coalesce=True,
+            "rollout-tick",
+            "rollout driver",
         )
         self._scheduler.start()
 

@@ -54,6 +54,7 @@ from tests.unit.test_alert_rules import ALERT_RULES
 from tests.unit.test_dashboards import (
     CONTRACT_METRIC_NAMES,
     DASHBOARD_FILES,
+    PAPER_METRIC_NAMES,
     PROMETHEUS_METRIC_NAMES,
     dashboard_queries,
     metric_names_in,
@@ -291,6 +292,7 @@ def exported_metric_names(
             updates_snapshot_key_file=world.operator.online_dir / "snapshot.key",
             updates_timestamp_key_file=world.operator.online_dir / "timestamp.key",
             rollout_tick_interval_s=0.2,
+            paper_forecast_interval_s=0.2,
         )
         assert server.updates is not None
         server.updates.repository.upload_root(world.roots()[0])
@@ -307,6 +309,22 @@ def exported_metric_names(
         )
         faulty.publish(usage(faulty.id, faulty.next_seq(), "tax.invoice.print", boot=faulty.boot))
         faulty.publish_raw(faulty.topic(Channel.USAGE), b'{"schema": "kf.usage"}')
+        # a printer that runs out within a day (the paper forecast gauges): 30 pages in the
+        # last two hours, then paper_low with 60 pages left
+        low = terminals(hall="Hall 1", region=region)
+        low.report([PRINTER_OK, READER_OK])
+        two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
+        low.publish(
+            usage(
+                low.id,
+                low.next_seq(),
+                "tax.invoice.print",
+                boot=low.boot,
+                sent_at=two_hours_ago,
+                pages=30,
+            )
+        )
+        low.report([PAPER_LOW, READER_OK])
         gone = terminals(hall="Hall 1", region=region, with_will=True)
         gone.report()
         gone.vanish()
@@ -337,6 +355,7 @@ def exported_metric_names(
                         *ROLLOUT_METRIC_NAMES,
                         "kioskfleet_terminal_maintenance",
                         *USAGE_FAMILIES,
+                        *PAPER_METRIC_NAMES,
                     )
                 )
                 and t

@@ -131,8 +131,15 @@ def update_status(
 
 
 def usage(
-    tid: str, seq: int, service: str, outcome: str = "completed", *, boot: str = BOOT, **body: Any
+    tid: str,
+    seq: int,
+    service: str,
+    outcome: str = "completed",
+    *,
+    boot: str = BOOT,
+    sent_at: datetime = T0,
+    **body: Any,
 ) -> Message:
     """A ``kf.usage`` citizen transaction (``body`` adds cause, pages, duration_s)."""
     fields = {"service": service, "outcome": outcome, "duration_s": 30.0, **body}
-    return _msg(Channel.USAGE, tid, "kf.usage", fields, seq=seq, boot=boot, sent_at=T0)
+    return _msg(Channel.USAGE, tid, "kf.usage", fields, seq=seq, boot=boot, sent_at=sent_at)

@@ -56,6 +56,8 @@ REQUIRED_ALERTS: Final = frozenset(
         "RolloutAborted",
         "RolloutStalled",
         "PaperOutBeforeOpening",
+        "PaperRunsOutToday",
+        "PaperRunsOutBeforeOpening",
     }
 )
 
@@ -88,7 +90,7 @@ def _group_of(name: str) -> str:
     return str(group)
 
 
-HOURS_GROUPS: Final = ("kioskfleet.terminals", "kioskfleet.halls")
+HOURS_GROUPS: Final = ("kioskfleet.terminals", "kioskfleet.halls", "kioskfleet.paper")
 """The groups whose alerts follow the hall's opening hours."""
 CLOSED_HALL_GATE: Final = re.compile(r"unless on \(region, hall\)\s+kioskfleet_hall_open == 0\s*$")
 BEFORE_OPENING_GATE: Final = re.compile(
@@ -333,19 +335,24 @@ def test_terminal_and_hall_alerts_are_quiet_while_the_hall_is_closed_or_want_it_
     assert CLOSED_HALL_GATE.search(expr) or BEFORE_OPENING_GATE.search(expr), rule["alert"]
 
 
-def test_a_before_opening_alert_exists_for_paper_out() -> None:
+def test_the_before_opening_alerts_are_paper_out_and_the_paper_forecast() -> None:
     before = [r["alert"] for r in _HOURS_RULES if _before_opening(r)]
-    assert before == ["PaperOutBeforeOpening"]
+    assert before == ["PaperOutBeforeOpening", "PaperRunsOutBeforeOpening"]
     assert 'condition="paper_out"' in _rule("PaperOutBeforeOpening")["expr"]
+    assert "kioskfleet_terminal_paper_eta_seconds" in _rule("PaperRunsOutBeforeOpening")["expr"]
+
+
+HOURS_TEST_FILES: Final = ("opening_hours.test.yml", "paper.test.yml")
 
 
 @functools.cache
 def _hours_cases() -> dict[str, list[dict[str, Any]]]:
-    """Per promtool test group name of opening_hours.test.yml, its alert cases."""
-    document = yaml.safe_load(
-        (PROMETHEUS_DIR / "tests" / "opening_hours.test.yml").read_text(encoding="utf-8")
-    )
-    return {group["name"]: group["alert_rule_test"] for group in document["tests"]}
+    """Per promtool test group name of the opening-hours test files, its alert cases."""
+    cases = {}
+    for name in HOURS_TEST_FILES:
+        document = yaml.safe_load((PROMETHEUS_DIR / "tests" / name).read_text(encoding="utf-8"))
+        cases.update({group["name"]: group["alert_rule_test"] for group in document["tests"]})
+    return cases
 
 
 @pytest.mark.parametrize(

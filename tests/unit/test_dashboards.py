@@ -112,6 +112,15 @@ USAGE_METRIC_NAMES: Final = frozenset(
         "kioskfleet_hall_services_available",
     }
 )
+# Paper forecasts (server.paper_metrics): always exported, series only for printers that
+# run out within a day.
+PAPER_METRIC_NAMES: Final = frozenset(
+    {
+        "kioskfleet_terminal_paper_eta_seconds",
+        "kioskfleet_terminal_paper_eta_upper_seconds",
+        "kioskfleet_hall_closes_in_seconds",
+    }
+)
 CONTRACT_METRIC_NAMES: Final = (
     FLEET_METRIC_NAMES
     | INGEST_METRIC_NAMES
@@ -120,6 +129,7 @@ CONTRACT_METRIC_NAMES: Final = (
     | UPDATE_STATUS_METRIC_NAMES
     | ROLLOUT_METRIC_NAMES
     | USAGE_METRIC_NAMES
+    | PAPER_METRIC_NAMES
 )
 # Series Prometheus itself creates: they are never on /metrics.
 PROMETHEUS_METRIC_NAMES: Final = frozenset(
