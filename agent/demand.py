@@ -130,7 +130,7 @@ def planted_plan() -> DemandPlan:
                 "hall-03",
                 "region-2",
                 ("T-0301", "T-0302"),
-                6.5,
+                8.0,
                 {"tax.invoice.print": 1, "market.licence.print": 2},
             ),
         ),

@@ -266,7 +266,7 @@ class Thresholds:
     idle_share_of_median: float = 0.25  # idle: below this share of its hall's median
     min_terminals_for_idle: int = 3  # a median of fewer terminals says little
     overloaded: float = 0.75  # a hall busier than this is overloaded
-    target: float = 0.6  # a move aims at this utilisation in both halls
+    target: float = 0.65  # a move aims at this utilisation in both halls
     min_open_s: float = 3600.0  # a hall open less than this in the range is not judged
 
 

@@ -43,6 +43,8 @@ from protocol.committed import encode_committed
 from protocol.topics import Channel, topic
 from server.access_api import AccessServices
 from server.access_store import AccessStore, DatabaseAudit
+from server.analytics_api import analytics_router
+from server.analytics_report import AnalyticsSources
 from server.api import ApiServices, add_routes, create_app
 from server.audit import AuditSink, DeniedBudget
 from server.config import Settings
@@ -51,9 +53,9 @@ from server.console_store import ConsoleStore
 from server.device_ca import CaPaths
 from server.errors import BrokerError, ConfigError, ServerError, StorageError
 from server.est import EstMetrics, est_router
-from server.fleet_collector import FleetCollector, LabelBudget
+from server.fleet_collector import UNKNOWN_LABEL, FleetCollector, LabelBudget
 from server.fleet_state import FleetState
-from server.fleet_views import TerminalView, Transition
+from server.fleet_views import TerminalFilter, TerminalView, Transition
 from server.hall_openings import HallOpenings
 from server.history_query import HistoryQuery, StoredPage
 from server.ingest import Ingest
@@ -93,6 +95,8 @@ from server.update_status_store import latest_states, timeline
 from server.update_tally import UpdateTally
 from server.update_wiring import UpdateService, build_updates
 from server.usage_metrics import ServiceAvailabilityCollector, UsageMetrics
+from server.usage_rollup import UsageRollupJob
+from server.usage_rollup_store import UsageRollupStore
 from server.write_behind import Confirmation, WriteBehind, no_confirm
 
 __all__ = ["Server", "mqtt_options", "mqtt_source", "run_server", "storage_for", "upgrade_database"]
@@ -207,13 +211,12 @@ class Server:
         )
         self.services = ServiceStore(self.storage)
         self.usage_metrics = UsageMetrics(registry)
-        registry.register(  # what each hall can offer, at most a minute old
-            ServiceAvailabilityCollector(
-                self.fleet,
-                lambda: self.services.current,
-                refresh_s=settings.services_metrics_refresh_s,
-            )
+        self.service_availability = ServiceAvailabilityCollector(
+            self.fleet,
+            lambda: self.services.current,
+            refresh_s=settings.services_metrics_refresh_s,
         )
+        registry.register(self.service_availability)  # what each hall can offer, <= 1 min old
         self.hall_openings = HallOpenings(
             self.opening_hours.all,
             refresh_s=settings.opening_hours_refresh_s,
@@ -283,11 +286,22 @@ class Server:
             listening_since=self.listening_since,
         )
         self.rollout_store = RolloutStore(self.storage)
+        self.usage_rollups = UsageRollupStore(self.storage)
+        self.usage_rollup = UsageRollupJob(
+            self.usage_rollups,
+            self.fleet,
+            self.metrics,
+            offered=self.service_availability.reading,
+            hall_open=lambda hall: self.hall_openings(hall)[0],
+            clock=lambda: datetime.now(UTC),
+            interval_s=settings.usage_rollup_interval_s,
+        )
         prunes: dict[str, Callable[..., int]] = {
             "events": self.storage.prune_events,
             "transitions": self.storage.prune_transitions,
             "update statuses": self.storage.prune_update_statuses,
             "usage events": self.storage.prune_usage_events,
+            "usage rollups": self.usage_rollups.prune,
             "finished rollouts": self.rollout_store.prune_finished,
             "orphaned directive seqs": self.rollout_store.prune_orphaned_seqs,
             "revoked or expired API tokens": self.access_store.prune_tokens,
@@ -336,6 +350,10 @@ class Server:
             )
         )
         add_routes(self.app, services_router(self.services, lambda: datetime.now(UTC)))
+        add_routes(
+            self.app,
+            analytics_router(self.analytics_sources(), lambda: datetime.now(UTC)),
+        )
         add_routes(
             self.app,
             maintenance_router(
@@ -453,6 +471,29 @@ class Server:
         stored = OpeningHoursStore(self.storage).get(hall)
         return None if stored is None else stored.hours
 
+    def analytics_sources(self) -> AnalyticsSources:
+        """What the analytics read: the rollups, the opening hours and the fleet's halls."""
+        store = self.usage_rollups
+        return AnalyticsSources(
+            rows=lambda since, until, hall, terminal_id, service: store.hourly(
+                since, until, hall=hall, terminal_id=terminal_id, service=service
+            ),
+            availability=lambda since, until, hall: store.availability(since, until, hall=hall),
+            hours=lambda: self.opening_hours.all()[0],
+            terminals=self._terminal_halls,
+        )
+
+    def _terminal_halls(self) -> dict[str, str]:
+        """Terminal id → hall (``unknown`` without one), every terminal of the fleet."""
+        out: dict[str, str] = {}
+        cursor: str | None = None
+        while True:
+            page = self.fleet.query(TerminalFilter(), limit=5000, cursor=cursor)
+            out.update({v.id: v.hall or UNKNOWN_LABEL for v in page.items})
+            if page.next_cursor is None:
+                return out
+            cursor = page.next_cursor
+
     def listening_since(self) -> datetime | None:
         """Since when silence proves something: the later of the broker connect and the last
         recovery of database writes; None while either is down (the broker then holds back
@@ -559,6 +600,15 @@ class Server:
             )
         if self.updates is not None:
             self.updates.schedule(self._scheduler)
+        self._scheduler.add_job(
+            self.usage_rollup.run,
+            "interval",
+            seconds=self.settings.usage_rollup_interval_s,
+            id="usage-rollup",
+            name="usage rollup and availability sample",
+            max_instances=1,
+            coalesce=True,
+        )
         self._scheduler.add_job(
             self.rollouts.tick,
             "interval",
