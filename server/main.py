@@ -44,6 +44,7 @@ from protocol.topics import Channel, topic
 from server.access_api import AccessServices
 from server.access_store import AccessStore, DatabaseAudit
 from server.analytics_api import analytics_router
+from server.analytics_metrics import AnalyticsCollector
 from server.analytics_report import AnalyticsSources
 from server.api import ApiServices, add_routes, create_app
 from server.audit import AuditSink, DeniedBudget
@@ -353,6 +354,15 @@ class Server:
         add_routes(
             self.app,
             analytics_router(self.analytics_sources(), lambda: datetime.now(UTC)),
+        )
+        registry.register(  # the analytics by hall and service, at most 5 minutes old
+            AnalyticsCollector(
+                self.analytics_sources(),
+                self.services.label,
+                lambda: datetime.now(UTC),
+                refresh_s=settings.analytics_metrics_refresh_s,
+                window=timedelta(days=settings.analytics_metrics_window_days),
+            )
         )
         add_routes(
             self.app,
