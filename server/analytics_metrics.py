@@ -2,14 +2,18 @@
 
 Each over the last ``window`` (``analytics_metrics_window_days``, default 7 days):
 
-- ``kioskfleet_hall_utilisation_ratio{hall}``: busy over opening time of the hall's
+- ``kioskfleet_hall_utilisation_ratio{region,hall}``: busy over opening time of the hall's
   terminals (``server.analytics_report``).
-- ``kioskfleet_hall_idle_terminals{hall}``: how many of its terminals are idle (far below
-  the hall's median), and ``kioskfleet_hall_overloaded{hall}`` (1 or 0).
-- ``kioskfleet_hall_service_availability_ratio{hall,service}``: share of the opening
-  time the service was offerable (sampled halls and catalogued services only).
-- ``kioskfleet_hall_turned_away_estimated{hall,service}``: citizens estimated turned away
+- ``kioskfleet_hall_idle_terminals{region,hall}``: how many of its terminals are idle (far below
+  the hall's median), and ``kioskfleet_hall_overloaded{region,hall}`` (1 or 0).
+- ``kioskfleet_hall_service_open_seconds{region,hall,service}`` and
+  ``kioskfleet_hall_service_available_seconds{region,hall,service}``: the sampled opening time,
+  and the part of it the service was offerable (availability is their ratio).
+- ``kioskfleet_hall_turned_away_estimated{region,hall,service}``: citizens estimated turned away
   while the service was unavailable during opening hours.
+
+The service gauges have a series for every hall x catalogued service, 0 included (and
+``other`` for codes outside the catalogue when there are any).
 
 Labels are bounded: ``hall`` is a hall of the fleet or the rollups, ``service`` the code
 when it is in the catalogue, else ``other`` (``label``); there is no terminal label, so a
@@ -24,7 +28,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -34,6 +38,7 @@ from prometheus_client.registry import Collector
 
 from server.analytics_report import DEFAULT_SPAN, AnalyticsSources, report_range
 from server.errors import StorageError
+from server.fleet_collector import UNKNOWN_LABEL
 
 __all__ = ["ANALYTICS_METRIC_NAMES", "AnalyticsCollector"]
 
@@ -48,8 +53,9 @@ _HALL_GAUGES: Final = {
     " threshold, over the window.",
 }
 _SERVICE_GAUGES: Final = {
-    "kioskfleet_hall_service_availability_ratio": "Share of the hall's opening time the"
-    " service was offerable, over the window (sampled).",
+    "kioskfleet_hall_service_open_seconds": "Sampled seconds the hall was open, over the window.",
+    "kioskfleet_hall_service_available_seconds": "Sampled seconds the hall was open and the"
+    " service offerable by at least one of its terminals, over the window.",
     "kioskfleet_hall_turned_away_estimated": "Citizens estimated turned away while the"
     " service was unavailable during opening hours, over the window.",
 }
@@ -59,12 +65,15 @@ _Reading = dict[str, dict[tuple[str, ...], float]]
 
 
 class AnalyticsCollector(Collector):
-    """The gauges above from ``sources``; ``label(code)``: the service label."""
+    """The gauges above from ``sources``; ``label(code)``: the service label;
+    ``services()``: the catalogue's codes; ``regions()``: hall → its region (the fleet's)."""
 
     def __init__(
         self,
         sources: AnalyticsSources,
         label: Callable[[str], str],
+        services: Callable[[], Sequence[str]],
+        regions: Callable[[], Mapping[str, str]],
         clock: Callable[[], datetime],
         *,
         refresh_s: float = 300.0,
@@ -73,6 +82,8 @@ class AnalyticsCollector(Collector):
     ) -> None:
         self._sources = sources
         self._label = label
+        self._services = services
+        self._regions = regions
         self._clock = clock
         self._refresh_s = refresh_s
         self._window = window
@@ -107,17 +118,19 @@ class AnalyticsCollector(Collector):
                 out["kioskfleet_hall_utilisation_ratio"][(hall.hall,)] = hall.utilisation
             out["kioskfleet_hall_idle_terminals"][(hall.hall,)] = idle[hall.hall]
             out["kioskfleet_hall_overloaded"][(hall.hall,)] = float(hall.hall in overloaded)
-        shares: defaultdict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+        zeros: dict[tuple[str, ...], float] = {
+            (h.hall, code): 0.0 for h in use.halls for code in self._services()
+        }
+        opened, offered, lost = dict(zeros), dict(zeros), dict(zeros)
         for hall_id, code, open_s, up_s in self._sources.availability_shares(r):
-            acc = shares[(hall_id, self._label(code))]
-            acc[0] += open_s
-            acc[1] += up_s
-        for key, (open_s, up_s) in shares.items():
-            if open_s > 0:
-                out["kioskfleet_hall_service_availability_ratio"][key] = up_s / open_s
-        lost: defaultdict[tuple[str, ...], float] = defaultdict(float)
+            key = (hall_id, self._label(code))
+            opened[key] = opened.get(key, 0.0) + open_s
+            offered[key] = offered.get(key, 0.0) + up_s
         for t in self._sources.turned_away(r):
-            lost[(t.hall, self._label(t.service))] += t.estimated
+            key = (t.hall, self._label(t.service))
+            lost[key] = lost.get(key, 0.0) + t.estimated
+        out["kioskfleet_hall_service_open_seconds"] = dict(opened)
+        out["kioskfleet_hall_service_available_seconds"] = dict(offered)
         out["kioskfleet_hall_turned_away_estimated"] = dict(lost)
         return out
 
@@ -127,13 +140,14 @@ class AnalyticsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         reading = self.reading()
+        regions = self._regions()
         for name, text in _HALL_GAUGES.items():
-            family = GaugeMetricFamily(name, text, labels=["hall"])
+            family = GaugeMetricFamily(name, text, labels=["region", "hall"])
             for labels, value in sorted(reading[name].items()):
-                family.add_metric(list(labels), value)
+                family.add_metric([regions.get(labels[0], UNKNOWN_LABEL), *labels], value)
             yield family
         for name, text in _SERVICE_GAUGES.items():
-            family = GaugeMetricFamily(name, text, labels=["hall", "service"])
+            family = GaugeMetricFamily(name, text, labels=["region", "hall", "service"])
             for labels, value in sorted(reading[name].items()):
-                family.add_metric(list(labels), value)
+                family.add_metric([regions.get(labels[0], UNKNOWN_LABEL), *labels], value)
             yield family

@@ -359,6 +359,8 @@ class Server:
             AnalyticsCollector(
                 self.analytics_sources(),
                 self.services.label,
+                lambda: [s.code for s in self.services.current.services],
+                self._hall_regions,
                 lambda: datetime.now(UTC),
                 refresh_s=settings.analytics_metrics_refresh_s,
                 window=timedelta(days=settings.analytics_metrics_window_days),
@@ -493,16 +495,24 @@ class Server:
             terminals=self._terminal_halls,
         )
 
-    def _terminal_halls(self) -> dict[str, str]:
-        """Terminal id → hall (``unknown`` without one), every terminal of the fleet."""
-        out: dict[str, str] = {}
+    def _placements(self) -> list[tuple[str, str, str]]:
+        """(terminal id, region, hall) of every terminal of the fleet (``unknown`` if unset)."""
+        out: list[tuple[str, str, str]] = []
         cursor: str | None = None
         while True:
             page = self.fleet.query(TerminalFilter(), limit=5000, cursor=cursor)
-            out.update({v.id: v.hall or UNKNOWN_LABEL for v in page.items})
+            out.extend(
+                (v.id, v.region or UNKNOWN_LABEL, v.hall or UNKNOWN_LABEL) for v in page.items
+            )
             if page.next_cursor is None:
                 return out
             cursor = page.next_cursor
+
+    def _terminal_halls(self) -> dict[str, str]:
+        return {tid: hall for tid, _region, hall in self._placements()}
+
+    def _hall_regions(self) -> dict[str, str]:
+        return {hall: region for _tid, region, hall in self._placements()}
 
     def listening_since(self) -> datetime | None:
         """Since when silence proves something: the later of the broker connect and the last
