@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -29,7 +29,9 @@ __all__ = [
     "HallPlan",
     "ServicePlan",
     "Transaction",
+    "demand_plan",
     "generate",
+    "monday_of",
     "planted_plan",
 ]
 
@@ -106,36 +108,44 @@ SERVICES: Final = {
 }
 
 
+_MIXES: Final = (
+    {"tax.invoice.print": 3.0, "police.residence_permit.renew": 1.0},
+    {"police.residence_permit.renew": 2.0, "info.opening_hours": 1.0},
+    {"tax.invoice.print": 1.0, "market.licence.print": 2.0},
+)
+NORMAL_RATE: Final = 1.0  # arrivals per terminal and open hour: about 15% busy
+OVERLOADED_RATE: Final = 8.0  # more than a terminal serves: about 85-90% busy, a queue
+
+
+def demand_plan(placements: Sequence[tuple[str, str, str]]) -> DemandPlan:
+    """The plan for terminals ``(terminal id, hall, region)``: halls in name order take
+    the service mixes in turn; the last hall (of two or more) is overloaded; the last
+    terminal of the first hall is idle when that hall has three or more."""
+    by_hall: dict[str, list[str]] = {}
+    regions: dict[str, str] = {}
+    for tid, hall, region in placements:
+        by_hall.setdefault(hall, []).append(tid)
+        regions[hall] = region
+    names = sorted(by_hall)
+    overloaded = names[-1] if len(names) > 1 else None
+    halls = []
+    for i, name in enumerate(names):
+        terminals = tuple(by_hall[name])
+        idle = frozenset(terminals[-1:]) if i == 0 and len(terminals) >= 3 else frozenset()
+        rate = OVERLOADED_RATE if name == overloaded else NORMAL_RATE
+        halls.append(HallPlan(name, regions[name], terminals, rate, _MIXES[i % 3], idle))
+    return DemandPlan(halls=tuple(halls), services=SERVICES, overloaded=overloaded)
+
+
 def planted_plan() -> DemandPlan:
     """Three halls: hall-01 (three terminals, T-0103 idle), hall-02 (three, normal), hall-03
-    (two, overloaded: about 90% busy). Each hall has its own service mix."""
-    return DemandPlan(
-        halls=(
-            HallPlan(
-                "hall-01",
-                "region-1",
-                ("T-0101", "T-0102", "T-0103"),
-                1.0,
-                {"tax.invoice.print": 3, "police.residence_permit.renew": 1},
-                idle=frozenset({"T-0103"}),
-            ),
-            HallPlan(
-                "hall-02",
-                "region-1",
-                ("T-0201", "T-0202", "T-0203"),
-                1.0,
-                {"police.residence_permit.renew": 2, "info.opening_hours": 1},
-            ),
-            HallPlan(
-                "hall-03",
-                "region-2",
-                ("T-0301", "T-0302"),
-                8.0,
-                {"tax.invoice.print": 1, "market.licence.print": 2},
-            ),
-        ),
-        services=SERVICES,
-        overloaded="hall-03",
+    (two, overloaded: about 85-90% busy). Each hall has its own service mix."""
+    return demand_plan(
+        [
+            *((f"T-010{i}", "hall-01", "region-1") for i in (1, 2, 3)),
+            *((f"T-020{i}", "hall-02", "region-1") for i in (1, 2, 3)),
+            *((f"T-030{i}", "hall-03", "region-2") for i in (1, 2)),
+        ]
     )
 
 
@@ -184,6 +194,12 @@ def _terminal_hour(
             outcome, pages = "abandoned", 0
         out.append(Transaction(tid, free_at, service.code, outcome, cause, duration, pages))
     return out, free_at
+
+
+def monday_of(at: datetime) -> datetime:
+    """00:00 UTC of the Monday of ``at``'s week."""
+    day = at.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day - timedelta(days=day.weekday())
 
 
 def generate(plan: DemandPlan, week_start: datetime, seed: int) -> list[Transaction]:

@@ -331,6 +331,12 @@ def _command_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
         "--duration", type=float, default=None, help="stop after this many seconds (default: never)"
     )
     sim.add_argument("--processes", type=int, default=1, help="spread terminals over processes")
+    sim.add_argument(
+        "--demand",
+        action="store_true",
+        help="send citizen transactions from the seeded demand (opening hours 08-17 UTC"
+        " Mon-Fri, lunch dip, Monday peak, an idle terminal, an overloaded last hall)",
+    )
     sim.add_argument("--id-prefix", default="SIM", help="terminal ids are PREFIX-00001 ...")
     sim.add_argument(
         "--outbox",
@@ -545,6 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         halls=args.halls,
         regions=args.regions,
         seed=args.seed,
+        demand=args.demand,
         report_interval_s=args.report_interval,
         fault_rate=args.fault_rate,
         duration_s=args.duration,

@@ -101,7 +101,8 @@ def test_the_planted_idle_terminal_and_overloaded_hall_are_found_for_any_seed(se
     assert [u.terminal_id for u, _median in idle_terminals(per_terminal)] == ["T-0103"]
     assert [h.hall for h in overloaded_halls(per_hall)] == ["hall-03"]
     moves = recommend(per_hall)
-    assert [(m.source, m.target, m.terminals) for m in moves] == [("hall-01", "hall-03", 1)]
+    calmest = min((h for h in per_hall if h.hall != "hall-03"), key=lambda h: h.utilisation or 0)
+    assert [(m.source, m.target, m.terminals) for m in moves] == [(calmest.hall, "hall-03", 1)]
     after = moves[0].target_after.utilisation
     assert after is not None
     assert after <= 0.65  # the default target
@@ -171,3 +172,14 @@ def test_turned_away_is_the_hours_demand_rate_times_the_unavailable_time() -> No
     assert found.unavailable_s == 1800.0
     assert abs(found.estimated - 13 / 1.5 * 0.5) < 1e-9
     assert found.failed["printer"] == 1
+
+
+def test_the_simulator_plants_an_idle_terminal_and_an_overloaded_hall_in_its_own_fleet() -> None:
+    from agent.demand import demand_plan
+    from agent.simulator import SimulationOptions, terminal_profiles
+
+    profiles = terminal_profiles(SimulationOptions(terminals=9, halls=3))
+    plan = demand_plan([(p.terminal_id, p.hall, p.region) for p in profiles])
+    assert plan.overloaded == "hall-03"
+    assert [sorted(h.idle) for h in plan.halls] == [["SIM-00007"], [], []]
+    assert len({tuple(sorted(h.mix)) for h in plan.halls}) == 3  # a service mix per hall
