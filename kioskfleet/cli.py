@@ -1,5 +1,6 @@
 """The ``kioskfleet`` command: ``agent``, ``agent keygen``, ``server``, ``db upgrade``,
 ``token``, ``user create|passwd|disable|list``, ``hall hours set|show``, ``service set|list``,
+``analytics transactions|utilisation|availability|turned-away``,
 ``ca init``, ``terminal preauthorize|token|revoke|decommission``, ``rollout``, ``maintenance
 start|end|list``, ``problem ack``, ``simulate``, ``broker-config``, and
 ``repo``/``vendor`` (signed releases, Typer: kioskfleet/cli_updates.py).
@@ -18,6 +19,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,7 +33,7 @@ COMMAND_GROUPS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("On a terminal", ("agent",)),
     ("Running the server", ("server", "db", "broker-config")),
     ("Access and identity", ("token", "user", "ca", "terminal")),
-    ("Halls and daily operations", ("hall", "service", "maintenance", "problem")),
+    ("Halls and daily operations", ("hall", "service", "analytics", "maintenance", "problem")),
     ("Signed releases and rollouts", ("repo", "vendor", "rollout")),
     ("Trying it out", ("simulate",)),
 )
@@ -255,6 +257,43 @@ def _command_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
         "--file", type=Path, required=True, help="the catalogue, a JSON file (required)"
     )
     service_sub.add_parser("list", help="print the catalogue as JSON")
+
+    analytics = sub.add_parser(
+        "analytics",
+        help="service-demand figures from the rollups, as JSON (docs/analytics.md; on the"
+        " database, settings from KIOSKFLEET_*)",
+    )
+    analytics.add_argument("--env-file", type=Path, help=env_help)
+    analytics_sub = analytics.add_subparsers(
+        dest="analytics_command", required=True, metavar="SUBCOMMAND"
+    )
+    for name, text in (
+        ("transactions", "transactions, completion rate, busy time and pages per group"),
+        ("utilisation", "utilisation, idle terminals, overloaded halls, recommended moves"),
+        ("availability", "per hall and service: opening seconds and those it was offerable"),
+        ("turned-away", "per hall and service: failures by cause and the turned-away estimate"),
+    ):
+        command = analytics_sub.add_parser(name, help=text)
+        command.add_argument(
+            "--since",
+            type=datetime.fromisoformat,
+            default=None,
+            help="RFC 3339 with an offset (default: 7 days before --until)",
+        )
+        command.add_argument(
+            "--until",
+            type=datetime.fromisoformat,
+            default=None,
+            help="RFC 3339 with an offset (default: now)",
+        )
+        command.add_argument("--hall", default=None, help="only this hall (default: all)")
+        if name == "transactions":
+            command.add_argument(
+                "--by",
+                choices=("hall", "terminal", "service", "hour_of_week"),
+                default="hall",
+                help="group by (default: %(default)s)",
+            )
 
     ca = sub.add_parser("ca", help="create the fleet's device CA")
     ca_sub = ca.add_subparsers(dest="ca_command", required=True, metavar="SUBCOMMAND")
@@ -527,6 +566,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_hours_command(
             args.hours_command, args.hall, getattr(args, "file", None), args.env_file
+        )
+    if args.command == "analytics":
+        from server.analytics_cli import run_analytics_command
+
+        return run_analytics_command(
+            args.analytics_command,
+            since=args.since,
+            until=args.until,
+            by=getattr(args, "by", "hall"),
+            hall=args.hall,
+            env_file=args.env_file,
         )
     if args.command == "service":
         from server.service_cli import run_service_command

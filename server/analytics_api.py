@@ -33,7 +33,13 @@ from server.api_params import TimeRangeParams
 from server.errors import ApiError, StorageError
 from server.history_query import TimeRange
 
-__all__ = ["analytics_router"]
+__all__ = [
+    "analytics_router",
+    "availability_public",
+    "transactions_public",
+    "turned_away_public",
+    "utilisation_public",
+]
 
 
 class RangePublic(BaseModel):
@@ -166,6 +172,81 @@ def _range(r: Range) -> RangePublic:
     return RangePublic(since=r.since, until=r.until)
 
 
+def transactions_public(
+    sources: AnalyticsSources,
+    r: Range,
+    by: GroupBy,
+    *,
+    hall: str | None = None,
+    terminal_id: str | None = None,
+    service: str | None = None,
+) -> TransactionsPublic:
+    """The ``/transactions`` answer (the CLI prints it too). Raises StorageError."""
+    groups = sources.transactions(r, by, hall=hall, terminal_id=terminal_id, service=service)
+    return TransactionsPublic(range=_range(r), by=by, groups=[_group(g) for g in groups])
+
+
+def utilisation_public(
+    sources: AnalyticsSources, r: Range, *, hall: str | None = None
+) -> UtilisationPublic:
+    """The ``/utilisation`` answer. Raises StorageError."""
+    u = sources.utilisation(r, hall=hall)
+    t = u.thresholds
+    return UtilisationPublic(
+        range=_range(r),
+        terminals=[_use(x) for x in u.terminals],
+        halls=[_use(x) for x in u.halls],
+        idle_terminals=[IdlePublic(terminal=_use(x), hall_median=m) for x, m in u.idle],
+        overloaded_halls=[_use(x) for x in u.overloaded],
+        recommendations=[_move(m) for m in u.moves],
+        thresholds=ThresholdsPublic(
+            idle_share_of_median=t.idle_share_of_median,
+            min_terminals_for_idle=t.min_terminals_for_idle,
+            overloaded=t.overloaded,
+            target=t.target,
+            min_open_s=t.min_open_s,
+        ),
+    )
+
+
+def availability_public(
+    sources: AnalyticsSources, r: Range, *, hall: str | None = None
+) -> AvailabilityPublic:
+    """The ``/availability`` answer. Raises StorageError."""
+    return AvailabilityPublic(
+        range=_range(r),
+        items=[
+            AvailabilityItem(
+                hall=h,
+                service=s,
+                open_s=o,
+                available_s=a,
+                availability=a / o if o > 0 else None,
+            )
+            for h, s, o, a in sources.availability_shares(r, hall=hall)
+        ],
+    )
+
+
+def turned_away_public(
+    sources: AnalyticsSources, r: Range, *, hall: str | None = None
+) -> TurnedAwayPublic:
+    """The ``/turned-away`` answer. Raises StorageError."""
+    return TurnedAwayPublic(
+        range=_range(r),
+        items=[
+            TurnedAwayItem(
+                hall=t.hall,
+                service=t.service,
+                failed=dict(t.failed),
+                unavailable_s=t.unavailable_s,
+                estimated=t.estimated,
+            )
+            for t in sources.turned_away(r, hall=hall)
+        ],
+    )
+
+
 _Id = Annotated[str | None, Query(max_length=64)]
 
 
@@ -193,14 +274,12 @@ def analytics_router(sources: AnalyticsSources, clock: Callable[[], datetime]) -
         terminal_id: _Id = None,
         service: _Id = None,
     ) -> TransactionsPublic:
-        r = span(window)
         try:
-            groups = sources.transactions(
-                r, by, hall=hall, terminal_id=terminal_id, service=service
+            return transactions_public(
+                sources, span(window), by, hall=hall, terminal_id=terminal_id, service=service
             )
         except StorageError as exc:
             raise ApiError(503, "database_unavailable", str(exc)) from None
-        return TransactionsPublic(range=_range(r), by=by, groups=[_group(g) for g in groups])
 
     @router.get(
         "/utilisation",
@@ -208,27 +287,10 @@ def analytics_router(sources: AnalyticsSources, clock: Callable[[], datetime]) -
         summary="Busy over opening time; idle terminals, overloaded halls, recommended moves",
     )
     def utilisation(window: TimeRangeParams, hall: _Id = None) -> UtilisationPublic:
-        r = span(window)
         try:
-            u = sources.utilisation(r, hall=hall)
+            return utilisation_public(sources, span(window), hall=hall)
         except StorageError as exc:
             raise ApiError(503, "database_unavailable", str(exc)) from None
-        t = u.thresholds
-        return UtilisationPublic(
-            range=_range(r),
-            terminals=[_use(x) for x in u.terminals],
-            halls=[_use(x) for x in u.halls],
-            idle_terminals=[IdlePublic(terminal=_use(x), hall_median=m) for x, m in u.idle],
-            overloaded_halls=[_use(x) for x in u.overloaded],
-            recommendations=[_move(m) for m in u.moves],
-            thresholds=ThresholdsPublic(
-                idle_share_of_median=t.idle_share_of_median,
-                min_terminals_for_idle=t.min_terminals_for_idle,
-                overloaded=t.overloaded,
-                target=t.target,
-                min_open_s=t.min_open_s,
-            ),
-        )
 
     @router.get(
         "/availability",
@@ -236,24 +298,10 @@ def analytics_router(sources: AnalyticsSources, clock: Callable[[], datetime]) -
         summary="Per hall and service: opening seconds, and those with the service offerable",
     )
     def availability(window: TimeRangeParams, hall: _Id = None) -> AvailabilityPublic:
-        r = span(window)
         try:
-            shares = sources.availability_shares(r, hall=hall)
+            return availability_public(sources, span(window), hall=hall)
         except StorageError as exc:
             raise ApiError(503, "database_unavailable", str(exc)) from None
-        return AvailabilityPublic(
-            range=_range(r),
-            items=[
-                AvailabilityItem(
-                    hall=h,
-                    service=s,
-                    open_s=o,
-                    available_s=a,
-                    availability=a / o if o > 0 else None,
-                )
-                for h, s, o, a in shares
-            ],
-        )
 
     @router.get(
         "/turned-away",
@@ -262,23 +310,9 @@ def analytics_router(sources: AnalyticsSources, clock: Callable[[], datetime]) -
         " turned away while the service was unavailable",
     )
     def turned_away(window: TimeRangeParams, hall: _Id = None) -> TurnedAwayPublic:
-        r = span(window)
         try:
-            found = sources.turned_away(r, hall=hall)
+            return turned_away_public(sources, span(window), hall=hall)
         except StorageError as exc:
             raise ApiError(503, "database_unavailable", str(exc)) from None
-        return TurnedAwayPublic(
-            range=_range(r),
-            items=[
-                TurnedAwayItem(
-                    hall=t.hall,
-                    service=t.service,
-                    failed=dict(t.failed),
-                    unavailable_s=t.unavailable_s,
-                    estimated=t.estimated,
-                )
-                for t in found
-            ],
-        )
 
     return router

@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from sqlmodel import Field
 
 from server.analytics import OUTCOME_COLUMNS, HourlyUsage, UsageEvent, rollup
+from server.errors import ServerError
 from server.storage import ServerTable, Storage, UtcDateTime, server_metadata
 
 __all__ = ["RollupWatermarkRow", "UsageAvailabilityRow", "UsageHourlyRow", "UsageRollupStore"]
@@ -296,5 +297,5 @@ class UsageRollupStore:
         return int(hourly.rowcount or 0) + int(avail.rowcount or 0)
 
 
-class _RacedError(Exception):
+class _RacedError(ServerError):
     """Another server moved the watermark first (the transaction is rolled back)."""

@@ -8,10 +8,15 @@ analytics metric could carry personal data. On SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,6 +45,7 @@ from tests.support.waiting import wait_until
 pytestmark = pytest.mark.integration
 
 SEED = 14
+ROOT = Path(__file__).resolve().parents[2]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri")
 
 
@@ -118,6 +124,10 @@ def _range(start: datetime) -> dict[str, str]:
     return {"since": start.isoformat(), "until": (start + timedelta(days=7)).isoformat()}
 
 
+def _flags(rng: dict[str, str]) -> list[str]:
+    return [f"--{k}={v}" for k, v in rng.items()]
+
+
 def _total(server: Server, start: datetime) -> int:
     response = api(server, "/api/v1/analytics/transactions", by="terminal", **_range(start))
     assert response.status_code == 200, response.text
@@ -140,6 +150,22 @@ def test_a_simulated_week_recovers_the_planted_idle_terminal_overloaded_hall_and
     assert {h["hall"]: h["open_s"] for h in use["halls"]} == dict.fromkeys(
         ("hall-01", "hall-02", "hall-03"), 5 * 9 * 3600.0
     )
+
+    # the command line answers the same from the database, with no server in between
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIOSKFLEET_") or "TEST" in k}
+    env["KIOSKFLEET_DATABASE_URL"] = server.settings.database_url
+    rng = _range(start)
+    cli = subprocess.run(
+        [sys.executable, "-m", "kioskfleet.cli", "analytics", "utilisation", *_flags(rng)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout) == use
 
     by_service = {
         g["key"]: g
