@@ -185,8 +185,15 @@ class UsageRollupStore:
             ]
             self._add_hourly(conn, insert, rollup(events).values())
             top = max(int(r["id"]) for r in rows)
-            if last is None:
-                conn.execute(insert(_WATERMARK).values(name=_HOURLY_NAME, last_id=top))
+            if last is None:  # the first rollup ever: another server may make it too
+                made = conn.execute(
+                    insert(_WATERMARK)
+                    .values(name=_HOURLY_NAME, last_id=top)
+                    .on_conflict_do_nothing(index_elements=[_WATERMARK.c.name])
+                    .returning(_WATERMARK.c.name)
+                ).first()
+                if made is None:
+                    raise _RacedError
             else:
                 moved = conn.execute(
                     sa.update(_WATERMARK)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -106,3 +107,42 @@ def test_availability_samples_add_up_per_hour_and_rollups_are_pruned_by_their_ho
         ("hall-01", "tax.invoice.print", later),
         ("hall-01", "info.opening_hours", later),
     }
+
+
+class _Overtaken(UsageRollupStore):
+    """A store that another server overtakes mid-rollup: between its read of the watermark
+    and its move, the other one rolls the same rows up and commits."""
+
+    def __init__(self, storage: Storage, other: UsageRollupStore) -> None:
+        super().__init__(storage)
+        self._other = other
+        self.overtaken = 0
+
+    def _add_hourly(self, conn: Any, insert: Any, rows: Any) -> None:
+        if not self.overtaken:
+            self.overtaken = self._other.roll_up(_hall)
+        super()._add_hourly(conn, insert, rows)
+
+
+def test_a_server_overtaken_mid_rollup_rolls_back_so_rows_count_once(postgres_url: str) -> None:
+    """On PostgreSQL (two servers share one there); the first rollup ever and a later one."""
+    storage = Storage(postgres_url)
+    storage.open()
+    try:
+        storage.write(WriteBatch(usage=[_usage(1, 5), _usage(2, 30)]), now=T0)
+        other = UsageRollupStore(storage)
+        slow = _Overtaken(storage, other)
+        assert slow.roll_up(_hall) == 0  # its transaction found the watermark moved
+        assert slow.overtaken == 2
+        (row,) = other.hourly(None, None)
+        assert dict(row.counts) == {"completed": 2}  # counted once, by the other server
+        assert other.watermark() == 2
+        storage.write(WriteBatch(usage=[_usage(3, 40)]), now=T0)  # and once the watermark exists
+        slow.overtaken = 0
+        assert slow.roll_up(_hall) == 0
+        assert slow.overtaken == 1
+        (row,) = other.hourly(None, None)
+        assert dict(row.counts) == {"completed": 3}
+        assert other.watermark() == 3
+    finally:
+        storage.close()
