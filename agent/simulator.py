@@ -42,6 +42,7 @@ talks MQTT itself (the connections do).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing
 import random
@@ -53,6 +54,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
@@ -61,6 +63,7 @@ from agent.agent import Agent
 from agent.clock import Clock, SystemClock
 from agent.commands import route_commands
 from agent.config import AgentConfig, EnrollmentConfig, UpdatesConfig, parse_broker_url
+from agent.demand import Transaction, demand_plan, generate, monday_of
 from agent.enrollment import Terminal, enroll_many, load_or_create_key, public_key_pem
 from agent.event_loop import EventLoop, LoopThread
 from agent.mqtt_connection import ConnectionSettings, MqttConnection
@@ -83,6 +86,7 @@ from agent.simulated_updates import (
 from agent.update_service import UpdateService
 from protocol.messages import PeripheralCondition
 from protocol.topics import is_valid_terminal_id
+from protocol.usage import FailureCause, Outcome, UsageBody
 
 __all__ = [
     "MODELS",
@@ -135,6 +139,9 @@ class SimulationOptions:
     planted_faults: tuple[PlantedFault, ...] = ()  # held for the whole run (planted_faults.py)
     planted_outages: tuple[PlantedOutage, ...] = ()  # connections cut for good
     session_expiry_s: int | None = None  # None: the agent's default (a persistent session)
+    # Citizen transactions from the seeded demand (agent/demand.py): opening hours, lunch
+    # dip, Monday peak, a service mix per hall, an idle terminal and an overloaded hall.
+    demand: bool = False
 
     def check(self) -> None:
         """Raises ValueError naming the first option that cannot work."""
@@ -496,9 +503,12 @@ class Simulation:
             service.start()
         outages = _OutageThread(self.loop, self._planted_outages(), time.monotonic)
         outages.start()
+        demand = _DemandThread(self.loop, self._by_id, self._profiles, self.opts)
+        demand.start()
         try:
             self.loop.run(duration_s)
         finally:
+            demand.stop()
             outages.stop()
             for service in self._updates.values():
                 service.stop(timeout=1.0)
@@ -654,6 +664,70 @@ class _OutageThread:
                     self._waiting.remove(item)
                     log.info("planted outage: %s loses its connection for good", outage.terminal_id)
                     self._loop.call_soon(connection.close)
+
+
+class _DemandThread:
+    """Sends the seeded demand's transactions (``agent.demand``) as they fall due: each one
+    through its terminal's ``Agent.send_usage`` in the loop's thread, so its ``sent_at`` is
+    the wall clock then. The plan covers every terminal of the run (``demand_plan``), so a
+    slice in another process draws the same transactions for its own terminals."""
+
+    _MAX_SLEEP_S = 1.0
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        agents: dict[str, Agent],
+        profiles: list[TerminalProfile],
+        opts: SimulationOptions,
+    ) -> None:
+        self._loop = loop
+        self._agents = agents
+        self._opts = opts
+        self._plan = demand_plan(
+            [(p.terminal_id, p.hall, p.region) for p in terminal_profiles(opts)]
+        )
+        self._mine = {p.terminal_id for p in profiles}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._opts.demand:
+            self._thread = threading.Thread(target=self._run, name="kf-demand", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        week = monday_of(datetime.now(UTC))
+        while not self._stop.is_set():
+            due = [
+                t
+                for t in generate(self._plan, week, self._opts.seed + week.toordinal())
+                if t.terminal_id in self._mine and t.at >= datetime.now(UTC)
+            ]
+            for t in due:
+                while (wait := (t.at - datetime.now(UTC)).total_seconds()) > 0:
+                    if self._stop.wait(min(wait, self._MAX_SLEEP_S)):
+                        return
+                self._loop.call_soon(functools.partial(self._send, t))
+            week += timedelta(days=7)
+            while datetime.now(UTC) < week:
+                if self._stop.wait(self._MAX_SLEEP_S):
+                    return
+
+    def _send(self, t: Transaction) -> None:
+        body = UsageBody(
+            service=t.service,
+            outcome=Outcome(t.outcome),
+            cause=None if t.cause is None else FailureCause(t.cause),
+            duration_s=t.duration_s,
+            pages=t.pages,
+        )
+        self._agents[t.terminal_id].send_usage(body)
 
 
 class _SimulatedUptime:

@@ -1,5 +1,6 @@
 """The ``kioskfleet`` command: ``agent``, ``agent keygen``, ``server``, ``db upgrade``,
 ``token``, ``user create|passwd|disable|list``, ``hall hours set|show``, ``service set|list``,
+``analytics transactions|utilisation|availability|turned-away``,
 ``ca init``, ``terminal preauthorize|token|revoke|decommission``, ``rollout``, ``maintenance
 start|end|list``, ``problem ack``, ``simulate``, ``broker-config``, and
 ``repo``/``vendor`` (signed releases, Typer: kioskfleet/cli_updates.py).
@@ -18,6 +19,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,7 +33,7 @@ COMMAND_GROUPS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("On a terminal", ("agent",)),
     ("Running the server", ("server", "db", "broker-config")),
     ("Access and identity", ("token", "user", "ca", "terminal")),
-    ("Halls and daily operations", ("hall", "service", "maintenance", "problem")),
+    ("Halls and daily operations", ("hall", "service", "analytics", "maintenance", "problem")),
     ("Signed releases and rollouts", ("repo", "vendor", "rollout")),
     ("Trying it out", ("simulate",)),
 )
@@ -256,6 +258,43 @@ def _command_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     )
     service_sub.add_parser("list", help="print the catalogue as JSON")
 
+    analytics = sub.add_parser(
+        "analytics",
+        help="service-demand figures from the rollups, as JSON (docs/analytics.md; on the"
+        " database, settings from KIOSKFLEET_*)",
+    )
+    analytics.add_argument("--env-file", type=Path, help=env_help)
+    analytics_sub = analytics.add_subparsers(
+        dest="analytics_command", required=True, metavar="SUBCOMMAND"
+    )
+    for name, text in (
+        ("transactions", "transactions, completion rate, busy time and pages per group"),
+        ("utilisation", "utilisation, idle terminals, overloaded halls, recommended moves"),
+        ("availability", "per hall and service: opening seconds and those it was offerable"),
+        ("turned-away", "per hall and service: failures by cause and the turned-away estimate"),
+    ):
+        command = analytics_sub.add_parser(name, help=text)
+        command.add_argument(
+            "--since",
+            type=datetime.fromisoformat,
+            default=None,
+            help="RFC 3339 with an offset (default: 7 days before --until)",
+        )
+        command.add_argument(
+            "--until",
+            type=datetime.fromisoformat,
+            default=None,
+            help="RFC 3339 with an offset (default: now)",
+        )
+        command.add_argument("--hall", default=None, help="only this hall (default: all)")
+        if name == "transactions":
+            command.add_argument(
+                "--by",
+                choices=("hall", "terminal", "service", "hour_of_week"),
+                default="hall",
+                help="group by (default: %(default)s)",
+            )
+
     ca = sub.add_parser("ca", help="create the fleet's device CA")
     ca_sub = ca.add_subparsers(dest="ca_command", required=True, metavar="SUBCOMMAND")
     ca_init = ca_sub.add_parser(
@@ -331,6 +370,12 @@ def _command_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
         "--duration", type=float, default=None, help="stop after this many seconds (default: never)"
     )
     sim.add_argument("--processes", type=int, default=1, help="spread terminals over processes")
+    sim.add_argument(
+        "--demand",
+        action="store_true",
+        help="send citizen transactions from the seeded demand (opening hours 08-17 UTC"
+        " Mon-Fri, lunch dip, Monday peak, an idle terminal, an overloaded last hall)",
+    )
     sim.add_argument("--id-prefix", default="SIM", help="terminal ids are PREFIX-00001 ...")
     sim.add_argument(
         "--outbox",
@@ -522,6 +567,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_hours_command(
             args.hours_command, args.hall, getattr(args, "file", None), args.env_file
         )
+    if args.command == "analytics":
+        from server.analytics_cli import run_analytics_command
+
+        return run_analytics_command(
+            args.analytics_command,
+            since=args.since,
+            until=args.until,
+            by=getattr(args, "by", "hall"),
+            hall=args.hall,
+            env_file=args.env_file,
+        )
     if args.command == "service":
         from server.service_cli import run_service_command
 
@@ -545,6 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         halls=args.halls,
         regions=args.regions,
         seed=args.seed,
+        demand=args.demand,
         report_interval_s=args.report_interval,
         fault_rate=args.fault_rate,
         duration_s=args.duration,

@@ -95,8 +95,16 @@ class Settings(BaseSettings):
     transition_retention_days: Annotated[float, Field(gt=0, le=36500)] = 365.0
     update_status_retention_days: Annotated[float, Field(gt=0, le=36500)] = 365.0
     rollout_retention_days: Annotated[float, Field(gt=0, le=36500)] = 365.0  # after finishing
-    # Raw citizen transactions (usage_event); the rollups that outlive them: a later task.
+    # Raw citizen transactions (usage_event); only the rollups outlive them (docs/analytics.md).
     usage_retention_days: Annotated[float, Field(gt=0, le=36500)] = 180.0
+    # The hourly rollups (usage_hourly, usage_availability), by the hour they cover.
+    usage_rollup_retention_days: Annotated[float, Field(gt=0, le=36500)] = 1095.0
+    # How often raw transactions are rolled up and service availability is sampled.
+    usage_rollup_interval_s: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    # The analytics gauges (kioskfleet_hall_utilisation_ratio, ...) read the rollups this often.
+    analytics_metrics_refresh_s: PositiveSeconds = 300.0
+    # ... over the last this many days.
+    analytics_metrics_window_days: Annotated[float, Field(gt=0, le=366)] = 7.0
     # kioskfleet_hall_services_available is recomputed (one pass over the fleet) this often.
     services_metrics_refresh_s: PositiveSeconds = 60.0
     event_prune_interval_s: PositiveSeconds = 3600.0

@@ -43,6 +43,9 @@ from protocol.committed import encode_committed
 from protocol.topics import Channel, topic
 from server.access_api import AccessServices
 from server.access_store import AccessStore, DatabaseAudit
+from server.analytics_api import analytics_router
+from server.analytics_metrics import AnalyticsCollector
+from server.analytics_report import AnalyticsSources
 from server.api import ApiServices, add_routes, create_app
 from server.audit import AuditSink, DeniedBudget
 from server.config import Settings
@@ -52,9 +55,9 @@ from server.console_store import ConsoleStore
 from server.device_ca import CaPaths
 from server.errors import BrokerError, ConfigError, ServerError, StorageError
 from server.est import EstMetrics, est_router
-from server.fleet_collector import FleetCollector, LabelBudget
+from server.fleet_collector import UNKNOWN_LABEL, FleetCollector, LabelBudget
 from server.fleet_state import FleetState
-from server.fleet_views import TerminalView, Transition
+from server.fleet_views import TerminalFilter, TerminalView, Transition
 from server.hall_openings import HallOpenings
 from server.history_query import HistoryQuery, StoredPage
 from server.ingest import Ingest
@@ -98,6 +101,8 @@ from server.update_status_store import latest_states, timeline
 from server.update_tally import UpdateTally
 from server.update_wiring import UpdateService, build_updates
 from server.usage_metrics import ServiceAvailabilityCollector, UsageMetrics
+from server.usage_rollup import UsageRollupJob
+from server.usage_rollup_store import UsageRollupStore
 from server.write_behind import Confirmation, WriteBehind, no_confirm
 
 __all__ = ["Server", "mqtt_options", "mqtt_source", "run_server", "storage_for", "upgrade_database"]
@@ -212,13 +217,12 @@ class Server:
         )
         self.services = ServiceStore(self.storage)
         self.usage_metrics = UsageMetrics(registry)
-        registry.register(  # what each hall can offer, at most a minute old
-            ServiceAvailabilityCollector(
-                self.fleet,
-                lambda: self.services.current,
-                refresh_s=settings.services_metrics_refresh_s,
-            )
+        self.service_availability = ServiceAvailabilityCollector(
+            self.fleet,
+            lambda: self.services.current,
+            refresh_s=settings.services_metrics_refresh_s,
         )
+        registry.register(self.service_availability)  # what each hall can offer, <= 1 min old
         self.hall_openings = HallOpenings(
             self.opening_hours.all,
             refresh_s=settings.opening_hours_refresh_s,
@@ -303,11 +307,22 @@ class Server:
             listening_since=self.listening_since,
         )
         self.rollout_store = RolloutStore(self.storage)
+        self.usage_rollups = UsageRollupStore(self.storage)
+        self.usage_rollup = UsageRollupJob(
+            self.usage_rollups,
+            self.fleet,
+            self.metrics,
+            offered=self.service_availability.reading,
+            hall_open=lambda hall: self.hall_openings(hall)[0],
+            clock=lambda: datetime.now(UTC),
+            interval_s=settings.usage_rollup_interval_s,
+        )
         prunes: dict[str, Callable[..., int]] = {
             "events": self.storage.prune_events,
             "transitions": self.storage.prune_transitions,
             "update statuses": self.storage.prune_update_statuses,
             "usage events": self.storage.prune_usage_events,
+            "usage rollups": self.usage_rollups.prune,
             "finished rollouts": self.rollout_store.prune_finished,
             "orphaned directive seqs": self.rollout_store.prune_orphaned_seqs,
             "revoked or expired API tokens": self.access_store.prune_tokens,
@@ -368,6 +383,21 @@ class Server:
             on_change=self.maintenance_book.invalidate,
         )
         add_routes(self.app, paper_router(self.paper, self.fleet))
+        add_routes(
+            self.app,
+            analytics_router(self.analytics_sources(), lambda: datetime.now(UTC)),
+        )
+        registry.register(  # the analytics by hall and service, at most 5 minutes old
+            AnalyticsCollector(
+                self.analytics_sources(),
+                self.services.label,
+                lambda: [s.code for s in self.services.current.services],
+                self._hall_regions,
+                lambda: datetime.now(UTC),
+                refresh_s=settings.analytics_metrics_refresh_s,
+                window=timedelta(days=settings.analytics_metrics_window_days),
+            )
+        )
         add_routes(
             self.app,
             maintenance_router(
@@ -509,6 +539,37 @@ class Server:
         stored = OpeningHoursStore(self.storage).get(hall)
         return None if stored is None else stored.hours
 
+    def analytics_sources(self) -> AnalyticsSources:
+        """What the analytics read: the rollups, the opening hours and the fleet's halls."""
+        store = self.usage_rollups
+        return AnalyticsSources(
+            rows=lambda since, until, hall, terminal_id, service: store.hourly(
+                since, until, hall=hall, terminal_id=terminal_id, service=service
+            ),
+            availability=lambda since, until, hall: store.availability(since, until, hall=hall),
+            hours=lambda: self.opening_hours.all()[0],
+            terminals=self._terminal_halls,
+        )
+
+    def _placements(self) -> list[tuple[str, str, str]]:
+        """(terminal id, region, hall) of every terminal of the fleet (``unknown`` if unset)."""
+        out: list[tuple[str, str, str]] = []
+        cursor: str | None = None
+        while True:
+            page = self.fleet.query(TerminalFilter(), limit=5000, cursor=cursor)
+            out.extend(
+                (v.id, v.region or UNKNOWN_LABEL, v.hall or UNKNOWN_LABEL) for v in page.items
+            )
+            if page.next_cursor is None:
+                return out
+            cursor = page.next_cursor
+
+    def _terminal_halls(self) -> dict[str, str]:
+        return {tid: hall for tid, _region, hall in self._placements()}
+
+    def _hall_regions(self) -> dict[str, str]:
+        return {hall: region for _tid, region, hall in self._placements()}
+
     def listening_since(self) -> datetime | None:
         """Since when silence proves something: the later of the broker connect and the last
         recovery of database writes; None while either is down (the broker then holds back
@@ -626,6 +687,12 @@ class Server:
             )
         if self.updates is not None:
             self.updates.schedule(self._scheduler)
+        every(
+            self.settings.usage_rollup_interval_s,
+            self.usage_rollup.run,
+            "usage-rollup",
+            "usage rollup and availability sample",
+        )
         every(
             self.settings.paper_forecast_interval_s,
             lambda: self.paper.refresh(datetime.now(UTC)),

@@ -68,6 +68,7 @@ __all__ = [
     "Weekday",
     "is_open",
     "next_closed_window",
+    "open_seconds",
     "opening_status",
 ]
 
@@ -327,3 +328,19 @@ def opening_status(hours: OpeningHours, now: datetime) -> OpeningStatus:
     if end is None:  # closed, no opening in sight
         return OpeningStatus(False, None, now, now + _RECHECK)
     return OpeningStatus(False, end, now, end)
+
+
+def open_seconds(hours: OpeningHours, since: datetime, until: datetime) -> float:
+    """Seconds the hall is open in ``[since, until)`` (aware instants; holidays and offset
+    changes included). Raises ValueError for a naive instant."""
+    since, until = _aware(since).astimezone(UTC), _aware(until).astimezone(UTC)
+    if until <= since:
+        return 0.0
+    first = since.astimezone(hours.zone).date() - timedelta(days=1)
+    days = (until - since).days + 3
+    cuts = [p for p in _change_points(hours, first, days) if since < p < until]
+    total = 0.0
+    for a, b in itertools.pairwise([since, *cuts, until]):
+        if is_open(hours, a):
+            total += (b - a).total_seconds()
+    return total

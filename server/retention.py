@@ -98,6 +98,17 @@ TABLE_RETENTIONS: Final[Mapping[str, Pruned | Bounded]] = {
     "usage_event": Pruned(
         "usage events", "usage_retention_days", "received_at older than the retention"
     ),
+    "usage_hourly": Pruned(
+        "usage rollups",
+        "usage_rollup_retention_days",
+        "hour_start older than the retention (meant to be longer than the raw events')",
+    ),
+    "usage_availability": Pruned(
+        "usage rollups",
+        "usage_rollup_retention_days",
+        "hour_start older than the retention (meant to be longer than the raw events')",
+    ),
+    "usage_rollup_watermark": Bounded("one row per rollup (today one: usage_hourly)"),
     "service": Bounded(
         "the service catalogue an operator sets, replaced whole and capped in size"
         " (MAX_SERVICES, 200; server/service_catalogue.py)"

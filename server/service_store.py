@@ -1,4 +1,4 @@
-"""Where the service catalogue hits the disk: table ``service`` (migration ``0012``).
+"""Where the service catalogue hits the disk: table ``service`` (migration ``0011``).
 
 One row per service: its code, its needs (a JSON list of taxonomy families and kinds),
 who set the catalogue and when. ``PUT /api/v1/services`` and ``kioskfleet service set``

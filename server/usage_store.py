@@ -11,7 +11,7 @@ Every column is an id, a code from a closed set or a number: the wire has no fre
 and neither has this table. Never decides anything; every SQLAlchemy error is translated
 into ``StorageError`` by ``database_errors``.
 
-Public interface: ``UsageEventRow`` (migration ``0012``), ``insert_usage(conn, insert,
+Public interface: ``UsageEventRow`` (migration ``0011``), ``insert_usage(conn, insert,
 records)``, ``usage_events(engine, terminal_id, limit)`` (newest first).
 """
 

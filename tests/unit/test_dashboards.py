@@ -121,6 +121,18 @@ PAPER_METRIC_NAMES: Final = frozenset(
         "kioskfleet_hall_closes_in_seconds",
     }
 )
+# The analytics by hall and service (server.analytics_metrics): always exported, a series
+# per hall of the fleet (x catalogued service).
+ANALYTICS_METRIC_NAMES: Final = frozenset(
+    {
+        "kioskfleet_hall_utilisation_ratio",
+        "kioskfleet_hall_idle_terminals",
+        "kioskfleet_hall_overloaded",
+        "kioskfleet_hall_service_open_seconds",
+        "kioskfleet_hall_service_available_seconds",
+        "kioskfleet_hall_turned_away_estimated",
+    }
+)
 CONTRACT_METRIC_NAMES: Final = (
     FLEET_METRIC_NAMES
     | INGEST_METRIC_NAMES
@@ -130,6 +142,7 @@ CONTRACT_METRIC_NAMES: Final = (
     | ROLLOUT_METRIC_NAMES
     | USAGE_METRIC_NAMES
     | PAPER_METRIC_NAMES
+    | ANALYTICS_METRIC_NAMES
 )
 # Series Prometheus itself creates: they are never on /metrics.
 PROMETHEUS_METRIC_NAMES: Final = frozenset(
