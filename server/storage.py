@@ -235,6 +235,7 @@ _TABLE_MODULES: Final = (
     "server.maintenance_store",
     "server.usage_store",
     "server.service_store",
+    "server.job_lease",
 )  # tables declared beside their owners
 
 
