@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import secrets
 import signal
 import socket
 import ssl
@@ -58,6 +60,7 @@ from server.hall_openings import HallOpenings
 from server.history_query import HistoryQuery, StoredPage
 from server.ingest import Ingest
 from server.ingest_gate import IngestGate
+from server.job_lease import JobLease, LeaseMetrics
 from server.log_throttle import ThrottledLog
 from server.maintenance import MaintenanceLimits
 from server.maintenance_api import maintenance_router, operator_state
@@ -429,6 +432,13 @@ class Server:
         )
         registry.register(self.rollouts.board)  # rollout gauges, at scrape time
         add_routes(self.app, rollout_router(lambda: self.rollouts))
+        # The fleet's scheduled jobs run on the replica holding this lease (docs/scale-out.md).
+        self.job_lease = JobLease(
+            self.storage,
+            f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
+            LeaseMetrics(registry),
+            duration=timedelta(seconds=settings.job_lease_duration_s),
+        )
         self._scheduler: BackgroundScheduler | None = None
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
@@ -541,13 +551,24 @@ class Server:
         self.writer.start()
         self._start_http()
         self.mqtt.start()
+        lease = self.job_lease
+        lease.tick()  # a lone replica holds the lease before its first jobs are due
         self._scheduler = build_scheduler(
-            self.sweep,
+            lease.guard("offline-sweep", self.sweep.run),
             offline_check_interval_s=self.settings.offline_check_interval_s,
-            pruner=self.pruner,
+            prune=lease.guard("retention-prune", self.pruner.run),
             prune_interval_s=self.settings.event_prune_interval_s,
         )
-        if self.terminal_registry is not None:
+        self._scheduler.add_job(  # every replica: how a standby sees an expired lease
+            lease.tick,
+            "interval",
+            seconds=self.settings.job_lease_renew_interval_s,
+            id="job-lease",
+            name="job lease renewal",
+            max_instances=1,
+            coalesce=True,
+        )
+        if self.terminal_registry is not None:  # every replica: its own cache
             self._scheduler.add_job(
                 self._refresh_registry,
                 "interval",
@@ -558,9 +579,9 @@ class Server:
                 coalesce=True,
             )
         if self.updates is not None:
-            self.updates.schedule(self._scheduler)
+            self.updates.schedule(self._scheduler, lease.guard)
         self._scheduler.add_job(
-            self.rollouts.tick,
+            lease.guard("rollout-tick", self.rollouts.tick),
             "interval",
             seconds=self.settings.rollout_tick_interval_s,
             id="rollout-tick",
@@ -587,6 +608,7 @@ class Server:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
+            self.job_lease.release()  # after the last job: a standby takes over at once
         self.writer.stop(timeout_s=self.settings.db_statement_timeout_s + 5)
         self.mqtt.stop()
         self._stop_http()
