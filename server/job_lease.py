@@ -193,14 +193,19 @@ class JobLease:
         *,
         duration: timedelta,
         name: str = FLEET_JOBS_LEASE,
+        on_acquired: Callable[[], object] | None = None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
+        """``on_acquired``: called when this replica comes to hold the lease, before its
+        belief (so before any guarded job runs); a StorageError from it leaves the lease
+        unbelieved until a later tick calls it again."""
         self._storage = storage
         self._holder = holder
         self._metrics = metrics
         self._duration = duration
         self._name = name
         self._clock = clock
+        self._on_acquired = on_acquired
         self._held: LeaseRow | None = None  # what this replica last wrote successfully
 
     @property
@@ -237,6 +242,15 @@ class JobLease:
             self._publish()
             return Action.STAND_BY
         before = self._held
+        if (before is None or not before.live(now)) and self._on_acquired is not None:
+            try:
+                self._on_acquired()
+            except StorageError as exc:
+                self._metrics.errors.inc()
+                log.warning("job lease %s held, not yet taken up: %s", self._name, exc)
+                self._held = None
+                self._publish()
+                return Action.STAND_BY
         self._held = attempt.written()
         if attempt.action in (Action.CREATE, Action.TAKE_OVER):
             self._metrics.takeovers.inc()
@@ -278,11 +292,12 @@ class JobLease:
 
     def guard(self, job: str, run: Callable[[], _T]) -> Callable[[], _T | None]:
         """``run`` as a scheduled job that runs only while this replica holds the lease."""
+        runs = self._metrics.runs.labels(job)  # exported at 0 from the start
 
         def guarded() -> _T | None:
             if not self.held():
                 return None
-            self._metrics.runs.labels(job).inc()
+            runs.inc()
             return run()
 
         guarded.__name__ = f"leased_{job}"

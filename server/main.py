@@ -438,6 +438,7 @@ class Server:
             f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
             LeaseMetrics(registry),
             duration=timedelta(seconds=settings.job_lease_duration_s),
+            on_acquired=self._take_up_fleet_jobs,
         )
         self._scheduler: BackgroundScheduler | None = None
         self._http: uvicorn.Server | None = None
@@ -615,6 +616,14 @@ class Server:
         self.storage.close()
 
     # --- internals ------------------------------------------------------------------------
+
+    def _take_up_fleet_jobs(self) -> None:
+        """Before this replica's first sweep as the lease holder: adopt the offline states
+        a previous holder's sweeps recorded, so it does not record them again. Raises
+        StorageError."""
+        adopted = self.fleet.adopt_offline(self.storage.offline_terminals())
+        if adopted:
+            log.info("adopted %d offline terminals from the previous lease holder", adopted)
 
     def _refresh_registry(self) -> None:
         if self.terminal_registry is None:

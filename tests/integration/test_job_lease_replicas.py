@@ -23,8 +23,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from kioskfleet.local_broker import LocalBroker
+from server.errors import StorageError
 from server.job_lease import Action, JobLease, LeaseMetrics
 from server.storage import Storage
+from tests.integration.conftest import TerminalFactory, unique
 from tests.integration.server_process import ServerProcess
 from tests.support.waiting import wait_until
 
@@ -103,6 +105,35 @@ def test_a_renewal_decided_before_a_takeover_cannot_overwrite_it(storage: Storag
     assert not a.held()
 
 
+def test_the_new_holder_takes_up_the_jobs_before_it_believes_and_retries_on_failure(
+    storage: Storage,
+) -> None:
+    clock = _Clock()
+    calls: list[bool] = []  # whether the lease was believed held during the call
+
+    def take_up() -> None:
+        calls.append(lease.held())
+        if len(calls) == 1:
+            raise StorageError("read offline terminals", "the database went away")
+
+    lease = JobLease(
+        storage,
+        "replica-a",
+        LeaseMetrics(CollectorRegistry()),
+        duration=LEASE,
+        on_acquired=take_up,
+        clock=clock,
+    )
+    assert lease.tick() is Action.STAND_BY  # created the row, but could not take the jobs up
+    assert not lease.held()
+    clock.now += timedelta(seconds=5)
+    assert lease.tick() is Action.RENEW  # its row: taken up now
+    assert lease.held()
+    clock.now += timedelta(seconds=5)
+    assert lease.tick() is Action.RENEW
+    assert calls == [False, False]  # never while believed; not again at a renewal
+
+
 # --- real server processes ------------------------------------------------------------------
 
 
@@ -164,10 +195,43 @@ def _one_holder(replicas: list[_Replica]) -> tuple[_Replica, float] | None:
     return holders[0][0], holders[0][1]
 
 
+def _offline_transitions(postgres_url: str, terminal_id: str) -> int:
+    storage = Storage(postgres_url)
+    storage.open()
+    try:
+        with storage.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM transition WHERE terminal_id = :t"
+                        " AND subject = 'connectivity' AND to_state = 'offline'"
+                    ),
+                    {"t": terminal_id},
+                ).scalar_one()
+            )
+    finally:
+        storage.close()
+
+
+def _silent_terminal_goes_offline_once(
+    terminals: TerminalFactory, holder: _Replica, postgres_url: str
+) -> str:
+    """A terminal every replica hears once (direct subscriptions), then silence: one
+    offline transition, however many sweeps the holder runs afterwards."""
+    terminal = terminals(unique("LEASE"))
+    terminal.report(interval=0.3)
+    wait_until(lambda: _offline_transitions(postgres_url, terminal.id) >= 1, 20, "offline")
+    sweeps = holder.read()[2]["offline-sweep"]
+    wait_until(lambda: holder.read()[2]["offline-sweep"] >= sweeps + 10, 20, "ten more sweeps")
+    assert _offline_transitions(postgres_url, terminal.id) == 1
+    return terminal.id
+
+
 def test_one_of_three_replicas_runs_the_fleet_jobs_and_another_takes_over_after_a_kill(
-    replicas: list[_Replica], postgres_url: str
+    replicas: list[_Replica], private_terminals: TerminalFactory, postgres_url: str
 ) -> None:
     holder, token = wait_until(lambda: _one_holder(replicas), 30, "one replica holding the lease")
+    first = _silent_terminal_goes_offline_once(private_terminals, holder, postgres_url)
     standbys = [r for r in replicas if r is not holder]
     for r in standbys:
         held, _, runs = r.read()
@@ -183,6 +247,8 @@ def test_one_of_three_replicas_runs_the_fleet_jobs_and_another_takes_over_after_
     assert new_token > token  # the fencing token grew with the takeover
     other = next(r for r in standbys if r is not new_holder)
     assert other.read()[2] == dict.fromkeys(FLEET_JOBS, 0.0)
+    _silent_terminal_goes_offline_once(private_terminals, new_holder, postgres_url)
+    assert _offline_transitions(postgres_url, first) == 1  # the new holder did not redo it
     storage = Storage(postgres_url)
     storage.open()
     try:
