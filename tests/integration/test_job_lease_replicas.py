@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -160,28 +160,48 @@ class _Replica:
         return holder, samples[("kioskfleet_job_lease_token", ())], runs
 
 
+_REPLICA_ENV = {
+    "KIOSKFLEET_JOB_LEASE_DURATION_S": "2",
+    "KIOSKFLEET_JOB_LEASE_RENEW_INTERVAL_S": "0.25",
+    "KIOSKFLEET_ROLLOUT_TICK_INTERVAL_S": "0.2",
+    "KIOSKFLEET_OFFLINE_CHECK_INTERVAL_S": "0.2",
+    "KIOSKFLEET_MQTT_SESSION_EXPIRY_S": "0",
+}
+
+
 @pytest.fixture
-def replicas(
+def start_replicas(
     private_broker: LocalBroker, tmp_path: Path, postgres_url: str
-) -> Iterator[list[_Replica]]:
-    env = {
-        "KIOSKFLEET_JOB_LEASE_DURATION_S": "2",
-        "KIOSKFLEET_JOB_LEASE_RENEW_INTERVAL_S": "0.25",
-        "KIOSKFLEET_ROLLOUT_TICK_INTERVAL_S": "0.2",
-        "KIOSKFLEET_OFFLINE_CHECK_INTERVAL_S": "0.2",
-        "KIOSKFLEET_MQTT_SESSION_EXPIRY_S": "0",
-    }
-    processes = [
-        ServerProcess(private_broker, tmp_path, postgres_url, name=f"replica-{i}", env=env)
-        for i in range(3)
-    ]
-    try:
-        for p in processes:
+) -> Iterator[Callable[..., list[_Replica]]]:
+    """``start_replicas(n, **env)``: n server processes on one PostgreSQL database."""
+    processes: list[ServerProcess] = []
+
+    def start(count: int, **env: str) -> list[_Replica]:
+        made = [
+            ServerProcess(
+                private_broker,
+                tmp_path,
+                postgres_url,
+                name=f"replica-{len(processes) + i}",
+                env={**_REPLICA_ENV, **env},
+            )
+            for i in range(count)
+        ]
+        processes.extend(made)
+        for p in made:
             p.start()
-        yield [_Replica(p) for p in processes]
+        return [_Replica(p) for p in made]
+
+    try:
+        yield start
     finally:
         for p in processes:
             p.stop()
+
+
+@pytest.fixture
+def replicas(start_replicas: Callable[..., list[_Replica]]) -> list[_Replica]:
+    return start_replicas(3)
 
 
 def _one_holder(replicas: list[_Replica]) -> tuple[_Replica, float] | None:
@@ -259,3 +279,17 @@ def test_one_of_three_replicas_runs_the_fleet_jobs_and_another_takes_over_after_
     assert new_holder.process.proc is not None
     assert holder_id is not None
     assert holder_id.split(":")[1] == str(new_holder.process.proc.pid)
+
+
+def test_a_gracefully_stopped_holder_hands_the_lease_over_without_waiting_for_its_expiry(
+    start_replicas: Callable[..., list[_Replica]],
+) -> None:
+    # A lease of 10 minutes: only the release on stop lets the standby take over in time.
+    replicas = start_replicas(
+        2, KIOSKFLEET_JOB_LEASE_DURATION_S="600", KIOSKFLEET_JOB_LEASE_RENEW_INTERVAL_S="0.25"
+    )
+    holder, token = wait_until(lambda: _one_holder(replicas), 30, "one replica holding the lease")
+    assert holder.process.signal(signal.SIGTERM) == 0
+    standby = next(r for r in replicas if r is not holder)
+    _, new_token = wait_until(lambda: _one_holder([standby]), 30, "the standby taking over")
+    assert new_token == token + 1
