@@ -306,9 +306,12 @@ class JobLease:
     # --- internals ------------------------------------------------------------------------
 
     def _publish(self) -> None:
+        """The gauges as this replica believes (0 once a belief the database did not renew
+        expired: the next tick after a failed one says so)."""
         mine = self._held
-        self._metrics.holder.set(1 if mine is not None else 0)
-        if mine is not None:
+        held = mine is not None and self.held()
+        self._metrics.holder.set(1 if held else 0)
+        if mine is not None and held:
             self._metrics.token.set(mine.token)
 
     def _read(self) -> LeaseRow | None:

@@ -134,6 +134,32 @@ def test_the_new_holder_takes_up_the_jobs_before_it_believes_and_retries_on_fail
     assert calls == [False, False]  # never while believed; not again at a renewal
 
 
+def test_a_holder_cut_off_from_the_database_stops_believing_at_its_expiry(
+    storage: Storage, database_url: str
+) -> None:
+    clock = _Clock()
+    registry = CollectorRegistry()
+    own = Storage(database_url)  # the holder's own connection to the database, cut below
+    own.open()
+    lease = JobLease(own, "replica-a", LeaseMetrics(registry), duration=LEASE, clock=clock)
+    ran: list[int] = []
+    job = lease.guard("offline-sweep", lambda: ran.append(1))
+    lease.tick()
+    job()
+    own.close()  # the database is gone for this replica
+    clock.now += timedelta(seconds=20)
+    assert lease.tick() is Action.STAND_BY  # the renewal failed, the belief still holds
+    job()
+    assert registry.get_sample_value("kioskfleet_job_lease_holder") == 1
+    clock.now += timedelta(seconds=10)  # its expiry: a standby may take over now
+    assert lease.tick() is Action.STAND_BY
+    job()
+    assert ran == [1, 1]  # nothing ran once the lease it could not renew expired
+    assert registry.get_sample_value("kioskfleet_job_lease_holder") == 0
+    assert registry.get_sample_value("kioskfleet_job_lease_errors_total") == 2
+    assert _row(storage) == ("replica-a", 1)  # expired in the row; the others take it over
+
+
 # --- real server processes ------------------------------------------------------------------
 
 
