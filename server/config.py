@@ -119,6 +119,11 @@ class Settings(BaseSettings):
     paper_low_share: Annotated[float, Field(gt=0, lt=1)] = 0.1
     paper_forecast_interval_s: PositiveSeconds = 60.0
     paper_history_retention_days: Annotated[float, Field(gt=0, le=365)] = 14.0
+    # The lease under which the fleet's scheduled jobs run on one replica (docs/scale-out.md):
+    # a killed holder's jobs move to another replica at most this long after its last
+    # renewal; every replica tries to take or renew it this often (well below the duration).
+    job_lease_duration_s: Annotated[float, Field(ge=0.5, le=3600)] = 30.0
+    job_lease_renew_interval_s: PositiveSeconds = 5.0
 
     # Broker.
     broker_url: str = "mqtt://127.0.0.1:1883"
@@ -297,6 +302,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "updates_resign_check_interval_s must be well below half the timestamp expiry"
             )
+        if self.job_lease_renew_interval_s * 2 > self.job_lease_duration_s:
+            raise ValueError("job_lease_renew_interval_s must be at most half job_lease_duration_s")
         if (self.https_cert_file is None) != (self.https_key_file is None):
             raise ValueError("https_cert_file and https_key_file go together")
         for path in (self.https_cert_file, self.https_key_file):

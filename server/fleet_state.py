@@ -32,6 +32,7 @@ from server.fleet_tallies import FleetTallies
 from server.fleet_views import (
     FleetSummary,
     HallSummary,
+    OfflineReason,
     Outcome,
     Page,
     SoftwareCount,
@@ -141,6 +142,19 @@ class FleetState:
                     out.append(transition)
                     self._tallies.update(t)
         return out
+
+    def adopt_offline(self, offline: Iterable[tuple[str, datetime, OfflineReason]]) -> int:
+        """Take offline, without transitions, the terminals another replica's sweep already
+        recorded offline (``(id, since, reason)`` from the database) and that sent nothing
+        here since; the new lease holder calls it before its first sweep. Returns how many."""
+        changed = 0
+        with self._lock:
+            for terminal_id, since, reason in offline:
+                t = self._terminals.get(terminal_id)
+                if t is not None and terminal_rules.adopt_offline(t, since, reason):
+                    self._tallies.update(t)
+                    changed += 1
+        return changed
 
     # --- reading --------------------------------------------------------------------------
 

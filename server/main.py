@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import secrets
 import signal
 import socket
 import ssl
@@ -62,6 +64,7 @@ from server.hall_openings import HallOpenings
 from server.history_query import HistoryQuery, StoredPage
 from server.ingest import Ingest
 from server.ingest_gate import IngestGate
+from server.job_lease import JobLease, LeaseMetrics
 from server.log_throttle import ThrottledLog
 from server.maintenance import MaintenanceLimits
 from server.maintenance_api import maintenance_router, operator_state
@@ -504,6 +507,14 @@ class Server:
                 )
             ),
         )
+        # The fleet's scheduled jobs run on the replica holding this lease (docs/scale-out.md).
+        self.job_lease = JobLease(
+            self.storage,
+            f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
+            LeaseMetrics(registry),
+            duration=timedelta(seconds=settings.job_lease_duration_s),
+            on_acquired=self._take_up_fleet_jobs,
+        )
         self._scheduler: BackgroundScheduler | None = None
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
@@ -659,10 +670,12 @@ class Server:
         self.writer.start()
         self._start_http()
         self.mqtt.start()
+        lease = self.job_lease
+        lease.tick()  # a lone replica holds the lease before its first jobs are due
         self._scheduler = build_scheduler(
-            self.sweep,
+            lease.guard("offline-sweep", self.sweep.run),
             offline_check_interval_s=self.settings.offline_check_interval_s,
-            pruner=self.pruner,
+            prune=lease.guard("retention-prune", self.pruner.run),
             prune_interval_s=self.settings.event_prune_interval_s,
         )
         scheduler = self._scheduler
@@ -686,14 +699,20 @@ class Server:
                 "terminal registry refresh",
             )
         if self.updates is not None:
-            self.updates.schedule(self._scheduler)
-        every(
+            self.updates.schedule(self._scheduler, lease.guard)
+        every(  # on every replica: how a standby sees an expired lease
+            self.settings.job_lease_renew_interval_s,
+            lease.tick,
+            "job-lease",
+            "job lease renewal",
+        )
+        every(  # once per fleet: the watermark would also refuse a second replica's batch
             self.settings.usage_rollup_interval_s,
-            self.usage_rollup.run,
+            lease.guard("usage-rollup", self.usage_rollup.run),
             "usage-rollup",
             "usage rollup and availability sample",
         )
-        every(
+        every(  # on every replica: each keeps its own forecasts in memory
             self.settings.paper_forecast_interval_s,
             lambda: self.paper.refresh(datetime.now(UTC)),
             "paper-forecast",
@@ -701,7 +720,7 @@ class Server:
         )
         every(
             self.settings.rollout_tick_interval_s,
-            self.rollouts.tick,
+            lease.guard("rollout-tick", self.rollouts.tick),
             "rollout-tick",
             "rollout driver",
         )
@@ -724,12 +743,21 @@ class Server:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
+            self.job_lease.release()  # after the last job: a standby takes over at once
         self.writer.stop(timeout_s=self.settings.db_statement_timeout_s + 5)
         self.mqtt.stop()
         self._stop_http()
         self.storage.close()
 
     # --- internals ------------------------------------------------------------------------
+
+    def _take_up_fleet_jobs(self) -> None:
+        """Before this replica's first sweep as the lease holder: adopt the offline states
+        a previous holder's sweeps recorded, so it does not record them again. Raises
+        StorageError."""
+        adopted = self.fleet.adopt_offline(self.storage.offline_terminals())
+        if adopted:
+            log.info("adopted %d offline terminals from the previous lease holder", adopted)
 
     def _refresh_registry(self) -> None:
         if self.terminal_registry is None:

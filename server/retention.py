@@ -46,6 +46,7 @@ _SPENT: Final = "spent enrollment tokens and expired certificates"
 TABLE_RETENTIONS: Final[Mapping[str, Pruned | Bounded]] = {
     "terminal": Bounded("one row per terminal in the fleet; decommission deletes it"),
     "peripheral": Bounded("the peripherals of the fleet's terminals, deleted with their terminal"),
+    "job_lease": Bounded("one row per lease name; the server uses one (scheduled-jobs)"),
     "transition": Pruned(
         "transitions", "transition_retention_days", "recorded_at older than the retention"
     ),

@@ -227,7 +227,8 @@ class RolloutService:
             refused = [a for a in decision.actions if isinstance(a, Refused)]
             if refused:
                 raise RolloutConflictError(refused[0].reason)
-            self._save(decision, [event], now)
+            if not self._save(decision, [event], now, read_at=stored.updated_at):
+                raise RolloutConflictError("the rollout changed meanwhile; try again")
             return decision.rollout
 
     def get(self, rollout_id: str) -> Rollout:
@@ -283,13 +284,22 @@ class RolloutService:
                 events.append(Selected(self.matching(stored.selector)))
             events += self._reports(stored.rollout)
             decision = step(stored.rollout, events, now)
-            self._save(decision, events, now)
+            if not self._save(decision, events, now, read_at=stored.updated_at):
+                log.info("rollout %s changed meanwhile: stepped at the next tick", rollout_id)
 
-    def _save(self, decision: Decision, events: list[Event], now: datetime) -> None:
-        """Store the step, show it on the board, then execute its actions."""
-        self._store.save(decision.rollout, wake_at=decision.wake_at, now=now)
+    def _save(
+        self, decision: Decision, events: list[Event], now: datetime, *, read_at: datetime
+    ) -> bool:
+        """Store the step, show it on the board, then execute its actions; nothing of it
+        when the row moved since ``read_at`` (a step by another replica: the API's events
+        run on the replica that receives them, the tick on the job lease's holder)."""
+        if not self._store.save(
+            decision.rollout, wake_at=decision.wake_at, now=now, read_at=read_at
+        ):
+            return False
         self._board.note(decision.rollout, now=now, progressed=progressed(events, decision.actions))
         self._execute(decision.rollout, decision.actions, now)
+        return True
 
     def matching(self, selector: Selector) -> tuple[str, ...]:
         """The terminals of the fleet state ``selector`` matches now, in the fleet's order:

@@ -142,8 +142,18 @@ class RolloutStore:
         with self._storage.begin("create rollout") as conn:
             conn.execute(sa.insert(_ROLLOUT), values)
 
-    def save(self, rollout: Rollout, *, wake_at: datetime | None, now: datetime) -> None:
-        """Replace the planner state of an existing rollout. Raises StorageError."""
+    def save(
+        self,
+        rollout: Rollout,
+        *,
+        wake_at: datetime | None,
+        now: datetime,
+        read_at: datetime | None = None,
+    ) -> bool:
+        """Replace the planner state of an existing rollout. ``read_at``: the ``updated_at``
+        of the row the new state was stepped from; the save is refused (returns False,
+        nothing written) when the row moved since (another replica saved it meanwhile).
+        Raises StorageError."""
         finished = rollout.status in FINISHED
         values: dict[str, Any] = {
             "state": rollout_to_json(rollout),
@@ -155,10 +165,13 @@ class RolloutStore:
         }
         table = _ROLLOUT
         stmt = sa.update(table).where(table.c.id == rollout.definition.rollout_id)
+        unchanged = stmt if read_at is None else stmt.where(table.c.updated_at == read_at)
         with self._storage.begin("save rollout") as conn:
+            if conn.execute(unchanged.values(**values)).rowcount != 1:
+                return False
             if finished:
                 conn.execute(stmt.where(table.c.finished_at.is_(None)).values(finished_at=now))
-            conn.execute(stmt.values(**values))
+        return True
 
     def get(self, rollout_id: str) -> StoredRollout | None:
         """The rollout ``rollout_id``, None if there is none. Raises StorageDataError, StorageError."""

@@ -125,18 +125,19 @@ class RetentionPruner:
 
 
 def build_scheduler(
-    sweep: OfflineSweep,
+    sweep: Callable[[], object],
     *,
     offline_check_interval_s: float,
-    pruner: RetentionPruner | None = None,
+    prune: Callable[[], object] | None = None,
     prune_interval_s: float = 3600.0,
 ) -> BackgroundScheduler:
-    """A not-yet-started scheduler running ``sweep`` every ``offline_check_interval_s`` and
-    ``pruner`` (if given) every ``prune_interval_s``, first right at start."""
+    """A not-yet-started scheduler running ``sweep`` (``OfflineSweep.run``, or it under the
+    job lease) every ``offline_check_interval_s`` and ``prune`` (``RetentionPruner.run``,
+    if given) every ``prune_interval_s``, first right at start."""
     scheduler = BackgroundScheduler(timezone=UTC)
-    if pruner is not None:
+    if prune is not None:
         scheduler.add_job(
-            pruner.run,
+            prune,
             "interval",
             seconds=prune_interval_s,
             id="retention-prune",
@@ -147,7 +148,7 @@ def build_scheduler(
             next_run_time=datetime.now(UTC),
         )
     scheduler.add_job(
-        sweep.run,
+        sweep,
         "interval",
         seconds=offline_check_interval_s,
         id="offline-sweep",

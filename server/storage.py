@@ -236,6 +236,7 @@ _TABLE_MODULES: Final = (
     "server.usage_store",
     "server.service_store",
     "server.usage_rollup_store",
+    "server.job_lease",
 )  # tables declared beside their owners
 
 
@@ -453,6 +454,21 @@ class Storage:
             return [
                 _TERMINALS.model_of(row, peripherals=tuple(peripherals.get(row["id"], ())))
                 for row in conn.execute(sa.select(_TERMINAL)).mappings()
+            ]
+
+    def offline_terminals(self) -> list[tuple[str, datetime, OfflineReason]]:
+        """``(id, offline since, reason)`` of every terminal stored offline (for a new job
+        lease holder: ``FleetState.adopt_offline``). Raises StorageError."""
+        t = _TERMINAL.c
+        stmt = sa.select(t.id, t.online_since, t.offline_reason).where(sa.not_(t.online))
+        with database_errors("read offline terminals"), self.engine.connect() as conn:
+            return [
+                (
+                    row.id,
+                    row.online_since,
+                    _offline_reason(row.offline_reason) or OfflineReason.TIMEOUT,
+                )
+                for row in conn.execute(stmt)
             ]
 
     def history(self, terminal_id: str, limit: int) -> list[Transition]:

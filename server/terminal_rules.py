@@ -96,7 +96,15 @@ from server.fleet_views import (
     Verdict,
 )
 
-__all__ = ["VIEW_FIELDS", "Placement", "TerminalPolicy", "TerminalRecord", "apply", "expire"]
+__all__ = [
+    "VIEW_FIELDS",
+    "Placement",
+    "TerminalPolicy",
+    "TerminalRecord",
+    "adopt_offline",
+    "apply",
+    "expire",
+]
 
 _DUPLICATE: Final = Outcome(Verdict.DUPLICATE)
 _STALE: Final = Outcome(Verdict.STALE)
@@ -255,6 +263,18 @@ def expire(
     if listening_since is not None and listening_since + policy.grace(t.report_interval_s) >= now:
         return None
     return _switch(t, False, OfflineReason.TIMEOUT, OfflineReason.TIMEOUT.value, now, now)
+
+
+def adopt_offline(t: TerminalRecord, since: datetime, reason: OfflineReason) -> bool:
+    """Take ``t`` offline as another replica already recorded (the database says offline
+    since ``since``), without a transition of its own: only if ``t`` is online here and
+    has sent nothing since. Returns whether it changed."""
+    if not t.online or t.last_seen > since:
+        return False
+    t.online = False
+    t.state_since = since
+    t.offline_reason = reason
+    return True
 
 
 # --- internals ------------------------------------------------------------------------------

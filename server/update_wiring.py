@@ -6,6 +6,7 @@ online keys, routes, metrics and the re-signing job. Nothing happens at import t
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -52,9 +53,14 @@ class UpdateService:
                 log.info("pruned %d uploads never published", pruned)
         return done
 
-    def schedule(self, scheduler: BackgroundScheduler) -> None:
+    def schedule(
+        self,
+        scheduler: BackgroundScheduler,
+        guard: Callable[[str, Callable[[], list[str]]], Callable[[], object]],
+    ) -> None:
+        """Add the re-signing job, wrapped by ``guard`` (the job lease: once per fleet)."""
         scheduler.add_job(
-            self.resign,
+            guard("tuf-resign", self.resign),
             "interval",
             seconds=self.resign_interval_s,
             id="tuf-resign",

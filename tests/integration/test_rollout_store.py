@@ -81,6 +81,23 @@ def test_a_rollout_and_its_planner_state_survive_the_database(store: RolloutStor
     assert store.get("missing") is None
 
 
+def test_a_save_stepped_from_a_row_another_replica_saved_since_is_refused(
+    store: RolloutStore,
+) -> None:
+    rollout = new_rollout(definition())
+    store.insert(rollout, {}, now=NOW)
+    read = store.get("r1")
+    assert read is not None
+    approved = replace(rollout, status=RolloutStatus.RUNNING, approved_by="bob")
+    later = NOW + timedelta(seconds=1)
+    assert store.save(approved, wake_at=None, now=later, read_at=read.updated_at)
+    canceled = replace(rollout, status=RolloutStatus.CANCELED)  # stepped from the old read
+    assert not store.save(canceled, wake_at=None, now=later, read_at=read.updated_at)
+    stored = store.get("r1")
+    assert stored is not None
+    assert (stored.rollout, stored.finished_at) == (approved, None)  # the first save stands
+
+
 def test_directive_seqs_always_grow_per_terminal(store: RolloutStore) -> None:
     assert [store.next_directive_seq("t1") for _ in range(3)] == [1, 2, 3]
     assert store.next_directive_seq("t2") == 1

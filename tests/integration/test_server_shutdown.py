@@ -12,95 +12,20 @@ published: no message lost, none counted twice, no gap.
 from __future__ import annotations
 
 import functools
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from kioskfleet.local_broker import LocalBroker
-from tests.integration.conftest import (
-    RawTerminal,
-    TerminalFactory,
-    admin_token_in,
-    bearer,
-    periph,
-    unique,
-    wait_until,
-)
+from tests.integration.conftest import RawTerminal, TerminalFactory, periph, unique, wait_until
+from tests.integration.server_process import ServerProcess
 
 TERMINALS = 4
 MESSAGES_PER_TERMINAL = 60  # every 5th an event, the rest reports
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class ServerProcess:
-    def __init__(self, broker: LocalBroker, tmp_path: Path, database_url: str) -> None:
-        self.port = _free_port()
-        self.token = admin_token_in(database_url)
-        self.env = {
-            **os.environ,
-            "KIOSKFLEET_DATABASE_URL": database_url,
-            "KIOSKFLEET_BROKER_URL": broker.url,
-            "KIOSKFLEET_HTTP_PORT": str(self.port),
-            "KIOSKFLEET_MQTT_CLIENT_ID": unique("kf-shutdown-test"),
-            "KIOSKFLEET_MQTT_SESSION_EXPIRY_S": "3600",
-            "KIOSKFLEET_DB_FLUSH_INTERVAL_S": "0.3",
-            "KIOSKFLEET_OFFLINE_CHECK_INTERVAL_S": "0.5",
-        }
-        self.log = tmp_path / "server.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kioskfleet.cli", "server"],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        wait_until(self._ready, 30, "the server process to be ready")
-
-    def _ready(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            pytest.fail(f"server exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-        try:
-            return httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def signal(self, sig: signal.Signals) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        code = self.proc.wait(60)
-        self.proc = None
-        return code
-
-    def get(self, path: str, **params: Any) -> Any:
-        headers = bearer(self.token)
-        return httpx.get(self.base + path, params=params, headers=headers, timeout=5).json()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @pytest.fixture

@@ -133,9 +133,19 @@ ANALYTICS_METRIC_NAMES: Final = frozenset(
         "kioskfleet_hall_turned_away_estimated",
     }
 )
+JOB_LEASE_METRIC_NAMES: Final = frozenset(
+    {  # server/job_lease.py: who runs the once-per-fleet jobs (docs/scale-out.md)
+        "kioskfleet_job_lease_holder",
+        "kioskfleet_job_lease_token",
+        "kioskfleet_job_lease_takeovers_total",
+        "kioskfleet_job_lease_errors_total",
+        "kioskfleet_fleet_job_runs_total",
+    }
+)
 CONTRACT_METRIC_NAMES: Final = (
     FLEET_METRIC_NAMES
     | INGEST_METRIC_NAMES
+    | JOB_LEASE_METRIC_NAMES
     | ACCESS_METRIC_NAMES
     | UPDATE_METRIC_NAMES
     | UPDATE_STATUS_METRIC_NAMES

@@ -282,6 +282,21 @@ def test_any_accepted_message_overrides_an_offline_by_timeout(fleet: FleetState)
     assert [(t.from_state, t.to_state) for t in out.transitions] == [("offline", "online")]
 
 
+def test_an_offline_another_replica_recorded_is_adopted_without_a_transition(
+    fleet: FleetState,
+) -> None:
+    fleet.apply(report("T-1", seq=1, sent_at=at(0), interval=10), at(0))
+    fleet.apply(report("T-2", seq=1, sent_at=at(0), interval=10), at(0))
+    fleet.apply(report("T-2", seq=2, sent_at=at(35), interval=10), at(35))  # back since
+    recorded = [("T-1", at(31), OfflineReason.TIMEOUT), ("T-2", at(31), OfflineReason.TIMEOUT)]
+    assert fleet.adopt_offline([*recorded, ("T-unknown", at(31), OfflineReason.WILL)]) == 1
+    v = view(fleet, "T-1")
+    assert (v.online, v.state_since, v.offline_reason) == (False, at(31), OfflineReason.TIMEOUT)
+    assert view(fleet, "T-2").online  # it spoke after the other replica's sweep
+    assert fleet.expire_silent(at(40)) == []  # T-1 is not taken offline a second time
+    assert [(h.online, h.offline) for h in fleet.halls()] == [(1, 1)]  # tallies follow
+
+
 def test_live_online_state_brings_the_terminal_online(fleet: FleetState) -> None:
     fleet.apply(report(seq=1), at(1))
     fleet.apply(state("T-1", False), at(10))
