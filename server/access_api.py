@@ -196,19 +196,29 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         status: int | None = None
+        recorded = False
+
+        async def record() -> None:
+            nonlocal recorded
+            recorded = True
+            entry = self._entry(scope, status)
+            if entry is not None:
+                await anyio.to_thread.run_sync(self._sink.record, entry)
 
         async def send_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                # Before the caller sees the answer: whoever reads the audit log after a
+                # call finds that call in it.
+                await record()
             await send(message)
 
         try:
             await self.app(scope, receive, send_status)
         finally:
-            entry = self._entry(scope, status)
-            if entry is not None:
-                await anyio.to_thread.run_sync(self._sink.record, entry)
+            if not recorded:  # the route failed before it answered
+                await record()
 
     def _entry(self, scope: Scope, status: int | None) -> AuditEntry | None:
         route = scope.get("route")

@@ -58,6 +58,9 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        if self.log.exists():  # a restart: the old port may since be a client's local port
+            self.port = _free_port()
+            self.env["KIOSKFLEET_HTTP_PORT"] = str(self.port)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "kioskfleet.cli", "server"],
