@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Final
 
 import pytest
 
 from kioskfleet.local_broker import LocalBroker
+
+
+_INTEGRATION_DIR: Final = Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/integration talks to real components: mark it so, whether or
+    not its module says so, so that ``-m "not integration"`` is the pure unit run."""
+    for item in items:
+        if _INTEGRATION_DIR in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

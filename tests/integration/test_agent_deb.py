@@ -15,7 +15,7 @@ import pytest
 
 from agent.config import load_agent_config
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = "lib/systemd/system/kioskfleet-agent.service"

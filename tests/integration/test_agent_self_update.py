@@ -45,7 +45,7 @@ from tests.integration.test_agent_updater import Release, Terminal
 from tests.support.tuf_world import TufWorld, release_manifest
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 world = test_agent_updater.world
 server = test_agent_updater.server

@@ -18,7 +18,7 @@ import pytest
 from server.config import setting_variables
 from tests.integration.conftest import ServerFactory
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = (REPO / "docker" / "server.Dockerfile", REPO / "docker" / "agent.Dockerfile")

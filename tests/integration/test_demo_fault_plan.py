@@ -25,6 +25,7 @@ from tests.integration.conftest import ServerFactory, token, wait_until
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.slow,
     pytest.mark.skipif(
         prometheus_binary() is None,
         reason="the prometheus binary is not installed (apt-get install prometheus)",

@@ -20,7 +20,7 @@ from tests.integration.conftest import ServerFactory, admin_token, token
 from tests.integration.test_rollouts import _rollout
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _secret_file(path: Path, secret: str) -> Path:

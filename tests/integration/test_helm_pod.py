@@ -36,7 +36,7 @@ from server.device_ca import generate_key, write_pem, write_private_key
 from tests.integration.conftest import wait_until
 from tests.support.pki import TestPki
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "kioskfleet"
 SERVER_IDENTITY = "kioskfleet:server"

@@ -21,7 +21,7 @@ from server.config import Settings
 from server.storage import Storage
 from tests.integration.conftest import ServerFactory, bearer, token
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 HOURS = {"timezone": "Europe/Vienna", "weekly": {"thu": [{"start": "09:00", "end": "18:00"}]}}

@@ -30,7 +30,7 @@ from tests.integration.conftest import TerminalFactory, unique
 from tests.integration.server_process import ServerProcess
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LEASE = timedelta(seconds=30)
 FLEET_JOBS = ("offline-sweep", "rollout-tick", "retention-prune")

@@ -14,7 +14,7 @@ import pytest
 
 from kioskfleet.shipped_files import SHIPPED_FILES
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 _NOT_SOURCE = shutil.ignore_patterns(

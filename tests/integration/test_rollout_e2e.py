@@ -32,7 +32,7 @@ from tests.integration.test_rollouts import _post, _rollout, _start
 from tests.support.tuf_world import TufWorld
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 world = test_directives_tuf.world  # acme delegated, the directive key SERVER_KEY pinned
 

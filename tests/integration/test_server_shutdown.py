@@ -24,6 +24,8 @@ from kioskfleet.local_broker import LocalBroker
 from tests.integration.conftest import RawTerminal, TerminalFactory, periph, unique, wait_until
 from tests.integration.server_process import ServerProcess
 
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
 TERMINALS = 4
 MESSAGES_PER_TERMINAL = 60  # every 5th an event, the rest reports
 

@@ -32,7 +32,7 @@ from protocol.messages import (
 )
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 class Recorder:

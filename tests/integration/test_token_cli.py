@@ -19,7 +19,7 @@ from server.config import Settings
 from server.storage import Storage
 from tests.integration.conftest import ServerFactory, bearer
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 

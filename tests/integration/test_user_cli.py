@@ -22,7 +22,7 @@ from server.console.web import CONSOLE_PREFIX, SESSION_COOKIE
 from server.storage import Storage
 from tests.integration.conftest import ServerFactory
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "a long enough password"  # noqa: S105 - a test user's password

@@ -27,7 +27,7 @@ from tests.integration.faults.accounting import wait_for_exact_accounting
 from tests.integration.faults.conftest import ServerStarter
 from tests.integration.faults.server_process import KIOSKFLEET
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TERMINAL = "KILL-00001"
 

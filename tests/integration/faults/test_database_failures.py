@@ -33,7 +33,7 @@ from tests.integration.faults.conftest import (
 from tests.integration.faults.proxy import FaultProxy
 from tests.integration.faults.server_process import ServerProcess
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TERMINALS = 20
 RETRY = {"db_retry_max_s": 1, "db_connect_timeout_s": 2, "db_statement_timeout_s": 5}

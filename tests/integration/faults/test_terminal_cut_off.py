@@ -22,7 +22,7 @@ from tests.integration.faults.accounting import wait_for_exact_accounting
 from tests.integration.faults.conftest import Fleets, ServerStarter, drain_and_stop, wait_connected
 from tests.integration.faults.proxy import FaultProxy
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 OUTBOX_MAX_MESSAGES = 15
 
