@@ -6,6 +6,12 @@ Debian's headless chromium through Playwright and saves one PNG per main page. N
 nothing from the internet; leaves nothing behind but the PNGs.
 
     .venv/bin/python scripts/console_screenshots.py [--out docs/console]
+
+The releases and rollout pages need a TUF repository and a rollout, which the demo has:
+with ``make demo`` running, ``--from-demo`` logs in to its console (user ``demo``,
+``var/demo/console.password``) and saves those pages only.
+
+    .venv/bin/python scripts/console_screenshots.py --from-demo [--out docs/console]
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Final
 
 from playwright.sync_api import Page, sync_playwright
 from prometheus_client import CollectorRegistry
@@ -33,11 +40,43 @@ PASSWORD = "screenshots only, not a real one"  # noqa: S105 - a throwaway demo u
 WIDTH, HEIGHT = 1280, 860
 
 
-def _log_in(page: Page, base: str) -> None:
+DEMO_BASE = "https://127.0.0.1:8080"
+DEMO_PASSWORD_FILE = Path("var/demo/console.password")
+DEMO_PAGES: Final = {
+    "releases": "/console/releases",
+    "rollouts": "/console/rollouts",
+    "rollout": "/console/rollouts/R-DEMO-1",
+}
+
+
+def _log_in(page: Page, base: str, password: str = PASSWORD) -> None:
     page.goto(base + "/console/login")
     page.fill("input[name=username]", "demo")
-    page.fill("input[name=password]", PASSWORD)
+    page.fill("input[name=password]", password)
     page.click("#login")
+
+
+def _from_demo(out: Path, chromium: str) -> int:
+    """The pages of a running ``make demo`` that need its repository and rollout."""
+    if not DEMO_PASSWORD_FILE.exists():
+        raise SystemExit(f"{DEMO_PASSWORD_FILE} is missing: start `make demo` first")
+    password = DEMO_PASSWORD_FILE.read_text(encoding="utf-8").strip()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        for locale, suffix in (("en-US", ""), ("zh-CN", "-zh_CN")):
+            context = browser.new_context(  # the demo's certificate is its own CA's
+                locale=locale, viewport={"width": WIDTH, "height": HEIGHT}, ignore_https_errors=True
+            )
+            page = context.new_page()
+            _log_in(page, DEMO_BASE, password)
+            for name, path in DEMO_PAGES.items():
+                page.goto(DEMO_BASE + path)
+                shot = out / f"{name}{suffix}.png"
+                page.screenshot(path=str(shot), full_page=True)
+                print(shot)
+            context.close()
+        browser.close()
+    return 0
 
 
 def _wait(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
@@ -51,9 +90,14 @@ def _wait(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/console"))
+    parser.add_argument(
+        "--from-demo", action="store_true", help="the releases and rollout pages of `make demo`"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if args.from_demo:
+        return _from_demo(args.out, chromium)
     with tempfile.TemporaryDirectory(prefix="kf-shots-") as tmp, LocalBroker(Path(tmp)) as broker:
         server = Server(
             Settings(
@@ -98,8 +142,6 @@ def main() -> int:
                         "hall": f"/console/halls/{hall}",
                         "terminal": f"/console/terminals/{problem}",
                         "problems": "/console/problems",
-                        "releases": "/console/releases",  # empty: no update repository here
-                        "rollouts": "/console/rollouts",
                         "audit": "/console/audit",
                         "tokens": "/console/tokens",
                         "users": "/console/users",
