@@ -30,16 +30,7 @@ from server.fleet_state import FleetState
 from server.fleet_views import TerminalView
 from server.service_catalogue import Catalogue
 from tests.support.fleet_messages import READER_OK, at, periph, report, state
-
-CATALOGUE = Catalogue.model_validate(
-    {
-        "services": [
-            {"code": "tax.invoice.print", "needs": ["printer"]},
-            {"code": "police.residence_permit.renew", "needs": ["identity_reader"]},
-            {"code": "info.opening_hours", "needs": []},
-        ]
-    }
-)
+from tests.unit.test_service_catalogue import CATALOGUE
 
 
 def _views() -> list[TerminalView]:
@@ -60,8 +51,11 @@ def test_a_terminal_out_of_paper_offers_the_identity_services_and_names_the_miss
     offers = hall_offers(CATALOGUE, _views())
     paper_out = offers.terminals["T-2"]
     assert paper_out.offered == ("police.residence_permit.renew", "info.opening_hours")
-    assert paper_out.missing == (("tax.invoice.print", ("printer",)),)
-    assert offers.terminals["T-1"].missing == ()
+    assert paper_out.missing == (
+        ("tax.invoice.print", ("printer",)),
+        ("market.licence.print", ("a4_printer",)),
+    )
+    assert offers.terminals["T-1"].missing == (("market.licence.print", ("a4_printer",)),)
 
 
 def test_an_offline_terminal_offers_nothing_because_it_is_offline() -> None:
@@ -76,6 +70,7 @@ def test_the_hall_counts_the_terminals_offering_each_service() -> None:
     assert offers.counts == (
         ("tax.invoice.print", 1),
         ("police.residence_permit.renew", 2),
+        ("market.licence.print", 0),
         ("info.opening_hours", 2),
     )
 
@@ -83,10 +78,11 @@ def test_the_hall_counts_the_terminals_offering_each_service() -> None:
 def test_the_catalogue_form_text_reads_back_as_the_same_catalogue() -> None:
     text = catalogue_text(CATALOGUE)
     assert text.splitlines()[0] == "tax.invoice.print: printer"
-    assert text.splitlines()[2] == "info.opening_hours"
+    assert text.splitlines()[2] == "market.licence.print: identity_reader, a4_printer"
+    assert text.splitlines()[3] == "info.opening_hours"
     assert parse_catalogue_text(text) == CATALOGUE
     assert parse_catalogue_text("# a comment\n\n  info.opening_hours  # why\n") == Catalogue(
-        services=(CATALOGUE.services[2],)
+        services=(CATALOGUE.services[3],)
     )
 
 
