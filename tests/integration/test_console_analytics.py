@@ -119,11 +119,11 @@ def test_the_hall_page_shows_a_terminal_out_of_paper_still_offering_the_identity
     page = context.new_page()
     log_in(page, server, "vera")
     page.goto(f"{server.base_url}{CONSOLE_PREFIX}/halls/{HALL}")
-    row = page.locator(f"#terminal-services tr[data-terminal='{broken}']")
-    offered = _cells(page, f"#terminal-services tr[data-terminal='{broken}'] td.offered span", "data-service")  # fmt: skip
+    row = page.locator(f"#terminal-services tr[data-offers='{broken}']")
+    offered = _cells(page, f"#terminal-services tr[data-offers='{broken}'] td.offered span", "data-service")  # fmt: skip
     assert offered == [*IDENTITY, INFO]
     assert row.locator("td.missing").inner_text() == f"{PRINT} (missing: printer)"
-    fine_row = page.locator(f"#terminal-services tr[data-terminal='{fine}']")
+    fine_row = page.locator(f"#terminal-services tr[data-offers='{fine}']")
     assert fine_row.locator("td.missing").inner_text() == "-"
     lines = page.locator("#hall-services ul.offers").inner_text()
     assert f"1 of 2 terminals offer {PRINT}" in lines
