@@ -29,12 +29,14 @@ from typing import Final
 from playwright.sync_api import Page, sync_playwright
 from prometheus_client import CollectorRegistry
 
+from agent.demand import planted_plan
 from agent.simulator import Simulation, SimulationOptions
 from kioskfleet.local_broker import LocalBroker
 from server.access import Role
 from server.config import Settings
 from server.console_auth import UserRecord, hash_password
 from server.main import Server
+from server.service_catalogue import Catalogue
 
 PASSWORD = "screenshots only, not a real one"  # noqa: S105 - a throwaway demo user
 WIDTH, HEIGHT = 1280, 860
@@ -120,6 +122,21 @@ def main() -> int:
             server.console_store.create_user(
                 UserRecord("demo", Role.ADMIN, hash_password(PASSWORD), datetime.now(UTC), "demo")
             )
+
+            def needs(code: str, printer: bool) -> list[str]:
+                return (
+                    ["printer"]
+                    if printer
+                    else ["identity_reader"]
+                    if code.startswith("police.")
+                    else []
+                )
+
+            catalogue = Catalogue.model_validate(
+                {"services": [{"code": s.code, "needs": needs(s.code, s.needs_printer)}
+                              for s in planted_plan().services.values()]}
+            )  # fmt: skip
+            server.services.put(catalogue, actor="user:demo", now=datetime.now(UTC))
             _wait(lambda: sum(h.total for h in server.fleet.halls()) >= 18, 60, "the terminals")
             _wait(lambda: len(server.fleet.problem_terminals()) >= 2, 60, "planted faults")
             problem = sorted(v.id for v in server.fleet.problem_terminals() if v.online)[0]
@@ -145,6 +162,8 @@ def main() -> int:
                         "audit": "/console/audit",
                         "tokens": "/console/tokens",
                         "users": "/console/users",
+                        "services": "/console/services",
+                        "analytics": "/console/analytics",
                     }
                     for name, path in pages.items():
                         _wait(lambda: server.fleet.problem_terminals(), 60, "a current fault")

@@ -448,6 +448,8 @@ class Server:
                     terminal_id, actor=actor, caller_audits=True
                 ),
                 tokens=self.tokens,
+                catalogue=self.services,
+                analytics=self.analytics_sources(),
             ),
         )
         add_routes(

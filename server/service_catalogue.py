@@ -12,8 +12,8 @@ working needs, so a pass over the fleet works each set out once); so a terminal 
 services (``tests/unit/test_service_catalogue.py``).
 
 Public interface: ``Need``, ``Service``, ``Catalogue`` (the API body and the stored
-form), ``services_available(catalogue, terminal)``, ``OTHER_SERVICE`` and
-``service_label(catalogue, code)`` (a code for a metric label: the code when catalogued,
+form), ``services_available(catalogue, terminal)``, ``unmet_needs`` (why not),
+``OTHER_SERVICE`` and ``service_label(catalogue, code)`` (a code for a metric label: the code when catalogued,
 else ``other``, so device text never becomes an unbounded label), ``MAX_SERVICES``.
 """
 
@@ -37,6 +37,7 @@ __all__ = [
     "offered",
     "service_label",
     "services_available",
+    "unmet_needs",
     "working_needs",
 ]
 
@@ -104,6 +105,12 @@ def working_needs(terminal: TerminalView) -> frozenset[Need]:
 def offered(catalogue: Catalogue, working: frozenset[Need]) -> tuple[str, ...]:
     """The codes whose every need is in ``working`` (``working_needs``), in catalogue order."""
     return tuple(s.code for s in catalogue.services if working.issuperset(s.needs))
+
+
+def unmet_needs(service: Service, working: frozenset[Need]) -> tuple[Need, ...]:
+    """The needs of ``service`` that ``working`` (``working_needs``) does not meet, in the
+    service's order: why a terminal cannot offer it (empty: it can)."""
+    return tuple(n for n in service.needs if n not in working)
 
 
 def services_available(catalogue: Catalogue, terminal: TerminalView) -> tuple[str, ...]:

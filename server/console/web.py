@@ -1,7 +1,8 @@
 """The operations console's routes: login, logout, the fleet, hall, terminal, problems and
 audit pages, server-rendered from Jinja2 templates (``server/console/templates``). The
 operator actions are ``server.console.action_routes``'s, the admin pages (tokens, users)
-``server.console.admin_pages``'s; ``install_console`` adds them.
+``server.console.admin_pages``'s, the service catalogue ``server.console.service_pages``'s,
+the analytics ``server.console.analytics_pages``'s; ``install_console`` adds them.
 
 Every route under ``/console`` except ``CONSOLE_OPEN_PATHS`` declares its role with
 ``console_role(Role.X)`` (a ``server.access_api.RoleDeclaration``, so the role-walk test
@@ -36,13 +37,16 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from prometheus_client import CollectorRegistry, Counter
 
 from protocol.messages import PeripheralCondition, PeripheralKind, TerminalState
+from protocol.taxonomy import Family
 from server.access import Principal, Role, allows
 from server.access_api import RoleDeclaration, note_audit, note_principal
 from server.access_store import AccessStore, AuditFilter
+from server.analytics_report import AnalyticsSources
 from server.audit import AuditEntry, AuditResult
 from server.console.i18n import LANGUAGES, Catalog, choose_language, load_catalogs
 from server.console.login_limit import LoginLimiter
 from server.console.operator_view import operator_view
+from server.console.service_offers import hall_offers
 from server.console_auth import (
     SessionRecord,
     UserRecord,
@@ -69,6 +73,7 @@ from server.maintenance_service import MaintenanceActions
 from server.opening_hours import Weekday, is_open
 from server.opening_hours_store import HallHours
 from server.records import EventRecord, UpdateRecord
+from server.service_store import ServiceStore
 from server.terminal_registry import RegisteredTerminal
 from server.tokens import Tokens
 
@@ -104,7 +109,8 @@ def vocabulary() -> tuple[str, ...]:
     translated like the templates' text (``tests/unit/test_console_catalogs.py``)."""
     words: list[str] = [REMOVED, CONNECTIVITY, "transition", "event", "update"]
     for enum in (
-        TerminalState, Health, PeripheralKind, PeripheralCondition, Weekday, AuditResult, Role
+        TerminalState, Health, Family, PeripheralKind, PeripheralCondition, Weekday, AuditResult,
+        Role,
     ):  # fmt: skip
         words.extend(str(member.value) for member in enum)
     from server.console.rollout_pages import rollout_vocabulary  # it imports this module
@@ -137,6 +143,10 @@ class ConsoleServices:
     maintenance: MaintenanceActions | None = None
     decommission: Callable[[str, str], TerminalView | None] | None = None  # (id, actor)
     tokens: Tokens | None = None
+    # the service catalogue (server.console.service_pages, the hall page's offers) and the
+    # analytics (server.console.analytics_pages); None: not on this server
+    catalogue: ServiceStore | None = None
+    analytics: AnalyticsSources | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,10 +513,13 @@ def console_router() -> APIRouter:
             ops = operator_view(services.maintenance, terminals, now)
         except StorageError as exc:
             raise _unavailable(exc) from None
+        offers = None
+        if services.catalogue is not None:
+            offers = hall_offers(services.catalogue.current, terminals)
         return _render(
             request, "hall.html", who, hall=hall, terminals=terminals, hours=hours,
             open_now=None if hours is None else is_open(hours.hours, now), history=history,
-            ops=ops,
+            ops=ops, offers=offers,
         )  # fmt: skip
 
     @router.get(f"{CONSOLE_PREFIX}/terminals/{{terminal_id}}", name="console.terminal")
@@ -656,7 +669,11 @@ def install_console(app: FastAPI, services: ConsoleServices) -> None:
     from server.api import add_routes  # server.api imports nothing of the console
     from server.console.action_routes import action_router  # they import this module
     from server.console.admin_pages import admin_router
+    from server.console.analytics_pages import analytics_router
+    from server.console.service_pages import service_router
 
     add_routes(app, console_router())
     add_routes(app, action_router())
     add_routes(app, admin_router())
+    add_routes(app, service_router())
+    add_routes(app, analytics_router())

@@ -15,132 +15,49 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi.routing import APIRoute
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.demand import DemandPlan, Transaction, generate, planted_plan
-from protocol.usage import SERVICE_CODE_PATTERN, FailureCause, Outcome, UsageBody, UsageMessage
+from agent.demand import Transaction, planted_plan
+from protocol.usage import SERVICE_CODE_PATTERN, FailureCause
 from server.analytics import GroupBy
 from server.analytics_metrics import ANALYTICS_METRIC_NAMES
 from server.main import Server
 from server.usage_metrics import USAGE_METRIC_NAMES
-from tests.integration.conftest import (
-    RawTerminal,
-    ServerFactory,
-    TerminalFactory,
-    admin_token,
-    api,
-    bearer,
-    scrape,
-)
-from tests.support.fleet_messages import PRINTER_OK
+from tests.integration.conftest import ServerFactory, TerminalFactory, api, scrape
+from tests.integration.simulated_week import WEEK_SETTINGS, rolled_up, simulate_week, week_range
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
-SEED = 14
 ROOT = Path(__file__).resolve().parents[2]
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri")
-
-
-def _last_week(now: datetime) -> datetime:
-    monday = (now - timedelta(days=now.weekday() + 7)).astimezone(UTC)
-    return monday.replace(hour=0, minute=0, second=0, microsecond=0)
-
-
-def _put(server: Server, path: str, body: dict[str, Any]) -> None:
-    response = httpx.put(
-        server.base_url + path, json=body, headers=bearer(admin_token(server)), timeout=5
-    )
-    assert response.status_code == 200, response.text
-
-
-def _configure(server: Server, plan: DemandPlan) -> None:
-    needs = {True: ["printer"], False: []}
-    catalogue = [{"code": s.code, "needs": needs[s.needs_printer]} for s in plan.services.values()]
-    _put(server, "/api/v1/services", {"services": catalogue})
-    hours = {"timezone": "UTC", "weekly": {d: [{"start": "08:00", "end": "17:00"}] for d in WEEKDAYS}}  # fmt: skip
-    for hall in plan.halls:
-        _put(server, f"/api/v1/halls/{hall.hall}/opening-hours", hours)
-
-
-def _send(terminal: RawTerminal, t: Transaction) -> None:
-    body = UsageBody(
-        service=t.service,
-        outcome=Outcome(t.outcome),
-        cause=None if t.cause is None else FailureCause(t.cause),
-        duration_s=t.duration_s,
-        pages=t.pages,
-    )
-    message = UsageMessage.model_validate(
-        {
-            "schema": "kf.usage",
-            "version": 1,
-            "terminal_id": terminal.id,
-            "boot_id": terminal.boot,
-            "seq": terminal.next_seq(),
-            "sent_at": t.at,
-            "body": body,
-        }
-    )
-    terminal.publish(message)
 
 
 @pytest.fixture
 def week(
     private_server: ServerFactory, private_terminals: TerminalFactory, database_url: str
 ) -> tuple[Server, list[Transaction], datetime]:
-    server = private_server(
-        database_url=database_url,
-        usage_rollup_interval_s=1.0,
-        analytics_metrics_refresh_s=1.0,
-        analytics_metrics_window_days=14.0,  # last week, whole
-        services_metrics_refresh_s=1.0,
-        ingest_rate_per_terminal_s=10_000.0,
-        ingest_burst_per_terminal=100_000,
-    )
-    plan = planted_plan()
-    _configure(server, plan)
-    start = _last_week(datetime.now(UTC))
-    transactions = generate(plan, start, SEED)
-    raw = {}
-    for hall in plan.halls:
-        for tid in hall.terminals:
-            raw[tid] = private_terminals(tid, hall=hall.hall, region=hall.region)
-            raw[tid].report([PRINTER_OK])
-    wait_until(lambda: server.fleet.get("T-0302") is not None, 10, "the terminals' halls")
-    for t in transactions:
-        _send(raw[t.terminal_id], t)
+    server = private_server(database_url=database_url, **WEEK_SETTINGS)
+    transactions, start = simulate_week(server, private_terminals)
     return server, transactions, start
-
-
-def _range(start: datetime) -> dict[str, str]:
-    return {"since": start.isoformat(), "until": (start + timedelta(days=7)).isoformat()}
 
 
 def _flags(rng: dict[str, str]) -> list[str]:
     return [f"--{k}={v}" for k, v in rng.items()]
 
 
-def _total(server: Server, start: datetime) -> int:
-    response = api(server, "/api/v1/analytics/transactions", by="terminal", **_range(start))
-    assert response.status_code == 200, response.text
-    return sum(g["transactions"] for g in response.json()["groups"])
-
-
 def test_a_simulated_week_recovers_the_planted_idle_terminal_overloaded_hall_and_paper_use(
     week: tuple[Server, list[Transaction], datetime],
 ) -> None:
     server, transactions, start = week
-    wait_until(lambda: _total(server, start) == len(transactions), 60, "the week rolled up")
+    wait_until(lambda: rolled_up(server, start) == len(transactions), 60, "the week rolled up")
 
-    use = api(server, "/api/v1/analytics/utilisation", **_range(start)).json()
+    use = api(server, "/api/v1/analytics/utilisation", **week_range(start)).json()
     assert [i["terminal"]["terminal_id"] for i in use["idle_terminals"]] == ["T-0103"]
     assert [h["hall"] for h in use["overloaded_halls"]] == ["hall-03"]
     moves = [(m["source"], m["target"], m["terminals"]) for m in use["recommendations"]]
@@ -154,7 +71,7 @@ def test_a_simulated_week_recovers_the_planted_idle_terminal_overloaded_hall_and
     # the command line answers the same from the database, with no server in between
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIOSKFLEET_") or "TEST" in k}
     env["KIOSKFLEET_DATABASE_URL"] = server.settings.database_url
-    rng = _range(start)
+    rng = week_range(start)
     cli = subprocess.run(
         [sys.executable, "-m", "kioskfleet.cli", "analytics", "utilisation", *_flags(rng)],
         cwd=ROOT,
@@ -170,7 +87,7 @@ def test_a_simulated_week_recovers_the_planted_idle_terminal_overloaded_hall_and
     by_service = {
         g["key"]: g
         for g in api(
-            server, "/api/v1/analytics/transactions", by="service", **_range(start)
+            server, "/api/v1/analytics/transactions", by="service", **week_range(start)
         ).json()["groups"]
     }
     for code, spec in planted_plan().services.items():
@@ -181,7 +98,7 @@ def test_a_simulated_week_recovers_the_planted_idle_terminal_overloaded_hall_and
         assert group["abandoned"] == sent[(code, "abandoned")]
         assert sum(group["failed"].values()) == sent[(code, "failed")]
 
-    hours = api(server, "/api/v1/analytics/transactions", by="hour_of_week", **_range(start))
+    hours = api(server, "/api/v1/analytics/transactions", by="hour_of_week", **week_range(start))
     keys = [g["key"] for g in hours.json()["groups"]]
     assert keys
     assert all(k % 24 in range(8, 17) and k < 5 * 24 for k in keys)  # opening hours only
@@ -278,7 +195,7 @@ def test_no_analytics_answer_or_metric_has_a_field_that_could_carry_personal_dat
     week: tuple[Server, list[Transaction], datetime],
 ) -> None:
     server, transactions, start = week
-    wait_until(lambda: _total(server, start) == len(transactions), 60, "the week rolled up")
+    wait_until(lambda: rolled_up(server, start) == len(transactions), 60, "the week rolled up")
     plan = planted_plan()
     halls = {h.hall for h in plan.halls}
     terminals = {tid for h in plan.halls for tid in h.terminals}
@@ -294,9 +211,9 @@ def test_no_analytics_answer_or_metric_has_a_field_that_could_carry_personal_dat
         "/api/v1/analytics/turned-away",
         "/api/v1/analytics/utilisation",
     ]
-    answers = [api(server, p, **_range(start)) for p in routes]
+    answers = [api(server, p, **week_range(start)) for p in routes]
     answers += [
-        api(server, "/api/v1/analytics/transactions", by=by.value, **_range(start))
+        api(server, "/api/v1/analytics/transactions", by=by.value, **week_range(start))
         for by in GroupBy
     ]
     for response in answers:

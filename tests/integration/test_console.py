@@ -174,7 +174,8 @@ def test_every_console_route_declares_a_role_and_refuses_no_session_and_weak_rol
         f"POST {rollouts}/preview", f"POST {rollouts}", f"GET {rollouts}/{{rollout_id}}",
         *(f"POST {rollouts}/{{rollout_id}}/{verb}" for verb in ROLLOUT_EVENTS),
     } <= checked  # fmt: skip
-    assert len(checked) >= 33  # + the operator actions (action_routes), the admin pages
+    assert len(checked) >= 36  # + the operator actions (action_routes), the admin pages,
+    # the service catalogue (GET, POST) and the analytics page
 
 
 def _httpx_login(server: Server, username: str) -> httpx.Client:

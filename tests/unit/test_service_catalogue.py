@@ -13,6 +13,8 @@ from server.service_catalogue import (
     Catalogue,
     service_label,
     services_available,
+    unmet_needs,
+    working_needs,
 )
 from server.usage_metrics import ServiceAvailabilityCollector
 from tests.support.fleet_messages import READER_OK, at, periph, report, state
@@ -52,6 +54,16 @@ def test_a_terminal_out_of_paper_still_offers_the_identity_services() -> None:
         "police.residence_permit.renew",
         "info.opening_hours",
     )
+
+
+def test_the_unmet_needs_of_a_service_name_the_peripheral_that_is_missing() -> None:
+    view = _terminal(periph("printer", "receipt_printer", "paper_out"), READER_OK)
+    working = working_needs(view)
+    licence, info = CATALOGUE.services[2], CATALOGUE.services[3]
+    assert unmet_needs(licence, working) == ("a4_printer",)
+    assert unmet_needs(CATALOGUE.services[0], working) == ("printer",)
+    assert unmet_needs(CATALOGUE.services[1], working) == ()
+    assert unmet_needs(info, frozenset()) == ()
 
 
 def test_paper_low_still_prints_because_it_does_not_block_service() -> None:
