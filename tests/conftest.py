@@ -10,7 +10,6 @@ import pytest
 
 from kioskfleet.local_broker import LocalBroker
 
-
 _INTEGRATION_DIR: Final = Path(__file__).resolve().parent / "integration"
 
 
