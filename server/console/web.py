@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path as FsPath
-from typing import Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 from urllib.parse import parse_qs, quote
 from zoneinfo import ZoneInfo
 
@@ -71,6 +71,9 @@ from server.opening_hours_store import HallHours
 from server.records import EventRecord, UpdateRecord
 from server.terminal_registry import RegisteredTerminal
 from server.tokens import Tokens
+
+if TYPE_CHECKING:  # matplotlib and WeasyPrint load only where a report is rendered
+    from server.hall_report_service import HallReports
 
 __all__ = [
     "CONSOLE_OPEN_PATHS",
@@ -137,6 +140,7 @@ class ConsoleServices:
     maintenance: MaintenanceActions | None = None
     decommission: Callable[[str, str], TerminalView | None] | None = None  # (id, actor)
     tokens: Tokens | None = None
+    reports: "HallReports | None" = None  # the weekly hall report (report_pages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -656,7 +660,9 @@ def install_console(app: FastAPI, services: ConsoleServices) -> None:
     from server.api import add_routes  # server.api imports nothing of the console
     from server.console.action_routes import action_router  # they import this module
     from server.console.admin_pages import admin_router
+    from server.console.report_pages import report_router
 
     add_routes(app, console_router())
     add_routes(app, action_router())
     add_routes(app, admin_router())
+    add_routes(app, report_router())
