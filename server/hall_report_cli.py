@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 
 def _write(out: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent or Path("."))
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)  # a report is not a secret: the usual mode, not 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, out)
