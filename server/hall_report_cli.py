@@ -15,11 +15,10 @@ import tempfile
 from pathlib import Path
 
 from server.analytics_cli import database_sources
-from server.config import Settings
+from server.cli_database import CliDatabase, run_on_database
 from server.console.i18n import load_catalogs
-from server.errors import ConfigError, ReportRefusedError, ServerError
+from server.errors import ReportRefusedError
 from server.hall_report_service import HallReports, ReportFormat
-from server.main import storage_for
 
 __all__ = ["run_report_command"]
 
@@ -50,28 +49,20 @@ def run_report_command(
     env_file: Path | None = None,
 ) -> int:
     """Render the report and write it to ``out`` (stdout without)."""
-    try:
-        settings = Settings.from_env(env_file)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
-    storage = storage_for(settings)
-    try:
-        storage.open()
-        reports = HallReports(database_sources(storage), storage, load_catalogs())
-        data = reports.render(hall, week, ReportFormat(fmt), language)
-    except ReportRefusedError as exc:
-        log.error("report: %s", exc)
-        return 2
-    except ServerError as exc:
-        log.error("report failed: %s", exc)
-        return 1
-    finally:
-        storage.close()
-    if out is None:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-    else:
-        _write(out, data)
-    log.info("report %s %s: %d bytes", hall, week, len(data))
-    return 0
+
+    def command(db: CliDatabase) -> int:
+        reports = HallReports(database_sources(db.storage), db.storage, load_catalogs())
+        try:
+            data = reports.render(hall, week, ReportFormat(fmt), language)
+        except ReportRefusedError as exc:
+            log.error("report: %s", exc)
+            return 2
+        if out is None:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        else:
+            _write(out, data)
+        log.info("report %s %s: %d bytes", hall, week, len(data))
+        return 0
+
+    return run_on_database(env_file, command, failed="report failed")
