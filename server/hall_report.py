@@ -11,8 +11,9 @@ turns into a PDF.
 - ``hall_week(sources, transitions, hall, week)``: the figures the report shows, read from
   ``AnalyticsSources`` (the recommendation is computed over every hall, since a move needs
   a donor, and the moves into or out of this hall are kept).
-- ``render_html(report, catalog)``: the page. Charts are matplotlib (Agg) PNGs embedded as
-  ``data:`` URIs, the style is inline: the page names no URL outside itself, so it renders
+- ``render_html(report, catalog)``: the page. Charts are matplotlib PNGs (a ``Figure``
+  saved by Agg, never pyplot: no display, no global figure state, so two requests
+  may render at once), embedded as ``data:`` URIs; the style is inline: the page names no URL outside itself, so it renders
   offline and the PDF renderer has nothing to fetch. Headings go through ``catalog``
   (the console's gettext catalogues).
 
@@ -30,11 +31,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, Protocol
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display, ever; before pyplot is imported
-
-import matplotlib.pyplot as plt
 from jinja2 import Environment, PackageLoader, select_autoescape
 from matplotlib.figure import Figure
 
@@ -60,7 +56,7 @@ PAPER_STATES: Final = frozenset(
 )
 _WEEK: Final = re.compile(r"^(\d{4})-W(\d{2})$")
 _DPI: Final = 110
-_FONTS: Final = ("DejaVu Sans", "WenQuanYi Micro Hei")  # Latin, then CJK (scripts/system-deps.sh)
+_FONTS: Final = ("DejaVu Sans", "WenQuanYi Micro Hei")  # Latin, then CJK (day names)
 
 
 class Translations(Protocol):
@@ -175,23 +171,24 @@ def hall_week(
 
 def _png(fig: Figure) -> str:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight")
-    plt.close(fig)
+    fig.savefig(buffer, format="png", bbox_inches="tight")  # Agg, for PNG, without pyplot
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _heat_map(by_hour: Mapping[int, int], days: Sequence[str]) -> str:
     grid = [[by_hour.get(d * 24 + h, 0) for h in range(24)] for d in range(7)]
-    fig, ax = plt.subplots(figsize=(7.5, 2.6))
+    fig = Figure(figsize=(7.5, 2.6), dpi=_DPI, layout="tight")
+    ax = fig.subplots()
     image = ax.imshow(grid, aspect="auto", cmap="YlOrRd", vmin=0)
-    ax.set_yticks(range(7), labels=list(days))
+    ax.set_yticks(range(7), labels=list(days), fontfamily=list(_FONTS))
     ax.set_xticks(range(0, 24, 2), labels=[f"{h:02d}" for h in range(0, 24, 2)])
     fig.colorbar(image, ax=ax, pad=0.01)
     return _png(fig)
 
 
 def _bars(labels: Sequence[str], values: Sequence[float], *, limit: float | None) -> str:
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * max(len(labels), 2) + 0.8))
+    fig = Figure(figsize=(7.5, 0.45 * max(len(labels), 2) + 0.8), dpi=_DPI, layout="tight")
+    ax = fig.subplots()
     ax.barh(list(labels), list(values), color="#3b6ea5")
     ax.invert_yaxis()
     if limit is not None:
@@ -232,8 +229,7 @@ def render_html(report: HallWeek, catalog: Translations, language: str = "en") -
     """The report as one HTML page naming no outside URL."""
     _ = catalog.gettext
     failed = report.summary.failed if report.summary is not None else {}
-    with matplotlib.rc_context({"font.family": list(_FONTS)}):
-        charts = _charts(report, [_(d.value) for d in Weekday], failed)
+    charts = _charts(report, [_(d.value) for d in Weekday], failed)
     return _ENV.get_template("hall_report.html").render(
         _=_,
         language=language,
