@@ -29,16 +29,18 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from jinja2 import Environment, PackageLoader, select_autoescape
-from matplotlib.figure import Figure
 
 from protocol.messages import PeripheralCondition
 from server.analytics import Figures, GroupBy, Move, TerminalUse
 from server.analytics_report import AnalyticsSources, Range
 from server.errors import ReportRefusedError
 from server.opening_hours import Weekday
+
+if TYPE_CHECKING:  # matplotlib loads when a chart is drawn, not when the server starts
+    from matplotlib.figure import Figure
 
 __all__ = [
     "PAPER_STATES",
@@ -176,6 +178,8 @@ def _png(fig: Figure) -> str:
 
 
 def _heat_map(by_hour: Mapping[int, int], days: Sequence[str]) -> str:
+    from matplotlib.figure import Figure
+
     grid = [[by_hour.get(d * 24 + h, 0) for h in range(24)] for d in range(7)]
     fig = Figure(figsize=(7.5, 2.6), dpi=_DPI, layout="tight")
     ax = fig.subplots()
@@ -187,6 +191,8 @@ def _heat_map(by_hour: Mapping[int, int], days: Sequence[str]) -> str:
 
 
 def _bars(labels: Sequence[str], values: Sequence[float], *, limit: float | None) -> str:
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7.5, 0.45 * max(len(labels), 2) + 0.8), dpi=_DPI, layout="tight")
     ax = fig.subplots()
     ax.barh(list(labels), list(values), color="#3b6ea5")
