@@ -1,6 +1,6 @@
 """The ``kioskfleet`` command: ``agent``, ``agent keygen``, ``server``, ``db upgrade``,
 ``token``, ``user create|passwd|disable|list``, ``hall hours set|show``, ``service set|list``,
-``analytics transactions|utilisation|availability|turned-away``,
+``analytics transactions|utilisation|availability|turned-away``, ``report``,
 ``ca init``, ``terminal preauthorize|token|revoke|decommission``, ``rollout``, ``maintenance
 start|end|list``, ``problem ack``, ``simulate``, ``broker-config``, and
 ``repo``/``vendor`` (signed releases, Typer: kioskfleet/cli_updates.py).
@@ -33,7 +33,10 @@ COMMAND_GROUPS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("On a terminal", ("agent",)),
     ("Running the server", ("server", "db", "broker-config")),
     ("Access and identity", ("token", "user", "ca", "terminal")),
-    ("Halls and daily operations", ("hall", "service", "analytics", "maintenance", "problem")),
+    (
+        "Halls and daily operations",
+        ("hall", "service", "analytics", "report", "maintenance", "problem"),
+    ),
     ("Signed releases and rollouts", ("repo", "vendor", "rollout")),
     ("Trying it out", ("simulate",)),
 )
@@ -294,6 +297,24 @@ def _command_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
                 default="hall",
                 help="group by (default: %(default)s)",
             )
+
+    report = sub.add_parser(
+        "report",
+        help="a hall's weekly report as PDF or HTML, with charts (docs/analytics.md; on the"
+        " database, settings from KIOSKFLEET_*)",
+    )
+    report.add_argument("--env-file", type=Path, help=env_help)
+    report.add_argument("--hall", required=True, help="the hall's name (required)")
+    report.add_argument(
+        "--week", required=True, help="the ISO week, e.g. 2026-W48, in UTC (required)"
+    )
+    report.add_argument("--format", choices=("html", "pdf"), default="pdf", help="what to write")
+    report.add_argument(
+        "--out", type=Path, default=None, help="the file to write (default: stdout)"
+    )
+    report.add_argument(
+        "--language", choices=("en", "zh_CN"), default="en", help="the headings' language"
+    )
 
     ca = sub.add_parser("ca", help="create the fleet's device CA")
     ca_sub = ca.add_subparsers(dest="ca_command", required=True, metavar="SUBCOMMAND")
@@ -576,6 +597,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             until=args.until,
             by=getattr(args, "by", "hall"),
             hall=args.hall,
+            env_file=args.env_file,
+        )
+    if args.command == "report":
+        from server.hall_report_cli import run_report_command
+
+        return run_report_command(
+            args.hall,
+            args.week,
+            fmt=args.format,
+            out=args.out,
+            language=args.language,
             env_file=args.env_file,
         )
     if args.command == "service":

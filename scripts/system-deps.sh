@@ -11,6 +11,10 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)  # the off-the-shelf EST c
 command -v curl >/dev/null 2>&1 || need+=(curl)        # (openssl req + curl simpleenroll)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)  # the console's browser tests
 [ -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || need+=(fonts-wqy-microhei)  # zh_CN pages
+# the weekly hall report's PDF (WeasyPrint: Pango) and its tests (pdftoppm, pdftotext)
+ldconfig -p 2>/dev/null | grep -q 'libpango-1.0.so.0' || need+=(libpango-1.0-0)
+ldconfig -p 2>/dev/null | grep -q 'libpangoft2-1.0.so.0' || need+=(libpangoft2-1.0-0)
+command -v pdftoppm >/dev/null 2>&1 || need+=(poppler-utils)
 command -v lintian >/dev/null 2>&1 || need+=(lintian)  # the agent's .deb (test_agent_deb.py)
 command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # verifies the agent's unit

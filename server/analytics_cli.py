@@ -31,14 +31,15 @@ from server.opening_hours_store import OpeningHoursStore
 from server.storage import Storage, server_metadata
 from server.usage_rollup_store import UsageRollupStore
 
-__all__ = ["ANALYTICS_COMMANDS", "run_analytics_command"]
+__all__ = ["ANALYTICS_COMMANDS", "database_sources", "run_analytics_command"]
 
 log = logging.getLogger(__name__)
 
 ANALYTICS_COMMANDS = ("transactions", "utilisation", "availability", "turned-away")
 
 
-def _sources(storage: Storage) -> AnalyticsSources:
+def database_sources(storage: Storage) -> AnalyticsSources:
+    """The analytics sources over the database alone (the terminals its rows hold)."""
     rollups = UsageRollupStore(storage)
     hours = OpeningHoursStore(storage)
     terminal = server_metadata().tables["terminal"]
@@ -80,7 +81,7 @@ def run_analytics_command(
     storage = storage_for(settings)
     try:
         storage.open()
-        sources = _sources(storage)
+        sources = database_sources(storage)
         r = report_range(since, until, datetime.now(UTC))
         if command == "transactions":
             answer = transactions_public(sources, r, GroupBy(by), hall=hall).model_dump_json(

@@ -38,6 +38,9 @@ library it wraps into one of these, so callers never catch ``sqlalchemy``,
     │                             ValueError); the fleet state raises it, the API answers 422
     ├── InvalidTimeRangeError     a history or events range without an offset, or whose
     │                             since is not before its until (also a ValueError); 422
+    ├── ReportRefusedError        a hall report that cannot be made: a week that is no ISO
+    │                             week, or a page naming a URL the PDF renderer would fetch
+    │                             (also a ValueError); the API answers 422
     ├── AccessError               a token or console user that cannot be made or changed as
     │                             asked (.code: invalid_token, invalid_expiry, token_exists,
     │                             no_such_token, invalid_user, weak_password, user_exists,
@@ -72,6 +75,7 @@ __all__ = [
     "InvalidTimeRangeError",
     "MaintenanceRefusedError",
     "ReleaseRejectedError",
+    "ReportRefusedError",
     "ServerError",
     "StorageDataError",
     "StorageError",
@@ -142,6 +146,11 @@ class InvalidCursorError(ServerError, ValueError):
 class InvalidTimeRangeError(ServerError, ValueError):
     """A time range that cannot be read: a bound without a UTC offset, or ``since`` not
     before ``until``."""
+
+
+class ReportRefusedError(ServerError, ValueError):
+    """A hall report that cannot be made (``server.hall_report``, ``server.hall_report_pdf``):
+    a week that is no ISO week, or a page naming a URL other than a ``data:`` URI."""
 
 
 class AccessError(ServerError):

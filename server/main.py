@@ -51,6 +51,7 @@ from server.analytics_report import AnalyticsSources
 from server.api import ApiServices, add_routes, create_app
 from server.audit import AuditSink, DeniedBudget
 from server.config import Settings
+from server.console.i18n import load_catalogs
 from server.console.rollout_pages import RolloutPages, rollout_pages_router
 from server.console.web import ConsoleServices, install_console
 from server.console_store import ConsoleStore
@@ -61,6 +62,8 @@ from server.fleet_collector import UNKNOWN_LABEL, FleetCollector, LabelBudget
 from server.fleet_state import FleetState
 from server.fleet_views import TerminalFilter, TerminalView, Transition
 from server.hall_openings import HallOpenings
+from server.hall_report_api import hall_report_router
+from server.hall_report_service import HallReports
 from server.history_query import HistoryQuery, StoredPage
 from server.ingest import Ingest
 from server.ingest_gate import IngestGate
@@ -390,6 +393,8 @@ class Server:
             self.app,
             analytics_router(self.analytics_sources(), lambda: datetime.now(UTC)),
         )
+        self.hall_reports = HallReports(self.analytics_sources(), self.storage, load_catalogs())
+        add_routes(self.app, hall_report_router(self.hall_reports))
         registry.register(  # the analytics by hall and service, at most 5 minutes old
             AnalyticsCollector(
                 self.analytics_sources(),
@@ -450,6 +455,7 @@ class Server:
                 tokens=self.tokens,
                 catalogue=self.services,
                 analytics=self.analytics_sources(),
+                reports=self.hall_reports,
             ),
         )
         add_routes(

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path as FsPath
-from typing import Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 from urllib.parse import parse_qs, quote
 from zoneinfo import ZoneInfo
 
@@ -76,6 +76,9 @@ from server.records import EventRecord, UpdateRecord
 from server.service_store import ServiceStore
 from server.terminal_registry import RegisteredTerminal
 from server.tokens import Tokens
+
+if TYPE_CHECKING:  # matplotlib and WeasyPrint load only where a report is rendered
+    from server.hall_report_service import HallReports
 
 __all__ = [
     "CONSOLE_OPEN_PATHS",
@@ -147,6 +150,7 @@ class ConsoleServices:
     # analytics (server.console.analytics_pages); None: not on this server
     catalogue: ServiceStore | None = None
     analytics: AnalyticsSources | None = None
+    reports: "HallReports | None" = None  # the weekly hall report (report_pages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -670,6 +674,7 @@ def install_console(app: FastAPI, services: ConsoleServices) -> None:
     from server.console.action_routes import action_router  # they import this module
     from server.console.admin_pages import admin_router
     from server.console.analytics_pages import analytics_router
+    from server.console.report_pages import report_router
     from server.console.service_pages import service_router
 
     add_routes(app, console_router())
@@ -677,3 +682,4 @@ def install_console(app: FastAPI, services: ConsoleServices) -> None:
     add_routes(app, admin_router())
     add_routes(app, service_router())
     add_routes(app, analytics_router())
+    add_routes(app, report_router())
