@@ -75,6 +75,7 @@ __all__ = [
     "rollout_form",
     "rollout_pages_router",
     "rollout_vocabulary",
+    "selector_form",
 ]
 
 log = logging.getLogger(__name__)
@@ -146,10 +147,25 @@ def parse_phases(text: str) -> list[PhaseIn]:
     return phases
 
 
+def selector_form(form: Mapping[str, str]) -> dict[str, str | list[str]]:
+    """The selector keys the create form fills: each field's text, ``tags`` split at commas
+    and spaces; empty fields left out."""
+    selector: dict[str, str | list[str]] = {}
+    for key in SELECTOR_KEYS:
+        text = form.get(key, "").strip()
+        if key == "tags":
+            tags = [t for t in re.split(r"[,\s]+", text) if t]
+            if tags:
+                selector[key] = tags
+        elif text:
+            selector[key] = text
+    return selector
+
+
 def rollout_form(form: Mapping[str, str]) -> RolloutCreate:
     """The rollout the create form describes (the API's body model). Raises RolloutFormError
     naming the first field that is wrong."""
-    selector = {k: form.get(k, "").strip() or None for k in SELECTOR_KEYS}
+    selector = selector_form(form)
     try:
         return RolloutCreate(
             rollout_id=form.get("rollout_id", "").strip(),
@@ -261,8 +277,7 @@ def rollout_pages_router(pages: RolloutPages) -> APIRouter:
     @router.post(f"{CONSOLE_PREFIX}/rollouts/preview", name="console.rollout_preview")
     async def preview(request: Request, who: operator) -> HTMLResponse:
         form = await _checked_form(request, who)
-        selector = {k: v for k in SELECTOR_KEYS if (v := form.get(k, "").strip())}
-        count = len(pages.rollouts().matching(selector))
+        count = len(pages.rollouts().matching(selector_form(form), form.get("target")))
         return await anyio.to_thread.run_sync(lambda: form_page(request, who, form, preview=count))
 
     def created(request: Request, who: ConsoleUser, form: Mapping[str, str]) -> Response:
