@@ -45,8 +45,8 @@ from server.rollout_service import (
 from server.terminal_registry import MAX_TAGS, TAG_PATTERN
 
 __all__ = [
-    "ROLLOUT_EVENTS",
     "RESERVED_ROLLOUT_IDS",
+    "ROLLOUT_EVENTS",
     "ROLLOUT_ID_PATTERN",
     "PhaseIn",
     "RolloutCreate",
@@ -101,9 +101,7 @@ class SelectorIn(BaseModel):
 
 
 class RolloutCreate(BaseModel):
-    rollout_id: Annotated[str, AfterValidator(_not_reserved)] = Field(
-        pattern=ROLLOUT_ID_PATTERN
-    )
+    rollout_id: Annotated[str, AfterValidator(_not_reserved)] = Field(pattern=ROLLOUT_ID_PATTERN)
     target: str = Field(max_length=255, description="a verified TUF target path")
     selector: SelectorIn = Field(default_factory=SelectorIn)
     phases: list[PhaseIn] = Field(min_length=1, max_length=20)

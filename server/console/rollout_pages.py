@@ -68,10 +68,13 @@ from server.rollout_store import StoredRollout
 from server.tuf_repository import ReleaseView
 
 __all__ = [
+    "REFUSAL_TEXTS",
     "RELEASE_STATUSES",
+    "Refusal",
     "RolloutFormError",
     "RolloutPages",
     "parse_phases",
+    "refusal",
     "rollout_form",
     "rollout_pages_router",
     "rollout_vocabulary",
@@ -86,6 +89,7 @@ _SETTLED: Final = frozenset(
     {RolloutStatus.ABORTED, RolloutStatus.CANCELED, RolloutStatus.COMPLETED}
 )
 _REFRESH_S: Final = 3
+_STATUS_WORDS: Final = frozenset(str(s.value) for s in RolloutStatus)
 _PHASE = re.compile(r"^(\d{1,7})(%?)(?:@(manual|\d{1,7}(?:\.\d+)?s))?$")
 _DEFAULTS: Final[Mapping[str, str]] = {
     "phases": "5, 100%",
@@ -97,12 +101,46 @@ _DEFAULTS: Final[Mapping[str, str]] = {
 }
 _ROLLOUT_ID = Annotated[str, Path(pattern=ROLLOUT_ID_PATTERN)]
 
+REFUSAL_TEXTS: Final[Mapping[str, str]] = {
+    "already_approved": "The rollout is already approved.",
+    "approver_role_not_allowed": "Your role may not approve rollouts.",
+    "approver_is_creator": "You created this rollout: another operator must approve it.",
+    "no_gate_waiting": "No manual gate is waiting to be opened.",
+    "gate_is_a_delay": "This phase's gate is a delay: it opens by itself.",
+    "rollout_": "The rollout is %(status)s: it takes no more events.",
+    "not_running_": "Only a running rollout can be paused; this one is %(status)s.",
+    "not_paused_": "Only a paused rollout can be resumed; this one is %(status)s.",
+}
+"""The console's sentence for each reason the planner refuses an operator event with
+(``server.rollout_planner``); a key ending in ``_`` is a prefix followed by the rollout's
+status (``%(status)s``, translated too). A reason not listed is shown as it is."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A refused event as the page shows it: ``text`` (a catalogue message) and the status
+    word it names ("" when none)."""
+
+    text: str
+    status: str = ""
+
+
+def refusal(reason: str) -> Refusal:
+    """The page's sentence for the planner's refusal ``reason`` (``REFUSAL_TEXTS``)."""
+    if reason in REFUSAL_TEXTS:
+        return Refusal(REFUSAL_TEXTS[reason])
+    for prefix, text in REFUSAL_TEXTS.items():
+        status = reason.removeprefix(prefix)
+        if prefix.endswith("_") and status in _STATUS_WORDS:
+            return Refusal(text, status)
+    return Refusal(reason.replace("%", "%%"))
+
 
 def rollout_vocabulary() -> tuple[str, ...]:
-    """The rollout, terminal update, pause reason and release status words and the selector
-    keys the pages show (translated like the templates' text)."""
+    """The rollout, terminal update, pause reason and release status words, the selector
+    keys and the refusal sentences the pages show (translated like the templates' text)."""
     words = [str(m.value) for e in (RolloutStatus, TerminalState, PauseReason) for m in e]
-    return (*words, *RELEASE_STATUSES, MANUAL, *SELECTOR_KEYS)
+    return (*words, *RELEASE_STATUSES, MANUAL, *SELECTOR_KEYS, *REFUSAL_TEXTS.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +340,7 @@ def rollout_pages_router(pages: RolloutPages) -> APIRouter:
 
     def rollout_page(
         request: Request, who: ConsoleUser, rollout_id: str, *, status: int = 200,
-        problem: str | None = None,
+        problem: Refusal | None = None,
     ) -> HTMLResponse:  # fmt: skip
         with _answered():
             stored: StoredRollout = pages.rollouts().stored(rollout_id)
@@ -324,7 +362,7 @@ def rollout_pages_router(pages: RolloutPages) -> APIRouter:
             with _answered():
                 pages.rollouts().apply(rollout_id, ROLLOUT_EVENTS[verb](who.principal))
         except RolloutConflictError as exc:
-            return rollout_page(request, who, rollout_id, status=409, problem=exc.reason)
+            return rollout_page(request, who, rollout_id, status=409, problem=refusal(exc.reason))
         return RedirectResponse(f"{CONSOLE_PREFIX}/rollouts/{rollout_id}", status_code=303)
 
     def event_route(verb: str) -> None:

@@ -106,7 +106,9 @@ def vocabulary() -> tuple[str, ...]:
     translated like the templates' text (``tests/unit/test_console_catalogs.py``)."""
     words: list[str] = [REMOVED, CONNECTIVITY, "transition", "event", "update"]
     words += CONNECTIVITY_REASONS
-    words += (get_args(m.model_fields["type"].annotation)[0] for m in get_args(get_args(EventBody)[0]))
+    words += (
+        get_args(m.model_fields["type"].annotation)[0] for m in get_args(get_args(EventBody)[0])
+    )
     words += (str(s.value) for s in UpdateState)
     words += (str(s.value) for s in RegistryStatus)
     for enum in (
@@ -316,7 +318,7 @@ class _Entry:
 
     at: datetime
     what: str  # "transition", "event", "update"
-    subject: str  # connectivity (a word), a peripheral name, an event type (a word), a rollout
+    subject: str  # connectivity or an event type (words), a peripheral name, a rollout id
     after: str | None = None  # the state reached
     before: str | None = None  # the state left; None: no arrow ("-": first sighting)
     note: str | None = None  # a fault code or an update's reason code
@@ -357,7 +359,7 @@ def _event_entry(event: EventRecord) -> _Entry:
         return _Entry(
             event.sent_at,
             "event",
-            f"{event.type}: {peripheral.get('name', '?')}",
+            str(peripheral.get("name", "?")),
             after=str(peripheral.get("condition", "?")),
             before=str(body.get("previous") or "-"),
             note=str(code) if code else None,

@@ -96,7 +96,7 @@ def test_an_admin_logs_in_sees_the_planted_paper_out_opens_the_terminal_and_read
     assert "E-PAPER" in printer.inner_text()
     assert page.locator("#terminal-health").inner_text() == "faulty"
     assert "Delivery counters" in page.content()  # admin sees them
-    assert "paper_out (E-PAPER)" in page.locator("#timeline").inner_text()
+    assert "paper out (E-PAPER)" in page.locator("#timeline").inner_text()
 
     page.goto(server.base_url + CONSOLE_PREFIX + "/audit?action=console.login")
     entry = page.locator("tbody tr").first

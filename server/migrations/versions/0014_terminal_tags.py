@@ -20,9 +20,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("terminal_registry") as batch:
-        batch.add_column(
-            sa.Column("tags", sa.JSON, nullable=False, server_default=sa.text("'[]'"))
-        )
+        batch.add_column(sa.Column("tags", sa.JSON, nullable=False, server_default=sa.text("'[]'")))
 
 
 def downgrade() -> None:
