@@ -52,7 +52,7 @@ class TerminalRegistryRow(_Table, table=True):
     # rollout's ``tags`` selector matches.
     tags: list[str] = Field(
         default_factory=list,
-        sa_column=sa.Column(sa.JSON, nullable=False, server_default=sa.text("'[]'")),
+        sa_column=sa.Column(sa.JSON, nullable=False, default=lambda: []),
     )
 
 

@@ -19,8 +19,12 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # The server default fills the rows there are, then goes: the model's default is on the
+    # Python side (a JSON server default does not compare on PostgreSQL).
     with op.batch_alter_table("terminal_registry") as batch:
         batch.add_column(sa.Column("tags", sa.JSON, nullable=False, server_default=sa.text("'[]'")))
+    with op.batch_alter_table("terminal_registry") as batch:
+        batch.alter_column("tags", server_default=None)
 
 
 def downgrade() -> None:
