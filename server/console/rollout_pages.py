@@ -104,7 +104,7 @@ _ROLLOUT_ID = Annotated[str, Path(pattern=ROLLOUT_ID_PATTERN)]
 REFUSAL_TEXTS: Final[Mapping[str, str]] = {
     "already_approved": "The rollout is already approved.",
     "approver_role_not_allowed": "Your role may not approve rollouts.",
-    "approver_is_creator": "You created this rollout: another operator must approve it.",
+    "approver_is_creator": "A rollout's creator cannot approve it: another operator must.",
     "no_gate_waiting": "No manual gate is waiting to be opened.",
     "gate_is_a_delay": "This phase's gate is a delay: it opens by itself.",
     "rollout_": "The rollout is %(status)s: it takes no more events.",

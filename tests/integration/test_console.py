@@ -271,7 +271,7 @@ def test_a_chinese_browser_gets_the_console_in_zh_cn_and_a_user_can_switch_to_en
 ) -> None:
     server = start_server()
     add_user(server, "li", Role.OPERATOR)
-    planted_fleet(server, terminals)
+    _fine, broken = planted_fleet(server, terminals)
     context = browser.new_context(locale="zh-CN")
     try:
         page = context.new_page()
@@ -280,6 +280,12 @@ def test_a_chinese_browser_gets_the_console_in_zh_cn_and_a_user_can_switch_to_en
         log_in(page, server, "li")
         assert page.locator("h1").inner_text() == "设备总览"
         assert "凭条打印机: 缺纸 \u00d7 1" in page.content()
+        page.goto(server.base_url + CONSOLE_PREFIX + f"/terminals/{broken}")
+        timeline = page.locator("#timeline").inner_text()
+        assert "缺纸 (E-PAPER)" in timeline  # the peripheral's condition, translated
+        assert "连接" in timeline  # connectivity, its state and why it changed
+        assert "在线 [上报]" in timeline
+        page.goto(server.base_url + CONSOLE_PREFIX)
         page.select_option("select[name=language]", "en")
         page.click("text=切换语言")
         assert page.locator("h1").inner_text() == "Fleet"
