@@ -35,6 +35,7 @@ from protocol.directives import (
 from protocol.topics import Channel
 from server.access import Role
 from server.access_store import AuditFilter
+from server.console.web import CONSOLE_PREFIX
 from server.main import Server
 from server.update_status_store import timeline
 from tests.integration import test_agent_mqtt
@@ -50,6 +51,7 @@ from tests.integration.conftest import (
 from tests.integration.test_agent_mqtt import start_agent
 from tests.integration.test_agent_update_e2e import _timeline, _updating_config
 from tests.integration.test_agent_updater import Release, Terminal, _publish
+from tests.integration.test_console import _httpx_login, add_user
 from tests.integration.test_directives_tuf import SERVER_KEY, updater, world
 from tests.support.device_identity import make_ca
 from tests.support.tuf_world import release_manifest
@@ -644,6 +646,14 @@ def test_a_tag_selector_notifies_only_the_tagged_terminals_and_a_terminal_tagged
     assert _tag(server, alice, "T-NOT-REGISTERED", "pilot").status_code == 404
     shown = api(server, "/api/v1/registry/T-TAG-1").json()
     assert shown["tags"] == ["lobby", "pilot"]
+    add_user(server, "vera", Role.VIEWER)
+    console = _httpx_login(server, "vera")
+    try:
+        page = console.get(f"{CONSOLE_PREFIX}/terminals/T-TAG-1")
+    finally:
+        console.close()
+    assert page.status_code == 200, page.text
+    assert '<dd id="terminal-tags">lobby, pilot</dd>' in page.text
     tagged = server.access_store.audit(AuditFilter(target="T-TAG-1"), limit=20).items
     assert {(e.action, e.detail.get("tags")) for e in tagged} >= {("terminal.tag", "lobby,pilot")}
 
