@@ -6,6 +6,8 @@ catalogue sentences."""
 
 from __future__ import annotations
 
+import inspect
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from server import rollout_planner
 from server.console.i18n import load_catalogs
 from server.console.rollout_pages import (
     REFUSAL_TEXTS,
@@ -178,3 +181,11 @@ def test_a_reason_without_a_sentence_shows_as_it_is() -> None:
     assert refusal("the rollout changed meanwhile; try again").text.startswith("the rollout")
     assert refusal("not_running_bogus").text == "not_running_bogus"
     assert refusal("100%").text == "100%%"  # the page formats it
+
+
+def test_every_refusal_of_an_operator_event_has_a_sentence() -> None:
+    """Guardrail: a new reason in the planner's ``apply`` needs its console sentence."""
+    source = inspect.getsource(rollout_planner._Run.apply)
+    reasons = set(re.findall(r'return f?"([a-z_]+)', source)) - {"unknown_event"}  # unreachable
+    assert reasons  # the scan finds them
+    assert sorted(r for r in reasons if r not in REFUSAL_TEXTS) == []
