@@ -74,7 +74,7 @@ __all__ = [
     "RolloutFormError",
     "RolloutPages",
     "parse_phases",
-    "refusal",
+    "refusal_sentence",
     "rollout_form",
     "rollout_pages_router",
     "rollout_vocabulary",
@@ -125,7 +125,7 @@ class Refusal:
     status: str = ""
 
 
-def refusal(reason: str) -> Refusal:
+def refusal_sentence(reason: str) -> Refusal:
     """The page's sentence for the planner's refusal ``reason`` (``REFUSAL_TEXTS``)."""
     if reason in REFUSAL_TEXTS:
         return Refusal(REFUSAL_TEXTS[reason])
@@ -362,7 +362,9 @@ def rollout_pages_router(pages: RolloutPages) -> APIRouter:
             with _answered():
                 pages.rollouts().apply(rollout_id, ROLLOUT_EVENTS[verb](who.principal))
         except RolloutConflictError as exc:
-            return rollout_page(request, who, rollout_id, status=409, problem=refusal(exc.reason))
+            return rollout_page(
+                request, who, rollout_id, status=409, problem=refusal_sentence(exc.reason)
+            )
         return RedirectResponse(f"{CONSOLE_PREFIX}/rollouts/{rollout_id}", status_code=303)
 
     def event_route(verb: str) -> None:

@@ -21,7 +21,7 @@ from server.console.i18n import load_catalogs
 from server.console.rollout_pages import (
     REFUSAL_TEXTS,
     RolloutPages,
-    refusal,
+    refusal_sentence,
     rollout_pages_router,
     selector_form,
 )
@@ -169,18 +169,20 @@ def test_every_fixed_word_of_the_console_rollout_routes_is_reserved() -> None:
 
 def test_the_planners_refusals_read_as_translated_sentences() -> None:
     zh = load_catalogs()["zh_CN"]
-    creator = refusal("approver_is_creator")
+    creator = refusal_sentence("approver_is_creator")
     assert creator.text == REFUSAL_TEXTS["approver_is_creator"]
     assert zh.gettext(creator.text) not in ("", creator.text)
-    paused = refusal("not_running_paused")
+    paused = refusal_sentence("not_running_paused")
     assert (paused.text, paused.status) == (REFUSAL_TEXTS["not_running_"], "paused")
-    assert refusal("rollout_canceled").status == "canceled"
+    assert refusal_sentence("rollout_canceled").status == "canceled"
 
 
 def test_a_reason_without_a_sentence_shows_as_it_is() -> None:
-    assert refusal("the rollout changed meanwhile; try again").text.startswith("the rollout")
-    assert refusal("not_running_bogus").text == "not_running_bogus"
-    assert refusal("100%").text == "100%%"  # the page formats it
+    assert refusal_sentence("the rollout changed meanwhile; try again").text.startswith(
+        "the rollout"
+    )
+    assert refusal_sentence("not_running_bogus").text == "not_running_bogus"
+    assert refusal_sentence("100%").text == "100%%"  # the page formats it
 
 
 def test_every_refusal_of_an_operator_event_has_a_sentence() -> None:
