@@ -1,7 +1,7 @@
 """The ``kioskfleet`` command: ``agent``, ``agent keygen``, ``server``, ``db upgrade``,
 ``token``, ``user create|passwd|disable|list``, ``hall hours set|show``, ``service set|list``,
 ``analytics transactions|utilisation|availability|turned-away``, ``report``,
-``ca init``, ``terminal preauthorize|token|revoke|decommission``, ``rollout``, ``maintenance
+``ca init``, ``terminal preauthorize|token|tag|revoke|decommission``, ``rollout``, ``maintenance
 start|end|list``, ``problem ack``, ``simulate``, ``broker-config``, and
 ``repo``/``vendor`` (signed releases, Typer: kioskfleet/cli_updates.py).
 
@@ -347,6 +347,11 @@ def _command_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
         type=Path,
         help="the terminal's public key PEM from `agent keygen` (required without --from-file)",
     )
+    tag = t_sub.add_parser(
+        "tag", help="replace ID's tags (rollout selectors match them); none: clear them"
+    )
+    tag.add_argument("terminal_id", metavar="ID", help="the terminal's id (registered)")
+    tag.add_argument("tags", nargs="*", metavar="TAG", help="1-32 letters, digits, . _ - (max 16)")
     rev = t_sub.add_parser("revoke", help="revoke ID's certificates and rewrite the CRL")
     rev.add_argument("terminal_id", metavar="ID", help="the terminal's id")
     dec = t_sub.add_parser(
@@ -692,6 +697,8 @@ def _terminal(args: argparse.Namespace) -> int:
 
     if args.terminal_command == "revoke":
         return identity_cli.revoke_command(args.env_file, args.terminal_id)
+    if args.terminal_command == "tag":
+        return identity_cli.tag_command(args.env_file, args.terminal_id, args.tags)
     if args.terminal_command == "token":
         return identity_cli.token_command(
             args.env_file, args.terminal_id, args.hall, args.region, args.model, args.ttl

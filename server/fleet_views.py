@@ -24,6 +24,7 @@ from server.health import Health, terminal_health
 __all__ = [
     "AGENT_PACKAGE",
     "CONNECTIVITY",
+    "CONNECTIVITY_REASONS",
     "REMOVED",
     "FleetSummary",
     "HallSummary",
@@ -59,6 +60,11 @@ class OfflineReason(StrEnum):
     WILL = "will"  # the broker published the terminal's will (connection lost)
     SHUTDOWN = "shutdown"  # the agent said it is shutting down
     TIMEOUT = "timeout"  # the server heard nothing for too long
+
+
+CONNECTIVITY_REASONS: Final = (*(str(r.value) for r in OfflineReason), "report", "event", "connect")
+"""Every ``Transition.reason`` of a connectivity change: offline ones, then what brought the
+terminal online (``server.terminal_rules``: a report, an event, an online message)."""
 
 
 @dataclass(frozen=True, slots=True)

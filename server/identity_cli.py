@@ -1,4 +1,4 @@
-"""The operators' identity commands: ``ca init`` and ``terminal preauthorize|token|revoke``.
+"""The operators' identity commands: ``ca init`` and ``terminal preauthorize|token|tag|revoke``.
 
 ``kioskfleet.cli`` parses the arguments and calls these; each returns the
 process exit code (0 done, 1 refused or failed, 2 unusable settings or input)
@@ -32,6 +32,7 @@ __all__ = [
     "preauthorize_command",
     "preauthorize_file_command",
     "revoke_command",
+    "tag_command",
     "token_command",
 ]
 
@@ -119,6 +120,17 @@ def revoke_command(env_file: Path | None, terminal_id: str) -> int:
     def run(registry: TerminalRegistry) -> None:
         serials = registry.revoke(terminal_id, actor=cli_actor())
         print(f"revoked {terminal_id}: {len(serials)} certificates; CRL rewritten")
+
+    return _with_registry(env_file, run)
+
+
+def tag_command(env_file: Path | None, terminal_id: str, tags: list[str]) -> int:
+    """``kioskfleet terminal tag ID [TAG ...]``: replaces its tags (none: clears them). A
+    running server sees them at its next registry refresh."""
+
+    def run(registry: TerminalRegistry) -> None:
+        done = registry.set_tags(terminal_id, tags, actor=cli_actor())
+        print(f"{terminal_id}: tags {' '.join(done) or '(none)'}")
 
     return _with_registry(env_file, run)
 

@@ -1,7 +1,7 @@
 """The device-identity tables: the terminal registry, enrollment tokens, issued certificates.
 
 SQLModel tables in the server's metadata (``server.storage.server_metadata``
-imports this module), created by migration ``0003``; read and written only by
+imports this module), created by migration ``0003`` (``tags``: ``0014``); read and written only by
 ``server.terminal_registry``. No secret is stored: an enrollment token is kept
 as its SHA-256, a terminal's key as the SHA-256 of its SubjectPublicKeyInfo.
 See docs/data-model.md.
@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+
+import sqlalchemy as sa
+from sqlmodel import Field
 
 from server.storage import _Table, _text, _ts  # one base and column style for every table
 
@@ -45,6 +48,12 @@ class TerminalRegistryRow(_Table, table=True):
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
     enrolled_at: datetime | None = _ts(nullable=True)
+    # The operators' tags (migration 0014; ``TerminalRegistry.set_tags`` bounds them): what a
+    # rollout's ``tags`` selector matches.
+    tags: list[str] = Field(
+        default_factory=list,
+        sa_column=sa.Column(sa.JSON, nullable=False, default=lambda: []),
+    )
 
 
 class EnrollmentTokenRow(_Table, table=True):

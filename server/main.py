@@ -498,6 +498,7 @@ class Server:
             audit=self.audit,
             clock=lambda: datetime.now(UTC),
             hours=self._hall_hours,
+            tags=self._terminal_tags,
         )
         registry.register(self.rollouts.board)  # rollout gauges, at scrape time
         add_routes(self.app, rollout_router(lambda: self.rollouts))
@@ -557,6 +558,11 @@ class Server:
         """``hall``'s opening hours for the rollout driver. Raises StorageError."""
         stored = OpeningHoursStore(self.storage).get(hall)
         return None if stored is None else stored.hours
+
+    def _terminal_tags(self, terminal_id: str) -> frozenset[str]:
+        """A terminal's operator tags for rollout selectors; none without the registry."""
+        registry = self.terminal_registry
+        return frozenset() if registry is None else registry.tags(terminal_id)
 
     def analytics_sources(self) -> AnalyticsSources:
         """What the analytics read: the rollups, the opening hours and the fleet's halls."""

@@ -6,6 +6,8 @@ at the command line, for an operator's tools and the coming console.
 - ``POST /api/v1/registry/{id}/enrollment-tokens`` issues a one-time enrollment token
   (answered once, stored only as its hash);
 - ``POST /api/v1/registry/{id}/revoke`` revokes its certificates and rewrites the CRL;
+- ``PUT /api/v1/registry/{id}/tags`` replaces its tags (what a rollout's ``tags`` selector
+  matches);
 - ``GET /api/v1/registry/{id}`` its registry record.
 
 The changes need an operator token and are audited twice: by the API's middleware (who,
@@ -27,7 +29,7 @@ from pydantic import BaseModel, Field
 from server.access import Principal, Role
 from server.access_api import require
 from server.errors import ApiError, EnrollmentRefusedError, StorageError
-from server.terminal_registry import TerminalRegistry
+from server.terminal_registry import MAX_TAGS, TerminalRegistry
 
 __all__ = ["registry_router"]
 
@@ -49,6 +51,19 @@ class TokenBody(BaseModel):
     region: str = _TEXT
     model: str = _TEXT
     ttl_s: int = Field(default=86400, ge=60, le=30 * 86400, description="lifetime, seconds")
+
+
+class TagsBody(BaseModel):
+    tags: list[str] = Field(
+        max_length=MAX_TAGS,
+        description="the terminal's whole set of tags (replaces the old): 1-32 letters, "
+        "digits, '.', '_' or '-' each",
+    )
+
+
+class TagsPublic(BaseModel):
+    terminal_id: str
+    tags: list[str] = Field(description="sorted")
 
 
 class PreauthorizedPublic(BaseModel):
@@ -75,6 +90,7 @@ class RegisteredPublic(BaseModel):
     status: str = Field(description="preauthorized, active, revoked or decommissioned")
     public_key_fingerprint: str | None
     enrolled_at: datetime | None
+    tags: list[str] = Field(description="the operators' tags, sorted")
 
 
 @contextmanager
@@ -150,6 +166,19 @@ def registry_router(registry: TerminalRegistry) -> APIRouter:
             serials = registry.revoke(terminal_id, actor=who.actor, source=source(request))
         return RevokedPublic(terminal_id=terminal_id, revoked_serials=[f"{s:x}" for s in serials])
 
+    @router.put(
+        "/{terminal_id}/tags",
+        response_model=TagsPublic,
+        name="terminal.tag",
+        summary="Replace the terminal's tags (matched by rollout selectors)",
+    )
+    def tag(terminal_id: _ID, body: TagsBody, who: operator, request: Request) -> TagsPublic:
+        with _answered():
+            tags = registry.set_tags(
+                terminal_id, body.tags, actor=who.actor, source=source(request)
+            )
+        return TagsPublic(terminal_id=terminal_id, tags=list(tags))
+
     @router.get(
         "/{terminal_id}",
         response_model=RegisteredPublic,
@@ -169,6 +198,7 @@ def registry_router(registry: TerminalRegistry) -> APIRouter:
             status=found.status.value,
             public_key_fingerprint=found.public_key_fingerprint,
             enrolled_at=found.enrolled_at,
+            tags=list(found.tags),
         )
 
     return router

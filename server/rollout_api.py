@@ -2,7 +2,8 @@
 and opens a manual gate; a viewer reads.
 
 - ``POST /api/v1/rollouts`` (operator): a new rollout awaiting approval; the target must be
-  a verified release of the TUF repository (else 409 ``target_not_verified``).
+  a verified release of the TUF repository (else 409 ``target_not_verified``); its id may
+  not be a word of the console's rollout routes (``RESERVED_ROLLOUT_IDS``: 422).
 - ``POST /api/v1/rollouts/{id}/approve|pause|resume|cancel|gate`` (operator): one planner
   event by the caller; the planner refusing it (approval by the rollout's creator, an
   illegal transition) answers 409 ``rollout_conflict`` with its reason.
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from server.access import Principal, Role
 from server.access_api import note_audit, require
@@ -41,8 +42,10 @@ from server.rollout_service import (
     RolloutNotFoundError,
     RolloutService,
 )
+from server.terminal_registry import MAX_TAGS, TAG_PATTERN
 
 __all__ = [
+    "RESERVED_ROLLOUT_IDS",
     "ROLLOUT_EVENTS",
     "ROLLOUT_ID_PATTERN",
     "PhaseIn",
@@ -55,6 +58,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ROLLOUT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+RESERVED_ROLLOUT_IDS: Final = frozenset({"new", "preview"})
+"""The console's fixed words under ``/console/rollouts/`` (``server.console.rollout_pages``):
+a rollout with one as its id would have no page of its own, so none may take one."""
+
+
+def _not_reserved(rollout_id: str) -> str:
+    if rollout_id.lower() in RESERVED_ROLLOUT_IDS:
+        raise ValueError(f"{rollout_id!r} is a console route word; choose another id")
+    return rollout_id
+
+
+_TAG = Annotated[str, StringConstraints(pattern=TAG_PATTERN)]
 _ROLLOUT_ID = Annotated[str, Path(pattern=ROLLOUT_ID_PATTERN)]
 
 
@@ -70,10 +85,23 @@ class SelectorIn(BaseModel):
     region: str | None = Field(default=None, max_length=64)
     hall: str | None = Field(default=None, max_length=64)
     model: str | None = Field(default=None, max_length=64)
+    tags: list[_TAG] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_TAGS,
+        description="the terminal must carry every one of these operator tags",
+    )
+    current_version: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="the version of the release's package the terminal reports now "
+        "(a terminal not reporting that package does not match)",
+    )
 
 
 class RolloutCreate(BaseModel):
-    rollout_id: str = Field(pattern=ROLLOUT_ID_PATTERN)
+    rollout_id: Annotated[str, AfterValidator(_not_reserved)] = Field(pattern=ROLLOUT_ID_PATTERN)
     target: str = Field(max_length=255, description="a verified TUF target path")
     selector: SelectorIn = Field(default_factory=SelectorIn)
     phases: list[PhaseIn] = Field(min_length=1, max_length=20)

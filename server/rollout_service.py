@@ -10,7 +10,7 @@ are executed and audited.
   API answers 409) and changes nothing.
 - ``tick()``: the APScheduler job. For each unsettled rollout (active, or stopped while
   notified terminals still report): ``Selected`` (active ones only) (the terminals of
-  the fleet state matching its selector: region, hall, model), one ``Report`` per terminal
+  the fleet state matching its selector, ``selects``), one ``Report`` per terminal
   whose latest ``update_status`` row for this rollout changed since the planner saw it,
   then the actions: ``Notify`` -> a directive signed with the directive key, published
   QoS 1 (not retained) on the terminal's ``cmd`` topic, its seq from
@@ -61,7 +61,7 @@ from protocol.topics import Channel, topic
 from server.audit import AuditEntry, AuditResult, AuditSink
 from server.errors import ConfigError, ServerError, StorageError
 from server.fleet_state import FleetState
-from server.fleet_views import TerminalFilter
+from server.fleet_views import TerminalFilter, TerminalView
 from server.install_window import InstallWindow, NoWindow, install_window
 from server.message_source import MessageSource
 from server.opening_hours import OpeningHours
@@ -95,17 +95,49 @@ __all__ = [
     "RolloutService",
     "Selector",
     "load_directive_signer",
+    "release_package",
+    "selects",
 ]
 
 log = logging.getLogger(__name__)
 
-SELECTOR_KEYS: Final = ("region", "hall", "model")
+SELECTOR_KEYS: Final = ("region", "hall", "model", "tags", "current_version")
 DIRECTIVE_KEY_PIN: Final = "_pins/directive-key.pub"  # kioskfleet.update_repo.DIRECTIVE_KEY_TARGET
-Selector = Mapping[str, str]
+Selector = Mapping[str, str | list[str]]
+"""Every key given must match: ``region``, ``hall``, ``model`` and ``current_version`` a
+string, ``tags`` a list (all of them present)."""
 _MAX_DIRECTIVE_LIFETIME: Final = timedelta(hours=24)  # protocol.directives.DirectiveLimits
 _PAGE: Final = 1000
 _SEED_RECENT: Final = 50  # newest rollouts read at the first tick: the recently settled are
 # among them (the gauges show at most 20 settled ones); each decodes its whole planner state
+
+
+def selects(
+    selector: Selector, terminal: TerminalView, tags: frozenset[str], package: str | None
+) -> bool:
+    """Whether ``selector`` selects ``terminal`` (its operator ``tags`` given apart, from the
+    registry): each key given must match. ``current_version`` matches the version of
+    ``package`` (the rollout's release's) the terminal reports now; with no package known,
+    or a terminal that does not report it, it matches nothing. Pure."""
+    for key in ("region", "hall", "model"):
+        want = selector.get(key)
+        if want is not None and getattr(terminal, key) != want:
+            return False
+    wanted_tags = selector.get("tags")
+    if wanted_tags is not None and not set(wanted_tags) <= tags:
+        return False
+    version = selector.get("current_version")
+    if version is None:
+        return True
+    return package is not None and terminal.software.get(package) == version
+
+
+def release_package(release: ReleaseView | None) -> str | None:
+    """The package a release installs (its manifest's ``package``); None without one."""
+    if release is None or release.manifest is None:
+        return None
+    package = release.manifest.get("package")
+    return package if isinstance(package, str) else None
 
 
 class RolloutNotFoundError(ServerError, LookupError):
@@ -169,9 +201,11 @@ class RolloutService:
         clock: Callable[[], datetime],
         hours: Callable[[str], OpeningHours | None] = lambda _hall: None,
         board: RolloutBoard | None = None,
+        tags: Callable[[str], frozenset[str]] = lambda _id: frozenset(),
     ) -> None:
         """``hours(hall)``: the hall's opening hours, None if none are set (may raise
-        StorageError: that directive is then not sent, audited ``failed``). ``board``
+        StorageError: that directive is then not sent, audited ``failed``). ``tags(id)``:
+        a terminal's operator tags (``TerminalRegistry.tags``, from memory). ``board``
         receives every step for the rollout gauges (``server.rollout_metrics``); without one
         the service keeps its own, registered nowhere."""
         self._store = store
@@ -184,6 +218,7 @@ class RolloutService:
         self._audit = audit
         self._clock = clock
         self._hours = hours
+        self._tags = tags
         self._lock = threading.Lock()
         self._board = board if board is not None else RolloutBoard()
         self._board_loaded = False
@@ -281,7 +316,8 @@ class RolloutService:
             now = self._clock()
             events: list[Event] = []
             if stored.rollout.status in ACTIVE:  # a stopped rollout takes no joiners
-                events.append(Selected(self.matching(stored.selector)))
+                target = stored.rollout.definition.target
+                events.append(Selected(self.matching(stored.selector, target)))
             events += self._reports(stored.rollout)
             decision = step(stored.rollout, events, now)
             if not self._save(decision, events, now, read_at=stored.updated_at):
@@ -301,16 +337,24 @@ class RolloutService:
         self._execute(decision.rollout, decision.actions, now)
         return True
 
-    def matching(self, selector: Selector) -> tuple[str, ...]:
-        """The terminals of the fleet state ``selector`` matches now, in the fleet's order:
-        what the next tick selects (the console's preview counts them). Never does I/O."""
-        flt = TerminalFilter(region=selector.get("region"), hall=selector.get("hall"))
-        model = selector.get("model")
+    def matching(self, selector: Selector, target: str | None = None) -> tuple[str, ...]:
+        """The terminals of the fleet state ``selector`` (``selects``) matches now, in the
+        fleet's order, for a rollout of release ``target`` (its package is what
+        ``current_version`` compares): what the next tick selects (the console's preview
+        counts them). Reads no database (the releases are the repository's, in memory)."""
+        region, hall = selector.get("region"), selector.get("hall")
+        flt = TerminalFilter(
+            region=region if isinstance(region, str) else None,
+            hall=hall if isinstance(hall, str) else None,
+        )
+        package = None
+        if "current_version" in selector and target is not None:
+            package = release_package(self._release(target))
         ids: list[str] = []
         cursor: str | None = None
         while True:
             page = self._fleet.query(flt, limit=_PAGE, cursor=cursor)
-            ids += [t.id for t in page.items if model is None or t.model == model]
+            ids += [t.id for t in page.items if selects(selector, t, self._tags(t.id), package)]
             cursor = page.next_cursor
             if cursor is None:
                 return tuple(ids)

@@ -93,7 +93,9 @@ class StoredRollout:
     """A rollout as stored: the planner's value and the row's bookkeeping."""
 
     rollout: Rollout
-    selector: dict[str, str]  # region / hall / model: every key given must match
+    # every key given must match (``server.rollout_service.selects``): region, hall, model,
+    # current_version strings; tags a list
+    selector: dict[str, str | list[str]]
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
@@ -122,7 +124,9 @@ class RolloutStore:
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
 
-    def insert(self, rollout: Rollout, selector: dict[str, str], *, now: datetime) -> None:
+    def insert(
+        self, rollout: Rollout, selector: dict[str, str | list[str]], *, now: datetime
+    ) -> None:
         """Store a new rollout. Raises StorageDataError when its id exists, StorageError."""
         definition = rollout.definition
         values = {

@@ -17,7 +17,11 @@ Rules (each proved in tests/integration/test_terminal_registry.py):
 - a revoked or decommissioned terminal enrolls and renews no more until an
   operator pre-authorises it again (new hardware: a new key or token).
 
-``is_active`` and ``placement`` answer from memory (a set and a dict kept in
+An operator tags a registered terminal (``set_tags``: at most ``MAX_TAGS`` tags matching
+``TAG_PATTERN``, the whole set replaced, audited ``terminal.tag``); a rollout's ``tags``
+selector matches them (``tags`` answers from memory).
+
+``is_active``, ``placement`` and ``tags`` answer from memory (a set and a dict kept in
 step with the table by this process's own changes, loaded at ``open``): the
 ingest asks them for every message. Every change and every refusal is recorded
 through the ``AuditSink``. Raises ``EnrollmentRefusedError`` (with a bounded
@@ -30,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -61,8 +66,10 @@ from server.storage import database_errors
 from server.terminal_rules import Placement
 
 __all__ = [
+    "MAX_TAGS",
     "REFUSALS",
     "REFUSAL_REASONS",
+    "TAG_PATTERN",
     "Preauthorization",
     "RegisteredTerminal",
     "TerminalRegistry",
@@ -91,6 +98,12 @@ REFUSALS: Final[Mapping[str, int]] = {
 }
 REFUSAL_REASONS: Final = frozenset(REFUSALS)
 
+MAX_TAGS: Final = 16
+"""How many tags one terminal may carry."""
+TAG_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
+"""One tag: 1-32 characters, letters, digits, ``.``, ``_``, ``-``, not starting with a sign."""
+_TAG: Final = re.compile(TAG_PATTERN)
+
 
 def refusal(reason: str, message: str) -> EnrollmentRefusedError:
     """The refusal for ``reason`` (a key of ``REFUSALS``, which gives its status)."""
@@ -118,6 +131,7 @@ class RegisteredTerminal:
     status: RegistryStatus
     public_key_fingerprint: str | None
     enrolled_at: datetime | None
+    tags: tuple[str, ...] = ()  # sorted
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +166,7 @@ class TerminalRegistry:
         self._clock = clock
         self._active: set[str] = set()
         self._placements: dict[str, Placement] = {}
+        self._tags: dict[str, frozenset[str]] = {}
         # Held by refresh from its query to its assignment and by every in-memory update
         # after a commit, so that a refresh never undoes a newer change of this process.
         self._memory_lock = threading.Lock()
@@ -175,6 +190,7 @@ class TerminalRegistry:
             with database_errors("load registry"), self._engine().connect() as conn:
                 rows = conn.execute(sa.select(_TERMINALS)).mappings().all()
             self._placements = {r["terminal_id"]: _placement(r) for r in rows}
+            self._tags = {r["terminal_id"]: frozenset(r["tags"]) for r in rows if r["tags"]}
             self._active = {r["terminal_id"] for r in rows if r["status"] == RegistryStatus.ACTIVE}
         log.debug("terminal registry: %d terminals, %d active", len(rows), len(self._active))
 
@@ -193,6 +209,10 @@ class TerminalRegistry:
     def placement(self, terminal_id: str) -> Placement | None:
         """The hall, region and model the operators gave this id; None if not registered."""
         return self._placements.get(terminal_id)
+
+    def tags(self, terminal_id: str) -> frozenset[str]:
+        """The operators' tags of this id; none if it has none or is not registered."""
+        return self._tags.get(terminal_id, frozenset())
 
     # --- operators ------------------------------------------------------------------------
 
@@ -307,6 +327,37 @@ class TerminalRegistry:
             terminal_id, RegistryStatus.DECOMMISSIONED, actor, source, record=record
         )
 
+    def set_tags(
+        self, terminal_id: str, tags: Iterable[str], *, actor: str, source: str | None = None
+    ) -> tuple[str, ...]:
+        """Replace the tags of registered ``terminal_id`` with ``tags`` (duplicates dropped);
+        returns them sorted. Audited ``terminal.tag``, refusals too.
+
+        Raises EnrollmentRefusedError (``bad_request``: more than ``MAX_TAGS`` or one not
+        matching ``TAG_PATTERN``; ``unknown_terminal``), StorageError."""
+        wanted = tuple(sorted(set(tags)))
+        try:
+            if len(wanted) > MAX_TAGS or not all(_TAG.match(t) for t in wanted):
+                raise refusal(
+                    "bad_request",
+                    f"at most {MAX_TAGS} tags of 1-32 letters, digits, '.', '_' or '-'",
+                )
+            with database_errors("tag terminal"), self._engine().begin() as conn:
+                changed = conn.execute(
+                    sa.update(_TERMINALS)
+                    .where(_TERMINALS.c.terminal_id == terminal_id)
+                    .values(tags=list(wanted), updated_at=self._clock())
+                ).rowcount
+            if not changed:
+                raise refusal("unknown_terminal", f"{terminal_id!r} is not in the registry")
+        except EnrollmentRefusedError as exc:
+            self._record("terminal.tag", actor, terminal_id[:64], source, refused=exc)
+            raise
+        with self._memory_lock:
+            self._tags[terminal_id] = frozenset(wanted)
+        self._record("terminal.tag", actor, terminal_id, source, detail={"tags": ",".join(wanted)})
+        return wanted
+
     def get(self, terminal_id: str) -> RegisteredTerminal | None:
         """The registry's row for ``terminal_id``. Raises StorageError."""
         with database_errors("read registry"), self._engine().connect() as conn:
@@ -323,6 +374,7 @@ class TerminalRegistry:
             RegistryStatus(row["status"]),
             row["public_key_fingerprint"],
             row["enrolled_at"],
+            tuple(sorted(row["tags"])),
         )
 
     def prune_spent(self, *, older_than: timedelta, now: datetime) -> int:
@@ -354,6 +406,7 @@ class TerminalRegistry:
         with self._memory_lock:
             for terminal_id in ids:
                 self._placements.pop(terminal_id, None)
+                self._tags.pop(terminal_id, None)
         return len(ids)
 
     def revoked_serials(self) -> list[tuple[int, datetime]]:

@@ -68,13 +68,17 @@ from server.rollout_store import StoredRollout
 from server.tuf_repository import ReleaseView
 
 __all__ = [
+    "REFUSAL_TEXTS",
     "RELEASE_STATUSES",
+    "Refusal",
     "RolloutFormError",
     "RolloutPages",
     "parse_phases",
+    "refusal_sentence",
     "rollout_form",
     "rollout_pages_router",
     "rollout_vocabulary",
+    "selector_form",
 ]
 
 log = logging.getLogger(__name__)
@@ -85,6 +89,7 @@ _SETTLED: Final = frozenset(
     {RolloutStatus.ABORTED, RolloutStatus.CANCELED, RolloutStatus.COMPLETED}
 )
 _REFRESH_S: Final = 3
+_STATUS_WORDS: Final = frozenset(str(s.value) for s in RolloutStatus)
 _PHASE = re.compile(r"^(\d{1,7})(%?)(?:@(manual|\d{1,7}(?:\.\d+)?s))?$")
 _DEFAULTS: Final[Mapping[str, str]] = {
     "phases": "5, 100%",
@@ -96,12 +101,46 @@ _DEFAULTS: Final[Mapping[str, str]] = {
 }
 _ROLLOUT_ID = Annotated[str, Path(pattern=ROLLOUT_ID_PATTERN)]
 
+REFUSAL_TEXTS: Final[Mapping[str, str]] = {
+    "already_approved": "The rollout is already approved.",
+    "approver_role_not_allowed": "Your role may not approve rollouts.",
+    "approver_is_creator": "A rollout's creator cannot approve it: another operator must.",
+    "no_gate_waiting": "No manual gate is waiting to be opened.",
+    "gate_is_a_delay": "This phase's gate is a delay: it opens by itself.",
+    "rollout_": "The rollout is %(status)s: it takes no more events.",
+    "not_running_": "Only a running rollout can be paused; this one is %(status)s.",
+    "not_paused_": "Only a paused rollout can be resumed; this one is %(status)s.",
+}
+"""The console's sentence for each reason the planner refuses an operator event with
+(``server.rollout_planner``); a key ending in ``_`` is a prefix followed by the rollout's
+status (``%(status)s``, translated too). A reason not listed is shown as it is."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A refused event as the page shows it: ``text`` (a catalogue message) and the status
+    word it names ("" when none)."""
+
+    text: str
+    status: str = ""
+
+
+def refusal_sentence(reason: str) -> Refusal:
+    """The page's sentence for the planner's refusal ``reason`` (``REFUSAL_TEXTS``)."""
+    if reason in REFUSAL_TEXTS:
+        return Refusal(REFUSAL_TEXTS[reason])
+    for prefix, text in REFUSAL_TEXTS.items():
+        status = reason.removeprefix(prefix)
+        if prefix.endswith("_") and status in _STATUS_WORDS:
+            return Refusal(text, status)
+    return Refusal(reason.replace("%", "%%"))
+
 
 def rollout_vocabulary() -> tuple[str, ...]:
-    """The rollout, terminal update, pause reason and release status words and the selector
-    keys the pages show (translated like the templates' text)."""
+    """The rollout, terminal update, pause reason and release status words, the selector
+    keys and the refusal sentences the pages show (translated like the templates' text)."""
     words = [str(m.value) for e in (RolloutStatus, TerminalState, PauseReason) for m in e]
-    return (*words, *RELEASE_STATUSES, MANUAL, *SELECTOR_KEYS)
+    return (*words, *RELEASE_STATUSES, MANUAL, *SELECTOR_KEYS, *REFUSAL_TEXTS.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,10 +185,25 @@ def parse_phases(text: str) -> list[PhaseIn]:
     return phases
 
 
+def selector_form(form: Mapping[str, str]) -> dict[str, str | list[str]]:
+    """The selector keys the create form fills: each field's text, ``tags`` split at commas
+    and spaces; empty fields left out."""
+    selector: dict[str, str | list[str]] = {}
+    for key in SELECTOR_KEYS:
+        text = form.get(key, "").strip()
+        if key == "tags":
+            tags = [t for t in re.split(r"[,\s]+", text) if t]
+            if tags:
+                selector[key] = tags
+        elif text:
+            selector[key] = text
+    return selector
+
+
 def rollout_form(form: Mapping[str, str]) -> RolloutCreate:
     """The rollout the create form describes (the API's body model). Raises RolloutFormError
     naming the first field that is wrong."""
-    selector = {k: form.get(k, "").strip() or None for k in SELECTOR_KEYS}
+    selector = selector_form(form)
     try:
         return RolloutCreate(
             rollout_id=form.get("rollout_id", "").strip(),
@@ -261,8 +315,7 @@ def rollout_pages_router(pages: RolloutPages) -> APIRouter:
     @router.post(f"{CONSOLE_PREFIX}/rollouts/preview", name="console.rollout_preview")
     async def preview(request: Request, who: operator) -> HTMLResponse:
         form = await _checked_form(request, who)
-        selector = {k: v for k in SELECTOR_KEYS if (v := form.get(k, "").strip())}
-        count = len(pages.rollouts().matching(selector))
+        count = len(pages.rollouts().matching(selector_form(form), form.get("target")))
         return await anyio.to_thread.run_sync(lambda: form_page(request, who, form, preview=count))
 
     def created(request: Request, who: ConsoleUser, form: Mapping[str, str]) -> Response:
@@ -287,7 +340,7 @@ def rollout_pages_router(pages: RolloutPages) -> APIRouter:
 
     def rollout_page(
         request: Request, who: ConsoleUser, rollout_id: str, *, status: int = 200,
-        problem: str | None = None,
+        problem: Refusal | None = None,
     ) -> HTMLResponse:  # fmt: skip
         with _answered():
             stored: StoredRollout = pages.rollouts().stored(rollout_id)
@@ -309,7 +362,9 @@ def rollout_pages_router(pages: RolloutPages) -> APIRouter:
             with _answered():
                 pages.rollouts().apply(rollout_id, ROLLOUT_EVENTS[verb](who.principal))
         except RolloutConflictError as exc:
-            return rollout_page(request, who, rollout_id, status=409, problem=exc.reason)
+            return rollout_page(
+                request, who, rollout_id, status=409, problem=refusal_sentence(exc.reason)
+            )
         return RedirectResponse(f"{CONSOLE_PREFIX}/rollouts/{rollout_id}", status_code=303)
 
     def event_route(verb: str) -> None:

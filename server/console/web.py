@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path as FsPath
-from typing import TYPE_CHECKING, Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final, get_args
 from urllib.parse import parse_qs, quote
 from zoneinfo import ZoneInfo
 
@@ -36,8 +36,9 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
 from prometheus_client import CollectorRegistry, Counter
 
-from protocol.messages import PeripheralCondition, PeripheralKind, TerminalState
+from protocol.messages import EventBody, PeripheralCondition, PeripheralKind, TerminalState
 from protocol.taxonomy import Family
+from protocol.update_status import UpdateState
 from server.access import Principal, Role, allows
 from server.access_api import RoleDeclaration, note_audit, note_principal
 from server.access_store import AccessStore, AuditFilter
@@ -61,6 +62,7 @@ from server.errors import ConsoleError, InvalidCursorError, StorageError
 from server.fleet_state import FleetState
 from server.fleet_views import (
     CONNECTIVITY,
+    CONNECTIVITY_REASONS,
     REMOVED,
     HallSummary,
     TerminalFilter,
@@ -111,6 +113,12 @@ def vocabulary() -> tuple[str, ...]:
     """Every state, health, peripheral kind and condition a page may show: they are
     translated like the templates' text (``tests/unit/test_console_catalogs.py``)."""
     words: list[str] = [REMOVED, CONNECTIVITY, "transition", "event", "update"]
+    words += CONNECTIVITY_REASONS
+    words += (
+        get_args(m.model_fields["type"].annotation)[0] for m in get_args(get_args(EventBody)[0])
+    )
+    words += (str(s.value) for s in UpdateState)
+    words += (str(s.value) for s in RegistryStatus)
     for enum in (
         TerminalState, Health, Family, PeripheralKind, PeripheralCondition, Weekday, AuditResult,
         Role,
@@ -318,12 +326,18 @@ def _all_terminals(fleet: FleetState, flt: TerminalFilter) -> Iterator[TerminalV
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
-    """One line of a terminal's timeline: a transition, an event or an update state."""
+    """One line of a terminal's timeline: a transition, an event or an update state. The
+    page translates ``what``, ``before``, ``after`` and ``reason`` (vocabulary words) and
+    ``subject`` when ``subject_word``; ``subject`` otherwise and ``note`` show as they are."""
 
     at: datetime
     what: str  # "transition", "event", "update"
-    subject: str
-    text: str
+    subject: str  # connectivity or an event type (words), a peripheral name, a rollout id
+    after: str | None = None  # the state reached
+    before: str | None = None  # the state left; None: no arrow ("-": first sighting)
+    note: str | None = None  # a fault code or an update's reason code
+    reason: str | None = None  # why connectivity changed (``CONNECTIVITY_REASONS``)
+    subject_word: bool = False
 
 
 def _timeline(
@@ -334,36 +348,37 @@ def _timeline(
             t.occurred_at,
             "transition",
             t.subject,
-            f"{t.from_state or '-'} \u2192 {t.to_state}"
-            + (f" ({t.fault_code})" if t.fault_code else "")
-            + (f" [{t.reason}]" if t.reason else ""),
+            after=t.to_state,
+            before=t.from_state or "-",
+            note=t.fault_code,
+            reason=t.reason,
+            subject_word=t.subject == CONNECTIVITY,
         )
         for t in transitions
     ]
-    entries += [_Entry(e.sent_at, "event", e.type, _event_text(e)) for e in events]
+    entries += [_event_entry(e) for e in events]
     entries += [
-        _Entry(
-            u.occurred_at,
-            "update",
-            u.rollout_id or "-",
-            u.state + (f" ({u.reason})" if u.reason else ""),
-        )
+        _Entry(u.occurred_at, "update", u.rollout_id or "-", after=u.state, note=u.reason)
         for u in updates
     ]
     return sorted(entries, key=lambda e: e.at, reverse=True)
 
 
-def _event_text(event: EventRecord) -> str:
-    """An event in one line: a peripheral change as ``name: previous -> condition (code)``."""
+def _event_entry(event: EventRecord) -> _Entry:
+    """An event: a peripheral change as ``name: previous -> condition (code)``."""
     body = event.body
     peripheral = body.get("peripheral")
     if isinstance(peripheral, dict):
         code = peripheral.get("fault_code")
-        return (
-            f"{peripheral.get('name', '?')}: {body.get('previous') or '-'} \u2192 "
-            f"{peripheral.get('condition', '?')}" + (f" ({code})" if code else "")
+        return _Entry(
+            event.sent_at,
+            "event",
+            str(peripheral.get("name", "?")),
+            after=str(peripheral.get("condition", "?")),
+            before=str(body.get("previous") or "-"),
+            note=str(code) if code else None,
         )
-    return event.type
+    return _Entry(event.sent_at, "event", event.type, subject_word=True)
 
 
 def _by_region(halls: list[HallSummary]) -> list[tuple[str, list[HallSummary]]]:

@@ -287,6 +287,7 @@ class RawTerminal:
         *,
         interval: float = 10.0,
         seq: int | None = None,
+        software: dict[str, str] | None = None,
     ) -> Message:
         message = report(
             self.id,
@@ -297,6 +298,7 @@ class RawTerminal:
             hall=self.hall,
             region=self.region,
             interval=interval,
+            software=software,
         )
         self.publish(message)
         return message

@@ -96,7 +96,7 @@ def test_an_admin_logs_in_sees_the_planted_paper_out_opens_the_terminal_and_read
     assert "E-PAPER" in printer.inner_text()
     assert page.locator("#terminal-health").inner_text() == "faulty"
     assert "Delivery counters" in page.content()  # admin sees them
-    assert "paper_out (E-PAPER)" in page.locator("#timeline").inner_text()
+    assert "paper out (E-PAPER)" in page.locator("#timeline").inner_text()
 
     page.goto(server.base_url + CONSOLE_PREFIX + "/audit?action=console.login")
     entry = page.locator("tbody tr").first
@@ -272,7 +272,7 @@ def test_a_chinese_browser_gets_the_console_in_zh_cn_and_a_user_can_switch_to_en
 ) -> None:
     server = start_server()
     add_user(server, "li", Role.OPERATOR)
-    planted_fleet(server, terminals)
+    _fine, broken = planted_fleet(server, terminals)
     context = browser.new_context(locale="zh-CN")
     try:
         page = context.new_page()
@@ -281,6 +281,12 @@ def test_a_chinese_browser_gets_the_console_in_zh_cn_and_a_user_can_switch_to_en
         log_in(page, server, "li")
         assert page.locator("h1").inner_text() == "设备总览"
         assert "凭条打印机: 缺纸 \u00d7 1" in page.content()
+        page.goto(server.base_url + CONSOLE_PREFIX + f"/terminals/{broken}")
+        timeline = page.locator("#timeline").inner_text()
+        assert "缺纸 (E-PAPER)" in timeline  # the peripheral's condition, translated
+        assert "连接" in timeline  # connectivity, its state and why it changed
+        assert "在线 [上报]" in timeline
+        page.goto(server.base_url + CONSOLE_PREFIX)
         page.select_option("select[name=language]", "en")
         page.click("text=切换语言")
         assert page.locator("h1").inner_text() == "Fleet"

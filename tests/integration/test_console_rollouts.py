@@ -15,6 +15,8 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
 from server.access import Role
+from server.console.i18n import load_catalogs
+from server.console.rollout_pages import REFUSAL_TEXTS
 from server.console.web import CONSOLE_PREFIX
 from server.main import Server
 from server.rollout_api import ROLLOUT_EVENTS
@@ -70,6 +72,10 @@ def test_an_operator_creates_a_previewed_rollout_another_approves_and_the_page_f
     alice.click("#preview")
     assert alice.locator("#preview-count").inner_text() == "0"
     alice.fill("input[name=hall]", "hall-01")
+    alice.fill("input[name=tags]", "pilot")  # no terminal carries it (no registry here)
+    alice.click("#preview")
+    assert alice.locator("#preview-count").inner_text() == "0"
+    alice.fill("input[name=tags]", "")
     alice.click("#preview")
     assert alice.locator("#preview-count").inner_text() == str(TERMINALS)
     assert alice.locator("input[name=rollout_id]").input_value() == ROLLOUT  # kept
@@ -84,8 +90,15 @@ def test_an_operator_creates_a_previewed_rollout_another_approves_and_the_page_f
     assert "another operator must approve it" in alice.locator("#approve-hint").inner_text()
     url = f"{server.base_url}{CONSOLE_PREFIX}/rollouts/{ROLLOUT}"
     own = context.request.post(url + "/approve", form={"csrf_token": _csrf(alice)})
-    assert own.status == 409  # the planner refuses the creator's approval
-    assert "creator" in own.text()
+    assert own.status == 409  # the planner refuses the creator's approval, in a sentence
+    assert "A rollout&#39;s creator cannot approve it: another operator must." in own.text()
+    own_zh = context.request.post(
+        url + "/approve", form={"csrf_token": _csrf(alice)}, headers={"Accept-Language": "zh-CN"}
+    )
+    assert own_zh.status == 409
+    zh = load_catalogs()["zh_CN"].gettext(REFUSAL_TEXTS["approver_is_creator"])
+    assert zh != REFUSAL_TEXTS["approver_is_creator"]
+    assert zh in own_zh.text()
 
     bob = _page_as(context, server, "bob")
     bob.goto(url)
@@ -113,6 +126,7 @@ def test_an_operator_creates_a_previewed_rollout_another_approves_and_the_page_f
     assert rows == [
         ["user:alice", "rollout.create", ROLLOUT, "ok"],
         ["user:bob", "rollout.approve", ROLLOUT, "ok"],  # newest first
+        ["user:alice", "rollout.approve", ROLLOUT, "failed"],  # in Chinese
         ["user:alice", "rollout.approve", ROLLOUT, "failed"],
     ]
 

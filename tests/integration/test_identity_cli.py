@@ -1,5 +1,6 @@
 """The identity commands end to end on a real database and CA folder: ``ca init``, ``agent keygen``,
-``terminal preauthorize`` (one, or a CSV file), ``terminal token`` and ``terminal revoke``."""
+``terminal preauthorize`` (one, or a CSV file), ``terminal token``, ``terminal tag`` and
+``terminal revoke``."""
 
 from __future__ import annotations
 
@@ -143,3 +144,36 @@ def test_terminal_commands_without_a_ca_dir_explain_and_exit_2(
     monkeypatch.delenv("KIOSKFLEET_CA_DIR", raising=False)
     assert main(["terminal", "revoke", "T-1"]) == 2
     assert "KIOSKFLEET_CA_DIR" in capsys.readouterr().err
+
+
+def test_terminal_tag_replaces_the_tags_refuses_bad_ones_and_a_registry_refresh_sees_them(
+    settings_env: str, ca_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage, r = registry(settings_env, ca_dir)  # a running server's registry, loaded before
+    try:
+        assert main(["terminal", "tag", "T-TAG", "pilot"]) == 1  # not registered yet
+        assert main(["terminal", "token", "T-TAG", "--hall", "Hall A", "--region", "North",
+                     "--model", "KX-200"]) == 0  # fmt: skip
+        assert main(["terminal", "tag", "T-TAG", "pilot", "lobby", "pilot"]) == 0
+        assert "T-TAG: tags lobby pilot" in capsys.readouterr().out
+        assert main(["terminal", "tag", "T-TAG", "no spaces allowed"]) == 1
+        assert main(["terminal", "tag", "T-TAG", *(f"t{i}" for i in range(17))]) == 1
+        assert r.tags("T-TAG") == frozenset()  # memory: until its next refresh
+        r.refresh()
+        assert r.tags("T-TAG") == {"lobby", "pilot"}
+        found = r.get("T-TAG")
+        assert found is not None
+        assert found.tags == ("lobby", "pilot")
+        assert main(["terminal", "tag", "T-TAG"]) == 0  # no tags: cleared
+        r.refresh()
+        assert r.tags("T-TAG") == frozenset()
+        entries = AccessStore(storage).audit(AuditFilter(action="terminal.tag"), limit=10).items
+    finally:
+        storage.close()
+    assert [(e.result, e.detail.get("tags")) for e in reversed(entries)] == [
+        (AuditResult.DENIED, None),  # unknown terminal
+        (AuditResult.OK, "lobby,pilot"),
+        (AuditResult.FAILED, None),  # a bad tag
+        (AuditResult.FAILED, None),  # too many
+        (AuditResult.OK, ""),
+    ]

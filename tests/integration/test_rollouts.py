@@ -34,6 +34,8 @@ from protocol.directives import (
 )
 from protocol.topics import Channel
 from server.access import Role
+from server.access_store import AuditFilter
+from server.console.web import CONSOLE_PREFIX
 from server.main import Server
 from server.update_status_store import timeline
 from tests.integration import test_agent_mqtt
@@ -49,7 +51,9 @@ from tests.integration.conftest import (
 from tests.integration.test_agent_mqtt import start_agent
 from tests.integration.test_agent_update_e2e import _timeline, _updating_config
 from tests.integration.test_agent_updater import Release, Terminal, _publish
+from tests.integration.test_console import _httpx_login, add_user
 from tests.integration.test_directives_tuf import SERVER_KEY, updater, world
+from tests.support.device_identity import make_ca
 from tests.support.tuf_world import release_manifest
 from tests.support.waiting import wait_until
 
@@ -69,6 +73,7 @@ def _start(
     database_url: str,
     key: Any,
     tick_s: float = 0.2,
+    **settings: Any,
 ) -> Server:
     """Signed releases on, ``key`` as the directive key, a fast rollout tick (``tick_s``)."""
     key_file = tmp_path / "directive.key"
@@ -87,6 +92,7 @@ def _start(
         updates_max_artifact_bytes=1 << 20,
         updates_directive_key_file=key_file,
         rollout_tick_interval_s=tick_s,
+        **settings,
     )
     with UpdateClient(server.base_url, admin_token(server)) as admin:
         for root in world.roots():
@@ -96,9 +102,22 @@ def _start(
 
 
 @pytest.fixture
-def server(database_url: str, private_server: ServerFactory, world: Any, tmp_path: Path) -> Server:
-    """The directive key is the one the operator pinned."""
-    return _start(private_server, world, tmp_path, database_url, SERVER_KEY)
+def with_registry() -> bool:
+    """Whether ``server`` has a terminal registry (a test parametrizes it to True)."""
+    return False
+
+
+@pytest.fixture
+def server(
+    database_url: str, private_server: ServerFactory, world: Any, tmp_path: Path,
+    with_registry: bool,
+) -> Server:  # fmt: skip
+    """The directive key is the one the operator pinned. With a registry (a device CA),
+    enrollment is not required: raw terminals still report."""
+    extra: dict[str, Any] = {}
+    if with_registry:
+        extra = {"ca_dir": make_ca(tmp_path / "ca").directory, "require_enrollment": False}
+    return _start(private_server, world, tmp_path, database_url, SERVER_KEY, **extra)
 
 
 class CmdInbox:
@@ -594,3 +613,91 @@ def _unverified(payload: bytes) -> Directive:
     """The directive inside an envelope, unchecked (the directive tests check signatures)."""
     body = base64.b64decode(json.loads(payload)["payload"])
     return Directive.model_validate_json(body)
+
+
+def _put(server: Server, secret: str, path: str, body: dict[str, Any]) -> Any:
+    return httpx.put(server.base_url + path, json=body, headers=bearer(secret), timeout=5)
+
+
+def _tag(server: Server, secret: str, terminal_id: str, *tags: str) -> Any:
+    return _put(server, secret, f"/api/v1/registry/{terminal_id}/tags", {"tags": list(tags)})
+
+
+@pytest.mark.parametrize("with_registry", [True])
+def test_a_tag_selector_notifies_only_the_tagged_terminals_and_a_terminal_tagged_later_joins(
+    server: Server, updater: Updater, private_terminals: TerminalFactory
+) -> None:
+    alice = token(server, Role.OPERATOR, name="alice")
+    bob = token(server, Role.OPERATOR, name="bob")
+    members = []
+    for tid in ("T-TAG-1", "T-TAG-2", "T-TAG-3"):
+        registered = _post(
+            server, alice, f"/api/v1/registry/{tid}/enrollment-tokens",
+            {"hall": "Hall R", "region": "North", "model": "KX-200"},
+        )  # fmt: skip
+        assert registered.status_code == 201, registered.text
+        t = private_terminals(tid, hall="Hall R")
+        members.append((t, CmdInbox(t)))
+        t.report()
+    wait_until(lambda: all(server.fleet.get(t.id) for t, _ in members), 10, "the fleet")
+    for tid in ("T-TAG-1", "T-TAG-2"):
+        assert _tag(server, alice, tid, "pilot", "lobby").json()["tags"] == ["lobby", "pilot"]
+    assert _tag(server, alice, "T-TAG-3", "not a tag").status_code == 400
+    assert _tag(server, alice, "T-NOT-REGISTERED", "pilot").status_code == 404
+    shown = api(server, "/api/v1/registry/T-TAG-1").json()
+    assert shown["tags"] == ["lobby", "pilot"]
+    add_user(server, "vera", Role.VIEWER)
+    console = _httpx_login(server, "vera")
+    try:
+        page = console.get(f"{CONSOLE_PREFIX}/terminals/T-TAG-1")
+    finally:
+        console.close()
+    assert page.status_code == 200, page.text
+    assert '<dd id="terminal-tags">lobby, pilot</dd>' in page.text
+    tagged = server.access_store.audit(AuditFilter(target="T-TAG-1"), limit=20).items
+    assert {(e.action, e.detail.get("tags")) for e in tagged} >= {("terminal.tag", "lobby,pilot")}
+
+    assert _create(server, alice, "new").status_code == 422  # the console's route word
+    created = _create(
+        server, alice, "R-TAG", selector={"hall": "Hall R", "tags": ["pilot"]},
+        phases=[{"size": 100, "unit": "percent"}],
+    )  # fmt: skip
+    assert created.status_code == 201, created.text
+    assert _post(server, bob, "/api/v1/rollouts/R-TAG/approve").status_code == 200
+    (one, one_inbox), (two, two_inbox), (three, three_inbox) = members
+    wait_until(lambda: one_inbox.count() == 1 and two_inbox.count() == 1, 10, "the tagged")
+    for t, inbox in ((one, one_inbox), (two, two_inbox)):
+        assert _verified(updater, t, inbox.payloads[0]).rollout_id == "R-TAG"
+    assert _rollout(server, "R-TAG")["counts"] == {"notified": 2}  # the untagged not selected
+    assert three_inbox.count() == 0
+
+    assert _tag(server, alice, "T-TAG-3", "pilot").status_code == 200
+    wait_until(lambda: three_inbox.count() == 1, 10, "the terminal tagged later")
+    assert _verified(updater, three, three_inbox.payloads[0]).rollout_id == "R-TAG"
+    assert _rollout(server, "R-TAG")["counts"] == {"notified": 3}
+
+
+def test_a_current_version_selector_skips_a_terminal_on_another_version(
+    server: Server, updater: Updater, private_terminals: TerminalFactory
+) -> None:
+    alice = token(server, Role.OPERATOR, name="alice")
+    bob = token(server, Role.OPERATOR, name="bob")
+    versions = {"T-VER-1": "1.0.0", "T-VER-2": "0.9.0", "T-VER-3": "1.0.0"}
+    members = {}
+    for tid, version in versions.items():
+        t = private_terminals(tid, hall="Hall V")
+        members[tid] = (t, CmdInbox(t))
+        # T-VER-3 runs 1.0.0 of another package: it does not run the release's package
+        t.report(software={"kiosk-app" if tid != "T-VER-3" else "other-app": version})
+    wait_until(lambda: all(server.fleet.get(tid) for tid in versions), 10, "the fleet")
+    created = _create(
+        server, alice, "R-VER", selector={"hall": "Hall V", "current_version": "1.0.0"},
+        phases=[{"size": 100, "unit": "percent"}],
+    )  # fmt: skip
+    assert created.status_code == 201, created.text
+    assert _post(server, bob, "/api/v1/rollouts/R-VER/approve").status_code == 200
+    t1, inbox1 = members["T-VER-1"]
+    wait_until(lambda: inbox1.count() == 1, 10, "the terminal on 1.0.0")
+    assert _verified(updater, t1, inbox1.payloads[0]).target.path == TARGET
+    assert _rollout(server, "R-VER")["counts"] == {"notified": 1}
+    assert [members[tid][1].count() for tid in ("T-VER-2", "T-VER-3")] == [0, 0]
