@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import operator
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -720,14 +721,25 @@ class _RowMapping(Generic[_T]):
             if f.name not in self.unstored
         )
 
+    @functools.cached_property
+    def _writer(self) -> tuple[Callable[[Any], Any], tuple[str, ...], tuple[Any, ...]]:
+        """What ``row`` runs: one getter for every stored field (``operator.attrgetter``,
+        in C), the columns in the same order, and (column, encoder) for the encoded ones."""
+        names = tuple(name for name, _ in self.pairs)
+        columns = tuple(column for _, column in self.pairs)
+        encoded = tuple(
+            (column, self.store[name]) for name, column in self.pairs if name in self.store
+        )
+        getter = operator.attrgetter(*names)
+        return (getter if len(names) > 1 else lambda obj: (getter(obj),)), columns, encoded
+
     def row(self, obj: _T, **table_only: Any) -> dict[str, Any]:
         """The row for ``obj`` (``table_only`` gives the columns that are not its fields)."""
+        getter, columns, encoded = self._writer
         row = dict(table_only)
-        store = self.store
-        for name, column in self.pairs:
-            value = getattr(obj, name)
-            encode = store.get(name)
-            row[column] = value if encode is None else encode(value)
+        row.update(zip(columns, getter(obj), strict=True))
+        for column, encode in encoded:
+            row[column] = encode(row[column])
         return row
 
     def model_of(self, row: Any, **unstored: Any) -> _T:
