@@ -76,10 +76,11 @@ class WriteSink(Protocol):
         update: UpdateRecord | None = None,
         usage: UsageRecord | None = None,
         delivery: Delivery | None = None,
+        position_only: bool = False,
     ) -> None:
         """Mark ``terminal_id`` for writing, queue its transitions, event and update status,
-        and acknowledge
-        ``delivery`` once they are committed. Must be cheap."""
+        and acknowledge ``delivery`` once they are committed. ``position_only``: only the
+        row's ``POSITION_FIELDS`` changed (``Outcome.position_only``). Must be cheap."""
         ...
 
     def settle(self, delivery: Delivery | None, *, terminal_id: str | None = None) -> None:
@@ -253,6 +254,7 @@ class Ingest:
             update=update,
             usage=usage,
             delivery=inbound.delivery,
+            position_only=outcome.position_only,
         )
         return IngestResult.ACCEPTED
 

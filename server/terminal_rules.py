@@ -58,6 +58,8 @@ Peripherals
     changes, and when a peripheral is first seen in a problem condition.
 
 Outcome hints
+    ``position_only``: of the stored fields only ``POSITION_FIELDS`` changed (the
+    common heartbeat), so the writer updates just those columns.
     ``peripherals_changed``: the terminal's peripheral rows must be rewritten
     (every accepted message changes the terminal's row: its dedup position and
     counters must be durable before the message is acknowledged).
@@ -478,6 +480,9 @@ def _apply_stream(
         transitions=tuple(transitions),
         peripherals_changed=changed,
         retally=retally,
+        # Nothing retallied is nothing but the position: no new stream, gap, transition,
+        # identity, peripheral or drop-count change, on a terminal already known.
+        position_only=not retally,
     )
 
 
