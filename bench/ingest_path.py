@@ -33,9 +33,11 @@ import pstats
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
 from protocol.codec import decode, encode
@@ -85,17 +87,70 @@ def _payload(tid: str, seq: int) -> tuple[str, bytes]:
     return topic(tid, Channel.REPORT), encode(message)
 
 
-def _cpu(run: Callable[[], None]) -> float:
+def _cpu(run: Callable[[], object]) -> float:
     started = time.process_time()
     run()
     return time.process_time() - started
 
 
+@dataclass(frozen=True)
+class _Run:
+    cpu_s: float
+    flush_s: float
+    accepted: float
+    acknowledged: int
+
+
+def _ingest_once(
+    payloads: list[tuple[str, bytes]], database_url: str | None, profiler: cProfile.Profile | None
+) -> _Run:
+    """One server, an empty fleet, every payload delivered; CPU seconds (and the flushes')."""
+    with tempfile.TemporaryDirectory() as tmp:
+        built: list[InMemorySource] = []
+        server = Server(
+            Settings(database_url=database_url or f"sqlite:///{Path(tmp)}/kf.db", http_port=0),
+            CollectorRegistry(),
+            source=InMemorySource.factory(built),
+        )
+        server.storage.open()
+        with server.storage.engine.begin() as conn:  # a given database: start empty
+            conn.execute(sa.text("DELETE FROM peripheral"))
+            conn.execute(sa.text("DELETE FROM terminal"))
+        source = built[0]
+        source.start()
+        writer = server.writer
+        window = server.settings.db_flush_max_pending_acks
+        flush_s = 0.0
+
+        def ingest_all() -> None:
+            nonlocal flush_s
+            for t, p in payloads:
+                source.deliver(t, p)
+                if writer.pending_acks() >= window:
+                    flush_s += _cpu(writer.flush)
+            flush_s += _cpu(writer.flush)
+
+        if profiler is not None:
+            profiler.enable()
+        cpu_s = _cpu(ingest_all)
+        if profiler is not None:
+            profiler.disable()
+        accepted = sum(
+            s.value
+            for m in server.metrics.ingest_messages.collect()
+            for s in m.samples
+            if s.name.endswith("_total")
+        )
+        server.storage.close()
+    return _Run(cpu_s, flush_s, accepted, len(source.acked))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--terminals", type=int, default=2000)
+    parser.add_argument("--terminals", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--database-url", help="default: SQLite in a temporary folder")
+    parser.add_argument("--repeats", type=int, default=5, help="best of this many runs")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile top N")
     args = parser.parse_args()
 
@@ -112,67 +167,34 @@ def main() -> None:
         for _, p in payloads:
             json.loads(p)
 
-    decode_s = min(_cpu(decode_all) for _ in range(3))
-    loads_s = min(_cpu(loads_all) for _ in range(3))
-
-    with tempfile.TemporaryDirectory() as tmp:
-        url = args.database_url or f"sqlite:///{Path(tmp)}/kf.db"
-        built: list[InMemorySource] = []
-        server = Server(
-            Settings(database_url=url, http_port=0),
-            CollectorRegistry(),
-            source=InMemorySource.factory(built),
-        )
-        server.storage.open()
-        server.fleet.load(server.storage.load_fleet())
-        source = built[0]
-        source.start()
-        writer = server.writer
-        window = server.settings.db_flush_max_pending_acks
-
-        flush_s = [0.0]
-
-        def flush() -> None:
-            started = time.process_time()
-            writer.flush()
-            flush_s[0] += time.process_time() - started
-
-        def ingest_all() -> None:
-            for t, p in payloads:
-                source.deliver(t, p)
-                if writer.pending_acks() >= window:
-                    flush()
-            flush()
-
-        profiler = cProfile.Profile() if args.profile else None
+    decode_s = loads_s = ingest_s = flush_s = float("inf")
+    for i in range(args.repeats):  # interleaved, best of each: a shared machine is noisy
+        decode_s = min(decode_s, _cpu(decode_all))
+        loads_s = min(loads_s, _cpu(loads_all))
+        profiler = cProfile.Profile() if args.profile and i == 0 else None
+        run = _ingest_once(payloads, args.database_url, profiler)
+        ingest_s, flush_s = min((ingest_s, flush_s), (run.cpu_s, run.flush_s))
         if profiler is not None:
-            profiler.enable()
-        ingest_s = _cpu(ingest_all)
-        if profiler is not None:
-            profiler.disable()
-        accepted = sum(
-            s.value
-            for m in server.metrics.ingest_messages.collect()
-            for s in m.samples
-            if s.name.endswith("_total")
-        )
-        server.storage.close()
+            stats = pstats.Stats(profiler)
+        if run.accepted != len(payloads) or run.acknowledged != len(payloads):
+            raise SystemExit(f"accepted {run.accepted}, acknowledged {run.acknowledged} of {n}")
 
     per_msg = 1e6 * ingest_s / n
     per_decode = 1e6 * decode_s / n
-    print(f"{n} reports from {args.terminals} terminals, database {url.split(':')[0]}")
-    print(f"accepted {accepted:.0f}, acknowledged {len(source.acked)}")
+    where = (args.database_url or "sqlite").split(":")[0]
+    print(f"{n} reports from {args.terminals} terminals, database {where}, best of {args.repeats}")
+    print("every report accepted and acknowledged")
     print(f"whole path: {per_msg:7.1f} us CPU per message ({n / ingest_s:8.0f} msg/CPU-s)")
-    print(f"  of which the writer's flushes: {1e6 * flush_s[0] / n:7.1f} us")
+    print(f"  of which the writer's flushes: {1e6 * flush_s / n:7.1f} us")
     print(f"decode alone:      {per_decode:7.1f} us")
     print(f"json.loads alone:  {1e6 * loads_s / n:7.1f} us (the yardstick: stdlib, unchanged)")
     print(
         f"whole path / json.loads: {ingest_s / loads_s:.1f}x, decode / json.loads: "
         f"{decode_s / loads_s:.1f}x"
     )
-    if profiler is not None:
+    if args.profile:
         print()
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
+        stats.sort_stats("tottime").print_stats(args.profile)
 
 
 if __name__ == "__main__":

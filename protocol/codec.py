@@ -30,13 +30,11 @@ MAX_JSON_DEPTH: Final = 16
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)  # in C; a key seen twice makes the dict shorter than the pairs
-    if len(result) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise MalformedJSONError(f"duplicate key {key!r}")
-            seen.add(key)
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise MalformedJSONError(f"duplicate key {key!r}")
+        result[key] = value
     return result
 
 
