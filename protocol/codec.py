@@ -21,7 +21,7 @@ from protocol.errors import (
     UnknownSchemaError,
 )
 from protocol.messages import SCHEMA_CHANNEL, SCHEMAS, Message
-from protocol.topics import parse_topic
+from protocol.topics import Channel, parse_topic
 
 __all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "MAX_JSON_DEPTH", "decode", "encode", "loads_strict"]
 
@@ -92,14 +92,23 @@ def _short(exc: ValidationError) -> str:
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
-def decode(topic: str, payload: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Message:
+def decode(
+    topic: str,
+    payload: bytes,
+    *,
+    max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    parsed: tuple[str, Channel] | None = None,
+) -> Message:
     """Validate one inbound message against its topic.
+
+    ``parsed``: ``parse_topic(topic)`` when the caller already has it (the ingest
+    parses the topic first, for its gate); it must be exactly that.
 
     Raises (all ProtocolError): TopicError, OversizeError, MalformedJSONError,
     UnknownSchemaError, InvalidMessageError, ChannelMismatchError,
     IdentityMismatchError.
     """
-    terminal_id, channel = parse_topic(topic)
+    terminal_id, channel = parse_topic(topic) if parsed is None else parsed
     if len(payload) > max_bytes:
         raise OversizeError(len(payload), max_bytes, topic=topic)
     try:

@@ -42,6 +42,8 @@ class Channel(StrEnum):
     CMD = "cmd"  # server -> agent: signed directive, config, ping
 
 
+_CHANNELS = {c.value: c for c in Channel}  # a dict lookup: Channel(name) costs ~1 us
+
 AGENT_CHANNELS = (Channel.STATE, Channel.REPORT, Channel.EVENT, Channel.UPDATE, Channel.USAGE)
 
 
@@ -74,10 +76,9 @@ def parse_topic(name: str) -> tuple[str, Channel]:
     terminal_id, channel_name = parts
     if not is_valid_terminal_id(terminal_id):
         raise TopicError("invalid terminal id in topic", topic=name)
-    try:
-        channel = Channel(channel_name)
-    except ValueError:
-        raise TopicError(f"unknown channel {channel_name!r}", topic=name) from None
+    channel = _CHANNELS.get(channel_name)
+    if channel is None:
+        raise TopicError(f"unknown channel {channel_name!r}", topic=name)
     return terminal_id, channel
 
 

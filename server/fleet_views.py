@@ -25,6 +25,7 @@ __all__ = [
     "AGENT_PACKAGE",
     "CONNECTIVITY",
     "CONNECTIVITY_REASONS",
+    "POSITION_FIELDS",
     "REMOVED",
     "FleetSummary",
     "HallSummary",
@@ -82,6 +83,17 @@ class Transition:
     reason: str | None = None  # connectivity only: will, shutdown, timeout, report, event, connect
 
 
+POSITION_FIELDS: Final = (
+    "last_seen",
+    "last_sent_at",
+    "last_seq",
+    "reports_received",
+    "events_received",
+)
+"""The ``TerminalView`` fields an accepted stream message changes when it changes nothing
+else (no new stream, gap, transition, identity, peripheral or drop count)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What ``FleetState.apply`` did with one message."""
@@ -91,6 +103,9 @@ class Outcome:
     transitions: tuple[Transition, ...] = ()
     peripherals_changed: bool = False  # the peripheral set must be rewritten
     retally: bool = False  # the terminal's share of the fleet tallies may have changed
+    # Accepted, and of the stored fields only POSITION_FIELDS changed (a heartbeat): the
+    # writer then updates just those columns of the terminal's row.
+    position_only: bool = False
     reason: str | None = None  # REFUSED only: the reject reason (``seq_jump``)
 
     @property

@@ -76,10 +76,11 @@ class WriteSink(Protocol):
         update: UpdateRecord | None = None,
         usage: UsageRecord | None = None,
         delivery: Delivery | None = None,
+        position_only: bool = False,
     ) -> None:
         """Mark ``terminal_id`` for writing, queue its transitions, event and update status,
-        and acknowledge
-        ``delivery`` once they are committed. Must be cheap."""
+        and acknowledge ``delivery`` once they are committed. ``position_only``: only the
+        row's ``POSITION_FIELDS`` changed (``Outcome.position_only``). Must be cheap."""
         ...
 
     def settle(self, delivery: Delivery | None, *, terminal_id: str | None = None) -> None:
@@ -165,15 +166,18 @@ class Ingest:
 
     def _handle(self, inbound: InboundMessage) -> IngestResult:
         try:
-            if not inbound.payload and parse_topic(inbound.topic)[1] is Channel.STATE:
+            parsed = parse_topic(inbound.topic)  # once: decode takes it as it is
+            terminal_id, channel = parsed
+            if not inbound.payload and channel is Channel.STATE:
                 self._metrics.state_cleared.inc()  # the server cleared it (decommission)
                 return IngestResult.CLEARED
             if self._gate is not None:  # before decoding: a refused id costs almost nothing
-                terminal_id, _ = parse_topic(inbound.topic)
                 refused = self._gate.admit(terminal_id)
                 if refused is not None:
                     return self._reject(inbound, refused, f"terminal {terminal_id!r} refused")
-            message = decode(inbound.topic, inbound.payload, max_bytes=self._max_bytes)
+            message = decode(
+                inbound.topic, inbound.payload, max_bytes=self._max_bytes, parsed=parsed
+            )
         except ProtocolError as exc:
             return self._reject(inbound, exc.reason, exc.message)
 
@@ -250,6 +254,7 @@ class Ingest:
             update=update,
             usage=usage,
             delivery=inbound.delivery,
+            position_only=outcome.position_only,
         )
         return IngestResult.ACCEPTED
 

@@ -82,6 +82,9 @@ class WriteBatch:
     updates: Sequence[UpdateRecord] = field(default_factory=tuple)
     usage: Sequence[UsageRecord] = field(default_factory=tuple)
     removed: frozenset[str] = frozenset()
+    # Of ``terminals``, those whose rows exist and changed only in POSITION_FIELDS (a row
+    # that turns out missing is written whole all the same).
+    position_only: frozenset[str] = frozenset()
 
     def __bool__(self) -> bool:
         return bool(

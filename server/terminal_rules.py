@@ -58,6 +58,8 @@ Peripherals
     changes, and when a peripheral is first seen in a problem condition.
 
 Outcome hints
+    ``position_only``: of the stored fields only ``POSITION_FIELDS`` changed (the
+    common heartbeat), so the writer updates just those columns.
     ``peripherals_changed``: the terminal's peripheral rows must be rewritten
     (every accepted message changes the terminal's row: its dedup position and
     counters must be durable before the message is acknowledged).
@@ -69,6 +71,7 @@ Outcome hints
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Final
@@ -113,6 +116,7 @@ _OK: Final = PeripheralCondition.OK
 
 VIEW_FIELDS: Final = tuple(f.name for f in fields(TerminalView))
 """A terminal's fields, declared once by ``TerminalView``; the record has each of them."""
+_VIEW_VALUES: Final = operator.attrgetter(*VIEW_FIELDS)  # in C: a view per flushed terminal
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +220,7 @@ class TerminalRecord:
 
     def view(self) -> TerminalView:
         """A frozen copy (peripherals by name)."""
-        values = {name: getattr(self, name) for name in VIEW_FIELDS}
+        values = dict(zip(VIEW_FIELDS, _VIEW_VALUES(self), strict=True))
         values["software"] = dict(self.software)
         values["peripherals"] = tuple(self.peripherals[n] for n in sorted(self.peripherals))
         return TerminalView(**values)
@@ -476,6 +480,9 @@ def _apply_stream(
         transitions=tuple(transitions),
         peripherals_changed=changed,
         retally=retally,
+        # Nothing retallied is nothing but the position: no new stream, gap, transition,
+        # identity, peripheral or drop-count change, on a terminal already known.
+        position_only=not retally,
     )
 
 

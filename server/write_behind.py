@@ -111,6 +111,11 @@ class _Pending:
     acks: list[tuple[str | None, Delivery]] = field(default_factory=list)  # (terminal, delivery)
     removed: set[str] = field(default_factory=set)
     confirm: set[str] = field(default_factory=set)  # terminals whose position to confirm
+    full: set[str] = field(default_factory=set)  # dirty beyond their position: whole row
+
+    def position_only(self) -> frozenset[str]:
+        """Dirty terminals whose rows need only their position columns written."""
+        return frozenset(self.dirty - self.full - self.peripherals)
 
     def has_writes(self) -> bool:
         return bool(
@@ -142,6 +147,7 @@ class _Pending:
             acks=[a for a in self.acks if a[0] in ids],
             removed=self.removed & ids,
             confirm=self.confirm & ids,
+            full=self.full & ids,
         )
 
 
@@ -205,11 +211,17 @@ class WriteBehind:
         update: UpdateRecord | None = None,
         usage: UsageRecord | None = None,
         delivery: Delivery | None = None,
+        position_only: bool = False,
     ) -> None:
-        """Queue ``terminal_id``'s latest state (and the rest) for the next flush; cheap."""
+        """Queue ``terminal_id``'s latest state (and the rest) for the next flush; cheap.
+
+        ``position_only``: only the row's ``POSITION_FIELDS`` changed; the flush then
+        updates just those columns unless another message since the last one needs more."""
         with self._lock:
             p = self._pending
             p.dirty.add(terminal_id)
+            if not position_only:
+                p.full.add(terminal_id)
             if peripherals_changed:
                 p.peripherals.add(terminal_id)
             if transitions:
@@ -235,6 +247,7 @@ class WriteBehind:
         with self._lock:
             p = self._pending
             p.dirty.discard(terminal_id)
+            p.full.discard(terminal_id)
             p.peripherals.discard(terminal_id)
             p.removed.add(terminal_id)
         self._wake.set()
@@ -333,6 +346,7 @@ class WriteBehind:
             updates=part.updates,
             usage=part.usage,
             removed=frozenset(part.removed),
+            position_only=part.position_only(),
         )
         started = time.perf_counter()
         began = self._writing_since = self._monotonic()
@@ -431,6 +445,7 @@ class WriteBehind:
         with self._lock:  # put back in front: older first
             p = self._pending
             p.dirty |= taken.dirty
+            p.full |= taken.full
             p.peripherals |= taken.peripherals
             p.removed |= taken.removed
             p.confirm |= taken.confirm

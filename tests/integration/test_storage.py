@@ -373,3 +373,32 @@ def test_pruning_deletes_only_transitions_older_than_the_retention_in_chunks(
     assert storage.prune_transitions(older_than=timedelta(seconds=50), now=at(110), chunk=3) == 7
     assert storage.count_transitions() == 1
     assert [t.terminal_id for t in storage.history("T-new", limit=10)] == ["T-new"]
+
+
+def test_a_position_only_write_updates_only_the_position_columns(storage: Storage) -> None:
+    storage.write(WriteBatch(terminals=[terminal()], peripheral_ids=frozenset({"T-1"})), now=at(6))
+    moved = terminal(
+        last_seq=43, last_seen=at(15), last_sent_at=at(14), reports_received=7, hall="Hall Z"
+    )
+    storage.write(WriteBatch(terminals=[moved], position_only=frozenset({"T-1"})), now=at(16))
+    [loaded] = storage.load_fleet()
+    assert (loaded.last_seq, loaded.last_seen, loaded.last_sent_at, loaded.reports_received) == (
+        43,
+        at(15),
+        at(14),
+        7,
+    )
+    assert loaded.hall == "Hall A"  # not a position column: the caller vouched it is unchanged
+    assert loaded.peripherals == terminal().peripherals
+
+
+def test_a_position_only_write_of_a_missing_row_writes_it_whole(storage: Storage) -> None:
+    storage.write(WriteBatch(terminals=[terminal("T-1")]), now=at(6))
+    batch = WriteBatch(
+        terminals=[terminal("T-1", last_seq=50), terminal("T-2", last_seq=9)],
+        position_only=frozenset({"T-1", "T-2"}),
+    )
+    storage.write(batch, now=at(7))
+    loaded = {v.id: v for v in storage.load_fleet()}
+    assert (loaded["T-1"].last_seq, loaded["T-2"].last_seq) == (50, 9)
+    assert loaded["T-2"].hall == "Hall A"

@@ -14,6 +14,7 @@ from server.errors import InvalidCursorError
 from server.fleet_state import FleetState
 from server.fleet_views import (
     CONNECTIVITY,
+    POSITION_FIELDS,
     REMOVED,
     OfflineReason,
     TerminalFilter,
@@ -21,6 +22,7 @@ from server.fleet_views import (
     Verdict,
 )
 from server.health import Health
+from server.terminal_rules import VIEW_FIELDS
 from tests.support.fleet_messages import (
     BOOT,
     PRINTER_OK,
@@ -658,3 +660,69 @@ def test_incremental_hall_tallies_always_equal_a_full_recount(
     assert tallies == _recount(fleet)
     for h in fleet.halls():
         assert h.offline == h.total - h.online
+
+
+# --- position-only outcomes (the writer then updates just those columns) ---------------------
+
+_STORED_FIELDS = [f for f in VIEW_FIELDS if f not in POSITION_FIELDS]
+
+
+def test_an_identical_heartbeat_is_position_only_and_a_change_is_not(fleet: FleetState) -> None:
+    assert not fleet.apply(report(seq=1), at(0)).position_only  # a new terminal: whole row
+    assert fleet.apply(report(seq=2, sent_at=at(10)), at(10)).position_only
+    assert fleet.apply(report(seq=3, sent_at=at(20)), at(20)).position_only
+    assert not fleet.apply(report(seq=5, sent_at=at(30)), at(30)).position_only  # a gap
+    assert not fleet.apply(report(seq=6, hall="Hall B"), at(40)).position_only
+    low = periph("printer", "receipt_printer", "paper_low")
+    assert not fleet.apply(report(seq=7, hall="Hall B", peripherals=[low]), at(50)).position_only
+    assert not fleet.apply(report(seq=1, boot="boot-bbbb", hall="Hall B"), at(60)).position_only
+
+
+_MESSAGES = st.one_of(
+    st.builds(
+        lambda seq, boot, hall, cond, dropped: report(
+            seq=seq,
+            boot=boot,
+            hall=hall,
+            peripherals=[periph("printer", "receipt_printer", cond), READER_OK],
+            dropped=dropped,
+        ),
+        st.integers(0, 6),
+        st.sampled_from([BOOT, "boot-bbbb"]),
+        st.sampled_from(["Hall A", "Hall B"]),
+        st.sampled_from(["ok", "paper_low"]),
+        st.integers(0, 1),
+    ),
+    st.builds(
+        lambda seq, cond: peripheral_event(
+            "T-1", seq, periph("printer", "receipt_printer", cond), None
+        ),
+        st.integers(0, 6),
+        st.sampled_from(["ok", "paper_out"]),
+    ),
+    st.builds(
+        lambda seq, boot: boot_event("T-1", seq, boot=boot),
+        st.integers(0, 6),
+        st.sampled_from([BOOT, "boot-bbbb"]),
+    ),
+    st.builds(lambda online: state("T-1", online), st.booleans()),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_MESSAGES, min_size=1, max_size=12))
+def test_a_position_only_outcome_changes_no_stored_field_but_the_position(
+    messages: list[Any],
+) -> None:
+    fleet = FleetState()
+    for i, message in enumerate(messages):
+        before = fleet.get("T-1")
+        outcome = fleet.apply(message, at(i))
+        if outcome.position_only:
+            assert outcome.accepted
+            assert before is not None
+            after = fleet.get("T-1")
+            assert after is not None
+            assert [getattr(after, f) for f in _STORED_FIELDS] == [
+                getattr(before, f) for f in _STORED_FIELDS
+            ]

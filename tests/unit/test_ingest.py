@@ -54,6 +54,7 @@ class RecordingSink:
         update: UpdateRecord | None = None,
         usage: UsageRecord | None = None,
         delivery: Delivery | None = None,
+        position_only: bool = False,
     ) -> None:
         self.calls.append((terminal_id, peripherals_changed, tuple(transitions)))
         if usage is not None:

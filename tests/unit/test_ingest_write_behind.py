@@ -455,3 +455,33 @@ def test_a_resent_message_is_a_harmless_duplicate_that_is_acknowledged_and_confi
     assert len(store.batches) == 1  # the duplicates wrote nothing
     assert ACKS.sent == [(0, 1), (0, 2), (0, 3), (0, 11), (0, 12), (0, 13)]
     assert [c[0][2] for c in confirmations.sent] == [3, 3]
+
+
+def test_heartbeats_are_written_as_positions_and_any_other_change_makes_the_row_whole() -> None:
+    _, store, writer, ingest, _ = _confirming_rig()
+    _deliver(ingest, report("T-1", seq=1), mid=1)
+    _deliver(ingest, report("T-2", seq=1), mid=2)
+    assert writer.flush()
+    assert store.batches[-1].position_only == frozenset()  # first sighting: whole rows
+    _deliver(ingest, report("T-1", seq=2, sent_at=at(1)), mid=3)
+    _deliver(ingest, report("T-2", seq=2, sent_at=at(1)), mid=4)
+    _deliver(ingest, report("T-2", seq=3, sent_at=at(2), hall="Hall B"), mid=5)
+    _deliver(ingest, report("T-2", seq=4, sent_at=at(3), hall="Hall B"), mid=6)
+    assert writer.flush()
+    batch = store.batches[-1]
+    assert batch.position_only == frozenset({"T-1"})  # T-2 changed hall in between
+    assert {v.id: v.last_seq for v in batch.terminals} == {"T-1": 2, "T-2": 4}
+
+
+def test_a_failed_flush_keeps_what_needs_a_whole_row_for_the_retry() -> None:
+    _, store, writer, ingest, _ = _confirming_rig()
+    _deliver(ingest, report("T-1", seq=1), mid=1)
+    assert writer.flush()
+    _deliver(ingest, report("T-1", seq=2, sent_at=at(1), hall="Hall B"), mid=2)
+    store.fail = True
+    assert not writer.flush()
+    _deliver(ingest, report("T-1", seq=3, sent_at=at(2), hall="Hall B"), mid=3)  # a heartbeat
+    store.fail = False
+    assert writer.flush()
+    assert store.batches[-1].position_only == frozenset()
+    assert store.batches[-1].terminals[0].hall == "Hall B"
