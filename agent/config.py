@@ -228,6 +228,9 @@ class AgentConfig(BaseSettings):
     reconnect_min_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
     reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     session_expiry_s: Annotated[int, Field(ge=0, le=2**32 - 1)] = 7 * 86400
+    # "5" (default). "3.1.1" for a broker without MQTT 5 (nats-server): a persistent session
+    # (clean session off) whose lifetime the broker decides; session_expiry_s is not sent.
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
     probes: Annotated[list[ProbeSpec], Field(max_length=32)] = []
     agent_version: Annotated[str, Field(min_length=1, max_length=32)] = __version__
     limits: AgentLimits = AgentLimits()

@@ -20,6 +20,7 @@ the branch that has no module of its own::
     │   ├── BrokerUnreachableError    TCP/TLS connect failed; .host, .port, .cause
     │   ├── ConnectRefusedError       CONNACK with a failure reason code; .reason_code, .reason
     │   ├── ConnectTimeoutError       no CONNACK within connect_timeout_s
+    │   ├── SubscribeRefusedError     SUBACK refused the cmd subscription; .reason_code, .reason
     │   └── ConnectionLostError       an established session dropped; .reason
     ├── InstallError                  agent.install.errors: an install step failed (the handler
     │   │                             leaves a working slot)

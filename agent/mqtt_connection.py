@@ -2,7 +2,8 @@
 
 ``MqttConnection`` keeps one terminal's MQTT v5 session with the broker:
 client id = terminal id, ``clean_start=False`` with a Session Expiry Interval
-(a persistent session), QoS 1 for everything, and the retained ``offline``
+(a persistent session; with ``protocol="3.1.1"``, for a broker without MQTT 5
+such as nats-server, ``clean_session=False`` and the broker's own expiry), QoS 1 for everything, and the retained ``offline``
 state registered as the will before every connection attempt. It implements
 the agent's ``Outbound`` port (``publish``, which returns paho's message id)
 and tells a ``SessionListener`` (the Agent, or the outbox sender in front of
@@ -30,6 +31,10 @@ paho-typed leaves this module. Errors (a branch of ``agent.errors.AgentError``):
     ├── BrokerUnreachableError     TCP/TLS connect failed (refused, timeout, DNS, handshake)
     ├── ConnectRefusedError        CONNACK with a failure reason code (carries it)
     ├── ConnectTimeoutError        no CONNACK within connect_timeout_s
+    ├── SubscribeRefusedError      SUBACK refused the ``cmd`` subscription (carries the code):
+    │                              the session is dropped and made again, since without it no
+    │                              ``kf.committed`` arrives (nats-server refuses one when it
+    │                              cannot create the JetStream consumer in time)
     └── ConnectionLostError        an established session dropped (carries the reason)
 
 ``publish`` raises the port's ``OutboundFullError`` when the in-memory queue
@@ -51,7 +56,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -77,6 +82,7 @@ __all__ = [
     "MqttConnectionError",
     "SessionListener",
     "SocketWatcher",
+    "SubscribeRefusedError",
 ]
 
 log = logging.getLogger(__name__)
@@ -114,6 +120,15 @@ class ConnectRefusedError(MqttConnectionError):
 
 class ConnectTimeoutError(MqttConnectionError):
     """No CONNACK arrived in time."""
+
+
+class SubscribeRefusedError(MqttConnectionError):
+    """The broker's SUBACK refused this terminal's ``cmd`` subscription."""
+
+    def __init__(self, reason_code: int, reason: str) -> None:
+        super().__init__(f"broker refused the cmd subscription: {reason} (0x{reason_code:02x})")
+        self.reason_code = reason_code
+        self.reason = reason
 
 
 class ConnectionLostError(MqttConnectionError):
@@ -166,6 +181,7 @@ class ConnectionSettings:
     tls_key_file: Path | None = None
     keepalive_s: int = 30
     session_expiry_s: int = 7 * 86400
+    protocol: Literal["5", "3.1.1"] = "5"
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
     stable_connection_s: float = 30.0
@@ -188,6 +204,7 @@ class ConnectionSettings:
             tls_key_file=config.tls_key_file,
             keepalive_s=config.keepalive_s,
             session_expiry_s=config.session_expiry_s,
+            protocol=config.mqtt_protocol,
             reconnect_min_s=config.reconnect_min_s,
             reconnect_max_s=config.reconnect_max_s,
             stable_connection_s=limits.stable_connection_s,
@@ -256,6 +273,7 @@ class MqttConnection:
         # Set by paho callbacks, acted upon in _settle() once paho has returned.
         self._connack_ok = False
         self._refused: ConnectRefusedError | None = None
+        self._sub_refused: SubscribeRefusedError | None = None
         self._closed_by_paho = False
         self._close_reason = ""
         self._drop_error: MqttConnectionError | None = None  # why we dropped the socket ourselves
@@ -267,10 +285,12 @@ class MqttConnection:
 
     def _make_client(self) -> paho.Client:
         s = self._settings
+        v5 = s.protocol == "5"
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=s.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            clean_session=None if v5 else False,
             reconnect_on_failure=False,
         )
         client.connect_timeout = s.connect_timeout_s
@@ -285,15 +305,19 @@ class MqttConnection:
                 )
             except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
                 raise ConnectionSetupError(f"TLS setup failed: {exc}") from exc
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
-        props.SessionExpiryInterval = s.session_expiry_s
-        client.connect_async(
-            s.host, s.port, keepalive=s.keepalive_s, clean_start=False, properties=props
-        )
+        if v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
+            props.SessionExpiryInterval = s.session_expiry_s
+            client.connect_async(
+                s.host, s.port, keepalive=s.keepalive_s, clean_start=False, properties=props
+            )
+        else:  # a persistent session (clean_session=False above); the broker sets its expiry
+            client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
         client.on_connect = self._paho_on_connect
         client.on_disconnect = self._paho_on_disconnect
         client.on_publish = self._paho_on_publish
         client.on_message = self._paho_on_message
+        client.on_subscribe = self._paho_on_subscribe
         client.on_socket_open = self._paho_on_socket_open
         client.on_socket_close = self._paho_on_socket_close
         return client
@@ -544,6 +568,13 @@ class MqttConnection:
         if self._delivered is not None:
             self._deliveries.append((int(mid), not reason_code.is_failure))
 
+    def _paho_on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any
+    ) -> None:
+        for code in reason_codes:
+            if code.is_failure:
+                self._sub_refused = SubscribeRefusedError(int(code.value), str(code))
+
     def _paho_on_message(self, client: paho.Client, userdata: Any, message: Any) -> None:
         if self._command is not None and message.topic == self._cmd_topic:
             self._commands.append(bytes(message.payload))
@@ -588,6 +619,10 @@ class MqttConnection:
                 self._drop_error = refused
             else:
                 self._drop_socket(refused)
+        if self._sub_refused is not None:
+            sub_refused, self._sub_refused = self._sub_refused, None
+            if self._state is ConnectionState.CONNECTED:  # reconnect: subscribe again
+                self._drop_socket(sub_refused)
         if self._connack_ok:
             self._connack_ok = False
             if self._state is ConnectionState.CONNECTING:

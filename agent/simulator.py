@@ -196,6 +196,7 @@ class SimulationTuning:
     drain_burst: int = 50
     drain_jitter_s: float = 10.0
     resend_grace_s: float = 1.0
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"  # "3.1.1" for nats-server
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +338,7 @@ class Simulation:
                 "keepalive_s": tuning.keepalive_s,
                 "reconnect_min_s": tuning.reconnect_min_s,
                 "reconnect_max_s": tuning.reconnect_max_s,
+                "mqtt_protocol": tuning.mqtt_protocol,
                 **(
                     {"session_expiry_s": opts.session_expiry_s}
                     if opts.session_expiry_s is not None

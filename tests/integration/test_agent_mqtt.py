@@ -291,8 +291,9 @@ def test_sigterm_stops_the_agent_process_with_a_shutdown_state(
     assert sub.states()[-1].body.reason == "shutdown"
 
 
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"], ids=["mqtt5", "mqtt311"])
 def test_after_a_broker_restart_the_agent_resumes_its_session_and_is_online_again(
-    runtimes: list[AgentRuntime], subscribers: list[Subscriber]
+    runtimes: list[AgentRuntime], subscribers: list[Subscriber], protocol: str
 ) -> None:
     # Started as root, mosquitto drops to its own user: its database directory must be
     # reachable by that user, which pytest's private tmp_path (mode 0700) is not.
@@ -301,7 +302,8 @@ def test_after_a_broker_restart_the_agent_resumes_its_session_and_is_online_agai
     broker = LocalBroker(workdir, extra_conf="persistence true\n").start()
     try:
         tid = new_id()
-        runtime = start_agent(runtimes, config_for(broker, tid))
+        runtime = start_agent(runtimes, config_for(broker, tid, mqtt_protocol=protocol))
+        assert runtime.connection.settings.protocol == protocol
         first = retained_state(broker, tid, subscribers)
         broker.stop()
         wait_until(lambda: not runtime.connection.connected, 10, "the agent to notice")
