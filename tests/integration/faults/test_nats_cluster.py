@@ -34,7 +34,7 @@ from tests.integration.faults.conftest import Fleets, drain_and_stop, force_even
 from tests.integration.faults.server_process import ServerProcess
 from tests.support.nats_cluster import NatsCluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TERMINALS_PER_NODE = 30
 DOWN_S = 3.0
