@@ -28,7 +28,13 @@ SUDO=""
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-# Debian starts packaged daemons on install; the project starts its own.
-for svc in prometheus prometheus-node-exporter prometheus-alertmanager nats-server; do
-  $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
+# Debian starts packaged daemons on install; the project starts its own. Only the
+# daemons of the packages installed just now are stopped: one that already ran here
+# (this machine's own NATS, say) is left alone.
+for pkg in prometheus prometheus-alertmanager nats-server; do
+  [[ " ${need[*]} " == *" $pkg "* ]] || continue
+  $SUDO systemctl disable --now "$pkg" >/dev/null 2>&1 || true
+  if [ "$pkg" = prometheus ]; then
+    $SUDO systemctl disable --now prometheus-node-exporter >/dev/null 2>&1 || true
+  fi
 done
