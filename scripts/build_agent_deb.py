@@ -35,6 +35,7 @@ import tomllib
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Final
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -63,6 +64,11 @@ from {module} import main  # noqa: E402
 
 sys.exit(main())
 """
+
+
+# The server's weekly hall report (charts and PDF): the agent never imports them, and their
+# wheels embed copies of system libraries (libpng, freetype...) that lintian rightly refuses.
+SERVER_ONLY: Final = frozenset({"matplotlib", "weasyprint"})
 
 
 def dependency_closure(requirements: Iterable[str]) -> list[metadata.Distribution]:
@@ -139,7 +145,11 @@ def _vendor(wheel: Path, lib: Path) -> None:
     shutil.rmtree(lib / "bin", ignore_errors=True)  # console scripts naming this interpreter
     (ours,) = metadata.distributions(name="kioskfleet", path=[str(lib)])
     requires = ours.requires or ()
-    runtime = [r for r in requires if "extra ==" not in r]
+    runtime = [
+        r
+        for r in requires
+        if "extra ==" not in r and canonicalize_name(Requirement(r).name) not in SERVER_ONLY
+    ]
     for dist in dependency_closure(runtime):
         for source, relative in _installed_files(dist):
             target = lib / relative

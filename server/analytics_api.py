@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from server.access import Role
 from server.access_api import require
 from server.analytics import Figures, GroupBy, Move, TerminalUse
-from server.analytics_report import AnalyticsSources, Range, report_range
+from server.analytics_report import AnalyticsRangeError, AnalyticsSources, Range, report_range
 from server.api_params import TimeRangeParams
 from server.errors import ApiError, StorageError
 from server.history_query import TimeRange
@@ -259,7 +259,10 @@ def analytics_router(sources: AnalyticsSources, clock: Callable[[], datetime]) -
     )
 
     def span(window: TimeRange) -> Range:
-        return report_range(window.since, window.until, clock())
+        try:
+            return report_range(window.since, window.until, clock())
+        except AnalyticsRangeError as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from None
 
     @router.get(
         "/transactions",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from server.analytics import (
@@ -35,11 +35,25 @@ from server.analytics import (
     turned_away,
     utilisation,
 )
+from server.errors import ServerError
 from server.opening_hours import OpeningHours, open_seconds
 
-__all__ = ["DEFAULT_SPAN", "AnalyticsSources", "Range", "Utilisation", "report_range"]
+__all__ = [
+    "DEFAULT_SPAN",
+    "MAX_SPAN",
+    "AnalyticsRangeError",
+    "AnalyticsSources",
+    "Range",
+    "Utilisation",
+    "report_range",
+]
 
 DEFAULT_SPAN: Final = timedelta(days=7)
+# A caller's range is bounded: the figures walk each hall's opening hours day by day and
+# read every rollup row of the range, so an unbounded one is a way to burn the server.
+MAX_SPAN: Final = timedelta(days=93)
+_EARLIEST: Final = datetime(2000, 1, 1, tzinfo=UTC)
+_LATEST: Final = datetime(2100, 1, 1, tzinfo=UTC)
 _HOUR: Final = timedelta(hours=1)
 DEFAULT_THRESHOLDS: Final = Thresholds()
 
@@ -50,14 +64,28 @@ class Range:
     until: datetime
 
 
+class AnalyticsRangeError(ServerError, ValueError):
+    """A range the analytics refuse: longer than MAX_SPAN, ending before it starts, or
+    outside 2000-2100. The API and the console answer 422 with the message."""
+
+
 def report_range(since: datetime | None, until: datetime | None, now: datetime) -> Range:
-    """Whole UTC hours covering ``[since, until)`` (defaults above)."""
+    """Whole UTC hours covering ``[since, until)`` (defaults above). Raises
+    AnalyticsRangeError for a range it refuses."""
+    for given in (since, until):
+        if given is not None and not _EARLIEST <= given <= _LATEST:
+            raise AnalyticsRangeError("since and until must lie between 2000 and 2100")
     end = until if until is not None else now
     end_hour = hour_start(end)
     if end_hour < end:
         end_hour += _HOUR
     start = since if since is not None else end_hour - DEFAULT_SPAN
-    return Range(hour_start(start), end_hour)
+    r = Range(hour_start(start), end_hour)
+    if r.until <= r.since:
+        raise AnalyticsRangeError("until must be after since")
+    if r.until - r.since > MAX_SPAN:
+        raise AnalyticsRangeError(f"a range is at most {MAX_SPAN.days} days")
+    return r
 
 
 @dataclass(frozen=True, slots=True)

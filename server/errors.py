@@ -29,6 +29,8 @@ library it wraps into one of these, so callers never catch ``sqlalchemy``,
     │                             rollout cannot be created (.reason); the API answers 409
     ├── RolloutFormError          server.console.rollout_pages: a create form field that
     │                             cannot be read (.field, .message; also a ValueError); 422
+    ├── AnalyticsRangeError       server.analytics_report: a range longer than MAX_SPAN,
+    │                             reversed, or outside 2000-2100 (also a ValueError); 422
     ├── MaintenanceRefusedError   server.maintenance_service refused a window, its end or an
     │                             ack (.code: a MaintenanceRefusal value, no_maintenance,
     │                             unknown_terminal); the API answers 404, 409 or 422

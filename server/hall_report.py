@@ -69,7 +69,7 @@ def parse_week(text: str) -> Range:
     """The ISO week ``YYYY-Www`` in UTC. Raises ReportRefusedError for anything else."""
     match = _WEEK.match(text)
     try:
-        if match is None:
+        if match is None or not 2000 <= int(match[1]) <= 2100:
             raise ValueError("no match")
         monday = datetime.fromisocalendar(int(match[1]), int(match[2]), 1).replace(tzinfo=UTC)
     except ValueError:

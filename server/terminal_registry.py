@@ -337,7 +337,7 @@ class TerminalRegistry:
         matching ``TAG_PATTERN``; ``unknown_terminal``), StorageError."""
         wanted = tuple(sorted(set(tags)))
         try:
-            if len(wanted) > MAX_TAGS or not all(_TAG.match(t) for t in wanted):
+            if len(wanted) > MAX_TAGS or not all(_TAG.fullmatch(t) for t in wanted):
                 raise refusal(
                     "bad_request",
                     f"at most {MAX_TAGS} tags of 1-32 letters, digits, '.', '_' or '-'",

@@ -35,7 +35,7 @@ from server.analytics_api import (
     turned_away_public,
     utilisation_public,
 )
-from server.analytics_report import report_range
+from server.analytics_report import AnalyticsRangeError, report_range
 from server.console.web import (
     CONSOLE_PREFIX,
     ConsoleUser,
@@ -144,7 +144,10 @@ def analytics_router() -> APIRouter:
         sources = services.analytics
         if sources is None:
             raise ConsoleError(404, "not_found", "this server has no analytics")
-        r = report_range(_form_time(since), _form_time(until), services.clock())
+        try:
+            r = report_range(_form_time(since), _form_time(until), services.clock())
+        except AnalyticsRangeError as exc:
+            raise ConsoleError(422, "invalid_request", str(exc)) from None
         heat_hall = hall or None
         try:
             view = analytics_view(
