@@ -27,6 +27,7 @@ from tests.integration.test_rollouts import (
     fleet,
     server,
     updater,
+    with_registry,  # noqa: F401 - the fixture that `server` asks for
     world,
 )
 from tests.support.waiting import wait_until
