@@ -114,10 +114,12 @@ def _run_with_a_node_killed(
     return what, outboxes
 
 
-def _exact_losses(server: ServerProcess, outboxes: dict[str, OutboxStats], what: str) -> int:
+def _exact_losses(
+    server: ServerProcess, outboxes: dict[str, OutboxStats], what: str
+) -> tuple[int, int]:
     """The exact accounting, where losses may only be server-counted gaps: every seq an agent
     numbered is stored once or counted missing, nothing is stored twice, every outbox is empty
-    (each row covered by a kf.committed). Returns the number lost."""
+    (each row covered by a kf.committed). Returns (lost, sent)."""
     losses = wait_for_exact_accounting(server.database_url, outboxes, allow_losses=True, timeout=60)
     # boot events plus 5 + 5 forced per fleet, and 5 more on the killed node's fleet
     assert sum(s.events for s in outboxes.values()) >= 3 * TERMINALS_PER_NODE + 35
@@ -128,7 +130,16 @@ def _exact_losses(server: ServerProcess, outboxes: dict[str, OutboxStats], what:
         f"NATS cluster, {what}: {sent} messages, {sum(per_fleet)} lost (fleets on n1, n2, n3:"
         f" {per_fleet}), {duplicates:.0f} re-sent duplicates"
     )
-    return sum(per_fleet)
+    return sum(per_fleet), sent
+
+
+def _assert_only_counted_gaps_lost(
+    server: ServerProcess, outboxes: dict[str, OutboxStats], what: str
+) -> None:
+    """What is lost is exactly what the server counted as sequence gaps, and not all."""
+    lost, sent = _exact_losses(server, outboxes, what)
+    assert lost == server.metric("kioskfleet_ingest_seq_gaps_total")
+    assert 0 <= lost < sent
 
 
 def _a_follower_with_agents(cluster: NatsCluster) -> int:
@@ -148,18 +159,18 @@ def test_sigkill_of_a_follower_node_with_agents_is_exactly_accounted(
     what, outboxes = _run_with_a_node_killed(
         nats_cluster, nats_server, fleets, _a_follower_with_agents
     )
-    _exact_losses(nats_server, outboxes, what)
+    _assert_only_counted_gaps_lost(nats_server, outboxes, what)
 
 
 def test_sigkill_of_the_stream_leader_loses_only_server_counted_gaps(
     nats_cluster: NatsCluster, nats_server: ServerProcess, fleets: Fleets
 ) -> None:
     what, outboxes = _run_with_a_node_killed(nats_cluster, nats_server, fleets, _the_stream_leader)
-    _exact_losses(nats_server, outboxes, what)
+    _assert_only_counted_gaps_lost(nats_server, outboxes, what)
 
 
 def test_sigkill_of_the_servers_node_is_exactly_accounted(
     nats_cluster: NatsCluster, nats_server: ServerProcess, fleets: Fleets
 ) -> None:
     what, outboxes = _run_with_a_node_killed(nats_cluster, nats_server, fleets, lambda _: 0)
-    _exact_losses(nats_server, outboxes, what)
+    _assert_only_counted_gaps_lost(nats_server, outboxes, what)
