@@ -13,7 +13,8 @@ and the audit middleware that records every state-changing call.
   address, result (2xx/3xx ok; 401/403 denied; else failed) and the status. A handler
   names its target and adds detail with ``note_audit(request, target=..., key=value)``.
 - ``add_access_routes`` serves ``/api/v1/tokens`` and ``/api/v1/audit`` (admin only). No
-  route edits or deletes an audit entry.
+  route edits or deletes an audit entry. A new token's answer, the only one with its
+  secret, is a ``server.secret_answers.SecretJSONResponse`` (``Cache-Control: no-store``).
 
 Secrets never reach a log line or an audit entry.
 """
@@ -47,6 +48,7 @@ from server.access_store import AccessStore, AuditFilter
 from server.api_models import ErrorPublic
 from server.audit import AuditEntry, AuditResult, AuditSink
 from server.errors import AccessError, ApiError, InvalidCursorError, StorageError
+from server.secret_answers import SecretJSONResponse
 from server.tokens import Tokens
 
 __all__ = [
@@ -277,6 +279,7 @@ def add_access_routes(app: FastAPI, *, page_limit_default: int, page_limit_max: 
         name="token.create",
         status_code=201,
         response_model=TokenCreatedPublic,
+        response_class=SecretJSONResponse,
         responses={**_DENIED, 409: {"model": ErrorPublic}, 422: {"model": ErrorPublic}},
         summary="Create a token; its secret is in this answer only",
     )

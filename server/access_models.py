@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server.access import Role, TokenRecord
 from server.audit import AuditEntry, AuditResult
+from server.secret_answers import secret_field
 
 __all__ = [
     "AuditEntryPublic",
@@ -54,7 +55,7 @@ class TokenPublic(BaseModel):
 
 
 class TokenCreatedPublic(TokenPublic):
-    secret: str = Field(description="the bearer token: shown this once, stored only hashed")
+    secret: str = secret_field("the bearer token: shown this once, stored only hashed")
 
 
 class TokensPublic(BaseModel):

@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     analytics_metrics_window_days: Annotated[float, Field(gt=0, le=366)] = 7.0
     # kioskfleet_hall_services_available is recomputed (one pass over the fleet) this often.
     services_metrics_refresh_s: PositiveSeconds = 60.0
+    # Weekly hall reports (docs/analytics.md): renders at once in this process (one more
+    # answers 429), and how long the last rendered one is answered again (0: never).
+    report_renders_max: Annotated[int, Field(ge=1, le=64)] = 2
+    report_cache_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
     event_prune_interval_s: PositiveSeconds = 3600.0
     # Paper forecasts (docs/analytics.md, "Paper forecasts"): pages on a full roll (or tray)
     # of a terminal's model, the default for models not listed; the share of a roll left

@@ -6,7 +6,8 @@ keep their API tokens (``server.access``). A password is stored only as an argon
 (argon2-cffi's defaults, RFC 9106's second recommended profile). A session's secret is
 ``secrets.token_urlsafe(32)`` in the cookie; only its SHA-256 is stored (256 random bits:
 nothing to guess, so no slow hash). ``session_problem`` decides whether a stored session
-is still good at ``now`` (idle and absolute expiry). No I/O here: no database, no clock.
+is still good at ``now`` (idle and absolute expiry), ``touch_due`` whether a request
+counts as use (a page's automatic refresh does not). No I/O here: no database, no clock.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from server.errors import AccessError
 
 __all__ = [
     "MIN_PASSWORD_LENGTH",
+    "TOUCH_EVERY",
     "SessionRecord",
     "UserRecord",
     "csrf_matches",
@@ -35,6 +37,7 @@ __all__ = [
     "new_session_secret",
     "password_matches",
     "session_problem",
+    "touch_due",
     "validate_password",
     "validate_username",
 ]
@@ -44,6 +47,8 @@ _MAX_PASSWORD_LENGTH: Final = 1024  # argon2 hashes any length; a bound keeps a 
 _USERNAME: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _HASHER: Final = PasswordHasher()
 _DUMMY_HASH: Final = _HASHER.hash("not a password of anyone")
+TOUCH_EVERY: Final = timedelta(seconds=30)
+"""A session's last use is rewritten at most this often (one UPDATE per session per 30 s)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,3 +144,11 @@ def session_problem(
     if now - session.last_seen_at >= idle:
         return "idle"
     return None
+
+
+def touch_due(session: SessionRecord, now: datetime, *, passive: bool) -> bool:
+    """Whether a request at ``now`` moves the session's last use (and so its idle end):
+    never for a ``passive`` one (a page refreshing itself, no person behind it), else once
+    ``TOUCH_EVERY`` has passed since the last. Passive requests are served while the
+    session is good (``session_problem``) but keep no forgotten tab's session alive."""
+    return not passive and now - session.last_seen_at >= TOUCH_EVERY

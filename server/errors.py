@@ -43,6 +43,8 @@ library it wraps into one of these, so callers never catch ``sqlalchemy``,
     ├── ReportRefusedError        a hall report that cannot be made: a week that is no ISO
     │                             week, or a page naming a URL the PDF renderer would fetch
     │                             (also a ValueError); the API answers 422
+    ├── ReportsBusyError          as many hall reports as allowed are rendering now
+    │                             (.limit, .retry_after_s); the API answers 429
     ├── AccessError               a token or console user that cannot be made or changed as
     │                             asked (.code: invalid_token, invalid_expiry, token_exists,
     │                             no_such_token, invalid_user, weak_password, user_exists,
@@ -78,6 +80,7 @@ __all__ = [
     "MaintenanceRefusedError",
     "ReleaseRejectedError",
     "ReportRefusedError",
+    "ReportsBusyError",
     "ServerError",
     "StorageDataError",
     "StorageError",
@@ -155,6 +158,16 @@ class ReportRefusedError(ServerError, ValueError):
     a week that is no ISO week, or a page naming a URL other than a ``data:`` URI."""
 
 
+class ReportsBusyError(ServerError):
+    """``limit`` hall reports are rendering in this process already
+    (``server.report_gate``); worth asking again after ``retry_after_s`` seconds."""
+
+    def __init__(self, limit: int, retry_after_s: int) -> None:
+        super().__init__(f"{limit} reports are rendering; ask again in {retry_after_s} s")
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+
 class AccessError(ServerError):
     """A token or console-user request that cannot be done: ``code`` says why
     (``invalid_token``, ``invalid_expiry``, ``token_exists``, ``no_such_token``,
@@ -185,8 +198,16 @@ class ConsoleError(ApiError):
     """A console request refused (``server.console``): an HTML page with ``status``, or a
     redirect to the login page when ``login`` (a page asked for without a usable session)."""
 
-    def __init__(self, status: int, error: str, message: str, *, login: bool = False) -> None:
-        super().__init__(status, error, message)
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        message: str,
+        *,
+        login: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(status, error, message, headers)
         self.login = login
 
 

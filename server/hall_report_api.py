@@ -1,6 +1,8 @@
 """``GET /api/v1/analytics/report?hall=&week=&format=html|pdf&language=`` (viewer and up):
 the weekly hall report (``server.hall_report``, docs/analytics.md) as a download, PDF by
-default. A week that is no ISO week is 422; a storage failure 503. Never changes anything.
+default. A week that is no ISO week is 422; one render more than the process allows at
+once (``server.report_gate``) 429 with ``Retry-After``; a storage failure 503. Never
+changes anything.
 """
 
 # No ``from __future__ import annotations``: FastAPI evaluates the handlers' annotations.
@@ -12,10 +14,15 @@ from fastapi.responses import Response
 
 from server.access import Role
 from server.access_api import require
-from server.errors import ApiError, ReportRefusedError, StorageError
+from server.errors import ApiError, ReportRefusedError, ReportsBusyError, StorageError
 from server.hall_report_service import MEDIA_TYPES, HallReports, ReportFormat
 
-__all__ = ["hall_report_router", "report_download"]
+__all__ = ["hall_report_router", "report_download", "retry_after"]
+
+
+def retry_after(exc: ReportsBusyError) -> dict[str, str]:
+    """The headers of a busy refusal: when to ask again."""
+    return {"Retry-After": str(exc.retry_after_s)}
 
 
 def report_download(
@@ -62,6 +69,8 @@ def hall_report_router(reports: HallReports) -> APIRouter:
             return report_download(reports, hall, week, format, language)
         except ReportRefusedError as exc:
             raise ApiError(422, "invalid_request", str(exc)) from None
+        except ReportsBusyError as exc:
+            raise ApiError(429, "busy", str(exc), retry_after(exc)) from None
         except StorageError as exc:
             raise ApiError(503, "database_unavailable", str(exc)) from None
 

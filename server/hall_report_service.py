@@ -1,6 +1,7 @@
 """Where the weekly hall report (``server.hall_report``) reads from and how it is asked
 for: ``HallReports.render(hall, week, fmt, language)`` answers the HTML or PDF bytes. The
-API route, the console download and ``kioskfleet report`` all go through it.
+API route, the console download and ``kioskfleet report`` all go through it; the server's
+renders pass its ``server.report_gate.RenderGate`` (at most 2 at once, the last kept).
 
 The printers' transitions come from the ``transition`` table, joined to the terminals'
 stored halls (a terminal's hall now, as for the analytics): those of printer kinds
@@ -23,6 +24,7 @@ from server.analytics_report import AnalyticsSources
 from server.console.i18n import Catalog
 from server.errors import ReportRefusedError
 from server.hall_report import PaperTransition, hall_week, render_html
+from server.report_gate import RenderGate
 from server.storage import Storage, server_metadata
 
 __all__ = ["MEDIA_TYPES", "HallReports", "ReportFormat", "printer_transitions"]
@@ -73,17 +75,26 @@ def printer_transitions(
 
 @dataclass(frozen=True, slots=True)
 class HallReports:
-    """Renders a hall's week from the analytics sources and the storage's transitions."""
+    """Renders a hall's week from the analytics sources and the storage's transitions,
+    through ``gate`` (the server's: bounded renders, the last one kept) if there is one."""
 
     sources: AnalyticsSources
     storage: Storage
     catalogs: Mapping[str, Catalog]
+    gate: RenderGate | None = None  # None: unbounded (the one-shot ``kioskfleet report``)
 
     def render(self, hall: str, week: str, fmt: ReportFormat, language: str = "en") -> bytes:
         """The report's bytes. Raises ReportRefusedError for a bad week or an unknown
-        language, StorageError from the database."""
+        language, ReportsBusyError when the gate is full, StorageError from the database."""
         if language not in self.catalogs:
             raise ReportRefusedError(f"no catalogue for language {language[:20]!r}")
+        if self.gate is None:
+            return self._render(hall, week, fmt, language)
+        return self.gate.run(
+            (hall, week, fmt, language), lambda: self._render(hall, week, fmt, language)
+        )
+
+    def _render(self, hall: str, week: str, fmt: ReportFormat, language: str) -> bytes:
         report = hall_week(
             self.sources,
             lambda h, since, until: printer_transitions(self.storage, h, since, until),

@@ -90,6 +90,7 @@ from server.paper_metrics import PaperCollector
 from server.paper_tracker import PaperTracker
 from server.records import EventRecord
 from server.registry_api import registry_router
+from server.report_gate import RenderGate, ReportLimits
 from server.retention import retentions
 from server.rollout_api import rollout_router
 from server.rollout_service import DIRECTIVE_KEY_PIN, RolloutService, load_directive_signer
@@ -393,7 +394,17 @@ class Server:
             self.app,
             analytics_router(self.analytics_sources(), lambda: datetime.now(UTC)),
         )
-        self.hall_reports = HallReports(self.analytics_sources(), self.storage, load_catalogs())
+        self.hall_reports = HallReports(
+            self.analytics_sources(),
+            self.storage,
+            load_catalogs(),
+            gate=RenderGate(
+                ReportLimits(
+                    concurrent=settings.report_renders_max, cache_s=settings.report_cache_s
+                ),
+                registry,
+            ),
+        )
         add_routes(self.app, hall_report_router(self.hall_reports))
         registry.register(  # the analytics by hall and service, at most 5 minutes old
             AnalyticsCollector(

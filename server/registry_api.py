@@ -4,7 +4,7 @@ at the command line, for an operator's tools and the coming console.
 - ``PUT /api/v1/registry/{id}`` pre-authorises the terminal's public key with its hall,
   region and model (again: moves it, replaces the key);
 - ``POST /api/v1/registry/{id}/enrollment-tokens`` issues a one-time enrollment token
-  (answered once, stored only as its hash);
+  (answered once, ``Cache-Control: no-store``, stored only as its hash);
 - ``POST /api/v1/registry/{id}/revoke`` revokes its certificates and rewrites the CRL;
 - ``PUT /api/v1/registry/{id}/tags`` replaces its tags (what a rollout's ``tags`` selector
   matches);
@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 from server.access import Principal, Role
 from server.access_api import require
 from server.errors import ApiError, EnrollmentRefusedError, StorageError
+from server.secret_answers import SecretJSONResponse, secret_field
 from server.terminal_registry import MAX_TAGS, TerminalRegistry
 
 __all__ = ["registry_router"]
@@ -73,7 +74,7 @@ class PreauthorizedPublic(BaseModel):
 
 class EnrollmentTokenPublic(BaseModel):
     terminal_id: str
-    token: str = Field(description="shown this once; HTTP Basic password for simpleenroll")
+    token: str = secret_field("shown this once; HTTP Basic password for simpleenroll")
     ttl_s: int
 
 
@@ -136,6 +137,7 @@ def registry_router(registry: TerminalRegistry) -> APIRouter:
     @router.post(
         "/{terminal_id}/enrollment-tokens",
         response_model=EnrollmentTokenPublic,
+        response_class=SecretJSONResponse,
         status_code=201,
         name="terminal.token",
         summary="A one-time enrollment token for the terminal (answered once)",

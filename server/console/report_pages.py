@@ -1,7 +1,8 @@
 """The console's weekly hall report download (viewer and up):
 ``GET /console/halls/{hall}/report?week=2026-W48&format=pdf|html``, the hall page's link.
 Without ``week``, the last whole ISO week (UTC) before today. The report is the API's
-(``server.hall_report_api.report_download``), its headings in the console user's language.
+(``server.hall_report_api.report_download``), its headings in the console user's language;
+it shares the API's render limit (429 with ``Retry-After`` beyond it, an error page).
 """
 
 # No ``from __future__ import annotations``: FastAPI must evaluate the handlers' annotations.
@@ -21,7 +22,7 @@ from server.console.web import (
     _unavailable,
     console_role,
 )
-from server.errors import ConsoleError, ReportRefusedError, StorageError
+from server.errors import ConsoleError, ReportRefusedError, ReportsBusyError, StorageError
 
 __all__ = ["last_week", "report_router"]
 
@@ -44,7 +45,7 @@ def report_router() -> APIRouter:
         week: Annotated[str | None, Query(pattern=r"^\d{4}-W\d{2}$")] = None,
         format: Annotated[str, Query(pattern=r"^(pdf|html)$")] = "pdf",
     ) -> Response:
-        from server.hall_report_api import report_download  # WeasyPrint only when asked
+        from server.hall_report_api import report_download, retry_after  # WeasyPrint: if asked
         from server.hall_report_service import ReportFormat
 
         services = _console(request).services
@@ -59,6 +60,8 @@ def report_router() -> APIRouter:
             )
         except ReportRefusedError as exc:
             raise ConsoleError(422, "invalid_request", str(exc)) from None
+        except ReportsBusyError as exc:
+            raise ConsoleError(429, "busy", str(exc), headers=retry_after(exc)) from None
         except StorageError as exc:
             raise _unavailable(exc) from None
 

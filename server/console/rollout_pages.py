@@ -11,7 +11,8 @@ log records the same actions (``rollout.create``, ``rollout.approve``, ...) with
 console user as actor. The preview counts with ``RolloutService.matching``, the code the
 rollout tick selects with. Viewers read; operator and up act (``console_role``); every
 POST carries the session's CSRF token. A rollout page that is still moving refreshes
-itself (a plain ``<meta http-equiv="refresh">``: no script).
+itself (a plain ``<meta http-equiv="refresh">``: no script) with ``AUTO_REFRESH_QUERY``,
+so that a forgotten tab does not keep its session from ending when idle.
 
 Never decides anything about a rollout itself and never changes one without the service.
 """
@@ -33,6 +34,7 @@ from pydantic import ValidationError
 from server.access import Role
 from server.access_api import note_audit
 from server.console.web import (
+    AUTO_REFRESH_QUERY,
     CONSOLE_PREFIX,
     ConsoleUser,
     _checked_form,
@@ -312,11 +314,16 @@ def rollout_pages_router(pages: RolloutPages) -> APIRouter:
     def new_rollout_page(request: Request, who: operator) -> HTMLResponse:
         return form_page(request, who, {})
 
+    def previewed(request: Request, who: ConsoleUser, form: Mapping[str, str]) -> HTMLResponse:
+        with _answered():
+            count = len(pages.rollouts().matching(selector_form(form), form.get("target")))
+        return form_page(request, who, form, preview=count)
+
     @router.post(f"{CONSOLE_PREFIX}/rollouts/preview", name="console.rollout_preview")
     async def preview(request: Request, who: operator) -> HTMLResponse:
         form = await _checked_form(request, who)
-        count = len(pages.rollouts().matching(selector_form(form), form.get("target")))
-        return await anyio.to_thread.run_sync(lambda: form_page(request, who, form, preview=count))
+        # the selector walks the whole fleet: in a worker thread, like every read here
+        return await anyio.to_thread.run_sync(lambda: previewed(request, who, form))
 
     def created(request: Request, who: ConsoleUser, form: Mapping[str, str]) -> Response:
         try:
@@ -350,6 +357,7 @@ def rollout_pages_router(pages: RolloutPages) -> APIRouter:
             phases=_phase_rows(rollout), problem=problem,
             counts=_counts(rollout.terminals),
             refresh=None if rollout.status in _SETTLED else _REFRESH_S,
+            auto_refresh=AUTO_REFRESH_QUERY,
             own=rollout.definition.created_by == who.principal.actor,
         )  # fmt: skip
 

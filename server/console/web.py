@@ -7,7 +7,8 @@ the analytics ``server.console.analytics_pages``'s; ``install_console`` adds the
 Every route under ``/console`` except ``CONSOLE_OPEN_PATHS`` declares its role with
 ``console_role(Role.X)`` (a ``server.access_api.RoleDeclaration``, so the role-walk test
 sees it), checked against the session's user: a page asked for without a usable session
-redirects to the login page; a POST without one gets 401; a role that does not reach,
+redirects to the login page (a GET counts as use of the session, moving its idle end,
+unless it is a page's own automatic refresh, ``AUTO_REFRESH_QUERY``); a POST without one gets 401; a role that does not reach,
 403; a POST whose form lacks the session's CSRF token, 403. Pages read the same read
 models as the API (``FleetState``, the storage's history and events, the update
 timeline, the opening hours store, the terminal registry, the audit log, the maintenance
@@ -56,6 +57,7 @@ from server.console_auth import (
     new_session_secret,
     password_matches,
     session_problem,
+    touch_due,
 )
 from server.console_store import ConsoleStore
 from server.errors import ConsoleError, InvalidCursorError, StorageError
@@ -83,6 +85,7 @@ if TYPE_CHECKING:  # matplotlib and WeasyPrint load only where a report is rende
     from server.hall_report_service import HallReports
 
 __all__ = [
+    "AUTO_REFRESH_QUERY",
     "CONSOLE_OPEN_PATHS",
     "CONSOLE_PREFIX",
     "SESSION_COOKIE",
@@ -103,6 +106,14 @@ _LOGIN_COOKIE: Final = "kf_login"  # the login form's CSRF token (double submit)
 _LANG_COOKIE: Final = "kf_lang"
 CONSOLE_OPEN_PATHS: Final = frozenset({f"{CONSOLE_PREFIX}/login"})
 """Console paths that answer without a session: the login form and its POST."""
+_REFRESH_KEY: Final = "refresh"
+_REFRESH_AUTO: Final = "auto"
+AUTO_REFRESH_QUERY: Final = f"{_REFRESH_KEY}={_REFRESH_AUTO}"
+"""The query a page's own automatic refresh asks with (the rollout page's ``<meta
+http-equiv="refresh">``): such a GET is served, but is passive: it does not count as use
+of the session (``server.console_auth.touch_due``). Anyone may add it; it can only keep a
+request from counting, never make one count. Every console route takes it (the session
+check declares it, so ``server.query_guard`` lets it through)."""
 _MAX_FORM_BYTES: Final = 16 * 1024
 _TIMELINE_LIMIT: Final = 50
 _AUDIT_PAGE: Final = 100
@@ -205,7 +216,11 @@ def _language(request: Request, user: UserRecord | None) -> str:
 class ConsoleRole(RoleDeclaration):
     """The dependency ``console_role(role)`` returns: the session's ``ConsoleUser``."""
 
-    def __call__(self, request: Request) -> ConsoleUser:
+    def __call__(
+        self,
+        request: Request,
+        refresh: Annotated[str | None, Query(alias=_REFRESH_KEY, max_length=16)] = None,
+    ) -> ConsoleUser:
         console = _console(request)
         services = console.services
         get = request.method in ("GET", "HEAD")
@@ -227,7 +242,7 @@ class ConsoleRole(RoleDeclaration):
         if problem is not None or session is None or user is None or secret_hash is None:
             note_audit(request, reason=f"session {problem}")
             raise ConsoleError(401, "unauthenticated", f"session {problem}", login=get)
-        if now - session.last_seen_at >= timedelta(seconds=30):
+        if touch_due(session, now, passive=get and refresh == _REFRESH_AUTO):
             services.store.touch_session(secret_hash, now)
         principal = Principal(name=user.username, role=user.role, kind="user")
         note_principal(request, principal)
@@ -680,9 +695,11 @@ def install_console(app: FastAPI, services: ConsoleServices) -> None:
                 request.url.path + (f"?{request.url.query}" if request.url.query else "")
             )
             return RedirectResponse(f"{CONSOLE_PREFIX}/login?next={target}", status_code=303)
-        return _render(
+        response = _render(
             request, "error.html", None, exc.status, error=exc.error, message=exc.message
         )
+        response.headers.update(exc.headers)
+        return response
 
     app.add_exception_handler(ConsoleError, _console_error)
     from server.api import add_routes  # server.api imports nothing of the console

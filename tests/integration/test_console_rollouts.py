@@ -17,7 +17,7 @@ from playwright.sync_api import BrowserContext, Page, expect
 from server.access import Role
 from server.console.i18n import load_catalogs
 from server.console.rollout_pages import REFUSAL_TEXTS
-from server.console.web import CONSOLE_PREFIX
+from server.console.web import AUTO_REFRESH_QUERY, CONSOLE_PREFIX
 from server.main import Server
 from server.rollout_api import ROLLOUT_EVENTS
 from tests.integration import test_rollout_e2e
@@ -105,6 +105,9 @@ def test_an_operator_creates_a_previewed_rollout_another_approves_and_the_page_f
     bob.click("#approve")
     assert bob.locator("#approved-by").inner_text() == "user:bob"
     assert bob.locator("meta[http-equiv=refresh]").count() == 1
+    # the refresh says it is one, so it does not keep bob's session from ending when idle
+    refresh = bob.locator("meta[http-equiv=refresh]").get_attribute("content")
+    assert refresh == f"3; url=?{AUTO_REFRESH_QUERY}"
     # the page reloads itself while the rollout moves: phase 1 (5 terminals), then the rest
     expect(bob.locator("#rollout-status")).to_have_text("completed", timeout=180_000)
     assert bob.locator("#counts").inner_text() == f"succeeded \u00d7 {TERMINALS}"

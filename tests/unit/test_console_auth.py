@@ -3,6 +3,7 @@ choice of language."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,6 +12,7 @@ from server.access import Role
 from server.console.i18n import choose_language
 from server.console.login_limit import LoginLimiter, LoginRefusal
 from server.console_auth import (
+    TOUCH_EVERY,
     SessionRecord,
     UserRecord,
     csrf_matches,
@@ -19,6 +21,7 @@ from server.console_auth import (
     new_session_secret,
     password_matches,
     session_problem,
+    touch_due,
     validate_username,
 )
 from server.errors import AccessError
@@ -82,6 +85,23 @@ def test_a_session_ends_when_idle_too_old_or_its_user_is_disabled() -> None:
     assert problem(_session(), _user(disabled_at=T0), T0) == "disabled"
     assert problem(None, _user(), T0) == "unknown"
     assert problem(_session(), None, T0) == "unknown"
+
+
+def test_a_tab_refreshing_itself_every_3_s_lets_the_session_end_when_idle() -> None:
+    """The rollout page's automatic refresh is passive: replayed on the session's clock for
+    the idle limit, it never moves the last use, so the session ends idle on time; a
+    person's request in between moves it (at most once per ``TOUCH_EVERY``)."""
+    session, now = _session(), T0
+    while now < T0 + IDLE:
+        assert session_problem(session, _user(), now, idle=IDLE, absolute=ABSOLUTE) is None
+        if touch_due(session, now, passive=True):
+            session = replace(session, last_seen_at=now)
+        now += timedelta(seconds=3)
+    assert session.last_seen_at == T0
+    assert session_problem(session, _user(), now, idle=IDLE, absolute=ABSOLUTE) == "idle"
+    assert not touch_due(_session(), T0 + TOUCH_EVERY - timedelta(seconds=1), passive=False)
+    assert touch_due(_session(), T0 + TOUCH_EVERY, passive=False)
+    assert not touch_due(_session(), T0 + IDLE, passive=True)
 
 
 def test_the_csrf_token_must_be_sent_and_equal() -> None:
