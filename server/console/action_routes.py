@@ -12,8 +12,6 @@ the pages show of the actions is ``server.console.operator_view``'s.
 """
 
 # No ``from __future__ import annotations``: FastAPI must evaluate the handlers' annotations.
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import partial
 from typing import Annotated, Final
 
@@ -27,9 +25,12 @@ from server.access_api import note_audit
 from server.console.web import (
     CONSOLE_PREFIX,
     ConsoleUser,
+    _answers,
     _checked_form,
     _console,
+    _form_text,
     _form_time,
+    _offered,
     _render,
     _unavailable,
     console_role,
@@ -45,33 +46,17 @@ _REFUSAL_STATUS: Final = {"no_maintenance": 404, "unknown_terminal": 404}
 _INVALID: Final = frozenset({"until_in_the_past", "until_too_far", "until_without_offset"})
 
 
-@contextmanager
-def _answered() -> Iterator[None]:
-    """The services' refusals and storage errors as console error pages."""
-    try:
-        yield
-    except MaintenanceRefusedError as exc:
-        status = _REFUSAL_STATUS.get(exc.code, 422 if exc.code in _INVALID else 409)
-        raise ConsoleError(status, exc.code, exc.message) from None
-    except StorageError as exc:
-        raise _unavailable(exc) from None
+def _refused(exc: MaintenanceRefusedError) -> ConsoleError:
+    status = _REFUSAL_STATUS.get(exc.code, 422 if exc.code in _INVALID else 409)
+    return ConsoleError(status, exc.code, exc.message)
+
+
+_answered = partial(_answers, MaintenanceRefusedError, _refused)
+"""The services' refusals and storage errors as console error pages."""
 
 
 def _actions(request: Request) -> MaintenanceActions:
-    actions = _console(request).services.maintenance
-    if actions is None:
-        raise ConsoleError(404, "not_found", "this server has no maintenance actions")
-    return actions
-
-
-def _text(form: dict[str, str], name: str, limit: int, *, required: bool = True) -> str | None:
-    """A form field's stripped text, bounded. Raises ConsoleError(422)."""
-    value = form.get(name, "").strip()
-    if not value and not required:
-        return None
-    if not value or len(value) > limit:
-        raise ConsoleError(422, "invalid_request", f"{name}: 1 to {limit} characters")
-    return value
+    return _offered(_console(request).services.maintenance, "maintenance actions")
 
 
 def _back(path: str) -> RedirectResponse:
@@ -99,8 +84,8 @@ def action_router() -> APIRouter:
     ) -> Response:
         form = await _checked_form(request, who)
         actions = _actions(request)
-        note_text = _text(form, "note", actions.limits.max_reason)
-        assignee = _text(form, "assignee", actions.limits.max_assignee, required=False)
+        note_text = _form_text(form, "note", actions.limits.max_reason)
+        assignee = _form_text(form, "assignee", actions.limits.max_assignee, required=False)
         with _answered():
             await anyio.to_thread.run_sync(
                 lambda: actions.ack(
@@ -120,7 +105,7 @@ def action_router() -> APIRouter:
             actions = _actions(request)
             if scope is Scope.TERMINAL:
                 _terminal_id(target)
-            reason = _text(form, "reason", actions.limits.max_reason) or ""
+            reason = _form_text(form, "reason", actions.limits.max_reason) or ""
             until = _form_time(form.get("until", "").strip() or None)
             if until is None:
                 raise ConsoleError(422, "invalid_request", "until: a time is needed")

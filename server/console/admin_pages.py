@@ -12,8 +12,8 @@ never reaches a page, a log line or an audit entry.
 """
 
 # No ``from __future__ import annotations``: FastAPI must evaluate the handlers' annotations.
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any, Final, TypeVar
 
 import anyio
@@ -25,14 +25,16 @@ from server.access_api import note_audit
 from server.console.web import (
     CONSOLE_PREFIX,
     ConsoleUser,
+    _answers,
     _checked_form,
     _console,
+    _form_role,
+    _offered,
     _render,
-    _unavailable,
     console_role,
 )
 from server.console_users import CONSOLE_ROLES, ConsoleUsers
-from server.errors import AccessError, ConsoleError, StorageError
+from server.errors import AccessError, ConsoleError
 from server.tokens import Tokens
 
 __all__ = ["admin_router"]
@@ -43,22 +45,16 @@ _ACCESS_STATUS: Final = {"token_exists": 409, "user_exists": 409, "no_such_token
 _T = TypeVar("_T")
 
 
-@contextmanager
-def _answered() -> Iterator[None]:
-    """Refusals and storage errors as console error pages (422 unless listed)."""
-    try:
-        yield
-    except AccessError as exc:
-        raise ConsoleError(_ACCESS_STATUS.get(exc.code, 422), exc.code, exc.message) from None
-    except StorageError as exc:
-        raise _unavailable(exc) from None
+def _refused(exc: AccessError) -> ConsoleError:
+    return ConsoleError(_ACCESS_STATUS.get(exc.code, 422), exc.code, exc.message)
+
+
+_answered = partial(_answers, AccessError, _refused)
+"""Refusals and storage errors as console error pages (422 unless listed)."""
 
 
 def _tokens(request: Request) -> Tokens:
-    tokens = _console(request).services.tokens
-    if tokens is None:
-        raise ConsoleError(404, "not_found", "this server has no token store")
-    return tokens
+    return _offered(_console(request).services.tokens, "token store")
 
 
 def _users(request: Request) -> ConsoleUsers:
@@ -96,10 +92,7 @@ def admin_router() -> APIRouter:
         name = form.get("name", "").strip()[:64]
         vendor = form.get("vendor", "").strip()[:64] or None
         expires = form.get("expires", "").strip()[:40] or None
-        try:
-            role = Role(form.get("role", ""))
-        except ValueError:
-            raise ConsoleError(422, "invalid_token", "unknown role") from None
+        role = _form_role(form, "invalid_token")
         note_audit(request, target=name, role=role.value)
         if vendor:
             note_audit(request, vendor=vendor)
@@ -131,10 +124,7 @@ def admin_router() -> APIRouter:
     async def create_user(request: Request, who: admin) -> Response:
         form = await _checked_form(request, who)
         username = form.get("username", "").strip().lower()[:64]
-        try:
-            role = Role(form.get("role", ""))
-        except ValueError:
-            raise ConsoleError(422, "invalid_user", "unknown role") from None
+        role = _form_role(form, "invalid_user")
         note_audit(request, target=username, role=role.value)
         users = _users(request)
         password = form.get("password", "")

@@ -21,8 +21,8 @@ Never decides anything about a rollout itself and never changes one without the 
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
@@ -37,6 +37,7 @@ from server.console.web import (
     AUTO_REFRESH_QUERY,
     CONSOLE_PREFIX,
     ConsoleUser,
+    _answers,
     _checked_form,
     _render,
     _unavailable,
@@ -260,14 +261,11 @@ def _phase_rows(rollout: Rollout) -> list[_PhaseRow]:
     return rows
 
 
-@contextmanager
-def _answered() -> Iterator[None]:
-    try:
-        yield
-    except RolloutNotFoundError as exc:
-        raise ConsoleError(404, "not_found", f"no rollout {exc}") from None
-    except StorageError as exc:
-        raise _unavailable(exc) from None
+def _answered() -> AbstractContextManager[None]:
+    """An unknown rollout as 404, storage errors as 503."""
+    return _answers(
+        RolloutNotFoundError, lambda exc: ConsoleError(404, "not_found", f"no rollout {exc}")
+    )
 
 
 def rollout_pages_router(pages: RolloutPages) -> APIRouter:

@@ -7,12 +7,16 @@ the analytics ``server.console.analytics_pages``'s; ``install_console`` adds the
 Every route under ``/console`` except ``CONSOLE_OPEN_PATHS`` declares its role with
 ``console_role(Role.X)`` (a ``server.access_api.RoleDeclaration``, so the role-walk test
 sees it), checked against the session's user: a page asked for without a usable session
-redirects to the login page (a GET counts as use of the session, moving its idle end,
-unless it is a page's own automatic refresh, ``AUTO_REFRESH_QUERY``); a POST without one gets 401; a role that does not reach,
-403; a POST whose form lacks the session's CSRF token, 403. Pages read the same read
-models as the API (``FleetState``, the storage's history and events, the update
-timeline, the opening hours store, the terminal registry, the audit log, the maintenance
-windows and acks). Handlers here change nothing but sessions and the language.
+redirects to the login page; a POST without one gets 401; a role that does not reach,
+403; a POST whose form lacks the session's CSRF token, 403. A request counts as use of
+its session (moving its idle end) unless it is a page's own automatic refresh
+(``AUTO_REFRESH_QUERY``). Pages read the same read models as the API (``FleetState``,
+the storage's history and events, the update timeline, the opening hours store, the
+terminal registry, the audit log, the maintenance windows and acks). Handlers here
+change nothing but sessions and the language. The other console modules take from here
+what every page shares: the checked form and its fields (``_checked_form``,
+``_form_text``, ``_form_role``, ``_form_time``), errors as pages (``_answers``,
+``_offered``) and ``_render``.
 
 State-changing calls are audited by ``server.access_api.AuditMiddleware`` like the API's
 (actor ``user:<name>``; a login names its username as target). Passwords and session
@@ -22,11 +26,12 @@ secrets never reach a log line, an audit entry or a page.
 # No ``from __future__ import annotations``: FastAPI must evaluate the handlers' annotations.
 import logging
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path as FsPath
-from typing import TYPE_CHECKING, Annotated, Any, Final, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Final, TypeVar, get_args
 from urllib.parse import parse_qs, quote
 from zoneinfo import ZoneInfo
 
@@ -100,6 +105,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_E = TypeVar("_E", bound=Exception)
+_T = TypeVar("_T")
 CONSOLE_PREFIX: Final = "/console"
 SESSION_COOKIE: Final = "kf_session"
 _LOGIN_COOKIE: Final = "kf_login"  # the login form's CSRF token (double submit)
@@ -276,6 +283,47 @@ async def _checked_form(request: Request, who: ConsoleUser) -> dict[str, str]:
         note_audit(request, reason="csrf")
         raise ConsoleError(403, "csrf", "the form's CSRF token is missing or wrong")
     return form
+
+
+def _form_text(
+    form: Mapping[str, str], name: str, limit: int, *, required: bool = True
+) -> str | None:
+    """A form field's stripped text, at most ``limit`` characters; None for an empty one
+    that is not ``required``. Raises ConsoleError(422)."""
+    value = form.get(name, "").strip()
+    if not value and not required:
+        return None
+    if not value or len(value) > limit:
+        raise ConsoleError(422, "invalid_request", f"{name}: 1 to {limit} characters")
+    return value
+
+
+def _form_role(form: Mapping[str, str], error: str) -> Role:
+    """The form's ``role`` field. Raises ConsoleError(422, ``error``) for one that is none."""
+    try:
+        return Role(form.get("role", ""))
+    except ValueError:
+        raise ConsoleError(422, error, "unknown role") from None
+
+
+def _offered(part: _T | None, what: str) -> _T:
+    """A part of ``ConsoleServices`` this server may lack. Raises ConsoleError(404) naming
+    ``what`` when it has none."""
+    if part is None:
+        raise ConsoleError(404, "not_found", f"this server has no {what}")
+    return part
+
+
+@contextmanager
+def _answers(refused: type[_E], page: Callable[[_E], ConsoleError]) -> Iterator[None]:
+    """A service's ``refused`` errors as the error page ``page`` makes of each, and a
+    StorageError as 503: what the console's pages and actions answer."""
+    try:
+        yield
+    except refused as exc:
+        raise page(exc) from None
+    except StorageError as exc:
+        raise _unavailable(exc) from None
 
 
 def _render(
