@@ -245,11 +245,12 @@ class AccessStore:
     # --- audit ----------------------------------------------------------------------------
 
     def add_audit(self, entry: AuditEntry) -> None:
-        """Insert one entry (over-long strings are cut, marked with an ellipsis).
+        """Insert one entry (over-long strings are cut, marked with an ellipsis). Never
+        fenced by the job lease: it records what a job did already.
 
         Raises StorageError.
         """
-        with self._storage.begin("write audit entry") as conn:
+        with self._storage.begin("write audit entry", fenced=False) as conn:
             conn.execute(sa.insert(_AUDIT), _audit_row(entry))
 
     def audit(self, flt: AuditFilter, *, limit: int, cursor: str | None = None) -> AuditPage:

@@ -12,8 +12,11 @@ library it wraps into one of these, so callers never catch ``sqlalchemy``,
     │                             .names, .suggestions {name: nearest setting or None}
     ├── StorageError              the database could not be reached or failed for now
     │   │                         (.operation names what was being done); worth retrying
-    │   └── StorageDataError      the database refused these rows (a constraint or data
-    │                             error): retrying the same rows fails again
+    │   ├── StorageDataError      the database refused these rows (a constraint or data
+    │   │                         error): retrying the same rows fails again
+    │   └── FencedOffError        a once-per-fleet job's write refused because another
+    │                             replica took the job lease over (.lease, .token: the
+    │                             holding the write was made under); server.lease_fence
     ├── BrokerError               the MQTT client could not be set up or used
     ├── DeviceCaError             the device CA is missing, incomplete or already there,
     │                             or a request to it is invalid (bad CSR, wrong key type)
@@ -74,6 +77,7 @@ __all__ = [
     "ConsoleError",
     "DeviceCaError",
     "EnrollmentRefusedError",
+    "FencedOffError",
     "InvalidCursorError",
     "InvalidSettingsError",
     "InvalidTimeRangeError",
@@ -137,6 +141,18 @@ class StorageError(ServerError):
 
 class StorageDataError(StorageError):
     """The database refused the data itself (integrity or data error); a retry cannot help."""
+
+
+class FencedOffError(StorageError):
+    """A write of a job run under the job lease's holding ``token`` of ``lease``: the lease's
+    fencing token moved on (another replica took it over), so nothing of it was written."""
+
+    def __init__(self, operation: str, lease: str, token: int) -> None:
+        super().__init__(
+            operation, f"fenced off: job lease {lease!r} is no longer at token {token}"
+        )
+        self.lease = lease
+        self.token = token
 
 
 class BrokerError(ServerError):

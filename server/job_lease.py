@@ -4,16 +4,19 @@ Table ``job_lease`` (migration ``0013``): one row per lease, ``(name, holder, ex
 token)``. ``token`` is the fencing token: it grows by one at every takeover, never at a
 renewal.
 
-- The pure core: ``decide`` (the row as read, this replica's id, its clock and the lease
-  duration in; take over, renew or stand by out) and ``cas_applies`` (would the
+- The pure core: ``decide`` (the row as read, this replica's id, the database's clock and
+  the lease duration in; take over, renew or stand by out) and ``cas_applies`` (would the
   compare-and-set write of an ``Attempt`` succeed against a row): the SQL ``UPDATE`` of
   ``JobLease`` has exactly that predicate as its ``WHERE``, so no two replicas that read
   the same row both win.
-- ``JobLease``, the adapter: ``tick()`` reads the row, decides and writes (every replica
-  calls it on a schedule); ``held(now)`` is this replica's belief, which ends at the
-  ``expires_at`` it last wrote (computed before the write, so it never outlives the row);
-  ``release()`` on a graceful stop; ``guard(job)`` wraps a scheduled job to run only while
-  held.
+- ``JobLease``, the adapter: ``tick()`` reads the database's clock and the row, decides and
+  writes (every replica calls it on a schedule): expiry is judged by the one clock of the
+  database (``database_now``), never by the replicas' own, which may disagree. ``held()``
+  is this replica's belief: it ends one lease duration after the moment, on this process's
+  monotonic clock, it sent the read whose time the row's ``expires_at`` was computed from,
+  so it never outlives the row. ``release()`` on a graceful stop; ``guard(job)`` wraps a
+  scheduled job to run only while held, under the holding's fence (``server.lease_fence``:
+  its database writes apply only while the row keeps that token; refused ones are counted).
 
 It never raises from ``tick`` or a guarded job's skip: a database error counts, is
 logged, and leaves the belief to expire.
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import enum
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,9 +35,11 @@ from typing import Final, TypeVar
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from sqlalchemy.engine import Connection
 from sqlmodel import Field
 
 from server.errors import StorageError
+from server.lease_fence import Fence, fencing
 from server.storage import ServerTable, Storage, UtcDateTime
 
 __all__ = [
@@ -43,6 +50,7 @@ __all__ = [
     "JobLeaseRow",
     "LeaseRow",
     "cas_applies",
+    "database_now",
     "decide",
 ]
 
@@ -113,7 +121,7 @@ class Attempt:
 
 
 def decide(row: LeaseRow | None, me: str, now: datetime, duration: timedelta) -> Attempt:
-    """What replica ``me`` does at ``now`` having read ``row``."""
+    """What replica ``me`` does at ``now`` (the database's clock) having read ``row``."""
     until = now + duration
     if row is None:
         return Attempt(Action.CREATE, None, me, now, until)
@@ -175,10 +183,37 @@ class LeaseMetrics:
             ["job"],
             registry=registry,
         )
+        self.fenced = Counter(
+            "kioskfleet_job_lease_fenced_writes",
+            "Writes of a once-per-fleet job refused because another process took the lease"
+            " over during the run (the fencing token moved on); nothing of them was written.",
+            ["job"],
+            registry=registry,
+        )
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
+def database_now(conn: Connection) -> datetime:
+    """The database server's clock, an aware UTC datetime: the one clock every replica
+    judges the lease's expiry by. SQLite's ``CURRENT_TIMESTAMP`` has whole seconds only,
+    so its ``strftime('%f')`` (milliseconds, UTC); PostgreSQL's ``statement_timestamp()``
+    (a ``timestamptz``; ``now()`` would be the transaction's start). Raises SQLAlchemyError
+    (the caller translates)."""
+    if conn.dialect.name == "sqlite":
+        text = conn.execute(sa.select(sa.func.strftime("%Y-%m-%d %H:%M:%f", "now"))).scalar_one()
+        return datetime.fromisoformat(str(text)).replace(tzinfo=UTC)
+    value = conn.execute(sa.select(sa.func.statement_timestamp())).scalar_one()
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise StorageError("read the database clock", f"not an aware timestamp: {value!r}")
+    return value.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class _Belief:
+    """What this replica last wrote successfully, and until when (its monotonic clock) it
+    believes it: one lease duration after it sent the read the row's expiry came from."""
+
+    token: int
+    until: float
 
 
 class JobLease:
@@ -194,41 +229,46 @@ class JobLease:
         duration: timedelta,
         name: str = FLEET_JOBS_LEASE,
         on_acquired: Callable[[], object] | None = None,
-        clock: Callable[[], datetime] = _utcnow,
+        database_clock: Callable[[Connection], datetime] = database_now,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``on_acquired``: called when this replica comes to hold the lease, before its
         belief (so before any guarded job runs); a StorageError from it leaves the lease
-        unbelieved until a later tick calls it again."""
+        unbelieved until a later tick calls it again. ``database_clock``: the time of the
+        database (a fake in tests); ``monotonic``: this process's clock for its belief."""
         self._storage = storage
         self._holder = holder
         self._metrics = metrics
         self._duration = duration
         self._name = name
-        self._clock = clock
+        self._database_clock = database_clock
+        self._monotonic = monotonic
         self._on_acquired = on_acquired
-        self._held: LeaseRow | None = None  # what this replica last wrote successfully
+        self._held: _Belief | None = None
+        self._fenced_lock = threading.Lock()
+        self._fenced_logged: dict[str, int] = {}  # job: the last token a refusal was logged at
 
     @property
     def holder(self) -> str:
         return self._holder
 
-    def held(self, now: datetime | None = None) -> bool:
-        """This replica believes it holds the lease at ``now`` (default: its clock)."""
-        mine = self._held
-        return mine is not None and mine.live(self._clock() if now is None else now)
+    def held(self) -> bool:
+        """This replica believes it holds the lease now."""
+        return self._believed(self._held, self._monotonic())
 
     @property
     def token(self) -> int | None:
         """The fencing token of the current holding, None when not held."""
         mine = self._held
-        return mine.token if mine is not None and self.held() else None
+        return mine.token if mine is not None and self._believed(mine, self._monotonic()) else None
 
     def tick(self) -> Action:
         """Read, decide, write. Returns what it decided (STAND_BY also when it lost a race
         or the database failed)."""
-        now = self._clock()
+        sent = self._monotonic()  # before the read: the row's expiry is later than its end
         try:
-            attempt = decide(self._read(), self._holder, now, self._duration)
+            row, now = self._read()
+            attempt = decide(row, self._holder, now, self._duration)
             won = attempt.action is not Action.STAND_BY and self._write(attempt)
         except StorageError as exc:
             self._metrics.errors.inc()
@@ -242,7 +282,7 @@ class JobLease:
             self._publish()
             return Action.STAND_BY
         before = self._held
-        if (before is None or not before.live(now)) and self._on_acquired is not None:
+        if not self._believed(before, sent) and self._on_acquired is not None:
             try:
                 self._on_acquired()
             except StorageError as exc:
@@ -251,7 +291,7 @@ class JobLease:
                 self._held = None
                 self._publish()
                 return Action.STAND_BY
-        self._held = attempt.written()
+        self._held = _Belief(attempt.token, sent + self._duration.total_seconds())
         if attempt.action in (Action.CREATE, Action.TAKE_OVER):
             self._metrics.takeovers.inc()
             log.info(
@@ -291,38 +331,88 @@ class JobLease:
             log.info("job lease %s released (token %d)", self._name, mine.token)
 
     def guard(self, job: str, run: Callable[[], _T]) -> Callable[[], _T | None]:
-        """``run`` as a scheduled job that runs only while this replica holds the lease."""
-        runs = self._metrics.runs.labels(job)  # exported at 0 from the start
+        """``run`` as a scheduled job that runs only while this replica holds the lease,
+        under the fence of that holding (``server.lease_fence``): once another replica took
+        the lease over, the run's writes are refused, counted and write nothing."""
+        runs = self._metrics.runs.labels(job)  # both exported at 0 from the start
+        self._metrics.fenced.labels(job)
 
         def guarded() -> _T | None:
-            if not self.held():
+            token = self.token
+            if token is None:
                 return None
             runs.inc()
-            return run()
+
+            def still_at(conn: Connection) -> bool:
+                return self._still_at(conn, token)
+
+            fence = Fence(self._name, token, job, still_at, self._refused, self._read_token)
+            with fencing(fence):
+                return run()
 
         guarded.__name__ = f"leased_{job}"
         return guarded
 
     # --- internals ------------------------------------------------------------------------
 
+    @staticmethod
+    def _believed(mine: _Belief | None, at: float) -> bool:
+        return mine is not None and at < mine.until
+
+    def _refused(self, fence: Fence, operation: str) -> None:
+        """A write of a run under ``fence`` refused: counted; logged once per job and token."""
+        self._metrics.fenced.labels(fence.job).inc()
+        with self._fenced_lock:
+            first = self._fenced_logged.get(fence.job) != fence.token
+            self._fenced_logged[fence.job] = fence.token
+        if first:
+            log.warning(
+                "job %s fenced off: %s refused, job lease %s no longer at token %d"
+                " (another replica took it over); further refusals are counted only",
+                fence.job,
+                operation,
+                self._name,
+                fence.token,
+            )
+
+    def _still_at(self, conn: Connection, token: int) -> bool:
+        """The fencing check in ``conn``'s transaction: an ``UPDATE`` that changes nothing
+        and matches only while the row is at ``token``; it holds the row (PostgreSQL) or
+        the write lock (SQLite) until that transaction ends. Raises SQLAlchemyError."""
+        stmt = (
+            sa.update(_LEASE)
+            .where(_LEASE.c.name == self._name, _LEASE.c.token == token)
+            .values(token=_LEASE.c.token)
+        )
+        return bool(conn.execute(stmt).rowcount == 1)
+
+    def _read_token(self) -> int | None:
+        """The row's token now (the TUF re-signing's check). Raises StorageError."""
+        stmt = sa.select(_LEASE.c.token).where(_LEASE.c.name == self._name)
+        with self._storage.connect("read job lease token") as conn:
+            found = conn.execute(stmt).scalar_one_or_none()
+        return None if found is None else int(found)
+
     def _publish(self) -> None:
         """The gauges as this replica believes (0 once a belief the database did not renew
         expired: the next tick after a failed one says so)."""
         mine = self._held
-        held = mine is not None and self.held()
+        held = self._believed(mine, self._monotonic())
         self._metrics.holder.set(1 if held else 0)
         if mine is not None and held:
             self._metrics.token.set(mine.token)
 
-    def _read(self) -> LeaseRow | None:
+    def _read(self) -> tuple[LeaseRow | None, datetime]:
+        """The row and the database's clock, read on one connection (the clock first)."""
         stmt = sa.select(_LEASE.c.holder, _LEASE.c.expires_at, _LEASE.c.token).where(
             _LEASE.c.name == self._name
         )
         with self._storage.connect("read job lease") as conn:
+            now = self._database_clock(conn)
             found = conn.execute(stmt).first()
         if found is None:
-            return None
-        return LeaseRow(found.holder, found.expires_at, int(found.token))
+            return None, now
+        return LeaseRow(found.holder, found.expires_at, int(found.token)), now
 
     def _write(self, attempt: Attempt) -> bool:
         """The compare-and-set of ``cas_applies`` in SQL; True when it won."""

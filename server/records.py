@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from server.fleet_views import TerminalView, Transition
+
+if TYPE_CHECKING:  # a type only: this module stays free of the database layer
+    from server.lease_fence import Fence
 
 __all__ = ["EventRecord", "UpdateRecord", "UsageRecord", "WriteBatch"]
 
@@ -85,6 +88,9 @@ class WriteBatch:
     # Of ``terminals``, those whose rows exist and changed only in POSITION_FIELDS (a row
     # that turns out missing is written whole all the same).
     position_only: frozenset[str] = frozenset()
+    # The offline sweep's transitions, each with the job lease's fence of the sweep's run:
+    # written only while that fence holds (server.lease_fence).
+    fenced_transitions: Sequence[tuple[Fence, Transition]] = field(default_factory=tuple)
 
     def __bool__(self) -> bool:
         return bool(
@@ -95,6 +101,7 @@ class WriteBatch:
             or self.updates
             or self.usage
             or self.removed
+            or self.fenced_transitions
         )
 
     def row_count(self) -> int:
@@ -104,6 +111,7 @@ class WriteBatch:
             len(self.terminals)
             + peripherals
             + len(self.transitions)
+            + len(self.fenced_transitions)
             + len(self.events)
             + len(self.updates)
             + len(self.usage)

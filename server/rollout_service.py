@@ -59,7 +59,7 @@ from protocol.directives import (
 )
 from protocol.topics import Channel, topic
 from server.audit import AuditEntry, AuditResult, AuditSink
-from server.errors import ConfigError, ServerError, StorageError
+from server.errors import ConfigError, FencedOffError, ServerError, StorageError
 from server.fleet_state import FleetState
 from server.fleet_views import TerminalFilter, TerminalView
 from server.install_window import InstallWindow, NoWindow, install_window
@@ -302,6 +302,8 @@ class RolloutService:
         for stored in active:
             try:
                 self._tick_one(stored.rollout.definition.rollout_id)
+            except FencedOffError:  # another replica holds the job lease: it steps them now
+                return done
             except StorageError as exc:
                 log.warning("rollout %s not stepped: %s", stored.rollout.definition.rollout_id, exc)
             else:
@@ -328,7 +330,10 @@ class RolloutService:
     ) -> bool:
         """Store the step, show it on the board, then execute its actions; nothing of it
         when the row moved since ``read_at`` (a step by another replica: the API's events
-        run on the replica that receives them, the tick on the job lease's holder)."""
+        run on the replica that receives them, the tick on the job lease's holder). In the
+        tick the save is also fenced by the job lease (``server.lease_fence``, in the save's
+        transaction): a holder whose lease was taken over meanwhile raises FencedOffError
+        and executes nothing."""
         if not self._store.save(
             decision.rollout, wake_at=decision.wake_at, now=now, read_at=read_at
         ):

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from server.errors import StorageError
+from server.errors import FencedOffError, StorageError
 from server.fleet_state import FleetState
 from server.fleet_views import OfflineReason, Transition
 from server.ingest import WriteSink
@@ -90,7 +90,8 @@ class Retention:
 
 class RetentionPruner:
     """Deletes rows past their retention, table by table; a database error is logged and
-    counted and the next table is still pruned."""
+    counted and the next table is still pruned. A deletion refused by the job lease's fence
+    (``server.lease_fence``: another replica holds the lease now) ends the run."""
 
     def __init__(
         self,
@@ -114,6 +115,8 @@ class RetentionPruner:
         for r in self._retentions:
             try:
                 deleted = r.prune(older_than=r.keep, now=self._clock())
+            except FencedOffError:  # counted and logged by the lease; the holder prunes now
+                return out
             except StorageError as exc:
                 self._metrics.db_errors.inc()
                 log.warning("pruning old %s failed, will retry: %s", r.name, exc)

@@ -60,6 +60,7 @@ from server.fleet_views import (
     Transition,
 )
 from server.history_query import HistoryQuery, Position, StoredPage, encode_position
+from server.lease_fence import Fence, check_current
 from server.records import EventRecord, WriteBatch
 
 __all__ = [
@@ -444,9 +445,16 @@ class Storage:
             yield conn
 
     @contextmanager
-    def begin(self, operation: str) -> Iterator[Connection]:
-        """Like ``connect`` inside one transaction (committed at the end, else rolled back)."""
+    def begin(self, operation: str, *, fenced: bool = True) -> Iterator[Connection]:
+        """Like ``connect`` inside one transaction (committed at the end, else rolled back).
+
+        Inside a run of a once-per-fleet job (``server.lease_fence``) the transaction starts
+        with the job lease's fencing check: FencedOffError, nothing written, once another
+        replica took the lease over. ``fenced=False`` only for a record of what was done
+        already (an audit entry), which must not be lost to the fence."""
         with database_errors(operation), self.engine.begin() as conn:
+            if fenced:
+                check_current(conn, operation)
             yield conn
 
     # --- reads ----------------------------------------------------------------------------
@@ -568,7 +576,7 @@ class Storage:
     def _prune(self, table: sa.Table, at: sa.Column[Any], cutoff: datetime, chunk: int) -> int:
         deleted = 0
         while True:  # in chunks: one huge DELETE could outlast the statement timeout every time
-            with database_errors(f"prune {table.name}"), self.engine.begin() as conn:
+            with self.begin(f"prune {table.name}") as conn:
                 ids = sa.select(table.c.id).where(at < cutoff).limit(chunk)
                 result = conn.execute(sa.delete(table).where(table.c.id.in_(ids)))
                 count = int(result.rowcount or 0)
@@ -619,6 +627,22 @@ class Storage:
                 _update_status_store().insert_updates(conn, self._insert(), batch.updates)
             if batch.usage:
                 _usage_store().insert_usage(conn, self._insert(), batch.usage)
+            if batch.fenced_transitions:  # last: the lease row stays locked until the commit
+                self._insert_fenced(conn, batch.fenced_transitions)
+
+    def _insert_fenced(self, conn: Connection, fenced: Sequence[tuple[Fence, Transition]]) -> None:
+        """The offline sweep's transitions, each fence's only while it holds (a run whose
+        lease another replica took over meanwhile writes none; ``Fence.refused`` hears)."""
+        by_fence: dict[Fence, list[Transition]] = {}
+        for fence, t in fenced:
+            by_fence.setdefault(fence, []).append(t)
+        for fence, transitions in by_fence.items():
+            if not fence.holds(conn):
+                fence.refuse("write offline transitions")
+                continue
+            rows = [_TRANSITIONS.row(t) for t in transitions]
+            for chunk in _chunks(rows):
+                conn.execute(sa.insert(_TRANSITION), list(chunk))
 
     def _insert_events(self, conn: Connection, events: Sequence[EventRecord]) -> None:
         # A duplicate that slipped past the in-memory check (a restart) is stored once.

@@ -62,6 +62,7 @@ from server.identity_tables import (
     RegistryStatus,
     TerminalRegistryRow,
 )
+from server.lease_fence import check_current
 from server.storage import database_errors
 from server.terminal_rules import Placement
 
@@ -383,6 +384,7 @@ class TerminalRegistry:
         Returns how many rows. Raises StorageError."""
         cutoff = now - older_than
         with database_errors("prune registry"), self._engine().begin() as conn:
+            check_current(conn, "prune registry")  # the retention job's: fenced
             tokens = conn.execute(
                 sa.delete(_TOKENS).where(
                     sa.or_(_TOKENS.c.used_at < cutoff, _TOKENS.c.expires_at < cutoff)
@@ -401,6 +403,7 @@ class TerminalRegistry:
             _TERMINALS.c.updated_at < now - older_than,
         )
         with database_errors("prune registry"), self._engine().begin() as conn:
+            check_current(conn, "prune registry")  # the retention job's: fenced
             deleted = sa.delete(_TERMINALS).where(gone).returning(_TERMINALS.c.terminal_id)
             ids = list(conn.execute(deleted).scalars())
         with self._memory_lock:

@@ -330,9 +330,12 @@ class TufRepository:
         self._write("timestamp.json", _bytes(timestamp))
         state.timestamp = timestamp
 
-    def refresh_online(self) -> list[str]:
+    def refresh_online(self, *, before_write: Callable[[], object] = lambda: None) -> list[str]:
         """The scheduled job: re-sign snapshot and/or timestamp once less than
-        ``resign_before`` of their lifetime remains. Returns what it re-signed."""
+        ``resign_before`` of their lifetime remains. Returns what it re-signed.
+
+        ``before_write`` is called once something is due, right before the files are
+        replaced (the job lease's re-check: what it raises leaves the files as they were)."""
         with self._lock:
             state = self._state
             if state.snapshot is None or state.timestamp is None:
@@ -340,9 +343,11 @@ class TufRepository:
             now = self._clock()
             done: list[str] = []
             if self._due(state.snapshot.signed.expires, self._expiry.snapshot, now):
+                before_write()
                 self._publish_online({})
                 return ["snapshot", "timestamp"]
             if self._due(state.timestamp.signed.expires, self._expiry.timestamp, now):
+                before_write()
                 snapshot_bytes = (
                     self.metadata_dir / f"{state.snapshot.signed.version}.snapshot.json"
                 ).read_bytes()

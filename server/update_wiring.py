@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry
 from firmware_manifests.keys import KeyFileError, load_signer
 from server.artifact_store import FilesystemArtifactStore
 from server.config import Settings
-from server.errors import ConfigError, UpdatesError
+from server.errors import ConfigError, FencedOffError, StorageError, UpdatesError
+from server.lease_fence import current_fence
 from server.tuf_repository import OnlineExpiry, TufRepository
 from server.update_api import add_update_routes
 from server.update_metrics import UpdateMetrics
@@ -36,9 +37,22 @@ class UpdateService:
 
     def resign(self) -> list[str]:
         """The scheduled job: re-sign what is due, prune uploads never published; a failure
-        is logged, never raised."""
+        is logged, never raised. Under the job lease, the lease row is read again right
+        before the files are replaced: a holder whose lease was taken over (or that cannot
+        read it) writes nothing (``server.lease_fence``)."""
+        fence = current_fence()
+
+        def recheck() -> None:
+            if fence is not None:
+                fence.recheck("re-sign TUF metadata")
+
         try:
-            done = self.repository.refresh_online()
+            done = self.repository.refresh_online(before_write=recheck)
+        except FencedOffError:  # counted and logged by the lease
+            return []
+        except StorageError as exc:
+            log.warning("re-signing skipped: cannot read the job lease: %s", exc)
+            return []
         except UpdatesError as exc:
             log.error("re-signing the timestamp failed, will retry: %s", exc)
             return []

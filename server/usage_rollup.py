@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 from server.analytics import hour_start
-from server.errors import StorageError
+from server.errors import FencedOffError, StorageError
 from server.fleet_collector import UNKNOWN_LABEL
 from server.fleet_state import FleetState
 from server.metrics import ServerMetrics
@@ -69,12 +69,16 @@ class UsageRollupJob:
         with self._lock:
             try:
                 done = self._store.roll_up(self._hall_of)
+            except FencedOffError:  # another replica holds the job lease now: it samples
+                return 0
             except StorageError as exc:
                 self._metrics.db_errors.inc()
                 log.warning("rolling up usage failed, will retry: %s", exc)
                 done = 0
             try:
                 self._sample()
+            except FencedOffError:
+                pass  # counted and logged by the lease; nothing was added
             except StorageError as exc:
                 self._metrics.db_errors.inc()
                 log.warning("sampling service availability failed: %s", exc)

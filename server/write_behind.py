@@ -66,6 +66,7 @@ from typing import Protocol
 from server.errors import StorageDataError, StorageError
 from server.fleet_views import TerminalView, Transition
 from server.inbound import Delivery
+from server.lease_fence import Fence, current_fence
 from server.metrics import ServerMetrics
 from server.records import EventRecord, UpdateRecord, UsageRecord, WriteBatch
 
@@ -105,6 +106,7 @@ class _Pending:
     dirty: set[str] = field(default_factory=set)
     peripherals: set[str] = field(default_factory=set)
     transitions: list[Transition] = field(default_factory=list)
+    fenced: list[tuple[Fence, Transition]] = field(default_factory=list)  # the offline sweep's
     events: list[EventRecord] = field(default_factory=list)
     updates: list[UpdateRecord] = field(default_factory=list)
     usage: list[UsageRecord] = field(default_factory=list)
@@ -121,6 +123,7 @@ class _Pending:
         return bool(
             self.dirty
             or self.transitions
+            or self.fenced
             or self.events
             or self.updates
             or self.usage
@@ -130,6 +133,7 @@ class _Pending:
     def terminal_ids(self) -> list[str]:
         ids = self.dirty | self.peripherals | self.removed
         ids.update(t.terminal_id for t in self.transitions)
+        ids.update(t.terminal_id for _, t in self.fenced)
         ids.update(e.terminal_id for e in self.events)
         ids.update(u.terminal_id for u in self.updates)
         ids.update(u.terminal_id for u in self.usage)
@@ -141,6 +145,7 @@ class _Pending:
             dirty=self.dirty & ids,
             peripherals=self.peripherals & ids,
             transitions=[t for t in self.transitions if t.terminal_id in ids],
+            fenced=[f for f in self.fenced if f[1].terminal_id in ids],
             events=[e for e in self.events if e.terminal_id in ids],
             updates=[u for u in self.updates if u.terminal_id in ids],
             usage=[u for u in self.usage if u.terminal_id in ids],
@@ -216,7 +221,10 @@ class WriteBehind:
         """Queue ``terminal_id``'s latest state (and the rest) for the next flush; cheap.
 
         ``position_only``: only the row's ``POSITION_FIELDS`` changed; the flush then
-        updates just those columns unless another message since the last one needs more."""
+        updates just those columns unless another message since the last one needs more.
+        Called in a run of a once-per-fleet job (the offline sweep), its ``transitions``
+        keep that run's fence: they are written only while it holds (``server.lease_fence``)."""
+        fence = current_fence() if transitions else None
         with self._lock:
             p = self._pending
             p.dirty.add(terminal_id)
@@ -224,7 +232,9 @@ class WriteBehind:
                 p.full.add(terminal_id)
             if peripherals_changed:
                 p.peripherals.add(terminal_id)
-            if transitions:
+            if fence is not None:
+                p.fenced.extend((fence, t) for t in transitions)
+            elif transitions:
                 p.transitions.extend(transitions)
             if event is not None:
                 p.events.append(event)
@@ -289,7 +299,8 @@ class WriteBehind:
     def pending(self) -> tuple[int, int]:
         """(terminals with unwritten changes, queued transitions)."""
         with self._lock:
-            return len(self._pending.dirty), len(self._pending.transitions)
+            p = self._pending
+            return len(p.dirty), len(p.transitions) + len(p.fenced)
 
     def pending_acks(self) -> int:
         """Deliveries waiting for a commit before they are acknowledged."""
@@ -347,6 +358,7 @@ class WriteBehind:
             usage=part.usage,
             removed=frozenset(part.removed),
             position_only=part.position_only(),
+            fenced_transitions=part.fenced,
         )
         started = time.perf_counter()
         began = self._writing_since = self._monotonic()
@@ -386,6 +398,7 @@ class WriteBehind:
                     events=part.events,
                     updates=part.updates,
                     usage=part.usage,
+                    fenced_transitions=part.fenced,
                 ).row_count()
                 self._metrics.db_rejected_rows.inc(rows)
                 log.error(
@@ -450,13 +463,17 @@ class WriteBehind:
             p.removed |= taken.removed
             p.confirm |= taken.confirm
             p.transitions[:0] = taken.transitions
+            p.fenced[:0] = taken.fenced
             p.events[:0] = taken.events
             p.updates[:0] = taken.updates
             p.usage[:0] = taken.usage
             p.acks[:0] = taken.acks
-            excess = len(p.transitions) - self._max_pending
-            if excess > 0:
-                del p.transitions[:excess]
+            excess = 0  # each list bounded: the ingest's transitions, the sweep's
+            for queued in (p.transitions, p.fenced):
+                over = len(queued) - self._max_pending
+                if over > 0:
+                    del queued[:over]
+                    excess += over
         if excess > 0:
             self._metrics.db_dropped_transitions.inc(excess)
             log.error("database unavailable: dropped the %d oldest pending transitions", excess)

@@ -16,6 +16,7 @@ import signal
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -28,6 +29,7 @@ from server.job_lease import Action, JobLease, LeaseMetrics
 from server.storage import Storage
 from tests.integration.conftest import TerminalFactory, unique
 from tests.integration.server_process import ServerProcess
+from tests.support.clocks import LeaseClock
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -36,12 +38,21 @@ LEASE = timedelta(seconds=30)
 FLEET_JOBS = ("offline-sweep", "rollout-tick", "retention-prune")
 
 
-class _Clock:
+class _Clock(LeaseClock):
     def __init__(self) -> None:
-        self.now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+        super().__init__(datetime(2026, 12, 4, 12, 0, tzinfo=UTC))
 
-    def __call__(self) -> datetime:
-        return self.now
+
+def _lease(storage: Storage, name: str, clock: LeaseClock, **kw: Any) -> JobLease:
+    return JobLease(
+        storage,
+        name,
+        kw.pop("metrics", None) or LeaseMetrics(CollectorRegistry()),
+        duration=LEASE,
+        database_clock=clock.database,
+        monotonic=clock.monotonic,
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -64,10 +75,7 @@ def test_the_lease_is_taken_renewed_taken_over_and_released_in_the_database(
     storage: Storage,
 ) -> None:
     clock = _Clock()
-    a, b = (
-        JobLease(storage, name, LeaseMetrics(CollectorRegistry()), duration=LEASE, clock=clock)
-        for name in ("replica-a", "replica-b")
-    )
+    a, b = (_lease(storage, name, clock) for name in ("replica-a", "replica-b"))
     assert a.tick() is Action.CREATE
     assert b.tick() is Action.STAND_BY
     assert (a.held(), b.held(), a.token) == (True, False, 1)
@@ -92,14 +100,11 @@ def test_the_lease_is_taken_renewed_taken_over_and_released_in_the_database(
 
 def test_a_renewal_decided_before_a_takeover_cannot_overwrite_it(storage: Storage) -> None:
     clock = _Clock()
-    a, b = (
-        JobLease(storage, name, LeaseMetrics(CollectorRegistry()), duration=LEASE, clock=clock)
-        for name in ("replica-a", "replica-b")
-    )
+    a, b = (_lease(storage, name, clock) for name in ("replica-a", "replica-b"))
     a.tick()
     clock.now += LEASE  # a stalled past its expiry; b takes over
     assert b.tick() is Action.TAKE_OVER
-    clock.now -= timedelta(seconds=1)  # a's clock: it still thinks its lease is live
+    clock.now -= timedelta(seconds=1)  # back to a time at which a's own lease was live
     assert a.tick() is Action.STAND_BY  # it reads b's row: no renewal of its own
     assert _row(storage) == ("replica-b", 2)
     assert not a.held()
@@ -116,14 +121,7 @@ def test_the_new_holder_takes_up_the_jobs_before_it_believes_and_retries_on_fail
         if len(calls) == 1:
             raise StorageError("read offline terminals", "the database went away")
 
-    lease = JobLease(
-        storage,
-        "replica-a",
-        LeaseMetrics(CollectorRegistry()),
-        duration=LEASE,
-        on_acquired=take_up,
-        clock=clock,
-    )
+    lease = _lease(storage, "replica-a", clock, on_acquired=take_up)
     assert lease.tick() is Action.STAND_BY  # created the row, but could not take the jobs up
     assert not lease.held()
     clock.now += timedelta(seconds=5)
@@ -141,7 +139,7 @@ def test_a_holder_cut_off_from_the_database_stops_believing_at_its_expiry(
     registry = CollectorRegistry()
     own = Storage(database_url)  # the holder's own connection to the database, cut below
     own.open()
-    lease = JobLease(own, "replica-a", LeaseMetrics(registry), duration=LEASE, clock=clock)
+    lease = _lease(own, "replica-a", clock, metrics=LeaseMetrics(registry))
     ran: list[int] = []
     job = lease.guard("offline-sweep", lambda: ran.append(1))
     lease.tick()

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Targets
@@ -20,7 +20,12 @@ from firmware_manifests.release_manifest import HealthCheck, InstallStep, Releas
 from kioskfleet.update_repo import OperatorRepo
 from kioskfleet.vendor_role import sign_release
 
-__all__ = ["TufWorld", "release_manifest"]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from server.tuf_repository import TufRepository
+
+__all__ = ["TufWorld", "online_repository", "release_manifest"]
 
 
 def release_manifest(
@@ -116,3 +121,23 @@ class TufWorld:
 
     def targets_bytes(self) -> bytes:
         return (self.operator.metadata_dir / "targets.json").read_bytes()
+
+
+def online_repository(world: TufWorld, path: Path, clock: Callable[[], datetime]) -> TufRepository:
+    """The server's repository under ``path`` with ``world``'s first root and targets, its
+    online roles signed at ``clock``'s time (snapshot 7 days, timestamp 24 hours)."""
+    from server.artifact_store import FilesystemArtifactStore
+    from server.tuf_repository import OnlineExpiry, TufRepository
+
+    repo = TufRepository(
+        path,
+        FilesystemArtifactStore(path / "artifacts", max_bytes=1 << 20),
+        snapshot_signer=world.online_snapshot,
+        timestamp_signer=world.online_timestamp,
+        expiry=OnlineExpiry(snapshot=timedelta(days=7), timestamp=timedelta(hours=24)),
+        clock=clock,
+    )
+    repo.load()
+    repo.upload_root(world.roots()[0])
+    repo.upload_targets(world.targets_bytes())
+    return repo

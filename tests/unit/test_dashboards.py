@@ -139,6 +139,7 @@ JOB_LEASE_METRIC_NAMES: Final = frozenset(
         "kioskfleet_job_lease_token",
         "kioskfleet_job_lease_takeovers_total",
         "kioskfleet_job_lease_errors_total",
+        "kioskfleet_job_lease_fenced_writes_total",
         "kioskfleet_fleet_job_runs_total",
     }
 )

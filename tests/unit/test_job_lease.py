@@ -1,6 +1,8 @@
-"""The job lease's pure core: ``decide`` (row and clock in, action out) and ``cas_applies``
-(the compare-and-set the SQL ``UPDATE`` performs), and the property the lease exists for:
-at no time do two replicas believe they hold an unexpired lease."""
+"""The job lease's pure core: ``decide`` (row and the database's clock in, action out) and
+``cas_applies`` (the compare-and-set the SQL ``UPDATE`` performs), and the property the lease
+exists for: at no time do two replicas believe they hold an unexpired lease, each judging
+its belief by its own monotonic clock (offset from the others', and jumping ahead now and
+then) from the moment it sent its read."""
 
 from __future__ import annotations
 
@@ -90,12 +92,18 @@ def test_a_renewal_after_a_takeover_fails() -> None:
 
 @dataclass
 class _Replica:
-    """A replica as ``JobLease`` is: its pending read, and its belief (what it last wrote)."""
+    """A replica as ``JobLease`` is: its pending read (and its monotonic time when sent),
+    and its belief: the token it last wrote, until when on its own monotonic clock."""
 
     name: str
+    offset: float  # its monotonic clock: seconds since T0 plus this
     alive: bool = True
     pending: Attempt | None = None
-    belief: LeaseRow | None = None
+    sent: float = 0.0
+    belief: tuple[int, float] | None = None
+
+    def monotonic(self, now: datetime) -> float:
+        return (now - T0).total_seconds() + self.offset
 
 
 @dataclass
@@ -105,7 +113,8 @@ class _Fleet:
     row: LeaseRow | None = None
     tokens: list[int] = field(default_factory=list)
 
-    def read(self, r: _Replica) -> None:  # the SELECT and the decision
+    def read(self, r: _Replica) -> None:  # the database's clock, the SELECT, the decision
+        r.sent = r.monotonic(self.now)
         r.pending = decide(self.row, r.name, self.now, LEASE)
 
     def write(self, r: _Replica) -> None:  # the compare-and-set UPDATE, later
@@ -113,7 +122,8 @@ class _Fleet:
         if attempt is None:
             return
         if cas_applies(self.row, attempt):
-            self.row = r.belief = attempt.written()
+            self.row = attempt.written()
+            r.belief = (self.row.token, r.sent + LEASE.total_seconds())
             self.tokens.append(self.row.token)
         else:
             r.belief = None
@@ -121,15 +131,22 @@ class _Fleet:
     def release(self, r: _Replica) -> None:
         mine, r.belief = r.belief, None
         row = self.row
-        if mine is not None and row is not None and (row.holder, row.token) == (r.name, mine.token):
-            self.row = LeaseRow(None, None, mine.token)
+        if mine is not None and row is not None and (row.holder, row.token) == (r.name, mine[0]):
+            self.row = LeaseRow(None, None, mine[0])
+
+    def jump(self, r: _Replica) -> None:  # its clock jumps a minute ahead
+        r.offset += 60.0
 
     def believers(self) -> list[str]:
-        return [r.name for r in self.replicas if r.alive and r.belief and r.belief.live(self.now)]
+        return [
+            r.name
+            for r in self.replicas
+            if r.alive and r.belief is not None and r.monotonic(self.now) < r.belief[1]
+        ]
 
 
-_REPLICA_STEP = st.tuples(  # reads and writes mostly; deaths and releases now and then
-    st.sampled_from(["read", "write"] * 4 + ["release", "kill"]), st.integers(0, 2)
+_REPLICA_STEP = st.tuples(  # reads and writes mostly; deaths, releases, clock jumps now and then
+    st.sampled_from(["read", "write"] * 4 + ["release", "kill", "jump"]), st.integers(0, 2)
 )
 _WAIT = st.tuples(  # waits near the lease's duration find the races sooner
     st.just("wait"),
@@ -142,10 +159,16 @@ _RACE = [  # a renewal read before expiry, written after a takeover was read
 
 
 @settings(max_examples=1000, deadline=None)
-@given(st.lists(_REPLICA_STEP | _WAIT, max_size=60))
-@example(_RACE)
-def test_never_two_replicas_believe_they_hold_the_lease(steps: list[tuple[str, int]]) -> None:
-    fleet = _Fleet([_Replica("a"), _Replica("b"), _Replica("c")])
+@given(
+    st.lists(_REPLICA_STEP | _WAIT, max_size=60),
+    st.tuples(*[st.floats(-1e6, 1e6, allow_nan=False)] * 3),
+)
+@example(_RACE, (0.0, 0.0, 0.0))
+@example(_RACE, (0.0, 60.0, -60.0))  # clocks a minute apart
+def test_never_two_replicas_believe_they_hold_the_lease(
+    steps: list[tuple[str, int]], offsets: tuple[float, float, float]
+) -> None:
+    fleet = _Fleet([_Replica(name, offset) for name, offset in zip("abc", offsets, strict=True)])
     for op, arg in steps:
         if op == "wait":
             fleet.now += timedelta(milliseconds=arg)

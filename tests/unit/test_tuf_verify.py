@@ -13,11 +13,9 @@ from hypothesis import strategies as st
 from tuf.api.metadata import Delegations, Metadata, Root, Targets
 
 from firmware_manifests.keys import generate_key
-from server.artifact_store import FilesystemArtifactStore
 from server.errors import ReleaseRejectedError
-from server.tuf_repository import OnlineExpiry, TufRepository
 from server.tuf_verify import verify_root, verify_targets, verify_vendor_role
-from tests.support.tuf_world import TufWorld, release_manifest
+from tests.support.tuf_world import TufWorld, online_repository, release_manifest
 
 NOW = datetime.now(UTC)
 
@@ -112,17 +110,7 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
 async def test_the_timestamp_is_re_signed_once_half_its_lifetime_is_gone(tmp_path: Path) -> None:
     world = TufWorld.create(tmp_path / "world")
     now = [NOW]
-    repo = TufRepository(
-        tmp_path / "server",
-        FilesystemArtifactStore(tmp_path / "server" / "artifacts", max_bytes=1 << 20),
-        snapshot_signer=world.online_snapshot,
-        timestamp_signer=world.online_timestamp,
-        expiry=OnlineExpiry(snapshot=timedelta(days=7), timestamp=timedelta(hours=24)),
-        clock=lambda: now[0],
-    )
-    repo.load()
-    repo.upload_root(world.roots()[0])
-    repo.upload_targets(world.targets_bytes())
+    repo = online_repository(world, tmp_path / "server", lambda: now[0])
     first = repo.expiries()["timestamp"]
     now[0] = NOW + timedelta(hours=11)
     assert repo.refresh_online() == []
