@@ -242,6 +242,7 @@ class ConnectionStats:
     published: int = 0  # messages accepted by publish()
     acked: int = 0  # PUBACKs with a success code
     ack_failures: int = 0  # PUBACKs with a failure code (the broker refused the message)
+    forgotten: int = 0  # unacknowledged messages dropped by forget(): no PUBACK will come
     connects: int = 0  # sessions established (CONNACK success)
     connect_failures: int = 0  # attempts that did not end in a session
     losses: int = 0  # established sessions that dropped
@@ -440,13 +441,16 @@ class MqttConnection:
         wanted = set(mids)
         if not wanted:
             return
-        kept = [m for m in self._client.drop_out_messages() if m.mid not in wanted]
+        queued = self._client.drop_out_messages()
+        kept = [m for m in queued if m.mid not in wanted]
+        self.stats.forgotten += len(queued) - len(kept)
         for m in kept:  # re-queued in their order, with new ids nobody tracks
             self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
 
     def pending_acks(self) -> int:
         """Messages accepted by ``publish`` whose PUBACK has not arrived yet."""
-        return self.stats.published - self.stats.acked - self.stats.ack_failures
+        s = self.stats
+        return s.published - s.acked - s.ack_failures - s.forgotten
 
     # -- selector driving --------------------------------------------------------
 

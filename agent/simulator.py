@@ -627,6 +627,10 @@ class Simulation:
         c.dropped_reports -= self._dropped_at_start
         return c
 
+    def sessions(self) -> dict[str, str]:
+        """Each connected terminal's broker, as its canonical URL (read without locking)."""
+        return {c.settings.client_id: c.broker.url for c in self._connections if c.connected}
+
     def wait_connected(self, timeout: float) -> bool:
         """Wait until every terminal has a session; False if ``timeout`` passes first."""
         deadline = time.monotonic() + timeout

@@ -183,3 +183,14 @@ def test_connection_settings_refuse_no_brokers_too_many_or_mixed_schemes(
 ) -> None:
     with pytest.raises(ValueError, match=problem):
         ConnectionSettings(client_id="T-0001", brokers=brokers)
+
+
+def test_forgotten_messages_no_longer_count_as_awaiting_a_puback() -> None:
+    # The outbox sender takes its rows back at a loss (and re-sends them, maybe to another
+    # broker): a clean stop must not wait for PUBACKs that can never come.
+    conn = closed_port_connection()
+    mids = [conn.publish("kf/v1/terminals/T-0001/event", b"%d" % n, retain=False) for n in range(3)]
+    conn.publish("kf/v1/terminals/T-0001/state", b"{}", retain=True)
+    conn.forget(mids[:2])
+    assert conn.pending_acks() == 2  # the third event and the retained state stay queued
+    assert conn.stats.forgotten == 2
