@@ -35,7 +35,7 @@ from tests.integration.faults.conftest import (
     wait_connected,
 )
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TERMINALS = 40
 
