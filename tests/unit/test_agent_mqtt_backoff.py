@@ -7,6 +7,8 @@ import random
 import pytest
 
 from agent.agent import OutboundError, OutboundFullError
+from agent.broker_rotation import start_offset
+from agent.config import AgentConfig
 from agent.mqtt_connection import (
     BrokerUnreachableError,
     ConnectionSettings,
@@ -194,3 +196,19 @@ def test_forgotten_messages_no_longer_count_as_awaiting_a_puback() -> None:
     conn.forget(mids[:2])
     assert conn.pending_acks() == 2  # the third event and the retained state stay queued
     assert conn.stats.forgotten == 2
+
+
+def test_a_connection_from_config_starts_at_the_terminals_offset_in_broker_urls() -> None:
+    urls = ["mqtt://n1:1883", "mqtt://n2:1883", "mqtt://n3:1883"]
+    config = AgentConfig.model_validate(
+        {
+            "terminal_id": "TAX-SH-0001",
+            "hall": "h",
+            "region": "r",
+            "model": "m",
+            "broker_urls": urls,
+        }
+    )
+    conn = MqttConnection(ConnectionSettings.from_config(config))
+    assert conn.settings.brokers == config.brokers
+    assert conn.broker == config.brokers[start_offset("TAX-SH-0001", 3)]
