@@ -8,6 +8,13 @@ field; a ``KIOSKFLEET_AGENT_*`` variable that names no field is one too (with
 the nearest valid name), so a misspelt override never leaves the file's value
 silently in force. Nothing here opens a socket or starts anything, and nothing is read at
 import time.
+
+The broker is ``broker_url`` (one) or ``broker_urls`` (1 to 16, for failover over a
+cluster's nodes: agent.broker_rotation), never both: a config that names both is
+refused rather than guessing which one wins; with neither, ``broker_url``'s default is
+the list. Every URL goes through the one parser (``protocol.broker_url``); all share
+one scheme, since the ``tls_*`` files apply to every broker. ``AgentConfig.brokers`` is
+the list either way.
 """
 
 from __future__ import annotations
@@ -19,7 +26,15 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -27,6 +42,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from agent.broker_rotation import MAX_BROKERS
 from agent.errors import AgentError
 from agent.probes.factory import ProbeSpec
 from protocol.broker_url import BrokerAddress, parse_broker_url
@@ -53,6 +69,15 @@ ENV_PREFIX = "KIOSKFLEET_AGENT_"
 
 # Which TOML file the settings sources read while ``load_agent_config`` runs.
 _toml_path: ContextVar[Path | None] = ContextVar("kioskfleet_agent_toml", default=None)
+
+
+def _parses_as_broker_url(value: str) -> str:
+    parse_broker_url(value)
+    return value
+
+
+BrokerUrl = Annotated[str, AfterValidator(_parses_as_broker_url)]
+"""A string that ``parse_broker_url`` accepts (its error names the field, and the list item)."""
 
 
 class AgentConfigError(AgentError, ValueError):
@@ -218,7 +243,11 @@ class AgentConfig(BaseSettings):
     hall: Label
     region: Label
     model: Label
-    broker_url: str = "mqtt://127.0.0.1:1883"
+    broker_url: BrokerUrl = "mqtt://127.0.0.1:1883"
+    broker_urls: Annotated[list[BrokerUrl], Field(min_length=1, max_length=MAX_BROKERS)] | None = (
+        None
+    )
+    """Several brokers (failover, agent.broker_rotation); exclusive with ``broker_url``."""
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
@@ -247,11 +276,20 @@ class AgentConfig(BaseSettings):
             )
         return value
 
-    @field_validator("broker_url")
-    @classmethod
-    def _broker_url_parses(cls, value: str) -> str:
-        parse_broker_url(value)
-        return value
+    @model_validator(mode="after")
+    def _one_list_of_brokers(self) -> Self:
+        if self.broker_urls is None:
+            return self
+        if "broker_url" in self.model_fields_set:
+            raise ValueError(
+                "set broker_url or broker_urls, not both (broker_url is a one-element list)"
+            )
+        brokers = [parse_broker_url(url) for url in self.broker_urls]
+        if len({b.tls for b in brokers}) > 1:
+            raise ValueError("broker_urls must all be mqtt:// or all mqtts://")
+        if len(set(brokers)) < len(brokers):
+            raise ValueError("broker_urls names a broker twice")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -263,10 +301,11 @@ class AgentConfig(BaseSettings):
             f is not None for f in (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
         )
         if uses_tls_files and not self.broker.tls:
-            raise ValueError("tls_* files need an mqtts:// broker_url")
+            raise ValueError("tls_* files need an mqtts:// broker_url (or broker_urls)")
         if self.enrollment is not None and (self.tls_cert_file is None or not self.broker.tls):
             raise ValueError(
-                "enrollment needs an mqtts:// broker_url, tls_cert_file and tls_key_file"
+                "enrollment needs an mqtts:// broker_url (or broker_urls), tls_cert_file"
+                " and tls_key_file"
             )
         names = [p.name for p in self.probes]
         if len(names) != len(set(names)):
@@ -274,8 +313,14 @@ class AgentConfig(BaseSettings):
         return self
 
     @property
+    def brokers(self) -> tuple[BrokerAddress, ...]:
+        """Every broker, in the configured order: ``broker_urls``, or ``broker_url`` alone."""
+        return tuple(parse_broker_url(url) for url in self.broker_urls or [self.broker_url])
+
+    @property
     def broker(self) -> BrokerAddress:
-        return parse_broker_url(self.broker_url)
+        """The first broker (all share its scheme)."""
+        return self.brokers[0]
 
     @classmethod
     def settings_customise_sources(

@@ -185,7 +185,7 @@ class AgentRuntime:
             "%d message(s) waiting",
             self.config.terminal_id,
             self.config.agent_version,
-            self.config.broker_url,
+            ", ".join(b.url for b in self.config.brokers),
             self.config.report_interval_s,
             self.outbox.path,
             stream.boot_id,

@@ -19,9 +19,17 @@ timeout) and ``connect(now)`` (when ``connect_due(now)`` and the loop has a
 free attempt slot). paho's socket open/close callbacks are forwarded to a
 ``SocketWatcher`` so the loop (un)registers a socket before it is closed.
 
-Reconnects back off exponentially with full jitter between
+With several brokers (``ConnectionSettings.brokers``, from ``broker_urls``) a
+failed attempt or a lost session sends the next attempt to the next broker,
+round robin from the terminal's own offset (``agent.broker_rotation``: a short
+jittered hop within a round); after a full round, and always with one broker,
+reconnects back off exponentially with full jitter between
 ``reconnect_min_s`` and ``reconnect_max_s``; a connection that stayed up for
-``stable_connection_s`` resets the backoff. paho error and reason codes become
+``stable_connection_s`` resets the backoff. Each move to another broker is
+logged and counted (``stats.switches``). The session on the new broker is its
+own (separate brokers share none; a cluster's nodes may): the listener hears
+``on_disconnected`` and ``on_connected`` as after any reconnect, and the outbox
+sender re-sends what is unconfirmed. paho error and reason codes become
 the exceptions below (kept in ``stats.last_error`` and logged); nothing
 paho-typed leaves this module. Errors (a branch of ``agent.errors.AgentError``)::
 
@@ -64,8 +72,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.agent import OutboundError, OutboundFullError
+from agent.broker_rotation import MAX_BROKERS, Retry, Rotation, retry_delay
 from agent.config import AgentConfig
 from agent.errors import AgentError
+from protocol.broker_url import BrokerAddress
 from protocol.errors import TopicError
 from protocol.topics import Channel, parse_topic, topic
 
@@ -86,9 +96,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# 2.0 ** n overflows a float beyond n = 1023; long before that the backoff is at its maximum.
-_MAX_DOUBLINGS = 1000
 
 
 class MqttConnectionError(AgentError):
@@ -170,12 +177,13 @@ class SocketWatcher(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ConnectionSettings:
-    """What one connection needs; built from ``AgentConfig`` by ``from_config``."""
+    """What one connection needs; built from ``AgentConfig`` by ``from_config``.
+
+    ``brokers``: 1 to 16 addresses of one scheme (the TLS files apply to all), in the
+    order the rotation walks them. Raises ValueError otherwise."""
 
     client_id: str
-    host: str
-    port: int
-    tls: bool = False
+    brokers: tuple[BrokerAddress, ...]
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
@@ -190,15 +198,22 @@ class ConnectionSettings:
     max_inflight_messages: int = 20
     quiet: bool = False  # log connects and losses at DEBUG (simulator with thousands of them)
 
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.brokers) <= MAX_BROKERS:
+            raise ValueError(f"brokers must hold 1 to {MAX_BROKERS} addresses")
+        if len({b.tls for b in self.brokers}) != 1:
+            raise ValueError("brokers must all be mqtt:// or all mqtts://")
+
+    @property
+    def tls(self) -> bool:
+        return self.brokers[0].tls
+
     @classmethod
     def from_config(cls, config: AgentConfig, *, quiet: bool = False) -> ConnectionSettings:
-        broker = config.broker
         limits = config.limits
         return cls(
             client_id=config.terminal_id,
-            host=broker.host,
-            port=broker.port,
-            tls=broker.tls,
+            brokers=config.brokers,
             tls_ca_file=config.tls_ca_file,
             tls_cert_file=config.tls_cert_file,
             tls_key_file=config.tls_key_file,
@@ -227,9 +242,11 @@ class ConnectionStats:
     published: int = 0  # messages accepted by publish()
     acked: int = 0  # PUBACKs with a success code
     ack_failures: int = 0  # PUBACKs with a failure code (the broker refused the message)
+    forgotten: int = 0  # unacknowledged messages dropped by forget(): no PUBACK will come
     connects: int = 0  # sessions established (CONNACK success)
     connect_failures: int = 0  # attempts that did not end in a session
     losses: int = 0  # established sessions that dropped
+    switches: int = 0  # attempts that went to another broker than the one before (failover)
     session_present: bool = False  # the last CONNACK said the broker still had our session
     last_error: MqttConnectionError | None = None
 
@@ -268,7 +285,7 @@ class MqttConnection:
         self._next_attempt = math.inf
         self._attempt_started = 0.0
         self._connected_since = 0.0
-        self._failures = 0
+        self._rotation = Rotation.first(settings.client_id, len(settings.brokers))
         self._last_service = 0.0
         # Set by paho callbacks, acted upon in _settle() once paho has returned.
         self._connack_ok = False
@@ -281,6 +298,7 @@ class MqttConnection:
         self._deliveries: list[tuple[int, bool]] = []
         self._command: Callable[[bytes], None] | None = None
         self._commands: list[bytes] = []
+        self._aimed_at: BrokerAddress  # where paho's next reconnect goes (set by _aim)
         self._client = self._make_client()
 
     def _make_client(self) -> paho.Client:
@@ -305,14 +323,7 @@ class MqttConnection:
                 )
             except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
                 raise ConnectionSetupError(f"TLS setup failed: {exc}") from exc
-        if v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
-            props.SessionExpiryInterval = s.session_expiry_s
-            client.connect_async(
-                s.host, s.port, keepalive=s.keepalive_s, clean_start=False, properties=props
-            )
-        else:  # a persistent session (clean_session=False above); the broker sets its expiry
-            client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
+        self._aim(client, self.broker)
         client.on_connect = self._paho_on_connect
         client.on_disconnect = self._paho_on_disconnect
         client.on_publish = self._paho_on_publish
@@ -321,6 +332,24 @@ class MqttConnection:
         client.on_socket_open = self._paho_on_socket_open
         client.on_socket_close = self._paho_on_socket_close
         return client
+
+    def _aim(self, client: paho.Client, broker: BrokerAddress) -> None:
+        """Point paho's next ``reconnect`` at ``broker``. Only while there is no socket; paho
+        keeps its queued messages (they go to the new broker)."""
+        s = self._settings
+        if s.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
+            props.SessionExpiryInterval = s.session_expiry_s
+            client.connect_async(
+                broker.host,
+                broker.port,
+                keepalive=s.keepalive_s,
+                clean_start=False,
+                properties=props,
+            )
+        else:  # a persistent session (clean_session=False above); the broker sets its expiry
+            client.connect_async(broker.host, broker.port, keepalive=s.keepalive_s)
+        self._aimed_at = broker
 
     # -- wiring ----------------------------------------------------------------
 
@@ -348,6 +377,11 @@ class MqttConnection:
     @property
     def settings(self) -> ConnectionSettings:
         return self._settings
+
+    @property
+    def broker(self) -> BrokerAddress:
+        """The broker of the current attempt or session (or of the next attempt)."""
+        return self._settings.brokers[self._rotation.index]
 
     @property
     def state(self) -> ConnectionState:
@@ -407,13 +441,16 @@ class MqttConnection:
         wanted = set(mids)
         if not wanted:
             return
-        kept = [m for m in self._client.drop_out_messages() if m.mid not in wanted]
+        queued = self._client.drop_out_messages()
+        kept = [m for m in queued if m.mid not in wanted]
+        self.stats.forgotten += len(queued) - len(kept)
         for m in kept:  # re-queued in their order, with new ids nobody tracks
             self._client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
 
     def pending_acks(self) -> int:
         """Messages accepted by ``publish`` whose PUBACK has not arrived yet."""
-        return self.stats.published - self.stats.acked - self.stats.ack_failures
+        s = self.stats
+        return s.published - s.acked - s.ack_failures - s.forgotten
 
     # -- selector driving --------------------------------------------------------
 
@@ -492,12 +529,14 @@ class MqttConnection:
         """
         if self._state is not ConnectionState.WAITING:
             return
-        s = self._settings
         try:
             will = self._listener.will_message()
         except ValueError as exc:
             self._attempt_failed(now, ConnectionSetupError(f"cannot build the will: {exc}"))
             return
+        broker = self.broker
+        if broker != self._aimed_at:
+            self._aim(self._client, broker)
         self._client.will_set(self._will_topic, will, qos=1, retain=True)
         self._attempt_started = now
         self._last_service = now
@@ -507,10 +546,11 @@ class MqttConnection:
         except (OSError, ValueError) as exc:  # refused, timeout, DNS, TLS handshake/cert
             self._state = ConnectionState.WAITING
             cause = str(exc) or type(exc).__name__
-            self._attempt_failed(now, BrokerUnreachableError(s.host, s.port, cause))
+            self._attempt_failed(now, BrokerUnreachableError(broker.host, broker.port, cause))
             return
         if rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
-            self._drop_socket(BrokerUnreachableError(s.host, s.port, paho.error_string(rc)))
+            error = BrokerUnreachableError(broker.host, broker.port, paho.error_string(rc))
+            self._drop_socket(error)
         self._settle(now)
 
     def disconnect(self) -> None:
@@ -629,8 +669,7 @@ class MqttConnection:
                 self._state = ConnectionState.CONNECTED
                 self._connected_since = now
                 self.stats.connects += 1
-                s = self._settings
-                self._log(logging.INFO, "connected to %s:%d", s.host, s.port)
+                self._log(logging.INFO, "connected to %s", self._where())
                 if self._command is not None:
                     self._client.subscribe(self._cmd_topic, qos=1)
                 self._listener.on_connected()
@@ -641,11 +680,11 @@ class MqttConnection:
                 self._state = ConnectionState.CLOSED
             elif self._state is ConnectionState.CONNECTED:
                 self.stats.losses += 1
-                if now - self._connected_since >= self._settings.stable_connection_s:
-                    self._failures = 0
+                stable = now - self._connected_since >= self._settings.stable_connection_s
                 self._state = ConnectionState.WAITING
                 self._listener.on_disconnected()
-                self._retry_later(now, cause or ConnectionLostError(self._close_reason))
+                error = cause or ConnectionLostError(self._close_reason)
+                self._retry_later(now, error, stable=stable)
             elif self._state is ConnectionState.CONNECTING:
                 self._state = ConnectionState.WAITING
                 self.stats.connect_failures += 1
@@ -655,15 +694,27 @@ class MqttConnection:
         self.stats.connect_failures += 1
         self._retry_later(now, error)
 
-    def _retry_later(self, now: float, error: MqttConnectionError) -> None:
-        """Record ``error`` and schedule the next attempt: exponential backoff, full jitter."""
+    def _retry_later(self, now: float, error: MqttConnectionError, *, stable: bool = False) -> None:
+        """Record ``error`` and schedule the next attempt, at the next broker: a hop within a
+        round, exponential backoff with full jitter after a full one (agent.broker_rotation)."""
         s = self._settings
         self.stats.last_error = error
-        self._failures += 1
-        cap = min(s.reconnect_max_s, s.reconnect_min_s * 2.0 ** min(self._failures, _MAX_DOUBLINGS))
-        delay = self._rng.uniform(s.reconnect_min_s, max(s.reconnect_min_s, cap))
+        retry: Retry = self._rotation.failed(stable=stable)
+        delay = retry_delay(retry, s.reconnect_min_s, s.reconnect_max_s, self._rng.uniform)
         self._next_attempt = now + delay
-        self._log(logging.WARNING, "%s; retrying in %.1f s", error, delay)
+        switching = retry.rotation.index != self._rotation.index
+        self._rotation = retry.rotation
+        if switching:
+            self.stats.switches += 1
+            self._log(logging.WARNING, "%s; switching to %s in %.1f s", error, self._where(), delay)
+        else:
+            self._log(logging.WARNING, "%s; retrying in %.1f s", error, delay)
+
+    def _where(self) -> str:
+        """The current broker for a log line, with its place in the list when there are several."""
+        count = len(self._settings.brokers)
+        place = f" (broker {self._rotation.index + 1} of {count})" if count > 1 else ""
+        return f"{self.broker.url}{place}"
 
     def _log(self, level: int, msg: str, *args: object) -> None:
         if self._settings.quiet:

@@ -114,6 +114,9 @@ class SimulationOptions:
 
     terminals: int = 50
     broker_url: str = "mqtt://127.0.0.1:1883"
+    # Failover (the agent's broker_urls): when given, the terminals rotate over these
+    # instead, each from its own offset; broker_url is then not used.
+    broker_urls: tuple[str, ...] = ()
     halls: int = 3
     regions: int = 1
     seed: int = 1
@@ -159,7 +162,7 @@ class SimulationOptions:
             raise ValueError("processes must be between 1 and terminals")
         if not is_valid_terminal_id(f"{self.id_prefix}-{self.terminals:05d}"):
             raise ValueError(f"id_prefix {self.id_prefix!r} does not make valid terminal ids")
-        broker = parse_broker_url(self.broker_url)
+        broker = parse_broker_url((self.broker_urls or (self.broker_url,))[0])
         if self.enroll_url is not None and (
             self.ca_file is None or self.identity_dir is None or not broker.tls
         ):
@@ -237,6 +240,7 @@ class SimulationCounters:
     connects: int = 0  # CONNACK successes so far
     connect_failures: int = 0
     losses: int = 0
+    switches: int = 0  # attempts that went to another broker than the one before
     published: int = 0  # messages handed to MQTT (stream and state)
     acked: int = 0  # PUBACKs received (stream and state)
     dropped: int = 0  # messages the agents could not send (unbuildable, refused)
@@ -332,7 +336,11 @@ class Simulation:
                 "hall": first.hall,
                 "region": first.region,
                 "model": first.model,
-                "broker_url": opts.broker_url,
+                **(
+                    {"broker_urls": list(opts.broker_urls)}
+                    if opts.broker_urls
+                    else {"broker_url": opts.broker_url}
+                ),
                 "report_interval_s": opts.report_interval_s,
                 "probe_interval_s": probe_interval,
                 "keepalive_s": tuning.keepalive_s,
@@ -599,6 +607,7 @@ class Simulation:
             c.connects += s.connects
             c.connect_failures += s.connect_failures
             c.losses += s.losses
+            c.switches += s.switches
             c.published += s.published
             c.acked += s.acked
         for agent in self._agents:
@@ -617,6 +626,10 @@ class Simulation:
             c.dropped_reports += sender.dropped_reports()
         c.dropped_reports -= self._dropped_at_start
         return c
+
+    def sessions(self) -> dict[str, str]:
+        """Each connected terminal's broker, as its canonical URL (read without locking)."""
+        return {c.settings.client_id: c.broker.url for c in self._connections if c.connected}
 
     def wait_connected(self, timeout: float) -> bool:
         """Wait until every terminal has a session; False if ``timeout`` passes first."""
@@ -777,6 +790,7 @@ def _progress(counters: SimulationCounters, elapsed: float) -> str:
         f"t={elapsed:.0f}s terminals={counters.terminals} connected={counters.connected} "
         f"published={counters.published} acked={counters.acked} reports={counters.reports} "
         f"events={counters.events} dropped={counters.dropped} losses={counters.losses} "
+        f"switches={counters.switches} "
         f"backlog={counters.backlog} dropped_reports={counters.dropped_reports} "
         f"outbox_errors={counters.outbox_errors}"
     )

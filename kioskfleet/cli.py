@@ -386,7 +386,13 @@ def _command_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
 
     sim = sub.add_parser("simulate", help="run N simulated terminals with the real agent code")
     sim.add_argument("--terminals", type=int, default=50, help="how many terminals")
-    sim.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt:// or mqtts:// URL")
+    sim.add_argument(
+        "--broker",
+        action="append",
+        default=None,
+        help="mqtt:// or mqtts:// URL (default mqtt://127.0.0.1:1883); repeat it for failover"
+        " over several brokers (the agent's broker_urls)",
+    )
     sim.add_argument("--halls", type=int, default=3, help="terminals are spread over halls")
     sim.add_argument("--regions", type=int, default=1, help="halls are spread over regions")
     sim.add_argument("--seed", type=int, default=1, help="the same seed plays the same faults")
@@ -632,9 +638,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"kioskfleet simulate: {exc}", file=sys.stderr)
         return 2
+    brokers: list[str] = args.broker or ["mqtt://127.0.0.1:1883"]
     options = SimulationOptions(
         terminals=args.terminals,
-        broker_url=args.broker,
+        broker_url=brokers[0],
+        broker_urls=tuple(brokers) if len(brokers) > 1 else (),
         halls=args.halls,
         regions=args.regions,
         seed=args.seed,

@@ -1,6 +1,6 @@
 """Where the broker listens: the one parser of ``mqtt://`` and ``mqtts://`` URLs.
 
-The agent (``broker_url`` in agent.toml) and the server
+The agent (``broker_url``, or each of ``broker_urls``, in agent.toml) and the server
 (``KIOSKFLEET_BROKER_URL``) both name the broker this way, and both parse it
 here, so the two sides cannot disagree on a default port or on what a valid
 URL is. A broker URL is ``mqtt://host[:port]`` (plain TCP, port 1883 by default)

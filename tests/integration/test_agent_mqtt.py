@@ -359,7 +359,7 @@ def bare_connection(
     """A connection with a real Agent as its listener (for a valid will), driven by the test."""
     config = config_for(broker, terminal_id, probes=[])
     connection = MqttConnection(
-        ConnectionSettings(client_id=terminal_id, host="127.0.0.1", port=broker.port, **settings)  # type: ignore[arg-type]
+        ConnectionSettings(client_id=terminal_id, brokers=config.brokers, **settings)  # type: ignore[arg-type]
     )
     agent = Agent(config, [], RecordingOutbound(), SystemClock(), "0f0e0d0c-test", float)
     watcher = SelectorWatcher()

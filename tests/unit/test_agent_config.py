@@ -143,3 +143,65 @@ def test_broker_urls_parse_with_default_ports() -> None:
     assert parse_broker_url("mqtts://b:9000").port == 9000
     with pytest.raises(ValueError, match="credentials"):
         parse_broker_url("mqtt://user:pw@b")
+
+
+# --- several brokers (failover) ---------------------------------------------------------------
+
+
+def test_broker_urls_from_the_file_give_every_broker_in_order(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, MINIMAL + 'broker_urls = ["mqtt://n1:1883", "mqtt://n2", "mqtt://n3:1884"]\n'
+    )
+    config = load_agent_config(path)
+    assert [(b.host, b.port) for b in config.brokers] == [("n1", 1883), ("n2", 1883), ("n3", 1884)]
+    assert config.broker == config.brokers[0]
+
+
+def test_broker_urls_come_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KIOSKFLEET_AGENT_BROKER_URLS", '["mqtts://n1", "mqtts://n2"]')
+    config = load_agent_config(None, terminal_id="T-1", hall="h", region="r", model="m")
+    assert [b.url for b in config.brokers] == ["mqtts://n1:8883", "mqtts://n2:8883"]
+
+
+def test_broker_url_alone_is_the_one_element_list(tmp_path: Path) -> None:
+    config = load_agent_config(write(tmp_path, MINIMAL + 'broker_url = "mqtt://solo:1999"\n'))
+    assert [b.url for b in config.brokers] == ["mqtt://solo:1999"]
+    assert config.broker_urls is None
+
+
+@pytest.mark.parametrize(
+    ("lines", "field", "message"),
+    [
+        (
+            'broker_url = "mqtt://a"\nbroker_urls = ["mqtt://b"]',
+            "<config>",
+            "set broker_url or broker_urls, not both",
+        ),
+        ("broker_urls = []", "broker_urls", "at least 1 item"),
+        (
+            "broker_urls = [" + ", ".join(f'"mqtt://n{i}"' for i in range(17)) + "]",
+            "broker_urls",
+            "at most 16 items",
+        ),
+        ('broker_urls = ["mqtt://a", "http://b"]', "broker_urls.1", "mqtt:// or mqtts://"),
+        ('broker_urls = ["mqtt://a", "mqtts://b"]', "<config>", "all be mqtt:// or all mqtts://"),
+        ('broker_urls = ["mqtt://a", "mqtt://a:1883"]', "<config>", "names a broker twice"),
+    ],
+)
+def test_broker_urls_that_cannot_work_are_refused_naming_why(
+    tmp_path: Path, lines: str, field: str, message: str
+) -> None:
+    with pytest.raises(AgentConfigError) as info:
+        load_agent_config(write(tmp_path, MINIMAL + lines + "\n"))
+    assert [(f, m) for f, m in info.value.problems if message in m] != []
+    assert field in [f for f, _ in info.value.problems]
+
+
+def test_tls_files_apply_to_every_broker_of_broker_urls(tmp_path: Path) -> None:
+    text = MINIMAL + 'broker_urls = ["mqtts://n1", "mqtts://n2"]\ntls_ca_file = "/ca.pem"\n'
+    config = load_agent_config(write(tmp_path, text))
+    assert all(b.tls for b in config.brokers)
+    with pytest.raises(AgentConfigError, match="mqtts"):
+        load_agent_config(
+            write(tmp_path, MINIMAL + 'broker_urls = ["mqtt://n1"]\ntls_ca_file = "/ca.pem"\n')
+        )

@@ -9,6 +9,7 @@ from agent.clock import FakeClock
 from agent.config import AgentConfig
 from agent.event_loop import EventLoop
 from agent.mqtt_connection import ConnectionSettings, MqttConnection
+from protocol.broker_url import BrokerAddress
 
 
 def make_agent(terminal_id: str) -> Agent:
@@ -19,7 +20,8 @@ def make_agent(terminal_id: str) -> Agent:
 
 
 def make_connection(client_id: str) -> MqttConnection:
-    return MqttConnection(ConnectionSettings(client_id=client_id, host="127.0.0.1", port=1883))
+    broker = BrokerAddress("127.0.0.1", 1883, tls=False)
+    return MqttConnection(ConnectionSettings(client_id=client_id, brokers=(broker,)))
 
 
 def test_a_terminal_cannot_be_paired_with_another_terminals_connection() -> None:

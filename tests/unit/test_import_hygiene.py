@@ -126,6 +126,7 @@ _AGENT_ADAPTERS = (
 # What a pure core must never load: the library of any adapter, and the adapters themselves.
 PURE_CORES = {
     "agent.agent": _AGENT_ADAPTERS,
+    "agent.broker_rotation": _AGENT_ADAPTERS,
     "agent.clock": _AGENT_ADAPTERS,
     "agent.errors": _AGENT_ADAPTERS,
     "agent.probes.base": _AGENT_ADAPTERS,

@@ -93,12 +93,15 @@ class Fleets:
         *,
         prefix: str = "F",
         outbox_path: Path | None = None,
+        broker_urls: tuple[str, ...] = (),
         tuning: SimulationTuning = FAST_TUNING,
         **tuning_changes: Any,
     ) -> Simulation:
+        """``broker_urls``: failover, every terminal rotates over these (``broker_url`` unused)."""
         opts = SimulationOptions(
             terminals=terminals,
             broker_url=broker_url,
+            broker_urls=broker_urls,
             halls=4,
             regions=2,
             seed=7,
