@@ -12,7 +12,8 @@ from zoneinfo import ZoneInfo
 
 from server.analytics import GroupBy, HourlyUsage, figures, hour_of_week, turned_away
 from server.analytics_report import AnalyticsSources, Range
-from server.hall_report import parse_week
+from server.console.i18n import load_catalogs
+from server.hall_report import hall_week, parse_week, render_html
 from server.opening_hours import OpeningHours
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")  # +08:00, no DST
@@ -130,3 +131,26 @@ def test_the_sources_take_each_halls_zone_from_its_opening_hours() -> None:
     by_hour = {f.key: f.transactions for f in sources.transactions(r, GroupBy.HOUR_OF_WEEK)}
     assert by_hour == {1: 2, 9: 4}
     assert sources.zones() == {"sh": SHANGHAI}
+
+
+def test_a_shanghai_halls_report_covers_its_local_week_and_names_its_zone() -> None:
+    seen: list[tuple[datetime, datetime]] = []
+    nine_local = _utc(2026, 11, 23, 1)  # Monday 09:00 in Shanghai
+
+    def rows(since: datetime, until: datetime, *_filters: str | None) -> list[HourlyUsage]:
+        seen.append((since, until))
+        return [_row("sh", nine_local, 3)]
+
+    sources = AnalyticsSources(
+        rows=rows,
+        availability=lambda *_args: {},
+        hours=lambda: {"sh": OpeningHours(timezone="Asia/Shanghai")},
+        terminals=lambda: {"T-sh": "sh"},
+    )
+    report = hall_week(sources, lambda *_args: [], "sh", "2026-W48")
+    assert report.range == parse_week("2026-W48", SHANGHAI)
+    assert set(seen) == {(report.range.since, report.range.until)}
+    assert report.by_hour == {9: 3}
+    assert report.timezone == "Asia/Shanghai"
+    html = render_html(report, load_catalogs()["en"])
+    assert "2026-11-23 \u2013 2026-11-29 (Asia/Shanghai)" in html  # local dates, not the 22nd
