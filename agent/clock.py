@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-__all__ = ["Clock", "FakeClock", "SystemClock"]
+__all__ = ["Clock", "FakeClock", "OffsetClock", "SystemClock"]
 
 
 class Clock(Protocol):
@@ -34,6 +34,22 @@ class SystemClock:
 
     def wall(self) -> datetime:
         return datetime.now(UTC)
+
+
+class OffsetClock:
+    """Another clock's readings with its wall time moved by ``offset_s`` seconds (may be
+    negative): a simulated terminal whose clock says another day, running at real speed.
+    Monotonic time is the other clock's, unchanged."""
+
+    def __init__(self, base: Clock, offset_s: float) -> None:
+        self._base = base
+        self._offset = timedelta(seconds=offset_s)
+
+    def monotonic(self) -> float:
+        return self._base.monotonic()
+
+    def wall(self) -> datetime:
+        return self._base.wall() + self._offset
 
 
 class FakeClock:

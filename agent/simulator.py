@@ -54,13 +54,13 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
 
 from agent.agent import Agent
-from agent.clock import Clock, SystemClock
+from agent.clock import Clock, OffsetClock, SystemClock
 from agent.commands import route_commands
 from agent.config import AgentConfig, EnrollmentConfig, UpdatesConfig, parse_broker_url
 from agent.demand import Transaction, demand_plan, generate, monday_of
@@ -106,6 +106,7 @@ log = logging.getLogger(__name__)
 _MODEL_NAMES = tuple(MODELS)
 _FD_HEADROOM = 512
 _PROGRESS_EVERY_S = 10.0
+MAX_CLOCK_OFFSET_S = 100 * 365 * 86400.0  # an agent refuses a wall clock outside 2000..2200
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,10 @@ class SimulationOptions:
     # Citizen transactions from the seeded demand (agent/demand.py): opening hours, lunch
     # dip, Monday peak, a service mix per hall, an idle terminal and an overloaded hall.
     demand: bool = False
+    # The terminals' wall clock runs this many seconds ahead of the real one (negative:
+    # behind), at real speed: every sent_at and the demand's "now" (``--start-at``), so a
+    # test or a demo can play the demand of an opening hour at any time of day.
+    clock_offset_s: float = 0.0
 
     def check(self) -> None:
         """Raises ValueError naming the first option that cannot work."""
@@ -158,6 +163,8 @@ class SimulationOptions:
             raise ValueError("fault_rate must be positive")
         if self.duration_s is not None and self.duration_s <= 0:
             raise ValueError("duration_s must be positive")
+        if abs(self.clock_offset_s) > MAX_CLOCK_OFFSET_S:
+            raise ValueError("clock_offset_s must be within 100 years of the real clock")
         if not 1 <= self.processes <= self.terminals:
             raise ValueError("processes must be between 1 and terminals")
         if not is_valid_terminal_id(f"{self.id_prefix}-{self.terminals:05d}"):
@@ -292,7 +299,11 @@ class Simulation:
         opts.check()
         self.opts = opts
         self.tuning = tuning = tuning or SimulationTuning()
-        self._clock = clock or SystemClock()
+        if clock is None:
+            clock = SystemClock()
+            if opts.clock_offset_s:
+                clock = OffsetClock(clock, opts.clock_offset_s)
+        self._clock = clock
         self._profiles = terminal_profiles(opts, indices)
         per_terminal = 2 if opts.updates_server_url is not None else 1  # + the kiosk socket
         raise_open_file_limit(per_terminal * len(self._profiles) + _FD_HEADROOM)
@@ -440,9 +451,9 @@ class Simulation:
             self._agents.append(agent)
             self._connections.append(connection)
             self._connection_by_id[tid] = connection
+            self._by_id[tid] = agent
             if updates is not None:
                 self._updates[tid] = updates[0]
-                self._by_id[tid] = agent
             if updates is not None or opts.commit_confirmation:
                 connection.receive_commands(
                     route_commands(
@@ -513,7 +524,7 @@ class Simulation:
             service.start()
         outages = _OutageThread(self.loop, self._planted_outages(), time.monotonic)
         outages.start()
-        demand = _DemandThread(self.loop, self._by_id, self._profiles, self.opts)
+        demand = _DemandThread(self.loop, self._by_id, self._profiles, self.opts, self._clock)
         demand.start()
         try:
             self.loop.run(duration_s)
@@ -682,10 +693,12 @@ class _OutageThread:
 
 
 class _DemandThread:
-    """Sends the seeded demand's transactions (``agent.demand``) as they fall due: each one
-    through its terminal's ``Agent.send_usage`` in the loop's thread, so its ``sent_at`` is
-    the wall clock then. The plan covers every terminal of the run (``demand_plan``), so a
-    slice in another process draws the same transactions for its own terminals."""
+    """Sends the seeded demand's transactions (``agent.demand``) as they fall due by the
+    terminals' wall clock (``clock``, the agents' own: the real one, or moved by
+    ``clock_offset_s``): each one through its terminal's ``Agent.send_usage`` in the loop's
+    thread, so its ``sent_at`` is that clock then. The plan covers every terminal of the
+    run (``demand_plan``), so a slice in another process draws the same transactions for
+    its own terminals."""
 
     _MAX_SLEEP_S = 1.0
 
@@ -695,10 +708,12 @@ class _DemandThread:
         agents: dict[str, Agent],
         profiles: list[TerminalProfile],
         opts: SimulationOptions,
+        clock: Clock,
     ) -> None:
         self._loop = loop
         self._agents = agents
         self._opts = opts
+        self._now = clock.wall
         self._plan = demand_plan(
             [(p.terminal_id, p.hall, p.region) for p in terminal_profiles(opts)]
         )
@@ -717,20 +732,21 @@ class _DemandThread:
             self._thread.join(5)
 
     def _run(self) -> None:
-        week = monday_of(datetime.now(UTC))
+        week = monday_of(self._now())
         while not self._stop.is_set():
+            now = self._now()
             due = [
                 t
                 for t in generate(self._plan, week, self._opts.seed + week.toordinal())
-                if t.terminal_id in self._mine and t.at >= datetime.now(UTC)
+                if t.terminal_id in self._mine and t.at >= now
             ]
             for t in due:
-                while (wait := (t.at - datetime.now(UTC)).total_seconds()) > 0:
+                while (wait := (t.at - self._now()).total_seconds()) > 0:
                     if self._stop.wait(min(wait, self._MAX_SLEEP_S)):
                         return
                 self._loop.call_soon(functools.partial(self._send, t))
             week += timedelta(days=7)
-            while datetime.now(UTC) < week:
+            while self._now() < week:
                 if self._stop.wait(self._MAX_SLEEP_S):
                     return
 

@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -306,7 +306,9 @@ def _command_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     report.add_argument("--env-file", type=Path, help=env_help)
     report.add_argument("--hall", required=True, help="the hall's name (required)")
     report.add_argument(
-        "--week", required=True, help="the ISO week, e.g. 2026-W48, in UTC (required)"
+        "--week",
+        required=True,
+        help="the ISO week, e.g. 2026-W48, in the hall's time zone (required)",
     )
     report.add_argument("--format", choices=("html", "pdf"), default="pdf", help="what to write")
     report.add_argument(
@@ -407,6 +409,15 @@ def _command_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
         action="store_true",
         help="send citizen transactions from the seeded demand (opening hours 08-17 UTC"
         " Mon-Fri, lunch dip, Monday peak, an idle terminal, an overloaded last hall)",
+    )
+    sim.add_argument(
+        "--start-at",
+        type=datetime.fromisoformat,
+        default=None,
+        metavar="TIME",
+        help="the terminals' clock starts at this time (RFC 3339 with an offset) and runs at"
+        " real speed: sent_at and the demand's opening hours follow it (default: the real"
+        " clock)",
     )
     sim.add_argument("--id-prefix", default="SIM", help="terminal ids are PREFIX-00001 ...")
     sim.add_argument(
@@ -639,6 +650,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kioskfleet simulate: {exc}", file=sys.stderr)
         return 2
     brokers: list[str] = args.broker or ["mqtt://127.0.0.1:1883"]
+    if args.start_at is not None and args.start_at.tzinfo is None:
+        print("kioskfleet simulate: --start-at needs a UTC offset (RFC 3339)", file=sys.stderr)
+        return 2
+    offset = 0.0 if args.start_at is None else (args.start_at - datetime.now(UTC)).total_seconds()
     options = SimulationOptions(
         terminals=args.terminals,
         broker_url=brokers[0],
@@ -647,6 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         regions=args.regions,
         seed=args.seed,
         demand=args.demand,
+        clock_offset_s=offset,
         report_interval_s=args.report_interval,
         fault_rate=args.fault_rate,
         duration_s=args.duration,

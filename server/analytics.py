@@ -6,14 +6,22 @@ from hourly rollups.
   (``OUTCOME_COLUMNS``), busy seconds and pages. Summing is associative, so rolling up a
   stream in batches and adding the results (what the scheduled job does, ``merge``) gives
   the same rows as one pass (a Hypothesis property proves it).
-- ``figures(rows, by)``: transactions, completion rate, outcomes and causes, busy time and
-  pages by ``hall``, ``terminal``, ``service`` or ``hour_of_week`` (0 = Monday 00:00 UTC).
+- ``figures(rows, by, zones)``: transactions, completion rate, outcomes and causes, busy
+  time and pages by ``hall``, ``terminal``, ``service`` or ``hour_of_week`` (0 = Monday
+  00:00 in the hall's own zone, ``zones``: hall → zone, UTC for a hall not in it).
+- ``hour_of_week(at, zone)``: the hall-local hour of the week of a UTC hour. The rule
+  (docs/analytics.md, "Hour of the week"): a UTC hour counts in the local hour it starts
+  in. Whole-hour zones map UTC hours one to one; a half-hour zone (Asia/Kolkata, +05:30)
+  puts UTC 03:00-04:00 at local 08 (it starts at 08:30); a DST day has 23 or 25 UTC
+  hours, so the local hour skipped in spring gets none and the repeated one in autumn
+  gets two.
 - ``utilisation``: busy seconds over opening seconds, per terminal and per hall.
 - ``idle_terminals``: terminals far below their hall's median utilisation.
 - ``overloaded_halls`` and ``recommend``: "move N terminals from hall A to hall B", with the
   figures each move rests on.
 - ``turned_away``: citizens turned away while a service was unavailable during opening
-  hours, estimated from the demand at that hour of the week (method in docs/analytics.md).
+  hours, estimated from the demand at that hall-local hour of the week (method in
+  docs/analytics.md).
 
 Every key is a hall or terminal id, a catalogue code, an enum or an hour: nothing here can
 hold personal data. Pure: no I/O, no clock.
@@ -26,7 +34,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from enum import StrEnum
 from typing import Final
 
@@ -43,6 +51,7 @@ __all__ = [
     "Thresholds",
     "TurnedAway",
     "UsageEvent",
+    "Zones",
     "figures",
     "hour_of_week",
     "hour_start",
@@ -114,10 +123,16 @@ def hour_start(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def hour_of_week(at: datetime) -> int:
-    """0 (Monday 00:00-01:00 UTC) to 167 (Sunday 23:00-24:00 UTC)."""
-    start = hour_start(at)
-    return start.weekday() * 24 + start.hour
+def hour_of_week(at: datetime, zone: tzinfo = UTC) -> int:
+    """0 (Monday 00:00-01:00 in ``zone``) to 167 (Sunday 23:00-24:00): the local hour of
+    the week in which ``at``'s UTC hour starts (see the module docstring for half-hour
+    zones and DST). Raises ValueError for a naive ``at``."""
+    local = hour_start(at).astimezone(zone)
+    return local.weekday() * 24 + local.hour
+
+
+Zones = Mapping[str, tzinfo]
+"""Hall → its time zone (from its opening hours); a hall not in it is in UTC."""
 
 
 def _add(a: HourlyUsage, b: HourlyUsage) -> HourlyUsage:
@@ -178,23 +193,26 @@ class Figures:
         return self.completed / self.transactions if self.transactions else None
 
 
-def _key(row: HourlyUsage, by: GroupBy) -> str | int:
+def _key(row: HourlyUsage, by: GroupBy, zones: Zones) -> str | int:
     if by is GroupBy.HALL:
         return row.hall
     if by is GroupBy.TERMINAL:
         return row.terminal_id
     if by is GroupBy.SERVICE:
         return row.service
-    return hour_of_week(row.hour_start)
+    return hour_of_week(row.hour_start, zones.get(row.hall, UTC))
 
 
-def figures(rows: Iterable[HourlyUsage], by: GroupBy) -> list[Figures]:
-    """The figures of each group of ``rows``, sorted by key."""
+def figures(rows: Iterable[HourlyUsage], by: GroupBy, zones: Zones | None = None) -> list[Figures]:
+    """The figures of each group of ``rows``, sorted by key. By ``hour_of_week`` each
+    hall's rows are placed in the hours of its own zone (``zones``; UTC without one), so
+    several halls' 09:00 local add up in one cell whatever their zones."""
+    zones = zones or {}
     counts: dict[str | int, defaultdict[str, int]] = defaultdict(lambda: defaultdict(int))
     busy: defaultdict[str | int, float] = defaultdict(float)
     pages: defaultdict[str | int, int] = defaultdict(int)
     for row in rows:
-        k = _key(row, by)
+        k = _key(row, by, zones)
         for column, n in row.counts.items():
             counts[k][column] += n
         busy[k] += row.busy_s
@@ -378,9 +396,12 @@ class TurnedAway:
 def turned_away(
     rows: Iterable[HourlyUsage],
     available: Mapping[tuple[str, str, datetime], tuple[float, float]],
+    zones: Zones | None = None,
 ) -> list[TurnedAway]:
     """Per (hall, service): failed transactions by cause, and the estimate
-    ``sum over hours h of rate(hall, service, hour_of_week(h)) x unavailable_s(h) / 3600``.
+    ``sum over hours h of rate(hall, service, hour_of_week(h)) x unavailable_s(h) / 3600``,
+    the hour of the week in the hall's zone (``zones``; UTC without one), so the demand of
+    09:00 local stays 09:00 local across a DST change.
 
     ``available``: (hall, service, UTC hour start) → (seconds open, seconds open and the
     service offerable by at least one terminal of the hall). ``rate`` is the transactions
@@ -402,13 +423,15 @@ def turned_away(
         lambda: defaultdict(lambda: [0.0, 0.0])
     )
     lost: defaultdict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
+    zones = zones or {}
     for (hall, service, start), (open_s, up_s) in available.items():
+        how = hour_of_week(start, zones.get(hall, UTC))
         if up_s > 0:
-            slot = demand[(hall, service)][hour_of_week(start)]
+            slot = demand[(hall, service)][how]
             slot[0] += served.get((hall, service, start), 0)
             slot[1] += up_s / 3600
         if open_s > up_s:
-            lost[(hall, service)].append((hour_of_week(start), open_s - up_s))
+            lost[(hall, service)].append((how, open_s - up_s))
     out = []
     for key in sorted(set(failed) | set(lost)):
         by_hour: Mapping[int, list[float]] = demand.get(key, {})

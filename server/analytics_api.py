@@ -2,7 +2,8 @@
 
 - ``GET /api/v1/analytics/transactions?by=hall|terminal|service|hour_of_week``: counts by
   outcome and failure cause, completion rate, busy seconds and pages per group; filters
-  ``hall``, ``terminal_id``, ``service``.
+  ``hall``, ``terminal_id``, ``service``. ``hour_of_week`` is 0 (Monday 00:00) to 167 in
+  each hall's own zone (its opening hours'; UTC without), ``server.analytics.hour_of_week``.
 - ``GET /api/v1/analytics/utilisation``: busy over opening time per terminal and hall, the
   idle terminals, the overloaded halls and the recommended moves with their figures.
 - ``GET /api/v1/analytics/availability``: per hall and service, the opening seconds and

@@ -8,6 +8,9 @@ open ``until`` is now. A hall's opening seconds in the range come from its openi
 a hall without hours is open around the clock (as for alerts). The terminals are the
 fleet's now, each in its hall (``unknown`` without one), so a terminal with no transaction
 counts as 0 busy, and one no longer in the fleet still counts where its rows say.
+Hours of the week are each hall's own: its rows are placed with the zone of its opening
+hours (``zones``; UTC for a hall without hours), for ``by=hour_of_week`` and for the
+turned-away estimate's demand per hour of the week.
 
 Raises StorageError from the sources. No I/O of its own.
 """
@@ -27,6 +30,7 @@ from server.analytics import (
     TerminalUse,
     Thresholds,
     TurnedAway,
+    Zones,
     figures,
     hour_start,
     idle_terminals,
@@ -123,7 +127,12 @@ class AnalyticsSources:
         terminal_id: str | None = None,
         service: str | None = None,
     ) -> list[Figures]:
-        return figures(self.rows(r.since, r.until, hall, terminal_id, service), by)
+        rows = self.rows(r.since, r.until, hall, terminal_id, service)
+        return figures(rows, by, self.zones() if by is GroupBy.HOUR_OF_WEEK else None)
+
+    def zones(self) -> Zones:
+        """Each hall's zone, from its opening hours (a hall without hours: UTC)."""
+        return {hall: hours.zone for hall, hours in self.hours().items()}
 
     def open_s(self, r: Range, halls: set[str]) -> dict[str, float]:
         """Opening seconds of each hall in the range (around the clock without hours)."""
@@ -147,7 +156,7 @@ class AnalyticsSources:
 
     def turned_away(self, r: Range, *, hall: str | None = None) -> list[TurnedAway]:
         rows = self.rows(r.since, r.until, hall, None, None)
-        return turned_away(rows, self.availability(r.since, r.until, hall))
+        return turned_away(rows, self.availability(r.since, r.until, hall), self.zones())
 
     def availability_shares(
         self, r: Range, *, hall: str | None = None

@@ -2,8 +2,13 @@
 ISO week as a self-contained HTML page with charts, which ``server.hall_report_pdf``
 turns into a PDF.
 
-- ``parse_week("2026-W48")``: the ISO week as whole UTC hours, Monday 00:00 to the next
-  Monday 00:00 (the rollups' hours of the week are UTC too).
+- ``parse_week("2026-W48", zone)``: the ISO week of the hall's zone (its opening hours';
+  UTC without) as the UTC hours that start in it, from the hour starting at or after
+  local Monday 00:00 to the one starting at or after the next local Monday 00:00: the
+  rollups' rows are UTC hours, and an hour counts in the local hour (so the local week)
+  it starts in (``server.analytics.hour_of_week``). Whole-hour zones give exactly local
+  Monday 00:00 to Monday 00:00 (167 or 169 hours across a DST change); Asia/Kolkata's
+  week runs from Monday 00:30 local.
 - ``paper_incidents``: from the hall's printer transitions, the changes to ``paper_low`` or
   ``paper_out`` in the week, the terminals they happened on and the time spent out of paper
   (a printer already out at the week's start counts from the start; one still out at its
@@ -28,7 +33,7 @@ import io
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Final, Protocol
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -51,6 +56,7 @@ __all__ = [
     "paper_incidents",
     "parse_week",
     "render_html",
+    "week_monday",
 ]
 
 PAPER_STATES: Final = frozenset(
@@ -65,16 +71,29 @@ class Translations(Protocol):
     def gettext(self, message: str) -> str: ...
 
 
-def parse_week(text: str) -> Range:
-    """The ISO week ``YYYY-Www`` in UTC. Raises ReportRefusedError for anything else."""
+def week_monday(text: str) -> date:
+    """The Monday of the ISO week ``YYYY-Www``. Raises ReportRefusedError for anything else."""
     match = _WEEK.match(text)
     try:
         if match is None or not 2000 <= int(match[1]) <= 2100:
             raise ValueError("no match")
-        monday = datetime.fromisocalendar(int(match[1]), int(match[2]), 1).replace(tzinfo=UTC)
+        return date.fromisocalendar(int(match[1]), int(match[2]), 1)
     except ValueError:
         raise ReportRefusedError(f"{text[:20]!r} is not an ISO week like 2026-W48") from None
-    return Range(monday, monday + timedelta(days=7))
+
+
+def _hour_from(local_midnight: date, zone: tzinfo) -> datetime:
+    """The first UTC hour starting at or after ``local_midnight`` 00:00 in ``zone``."""
+    at = datetime.combine(local_midnight, datetime.min.time(), tzinfo=zone).astimezone(UTC)
+    start = at.replace(minute=0, second=0, microsecond=0)
+    return start if start == at else start + timedelta(hours=1)
+
+
+def parse_week(text: str, zone: tzinfo = UTC) -> Range:
+    """The ISO week ``YYYY-Www`` of ``zone`` as UTC hours (module docstring). Raises
+    ReportRefusedError for anything else."""
+    monday = week_monday(text)
+    return Range(_hour_from(monday, zone), _hour_from(monday + timedelta(days=7), zone))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +146,12 @@ class HallWeek:
 
     hall: str
     week: str
+    timezone: str  # the hall's (its opening hours'), "UTC" without
     range: Range
     summary: Figures | None  # None: no transaction
     use: TerminalUse | None  # None: no terminal
     availability: Sequence[tuple[str, float, float]]  # (service, open s, available s)
-    by_hour: Mapping[int, int]  # hour of the week (0 = Monday 00:00 UTC) → transactions
+    by_hour: Mapping[int, int]  # hall-local hour of the week (0 = Monday 00:00) → transactions
     paper: PaperIncidents
     moves: Sequence[Move]  # recommended moves into or out of the hall
     idle: Sequence[tuple[TerminalUse, float]]  # (idle terminal of the hall, hall median)
@@ -150,13 +170,16 @@ def hall_week(
     week: str,
 ) -> HallWeek:
     """The report's figures. ``transitions(hall, since, until)``: as ``paper_incidents``
-    wants them. Raises ReportRefusedError for a bad week, StorageError from the sources."""
-    r = parse_week(week)
+    wants them. The week and its hours are the hall's zone's (its opening hours'; UTC
+    without). Raises ReportRefusedError for a bad week, StorageError from the sources."""
+    hours = sources.hours().get(hall)
+    r = parse_week(week, UTC if hours is None else hours.zone)
     (summary,) = sources.transactions(r, GroupBy.HALL, hall=hall) or (None,)
     use = sources.utilisation(r)
     return HallWeek(
         hall=hall,
         week=week,
+        timezone="UTC" if hours is None else hours.timezone,
         range=r,
         summary=summary,
         use=next((h for h in use.halls if h.hall == hall), None),
@@ -244,5 +267,6 @@ def render_html(report: HallWeek, catalog: Translations, language: str = "en") -
         failed=failed,
         percent=_percent,
         hours=_hours,
-        last_day=report.range.until - timedelta(days=1),
+        first_day=week_monday(report.week),
+        last_day=week_monday(report.week) + timedelta(days=6),
     )

@@ -2,8 +2,9 @@
 hours as the API's), per hall its transactions, completion rate, utilisation, availability
 of each service during opening hours, citizens estimated turned away, idle terminals; the
 overloaded halls and the recommended moves with the figures they rest on; and a demand
-heat map by hour of the week (UTC), a plain table whose cells are shaded by class (no
-script, no outside asset).
+heat map by hour of the week in each hall's own time zone (a hall's rows are placed with
+the zone of its opening hours, UTC without; several halls add up local hour by local
+hour), a plain table whose cells are shaded by class (no script, no outside asset).
 
 The figures are the API's: the page calls the functions ``/api/v1/analytics/*`` answer
 with (``server.analytics_api``'s ``*_public`` over ``server.analytics_report``), so the

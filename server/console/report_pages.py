@@ -1,6 +1,7 @@
 """The console's weekly hall report download (viewer and up):
 ``GET /console/halls/{hall}/report?week=2026-W48&format=pdf|html``, the hall page's link.
-Without ``week``, the last whole ISO week (UTC) before today. The report is the API's
+Without ``week``, the ISO week before today's (by the server's UTC date; the week itself
+is the hall's, in its time zone: ``server.hall_report.parse_week``). The report is the API's
 (``server.hall_report_api.report_download``), its headings in the console user's language;
 it shares the API's render limit (429 with ``Retry-After`` beyond it, an error page).
 """

@@ -17,7 +17,16 @@ from tests.integration.conftest import RawTerminal, TerminalFactory, admin_token
 from tests.support.fleet_messages import PRINTER_OK
 from tests.support.waiting import wait_until
 
-__all__ = ["SEED", "WEEK_SETTINGS", "api_put", "rolled_up", "simulate_week", "week_range"]
+__all__ = [
+    "SEED",
+    "WEEK_SETTINGS",
+    "api_put",
+    "last_week",
+    "rolled_up",
+    "send_usage",
+    "simulate_week",
+    "week_range",
+]
 
 SEED = 14
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri")
@@ -32,7 +41,8 @@ WEEK_SETTINGS: dict[str, Any] = {
 """Server settings for a week sent in one go and rolled up within seconds."""
 
 
-def _last_week(now: datetime) -> datetime:
+def last_week(now: datetime) -> datetime:
+    """Monday 00:00 UTC of the week before ``now``'s."""
     monday = (now - timedelta(days=now.weekday() + 7)).astimezone(UTC)
     return monday.replace(hour=0, minute=0, second=0, microsecond=0)
 
@@ -54,7 +64,8 @@ def _configure(server: Server, plan: DemandPlan) -> None:
         api_put(server, f"/api/v1/halls/{hall.hall}/opening-hours", hours)
 
 
-def _send(terminal: RawTerminal, t: Transaction) -> None:
+def send_usage(terminal: RawTerminal, t: Transaction) -> None:
+    """Publish ``t`` as the ``kf.usage`` the agent would send (``sent_at`` = ``t.at``)."""
     body = UsageBody(
         service=t.service,
         outcome=Outcome(t.outcome),
@@ -81,7 +92,7 @@ def simulate_week(server: Server, terminals: TerminalFactory) -> tuple[list[Tran
     answers the transactions sent and the Monday 00:00 UTC the week starts."""
     plan = planted_plan()
     _configure(server, plan)
-    start = _last_week(datetime.now(UTC))
+    start = last_week(datetime.now(UTC))
     transactions = generate(plan, start, SEED)
     raw = {}
     for hall in plan.halls:
@@ -90,7 +101,7 @@ def simulate_week(server: Server, terminals: TerminalFactory) -> tuple[list[Tran
             raw[tid].report([PRINTER_OK])
     wait_until(lambda: server.fleet.get("T-0302") is not None, 10, "the terminals' halls")
     for t in transactions:
-        _send(raw[t.terminal_id], t)
+        send_usage(raw[t.terminal_id], t)
     return transactions, start
 
 

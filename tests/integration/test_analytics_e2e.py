@@ -2,8 +2,9 @@
 ``sent_at``) published as ``kf.usage`` by raw terminals through a real mosquitto into the
 real server, rolled up by its scheduled job, read back from the analytics API and the
 metrics. The planted idle terminal, the overloaded hall, the recommended move and the
-paper use per service are recovered; no field of any analytics answer or label of any
-analytics metric could carry personal data. On SQLite and PostgreSQL.
+paper use per service are recovered; a hall in Asia/Shanghai shows its local Monday 09:00
+at hour of the week 9; no field of any analytics answer or label of any analytics metric
+could carry personal data. On SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,16 @@ from server.analytics_metrics import ANALYTICS_METRIC_NAMES
 from server.main import Server
 from server.usage_metrics import USAGE_METRIC_NAMES
 from tests.integration.conftest import ServerFactory, TerminalFactory, api, scrape
-from tests.integration.simulated_week import WEEK_SETTINGS, rolled_up, simulate_week, week_range
+from tests.integration.simulated_week import (
+    WEEK_SETTINGS,
+    api_put,
+    last_week,
+    rolled_up,
+    send_usage,
+    simulate_week,
+    week_range,
+)
+from tests.support.fleet_messages import PRINTER_OK
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -127,6 +137,61 @@ def test_a_simulated_week_recovers_the_planted_idle_terminal_overloaded_hall_and
         / seen[("kioskfleet_hall_utilisation_ratio", "hall-01")]
     )
     assert abs(ratio - api_use["hall-03"] / api_use["hall-01"]) < 1e-9
+
+
+def _hours_of_week(server: Server, start: datetime, **filters: str) -> dict[int, int]:
+    response = api(
+        server, "/api/v1/analytics/transactions", by="hour_of_week", **filters, **week_range(start)
+    )
+    assert response.status_code == 200, response.text
+    return {g["key"]: g["transactions"] for g in response.json()["groups"]}
+
+
+def test_a_shanghai_halls_local_monday_nine_is_hour_of_week_nine_through_the_api(
+    private_server: ServerFactory, private_terminals: TerminalFactory, database_url: str
+) -> None:
+    server = private_server(database_url=database_url, **WEEK_SETTINGS)
+    api_put(server, "/api/v1/services", {"services": [{"code": "tax.invoice.print", "needs": []}]})
+    for hall, zone in (("hall-sh", "Asia/Shanghai"), ("hall-utc", "UTC")):
+        weekly = {d: [{"start": "08:00", "end": "17:00"}] for d in ("mon", "tue")}
+        api_put(server, f"/api/v1/halls/{hall}/opening-hours", {"timezone": zone, "weekly": weekly})
+    shanghai = private_terminals("T-SH01", hall="hall-sh", region="region-cn")
+    utc = private_terminals("T-UT01", hall="hall-utc", region="region-eu")
+    nohours = private_terminals("T-NO01", hall="hall-nohours", region="region-eu")
+    for raw in (shanghai, utc, nohours):
+        raw.report([PRINTER_OK])
+    wait_until(
+        lambda: all(server.fleet.get(t) is not None for t in ("T-SH01", "T-UT01", "T-NO01")),
+        10,
+        "the terminals' halls",
+    )
+    monday = last_week(datetime.now(UTC))
+
+    def at(hour: float) -> datetime:
+        return monday + timedelta(hours=hour)
+
+    # Planted: Shanghai's peak at its local Monday 09:00 (01:00 UTC), a little at its
+    # Tuesday 11:00 (03:00 UTC); the UTC hall's at 09:00 UTC; the hall without hours in UTC.
+    planted = [
+        *(("T-SH01", at(1 + i / 10)) for i in range(6)),
+        *(("T-SH01", at(24 + 3 + i / 10)) for i in range(2)),
+        *(("T-UT01", at(9 + i / 10)) for i in range(4)),
+        ("T-NO01", at(14.5)),
+    ]
+    raws = {"T-SH01": shanghai, "T-UT01": utc, "T-NO01": nohours}
+    for tid, when in planted:
+        send_usage(
+            raws[tid], Transaction(tid, when, "tax.invoice.print", "completed", None, 300.0, 3)
+        )
+    wait_until(lambda: rolled_up(server, monday) == len(planted), 60, "the transactions rolled up")
+
+    local = _hours_of_week(server, monday, hall="hall-sh")
+    assert local == {9: 6, 24 + 11: 2}
+    assert max(local, key=lambda k: local[k]) == 9  # Monday 09:00, not the UTC hour 1
+    assert _hours_of_week(server, monday, hall="hall-utc") == {9: 4}
+    assert _hours_of_week(server, monday, hall="hall-nohours") == {14: 1}  # UTC
+    # several halls: each hall's rows in its own zone, so the two 09:00s add up
+    assert _hours_of_week(server, monday) == {9: 10, 14: 1, 24 + 11: 2}
 
 
 _FIELDS = (

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from agent.agent import Agent, OutboundFullError, Published, RecordingOutbound
-from agent.clock import FakeClock
+from agent.clock import FakeClock, OffsetClock
 from agent.config import AgentConfig
 from protocol.codec import decode
 from protocol.messages import (
@@ -390,6 +390,16 @@ def test_a_wall_clock_after_2200_does_not_stop_a_clean_shutdown() -> None:
     agent.stop()
     assert agent.stats.dropped == 1
     assert len(out.published) == 1  # only the boot event
+
+
+def test_an_offset_clock_moves_the_wall_time_only_and_runs_at_the_other_clocks_speed() -> None:
+    base = FakeClock(start=50.0, wall_start=datetime(2026, 12, 6, 20, tzinfo=UTC))
+    moved = OffsetClock(base, -6 * 86400 + 3600.0)
+    assert moved.wall() == datetime(2026, 11, 30, 21, tzinfo=UTC)
+    assert moved.monotonic() == 50.0
+    base.advance(90.0)
+    assert moved.wall() == datetime(2026, 11, 30, 21, 1, 30, tzinfo=UTC)
+    assert moved.monotonic() == 140.0
 
 
 def test_a_status_relabelled_for_its_probe_is_validated_against_the_probes_kind() -> None:
