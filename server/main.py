@@ -241,7 +241,16 @@ class Server:
             refresh_s=settings.maintenance_refresh_s,
             clock=lambda: datetime.now(UTC),
         )
-        registry.register(  # fleet gauges, computed at scrape time
+        # The fleet's scheduled jobs run, and its gauges are exported, on the replica holding
+        # this lease (docs/scale-out.md).
+        self.job_lease = JobLease(
+            self.storage,
+            f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
+            LeaseMetrics(registry),
+            duration=timedelta(seconds=settings.job_lease_duration_s),
+            on_acquired=self._take_up_fleet_jobs,
+        )
+        registry.register(  # fleet gauges, computed at scrape time, by the lease holder only
             FleetCollector(
                 self.fleet,
                 LabelBudget(
@@ -254,6 +263,7 @@ class Server:
                 openings=self.hall_openings,
                 maintenance=self.maintenance_book,
                 on_lock_held=self.metrics.fleet_lock_held.observe,
+                exporting=self.job_lease.held,
             )
         )
         self.writer = WriteBehind(
@@ -526,14 +536,6 @@ class Server:
                     ),
                 )
             ),
-        )
-        # The fleet's scheduled jobs run on the replica holding this lease (docs/scale-out.md).
-        self.job_lease = JobLease(
-            self.storage,
-            f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
-            LeaseMetrics(registry),
-            duration=timedelta(seconds=settings.job_lease_duration_s),
-            on_acquired=self._take_up_fleet_jobs,
         )
         self._scheduler: BackgroundScheduler | None = None
         self._http: uvicorn.Server | None = None

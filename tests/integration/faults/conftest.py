@@ -1,6 +1,7 @@
 """Fixtures for the fault-injection suite: server subprocesses, simulated fleets with durable
 outboxes, loopback fault proxies, a small tmpfs that can be filled, and the drain-and-stop
-step every scenario ends with before its exact count check (``accounting.py``).
+step every scenario ends with before its exact count check (``accounting.py``), and a
+three-node nats-server cluster for the tests that run on one.
 
 Everything runs on loopback, with short intervals (reports every 0.2 s, drain
 jitter ≤ 0.3 s, reconnect backoff ≤ 1 s) so that each test stays well under a
@@ -28,6 +29,7 @@ from kioskfleet.local_broker import LocalBroker
 from tests.integration.conftest import unique
 from tests.integration.faults.proxy import FaultProxy
 from tests.integration.faults.server_process import ServerProcess
+from tests.support.nats_cluster import NatsCluster
 
 REPORT_INTERVAL_S = 0.2
 
@@ -158,6 +160,41 @@ def force_events(sim: Simulation, count: int, *, offset: int = 0) -> int:
     for i in range(count):
         sim.force(ids[(offset + i) % len(ids)], "receipt_printer", PeripheralCondition.JAM)
     return count
+
+
+# --- a broker cluster ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """Three nats-server JetStream nodes with an MQTT listener each (``tests/support``)."""
+    cluster = NatsCluster(tmp_path / "nats")
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+def start_a_fleet_per_node(
+    fleets: Fleets, cluster: NatsCluster, terminals: int, prefix: str
+) -> list[Simulation]:
+    """A simulated fleet of ``terminals`` on each node (ids ``{prefix}{node}-...``, MQTT 3.1.1),
+    every terminal connected and 5 printers per fleet jammed (one event each)."""
+    sims = [
+        fleets.start(
+            node.mqtt_url,
+            terminals,
+            prefix=f"{prefix}{i}",
+            mqtt_protocol="3.1.1",
+            shutdown_timeout_s=20.0,  # a clean stop waits this long for the confirmations
+        )
+        for i, node in enumerate(cluster.nodes)
+    ]
+    for sim in sims:
+        wait_connected(sim)
+    for sim in sims:
+        force_events(sim, 5)
+    return sims
 
 
 # --- network and disk faults ----------------------------------------------------------------

@@ -30,7 +30,13 @@ import pytest
 from agent.outbox import OutboxStats
 from tests.integration.conftest import unique, wait_until
 from tests.integration.faults.accounting import wait_for_exact_accounting
-from tests.integration.faults.conftest import Fleets, drain_and_stop, force_events, wait_connected
+from tests.integration.faults.conftest import (
+    Fleets,
+    drain_and_stop,
+    force_events,
+    start_a_fleet_per_node,
+    wait_connected,
+)
 from tests.integration.faults.server_process import ServerProcess
 from tests.support.nats_cluster import NatsCluster
 
@@ -38,15 +44,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TERMINALS_PER_NODE = 30
 DOWN_S = 3.0
-
-
-@pytest.fixture
-def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    cluster = NatsCluster(tmp_path / "nats")
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture
@@ -77,20 +74,7 @@ def _run_with_a_node_killed(
 ) -> tuple[str, dict[str, OutboxStats]]:
     """Stream, SIGKILL the node ``choose`` names, restart it, drain. Returns which node was
     killed and which led the MQTT message stream then, and every terminal's outbox."""
-    sims = [
-        fleets.start(
-            node.mqtt_url,
-            TERMINALS_PER_NODE,
-            prefix=f"NT{i}",
-            mqtt_protocol="3.1.1",
-            shutdown_timeout_s=20.0,  # a clean stop waits this long for the confirmations
-        )
-        for i, node in enumerate(cluster.nodes)
-    ]
-    for sim in sims:
-        wait_connected(sim)
-    for sim in sims:
-        force_events(sim, 5)
+    sims = start_a_fleet_per_node(fleets, cluster, TERMINALS_PER_NODE, "NT")
     time.sleep(1.5)  # 90 terminals x 5 reports a second, spread over the three nodes
 
     leader = cluster.stream_leader()
