@@ -85,6 +85,7 @@ ACCESS_METRIC_NAMES: Final = frozenset(
         "kioskfleet_audit_write_failures_total",
         "kioskfleet_audit_denied_suppressed_total",
         "kioskfleet_console_logins_total",  # server.console.web: login attempts by result
+        "kioskfleet_hall_report_renders_total",  # server.report_gate: rendered, cached, refused
     }
 )
 # Signed releases (docs/updates.md): exported while updates_dir is set.
