@@ -43,7 +43,7 @@ session are handed again at once, in seq order, ahead of anything newer, within
 the window and the token bucket: the only case where a row is handed twice in
 one process. Confirmations list a gap until its fill is committed, so a refill
 pass starts at most every ``refill_retry_s`` (a re-send the broker lost again is
-re-sent by a later pass). A missing row the outbox no longer has (dropped for
+re-sent by a later pass), also during a clean stop's wait for confirmations. A missing row the outbox no longer has (dropped for
 its quota) is not re-sent; the server forgets that gap after its window.
 
 The event loop drives it: ``next_due()`` says when ``pump(now)`` has work,
@@ -375,12 +375,15 @@ class OutboxSender:
                 self._outbox_failed(exc)
 
     def stop(self) -> None:
-        """Hand nothing more (a clean stop waits only for what is in flight)."""
+        """Hand nothing new (a clean stop waits only for what was handed); rows a
+        confirmation lists missing were handed, and are still re-sent meanwhile."""
         self._stopped = True
 
     def next_due(self) -> float:
         """When ``pump`` next has work (monotonic seconds); infinity if it must wait for an event."""
-        if self._stopped or not self._connected or not self._connection.connected:
+        if not self._connected or not self._connection.connected:
+            return math.inf
+        if self._stopped and not self._refilling:
             return math.inf
         if not self._memory and not self._maybe_waiting and not self._refilling:
             return math.inf
@@ -395,7 +398,9 @@ class OutboxSender:
 
     def pump(self, now: float) -> None:
         """Hand what the window, the rate and the jitter allow, oldest first."""
-        if self._stopped or not self._connected or not self._connection.connected:
+        if not self._connected or not self._connection.connected:
+            return
+        if self._stopped and not self._refilling:
             return
         if now < self._drain_not_before or now < self._retry_at:
             return
@@ -404,7 +409,7 @@ class OutboxSender:
         room = min(self._settings.max_inflight - len(self._inflight), int(self._tokens))
         if room > 0 and self._refilling:
             room -= self._refill(now, room)
-        if room <= 0:
+        if room <= 0 or self._stopped:
             return
         rows = []
         if self._maybe_waiting:

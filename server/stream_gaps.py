@@ -68,4 +68,4 @@ def open_ranges(gaps: Gaps, now: datetime, window: timedelta) -> tuple[SeqRange,
 def _live(gaps: Gaps, now: datetime, window: timedelta) -> Gaps:
     if not gaps:
         return gaps
-    return tuple(g for g in gaps if g.noticed_at + window >= now)
+    return tuple(g for g in gaps if g.noticed_at + window > now)

@@ -517,6 +517,21 @@ def test_after_a_reconnect_a_row_listed_missing_is_handed_once_in_the_resend() -
     assert rig.sender.stats().refilled == 0  # the resend after the grace covered them
 
 
+def test_after_stop_a_row_listed_missing_is_still_re_sent_but_nothing_new_is_handed() -> None:
+    rig = _acknowledged(3)
+    rig.sender.stop()
+    rig.say(1)  # 4: stored, never handed
+    rig.conn.sent.clear()
+    rig.sender.on_committed(rig.sender.boot_id, 3, [(2, 2)])
+    assert rig.sender.next_due() < float("inf")
+    rig.advance(0.1)
+    assert rig.conn.payloads() == [b"2"]
+    rig.ack_all()
+    rig.advance(0.1)
+    assert rig.conn.payloads() == [b"2"]
+    assert rig.sender.next_due() == float("inf")
+
+
 def test_without_confirmations_a_puback_still_removes_the_row() -> None:
     rig = Rig(require_commit_confirmation=False)
     rig.say(2)

@@ -46,9 +46,10 @@ def test_a_fill_splits_its_range_and_a_seq_outside_every_range_is_no_fill() -> N
 def test_a_gap_is_open_for_the_window_and_then_forgotten() -> None:
     gaps = stream_gaps.note((), 3, 3, at(0), WINDOW)
     gaps = stream_gaps.note(gaps, 9, 9, at(30), WINDOW)
-    assert stream_gaps.open_ranges(gaps, at(60), WINDOW) == ((3, 3), (9, 9))
-    assert stream_gaps.open_ranges(gaps, at(61), WINDOW) == ((9, 9),)
-    assert stream_gaps.fill(gaps, 3, at(61), WINDOW) is None  # forgotten: a counted gap
+    assert stream_gaps.open_ranges(gaps, at(59), WINDOW) == ((3, 3), (9, 9))
+    assert stream_gaps.open_ranges(gaps, at(60), WINDOW) == ((9, 9),)
+    assert stream_gaps.fill(gaps, 3, at(60), WINDOW) is None  # forgotten: a counted gap
+    assert stream_gaps.open_ranges(gaps, at(30), timedelta(0)) == ()  # a window of 0: off
     assert stream_gaps.note(gaps, 20, 20, at(100), WINDOW) == (stream_gaps.Gap(20, 20, at(100)),)
 
 
