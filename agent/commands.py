@@ -3,7 +3,8 @@
 ``route_commands`` returns the one callback ``MqttConnection.receive_commands``
 takes (only this terminal's own ``cmd`` topic reaches it, and the broker ACL lets
 only the server identity publish there). A ``kf.committed`` is decoded
-(``protocol.committed``) and handed to the outbox sender's ``on_committed``; a
+(``protocol.committed``) and handed to the outbox sender's ``on_committed`` (its
+stream, seq and the ranges the server still misses); a
 malformed one is logged (once per reason) and dropped; anything else goes to
 the update service (which verifies directives itself), or is dropped when
 updates are off. Never raises for any payload.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from protocol.committed import COMMITTED_SCHEMA, decode_committed
+from protocol.committed import COMMITTED_SCHEMA, SeqRange, decode_committed
 from protocol.directives import cmd_schema
 from protocol.errors import ProtocolError
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def route_commands(
-    on_committed: Callable[[str, int], None],
+    on_committed: Callable[[str, int, tuple[SeqRange, ...]], None],
     directives: Callable[[bytes], None] | None,
     *,
     terminal_id: str,
@@ -41,7 +42,7 @@ def route_commands(
                     logged.add(exc.reason)
                     log.warning("%s: dropped a malformed kf.committed: %s", terminal_id, exc)
                 return
-            on_committed(committed.boot_id, committed.seq)
+            on_committed(committed.boot_id, committed.seq, committed.ranges)
         elif directives is not None:
             directives(payload)
 

@@ -116,15 +116,17 @@ class AgentRuntime:
         probes: Sequence[Probe] | None = None,
         clock: Clock | None = None,
         outbox: Outbox | None = None,
+        connection: MqttConnection | None = None,
     ) -> None:
-        """``outbox`` defaults to the one ``config.outbox`` names (see ``open_outbox``).
+        """``outbox`` defaults to the one ``config.outbox`` names (see ``open_outbox``);
+        ``connection`` to an ``MqttConnection`` with the config's settings.
 
         Raises ValueError for bad probe specs, ConnectionSetupError for unusable
         TLS files, OutboxError if the outbox cannot be read, UpdateServiceError if updates
         are enabled and the trusted root is unreadable.
         """
         self.config = config
-        self.connection = MqttConnection(ConnectionSettings.from_config(config))
+        self.connection = connection or MqttConnection(ConnectionSettings.from_config(config))
         self.outbox = outbox if outbox is not None else open_outbox(config)
         self.sender = OutboxSender(
             self.outbox, config.terminal_id, self.connection, sender_settings(config)

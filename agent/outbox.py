@@ -3,7 +3,7 @@
 Every report, event and update status is appended here (one SQLite database
 in WAL mode, stdlib ``sqlite3``) before it is handed to MQTT, and removed only
 when the server confirmed its commit (``remove_through``: a ``kf.committed``
-covers its seq) or, with confirmations off, when its PUBACK arrives (``remove``). One file holds any number of terminals (the simulator
+covers its seq and does not list it missing) or, with confirmations off, when its PUBACK arrives (``remove``). One file holds any number of terminals (the simulator
 keeps all the terminals of a process in one file). Per terminal it keeps the
 *stream*: the envelope's ``boot_id`` (drawn at random when the terminal's row
 is first created) and the last ``seq`` assigned, so an agent restart or a
@@ -81,6 +81,7 @@ _BUSY_TIMEOUT_S: Final = 10.0
 _WARN_EVERY_S: Final = 60.0
 _SQLITE_CORRUPT: Final = 11
 _SQLITE_NOTADB: Final = 26
+_MAX_INT: Final = 2**63 - 1  # SQLite's largest integer: "no bound" in a comparison
 STREAM_CHANNELS: Final = frozenset({Channel.REPORT, Channel.EVENT, Channel.UPDATE, Channel.USAGE})
 """The channels whose messages go through the outbox (ordered, counted, never lost)."""
 
@@ -505,18 +506,32 @@ class Outbox:
                 (through_id, terminal_id),
             )
 
-    def peek(self, terminal_id: str, after_id: int, limit: int) -> list[OutboxItem]:
-        """Up to ``limit`` of the terminal's rows with an id above ``after_id``, oldest first.
-
-        Raises OutboxError.
+    def peek(
+        self,
+        terminal_id: str,
+        after_id: int,
+        limit: int,
+        *,
+        through_id: int | None = None,
+        through_seq: int | None = None,
+    ) -> list[OutboxItem]:
+        """Up to ``limit`` of the terminal's rows with an id above ``after_id``, oldest first;
+        only those with an id at or below ``through_id`` and a seq at or below
+        ``through_seq`` when given. Raises OutboxError.
         """
         if limit <= 0:
             return []
         with self._transaction("peek", write=False) as db:
             rows = db.execute(
                 "SELECT id, channel, seq, topic, payload FROM outbox_message"
-                " WHERE terminal_id = ? AND id > ? ORDER BY id LIMIT ?",
-                (terminal_id, after_id, limit),
+                " WHERE terminal_id = ? AND id > ? AND id <= ? AND seq <= ? ORDER BY id LIMIT ?",
+                (
+                    terminal_id,
+                    after_id,
+                    _MAX_INT if through_id is None else through_id,
+                    _MAX_INT if through_seq is None else through_seq,
+                    limit,
+                ),
             ).fetchall()
         return [OutboxItem(r[0], Channel(r[1]), r[2], r[3], bytes(r[4])) for r in rows]
 
@@ -532,14 +547,20 @@ class Outbox:
             sql = f"DELETE FROM outbox_message WHERE terminal_id = ? AND id IN ({marks}) RETURNING length(payload)"  # noqa: S608 - only '?' marks; values are bound
             _uncount(db, terminal_id, db.execute(sql, (terminal_id, *ids)).fetchall())
 
-    def remove_through(self, terminal_id: str, seq: int) -> int:
+    def remove_through(
+        self, terminal_id: str, seq: int, keep: Sequence[tuple[int, int]] = ()
+    ) -> int:
         """Delete the terminal's rows with a seq at or below ``seq`` (the server committed
-        them: ``kf.committed``); returns how many were deleted. Raises OutboxError."""
+        them: ``kf.committed``) except those in a ``keep`` range ``(first, last)`` (the
+        server misses them: to be re-sent); returns how many were deleted. Raises
+        OutboxError."""
+        spare = "".join(" AND seq NOT BETWEEN ? AND ?" for _ in keep)
         with self._transaction("remove") as db:
             gone = db.execute(
-                "DELETE FROM outbox_message WHERE terminal_id = ? AND seq <= ?"
-                " RETURNING length(payload)",
-                (terminal_id, seq),
+                "DELETE FROM outbox_message WHERE terminal_id = ? AND seq <= ?"  # noqa: S608 - only '?' marks; values are bound
+                + spare
+                + " RETURNING length(payload)",
+                (terminal_id, seq, *(bound for r in keep for bound in r)),
             ).fetchall()
             _uncount(db, terminal_id, gone)
         return len(gone)

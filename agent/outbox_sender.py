@@ -36,6 +36,16 @@ counts the lost ones as gaps. Re-sent messages it already has are duplicates it
 acknowledges and confirms again. A clean stop waits (bounded) for the
 confirmations of what was handed.
 
+Gap refills: a ``kf.committed`` may list ``missing`` ranges below its seq (a
+broker acknowledged them and lost them, the session never dropped). Those rows
+stay (``Outbox.remove_through`` keeps them) and the ones already handed in this
+session are handed again at once, in seq order, ahead of anything newer, within
+the window and the token bucket: the only case where a row is handed twice in
+one process. Confirmations list a gap until its fill is committed, so a refill
+pass starts at most every ``refill_retry_s`` (a re-send the broker lost again is
+re-sent by a later pass), also during a clean stop's wait for confirmations. A missing row the outbox no longer has (dropped for
+its quota) is not re-sent; the server forgets that gap after its window.
+
 The event loop drives it: ``next_due()`` says when ``pump(now)`` has work,
 ``on_connected``/``on_disconnected`` come from the session. This module never
 imports paho or sqlite3 and never decides what a terminal says.
@@ -48,7 +58,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -100,15 +110,21 @@ class SenderSettings:
     # off, a PUBACK removes the row: the behaviour before confirmations existed).
     require_commit_confirmation: bool = False
     resend_grace_s: float = 1.0  # after a reconnect, wait this long before re-sending
+    # re-send the rows a kf.committed lists missing at most this often (one pass each)
+    refill_retry_s: float = 5.0
 
     def __post_init__(self) -> None:
         if min(self.max_inflight, self.drain_burst, self.max_memory, self.max_message_bytes) < 1:
             raise ValueError(
                 "max_inflight, drain_burst, max_memory and max_message_bytes must be at least 1"
             )
-        if not self.drain_rate_per_s > 0 or self.drain_jitter_s < 0 or self.resend_grace_s < 0:
+        if (
+            not self.drain_rate_per_s > 0
+            or min(self.drain_jitter_s, self.resend_grace_s, self.refill_retry_s) < 0
+        ):
             raise ValueError(
-                "drain_rate_per_s must be positive, drain_jitter_s and resend_grace_s not negative"
+                "drain_rate_per_s must be positive, drain_jitter_s, resend_grace_s and"
+                " refill_retry_s not negative"
             )
 
 
@@ -124,6 +140,7 @@ class SenderStats:
     inflight: int  # handed, PUBACK not yet received
     confirmed: int = 0  # rows removed because a kf.committed covered them
     unconfirmed: int = 0  # rows handed in this session, no kf.committed covers them yet
+    refilled: int = 0  # rows handed again because a kf.committed listed them missing
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +198,13 @@ class OutboxSender:
         self._sent: dict[int, int] = {}  # row id -> seq: handed, not yet confirmed
         self._rows_sent = 0  # len(self._sent), for stats() from another thread
         self._confirmed = 0
+        # A refill pass: rows with a seq at or below _refill_through and an id above
+        # _refill_after (and at or below the cursor) are handed again before anything new.
+        self._refilling = False
+        self._refill_after = 0
+        self._refill_through = 0
+        self._refill_not_before = -math.inf
+        self._refill_count = 0
 
     # -- what the Agent calls (the Outbound port) ----------------------------------
 
@@ -290,22 +314,31 @@ class OutboxSender:
         self._rows_sent = 0
         self._cursor = 0
         self._maybe_waiting = True
+        self._refilling = False  # everything stored is handed again anyway
 
-    def on_committed(self, boot_id: str, seq: int) -> None:
-        """The server committed this stream up to ``seq``: remove the rows it covers.
+    def on_committed(self, boot_id: str, seq: int, missing: Sequence[tuple[int, int]] = ()) -> None:
+        """The server committed this stream up to ``seq`` except the ``missing`` ranges
+        ``(first, last)``: remove the rows it covers, keep and re-send the missing ones.
 
         A confirmation for another stream (an older boot_id) is ignored."""
         if boot_id != self.stream.boot_id:
             return
         try:
-            removed = self._outbox.remove_through(self._terminal_id, seq)
+            removed = self._outbox.remove_through(self._terminal_id, seq, keep=missing)
         except OutboxError as exc:  # the rows stay; the next confirmation covers them
             self._outbox_failed(exc)
             return
         self._confirmed += removed
-        for row_id in [r for r, row_seq in self._sent.items() if row_seq <= seq]:
+        covered = [
+            r
+            for r, row_seq in self._sent.items()
+            if row_seq <= seq and not any(first <= row_seq <= last for first, last in missing)
+        ]
+        for row_id in covered:
             del self._sent[row_id]
         self._rows_sent = len(self._sent)
+        if missing and self._confirming:
+            self._start_refill(min(seq, missing[-1][1]))
 
     def awaiting_confirmation(self) -> bool:
         """True while rows handed in this session wait for their kf.committed."""
@@ -342,14 +375,17 @@ class OutboxSender:
                 self._outbox_failed(exc)
 
     def stop(self) -> None:
-        """Hand nothing more (a clean stop waits only for what is in flight)."""
+        """Hand nothing new (a clean stop waits only for what was handed); rows a
+        confirmation lists missing were handed, and are still re-sent meanwhile."""
         self._stopped = True
 
     def next_due(self) -> float:
         """When ``pump`` next has work (monotonic seconds); infinity if it must wait for an event."""
-        if self._stopped or not self._connected or not self._connection.connected:
+        if not self._connected or not self._connection.connected:
             return math.inf
-        if not self._memory and not self._maybe_waiting:
+        if self._stopped and not self._refilling:
+            return math.inf
+        if not self._memory and not self._maybe_waiting and not self._refilling:
             return math.inf
         if len(self._inflight) >= self._settings.max_inflight:
             return math.inf  # a PUBACK frees the window
@@ -362,14 +398,18 @@ class OutboxSender:
 
     def pump(self, now: float) -> None:
         """Hand what the window, the rate and the jitter allow, oldest first."""
-        if self._stopped or not self._connected or not self._connection.connected:
+        if not self._connected or not self._connection.connected:
+            return
+        if self._stopped and not self._refilling:
             return
         if now < self._drain_not_before or now < self._retry_at:
             return
         self._tokens = self._refilled(now)
         self._tokens_at = now
         room = min(self._settings.max_inflight - len(self._inflight), int(self._tokens))
-        if room <= 0:
+        if room > 0 and self._refilling:
+            room -= self._refill(now, room)
+        if room <= 0 or self._stopped:
             return
         rows = []
         if self._maybe_waiting:
@@ -395,26 +435,16 @@ class OutboxSender:
             except OutboxError as exc:
                 self._outbox_failed(exc)
         for seq, row_id, topic, payload in candidates[:room]:
-            try:
-                mid = self._connection.publish(topic, payload, False)
-            except OutboundError as exc:
-                if self._last_error != str(exc):
-                    log.warning("%s: connection refused a message: %s", self._terminal_id, exc)
-                    self._last_error = str(exc)
-                self._retry_at = now + _RETRY_S
+            mid = self._hand(topic, payload, now)
+            if mid is None:
                 self._maybe_waiting = True
                 return
             if row_id is None:
                 self._memory.popleft()
+                self._inflight[mid] = None
             else:
                 self._cursor = row_id
-                self._rows_inflight += 1
-                if self._confirming:
-                    self._sent[row_id] = seq
-                    self._rows_sent = len(self._sent)
-            self._inflight[mid] = row_id
-            self._tokens -= 1.0
-            self._handed += 1
+                self._handed_row(mid, row_id, seq)
         if len(candidates) > room:
             self._maybe_waiting = True
 
@@ -439,9 +469,69 @@ class OutboxSender:
             inflight=len(self._inflight),
             confirmed=self._confirmed,
             unconfirmed=self._rows_sent,
+            refilled=self._refill_count,
         )
 
     # -- internals ---------------------------------------------------------------
+
+    def _start_refill(self, through_seq: int) -> None:
+        """Hand the kept rows up to ``through_seq`` again, unless a pass started lately."""
+        now = self._monotonic()
+        if now < self._refill_not_before:
+            return
+        self._refill_not_before = now + self._settings.refill_retry_s
+        self._refilling = True
+        self._refill_after = 0
+        self._refill_through = through_seq
+
+    def _refill(self, now: float, room: int) -> int:
+        """Hand up to ``room`` rows of the refill pass (rows already handed in this
+        session: the ones above the cursor are handed in order anyway); how many."""
+        try:
+            rows = self._outbox.peek(
+                self._terminal_id,
+                self._refill_after,
+                room,
+                through_id=self._cursor,
+                through_seq=self._refill_through,
+            )
+        except OutboxError as exc:
+            self._outbox_failed(exc)
+            self._retry_at = now + _RETRY_S
+            return room
+        if len(rows) < room:
+            self._refilling = False
+        for row in rows:
+            mid = self._hand(row.topic, row.payload, now)
+            if mid is None:
+                self._refilling = True
+                return room
+            self._refill_after = row.id
+            self._handed_row(mid, row.id, row.seq)
+            self._refill_count += 1
+        return len(rows)
+
+    def _hand(self, topic: str, payload: bytes, now: float) -> int | None:
+        """Publish one stream message and spend a token; its mid, or None if the connection
+        refused it (logged once per reason; the pump retries in ``_RETRY_S``)."""
+        try:
+            mid = self._connection.publish(topic, payload, False)
+        except OutboundError as exc:
+            if self._last_error != str(exc):
+                log.warning("%s: connection refused a message: %s", self._terminal_id, exc)
+                self._last_error = str(exc)
+            self._retry_at = now + _RETRY_S
+            return None
+        self._tokens -= 1.0
+        self._handed += 1
+        return mid
+
+    def _handed_row(self, mid: int, row_id: int, seq: int) -> None:
+        self._inflight[mid] = row_id
+        self._rows_inflight += 1
+        if self._confirming:
+            self._sent[row_id] = seq
+            self._rows_sent = len(self._sent)
 
     def _refilled(self, now: float) -> float:
         elapsed = max(0.0, now - self._tokens_at)

@@ -240,6 +240,9 @@ class Settings(BaseSettings):
     ingest_rate_per_terminal_s: Annotated[float, Field(gt=0, le=100_000)] = 30.0
     ingest_burst_per_terminal: Annotated[int, Field(ge=1, le=1_000_000)] = 200
     max_seq_jump: Annotated[int, Field(ge=1, le=2**53)] = 1_000_000
+    # A sequence gap stays open this long: listed in the terminal's kf.committed (the agent
+    # re-sends what it still has) and filled by a late message (docs/reliability.md).
+    gap_refill_window_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
     metrics_fault_codes_per_kind: Annotated[int, Field(ge=1, le=10_000)] = 20
     metrics_versions_per_package: Annotated[int, Field(ge=1, le=10_000)] = 10
     metrics_packages: Annotated[int, Field(ge=1, le=10_000)] = 30

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
+from protocol.committed import SeqRange
 from protocol.messages import Message
 from server import fleet_query, terminal_rules
 from server.fleet_tallies import FleetTallies
@@ -55,10 +56,12 @@ class FleetState:
         default_report_interval_s: float = 60.0,
         max_seq_jump: int = 1_000_000,
         max_report_interval_s: float = 3600.0,
+        gap_refill_window_s: float = 60.0,
         placements: Callable[[str], Placement | None] | None = None,
     ) -> None:
         """``placements`` (the terminal registry's ``placement``), when given, decides each
-        terminal's hall, region and model instead of its messages.
+        terminal's hall, region and model instead of its messages. A sequence gap stays
+        open (listed in confirmations, fillable) for ``gap_refill_window_s``.
 
         Raises ValueError unless ``offline_after_missed_reports`` >= 1, the interval > 0
         and ``max_seq_jump`` >= 1."""
@@ -68,6 +71,7 @@ class FleetState:
             default_report_interval_s,
             max_seq_jump,
             max_report_interval_s,
+            gap_refill_window_s,
         )
         self._lock = threading.Lock()
         self._terminals: dict[str, TerminalRecord] = {}
@@ -170,6 +174,18 @@ class FleetState:
         """Frozen copies of the named terminals (unknown ids are skipped)."""
         with self._lock:
             return [t.view() for tid in terminal_ids if (t := self._terminals.get(tid)) is not None]
+
+    def open_gaps(
+        self, terminal_ids: Iterable[str], now: datetime
+    ) -> dict[str, tuple[SeqRange, ...]]:
+        """The open sequence gaps at ``now`` of the named terminals that have any."""
+        out: dict[str, tuple[SeqRange, ...]] = {}
+        with self._lock:
+            for tid in terminal_ids:
+                t = self._terminals.get(tid)
+                if t is not None and t.gaps and (ranges := t.open_gaps(now, self._policy)):
+                    out[tid] = ranges
+        return out
 
     def query(self, flt: TerminalFilter, *, limit: int, cursor: str | None = None) -> Page:
         """Terminals matching ``flt`` ordered by id, at most ``limit``, after ``cursor``.

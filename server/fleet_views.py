@@ -107,6 +107,11 @@ class Outcome:
     # writer then updates just those columns of the terminal's row.
     position_only: bool = False
     reason: str | None = None  # REFUSED only: the reject reason (``seq_jump``)
+    # Accepted as a gap fill (a seq below the position, inside an open gap): history only.
+    filled: bool = False
+    # A filled update status that a later one of its stream already followed: not the
+    # terminal's latest update state, so it must not be stored as one.
+    superseded: bool = False
 
     @property
     def accepted(self) -> bool:

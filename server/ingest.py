@@ -7,7 +7,11 @@ changes, the event or update-status row (``kf.update``: also noted in the
 database writer (which acknowledges the delivery once the changes are
 committed) → metrics. A message that is not applied (rejected, duplicate,
 stale, refused by a rule such as ``seq_jump``) is handed to the writer's ``settle``: acknowledged with the next flush,
-after everything received before it. It runs on the MQTT
+after everything received before it. A gap fill (``Outcome.filled``: a late message
+inside an open sequence gap) is stored like any message of its kind and counted
+(``kioskfleet_ingest_gap_fills_total``), except an update status a later one already
+followed (``Outcome.superseded``): it is neither stored nor tallied, since the newest
+``update_status`` row is the terminal's current update state. It runs on the MQTT
 adapter's network thread for every message, so it stays lean: no database I/O,
 no per-message logging, no lock held beyond the fleet state's own.
 
@@ -225,7 +229,7 @@ class Ingest:
                 body=message.body.model_dump(mode="json"),
             )
         update = None
-        if isinstance(message, UpdateMessage):
+        if isinstance(message, UpdateMessage) and not outcome.superseded:
             update = _update_record(message, inbound)
             if self._update_tally is not None:
                 self._update_tally.note(update.terminal_id, update.state)
@@ -235,6 +239,8 @@ class Ingest:
         self._accepted[type(message)].inc()
         if outcome.missing:
             self._metrics.ingest_seq_gaps.inc(outcome.missing)
+        if outcome.filled:
+            self._metrics.ingest_gap_fills.inc()
         if not inbound.retained:
             delay = (inbound.received_at - message.sent_at).total_seconds()
             self._metrics.ingest_delay.observe(delay if delay > 0 else 0.0)

@@ -217,6 +217,7 @@ class Server:
             default_report_interval_s=settings.default_report_interval_s,
             max_seq_jump=settings.max_seq_jump,
             max_report_interval_s=settings.max_report_interval_s,
+            gap_refill_window_s=settings.gap_refill_window_s,
             placements=None if directory is None else directory.placement,
         )
         self.opening_hours = OpeningHoursStore(
@@ -272,6 +273,7 @@ class Server:
             self.metrics,
             acknowledge=lambda deliveries: self.mqtt.ack(deliveries),
             confirm=self._publish_confirmations if settings.confirm_commits else no_confirm,
+            open_gaps=self.fleet.open_gaps,
             interval_s=settings.db_flush_interval_s,
             max_pending_acks=settings.db_flush_max_pending_acks,
             max_pending_transitions=settings.db_max_pending_transitions,
@@ -758,8 +760,9 @@ class Server:
 
         One QoS 1 message per terminal per flush; one not sent (disconnected) is covered
         by the next, or by the confirmation a re-sent duplicate triggers."""
-        for terminal_id, boot_id, seq in confirmations:
-            self.mqtt.publish(topic(terminal_id, Channel.CMD), encode_committed(boot_id, seq))
+        for terminal_id, boot_id, seq, missing in confirmations:
+            payload = encode_committed(boot_id, seq, missing)
+            self.mqtt.publish(topic(terminal_id, Channel.CMD), payload)
 
     def stop(self) -> None:
         """Graceful: stop intake (later messages stay with the broker), stop the jobs,

@@ -66,6 +66,14 @@ class ServerMetrics:
             " counted by this process since it started.",
             registry=registry,
         )
+        self.ingest_gap_fills = Counter(
+            "kioskfleet_ingest_gap_fills",
+            "Messages that arrived late inside a terminal's open sequence gap and filled it"
+            " (re-sent by the agent after a kf.committed listed them missing), counted by this"
+            " process since it started. kioskfleet_ingest_seq_gaps_total never goes down:"
+            " gaps left = gaps - fills.",
+            registry=registry,
+        )
         self.ingest_delay = Histogram(
             "kioskfleet_ingest_delay_seconds",
             "Server receive time minus the message's sent_at for accepted live messages"

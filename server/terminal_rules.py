@@ -22,6 +22,18 @@ Sequence (reports and events)
     (``prev_boot_id``) is STALE: a late straggler that must not roll the state
     back.
 
+Gap fills (``server.stream_gaps``)
+    Every gap counted is also noted as an open range for ``gap_refill_window_s``
+    (current ``boot_id`` only; at most 16 ranges). A message at or below the
+    highest accepted whose ``seq`` lies in an open range is a GAP FILL, not a
+    duplicate: accepted (``Outcome.filled``), counted in ``reports_received`` or
+    ``events_received``, one gap fewer in ``seq_gaps``, and the range shrinks.
+    It is history only: it is older than what the record already shows, so it
+    changes no peripheral, connectivity, ``last_seen``, ``last_sent_at``,
+    ``dropped_reports`` or transition. An update status that a later one of the
+    stream already followed is ``Outcome.superseded`` (its row would become the
+    terminal's "latest" update state).
+
 Delivery accounting (per terminal, cumulative, persisted with the state)
     ``reports_received`` and ``events_received`` count accepted stream
     messages; ``seq_gaps`` counts the numbers never received; ``dropped_reports``
@@ -76,6 +88,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Final
 
+from protocol.committed import SeqRange
 from protocol.messages import (
     BootEvent,
     EventMessage,
@@ -88,6 +101,7 @@ from protocol.messages import (
     UpdateMessage,
     UsageMessage,
 )
+from server import stream_gaps
 from server.fleet_views import (
     CONNECTIVITY,
     REMOVED,
@@ -145,6 +159,7 @@ class TerminalPolicy:
     default_interval_s: float = 60.0
     max_seq_jump: int = 1_000_000
     max_interval_s: float = 3600.0
+    gap_refill_window_s: float = 60.0  # how long a gap stays open (listed, fillable)
 
     def __post_init__(self) -> None:
         if self.missed < 1 or self.default_interval_s <= 0:
@@ -153,6 +168,13 @@ class TerminalPolicy:
             raise ValueError("max_seq_jump must be >= 1")
         if self.max_interval_s < self.default_interval_s:
             raise ValueError("max_report_interval_s must be >= default_report_interval_s")
+        if self.gap_refill_window_s < 0:
+            raise ValueError("gap_refill_window_s must not be negative")
+
+    @property
+    def gap_window(self) -> timedelta:
+        """How long a noticed gap stays open."""
+        return timedelta(seconds=self.gap_refill_window_s)
 
     def grace(self, interval_s: float | None) -> timedelta:
         """How long a silence may last: ``missed`` intervals, the terminal's own capped at
@@ -170,9 +192,11 @@ class TerminalRecord:
     __slots__ = (
         *VIEW_FIELDS,
         "deadline",
+        "gaps",
         "known",
         "last_state_key",
         "reported",
+        "update_seq",
     )
 
     def __init__(self, tid: str, now: datetime) -> None:
@@ -200,11 +224,14 @@ class TerminalRecord:
         # The rules' own: when silence makes it offline; whether any message was accepted
         # (or it was loaded); the last state message applied; the last report's peripheral
         # list as plain tuples while nothing else changed them (an identical heartbeat then
-        # skips the per-peripheral diff).
+        # skips the per-peripheral diff); the current stream's open gaps (in memory only)
+        # and the highest seq of an update status accepted from it in this process.
         self.deadline = now
         self.known = False
         self.last_state_key: tuple[str, int, datetime, TerminalState] | None = None
         self.reported: tuple[tuple[object, ...], ...] | None = None
+        self.gaps: stream_gaps.Gaps = ()
+        self.update_seq = 0
 
     @classmethod
     def from_view(cls, v: TerminalView, policy: TerminalPolicy) -> TerminalRecord:
@@ -224,6 +251,10 @@ class TerminalRecord:
         values["software"] = dict(self.software)
         values["peripherals"] = tuple(self.peripherals[n] for n in sorted(self.peripherals))
         return TerminalView(**values)
+
+    def open_gaps(self, now: datetime, policy: TerminalPolicy) -> tuple[SeqRange, ...]:
+        """The current stream's open gaps at ``now`` (what its ``kf.committed`` lists)."""
+        return stream_gaps.open_ranges(self.gaps, now, policy.gap_window)
 
     def problems(self) -> tuple[PeripheralView, ...]:
         """Its peripherals that are not ok, by name."""
@@ -334,6 +365,8 @@ def _go_offline(
 def _new_stream(t: TerminalRecord, boot_id: str) -> None:
     t.prev_boot_id, t.boot_id, t.last_seq = t.boot_id, boot_id, None
     t.dropped_reports = 0
+    t.gaps = ()
+    t.update_seq = 0
 
 
 def _apply_state(
@@ -406,7 +439,7 @@ def _apply_stream(
     new_boot = m.boot_id != t.boot_id
     if not new_boot:
         if t.last_seq is not None and m.seq <= t.last_seq:
-            return _DUPLICATE
+            return _fill_gap(t, m, received_at, policy)
     elif m.boot_id == t.prev_boot_id:
         return _STALE
     if m.seq - ((t.last_seq or 0) if not new_boot else 0) > policy.max_seq_jump:
@@ -423,6 +456,12 @@ def _apply_stream(
     else:
         t.events_received += 1
     t.seq_gaps += missing
+    if missing:
+        t.gaps = stream_gaps.note(
+            t.gaps, m.seq - missing, m.seq - 1, received_at, policy.gap_window
+        )
+    if isinstance(m, UpdateMessage):
+        t.update_seq = m.seq
 
     sent_at = m.sent_at
     t.last_seen = received_at
@@ -484,6 +523,30 @@ def _apply_stream(
         # identity, peripheral or drop-count change, on a terminal already known.
         position_only=not retally,
     )
+
+
+def _fill_gap(
+    t: TerminalRecord,
+    m: ReportMessage | EventMessage | UpdateMessage | UsageMessage,
+    received_at: datetime,
+    policy: TerminalPolicy,
+) -> Outcome:
+    """A message at or below the position: a gap fill if an open gap holds its seq, else a
+    duplicate. A fill only counts (history): the record's live state is newer than it."""
+    gaps = stream_gaps.fill(t.gaps, m.seq, received_at, policy.gap_window)
+    if gaps is None:
+        return _DUPLICATE
+    t.gaps = gaps
+    t.seq_gaps -= 1
+    if isinstance(m, ReportMessage):
+        t.reports_received += 1
+    else:
+        t.events_received += 1
+    superseded = False
+    if isinstance(m, UpdateMessage):
+        superseded = m.seq < t.update_seq
+        t.update_seq = max(t.update_seq, m.seq)
+    return Outcome(Verdict.ACCEPTED, filled=True, superseded=superseded, retally=True)
 
 
 def _apply_peripherals(

@@ -7,9 +7,11 @@ stale). A flusher thread takes everything pending every ``interval_s`` (or
 sooner, once ``max_pending_acks`` deliveries wait), copies the latest state of
 the dirty terminals from the fleet state, writes it in one transaction, and
 only after the commit acknowledges the deliveries, in receive order, and then
-hands ``confirm`` one ``(terminal, boot_id, last_seq)`` per terminal that had a
-broker delivery in the batch (the server publishes them as ``kf.committed`` on
-each terminal's ``cmd``: the agent keeps a message until then). So every
+hands ``confirm`` one ``(terminal, boot_id, last_seq, missing)`` per terminal that
+had a broker delivery in the batch (the server publishes them as ``kf.committed``
+on each terminal's ``cmd``: the agent keeps a message until then; ``missing``:
+the terminal's open sequence gaps, read with the snapshot, so a gap filled after
+it is still listed, never the reverse). So every
 acknowledged message's effects (dedup position, counters, transitions, event
 rows) are durable, and a killed server loses nothing: what was not committed
 was not acknowledged, and the broker redelivers it. The cost of a flush follows
@@ -57,12 +59,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
+from protocol.committed import SeqRange
 from server.errors import StorageDataError, StorageError
 from server.fleet_views import TerminalView, Transition
 from server.inbound import Delivery
@@ -70,7 +73,7 @@ from server.lease_fence import Fence, current_fence
 from server.metrics import ServerMetrics
 from server.records import EventRecord, UpdateRecord, UsageRecord, WriteBatch
 
-__all__ = ["BatchStore", "Confirmation", "WriteBehind", "no_confirm"]
+__all__ = ["BatchStore", "Confirmation", "OpenGaps", "WriteBehind", "no_confirm", "no_gaps"]
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +94,24 @@ def _no_ack(_deliveries: Sequence[Delivery]) -> None:
     """The default when nothing needs acknowledging (tests, tools)."""
 
 
-Confirmation = tuple[str, str, int]
-"""(terminal id, boot_id, highest seq committed): what ``kf.committed`` carries."""
+Gaps = tuple[SeqRange, ...]
+"""One terminal's open sequence gaps, ascending (``kf.committed``'s ``missing``)."""
+
+Confirmation = tuple[str, str, int, Gaps]
+"""(terminal id, boot_id, highest seq committed, open gaps below it): what ``kf.committed``
+carries."""
+
+OpenGaps = Callable[[Iterable[str], datetime], Mapping[str, Gaps]]
+"""The open sequence gaps of the named terminals at a time (``FleetState.open_gaps``)."""
 
 
 def no_confirm(_confirmations: Sequence[Confirmation]) -> None:
     """The default when nothing is confirmed to terminals (tests, tools)."""
+
+
+def no_gaps(_ids: Iterable[str], _now: datetime) -> Mapping[str, Gaps]:
+    """The default when no gap is tracked (tests, tools)."""
+    return {}
 
 
 @dataclass(slots=True)
@@ -167,6 +182,7 @@ class WriteBehind:
         *,
         acknowledge: Callable[[Sequence[Delivery]], object] = _no_ack,
         confirm: Callable[[Sequence[Confirmation]], object] = no_confirm,
+        open_gaps: OpenGaps = no_gaps,
         interval_s: float = 1.0,
         max_pending_acks: int = 400,
         max_pending_transitions: int = 200_000,
@@ -180,6 +196,7 @@ class WriteBehind:
         self._metrics = metrics
         self._acknowledge = acknowledge
         self._confirm = confirm
+        self._open_gaps = open_gaps
         self._interval = interval_s
         self._max_acks = max_pending_acks
         self._max_pending = max_pending_transitions
@@ -330,21 +347,22 @@ class WriteBehind:
             if taken.has_writes():
                 wanted |= taken.dirty | taken.peripherals
             views = {v.id: v for v in self._snapshot(sorted(wanted))} if wanted else {}
+            gaps = self._open_gaps(taken.confirm, self._clock()) if taken.confirm else {}
         if not taken.has_writes():
             self._ack(taken.acks)
-            self._confirm_committed(taken.confirm, views)
+            self._confirm_committed(taken.confirm, views, gaps)
             self._succeeded()
             return True
         try:
             self._write(taken, views)
         except StorageDataError as exc:
             log.warning("database refused a batch (%s); isolating the bad rows", exc)
-            return self._isolate(taken, views)
+            return self._isolate(taken, views, gaps)
         except StorageError as exc:
             self._failed(exc, taken)
             return False
         self._ack(taken.acks)
-        self._confirm_committed(taken.confirm, views)
+        self._confirm_committed(taken.confirm, views, gaps)
         self._succeeded()
         return True
 
@@ -377,7 +395,9 @@ class WriteBehind:
                 self._stalled = True  # it counted as a failure: its end is a recovery
             self._writing_since = None
 
-    def _isolate(self, taken: _Pending, views: dict[str, TerminalView]) -> bool:
+    def _isolate(
+        self, taken: _Pending, views: dict[str, TerminalView], gaps: Mapping[str, Gaps]
+    ) -> bool:
         """Write ``taken`` in halves until the terminals whose rows are refused are found."""
         groups = [taken.terminal_ids()]
         done: set[str] = set()  # committed or dropped
@@ -414,13 +434,13 @@ class WriteBehind:
                 rest = taken.only(left)
                 rest.acks = [a for a in taken.acks if a[0] is None or a[0] in left]
                 self._ack([a for a in taken.acks if a[0] in done])
-                self._confirm_committed(taken.confirm & done, views)
+                self._confirm_committed(taken.confirm & done, views, gaps)
                 rest.confirm = taken.confirm - done
                 self._failed(exc, rest)
                 return False
             done.update(ids)
         self._ack(taken.acks)
-        self._confirm_committed(taken.confirm, views)
+        self._confirm_committed(taken.confirm, views, gaps)
         self._succeeded()
         return True
 
@@ -428,10 +448,13 @@ class WriteBehind:
         if acks:
             self._acknowledge([delivery for _, delivery in acks])
 
-    def _confirm_committed(self, ids: set[str], views: dict[str, TerminalView]) -> None:
-        """After a commit: each terminal's committed (boot_id, last_seq), one per terminal."""
+    def _confirm_committed(
+        self, ids: set[str], views: dict[str, TerminalView], gaps: Mapping[str, Gaps]
+    ) -> None:
+        """After a commit: each terminal's committed (boot_id, last_seq) and open gaps below
+        it, one per terminal."""
         confirmations = [
-            (tid, v.boot_id, v.last_seq)
+            (tid, v.boot_id, v.last_seq, gaps.get(tid, ()))
             for tid in sorted(ids)
             if (v := views.get(tid)) is not None
             and v.boot_id is not None

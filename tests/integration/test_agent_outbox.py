@@ -1,7 +1,9 @@
-"""The durable outbox end to end: real agents, a real mosquitto, outages, crashes and restarts."""
+"""The durable outbox end to end: real agents, a real mosquitto, outages, crashes, restarts,
+and a message the broker acknowledged but the server never got (re-sent, the gap filled)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -23,12 +25,14 @@ from paho.mqtt.properties import Properties
 
 from agent.config import AgentConfig
 from agent.main import AgentRuntime
+from agent.mqtt_connection import ConnectionSettings, MqttConnection
 from agent.outbox import Outbox
 from agent.probes.simulated import Scenario, SimulatedProbeSpec
 from kioskfleet.local_broker import LocalBroker, project_broker_conf
 from protocol.codec import decode, encode
 from protocol.messages import EventMessage, Message, PeripheralCondition, StateMessage
-from tests.integration.conftest import ServerFactory, api, wait_until
+from tests.integration.conftest import ServerFactory, api, metric, wait_until
+from tests.integration.faults.accounting import wait_for_exact_accounting
 from tests.support.fleet_messages import at, periph, peripheral_event, report
 from tests.support.outbox_v1 import V1Row, write_v1_outbox
 
@@ -100,7 +104,11 @@ def cleanup() -> Iterator[list[Callable[[], None]]]:
         fn()
 
 
-def agent_config(broker: LocalBroker, terminal_id: str, outbox: Path) -> AgentConfig:
+def agent_config(
+    broker: LocalBroker, terminal_id: str, outbox: Path, *, confirm: bool = False
+) -> AgentConfig:
+    """An agent reporting every 0.1 s; ``confirm``: keep rows until the server's kf.committed
+    (only with a server on the broker)."""
     return AgentConfig.model_validate(
         {
             "terminal_id": terminal_id,
@@ -114,13 +122,13 @@ def agent_config(broker: LocalBroker, terminal_id: str, outbox: Path) -> AgentCo
             "reconnect_min_s": 0.1,
             "reconnect_max_s": 0.3,
             "limits": {"shutdown_timeout_s": 5},
-            # No server here, only the broker: PUBACK semantics (the confirmations of
+            # Without a server, only the broker: PUBACK semantics (the confirmations of
             # kf.committed are proven in tests/integration/faults/test_broker_restart.py).
             "outbox": {
                 "path": str(outbox),
                 "synchronous": "normal",
                 "drain_jitter_s": 0.3,
-                "require_commit_confirmation": False,
+                "require_commit_confirmation": confirm,
             },
         }
     )
@@ -377,3 +385,51 @@ def test_an_upgraded_agent_delivers_the_backlog_an_older_agent_left_with_its_str
     assert (seen["boot_id"], seen["seq_gaps"], seen["events_received"]) == (boot, 0, 2)
     events = api(server, f"/api/v1/terminals/{tid}/events").json()["items"]
     assert 4 in {e["seq"] for e in events if e["boot_id"] == boot}
+
+
+class LosingConnection(MqttConnection):
+    """The real connection, except that the first hand-over of one seq reaches the broker
+    empty: the broker acknowledges it (a real PUBACK) and the server can never apply it
+    (``bad_json``), as a JetStream hole looks from the agent."""
+
+    def __init__(self, settings: ConnectionSettings, lose_seq: int) -> None:
+        super().__init__(settings)
+        self.lose_seq = lose_seq
+        self.lost = 0
+
+    def publish(self, topic: str, payload: bytes, retain: bool, *, seq: int | None = None) -> int:
+        if not self.lost and not retain and json.loads(payload).get("seq") == self.lose_seq:
+            self.lost += 1
+            payload = b""
+        return super().publish(topic, payload, retain, seq=seq)
+
+
+def test_a_message_acknowledged_but_never_applied_is_re_sent_on_the_confirmation_and_fills_the_gap(
+    private_broker: LocalBroker,
+    private_server: ServerFactory,
+    database_url: str,
+    tmp_path: Path,
+    cleanup: list[Callable[[], None]],
+) -> None:
+    lose = 4
+    server = private_server(database_url=database_url)
+    tid = new_id()
+    config = agent_config(private_broker, tid, tmp_path / "outbox.sqlite", confirm=True)
+    connection = LosingConnection(ConnectionSettings.from_config(config), lose)
+    runtime = start_runtime(config, cleanup, connection=connection)
+
+    wait_until(lambda: connection.lost == 1, 15, "the report to be lost at the broker")
+    wait_until(
+        lambda: metric(server, "kioskfleet_ingest_gap_fills_total") == 1,
+        15,
+        "the agent to re-send it on the confirmation and the server to fill the gap",
+    )
+    wait_until(lambda: runtime.outbox.stats(tid).last_seq >= lose + 5, 15, "more reports")
+    runtime.stop()  # a clean stop waits for the confirmations
+
+    stats = runtime.outbox.stats(tid)
+    assert stats.pending == 0  # every row confirmed, the lost one included
+    assert runtime.sender.stats().refilled >= 1
+    wait_for_exact_accounting(database_url, {tid: stats})  # server seq_gaps 0: nothing lost
+    assert metric(server, "kioskfleet_ingest_seq_gaps_total") == 1
+    assert metric(server, "kioskfleet_ingest_rejected_total", reason="bad_json") == 1

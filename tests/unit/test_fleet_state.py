@@ -87,7 +87,8 @@ def test_unknown_terminal_is_none_and_fleet_counts_terminals(fleet: FleetState) 
 def test_same_boot_and_seq_not_newer_is_a_duplicate_that_changes_nothing(
     fleet: FleetState,
 ) -> None:
-    fleet.apply(report(seq=5), at(1))
+    for seq in range(1, 6):
+        fleet.apply(report(seq=seq), at(1))
     out = fleet.apply(
         report(seq=5, peripherals=[periph("printer", "receipt_printer", "jam")]), at(2)
     )
@@ -208,25 +209,36 @@ def test_straggler_from_the_previous_boot_is_stale_and_not_applied(fleet: FleetS
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(min_value=0, max_value=60), min_size=1, max_size=80))
-def test_any_seq_order_accepted_plus_duplicates_is_total_and_gaps_are_the_unaccepted_numbers(
-    seqs: list[int],
+@given(
+    st.lists(st.integers(min_value=0, max_value=60), min_size=1, max_size=80),
+    st.integers(min_value=0, max_value=90),
+)
+def test_any_seq_order_is_accepted_filled_or_duplicate_and_gaps_are_the_unreceived_numbers(
+    seqs: list[int], window_s: int
 ) -> None:
-    fleet = FleetState()
+    fleet = FleetState(gap_refill_window_s=window_s)
     accepted: list[int] = []
-    missing = duplicates = 0
+    taken: set[int] = set()  # accepted or filled
+    missing = fills = duplicates = 0
     for i, seq in enumerate(seqs):
         out = fleet.apply(report(seq=seq), at(i))
-        if out.verdict is Verdict.ACCEPTED:
+        if out.filled:
+            assert seq not in taken
+            assert seq < accepted[-1]
+            fills += 1
+        elif out.verdict is Verdict.ACCEPTED:
             accepted.append(seq)
             missing += out.missing
         else:
             assert out.verdict is Verdict.DUPLICATE
             duplicates += 1
-    assert len(accepted) + duplicates == len(seqs)
-    assert accepted == sorted(set(accepted))  # only strictly newer numbers get in
-    never_accepted = set(range(1, accepted[-1] + 1)) - set(accepted)  # streams start at 1
-    assert missing == len(never_accepted) == view(fleet).seq_gaps
+        if out.accepted:
+            taken.add(seq)
+    assert len(accepted) + fills + duplicates == len(seqs)
+    assert accepted == sorted(set(accepted))  # the position only moves forward
+    never_taken = set(range(1, accepted[-1] + 1)) - taken  # streams start at 1
+    assert missing - fills == len(never_taken) == view(fleet).seq_gaps
+    assert view(fleet).reports_received == len(accepted) + fills
 
 
 @settings(max_examples=100, deadline=None)

@@ -20,8 +20,14 @@ from server.ingest import Ingest
 from server.metrics import ServerMetrics
 from server.records import WriteBatch
 from server.scheduler import OfflineSweep
-from server.write_behind import WriteBehind
-from tests.support.fleet_messages import at, periph, peripheral_event, report
+from server.write_behind import Confirmation, WriteBehind
+from tests.support.fleet_messages import (
+    at,
+    periph,
+    peripheral_event,
+    report,
+    update_status,
+)
 
 
 class FakeStore:
@@ -381,13 +387,17 @@ def test_a_write_hanging_past_the_stall_bound_counts_as_a_failure_and_its_end_as
 
 class Confirmations:
     def __init__(self) -> None:
-        self.sent: list[list[tuple[str, str, int]]] = []
+        self.sent: list[list[Confirmation]] = []
 
-    def __call__(self, confirmations: Sequence[tuple[str, str, int]]) -> None:
+    def __call__(self, confirmations: Sequence[Confirmation]) -> None:
         self.sent.append(list(confirmations))
 
 
-def _confirming_rig() -> tuple[FleetState, FakeStore, WriteBehind, Ingest, Confirmations]:
+def _confirming_rig(
+    registry: CollectorRegistry | None = None,
+) -> tuple[FleetState, FakeStore, WriteBehind, Ingest, Confirmations]:
+    """The ingest and writer wired as the server wires them (open gaps in confirmations), on
+    a clock 30 s after the messages' receive time ``at(0)``: gaps noticed then are open."""
     fleet, store = FleetState(), FakeStore()
     confirmations = Confirmations()
     writer = WriteBehind(
@@ -396,18 +406,23 @@ def _confirming_rig() -> tuple[FleetState, FakeStore, WriteBehind, Ingest, Confi
         ServerMetrics(CollectorRegistry()),
         acknowledge=ACKS,
         confirm=confirmations,
+        open_gaps=fleet.open_gaps,
         interval_s=3600,
+        clock=lambda: at(30),
     )
     ACKS.sent.clear()
-    ingest = Ingest(fleet, writer, ServerMetrics(CollectorRegistry()), max_payload_bytes=65536)
+    metrics = ServerMetrics(registry or CollectorRegistry())
+    ingest = Ingest(fleet, writer, metrics, max_payload_bytes=65536)
     return fleet, store, writer, ingest, confirmations
 
 
+_CHANNELS = {"kf.report": Channel.REPORT, "kf.event": Channel.EVENT, "kf.update": Channel.UPDATE}
+
+
 def _deliver(ingest: Ingest, message: Message, mid: int) -> None:
+    channel = _CHANNELS[message.schema_]
     ingest.handle(
-        InboundMessage(
-            topic(message.terminal_id, Channel.REPORT), encode(message), False, at(0), mid=mid
-        )
+        InboundMessage(topic(message.terminal_id, channel), encode(message), False, at(0), mid=mid)
     )
 
 
@@ -420,7 +435,9 @@ def test_each_terminal_of_a_committed_batch_gets_one_confirmation_of_its_highest
     assert writer.flush()
     assert len(store.batches) == 1
     first = report("T-1", seq=1)
-    assert confirmations.sent == [[("T-1", first.boot_id, 5), ("T-2", first.boot_id, 3)]]
+    assert confirmations.sent == [
+        [("T-1", first.boot_id, 5, ()), ("T-2", first.boot_id, 3, ((1, 2),))]
+    ]
 
 
 def test_no_confirmation_is_published_while_the_commit_fails() -> None:
@@ -485,3 +502,60 @@ def test_a_failed_flush_keeps_what_needs_a_whole_row_for_the_retry() -> None:
     assert writer.flush()
     assert store.batches[-1].position_only == frozenset()
     assert store.batches[-1].terminals[0].hall == "Hall B"
+
+
+# --- gap fills: a confirmation lists what the server misses; a late message fills it ----------
+
+
+def test_a_confirmation_lists_the_open_gaps_and_a_late_message_fills_them() -> None:
+    registry = CollectorRegistry()
+    fleet, store, writer, ingest, confirmations = _confirming_rig(registry)
+    boot = report("T-1", seq=1).boot_id
+    for seq in (1, 2, 5, 6):  # 3 and 4 acknowledged by the broker, never delivered
+        _deliver(ingest, report("T-1", seq=seq, sent_at=at(seq)), mid=seq)
+    assert writer.flush()
+    assert confirmations.sent[-1] == [("T-1", boot, 6, ((3, 4),))]
+    _deliver(ingest, report("T-1", seq=4, sent_at=at(4)), mid=14)  # the agent re-sends them
+    assert writer.flush()
+    assert confirmations.sent[-1] == [("T-1", boot, 6, ((3, 3),))]
+    _deliver(ingest, report("T-1", seq=3, sent_at=at(3)), mid=13)
+    assert writer.flush()
+    assert confirmations.sent[-1] == [("T-1", boot, 6, ())]
+    v = fleet.snapshot(["T-1"])[0]
+    assert (v.last_seq, v.reports_received, v.seq_gaps) == (6, 6, 0)
+    assert store.batches[-1].terminals[0].seq_gaps == 0  # the row's count is durable
+    assert registry.get_sample_value("kioskfleet_ingest_seq_gaps_total") == 2
+    assert registry.get_sample_value("kioskfleet_ingest_gap_fills_total") == 2
+    assert ACKS.sent[-2:] == [(0, 14), (0, 13)]
+
+
+def test_a_filled_event_is_stored_but_changes_no_live_state() -> None:
+    fleet, store, writer, ingest, _ = _confirming_rig()
+    jam = periph("printer", "receipt_printer", "jam")
+    ok = periph("printer", "receipt_printer")
+    _deliver(ingest, report("T-1", seq=1, sent_at=at(1)), mid=1)
+    _deliver(ingest, peripheral_event("T-1", 3, ok, "jam", sent_at=at(3)), mid=3)
+    assert writer.flush()
+    before = fleet.snapshot(["T-1"])[0]
+    _deliver(ingest, peripheral_event("T-1", 2, jam, "ok", sent_at=at(2)), mid=2)  # the jam
+    assert writer.flush()
+    after = fleet.snapshot(["T-1"])[0]
+    assert [(e.seq, e.body["peripheral"]["condition"]) for e in store.batches[-1].events] == [
+        (2, "jam")
+    ]
+    assert store.batches[-1].transitions == []
+    assert after.peripherals == before.peripherals  # still ok: the fill is history
+    assert (after.last_sent_at, after.last_seen) == (before.last_sent_at, before.last_seen)
+    assert (after.events_received, after.seq_gaps) == (before.events_received + 1, 0)
+
+
+def test_a_filled_update_status_a_later_one_followed_is_counted_but_not_stored() -> None:
+    fleet, store, writer, ingest, _ = _confirming_rig()
+    _deliver(ingest, update_status("T-1", 1, "downloading"), mid=1)
+    _deliver(ingest, update_status("T-1", 3, "succeeded"), mid=3)
+    assert writer.flush()
+    _deliver(ingest, update_status("T-1", 2, "installing"), mid=2)
+    assert writer.flush()
+    assert store.batches[-1].updates == []  # "installing" must not become the latest state
+    v = fleet.snapshot(["T-1"])[0]
+    assert (v.events_received, v.seq_gaps) == (3, 0)

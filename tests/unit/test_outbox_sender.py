@@ -446,6 +446,92 @@ def test_a_confirmation_received_in_the_grace_spares_the_resend() -> None:
     assert rig.conn.payloads() == [b"4"]
 
 
+def _acknowledged(n: int, **limits: float) -> Rig:
+    """A confirming sender that handed ``n`` reports, all acknowledged, none confirmed."""
+    rig = _confirming(**limits)
+    rig.connect()
+    rig.say(n)
+    rig.ack_all()
+    return rig
+
+
+def test_rows_a_confirmation_lists_missing_stay_and_are_handed_again_before_newer_ones() -> None:
+    rig = _acknowledged(3, max_inflight=3)
+    rig.say(3)  # 4..6
+    rig.ack_all()
+    rig.conn.sent.clear()
+    # The broker acknowledged 2 and 4..5 and lost them; the server has 1, 3 and 6.
+    rig.sender.on_committed(rig.sender.boot_id, 6, [(2, 2), (4, 5)])
+    assert [i.seq for i in rig.outbox.peek(T, 0, 10)] == [2, 4, 5]
+    rig.say(2)  # 7, 8: the window (3) takes the three re-sends first
+    assert rig.conn.payloads() == [b"2", b"4", b"5"]
+    rig.ack_all()
+    rig.advance(0.1)
+    assert rig.conn.payloads() == [b"2", b"4", b"5", b"7", b"8"]
+    rig.ack_all()
+    rig.sender.on_committed(rig.sender.boot_id, 8)
+    assert rig.outbox.stats(T).pending == 0
+    assert not rig.sender.awaiting_confirmation()
+    stats = rig.sender.stats()
+    assert (stats.refilled, stats.confirmed, stats.handed) == (3, 8, 11)
+
+
+def test_a_gap_listed_again_is_re_sent_only_after_the_refill_retry_interval() -> None:
+    rig = _acknowledged(4, refill_retry_s=5.0)
+    rig.conn.sent.clear()
+    rig.sender.on_committed(rig.sender.boot_id, 4, [(2, 2)])
+    rig.advance(0.1)
+    assert rig.conn.payloads() == [b"2"]
+    rig.ack_all()
+    rig.advance(1.0)
+    rig.sender.on_committed(rig.sender.boot_id, 4, [(2, 2)])  # sent before the fill arrived
+    rig.advance(0.1)
+    assert rig.conn.payloads() == [b"2"]
+    rig.advance(4.0)
+    rig.sender.on_committed(rig.sender.boot_id, 4, [(2, 2)])  # the broker lost it again
+    rig.advance(0.1)
+    assert rig.conn.payloads() == [b"2", b"2"]
+    rig.ack_all()
+    rig.sender.on_committed(rig.sender.boot_id, 4)
+    assert rig.outbox.stats(T).pending == 0
+
+
+def test_a_missing_row_the_outbox_no_longer_has_is_not_re_sent() -> None:
+    rig = _acknowledged(3)
+    rig.sender.on_committed(rig.sender.boot_id, 2)
+    rig.conn.sent.clear()
+    rig.sender.on_committed(rig.sender.boot_id, 3, [(1, 2)])  # the server misses them
+    rig.advance(0.1)
+    assert rig.conn.payloads() == []
+    assert rig.outbox.stats(T).pending == 0
+
+
+def test_after_a_reconnect_a_row_listed_missing_is_handed_once_in_the_resend() -> None:
+    rig = _acknowledged(4)
+    rig.disconnect()
+    rig.conn.sent.clear()
+    rig.connect()
+    rig.sender.on_committed(rig.sender.boot_id, 4, [(2, 3)])  # queued for this session
+    rig.advance(2.1)
+    assert rig.conn.payloads() == [b"2", b"3"]
+    assert rig.sender.stats().refilled == 0  # the resend after the grace covered them
+
+
+def test_after_stop_a_row_listed_missing_is_still_re_sent_but_nothing_new_is_handed() -> None:
+    rig = _acknowledged(3)
+    rig.sender.stop()
+    rig.say(1)  # 4: stored, never handed
+    rig.conn.sent.clear()
+    rig.sender.on_committed(rig.sender.boot_id, 3, [(2, 2)])
+    assert rig.sender.next_due() < float("inf")
+    rig.advance(0.1)
+    assert rig.conn.payloads() == [b"2"]
+    rig.ack_all()
+    rig.advance(0.1)
+    assert rig.conn.payloads() == [b"2"]
+    assert rig.sender.next_due() == float("inf")
+
+
 def test_without_confirmations_a_puback_still_removes_the_row() -> None:
     rig = Rig(require_commit_confirmation=False)
     rig.say(2)

@@ -12,6 +12,12 @@ For each terminal, once everything is delivered:
     server.seq_gaps         == outbox.dropped_reports
     outbox.pending          == 0
 
+``server.seq_gaps`` counts the numbers still missing: a message that arrived late
+and filled a gap (re-sent on a ``kf.committed`` that listed it missing) is taken
+off it and counted in ``reports_received``/``events_received``, so the same
+check holds with fills (the metrics ``kioskfleet_ingest_seq_gaps_total`` minus
+``kioskfleet_ingest_gap_fills_total`` give the fleet-wide figure).
+
 With ``allow_losses`` (only where a broker SIGKILL makes a loss possible: it
 forgets what it acknowledged since its last autosave), the server may have
 counted more gaps than the deliberate drops, and exactly those are missing:
