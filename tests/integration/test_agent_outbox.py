@@ -64,6 +64,8 @@ class DurableSubscriber:
         assert subscribed.wait(5), "no SUBACK"
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        if msg.topic.endswith("/cmd"):
+            return  # the server's kf.committed to the agent, not the terminal's stream
         message = decode(msg.topic, bytes(msg.payload))
         with self._lock:
             self.received.append(message)
