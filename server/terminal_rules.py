@@ -304,7 +304,7 @@ def transition_cause(message: Message) -> str:
     """The identity of the message behind a transition (``Transition.cause``): a stream
     message's ``boot_id:seq``; a state message's ``boot_id:seq:state:sent_at`` (its
     ``seq`` is the last stream seq, so it needs its own marker and its ``sent_at``, as in
-    its duplicate check). At most 123 characters (the column holds 128)."""
+    its duplicate check). At most 120 characters (the column holds 128)."""
     if isinstance(message, StateMessage):
         sent_at = message.sent_at.astimezone(UTC).isoformat()
         return f"{message.boot_id}:{message.seq}:state:{sent_at}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from server.fleet_views import (
     Verdict,
 )
 from server.health import Health
-from server.terminal_rules import VIEW_FIELDS
+from server.terminal_rules import VIEW_FIELDS, transition_cause
 from tests.support.fleet_messages import (
     BOOT,
     PRINTER_OK,
@@ -428,6 +429,17 @@ def test_a_transition_names_the_message_behind_it_and_the_sweeps_name_none(
     assert lost.occurred_at == at(2)  # the will's time is the server's: not in the key
     [timeout] = fleet.expire_silent(at(1000))
     assert timeout.cause is None
+
+
+def test_the_longest_cause_the_wire_allows_fits_its_column() -> None:
+    longest = state(
+        "T-1",
+        False,
+        seq=2**53,
+        boot="b" * 64,
+        sent_at=datetime(2199, 12, 31, 23, 59, 59, 999999, UTC),
+    )
+    assert len(transition_cause(longest)) <= 128  # transition.cause is varchar(128)
 
 
 # --- peripherals ----------------------------------------------------------------------------
