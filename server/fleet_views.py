@@ -81,6 +81,9 @@ class Transition:
     recorded_at: datetime  # server time
     fault_code: str | None = None
     reason: str | None = None  # connectivity only: will, shutdown, timeout, report, event, connect
+    # The message that caused it, the same on every replica that applies it (``transition_cause``);
+    # None for what the server decided (the offline sweep): the storage key is this, subject, to_state.
+    cause: str | None = None
 
 
 POSITION_FIELDS: Final = (

@@ -3,7 +3,8 @@
 Tables (SQLModel, separate from the wire models; see docs/data-model.md):
 ``terminal`` (latest state of each terminal, with its dedup position and
 delivery counters), ``peripheral`` (latest condition of each peripheral),
-``transition`` (every change of connectivity or of a peripheral's condition),
+``transition`` (every change of connectivity or of a peripheral's condition,
+once: unique by terminal, cause, subject and to_state),
 ``event`` (every event a terminal sent, once: unique by terminal, boot_id,
 seq). Every heartbeat is *not* stored: the batched writer
 (``server.write_behind``) upserts the latest state of the terminals that
@@ -186,7 +187,10 @@ class TransitionRow(_Table, table=True):
     """One change of a terminal's connectivity or of one peripheral's condition."""
 
     __tablename__ = "transition"
-    __table_args__ = (sa.Index("ix_transition_terminal_recorded", "terminal_id", "recorded_at"),)
+    __table_args__ = (
+        sa.Index("ix_transition_terminal_recorded", "terminal_id", "recorded_at"),
+        sa.Index("uq_transition_cause", "terminal_id", "cause", "subject", "to_state", unique=True),
+    )
 
     id: int | None = Field(
         default=None,
@@ -203,6 +207,7 @@ class TransitionRow(_Table, table=True):
     reason: str | None = _text(16)
     occurred_at: datetime = _ts()  # device time where the device said when
     recorded_at: datetime = _ts()  # server time
+    cause: str | None = _text(128)  # the message behind it; NULL: the server's (never a conflict)
 
 
 class EventRow(_Table, table=True):
@@ -277,13 +282,40 @@ _TERMINAL_UPDATE_COLUMNS: Final = tuple(
 # A heartbeat's row write: only the position columns (``POSITION_FIELDS``, same names as
 # the view's fields) and ``updated_at``; about a third of a whole row's cost per terminal.
 _POSITION_COLUMNS: Final = (*POSITION_FIELDS, "updated_at")
+# Only a row in the same stream and not further along in it (a replica whose flush lags
+# another's must not move the row back); any other row counts as missing.
 _POSITION_UPDATE: Final = (
     sa.update(_TERMINAL)
-    .where(_TERMINAL.c.id == sa.bindparam("b_id"))
+    .where(
+        _TERMINAL.c.id == sa.bindparam("b_id"),
+        _TERMINAL.c.boot_id == sa.bindparam("b_boot_id"),
+        sa.or_(_TERMINAL.c.last_seq.is_(None), _TERMINAL.c.last_seq <= sa.bindparam("b_last_seq")),
+    )
     .values({name: sa.bindparam(f"b_{name}") for name in _POSITION_COLUMNS})
 )
-_POSITION_VALUES: Final = operator.attrgetter("id", *POSITION_FIELDS)
-_POSITION_KEYS: Final = ("b_id", *(f"b_{name}" for name in POSITION_FIELDS))
+_POSITION_VALUES: Final = operator.attrgetter("id", "boot_id", *POSITION_FIELDS)
+_POSITION_KEYS: Final = ("b_id", "b_boot_id", *(f"b_{name}" for name in POSITION_FIELDS))
+# What a write that is behind the stored row still changes: connectivity (the lease
+# holder's offline sweep may have missed the terminal's last message).
+_CONNECTIVITY_COLUMNS: Final = ("online", "online_since", "offline_reason", "updated_at")
+
+
+def _not_behind(excluded: Any) -> sa.ColumnElement[bool]:
+    """Whether a terminal write (``excluded``) may replace the stored row: not from the
+    stream the row already replaced (``prev_boot_id``: a lagging replica's straggler), and
+    either a new stream or at least as far along in the row's (equal: same position, the
+    counters may still have changed). A write behind changes only the connectivity
+    (``_CONNECTIVITY_COLUMNS``), and only when it differs."""
+    row = _TERMINAL.c
+    stale = sa.func.coalesce(excluded.boot_id == row.prev_boot_id, sa.false())
+    return sa.and_(
+        sa.not_(stale),
+        sa.or_(
+            excluded.boot_id.is_distinct_from(row.boot_id),
+            row.last_seq.is_(None),
+            excluded.last_seq >= row.last_seq,
+        ),
+    )
 
 
 def _utc(value: datetime) -> datetime:
@@ -618,9 +650,7 @@ class Storage:
             if batch.peripheral_ids:
                 self._replace_peripherals(conn, batch)
             if batch.transitions:
-                rows = [_TRANSITIONS.row(t) for t in batch.transitions]
-                for chunk in _chunks(rows):
-                    conn.execute(sa.insert(_TRANSITION), list(chunk))
+                self._insert_transitions(conn, batch.transitions)
             if batch.events:
                 self._insert_events(conn, batch.events)
             if batch.updates:
@@ -640,9 +670,21 @@ class Storage:
             if not fence.holds(conn):
                 fence.refuse("write offline transitions")
                 continue
-            rows = [_TRANSITIONS.row(t) for t in transitions]
-            for chunk in _chunks(rows):
-                conn.execute(sa.insert(_TRANSITION), list(chunk))
+            self._insert_transitions(conn, transitions)
+
+    def _insert_transitions(self, conn: Connection, transitions: Sequence[Transition]) -> None:
+        # Every replica that applies a message writes its transitions: stored once.
+        stmt = self._insert()(_TRANSITION).on_conflict_do_nothing(
+            index_elements=[
+                _TRANSITION.c.terminal_id,
+                _TRANSITION.c.cause,
+                _TRANSITION.c.subject,
+                _TRANSITION.c.to_state,
+            ]
+        )
+        rows = [_TRANSITIONS.row(t) for t in transitions]
+        for chunk in _chunks(rows):
+            conn.execute(stmt, list(chunk))
 
     def _insert_events(self, conn: Connection, events: Sequence[EventRecord]) -> None:
         # A duplicate that slipped past the in-memory check (a restart) is stored once.
@@ -661,9 +703,16 @@ class Storage:
     ) -> None:
         insert = self._insert()
         stmt = insert(_TERMINAL)
+        ahead = _not_behind(stmt.excluded)
         stmt = stmt.on_conflict_do_update(
             index_elements=[_TERMINAL.c.id],
-            set_={name: stmt.excluded[name] for name in _TERMINAL_UPDATE_COLUMNS},
+            set_={
+                name: stmt.excluded[name]
+                if name in _CONNECTIVITY_COLUMNS
+                else sa.case((ahead, stmt.excluded[name]), else_=_TERMINAL.c[name])
+                for name in _TERMINAL_UPDATE_COLUMNS
+            },
+            where=sa.or_(ahead, stmt.excluded.online != _TERMINAL.c.online),
         )
         rows = [_TERMINALS.row(v, updated_at=now) for v in terminals]
         for chunk in _chunks(rows):

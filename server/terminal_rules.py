@@ -69,6 +69,15 @@ Peripherals
     peripheral. A transition is recorded when the condition or fault code
     changes, and when a peripheral is first seen in a problem condition.
 
+Transition causes
+    Every transition a message causes carries ``transition_cause(message)``: the
+    message's identity, the same on every replica that applies it (a stream
+    message is its ``boot_id`` and ``seq``; a state message is, as for its
+    duplicate check, its ``boot_id``, ``seq`` and ``sent_at``, its state being
+    the transition's ``to_state``). One message changes each subject at most
+    once, so (cause, subject, to_state) names one transition: the storage keeps
+    it once however many replicas write it. The offline sweep's have none.
+
 Outcome hints
     ``position_only``: of the stored fields only ``POSITION_FIELDS`` changed (the
     common heartbeat), so the writer updates just those columns.
@@ -84,8 +93,8 @@ Outcome hints
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, fields
-from datetime import datetime, timedelta
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from protocol.committed import SeqRange
@@ -121,6 +130,7 @@ __all__ = [
     "adopt_offline",
     "apply",
     "expire",
+    "transition_cause",
 ]
 
 _DUPLICATE: Final = Outcome(Verdict.DUPLICATE)
@@ -281,8 +291,24 @@ def apply(
     raises for any valid message.
     """
     if isinstance(message, StateMessage):
-        return _apply_state(t, message, received_at, retained, policy, placement)
-    return _apply_stream(t, message, received_at, policy, placement)
+        outcome = _apply_state(t, message, received_at, retained, policy, placement)
+    else:
+        outcome = _apply_stream(t, message, received_at, policy, placement)
+    if not outcome.transitions:
+        return outcome
+    cause = transition_cause(message)
+    return replace(outcome, transitions=tuple(replace(x, cause=cause) for x in outcome.transitions))
+
+
+def transition_cause(message: Message) -> str:
+    """The identity of the message behind a transition (``Transition.cause``): a stream
+    message's ``boot_id:seq``; a state message's ``boot_id:seq:state:sent_at`` (its
+    ``seq`` is the last stream seq, so it needs its own marker and its ``sent_at``, as in
+    its duplicate check). At most 120 characters (the column holds 128)."""
+    if isinstance(message, StateMessage):
+        sent_at = message.sent_at.astimezone(UTC).isoformat()
+        return f"{message.boot_id}:{message.seq}:state:{sent_at}"
+    return f"{message.boot_id}:{message.seq}"
 
 
 def expire(

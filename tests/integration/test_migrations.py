@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from alembic.script import ScriptDirectory
 
 from server.config import Settings
 from server.errors import StorageError
+from server.fleet_views import Transition
+from server.records import WriteBatch
 from server.storage import Storage, alembic_config, server_metadata, upgrade_schema
 
 _OLD_TABLES = ("terminal", "peripheral", "transition")
@@ -31,6 +35,25 @@ def _differences(engine: sa.Engine) -> list[object]:
         return list(compare_metadata(context, server_metadata()))
 
 
+def _bare_engine(database_url: str) -> sa.Engine:
+    """An engine on the test's database, not migrated (the SQLite folder made)."""
+    if database_url.startswith("sqlite"):
+        Path(sa.make_url(database_url).database or "").parent.mkdir(parents=True, exist_ok=True)
+    return sa.create_engine(database_url)
+
+
+@contextmanager
+def _opened(database_url: str) -> Iterator[Storage]:
+    """The server's storage on it, migrated to head, its schema the models' exactly."""
+    storage = Storage(database_url)
+    storage.open()
+    try:
+        assert _differences(storage.engine) == []
+        yield storage
+    finally:
+        storage.close()
+
+
 def test_migrated_schema_equals_the_models_schema(database_url: str) -> None:
     storage = Storage(database_url)
     storage.open()
@@ -38,7 +61,7 @@ def test_migrated_schema_equals_the_models_schema(database_url: str) -> None:
         assert _differences(storage.engine) == []
         with storage.engine.connect() as conn:
             assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == (
-                "0014"
+                "0015"
             )
     finally:
         storage.close()
@@ -47,9 +70,7 @@ def test_migrated_schema_equals_the_models_schema(database_url: str) -> None:
 def test_database_made_by_the_old_create_all_is_stamped_and_upgraded_keeping_its_rows(
     database_url: str,
 ) -> None:
-    engine = sa.create_engine(database_url)
-    if database_url.startswith("sqlite"):
-        Path(sa.make_url(database_url).database or "").parent.mkdir(parents=True, exist_ok=True)
+    engine = _bare_engine(database_url)
     try:
         upgrade_schema(engine, "0001")  # exactly the tables create_all used to make
         now = datetime(2026, 1, 1, tzinfo=UTC)
@@ -67,16 +88,74 @@ def test_database_made_by_the_old_create_all_is_stamped_and_upgraded_keeping_its
     finally:
         engine.dispose()
 
-    storage = Storage(database_url)
-    storage.open()
-    try:
-        assert _differences(storage.engine) == []
+    with _opened(database_url) as storage:
         [view] = storage.load_fleet()
         assert (view.id, view.boot_id, view.last_seq) == ("T-OLD", "boot-old1", 41)
         assert (view.reports_received, view.seq_gaps, view.dropped_reports) == (0, 0, 0)
         assert storage.count_events() == 0
+
+
+def test_upgrade_to_0015_removes_duplicate_transitions_keeping_the_lowest_id(
+    database_url: str,
+) -> None:
+    engine = _bare_engine(database_url)
+
+    def t(seconds: int) -> object:
+        value = datetime(2026, 1, 1, 0, 0, seconds, tzinfo=UTC)
+        return value.isoformat() if engine.dialect.name == "sqlite" else value
+
+    # (id, subject, from_state, to_state, occurred_at, recorded_at): 2 and 5 are a second
+    # replica's copies of 1 and 4 (recorded a little later); 3 and 6 are other transitions.
+    rows = [
+        (1, "printer", None, "jam", 1, 2),
+        (2, "printer", None, "jam", 1, 3),
+        (3, "printer", "jam", "ok", 1, 2),
+        (4, "connectivity", "online", "offline", 5, 5),
+        (5, "connectivity", "online", "offline", 5, 6),
+        (6, "connectivity", "online", "offline", 9, 9),
+    ]
+    try:
+        upgrade_schema(engine, "0014")
+        with engine.begin() as conn:
+            for row_id, subject, from_state, to_state, occurred, recorded in rows:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO transition (id, terminal_id, subject, kind, from_state,"
+                        " to_state, occurred_at, recorded_at) VALUES (:id, 'T-1', :subject,"
+                        " :subject, :from_state, :to_state, :occurred, :recorded)"
+                    ),
+                    {
+                        "id": row_id,
+                        "subject": subject,
+                        "from_state": from_state,
+                        "to_state": to_state,
+                        "occurred": t(occurred),
+                        "recorded": t(recorded),
+                    },
+                )
+        upgrade_schema(engine, "0015")
+        with engine.connect() as conn:
+            kept = conn.execute(sa.text("SELECT id FROM transition ORDER BY id")).scalars().all()
+            assert kept == [1, 3, 4, 6]
+            if engine.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT setval('transition_id_seq', 6)"))
+                conn.commit()
     finally:
-        storage.close()
+        engine.dispose()
+
+    with _opened(database_url) as storage:
+        caused = Transition(
+            terminal_id="T-1",
+            subject="printer",
+            kind="receipt_printer",
+            from_state="ok",
+            to_state="jam",
+            occurred_at=datetime(2026, 1, 2, tzinfo=UTC),
+            recorded_at=datetime(2026, 1, 2, tzinfo=UTC),
+            cause="boot-aaaa:7",
+        )
+        storage.write(WriteBatch(transitions=[caused, caused]), now=caused.recorded_at)
+        assert storage.count_transitions() == 5  # the four kept, and the caused one once
 
 
 def test_kioskfleet_db_upgrade_migrates_an_empty_database_to_head(

@@ -16,7 +16,7 @@ from server.fleet_state import FleetState
 from server.fleet_views import OfflineReason, PeripheralView, TerminalView, Transition, Verdict
 from server.records import EventRecord, WriteBatch
 from server.storage import Storage
-from tests.support.fleet_messages import periph, report
+from tests.support.fleet_messages import periph, peripheral_event, report, state
 
 pytestmark = pytest.mark.integration
 
@@ -402,3 +402,114 @@ def test_a_position_only_write_of_a_missing_row_writes_it_whole(storage: Storage
     loaded = {v.id: v for v in storage.load_fleet()}
     assert (loaded["T-1"].last_seq, loaded["T-2"].last_seq) == (50, 9)
     assert loaded["T-2"].hall == "Hall A"
+
+
+# --- several replicas writing the same messages (docs/scale-out.md) --------------------------
+
+
+def _replica_transitions(delay: float) -> list[Transition]:
+    """The transitions one replica records for the same messages (all sent at one device
+    time), received ``delay`` seconds after the others do."""
+    fleet = FleetState()
+    jam = periph("printer", "receipt_printer", "jam")
+    fault = periph("reader", "id_card_reader", "fault")
+    messages = [
+        state("T-1", True, seq=0),
+        report("T-1", 1, peripherals=[jam]),
+        peripheral_event("T-1", 2, periph("printer", "receipt_printer"), "jam"),
+        peripheral_event("T-1", 3, jam, "ok"),  # jam -> ok -> jam within one sent_at
+        report("T-1", 4, peripherals=[jam, fault]),
+        state("T-1", False, seq=4),  # the will: occurred_at is the server's time
+        state("T-1", True, seq=4, sent_at=at(1)),
+        report("T-2", 1, peripherals=[jam]),
+    ]
+    return [
+        t for i, m in enumerate(messages) for t in fleet.apply(m, at(10 * i + delay)).transitions
+    ]
+
+
+def test_two_replicas_writing_the_same_messages_transitions_store_each_once(
+    database_url: str,
+) -> None:
+    first, second = _replica_transitions(0.0), _replica_transitions(0.3)
+    replicas = [Storage(database_url), Storage(database_url)]
+    for s in replicas:
+        s.open()
+    try:
+        replicas[0].write(WriteBatch(transitions=first), now=at(100))
+        replicas[1].write(WriteBatch(transitions=second), now=at(100))
+        replicas[0].write(WriteBatch(transitions=first), now=at(101))  # a retried batch too
+        stored = [*replicas[1].history("T-1", 100)[::-1], *replicas[1].history("T-2", 100)[::-1]]
+    finally:
+        for s in replicas:
+            s.close()
+    assert [(t.terminal_id, t.subject, t.to_state) for t in stored] == [
+        ("T-1", "connectivity", "online"),
+        ("T-1", "printer", "jam"),
+        ("T-1", "printer", "ok"),
+        ("T-1", "printer", "jam"),
+        ("T-1", "reader", "fault"),
+        ("T-1", "connectivity", "offline"),
+        ("T-1", "connectivity", "online"),
+        ("T-2", "connectivity", "online"),
+        ("T-2", "printer", "jam"),
+    ]
+    assert len(first) == len(stored)  # every real transition is there, none twice
+    assert {t.recorded_at for t in stored} == {t.recorded_at for t in first}  # first writer's
+
+
+def test_transitions_the_server_decided_are_never_merged(storage: Storage) -> None:
+    sweep = [transition("T-1", "offline", 10), transition("T-1", "offline", 10)]
+    storage.write(WriteBatch(transitions=sweep), now=at(11))
+    assert storage.count_transitions() == 2  # no cause: the lease holder's, written once each
+
+
+def test_a_write_behind_the_row_in_its_stream_changes_nothing(storage: Storage) -> None:
+    ahead = terminal(last_seq=42, reports_received=10, seq_gaps=1)
+    storage.write(WriteBatch(terminals=[ahead], peripheral_ids=frozenset({"T-1"})), now=at(6))
+    lagging = terminal(last_seq=40, reports_received=8, seq_gaps=0, hall="Hall Lag")
+    storage.write(WriteBatch(terminals=[lagging]), now=at(7))
+    storage.write(WriteBatch(terminals=[lagging], position_only=frozenset({"T-1"})), now=at(8))
+    [loaded] = storage.load_fleet()
+    assert loaded == ahead
+
+
+def test_a_write_further_along_or_in_a_new_stream_applies_and_a_straggler_does_not(
+    storage: Storage,
+) -> None:
+    storage.write(WriteBatch(terminals=[terminal(last_seq=42)]), now=at(6))
+    same_position = terminal(last_seq=42, reports_received=11)  # counters of the same position
+    storage.write(WriteBatch(terminals=[same_position]), now=at(7))
+    assert storage.load_fleet()[0].reports_received == 11
+    storage.write(WriteBatch(terminals=[terminal(last_seq=50, hall="Hall B")]), now=at(8))
+    assert (storage.load_fleet()[0].last_seq, storage.load_fleet()[0].hall) == (50, "Hall B")
+    new_stream = terminal(boot_id="boot-bbbb", last_seq=3, prev_boot_id="boot-aaaa")
+    storage.write(WriteBatch(terminals=[new_stream]), now=at(9))
+    assert (storage.load_fleet()[0].boot_id, storage.load_fleet()[0].last_seq) == ("boot-bbbb", 3)
+    straggler = terminal(last_seq=99, hall="Hall Old")  # a replica still on boot-aaaa
+    storage.write(WriteBatch(terminals=[straggler]), now=at(10))
+    storage.write(WriteBatch(terminals=[straggler], position_only=frozenset({"T-1"})), now=at(11))
+    [loaded] = storage.load_fleet()
+    assert (loaded.boot_id, loaded.last_seq, loaded.hall) == ("boot-bbbb", 3, "Hall A")
+
+
+def test_an_offline_behind_the_row_takes_it_offline_and_keeps_its_position(
+    storage: Storage,
+) -> None:
+    storage.write(WriteBatch(terminals=[terminal(last_seq=42, reports_received=10)]), now=at(6))
+    # The lease holder's sweep, on a replica that missed the terminal's last report.
+    swept = terminal(
+        last_seq=41,
+        reports_received=9,
+        online=False,
+        state_since=at(60),
+        offline_reason=OfflineReason.TIMEOUT,
+    )
+    storage.write(WriteBatch(terminals=[swept]), now=at(61))
+    [loaded] = storage.load_fleet()
+    assert (loaded.online, loaded.state_since, loaded.offline_reason) == (
+        False,
+        at(60),
+        OfflineReason.TIMEOUT,
+    )
+    assert (loaded.last_seq, loaded.reports_received) == (42, 10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from server.fleet_views import (
     Verdict,
 )
 from server.health import Health
-from server.terminal_rules import VIEW_FIELDS
+from server.terminal_rules import VIEW_FIELDS, transition_cause
 from tests.support.fleet_messages import (
     BOOT,
     PRINTER_OK,
@@ -410,6 +411,35 @@ def test_silence_before_the_broker_link_came_up_is_not_held_against_terminals(
     fleet.apply(report(interval=10), at(0))
     assert fleet.expire_silent(at(100), listening_since=at(90)) == []
     assert len(fleet.expire_silent(at(121), listening_since=at(90))) == 1
+
+
+def test_a_transition_names_the_message_behind_it_and_the_sweeps_name_none(
+    fleet: FleetState,
+) -> None:
+    # All at one device time: a stream message and a state message of the same seq differ.
+    [first] = fleet.apply(state("T-1", True, seq=0, sent_at=at(0)), at(0)).transitions
+    jam = periph("printer", "receipt_printer", "jam")
+    [jammed] = fleet.apply(report(seq=4, sent_at=at(0), peripherals=[jam]), at(1)).transitions
+    [lost] = fleet.apply(state("T-1", False, seq=4, sent_at=at(0)), at(2)).transitions
+    [back] = fleet.apply(state("T-1", True, seq=4, sent_at=at(0)), at(3)).transitions
+    assert first.cause == f"{BOOT}:0:state:{at(0).isoformat()}"
+    assert jammed.cause == f"{BOOT}:4"
+    assert lost.cause == back.cause == f"{BOOT}:4:state:{at(0).isoformat()}"
+    assert (lost.to_state, back.to_state) == ("offline", "online")  # the key tells them apart
+    assert lost.occurred_at == at(2)  # the will's time is the server's: not in the key
+    [timeout] = fleet.expire_silent(at(1000))
+    assert timeout.cause is None
+
+
+def test_the_longest_cause_the_wire_allows_fits_its_column() -> None:
+    longest = state(
+        "T-1",
+        False,
+        seq=2**53,
+        boot="b" * 64,
+        sent_at=datetime(2199, 12, 31, 23, 59, 59, 999999, UTC),
+    )
+    assert len(transition_cause(longest)) <= 128  # transition.cause is varchar(128)
 
 
 # --- peripherals ----------------------------------------------------------------------------
