@@ -63,12 +63,11 @@ kind, the most reported fault codes and, per package, the versions on most
 terminals (and only the packages on most terminals); the rest are folded into
 ``other``. Halls and regions come from the server's record of each terminal.
 
-Only the replica holding the scheduled-jobs lease exports the fleet
-(``exporting``, the lease's belief asked at every scrape; docs/scale-out.md,
-"What each replica exports"): on a standby every family above is yielded
-without samples, so a sum over all replicas' scrapes counts each terminal once,
-and a new holder exports at its first scrape after it took over. A lone server
-holds the lease from its start.
+Only the replica holding the scheduled-jobs lease exports the fleet: the server
+registers the collector wrapped in ``server.holder_only.HolderOnly`` (the lease's
+belief asked at every scrape; docs/scale-out.md, "What each replica exports"), so
+on a standby every family above is yielded without samples (``describe``), the
+fleet is not read, and a sum over all replicas' scrapes counts each terminal once.
 
 This module must never iterate over the whole fleet or create a series for a
 healthy terminal: a scrape's cost follows the number of halls, versions and
@@ -201,11 +200,6 @@ HallOpenings = Callable[[str | None], tuple[bool, float | None]]
 """A hall's (open now, seconds until it next opens) by its name (``HallOpenings``)."""
 
 
-def always_exporting() -> bool:
-    """The export rule of a collector with no lease: it always exports the fleet."""
-    return True
-
-
 def always_open(hall: str | None) -> tuple[bool, float | None]:
     """The openings of a server with no opening hours: every hall open."""
     return True, 0.0
@@ -299,15 +293,10 @@ class FleetCollector(Collector):
         openings: HallOpenings = always_open,
         maintenance: Callable[[], ActiveMaintenance] = lambda: NO_MAINTENANCE,
         on_lock_held: Callable[[float], None] | None = None,
-        exporting: Callable[[], bool] = always_exporting,
     ) -> None:
         """``on_lock_held`` gets, at every scrape, the seconds the fleet lock was held to
-        read the fleet (the server observes them in ``kioskfleet_fleet_lock_held_seconds``).
-        ``exporting`` is asked at every scrape whether this replica exports the fleet (the
-        server passes its job lease's ``held``); when not, the families come without
-        samples and the fleet is not read."""
+        read the fleet (the server observes them in ``kioskfleet_fleet_lock_held_seconds``)."""
         self._fleet = fleet
-        self._exporting = exporting
         self._budget = budget or LabelBudget()
         self._openings = openings
         self._maintenance = maintenance
@@ -319,9 +308,6 @@ class FleetCollector(Collector):
             yield GaugeMetricFamily(name, _HELP[name], labels=_LABELS[name])
 
     def collect(self) -> Iterator[Metric]:
-        if not self._exporting():  # a standby replica: the lease holder exports the fleet
-            yield from self.describe()
-            return
         maintenance = self._maintenance()
         placed = []  # the terminals with their own window that the fleet knows
         for terminal_id in sorted(maintenance.terminals):

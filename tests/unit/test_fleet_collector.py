@@ -392,66 +392,6 @@ def test_every_scrape_reports_how_long_it_held_the_fleet_lock() -> None:
     assert series[("kioskfleet_fleet_lock_held_seconds_sum", frozenset())] > 0
 
 
-class _LeaseStub:
-    """The one thing the collector asks of the job lease: does this replica hold it now."""
-
-    def __init__(self, held: bool = False) -> None:
-        self.holding = held
-
-    def held(self) -> bool:
-        return self.holding
-
-
-def test_a_standby_exports_the_fleet_families_empty_and_a_new_holder_at_its_first_scrape() -> None:
-    registry = CollectorRegistry()
-    metrics = ServerMetrics(registry)  # per-process series: every replica exports its own
-    metrics.ingest_duplicates.inc(3)
-    lease = _LeaseStub()
-    reads: list[float] = []
-    fleet = _small_fleet()
-    registry.register(FleetCollector(fleet, exporting=lease.held, on_lock_held=reads.append))
-    standby = scrape(registry)
-    assert not only(standby, *FLEET_METRIC_NAMES)
-    assert reads == []  # a standby does not even read the fleet
-    text = generate_latest(registry).decode()
-    assert all(f"# TYPE {name} gauge" in text for name in FLEET_METRIC_NAMES)  # empty, not gone
-    assert standby[("kioskfleet_ingest_duplicates_total", frozenset())] == 3
-
-    lease.holding = True  # took the lease over: the very next scrape exports the fleet
-    holder = scrape(registry)
-    assert only(holder, *FLEET_METRIC_NAMES) == fleet_series(fleet)
-    assert len(reads) == 1
-    assert holder[("kioskfleet_ingest_duplicates_total", frozenset())] == 3
-
-    lease.holding = False  # lost it (another replica took over): empty again
-    assert not only(scrape(registry), *FLEET_METRIC_NAMES)
-
-
-def test_three_replicas_scraped_together_count_each_terminal_once_before_and_after_a_takeover() -> (
-    None
-):
-    leases = [_LeaseStub(held=i == 0) for i in range(3)]
-    registries = []
-    for lease in leases:  # every replica receives every message: the same fleet view
-        registry = CollectorRegistry()
-        registry.register(FleetCollector(_small_fleet(), exporting=lease.held))
-        registries.append(registry)
-
-    def terminals_summed() -> float:
-        return sum(
-            value
-            for registry in registries
-            for (name, _), value in scrape(registry).items()
-            if name == "kioskfleet_terminals"
-        )
-
-    assert terminals_summed() == 6  # A to F, once
-    leases[0].holding = False  # the holder dies; its lease expires
-    assert terminals_summed() == 0  # the takeover window: absent, never doubled
-    leases[2].holding = True
-    assert terminals_summed() == 6
-
-
 # --- tallies through a sequence of changes ----------------------------------------------
 
 
