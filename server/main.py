@@ -264,6 +264,9 @@ class Server:
                     packages=settings.metrics_packages,
                     offline_terminals_per_hall=settings.metrics_offline_terminals_per_hall,
                     unreachable_share=settings.metrics_hall_unreachable_share,
+                    peripheral_problem_terminals_per_hall=(
+                        settings.metrics_peripheral_problem_terminals_per_hall
+                    ),
                 ),
                 openings=self.hall_openings,
                 maintenance=self.maintenance_book,
