@@ -12,11 +12,13 @@ goes through ``protocol.codec.decode`` and ``FleetState.apply``, as in the serve
   A. collector: ``FleetCollector`` over the fleet state on a fresh registry (what
      the server does): fleet gauges by hall, per-terminal series only for problems,
      a hall with too many offline terminals as one ``kioskfleet_hall_unreachable``
-     series, and ``gc.collect(); gc.freeze()`` after the fleet is built (what
-     ``Server.start`` does after loading it);
+     series, one with too many peripheral problems as
+     ``kioskfleet_hall_peripheral_problems_withheld`` per family, and
+     ``gc.collect(); gc.freeze()`` after the fleet is built (what ``Server.start``
+     does after loading it);
   U. uncapped (the mass-outage baseline): the same collector with no per-hall
-     budget (every offline terminal exported, as before issue 13) and no
-     ``gc.freeze()``;
+     budget (every offline terminal and every peripheral problem exported, as before
+     issue 13) and no ``gc.freeze()``;
   B. naive baseline: the same fleet state plus five ``Gauge(...).labels(terminal,
      hall, region)`` series per terminal (online, last seen, state since, report
      interval, peripherals ok), kept up to date as an exporter would.
@@ -35,6 +37,8 @@ the longest pause the collector can cause in that process.
     .venv/bin/python bench/scrape.py                      # 100 000 terminals, 1 % problems
     .venv/bin/python bench/scrape.py --problem-ratio 0.5 --offline-share 1 \
         --variants collector,uncapped                     # a mass outage (docs/benchmarks.md)
+    .venv/bin/python bench/scrape.py --problem-ratio 0.5 --offline-share 0 \
+        --variants collector,uncapped                     # a mass peripheral outage
     .venv/bin/python bench/scrape.py --terminals 10000 --naive-runs 5
 """
 
@@ -294,12 +298,20 @@ def run_variant(variant: str, shape: FleetShape, runs: int) -> dict[str, Any]:
         gc.freeze()  # as Server.start after loading the fleet
         budget = LabelBudget()
         registry.register(FleetCollector(fleet, budget))
-        limit = budget.offline_terminals_per_hall
-        extra = lambda: fleet.summary(offline_per_hall=limit)  # noqa: E731 - one line
+        limit, faulted = (
+            budget.offline_terminals_per_hall,
+            budget.peripheral_problem_terminals_per_hall,
+        )
+        extra = lambda: fleet.summary(offline_per_hall=limit, faulted_per_hall=faulted)  # noqa: E731 - one line
     elif variant == "uncapped":
         registry.register(
             FleetCollector(
-                fleet, LabelBudget(offline_terminals_per_hall=10**9, unreachable_share=2.0)
+                fleet,
+                LabelBudget(
+                    offline_terminals_per_hall=10**9,
+                    unreachable_share=2.0,
+                    peripheral_problem_terminals_per_hall=10**9,
+                ),
             )
         )
         extra = fleet.summary

@@ -19,7 +19,9 @@ Labels are bounded: ``hall`` is a hall of the fleet or the rollups, ``service`` 
 when it is in the catalogue, else ``other`` (``label``); there is no terminal label, so a
 terminal's figures never leave the API. The figures read the database, so they are
 recomputed at most every ``refresh_s`` (default 300 s) and served from that reading
-between scrapes; a database error keeps the previous reading. No I/O of its own.
+between scrapes; a database error keeps the previous reading. Every replica reads the
+same database, so the server exports these from the job-lease holder only
+(``server.holder_only``): a standby neither reads nor exports them. No I/O of its own.
 """
 
 from __future__ import annotations
@@ -60,6 +62,11 @@ _SERVICE_GAUGES: Final = {
     " service was unavailable during opening hours, over the window.",
 }
 ANALYTICS_METRIC_NAMES: Final = (*_HALL_GAUGES, *_SERVICE_GAUGES)
+_HELP: Final = {**_HALL_GAUGES, **_SERVICE_GAUGES}
+_LABELS: Final = {
+    **{name: ("region", "hall") for name in _HALL_GAUGES},
+    **{name: ("region", "hall", "service") for name in _SERVICE_GAUGES},
+}
 
 _Reading = dict[str, dict[tuple[str, ...], float]]
 
@@ -135,19 +142,16 @@ class AnalyticsCollector(Collector):
         return out
 
     def describe(self) -> Iterator[Metric]:
-        """Nothing: registering must not read the database (it may not be open yet)."""
-        return iter(())
+        """The families without samples: registering (and a standby replica's scrape) must
+        not read the database (it may not be open yet)."""
+        for name, labels in _LABELS.items():
+            yield GaugeMetricFamily(name, _HELP[name], labels=labels)
 
     def collect(self) -> Iterator[Metric]:
         reading = self.reading()
         regions = self._regions()
-        for name, text in _HALL_GAUGES.items():
-            family = GaugeMetricFamily(name, text, labels=["region", "hall"])
-            for labels, value in sorted(reading[name].items()):
-                family.add_metric([regions.get(labels[0], UNKNOWN_LABEL), *labels], value)
-            yield family
-        for name, text in _SERVICE_GAUGES.items():
-            family = GaugeMetricFamily(name, text, labels=["region", "hall", "service"])
-            for labels, value in sorted(reading[name].items()):
-                family.add_metric([regions.get(labels[0], UNKNOWN_LABEL), *labels], value)
+        for name, labels in _LABELS.items():
+            family = GaugeMetricFamily(name, _HELP[name], labels=labels)
+            for values, value in sorted(reading[name].items()):
+                family.add_metric([regions.get(values[0], UNKNOWN_LABEL), *values], value)
             yield family

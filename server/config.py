@@ -251,6 +251,9 @@ class Settings(BaseSettings):
     metrics_offline_terminals_per_hall: Annotated[int, Field(ge=1, le=100_000)] = 10
     # ... or at least this share of its terminals (2 or more offline); above 1: never
     metrics_hall_unreachable_share: Annotated[float, Field(gt=0, le=2)] = 0.5
+    # above this many online terminals with a peripheral problem in one hall, the hall
+    # withholds their per-terminal problem series (kioskfleet_hall_peripheral_problems_withheld)
+    metrics_peripheral_problem_terminals_per_hall: Annotated[int, Field(ge=1, le=100_000)] = 20
     # gc.freeze() after loading a fleet of at least this many terminals (docs/benchmarks.md)
     gc_freeze_min_terminals: Annotated[int, Field(ge=0)] = 10_000
     # how often the metrics re-read every hall's opening hours (one query; hours set over

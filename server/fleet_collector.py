@@ -30,14 +30,21 @@ tallies) and turns it into metric families (the contract in
   terminals; else 0. Such a hall exports no per-terminal offline series: its
   ``kioskfleet_terminals{status="offline"}`` says how many, and ``HallUnreachable``
   alerts once for the hall (docs/monitoring.md, "A mass outage");
+- ``kioskfleet_hall_peripheral_problems_withheld{region,hall,family}``: for a hall with more
+  than ``LabelBudget.peripheral_problem_terminals_per_hall`` online terminals with a
+  peripheral problem (``peripherals_withheld``), the problem peripherals of each family
+  whose per-terminal series the hall does not export; no series for the other halls,
+  nor while the hall is in maintenance. Its ``kioskfleet_peripherals`` still counts them
+  by kind and condition, and ``HallPeripheralOutage`` alerts once per hall and family;
 - per terminal, ONLY for terminals with a problem:
   ``kioskfleet_terminal_offline`` and
   ``kioskfleet_terminal_offline_since_timestamp_seconds`` while offline (not while
   ``closed``: a terminal switched off for the night has no series; nor in an
   unreachable hall),
   ``kioskfleet_terminal_peripheral_problem`` per peripheral not ``ok`` of an ONLINE
-  terminal: an offline terminal's last reported problems are not current, so they
-  are not exported (its ``kioskfleet_terminal_offline`` is);
+  terminal (not in a hall whose problems are withheld): an offline terminal's last
+  reported problems are not current, so they are not exported (its
+  ``kioskfleet_terminal_offline`` is);
 - maintenance (``server.maintenance``, read from ``maintenance``: a cached
   ``server.maintenance_book.MaintenanceBook``): ``kioskfleet_hall_maintenance{region,hall}``
   for every hall (1 while the hall has an active window, else 0) and
@@ -63,12 +70,11 @@ kind, the most reported fault codes and, per package, the versions on most
 terminals (and only the packages on most terminals); the rest are folded into
 ``other``. Halls and regions come from the server's record of each terminal.
 
-Only the replica holding the scheduled-jobs lease exports the fleet
-(``exporting``, the lease's belief asked at every scrape; docs/scale-out.md,
-"What each replica exports"): on a standby every family above is yielded
-without samples, so a sum over all replicas' scrapes counts each terminal once,
-and a new holder exports at its first scrape after it took over. A lone server
-holds the lease from its start.
+Only the replica holding the scheduled-jobs lease exports the fleet: the server
+registers the collector wrapped in ``server.holder_only.HolderOnly`` (the lease's
+belief asked at every scrape; docs/scale-out.md, "What each replica exports"), so
+on a standby every family above is yielded without samples (``describe``), the
+fleet is not read, and a sum over all replicas' scrapes counts each terminal once.
 
 This module must never iterate over the whole fleet or create a series for a
 healthy terminal: a scrape's cost follows the number of halls, versions and
@@ -89,7 +95,13 @@ from prometheus_client.registry import Collector
 from protocol.messages import PeripheralCondition, PeripheralKind
 from protocol.taxonomy import family_of
 from server.fleet_state import FleetState
-from server.fleet_views import AGENT_PACKAGE, FleetSummary, OfflineReason, SoftwareCount
+from server.fleet_views import (
+    AGENT_PACKAGE,
+    FleetSummary,
+    HallSummary,
+    OfflineReason,
+    SoftwareCount,
+)
 from server.health import Health, closed_or
 from server.maintenance import NO_MAINTENANCE, ActiveMaintenance
 
@@ -101,6 +113,7 @@ __all__ = [
     "LabelBudget",
     "fleet_families",
     "hall_unreachable",
+    "peripherals_withheld",
 ]
 
 UNKNOWN_LABEL: Final = "unknown"
@@ -119,6 +132,7 @@ _OPENS_IN: Final = "kioskfleet_hall_opens_in_seconds"
 _HALL_MAINTENANCE: Final = "kioskfleet_hall_maintenance"
 _TERMINAL_MAINTENANCE: Final = "kioskfleet_terminal_maintenance"
 _UNREACHABLE: Final = "kioskfleet_hall_unreachable"
+_WITHHELD: Final = "kioskfleet_hall_peripheral_problems_withheld"
 
 FLEET_METRIC_NAMES: Final = (
     _TERMINALS,
@@ -134,6 +148,7 @@ FLEET_METRIC_NAMES: Final = (
     _HALL_MAINTENANCE,
     _TERMINAL_MAINTENANCE,
     _UNREACHABLE,
+    _WITHHELD,
 )
 """Every family this collector yields (always, with or without samples)."""
 
@@ -167,6 +182,9 @@ _HELP: Final = {
     " budget or at least half of them, are offline: the hall then has no per-terminal"
     ' offline series (kioskfleet_terminals{status="offline"} counts them); else 0, and'
     " 0 while the hall is in maintenance.",
+    _WITHHELD: "Problem peripherals of the family on the hall's online terminals that have no"
+    " per-terminal series because more of its terminals than the per-hall budget have a"
+    " peripheral problem (kioskfleet_peripherals counts them); no series for other halls.",
 }
 _LABELS: Final = {
     _TERMINALS: ("region", "hall", "status"),
@@ -191,6 +209,7 @@ _LABELS: Final = {
     _HALL_MAINTENANCE: ("region", "hall"),
     _TERMINAL_MAINTENANCE: ("terminal", "hall", "region"),
     _UNREACHABLE: ("region", "hall"),
+    _WITHHELD: ("region", "hall", "family"),
 }
 
 _STATUSES: Final = tuple(Health)
@@ -199,11 +218,6 @@ _FAMILY: Final = {kind: family_of(kind).family.value for kind in PeripheralKind}
 
 HallOpenings = Callable[[str | None], tuple[bool, float | None]]
 """A hall's (open now, seconds until it next opens) by its name (``HallOpenings``)."""
-
-
-def always_exporting() -> bool:
-    """The export rule of a collector with no lease: it always exports the fleet."""
-    return True
 
 
 def always_open(hall: str | None) -> tuple[bool, float | None]:
@@ -234,7 +248,10 @@ class LabelBudget:
     A hall with more than ``offline_terminals_per_hall`` offline terminals (or at least
     ``unreachable_share`` of them offline, 2 or more) is *unreachable*: one hall series
     instead of two per offline terminal, so a mass outage neither multiplies the series
-    nor holds the fleet lock to copy every offline terminal.
+    nor holds the fleet lock to copy every offline terminal. Likewise a hall with more than
+    ``peripheral_problem_terminals_per_hall`` online terminals with a peripheral problem (a
+    bad paper batch, a driver update) withholds their per-terminal problem series: one
+    series per family says how many.
     """
 
     fault_codes_per_kind: int = 20
@@ -242,6 +259,7 @@ class LabelBudget:
     packages: int = 30
     offline_terminals_per_hall: int = 10
     unreachable_share: float = 0.5  # of a hall's terminals offline: unreachable (> 1: never)
+    peripheral_problem_terminals_per_hall: int = 20
 
 
 def hall_unreachable(offline: int, total: int, budget: LabelBudget) -> bool:
@@ -251,6 +269,13 @@ def hall_unreachable(offline: int, total: int, budget: LabelBudget) -> bool:
     return offline >= 2 and (
         offline > budget.offline_terminals_per_hall or offline >= budget.unreachable_share * total
     )
+
+
+def peripherals_withheld(hall: HallSummary, budget: LabelBudget) -> bool:
+    """Whether the hall's per-terminal problem series are withheld: more of its online
+    terminals have a peripheral problem than ``peripheral_problem_terminals_per_hall``
+    (decided from the hall's counts, so they are all exported or none)."""
+    return hall.degraded > budget.peripheral_problem_terminals_per_hall
 
 
 def _top(counts: Counter[str], n: int) -> set[str]:
@@ -299,15 +324,10 @@ class FleetCollector(Collector):
         openings: HallOpenings = always_open,
         maintenance: Callable[[], ActiveMaintenance] = lambda: NO_MAINTENANCE,
         on_lock_held: Callable[[float], None] | None = None,
-        exporting: Callable[[], bool] = always_exporting,
     ) -> None:
         """``on_lock_held`` gets, at every scrape, the seconds the fleet lock was held to
-        read the fleet (the server observes them in ``kioskfleet_fleet_lock_held_seconds``).
-        ``exporting`` is asked at every scrape whether this replica exports the fleet (the
-        server passes its job lease's ``held``); when not, the families come without
-        samples and the fleet is not read."""
+        read the fleet (the server observes them in ``kioskfleet_fleet_lock_held_seconds``)."""
         self._fleet = fleet
-        self._exporting = exporting
         self._budget = budget or LabelBudget()
         self._openings = openings
         self._maintenance = maintenance
@@ -319,16 +339,16 @@ class FleetCollector(Collector):
             yield GaugeMetricFamily(name, _HELP[name], labels=_LABELS[name])
 
     def collect(self) -> Iterator[Metric]:
-        if not self._exporting():  # a standby replica: the lease holder exports the fleet
-            yield from self.describe()
-            return
         maintenance = self._maintenance()
         placed = []  # the terminals with their own window that the fleet knows
         for terminal_id in sorted(maintenance.terminals):
             view = self._fleet.get(terminal_id)
             if view is not None:
                 placed.append((terminal_id, view.hall, view.region))
-        summary = self._fleet.summary(offline_per_hall=self._budget.offline_terminals_per_hall)
+        summary = self._fleet.summary(
+            offline_per_hall=self._budget.offline_terminals_per_hall,
+            faulted_per_hall=self._budget.peripheral_problem_terminals_per_hall,
+        )
         if self._on_lock_held is not None:
             self._on_lock_held(summary.lock_held_s)
         yield from fleet_families(summary, self._budget, self._openings, maintenance, placed)
@@ -363,11 +383,18 @@ def fleet_families(
     delivery: dict[tuple[str, str], list[int]] = {}  # [dropped_reports, seq_gaps]
     peripherals: dict[tuple[str, str], dict[tuple[PeripheralKind, PeripheralCondition], int]] = {}
     in_maintenance: dict[tuple[str, str], bool] = {}
+    withheld: dict[tuple[str, str], Counter[str]] = {}  # problem peripherals by family
+    withheld_halls: set[tuple[str | None, str | None]] = set()  # as the terminals say them
     for h in summary.halls:
         key = (_label(h.region), _label(h.hall))
         in_maintenance[key] = in_maintenance.get(key, False) or (
             h.hall is not None and h.hall in maintenance.halls
         )
+        if peripherals_withheld(h, budget):
+            withheld_halls.add((h.region, h.hall))
+            by_family = withheld.setdefault(key, Counter())
+            for pc in h.online_peripheral_problems:
+                by_family[_FAMILY[pc.kind]] += pc.count
         is_open, opens_in = opens.setdefault(key, opening(h.hall))
         counts = terminals.get(key)
         if counts is None:
@@ -394,6 +421,11 @@ def fleet_families(
         # a hall in maintenance is suppressed at the source like its terminals
         shown = key in unreachable and not in_maintenance.get(key, False)
         unreachable_family.add_metric([region, hall], 1 if shown else 0)
+    family = out[_WITHHELD]
+    for (region, hall), by_family in withheld.items():
+        if not in_maintenance.get((region, hall), False):  # suppressed like its terminals
+            for name, n in sorted(by_family.items()):
+                family.add_metric([region, hall, name], n)
     family = out[_PERIPHERALS]
     for (region, hall), by_kind in peripherals.items():
         for (kind, condition), n in by_kind.items():
@@ -433,6 +465,8 @@ def fleet_families(
                 offline.add_metric([t.id, hall, region], 1)
                 since.add_metric([t.id, hall, region], t.state_since.timestamp())
             continue  # its last reported peripheral problems are not current
+        if (t.region, t.hall) in withheld_halls:
+            continue  # the hall's _withheld series and its counts stand for them
         for p in t.problems:
             problem.add_metric(
                 [

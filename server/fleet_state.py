@@ -214,18 +214,21 @@ class FleetState:
         with self._lock:
             return [self._terminals[tid].view() for tid in self._tallies.problem_ids()]
 
-    def summary(self, *, offline_per_hall: int = 1_000_000) -> FleetSummary:
+    def summary(
+        self, *, offline_per_hall: int = 1_000_000, faulted_per_hall: int = 1_000_000
+    ) -> FleetSummary:
         """Halls, software and problem terminals read at one instant (for a metrics scrape).
 
         A hall's offline terminals are included only while there are at most
-        ``offline_per_hall`` of them (``FleetTallies.reading``); its counts always are.
+        ``offline_per_hall`` of them, its online ones with a peripheral problem only while
+        there are at most ``faulted_per_hall`` (``FleetTallies.reading``); its counts always are.
         Under the lock it copies counts and references (cost follows the number of halls,
         versions and exported problems, not the fleet); sorting runs after. The time the
         lock was held is in ``lock_held_s`` (``time.perf_counter``, the one clock read here).
         """
         with self._lock:
             started = time.perf_counter()
-            halls, problems = self._tallies.reading(offline_per_hall)
+            halls, problems = self._tallies.reading(offline_per_hall, faulted_per_hall)
             software = self._tallies.software()
             held = time.perf_counter() - started
         halls.sort(key=lambda s: (s.region or "", s.hall or ""))

@@ -1,7 +1,8 @@
 """The fleet's incremental tallies: counts that readers get without a scan over the fleet.
 
 Per (region, hall): terminals by online/health, peripherals by (kind,
-condition) with ``ok`` included, problems by (kind, condition), and the sums
+condition) with ``ok`` included, problems by (kind, condition) (all, and those of
+online terminals), and the sums
 of the terminals' ``seq_gaps`` and ``dropped_reports``, and the terminals offline
 after a clean shutdown; fleet-wide: terminals
 per (package, version) of installed software (the agent itself counts as
@@ -16,7 +17,8 @@ costs, and readers (``halls``, ``software``, ``problem_ids``) cost what the
 number of halls, versions and problems costs. ``reading`` (what a metrics scrape
 takes under the fleet lock) costs what the number of halls costs plus reference copies
 of the problem entries it may export: a hall's offline entries only while there are at
-most ``offline_per_hall`` of them, so a mass outage copies counts, not terminals; each
+most ``offline_per_hall`` of them, and its online ones with a peripheral problem only while
+there are at most ``faulted_per_hall``, so a mass outage copies counts, not terminals; each
 hall's ``HallSummary`` is cached until one of its counts changes. Only the per-terminal
 rules' results change the tallies: ``server.fleet_state`` calls ``update`` for a
 record whose ``Outcome.retally`` is set (or that went offline by silence).
@@ -114,6 +116,7 @@ class _HallTally:
         "faulty",
         "lost",
         "online",
+        "online_problems",
         "peripherals",
         "problems",
         "seq_gaps",
@@ -132,6 +135,7 @@ class _HallTally:
         self.faulty = 0
         self.with_problems = 0
         self.problems: dict[_PeripheralKey, int] = {}
+        self.online_problems: dict[_PeripheralKey, int] = {}
         self.peripherals: dict[_PeripheralKey, int] = {}
         self.seq_gaps = 0
         self.dropped_reports = 0
@@ -179,6 +183,8 @@ class _HallTally:
         if c.shut_down:
             self.shut_down += sign
         _bump(self.problems, c.problems, sign)
+        if c.online:
+            _bump(self.online_problems, c.problems, sign)
         _bump(self.peripherals, c.peripherals, sign)
 
     def summary(self, key: _HallKey) -> HallSummary:
@@ -196,6 +202,7 @@ class _HallTally:
             degraded=self.degraded,
             with_peripheral_problems=self.with_problems,
             peripheral_problems=_counts(self.problems),
+            online_peripheral_problems=_counts(self.online_problems),
             warning=self.warning,
             faulty=self.faulty,
             peripherals=_counts(self.peripherals),
@@ -268,10 +275,13 @@ class FleetTallies:
         """Ids of the terminals that are offline or have a peripheral not ok, sorted."""
         return sorted(tid for h in self._halls.values() for tid in h.problem_ids())
 
-    def reading(self, offline_per_hall: int) -> tuple[list[HallSummary], list[ProblemTerminal]]:
+    def reading(
+        self, offline_per_hall: int, faulted_per_hall: int
+    ) -> tuple[list[HallSummary], list[ProblemTerminal]]:
         """Every hall's counts, and the problem entries a scrape may export, unsorted.
 
-        Online terminals with a problem: all of them. A hall's offline ones lost by will
+        A hall's online terminals with a peripheral problem: only while there are at most
+        ``faulted_per_hall``. Its offline ones lost by will
         or timeout: only while there are at most ``offline_per_hall``; those offline after
         a clean shutdown: only while lost and shut down together are at most that (in a
         closed hall they are ``closed`` and the lost ones alone count). Beyond, the hall's
@@ -280,7 +290,8 @@ class FleetTallies:
         problems: list[ProblemTerminal] = []
         for key, h in self._halls.items():
             halls.append(h.summary(key))
-            problems.extend(h.faulted.values())
+            if len(h.faulted) <= faulted_per_hall:
+                problems.extend(h.faulted.values())
             if len(h.lost) <= offline_per_hall:
                 problems.extend(h.lost.values())
                 if len(h.lost) + len(h.shut) <= offline_per_hall:

@@ -217,6 +217,7 @@ class HallSummary:
     degraded: int  # online with a peripheral problem (warning + faulty)
     with_peripheral_problems: int  # online or not
     peripheral_problems: tuple[PeripheralCount, ...]  # conditions not ok
+    online_peripheral_problems: tuple[PeripheralCount, ...] = ()  # those of online terminals
     warning: int = 0  # online, only non-blocking problems
     faulty: int = 0  # online, at least one blocking problem
     peripherals: tuple[PeripheralCount, ...] = ()  # every peripheral, ok included
@@ -269,5 +270,5 @@ class FleetSummary:
 
     halls: tuple[HallSummary, ...]
     software: tuple[SoftwareCount, ...]
-    problem_terminals: tuple[ProblemTerminal, ...]  # by id; offline ones within the cap only
+    problem_terminals: tuple[ProblemTerminal, ...]  # by id; each hall's within its caps only
     lock_held_s: float = 0.0  # how long the reading held the fleet lock

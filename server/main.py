@@ -65,6 +65,7 @@ from server.hall_openings import HallOpenings
 from server.hall_report_api import hall_report_router
 from server.hall_report_service import HallReports
 from server.history_query import HistoryQuery, StoredPage
+from server.holder_only import DescribedCollector, HolderOnly
 from server.ingest import Ingest
 from server.ingest_gate import IngestGate
 from server.job_lease import JobLease, LeaseMetrics
@@ -230,7 +231,6 @@ class Server:
             lambda: self.services.current,
             refresh_s=settings.services_metrics_refresh_s,
         )
-        registry.register(self.service_availability)  # what each hall can offer, <= 1 min old
         self.hall_openings = HallOpenings(
             self.opening_hours.all,
             refresh_s=settings.opening_hours_refresh_s,
@@ -243,7 +243,7 @@ class Server:
             clock=lambda: datetime.now(UTC),
         )
         # The fleet's scheduled jobs run, and its gauges are exported, on the replica holding
-        # this lease (docs/scale-out.md).
+        # this lease (docs/scale-out.md): every fleet-wide gauge is registered via holder_only.
         self.job_lease = JobLease(
             self.storage,
             f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
@@ -251,7 +251,11 @@ class Server:
             duration=timedelta(seconds=settings.job_lease_duration_s),
             on_acquired=self._take_up_fleet_jobs,
         )
-        registry.register(  # fleet gauges, computed at scrape time, by the lease holder only
+
+        def holder_only(collector: DescribedCollector) -> None:
+            registry.register(HolderOnly(collector, self.job_lease.held))
+
+        holder_only(  # fleet gauges, computed at scrape time
             FleetCollector(
                 self.fleet,
                 LabelBudget(
@@ -260,13 +264,16 @@ class Server:
                     packages=settings.metrics_packages,
                     offline_terminals_per_hall=settings.metrics_offline_terminals_per_hall,
                     unreachable_share=settings.metrics_hall_unreachable_share,
+                    peripheral_problem_terminals_per_hall=(
+                        settings.metrics_peripheral_problem_terminals_per_hall
+                    ),
                 ),
                 openings=self.hall_openings,
                 maintenance=self.maintenance_book,
                 on_lock_held=self.metrics.fleet_lock_held.observe,
-                exporting=self.job_lease.held,
             )
         )
+        holder_only(self.service_availability)  # what each hall can offer, <= 1 min old
         self.writer = WriteBehind(
             self.storage,
             self.fleet.snapshot,
@@ -287,7 +294,7 @@ class Server:
             low_share=settings.paper_low_share,
             retention=timedelta(days=settings.paper_history_retention_days),
         )
-        registry.register(  # paper forecast gauges, from the last refresh
+        holder_only(  # paper forecast gauges, from the last refresh
             PaperCollector(
                 self.paper,
                 self.fleet,
@@ -418,7 +425,7 @@ class Server:
             ),
         )
         add_routes(self.app, hall_report_router(self.hall_reports))
-        registry.register(  # the analytics by hall and service, at most 5 minutes old
+        holder_only(  # the analytics by hall and service, at most 5 minutes old
             AnalyticsCollector(
                 self.analytics_sources(),
                 self.services.label,

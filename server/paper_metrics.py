@@ -16,7 +16,9 @@
 
 The alerts ``PaperRunsOutToday`` and ``PaperRunsOutBeforeOpening`` compare the two
 (``monitoring/prometheus/rules``). The ETA is aged to the scrape (``clock``): a forecast
-computed a minute ago says a minute less. Registered on the registry passed in; no I/O.
+computed a minute ago says a minute less. Every replica tracks the same paper, so the
+server exports these from the job-lease holder only (``server.holder_only``). Registered
+on the registry passed in; no I/O.
 """
 
 from __future__ import annotations
@@ -64,25 +66,13 @@ class PaperCollector(Collector):
         self._clock = clock
         self._horizon_s = horizon_s
 
+    def describe(self) -> Iterator[Metric]:
+        """The three families without samples (what a standby replica yields; reads nothing)."""
+        return iter(_families())
+
     def collect(self) -> Iterator[Metric]:
         now = self._clock()
-        eta = GaugeMetricFamily(
-            _ETA,
-            "Seconds until the terminal's printer is forecast to run out of paper; only"
-            " printers forecast to run out within 24 h and not out yet.",
-            labels=["region", "hall", "terminal"],
-        )
-        upper = GaugeMetricFamily(
-            _UPPER,
-            "The late end of the paper forecast's interval, for the same terminals.",
-            labels=["region", "hall", "terminal"],
-        )
-        closes = GaugeMetricFamily(
-            _CLOSES,
-            "Seconds until the hall's current or next opening ends (24 h for a hall with no"
-            " hours); only halls with a paper ETA series.",
-            labels=["region", "hall"],
-        )
+        eta, upper, closes = _families()
         forecasts = self._tracker.forecasts()
         views = {v.id: v for v in self._fleet.snapshot(sorted(forecasts))}
         maintenance = self._maintenance() if forecasts else None
@@ -109,3 +99,24 @@ class PaperCollector(Collector):
         yield eta
         yield upper
         yield closes
+
+
+def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    eta = GaugeMetricFamily(
+        _ETA,
+        "Seconds until the terminal's printer is forecast to run out of paper; only"
+        " printers forecast to run out within 24 h and not out yet.",
+        labels=["region", "hall", "terminal"],
+    )
+    upper = GaugeMetricFamily(
+        _UPPER,
+        "The late end of the paper forecast's interval, for the same terminals.",
+        labels=["region", "hall", "terminal"],
+    )
+    closes = GaugeMetricFamily(
+        _CLOSES,
+        "Seconds until the hall's current or next opening ends (24 h for a hall with no"
+        " hours); only halls with a paper ETA series.",
+        labels=["region", "hall"],
+    )
+    return eta, upper, closes

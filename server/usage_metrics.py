@@ -12,7 +12,8 @@
   (``server.service_catalogue.services_available``), zeros included: halls x catalogue
   series. Working it out visits every terminal, so it is recomputed at most every
   ``refresh_s`` (default 60 s: "minute by minute") and served from that reading between;
-  a scrape's cost otherwise follows the number of series.
+  a scrape's cost otherwise follows the number of series. The server exports it from the
+  job-lease holder only (``server.holder_only``): every replica sees the same fleet.
 
 Accepted ``kf.usage`` messages are counted in ``kioskfleet_ingest_messages_total{channel=
 "usage"}`` like every channel. A hall or region never stated is ``unknown``
@@ -124,13 +125,21 @@ class ServiceAvailabilityCollector(Collector):
             for s in catalogue.services
         }
 
+    def describe(self) -> Iterator[Metric]:
+        """The family without samples (what a standby replica yields; reads nothing)."""
+        yield _available_family()
+
     def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(
-            _AVAILABLE,
-            "Terminals of the hall that can offer the catalogued service now (online, every"
-            " peripheral the service needs working); recomputed at most every minute.",
-            labels=["region", "hall", "service"],
-        )
+        family = _available_family()
         for (region, hall, service), n in self.reading().items():
             family.add_metric([region, hall, service], n)
         yield family
+
+
+def _available_family() -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        _AVAILABLE,
+        "Terminals of the hall that can offer the catalogued service now (online, every"
+        " peripheral the service needs working); recomputed at most every minute.",
+        labels=["region", "hall", "service"],
+    )

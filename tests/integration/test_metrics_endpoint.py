@@ -293,6 +293,8 @@ def exported_metric_names(
             updates_timestamp_key_file=world.operator.online_dir / "timestamp.key",
             rollout_tick_interval_s=0.2,
             paper_forecast_interval_s=0.2,
+            # Hall 1's three problem terminals keep their series; Hall 3's four do not
+            metrics_peripheral_problem_terminals_per_hall=3,
         )
         assert server.updates is not None
         server.updates.repository.upload_root(world.roots()[0])
@@ -345,6 +347,8 @@ def exported_metric_names(
             timeout=5,
         )
         assert started.status_code == 200, started.text
+        for _ in range(4):  # a mass outage of Hall 3's printers: the hall's withheld series
+            terminals(hall="Hall 3", region=region).report([PAPER_OUT, READER_OK])
         text = wait_until(
             lambda: (
                 (t := scrape_text(server))
@@ -354,6 +358,7 @@ def exported_metric_names(
                         *PER_TERMINAL,
                         *ROLLOUT_METRIC_NAMES,
                         "kioskfleet_terminal_maintenance",
+                        "kioskfleet_hall_peripheral_problems_withheld",
                         *USAGE_FAMILIES,
                         *PAPER_METRIC_NAMES,
                     )

@@ -55,6 +55,7 @@ FLEET_METRIC_NAMES: Final = frozenset(
         "kioskfleet_hall_maintenance",
         "kioskfleet_terminal_maintenance",
         "kioskfleet_hall_unreachable",
+        "kioskfleet_hall_peripheral_problems_withheld",
     }
 )
 HISTOGRAM_METRIC_NAMES: Final = frozenset(

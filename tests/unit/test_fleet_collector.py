@@ -380,6 +380,85 @@ def test_a_hall_back_within_the_budget_is_reachable_and_exports_its_offline_term
     assert still_offline == {"Many-000", "Many-001", "Many-002"}
 
 
+def _printer_outage() -> FleetState:
+    """Hall Paper: 30 printers out of paper at once (a bad paper batch), one card reader
+    fault and one offline terminal whose printer was out; hall Calm: two problems."""
+    fleet = FleetState()
+    out = periph("printer", "receipt_printer", "paper_out")
+    for i in range(30):
+        fleet.apply(report(f"Paper-{i:03d}", hall="Paper", region="North", peripherals=[out, READER_OK]), at(0))  # fmt: skip
+    fault = periph("idcard", "id_card_reader", "fault", fault_code="E42")
+    fleet.apply(report("Paper-R", hall="Paper", region="North", peripherals=[PRINTER_OK, fault]), at(0))  # fmt: skip
+    fleet.apply(report("Paper-X", hall="Paper", region="North", peripherals=[out]), at(0))
+    fleet.apply(state("Paper-X", False), at(10))  # offline: its problems are not current
+    for tid in ("Calm-1", "Calm-2"):
+        fleet.apply(report(tid, hall="Calm", region="North", peripherals=[out]), at(0))
+    return fleet
+
+
+def _withheld(series: Series) -> dict[tuple[str, str], float]:
+    return {
+        (dict(labels)["hall"], dict(labels)["family"]): v
+        for (n, labels), v in series.items()
+        if n == "kioskfleet_hall_peripheral_problems_withheld"
+    }
+
+
+def test_a_mass_peripheral_outage_withholds_the_halls_problem_series_and_says_how_many() -> None:
+    series = fleet_series(_printer_outage())  # default budget: 20 terminals per hall
+    assert _withheld(series) == {("Paper", "printer"): 30, ("Paper", "identity_reader"): 1}
+    problems = {
+        dict(labels)["terminal"]
+        for (n, labels) in series
+        if n == "kioskfleet_terminal_peripheral_problem"
+    }
+    assert problems == {"Calm-1", "Calm-2"}  # not 2 + 31
+    paper = {("region", "North"), ("hall", "Paper"), ("family", "printer")}
+    out = frozenset(paper | {("kind", "receipt_printer"), ("condition", "paper_out")})
+    assert series[("kioskfleet_peripherals", out)] == 31  # the counts still say them all
+    faulty = frozenset({("region", "North"), ("hall", "Paper"), ("status", "faulty")})
+    assert series[("kioskfleet_terminals", faulty)] == 31
+    assert ("kioskfleet_terminal_offline", frozenset({("terminal", "Paper-X"), ("hall", "Paper"), ("region", "North")})) in series  # fmt: skip
+
+
+def test_a_mass_peripheral_outage_reading_copies_no_entry_of_the_hall() -> None:
+    fleet = _printer_outage()
+    summary = fleet.summary(faulted_per_hall=20)
+    assert {t.id for t in summary.problem_terminals} == {"Calm-1", "Calm-2", "Paper-X"}
+    assert len(fleet.summary().problem_terminals) == 34  # no budget: every problem terminal
+
+
+def test_a_hall_at_its_peripheral_budget_exports_every_problem_series_and_nothing_withheld() -> (
+    None
+):
+    budget = LabelBudget(peripheral_problem_terminals_per_hall=31)  # Paper has 31: not above
+    series = fleet_families_series(_printer_outage(), budget)
+    assert _withheld(series) == {}
+    problems = only(series, "kioskfleet_terminal_peripheral_problem")
+    assert len(problems) == 30 + 1 + 2
+    tight = fleet_families_series(_printer_outage(), LabelBudget(peripheral_problem_terminals_per_hall=1))  # fmt: skip
+    assert _withheld(tight) == {
+        ("Paper", "printer"): 30,
+        ("Paper", "identity_reader"): 1,
+        ("Calm", "printer"): 2,
+    }
+    assert not only(tight, "kioskfleet_terminal_peripheral_problem")
+
+
+def test_a_withholding_hall_in_maintenance_exports_nothing_withheld() -> None:
+    summary = _printer_outage().summary(faulted_per_hall=20)
+    families = fleet_families(summary, maintenance=ActiveMaintenance(halls=frozenset({"Paper"})))
+    registry = CollectorRegistry()
+    registry.register(_Fixed(families))
+    series = scrape(registry)
+    assert _withheld(series) == {}
+    assert {
+        dict(labels)["terminal"]
+        for (n, labels) in series
+        if n == "kioskfleet_terminal_peripheral_problem"
+    } == {"Calm-1", "Calm-2"}
+
+
 def test_every_scrape_reports_how_long_it_held_the_fleet_lock() -> None:
     registry = CollectorRegistry()
     metrics = ServerMetrics(registry)
@@ -390,66 +469,6 @@ def test_every_scrape_reports_how_long_it_held_the_fleet_lock() -> None:
     series = scrape(registry)  # the histogram is collected first: it shows the earlier two
     assert series[("kioskfleet_fleet_lock_held_seconds_count", frozenset())] == 2
     assert series[("kioskfleet_fleet_lock_held_seconds_sum", frozenset())] > 0
-
-
-class _LeaseStub:
-    """The one thing the collector asks of the job lease: does this replica hold it now."""
-
-    def __init__(self, held: bool = False) -> None:
-        self.holding = held
-
-    def held(self) -> bool:
-        return self.holding
-
-
-def test_a_standby_exports_the_fleet_families_empty_and_a_new_holder_at_its_first_scrape() -> None:
-    registry = CollectorRegistry()
-    metrics = ServerMetrics(registry)  # per-process series: every replica exports its own
-    metrics.ingest_duplicates.inc(3)
-    lease = _LeaseStub()
-    reads: list[float] = []
-    fleet = _small_fleet()
-    registry.register(FleetCollector(fleet, exporting=lease.held, on_lock_held=reads.append))
-    standby = scrape(registry)
-    assert not only(standby, *FLEET_METRIC_NAMES)
-    assert reads == []  # a standby does not even read the fleet
-    text = generate_latest(registry).decode()
-    assert all(f"# TYPE {name} gauge" in text for name in FLEET_METRIC_NAMES)  # empty, not gone
-    assert standby[("kioskfleet_ingest_duplicates_total", frozenset())] == 3
-
-    lease.holding = True  # took the lease over: the very next scrape exports the fleet
-    holder = scrape(registry)
-    assert only(holder, *FLEET_METRIC_NAMES) == fleet_series(fleet)
-    assert len(reads) == 1
-    assert holder[("kioskfleet_ingest_duplicates_total", frozenset())] == 3
-
-    lease.holding = False  # lost it (another replica took over): empty again
-    assert not only(scrape(registry), *FLEET_METRIC_NAMES)
-
-
-def test_three_replicas_scraped_together_count_each_terminal_once_before_and_after_a_takeover() -> (
-    None
-):
-    leases = [_LeaseStub(held=i == 0) for i in range(3)]
-    registries = []
-    for lease in leases:  # every replica receives every message: the same fleet view
-        registry = CollectorRegistry()
-        registry.register(FleetCollector(_small_fleet(), exporting=lease.held))
-        registries.append(registry)
-
-    def terminals_summed() -> float:
-        return sum(
-            value
-            for registry in registries
-            for (name, _), value in scrape(registry).items()
-            if name == "kioskfleet_terminals"
-        )
-
-    assert terminals_summed() == 6  # A to F, once
-    leases[0].holding = False  # the holder dies; its lease expires
-    assert terminals_summed() == 0  # the takeover window: absent, never doubled
-    leases[2].holding = True
-    assert terminals_summed() == 6
 
 
 # --- tallies through a sequence of changes ----------------------------------------------
@@ -634,9 +653,14 @@ def recount(
     """The fleet series computed from scratch from every terminal (what the tallies must
     equal), with the halls named in ``closed_halls`` closed (opening in 600 s); a hall
     with at least 2 offline and more than the budget's or at least half offline is
-    unreachable and has no per-terminal offline series."""
+    unreachable and has no per-terminal offline series; a hall with more online terminals
+    with a peripheral problem than the budget's has no per-terminal problem series but
+    their count per family."""
     budget = budget or LabelBudget()
     offline_series: dict[tuple[str, str], Series] = {}
+    problem_series: dict[tuple[str, str], Series] = {}
+    problem_terminals: Counter[tuple[str, str]] = Counter()
+    problems_by_family: dict[tuple[str, str], Counter[str]] = {}
     status: Counter[tuple[str, str, str]] = Counter()
     halls: set[tuple[str, str]] = set()
     peripherals: Counter[tuple[str, str, str, str]] = Counter()
@@ -674,9 +698,13 @@ def recount(
                 **where,
             )
             continue
+        mine = problem_series.setdefault((region, hall), {})
+        problem_terminals[(region, hall)] += v.has_problem
         for p in v.peripherals:
             if p.condition is not PeripheralCondition.OK:
-                out |= s(
+                family = family_of(p.kind).family.value
+                problems_by_family.setdefault((region, hall), Counter())[family] += 1
+                mine |= s(
                     "kioskfleet_terminal_peripheral_problem",
                     1,
                     peripheral=p.name,
@@ -699,6 +727,16 @@ def recount(
         out |= s("kioskfleet_hall_unreachable", 1 if cut else 0, region=region, hall=hall)
         if not cut:
             out |= offline_series.get((region, hall), {})
+        if problem_terminals[(region, hall)] > budget.peripheral_problem_terminals_per_hall:
+            for family, n in problems_by_family[(region, hall)].items():
+                out |= {
+                    (
+                        "kioskfleet_hall_peripheral_problems_withheld",
+                        frozenset({"region": region, "hall": hall, "family": family}.items()),
+                    ): n
+                }
+        else:
+            out |= problem_series.get((region, hall), {})
         for health in Health:
             out |= s(
                 "kioskfleet_terminals",
@@ -717,10 +755,11 @@ def recount(
 
 
 @settings(max_examples=150, deadline=None)
-@given(_STEPS, st.frozensets(st.sampled_from(["H1", "H2"])))
+@given(_STEPS, st.frozensets(st.sampled_from(["H1", "H2"])), st.sampled_from([1, 20]))
 def test_collector_series_always_equal_a_recount_from_scratch(
     steps: list[tuple[str, str, tuple[str, str], list[tuple[str, str, str, str | None]], str]],
     closed_halls: frozenset[str],
+    problems_per_hall: int,
 ) -> None:
     fleet = FleetState(offline_after_missed_reports=1)
     seq: Counter[str] = Counter()
@@ -763,8 +802,10 @@ def test_collector_series_always_equal_a_recount_from_scratch(
             fleet.load(views)
     everyone = fleet.query(TerminalFilter(), limit=1000).items
     registry = CollectorRegistry()
-    registry.register(FleetCollector(fleet, openings=_openings(dict.fromkeys(closed_halls, 600.0))))
-    assert scrape(registry) == recount(everyone, closed_halls)
+    budget = LabelBudget(peripheral_problem_terminals_per_hall=problems_per_hall)
+    openings = _openings(dict.fromkeys(closed_halls, 600.0))
+    registry.register(FleetCollector(fleet, budget, openings=openings))
+    assert scrape(registry) == recount(everyone, closed_halls, budget)
     summary = fleet.summary()
     assert [v.id for v in summary.problem_terminals] == [v.id for v in everyone if v.has_problem]
     for h in summary.halls:
@@ -813,7 +854,8 @@ def test_fault_codes_beyond_the_budget_are_folded_into_other_per_kind() -> None:
     jam = periph("printer", "receipt_printer", "jam", fault_code="P-1")
     fleet.apply(report("P", peripherals=[jam, READER_OK]), at(0))
     registry = CollectorRegistry()
-    registry.register(FleetCollector(fleet, LabelBudget(fault_codes_per_kind=3)))
+    budget = LabelBudget(fault_codes_per_kind=3, peripheral_problem_terminals_per_hall=100)
+    registry.register(FleetCollector(fleet, budget))
     codes = _label_values(scrape(registry), "kioskfleet_terminal_peripheral_problem", "fault_code")
     # The most reported code keeps its value, then the smallest; each kind has its own budget.
     assert codes == Counter({"E-COMMON": 5, "E-000": 1, "E-001": 1, "other": 28, "P-1": 1})
