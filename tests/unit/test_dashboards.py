@@ -71,6 +71,7 @@ INGEST_METRIC_NAMES: Final = frozenset(
         "kioskfleet_ingest_rejected_total",
         "kioskfleet_ingest_duplicates_total",
         "kioskfleet_ingest_seq_gaps_total",
+        "kioskfleet_ingest_gap_fills_total",
         "kioskfleet_broker_connected",
         "kioskfleet_db_errors_total",
         "kioskfleet_db_dropped_transitions_total",
