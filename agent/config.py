@@ -142,6 +142,10 @@ class OutboxConfig(BaseModel):
     resend_grace_s: Annotated[float, Field(ge=0, le=600)] = 1.0
     """After a reconnect, wait this long (plus the drain jitter) for the confirmations the
     broker kept for this session before re-sending what is still unconfirmed."""
+    confirm_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    """Rows sent this long ago with no ``kf.committed`` since (one can be lost, and a quiet
+    terminal sends nothing that would bring the next): re-send the oldest unconfirmed
+    ones, waiting twice as long each time nothing answers (docs/reliability.md)."""
 
 
 class EnrollmentConfig(BaseModel):

@@ -86,6 +86,7 @@ def sender_settings(config: AgentConfig) -> SenderSettings:
         max_message_bytes=config.limits.max_message_bytes,
         require_commit_confirmation=spec.require_commit_confirmation,
         resend_grace_s=spec.resend_grace_s,
+        confirm_timeout_s=spec.confirm_timeout_s,
     )
 
 

@@ -40,11 +40,26 @@ Gap refills: a ``kf.committed`` may list ``missing`` ranges below its seq (a
 broker acknowledged them and lost them, the session never dropped). Those rows
 stay (``Outbox.remove_through`` keeps them) and the ones already handed in this
 session are handed again at once, in seq order, ahead of anything newer, within
-the window and the token bucket: the only case where a row is handed twice in
-one process. Confirmations list a gap until its fill is committed, so a refill
+the window and the token bucket: one of the two cases where a row is handed twice
+in one process. Confirmations list a gap until its fill is committed, so a refill
 pass starts at most every ``refill_retry_s`` (a re-send the broker lost again is
-re-sent by a later pass), also during a clean stop's wait for confirmations. A missing row the outbox no longer has (dropped for
-its quota) is not re-sent; the server forgets that gap after its window.
+re-sent by a later pass), also during a clean stop's wait for confirmations. A
+missing row the outbox no longer has (dropped for its quota) is not re-sent; the
+server forgets that gap after its window.
+
+Confirmation timeout, the other case: a ``kf.committed`` can itself be lost (a
+JetStream leader change loses QoS 1 messages both ways), and a terminal that says
+nothing newer would then keep its rows forever. When rows handed in this session
+have waited ``confirm_timeout_s`` with no ``kf.committed`` covering any of them,
+the oldest ``max_inflight`` of them are handed again in seq order (a pass like a
+refill, within the window and the token bucket); the server answers what it
+already has as a duplicate by confirming again, and applies what it never got.
+Each further timeout without progress waits twice as long (up to
+``_MAX_CONFIRM_WAIT_S``), so a server that is down is not flooded; a
+confirmation that covers a row starts over at ``confirm_timeout_s``. During a
+clean stop's wait the timeout is at most ``_STOP_CONFIRM_TIMEOUT_S`` (that wait
+is short). ``confirm_timeouts`` counts the timeouts, ``refilled`` the rows both
+kinds of pass handed again.
 
 The event loop drives it: ``next_due()`` says when ``pump(now)`` has work,
 ``on_connected``/``on_disconnected`` come from the session. This module never
@@ -53,6 +68,7 @@ imports paho or sqlite3 and never decides what a terminal says.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import random
@@ -73,6 +89,8 @@ __all__ = ["DeliveryConnection", "OutboxSender", "SenderSettings", "SenderStats"
 log = logging.getLogger(__name__)
 
 _RETRY_S: Final = 1.0  # after the outbox or the connection refused, try again this much later
+_MAX_CONFIRM_WAIT_S: Final = 300.0  # the confirmation timeout's back-off stops doubling here
+_STOP_CONFIRM_TIMEOUT_S: Final = 2.0  # the confirmation timeout while a clean stop waits
 
 
 class DeliveryConnection(Protocol):
@@ -112,6 +130,8 @@ class SenderSettings:
     resend_grace_s: float = 1.0  # after a reconnect, wait this long before re-sending
     # re-send the rows a kf.committed lists missing at most this often (one pass each)
     refill_retry_s: float = 5.0
+    # no kf.committed progress for this long: re-send the oldest unconfirmed rows
+    confirm_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         if min(self.max_inflight, self.drain_burst, self.max_memory, self.max_message_bytes) < 1:
@@ -120,11 +140,12 @@ class SenderSettings:
             )
         if (
             not self.drain_rate_per_s > 0
+            or not self.confirm_timeout_s > 0
             or min(self.drain_jitter_s, self.resend_grace_s, self.refill_retry_s) < 0
         ):
             raise ValueError(
-                "drain_rate_per_s must be positive, drain_jitter_s, resend_grace_s and"
-                " refill_retry_s not negative"
+                "drain_rate_per_s and confirm_timeout_s must be positive, drain_jitter_s,"
+                " resend_grace_s and refill_retry_s not negative"
             )
 
 
@@ -140,7 +161,8 @@ class SenderStats:
     inflight: int  # handed, PUBACK not yet received
     confirmed: int = 0  # rows removed because a kf.committed covered them
     unconfirmed: int = 0  # rows handed in this session, no kf.committed covers them yet
-    refilled: int = 0  # rows handed again because a kf.committed listed them missing
+    refilled: int = 0  # rows handed again: listed missing, or their confirmation timed out
+    confirm_timeouts: int = 0  # times no kf.committed came in time (each one re-send pass)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +227,12 @@ class OutboxSender:
         self._refill_through = 0
         self._refill_not_before = -math.inf
         self._refill_count = 0
+        # The confirmation timeout: when the rows in _sent have waited too long (set when
+        # _sent fills from empty, moved on each kf.committed that covers a row and on each
+        # timeout), and the current wait (doubles while nothing answers).
+        self._confirm_deadline = math.inf
+        self._confirm_wait = settings.confirm_timeout_s
+        self._confirm_timeouts = 0
 
     # -- what the Agent calls (the Outbound port) ----------------------------------
 
@@ -337,6 +365,9 @@ class OutboxSender:
         for row_id in covered:
             del self._sent[row_id]
         self._rows_sent = len(self._sent)
+        if covered:  # progress: the timeout starts over
+            self._confirm_wait = self._base_confirm_wait()
+            self._confirm_deadline = self._monotonic() + self._confirm_wait
         if missing and self._confirming:
             self._start_refill(min(seq, missing[-1][1]))
 
@@ -376,13 +407,21 @@ class OutboxSender:
 
     def stop(self) -> None:
         """Hand nothing new (a clean stop waits only for what was handed); rows a
-        confirmation lists missing were handed, and are still re-sent meanwhile."""
+        confirmation lists missing or whose confirmation times out (sooner now) were
+        handed, and are still re-sent meanwhile."""
         self._stopped = True
+        self._confirm_wait = min(self._confirm_wait, self._base_confirm_wait())
+        self._confirm_deadline = min(self._confirm_deadline, self._monotonic() + self._confirm_wait)
 
     def next_due(self) -> float:
         """When ``pump`` next has work (monotonic seconds); infinity if it must wait for an event."""
         if not self._connected or not self._connection.connected:
             return math.inf
+        confirm_due = self._confirm_deadline if self._sent else math.inf
+        return max(min(self._hand_due(), confirm_due), self._monotonic())
+
+    def _hand_due(self) -> float:
+        """When the window, the rate and the jitter let ``pump`` hand a row."""
         if self._stopped and not self._refilling:
             return math.inf
         if not self._memory and not self._maybe_waiting and not self._refilling:
@@ -397,9 +436,12 @@ class OutboxSender:
         return max(due, now)
 
     def pump(self, now: float) -> None:
-        """Hand what the window, the rate and the jitter allow, oldest first."""
+        """Hand what the window, the rate and the jitter allow, oldest first (after a
+        confirmation timeout, the oldest unconfirmed rows again first)."""
         if not self._connected or not self._connection.connected:
             return
+        if self._sent and now >= self._confirm_deadline:
+            self._confirm_timed_out(now)
         if self._stopped and not self._refilling:
             return
         if now < self._drain_not_before or now < self._retry_at:
@@ -444,7 +486,7 @@ class OutboxSender:
                 self._inflight[mid] = None
             else:
                 self._cursor = row_id
-                self._handed_row(mid, row_id, seq)
+                self._handed_row(mid, row_id, seq, now)
         if len(candidates) > room:
             self._maybe_waiting = True
 
@@ -470,6 +512,7 @@ class OutboxSender:
             confirmed=self._confirmed,
             unconfirmed=self._rows_sent,
             refilled=self._refill_count,
+            confirm_timeouts=self._confirm_timeouts,
         )
 
     # -- internals ---------------------------------------------------------------
@@ -480,9 +523,37 @@ class OutboxSender:
         if now < self._refill_not_before:
             return
         self._refill_not_before = now + self._settings.refill_retry_s
+        self._begin_pass(through_seq)
+
+    def _confirm_timed_out(self, now: float) -> None:
+        """No kf.committed covered a row for the current wait: hand the oldest
+        ``max_inflight`` unconfirmed rows again, and wait twice as long for the next time."""
+        oldest = heapq.nsmallest(self._settings.max_inflight, self._sent.values())
+        self._confirm_timeouts += 1
+        log.info(
+            "%s: no kf.committed for %.0f s; re-sending %d unconfirmed row(s) from seq %d",
+            self._terminal_id,
+            self._confirm_wait,
+            len(oldest),
+            oldest[0],
+        )
+        self._begin_pass(oldest[-1])
+        cap = max(self._base_confirm_wait(), _MAX_CONFIRM_WAIT_S)
+        self._confirm_wait = min(2.0 * self._confirm_wait, cap)
+        self._confirm_deadline = now + self._confirm_wait
+
+    def _begin_pass(self, through_seq: int) -> None:
+        """Hand the rows of this session with a seq up to ``through_seq`` again, in seq
+        order, from the oldest (a pass already running is widened, never narrowed)."""
+        if self._refilling:
+            through_seq = max(through_seq, self._refill_through)
         self._refilling = True
         self._refill_after = 0
         self._refill_through = through_seq
+
+    def _base_confirm_wait(self) -> float:
+        timeout = self._settings.confirm_timeout_s
+        return min(timeout, _STOP_CONFIRM_TIMEOUT_S) if self._stopped else timeout
 
     def _refill(self, now: float, room: int) -> int:
         """Hand up to ``room`` rows of the refill pass (rows already handed in this
@@ -507,7 +578,7 @@ class OutboxSender:
                 self._refilling = True
                 return room
             self._refill_after = row.id
-            self._handed_row(mid, row.id, row.seq)
+            self._handed_row(mid, row.id, row.seq, now)
             self._refill_count += 1
         return len(rows)
 
@@ -526,10 +597,13 @@ class OutboxSender:
         self._handed += 1
         return mid
 
-    def _handed_row(self, mid: int, row_id: int, seq: int) -> None:
+    def _handed_row(self, mid: int, row_id: int, seq: int, now: float) -> None:
         self._inflight[mid] = row_id
         self._rows_inflight += 1
         if self._confirming:
+            if not self._sent:  # the first row to wait for a confirmation: the timeout starts
+                self._confirm_wait = self._base_confirm_wait()
+                self._confirm_deadline = now + self._confirm_wait
             self._sent[row_id] = seq
             self._rows_sent = len(self._sent)
 

@@ -260,6 +260,8 @@ class SimulationCounters:
     backlog: int = 0  # stream messages waiting in the outbox, not handed yet
     confirmed: int = 0  # rows removed by a kf.committed
     unconfirmed: int = 0  # rows handed, waiting for their kf.committed
+    refilled: int = 0  # rows handed again (listed missing, or their confirmation timed out)
+    confirm_timeouts: int = 0  # times a sender's kf.committed did not come in time
     dropped_reports: int = 0  # reports the outbox dropped for its quota (this run)
 
     def __add__(self, other: SimulationCounters) -> SimulationCounters:
@@ -634,6 +636,8 @@ class Simulation:
             c.backlog += st.backlog
             c.confirmed += st.confirmed
             c.unconfirmed += st.unconfirmed
+            c.refilled += st.refilled
+            c.confirm_timeouts += st.confirm_timeouts
             c.dropped_reports += sender.dropped_reports()
         c.dropped_reports -= self._dropped_at_start
         return c

@@ -1,5 +1,6 @@
 """The durable outbox end to end: real agents, a real mosquitto, outages, crashes, restarts,
-and a message the broker acknowledged but the server never got (re-sent, the gap filled)."""
+a message the broker acknowledged but the server never got (re-sent, the gap filled), and a
+confirmation lost on its way back (re-sent after the confirmation timeout, confirmed again)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from agent.outbox import Outbox
 from agent.probes.simulated import Scenario, SimulatedProbeSpec
 from kioskfleet.local_broker import LocalBroker, project_broker_conf
 from protocol.codec import decode, encode
+from protocol.committed import COMMITTED_SCHEMA, decode_committed
+from protocol.directives import cmd_schema
 from protocol.messages import EventMessage, Message, PeripheralCondition, StateMessage
 from tests.integration.conftest import ServerFactory, api, metric, wait_until
 from tests.integration.faults.accounting import wait_for_exact_accounting
@@ -435,3 +438,80 @@ def test_a_message_acknowledged_but_never_applied_is_re_sent_on_the_confirmation
     wait_for_exact_accounting(database_url, {tid: stats})  # server seq_gaps 0: nothing lost
     assert metric(server, "kioskfleet_ingest_seq_gaps_total") == 1
     assert metric(server, "kioskfleet_ingest_rejected_total", reason="bad_json") == 1
+
+
+class ConfirmationDroppingConnection(MqttConnection):
+    """The real connection, except that every ``kf.committed`` reaching ``seq`` that the
+    broker delivers to the agent until ``lose_until()`` never reaches the sender (as
+    nats-server's JetStream loses QoS 1 messages); one covering less goes through."""
+
+    def __init__(self, settings: ConnectionSettings, seq: int) -> None:
+        super().__init__(settings)
+        self.seq = seq
+        self.lose_until: Callable[[], bool] = lambda: False
+        self.dropped = 0
+
+    def receive_commands(self, command: Callable[[bytes], None]) -> None:
+        def dropping(payload: bytes) -> None:
+            if (
+                cmd_schema(payload) == COMMITTED_SCHEMA
+                and decode_committed(payload).seq >= self.seq
+                and not self.lose_until()
+            ):
+                self.dropped += 1
+                return
+            command(payload)
+
+        super().receive_commands(dropping)
+
+
+@pytest.mark.parametrize(
+    ("confirm_timeout_s", "at_stop"),
+    [(2.0, False), (600.0, True)],
+    ids=["while-running", "at-a-clean-stop"],
+)
+def test_a_quiet_agent_whose_confirmation_is_lost_re_sends_after_the_timeout_and_empties(
+    private_broker: LocalBroker,
+    private_server: ServerFactory,
+    database_url: str,
+    tmp_path: Path,
+    cleanup: list[Callable[[], None]],
+    confirm_timeout_s: float,
+    at_stop: bool,
+) -> None:
+    """Only the boot event and the report on connect are said (reports hourly), and every
+    kf.committed covering both is lost until the sender's confirmation timeout re-sends
+    what is unconfirmed (at a clean stop the confirmation of its ``offline`` state too):
+    the server takes the duplicates and confirms them again. At a clean stop the timeout
+    is 2 s (well inside the 5 s stop wait), not 600 s."""
+    server = private_server(database_url=database_url)
+    tid = new_id()
+    config = agent_config(private_broker, tid, tmp_path / "outbox.sqlite", confirm=True)
+    config = config.model_copy(
+        update={
+            "report_interval_s": 3600.0,
+            "outbox": config.outbox.model_copy(update={"confirm_timeout_s": confirm_timeout_s}),
+        }
+    )
+    said = 2  # seq 1 the boot event, seq 2 the report on connect
+    connection = ConfirmationDroppingConnection(ConnectionSettings.from_config(config), said)
+    runtime = start_runtime(config, cleanup, connection=connection, probes=[])
+    connection.lose_until = lambda: runtime.sender.stats().confirm_timeouts > 0
+
+    wait_until(lambda: connection.dropped >= 1, 15, "the last kf.committed to be lost")
+    if at_stop:
+        assert runtime.outbox.stats(tid).pending >= 1  # no re-send for 600 s
+        runtime.stop()  # the stop's wait re-sends after 2 s and gets the confirmation
+    else:
+        wait_until(lambda: runtime.outbox.stats(tid).pending == 0, 15, "the re-send confirmed")
+        runtime.stop()
+
+    stats = runtime.outbox.stats(tid)
+    assert (stats.pending, stats.last_seq, stats.events) == (0, said, 1)
+    sent = runtime.sender.stats()
+    # seq 2 re-sent, and seq 1 too if the lost confirmation was the first to cover it
+    assert sent.refilled in (1, 2)
+    assert (sent.confirm_timeouts, sent.handed, sent.confirmed) == (1, said + sent.refilled, said)
+    wait_for_exact_accounting(database_url, {tid: stats})
+    assert metric(server, "kioskfleet_ingest_duplicates_total") == sent.refilled  # confirmed again
+    assert metric(server, "kioskfleet_ingest_seq_gaps_total") == 0

@@ -523,13 +523,15 @@ def test_after_stop_a_row_listed_missing_is_still_re_sent_but_nothing_new_is_han
     rig.say(1)  # 4: stored, never handed
     rig.conn.sent.clear()
     rig.sender.on_committed(rig.sender.boot_id, 3, [(2, 2)])
+    committed_at = rig.clock.monotonic()
     assert rig.sender.next_due() < float("inf")
     rig.advance(0.1)
     assert rig.conn.payloads() == [b"2"]
     rig.ack_all()
     rig.advance(0.1)
     assert rig.conn.payloads() == [b"2"]
-    assert rig.sender.next_due() == float("inf")
+    # nothing more to hand: only the stop's confirmation timeout for row 2 is still due
+    assert rig.sender.next_due() == pytest.approx(committed_at + 2.0)
 
 
 def test_without_confirmations_a_puback_still_removes_the_row() -> None:
@@ -554,3 +556,117 @@ def test_when_confirmations_stop_the_quota_still_bounds_the_outbox_and_counts_dr
     assert stats.dropped_reports == 15  # the newer reports were dropped, as offline
     assert rig.sender.dropped_reports() == 15
     assert rig.conn.payloads() == [b"1", b"2", b"3", b"4", b"5"]
+
+
+# --- the confirmation timeout: a kf.committed that never comes --------------------------
+
+
+def _handed_and_acknowledged(n: int, **limits: float) -> Rig:
+    """A confirming sender that handed ``n`` reports (all acknowledged by the broker) at
+    clock 0, with a 10 s confirmation timeout unless ``limits`` says otherwise."""
+    rig = _confirming(**({"confirm_timeout_s": 10.0} | limits))
+    rig.connect()
+    for _ in range(n):
+        rig.say(1)
+        rig.ack_all()
+        rig.advance(0.0)
+    rig.ack_all()
+    return rig
+
+
+def test_a_lost_confirmation_gets_the_oldest_rows_re_sent_after_the_timeout_and_they_confirm() -> (
+    None
+):
+    rig = _handed_and_acknowledged(6, max_inflight=4)
+    assert rig.conn.payloads() == [b"%d" % n for n in range(1, 7)]
+    rig.conn.sent.clear()
+    # The server committed all six; its kf.committed was lost on the way (JetStream).
+    rig.advance(9.9)
+    assert rig.conn.payloads() == []
+    rig.advance(0.2)
+    assert rig.conn.payloads() == [b"1", b"2", b"3", b"4"]  # the oldest, one window's worth
+    rig.ack_all()
+    rig.advance(1.0)
+    assert rig.conn.payloads() == [b"1", b"2", b"3", b"4"]  # one pass per timeout
+    rig.sender.on_committed(rig.sender.boot_id, 6)  # the server confirms the duplicates again
+    assert rig.outbox.stats(T).pending == 0
+    assert not rig.sender.awaiting_confirmation()
+    stats = rig.sender.stats()
+    assert (stats.confirm_timeouts, stats.refilled, stats.handed, stats.confirmed) == (1, 4, 10, 6)
+    assert rig.sender.next_due() == float("inf")
+
+
+def test_no_row_is_re_sent_while_confirmations_keep_covering_rows() -> None:
+    rig = _handed_and_acknowledged(1)
+    for _ in range(30):  # two minutes: a report every 4 s, the one before it confirmed
+        rig.advance(4.0)
+        rig.say(1)
+        rig.ack_all()
+        rig.sender.on_committed(rig.sender.boot_id, rig.seq - 1)
+    assert rig.conn.payloads() == [b"%d" % n for n in range(1, 32)]  # each exactly once
+    assert rig.sender.stats().confirm_timeouts == 0
+    assert rig.sender.stats().unconfirmed == 1
+
+
+def _resend_times(rig: Rig, until: float) -> list[float]:
+    """Follow ``next_due`` up to ``until``; the clock times at which rows were handed."""
+    times: list[float] = []
+    while (due := rig.sender.next_due()) <= until:
+        before = len(rig.conn.sent)
+        rig.advance(due - rig.clock.monotonic())
+        if len(rig.conn.sent) > before:
+            times.append(rig.clock.monotonic())
+            rig.ack_all()
+    return times
+
+
+def test_when_nothing_answers_the_re_sends_back_off_doubling_up_to_a_cap() -> None:
+    rig = _handed_and_acknowledged(2)
+    start = rig.clock.monotonic()
+    rig.conn.sent.clear()
+    times = _resend_times(rig, start + 1300.0)
+    gaps = [b - a for a, b in zip([start, *times], times, strict=False)]
+    assert gaps == pytest.approx([10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0, 300.0])
+    assert rig.sender.stats().confirm_timeouts == 8
+    assert rig.conn.payloads() == [b"1", b"2"] * 8  # never more than what waits
+    # The server answers at last: a confirmation covering a row starts over at 10 s.
+    answered = rig.clock.monotonic()
+    rig.sender.on_committed(rig.sender.boot_id, 1)
+    assert rig.sender.next_due() == pytest.approx(answered + 10.0)
+    rig.advance(10.0)
+    assert rig.conn.payloads()[-1:] == [b"2"]
+
+
+def test_a_clean_stop_waits_a_shorter_timeout_and_re_sends_what_is_unconfirmed() -> None:
+    rig = _handed_and_acknowledged(2)
+    rig.advance(1.0)
+    rig.conn.sent.clear()
+    rig.sender.stop()
+    rig.say(1)  # 3: stored, never handed after the stop
+    assert rig.sender.awaiting_confirmation()
+    assert rig.sender.next_due() == pytest.approx(rig.clock.monotonic() + 2.0)
+    rig.advance(1.9)
+    assert rig.conn.payloads() == []
+    rig.advance(0.2)
+    assert rig.conn.payloads() == [b"1", b"2"]
+    rig.ack_all()
+    rig.sender.on_committed(rig.sender.boot_id, 2)
+    assert not rig.sender.awaiting_confirmation()  # the event loop's stop wait ends here
+    assert [i.seq for i in rig.outbox.peek(T, 0, 10)] == [3]  # for the next start
+    assert rig.sender.stats().confirm_timeouts == 1
+
+
+def test_after_a_reconnect_the_timeout_counts_from_the_re_send() -> None:
+    rig = _handed_and_acknowledged(2)
+    rig.advance(8.0)
+    rig.disconnect()
+    rig.conn.sent.clear()
+    rig.connect()
+    rig.advance(2.1)  # the grace: everything unconfirmed handed again
+    assert rig.conn.payloads() == [b"1", b"2"]
+    rig.ack_all()
+    rig.advance(9.8)
+    assert rig.conn.payloads() == [b"1", b"2"]  # 19.9 s after the first hand, 9.8 after this
+    rig.advance(0.2)
+    assert rig.conn.payloads() == [b"1", b"2", b"1", b"2"]
+    assert rig.sender.stats().confirm_timeouts == 1

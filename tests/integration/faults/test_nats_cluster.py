@@ -96,6 +96,9 @@ def _run_with_a_node_killed(
         outboxes |= drain_and_stop(sim, timeout=60)
     names = [n.name for n in cluster.nodes]
     what = f"{names[killed]} killed, stream leader {names[leader] if leader is not None else '?'}"
+    timeouts = sum(sim.counters().confirm_timeouts for sim in sims)
+    refilled = sum(sim.counters().refilled for sim in sims)
+    what += f" ({timeouts} confirmation timeouts, {refilled} rows re-sent by refills and timeouts)"
     return what, outboxes
 
 
