@@ -118,7 +118,9 @@ def test_a_simulated_week_recovers_the_planted_idle_terminal_overloaded_hall_and
             (s.name, s.labels["hall"]): s.value
             for family in text_string_to_metric_families(scrape(server))
             for s in family.samples
-            if s.name.startswith("kioskfleet_hall_") and "service" not in s.labels
+            if s.name.startswith("kioskfleet_hall_")
+            and "hall" in s.labels
+            and "service" not in s.labels
         }
 
     # The gauges cover the last 14 days here (the setting): more opening time than the
