@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test test-fast lint bench clean
+.PHONY: setup system-deps demo test test-fast test-serial lint bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,12 +21,26 @@ system-deps:
 demo: setup
 	$(PY) scripts/demo.py
 
+# The tests run on PYTEST_WORKERS processes (pytest-xdist), each test file whole on one of
+# them (--dist loadfile: a file's module fixtures start once). Most tests wait on brokers,
+# servers and subprocesses, so 4 workers pay even on 2 cores. PYTEST_WORKERS=0 (or
+# `make test-serial`) runs them in this one process, as before.
+PYTEST_WORKERS ?= 4
+ifeq ($(PYTEST_WORKERS),0)
+XDIST :=
+else
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile
+endif
+
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
+
+test-serial:
+	$(MAKE) test PYTEST_WORKERS=0
 
 # The quick loop while developing: no whole-system, fault-injection or browser tests.
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow and not browser"
+	$(PY) -m pytest -q $(XDIST) -m "not slow and not browser"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -41,7 +41,7 @@ from server.storage import Storage
 from server.tokens import Tokens, write_secret_file
 from tests.support.fleet_messages import periph, peripheral_event, report, state
 from tests.support.pki import ClientFiles
-from tests.support.waiting import wait_until
+from tests.support.waiting import HTTP_TIMEOUT_S, wait_until
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -199,7 +199,10 @@ def private_server(private_broker: LocalBroker, tmp_path: Path) -> Iterator[Serv
 def api(server: Server, path: str, **params: Any) -> httpx.Response:
     """GET ``path`` with the server's admin token."""
     return httpx.get(
-        server.base_url + path, params=params, headers=bearer(admin_token(server)), timeout=5
+        server.base_url + path,
+        params=params,
+        headers=bearer(admin_token(server)),
+        timeout=HTTP_TIMEOUT_S,
     )
 
 

@@ -68,7 +68,7 @@ class ServerProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        wait_until(self._ready, 30, "the server process to be ready")
+        wait_until(self._ready, 120, "the server process to be ready")
 
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

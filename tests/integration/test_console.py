@@ -26,6 +26,7 @@ from server.opening_hours import Interval, OpeningHours, Weekday
 from server.opening_hours_store import OpeningHoursStore
 from server.rollout_api import ROLLOUT_EVENTS
 from tests.integration.conftest import ServerFactory, TerminalFactory, metric, periph, wait_until
+from tests.support.waiting import HTTP_TIMEOUT_S
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -151,7 +152,7 @@ def test_every_console_route_declares_a_role_and_refuses_no_session_and_weak_rol
         assert required is not None, f"{route.path} declares no role (use console_role)"
         path = re.sub(r"\{[^}]+\}", "nope", route.path)
         for method in sorted((route.methods or set()) - {"HEAD"}):
-            anonymous = httpx.request(method, server.base_url + path, timeout=5)
+            anonymous = httpx.request(method, server.base_url + path, timeout=HTTP_TIMEOUT_S)
             if method == "GET":
                 assert anonymous.status_code == 303, (method, path)
                 assert anonymous.headers["location"].startswith(CONSOLE_PREFIX + "/login?next=")
@@ -179,7 +180,7 @@ def test_every_console_route_declares_a_role_and_refuses_no_session_and_weak_rol
 
 
 def _httpx_login(server: Server, username: str) -> httpx.Client:
-    client = httpx.Client(base_url=server.base_url, timeout=5)
+    client = httpx.Client(base_url=server.base_url, timeout=HTTP_TIMEOUT_S)
     form = client.get(CONSOLE_PREFIX + "/login")
     token = re.search(r'name="login_token" value="([^"]+)"', form.text)
     assert token is not None

@@ -55,7 +55,7 @@ from tests.integration.test_console import _httpx_login, add_user
 from tests.integration.test_directives_tuf import SERVER_KEY, updater, world
 from tests.support.device_identity import make_ca
 from tests.support.tuf_world import release_manifest
-from tests.support.waiting import wait_until
+from tests.support.waiting import HTTP_TIMEOUT_S, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -146,14 +146,16 @@ class CmdInbox:
 
 
 def _post(server: Server, secret: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    return httpx.post(server.base_url + path, json=body, headers=bearer(secret), timeout=5)
+    return httpx.post(
+        server.base_url + path, json=body, headers=bearer(secret), timeout=HTTP_TIMEOUT_S
+    )
 
 
 def _rollout(server: Server, rollout_id: str) -> dict[str, Any]:
     response = httpx.get(
         f"{server.base_url}/api/v1/rollouts/{rollout_id}",
         headers=bearer(admin_token(server)),
-        timeout=5,
+        timeout=HTTP_TIMEOUT_S,
     )
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
@@ -414,7 +416,7 @@ def _open_until(server: Server, hall: str, hours_ahead: int = 2) -> datetime:
         f"{server.base_url}/api/v1/halls/{hall}/opening-hours",
         json=_hours_closing_at(closing, now),
         headers=bearer(admin_token(server)),
-        timeout=5,
+        timeout=HTTP_TIMEOUT_S,
     )
     assert response.status_code == 200, response.text
     return closing
@@ -616,7 +618,9 @@ def _unverified(payload: bytes) -> Directive:
 
 
 def _put(server: Server, secret: str, path: str, body: dict[str, Any]) -> Any:
-    return httpx.put(server.base_url + path, json=body, headers=bearer(secret), timeout=5)
+    return httpx.put(
+        server.base_url + path, json=body, headers=bearer(secret), timeout=HTTP_TIMEOUT_S
+    )
 
 
 def _tag(server: Server, secret: str, terminal_id: str, *tags: str) -> Any:

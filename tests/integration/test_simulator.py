@@ -196,18 +196,22 @@ def test_the_simulate_command_spreads_terminals_over_spawned_processes(
         terminals=20,
         broker_url=broker.url,
         report_interval_s=1.0,
-        duration_s=4.0,
+        duration_s=15.0,  # from the command's start: a loaded machine spawns Python slowly
         processes=2,
         id_prefix=prefix(),
     )
     assert run_simulation(opts) == 0
     wanted = {p.terminal_id for p in terminal_profiles(opts)}
-    online = {
-        m.terminal_id
-        for m in recorder.decoded(opts.id_prefix + "-")
-        if isinstance(m, StateMessage) and m.body.reason == "connect"
-    }
-    assert online == wanted
+
+    def online() -> set[str]:
+        return {
+            m.terminal_id
+            for m in recorder.decoded(opts.id_prefix + "-")
+            if isinstance(m, StateMessage) and m.body.reason == "connect"
+        }
+
+    wait_until(lambda: online() >= wanted, 10, "every terminal's connect state recorded")
+    assert online() == wanted
     assert "terminals=20" in capsys.readouterr().out
 
 

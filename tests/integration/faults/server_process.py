@@ -71,7 +71,7 @@ class ServerProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, *, ready_timeout: float = 30.0, wait_ready: bool = True) -> ServerProcess:
+    def start(self, *, ready_timeout: float = 120.0, wait_ready: bool = True) -> ServerProcess:
         """Start the process; wait for ``/readyz`` 200 (or only ``/healthz`` if not ``wait_ready``).
 
         Raises ServerProcessError if it exits or does not answer in time.
