@@ -85,7 +85,8 @@ def test_a_storage_error_while_previewing_a_rollout_answers_503_not_500(
         form = client.get(f"{CONSOLE_PREFIX}/rollouts/new")
         token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
         assert token is not None
-        fields = {"csrf_token": token.group(1), "hall": "hall-01", "target": ""}
+        # A hall no other test's terminal is in: the session broker keeps their retained states.
+        fields = {"csrf_token": token.group(1), "hall": "hall-preview-none", "target": ""}
         fine = client.post(f"{CONSOLE_PREFIX}/rollouts/preview", data=fields)
         assert fine.status_code == 200
         assert re.search(r'id="preview-count">0<', fine.text)
