@@ -54,7 +54,8 @@ def log_in(
         page.goto(server.base_url + CONSOLE_PREFIX + "/login")
     page.fill("input[name=username]", username)
     page.fill("input[name=password]", password)
-    page.click("#login")
+    with page.expect_navigation():  # the form's POST answered (a slow hash on a loaded machine)
+        page.click("#login")
 
 
 def planted_fleet(server: Server, terminals: TerminalFactory) -> tuple[str, str]:
