@@ -27,12 +27,14 @@ listener. Identity (``identity=BrokerIdentity(...)``): the listener
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Final
 
 from kioskfleet.broker_config import BrokerIdentity, write_broker_config
 from kioskfleet.shipped_files import shipped_file
@@ -47,12 +49,28 @@ class LocalBrokerError(RuntimeError):
     """mosquitto is missing, did not start, or is not running when a fault needs it."""
 
 
+# Below Linux's ephemeral range (32768-60999 by default): a port the kernel hands out for
+# bind(0) is also one it may give an outgoing connection before our child binds it, which
+# happened under the parallel test suite (a nats-server route port "already in use").
+_QUIET_PORTS: Final = range(20000, 32768)
+_random = random.SystemRandom()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago, outside the ephemeral range when
+    one of a few random picks there is free (else the kernel's choice)."""
+    for _ in range(50):
+        port = _random.choice(_QUIET_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 def project_broker_conf() -> Path:
