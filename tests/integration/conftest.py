@@ -90,6 +90,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture
+def storage(database_url: str) -> Iterator[Storage]:
+    """An open store (the migrations ran) on each database; a test file may define its own."""
+    opened = Storage(database_url)
+    opened.open()
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
 # --- running servers ------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ apart cannot make two holders: expiry is judged by the database's clock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -53,16 +53,6 @@ pytestmark = pytest.mark.integration
 LEASE = timedelta(seconds=30)
 START = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 _T = TypeVar("_T")
-
-
-@pytest.fixture
-def storage(database_url: str) -> Iterator[Storage]:
-    s = Storage(database_url)
-    s.open()
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 class _Replicas:

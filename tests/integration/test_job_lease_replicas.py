@@ -55,16 +55,6 @@ def _lease(storage: Storage, name: str, clock: LeaseClock, **kw: Any) -> JobLeas
     )
 
 
-@pytest.fixture
-def storage(database_url: str) -> Iterator[Storage]:
-    s = Storage(database_url)
-    s.open()
-    try:
-        yield s
-    finally:
-        s.close()
-
-
 def _row(storage: Storage) -> tuple[str | None, int]:
     with storage.engine.connect() as conn:
         holder, token = conn.execute(sa.text("SELECT holder, token FROM job_lease")).one()

@@ -4,7 +4,6 @@ by age and active ones never."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -28,16 +27,6 @@ from server.storage import Storage, server_metadata
 pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def storage(database_url: str) -> Iterator[Storage]:
-    storage = Storage(database_url)
-    storage.open()
-    try:
-        yield storage
-    finally:
-        storage.close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ read as a timeline and per rollout, pruned by age."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -14,17 +13,6 @@ from server.update_status_store import latest_states, rollout_terminals, timelin
 from tests.integration.test_storage import at
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def storage(database_url: str) -> Iterator[Storage]:
-    """An open store on each database (the migrations ran: update_status exists)."""
-    opened = Storage(database_url)
-    opened.open()
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def status(

@@ -5,7 +5,6 @@ retention."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,16 +22,6 @@ from server.usage_rollup_store import UsageRollupStore
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)  # a Monday, 09:00 UTC
-
-
-@pytest.fixture
-def storage(database_url: str) -> Iterator[Storage]:
-    opened = Storage(database_url)
-    opened.open()
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def _usage(seq: int, minute: int, *, outcome: str = "completed", pages: int = 2) -> UsageRecord:

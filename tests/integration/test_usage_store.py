@@ -3,7 +3,6 @@ writer sees it again), raw rows pruned after the retention."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -14,17 +13,6 @@ from server.usage_store import usage_events
 from tests.support.fleet_messages import at
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def storage(database_url: str) -> Iterator[Storage]:
-    """An open store on each database (the migrations ran: usage_event exists)."""
-    opened = Storage(database_url)
-    opened.open()
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def _usage(seq: int, *, received: float) -> UsageRecord:
