@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -14,18 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
-from kioskfleet.local_broker import LocalBroker
+from kioskfleet.local_broker import LocalBroker, free_port
 from tests.integration.conftest import admin_token_in, bearer, unique
 from tests.support.waiting import wait_until
 
 __all__ = ["ServerProcess"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class ServerProcess:
@@ -41,7 +33,7 @@ class ServerProcess:
         name: str = "server",
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.token = admin_token_in(database_url)
         self.env = {
             **os.environ,
@@ -59,7 +51,7 @@ class ServerProcess:
 
     def start(self) -> None:
         if self.log.exists():  # a restart: the old port may since be a client's local port
-            self.port = _free_port()
+            self.port = free_port()
             self.env["KIOSKFLEET_HTTP_PORT"] = str(self.port)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(

@@ -117,8 +117,14 @@ def mismatches(
     *,
     allow_losses: bool = False,
     check_reported_drops: bool = True,
+    allow_unconfirmed: bool = False,
 ) -> tuple[list[str], int]:
-    """What differs for one terminal, and how many messages were lost (server-counted gaps)."""
+    """What differs for one terminal, and how many messages were lost (server-counted gaps).
+
+    ``allow_unconfirmed``: rows may stay in the outbox when the server holds the whole
+    stream (same last seq, every other check exact): their kf.committed never reached the
+    agent (nats-server 2.9 can stop delivering ``cmd`` to sessions restored on a restarted
+    node); a restarted agent re-sends them and the server drops them as duplicates."""
     if stored is None:
         return [f"{tid}: no terminal row"], 0
     problems = []
@@ -127,7 +133,8 @@ def mismatches(
         if got != want:
             problems.append(f"{tid}: {what} is {got}, expected {want}")
 
-    expect("outbox.pending", outbox.pending, 0)
+    if not (allow_unconfirmed and stored.last_seq == outbox.last_seq):
+        expect("outbox.pending", outbox.pending, 0)
     expect("outbox.updates (no update schema yet)", outbox.updates, 0)
     expect("boot_id", stored.boot_id, outbox.boot_id)
     expect("last_seq", stored.last_seq, outbox.last_seq)
@@ -157,6 +164,7 @@ def wait_for_exact_accounting(
     *,
     allow_losses: bool = False,
     check_reported_drops: bool = True,
+    allow_unconfirmed: bool = False,
     timeout: float = 120.0,  # a bound: 100 outboxes drained in 30 s were too slow on a loaded machine
     settle_s: float = 1.0,
 ) -> dict[str, int]:
@@ -173,6 +181,7 @@ def wait_for_exact_accounting(
                 stored.get(tid),
                 allow_losses=allow_losses,
                 check_reported_drops=check_reported_drops,
+                allow_unconfirmed=allow_unconfirmed,
             )
             yield tid, found, lost
 
