@@ -74,17 +74,21 @@ class NatsCluster:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.binary = _binary()
-        self.nodes = [
+        self.nodes = self._new_nodes(nodes)
+
+    def _new_nodes(self, count: int, attempt: int = 0) -> list[NatsNode]:
+        stores = "store" if attempt == 0 else f"retry{attempt}-store"
+        return [
             NatsNode(
                 name=f"n{i + 1}",
                 client_port=free_port(),
                 http_port=free_port(),
                 route_port=free_port(),
                 mqtt_port=free_port(),
-                store_dir=workdir / f"store{i + 1}",
-                log_path=workdir / f"n{i + 1}.log",
+                store_dir=self.workdir / f"{stores}{i + 1}",
+                log_path=self.workdir / f"n{i + 1}.log",
             )
-            for i in range(nodes)
+            for i in range(count)
         ]
 
     def _config(self, node: NatsNode) -> Path:
@@ -104,11 +108,22 @@ class NatsCluster:
         return path
 
     def start(self, timeout: float = 30.0) -> NatsCluster:
-        """Start every node and wait for a healthy cluster. Raises NatsClusterError."""
-        for i in range(len(self.nodes)):
-            self.start_node(i, wait=False)
-        self.wait_healthy(timeout)
-        return self
+        """Start every node and wait for a healthy cluster. Raises NatsClusterError.
+
+        A port taken between ``free_port`` and the node's bind (parallel test workers) makes
+        a node exit at once: the cluster then starts again, twice at most, on new ports."""
+        for attempt in range(3):
+            for i in range(len(self.nodes)):
+                self.start_node(i, wait=False)
+            try:
+                self.wait_healthy(timeout)
+                return self
+            except NatsClusterError as exc:
+                if attempt == 2 or "address already in use" not in str(exc):
+                    raise
+                self.stop()
+                self.nodes = self._new_nodes(len(self.nodes), attempt + 1)
+        raise AssertionError("unreachable")
 
     def start_node(self, index: int, *, wait: bool = True, timeout: float = 30.0) -> None:
         """(Re)start node ``index`` on its ports and store; with ``wait``, until the cluster has
