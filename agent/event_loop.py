@@ -12,9 +12,10 @@ due time and hands readable/writable sockets to their connection. No thread
 per terminal, no scan of all pairs per iteration, and never paho's
 ``select()``-based loop (it fails silently for descriptors >= 1024).
 
-A stop (``request_stop``, thread-safe) is clean: every sender stops handing
-new messages (what is not handed stays in the outbox for the next start),
-every agent publishes its retained ``offline``/``shutdown`` state, the loop
+A stop (``request_stop``, thread-safe) is clean: every agent publishes its
+retained ``offline``/``shutdown`` state, every sender stops handing new
+messages (what is not handed stays in the outbox for the next start; a draining
+stop, ``hand_stored``, still hands it), the loop
 waits a bounded time for the PUBACKs of what was published, then sends
 DISCONNECT on every session. ``request_abort`` ends the loop as a crash
 would: sockets closed without DISCONNECT, nothing waited for.
@@ -149,6 +150,7 @@ class EventLoop:
         self._abort_requested = False
         self._running = False
         self._stopping = False
+        self._hand_stored = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -213,8 +215,13 @@ class EventLoop:
 
         self.call_soon(check)
 
-    def request_stop(self) -> None:
-        """Ask ``run`` to shut down cleanly and return. Thread-safe, signal-safe."""
+    def request_stop(self, *, hand_stored: bool = False) -> None:
+        """Ask ``run`` to shut down cleanly and return. Thread-safe, signal-safe.
+
+        ``hand_stored``: drain first: every agent stops saying things, then every sender
+        still hands what its outbox holds, and the bounded wait also waits for that (a
+        test's or a benchmark's stop, so nothing said before it stays unsent)."""
+        self._hand_stored = hand_stored
         self._stop_requested.set()
         self._wake()
 
@@ -391,10 +398,11 @@ class EventLoop:
     def _shutdown(self) -> None:
         self._stopping = True
         self._connect_queue.clear()
+        drain = self._hand_stored
         for pair in self._pairs:
+            pair.agent.stop()  # first: a draining stop hands all it said
             if pair.sender is not None:
-                pair.sender.stop()
-            pair.agent.stop()
+                pair.sender.stop(hand_stored=drain)
             if not pair.connection.connected:
                 pair.connection.close()
             self._after(pair)
@@ -408,7 +416,13 @@ class EventLoop:
                 if p.connection.connected
                 and (
                     p.connection.pending_acks()
-                    or (p.sender is not None and p.sender.awaiting_confirmation())
+                    or (
+                        p.sender is not None
+                        and (
+                            p.sender.awaiting_confirmation()
+                            or (drain and p.sender.may_hold_unhanded())
+                        )
+                    )
                 )
             ),
         )
@@ -467,9 +481,10 @@ class LoopThread:
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float) -> None:
-        """Ask for a clean stop and wait. Raises TimeoutError if the loop hangs."""
-        self._loop.request_stop()
+    def stop(self, timeout: float, *, hand_stored: bool = False) -> None:
+        """Ask for a clean stop (``EventLoop.request_stop``) and wait. Raises TimeoutError
+        if the loop hangs."""
+        self._loop.request_stop(hand_stored=hand_stored)
         self._join(timeout)
 
     def abort(self, timeout: float) -> None:

@@ -233,6 +233,7 @@ class OutboxSender:
         self._confirm_deadline = math.inf
         self._confirm_wait = settings.confirm_timeout_s
         self._confirm_timeouts = 0
+        self._hand_stored = False  # a draining stop (``stop(hand_stored=True)``)
 
     # -- what the Agent calls (the Outbound port) ----------------------------------
 
@@ -375,6 +376,11 @@ class OutboxSender:
         """True while rows handed in this session wait for their kf.committed."""
         return self._confirming and bool(self._sent)
 
+    def may_hold_unhanded(self) -> bool:
+        """True while rows may be stored that were not handed in this session (cheap: a
+        flag the next ``pump`` clears when the outbox has none)."""
+        return self._maybe_waiting or bool(self._memory)
+
     @property
     def _confirming(self) -> bool:
         return self._settings.require_commit_confirmation
@@ -405,11 +411,16 @@ class OutboxSender:
             except OutboxError as exc:  # the row stays and is sent again after a restart
                 self._outbox_failed(exc)
 
-    def stop(self) -> None:
+    def stop(self, *, hand_stored: bool = False) -> None:
         """Hand nothing new (a clean stop waits only for what was handed); rows a
         confirmation lists missing or whose confirmation times out (sooner now) were
-        handed, and are still re-sent meanwhile."""
+        handed, and are still re-sent meanwhile.
+
+        ``hand_stored``: a draining stop, called after the agent stopped saying things:
+        what is stored is still handed (at the usual window and rate), so the stop's
+        bounded wait can end with an empty outbox (``may_hold_unhanded``)."""
         self._stopped = True
+        self._hand_stored = hand_stored
         self._confirm_wait = min(self._confirm_wait, self._base_confirm_wait())
         self._confirm_deadline = min(self._confirm_deadline, self._monotonic() + self._confirm_wait)
 
@@ -422,7 +433,7 @@ class OutboxSender:
 
     def _hand_due(self) -> float:
         """When the window, the rate and the jitter let ``pump`` hand a row."""
-        if self._stopped and not self._refilling:
+        if self._stopped and not self._refilling and not self._hand_stored:
             return math.inf
         if not self._memory and not self._maybe_waiting and not self._refilling:
             return math.inf
@@ -442,7 +453,7 @@ class OutboxSender:
             return
         if self._sent and now >= self._confirm_deadline:
             self._confirm_timed_out(now)
-        if self._stopped and not self._refilling:
+        if self._stopped and not self._refilling and not self._hand_stored:
             return
         if now < self._drain_not_before or now < self._retry_at:
             return
@@ -451,7 +462,7 @@ class OutboxSender:
         room = min(self._settings.max_inflight - len(self._inflight), int(self._tokens))
         if room > 0 and self._refilling:
             room -= self._refill(now, room)
-        if room <= 0 or self._stopped:
+        if room <= 0 or (self._stopped and not self._hand_stored):
             return
         rows = []
         if self._maybe_waiting:

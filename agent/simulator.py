@@ -550,12 +550,14 @@ class Simulation:
         """Run in a background thread (tests, benchmarks)."""
         self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0, *, hand_stored: bool = False) -> None:
         """Stop cleanly (every terminal publishes offline/shutdown) and wait. Raises TimeoutError.
 
-        The outbox stays open (``outbox_stats`` still works); ``close`` closes it.
+        ``hand_stored``: the terminals stop reporting first and hand what their outboxes
+        hold within the stop's wait (``EventLoop.request_stop``). The outbox stays open
+        (``outbox_stats`` still works); ``close`` closes it.
         """
-        self._thread.stop(timeout)
+        self._thread.stop(timeout, hand_stored=hand_stored)
 
     def abort(self, timeout: float = 30.0) -> None:
         """Stop as a crash would: sockets closed without DISCONNECT, no wait for PUBACKs."""

@@ -534,6 +534,25 @@ def test_after_stop_a_row_listed_missing_is_still_re_sent_but_nothing_new_is_han
     assert rig.sender.next_due() == pytest.approx(committed_at + 2.0)
 
 
+@pytest.mark.parametrize("hand_stored", [False, True])
+def test_a_draining_stop_hands_what_is_stored_and_nothing_said_after_it(hand_stored: bool) -> None:
+    rig = _confirming()
+    rig.connect()
+    rig.conn.connected = False  # the session drops: rows 1..3 are stored, not handed
+    rig.sender.on_disconnected()
+    rig.say(3)
+    rig.sender.stop(hand_stored=hand_stored)
+    rig.connect()
+    rig.advance(5.0)  # past the reconnect's grace
+    assert rig.conn.payloads() == ([b"1", b"2", b"3"] if hand_stored else [])
+    assert rig.sender.may_hold_unhanded() is not hand_stored
+    if hand_stored:
+        rig.ack_all()
+        rig.sender.on_committed(rig.sender.boot_id, 3)
+        assert not rig.sender.awaiting_confirmation()
+        assert rig.outbox.stats(T).pending == 0
+
+
 def test_without_confirmations_a_puback_still_removes_the_row() -> None:
     rig = Rig(require_commit_confirmation=False)
     rig.say(2)

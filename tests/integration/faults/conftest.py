@@ -148,7 +148,7 @@ def drain_and_stop(sim: Simulation, timeout: float = 45.0) -> dict[str, OutboxSt
         if time.monotonic() > deadline:
             pytest.fail(f"the outboxes did not drain within {timeout}s: {counters}")
         time.sleep(0.1)
-    sim.stop(timeout=30)
+    sim.stop(timeout=30, hand_stored=True)  # a report written since the look above is sent too
     return {tid: sim.outbox_stats(tid) for tid in sim.terminal_ids}
 
 
