@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     mqtt_protocol: Literal["5", "3.1.1"] = "5"
     # QoS 1 messages the broker may have in flight to the server; 0 = the broker's limit.
     mqtt_receive_maximum: Annotated[int, Field(ge=0, le=65535)] = 0
+    # kf.committed (QoS 0) handed to the broker connection and not yet written to its socket;
+    # the rest wait in the mailbox, one per terminal, the newest (server/confirmations.py).
+    confirm_unwritten_max: Annotated[int, Field(ge=1, le=100_000)] = 256
     # On stop, how long paho may take to write the acknowledgements already queued.
     mqtt_drain_timeout_s: Annotated[float, Field(ge=0, le=120)] = 2.0
 

@@ -53,6 +53,7 @@ class InMemorySource:
         self._on_message = on_message
         self._on_connection_change = on_connection_change
         self._connect_on_start = connect_on_start
+        self._publish_listener: Callable[[], None] | None = None
         self._clock = clock
         self._gate = DeliveryGate()
         self._lock = threading.Lock()  # guards acked and the packet-id counter
@@ -126,6 +127,16 @@ class InMemorySource:
             return False
         self.published.append((topic, payload))
         return True
+
+    def publish_volatile(self, topic: str, payload: bytes) -> bool:
+        return self.publish(topic, payload)  # recorded alike: the QoS does not matter here
+
+    def publish_window(self) -> int:
+        """Unbounded while connected: a publish here is done at once."""
+        return 1_000_000 if self.connected else 0
+
+    def set_publish_listener(self, listener: Callable[[], None]) -> None:
+        self._publish_listener = listener  # never called: no publish waits here
 
     def stop(self) -> None:
         self.paused = True

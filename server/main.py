@@ -41,7 +41,6 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-from protocol.committed import encode_committed
 from protocol.topics import Channel, topic
 from server.access_api import AccessServices
 from server.access_store import AccessStore, DatabaseAudit
@@ -51,6 +50,7 @@ from server.analytics_report import AnalyticsSources
 from server.api import ApiServices, add_routes, create_app
 from server.audit import AuditSink, DeniedBudget
 from server.config import Settings
+from server.confirmations import ConfirmationMailbox, ConfirmationMetrics
 from server.console.i18n import load_catalogs
 from server.console.rollout_pages import RolloutPages, rollout_pages_router
 from server.console.web import ConsoleServices, install_console
@@ -148,6 +148,7 @@ def mqtt_options(settings: Settings) -> MqttOptions:
         shared_subscription=settings.shared_subscription,
         protocol=settings.mqtt_protocol,
         receive_maximum=settings.mqtt_receive_maximum,
+        unwritten_max=settings.confirm_unwritten_max,
         drain_timeout_s=settings.mqtt_drain_timeout_s,
     )
 
@@ -324,8 +325,12 @@ class Server:
         )
         make_source = source if source is not None else mqtt_source(settings)
         self.mqtt: MessageSource = make_source(
-            self.ingest.handle, on_connection_change=self.metrics.broker_connected.set
+            self.ingest.handle, on_connection_change=self._connection_changed
         )
+        self.confirmations = ConfirmationMailbox(
+            self.mqtt.publish_volatile, self.mqtt.publish_window, ConfirmationMetrics(registry)
+        )
+        self.mqtt.set_publish_listener(self.confirmations.pump)
         self.sweep = OfflineSweep(
             self.fleet,
             self.writer,
@@ -763,13 +768,15 @@ class Server:
         self._scheduler.start()
 
     def _publish_confirmations(self, confirmations: Sequence[Confirmation]) -> None:
-        """``kf.committed`` on each terminal's ``cmd`` (the writer calls it after a commit).
+        """``kf.committed`` on each terminal's ``cmd`` (the writer calls it after a commit):
+        the newest per terminal, sent as the broker connection takes them
+        (``server.confirmations``)."""
+        self.confirmations.offer(confirmations)
 
-        One QoS 1 message per terminal per flush; one not sent (disconnected) is covered
-        by the next, or by the confirmation a re-sent duplicate triggers."""
-        for terminal_id, boot_id, seq, missing in confirmations:
-            payload = encode_committed(boot_id, seq, missing)
-            self.mqtt.publish(topic(terminal_id, Channel.CMD), payload)
+    def _connection_changed(self, up: bool) -> None:
+        self.metrics.broker_connected.set(up)
+        if up:
+            self.confirmations.pump()  # what waited while disconnected
 
     def stop(self) -> None:
         """Graceful: stop intake (later messages stay with the broker), stop the jobs,

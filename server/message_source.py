@@ -86,6 +86,22 @@ class MessageSource(Protocol):
         sent, the caller retries later."""
         ...
 
+    def publish_volatile(self, topic: str, payload: bytes) -> bool:
+        """Publish ``payload`` on ``topic`` at QoS 0 (a ``kf.committed``: the next one, or the
+        agent's re-send, covers a lost one). False when not connected: nothing was sent."""
+        ...
+
+    def publish_window(self) -> int:
+        """How many more ``publish_volatile`` go out now without queueing behind others in
+        the client (those not yet written to the socket hold the room); 0 while
+        disconnected."""
+        ...
+
+    def set_publish_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever a publish is done (written, or acknowledged), on the
+        source's thread: it must be quick and must not raise."""
+        ...
+
     def stop(self) -> None:
         """Pause, let the queued acknowledgements out (bounded wait), disconnect, stop."""
         ...

@@ -32,7 +32,8 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,6 +74,7 @@ class MqttOptions:
     shared_subscription: bool = False
     protocol: Literal["5", "3.1.1"] = "5"
     receive_maximum: int = 0  # QoS 1 messages the broker may have in flight to us; 0: broker's
+    unwritten_max: int = 256  # kf.committed handed to paho and not yet written to the socket
     drain_timeout_s: float = 2.0  # on stop, how long paho may take to write queued PUBACKs
 
 
@@ -94,6 +96,11 @@ class MqttSource:
         self._stopping = False
         self._paused = False
         self._gate = DeliveryGate()  # a new connection when one ends and before the next starts
+        # kf.committed handed to paho at QoS 0 and not yet written to the socket, oldest
+        # first (``publish_window``); a lock of its own, never held while calling paho.
+        self._unwritten: deque[mqtt.MQTTMessageInfo] = deque()
+        self._unwritten_lock = threading.Lock()
+        self._publish_listener: Callable[[], None] | None = None
         self._client = self._build_client()
 
     # --- public state ---------------------------------------------------------------------
@@ -136,6 +143,34 @@ class MqttSource:
             return False
         info = self._client.publish(topic, payload, qos=1, retain=False)
         return info.rc is MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def publish_volatile(self, topic: str, payload: bytes) -> bool:
+        """A PUBLISH at QoS 0 (a ``kf.committed``: a lost one is covered by the next or by
+        the agent's re-send); False when not connected or paho refused it."""
+        if not self.connected:
+            return False
+        info = self._client.publish(topic, payload, qos=0, retain=False)
+        if info.rc is not MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return False
+        with self._unwritten_lock:
+            self._unwritten.append(info)
+        return True
+
+    def publish_window(self) -> int:
+        """How many more ``publish_volatile`` may go now: ``unwritten_max`` less those not
+        yet written to the socket; 0 while disconnected."""
+        if not self.connected:
+            return 0
+        with self._unwritten_lock:
+            queue = self._unwritten
+            while queue and queue[0].is_published():
+                queue.popleft()
+            return max(0, self._options.unwritten_max - len(queue))
+
+    def set_publish_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (on paho's thread) whenever a publish is done: a QoS 0 one
+        written to the socket, a QoS 1 one acknowledged."""
+        self._publish_listener = listener
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -207,6 +242,7 @@ class MqttSource:
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_subscribe = self._handle_subscribe
+        client.on_publish = self._handle_publish
         client.on_message = self._handle_message
         client.on_connect_fail = self._handle_connect_fail
         client.on_pre_connect = self._handle_pre_connect
@@ -269,6 +305,21 @@ class MqttSource:
             return
         self._set_connected(True)
 
+    def _handle_publish(
+        self,
+        _client: mqtt.Client,
+        _userdata: Any,
+        _mid: int,
+        _reason_code: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        listener = self._publish_listener
+        if listener is not None:
+            try:
+                listener()
+            except Exception:  # an exception here would kill paho's network thread
+                log.exception("publish listener failed")
+
     def _handle_disconnect(
         self,
         _client: mqtt.Client,
@@ -278,12 +329,20 @@ class MqttSource:
         _properties: Properties | None,
     ) -> None:
         self._gate.new_connection()  # what was not acknowledged yet, the broker redelivers
+        self._forget_unwritten()
         self._set_connected(False)
         if not self._stopping:
             log.warning("disconnected from the broker (%s); reconnecting", reason_code)
 
     def _handle_pre_connect(self, _client: mqtt.Client, _userdata: Any) -> None:
         self._gate.new_connection()  # paho dropped its unsent packets; a new connection starts
+        self._forget_unwritten()
+
+    def _forget_unwritten(self) -> None:
+        """Paho drops the packets it had not written when a connection ends: those
+        ``kf.committed`` will never be written, so they no longer hold the window."""
+        with self._unwritten_lock:
+            self._unwritten.clear()
 
     def _handle_connect_fail(self, _client: mqtt.Client, _userdata: Any) -> None:
         log.warning(

@@ -39,7 +39,10 @@ FAST_TUNING = SimulationTuning(
     reconnect_min_s=0.2,
     reconnect_max_s=1.0,
     spread_reports=True,
-    shutdown_timeout_s=10.0,
+    # A clean stop waits this long for the confirmations of what was handed; it ends as
+    # soon as every one arrived. Long: a server restarted under load drains the backlog the
+    # broker queued for it (tens of seconds) before it confirms the newest rows.
+    shutdown_timeout_s=60.0,
     max_inflight_messages=20,
     drain_rate_per_s=100.0,
     drain_burst=50,
@@ -148,7 +151,8 @@ def drain_and_stop(sim: Simulation, timeout: float = 45.0) -> dict[str, OutboxSt
         if time.monotonic() > deadline:
             pytest.fail(f"the outboxes did not drain within {timeout}s: {counters}")
         time.sleep(0.1)
-    sim.stop(timeout=30, hand_stored=True)  # a report written since the look above is sent too
+    # hand_stored: a report written since the look above is sent (and confirmed) too
+    sim.stop(timeout=sim.tuning.shutdown_timeout_s + 30, hand_stored=True)
     return {tid: sim.outbox_stats(tid) for tid in sim.terminal_ids}
 
 
