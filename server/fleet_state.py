@@ -116,6 +116,31 @@ class FleetState:
                 self._sorted_ids.remove(t.id)
             return outcome
 
+    def reload(self, terminal_ids: Iterable[str], views: Iterable[TerminalView]) -> None:
+        """Replace the named terminals' records with their stored ``views`` (the database's
+        committed state, for a replica taking them over: ``server.membership``); a named
+        terminal without a view is forgotten (nothing of it was committed)."""
+        stored = {v.id: v for v in views}
+        with self._lock:
+            for tid in terminal_ids:
+                view = stored.get(tid)
+                known = tid in self._terminals
+                if view is None:
+                    if known:
+                        del self._terminals[tid]
+                        del self._sorted_ids[bisect.bisect_left(self._sorted_ids, tid)]
+                        self._tallies.remove(tid)
+                    continue
+                t = self._terminals[tid] = TerminalRecord.from_view(view, self._policy)
+                if not known:
+                    bisect.insort(self._sorted_ids, tid)
+                self._tallies.update(t)
+
+    def ids(self) -> list[str]:
+        """Every known terminal id, sorted (a copy)."""
+        with self._lock:
+            return list(self._sorted_ids)
+
     def remove(self, terminal_id: str) -> TerminalView | None:
         """Take the terminal out of the fleet and every tally (decommissioned); its last view.
 

@@ -250,6 +250,7 @@ _TABLE_MODULES: Final = (
     "server.service_store",
     "server.usage_rollup_store",
     "server.job_lease",
+    "server.membership",
 )  # tables declared beside their owners
 
 
@@ -316,6 +317,24 @@ def _not_behind(excluded: Any) -> sa.ColumnElement[bool]:
             excluded.last_seq >= row.last_seq,
         ),
     )
+
+
+def _load_terminals(conn: Connection, ids: Sequence[str] | None) -> list[TerminalView]:
+    """Terminal rows as views with their peripherals: all of them, or those of ``ids``."""
+    peripherals: dict[str, list[PeripheralView]] = defaultdict(list)
+    wanted = sa.select(_PERIPHERAL).order_by(_PERIPHERAL.c.name)
+    terminals = sa.select(_TERMINAL)
+    if ids is not None:
+        wanted = wanted.where(_PERIPHERAL.c.terminal_id.in_(ids))
+        terminals = terminals.where(_TERMINAL.c.id.in_(ids))
+    for row in conn.execute(wanted).mappings():
+        view = _peripheral_view(row)
+        if view is not None:
+            peripherals[row["terminal_id"]].append(view)
+    return [
+        _TERMINALS.model_of(row, peripherals=tuple(peripherals.get(row["id"], ())))
+        for row in conn.execute(terminals).mappings()
+    ]
 
 
 def _utc(value: datetime) -> datetime:
@@ -502,16 +521,16 @@ class Storage:
         Raises StorageError.
         """
         with database_errors("load fleet"), self.engine.connect() as conn:
-            peripherals: dict[str, list[PeripheralView]] = defaultdict(list)
-            rows = conn.execute(sa.select(_PERIPHERAL).order_by(_PERIPHERAL.c.name)).mappings()
-            for row in rows:
-                view = _peripheral_view(row)
-                if view is not None:
-                    peripherals[row["terminal_id"]].append(view)
-            return [
-                _TERMINALS.model_of(row, peripherals=tuple(peripherals.get(row["id"], ())))
-                for row in conn.execute(sa.select(_TERMINAL)).mappings()
-            ]
+            return _load_terminals(conn, None)
+
+    def load_terminals(self, terminal_ids: Sequence[str]) -> list[TerminalView]:
+        """The stored rows of ``terminal_ids`` with their peripherals (absent ones are left
+        out): what a replica taking terminals over reloads (``server.membership``). Raises
+        StorageError."""
+        if not terminal_ids:
+            return []
+        with database_errors("load terminals"), self.engine.connect() as conn:
+            return _load_terminals(conn, terminal_ids)
 
     def offline_terminals(self) -> list[tuple[str, datetime, OfflineReason]]:
         """``(id, offline since, reason)`` of every terminal stored offline (for a new job
