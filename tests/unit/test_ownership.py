@@ -177,13 +177,16 @@ def test_replicas_that_see_a_change_within_the_grace_never_both_write_a_terminal
             events.append((at + lag, m, frozenset(members)))
     end = start + len(changes) * 10 * GRACE
     ticks = [start + i * 0.25 for i in range(int((end - start) / 0.25) + 1)]
-    timeline = sorted([(t, "", frozenset()) for t in ticks] + events, key=lambda e: e[0])
-    for at, who, members in timeline:
+    idle: frozenset[str] = frozenset()
+    timeline = sorted([(t, "", idle) for t in ticks] + events, key=lambda e: e[0])
+    for at, who, seen in timeline:
         clock.now = at
         if who:
-            if who in members or who in live:
-                replicas[who].update(members)
-            live = (live - {who}) | ({who} & members)  # one out of the set stops (dead)
+            if who in seen or who in live:
+                replicas[who].update(seen)
+            live.discard(who)  # one out of the set stops (dead)
+            if who in seen:
+                live.add(who)
             continue
         for m in live:
             own = replicas[m]
