@@ -203,8 +203,8 @@ class IngestMembership:
         fleet state, chunk by chunk; each chunk trusted only if the epoch did not change
         meanwhile. Raises StorageError (what is not reloaded is handed out again)."""
         with self._applying():
-            ids = self._ownership.to_reload(self._fleet.ids)
-            epoch = self._ownership.epoch
+            candidates, epoch = self._ownership.take_candidates(self._fleet.ids)
+        ids = self._ownership.own_untrusted(candidates, epoch)  # the hashing: outside the lock
         for start in range(0, len(ids), _RELOAD_CHUNK):
             chunk = ids[start : start + _RELOAD_CHUNK]
             views = self._storage.load_terminals(chunk)  # nobody writes them: the grace
