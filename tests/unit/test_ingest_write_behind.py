@@ -559,3 +559,63 @@ def test_a_filled_update_status_a_later_one_followed_is_counted_but_not_stored()
     assert store.batches[-1].updates == []  # "installing" must not become the latest state
     v = fleet.snapshot(["T-1"])[0]
     assert (v.events_received, v.seq_gaps) == (3, 0)
+
+
+# --- partitioned ingest (ingest_ownership = "partition"): only the owner writes -----------
+
+
+class _Owns:
+    """The ingest's owner gate: this replica writes the terminals in ``mine``."""
+
+    def __init__(self, *mine: str) -> None:
+        self.mine = set(mine)
+
+    def writes(self, terminal_id: str) -> bool:
+        return terminal_id in self.mine
+
+
+def test_a_message_another_replica_owns_is_applied_acknowledged_and_neither_written_nor_confirmed() -> (
+    None
+):
+    fleet, store, writer, _, confirmations = _confirming_rig()
+    registry = CollectorRegistry()
+    ingest = Ingest(
+        fleet, writer, ServerMetrics(registry), max_payload_bytes=65536, owner=_Owns("T-1")
+    )
+    _deliver(ingest, report("T-1", seq=1), mid=1)
+    _deliver(ingest, report("T-2", seq=1), mid=2)
+    _deliver(ingest, report("T-2", seq=1), mid=3)  # a re-send: a duplicate confirms nothing
+    assert writer.flush()
+    [batch] = store.batches
+    assert [v.id for v in batch.terminals] == ["T-1"]
+    assert [t.terminal_id for t in batch.transitions] == ["T-1"]
+    assert [c[0] for sent in confirmations.sent for c in sent] == ["T-1"]
+    assert ACKS.sent == [(0, 1), (0, 2), (0, 3)]  # every delivery, in receive order
+    assert {v.id: v.last_seq for v in fleet.snapshot(["T-1", "T-2"])} == {"T-1": 1, "T-2": 1}
+    assert registry.get_sample_value("kioskfleet_ingest_not_owned_total") == 1
+
+
+def test_a_partitioned_sweep_records_its_own_terminals_and_the_others_in_memory_only() -> None:
+    fleet, store, writer, _ = _rig()
+    _apply(fleet, writer, report("T-1", seq=1, interval=10), report("T-2", seq=1, interval=10))
+    writer.flush()
+    registry = CollectorRegistry()
+    sweep = OfflineSweep(
+        fleet,
+        writer,
+        ServerMetrics(registry),
+        listening_since=lambda: at(0),
+        clock=lambda: at(40),
+        writes=_Owns("T-2").writes,
+    )
+    assert [t.terminal_id for t in sweep.run()] == ["T-2"]
+    writer.flush()
+    assert [t.terminal_id for t in store.batches[-1].transitions] == ["T-2"]
+    assert [v.id for v in store.batches[-1].terminals] == ["T-2"]
+    assert [v.online for v in fleet.snapshot(["T-1", "T-2"])] == [False, False]  # the whole view
+    assert (
+        registry.get_sample_value(
+            "kioskfleet_terminals_offline_detected_total", {"reason": "timeout"}
+        )
+        == 1
+    )
