@@ -284,6 +284,7 @@ class Server:
             acknowledge=lambda deliveries: self.mqtt.ack(deliveries),
             confirm=self._publish_confirmations if settings.confirm_commits else no_confirm,
             open_gaps=self.fleet.open_gaps,
+            kept_gaps=self.fleet.kept_gaps,
             interval_s=settings.db_flush_interval_s,
             max_pending_acks=settings.db_flush_max_pending_acks,
             max_pending_transitions=settings.db_max_pending_transitions,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Final, Protocol
@@ -41,6 +41,7 @@ from server.fleet_views import TerminalView
 from server.job_lease import database_now
 from server.ownership import Ownership
 from server.storage import ServerTable, Storage, UtcDateTime
+from server.stream_gaps import Gaps
 
 __all__ = ["IngestMemberRow", "IngestMembership", "MembershipMetrics", "ReloadTarget"]
 
@@ -66,7 +67,9 @@ class ReloadTarget(Protocol):
 
     def ids(self) -> list[str]: ...
 
-    def reload(self, terminal_ids: Iterable[str], views: Iterable[TerminalView]) -> None: ...
+    def reload(
+        self, terminal_ids: Iterable[str], views: Iterable[TerminalView], gaps: Mapping[str, Gaps]
+    ) -> None: ...
 
 
 class MembershipMetrics:
@@ -129,6 +132,7 @@ class IngestMembership:
         self._database_clock = database_clock
         self._monotonic = monotonic
         self._believed_until = -1.0  # monotonic: the last good read's sending plus the TTL
+        self._failing = False  # a heartbeat failed and none succeeded since (logged once)
 
     @property
     def member(self) -> str:
@@ -141,10 +145,15 @@ class IngestMembership:
             members = self._heartbeat()
         except StorageError as exc:
             self._metrics.errors.inc()
-            log.warning("ingest membership heartbeat failed: %s", exc)
+            if not self._failing:  # once per outage; the counter counts every one
+                log.warning("ingest membership heartbeat failed (retrying): %s", exc)
+            self._failing = True
             if self._monotonic() >= self._believed_until:
                 self._set(frozenset())
             return self._ownership.members
+        if self._failing:
+            log.info("ingest membership heartbeat succeeds again")
+            self._failing = False
         self._believed_until = sent + self._ttl.total_seconds()
         self._set(members)
         try:
@@ -207,11 +216,11 @@ class IngestMembership:
         ids = self._ownership.own_untrusted(candidates, epoch)  # the hashing: outside the lock
         for start in range(0, len(ids), _RELOAD_CHUNK):
             chunk = ids[start : start + _RELOAD_CHUNK]
-            views = self._storage.load_terminals(chunk)  # nobody writes them: the grace
+            views, gaps = self._storage.load_terminals(chunk)  # nobody writes them: the grace
             with self._applying():
                 if self._ownership.epoch != epoch:
                     return
-                self._fleet.reload(chunk, views)
+                self._fleet.reload(chunk, views, gaps)
                 self._ownership.trust(chunk, epoch)
             self._metrics.reloaded.inc(len(chunk))
         if ids:

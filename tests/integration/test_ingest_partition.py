@@ -9,9 +9,10 @@ and PostgreSQL.
   them, its owner; the other only applies it. Then one is cut off from the database for
   good (its heartbeats and flushes fail: dead, as far as the others can tell) after it
   received messages it never committed; the survivor takes its terminals over, reloads
-  them, and the agents' re-sends (the test plays the agent: it re-sends what no
-  ``kf.committed`` covers) are applied, not taken for duplicates: every row ends exactly
-  at the stream the terminals sent.
+  them with the open gap the dead one had stored (seq 6, which no replica received), and
+  the agents' re-sends (the test plays the agent: it re-sends what no ``kf.committed``
+  covers and what the newest lists missing) are applied, not taken for duplicates, and
+  fill that gap: every row ends exactly at the stream the terminals sent.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
 from protocol.codec import encode
-from protocol.committed import decode_committed
+from protocol.committed import Committed, decode_committed
 from protocol.topics import Channel, parse_topic, topic
 from server.config import Settings
 from server.errors import StorageError
@@ -48,7 +49,7 @@ class _NoFleet:
     def ids(self) -> list[str]:
         return []
 
-    def reload(self, terminal_ids: object, views: object) -> None:
+    def reload(self, terminal_ids: object, views: object, gaps: object) -> None:
         raise AssertionError("nothing to reload")
 
 
@@ -140,15 +141,22 @@ def _settings(database_url: str, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-def _confirmed(source: InMemorySource) -> dict[str, int]:
-    """The highest seq each terminal's ``kf.committed`` from this server named."""
-    out: dict[str, int] = {}
+def _confirmations(source: InMemorySource) -> dict[str, Committed]:
+    """Each terminal's ``kf.committed`` from this server with the highest seq (the last
+    of those: its missing ranges are the newest)."""
+    out: dict[str, Committed] = {}
     for name, payload in list(source.published):
         terminal_id, channel = parse_topic(name)
         if channel is Channel.CMD:
-            seq = decode_committed(payload).seq
-            out[terminal_id] = max(out.get(terminal_id, 0), seq)
+            committed = decode_committed(payload)
+            if terminal_id not in out or committed.seq >= out[terminal_id].seq:
+                out[terminal_id] = committed
     return out
+
+
+def _confirmed(source: InMemorySource) -> dict[str, int]:
+    """The highest seq each terminal's ``kf.committed`` from this server named."""
+    return {tid: c.seq for tid, c in _confirmations(source).items()}
 
 
 def _stored(database_url: str) -> dict[str, tuple[int, int, int]]:
@@ -169,15 +177,24 @@ def _send(sources: list[InMemorySource], tid: str, seq: int) -> None:
 
 
 def _agents_resend(database_url: str, sources: list[InMemorySource], last: int) -> bool:
-    """What the agents do on their confirmation timeout: re-send, to every replica, each
-    seq up to ``last`` no ``kf.committed`` covers yet. True once every row is at ``last``
-    with each report counted once and no gap."""
-    confirmed: dict[str, int] = {}
+    """What the agents do on their confirmation timeout and on a gap list: re-send, to
+    every replica, each seq up to ``last`` no ``kf.committed`` covers yet or the newest
+    lists missing. True once every row is at ``last`` with each report counted once and
+    no gap."""
+    newest: dict[str, Committed] = {}
     for source in sources:
-        for tid, seq in _confirmed(source).items():
-            confirmed[tid] = max(confirmed.get(tid, 0), seq)
+        for tid, committed in _confirmations(source).items():
+            if tid not in newest or committed.seq >= newest[tid].seq:
+                newest[tid] = committed
     for tid in TERMINALS:
-        for seq in range(confirmed.get(tid, 0) + 1, last + 1):
+        newest_of = newest.get(tid)
+        covered = 0 if newest_of is None else newest_of.seq
+        missing = (
+            []
+            if newest_of is None
+            else [seq for first, end in newest_of.missing for seq in range(first, end + 1)]
+        )
+        for seq in [*missing, *range(covered + 1, last + 1)]:
             _send(sources, tid, seq)
     return _stored(database_url) == dict.fromkeys(TERMINALS, (last, last, 0))
 
@@ -232,11 +249,15 @@ def test_each_terminal_is_written_by_its_owner_only_and_a_dead_replicas_are_take
     for server in (a, b):
         assert server.metrics.ingest_not_owned._value.get() > 0
 
+    # seq 6 reaches no replica: each owner counts and stores an open gap, and lists it
+    for tid in TERMINALS:
+        _send(sources, tid, 7)
+    gapped = dict.fromkeys(TERMINALS, (7, 6, 1))
+    wait_until(lambda: _stored(database_url) == gapped, 20, "every row at 7, 6 missing")
     # a is cut off from the database for good: its flushes and heartbeats fail from now on
     a.storage.close()
-    for seq in range(6, 9):  # both receive them; a owns some, which it never commits
-        for tid in TERMINALS:
-            _send(sources, tid, seq)
+    for tid in TERMINALS:  # both receive it; a owns some, which it never commits
+        _send(sources, tid, 8)
     wait_until(
         lambda: (
             b.ownership is not None
@@ -248,12 +269,12 @@ def test_each_terminal_is_written_by_its_owner_only_and_a_dead_replicas_are_take
     )
     taken = [tid for tid, owner in owners.items() if owner == a.replica_id]
     stored = _stored(database_url)
-    assert all(stored[tid] == (5, 5, 0) for tid in taken)  # a committed none of 6..8
+    assert all(stored[tid] == (7, 6, 1) for tid in taken)  # a committed neither 6 nor 8
 
     wait_until(
         lambda: _agents_resend(database_url, sources[1:], 8),
         20,
-        "every row at seq 8, nothing counted twice or lost",
+        "every row at seq 8, the gap a listed filled, nothing counted twice or lost",
     )
     wait_until(
         lambda: all(_confirmed(sources[1]).get(tid) == 8 for tid in TERMINALS),

@@ -1,6 +1,7 @@
 """The live replicas of the partitioned ingest (issue 13, item 3): ``ingest_member``, one
-row per live replica and until when it is live (docs/scale-out.md, "One writer per
-terminal on nats-server").
+row per live replica and until when it is live, and ``terminal.open_gaps``, the open
+sequence gaps stored with the row for a replica that takes the terminal over
+(docs/scale-out.md, "One writer per terminal on nats-server").
 
 Revision ID: 0016
 Revises: 0015
@@ -30,7 +31,10 @@ def upgrade() -> None:
             nullable=False,
         ),
     )
+    op.add_column("terminal", sa.Column("open_gaps", sa.JSON(none_as_null=True), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("terminal") as batch:
+        batch.drop_column("open_gaps")
     op.drop_table("ingest_member")
