@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry
@@ -230,19 +230,30 @@ def test_stop_flushes_what_is_pending() -> None:
     assert [v.id for v in store.batches[-1].terminals] == ["T-1"]
 
 
+def _sweep(
+    fleet: FleetState,
+    writer: WriteBehind,
+    registry: CollectorRegistry,
+    now: float,
+    writes: Callable[[str], bool] | None = None,
+) -> OfflineSweep:
+    """The sweep listening since ``at(0)``, its clock at ``at(now)``."""
+    return OfflineSweep(
+        fleet,
+        writer,
+        ServerMetrics(registry),
+        listening_since=lambda: at(0),
+        clock=lambda: at(now),
+        writes=writes,
+    )
+
+
 def test_offline_sweep_records_timeouts_and_counts_them() -> None:
     fleet, store, writer, _ = _rig()
     _apply(fleet, writer, report(seq=1, interval=10))
     writer.flush()
     registry = CollectorRegistry()
-    sweep = OfflineSweep(
-        fleet,
-        writer,
-        ServerMetrics(registry),
-        listening_since=lambda: at(0),
-        clock=lambda: at(31),
-    )
-    [t] = sweep.run()
+    [t] = _sweep(fleet, writer, registry, 31).run()
     assert (t.terminal_id, t.to_state, t.reason) == ("T-1", "offline", "timeout")
     assert (
         registry.get_sample_value(
@@ -600,14 +611,7 @@ def test_a_partitioned_sweep_records_its_own_terminals_and_the_others_in_memory_
     _apply(fleet, writer, report("T-1", seq=1, interval=10), report("T-2", seq=1, interval=10))
     writer.flush()
     registry = CollectorRegistry()
-    sweep = OfflineSweep(
-        fleet,
-        writer,
-        ServerMetrics(registry),
-        listening_since=lambda: at(0),
-        clock=lambda: at(40),
-        writes=_Owns("T-2").writes,
-    )
+    sweep = _sweep(fleet, writer, registry, 40, writes=_Owns("T-2").writes)
     assert [t.terminal_id for t in sweep.run()] == ["T-2"]
     writer.flush()
     assert [t.terminal_id for t in store.batches[-1].transitions] == ["T-2"]
