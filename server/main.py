@@ -277,6 +277,15 @@ class Server:
             )
         )
         holder_only(self.service_availability)  # what each hall can offer, <= 1 min old
+        # One writer per terminal among replicas that each receive everything
+        # (docs/scale-out.md, "One writer per terminal"): None unless partitioned.
+        self.ownership: Ownership | None = None
+        if settings.ingest_ownership == "partition":
+            self.ownership = Ownership(
+                self.replica_id,
+                grace_s=settings.ingest_heartbeat_interval_s + 2 * settings.db_flush_interval_s,
+                clock=time.monotonic,
+            )
         self.writer = WriteBehind(
             self.storage,
             self.fleet.snapshot,
@@ -285,6 +294,7 @@ class Server:
             confirm=self._publish_confirmations if settings.confirm_commits else no_confirm,
             open_gaps=self.fleet.open_gaps,
             kept_gaps=self.fleet.kept_gaps,
+            writes=None if self.ownership is None else self.ownership.writes,
             interval_s=settings.db_flush_interval_s,
             max_pending_acks=settings.db_flush_max_pending_acks,
             max_pending_transitions=settings.db_max_pending_transitions,
@@ -292,16 +302,8 @@ class Server:
             stall_after_s=settings.db_stall_after_s,
         )
         self.metrics.unacknowledged.set_function(self.writer.pending_acks)
-        # One writer per terminal among replicas that each receive everything
-        # (docs/scale-out.md, "One writer per terminal"): None unless partitioned.
-        self.ownership: Ownership | None = None
         self.membership: IngestMembership | None = None
-        if settings.ingest_ownership == "partition":
-            self.ownership = Ownership(
-                self.replica_id,
-                grace_s=settings.ingest_heartbeat_interval_s + 2 * settings.db_flush_interval_s,
-                clock=time.monotonic,
-            )
+        if self.ownership is not None:
             self.membership = IngestMembership(
                 self.storage,
                 self.ownership,

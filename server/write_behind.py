@@ -50,6 +50,12 @@ Failures:
   and logged, its messages are acknowledged (retrying cannot help), the others
   are written.
 
+With ``writes`` (``ingest_ownership = "partition"``: ``Ownership.writes``) a flush first
+leaves out what it took of terminals this replica no longer writes (their owner changed
+since they were recorded, or this replica believes itself out of the set after failed
+heartbeats): acknowledged unwritten and unconfirmed, their agents re-send them to the
+new owner (docs/scale-out.md, "One writer per terminal").
+
 This module decides nothing about the fleet and never talks SQL itself (that is
 ``server.storage``) nor MQTT (``acknowledge`` is handed in).
 """
@@ -194,6 +200,7 @@ class WriteBehind:
         confirm: Callable[[Sequence[Confirmation]], object] = no_confirm,
         open_gaps: OpenGaps = no_gaps,
         kept_gaps: KeptGaps = no_kept_gaps,
+        writes: Callable[[str], bool] | None = None,
         interval_s: float = 1.0,
         max_pending_acks: int = 400,
         max_pending_transitions: int = 200_000,
@@ -209,6 +216,7 @@ class WriteBehind:
         self._confirm = confirm
         self._open_gaps = open_gaps
         self._kept_gaps = kept_gaps
+        self._writes = writes
         self._interval = interval_s
         self._max_acks = max_pending_acks
         self._max_pending = max_pending_transitions
@@ -355,6 +363,8 @@ class WriteBehind:
         with self._intake:  # every change in the copy below has its record in ``taken``
             with self._lock:
                 taken, self._pending = self._pending, _Pending()
+            if self._writes is not None:
+                taken = self._still_owned(taken)
             wanted = set(taken.confirm)
             if taken.has_writes():
                 wanted |= taken.dirty | taken.peripherals
@@ -379,6 +389,28 @@ class WriteBehind:
         self._confirm_committed(taken.confirm, views, gaps)
         self._succeeded()
         return True
+
+    def _still_owned(self, taken: _Pending) -> _Pending:
+        """``taken`` without what belongs to terminals this replica no longer writes (their
+        owner changed since they were recorded, or a retry outlived this replica's
+        membership): their deliveries are acknowledged unwritten and unconfirmed, like a
+        non-owner's; the agents re-send them to the new owner. A removal (a decommission
+        through this replica's API) is kept: no owner would do it instead."""
+        writes = self._writes
+        ids = taken.terminal_ids()
+        lost = {
+            tid
+            for tid in ids
+            if writes is not None and tid not in taken.removed and not writes(tid)
+        }
+        if not lost:
+            return taken
+        kept = taken.only(set(ids) - lost)
+        kept.acks = [(None if tid in lost else tid, d) for tid, d in taken.acks]
+        log.info(
+            "dropped the pending writes of %d terminals this replica no longer owns", len(lost)
+        )
+        return kept
 
     def _write(
         self,

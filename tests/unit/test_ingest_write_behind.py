@@ -623,3 +623,46 @@ def test_a_partitioned_sweep_records_its_own_terminals_and_the_others_in_memory_
         )
         == 1
     )
+
+
+def test_a_flush_leaves_out_the_pending_writes_of_a_terminal_this_replica_no_longer_owns() -> None:
+    """Recorded while owned, flushed after the owner changed (or a retry outlived this
+    replica's membership): acknowledged, neither written nor confirmed."""
+    fleet, store = FleetState(), FakeStore()
+    confirmations = Confirmations()
+    owns = _Owns("T-1", "T-2")
+    writer = WriteBehind(
+        store,
+        fleet.snapshot,
+        ServerMetrics(CollectorRegistry()),
+        acknowledge=ACKS,
+        confirm=confirmations,
+        writes=owns.writes,
+        interval_s=3600,
+    )
+    ACKS.sent.clear()
+    ingest = Ingest(
+        fleet, writer, ServerMetrics(CollectorRegistry()), max_payload_bytes=65536, owner=owns
+    )
+    _deliver(ingest, report("T-1", seq=1), mid=1)
+    _deliver(ingest, report("T-2", seq=1), mid=2)
+    owns.mine = {"T-2"}  # T-1 moved to another replica before the flush
+    assert writer.flush()
+    [batch] = store.batches
+    assert [v.id for v in batch.terminals] == ["T-2"]
+    assert [c[0] for sent in confirmations.sent for c in sent] == ["T-2"]
+    assert ACKS.sent == [(0, 1), (0, 2)]
+
+
+def test_a_decommission_through_a_replica_that_does_not_own_the_terminal_is_still_written() -> None:
+    fleet, store = FleetState(), FakeStore()
+    writer = WriteBehind(
+        store,
+        fleet.snapshot,
+        ServerMetrics(CollectorRegistry()),
+        writes=_Owns().writes,
+        interval_s=3600,
+    )
+    writer.remove("T-9")
+    assert writer.flush()
+    assert [batch.removed for batch in store.batches] == [frozenset({"T-9"})]
