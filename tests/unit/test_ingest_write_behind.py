@@ -405,10 +405,11 @@ class Confirmations:
 
 
 def _confirming_rig(
-    registry: CollectorRegistry | None = None,
+    registry: CollectorRegistry | None = None, owner: _Owns | None = None
 ) -> tuple[FleetState, FakeStore, WriteBehind, Ingest, Confirmations]:
     """The ingest and writer wired as the server wires them (open gaps in confirmations), on
-    a clock 30 s after the messages' receive time ``at(0)``: gaps noticed then are open."""
+    a clock 30 s after the messages' receive time ``at(0)``: gaps noticed then are open.
+    ``owner``: partitioned, this replica writes the terminals it names."""
     fleet, store = FleetState(), FakeStore()
     confirmations = Confirmations()
     writer = WriteBehind(
@@ -418,12 +419,13 @@ def _confirming_rig(
         acknowledge=ACKS,
         confirm=confirmations,
         open_gaps=fleet.open_gaps,
+        writes=None if owner is None else owner.writes,
         interval_s=3600,
         clock=lambda: at(30),
     )
     ACKS.sent.clear()
     metrics = ServerMetrics(registry or CollectorRegistry())
-    ingest = Ingest(fleet, writer, metrics, max_payload_bytes=65536)
+    ingest = Ingest(fleet, writer, metrics, max_payload_bytes=65536, owner=owner)
     return fleet, store, writer, ingest, confirmations
 
 
@@ -588,11 +590,8 @@ class _Owns:
 def test_a_message_another_replica_owns_is_applied_acknowledged_and_neither_written_nor_confirmed() -> (
     None
 ):
-    fleet, store, writer, _, confirmations = _confirming_rig()
     registry = CollectorRegistry()
-    ingest = Ingest(
-        fleet, writer, ServerMetrics(registry), max_payload_bytes=65536, owner=_Owns("T-1")
-    )
+    fleet, store, writer, ingest, confirmations = _confirming_rig(registry, _Owns("T-1"))
     _deliver(ingest, report("T-1", seq=1), mid=1)
     _deliver(ingest, report("T-2", seq=1), mid=2)
     _deliver(ingest, report("T-2", seq=1), mid=3)  # a re-send: a duplicate confirms nothing
@@ -628,22 +627,8 @@ def test_a_partitioned_sweep_records_its_own_terminals_and_the_others_in_memory_
 def test_a_flush_leaves_out_the_pending_writes_of_a_terminal_this_replica_no_longer_owns() -> None:
     """Recorded while owned, flushed after the owner changed (or a retry outlived this
     replica's membership): acknowledged, neither written nor confirmed."""
-    fleet, store = FleetState(), FakeStore()
-    confirmations = Confirmations()
     owns = _Owns("T-1", "T-2")
-    writer = WriteBehind(
-        store,
-        fleet.snapshot,
-        ServerMetrics(CollectorRegistry()),
-        acknowledge=ACKS,
-        confirm=confirmations,
-        writes=owns.writes,
-        interval_s=3600,
-    )
-    ACKS.sent.clear()
-    ingest = Ingest(
-        fleet, writer, ServerMetrics(CollectorRegistry()), max_payload_bytes=65536, owner=owns
-    )
+    _, store, writer, ingest, confirmations = _confirming_rig(owner=owns)
     _deliver(ingest, report("T-1", seq=1), mid=1)
     _deliver(ingest, report("T-2", seq=1), mid=2)
     owns.mine = {"T-2"}  # T-1 moved to another replica before the flush
