@@ -128,6 +128,15 @@ class Settings(BaseSettings):
     # renewal; every replica tries to take or renew it this often (well below the duration).
     job_lease_duration_s: Annotated[float, Field(ge=0.5, le=3600)] = 30.0
     job_lease_renew_interval_s: PositiveSeconds = 5.0
+    # Who writes and confirms a terminal's messages (docs/scale-out.md, "One writer per
+    # terminal"): "receiver" (default: every replica that receives one; a lone server, or
+    # EMQX $share), or "partition": replicas that each receive everything (nats-server 2.9)
+    # split the terminals by a rendezvous hash over the live replicas of table
+    # ingest_member. Each heartbeats every ingest_heartbeat_interval_s; one silent for
+    # ingest_member_ttl_s is dead and its terminals are handed over.
+    ingest_ownership: Literal["receiver", "partition"] = "receiver"
+    ingest_heartbeat_interval_s: PositiveSeconds = 1.0
+    ingest_member_ttl_s: Annotated[float, Field(ge=0.5, le=3600)] = 10.0
 
     # Broker.
     broker_url: str = "mqtt://127.0.0.1:1883"
@@ -317,6 +326,19 @@ class Settings(BaseSettings):
             )
         if self.job_lease_renew_interval_s * 2 > self.job_lease_duration_s:
             raise ValueError("job_lease_renew_interval_s must be at most half job_lease_duration_s")
+        if self.ingest_heartbeat_interval_s * 2 > self.ingest_member_ttl_s:
+            raise ValueError("ingest_heartbeat_interval_s must be at most half ingest_member_ttl_s")
+        if self.ingest_ownership == "partition" and not self.confirm_commits:
+            raise ValueError(
+                "ingest_ownership = partition needs confirm_commits: a message another replica"
+                " owns is acknowledged unwritten, and only the agent's re-send after its"
+                " confirmation timeout reaches the owner"
+            )
+        if self.ingest_ownership == "partition" and self.shared_subscription:
+            raise ValueError(
+                "ingest_ownership = partition is for replicas that each receive everything;"
+                " with shared_subscription the receiver owns the terminal"
+            )
         if (self.https_cert_file is None) != (self.https_key_file is None):
             raise ValueError("https_cert_file and https_key_file go together")
         for path in (self.https_cert_file, self.https_key_file):

@@ -23,12 +23,12 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
 from protocol.committed import SeqRange
 from protocol.messages import Message
-from server import fleet_query, terminal_rules
+from server import fleet_query, stream_gaps, terminal_rules
 from server.fleet_tallies import FleetTallies
 from server.fleet_views import (
     FleetSummary,
@@ -115,6 +115,48 @@ class FleetState:
                 del self._terminals[t.id]
                 self._sorted_ids.remove(t.id)
             return outcome
+
+    def reload(
+        self,
+        terminal_ids: Iterable[str],
+        views: Iterable[TerminalView],
+        gaps: Mapping[str, stream_gaps.Gaps],
+    ) -> None:
+        """Replace the named terminals' records with their stored ``views`` and open
+        ``gaps`` (the database's committed state, for a replica taking them over:
+        ``server.membership``); a named terminal without a view is forgotten (nothing of
+        it was committed)."""
+        stored = {v.id: v for v in views}
+        with self._lock:
+            for tid in terminal_ids:
+                view = stored.get(tid)
+                known = tid in self._terminals
+                if view is None:
+                    if known:
+                        del self._terminals[tid]
+                        del self._sorted_ids[bisect.bisect_left(self._sorted_ids, tid)]
+                        self._tallies.remove(tid)
+                    continue
+                t = self._terminals[tid] = TerminalRecord.from_view(view, self._policy)
+                t.gaps = gaps.get(tid, ())
+                if not known:
+                    bisect.insort(self._sorted_ids, tid)
+                self._tallies.update(t)
+
+    def kept_gaps(self, terminal_ids: Iterable[str]) -> dict[str, stream_gaps.Gaps]:
+        """The gaps the named terminals that have any keep, as noted (expired ones too:
+        whoever reads them back judges the window)."""
+        with self._lock:
+            return {
+                tid: t.gaps
+                for tid in terminal_ids
+                if (t := self._terminals.get(tid)) is not None and t.gaps
+            }
+
+    def ids(self) -> list[str]:
+        """Every known terminal id, sorted (a copy)."""
+        with self._lock:
+            return list(self._sorted_ids)
 
     def remove(self, terminal_id: str) -> TerminalView | None:
         """Take the terminal out of the fleet and every tally (decommissioned); its last view.

@@ -7,7 +7,10 @@ changes, the event or update-status row (``kf.update``: also noted in the
 database writer (which acknowledges the delivery once the changes are
 committed) → metrics. A message that is not applied (rejected, duplicate,
 stale, refused by a rule such as ``seq_jump``) is handed to the writer's ``settle``: acknowledged with the next flush,
-after everything received before it. A gap fill (``Outcome.filled``: a late message
+after everything received before it. With an ``owner`` (``ingest_ownership = "partition"``,
+``server.ownership``) a message of a terminal this replica does not write is applied to the
+fleet state all the same (the whole view) and then only settled: the owner writes and
+confirms it (``kioskfleet_ingest_not_owned_total``). A gap fill (``Outcome.filled``: a late message
 inside an open sequence gap) is stored like any message of its kind and counted
 (``kioskfleet_ingest_gap_fills_total``), except an update status a later one already
 followed (``Outcome.superseded``): it is neither stored nor tallied, since the newest
@@ -53,7 +56,7 @@ from server.service_catalogue import OTHER_SERVICE
 from server.update_tally import UpdateTally
 from server.usage_metrics import UsageMetrics
 
-__all__ = ["Ingest", "IngestResult", "WriteSink"]
+__all__ = ["Ingest", "IngestResult", "OwnerGate", "WriteSink"]
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +100,16 @@ class WriteSink(Protocol):
         ...
 
 
+class OwnerGate(Protocol):
+    """Whether this replica writes a terminal (``server.ownership.Ownership``). Asked while
+    holding the writer's ``applying()``."""
+
+    def writes(self, terminal_id: str) -> bool: ...
+
+
 class IngestResult(StrEnum):
     ACCEPTED = "accepted"
+    NOT_OWNED = "not_owned"  # applied to the fleet state; another replica writes it
     CLEARED = "cleared"
     DUPLICATE = "duplicate"
     STALE = "stale"
@@ -122,11 +133,13 @@ class Ingest:
         usage_metrics: UsageMetrics | None = None,
         service_label: Callable[[str], str] = lambda _code: OTHER_SERVICE,
         paper: PaperTracker | None = None,
+        owner: OwnerGate | None = None,
     ) -> None:
         """``usage_metrics`` counts transactions (``service_label``: the code's label,
         ``ServiceStore.label``) and refusals on the usage channel; ``paper`` is told the
         pages printed and the printers' condition changes (the paper forecasts)."""
         self._paper = paper
+        self._owner = owner
         self._usage_metrics = usage_metrics
         self._service_label = service_label
         self._fleet = fleet
@@ -202,6 +215,7 @@ class Ingest:
         return IngestResult.REJECTED
 
     def _apply(self, message: Message, inbound: InboundMessage) -> IngestResult:
+        writes = self._owner is None or self._owner.writes(message.terminal_id)
         outcome = self._fleet.apply(message, inbound.received_at, retained=inbound.retained)
         if outcome.verdict is Verdict.REFUSED:
             reason = outcome.reason or "refused"
@@ -210,7 +224,7 @@ class Ingest:
             # Retained re-deliveries (every re-subscribe) are expected, not duplicates.
             if not inbound.retained:
                 self._metrics.ingest_duplicates.inc()
-            self._duplicate_of = None if inbound.retained else message.terminal_id
+            self._duplicate_of = message.terminal_id if writes and not inbound.retained else None
             return (
                 IngestResult.DUPLICATE
                 if outcome.verdict is Verdict.DUPLICATE
@@ -251,6 +265,9 @@ class Ingest:
                 self._paper.note_transition(t)
         if self._paper is not None and usage is not None:
             self._paper.note_usage(usage.terminal_id, usage.occurred_at, usage.pages)
+        if not writes:  # the owner writes and confirms it; handle() settles the delivery
+            self._metrics.ingest_not_owned.inc()
+            return IngestResult.NOT_OWNED
         # Last: once recorded, the delivery is the writer's to acknowledge.
         self._sink.record(
             message.terminal_id,

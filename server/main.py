@@ -75,6 +75,7 @@ from server.maintenance_api import maintenance_router, operator_state
 from server.maintenance_book import MaintenanceBook
 from server.maintenance_service import MaintenanceActions
 from server.maintenance_store import MaintenanceStore
+from server.membership import IngestMembership, MembershipMetrics
 from server.message_source import (
     ConnectionHandler,
     MessageHandler,
@@ -86,6 +87,7 @@ from server.mqtt_source import MqttOptions, MqttSource
 from server.opening_hours import OpeningHours
 from server.opening_hours_api import opening_hours_router
 from server.opening_hours_store import OpeningHoursStore
+from server.ownership import Ownership
 from server.paper_api import paper_router
 from server.paper_metrics import PaperCollector
 from server.paper_tracker import PaperTracker
@@ -245,9 +247,10 @@ class Server:
         )
         # The fleet's scheduled jobs run, and its gauges are exported, on the replica holding
         # this lease (docs/scale-out.md): every fleet-wide gauge is registered via holder_only.
+        self.replica_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.job_lease = JobLease(
             self.storage,
-            f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
+            self.replica_id,
             LeaseMetrics(registry),
             duration=timedelta(seconds=settings.job_lease_duration_s),
             on_acquired=self._take_up_fleet_jobs,
@@ -275,6 +278,15 @@ class Server:
             )
         )
         holder_only(self.service_availability)  # what each hall can offer, <= 1 min old
+        # One writer per terminal among replicas that each receive everything
+        # (docs/scale-out.md, "One writer per terminal"): None unless partitioned.
+        self.ownership: Ownership | None = None
+        if settings.ingest_ownership == "partition":
+            self.ownership = Ownership(
+                self.replica_id,
+                grace_s=settings.ingest_heartbeat_interval_s + 2 * settings.db_flush_interval_s,
+                clock=time.monotonic,
+            )
         self.writer = WriteBehind(
             self.storage,
             self.fleet.snapshot,
@@ -282,6 +294,8 @@ class Server:
             acknowledge=lambda deliveries: self.mqtt.ack(deliveries),
             confirm=self._publish_confirmations if settings.confirm_commits else no_confirm,
             open_gaps=self.fleet.open_gaps,
+            kept_gaps=self.fleet.kept_gaps,
+            writes=None if self.ownership is None else self.ownership.writes,
             interval_s=settings.db_flush_interval_s,
             max_pending_acks=settings.db_flush_max_pending_acks,
             max_pending_transitions=settings.db_max_pending_transitions,
@@ -289,6 +303,16 @@ class Server:
             stall_after_s=settings.db_stall_after_s,
         )
         self.metrics.unacknowledged.set_function(self.writer.pending_acks)
+        self.membership: IngestMembership | None = None
+        if self.ownership is not None:
+            self.membership = IngestMembership(
+                self.storage,
+                self.ownership,
+                self.fleet,
+                MembershipMetrics(registry, self.ownership),
+                ttl=timedelta(seconds=settings.ingest_member_ttl_s),
+                applying=self.writer.applying,
+            )
         self.update_tally = UpdateTally(registry)
         self.paper = PaperTracker(
             roll_pages=self._roll_pages,
@@ -312,6 +336,7 @@ class Server:
             usage_metrics=self.usage_metrics,
             service_label=self.services.label,
             paper=self.paper,
+            owner=self.ownership,
             max_payload_bytes=settings.max_payload_bytes,
             throttled_log=ThrottledLog(
                 logging.getLogger("server.ingest"), interval_s=settings.reject_log_interval_s
@@ -336,6 +361,7 @@ class Server:
             self.writer,
             self.metrics,
             listening_since=self.listening_since,
+            writes=None if self.ownership is None else self.ownership.writes,
         )
         self.rollout_store = RolloutStore(self.storage)
         self.usage_rollups = UsageRollupStore(self.storage)
@@ -710,11 +736,16 @@ class Server:
             self.updates.repository.load()
         self.writer.start()
         self._start_http()
+        if self.membership is not None:
+            self.membership.tick()  # a member before the first message: its epoch begins
         self.mqtt.start()
         lease = self.job_lease
         lease.tick()  # a lone replica holds the lease before its first jobs are due
         self._scheduler = build_scheduler(
-            lease.guard("offline-sweep", self.sweep.run),
+            # Partitioned, every replica sweeps its fleet state and records its own terminals.
+            self.sweep.run
+            if self.membership is not None
+            else lease.guard("offline-sweep", self.sweep.run),
             offline_check_interval_s=self.settings.offline_check_interval_s,
             prune=lease.guard("retention-prune", self.pruner.run),
             prune_interval_s=self.settings.event_prune_interval_s,
@@ -741,6 +772,13 @@ class Server:
             )
         if self.updates is not None:
             self.updates.schedule(self._scheduler, lease.guard)
+        if self.membership is not None:
+            every(  # on every replica: the live set, and the hand-over of terminals
+                self.settings.ingest_heartbeat_interval_s,
+                self.membership.tick,
+                "ingest-membership",
+                "ingest membership heartbeat",
+            )
         every(  # on every replica: how a standby sees an expired lease
             self.settings.job_lease_renew_interval_s,
             lease.tick,
@@ -789,6 +827,8 @@ class Server:
             self._scheduler = None
             self.job_lease.release()  # after the last job: a standby takes over at once
         self.writer.stop(timeout_s=self.settings.db_statement_timeout_s + 5)
+        if self.membership is not None:
+            self.membership.leave()  # after the last commit: the others take over at once
         self.mqtt.stop()
         self._stop_http()
         self.storage.close()

@@ -66,6 +66,13 @@ class ServerMetrics:
             " counted by this process since it started.",
             registry=registry,
         )
+        self.ingest_not_owned = Counter(
+            "kioskfleet_ingest_not_owned",
+            "Messages applied to this process's fleet state but neither written nor confirmed:"
+            " another replica owns the terminal, or this one took it over and has not reloaded"
+            " it yet (ingest_ownership = partition; docs/scale-out.md).",
+            registry=registry,
+        )
         self.ingest_gap_fills = Counter(
             "kioskfleet_ingest_gap_fills",
             "Messages that arrived late inside a terminal's open sequence gap and filled it"

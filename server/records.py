@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from server.fleet_views import TerminalView, Transition
+from server.stream_gaps import Gaps
 
 if TYPE_CHECKING:  # a type only: this module stays free of the database layer
     from server.lease_fence import Fence
@@ -91,6 +92,9 @@ class WriteBatch:
     # The offline sweep's transitions, each with the job lease's fence of the sweep's run:
     # written only while that fence holds (server.lease_fence).
     fenced_transitions: Sequence[tuple[Fence, Transition]] = field(default_factory=tuple)
+    # The open sequence gaps of the terminals written whole (absent: none), stored with
+    # their rows for a replica that takes them over (server.membership).
+    open_gaps: Mapping[str, Gaps] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(

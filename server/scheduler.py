@@ -8,7 +8,10 @@ nothing while the broker link is down (silence then proves nothing) and gives
 every terminal a full grace period after each reconnect (the server passes
 ``listening_since``: the later of the broker connect and the recovery of
 database writes, None while either is down, because the broker stops
-delivering while acknowledgements wait for a commit).
+delivering while acknowledgements wait for a commit). With ``writes``
+(``ingest_ownership = "partition"``: it then runs on every replica) it records and
+counts only the transitions of the terminals this replica writes; the others change
+its fleet state only (their owner's sweep records them; docs/scale-out.md).
 
 ``RetentionPruner`` deletes rows past their retention period (the jobs ``server.retention``
 builds from its one list of every table's retention).
@@ -53,7 +56,9 @@ class OfflineSweep:
         *,
         listening_since: Callable[[], datetime | None],
         clock: Callable[[], datetime] = _utcnow,
+        writes: Callable[[str], bool] | None = None,
     ) -> None:
+        self._writes = writes
         self._fleet = fleet
         self._sink = sink
         self._listening_since = listening_since
@@ -67,6 +72,8 @@ class OfflineSweep:
             return []
         with self._sink.applying():  # a flush never sees the state without its transition
             transitions = self._fleet.expire_silent(self._clock(), listening_since=since)
+            if self._writes is not None:
+                transitions = [t for t in transitions if self._writes(t.terminal_id)]
             for t in transitions:
                 self._sink.record(t.terminal_id, transitions=(t,))
         if transitions:

@@ -63,6 +63,7 @@ from server.fleet_views import (
 from server.history_query import HistoryQuery, Position, StoredPage, encode_position
 from server.lease_fence import Fence, check_current
 from server.records import EventRecord, WriteBatch
+from server.stream_gaps import Gap, Gaps
 
 __all__ = [
     "EventRow",
@@ -167,6 +168,12 @@ class TerminalRow(_Table, table=True):
     )
     first_seen: datetime = _ts()
     updated_at: datetime = _ts()
+    # The current stream's open sequence gaps as of the row's write, [[first, last,
+    # noticed_at], ...] or NULL: what a replica taking the terminal over reloads
+    # (docs/scale-out.md, "One writer per terminal"), so the old owner's gaps stay fillable.
+    open_gaps: list[list[Any]] | None = Field(
+        default=None, sa_column=sa.Column(sa.JSON(none_as_null=True), nullable=True)
+    )
 
 
 class PeripheralRow(_Table, table=True):
@@ -250,6 +257,7 @@ _TABLE_MODULES: Final = (
     "server.service_store",
     "server.usage_rollup_store",
     "server.job_lease",
+    "server.membership",
 )  # tables declared beside their owners
 
 
@@ -316,6 +324,42 @@ def _not_behind(excluded: Any) -> sa.ColumnElement[bool]:
             excluded.last_seq >= row.last_seq,
         ),
     )
+
+
+def _gaps_json(gaps: Gaps | None) -> list[list[Any]] | None:
+    """Open gaps as the ``open_gaps`` column holds them (None for none)."""
+    if not gaps:
+        return None
+    return [[g.first, g.last, g.noticed_at.astimezone(UTC).isoformat()] for g in gaps]
+
+
+def _gaps_of(value: Any) -> Gaps:
+    """The ``open_gaps`` column back as gaps; anything malformed is no gap."""
+    try:
+        return tuple(
+            Gap(int(first), int(last), _utc(datetime.fromisoformat(str(noticed))))
+            for first, last, noticed in value or ()
+        )
+    except (TypeError, ValueError):
+        return ()
+
+
+def _load_terminals(conn: Connection, ids: Sequence[str] | None) -> list[TerminalView]:
+    """Terminal rows as views with their peripherals: all of them, or those of ``ids``."""
+    peripherals: dict[str, list[PeripheralView]] = defaultdict(list)
+    wanted = sa.select(_PERIPHERAL).order_by(_PERIPHERAL.c.name)
+    terminals = sa.select(_TERMINAL)
+    if ids is not None:
+        wanted = wanted.where(_PERIPHERAL.c.terminal_id.in_(ids))
+        terminals = terminals.where(_TERMINAL.c.id.in_(ids))
+    for row in conn.execute(wanted).mappings():
+        view = _peripheral_view(row)
+        if view is not None:
+            peripherals[row["terminal_id"]].append(view)
+    return [
+        _TERMINALS.model_of(row, peripherals=tuple(peripherals.get(row["id"], ())))
+        for row in conn.execute(terminals).mappings()
+    ]
 
 
 def _utc(value: datetime) -> datetime:
@@ -502,16 +546,22 @@ class Storage:
         Raises StorageError.
         """
         with database_errors("load fleet"), self.engine.connect() as conn:
-            peripherals: dict[str, list[PeripheralView]] = defaultdict(list)
-            rows = conn.execute(sa.select(_PERIPHERAL).order_by(_PERIPHERAL.c.name)).mappings()
-            for row in rows:
-                view = _peripheral_view(row)
-                if view is not None:
-                    peripherals[row["terminal_id"]].append(view)
-            return [
-                _TERMINALS.model_of(row, peripherals=tuple(peripherals.get(row["id"], ())))
-                for row in conn.execute(sa.select(_TERMINAL)).mappings()
-            ]
+            return _load_terminals(conn, None)
+
+    def load_terminals(
+        self, terminal_ids: Sequence[str]
+    ) -> tuple[list[TerminalView], dict[str, Gaps]]:
+        """The stored rows of ``terminal_ids`` with their peripherals (absent ones are left
+        out), and the open gaps stored with them: what a replica taking terminals over
+        reloads (``server.membership``). Raises StorageError."""
+        if not terminal_ids:
+            return [], {}
+        t = _TERMINAL.c
+        stmt = sa.select(t.id, t.open_gaps).where(t.id.in_(terminal_ids), t.open_gaps.is_not(None))
+        with database_errors("load terminals"), self.engine.connect() as conn:
+            views = _load_terminals(conn, terminal_ids)
+            gaps = {row.id: _gaps_of(row.open_gaps) for row in conn.execute(stmt)}
+        return views, {tid: g for tid, g in gaps.items() if g}
 
     def offline_terminals(self) -> list[tuple[str, datetime, OfflineReason]]:
         """``(id, offline since, reason)`` of every terminal stored offline (for a new job
@@ -646,7 +696,7 @@ class Storage:
                     if moved and not self._update_positions(conn, moved, now):
                         whole = [*whole, *moved]  # some row was missing: write them whole
                 if whole:
-                    self._upsert_terminals(conn, whole, now)
+                    self._upsert_terminals(conn, whole, now, batch.open_gaps)
             if batch.peripheral_ids:
                 self._replace_peripherals(conn, batch)
             if batch.transitions:
@@ -699,7 +749,11 @@ class Storage:
         return sqlite.insert if self.dialect == "sqlite" else postgresql.insert
 
     def _upsert_terminals(
-        self, conn: Connection, terminals: Sequence[TerminalView], now: datetime
+        self,
+        conn: Connection,
+        terminals: Sequence[TerminalView],
+        now: datetime,
+        gaps: Mapping[str, Gaps],
     ) -> None:
         insert = self._insert()
         stmt = insert(_TERMINAL)
@@ -714,7 +768,10 @@ class Storage:
             },
             where=sa.or_(ahead, stmt.excluded.online != _TERMINAL.c.online),
         )
-        rows = [_TERMINALS.row(v, updated_at=now) for v in terminals]
+        rows = [
+            _TERMINALS.row(v, updated_at=now, open_gaps=_gaps_json(gaps.get(v.id)))
+            for v in terminals
+        ]
         for chunk in _chunks(rows):
             conn.execute(stmt, list(chunk))
 
@@ -877,7 +934,7 @@ _TERMINALS: Final = _RowMapping(
         "software": lambda value: dict(value or {}),
     },
     unstored=frozenset({"peripherals"}),
-    table_only=frozenset({"updated_at"}),
+    table_only=frozenset({"updated_at", "open_gaps"}),
 )
 _PERIPHERALS: Final = _RowMapping(
     _PERIPHERAL,

@@ -8,8 +8,10 @@ re-sends what it still has, and a message inside it is a GAP FILL instead of a
 duplicate. After the window it is forgotten and stays a counted gap (lost, or
 dropped by the agent on purpose). Bounded: at most ``MAX_MISSING_RANGES``
 ranges per terminal (the oldest are forgotten first, as if expired); a
-terminal without gaps holds an empty tuple. In memory only: a restarted server
-knows no open gap (docs/reliability.md).
+terminal without gaps holds an empty tuple. Kept in memory; the owner also stores
+them with the terminal's row (``terminal.open_gaps``) for a replica that takes the
+terminal over (docs/scale-out.md), but a restarted server does not read them back:
+it knows no open gap (docs/reliability.md).
 
 Pure: immutable tuples of ``Gap`` in, new tuples out; no clock (the caller
 passes ``now``), no lock, no I/O.

@@ -50,6 +50,12 @@ Failures:
   and logged, its messages are acknowledged (retrying cannot help), the others
   are written.
 
+With ``writes`` (``ingest_ownership = "partition"``: ``Ownership.writes``) a flush first
+leaves out what it took of terminals this replica no longer writes (their owner changed
+since they were recorded, or this replica believes itself out of the set after failed
+heartbeats): acknowledged unwritten and unconfirmed, their agents re-send them to the
+new owner (docs/scale-out.md, "One writer per terminal").
+
 This module decides nothing about the fleet and never talks SQL itself (that is
 ``server.storage``) nor MQTT (``acknowledge`` is handed in).
 """
@@ -66,6 +72,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from protocol.committed import SeqRange
+from server import stream_gaps
 from server.errors import StorageDataError, StorageError
 from server.fleet_views import TerminalView, Transition
 from server.inbound import Delivery
@@ -104,6 +111,10 @@ carries."""
 OpenGaps = Callable[[Iterable[str], datetime], Mapping[str, Gaps]]
 """The open sequence gaps of the named terminals at a time (``FleetState.open_gaps``)."""
 
+KeptGaps = Callable[[Iterable[str]], Mapping[str, stream_gaps.Gaps]]
+"""The gaps the named terminals keep, with when each was noticed (``FleetState.kept_gaps``):
+stored with their rows."""
+
 
 def no_confirm(_confirmations: Sequence[Confirmation]) -> None:
     """The default when nothing is confirmed to terminals (tests, tools)."""
@@ -111,6 +122,11 @@ def no_confirm(_confirmations: Sequence[Confirmation]) -> None:
 
 def no_gaps(_ids: Iterable[str], _now: datetime) -> Mapping[str, Gaps]:
     """The default when no gap is tracked (tests, tools)."""
+    return {}
+
+
+def no_kept_gaps(_ids: Iterable[str]) -> Mapping[str, stream_gaps.Gaps]:
+    """The default when no gap is stored with the rows (tests, tools)."""
     return {}
 
 
@@ -183,6 +199,8 @@ class WriteBehind:
         acknowledge: Callable[[Sequence[Delivery]], object] = _no_ack,
         confirm: Callable[[Sequence[Confirmation]], object] = no_confirm,
         open_gaps: OpenGaps = no_gaps,
+        kept_gaps: KeptGaps = no_kept_gaps,
+        writes: Callable[[str], bool] | None = None,
         interval_s: float = 1.0,
         max_pending_acks: int = 400,
         max_pending_transitions: int = 200_000,
@@ -197,6 +215,8 @@ class WriteBehind:
         self._acknowledge = acknowledge
         self._confirm = confirm
         self._open_gaps = open_gaps
+        self._kept_gaps = kept_gaps
+        self._writes = writes
         self._interval = interval_s
         self._max_acks = max_pending_acks
         self._max_pending = max_pending_transitions
@@ -343,21 +363,25 @@ class WriteBehind:
         with self._intake:  # every change in the copy below has its record in ``taken``
             with self._lock:
                 taken, self._pending = self._pending, _Pending()
+            if self._writes is not None:
+                taken = self._still_owned(taken)
             wanted = set(taken.confirm)
             if taken.has_writes():
                 wanted |= taken.dirty | taken.peripherals
             views = {v.id: v for v in self._snapshot(sorted(wanted))} if wanted else {}
             gaps = self._open_gaps(taken.confirm, self._clock()) if taken.confirm else {}
+            whole = taken.full | taken.peripherals  # rows written whole: their gaps with them
+            kept = self._kept_gaps(whole) if whole else {}
         if not taken.has_writes():
             self._ack(taken.acks)
             self._confirm_committed(taken.confirm, views, gaps)
             self._succeeded()
             return True
         try:
-            self._write(taken, views)
+            self._write(taken, views, kept)
         except StorageDataError as exc:
             log.warning("database refused a batch (%s); isolating the bad rows", exc)
-            return self._isolate(taken, views, gaps)
+            return self._isolate(taken, views, gaps, kept)
         except StorageError as exc:
             self._failed(exc, taken)
             return False
@@ -366,7 +390,34 @@ class WriteBehind:
         self._succeeded()
         return True
 
-    def _write(self, part: _Pending, views: dict[str, TerminalView]) -> None:
+    def _still_owned(self, taken: _Pending) -> _Pending:
+        """``taken`` without what belongs to terminals this replica no longer writes (their
+        owner changed since they were recorded, or a retry outlived this replica's
+        membership): their deliveries are acknowledged unwritten and unconfirmed, like a
+        non-owner's; the agents re-send them to the new owner. A removal (a decommission
+        through this replica's API) is kept: no owner would do it instead."""
+        writes = self._writes
+        ids = taken.terminal_ids()
+        lost = {
+            tid
+            for tid in ids
+            if writes is not None and tid not in taken.removed and not writes(tid)
+        }
+        if not lost:
+            return taken
+        kept = taken.only(set(ids) - lost)
+        kept.acks = [(None if tid in lost else tid, d) for tid, d in taken.acks]
+        log.info(
+            "dropped the pending writes of %d terminals this replica no longer owns", len(lost)
+        )
+        return kept
+
+    def _write(
+        self,
+        part: _Pending,
+        views: dict[str, TerminalView],
+        kept: Mapping[str, stream_gaps.Gaps],
+    ) -> None:
         batch = WriteBatch(
             terminals=[views[tid] for tid in sorted(part.dirty | part.peripherals) if tid in views],
             peripheral_ids=frozenset(part.peripherals),
@@ -377,6 +428,7 @@ class WriteBehind:
             removed=frozenset(part.removed),
             position_only=part.position_only(),
             fenced_transitions=part.fenced,
+            open_gaps=kept,
         )
         started = time.perf_counter()
         began = self._writing_since = self._monotonic()
@@ -396,7 +448,11 @@ class WriteBehind:
             self._writing_since = None
 
     def _isolate(
-        self, taken: _Pending, views: dict[str, TerminalView], gaps: Mapping[str, Gaps]
+        self,
+        taken: _Pending,
+        views: dict[str, TerminalView],
+        gaps: Mapping[str, Gaps],
+        kept: Mapping[str, stream_gaps.Gaps],
     ) -> bool:
         """Write ``taken`` in halves until the terminals whose rows are refused are found."""
         groups = [taken.terminal_ids()]
@@ -405,7 +461,7 @@ class WriteBehind:
             ids = groups.pop()
             part = taken.only(set(ids))
             try:
-                self._write(part, views)
+                self._write(part, views, kept)
             except StorageDataError as exc:
                 if len(ids) > 1:
                     half = len(ids) // 2

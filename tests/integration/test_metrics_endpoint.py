@@ -295,6 +295,7 @@ def exported_metric_names(
             paper_forecast_interval_s=0.2,
             # Hall 1's three problem terminals keep their series; Hall 3's four do not
             metrics_peripheral_problem_terminals_per_hall=3,
+            ingest_ownership="partition",  # the partition's series (a lone member)
         )
         assert server.updates is not None
         server.updates.repository.upload_root(world.roots()[0])

@@ -61,7 +61,7 @@ def test_migrated_schema_equals_the_models_schema(database_url: str) -> None:
         assert _differences(storage.engine) == []
         with storage.engine.connect() as conn:
             assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == (
-                "0015"
+                "0016"
             )
     finally:
         storage.close()

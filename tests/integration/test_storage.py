@@ -16,6 +16,7 @@ from server.fleet_state import FleetState
 from server.fleet_views import OfflineReason, PeripheralView, TerminalView, Transition, Verdict
 from server.records import EventRecord, WriteBatch
 from server.storage import Storage
+from server.stream_gaps import Gap
 from tests.support.fleet_messages import periph, peripheral_event, report, state
 
 pytestmark = pytest.mark.integration
@@ -513,3 +514,20 @@ def test_an_offline_behind_the_row_takes_it_offline_and_keeps_its_position(
         OfflineReason.TIMEOUT,
     )
     assert (loaded.last_seq, loaded.reports_received) == (42, 10)
+
+
+def test_open_gaps_are_stored_with_a_whole_row_and_reloaded_with_it(storage: Storage) -> None:
+    """What a replica taking the terminal over reloads (docs/scale-out.md, "One writer per
+    terminal"): the gaps as of the row's write; a write behind the row keeps them."""
+    gaps = (Gap(3, 5, at(1)), Gap(9, 9, at(2)))
+    storage.write(WriteBatch(terminals=[terminal("T-1")], open_gaps={"T-1": gaps}), now=at(6))
+    storage.write(WriteBatch(terminals=[terminal("T-2")]), now=at(6))
+    views, stored = storage.load_terminals(["T-1", "T-2", "T-3"])
+    assert sorted(v.id for v in views) == ["T-1", "T-2"]
+    assert stored == {"T-1": gaps}
+    behind = terminal("T-1", last_seq=41)  # a lagging writer's: the row and its gaps stay
+    storage.write(WriteBatch(terminals=[behind]), now=at(7))
+    assert storage.load_terminals(["T-1"])[1] == {"T-1": gaps}
+    storage.write(WriteBatch(terminals=[terminal("T-1", last_seq=43)]), now=at(8))
+    [ahead], none = storage.load_terminals(["T-1"])
+    assert (ahead.last_seq, none) == (43, {})  # written whole without gaps: none kept

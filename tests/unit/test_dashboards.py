@@ -75,6 +75,7 @@ INGEST_METRIC_NAMES: Final = frozenset(
         "kioskfleet_confirmations_sent_total",
         "kioskfleet_confirmations_coalesced_total",
         "kioskfleet_confirmations_waiting",
+        "kioskfleet_ingest_not_owned_total",  # applied, left to the owner (partition)
         "kioskfleet_broker_connected",
         "kioskfleet_db_errors_total",
         "kioskfleet_db_dropped_transitions_total",
@@ -149,10 +150,20 @@ JOB_LEASE_METRIC_NAMES: Final = frozenset(
         "kioskfleet_fleet_job_runs_total",
     }
 )
+PARTITION_METRIC_NAMES: Final = frozenset(
+    {  # server/membership.py: exported with ingest_ownership = partition (docs/scale-out.md)
+        "kioskfleet_ingest_members",
+        "kioskfleet_ingest_owned_terminals",
+        "kioskfleet_ingest_epochs_total",
+        "kioskfleet_ingest_reloaded_terminals_total",
+        "kioskfleet_ingest_heartbeat_errors_total",
+    }
+)
 CONTRACT_METRIC_NAMES: Final = (
     FLEET_METRIC_NAMES
     | INGEST_METRIC_NAMES
     | JOB_LEASE_METRIC_NAMES
+    | PARTITION_METRIC_NAMES
     | ACCESS_METRIC_NAMES
     | UPDATE_METRIC_NAMES
     | UPDATE_STATUS_METRIC_NAMES

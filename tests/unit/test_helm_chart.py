@@ -351,11 +351,15 @@ def test_helm_refuses_a_misspelt_or_out_of_bounds_value(
         render(values)
 
 
-def test_several_replicas_need_a_shared_subscription() -> None:
-    with pytest.raises(helm.HelmRenderError, match="shared_subscription"):
+def test_several_replicas_need_a_shared_subscription_or_a_partition() -> None:
+    with pytest.raises(helm.HelmRenderError, match="ingest_ownership: partition"):
         render({"replicaCount": 3})
     with pytest.raises(helm.HelmRenderError, match="shared_subscription"):
         render({"autoscaling": {"enabled": True}})
+    partitioned = {"replicaCount": 3, "config": {"ingest_ownership": "partition"}}
+    assert render(partitioned)
+    assert "ingest_ownership: partition" in notes(partitioned)
+    assert "hash_clientid" not in notes(partitioned)
 
 
 @pytest.mark.parametrize("profile", PROFILES)

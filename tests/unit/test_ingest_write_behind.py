@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry
@@ -230,19 +230,30 @@ def test_stop_flushes_what_is_pending() -> None:
     assert [v.id for v in store.batches[-1].terminals] == ["T-1"]
 
 
+def _sweep(
+    fleet: FleetState,
+    writer: WriteBehind,
+    registry: CollectorRegistry,
+    now: float,
+    writes: Callable[[str], bool] | None = None,
+) -> OfflineSweep:
+    """The sweep listening since ``at(0)``, its clock at ``at(now)``."""
+    return OfflineSweep(
+        fleet,
+        writer,
+        ServerMetrics(registry),
+        listening_since=lambda: at(0),
+        clock=lambda: at(now),
+        writes=writes,
+    )
+
+
 def test_offline_sweep_records_timeouts_and_counts_them() -> None:
     fleet, store, writer, _ = _rig()
     _apply(fleet, writer, report(seq=1, interval=10))
     writer.flush()
     registry = CollectorRegistry()
-    sweep = OfflineSweep(
-        fleet,
-        writer,
-        ServerMetrics(registry),
-        listening_since=lambda: at(0),
-        clock=lambda: at(31),
-    )
-    [t] = sweep.run()
+    [t] = _sweep(fleet, writer, registry, 31).run()
     assert (t.terminal_id, t.to_state, t.reason) == ("T-1", "offline", "timeout")
     assert (
         registry.get_sample_value(
@@ -394,10 +405,11 @@ class Confirmations:
 
 
 def _confirming_rig(
-    registry: CollectorRegistry | None = None,
+    registry: CollectorRegistry | None = None, owner: _Owns | None = None
 ) -> tuple[FleetState, FakeStore, WriteBehind, Ingest, Confirmations]:
     """The ingest and writer wired as the server wires them (open gaps in confirmations), on
-    a clock 30 s after the messages' receive time ``at(0)``: gaps noticed then are open."""
+    a clock 30 s after the messages' receive time ``at(0)``: gaps noticed then are open.
+    ``owner``: partitioned, this replica writes the terminals it names."""
     fleet, store = FleetState(), FakeStore()
     confirmations = Confirmations()
     writer = WriteBehind(
@@ -407,12 +419,13 @@ def _confirming_rig(
         acknowledge=ACKS,
         confirm=confirmations,
         open_gaps=fleet.open_gaps,
+        writes=None if owner is None else owner.writes,
         interval_s=3600,
         clock=lambda: at(30),
     )
     ACKS.sent.clear()
     metrics = ServerMetrics(registry or CollectorRegistry())
-    ingest = Ingest(fleet, writer, metrics, max_payload_bytes=65536)
+    ingest = Ingest(fleet, writer, metrics, max_payload_bytes=65536, owner=owner)
     return fleet, store, writer, ingest, confirmations
 
 
@@ -559,3 +572,82 @@ def test_a_filled_update_status_a_later_one_followed_is_counted_but_not_stored()
     assert store.batches[-1].updates == []  # "installing" must not become the latest state
     v = fleet.snapshot(["T-1"])[0]
     assert (v.events_received, v.seq_gaps) == (3, 0)
+
+
+# --- partitioned ingest (ingest_ownership = "partition"): only the owner writes -----------
+
+
+class _Owns:
+    """The ingest's owner gate: this replica writes the terminals in ``mine``."""
+
+    def __init__(self, *mine: str) -> None:
+        self.mine = set(mine)
+
+    def writes(self, terminal_id: str) -> bool:
+        return terminal_id in self.mine
+
+
+def test_a_message_another_replica_owns_is_applied_acknowledged_and_neither_written_nor_confirmed() -> (
+    None
+):
+    registry = CollectorRegistry()
+    fleet, store, writer, ingest, confirmations = _confirming_rig(registry, _Owns("T-1"))
+    _deliver(ingest, report("T-1", seq=1), mid=1)
+    _deliver(ingest, report("T-2", seq=1), mid=2)
+    _deliver(ingest, report("T-2", seq=1), mid=3)  # a re-send: a duplicate confirms nothing
+    assert writer.flush()
+    [batch] = store.batches
+    assert [v.id for v in batch.terminals] == ["T-1"]
+    assert [t.terminal_id for t in batch.transitions] == ["T-1"]
+    assert [c[0] for sent in confirmations.sent for c in sent] == ["T-1"]
+    assert ACKS.sent == [(0, 1), (0, 2), (0, 3)]  # every delivery, in receive order
+    assert {v.id: v.last_seq for v in fleet.snapshot(["T-1", "T-2"])} == {"T-1": 1, "T-2": 1}
+    assert registry.get_sample_value("kioskfleet_ingest_not_owned_total") == 1
+
+
+def test_a_partitioned_sweep_records_its_own_terminals_and_the_others_in_memory_only() -> None:
+    fleet, store, writer, _ = _rig()
+    _apply(fleet, writer, report("T-1", seq=1, interval=10), report("T-2", seq=1, interval=10))
+    writer.flush()
+    registry = CollectorRegistry()
+    sweep = _sweep(fleet, writer, registry, 40, writes=_Owns("T-2").writes)
+    assert [t.terminal_id for t in sweep.run()] == ["T-2"]
+    writer.flush()
+    assert [t.terminal_id for t in store.batches[-1].transitions] == ["T-2"]
+    assert [v.id for v in store.batches[-1].terminals] == ["T-2"]
+    assert [v.online for v in fleet.snapshot(["T-1", "T-2"])] == [False, False]  # the whole view
+    assert (
+        registry.get_sample_value(
+            "kioskfleet_terminals_offline_detected_total", {"reason": "timeout"}
+        )
+        == 1
+    )
+
+
+def test_a_flush_leaves_out_the_pending_writes_of_a_terminal_this_replica_no_longer_owns() -> None:
+    """Recorded while owned, flushed after the owner changed (or a retry outlived this
+    replica's membership): acknowledged, neither written nor confirmed."""
+    owns = _Owns("T-1", "T-2")
+    _, store, writer, ingest, confirmations = _confirming_rig(owner=owns)
+    _deliver(ingest, report("T-1", seq=1), mid=1)
+    _deliver(ingest, report("T-2", seq=1), mid=2)
+    owns.mine = {"T-2"}  # T-1 moved to another replica before the flush
+    assert writer.flush()
+    [batch] = store.batches
+    assert [v.id for v in batch.terminals] == ["T-2"]
+    assert [c[0] for sent in confirmations.sent for c in sent] == ["T-2"]
+    assert ACKS.sent == [(0, 1), (0, 2)]
+
+
+def test_a_decommission_through_a_replica_that_does_not_own_the_terminal_is_still_written() -> None:
+    fleet, store = FleetState(), FakeStore()
+    writer = WriteBehind(
+        store,
+        fleet.snapshot,
+        ServerMetrics(CollectorRegistry()),
+        writes=_Owns().writes,
+        interval_s=3600,
+    )
+    writer.remove("T-9")
+    assert writer.flush()
+    assert [batch.removed for batch in store.batches] == [frozenset({"T-9"})]

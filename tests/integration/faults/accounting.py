@@ -26,9 +26,10 @@ counted more gaps than the deliberate drops, and exactly those are missing:
     (outbox.reports - dropped - server.reports_received)
         + (outbox.events - server.events_received) == lost
 
-Several replicas that each apply every message (``wait_for_replicated_accounting``)
-share the event table but each write the terminal row from their own view, so
-only a weaker check holds there (``replicated_mismatches``).
+Several replicas that each receive every message (nats-server) are held to the same
+exact check once one replica writes each terminal (``ingest_ownership = "partition"``,
+docs/scale-out.md); before, each wrote the row from its own view and only a weaker check
+held.
 
 This module reads; it never changes either side.
 """
@@ -48,9 +49,7 @@ __all__ = [
     "StoredStream",
     "mismatches",
     "read_stored",
-    "replicated_mismatches",
     "wait_for_exact_accounting",
-    "wait_for_replicated_accounting",
 ]
 
 
@@ -183,55 +182,6 @@ def wait_for_exact_accounting(
                 check_reported_drops=check_reported_drops,
                 allow_unconfirmed=allow_unconfirmed,
             )
-            yield tid, found, lost
-
-    return _wait_stable(database_url, outboxes, check, timeout=timeout, settle_s=settle_s)
-
-
-def replicated_mismatches(
-    tid: str, outbox: OutboxStats, stored: StoredStream | None
-) -> tuple[list[str], int]:
-    """What differs for one terminal whose messages several replicas each applied, and how
-    many of its events no replica stored.
-
-    The terminal row is then written by every replica from its own view (the counters
-    whole, or only the position columns), so its counters are some replica's, not the
-    union's (docs/scale-out.md, "Every replica subscribed to everything"). What holds: the
-    stream ends where the agent's does, each event is stored at most once, no counter
-    counts a message twice, and every outbox is empty."""
-    if stored is None:
-        return [f"{tid}: no terminal row"], 0
-    problems = []
-
-    def expect(what: str, ok: bool, detail: object) -> None:
-        if not ok:
-            problems.append(f"{tid}: {what} ({detail})")
-
-    expect("outbox.pending is 0", outbox.pending == 0, outbox.pending)
-    expect("boot_id as the outbox's", stored.boot_id == outbox.boot_id, stored.boot_id)
-    expect("last_seq as the outbox's", stored.last_seq == outbox.last_seq, stored.last_seq)
-    expect("each event stored once", stored.event_seqs == stored.event_rows, stored)
-    expect("no more events stored than sent", stored.event_rows <= outbox.events, stored)
-    expect("events_received <= rows", stored.events_received <= stored.event_rows, stored)
-    sent_reports = outbox.reports - outbox.dropped_reports
-    expect("reports counted once", stored.reports_received <= sent_reports, stored)
-    expect("the drops among the gaps", stored.seq_gaps >= outbox.dropped_reports, stored)
-    return problems, outbox.events - stored.event_rows
-
-
-def wait_for_replicated_accounting(
-    database_url: str,
-    outboxes: Mapping[str, OutboxStats],
-    *,
-    timeout: float = 30.0,
-    settle_s: float = 1.0,
-) -> dict[str, int]:
-    """``wait_for_exact_accounting`` for replicas that each applied every message
-    (``replicated_mismatches``). Returns the events no replica stored, per terminal."""
-
-    def check(stored: Mapping[str, StoredStream]) -> Iterator[tuple[str, list[str], int]]:
-        for tid, stats in outboxes.items():
-            found, lost = replicated_mismatches(tid, stats, stored.get(tid))
             yield tid, found, lost
 
     return _wait_stable(database_url, outboxes, check, timeout=timeout, settle_s=settle_s)

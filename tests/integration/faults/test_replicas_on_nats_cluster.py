@@ -1,5 +1,6 @@
 """Three server replicas on one PostgreSQL database over a three-node nats-server cluster,
-one broker node and the lease holder SIGKILLed mid-stream.
+partitioned ingest (one writer per terminal), one broker node and the lease holder
+SIGKILLed mid-stream.
 
 The cluster and the fleets are those of ``test_nats_cluster.py``: 30 simulated
 terminals (the real agent: durable outbox, ``kf.committed`` on) on each node,
@@ -8,18 +9,20 @@ subscribed through each node, share one throw-away PostgreSQL database and a
 short job lease (2 s, renewed every 0.25 s). nats-server 2.9 has no shared
 subscriptions (a ``$share/...`` filter is granted and delivers nothing,
 docs/scale-out.md), so every replica subscribes to everything with its own
-persistent session and applies every message it receives.
+persistent session and applies every message it receives; with
+``ingest_ownership = "partition"`` only a terminal's owner (the rendezvous hash over the
+live replicas of ``ingest_member``) writes and confirms it (docs/scale-out.md, "One
+writer per terminal on nats-server").
 
 Mid-stream the lease holder is SIGKILLed together with the broker node of the
 next replica (which has agents too); the node starts again after 3 s on its
-store. What is checked is what holds for replicas that each apply everything
-(``accounting.replicated_mismatches``): every outbox ends empty, each
-terminal's row ends at the agent's ``boot_id`` and ``last_seq``, each event is
-stored at most once and no counter counts a message twice. The exact
-accounting of the one-server test does not hold: nats-server loses different
-messages for different subscribers, and each replica writes the terminal row's
-counters from its own view (docs/scale-out.md, "Every replica subscribed to
-everything"). Also: the lease moved to a survivor with a larger fencing token,
+store; the killed replica's terminals are handed to the survivors once its
+membership row expires (3 s). What is checked is the one-server fault tests' exact
+accounting (``accounting.wait_for_exact_accounting``): each terminal's row counts every
+report and event once, gaps equal the agent's deliberate drops, events and counters
+match the event table, every outbox ends empty. Also: each transition is stored once, and
+every terminal is written by exactly one survivor at the end (their
+``kioskfleet_ingest_owned_terminals`` add up to the fleet). Also: the lease moved to a survivor with a larger fencing token,
 and at every sample the sum of ``kioskfleet_terminals`` over the replicas'
 ``/metrics`` is at most the fleet (only the holder exports the fleet
 families), equal to it before the kill, after the takeover and at the end. It
@@ -44,7 +47,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from agent.outbox import OutboxStats
 from agent.simulator import Simulation
 from tests.integration.conftest import unique, wait_until
-from tests.integration.faults.accounting import wait_for_replicated_accounting
+from tests.integration.faults.accounting import wait_for_exact_accounting
 from tests.integration.faults.conftest import (
     Fleets,
     drain_and_stop,
@@ -67,7 +70,8 @@ def replicas(
     nats_cluster: NatsCluster, postgres_url: str, tmp_path: Path
 ) -> Iterator[list[ServerProcess]]:
     """Replica i subscribes through node i, every message (no shared subscription), with a
-    persistent MQTT 3.1.1 session of its own; all on one database and one lease."""
+    persistent MQTT 3.1.1 session of its own; all on one database and one lease, the
+    terminals partitioned among the live replicas."""
     token_file = tmp_path / "admin.token"  # the first start writes it; the others find a token
     made = [
         ServerProcess(
@@ -77,12 +81,15 @@ def replicas(
             mqtt_protocol="3.1.1",
             mqtt_client_id=unique(f"kf-replica-{i}"),
             shared_subscription=False,
+            ingest_ownership="partition",
+            ingest_heartbeat_interval_s=0.5,
+            ingest_member_ttl_s=3.0,
             job_lease_duration_s=2,
             job_lease_renew_interval_s=0.25,
             bootstrap_token_file=token_file,
-            # Each replica confirms every message it commits: at the suite's 0.1 s flushes that is
-            # up to 900 kf.committed a second per replica, beyond what nats-server's MQTT side
-            # takes under this load; one flush a second (the default) confirms 90.
+            # One flush a second (the default); before the partition every replica confirmed
+            # every message, and the suite's 0.1 s flushes were more kf.committed than
+            # nats-server's MQTT side took under this load.
             db_flush_interval_s=1.0,
         )
         for i, node in enumerate(nats_cluster.nodes)
@@ -150,7 +157,13 @@ def _transitions_stored_twice(database_url: str) -> int:
         engine.dispose()
 
 
-def test_a_node_and_the_lease_holder_killed_store_each_event_once_and_count_the_fleet_once(
+def _owning_the_fleet(replicas: list[ServerProcess]) -> list[float] | None:
+    """The terminals each replica writes, once they add up to the fleet (else None)."""
+    owned = [r.metric("kioskfleet_ingest_owned_terminals") for r in replicas]
+    return owned if sum(owned) == FLEET else None
+
+
+def test_a_node_and_the_lease_holder_killed_lose_nothing_and_count_everything_once(
     nats_cluster: NatsCluster, replicas: list[ServerProcess], fleets: Fleets
 ) -> None:
     sims = start_a_fleet_per_node(fleets, nats_cluster, TERMINALS_PER_NODE, "NR")
@@ -201,12 +214,19 @@ def test_a_node_and_the_lease_holder_killed_store_each_event_once_and_count_the_
     for sim in sims:
         outboxes |= drain_and_stop(sim, timeout=90)
     database_url = survivors[0].database_url
-    events_lost = wait_for_replicated_accounting(database_url, outboxes, timeout=90)
+    losses = wait_for_exact_accounting(database_url, outboxes, timeout=90)
+    assert sum(losses.values()) == 0
     # boot events plus 5 + 5 forced per fleet, and 5 more on the killed node's fleet
     events = sum(s.events for s in outboxes.values())
     assert events >= FLEET + 35
-    assert 0 <= sum(events_lost.values()) < events
     sent = sum(s.reports + s.events for s in outboxes.values())
+    assert _transitions_stored_twice(database_url) == 0
+    owned = wait_until(
+        lambda: _owning_the_fleet(survivors),
+        30,
+        "every terminal written by one survivor",
+        every=0.2,
+    )
     assert _holder(survivors) is new_holder
     assert wait_until(
         lambda: _fleet_counted_once(survivors), 30, "the fleet counted once", every=0.2
@@ -215,11 +235,17 @@ def test_a_node_and_the_lease_holder_killed_store_each_event_once_and_count_the_
     names = [n.name for n in nats_cluster.nodes]
     gaps = [r.metric("kioskfleet_ingest_seq_gaps_total") for r in survivors]
     duplicates = [r.metric("kioskfleet_ingest_duplicates_total") for r in survivors]
+    not_owned = [r.metric("kioskfleet_ingest_not_owned_total") for r in survivors]
+    reloaded = [r.metric("kioskfleet_ingest_reloaded_terminals_total") for r in survivors]
+    print(
+        f"partition: terminals written per survivor {owned}, messages left to the owner"
+        f" {not_owned}, terminals reloaded {reloaded}"
+    )
     print(
         f"3 replicas on a NATS cluster, replica {killed_replica} (the lease holder) and"
         f" {names[killed_node]} killed, stream leader"
         f" {names[leader] if leader is not None else '?'}: {sent} messages, of {events} events"
-        f" {sum(events_lost.values())} stored by no replica; seq gaps per survivor {gaps},"
+        f" all stored once; seq gaps per survivor {gaps},"
         f" re-sent duplicates per survivor {duplicates}; transitions stored more than once:"
         f" {_transitions_stored_twice(database_url)}"
     )
