@@ -47,6 +47,10 @@ TABLE_RETENTIONS: Final[Mapping[str, Pruned | Bounded]] = {
     "terminal": Bounded("one row per terminal in the fleet; decommission deletes it"),
     "peripheral": Bounded("the peripherals of the fleet's terminals, deleted with their terminal"),
     "job_lease": Bounded("one row per lease name; the server uses one (scheduled-jobs)"),
+    "ingest_member": Bounded(
+        "one row per live replica of the partitioned ingest; a graceful stop deletes its row,"
+        " every heartbeat deletes rows expired for more than a TTL (server/membership.py)"
+    ),
     "transition": Pruned(
         "transitions", "transition_retention_days", "recorded_at older than the retention"
     ),

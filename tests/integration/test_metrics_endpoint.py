@@ -366,7 +366,7 @@ def exported_metric_names(
                 )
                 and t
             ),
-            10,
+            60,  # a bound, not a target: the holder-only families wait for the lease and a tick
             "every per-terminal and rollout family to have a series",
         )
         yield frozenset(
