@@ -57,6 +57,7 @@ _ACCEPTED = re.compile(
     r'^kioskfleet_ingest_messages_total\{channel="(report|event)"\} (\S+)$', re.M
 )
 _REJECTED = re.compile(r'^kioskfleet_ingest_rejected_total\{reason="(\w+)"\} (\S+)$', re.M)
+_DUPLICATES = re.compile(r"^kioskfleet_ingest_duplicates_total (\S+)$", re.M)
 
 
 @dataclass
@@ -68,6 +69,11 @@ class Figure:
     consumer_cpu_percent: float
     broker_cpu_percent: float
     consumer_rss_mb: float
+    consumer_cpu_s: float = 0.0  # drain: its CPU seconds from its reconnect to the end
+
+    @property
+    def cpu_us_per_message(self) -> float:
+        return 1e6 * self.consumer_cpu_s / self.messages if self.messages else 0.0
 
     @property
     def rate(self) -> float:
@@ -95,6 +101,9 @@ class CpuMeter:
                     continue
                 total += t.user + t.system
         return total
+
+    def seconds(self) -> float:
+        return self._total() - self.start
 
     def percent(self, seconds: float) -> float:
         return 100.0 * (self._total() - self.start) / seconds if seconds else 0.0
@@ -153,7 +162,10 @@ def _wait_http(url: str, timeout: float) -> None:
 
 
 class ServerProcess:
-    """``kioskfleet server`` on SQLite with a stable client id (persistent session)."""
+    """``kioskfleet server`` (SQLite unless ``database_url``) with a stable client id
+    (persistent session)."""
+
+    database_url: str | None = None
 
     def __init__(self, work: Path, broker: LocalBroker) -> None:
         self.work = work
@@ -166,7 +178,7 @@ class ServerProcess:
         env = dict(os.environ)
         env.update(
             {
-                "KIOSKFLEET_DATABASE_URL": f"sqlite:///{self.work}/bench.db",
+                "KIOSKFLEET_DATABASE_URL": self.database_url or f"sqlite:///{self.work}/bench.db",
                 "KIOSKFLEET_BROKER_URL": self.broker.url,
                 "KIOSKFLEET_HTTP_PORT": str(self.port),
                 "KIOSKFLEET_MQTT_CLIENT_ID": "kioskfleet-server-bench",
@@ -182,6 +194,16 @@ class ServerProcess:
 
     def accepted(self) -> float:
         return sum(float(v) for _, v in _ACCEPTED.findall(_get(f"{self.base}/metrics")))
+
+    def handled(self) -> float:
+        """Reports and events accepted, plus duplicates and rejects: every message of the
+        backlog the server took a decision on. A backlog holds the agents' re-sends (with
+        no ``kf.committed`` from the stopped server, an agent re-sends its unconfirmed
+        messages after ``confirm_timeout_s``), which the bare subscriber counts too."""
+        text = _get(f"{self.base}/metrics")
+        accepted = sum(float(v) for _, v in _ACCEPTED.findall(text))
+        duplicates = sum(float(v) for v in _DUPLICATES.findall(text))
+        return accepted + duplicates + sum(float(v) for _, v in _REJECTED.findall(text))
 
     def rejects(self) -> dict[str, float]:
         found = _REJECTED.findall(_get(f"{self.base}/metrics"))
@@ -199,7 +221,12 @@ class ServerProcess:
 
 
 @contextmanager
-def simulator(work: Path, broker: LocalBroker, args: argparse.Namespace) -> Iterator[int]:
+def simulator(
+    work: Path, broker: LocalBroker, args: argparse.Namespace, *, confirmed: bool = True
+) -> Iterator[int]:
+    """``confirmed=False``: the agents drop a message at the broker's PUBACK instead of
+    keeping it until ``kf.committed`` (the drain's backlog is built with no server running:
+    confirming agents would fill it with re-sends of the same messages)."""
     log = (work / "sim.log").open("ab")
     proc = subprocess.Popen(
         [
@@ -213,6 +240,7 @@ def simulator(work: Path, broker: LocalBroker, args: argparse.Namespace) -> Iter
             "--halls=50",
             "--regions=5",
             "--id-prefix=BENCH",
+            *(() if confirmed else ("--no-commit-confirmation",)),
         ],
         stdout=log,
         stderr=log,
@@ -312,7 +340,7 @@ def drain(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Fig
     (work / "drain").mkdir()
     server.start()
     server.stop()
-    with simulator(work, broker, args):
+    with simulator(work, broker, args, confirmed=False):
         print(f"drain: simulator alone for {args.warmup + args.backlog_seconds:.0f} s", flush=True)
         time.sleep(args.warmup + args.backlog_seconds)
     time.sleep(1)
@@ -330,6 +358,7 @@ def drain(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Fig
             me.percent(wall),
             mb.percent(wall),
             psutil.Process().memory_info().rss / 2**20,
+            me.seconds(),
         )
     )
     bare.close()
@@ -339,7 +368,7 @@ def drain(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Fig
     try:
         assert server.proc is not None
         ms, mb, t0 = CpuMeter(server.proc.pid), CpuMeter(broker.proc.pid), time.monotonic()
-        n, s = _drain(server.accepted, backlog, poll_s=1.0)
+        n, s = _drain(server.handled, backlog, poll_s=1.0)
         wall = time.monotonic() - t0
         figures.append(
             Figure(
@@ -350,9 +379,14 @@ def drain(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Fig
                 ms.percent(wall),
                 mb.percent(wall),
                 psutil.Process(server.proc.pid).memory_info().rss / 2**20,
+                ms.seconds(),
             )
         )
-        print(f"drain: server rejects {server.rejects() or 'none'}", flush=True)
+        print(
+            f"drain: server accepted {server.accepted():.0f} reports and events,"
+            f" rejects {server.rejects() or 'none'}",
+            flush=True,
+        )
     finally:
         server.stop()
     return figures
@@ -370,6 +404,10 @@ def main() -> int:
     parser.add_argument("--backlog-seconds", type=float, default=30.0, help="drain: backlog build")
     parser.add_argument("--only", choices=["live", "drain"], help="run one measurement")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--database-url", help="the server's database (an empty one); default: SQLite in --work"
+    )
+    parser.add_argument("--work", type=Path, help="keep the logs and data here (a new folder)")
     args = parser.parse_args()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -381,7 +419,9 @@ def main() -> int:
     )
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="kf-bench-") as tmp:
-        work = Path(tmp)
+        work = Path(tmp) if args.work is None else args.work
+        work.mkdir(parents=True, exist_ok=True)
+        ServerProcess.database_url = args.database_url
         for name, measure in (("live", live), ("drain", drain)):
             if args.only not in (None, name):
                 continue
@@ -394,12 +434,13 @@ def main() -> int:
     print()
     print(
         f"{'':6} {'consumer':<21} {'messages':>9} {'msg/s':>7} {'its CPU':>8} "
-        f"{'broker CPU':>10} {'RSS MB':>7}"
+        f"{'broker CPU':>10} {'RSS MB':>7} {'CPU us/msg':>10}"
     )
     for f in figures:
         print(
             f"{f.measurement:6} {f.consumer:<21} {f.messages:>9.0f} {f.rate:>7.0f} "
             f"{f.consumer_cpu_percent:>7.0f}% {f.broker_cpu_percent:>9.0f}% {f.consumer_rss_mb:>7.0f}"
+            f" {f.cpu_us_per_message or float('nan'):>10.1f}"
         )
     summary = {}
     for m in ("live", "drain"):
@@ -413,6 +454,10 @@ def main() -> int:
                 f"{m}: server / bare subscriber = {ratio:.2f}; "
                 f"server ingests {per_cpu:.0f} msg per CPU-second"
             )
+            if server.cpu_us_per_message:
+                by_cpu = bare.cpu_us_per_message / server.cpu_us_per_message
+                summary[m]["cpu_ratio"] = by_cpu
+                print(f"{m}: by CPU per message, server / bare subscriber = {by_cpu:.2f}")
     if args.json:
         args.json.write_text(
             json.dumps(
