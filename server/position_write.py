@@ -7,8 +7,10 @@ processor per column; here the rows go to the driver as they are:
 
 - SQLite: ``executemany`` of one ``UPDATE`` with ``?`` parameters (timestamps as the
   ISO-8601 text ``storage.UtcDateTime`` stores).
-- PostgreSQL: one ``UPDATE ... FROM unnest(<one array per column>)`` per chunk: one
-  statement and one round trip instead of one per row.
+- PostgreSQL: per chunk, the rows locked in id order (``SELECT ... ORDER BY id FOR
+  UPDATE``, as the row-by-row statements locked them: overlapping batches of two replicas
+  wait, never deadlock), then one ``UPDATE ... FROM unnest(<one array per column>)``: two
+  statements and two round trips instead of one per row.
 
 The ``WHERE`` is the one the ORM statement had: only a row in the same stream and not
 further along in it moves (a replica whose flush lags another's must not move the row
@@ -68,6 +70,13 @@ def _postgresql_sql(table: sa.Table) -> str:
     )
 
 
+@functools.cache
+def _postgresql_lock(table: sa.Table) -> str:
+    """The rows an ``UPDATE ... FROM`` would lock in the join's order, locked first in id
+    order: two replicas writing overlapping batches wait for each other, never deadlock."""
+    return f"SELECT 1 FROM {table.name} WHERE id = ANY(%s) ORDER BY id FOR UPDATE"  # noqa: S608 - as above
+
+
 def update_positions(
     conn: Connection,
     table: sa.Table,
@@ -91,9 +100,10 @@ def update_positions(
         for i in range(0, len(rows), chunk):
             updated += conn.exec_driver_sql(sql, rows[i : i + chunk]).rowcount
         return updated
-    sql = _postgresql_sql(table)
+    sql, lock = _postgresql_sql(table), _postgresql_lock(table)
     for i in range(0, len(terminals), chunk):
         part = terminals[i : i + chunk]
         columns: list[Any] = [list(c) for c in zip(*map(_VALUES, part), strict=True)]
+        conn.exec_driver_sql(lock, (columns[0],))  # by id, as the row-by-row writes locked
         updated += conn.exec_driver_sql(sql, (now, *columns)).rowcount
     return updated
