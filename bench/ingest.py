@@ -18,6 +18,14 @@ Two measurements:
          the broker queues the stream for them; the simulator stops. Then each
          consumer in turn reconnects and drains the same backlog with the
          whole machine to itself. Rate = backlog / time to drain it.
+         The simulator's agents drop a message at the broker's PUBACK here
+         (``--no-commit-confirmation``): confirming agents, with no server to
+         confirm, would fill the backlog with re-sends. The server's count is
+         every message it decided on (accepted, duplicate, rejected); both
+         consumers print their CPU us per message. ``--raw-backlog ROUNDS``
+         builds the backlog without the simulator (one paho client publishing
+         ROUNDS encoded reports per terminal): the same backlog every run,
+         whatever else loads the machine.
 
     .venv/bin/python bench/ingest.py            # defaults as in docs/benchmarks.md
 """
@@ -175,7 +183,9 @@ class ServerProcess:
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, ready: str = "/readyz") -> None:
+        """Launch and wait until ``ready`` answers (``/metrics``: the HTTP side is up, the
+        broker connection and with it the backlog not yet)."""
         env = dict(os.environ)
         env.update(
             {
@@ -191,7 +201,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [EXE, "--log-level=WARNING", "server"], env=env, stdout=log, stderr=log
         )
-        _wait_http(f"{self.base}/readyz", 60)
+        _wait_http(f"{self.base}{ready}", 60)
 
     def accepted(self) -> float:
         return sum(float(v) for _, v in _ACCEPTED.findall(_get(f"{self.base}/metrics")))
@@ -333,6 +343,32 @@ def live(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Figu
     return figures
 
 
+def _publish_raw(broker: LocalBroker, terminals: int, rounds: int) -> None:
+    """The backlog without the simulator: ``rounds`` reports of each terminal, encoded by
+    the protocol's own encoder, published round-robin at QoS 1 by one paho client (the
+    drain's shape, and the same backlog every run whatever else the machine does)."""
+    from bench.ingest_path import _payload
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id="bench-raw-filler", protocol=mqtt.MQTTv5
+    )
+    acked = threading.Semaphore(0)
+    client.on_publish = lambda *_a: acked.release()
+    client.max_inflight_messages_set(1000)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    total = terminals * rounds
+    print(f"drain: publishing {total} reports ({terminals} terminals x {rounds})", flush=True)
+    for r in range(rounds):
+        for i in range(terminals):
+            client.publish(*_payload(f"BENCH-{i:05d}", r + 1), qos=1)
+    for _ in range(total):
+        if not acked.acquire(timeout=120):
+            raise SystemExit("the broker did not acknowledge the raw backlog")
+    client.disconnect()
+    client.loop_stop()
+
+
 def drain(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Figure]:
     assert broker.proc is not None
     # Register both persistent sessions, then leave: the broker queues for them.
@@ -341,9 +377,15 @@ def drain(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Fig
     (work / "drain").mkdir()
     server.start()
     server.stop()
-    with simulator(work, broker, args, confirmed=False):
-        print(f"drain: simulator alone for {args.warmup + args.backlog_seconds:.0f} s", flush=True)
-        time.sleep(args.warmup + args.backlog_seconds)
+    if args.raw_backlog:
+        _publish_raw(broker, args.terminals, args.raw_backlog)
+    else:
+        with simulator(work, broker, args, confirmed=False):
+            print(
+                f"drain: simulator alone for {args.warmup + args.backlog_seconds:.0f} s",
+                flush=True,
+            )
+            time.sleep(args.warmup + args.backlog_seconds)
     time.sleep(1)
     figures = []
     bare = BareSubscriber(broker.port)
@@ -365,7 +407,7 @@ def drain(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Fig
     bare.close()
     backlog = n
     print(f"drain: backlog was {backlog:.0f} messages", flush=True)
-    server.start()
+    server.start(ready="/metrics")  # the meters start before the backlog arrives
     try:
         assert server.proc is not None
         ms, mb, t0 = CpuMeter(server.proc.pid), CpuMeter(broker.proc.pid), time.monotonic()
@@ -390,6 +432,16 @@ def drain(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Fig
                 ms.seconds(),
             )
         )
+        text = _get(f"{server.base}/metrics")
+        flushes = re.search(r"^kioskfleet_db_flush_seconds_count (\S+)$", text, re.M)
+        flush_s = re.search(r"^kioskfleet_db_flush_seconds_sum (\S+)$", text, re.M)
+        if flushes and flush_s and float(flushes.group(1)):
+            count = float(flushes.group(1))
+            print(
+                f"drain: {count:.0f} database writes, {1e3 * float(flush_s.group(1)) / count:.1f}"
+                " ms each on average (wall)",
+                flush=True,
+            )
         print(
             f"drain: server accepted {server.accepted():.0f} reports and events,"
             f" rejects {server.rejects() or 'none'}",
@@ -416,6 +468,13 @@ def main() -> int:
         "--database-url", help="the server's database (an empty one); default: SQLite in --work"
     )
     parser.add_argument("--work", type=Path, help="keep the logs and data here (a new folder)")
+    parser.add_argument(
+        "--raw-backlog",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="drain: publish ROUNDS reports per terminal with one paho client, no simulator",
+    )
     args = parser.parse_args()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
