@@ -121,7 +121,7 @@ class ConfirmProcess:
             q.put(None, timeout=1.0)
         except queue.Full:
             log.warning("kf.committed queue full at stop; ending the publisher")
-        child.join(2 * self._stop_timeout)  # its start, then its own wait for the PUBACKs
+        child.join(self._stop_timeout + _CONNECT_WAIT_S)
         if child.is_alive():
             log.error("the kf.committed publisher did not stop; killing it")
             child.kill()
