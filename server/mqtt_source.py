@@ -22,9 +22,6 @@ graceful stop: messages that arrive after it are neither passed on nor
 acknowledged, so the broker keeps them for the next run; ``stop`` then waits up
 to ``drain_timeout_s`` for paho to write the acknowledgements already queued.
 
-``MqttPublisher`` is the other paho client here: publish-only, its own client id,
-for ``server.confirm_process`` (the ``kf.committed`` publishes from a child process).
-
 paho's error codes become ``BrokerError`` or log lines here; nothing paho-shaped
 leaves this module. It never decodes or judges a payload (that is the ingest).
 """
