@@ -84,10 +84,6 @@ class Settings(BaseSettings):
     # topic of every terminal that had messages in it: agents keep messages until then
     # (docs/reliability.md). Off only for a test of agents facing a server that never confirms.
     confirm_commits: bool = True
-    # Who publishes kf.committed: "process", a child process with its own broker connection
-    # (server/confirm_process.py: ~60 us of ingest-process CPU less per confirmation);
-    # "connection", the ingest's own paho client on the ingest's process.
-    confirm_publisher: Literal["process", "connection"] = "process"
     db_max_pending_transitions: Annotated[int, Field(ge=1000)] = 200_000
     db_retry_max_s: PositiveSeconds = 10.0  # longest backoff between retries of a failed flush
     db_statement_timeout_s: PositiveSeconds = 10.0  # PostgreSQL statement_timeout

@@ -51,7 +51,6 @@ from server.analytics_report import AnalyticsSources
 from server.api import ApiServices, add_routes, create_app
 from server.audit import AuditSink, DeniedBudget
 from server.config import Settings
-from server.confirm_process import ConfirmProcess
 from server.console.i18n import load_catalogs
 from server.console.rollout_pages import RolloutPages, rollout_pages_router
 from server.console.web import ConsoleServices, install_console
@@ -275,28 +274,12 @@ class Server:
             )
         )
         holder_only(self.service_availability)  # what each hall can offer, <= 1 min old
-        # kf.committed from a child process with its own connection, unless the source is
-        # not the broker (a test's in-memory source hears them through its own publish) or
-        # the connection is a client certificate's: the broker takes the certificate's CN as
-        # the client id (use_username_as_clientid), so a second connection would take over
-        # the ingest's session.
-        self.confirmer = (
-            ConfirmProcess(mqtt_options(settings))
-            if settings.confirm_commits
-            and source is None
-            and settings.confirm_publisher == "process"
-            and settings.broker_cert_file is None
-            else None
-        )
-        confirm: Callable[[Sequence[Confirmation]], object] = (
-            self._publish_confirmations if settings.confirm_commits else no_confirm
-        )
         self.writer = WriteBehind(
             self.storage,
             self.fleet.snapshot,
             self.metrics,
             acknowledge=lambda deliveries: self.mqtt.ack(deliveries),
-            confirm=confirm if self.confirmer is None else self.confirmer.publish,
+            confirm=self._publish_confirmations if settings.confirm_commits else no_confirm,
             open_gaps=self.fleet.open_gaps,
             interval_s=settings.db_flush_interval_s,
             max_pending_acks=settings.db_flush_max_pending_acks,
@@ -720,8 +703,6 @@ class Server:
         self.services.load()
         if self.updates is not None:
             self.updates.repository.load()
-        if self.confirmer is not None:
-            self.confirmer.start()
         self.writer.start()
         self._start_http()
         self.mqtt.start()
@@ -801,8 +782,6 @@ class Server:
             self._scheduler = None
             self.job_lease.release()  # after the last job: a standby takes over at once
         self.writer.stop(timeout_s=self.settings.db_statement_timeout_s + 5)
-        if self.confirmer is not None:  # after the last flush: its confirmations go out too
-            self.confirmer.stop()
         self.mqtt.stop()
         self._stop_http()
         self.storage.close()

@@ -50,7 +50,7 @@ from server.errors import BrokerError
 from server.inbound import Delivery, InboundMessage
 from server.message_source import ConnectionHandler, DeliveryGate, MessageHandler
 
-__all__ = ["InboundMessage", "MqttOptions", "MqttPublisher", "MqttSource"]
+__all__ = ["InboundMessage", "MqttOptions", "MqttSource"]
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,17 @@ class MqttSource:
         """
         o = self._options
         self._stopping = False
-        _set_tls(self._client, o)
+        if o.tls:
+            try:
+                self._client.tls_set(
+                    ca_certs=str(o.ca_file) if o.ca_file else None,
+                    certfile=str(o.cert_file) if o.cert_file else None,
+                    keyfile=str(o.key_file) if o.key_file else None,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                )
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise BrokerError(f"TLS setup failed: {exc}") from exc
         try:
             if o.protocol == "5":
                 props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho
@@ -301,132 +311,3 @@ class MqttSource:
             )
         except Exception:  # an exception here would kill paho's network thread
             log.exception("message handler failed on topic %r", topic)
-
-
-def _set_tls(client: mqtt.Client, o: MqttOptions) -> None:
-    """Raises BrokerError for unreadable TLS files."""
-    if not o.tls:
-        return
-    try:
-        client.tls_set(
-            ca_certs=str(o.ca_file) if o.ca_file else None,
-            certfile=str(o.cert_file) if o.cert_file else None,
-            keyfile=str(o.key_file) if o.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        raise BrokerError(f"TLS setup failed: {exc}") from exc
-
-
-class MqttPublisher:
-    """A publish-only paho connection (QoS 1, clean session, no subscription) with the
-    server's identity and its own client id: ``server.confirm_process`` runs one in a child
-    process, so the ``kf.committed`` publishes cost the ingest process nothing.
-
-    At most ``max_queued`` messages wait in paho (unsent or unacknowledged by the broker);
-    ``publish`` refuses more (bounded memory while the broker is slow or away)."""
-
-    def __init__(self, options: MqttOptions, client_id: str, *, max_queued: int) -> None:
-        v5 = options.protocol == "5"
-        self._options = options
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else True,
-            reconnect_on_failure=True,
-        )
-        self._client.reconnect_delay_set(
-            min_delay=options.reconnect_min_s, max_delay=options.reconnect_max_s
-        )
-        self._client.max_queued_messages_set(max_queued)
-        self._connected = threading.Event()
-        self._lock = threading.Lock()
-        self._unacknowledged = 0  # published, the broker's PUBACK not yet in
-        self._client.on_connect = self._handle_connect
-        self._client.on_disconnect = self._handle_disconnect
-        self._client.on_publish = self._handle_publish
-
-    def start(self) -> None:
-        """Connect in the background (and reconnect). Raises BrokerError if it cannot start."""
-        o = self._options
-        _set_tls(self._client, o)
-        try:
-            if o.protocol == "5":
-                self._client.connect_async(
-                    o.host, o.port, keepalive=o.keepalive_s, clean_start=True
-                )
-            else:
-                self._client.connect_async(o.host, o.port, keepalive=o.keepalive_s)
-        except (OSError, ValueError) as exc:
-            raise BrokerError(f"cannot connect to {o.host}:{o.port}: {exc}") from exc
-        if self._client.loop_start() is not MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise BrokerError("the MQTT network thread is already running")
-
-    def wait_connected(self, timeout_s: float) -> bool:
-        return self._connected.wait(timeout_s)
-
-    def publish(self, topic: str, payload: bytes) -> bool:
-        """A PUBLISH (QoS 1, not retained); False when not connected or paho's queue is full."""
-        if not self._connected.is_set():
-            return False
-        with self._lock:  # counted before paho can call on_publish for it
-            self._unacknowledged += 1
-        # Not under self._lock: paho calls on_publish holding its own message lock.
-        info = self._client.publish(topic, payload, qos=1, retain=False)
-        sent = info.rc is MQTTErrorCode.MQTT_ERR_SUCCESS
-        if not sent:
-            with self._lock:
-                self._unacknowledged -= 1
-        return sent
-
-    def stop(self, timeout_s: float) -> None:
-        """Wait (at most ``timeout_s``) until the broker acknowledged what was published,
-        then disconnect and stop the network thread."""
-        deadline = time.monotonic() + timeout_s
-        while (
-            self._connected.is_set()
-            and (self._client.want_write() or self._unacknowledged > 0)
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.01)
-        try:
-            self._client.disconnect()
-        except (OSError, ValueError) as exc:
-            log.debug("disconnect: %s", exc)
-        self._client.loop_stop()
-
-    def _handle_connect(
-        self,
-        _client: mqtt.Client,
-        _userdata: Any,
-        _flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        _properties: Properties | None,
-    ) -> None:
-        if reason_code.is_failure:
-            log.error("broker refused the publishing connection: %s", reason_code)
-            return
-        self._connected.set()
-
-    def _handle_disconnect(
-        self,
-        _client: mqtt.Client,
-        _userdata: Any,
-        _flags: mqtt.DisconnectFlags,
-        _reason_code: ReasonCode,
-        _properties: Properties | None,
-    ) -> None:
-        self._connected.clear()
-
-    def _handle_publish(
-        self,
-        _client: mqtt.Client,
-        _userdata: Any,
-        _mid: int,
-        _reason_code: ReasonCode,
-        _properties: Properties,
-    ) -> None:
-        with self._lock:
-            self._unacknowledged -= 1
