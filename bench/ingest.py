@@ -411,7 +411,7 @@ def drain(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Fig
     try:
         assert server.proc is not None
         ms, mb, t0 = CpuMeter(server.proc.pid), CpuMeter(broker.proc.pid), time.monotonic()
-        alone = CpuMeter(server.proc.pid, children=False)  # without the kf.committed child
+        alone = CpuMeter(server.proc.pid, children=False)  # its children apart
         n, s = _drain(server.handled, backlog, poll_s=1.0)
         wall = time.monotonic() - t0
         if n:
