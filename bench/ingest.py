@@ -18,6 +18,14 @@ Two measurements:
          the broker queues the stream for them; the simulator stops. Then each
          consumer in turn reconnects and drains the same backlog with the
          whole machine to itself. Rate = backlog / time to drain it.
+         The simulator's agents drop a message at the broker's PUBACK here
+         (``--no-commit-confirmation``): confirming agents, with no server to
+         confirm, would fill the backlog with re-sends. The server's count is
+         every message it decided on (accepted, duplicate, rejected); both
+         consumers print their CPU us per message. ``--raw-backlog ROUNDS``
+         builds the backlog without the simulator (one paho client publishing
+         ROUNDS encoded reports per terminal): the same backlog every run,
+         whatever else loads the machine.
 
     .venv/bin/python bench/ingest.py            # defaults as in docs/benchmarks.md
 """
@@ -57,6 +65,7 @@ _ACCEPTED = re.compile(
     r'^kioskfleet_ingest_messages_total\{channel="(report|event)"\} (\S+)$', re.M
 )
 _REJECTED = re.compile(r'^kioskfleet_ingest_rejected_total\{reason="(\w+)"\} (\S+)$', re.M)
+_DUPLICATES = re.compile(r"^kioskfleet_ingest_duplicates_total (\S+)$", re.M)
 
 
 @dataclass
@@ -68,6 +77,11 @@ class Figure:
     consumer_cpu_percent: float
     broker_cpu_percent: float
     consumer_rss_mb: float
+    consumer_cpu_s: float = 0.0  # drain: its CPU seconds from its reconnect to the end
+
+    @property
+    def cpu_us_per_message(self) -> float:
+        return 1e6 * self.consumer_cpu_s / self.messages if self.messages else 0.0
 
     @property
     def rate(self) -> float:
@@ -77,15 +91,16 @@ class Figure:
 class CpuMeter:
     """CPU seconds used by some processes (and their children) since construction."""
 
-    def __init__(self, *pids: int) -> None:
+    def __init__(self, *pids: int, children: bool = True) -> None:
         self.procs = [psutil.Process(pid) for pid in pids]
+        self.children = children
         self.start = self._total()
 
     def _total(self) -> float:
         total = 0.0
         for proc in self.procs:
             try:
-                family = [proc, *proc.children(recursive=True)]
+                family = [proc, *proc.children(recursive=True)] if self.children else [proc]
             except psutil.NoSuchProcess:
                 continue
             for p in family:
@@ -95,6 +110,9 @@ class CpuMeter:
                     continue
                 total += t.user + t.system
         return total
+
+    def seconds(self) -> float:
+        return self._total() - self.start
 
     def percent(self, seconds: float) -> float:
         return 100.0 * (self._total() - self.start) / seconds if seconds else 0.0
@@ -153,7 +171,10 @@ def _wait_http(url: str, timeout: float) -> None:
 
 
 class ServerProcess:
-    """``kioskfleet server`` on SQLite with a stable client id (persistent session)."""
+    """``kioskfleet server`` (SQLite unless ``database_url``) with a stable client id
+    (persistent session)."""
+
+    database_url: str | None = None
 
     def __init__(self, work: Path, broker: LocalBroker) -> None:
         self.work = work
@@ -162,11 +183,13 @@ class ServerProcess:
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, ready: str = "/readyz") -> None:
+        """Launch and wait until ``ready`` answers (``/metrics``: the HTTP side is up, the
+        broker connection and with it the backlog not yet)."""
         env = dict(os.environ)
         env.update(
             {
-                "KIOSKFLEET_DATABASE_URL": f"sqlite:///{self.work}/bench.db",
+                "KIOSKFLEET_DATABASE_URL": self.database_url or f"sqlite:///{self.work}/bench.db",
                 "KIOSKFLEET_BROKER_URL": self.broker.url,
                 "KIOSKFLEET_HTTP_PORT": str(self.port),
                 "KIOSKFLEET_MQTT_CLIENT_ID": "kioskfleet-server-bench",
@@ -178,10 +201,20 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [EXE, "--log-level=WARNING", "server"], env=env, stdout=log, stderr=log
         )
-        _wait_http(f"{self.base}/readyz", 60)
+        _wait_http(f"{self.base}{ready}", 60)
 
     def accepted(self) -> float:
         return sum(float(v) for _, v in _ACCEPTED.findall(_get(f"{self.base}/metrics")))
+
+    def handled(self) -> float:
+        """Reports and events accepted, plus duplicates and rejects: every message of the
+        backlog the server took a decision on. A backlog holds the agents' re-sends (with
+        no ``kf.committed`` from the stopped server, an agent re-sends its unconfirmed
+        messages after ``confirm_timeout_s``), which the bare subscriber counts too."""
+        text = _get(f"{self.base}/metrics")
+        accepted = sum(float(v) for _, v in _ACCEPTED.findall(text))
+        duplicates = sum(float(v) for v in _DUPLICATES.findall(text))
+        return accepted + duplicates + sum(float(v) for _, v in _REJECTED.findall(text))
 
     def rejects(self) -> dict[str, float]:
         found = _REJECTED.findall(_get(f"{self.base}/metrics"))
@@ -199,7 +232,12 @@ class ServerProcess:
 
 
 @contextmanager
-def simulator(work: Path, broker: LocalBroker, args: argparse.Namespace) -> Iterator[int]:
+def simulator(
+    work: Path, broker: LocalBroker, args: argparse.Namespace, *, confirmed: bool = True
+) -> Iterator[int]:
+    """``confirmed=False``: the agents drop a message at the broker's PUBACK instead of
+    keeping it until ``kf.committed`` (the drain's backlog is built with no server running:
+    confirming agents would fill it with re-sends of the same messages)."""
     log = (work / "sim.log").open("ab")
     proc = subprocess.Popen(
         [
@@ -213,6 +251,7 @@ def simulator(work: Path, broker: LocalBroker, args: argparse.Namespace) -> Iter
             "--halls=50",
             "--regions=5",
             "--id-prefix=BENCH",
+            *(() if confirmed else ("--no-commit-confirmation",)),
         ],
         stdout=log,
         stderr=log,
@@ -304,6 +343,32 @@ def live(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Figu
     return figures
 
 
+def _publish_raw(broker: LocalBroker, terminals: int, rounds: int) -> None:
+    """The backlog without the simulator: ``rounds`` reports of each terminal, encoded by
+    the protocol's own encoder, published round-robin at QoS 1 by one paho client (the
+    drain's shape, and the same backlog every run whatever else the machine does)."""
+    from bench.ingest_path import _payload
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id="bench-raw-filler", protocol=mqtt.MQTTv5
+    )
+    acked = threading.Semaphore(0)
+    client.on_publish = lambda *_a: acked.release()
+    client.max_inflight_messages_set(1000)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    total = terminals * rounds
+    print(f"drain: publishing {total} reports ({terminals} terminals x {rounds})", flush=True)
+    for r in range(rounds):
+        for i in range(terminals):
+            client.publish(*_payload(f"BENCH-{i:05d}", r + 1), qos=1)
+    for _ in range(total):
+        if not acked.acquire(timeout=120):
+            raise SystemExit("the broker did not acknowledge the raw backlog")
+    client.disconnect()
+    client.loop_stop()
+
+
 def drain(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Figure]:
     assert broker.proc is not None
     # Register both persistent sessions, then leave: the broker queues for them.
@@ -312,9 +377,15 @@ def drain(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Fig
     (work / "drain").mkdir()
     server.start()
     server.stop()
-    with simulator(work, broker, args):
-        print(f"drain: simulator alone for {args.warmup + args.backlog_seconds:.0f} s", flush=True)
-        time.sleep(args.warmup + args.backlog_seconds)
+    if args.raw_backlog:
+        _publish_raw(broker, args.terminals, args.raw_backlog)
+    else:
+        with simulator(work, broker, args, confirmed=False):
+            print(
+                f"drain: simulator alone for {args.warmup + args.backlog_seconds:.0f} s",
+                flush=True,
+            )
+            time.sleep(args.warmup + args.backlog_seconds)
     time.sleep(1)
     figures = []
     bare = BareSubscriber(broker.port)
@@ -330,17 +401,25 @@ def drain(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Fig
             me.percent(wall),
             mb.percent(wall),
             psutil.Process().memory_info().rss / 2**20,
+            me.seconds(),
         )
     )
     bare.close()
     backlog = n
     print(f"drain: backlog was {backlog:.0f} messages", flush=True)
-    server.start()
+    server.start(ready="/metrics")  # the meters start before the backlog arrives
     try:
         assert server.proc is not None
         ms, mb, t0 = CpuMeter(server.proc.pid), CpuMeter(broker.proc.pid), time.monotonic()
-        n, s = _drain(server.accepted, backlog, poll_s=1.0)
+        alone = CpuMeter(server.proc.pid, children=False)  # its children apart
+        n, s = _drain(server.handled, backlog, poll_s=1.0)
         wall = time.monotonic() - t0
+        if n:
+            print(
+                f"drain: the server's ingest process alone: {1e6 * alone.seconds() / n:.1f} us"
+                f" CPU per message (its children: {1e6 * (ms.seconds() - alone.seconds()) / n:.1f})",
+                flush=True,
+            )
         figures.append(
             Figure(
                 "drain",
@@ -350,9 +429,24 @@ def drain(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Fig
                 ms.percent(wall),
                 mb.percent(wall),
                 psutil.Process(server.proc.pid).memory_info().rss / 2**20,
+                ms.seconds(),
             )
         )
-        print(f"drain: server rejects {server.rejects() or 'none'}", flush=True)
+        text = _get(f"{server.base}/metrics")
+        flushes = re.search(r"^kioskfleet_db_flush_seconds_count (\S+)$", text, re.M)
+        flush_s = re.search(r"^kioskfleet_db_flush_seconds_sum (\S+)$", text, re.M)
+        if flushes and flush_s and float(flushes.group(1)):
+            count = float(flushes.group(1))
+            print(
+                f"drain: {count:.0f} database writes, {1e3 * float(flush_s.group(1)) / count:.1f}"
+                " ms each on average (wall)",
+                flush=True,
+            )
+        print(
+            f"drain: server accepted {server.accepted():.0f} reports and events,"
+            f" rejects {server.rejects() or 'none'}",
+            flush=True,
+        )
     finally:
         server.stop()
     return figures
@@ -370,6 +464,17 @@ def main() -> int:
     parser.add_argument("--backlog-seconds", type=float, default=30.0, help="drain: backlog build")
     parser.add_argument("--only", choices=["live", "drain"], help="run one measurement")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--database-url", help="the server's database (an empty one); default: SQLite in --work"
+    )
+    parser.add_argument("--work", type=Path, help="keep the logs and data here (a new folder)")
+    parser.add_argument(
+        "--raw-backlog",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="drain: publish ROUNDS reports per terminal with one paho client, no simulator",
+    )
     args = parser.parse_args()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -381,7 +486,9 @@ def main() -> int:
     )
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="kf-bench-") as tmp:
-        work = Path(tmp)
+        work = Path(tmp) if args.work is None else args.work
+        work.mkdir(parents=True, exist_ok=True)
+        ServerProcess.database_url = args.database_url
         for name, measure in (("live", live), ("drain", drain)):
             if args.only not in (None, name):
                 continue
@@ -394,12 +501,13 @@ def main() -> int:
     print()
     print(
         f"{'':6} {'consumer':<21} {'messages':>9} {'msg/s':>7} {'its CPU':>8} "
-        f"{'broker CPU':>10} {'RSS MB':>7}"
+        f"{'broker CPU':>10} {'RSS MB':>7} {'CPU us/msg':>10}"
     )
     for f in figures:
         print(
             f"{f.measurement:6} {f.consumer:<21} {f.messages:>9.0f} {f.rate:>7.0f} "
             f"{f.consumer_cpu_percent:>7.0f}% {f.broker_cpu_percent:>9.0f}% {f.consumer_rss_mb:>7.0f}"
+            f" {f.cpu_us_per_message or float('nan'):>10.1f}"
         )
     summary = {}
     for m in ("live", "drain"):
@@ -413,6 +521,10 @@ def main() -> int:
                 f"{m}: server / bare subscriber = {ratio:.2f}; "
                 f"server ingests {per_cpu:.0f} msg per CPU-second"
             )
+            if server.cpu_us_per_message:
+                by_cpu = bare.cpu_us_per_message / server.cpu_us_per_message
+                summary[m]["cpu_ratio"] = by_cpu
+                print(f"{m}: by CPU per message, server / bare subscriber = {by_cpu:.2f}")
     if args.json:
         args.json.write_text(
             json.dumps(

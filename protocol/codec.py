@@ -30,16 +30,24 @@ MAX_JSON_DEPTH: Final = 16
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise MalformedJSONError(f"duplicate key {key!r}")
-        result[key] = value
+    result = dict(pairs)  # in C; a key seen twice leaves fewer entries than pairs
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise MalformedJSONError(f"duplicate key {key!r}")
+            seen.add(key)
     return result
 
 
 def _no_constants(name: str) -> Any:
     raise MalformedJSONError(f"{name} is not valid JSON")
+
+
+# Built once: ``json.loads`` with hooks builds a new decoder (and its C scanner) per call.
+# Shared by threads like the module's own default decoder: it keeps no state between calls.
+_DECODER: Final = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+_BOM: Final = "\ufeff"
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -68,7 +76,9 @@ def loads_strict(payload: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise MalformedJSONError(f"payload is not UTF-8 ({exc.reason})") from None
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        if text.startswith(_BOM):  # as json.loads refuses it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        value = _DECODER.decode(text)
     except MalformedJSONError:
         raise
     except RecursionError:

@@ -54,7 +54,6 @@ from sqlmodel import Field, SQLModel
 from protocol.messages import PeripheralCondition, PeripheralKind
 from server.errors import ConfigError, StorageDataError, StorageError
 from server.fleet_views import (
-    POSITION_FIELDS,
     OfflineReason,
     PeripheralView,
     TerminalView,
@@ -62,6 +61,7 @@ from server.fleet_views import (
 )
 from server.history_query import HistoryQuery, Position, StoredPage, encode_position
 from server.lease_fence import Fence, check_current
+from server.position_write import update_positions
 from server.records import EventRecord, WriteBatch
 from server.stream_gaps import Gap, Gaps
 
@@ -287,22 +287,6 @@ _EVENT: Final = _METADATA.tables["event"]
 _TERMINAL_UPDATE_COLUMNS: Final = tuple(
     c.name for c in _TERMINAL.columns if c.name not in ("id", "first_seen")
 )
-# A heartbeat's row write: only the position columns (``POSITION_FIELDS``, same names as
-# the view's fields) and ``updated_at``; about a third of a whole row's cost per terminal.
-_POSITION_COLUMNS: Final = (*POSITION_FIELDS, "updated_at")
-# Only a row in the same stream and not further along in it (a replica whose flush lags
-# another's must not move the row back); any other row counts as missing.
-_POSITION_UPDATE: Final = (
-    sa.update(_TERMINAL)
-    .where(
-        _TERMINAL.c.id == sa.bindparam("b_id"),
-        _TERMINAL.c.boot_id == sa.bindparam("b_boot_id"),
-        sa.or_(_TERMINAL.c.last_seq.is_(None), _TERMINAL.c.last_seq <= sa.bindparam("b_last_seq")),
-    )
-    .values({name: sa.bindparam(f"b_{name}") for name in _POSITION_COLUMNS})
-)
-_POSITION_VALUES: Final = operator.attrgetter("id", "boot_id", *POSITION_FIELDS)
-_POSITION_KEYS: Final = ("b_id", "b_boot_id", *(f"b_{name}" for name in POSITION_FIELDS))
 # What a write that is behind the stored row still changes: connectivity (the lease
 # holder's offline sweep may have missed the terminal's last message).
 _CONNECTIVITY_COLUMNS: Final = ("online", "online_since", "offline_reason", "updated_at")
@@ -779,14 +763,7 @@ class Storage:
         self, conn: Connection, terminals: Sequence[TerminalView], now: datetime
     ) -> bool:
         """Update the position columns of existing rows; False if some row did not exist."""
-        rows = [
-            {**dict(zip(_POSITION_KEYS, _POSITION_VALUES(v), strict=True)), "b_updated_at": now}
-            for v in terminals
-        ]
-        updated = 0
-        for chunk in _chunks(rows):
-            updated += conn.execute(_POSITION_UPDATE, list(chunk)).rowcount
-        return updated == len(rows)
+        return update_positions(conn, _TERMINAL, terminals, now, chunk=_CHUNK) == len(terminals)
 
     def _replace_peripherals(self, conn: Connection, batch: WriteBatch) -> None:
         ids = sorted(batch.peripheral_ids)

@@ -380,6 +380,20 @@ def test_nan_inside_a_report_is_refused_as_bad_json() -> None:
     assert _reason(REPORT_TOPIC, payload) == "bad_json"
 
 
+def test_a_key_repeated_deep_inside_a_valid_report_is_refused_as_bad_json() -> None:
+    payload = encode(_report()).replace(b'"uptime_s":3600.5', b'"uptime_s":3600.5,"uptime_s":1.0')
+    assert _reason(REPORT_TOPIC, payload) == "bad_json"
+    with pytest.raises(ProtocolError, match="duplicate key 'uptime_s'"):
+        decode(REPORT_TOPIC, payload)
+
+
+def test_a_report_behind_a_byte_order_mark_or_before_extra_data_is_bad_json_not_spaces() -> None:
+    valid = encode(_report())
+    assert _reason(REPORT_TOPIC, "\ufeff".encode() + valid) == "bad_json"
+    assert _reason(REPORT_TOPIC, valid + b" {}") == "bad_json"
+    assert decode(REPORT_TOPIC, b" \n" + valid + b"\n ") == decode(REPORT_TOPIC, valid)
+
+
 def test_infinity_inside_a_report_is_refused_as_bad_json() -> None:
     payload = encode(_report()).replace(b'"uptime_s":3600.5', b'"uptime_s":-Infinity')
     assert _reason(REPORT_TOPIC, payload) == "bad_json"
