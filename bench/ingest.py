@@ -347,7 +347,7 @@ def _publish_raw(broker: LocalBroker, terminals: int, rounds: int) -> None:
     """The backlog without the simulator: ``rounds`` reports of each terminal, encoded by
     the protocol's own encoder, published round-robin at QoS 1 by one paho client (the
     drain's shape, and the same backlog every run whatever else the machine does)."""
-    from bench.ingest_path import _payload
+    from ingest_path import _payload  # bench/ is the script's directory: on sys.path
 
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id="bench-raw-filler", protocol=mqtt.MQTTv5
