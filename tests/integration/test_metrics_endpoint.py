@@ -350,25 +350,26 @@ def exported_metric_names(
         assert started.status_code == 200, started.text
         for _ in range(4):  # a mass outage of Hall 3's printers: the hall's withheld series
             terminals(hall="Hall 3", region=region).report([PAPER_OUT, READER_OK])
-        text = wait_until(
-            lambda: (
-                (t := scrape_text(server))
-                and all(
-                    f"\n{n}{{" in t
-                    for n in (
-                        *PER_TERMINAL,
-                        *ROLLOUT_METRIC_NAMES,
-                        "kioskfleet_terminal_maintenance",
-                        "kioskfleet_hall_peripheral_problems_withheld",
-                        *USAGE_FAMILIES,
-                        *PAPER_METRIC_NAMES,
-                    )
-                )
-                and t
-            ),
-            60,  # a bound, not a target: the holder-only families wait for the lease and a tick
-            "every per-terminal and rollout family to have a series",
+        wanted = (
+            *PER_TERMINAL,
+            *ROLLOUT_METRIC_NAMES,
+            "kioskfleet_terminal_maintenance",
+            "kioskfleet_hall_peripheral_problems_withheld",
+            *USAGE_FAMILIES,
+            *PAPER_METRIC_NAMES,
         )
+        seen: dict[str, list[str]] = {}
+
+        def every_family_has_a_series() -> str | None:
+            t = scrape_text(server)
+            seen["missing"] = [n for n in wanted if f"\n{n}{{" not in t]
+            return t if t and not seen["missing"] else None
+
+        deadline = time.monotonic() + 60  # a bound, not a target
+        while (text := every_family_has_a_series()) is None:
+            if time.monotonic() > deadline:
+                pytest.fail(f"no series after 60 s for {seen['missing']}")
+            time.sleep(0.05)
         yield frozenset(
             sample.name
             for family in text_string_to_metric_families(text)
