@@ -20,6 +20,7 @@ Two measurements:
          whole machine to itself. Rate = backlog / time to drain it.
 
     .venv/bin/python bench/ingest.py            # defaults as in docs/benchmarks.md
+    .venv/bin/python bench/ingest.py --database postgresql   # the server on a throw-away PG
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kioskfleet.local_broker import LocalBroker, free_port  # noqa: E402 - after sys.path
+from kioskfleet.scratch_database import default_admin_url, scratch_database  # noqa: E402
 
 EXE = str(Path(sys.executable).parent / "kioskfleet")
 _ACCEPTED = re.compile(
@@ -153,11 +155,12 @@ def _wait_http(url: str, timeout: float) -> None:
 
 
 class ServerProcess:
-    """``kioskfleet server`` on SQLite with a stable client id (persistent session)."""
+    """``kioskfleet server`` on ``database_url`` with a stable client id (persistent session)."""
 
-    def __init__(self, work: Path, broker: LocalBroker) -> None:
+    def __init__(self, work: Path, broker: LocalBroker, database_url: str) -> None:
         self.work = work
         self.broker = broker
+        self.database_url = database_url
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -166,7 +169,7 @@ class ServerProcess:
         env = dict(os.environ)
         env.update(
             {
-                "KIOSKFLEET_DATABASE_URL": f"sqlite:///{self.work}/bench.db",
+                "KIOSKFLEET_DATABASE_URL": self.database_url,
                 "KIOSKFLEET_BROKER_URL": self.broker.url,
                 "KIOSKFLEET_HTTP_PORT": str(self.port),
                 "KIOSKFLEET_MQTT_CLIENT_ID": "kioskfleet-server-bench",
@@ -258,7 +261,7 @@ def _drain(
         time.sleep(poll_s)
 
 
-def live(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Figure]:
+def live(work: Path, broker: LocalBroker, args: argparse.Namespace, url: str) -> list[Figure]:
     assert broker.proc is not None
     figures = []
     with simulator(work, broker, args):
@@ -280,7 +283,7 @@ def live(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Figu
             )
         )
         bare.close()
-        server = ServerProcess(work, broker)
+        server = ServerProcess(work, broker, url)
         server.start()
         try:
             time.sleep(5)
@@ -304,11 +307,11 @@ def live(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Figu
     return figures
 
 
-def drain(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Figure]:
+def drain(work: Path, broker: LocalBroker, args: argparse.Namespace, url: str) -> list[Figure]:
     assert broker.proc is not None
     # Register both persistent sessions, then leave: the broker queues for them.
     BareSubscriber(broker.port).close()
-    server = ServerProcess(work / "drain", broker)
+    server = ServerProcess(work / "drain", broker, url)
     (work / "drain").mkdir()
     server.start()
     server.stop()
@@ -369,6 +372,14 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=20.0, help="live measurement window (s)")
     parser.add_argument("--backlog-seconds", type=float, default=30.0, help="drain: backlog build")
     parser.add_argument("--only", choices=["live", "drain"], help="run one measurement")
+    parser.add_argument(
+        "--database", choices=["sqlite", "postgresql"], default="sqlite", help="the server's"
+    )
+    parser.add_argument(
+        "--postgres-admin-url",
+        default=default_admin_url(),
+        help="a database it may CREATE DATABASE on (a throw-away one is made and dropped)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -386,10 +397,13 @@ def main() -> int:
             if args.only not in (None, name):
                 continue
             (work / name).mkdir()
-            with LocalBroker(
-                work / name / "mosquitto", overrides={"max_queued_messages": "2000000"}
-            ) as broker:
-                figures += measure(work / name, broker, args)
+            with (
+                scratch_database(args.database, work / name / "db", args.postgres_admin_url) as url,
+                LocalBroker(
+                    work / name / "mosquitto", overrides={"max_queued_messages": "2000000"}
+                ) as broker,
+            ):
+                figures += measure(work / name, broker, args, url)
 
     print()
     print(
@@ -417,6 +431,7 @@ def main() -> int:
         args.json.write_text(
             json.dumps(
                 {
+                    "database": args.database,
                     "args": {k: str(v) for k, v in vars(args).items()},
                     "figures": [asdict(f) | {"rate": f.rate} for f in figures],
                     "summary": summary,
