@@ -265,9 +265,16 @@ class Api:
         return int(self.get("/api/v1/terminals", limit=1, **params).json()["total"])
 
 
-def _every(stop: threading.Event, seconds: float, step: Callable[[], None]) -> None:
+def _every(
+    stop: threading.Event, seconds: float, step: Callable[[], None], errors: list[str]
+) -> None:
+    """``step`` every ``seconds`` until ``stop``; a step that fails is recorded, not fatal
+    (a slow API answer must not end the fault mix for the rest of the run)."""
     while not stop.wait(seconds):
-        step()
+        try:
+            step()
+        except (httpx.HTTPError, OSError) as exc:
+            errors.append(f"{step.__name__}: {exc!r}")
 
 
 class Soak:
@@ -286,6 +293,7 @@ class Soak:
         self.visible_metrics: list[float] = []
         self.visible_missed = 0
         self.samples: list[dict[str, Any]] = []
+        self.errors: list[str] = []  # steps that failed (HTTP errors), in the figures
         self.usage = {name: Usage([pid]) for name, pid in pids.items()}
         self.usage["simulators"] = Usage(fleet.pids())
         self.halls = {tid: f"hall-{(i % args.halls) + 1:02d}" for i, tid in enumerate(fleet.ids)}
@@ -329,9 +337,23 @@ class Soak:
         if tid is None:
             return
         worker = self.fleet.owner[tid]
-        hall = self.halls[tid]
         needle = (f'terminal="{tid}"', f'peripheral="{PRINTER}"', f'condition="{VISIBLE.value}"')
         forced_at = worker.call("force", tid, PRINTER, VISIBLE.value, None)
+        try:
+            api_at, metrics_at = self._seen(tid, needle)
+        finally:
+            worker.call("release", tid, PRINTER)
+            with self.lock:
+                del self.held[tid]
+        if api_at is None or metrics_at is None:
+            self.visible_missed += 1
+            return
+        self.visible_api.append(api_at - forced_at)
+        self.visible_metrics.append(metrics_at - forced_at)
+
+    def _seen(self, tid: str, needle: tuple[str, ...]) -> tuple[float | None, float | None]:
+        """When the API list, and when /metrics, first held the forced condition (wall
+        clock), polled every 20 and 100 ms for at most 30 s; None: not within that."""
         api_at = metrics_at = None
         deadline = time.monotonic() + 30
         next_scrape = 0.0
@@ -339,7 +361,7 @@ class Soak:
             if api_at is None:
                 page = self.api.get(
                     "/api/v1/terminals",
-                    hall=hall,
+                    hall=self.halls[tid],
                     peripheral_kind=PRINTER,
                     condition=VISIBLE.value,
                     limit=100,
@@ -356,14 +378,7 @@ class Soak:
                 ):
                     metrics_at = time.time()
             time.sleep(0.02)
-        worker.call("release", tid, PRINTER)
-        with self.lock:
-            del self.held[tid]
-        if api_at is None or metrics_at is None:
-            self.visible_missed += 1
-            return
-        self.visible_api.append(api_at - forced_at)
-        self.visible_metrics.append(metrics_at - forced_at)
+        return api_at, metrics_at
 
     def sample_step(self) -> None:
         sample: dict[str, Any] = {"t": time.monotonic()}
@@ -396,10 +411,18 @@ class Soak:
     def run(self, duration: float) -> None:
         a = self.args
         threads = [
-            threading.Thread(target=_every, args=(self.stop, 60 / a.faults_per_min, self.mix_step)),
-            threading.Thread(target=_every, args=(self.stop, a.offline_every, self.offline_step)),
-            threading.Thread(target=_every, args=(self.stop, a.visible_every, self.visible_step)),
-            threading.Thread(target=_every, args=(self.stop, a.sample_every, self.sample_step)),
+            threading.Thread(
+                target=_every, args=(self.stop, 60 / a.faults_per_min, self.mix_step, self.errors)
+            ),
+            threading.Thread(
+                target=_every, args=(self.stop, a.offline_every, self.offline_step, self.errors)
+            ),
+            threading.Thread(
+                target=_every, args=(self.stop, a.visible_every, self.visible_step, self.errors)
+            ),
+            threading.Thread(
+                target=_every, args=(self.stop, a.sample_every, self.sample_step, self.errors)
+            ),
         ]
         for t in threads:
             t.start()
@@ -449,6 +472,8 @@ class Soak:
             "visible_missed": self.visible_missed,
             "faults_forced": dict(self.forced),
             "connections_dropped": self.dropped,
+            "step_errors": self.errors[:20],
+            "step_error_count": len(self.errors),
         }
 
 
