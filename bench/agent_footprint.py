@@ -13,8 +13,10 @@ terminal's config.
 Read from ``/proc/<pid>``: VmRSS every second (max, mean, last) and utime + stime over
 the whole run and after the first ``--warmup`` seconds, as % of one core. Targets
 (issue 13): RSS < 40 MB, CPU < 1 % of a core. Beside it, what the interpreter alone and
-the agent's imports alone take (``python -c pass``, ``python -c "import agent.main"``):
-where the resident memory goes when the target is missed.
+the agent's imports alone take (``python -c pass``, ``python -c "import agent.main"``),
+the agent's RSS split into its own heap and mapped files (``smaps_rollup``) and, by
+tracemalloc, which packages' imports allocate the Python heap: where the resident memory
+goes when the target is missed.
 
     .venv/bin/python bench/agent_footprint.py                 # 600 s
     .venv/bin/python bench/agent_footprint.py --quick --json f.json   # 20 s
@@ -67,6 +69,22 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def memory_split_mb(pid: int) -> dict[str, float]:
+    """``/proc/<pid>/smaps_rollup``: how much of the RSS is the process's own heap
+    (Anonymous) and how much mapped files (the interpreter, C extensions, shared
+    libraries: file-backed pages another Python process on the terminal would share)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, _, value = line.partition(":")
+        fields[name] = int(value.split()[0]) / 1024
+    return {
+        "rss_mb": fields.get("Rss", 0.0),
+        "anonymous_mb": fields.get("Anonymous", 0.0),
+        "file_backed_mb": fields.get("Rss", 0.0) - fields.get("Anonymous", 0.0),
+        "pss_mb": fields.get("Pss", 0.0),
+    }
 
 
 def cpu_s(pid: int) -> float:
@@ -149,6 +167,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     warm_cpu, warm_at = cpu_s(proc.pid), time.monotonic()
                 time.sleep(1.0)
             total_cpu, wall = cpu_s(proc.pid), time.monotonic() - began
+            split = memory_split_mb(proc.pid)
             ended = time.monotonic()
             terminal = server.get(f"/api/v1/terminals/{TERMINAL}").json()
         finally:
@@ -179,6 +198,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "reports_received": (terminal.get("delivery") or {}).get("reports_received"),
         },
         "profile": {
+            "memory_split_at_end": split,
             "python_alone_rss_mb": baseline_rss_mb("pass"),
             "agent_imports_rss_mb": baseline_rss_mb("import agent.main"),
             "import_python_mb_by_package": import_profile(),

@@ -164,9 +164,16 @@ def soak_rows(data: Json) -> list[Row]:
 def footprint_rows(data: Json) -> list[Row]:
     profile = data["profile"]
     top = ", ".join(f"{name} {mb:.1f}" for name, mb in profile["import_python_mb_by_package"][:5])
+    split = profile.get("memory_split_at_end", {})
+    mapped = (
+        f"; at the end {split['anonymous_mb']:.0f} MB own heap, {split['file_backed_mb']:.0f} MB"
+        " mapped files (interpreter, C extensions)"
+        if split
+        else ""
+    )
     why_rss = (
         f"imports alone {profile['agent_imports_rss_mb']:.0f} MB (python alone "
-        f"{profile['python_alone_rss_mb']:.0f} MB); Python heap of the imports, MB: {top}"
+        f"{profile['python_alone_rss_mb']:.0f} MB){mapped}; Python heap of the imports, MB: {top}"
     )
     minutes = data["duration_s"] / 60
     return [
