@@ -1,7 +1,9 @@
 """A fleet soak on one broker, then a reconnect storm: real agents, a real server, exact counts.
 
-Prints figures; never a pass/fail timing test. It fails (exit 1) only when the exact
-accounting fails: a message an agent numbered that the server's database does not hold.
+Prints figures; never a pass/fail timing test. It fails (exit 1, after writing the JSON)
+only when the exact accounting fails: a message an agent numbered that the server's
+database does not hold, or holds twice. A phase that does not finish in its time (every
+agent connected before the soak, a storm mark) is recorded as such and the run goes on.
 
 In this process: a private mosquitto with the project's config
 (``kioskfleet.local_broker.LocalBroker``; this process raises its open-file limit to the
@@ -80,7 +82,11 @@ from agent.simulator import Simulation, SimulationOptions, SimulationTuning  # n
 from kioskfleet.local_broker import LocalBroker  # noqa: E402
 from kioskfleet.scratch_database import default_admin_url, scratch_database  # noqa: E402
 from kioskfleet.server_process import ServerProcess  # noqa: E402
-from kioskfleet.stream_accounting import read_stored, wait_for_exact_accounting  # noqa: E402
+from kioskfleet.stream_accounting import (  # noqa: E402
+    AccountingError,
+    read_stored,
+    wait_for_exact_accounting,
+)
 from protocol.messages import PeripheralCondition  # noqa: E402
 
 PRINTER = "receipt_printer"
@@ -125,8 +131,10 @@ def _serve(conn: Connection, opts: SimulationOptions, start: int, stop: int) -> 
                 for tid in sim.terminal_ids:
                     sim.release(tid, args[0])
                 conn.send(None)
-            elif cmd == "counters":
+            elif cmd == "counters":  # reads every outbox's stream row: not in a tight loop
                 conn.send(asdict(sim.counters()))
+            elif cmd == "connected":
+                conn.send(len(sim.sessions()))
             elif cmd == "finish":
                 conn.send(_drain_and_stop(sim, args[0]))
                 return
@@ -134,16 +142,20 @@ def _serve(conn: Connection, opts: SimulationOptions, start: int, stop: int) -> 
         sim.close()
 
 
-def _drain_and_stop(sim: Simulation, timeout: float) -> dict[str, dict[str, Any]] | str:
-    """Wait until nothing waits in the outboxes and every agent is connected, stop cleanly,
-    and return every terminal's outbox stats (or why not)."""
+def _drain_and_stop(sim: Simulation, timeout: float) -> dict[str, Any]:
+    """Wait (up to ``timeout``) until nothing waits in the outboxes and every agent is
+    connected, stop cleanly, and return every terminal's outbox stats; ``undrained`` says
+    what was still waiting when the time was up (the accounting then shows it)."""
     deadline = time.monotonic() + timeout
+    undrained = None
     while (c := sim.counters()).backlog or c.connected < c.terminals:
         if time.monotonic() > deadline:
-            return f"the outboxes did not drain within {timeout:.0f} s: {c}"
-        time.sleep(0.2)
+            undrained = f"backlog {c.backlog}, {c.terminals - c.connected} not connected"
+            break
+        time.sleep(1.0)
     sim.stop(timeout=120)
-    return {tid: asdict(sim.outbox_stats(tid)) for tid in sim.terminal_ids}
+    stats = {tid: asdict(sim.outbox_stats(tid)) for tid in sim.terminal_ids}
+    return {"stats": stats, "undrained": undrained}
 
 
 class Worker:
@@ -190,6 +202,10 @@ class Fleet:
             for key, value in w.call("counters").items():
                 total[key] = total.get(key, 0) + value
         return total
+
+    def connected(self) -> int:
+        """Agents with a session now (cheap: no outbox read)."""
+        return sum(w.call("connected") for w in self.workers)
 
     def each(self, cmd: str, *args: Any) -> list[Any]:
         return [w.call(cmd, *args) for w in self.workers]
@@ -484,12 +500,16 @@ def _mean(values: list[float]) -> float:
 # --- the phases -------------------------------------------------------------------------------
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float, poll_s: float = 0.5) -> float:
-    """Seconds until ``check()``; SystemExit after ``timeout``."""
+def wait_for(
+    what: str, check: Callable[[], bool], timeout: float, poll_s: float = 0.5
+) -> float | None:
+    """Seconds until ``check()``; None (and a line saying so) after ``timeout``: a loaded
+    machine may never hold every connection at once, and the run goes on to measure it."""
     began = time.monotonic()
     while not check():
         if time.monotonic() - began > timeout:
-            raise SystemExit(f"soak: {what} did not happen within {timeout:.0f} s")
+            print(f"soak: {what} did not happen within {timeout:.0f} s; going on", flush=True)
+            return None
         time.sleep(poll_s)
     return time.monotonic() - began
 
@@ -506,7 +526,7 @@ def storm(fleet: Fleet, broker: LocalBroker, api: Api, args: argparse.Namespace)
     began = time.monotonic()
     result: dict[str, Any] = {"terminals": n, "down_s": args.storm_down, "backlog": backlog}
     marks: dict[str, Callable[[], bool]] = {
-        "connected_s": lambda: fleet.counters()["connected"] == n,
+        "connected_s": lambda: fleet.connected() == n,
         "api_right_s": lambda: (
             api.total(state="online") == n
             and api.total(state="online", peripheral_kind=PRINTER, condition=STORM.value) == n
@@ -515,6 +535,9 @@ def storm(fleet: Fleet, broker: LocalBroker, api: Api, args: argparse.Namespace)
         # steady fleet always has some message waiting for its kf.committed)
         "drained_s": lambda: fleet.counters()["backlog"] == 0,
     }
+    # every mark's check costs: counters() reads each outbox's stream row (19 000 SQLite
+    # reads), so the backlog is looked at once a second at most
+    last_counted = 0.0
     pending = dict(marks)
     next_note = began + 10
     while pending:
@@ -522,32 +545,48 @@ def storm(fleet: Fleet, broker: LocalBroker, api: Api, args: argparse.Namespace)
             next_note += 10
             print(f"storm: {time.monotonic() - began:.0f} s, waiting for {list(pending)}")
         if time.monotonic() - began > args.storm_timeout:
-            raise SystemExit(f"storm: not right within {args.storm_timeout} s: {list(pending)}")
+            print(f"storm: not right within {args.storm_timeout:.0f} s: {list(pending)}")
+            result.update(dict.fromkeys(pending))  # None: not within the timeout
+            break
         for name, check in list(pending.items()):
+            if name == "drained_s" and time.monotonic() - last_counted < 1.0:
+                continue
+            last_counted = time.monotonic() if name == "drained_s" else last_counted
             with contextlib.suppress(httpx.HTTPError):
                 if check():
                     result[name] = time.monotonic() - began
                     del pending[name]
         time.sleep(0.25)
-    result["fleet_right_s"] = max(result["api_right_s"], result["drained_s"])
+    right = (result["api_right_s"], result["drained_s"])
+    result["fleet_right_s"] = None if None in right else max(right)
     fleet.each("release_all", PRINTER)
     print(f"storm: {result}", flush=True)
     return result
 
 
 def account(fleet: Fleet, database_url: str, timeout: float) -> dict[str, Any]:
-    """Drain and stop every process; the exact count check over every terminal."""
+    """Drain and stop every process; the exact count check over every terminal. A
+    difference is recorded (``exact`` false, the first ones in ``differences``)."""
     outboxes: dict[str, OutboxStats] = {}
+    undrained = []
     for reply in fleet.each("finish", timeout):
-        if isinstance(reply, str):
-            raise SystemExit(f"soak: {reply}")
-        outboxes.update({tid: OutboxStats(**s) for tid, s in reply.items()})
-    lost = wait_for_exact_accounting(database_url, outboxes, timeout=timeout, settle_s=2.0)
+        outboxes.update({tid: OutboxStats(**s) for tid, s in reply["stats"].items()})
+        if reply["undrained"]:
+            undrained.append(reply["undrained"])
+    try:
+        lost = sum(
+            wait_for_exact_accounting(
+                database_url, outboxes, timeout=timeout, settle_s=2.0
+            ).values()
+        )
+        differences = None
+    except AccountingError as exc:
+        lost, differences = -1, str(exc)[:2000]
     stored = read_stored(database_url, outboxes)
     return {
         "terminals": len(outboxes),
         "terminals_in_database": len(stored),
-        "lost": sum(lost.values()),
+        "lost": lost,
         "outbox_reports": sum(s.reports for s in outboxes.values()),
         "outbox_events": sum(s.events for s in outboxes.values()),
         "outbox_dropped_reports": sum(s.dropped_reports for s in outboxes.values()),
@@ -556,7 +595,9 @@ def account(fleet: Fleet, database_url: str, timeout: float) -> dict[str, Any]:
         "server_events": sum(s.events_received for s in stored.values()),
         "server_event_rows": sum(s.event_rows for s in stored.values()),
         "server_seq_gaps": sum(s.seq_gaps for s in stored.values()),
-        "exact": True,  # wait_for_exact_accounting raised otherwise
+        "undrained_at_stop": undrained,
+        "differences": differences,
+        "exact": differences is None,
     }
 
 
@@ -601,16 +642,13 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             print(f"soak: {args.terminals} agents in {args.processes} processes connecting")
             result["connect_s"] = wait_for(
                 "every agent connected",
-                lambda: fleet.counters()["connected"] == args.terminals,
+                lambda: fleet.connected() == args.terminals,
                 timeout=args.connect_timeout,
-                poll_s=1.0,
+                poll_s=2.0,
             )
-            result["registered_s"] = result["connect_s"] + wait_for(
-                "the server knowing every terminal",
-                lambda: api.total() == args.terminals,
-                timeout=args.connect_timeout,
-            )
-            print(f"soak: all connected in {result['connect_s']:.0f} s; soaking", flush=True)
+            result["connected_at_start"] = fleet.connected()
+            result["registered_at_start"] = api.total()
+            print(f"soak: {result['connected_at_start']} connected; soaking", flush=True)
             soak = Soak(fleet, api, args, {"server": server.proc.pid, "broker": broker.proc.pid})
             soak.run(args.duration)
             result["soak"] = soak.figures()
@@ -644,9 +682,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--visible-every", type=float, default=3.0)
     p.add_argument("--sample-every", type=float, default=10.0)
     p.add_argument("--storm-down", type=float, default=30.0, help="broker away (s)")
-    p.add_argument("--storm-timeout", type=float, default=900.0)
-    p.add_argument("--connect-timeout", type=float, default=900.0)
-    p.add_argument("--accounting-timeout", type=float, default=600.0)
+    p.add_argument("--storm-timeout", type=float, default=600.0, help="then it is recorded")
+    p.add_argument(
+        "--connect-timeout", type=float, default=600.0, help="then the soak starts anyway"
+    )
+    p.add_argument("--accounting-timeout", type=float, default=300.0)
     p.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
     p.add_argument(
         "--postgres-admin-url",
@@ -676,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: v for k, v in result.items() if k != "args"}, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
-    return 0
+    return 0 if result["accounting"]["exact"] else 1
 
 
 if __name__ == "__main__":
