@@ -671,7 +671,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--terminals", type=int, default=19_000)
-    p.add_argument("--processes", type=int, help="simulator processes (default: 1 per 5 000)")
+    p.add_argument("--processes", type=int, help="simulator processes (default: 1 per 2 500)")
     p.add_argument("--halls", type=int, help="default: terminals / 19")
     p.add_argument("--regions", type=int, default=20)
     p.add_argument("--report-interval", type=float, default=60.0)
@@ -701,7 +701,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.terminals, args.duration, args.report_interval = 200, 30.0, 10.0
         args.faults_per_min, args.offline_every, args.visible_every = 30.0, 10.0, 1.0
         args.sample_every, args.storm_down, args.regions = 2.0, 5.0, 2
-    args.processes = args.processes or max(1, math.ceil(args.terminals / 5000))
+    args.processes = args.processes or max(1, math.ceil(args.terminals / 2500))
     args.halls = args.halls or max(1, args.terminals // 19)
     return args
 
