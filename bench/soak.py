@@ -208,7 +208,16 @@ class Fleet:
         return sum(w.call("connected") for w in self.workers)
 
     def each(self, cmd: str, *args: Any) -> list[Any]:
-        return [w.call(cmd, *args) for w in self.workers]
+        """Every process runs ``cmd`` at the same time; their answers in order."""
+        for w in self.workers:
+            w.lock.acquire()
+        try:
+            for w in self.workers:
+                w.conn.send((cmd, args))
+            return [w.conn.recv() for w in self.workers]
+        finally:
+            for w in self.workers:
+                w.lock.release()
 
     def pids(self) -> list[int]:
         return [w.proc.pid for w in self.workers if w.proc.pid is not None]
@@ -606,7 +615,10 @@ def account(fleet: Fleet, database_url: str, timeout: float) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def run(
+    args: argparse.Namespace, work: Path, save: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    """The whole run; ``save`` gets the figures after each phase (``--json``)."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # mosquitto inherits it
     if args.terminals + 512 > hard:
@@ -658,7 +670,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             soak.run(args.duration)
             result["soak"] = soak.figures()
             result["soak"]["duration_s"] = args.duration
+            save(result)  # what a run that is stopped later still leaves
             result["storm"] = storm(fleet, broker, api, args)
+            save(result)
             result["accounting"] = account(fleet, url, args.accounting_timeout)
             result["server_metrics"] = {
                 name: server.metric(name)
@@ -714,13 +728,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     began = time.time()
+
+    def save(result: dict[str, Any]) -> None:
+        result["args"] = {k: str(v) for k, v in vars(args).items()}
+        result["wall_s"] = time.time() - began
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1))
+
     with tempfile.TemporaryDirectory(prefix="kf-soak-") as tmp:
-        result = run(args, Path(tmp))
-    result["args"] = {k: str(v) for k, v in vars(args).items()}
-    result["wall_s"] = time.time() - began
+        result = run(args, Path(tmp), save)
+    save(result)
     print(json.dumps({k: v for k, v in result.items() if k != "args"}, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
     return 0 if result["accounting"]["exact"] else 1
 
 

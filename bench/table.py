@@ -128,11 +128,10 @@ def rollout_rows(data: Json) -> list[Row]:
 
 
 def soak_rows(data: Json) -> list[Row]:
-    soak, storm, acc = data["soak"], data["storm"], data["accounting"]
-    n, minutes = acc["terminals"], soak["duration_s"] / 60
+    soak, storm, acc = data["soak"], data.get("storm"), data.get("accounting")
+    n, minutes = int(data["args"]["terminals"]), soak["duration_s"] / 60
     usage = soak["usage"]
     head = f"soak, {n:,} agents, {minutes:.0f} min ({data['database']})"
-    exact = acc["exact"] and acc["lost"] == 0 and acc["terminals_in_database"] == n
     lists = "; ".join(f"{k} {_q(v)}" for k, v in soak["api_list_s"].items())
     forced = sum(soak["faults_forced"].values())
     connected = (
@@ -149,10 +148,7 @@ def soak_rows(data: Json) -> list[Row]:
             f"{forced:,} faults forced, {soak['connections_dropped']:,} connections cut",
             f"all {n:,}", data["connect_s"] is not None,
             "" if data["connect_s"] is not None else "agents CPU-starved: see the soak's section"),
-        Row(f"{head}: nothing lost, exact counts",
-            f"{acc['server_reports']:,} reports + {acc['server_events']:,} events stored "
-            f"= outboxes; {acc['lost']} lost, {acc['outbox_pending']} pending", "0 lost, exact",
-            exact),
+        _accounting_row(head, n, acc),
         Row(f"{head}: server RSS max, CPU mean / max",
             f"{usage['server']['rss_mb_max']:.0f} MB, {usage['server']['cpu_percent_mean']:.0f} / "
             f"{usage['server']['cpu_percent_max']:.0f} % of a core"),
@@ -165,11 +161,35 @@ def soak_rows(data: Json) -> list[Row]:
         Row(f"{head}: /metrics scrape p50 / p99", _q(soak["scrape_s"]), "≤ 50 ms (p50)",
             soak["scrape_s"]["p50"] <= 0.05),
         Row(f"{head}: API list with filters p50 / p99", lists),
-        Row(f"reconnect storm: {n:,} agents with {storm['backlog']:,} messages waiting, "
-            f"broker away {storm['down_s']:.0f} s",
-            f"all connected {_s(storm['connected_s'])}, API right {_s(storm['api_right_s'])},"
-            f" backlog handed {_s(storm['drained_s'])} after the broker's start"),
+        _storm_row(n, storm),
     ]  # fmt: skip
+
+
+def _accounting_row(head: str, n: int, acc: Json | None) -> Row:
+    name = f"{head}: nothing lost, exact counts"
+    if acc is None:
+        return Row(name, "not reached (the run was stopped before it)", "0 lost, exact", False)
+    exact = acc["exact"] and acc["lost"] == 0 and acc["terminals_in_database"] == n
+    return Row(
+        name,
+        f"{acc['server_reports']:,} reports + {acc['server_events']:,} events stored; "
+        f"outboxes {acc['outbox_reports']:,} + {acc['outbox_events']:,}; {acc['lost']} lost, "
+        f"{acc['outbox_pending']} pending",
+        "0 lost, exact",
+        exact,
+        "" if exact else (acc.get("differences") or "")[:200],
+    )
+
+
+def _storm_row(n: int, storm: Json | None) -> Row:
+    if storm is None:
+        return Row(f"reconnect storm: {n:,} agents", "not reached")
+    return Row(
+        f"reconnect storm: {n:,} agents with {storm['backlog']:,} messages waiting, "
+        f"broker away {storm['down_s']:.0f} s",
+        f"all connected {_s(storm['connected_s'])}, API right {_s(storm['api_right_s'])},"
+        f" backlog handed {_s(storm['drained_s'])} after the broker's start",
+    )
 
 
 def footprint_rows(data: Json) -> list[Row]:
