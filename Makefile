@@ -47,15 +47,28 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# `make bench` (not part of `make test`): every benchmark, the ones with figures for the
+# table writing JSON into $(BENCH_OUT); then bench/table.py appends ONE table to
+# docs/benchmarks.md (machine, versions, each figure beside its target). About an hour;
+# the soak alone loads both cores for ~15 min.
+BENCH_OUT ?= var/bench
+
 bench: setup
-	$(PY) bench/ingest.py
+	rm -rf $(BENCH_OUT) && mkdir -p $(BENCH_OUT)
+	$(PY) bench/ingest.py --json $(BENCH_OUT)/ingest-sqlite.json
+	$(PY) bench/ingest.py --database postgresql --json $(BENCH_OUT)/ingest-postgresql.json
 	$(PY) bench/scrape.py
+	$(PY) bench/scrape.py --problem-ratio 0.5 --offline-share 1 --variants collector,uncapped \
+		--json $(BENCH_OUT)/scrape-mass-outage.json
 	$(PY) bench/outbox.py
 	$(PY) bench/broker_queue.py
 	$(PY) bench/fleet_apply.py
 	$(PY) bench/hostile.py
 	$(PY) bench/enroll.py
-	$(PY) bench/rollout.py
+	$(PY) bench/rollout.py --json $(BENCH_OUT)/rollout.json
+	$(PY) bench/soak.py --json $(BENCH_OUT)/soak.json
+	$(PY) bench/agent_footprint.py --json $(BENCH_OUT)/agent_footprint.json
+	$(PY) bench/table.py --from $(BENCH_OUT)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache var

@@ -605,6 +605,11 @@ class Simulation:
         self.probe(terminal_id, name).release()
         self.loop.check_now(terminal_id)
 
+    def drop(self, terminal_id: str) -> None:
+        """Cut one terminal's connection now without DISCONNECT (the broker publishes its
+        will); it reconnects after its backoff, as after any loss. Raises KeyError."""
+        self.loop.call_soon(self._connection_by_id[terminal_id].abort)
+
     def refill(self, terminal_id: str, name: str = Scenario.RECEIPT_PRINTER.value) -> None:
         """Staff load paper in a printer now. Raises TypeError if it is not a printer."""
         probe = self.probe(terminal_id, name)

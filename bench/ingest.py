@@ -28,6 +28,7 @@ Two measurements:
          whatever else loads the machine.
 
     .venv/bin/python bench/ingest.py            # defaults as in docs/benchmarks.md
+    .venv/bin/python bench/ingest.py --database postgresql   # the server on a throw-away PG
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kioskfleet.local_broker import LocalBroker, free_port  # noqa: E402 - after sys.path
+from kioskfleet.scratch_database import default_admin_url, scratch_database  # noqa: E402
 
 EXE = str(Path(sys.executable).parent / "kioskfleet")
 _ACCEPTED = re.compile(
@@ -465,8 +467,17 @@ def main() -> int:
     parser.add_argument("--only", choices=["live", "drain"], help="run one measurement")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument(
-        "--database-url", help="the server's database (an empty one); default: SQLite in --work"
+        "--database",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="the server's: a new empty one per measurement (unless --database-url)",
     )
+    parser.add_argument(
+        "--postgres-admin-url",
+        default=default_admin_url(),
+        help="for --database postgresql: where it may CREATE DATABASE (made and dropped)",
+    )
+    parser.add_argument("--database-url", help="the server's database instead (an empty one)")
     parser.add_argument("--work", type=Path, help="keep the logs and data here (a new folder)")
     parser.add_argument(
         "--raw-backlog",
@@ -488,14 +499,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="kf-bench-") as tmp:
         work = Path(tmp) if args.work is None else args.work
         work.mkdir(parents=True, exist_ok=True)
-        ServerProcess.database_url = args.database_url
         for name, measure in (("live", live), ("drain", drain)):
             if args.only not in (None, name):
                 continue
             (work / name).mkdir()
-            with LocalBroker(
-                work / name / "mosquitto", overrides={"max_queued_messages": "2000000"}
-            ) as broker:
+            with (
+                scratch_database(args.database, work / name / "db", args.postgres_admin_url) as url,
+                LocalBroker(
+                    work / name / "mosquitto", overrides={"max_queued_messages": "2000000"}
+                ) as broker,
+            ):
+                ServerProcess.database_url = args.database_url or url
                 figures += measure(work / name, broker, args)
 
     print()
@@ -529,6 +543,7 @@ def main() -> int:
         args.json.write_text(
             json.dumps(
                 {
+                    "database": args.database,
                     "args": {k: str(v) for k, v in vars(args).items()},
                     "figures": [asdict(f) | {"rate": f.rate} for f in figures],
                     "summary": summary,

@@ -9,6 +9,7 @@ the test fails with a clear message, unless ``KIOSKFLEET_SKIP_POSTGRES=1``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -26,10 +27,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from playwright.sync_api import Browser, BrowserContext, Playwright, sync_playwright
 from prometheus_client import CollectorRegistry
-from psycopg import sql
 
 from kioskfleet.local_broker import LocalBroker
 from kioskfleet.local_prometheus import LocalPrometheus, project_rules_file, shortened_rules
+from kioskfleet.scratch_database import default_admin_url, scratch_postgres
 from protocol.codec import encode
 from protocol.messages import SCHEMA_CHANNEL, Message
 from protocol.topics import Channel, topic
@@ -43,8 +44,6 @@ from tests.support.fleet_messages import periph, peripheral_event, report, state
 from tests.support.pki import ClientFiles
 from tests.support.waiting import HTTP_TIMEOUT_S, wait_until
 
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(4)}"
@@ -56,29 +55,20 @@ def unique(prefix: str) -> str:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A SQLAlchemy URL of a fresh, empty PostgreSQL database, dropped after the test."""
-    admin = os.environ.get("KIOSKFLEET_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-    admin = admin.replace("postgresql+psycopg://", "postgresql://", 1)
     if os.environ.get("KIOSKFLEET_SKIP_POSTGRES") == "1":
         pytest.skip("KIOSKFLEET_SKIP_POSTGRES=1")
+    admin = default_admin_url()
+    database = contextlib.ExitStack()
     try:
-        conn = psycopg.connect(admin, autocommit=True, connect_timeout=5)
+        url = database.enter_context(scratch_postgres(admin))
     except psycopg.Error as exc:
         pytest.fail(
             f"PostgreSQL at {admin} is unreachable ({exc}). Start it, point "
             "KIOSKFLEET_TEST_POSTGRES_URL at one, or set KIOSKFLEET_SKIP_POSTGRES=1 to skip.",
             pytrace=False,
         )
-    name = f"kf_test_{secrets.token_hex(6)}"
-    with conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    base, _, _ = admin.rpartition("/")
-    try:
-        yield f"{base}/{name}".replace("postgresql://", "postgresql+psycopg://", 1)
-    finally:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    with database:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

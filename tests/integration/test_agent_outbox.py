@@ -30,12 +30,12 @@ from agent.mqtt_connection import ConnectionSettings, MqttConnection
 from agent.outbox import Outbox
 from agent.probes.simulated import Scenario, SimulatedProbeSpec
 from kioskfleet.local_broker import LocalBroker, project_broker_conf
+from kioskfleet.stream_accounting import wait_for_exact_accounting
 from protocol.codec import decode, encode
 from protocol.committed import COMMITTED_SCHEMA, decode_committed
 from protocol.directives import cmd_schema
 from protocol.messages import EventMessage, Message, PeripheralCondition, StateMessage
 from tests.integration.conftest import ServerFactory, api, metric, wait_until
-from tests.integration.faults.accounting import wait_for_exact_accounting
 from tests.support.fleet_messages import at, periph, peripheral_event, report
 from tests.support.outbox_v1 import V1Row, write_v1_outbox
 

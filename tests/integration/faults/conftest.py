@@ -26,9 +26,9 @@ import pytest
 from agent.outbox import OutboxStats
 from agent.simulator import Simulation, SimulationOptions, SimulationTuning
 from kioskfleet.local_broker import LocalBroker
+from kioskfleet.server_process import ServerProcess
 from tests.integration.conftest import unique
 from tests.integration.faults.proxy import FaultProxy
-from tests.integration.faults.server_process import ServerProcess
 from tests.support.nats_cluster import NatsCluster
 
 REPORT_INTERVAL_S = 0.2

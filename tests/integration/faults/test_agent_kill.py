@@ -22,10 +22,10 @@ import pytest
 
 from agent.outbox import Outbox, OutboxStats
 from kioskfleet.local_broker import LocalBroker
+from kioskfleet.server_process import KIOSKFLEET
+from kioskfleet.stream_accounting import wait_for_exact_accounting
 from tests.integration.conftest import wait_until
-from tests.integration.faults.accounting import wait_for_exact_accounting
 from tests.integration.faults.conftest import ServerStarter
-from tests.integration.faults.server_process import KIOSKFLEET
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

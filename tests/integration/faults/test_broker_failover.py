@@ -25,8 +25,8 @@ import pytest
 
 from agent.broker_rotation import start_offset
 from kioskfleet.local_broker import LocalBroker, free_port
+from kioskfleet.stream_accounting import read_stored, wait_for_exact_accounting
 from tests.integration.conftest import wait_until
-from tests.integration.faults.accounting import read_stored, wait_for_exact_accounting
 from tests.integration.faults.conftest import (
     Fleets,
     ServerStarter,

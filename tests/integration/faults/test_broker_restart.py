@@ -23,8 +23,8 @@ import time
 import pytest
 
 from kioskfleet.local_broker import LocalBroker
+from kioskfleet.stream_accounting import wait_for_exact_accounting
 from tests.integration.conftest import wait_until
-from tests.integration.faults.accounting import wait_for_exact_accounting
 from tests.integration.faults.conftest import (
     Fleets,
     ServerStarter,

@@ -20,8 +20,9 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from kioskfleet.local_broker import LocalBroker
+from kioskfleet.server_process import ServerProcess
+from kioskfleet.stream_accounting import wait_for_exact_accounting
 from tests.integration.conftest import wait_until
-from tests.integration.faults.accounting import wait_for_exact_accounting
 from tests.integration.faults.conftest import (
     Fleets,
     ServerStarter,
@@ -31,7 +32,6 @@ from tests.integration.faults.conftest import (
     wait_connected,
 )
 from tests.integration.faults.proxy import FaultProxy
-from tests.integration.faults.server_process import ServerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -46,8 +46,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.outbox import OutboxStats
 from agent.simulator import Simulation
+from kioskfleet.server_process import ServerProcess
+from kioskfleet.stream_accounting import wait_for_exact_accounting
 from tests.integration.conftest import unique, wait_until
-from tests.integration.faults.accounting import wait_for_exact_accounting
 from tests.integration.faults.conftest import (
     Fleets,
     drain_and_stop,
@@ -55,7 +56,6 @@ from tests.integration.faults.conftest import (
     start_a_fleet_per_node,
     wait_connected,
 )
-from tests.integration.faults.server_process import ServerProcess
 from tests.support.nats_cluster import NatsCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from kioskfleet.local_broker import LocalBroker
-from tests.integration.faults.accounting import wait_for_exact_accounting
+from kioskfleet.stream_accounting import wait_for_exact_accounting
 from tests.integration.faults.conftest import (
     Fleets,
     ServerStarter,

@@ -16,9 +16,9 @@ from collections.abc import Callable
 import pytest
 
 from kioskfleet.local_broker import LocalBroker
+from kioskfleet.stream_accounting import wait_for_exact_accounting
 from protocol.messages import PeripheralCondition
 from tests.integration.conftest import wait_until
-from tests.integration.faults.accounting import wait_for_exact_accounting
 from tests.integration.faults.conftest import Fleets, ServerStarter, drain_and_stop, wait_connected
 from tests.integration.faults.proxy import FaultProxy
 

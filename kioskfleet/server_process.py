@@ -1,4 +1,5 @@
-"""``kioskfleet server`` as a subprocess that a test can SIGKILL, SIGTERM and start again.
+"""``kioskfleet server`` as a subprocess that a test or a benchmark can SIGKILL, SIGTERM and
+start again (the fault tests, ``bench/soak.py``).
 
 Settings go in as ``KIOSKFLEET_*`` environment variables (the first start's
 bootstrap admin token is written to ``<workdir>/admin.token`` and sent by
@@ -85,7 +86,7 @@ class ServerProcess:
         self.starts += 1
         self.log_path = self.workdir / f"server-{self.starts}.log"
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
+            self.proc = subprocess.Popen(  # noqa: S603 - our own executable, fixed arguments
                 [KIOSKFLEET, "--log-level", "WARNING", "server"],
                 env=env,
                 stdout=log,
