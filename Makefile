@@ -55,8 +55,9 @@ BENCH_OUT ?= var/bench
 
 bench: setup
 	rm -rf $(BENCH_OUT) && mkdir -p $(BENCH_OUT)
-	$(PY) bench/ingest.py --json $(BENCH_OUT)/ingest-sqlite.json
-	$(PY) bench/ingest.py --database postgresql --json $(BENCH_OUT)/ingest-postgresql.json
+	$(PY) bench/ingest.py --json $(BENCH_OUT)/ingest-sqlite.json --profile $(BENCH_OUT)/ingest-sqlite.prof
+	$(PY) bench/ingest.py --database postgresql --json $(BENCH_OUT)/ingest-postgresql.json \
+		--profile $(BENCH_OUT)/ingest-postgresql.prof
 	$(PY) bench/scrape.py
 	$(PY) bench/scrape.py --problem-ratio 0.5 --offline-share 1 --variants collector,uncapped \
 		--json $(BENCH_OUT)/scrape-mass-outage.json

@@ -371,6 +371,33 @@ def _publish_raw(broker: LocalBroker, terminals: int, rounds: int) -> None:
     client.loop_stop()
 
 
+def _py_spy(pid: int, out: Path | None) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the server's every thread while it drains, in collapsed-stack form
+    (one line per stack and its sample count: ``sort -t' ' -k2 -n`` or a flame graph tool
+    reads it). py-spy is in the dev extra; it needs ptrace rights (root here)."""
+    if out is None:
+        return None
+    exe = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen(
+        [
+            str(exe),
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--threads",
+            "--nonblocking",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def drain(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Figure]:
     assert broker.proc is not None
     # Register both persistent sessions, then leave: the broker queues for them.
@@ -414,7 +441,12 @@ def drain(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Fig
         assert server.proc is not None
         ms, mb, t0 = CpuMeter(server.proc.pid), CpuMeter(broker.proc.pid), time.monotonic()
         alone = CpuMeter(server.proc.pid, children=False)  # its children apart
+        spy = _py_spy(server.proc.pid, args.profile)
         n, s = _drain(server.handled, backlog, poll_s=1.0)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+            print(f"drain: the server's profile (py-spy, all threads) is in {args.profile}")
         wall = time.monotonic() - t0
         if n:
             print(
@@ -485,6 +517,12 @@ def main() -> int:
         default=0,
         metavar="ROUNDS",
         help="drain: publish ROUNDS reports per terminal with one paho client, no simulator",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="drain: sample the server with py-spy while it drains, collapsed stacks to FILE",
     )
     args = parser.parse_args()
 
