@@ -8,6 +8,7 @@ met. A missed target's row says why, from the run's own profile where the script
 records one (the agent's import profile) or pointing at the section that holds it.
 
     ingest-sqlite.json, ingest-postgresql.json   bench/ingest.py --database ...
+      (and .prof beside each: --profile)         the drain's py-spy profile, for "why"
     scrape-mass-outage.json                      bench/scrape.py --problem-ratio 0.5 --offline-share 1
     rollout.json                                 bench/rollout.py
     soak.json                                    bench/soak.py (the soak and the storm)
@@ -25,7 +26,7 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -67,7 +68,62 @@ def _q(q: Json) -> str:
     return f"{_ms(q['p50'])} / {_ms(q['p99'])} (n={q['n']})"
 
 
-def ingest_rows(data: Json, database: str) -> list[Row]:
+# Where a sample of the draining server goes: (its thread's part, the first rule a frame of
+# its stack matches). Thread names as the server gives them (server/write_behind.py,
+# server/main.py) or as paho and AnyIO do.
+_THREADS = (
+    ("paho-mqtt-client", "MQTT thread"),
+    ("kf-db-writer", "database writer"),
+)
+_PARTS = (
+    ("ConfirmationMailbox.", "kf.committed"),
+    ("decode (protocol/codec.py", "decode and validation"),
+    ("Ingest.handle (", "apply to the fleet state"),
+    ("Client.ack (", "PUBACKs"),
+    ("DefaultDialect.do_execute", "SQL statements"),
+)
+
+
+def profile_shares(lines: Iterable[str]) -> tuple[int, dict[str, float]]:
+    """Share of the samples by thread and part, from py-spy's collapsed stacks (``thread
+    (tid): name;frame;frame... count``), biggest first: ``"MQTT thread: decode and
+    validation" -> 0.12``. Samples of the MQTT thread that match no part are paho's own
+    work ("paho itself"); other threads are summed as "HTTP, metrics, jobs"."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in lines:
+        stack, _, n = line.rstrip("\n").rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        frames = stack.split(";")
+        thread = next((t for key, t in _THREADS if key in frames[0]), "HTTP, metrics, jobs")
+        part = ""
+        if thread != "HTTP, metrics, jobs":
+            part = next(
+                (name for key, name in _PARTS if any(f.startswith(key) for f in frames[1:])),
+                "paho itself" if thread == "MQTT thread" else "the rest",
+            )
+        key = f"{thread}: {part}" if part else thread
+        counts[key] = counts.get(key, 0) + int(n)
+        total += int(n)
+    shares = {k: v / total for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+    return total, shares
+
+
+def _profile_why(path: Path) -> str:
+    if not path.exists():
+        return "no profile (py-spy) beside the JSON"
+    total, shares = profile_shares(path.read_text().splitlines())
+    if not total:
+        return "the profile holds no sample"
+    parts = ", ".join(f"{k} {100 * v:.0f} %" for k, v in shares.items() if v >= 0.02)
+    return (
+        f"one process, one GIL: its threads together near one core; where the samples went"
+        f" (py-spy, {total} samples, {path.name}): {parts}"
+    )
+
+
+def ingest_rows(data: Json, database: str, profile: Path | None = None) -> list[Row]:
     rows = []
     live, drain = data["summary"].get("live"), data["summary"].get("drain")
     figures = {(f["measurement"], f["consumer"]): f for f in data["figures"]}
@@ -94,6 +150,8 @@ def ingest_rows(data: Json, database: str) -> list[Row]:
                 ratio >= 0.5,
                 ""
                 if ratio >= 0.5
+                else _profile_why(profile)
+                if profile is not None
                 else "profile: docs/benchmarks.md, 'One server, faster: second pass'",
             )
         )
@@ -221,13 +279,22 @@ def footprint_rows(data: Json) -> list[Row]:
     ]  # fmt: skip
 
 
-SOURCES: tuple[tuple[str, Callable[[Json], list[Row]], str], ...] = (
-    ("ingest-sqlite.json", lambda d: ingest_rows(d, "SQLite"), "ingest on SQLite"),
-    ("ingest-postgresql.json", lambda d: ingest_rows(d, "PostgreSQL"), "ingest on PostgreSQL"),
-    ("soak.json", soak_rows, "fault → visible, soak, reconnect storm"),
-    ("scrape-mass-outage.json", scrape_rows, "mass-outage scrape"),
-    ("rollout.json", rollout_rows, "one rollout to 10 000 terminals"),
-    ("agent_footprint.json", footprint_rows, "one agent's footprint"),
+# (file, its rows from the JSON and the directory, what it measures)
+SOURCES: tuple[tuple[str, Callable[[Json, Path], list[Row]], str], ...] = (
+    (
+        "ingest-sqlite.json",
+        lambda d, o: ingest_rows(d, "SQLite", o / "ingest-sqlite.prof"),
+        "ingest on SQLite",
+    ),
+    (
+        "ingest-postgresql.json",
+        lambda d, o: ingest_rows(d, "PostgreSQL", o / "ingest-postgresql.prof"),
+        "ingest on PostgreSQL",
+    ),
+    ("soak.json", lambda d, _o: soak_rows(d), "fault → visible, soak, reconnect storm"),
+    ("scrape-mass-outage.json", lambda d, _o: scrape_rows(d), "mass-outage scrape"),
+    ("rollout.json", lambda d, _o: rollout_rows(d), "one rollout to 10 000 terminals"),
+    ("agent_footprint.json", lambda d, _o: footprint_rows(d), "one agent's footprint"),
 )
 
 
@@ -274,7 +341,7 @@ def table(directory: Path, now: datetime) -> str:
         if not path.exists():
             rows.append(Row(what, f"not run (no {name})"))
             continue
-        rows += make(json.loads(path.read_text()))
+        rows += make(json.loads(path.read_text()), directory)
     box, versions = machine()
     missed = sum(1 for r in rows if r.met is False)
     lines = [
