@@ -246,6 +246,12 @@ class FleetState:
         with self._lock:
             return self._tallies.halls()
 
+    def hall_regions(self) -> dict[str | None, str | None]:
+        """Each hall's region, from the incremental tallies (cost follows halls, not
+        terminals; a hall seen in two regions keeps one of them)."""
+        with self._lock:
+            return {hall: region for region, hall in self._tallies.hall_keys()}
+
     def software(self) -> list[SoftwareCount]:
         """Terminals per installed (package, version), maintained incrementally."""
         with self._lock:

@@ -267,6 +267,10 @@ class FleetTallies:
         out.sort(key=lambda s: (s.region or "", s.hall or ""))
         return out
 
+    def hall_keys(self) -> list[tuple[str | None, str | None]]:
+        """The (region, hall) of every hall that has a terminal (cost follows halls)."""
+        return list(self._halls)
+
     def software(self) -> list[SoftwareCount]:
         """Terminals per installed (package, version)."""
         return [SoftwareCount(p, v, n) for (p, v), n in sorted(self._software.items())]

@@ -646,7 +646,12 @@ class Server:
         return {tid: hall for tid, _region, hall in self._placements()}
 
     def _hall_regions(self) -> dict[str, str]:
-        return {hall: region for _tid, region, hall in self._placements()}
+        """Hall -> region for the analytics gauges' labels, at every scrape: from the fleet
+        state's hall tallies, never a walk over the terminals."""
+        return {
+            hall or UNKNOWN_LABEL: region or UNKNOWN_LABEL
+            for hall, region in self.fleet.hall_regions().items()
+        }
 
     def listening_since(self) -> datetime | None:
         """Since when silence proves something: the later of the broker connect and the last

@@ -626,6 +626,17 @@ def test_terminal_moving_to_another_hall_moves_its_counts(fleet: FleetState) -> 
     fleet.apply(report(seq=1, hall="Old"), at(0))
     fleet.apply(report(seq=2, hall="New"), at(1))
     assert [(h.hall, h.total) for h in fleet.halls()] == [("New", 1)]
+    assert fleet.hall_regions() == {"New": "North"}
+
+
+def test_hall_regions_are_those_the_terminals_report_and_follow_a_move(
+    fleet: FleetState,
+) -> None:
+    _populate(fleet)
+    assert fleet.hall_regions() == {"H1": "North", "H2": "North", "H9": "South"}
+    fleet.apply(report("S-1", seq=50, hall="H9", region="East"), at(100))
+    fleet.apply(report("S-2", seq=50, hall="H9", region="East"), at(100))
+    assert fleet.hall_regions() == {"H1": "North", "H2": "North", "H9": "East"}
 
 
 def test_load_restores_the_fleet_and_its_dedup_position(fleet: FleetState) -> None:
