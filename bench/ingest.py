@@ -9,8 +9,9 @@ Two measurements:
   live   The simulator (real agent code, ``kioskfleet simulate``) offers
          terminals/interval reports per second. First a bare subscriber, then
          the server, consume that stream for ``--window`` seconds. A ratio near
-         1.0 means the server keeps up with everything the broker delivers.
-         On a 2-core machine the simulator itself needs most of a core, so the
+         1.0 means the server keeps up with everything the broker delivers
+         (the server's count: every message it decided on, duplicates of the
+         agents' re-sends included, as the bare subscriber counts them). On a 2-core machine the simulator itself needs most of a core, so the
          offered rate is bounded by the generator, not the server.
 
   drain  The ceiling. Both consumers first register a persistent session
@@ -327,7 +328,10 @@ def live(work: Path, broker: LocalBroker, args: argparse.Namespace) -> list[Figu
             time.sleep(5)
             assert server.proc is not None
             ms, mb = CpuMeter(server.proc.pid), CpuMeter(broker.proc.pid)
-            n, s = _window(server.accepted, args.window)
+            # Every message decided on, as in the drain: the bare subscriber's window
+            # counted the agents' re-sends (no server confirmed them then), and the server
+            # receives those re-sends as duplicates.
+            n, s = _window(server.handled, args.window)
             figures.append(
                 Figure(
                     "live",
