@@ -203,7 +203,7 @@ def soak_rows(data: Json) -> list[Row]:
     return [
         Row("fault → visible in the API, p50 / p99", _q(soak["visible_api_s"]),
             "every fault seen", soak["visible_missed"] == 0,
-            f"{soak['visible_missed']} not seen within 30 s" if soak["visible_missed"] else ""),
+            f"{soak['visible_missed']} not seen within 30 s (which ones and why: the soak's section)" if soak["visible_missed"] else ""),
         Row("fault → visible in /metrics, p50 / p99", _q(soak["visible_metrics_s"])),
         Row(f"{head}: connected before the soak", f"{connected}; "
             f"{forced:,} faults forced, {soak['connections_dropped']:,} connections cut",
