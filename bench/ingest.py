@@ -11,7 +11,8 @@ Two measurements:
          the server, consume that stream for ``--window`` seconds. A ratio near
          1.0 means the server keeps up with everything the broker delivers
          (the server's count: every message it decided on, duplicates of the
-         agents' re-sends included, as the bare subscriber counts them). On a 2-core machine the simulator itself needs most of a core, so the
+         agents' re-sends included, as the bare subscriber counts them). On a
+         2-core machine the simulator itself needs most of a core, so the
          offered rate is bounded by the generator, not the server.
 
   drain  The ceiling. Both consumers first register a persistent session

@@ -107,9 +107,9 @@ STORM = PeripheralCondition.PAPER_OUT
 # agents hold (the field's agent waits limits.shutdown_timeout_s, 5 s). After the storm
 # the server is still reading the agents' re-sends (the full run of 2026-12-07 16:22 UTC
 # counted 502 028 duplicates); with the simulator's 10 s every one of the 19 000
-# terminals stopped with two rows unconfirmed and the exact accounting failed on them
-# (the server, not done with the re-sends, was the likely cause: the rerun with this
-# wait is in docs/benchmarks.md). The stop ends as soon as nothing waits.
+# terminals stopped with two rows unconfirmed and the exact accounting failed on them.
+# The rerun with this wait was exact (docs/benchmarks.md). The stop ends as soon as
+# nothing waits.
 STOP_WAIT_S = 300.0
 
 

@@ -71,10 +71,8 @@ def _q(q: Json) -> str:
 # Where a sample of the draining server goes: (its thread's part, the first rule a frame of
 # its stack matches). Thread names as the server gives them (server/write_behind.py,
 # server/main.py) or as paho and AnyIO do.
-_THREADS = (
-    ("paho-mqtt-client", "MQTT thread"),
-    ("kf-db-writer", "database writer"),
-)
+_MQTT, _WRITER, _OTHERS = "MQTT thread", "database writer", "HTTP, metrics, jobs"
+_THREADS = (("paho-mqtt-client", _MQTT), ("kf-db-writer", _WRITER))
 _PARTS = (
     ("ConfirmationMailbox.", "kf.committed"),
     ("decode (protocol/codec.py", "decode and validation"),
@@ -96,14 +94,14 @@ def profile_shares(lines: Iterable[str]) -> tuple[int, dict[str, float]]:
         if not stack or not n.isdigit():
             continue
         frames = stack.split(";")
-        thread = next((t for key, t in _THREADS if key in frames[0]), "HTTP, metrics, jobs")
-        part = ""
-        if thread != "HTTP, metrics, jobs":
+        thread = next((t for needle, t in _THREADS if needle in frames[0]), _OTHERS)
+        key = thread
+        if thread != _OTHERS:
             part = next(
-                (name for key, name in _PARTS if any(f.startswith(key) for f in frames[1:])),
-                "paho itself" if thread == "MQTT thread" else "the rest",
+                (name for needle, name in _PARTS if any(f.startswith(needle) for f in frames[1:])),
+                "paho itself" if thread == _MQTT else "the rest",
             )
-        key = f"{thread}: {part}" if part else thread
+            key = f"{thread}: {part}"
         counts[key] = counts.get(key, 0) + int(n)
         total += int(n)
     shares = {k: v / total for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
@@ -140,6 +138,13 @@ def ingest_rows(data: Json, database: str, profile: Path | None = None) -> list[
     if drain:
         rate = figures[("drain", "kioskfleet server")]["rate"]
         ratio = drain["ratio"]
+        why = ""
+        if ratio < 0.5:
+            why = (
+                _profile_why(profile)
+                if profile is not None
+                else "profile: docs/benchmarks.md, 'One server, faster: second pass'"
+            )
         by_cpu = drain.get("cpu_ratio")
         cpu = "" if by_cpu is None else f", {by_cpu:.2f}x by CPU a message"
         rows.append(
@@ -148,11 +153,7 @@ def ingest_rows(data: Json, database: str, profile: Path | None = None) -> list[
                 f"{ratio:.2f}x ({rate:.0f}/s{cpu})",
                 "≥ 0.5x the bare subscriber (issue 13; stretch 0.8x)",
                 ratio >= 0.5,
-                ""
-                if ratio >= 0.5
-                else _profile_why(profile)
-                if profile is not None
-                else "profile: docs/benchmarks.md, 'One server, faster: second pass'",
+                why,
             )
         )
     return rows

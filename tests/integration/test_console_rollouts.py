@@ -46,8 +46,8 @@ def _page_as(context: BrowserContext, server: Server, username: str) -> Page:
     They share its cookies: a rollout page still refreshing itself (every 3 s while the
     rollout moves) lands on the login form once the cookies are cleared, and that form's
     new login token replaced the one of the login under way (a 403, seen once in CI)."""
-    for page in context.pages:
-        page.close()
+    for other in context.pages:
+        other.close()
     context.clear_cookies()
     page = context.new_page()
     log_in(page, server, username)
