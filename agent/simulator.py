@@ -188,7 +188,7 @@ class SimulationOptions:
 
 @dataclass(frozen=True)
 class SimulationTuning:
-    """Knobs beyond the CLI's, for tests and benchmarks."""
+    """Knobs beyond the CLI's options, for tests and benchmarks (the CLI sets ``drain_jitter_s``)."""
 
     probe_interval_s: float | None = None  # default: min(5, report_interval_s / 2)
     keepalive_s: int = 30
@@ -825,6 +825,7 @@ def _progress(counters: SimulationCounters, elapsed: float) -> str:
 
 def _worker(
     opts: SimulationOptions,
+    tuning: SimulationTuning,
     start: int,
     stop: int,
     stop_event: Any,
@@ -835,7 +836,7 @@ def _worker(
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    sim = Simulation(opts, indices=range(start, stop))
+    sim = Simulation(opts, tuning=tuning, indices=range(start, stop))
 
     def wait_for_stop() -> None:
         stop_event.wait()
@@ -849,8 +850,9 @@ def _worker(
         sim.close()
 
 
-def run_simulation(opts: SimulationOptions) -> int:
+def run_simulation(opts: SimulationOptions, tuning: SimulationTuning | None = None) -> int:
     """``kioskfleet simulate``: run until SIGINT/SIGTERM or ``duration_s``, print totals. Returns the exit code."""
+    tuning = tuning or SimulationTuning()
     try:
         opts.check()
     except ValueError as exc:
@@ -874,9 +876,9 @@ def run_simulation(opts: SimulationOptions) -> int:
     began = time.monotonic()
     try:
         if opts.processes == 1:
-            total = _run_in_process(opts, stop, began)
+            total = _run_in_process(opts, tuning, stop, began)
         else:
-            total = _run_spawned(opts, stop)
+            total = _run_spawned(opts, tuning, stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -908,8 +910,10 @@ def _worker_outbox(opts: SimulationOptions, n: int) -> Path:
     return opts.outbox_path.with_name(f"{opts.outbox_path.name}.{n}")
 
 
-def _run_in_process(opts: SimulationOptions, stop: _StopFlag, began: float) -> SimulationCounters:
-    sim = Simulation(opts)
+def _run_in_process(
+    opts: SimulationOptions, tuning: SimulationTuning, stop: _StopFlag, began: float
+) -> SimulationCounters:
+    sim = Simulation(opts, tuning=tuning)
     try:
         return _drive(sim, opts, stop, began)
     finally:
@@ -931,7 +935,9 @@ def _drive(
     return sim.counters()
 
 
-def _run_spawned(opts: SimulationOptions, stop: _StopFlag) -> SimulationCounters:
+def _run_spawned(
+    opts: SimulationOptions, tuning: SimulationTuning, stop: _StopFlag
+) -> SimulationCounters:
     ctx = multiprocessing.get_context("spawn")
     stop_event = ctx.Event()
     results = ctx.Queue()
@@ -940,6 +946,7 @@ def _run_spawned(opts: SimulationOptions, stop: _StopFlag) -> SimulationCounters
             target=_worker,
             args=(
                 replace(opts, outbox_path=_worker_outbox(opts, n)),
+                tuning,
                 part.start,
                 part.stop,
                 stop_event,

@@ -429,6 +429,15 @@ def _command_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
         "Reusing it with the same ids continues their streams",
     )
     sim.add_argument(
+        "--drain-jitter",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a terminal that finds a backlog at connect waits a random 0..SECONDS before"
+        " draining it, so a hall coming back does not flood the broker (the agent's"
+        " outbox.drain_jitter_s; default 10)",
+    )
+    sim.add_argument(
         "--no-commit-confirmation",
         action="store_true",
         help="remove a message on the broker's PUBACK instead of the server's kf.committed "
@@ -641,7 +650,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return init_ca_command(args.directory)
     from agent.planted_faults import PlantedFault, PlantedOutage
-    from agent.simulator import SimulationOptions, run_simulation, write_identities
+    from agent.simulator import (
+        SimulationOptions,
+        SimulationTuning,
+        run_simulation,
+        write_identities,
+    )
 
     try:
         planted = tuple(PlantedFault.parse(text) for text in args.plant)
@@ -688,7 +702,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(write_identities(options, args.identity_dir))
         return 0
-    return run_simulation(options)
+    if not 0 <= args.drain_jitter <= 3600:
+        print("kioskfleet simulate: --drain-jitter must be between 0 and 3600", file=sys.stderr)
+        return 2
+    return run_simulation(options, SimulationTuning(drain_jitter_s=args.drain_jitter))
 
 
 def _decommission(args: argparse.Namespace) -> int:

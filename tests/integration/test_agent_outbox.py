@@ -312,6 +312,8 @@ def test_a_sigkilled_simulate_command_restarts_on_its_outbox_file_and_continues_
         "--outbox",
         str(path),
         "--no-commit-confirmation",  # no server here, only the broker
+        "--drain-jitter",
+        "0.2",
     )
     ids = [f"{prefix}-{i:05d}" for i in range(1, 4)]
     sub = DurableSubscriber(broker.port, "kf/v1/terminals/#")
@@ -329,16 +331,24 @@ def test_a_sigkilled_simulate_command_restarts_on_its_outbox_file_and_continues_
     with Outbox(path) as outbox:
         before = {tid: outbox.stats(tid) for tid in ids}
 
-    # The duration counts from the command's start: on a loaded machine (the suite's parallel
-    # workers) 2 s was spent before the agents connected, and the backlog was still pending.
-    again = kioskfleet(*args, "--duration", "8")
+    def seqs_of(tid: str) -> set[int]:
+        return {m.seq for m in mine() if m.terminal_id == tid}
+
+    # Stopped once every terminal said new things, not after a fixed duration: a loaded
+    # machine once spent the whole --duration 8 starting and connecting, and a terminal
+    # that inherited a row still in flight at the kill waited out its drain jitter (then
+    # 10 s) with everything it said after that still pending at the stop.
+    again = kioskfleet(*args)
     cleanup.append(lambda: kill_and_wait(again))
+    wait_until(
+        lambda: all(max(seqs_of(tid), default=0) > before[tid].last_seq + 2 for tid in ids),
+        30,
+        "the restarted terminals' new reports",
+    )
+    again.send_signal(signal.SIGTERM)
     assert again.wait(60) == 0
     with Outbox(path) as outbox:
         after = {tid: outbox.stats(tid) for tid in ids}
-
-    def seqs_of(tid: str) -> set[int]:
-        return {m.seq for m in mine() if m.terminal_id == tid}
 
     def has_all(tid: str, wanted: set[int]) -> bool:
         return seqs_of(tid) >= wanted
