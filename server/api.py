@@ -35,7 +35,7 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from protocol.topics import is_valid_terminal_id
@@ -74,6 +74,7 @@ from server.errors import (
     InvalidCursorError,
     StorageError,
 )
+from server.exposition import exposition
 from server.fleet_state import FleetState
 from server.fleet_views import TerminalFilter, TerminalView, Transition
 from server.history_query import HistoryQuery, StoredPage
@@ -431,6 +432,6 @@ def create_app(services: ApiServices) -> FastAPI:
         summary="Prometheus exposition (role viewer unless metrics_require_token is off)",
     )
     def metrics() -> Response:
-        return Response(generate_latest(services.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(services.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
