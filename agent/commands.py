@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from protocol.codec import cmd_schema
 from protocol.committed import COMMITTED_SCHEMA, SeqRange, decode_committed
-from protocol.directives import cmd_schema
 from protocol.errors import ProtocolError
 
 __all__ = ["route_commands"]

@@ -20,11 +20,13 @@ the list either way.
 from __future__ import annotations
 
 import difflib
+import json
 import os
-from collections.abc import Iterable
-from contextvars import ContextVar
+import tomllib
+import types
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -34,12 +36,6 @@ from pydantic import (
     ValidationError,
     field_validator,
     model_validator,
-)
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
 from agent.broker_rotation import MAX_BROKERS
@@ -66,9 +62,6 @@ __all__ = [
 ]
 
 ENV_PREFIX = "KIOSKFLEET_AGENT_"
-
-# Which TOML file the settings sources read while ``load_agent_config`` runs.
-_toml_path: ContextVar[Path | None] = ContextVar("kioskfleet_agent_toml", default=None)
 
 
 def _parses_as_broker_url(value: str) -> str:
@@ -233,15 +226,13 @@ class UpdatesConfig(BaseModel):
         return self.target_base_url or f"{(self.server_url or '').rstrip('/')}/tuf/targets/"
 
 
-class AgentConfig(BaseSettings):
-    """Everything one terminal agent needs to know; see docs/agent.md for each field."""
+class AgentConfig(BaseModel):
+    """Everything one terminal agent needs to know; see docs/agent.md for each field.
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="__",
-        extra="forbid",
-        frozen=True,
-    )
+    A plain pydantic model: ``load_agent_config`` reads the file and the environment
+    itself (pydantic-settings would add ~5 MB to every terminal's agent, docs/agent.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     terminal_id: str
     hall: Label
@@ -326,21 +317,6 @@ class AgentConfig(BaseSettings):
         """The first broker (all share its scheme)."""
         return self.brokers[0]
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Explicit arguments, then the environment, then the TOML file (if one is loading)."""
-        path = _toml_path.get()
-        if path is None:
-            return (init_settings, env_settings)
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=path))
-
 
 def _location(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "<config>"
@@ -397,12 +373,79 @@ def load_agent_config(path: Path | None, **overrides: Any) -> AgentConfig:
         raise AgentConfigError(unknown, source)
     if path is not None and not path.is_file():
         raise AgentConfigError([("<file>", f"{path} does not exist or is not a file")], source)
-    token = _toml_path.set(path)
     try:
-        return AgentConfig(**overrides)
+        data = tomllib.loads(path.read_text(encoding="utf-8")) if path is not None else {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise AgentConfigError([("<file>", str(exc))], source) from None
+    data = _merged(_merged(data, _from_environment(os.environ, source)), overrides)
+    try:
+        return AgentConfig.model_validate(data)
     except ValidationError as exc:
         raise AgentConfigError(_problems(exc), source) from None
-    except ValueError as exc:  # tomllib.TOMLDecodeError, env JSON that does not parse
-        raise AgentConfigError([("<file>", str(exc))], source) from None
-    finally:
-        _toml_path.reset(token)
+
+
+def _from_environment(environ: Mapping[str, str], source: str) -> dict[str, Any]:
+    """The ``KIOSKFLEET_AGENT_*`` variables (names case-insensitive) as the file's shape:
+    ``<FIELD>`` sets a field, ``<FIELD>__<SUBFIELD>`` one field of a table (after a JSON
+    ``<FIELD>`` if both are set). A list or a table is JSON; other values stay text for the
+    model to convert. Only names ``unknown_variables`` accepted reach here."""
+    data: dict[str, Any] = {}
+    for name in sorted(environ, key=lambda n: n.count("__")):  # whole tables first
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        path = upper.removeprefix(ENV_PREFIX).lower().split("__")
+        model: type[BaseModel] = AgentConfig
+        target = data
+        for part in path[:-1]:
+            model = _table(model.model_fields[part].annotation)
+            target = target.setdefault(part, {})
+        annotation = model.model_fields[path[-1]].annotation
+        raw = environ[name]
+        if _is_structured(annotation):
+            try:
+                target[path[-1]] = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise AgentConfigError([(name, f"is not valid JSON: {exc}")], source) from None
+        else:
+            target[path[-1]] = raw
+    return data
+
+
+def _merged(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``top`` over it; tables (dicts) are merged key by key."""
+    out = dict(base)
+    for key, value in top.items():
+        below = out.get(key)
+        if isinstance(value, Mapping) and isinstance(below, dict):
+            out[key] = _merged(below, value)
+        else:
+            out[key] = value
+    return out
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    """The types an annotation admits: ``X | None`` gives both, ``Annotated`` is unwrapped."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) in (Union, types.UnionType):
+        return tuple(m for arg in get_args(annotation) for m in _members(arg))
+    return (annotation,)
+
+
+def _is_structured(annotation: Any) -> bool:
+    """Whether a field's value is a list or a table (given as JSON in the environment)."""
+    return any(
+        get_origin(m) in (list, dict) or m in (list, dict) or _is_model(m)
+        for m in _members(annotation)
+    )
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _table(annotation: Any) -> type[BaseModel]:
+    """The model a ``<FIELD>__`` variable reaches into (``unknown_variables`` checked it)."""
+    found: type[BaseModel] = next(m for m in _members(annotation) if _is_model(m))
+    return found

@@ -26,14 +26,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from agent.agent import Agent
 from agent.clock import Clock, SystemClock
 from agent.commands import route_commands
 from agent.config import AgentConfig, AgentConfigError, load_agent_config
-from agent.enrollment import EnrollmentError, RenewalThread, Terminal, ensure_certificate
+from agent.errors import AgentError
 from agent.event_loop import EventLoop, LoopThread
-from agent.mqtt_connection import ConnectionSettings, ConnectionSetupError, MqttConnection
+from agent.mqtt_connection import ConnectionSettings, MqttConnection
 from agent.outbox import Outbox, OutboxError
 from agent.outbox_sender import OutboxSender, SenderSettings
 from agent.probe_census import ProbePlace, log_census
@@ -41,9 +42,12 @@ from agent.probe_reader import ProbeReader
 from agent.probes.base import Probe
 from agent.probes.factory import build_probes, probe_device
 from agent.probes.system import SystemReadError, read_uptime_s
-from agent.update_service import UpdateService, UpdateServiceError
 from protocol.update_status import UpdateBody
 from protocol.usage import UsageBody
+
+if TYPE_CHECKING:  # imported where they are used: a terminal without them loads neither
+    from agent.enrollment import Terminal  # cryptography
+    from agent.update_service import UpdateService  # TUF, urllib3, cryptography
 
 __all__ = ["AgentRuntime", "enrolling_terminal", "open_outbox", "run_agent", "sender_settings"]
 
@@ -134,6 +138,8 @@ class AgentRuntime:
         )
         self.updates: UpdateService | None = None
         if config.updates.enabled:  # statuses go to the agent in the loop's thread
+            from agent.update_service import UpdateService
+
             self.updates = UpdateService.from_config(
                 config,
                 send=self._send_update,
@@ -264,6 +270,8 @@ class AgentRuntime:
 
 def enrolling_terminal(config: AgentConfig) -> Terminal:
     """Who enrolls, and where the MQTT connection will read the key and certificate."""
+    from agent.enrollment import Terminal
+
     if config.tls_key_file is None or config.tls_cert_file is None:
         raise ValueError("enrollment needs tls_key_file and tls_cert_file")
     return Terminal(config.terminal_id, config.tls_key_file, config.tls_cert_file)
@@ -278,6 +286,8 @@ def run_agent(config_path: Path | None) -> int:
         return EXIT_CONFIG
     renewal = None
     if config.enrollment is not None:  # a certificate before the first connect
+        from agent.enrollment import EnrollmentError, RenewalThread, ensure_certificate
+
         terminal = enrolling_terminal(config)
         try:
             ensure_certificate(terminal, config.enrollment)
@@ -287,7 +297,7 @@ def run_agent(config_path: Path | None) -> int:
         renewal = RenewalThread(terminal, config.enrollment)
     try:
         runtime = AgentRuntime(config)
-    except (ValueError, ConnectionSetupError, OutboxError, UpdateServiceError) as exc:
+    except (ValueError, AgentError) as exc:  # ConnectionSetupError, OutboxError, UpdateServiceError
         print(f"kioskfleet agent: cannot start: {exc}", file=sys.stderr)
         return EXIT_SETUP
 

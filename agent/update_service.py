@@ -55,7 +55,7 @@ from agent.install_gate import InstallGate
 from agent.kiosk_interface import KioskInterface, KioskInterfaceConfig, KioskSocketError
 from agent.self_update import AgentSlots, AgentSlotsError, Trial, finish_report
 from agent.updater import Updater, UpdaterConfig, UpdaterStateError, outcome_ending
-from protocol.directives import cmd_schema
+from protocol.codec import cmd_schema
 from protocol.messages import Name, Version
 from protocol.update_status import UpdateBody
 from protocol.usage import UsageBody

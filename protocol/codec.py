@@ -23,7 +23,14 @@ from protocol.errors import (
 from protocol.messages import SCHEMA_CHANNEL, SCHEMAS, Message
 from protocol.topics import Channel, parse_topic
 
-__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "MAX_JSON_DEPTH", "decode", "encode", "loads_strict"]
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "MAX_JSON_DEPTH",
+    "cmd_schema",
+    "decode",
+    "encode",
+    "loads_strict",
+]
 
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 64 * 1024
 MAX_JSON_DEPTH: Final = 16
@@ -91,6 +98,17 @@ def loads_strict(payload: bytes) -> Any:
     if opening > MAX_JSON_DEPTH and _depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise MalformedJSONError(f"JSON nested deeper than {MAX_JSON_DEPTH}")
     return value
+
+
+def cmd_schema(payload: bytes) -> str | None:
+    """The ``schema`` a ``cmd`` payload claims (unverified: only for routing), None if it is
+    not a JSON object with a string ``schema``. Never raises."""
+    try:
+        raw = loads_strict(payload)
+    except MalformedJSONError:
+        return None
+    schema = raw.get("schema") if isinstance(raw, dict) else None
+    return schema if isinstance(schema, str) else None
 
 
 def _short(exc: ValidationError) -> str:

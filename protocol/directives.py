@@ -27,7 +27,8 @@ Public interface (pure: no I/O, no clock, no logging; ``now`` is an argument):
   optional ``attempt`` is left out of the encoding when None.
 - ``Withdrawal``, ``SignedWithdrawal``, ``sign_withdrawal``, ``verify_withdrawal`` (the
   directive's checks and reasons without seq and target).
-- ``cmd_schema(payload)``: the schema a ``cmd`` payload claims, unverified, for routing.
+- ``protocol.codec.cmd_schema(payload)``: the schema a ``cmd`` payload claims, unverified,
+  for routing (there, so an agent that routes only ``kf.committed`` needs no cryptography).
 - ``SignedDirective``: the envelope above.
 - ``canonical_bytes(directive) -> bytes``: the one encoding that is signed.
 - ``sign_directive(directive, private_key) -> bytes``: the envelope's wire bytes.
@@ -88,7 +89,6 @@ __all__ = [
     "TargetInfo",
     "Withdrawal",
     "canonical_bytes",
-    "cmd_schema",
     "key_id_of",
     "pinned_key_from_custom",
     "sign_directive",
@@ -324,17 +324,6 @@ def _sign(schema: str, payload_type: str, body: bytes, private_key: Ed25519Priva
         "signature": _b64(private_key.sign(_pae(body, payload_type))),
     }
     return json.dumps(envelope, separators=(",", ":")).encode()
-
-
-def cmd_schema(payload: bytes) -> str | None:
-    """The ``schema`` a ``cmd`` payload claims (unverified: only for routing), None if it is
-    not a JSON object with a string ``schema``. Never raises."""
-    try:
-        raw = loads_strict(payload)
-    except MalformedJSONError:
-        return None
-    schema = raw.get("schema") if isinstance(raw, dict) else None
-    return schema if isinstance(schema, str) else None
 
 
 class TargetInfo(Protocol):

@@ -31,9 +31,8 @@ from agent.outbox import Outbox
 from agent.probes.simulated import Scenario, SimulatedProbeSpec
 from kioskfleet.local_broker import LocalBroker, project_broker_conf
 from kioskfleet.stream_accounting import wait_for_exact_accounting
-from protocol.codec import decode, encode
+from protocol.codec import cmd_schema, decode, encode
 from protocol.committed import COMMITTED_SCHEMA, decode_committed
-from protocol.directives import cmd_schema
 from protocol.messages import EventMessage, Message, PeripheralCondition, StateMessage
 from tests.integration.conftest import ServerFactory, api, metric, wait_until
 from tests.support.fleet_messages import at, periph, peripheral_event, report

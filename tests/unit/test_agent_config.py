@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,8 @@ import pytest
 from agent.config import AgentConfigError, load_agent_config, parse_broker_url
 from agent.probes.simulated import SimulatedProbeSpec
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "agent.example.toml"
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "agent.example.toml"
 
 MINIMAL = """
 terminal_id = "T-0001"
@@ -73,6 +77,47 @@ def test_the_environment_alone_is_enough(monkeypatch: pytest.MonkeyPatch) -> Non
     config = load_agent_config(None)
     assert config.terminal_id == "T-9"
     assert isinstance(config.probes[0], SimulatedProbeSpec)
+
+
+def test_a_table_as_json_takes_its_subvariables_over_it_and_a_nested_list_is_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, MINIMAL + "[limits]\nmax_queued_messages = 50\nmax_connecting = 9\n")
+    monkeypatch.setenv(
+        "KIOSKFLEET_AGENT_LIMITS", '{"max_connecting": 3, "max_inflight_messages": 7}'
+    )
+    monkeypatch.setenv("kioskfleet_agent_limits__max_inflight_messages", "5")  # any case
+    monkeypatch.setenv("KIOSKFLEET_AGENT_UPDATES__RESTART_COMMAND", '["systemctl", "restart", "k"]')
+    monkeypatch.setenv("KIOSKFLEET_AGENT_OUTBOX__REQUIRE_COMMIT_CONFIRMATION", "false")
+    config = load_agent_config(path, report_interval_s=12)
+
+    assert config.limits.max_queued_messages == 50  # the file's, where nothing overrides it
+    assert (config.limits.max_connecting, config.limits.max_inflight_messages) == (3, 5)
+    assert config.updates.restart_command == ["systemctl", "restart", "k"]
+    assert config.outbox.require_commit_confirmation is False
+    assert config.report_interval_s == 12
+
+
+def test_a_list_variable_that_is_not_json_is_a_config_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KIOSKFLEET_AGENT_PROBES", "[{not json")
+    with pytest.raises(AgentConfigError) as caught:
+        load_agent_config(None, terminal_id="T-1", hall="h", region="r", model="m")
+    assert caught.value.problems[0][0] == "KIOSKFLEET_AGENT_PROBES"
+    assert "not valid JSON" in caught.value.problems[0][1]
+
+
+def test_an_agent_without_updates_or_enrollment_loads_no_tuf_cryptography_or_settings_library() -> None:  # fmt: skip
+    """The footprint (docs/benchmarks.md, "One agent's footprint"): what a terminal does
+    not use is imported where it is used, never by ``kioskfleet agent`` at start."""
+    code = "import json, sys, agent.main; print(json.dumps(sorted(sys.modules)))"
+    found = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    roots = {name.split(".")[0] for name in json.loads(found.stdout)}
+    assert "agent" in roots  # the import happened
+    assert roots & {"cryptography", "tuf", "urllib3", "pydantic_settings", "dotenv"} == set()
 
 
 def test_simulated_probes_parse_from_toml_tables(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from protocol.codec import cmd_schema
 from protocol.directives import (
     DIRECTIVE_REJECT_REASONS,
     PAYLOAD_TYPE,
@@ -25,7 +26,6 @@ from protocol.directives import (
     PinnedKey,
     Withdrawal,
     canonical_bytes,
-    cmd_schema,
     key_id_of,
     sign_directive,
     sign_withdrawal,
