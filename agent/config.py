@@ -374,8 +374,8 @@ def load_agent_config(path: Path | None, **overrides: Any) -> AgentConfig:
     if path is not None and not path.is_file():
         raise AgentConfigError([("<file>", f"{path} does not exist or is not a file")], source)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8")) if path is not None else {}
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        data = tomllib.loads(path.read_bytes().decode("utf-8")) if path is not None else {}
+    except (OSError, ValueError, RecursionError) as exc:  # TOMLDecodeError, UTF-8, digits
         raise AgentConfigError([("<file>", str(exc))], source) from None
     data = _merged(_merged(data, _from_environment(os.environ, source)), overrides)
     try:
@@ -399,14 +399,22 @@ def _from_environment(environ: Mapping[str, str], source: str) -> dict[str, Any]
         target = data
         for part in path[:-1]:
             model = _table(model.model_fields[part].annotation)
-            target = target.setdefault(part, {})
+            table = target.setdefault(part, {})
+            if not isinstance(table, dict):
+                problem = f"{ENV_PREFIX}{part.upper()} must be a JSON object to take {name}"
+                raise AgentConfigError([(name, problem)], source)
+            target = table
         annotation = model.model_fields[path[-1]].annotation
         raw = environ[name]
         if _is_structured(annotation):
             try:
-                target[path[-1]] = json.loads(raw)
-            except json.JSONDecodeError as exc:
+                value = json.loads(raw)
+            except (ValueError, RecursionError) as exc:  # JSONDecodeError, too many digits
                 raise AgentConfigError([(name, f"is not valid JSON: {exc}")], source) from None
+            if value is None:  # pydantic-settings ignored it; a null must not hide the file's
+                problem = "is null: unset the variable to keep the file's value"
+                raise AgentConfigError([(name, problem)], source)
+            target[path[-1]] = value
         else:
             target[path[-1]] = raw
     return data

@@ -29,8 +29,9 @@ from prometheus_client.utils import floatToGoString
 
 __all__ = ["exposition"]
 
-_LEGACY_NAME: Final = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LEGACY_LABEL: Final = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# fullmatch, not match with "$": "$" also matches before a final newline.
+_LEGACY_NAME: Final = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LEGACY_LABEL: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _go_float: Final = cast(Callable[[float], str], floatToGoString)  # untyped upstream
 
 
@@ -59,7 +60,7 @@ def exposition(registry: Collector) -> bytes:
 
 def _gauge_lines(metric: Metric, escaped: _Escaped) -> list[str] | None:
     """The family's lines, or None when ``generate_latest`` must write it."""
-    if metric.type != "gauge" or not _LEGACY_NAME.match(metric.name):
+    if metric.type != "gauge" or not _LEGACY_NAME.fullmatch(metric.name):
         return None
     samples = metric.samples
     names = samples[0].labels.keys() if samples else set()
@@ -69,7 +70,7 @@ def _gauge_lines(metric: Metric, escaped: _Escaped) -> list[str] | None:
         if s.labels.keys() != names:
             return None
     order = sorted(names)
-    if not all(_LEGACY_LABEL.match(n) for n in order):
+    if not all(_LEGACY_LABEL.fullmatch(n) for n in order):
         return None
     doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
     lines = [f"# HELP {metric.name} {doc}\n", f"# TYPE {metric.name} gauge\n"]

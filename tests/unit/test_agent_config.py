@@ -108,6 +108,46 @@ def test_a_list_variable_that_is_not_json_is_a_config_error_naming_it(
     assert "not valid JSON" in caught.value.problems[0][1]
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("KIOSKFLEET_AGENT_BROKER_URLS", "null", "is null: unset the variable"),
+        ("KIOSKFLEET_AGENT_LIMITS", '{"max_connecting": ' + "1" * 5000 + "}", "not valid JSON"),
+    ],
+)
+def test_a_json_variable_that_is_null_or_unreadable_is_refused_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    path = write(tmp_path, MINIMAL + 'broker_urls = ["mqtt://n1", "mqtt://n2"]\n')
+    monkeypatch.setenv(name, value)
+    with pytest.raises(AgentConfigError) as caught:
+        load_agent_config(path)
+    assert caught.value.problems[0][0] == name
+    assert message in caught.value.problems[0][1]
+
+
+def test_a_file_with_a_number_python_cannot_read_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(AgentConfigError) as caught:
+        load_agent_config(write(tmp_path, MINIMAL + "keepalive_s = " + "1" * 5000 + "\n"))
+    assert caught.value.problems[0][0] == "<file>"
+
+
+def test_a_table_variable_that_is_no_json_object_cannot_take_its_subvariables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KIOSKFLEET_AGENT_LIMITS", "[1, 2]")
+    monkeypatch.setenv("KIOSKFLEET_AGENT_LIMITS__MAX_CONNECTING", "3")
+    with pytest.raises(AgentConfigError) as caught:
+        load_agent_config(None, terminal_id="T-1", hall="h", region="r", model="m")
+    assert caught.value.problems == [
+        (
+            "KIOSKFLEET_AGENT_LIMITS__MAX_CONNECTING",
+            "KIOSKFLEET_AGENT_LIMITS must be a JSON object to take"
+            " KIOSKFLEET_AGENT_LIMITS__MAX_CONNECTING",
+        )
+    ]
+
+
 def test_an_agent_without_updates_or_enrollment_loads_no_tuf_cryptography_or_settings_library() -> None:  # fmt: skip
     """The footprint (docs/benchmarks.md, "One agent's footprint"): what a terminal does
     not use is imported where it is used, never by ``kioskfleet agent`` at start."""

@@ -91,11 +91,13 @@ def test_families_the_fast_path_must_leave_to_prometheus_client_are_still_writte
     mixed = GaugeMetricFamily("kf_mixed", "samples with different label names")
     mixed.add_metric([], 3.0)
     mixed.samples.append(mixed.samples[0]._replace(labels={"other": "y"}))
+    newline = GaugeMetricFamily("kf_newline", "a label name ending in a newline", labels=["b\n"])
+    newline.add_metric(["x"], 5.0)
     empty = GaugeMetricFamily("kf_empty", "no samples", labels=["a"])
     counted = CounterMetricFamily("kf_counted", "a counter family", labels=["a"])
     counted.add_metric(["x"], 4.0)
     registry = CollectorRegistry()
-    registry.register(Families(stamped, dotted, mixed, empty, counted))
+    registry.register(Families(stamped, dotted, mixed, newline, empty, counted))
 
     assert exposition(registry) == generate_latest(registry)
 
