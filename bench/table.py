@@ -224,8 +224,8 @@ def soak_rows(data: Json) -> list[Row]:
             soak["scrape_s"]["p50"] <= 0.05,
             "" if soak["scrape_s"]["p50"] <= 0.05 else
             f"{soak['scrape_bytes_max'] / 2**20:.1f} MB a scrape ({int(data['args']['halls']):,}"
-            " halls) written out sample by sample by prometheus_client, on 2 cores shared with"
-            " the agents (a scrape's profile: 'A fleet soak and a reconnect storm')"),
+            " halls) of Python text, on 2 cores shared with the agents and the visibility"
+            " probe's own scrapes; ~50 ms alone ('The server writes its own exposition')"),
         Row(f"{head}: API list with filters p50 / p99", lists),
         _storm_row(n, storm),
     ]  # fmt: skip
