@@ -26,7 +26,7 @@ import tomllib
 import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Self, TypeGuard, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -334,12 +334,13 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
 
 def env_variables() -> frozenset[str]:
     """Every ``KIOSKFLEET_AGENT_*`` name the config reads: one per field, and
-    ``<FIELD>__<SUBFIELD>`` for the fields of ``limits`` and ``outbox``."""
+    ``<FIELD>__<SUBFIELD>`` for the fields of the tables that always exist (``limits``,
+    ``outbox``, ``updates``; not the optional ``enrollment``)."""
     names: set[str] = set()
     for name, info in AgentConfig.model_fields.items():
         names.add(ENV_PREFIX + name.upper())
         model = info.annotation
-        if isinstance(model, type) and issubclass(model, BaseModel):
+        if _is_model(model):
             names.update(f"{ENV_PREFIX}{name.upper()}__{sub.upper()}" for sub in model.model_fields)
     return frozenset(names)
 
@@ -449,11 +450,10 @@ def _is_structured(annotation: Any) -> bool:
     )
 
 
-def _is_model(annotation: Any) -> bool:
+def _is_model(annotation: Any) -> TypeGuard[type[BaseModel]]:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _table(annotation: Any) -> type[BaseModel]:
     """The model a ``<FIELD>__`` variable reaches into (``unknown_variables`` checked it)."""
-    found: type[BaseModel] = next(m for m in _members(annotation) if _is_model(m))
-    return found
+    return next(m for m in _members(annotation) if _is_model(m))

@@ -11,8 +11,8 @@ Why: at 1 000 halls the fleet gauges are ~16 000 samples (1.5 MB), and
 and escapes every label name and escapes every label value again. A gauge family's
 samples share their label names (``GaugeMetricFamily``), so the order and the names are
 settled once per family, and a label value (a hall's name is on every family of the
-hall) is escaped once per scrape. ``docs/benchmarks.md`` ("The exposition") has the
-figures. The memo lives for one call: nothing here grows across scrapes.
+hall) is escaped once per scrape. ``docs/benchmarks.md`` ("The server writes its own
+exposition") has the figures. The memo lives for one call: nothing here grows across scrapes.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def _gauge_lines(metric: Metric, escaped: _Escaped) -> list[str] | None:
     line = metric.name + "{" + ",".join(f'{n}="%s"' for n in order) + "} %s\n"
     values = operator.itemgetter(*order)
     esc = escaped.__getitem__
-    if len(order) == 1:
+    if len(order) == 1:  # itemgetter of one name gives the value, not a tuple
         lines.extend(line % (esc(values(s.labels)), _go_float(s.value)) for s in samples)
     else:
         lines.extend(line % (*map(esc, values(s.labels)), _go_float(s.value)) for s in samples)
